@@ -1,0 +1,273 @@
+//! Host side of the kernel: disk images, QEMU, serial logs.
+//!
+//! `boot ELF [ARGS...]` is both the run command's engine and cargo's runner for the
+//! `x86_64-unknown-none` target (see `.cargo/config.toml` and `scripts/runner`):
+//! - an ELF with a `.kernel_test` section is a QEMU test: each line of that section is a variant
+//!   (`name: options`), booted in turn and reported in libtest's format; ARGS are test filters;
+//! - any other ELF is booted once with ARGS as run options, its serial log streamed to stdout.
+
+mod elf;
+mod image;
+mod options;
+mod qemu;
+
+use options::{Expect, RunOptions, split_words};
+use qemu::Outcome;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// The section test kernels declare their variants in (written by `kernel_tests::qemu_test!`).
+const TEST_SECTION: &str = ".kernel_test";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("-h" | "--help") => {
+            eprintln!(
+                "usage: boot KERNEL-ELF [OPTIONS] [-- QEMU-ARGS]\n\n{}",
+                options::HELP
+            );
+            ExitCode::from(2)
+        }
+        Some(elf) => {
+            let elf = PathBuf::from(elf);
+            let bytes = match std::fs::read(&elf) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("boot: cannot read {}: {e}", elf.display());
+                    return ExitCode::from(2);
+                }
+            };
+            match elf::section(&bytes, TEST_SECTION) {
+                Some(spec) => run_tests(&elf, &String::from_utf8_lossy(spec), &args[1..]),
+                None => run_once(&elf, &args[1..]),
+            }
+        }
+    }
+}
+
+fn run_once(elf: &Path, args: &[String]) -> ExitCode {
+    let opts = match RunOptions::default().parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("boot: {e}\n\n{}", options::HELP);
+            return ExitCode::from(2);
+        }
+    };
+    let result = image::disk_image(elf, opts.firmware)
+        .and_then(|img| qemu::boot(&opts, &img, |l| println!("{l}")));
+    match result {
+        Ok(boot) => {
+            eprintln!(
+                "boot: {} ({:.1} s)",
+                boot.outcome.describe(),
+                boot.elapsed.as_secs_f64()
+            );
+            match boot.outcome {
+                Outcome::KernelSuccess => ExitCode::SUCCESS,
+                Outcome::KernelFailure => ExitCode::from(1),
+                Outcome::Timeout(_) => ExitCode::from(124),
+                _ => ExitCode::from(3),
+            }
+        }
+        Err(e) => {
+            eprintln!("boot: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One test variant as declared by a test kernel.
+#[derive(Debug, PartialEq)]
+struct Variant {
+    name: String,
+    options: RunOptions,
+}
+
+/// Parses the `.kernel_test` section: one `name: options` per line; blank lines and `#` comments
+/// are skipped. Test variants default to a shorter timeout than interactive runs.
+fn parse_variants(spec: &str) -> Result<Vec<Variant>, String> {
+    let mut variants = Vec::new();
+    for line in spec
+        .lines()
+        .map(|l| l.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
+    {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, rest) = line
+            .split_once(':')
+            .ok_or_else(|| format!("variant line without 'name:': {line}"))?;
+        let base = RunOptions {
+            timeout: std::time::Duration::from_secs(90),
+            ..RunOptions::default()
+        };
+        let words = split_words(rest).map_err(|e| e.to_string())?;
+        let options = base
+            .parse(&words)
+            .map_err(|e| format!("variant {name}: {e}"))?;
+        variants.push(Variant {
+            name: name.trim().to_string(),
+            options,
+        });
+    }
+    if variants.is_empty() {
+        return Err("the test declares no variant".into());
+    }
+    Ok(variants)
+}
+
+/// Why a finished boot does not meet the variant's expectations, if it does not.
+fn verdict(v: &Variant, outcome: &Outcome, log: &str) -> Result<(), String> {
+    let wanted = match v.options.expect {
+        Expect::Success => Outcome::KernelSuccess,
+        Expect::Failure => Outcome::KernelFailure,
+    };
+    if *outcome != wanted {
+        return Err(format!(
+            "expected: {}; got: {}",
+            wanted.describe(),
+            outcome.describe()
+        ));
+    }
+    let missing: Vec<&String> = v
+        .options
+        .expect_log
+        .iter()
+        .filter(|t| !log.contains(t.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{}; but the serial log lacks {missing:?}",
+            outcome.describe()
+        ));
+    }
+    Ok(())
+}
+
+fn test_name(elf: &Path) -> String {
+    let stem = elf
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // cargo names test binaries `<name>-<16 hex digits>`.
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            name.to_string()
+        }
+        _ => stem,
+    }
+}
+
+fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
+    let binary = test_name(elf);
+    let variants = match parse_variants(spec) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("boot: {}: {e}", elf.display());
+            return ExitCode::from(2);
+        }
+    };
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let list_only = args.iter().any(|a| a == "--list");
+    let selected: Vec<&Variant> = variants
+        .iter()
+        .filter(|v| {
+            let full = format!("{binary}::{}", v.name);
+            filters.is_empty() || filters.iter().any(|f| full.contains(f.as_str()))
+        })
+        .collect();
+    if list_only {
+        for v in &selected {
+            println!("{binary}::{}: test", v.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let start = Instant::now();
+    println!("\nrunning {} QEMU variant(s) of {binary}", selected.len());
+    let mut failed = Vec::new();
+    for v in &selected {
+        let full = format!("{binary}::{}", v.name);
+        let result = image::disk_image(elf, v.options.firmware)
+            .and_then(|img| qemu::boot(&v.options, &img, |_| {}))
+            .and_then(|boot| {
+                verdict(v, &boot.outcome, &boot.log)
+                    .map(|()| boot.elapsed)
+                    .map_err(|why| {
+                        format!(
+                            "{why}\n---- serial log of {full} ----\n{}---- end ----",
+                            boot.log
+                        )
+                    })
+            });
+        match result {
+            Ok(elapsed) => println!("test {full} ... ok ({:.1} s)", elapsed.as_secs_f64()),
+            Err(why) => {
+                println!("test {full} ... FAILED");
+                failed.push((full, why));
+            }
+        }
+    }
+    for (name, why) in &failed {
+        println!("\n---- {name} ----\n{why}");
+    }
+    let passed = selected.len() - failed.len();
+    let status = if failed.is_empty() { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {status}. {passed} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        failed.len(),
+        variants.len() - selected.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_parse_with_comments_and_padding() {
+        let v = parse_variants("# a comment\nbios: --smp 2\n\n uefi : --uefi --expect failure\0\0")
+            .unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].name, "bios");
+        assert_eq!(v[0].options.smp, 2);
+        assert_eq!(v[1].name, "uefi");
+        assert_eq!(v[1].options.expect, Expect::Failure);
+    }
+
+    #[test]
+    fn empty_or_malformed_spec_is_an_error() {
+        assert!(parse_variants("").is_err());
+        assert!(parse_variants("no colon here").is_err());
+        assert!(parse_variants("a: --smp").is_err());
+    }
+
+    #[test]
+    fn expected_failure_needs_its_log_text() {
+        let v = &parse_variants("panic: --expect failure --expect-log 'panicked at'").unwrap()[0];
+        assert!(verdict(v, &Outcome::KernelFailure, "KERNEL panicked at x.rs:1").is_ok());
+        assert!(verdict(v, &Outcome::KernelFailure, "page fault").is_err());
+        assert!(verdict(v, &Outcome::KernelSuccess, "panicked at").is_err());
+        assert!(verdict(v, &Outcome::NoVerdict, "panicked at").is_err());
+    }
+
+    #[test]
+    fn cargo_hash_is_stripped_from_test_names() {
+        assert_eq!(
+            test_name(Path::new("/t/deps/heap-0123456789abcdef")),
+            "heap"
+        );
+        assert_eq!(test_name(Path::new("/t/debug/kernel")), "kernel");
+        assert_eq!(
+            test_name(Path::new("/t/deps/page-fault-xyz")),
+            "page-fault-xyz"
+        );
+    }
+}

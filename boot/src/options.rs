@@ -1,0 +1,291 @@
+//! The options shared by `scripts/run` and by every test variant, and their parser.
+
+use std::fmt;
+use std::time::Duration;
+
+/// How the firmware starts the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS and the bootloader's BIOS stages: the faster boot, so the default.
+    Bios,
+    /// OVMF and the bootloader's UEFI application.
+    Uefi,
+}
+
+/// QEMU's accelerator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Software emulation: the default, because `/dev/kvm` on our machines is itself emulated.
+    Tcg,
+    /// Hardware virtualisation, for hosts that really have it.
+    Kvm,
+}
+
+/// What a test variant expects the kernel to report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Success,
+    Failure,
+}
+
+/// Everything that decides one QEMU boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    pub smp: u32,
+    pub memory_mib: u32,
+    pub firmware: Firmware,
+    pub accel: Accel,
+    pub timeout: Duration,
+    pub cmdline: String,
+    pub gdb: bool,
+    /// Passed to QEMU verbatim, after our own arguments.
+    pub qemu_args: Vec<String>,
+    pub expect: Expect,
+    /// Text that must appear in the serial log for a test variant to pass.
+    pub expect_log: Vec<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            smp: 1,
+            memory_mib: 256,
+            firmware: Firmware::Bios,
+            accel: Accel::Tcg,
+            timeout: Duration::from_secs(120),
+            cmdline: String::new(),
+            gdb: false,
+            qemu_args: Vec::new(),
+            expect: Expect::Success,
+            expect_log: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum OptionError {
+    MissingValue(String),
+    BadValue {
+        option: String,
+        value: String,
+        why: &'static str,
+    },
+    Unknown(String),
+    UnclosedQuote(String),
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionError::MissingValue(o) => write!(f, "option {o} needs a value"),
+            OptionError::BadValue { option, value, why } => {
+                write!(f, "option {option}: '{value}' is not valid ({why})")
+            }
+            OptionError::Unknown(o) => write!(f, "unknown option '{o}' (see scripts/run --help)"),
+            OptionError::UnclosedQuote(s) => write!(f, "unclosed quote in: {s}"),
+        }
+    }
+}
+
+pub const HELP: &str = "\
+Options (scripts/run, and each variant of a QEMU test):
+  --smp N              number of CPUs (default 1)
+  --memory MIB         guest memory in MiB (default 256)
+  --bios | --uefi      firmware (default --bios: SeaBIOS boots in about a third of OVMF's time)
+  --accel tcg|kvm      accelerator (default tcg; /dev/kvm on these machines is itself emulated)
+  --timeout SECONDS    kill QEMU and fail after this long (default 120)
+  --cmdline \"...\"      kernel options, handed over through fw_cfg (see README, Kernel options)
+  --gdb                QEMU waits for a debugger on tcp::1234 before the first instruction
+  --expect success|failure   (tests) the verdict the kernel must report (default success)
+  --expect-log TEXT    (tests) TEXT must appear in the serial log; repeatable
+  -- ARGS...           everything after -- goes to QEMU verbatim (e.g. -- -global hpet.timers=8)
+";
+
+fn value<'a>(
+    option: &str,
+    it: &mut impl Iterator<Item = &'a String>,
+) -> Result<&'a String, OptionError> {
+    it.next()
+        .ok_or_else(|| OptionError::MissingValue(option.to_string()))
+}
+
+fn number(option: &str, value: &str, min: u64, max: u64) -> Result<u64, OptionError> {
+    let bad = |why| OptionError::BadValue {
+        option: option.into(),
+        value: value.into(),
+        why,
+    };
+    let n: u64 = value.parse().map_err(|_| bad("not a whole number"))?;
+    if n < min || n > max {
+        return Err(bad("out of range"));
+    }
+    Ok(n)
+}
+
+impl RunOptions {
+    /// Parses `args` on top of `self` (so a test variant can start from the defaults, and the
+    /// command line can override nothing it did not name).
+    pub fn parse(mut self, args: &[String]) -> Result<Self, OptionError> {
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--smp" => self.smp = number(arg, value(arg, &mut it)?, 1, 255)? as u32,
+                "--memory" => {
+                    self.memory_mib = number(arg, value(arg, &mut it)?, 64, 65536)? as u32
+                }
+                "--bios" => self.firmware = Firmware::Bios,
+                "--uefi" => self.firmware = Firmware::Uefi,
+                "--accel" => {
+                    let v = value(arg, &mut it)?;
+                    self.accel = match v.as_str() {
+                        "tcg" => Accel::Tcg,
+                        "kvm" => Accel::Kvm,
+                        _ => {
+                            return Err(OptionError::BadValue {
+                                option: arg.clone(),
+                                value: v.clone(),
+                                why: "tcg or kvm",
+                            });
+                        }
+                    }
+                }
+                "--timeout" => {
+                    self.timeout =
+                        Duration::from_secs(number(arg, value(arg, &mut it)?, 1, 86_400)?)
+                }
+                "--cmdline" => self.cmdline = value(arg, &mut it)?.clone(),
+                "--gdb" => self.gdb = true,
+                "--expect" => {
+                    let v = value(arg, &mut it)?;
+                    self.expect = match v.as_str() {
+                        "success" => Expect::Success,
+                        "failure" => Expect::Failure,
+                        _ => {
+                            return Err(OptionError::BadValue {
+                                option: arg.clone(),
+                                value: v.clone(),
+                                why: "success or failure",
+                            });
+                        }
+                    }
+                }
+                "--expect-log" => self.expect_log.push(value(arg, &mut it)?.clone()),
+                "--" => {
+                    self.qemu_args.extend(it.by_ref().cloned());
+                }
+                other => return Err(OptionError::Unknown(other.to_string())),
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Splits a line into words as a shell would for the simple cases we need: blanks separate words,
+/// single or double quotes group them (no escapes, no expansion).
+pub fn split_words(line: &str) -> Result<Vec<String>, OptionError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => word.push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                in_word = true;
+            }
+            None if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            None => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(OptionError::UnclosedQuote(line.to_string()));
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<RunOptions, OptionError> {
+        RunOptions::default().parse(&split_words(line).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_one_cpu_bios_tcg() {
+        let o = parse("").unwrap();
+        assert_eq!(
+            (o.smp, o.firmware, o.accel, o.expect),
+            (1, Firmware::Bios, Accel::Tcg, Expect::Success)
+        );
+    }
+
+    #[test]
+    fn quoted_cmdline_stays_one_word() {
+        let o =
+            parse("--smp 4 --uefi --cmdline \"loglevel=debug hz=250\" --expect-log 'a b'").unwrap();
+        assert_eq!(o.smp, 4);
+        assert_eq!(o.firmware, Firmware::Uefi);
+        assert_eq!(o.cmdline, "loglevel=debug hz=250");
+        assert_eq!(o.expect_log, vec!["a b".to_string()]);
+    }
+
+    #[test]
+    fn everything_after_double_dash_goes_to_qemu_verbatim() {
+        let o = parse("--smp 2 -- -global hpet.timers=8 --smp 9").unwrap();
+        assert_eq!(o.smp, 2);
+        assert_eq!(o.qemu_args, vec!["-global", "hpet.timers=8", "--smp", "9"]);
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_defaults() {
+        assert!(matches!(
+            parse("--smp 0"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse("--smp x"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse("--accel hax"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert_eq!(
+            parse("--timeout"),
+            Err(OptionError::MissingValue("--timeout".into()))
+        );
+        assert_eq!(
+            parse("--smpp 2"),
+            Err(OptionError::Unknown("--smpp".into()))
+        );
+    }
+
+    #[test]
+    fn unclosed_quote_is_reported() {
+        assert!(matches!(
+            split_words("--cmdline \"a b"),
+            Err(OptionError::UnclosedQuote(_))
+        ));
+    }
+
+    #[test]
+    fn later_options_override_earlier_ones() {
+        let base = parse("--smp 4 --timeout 30").unwrap();
+        let o = base.parse(&split_words("--smp 2").unwrap()).unwrap();
+        assert_eq!((o.smp, o.timeout), (2, Duration::from_secs(30)));
+    }
+}

@@ -1,0 +1,271 @@
+//! Builds the QEMU command line for a set of options, runs it under a timeout and classifies how
+//! it ended.
+
+use crate::options::{Accel, Firmware, RunOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The kernel writes these to the `isa-debug-exit` port (0xf4); QEMU then exits with
+/// `(value << 1) | 1`. Keep in step with `kernel/src/arch/x86_64/qemu.rs`.
+pub const EXIT_SUCCESS_STATUS: i32 = (0x10 << 1) | 1;
+pub const EXIT_FAILURE_STATUS: i32 = (0x11 << 1) | 1;
+
+/// Where the firmware for `--uefi` is looked up (Debian's `ovmf` package).
+pub const OVMF_PATHS: &[&str] = &["/usr/share/ovmf/OVMF.fd", "/usr/share/OVMF/OVMF.fd"];
+
+/// How a boot ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The kernel reported success through `isa-debug-exit`.
+    KernelSuccess,
+    /// The kernel reported failure (test failure, panic, fatal exception).
+    KernelFailure,
+    /// QEMU ended without a verdict from the kernel: with `-no-reboot` that is a reset, most
+    /// often a triple fault.
+    NoVerdict,
+    /// QEMU itself failed (bad arguments, missing firmware, killed by a signal).
+    QemuError(String),
+    /// The deadline passed and QEMU was killed.
+    Timeout(Duration),
+}
+
+impl Outcome {
+    pub fn from_status(status: ExitStatus) -> Outcome {
+        match status.code() {
+            Some(EXIT_SUCCESS_STATUS) => Outcome::KernelSuccess,
+            Some(EXIT_FAILURE_STATUS) => Outcome::KernelFailure,
+            Some(0) => Outcome::NoVerdict,
+            Some(code) => Outcome::QemuError(format!("QEMU exited with status {code}")),
+            None => Outcome::QemuError(format!("QEMU was ended by a signal ({status})")),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::KernelSuccess => "kernel reported success".into(),
+            Outcome::KernelFailure => "kernel reported failure".into(),
+            Outcome::NoVerdict => {
+                "QEMU stopped without a verdict from the kernel (reset or triple fault; -no-reboot)"
+                    .into()
+            }
+            Outcome::QemuError(e) => e.clone(),
+            Outcome::Timeout(t) => {
+                format!("timeout: no verdict within {} s, QEMU killed", t.as_secs())
+            }
+        }
+    }
+}
+
+fn ovmf() -> Result<&'static str, String> {
+    OVMF_PATHS
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| {
+            format!(
+                "no OVMF firmware at {}: run `apt-get install -y ovmf`",
+                OVMF_PATHS.join(" or ")
+            )
+        })
+}
+
+/// The QEMU arguments for booting `image` with `opts`. `cmdline_file` holds the kernel options.
+pub fn arguments(
+    opts: &RunOptions,
+    image: &Path,
+    cmdline_file: &Path,
+) -> Result<Vec<String>, String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    // A `-machine` among the verbatim arguments replaces ours rather than merging with it.
+    if !opts.qemu_args.iter().any(|x| x == "-machine" || x == "-M") {
+        push(&["-machine", "q35,hpet=on"]);
+    }
+    match opts.accel {
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+    }
+    let smp = opts.smp.to_string();
+    let mem = format!("{}M", opts.memory_mib);
+    push(&["-smp", &smp, "-m", &mem]);
+    push(&[
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    let drive = format!("format=raw,snapshot=on,file={}", image.display());
+    push(&["-drive", &drive]);
+    let fw_cfg = format!(
+        "name=opt/timerkernel/cmdline,file={}",
+        cmdline_file.display()
+    );
+    push(&["-fw_cfg", &fw_cfg]);
+    if opts.firmware == Firmware::Uefi {
+        push(&["-bios", ovmf()?]);
+    }
+    if opts.gdb {
+        push(&["-s", "-S"]);
+    }
+    a.extend(opts.qemu_args.iter().cloned());
+    Ok(a)
+}
+
+/// The result of one boot: how it ended, the serial log, and how long it took.
+pub struct Boot {
+    pub outcome: Outcome,
+    pub log: String,
+    pub elapsed: Duration,
+}
+
+/// Boots `image`; every serial line is passed to `echo` as it arrives.
+pub fn boot(
+    opts: &RunOptions,
+    image: &Path,
+    echo: impl Fn(&str) + Send + 'static,
+) -> Result<Boot, String> {
+    let cmdline_file = image.with_extension(format!("cmdline.{}", std::process::id()));
+    std::fs::write(&cmdline_file, opts.cmdline.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", cmdline_file.display()))?;
+    let args = arguments(opts, image, &cmdline_file)?;
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!("cannot start qemu-system-x86_64 ({e}): run `apt-get install -y qemu-system-x86 ovmf`")
+        })?;
+
+    let log = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let log = Arc::clone(&log);
+        let stdout = child.stdout.take().expect("stdout is piped");
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout);
+            let mut raw = Vec::new();
+            while lines
+                .read_until(b'\n', &mut raw)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
+                let line = String::from_utf8_lossy(&raw);
+                let line = line.trim_end_matches(['\n', '\r']);
+                echo(line);
+                let mut l = log.lock().unwrap();
+                l.push_str(line);
+                l.push('\n');
+                raw.clear();
+            }
+        })
+    };
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+
+    let outcome = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Outcome::from_status(status),
+            Ok(None) if start.elapsed() >= opts.timeout && !opts.gdb => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Outcome::Timeout(opts.timeout);
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => break Outcome::QemuError(format!("waiting for QEMU: {e}")),
+        }
+    };
+    let _ = reader.join();
+    let stderr_text = errors.join().unwrap_or_default();
+    let _ = std::fs::remove_file(&cmdline_file);
+    let outcome = match outcome {
+        Outcome::QemuError(e) if !stderr_text.trim().is_empty() => {
+            Outcome::QemuError(format!("{e}: {}", stderr_text.trim()))
+        }
+        o => o,
+    };
+    if !stderr_text.trim().is_empty() {
+        let _ = writeln!(std::io::stderr(), "qemu: {}", stderr_text.trim());
+    }
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    Ok(Boot {
+        outcome,
+        log,
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::split_words;
+
+    fn args_for(line: &str) -> Vec<String> {
+        let o = RunOptions::default()
+            .parse(&split_words(line).unwrap())
+            .unwrap();
+        arguments(&o, Path::new("k.img"), Path::new("k.cmdline")).unwrap()
+    }
+
+    fn has_pair(a: &[String], x: &str, y: &str) -> bool {
+        a.windows(2).any(|w| w[0] == x && w[1] == y)
+    }
+
+    #[test]
+    fn default_machine_is_q35_with_hpet_and_exit_device() {
+        let a = args_for("");
+        assert!(has_pair(&a, "-machine", "q35,hpet=on"));
+        assert!(has_pair(
+            &a,
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04"
+        ));
+        assert!(has_pair(&a, "-accel", "tcg"));
+        assert!(a.contains(&"-no-reboot".to_string()));
+        assert!(has_pair(
+            &a,
+            "-fw_cfg",
+            "name=opt/timerkernel/cmdline,file=k.cmdline"
+        ));
+    }
+
+    #[test]
+    fn verbatim_machine_replaces_the_default_one() {
+        let a = args_for("-- -machine pc,hpet=on");
+        assert_eq!(a.iter().filter(|x| *x == "-machine").count(), 1);
+        assert!(has_pair(&a, "-machine", "pc,hpet=on"));
+    }
+
+    #[test]
+    fn smp_and_gdb_reach_qemu() {
+        let a = args_for("--smp 8 --gdb");
+        assert!(has_pair(&a, "-smp", "8"));
+        assert!(a.contains(&"-S".to_string()));
+    }
+
+    #[test]
+    fn exit_statuses_map_to_outcomes() {
+        use std::os::unix::process::ExitStatusExt;
+        let st = |code: i32| ExitStatus::from_raw(code << 8);
+        assert_eq!(Outcome::from_status(st(33)), Outcome::KernelSuccess);
+        assert_eq!(Outcome::from_status(st(35)), Outcome::KernelFailure);
+        assert_eq!(Outcome::from_status(st(0)), Outcome::NoVerdict);
+        assert!(matches!(Outcome::from_status(st(1)), Outcome::QemuError(_)));
+        assert!(matches!(
+            Outcome::from_status(ExitStatus::from_raw(9)),
+            Outcome::QemuError(_)
+        ));
+    }
+}

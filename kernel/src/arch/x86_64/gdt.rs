@@ -1,0 +1,75 @@
+//! Global descriptor table and task-state segment: flat 64-bit code and data segments, and an
+//! interrupt stack table whose first entry gives double faults a stack of their own, so that a
+//! kernel stack overflow ends in a report instead of a triple fault.
+
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// IST slot (0-based, as the TSS field) used by the double-fault handler.
+pub const DOUBLE_FAULT_IST_INDEX: u16 = 0;
+/// Size of each IST stack.
+pub const IST_STACK_SIZE: usize = 32 * 1024;
+
+/// One CPU's descriptor tables.
+pub struct CpuTables {
+    gdt: GlobalDescriptorTable,
+    code: SegmentSelector,
+    data: SegmentSelector,
+    tss: SegmentSelector,
+}
+
+impl CpuTables {
+    /// Builds the tables around `tss`, which must already hold the CPU's IST stack tops.
+    pub fn new(tss: &'static TaskStateSegment) -> CpuTables {
+        let mut gdt = GlobalDescriptorTable::new();
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        CpuTables {
+            gdt,
+            code,
+            data,
+            tss,
+        }
+    }
+
+    /// Loads the tables on the calling CPU.
+    pub fn load(&'static self) {
+        self.gdt.load();
+        // SAFETY: the selectors index the GDT just loaded, whose code segment is a 64-bit ring-0
+        // segment and whose data segment is writable; the TSS descriptor is valid and not busy
+        // (each CPU loads its own TSS exactly once).
+        unsafe {
+            CS::set_reg(self.code);
+            DS::set_reg(self.data);
+            ES::set_reg(self.data);
+            SS::set_reg(self.data);
+            load_tss(self.tss);
+        }
+    }
+}
+
+#[repr(align(16))]
+struct Stack([u8; IST_STACK_SIZE]);
+
+/// The boot CPU's double-fault stack. Application processors get heap-allocated ones.
+static BSP_DOUBLE_FAULT_STACK: spin::Mutex<Stack> = spin::Mutex::new(Stack([0; IST_STACK_SIZE]));
+static BSP_TSS: spin::Once<TaskStateSegment> = spin::Once::new();
+static BSP_TABLES: spin::Once<CpuTables> = spin::Once::new();
+
+/// Loads the boot CPU's GDT and TSS.
+pub fn init_bsp() {
+    let tss = BSP_TSS.call_once(|| {
+        // The stack is only ever touched by the CPU through the IST; the lock is never taken
+        // again, it only gives us the address without a `static mut`.
+        let stack = BSP_DOUBLE_FAULT_STACK.lock();
+        let top = VirtAddr::from_ptr(stack.0.as_ptr_range().end);
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST_INDEX)] = top;
+        tss
+    });
+    BSP_TABLES.call_once(|| CpuTables::new(tss)).load();
+}

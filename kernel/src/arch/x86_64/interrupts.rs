@@ -1,0 +1,239 @@
+//! The interrupt descriptor table: exception handlers that report and stop, and one entry per
+//! device vector (32..=255) that dispatches to the handler a driver registered.
+//!
+//! A device vector nobody registered is counted as spurious and logged (rate-limited), never
+//! fatal. Exceptions other than breakpoint and NMI are fatal: they print vector, error code,
+//! the interrupted RIP/RSP, CR2 and the top of the faulting stack, then exit with failure.
+
+use super::{gdt, memory, qemu, serial};
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use seq_macro::seq;
+use spin::RwLock;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+
+/// First vector free for devices (0..32 are the CPU's exceptions).
+pub const FIRST_DEVICE_VECTOR: u8 = 32;
+
+/// A device interrupt handler; it gets its vector. It runs with interrupts disabled and must not
+/// allocate (the heap lock may be held by the code it interrupted).
+pub type Handler = fn(u8);
+
+static HANDLERS: RwLock<[Option<Handler>; 256]> = RwLock::new([None; 256]);
+/// Signals end of interrupt to the interrupt controller; installed by the LAPIC driver.
+static END_OF_INTERRUPT: RwLock<Option<fn()>> = RwLock::new(None);
+static COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+static SPURIOUS: AtomicU64 = AtomicU64::new(0);
+
+static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterError {
+    ExceptionVector(u8),
+    InUse(u8),
+}
+
+impl fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegisterError::ExceptionVector(v) => write!(f, "vector {v} is a CPU exception"),
+            RegisterError::InUse(v) => write!(f, "vector {v} already has a handler"),
+        }
+    }
+}
+
+/// Installs `handler` for device vector `vector`.
+pub fn register(vector: u8, handler: Handler) -> Result<(), RegisterError> {
+    if vector < FIRST_DEVICE_VECTOR {
+        return Err(RegisterError::ExceptionVector(vector));
+    }
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut table = HANDLERS.write();
+        match table[usize::from(vector)] {
+            Some(_) => Err(RegisterError::InUse(vector)),
+            None => {
+                table[usize::from(vector)] = Some(handler);
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Removes the handler of `vector`; later interrupts on it count as spurious.
+pub fn unregister(vector: u8) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        HANDLERS.write()[usize::from(vector)] = None
+    });
+}
+
+pub fn set_end_of_interrupt(eoi: fn()) {
+    *END_OF_INTERRUPT.write() = Some(eoi);
+}
+
+/// How many interrupts arrived on `vector` (handled or not).
+pub fn count(vector: u8) -> u64 {
+    COUNTS[usize::from(vector)].load(Ordering::Relaxed)
+}
+
+/// How many device interrupts arrived on a vector without a handler.
+pub fn spurious_count() -> u64 {
+    SPURIOUS.load(Ordering::Relaxed)
+}
+
+fn dispatch(vector: u8) {
+    COUNTS[usize::from(vector)].fetch_add(1, Ordering::Relaxed);
+    let handler = HANDLERS.read()[usize::from(vector)];
+    match handler {
+        Some(h) => h(vector),
+        None => {
+            let n = SPURIOUS.fetch_add(1, Ordering::Relaxed) + 1;
+            // The first ten, then every thousandth: a storm must not drown the log.
+            if n <= 10 || n % 1000 == 0 {
+                log::warn!(
+                    "spurious interrupt on vector {vector} (no handler; {n} spurious so far)"
+                );
+            }
+        }
+    }
+    if let Some(eoi) = *END_OF_INTERRUPT.read() {
+        eoi();
+    }
+}
+
+seq!(V in 32..=255 {
+    extern "x86-interrupt" fn device_vector_~V(_frame: InterruptStackFrame) {
+        dispatch(V);
+    }
+});
+
+fn fatal(name: &str, vector: u8, error: Option<u64>, frame: &InterruptStackFrame) -> ! {
+    match error {
+        Some(e) => serial::emergency_print(format_args!(
+            "\nEXCEPTION: {name} (vector {vector}) error code {e:#x}\n"
+        )),
+        None => serial::emergency_print(format_args!("\nEXCEPTION: {name} (vector {vector})\n")),
+    }
+    let cr2 = Cr2::read_raw();
+    serial::emergency_print(format_args!(
+        "  rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} ss={:#x} cr2={cr2:#x}\n",
+        frame.instruction_pointer.as_u64(),
+        frame.code_segment.0,
+        frame.cpu_flags.bits(),
+        frame.stack_pointer.as_u64(),
+        frame.stack_segment.0,
+    ));
+    let rsp = frame.stack_pointer.as_u64();
+    serial::emergency_print(format_args!("  stack at rsp:"));
+    for i in 0..8u64 {
+        let addr = rsp.wrapping_add(i * 8);
+        match memory::read_u64_if_mapped(addr) {
+            Some(v) => serial::emergency_print(format_args!(" {v:#018x}")),
+            None => {
+                serial::emergency_print(format_args!(" <{addr:#x} not mapped>"));
+                break;
+            }
+        }
+    }
+    serial::emergency_print(format_args!("\n"));
+    qemu::exit_qemu(qemu::ExitCode::Failure)
+}
+
+macro_rules! fatal_handler {
+    ($fn_name:ident, $name:literal, $vector:literal) => {
+        extern "x86-interrupt" fn $fn_name(frame: InterruptStackFrame) {
+            fatal($name, $vector, None, &frame)
+        }
+    };
+    ($fn_name:ident, $name:literal, $vector:literal, error) => {
+        extern "x86-interrupt" fn $fn_name(frame: InterruptStackFrame, error: u64) {
+            fatal($name, $vector, Some(error), &frame)
+        }
+    };
+}
+
+fatal_handler!(divide_error, "divide error", 0);
+fatal_handler!(debug, "debug", 1);
+fatal_handler!(overflow, "overflow", 4);
+fatal_handler!(bound_range, "bound range exceeded", 5);
+fatal_handler!(invalid_opcode, "invalid opcode", 6);
+fatal_handler!(device_not_available, "device not available", 7);
+fatal_handler!(invalid_tss, "invalid TSS", 10, error);
+fatal_handler!(segment_not_present, "segment not present", 11, error);
+fatal_handler!(stack_segment, "stack-segment fault", 12, error);
+fatal_handler!(general_protection, "general protection fault", 13, error);
+fatal_handler!(x87_floating_point, "x87 floating-point exception", 16);
+fatal_handler!(alignment_check, "alignment check", 17, error);
+fatal_handler!(simd_floating_point, "SIMD floating-point exception", 19);
+fatal_handler!(virtualization, "virtualization exception", 20);
+fatal_handler!(
+    control_protection,
+    "control protection exception",
+    21,
+    error
+);
+
+extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, error: PageFaultErrorCode) {
+    serial::emergency_print(format_args!("\npage fault: {error:?}"));
+    fatal("page fault", 14, Some(error.bits()), &frame)
+}
+
+extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, error: u64) -> ! {
+    fatal("double fault", 8, Some(error), &frame)
+}
+
+extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
+    fatal("machine check", 18, None, &frame)
+}
+
+static NMI_COUNT: AtomicU64 = AtomicU64::new(0);
+
+extern "x86-interrupt" fn nmi(_frame: InterruptStackFrame) {
+    NMI_COUNT.fetch_add(1, Ordering::Relaxed);
+}
+
+extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
+    log::warn!("breakpoint at {:#x}", frame.instruction_pointer.as_u64());
+}
+
+fn build_idt() -> InterruptDescriptorTable {
+    let mut idt = InterruptDescriptorTable::new();
+    idt.divide_error.set_handler_fn(divide_error);
+    idt.debug.set_handler_fn(debug);
+    idt.non_maskable_interrupt.set_handler_fn(nmi);
+    idt.breakpoint.set_handler_fn(breakpoint);
+    idt.overflow.set_handler_fn(overflow);
+    idt.bound_range_exceeded.set_handler_fn(bound_range);
+    idt.invalid_opcode.set_handler_fn(invalid_opcode);
+    idt.device_not_available
+        .set_handler_fn(device_not_available);
+    // SAFETY: IST slot DOUBLE_FAULT_IST_INDEX holds a valid, otherwise unused stack in every
+    // CPU's TSS (gdt.rs), so a double fault never runs on the stack that overflowed.
+    unsafe {
+        idt.double_fault
+            .set_handler_fn(double_fault)
+            .set_stack_index(gdt::DOUBLE_FAULT_IST_INDEX);
+    }
+    idt.invalid_tss.set_handler_fn(invalid_tss);
+    idt.segment_not_present.set_handler_fn(segment_not_present);
+    idt.stack_segment_fault.set_handler_fn(stack_segment);
+    idt.general_protection_fault
+        .set_handler_fn(general_protection);
+    idt.page_fault.set_handler_fn(page_fault);
+    idt.x87_floating_point.set_handler_fn(x87_floating_point);
+    idt.alignment_check.set_handler_fn(alignment_check);
+    idt.machine_check.set_handler_fn(machine_check);
+    idt.simd_floating_point.set_handler_fn(simd_floating_point);
+    idt.virtualization.set_handler_fn(virtualization);
+    idt.cp_protection_exception
+        .set_handler_fn(control_protection);
+    seq!(V in 32..=255 {
+        idt[V].set_handler_fn(device_vector_~V);
+    });
+    idt
+}
+
+/// Loads the shared IDT on the calling CPU (built on first use).
+pub fn init_bsp() {
+    IDT.call_once(build_idt).load();
+}

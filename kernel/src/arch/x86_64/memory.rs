@@ -1,0 +1,186 @@
+//! Physical frames, page tables and the kernel heap.
+//!
+//! Virtual layout of the upper half (the bootloader is told to stay in its range):
+//! - `0xffff_8000_0000_0000..0xffff_c000_0000_0000`: the bootloader's mappings: kernel image,
+//!   boot stack (with a guard page below it), boot info, and all of physical memory at a dynamic
+//!   offset (write-back: MMIO gets its own uncached mapping, see `mmio.rs`);
+//! - `HEAP_START`: the kernel heap, `HEAP_SIZE` bytes, mapped at boot;
+//! - `MMIO_WINDOW_START`: uncached device mappings, handed out by `mmio::map`.
+//!
+//! Frames below 1 MiB are never handed out: the SMP trampoline needs a page there.
+
+use bootloader_api::BootInfo;
+use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
+use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Mutex;
+use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::mapper::MapToError;
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+pub const BOOTLOADER_RANGE_START: u64 = 0xffff_8000_0000_0000;
+pub const BOOTLOADER_RANGE_END: u64 = 0xffff_bfff_ffff_ffff;
+pub const HEAP_START: u64 = 0xffff_c000_0000_0000;
+pub const HEAP_SIZE: u64 = 16 * 1024 * 1024;
+pub const MMIO_WINDOW_START: u64 = 0xffff_d000_0000_0000;
+pub const MMIO_WINDOW_SIZE: u64 = 1 << 30;
+/// Frames below this stay free for real-mode code (the AP start-up trampoline).
+const LOW_MEMORY_LIMIT: u64 = 0x10_0000;
+
+/// Offset of the bootloader's map of all physical memory; 0 until `init`.
+static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
+static MAPPER: Mutex<Option<OffsetPageTable<'static>>> = Mutex::new(None);
+static FRAMES: Mutex<Option<BootFrameAllocator>> = Mutex::new(None);
+static USABLE: spin::Once<&'static MemoryRegions> = spin::Once::new();
+
+#[cfg(target_os = "none")]
+#[global_allocator]
+static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// Hands out the usable frames of the boot memory map, lowest first, never twice. Frames are not
+/// returned: nothing the kernel maps at boot is ever unmapped.
+struct BootFrameAllocator {
+    regions: &'static MemoryRegions,
+    region: usize,
+    next: u64,
+}
+
+// SAFETY: `allocate_frame` returns only frames the memory map marks usable, each at most once
+// (the cursor only moves forward), and none that the bootloader or the kernel uses otherwise.
+unsafe impl FrameAllocator<Size4KiB> for BootFrameAllocator {
+    fn allocate_frame(&mut self) -> Option<PhysFrame> {
+        while let Some(r) = self.regions.get(self.region) {
+            let start = self
+                .next
+                .max(r.start)
+                .max(LOW_MEMORY_LIMIT)
+                .next_multiple_of(4096);
+            if r.kind == MemoryRegionKind::Usable && start + 4096 <= r.end {
+                self.next = start + 4096;
+                return Some(PhysFrame::containing_address(PhysAddr::new(start)));
+            }
+            self.region += 1;
+        }
+        None
+    }
+}
+
+pub fn phys_to_virt(phys: u64) -> VirtAddr {
+    let offset = PHYS_OFFSET.load(Ordering::Relaxed);
+    assert!(offset != 0, "memory::phys_to_virt before memory::init");
+    VirtAddr::new(offset + phys)
+}
+
+/// The memory map's usable RAM ranges as `(start, end)`, end exclusive.
+pub fn usable_ram() -> impl Iterator<Item = (u64, u64)> {
+    USABLE
+        .get()
+        .into_iter()
+        .flat_map(|r| r.iter())
+        .filter(|r| r.kind == MemoryRegionKind::Usable)
+        .map(|r| (r.start, r.end))
+}
+
+/// Maps `pages` to fresh frames (when `phys` is `None`) or to the frames from `phys` on.
+pub fn map_range(
+    first: Page<Size4KiB>,
+    count: u64,
+    phys: Option<PhysAddr>,
+    flags: PageTableFlags,
+) -> Result<(), MapToError<Size4KiB>> {
+    let mut mapper = MAPPER.lock();
+    let mapper = mapper
+        .as_mut()
+        .expect("memory::map_range before memory::init");
+    let mut frames = FRAMES.lock();
+    let frames = frames
+        .as_mut()
+        .expect("memory::map_range before memory::init");
+    for i in 0..count {
+        let page = first + i;
+        let frame = match phys {
+            Some(p) => PhysFrame::containing_address(p + i * 4096),
+            None => frames
+                .allocate_frame()
+                .ok_or(MapToError::FrameAllocationFailed)?,
+        };
+        // SAFETY: the pages lie in a window of the address space that only this module hands
+        // out (heap, MMIO), each page once; the frames are fresh usable RAM or device memory
+        // that the caller (mmio.rs) checked is not RAM.
+        unsafe { mapper.map_to(page, frame, flags, frames)? }.flush();
+    }
+    Ok(())
+}
+
+/// Reads the u64 at `addr` if the current page tables map it, else `None`: for the fault
+/// handlers, which must not fault again while printing a stack.
+pub fn read_u64_if_mapped(addr: u64) -> Option<u64> {
+    let offset = PHYS_OFFSET.load(Ordering::Relaxed);
+    if offset == 0 || addr % 8 != 0 || VirtAddr::try_new(addr).is_err() {
+        return None;
+    }
+    let mut table = Cr3::read().0.start_address().as_u64();
+    for level in (1..=4u32).rev() {
+        let index = (addr >> (12 + 9 * (level - 1))) & 0x1ff;
+        // SAFETY: `table` is the physical address of a page table reached from CR3, and the
+        // bootloader maps all physical memory at `offset`; the entry is 8-aligned inside it.
+        let entry = unsafe { core::ptr::read_volatile((offset + table + index * 8) as *const u64) };
+        let flags = PageTableFlags::from_bits_truncate(entry);
+        if !flags.contains(PageTableFlags::PRESENT) {
+            return None;
+        }
+        if level == 1 || (level <= 3 && flags.contains(PageTableFlags::HUGE_PAGE)) {
+            // SAFETY: the walk just showed `addr` is mapped, and it is 8-aligned, so the read
+            // stays within one present page.
+            return Some(unsafe { core::ptr::read_volatile(addr as *const u64) });
+        }
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    None
+}
+
+/// Sets up paging access, the frame allocator and the heap.
+pub fn init(boot_info: &'static BootInfo) {
+    let offset = boot_info
+        .physical_memory_offset
+        .into_option()
+        .expect("BOOTLOADER_CONFIG asks for the physical memory mapping");
+    PHYS_OFFSET.store(offset, Ordering::Relaxed);
+    USABLE.call_once(|| &boot_info.memory_regions);
+    let (l4_frame, _) = Cr3::read();
+    let l4_ptr = (offset + l4_frame.start_address().as_u64()) as *mut PageTable;
+    // SAFETY: CR3 holds the active level-4 table, reachable through the physical-memory map;
+    // this is the only `&mut` to it, kept behind `MAPPER`'s lock from here on.
+    let mapper = unsafe { OffsetPageTable::new(&mut *l4_ptr, VirtAddr::new(offset)) };
+    *MAPPER.lock() = Some(mapper);
+    *FRAMES.lock() = Some(BootFrameAllocator {
+        regions: &boot_info.memory_regions,
+        region: 0,
+        next: 0,
+    });
+
+    let usable: u64 = usable_ram().map(|(s, e)| e - s).sum();
+    log::info!(
+        "{} MiB usable in {} regions; physical memory mapped at {offset:#x}",
+        usable >> 20,
+        boot_info
+            .memory_regions
+            .iter()
+            .filter(|r| r.kind == MemoryRegionKind::Usable)
+            .count()
+    );
+
+    let heap_first = Page::containing_address(VirtAddr::new(HEAP_START));
+    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+    map_range(heap_first, HEAP_SIZE / 4096, None, flags).expect("mapping the kernel heap");
+    #[cfg(target_os = "none")]
+    // SAFETY: HEAP_START..+HEAP_SIZE was just mapped to fresh frames and is used for nothing else.
+    unsafe {
+        ALLOCATOR
+            .lock()
+            .init(HEAP_START as *mut u8, HEAP_SIZE as usize)
+    };
+    log::info!("kernel heap: {} MiB at {HEAP_START:#x}", HEAP_SIZE >> 20);
+}

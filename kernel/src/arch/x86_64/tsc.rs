@@ -1,0 +1,147 @@
+//! The time-stamp counter: the first clocksource, calibrated against the PIT at boot so that the
+//! log has real timestamps from its first line. The platform issue recalibrates it against the
+//! HPET once that is up.
+
+use super::pit;
+use crate::time::clocksource::{self, Clocksource, MultShift};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+pub fn read() -> u64 {
+    // SAFETY: RDTSC is available on every x86_64 CPU and has no side effects (CR4.TSD is clear,
+    // and we run in ring 0 regardless).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Length of one calibration window in PIT ticks (10 ms).
+const WINDOW_PIT_TICKS: u16 = (pit::PIT_HZ / 100) as u16;
+const WINDOWS: usize = 3;
+/// Gives up on a window after this many TSC cycles (10 s at 1 GHz): no PIT, or it does not run.
+const WINDOW_LIMIT_CYCLES: u64 = 10_000_000_000;
+/// What the TSC is assumed to run at when nothing could measure it.
+const FALLBACK_HZ: u64 = 1_000_000_000;
+
+/// How the TSC frequency was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibration {
+    /// Median of three 10 ms PIT windows; `spread_ppm` is (max - min) / median.
+    Pit { spread_ppm: u64 },
+    /// CPUID leaf 0x16's nominal base frequency.
+    Cpuid,
+    /// Nothing measured it: timestamps are in assumed units.
+    Assumed,
+}
+
+struct TscClock {
+    origin: AtomicU64,
+    hz: AtomicU64,
+    mult: AtomicU64,
+    shift: AtomicU32,
+}
+
+static TSC_CLOCK: TscClock = TscClock {
+    origin: AtomicU64::new(0),
+    hz: AtomicU64::new(0),
+    mult: AtomicU64::new(0),
+    shift: AtomicU32::new(0),
+};
+static CALIBRATION: spin::Once<Calibration> = spin::Once::new();
+
+impl Clocksource for TscClock {
+    fn name(&self) -> &'static str {
+        "tsc"
+    }
+    fn now_ns(&self) -> u64 {
+        let conv = MultShift {
+            mult: self.mult.load(Ordering::Relaxed),
+            shift: self.shift.load(Ordering::Relaxed),
+        };
+        conv.apply(read().saturating_sub(self.origin.load(Ordering::Relaxed)))
+    }
+}
+
+/// Cycles the TSC advances during one PIT window, or `None` if the PIT never expired.
+fn measure_window() -> Option<u64> {
+    pit::start_channel2(WINDOW_PIT_TICKS);
+    let start = read();
+    while !pit::channel2_expired() {
+        if read() - start > WINDOW_LIMIT_CYCLES {
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+    Some(read() - start)
+}
+
+fn cpuid_base_hz() -> Option<u64> {
+    let max_leaf = core::arch::x86_64::__cpuid(0).eax;
+    if max_leaf < 0x16 {
+        return None;
+    }
+    let mhz = core::arch::x86_64::__cpuid(0x16).eax & 0xffff;
+    (mhz != 0).then_some(u64::from(mhz) * 1_000_000)
+}
+
+/// Measures the TSC frequency and installs the TSC as the clocksource; its origin (0 ns) is now.
+pub fn init_early() {
+    let mut samples = [0u64; WINDOWS];
+    let mut ok = true;
+    for s in samples.iter_mut() {
+        match measure_window() {
+            Some(cycles) => *s = cycles,
+            None => {
+                ok = false;
+                break;
+            }
+        }
+    }
+    let (hz, calibration) = if ok {
+        samples.sort_unstable();
+        let median = samples[WINDOWS / 2];
+        let spread_ppm = (samples[WINDOWS - 1] - samples[0]) * 1_000_000 / median.max(1);
+        (
+            median * pit::PIT_HZ / u64::from(WINDOW_PIT_TICKS),
+            Calibration::Pit { spread_ppm },
+        )
+    } else if let Some(hz) = cpuid_base_hz() {
+        (hz, Calibration::Cpuid)
+    } else {
+        (FALLBACK_HZ, Calibration::Assumed)
+    };
+    set_frequency(hz);
+    TSC_CLOCK.origin.store(read(), Ordering::Relaxed);
+    CALIBRATION.call_once(|| calibration);
+    clocksource::install(&TSC_CLOCK);
+}
+
+/// Changes the frequency (after a better calibration) without moving the origin.
+pub fn set_frequency(hz: u64) {
+    let conv = MultShift::ticks_to_ns(hz);
+    TSC_CLOCK.hz.store(hz, Ordering::Relaxed);
+    TSC_CLOCK.mult.store(conv.mult, Ordering::Relaxed);
+    TSC_CLOCK.shift.store(conv.shift, Ordering::Relaxed);
+}
+
+pub fn frequency_hz() -> u64 {
+    TSC_CLOCK.hz.load(Ordering::Relaxed)
+}
+
+/// One log line saying how the TSC frequency was found and how sure it is.
+pub fn log_calibration() {
+    let hz = frequency_hz();
+    match CALIBRATION.get() {
+        Some(Calibration::Pit { spread_ppm }) => log::info!(
+            "TSC {}.{:03} MHz, calibrated against the PIT ({WINDOWS} x 10 ms windows, spread {spread_ppm} ppm)",
+            hz / 1_000_000,
+            hz / 1_000 % 1_000
+        ),
+        Some(Calibration::Cpuid) => {
+            log::warn!(
+                "TSC {} MHz from CPUID 0x16: the PIT did not count, nothing measured it",
+                hz / 1_000_000
+            )
+        }
+        _ => log::warn!(
+            "TSC frequency unknown (no PIT, no CPUID 0x16): assuming 1 GHz, timestamps are not ns"
+        ),
+    }
+}

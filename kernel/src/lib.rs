@@ -1,0 +1,95 @@
+//! A timer-centred x86_64 kernel.
+//!
+//! The library holds everything; `main.rs` and the QEMU test kernels in `tests/` are thin
+//! entry points over [`init`]. Built for `x86_64-unknown-none` it is the kernel; built for the
+//! host under `cfg(test)` it links `std`, so the hardware-independent parts run as unit tests.
+#![cfg_attr(not(test), no_std)]
+#![feature(abi_x86_interrupt)]
+
+extern crate alloc;
+
+pub mod arch;
+pub mod cmdline;
+pub mod logger;
+pub mod time;
+
+use arch::x86_64::{fw_cfg, gdt, interrupts, memory, qemu, serial, tsc};
+use bootloader_api::BootInfo;
+use bootloader_api::config::{BootloaderConfig, Mapping};
+pub use qemu::{ExitCode, exit_qemu};
+
+/// Where the bootloader may place its own mappings (kernel image, stack, boot info, the map of
+/// all physical memory); the rest of the upper half is the kernel's, see `memory.rs`.
+pub const BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut config = BootloaderConfig::new_default();
+    config.mappings.physical_memory = Some(Mapping::Dynamic);
+    config.mappings.dynamic_range_start = Some(memory::BOOTLOADER_RANGE_START);
+    config.mappings.dynamic_range_end = Some(memory::BOOTLOADER_RANGE_END);
+    config.kernel_stack_size = 256 * 1024;
+    config
+};
+
+/// What the bring-up found and decided, for the code that runs after it.
+pub struct Kernel {
+    pub options: cmdline::KernelOptions,
+    /// The command line as QEMU's fw_cfg delivered it (empty when there was none).
+    pub cmdline: alloc::string::String,
+    pub option_problems: alloc::vec::Vec<cmdline::OptionProblem>,
+    /// Physical address of the ACPI RSDP, as the bootloader found it.
+    pub rsdp_addr: Option<u64>,
+}
+
+/// Brings up the boot CPU's base: serial log, GDT/IDT, TSC timestamps, memory and heap, kernel
+/// options. Everything after this may allocate and log.
+pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
+    serial::init();
+    gdt::init_bsp();
+    interrupts::init_bsp();
+    tsc::init_early();
+    logger::init(log::LevelFilter::Info);
+    log::info!(
+        "timer kernel {} starting on the boot CPU",
+        env!("CARGO_PKG_VERSION")
+    );
+    tsc::log_calibration();
+
+    let boot_info: &'static BootInfo = boot_info;
+    memory::init(boot_info);
+
+    let cmdline = fw_cfg::kernel_cmdline().unwrap_or_default();
+    let (options, option_problems) = cmdline::parse(&cmdline);
+    logger::set_level(options.loglevel);
+    log::info!("command line: \"{cmdline}\"");
+    for problem in &option_problems {
+        log::warn!("{problem}; using the default");
+    }
+    Kernel {
+        options,
+        cmdline,
+        option_problems,
+        rsdp_addr: boot_info.rsdp_addr.into_option(),
+    }
+}
+
+/// Logs the verdict and leaves QEMU with it (halts on hardware without the exit device).
+pub fn exit(code: ExitCode) -> ! {
+    log::info!("exit: {code:?}");
+    exit_qemu(code)
+}
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    x86_64::instructions::interrupts::disable();
+    match info.location() {
+        Some(l) => serial::emergency_print(format_args!(
+            "\nKERNEL PANIC: panicked at {}:{}:{}: {}\n",
+            l.file(),
+            l.line(),
+            l.column(),
+            info.message()
+        )),
+        None => serial::emergency_print(format_args!("\nKERNEL PANIC: {}\n", info.message())),
+    }
+    exit_qemu(ExitCode::Failure)
+}

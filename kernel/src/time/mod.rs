@@ -1,0 +1,5 @@
+//! The hardware-independent time layer. No `unsafe`, no hardware: devices reach it through the
+//! traits defined here, and every piece runs as a host unit test with fake devices.
+#![forbid(unsafe_code)]
+
+pub mod clocksource;
