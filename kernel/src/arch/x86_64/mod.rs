@@ -1,4 +1,5 @@
 //! x86_64 platform: one module per device or CPU facility.
+pub mod acpi;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod interrupts;

@@ -1,0 +1,1 @@
+//! ACPI tables -> plain Rust structs (being written).
