@@ -171,6 +171,8 @@ fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
     };
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let list_only = args.iter().any(|a| a == "--list");
+    // As with libtest, `--nocapture` shows the output (here: the serial log) of passing tests too.
+    let show_log = args.iter().any(|a| a == "--nocapture");
     let selected: Vec<&Variant> = variants
         .iter()
         .filter(|v| {
@@ -190,7 +192,13 @@ fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
     for v in &selected {
         let full = format!("{binary}::{}", v.name);
         let result = image::disk_image(elf, v.options.firmware)
-            .and_then(|img| qemu::boot(&v.options, &img, |_| {}))
+            .and_then(|img| {
+                qemu::boot(&v.options, &img, move |line| {
+                    if show_log {
+                        println!("    | {line}");
+                    }
+                })
+            })
             .and_then(|boot| {
                 verdict(v, &boot.outcome, &boot.log)
                     .map(|()| boot.elapsed)

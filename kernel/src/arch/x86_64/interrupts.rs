@@ -107,12 +107,21 @@ seq!(V in 32..=255 {
     }
 });
 
-fn fatal(name: &str, vector: u8, error: Option<u64>, frame: &InterruptStackFrame) -> ! {
+fn fatal(
+    name: &str,
+    vector: u8,
+    error: Option<u64>,
+    detail: Option<&dyn fmt::Debug>,
+    frame: &InterruptStackFrame,
+) -> ! {
     match error {
         Some(e) => serial::emergency_print(format_args!(
             "\nEXCEPTION: {name} (vector {vector}) error code {e:#x}\n"
         )),
         None => serial::emergency_print(format_args!("\nEXCEPTION: {name} (vector {vector})\n")),
+    }
+    if let Some(d) = detail {
+        serial::emergency_print(format_args!("  {d:?}\n"));
     }
     let cr2 = Cr2::read_raw();
     serial::emergency_print(format_args!(
@@ -142,12 +151,12 @@ fn fatal(name: &str, vector: u8, error: Option<u64>, frame: &InterruptStackFrame
 macro_rules! fatal_handler {
     ($fn_name:ident, $name:literal, $vector:literal) => {
         extern "x86-interrupt" fn $fn_name(frame: InterruptStackFrame) {
-            fatal($name, $vector, None, &frame)
+            fatal($name, $vector, None, None, &frame)
         }
     };
     ($fn_name:ident, $name:literal, $vector:literal, error) => {
         extern "x86-interrupt" fn $fn_name(frame: InterruptStackFrame, error: u64) {
-            fatal($name, $vector, Some(error), &frame)
+            fatal($name, $vector, Some(error), None, &frame)
         }
     };
 }
@@ -174,16 +183,15 @@ fatal_handler!(
 );
 
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, error: PageFaultErrorCode) {
-    serial::emergency_print(format_args!("\npage fault: {error:?}"));
-    fatal("page fault", 14, Some(error.bits()), &frame)
+    fatal("page fault", 14, Some(error.bits()), Some(&error), &frame)
 }
 
 extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, error: u64) -> ! {
-    fatal("double fault", 8, Some(error), &frame)
+    fatal("double fault", 8, Some(error), None, &frame)
 }
 
 extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
-    fatal("machine check", 18, None, &frame)
+    fatal("machine check", 18, None, None, &frame)
 }
 
 static NMI_COUNT: AtomicU64 = AtomicU64::new(0);
