@@ -48,13 +48,25 @@ impl MultShift {
     /// The conversion for a counter of `hz` ticks per second. `hz` must not be 0.
     pub fn ticks_to_ns(hz: u64) -> MultShift {
         assert!(hz > 0, "a counter of 0 Hz has no conversion");
-        // mult = 1e9 * 2^shift / hz must fit in 64 bits.
+        MultShift::ns_per_tick(NS_PER_S, hz)
+    }
+
+    /// The conversion for a counter whose tick lasts `numerator / denominator` ns (e.g. an
+    /// HPET period in femtoseconds over 10^6 fs/ns). `denominator` must not be 0.
+    pub fn ns_per_tick(numerator: u64, denominator: u64) -> MultShift {
+        assert!(
+            denominator > 0,
+            "a tick length needs a non-zero denominator"
+        );
+        let mult_for = |shift: u32| (u128::from(numerator) << shift) / u128::from(denominator);
         let mut shift = 63;
-        while shift > 0 && (u128::from(NS_PER_S) << shift) / u128::from(hz) > u128::from(u64::MAX) {
+        while shift > 0 && mult_for(shift) > u128::from(u64::MAX) {
             shift -= 1;
         }
-        let mult = ((u128::from(NS_PER_S) << shift) / u128::from(hz)) as u64;
-        MultShift { mult, shift }
+        MultShift {
+            mult: mult_for(shift) as u64,
+            shift,
+        }
     }
 
     pub fn apply(self, ticks: u64) -> u64 {
@@ -89,7 +101,11 @@ mod tests {
                 let exact = u128::from(ticks) * u128::from(NS_PER_S) / u128::from(hz);
                 let got = u128::from(c.apply(ticks));
                 if exact > u128::from(u64::MAX) {
-                    assert_eq!(got, u128::from(u64::MAX), "{hz} Hz, {ticks} ticks must saturate");
+                    assert_eq!(
+                        got,
+                        u128::from(u64::MAX),
+                        "{hz} Hz, {ticks} ticks must saturate"
+                    );
                     continue;
                 }
                 assert!(got <= exact, "{hz} Hz, {ticks} ticks: {got} > {exact}");
@@ -100,6 +116,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn hpet_period_in_femtoseconds_converts_exactly() {
+        let c = MultShift::ns_per_tick(10_000_000, 1_000_000); // q35: 10 ns per tick
+        assert_eq!(c.apply(123), 1230);
+        let c = MultShift::ns_per_tick(69_841_279, 1_000_000); // 14.318 MHz
+        assert_eq!(c.apply(14_318_180), 1_000_000_004); // exact: 1 000 000 004.6
     }
 
     #[test]

@@ -2,9 +2,13 @@
 pub mod acpi;
 pub mod fw_cfg;
 pub mod gdt;
+pub mod hpet;
 pub mod interrupts;
+pub mod ioapic;
+pub mod lapic;
 pub mod memory;
 pub mod mmio;
+pub mod pic;
 pub mod pit;
 pub mod qemu;
 pub mod serial;

@@ -1,0 +1,386 @@
+//! I/O APICs (82093AA datasheet): redirection entries, GSI lookup, ISA overrides, masking,
+//! retargeting, and a record of which GSIs are taken.
+
+use super::mmio;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+use spin::Mutex;
+use volatile::VolatilePtr;
+
+/// IOREGSEL at offset 0x00 selects a register, IOWIN at 0x10 reads or writes it.
+const IOREGSEL: usize = 0x00;
+const IOWIN: usize = 0x10;
+const IOAPICID: u32 = 0x00;
+const IOAPICVER: u32 = 0x01;
+/// Redirection entry n: low half at 0x10 + 2n, high half at 0x11 + 2n.
+const IOREDTBL: u32 = 0x10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    Fixed = 0b000,
+    LowestPriority = 0b001,
+    Smi = 0b010,
+    Nmi = 0b100,
+    Init = 0b101,
+    ExtInt = 0b111,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polarity {
+    ActiveHigh,
+    ActiveLow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Edge,
+    Level,
+}
+
+/// One redirection table entry, typed (datasheet 3.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedirectionEntry {
+    pub vector: u8,
+    pub delivery: DeliveryMode,
+    /// Logical destination mode; we use physical (false).
+    pub logical: bool,
+    pub polarity: Polarity,
+    pub trigger: Trigger,
+    pub masked: bool,
+    /// Physical APIC id of the destination CPU.
+    pub destination: u8,
+}
+
+impl RedirectionEntry {
+    pub fn masked() -> RedirectionEntry {
+        RedirectionEntry {
+            vector: 0,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            polarity: Polarity::ActiveHigh,
+            trigger: Trigger::Edge,
+            masked: true,
+            destination: 0,
+        }
+    }
+
+    pub fn encode(self) -> u64 {
+        u64::from(self.vector)
+            | (self.delivery as u64) << 8
+            | u64::from(self.logical) << 11
+            | u64::from(self.polarity == Polarity::ActiveLow) << 13
+            | u64::from(self.trigger == Trigger::Level) << 15
+            | u64::from(self.masked) << 16
+            | u64::from(self.destination) << 56
+    }
+
+    /// Decodes an entry; reserved delivery modes read as `Fixed`. Read-only status bits
+    /// (delivery status, remote IRR) are dropped.
+    pub fn decode(raw: u64) -> RedirectionEntry {
+        let delivery = match (raw >> 8) & 0b111 {
+            0b001 => DeliveryMode::LowestPriority,
+            0b010 => DeliveryMode::Smi,
+            0b100 => DeliveryMode::Nmi,
+            0b101 => DeliveryMode::Init,
+            0b111 => DeliveryMode::ExtInt,
+            _ => DeliveryMode::Fixed,
+        };
+        RedirectionEntry {
+            vector: raw as u8,
+            delivery,
+            logical: raw & (1 << 11) != 0,
+            polarity: if raw & (1 << 13) != 0 {
+                Polarity::ActiveLow
+            } else {
+                Polarity::ActiveHigh
+            },
+            trigger: if raw & (1 << 15) != 0 {
+                Trigger::Level
+            } else {
+                Trigger::Edge
+            },
+            masked: raw & (1 << 16) != 0,
+            destination: (raw >> 56) as u8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoApicError {
+    /// No IOAPIC serves this GSI.
+    GsiOutOfRange(u32),
+    GsiInUse {
+        gsi: u32,
+        owner: &'static str,
+    },
+    NotClaimed(u32),
+    Mapping(mmio::MmioError),
+}
+
+impl fmt::Display for IoApicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            IoApicError::GsiOutOfRange(g) => write!(f, "GSI {g} is served by no IOAPIC"),
+            IoApicError::GsiInUse { gsi, owner } => {
+                write!(f, "GSI {gsi} is already used by {owner}")
+            }
+            IoApicError::NotClaimed(g) => write!(f, "GSI {g} was not claimed"),
+            IoApicError::Mapping(e) => write!(f, "cannot map the IOAPIC: {e}"),
+        }
+    }
+}
+
+/// One IOAPIC chip.
+pub struct IoApic {
+    pub id: u8,
+    pub phys: u64,
+    pub gsi_base: u32,
+    pub pins: u32,
+    pub version: u8,
+    regs: VolatilePtr<'static, [u32; 8]>,
+}
+
+// SAFETY: the register window is device memory mapped for the kernel's lifetime; every
+// select-then-access pair runs under the `IOAPICS` lock.
+unsafe impl Send for IoApic {}
+
+impl IoApic {
+    fn read(&mut self, reg: u32) -> u32 {
+        self.regs.map_index(IOREGSEL / 4).write(reg);
+        self.regs.map_index(IOWIN / 4).read()
+    }
+    fn write(&mut self, reg: u32, value: u32) {
+        self.regs.map_index(IOREGSEL / 4).write(reg);
+        self.regs.map_index(IOWIN / 4).write(value);
+    }
+    fn entry(&mut self, pin: u32) -> RedirectionEntry {
+        let low = self.read(IOREDTBL + 2 * pin);
+        let high = self.read(IOREDTBL + 2 * pin + 1);
+        RedirectionEntry::decode(u64::from(high) << 32 | u64::from(low))
+    }
+    fn set_entry(&mut self, pin: u32, e: RedirectionEntry) {
+        let raw = e.encode();
+        // Mask first so the line never fires half-programmed, then write high, then low.
+        self.write(IOREDTBL + 2 * pin, (raw as u32) | 1 << 16);
+        self.write(IOREDTBL + 2 * pin + 1, (raw >> 32) as u32);
+        self.write(IOREDTBL + 2 * pin, raw as u32);
+    }
+}
+
+/// The volatile crate's stable API has no array indexing; this is the one place we need it.
+trait MapIndex {
+    fn map_index(self, i: usize) -> VolatilePtr<'static, u32>;
+}
+impl MapIndex for VolatilePtr<'static, [u32; 8]> {
+    fn map_index(self, i: usize) -> VolatilePtr<'static, u32> {
+        assert!(i < 8);
+        // SAFETY: i < 8 keeps the element inside the 32-byte window this pointer covers.
+        unsafe { self.map(|p| p.cast::<u32>().add(i)) }
+    }
+}
+
+/// All IOAPICs plus the GSI ownership record.
+pub struct IoApics {
+    chips: Vec<IoApic>,
+    owners: Vec<(u32, &'static str)>,
+}
+
+pub static IOAPICS: Mutex<IoApics> = Mutex::new(IoApics {
+    chips: Vec::new(),
+    owners: Vec::new(),
+});
+
+/// First GSI that no ISA device can own (GSIs 0-15 are the ISA IRQs' by default).
+pub const FIRST_NON_ISA_GSI: u32 = 16;
+
+impl IoApics {
+    /// Maps and adds the IOAPIC `id` at `phys` serving GSIs from `gsi_base`; masks all its pins.
+    pub fn add(&mut self, id: u8, phys: u64, gsi_base: u32) -> Result<&IoApic, IoApicError> {
+        let region = mmio::map(phys, 0x20).map_err(IoApicError::Mapping)?;
+        let ptr =
+            NonNull::new(region.virt.as_mut_ptr::<[u32; 8]>()).expect("MMIO window is not null");
+        // SAFETY: `region` maps the IOAPIC's 32-byte register window uncached for good.
+        let regs = unsafe { VolatilePtr::new(ptr) };
+        let mut chip = IoApic {
+            id,
+            phys,
+            gsi_base,
+            pins: 0,
+            version: 0,
+            regs,
+        };
+        let ver = chip.read(IOAPICVER);
+        chip.version = ver as u8;
+        chip.pins = ((ver >> 16) & 0xff) + 1;
+        let hw_id = (chip.read(IOAPICID) >> 24) & 0xf;
+        if u32::from(id) & 0xf != hw_id {
+            log::warn!("IOAPIC {id}: the chip says its id is {hw_id}; using the MADT's");
+        }
+        for pin in 0..chip.pins {
+            chip.set_entry(pin, RedirectionEntry::masked());
+        }
+        self.chips.push(chip);
+        Ok(self.chips.last().expect("just pushed"))
+    }
+
+    pub fn chips(&self) -> &[IoApic] {
+        &self.chips
+    }
+
+    /// (chip index, pin) of `gsi`.
+    pub fn lookup(&self, gsi: u32) -> Result<(usize, u32), IoApicError> {
+        self.chips
+            .iter()
+            .position(|c| gsi >= c.gsi_base && gsi < c.gsi_base + c.pins)
+            .map(|i| (i, gsi - self.chips[i].gsi_base))
+            .ok_or(IoApicError::GsiOutOfRange(gsi))
+    }
+
+    pub fn owner(&self, gsi: u32) -> Option<&'static str> {
+        self.owners.iter().find(|(g, _)| *g == gsi).map(|(_, o)| *o)
+    }
+
+    /// Records `gsi` as used by `owner`.
+    pub fn claim(&mut self, gsi: u32, owner: &'static str) -> Result<(), IoApicError> {
+        self.lookup(gsi)?;
+        if let Some(existing) = self.owner(gsi) {
+            return Err(IoApicError::GsiInUse {
+                gsi,
+                owner: existing,
+            });
+        }
+        self.owners.push((gsi, owner));
+        Ok(())
+    }
+
+    /// Masks and releases `gsi`.
+    pub fn release(&mut self, gsi: u32) -> Result<(), IoApicError> {
+        let i = self
+            .owners
+            .iter()
+            .position(|(g, _)| *g == gsi)
+            .ok_or(IoApicError::NotClaimed(gsi))?;
+        self.owners.swap_remove(i);
+        self.mask(gsi, true)
+    }
+
+    /// The lowest free GSI allowed by `capability` (bit n = GSI n), preferring GSIs >= 16 that no
+    /// ISA device can own; `isa_owned` lists GSIs an ISA IRQ maps to (after overrides).
+    pub fn find_free(&self, capability: u32, isa_owned: &[u32]) -> Option<u32> {
+        choose_free_gsi(
+            capability,
+            |g| self.lookup(g).is_ok() && self.owner(g).is_none(),
+            isa_owned,
+        )
+    }
+
+    pub fn entry(&mut self, gsi: u32) -> Result<RedirectionEntry, IoApicError> {
+        let (chip, pin) = self.lookup(gsi)?;
+        Ok(self.chips[chip].entry(pin))
+    }
+
+    /// Programs `gsi`'s redirection entry; the GSI must be claimed first.
+    pub fn route(&mut self, gsi: u32, entry: RedirectionEntry) -> Result<(), IoApicError> {
+        if self.owner(gsi).is_none() {
+            return Err(IoApicError::NotClaimed(gsi));
+        }
+        let (chip, pin) = self.lookup(gsi)?;
+        self.chips[chip].set_entry(pin, entry);
+        Ok(())
+    }
+
+    pub fn mask(&mut self, gsi: u32, masked: bool) -> Result<(), IoApicError> {
+        let (chip, pin) = self.lookup(gsi)?;
+        let e = self.chips[chip].entry(pin);
+        self.chips[chip].set_entry(pin, RedirectionEntry { masked, ..e });
+        Ok(())
+    }
+
+    /// Sends `gsi` to another CPU from now on.
+    pub fn retarget(&mut self, gsi: u32, apic_id: u8) -> Result<(), IoApicError> {
+        let (chip, pin) = self.lookup(gsi)?;
+        let e = self.chips[chip].entry(pin);
+        self.chips[chip].set_entry(
+            pin,
+            RedirectionEntry {
+                destination: apic_id,
+                ..e
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Pure choice of a GSI: first a free one >= 16 not owned by ISA, then a free ISA-range one
+/// not owned by an ISA device, then nothing (an ISA-owned GSI is never handed out here).
+pub fn choose_free_gsi(
+    capability: u32,
+    is_free: impl Fn(u32) -> bool,
+    isa_owned: &[u32],
+) -> Option<u32> {
+    let allowed = |g: u32| capability & (1 << g) != 0 && is_free(g) && !isa_owned.contains(&g);
+    (FIRST_NON_ISA_GSI..32)
+        .find(|&g| allowed(g))
+        .or_else(|| (0..FIRST_NON_ISA_GSI).find(|&g| allowed(g)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_encoding_matches_the_datasheet() {
+        let e = RedirectionEntry {
+            vector: 0x31,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            polarity: Polarity::ActiveLow,
+            trigger: Trigger::Level,
+            masked: false,
+            destination: 3,
+        };
+        assert_eq!(e.encode(), 0x0300_0000_0000_a031);
+        assert_eq!(RedirectionEntry::decode(e.encode()), e);
+        assert_eq!(RedirectionEntry::masked().encode(), 1 << 16);
+        let nmi = RedirectionEntry {
+            delivery: DeliveryMode::Nmi,
+            ..RedirectionEntry::masked()
+        };
+        assert_eq!(
+            RedirectionEntry::decode(nmi.encode()).delivery,
+            DeliveryMode::Nmi
+        );
+    }
+
+    #[test]
+    fn decode_ignores_read_only_status_bits() {
+        // Delivery status (bit 12) and remote IRR (bit 14) set.
+        let e = RedirectionEntry::decode(0x5031);
+        assert_eq!(e.vector, 0x31);
+        assert_eq!(e.encode() & (1 << 12 | 1 << 14), 0);
+    }
+
+    #[test]
+    fn free_gsi_prefers_non_isa_lines() {
+        let q35_cap = 0x00ff_0104; // GSI 2, 8, 16-23
+        assert_eq!(choose_free_gsi(q35_cap, |_| true, &[0, 1, 2, 8]), Some(16));
+        assert_eq!(
+            choose_free_gsi(q35_cap, |g| g != 16 && g != 17, &[]),
+            Some(18)
+        );
+    }
+
+    #[test]
+    fn isa_owned_lines_are_never_chosen() {
+        // -machine pc: only GSI 2, which the PIT owns through the IRQ0 -> GSI 2 override.
+        assert_eq!(choose_free_gsi(0x4, |_| true, &[2, 8]), None);
+        // A free ISA-range line nobody owns is the last resort.
+        assert_eq!(choose_free_gsi(0x0000_0104, |_| true, &[2]), Some(8));
+    }
+
+    #[test]
+    fn all_taken_gives_none() {
+        assert_eq!(choose_free_gsi(0x00ff_0000, |_| false, &[]), None);
+    }
+}
