@@ -10,6 +10,7 @@ mod elf;
 mod image;
 mod options;
 mod qemu;
+mod report;
 
 use options::{Expect, RunOptions, split_words};
 use qemu::Outcome;

@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub expect: Expect,
     /// Text that must appear in the serial log for a test variant to pass.
     pub expect_log: Vec<String>,
+    /// Checks on the TIMER-REPORT line (`POINTER=VALUE`, `POINTER#=LENGTH`), see report.rs.
+    pub expect_report: Vec<String>,
 }
 
 impl Default for RunOptions {
@@ -58,6 +60,7 @@ impl Default for RunOptions {
             qemu_args: Vec::new(),
             expect: Expect::Success,
             expect_log: Vec::new(),
+            expect_report: Vec::new(),
         }
     }
 }
@@ -98,6 +101,8 @@ Options (scripts/run, and each variant of a QEMU test):
   --gdb                QEMU waits for a debugger on tcp::1234 before the first instruction
   --expect success|failure   (tests) the verdict the kernel must report (default success)
   --expect-log TEXT    (tests) TEXT must appear in the serial log; repeatable
+  --expect-report CHECK   (tests) a check on the TIMER-REPORT line: /json/pointer=VALUE or
+                       /json/pointer#=LENGTH; repeatable
   -- ARGS...           everything after -- goes to QEMU verbatim (e.g. -- -global hpet.timers=8)
 ";
 
@@ -170,6 +175,7 @@ impl RunOptions {
                     }
                 }
                 "--expect-log" => self.expect_log.push(value(arg, &mut it)?.clone()),
+                "--expect-report" => self.expect_report.push(value(arg, &mut it)?.clone()),
                 "--" => {
                     self.qemu_args.extend(it.by_ref().cloned());
                 }

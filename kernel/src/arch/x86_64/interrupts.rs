@@ -32,6 +32,7 @@ static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 pub enum RegisterError {
     ExceptionVector(u8),
     InUse(u8),
+    Exhausted,
 }
 
 impl fmt::Display for RegisterError {
@@ -39,6 +40,7 @@ impl fmt::Display for RegisterError {
         match self {
             RegisterError::ExceptionVector(v) => write!(f, "vector {v} is a CPU exception"),
             RegisterError::InUse(v) => write!(f, "vector {v} already has a handler"),
+            RegisterError::Exhausted => write!(f, "no free device vector left"),
         }
     }
 }
@@ -57,6 +59,23 @@ pub fn register(vector: u8, handler: Handler) -> Result<(), RegisterError> {
                 Ok(())
             }
         }
+    })
+}
+
+/// Device vectors that `allocate` hands out: above the 8259s' remapped range (0x20..0x30),
+/// below the system vectors (LAPIC spurious 0xff, error 0xfe, IPIs from 0xf0).
+pub const ALLOCATABLE_VECTORS: core::ops::RangeInclusive<u8> = 0x30..=0xef;
+
+/// Takes the lowest free device vector for `handler`.
+pub fn allocate(handler: Handler) -> Result<u8, RegisterError> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut table = HANDLERS.write();
+        let vector = ALLOCATABLE_VECTORS
+            .clone()
+            .find(|&v| table[usize::from(v)].is_none())
+            .ok_or(RegisterError::Exhausted)?;
+        table[usize::from(vector)] = Some(handler);
+        Ok(vector)
     })
 }
 

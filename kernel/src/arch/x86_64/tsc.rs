@@ -31,8 +31,11 @@ pub enum Calibration {
     Assumed,
 }
 
+/// The TSC as a clocksource: `origin_ns + (tsc - origin) * mult >> shift`. A recalibration
+/// moves the origin to "now" so that time never jumps backwards.
 struct TscClock {
     origin: AtomicU64,
+    origin_ns: AtomicU64,
     hz: AtomicU64,
     mult: AtomicU64,
     shift: AtomicU32,
@@ -40,6 +43,7 @@ struct TscClock {
 
 static TSC_CLOCK: TscClock = TscClock {
     origin: AtomicU64::new(0),
+    origin_ns: AtomicU64::new(0),
     hz: AtomicU64::new(0),
     mult: AtomicU64::new(0),
     shift: AtomicU32::new(0),
@@ -55,7 +59,8 @@ impl Clocksource for TscClock {
             mult: self.mult.load(Ordering::Relaxed),
             shift: self.shift.load(Ordering::Relaxed),
         };
-        conv.apply(read().saturating_sub(self.origin.load(Ordering::Relaxed)))
+        self.origin_ns.load(Ordering::Relaxed)
+            + conv.apply(read().saturating_sub(self.origin.load(Ordering::Relaxed)))
     }
 }
 
@@ -113,8 +118,14 @@ pub fn init_early() {
     clocksource::install(&TSC_CLOCK);
 }
 
-/// Changes the frequency (after a better calibration) without moving the origin.
+/// Changes the frequency (after a better calibration). Time continues from the current
+/// reading; call with interrupts off on the boot CPU before other CPUs read the clock.
 pub fn set_frequency(hz: u64) {
+    if TSC_CLOCK.hz.load(Ordering::Relaxed) != 0 {
+        let now_ns = TSC_CLOCK.now_ns();
+        TSC_CLOCK.origin.store(read(), Ordering::Relaxed);
+        TSC_CLOCK.origin_ns.store(now_ns, Ordering::Relaxed);
+    }
     let conv = MultShift::ticks_to_ns(hz);
     TSC_CLOCK.hz.store(hz, Ordering::Relaxed);
     TSC_CLOCK.mult.store(conv.mult, Ordering::Relaxed);

@@ -1,0 +1,143 @@
+//! Measures the LAPIC timer and TSC frequencies against a reference clock: the HPET main
+//! counter when there is one, else the PIT (as the TSC's first calibration did).
+//!
+//! Three 10 ms windows; each window's counts are divided by the window's length as the
+//! reference measured it. The median is taken and the spread (max - min over median) is logged
+//! as the calibration's measured error.
+
+use super::hpet::Hpet;
+use super::{lapic, pit, tsc};
+use core::fmt;
+
+const WINDOWS: usize = 3;
+const WINDOW_HZ: u64 = 100; // 10 ms
+/// A window that takes more than this many times its length by the TSC is abandoned.
+const WINDOW_SLACK: u64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    Hpet,
+    Pit,
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reference::Hpet => "hpet",
+            Reference::Pit => "pit",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration {
+    pub reference: Reference,
+    /// Ticks per second of the LAPIC timer (bus clock / `lapic::TIMER_DIVISOR`).
+    pub lapic_timer_hz: u64,
+    pub lapic_spread_ppm: u64,
+    pub tsc_hz: u64,
+    pub tsc_spread_ppm: u64,
+}
+
+/// One window: (LAPIC ticks, TSC cycles, window length in ns by the reference).
+type Sample = (u64, u64, u64);
+
+fn window_hpet(hpet: &Hpet) -> Option<Sample> {
+    let ticks = hpet.frequency_hz() / WINDOW_HZ;
+    let limit = tsc::frequency_hz() / WINDOW_HZ * WINDOW_SLACK;
+    lapic::timer_oneshot(u32::MAX, 0, true);
+    let start = hpet.counter();
+    let tsc_start = tsc::read();
+    let mut now = start;
+    while now.wrapping_sub(start) < ticks {
+        if tsc::read() - tsc_start > limit {
+            return None;
+        }
+        now = hpet.counter();
+    }
+    let tsc_cycles = tsc::read() - tsc_start;
+    let lapic_ticks = u64::from(u32::MAX - lapic::timer_current_count());
+    let ns = u128::from(now.wrapping_sub(start)) * u128::from(hpet.period_fs()) / 1_000_000;
+    Some((lapic_ticks, tsc_cycles, ns as u64))
+}
+
+fn window_pit() -> Option<Sample> {
+    let ticks = (pit::PIT_HZ / WINDOW_HZ) as u16;
+    let limit = tsc::frequency_hz() / WINDOW_HZ * WINDOW_SLACK;
+    lapic::timer_oneshot(u32::MAX, 0, true);
+    pit::start_channel2(ticks);
+    let tsc_start = tsc::read();
+    while !pit::channel2_expired() {
+        if tsc::read() - tsc_start > limit {
+            return None;
+        }
+    }
+    let tsc_cycles = tsc::read() - tsc_start;
+    let lapic_ticks = u64::from(u32::MAX - lapic::timer_current_count());
+    Some((
+        lapic_ticks,
+        tsc_cycles,
+        u64::from(ticks) * 1_000_000_000 / pit::PIT_HZ,
+    ))
+}
+
+/// Median and spread (ppm) of per-second rates.
+fn median_and_spread(mut rates: [u64; WINDOWS]) -> (u64, u64) {
+    rates.sort_unstable();
+    let median = rates[WINDOWS / 2];
+    (
+        median,
+        (rates[WINDOWS - 1] - rates[0]) * 1_000_000 / median.max(1),
+    )
+}
+
+fn measure(
+    mut window: impl FnMut() -> Option<Sample>,
+    reference: Reference,
+) -> Option<Calibration> {
+    let mut lapic_rates = [0; WINDOWS];
+    let mut tsc_rates = [0; WINDOWS];
+    for i in 0..WINDOWS {
+        let (lapic_ticks, tsc_cycles, ns) = window()?;
+        let per_second = |n: u64| (u128::from(n) * 1_000_000_000 / u128::from(ns.max(1))) as u64;
+        lapic_rates[i] = per_second(lapic_ticks);
+        tsc_rates[i] = per_second(tsc_cycles);
+    }
+    lapic::timer_stop();
+    let (lapic_timer_hz, lapic_spread_ppm) = median_and_spread(lapic_rates);
+    let (tsc_hz, tsc_spread_ppm) = median_and_spread(tsc_rates);
+    Some(Calibration {
+        reference,
+        lapic_timer_hz,
+        lapic_spread_ppm,
+        tsc_hz,
+        tsc_spread_ppm,
+    })
+}
+
+/// Calibrates against the HPET if given and working, else the PIT; `None` if neither runs.
+pub fn calibrate(hpet: Option<&Hpet>) -> Option<Calibration> {
+    if let Some(h) = hpet {
+        match measure(|| window_hpet(h), Reference::Hpet) {
+            Some(c) => return Some(c),
+            None => log::warn!(
+                "calibration: the HPET counter did not advance 10 ms within 0.5 s of TSC time; trying the PIT"
+            ),
+        }
+    }
+    measure(window_pit, Reference::Pit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_ignores_one_outlier_and_reports_the_spread() {
+        assert_eq!(
+            median_and_spread([1_000_000, 1_000_500, 2_000_000]),
+            (1_000_500, 999_500)
+        );
+        assert_eq!(median_and_spread([7, 7, 7]), (7, 0));
+    }
+}

@@ -1,0 +1,156 @@
+//! The main run's machine-readable summary: one line `TIMER-REPORT {json}` at the end of the
+//! serial log. The schema is documented in the README ("The TIMER-REPORT line") and versioned
+//! by `schema`; a field is only ever added in a new version, never renamed.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::Serialize;
+
+/// Version of the schema below. 1: platform part (CPUs, HPET, IOAPICs, LAPIC, TSC, fallbacks).
+pub const SCHEMA_VERSION: u32 = 1;
+/// The line's prefix; a single space separates it from the JSON object.
+pub const PREFIX: &str = "TIMER-REPORT";
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TimerReport {
+    pub schema: u32,
+    /// Processors the MADT lists as enabled (0 when the MADT is missing or rejected).
+    pub cpus_enabled: u32,
+    /// `null` when the firmware has no HPET table or the HPET was rejected (see `fallbacks`).
+    pub hpet: Option<HpetReport>,
+    pub ioapics: Vec<IoApicReport>,
+    pub lapic: Option<LapicReport>,
+    pub tsc_hz: u64,
+    /// Name of the clocksource behind the kernel's timestamps.
+    pub clocksource: String,
+    /// One sentence per fallback taken, saying what failed and what is used instead.
+    pub fallbacks: Vec<String>,
+    /// `ok`, `degraded` (a fallback was taken, the kernel works) or `failed`.
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HpetReport {
+    /// Physical address of the register block.
+    pub base: u64,
+    pub period_fs: u32,
+    pub counter_bits: u32,
+    pub legacy_capable: bool,
+    pub vendor: u16,
+    pub comparators: Vec<ComparatorReport>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ComparatorReport {
+    pub index: u32,
+    /// Tn_INT_ROUTE_CAP: bit n set = GSI n reachable.
+    pub route_cap: u32,
+    pub periodic: bool,
+    pub bits64: bool,
+    /// FSB (MSI) delivery capable.
+    pub fsb: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IoApicReport {
+    pub id: u8,
+    pub address: u64,
+    pub gsi_base: u32,
+    pub pins: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LapicReport {
+    /// `xapic` or `x2apic`.
+    pub mode: String,
+    /// Ticks per second of the LAPIC timer (bus clock / 16); 0 when not calibrated.
+    pub timer_hz: u64,
+    /// `hpet`, `pit` or `none`.
+    pub calibrated_against: String,
+    pub tsc_deadline: bool,
+    pub arat: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Degraded,
+    Failed,
+}
+
+impl TimerReport {
+    /// The whole line, prefix included, without a newline.
+    pub fn to_line(&self) -> String {
+        let json =
+            serde_json::to_string(self).unwrap_or_else(|e| alloc::format!("{{\"error\":\"{e}\"}}"));
+        alloc::format!("{PREFIX} {json}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    fn sample() -> TimerReport {
+        TimerReport {
+            schema: SCHEMA_VERSION,
+            cpus_enabled: 2,
+            hpet: Some(HpetReport {
+                base: 0xfed0_0000,
+                period_fs: 10_000_000,
+                counter_bits: 64,
+                legacy_capable: true,
+                vendor: 0x8086,
+                comparators: vec![ComparatorReport {
+                    index: 0,
+                    route_cap: 0x00ff_0104,
+                    periodic: true,
+                    bits64: true,
+                    fsb: false,
+                }],
+            }),
+            ioapics: vec![IoApicReport {
+                id: 0,
+                address: 0xfec0_0000,
+                gsi_base: 0,
+                pins: 24,
+            }],
+            lapic: Some(LapicReport {
+                mode: "x2apic".to_string(),
+                timer_hz: 62_500_000,
+                calibrated_against: "hpet".to_string(),
+                tsc_deadline: false,
+                arat: true,
+            }),
+            tsc_hz: 2_600_000_000,
+            clocksource: "tsc".to_string(),
+            fallbacks: vec![],
+            verdict: Verdict::Ok,
+        }
+    }
+
+    #[test]
+    fn line_is_prefix_space_and_one_json_object() {
+        let line = sample().to_line();
+        assert!(line.starts_with(
+            "TIMER-REPORT {\"schema\":1,\"cpus_enabled\":2,\"hpet\":{\"base\":4275044352,"
+        ));
+        assert!(!line.contains('\n'));
+        assert!(line.ends_with("\"verdict\":\"ok\"}"));
+    }
+
+    #[test]
+    fn absent_hpet_is_null_not_missing() {
+        let r = TimerReport {
+            hpet: None,
+            verdict: Verdict::Degraded,
+            ..sample()
+        };
+        let line = r.to_line();
+        assert!(line.contains("\"hpet\":null"));
+        assert!(line.contains("\"verdict\":\"degraded\""));
+    }
+}
