@@ -144,6 +144,22 @@ fn verdict(v: &Variant, outcome: &Outcome, log: &str) -> Result<(), String> {
             outcome.describe()
         ));
     }
+    if !v.options.expect_report.is_empty() {
+        let r = report::find(log)?;
+        let failures: Vec<String> = v
+            .options
+            .expect_report
+            .iter()
+            .filter_map(|c| report::check(&r, c).err())
+            .collect();
+        if !failures.is_empty() {
+            return Err(format!(
+                "{}; but the report fails: {}",
+                outcome.describe(),
+                failures.join("; ")
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -265,6 +281,18 @@ mod tests {
         assert!(verdict(v, &Outcome::KernelFailure, "page fault").is_err());
         assert!(verdict(v, &Outcome::KernelSuccess, "panicked at").is_err());
         assert!(verdict(v, &Outcome::NoVerdict, "panicked at").is_err());
+    }
+
+    #[test]
+    fn report_expectations_are_checked() {
+        let v =
+            &parse_variants("r: --expect-report /verdict=ok --expect-report /hpet/comparators#=3")
+                .unwrap()[0];
+        let good = "TIMER-REPORT {\"verdict\":\"ok\",\"hpet\":{\"comparators\":[1,2,3]}}";
+        let bad = "TIMER-REPORT {\"verdict\":\"ok\",\"hpet\":{\"comparators\":[1]}}";
+        assert!(verdict(v, &Outcome::KernelSuccess, good).is_ok());
+        assert!(verdict(v, &Outcome::KernelSuccess, bad).is_err());
+        assert!(verdict(v, &Outcome::KernelSuccess, "no report").is_err());
     }
 
     #[test]
