@@ -95,12 +95,6 @@ mod tests {
         for cut in [0, 5, 0x30, img.len() - 0x1c] {
             assert_eq!(section(&img[..cut], ".kernel_test"), None, "cut at {cut}");
         }
-        assert_eq!(
-            section(
-                b"MZ not an elf at all, padding padding padding padding",
-                ".kernel_test"
-            ),
-            None
-        );
+        assert_eq!(section(b"MZ not an elf at all, padding padding padding padding", ".kernel_test"), None);
     }
 }

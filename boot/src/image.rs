@@ -23,12 +23,8 @@ pub fn disk_image(kernel: &Path, firmware: Firmware) -> Result<PathBuf, String> 
     config.serial_logging = false;
     config.frame_buffer_logging = false;
     let built = match firmware {
-        Firmware::Bios => BiosBoot::new(kernel)
-            .set_boot_config(&config)
-            .create_disk_image(&image),
-        Firmware::Uefi => UefiBoot::new(kernel)
-            .set_boot_config(&config)
-            .create_disk_image(&image),
+        Firmware::Bios => BiosBoot::new(kernel).set_boot_config(&config).create_disk_image(&image),
+        Firmware::Uefi => UefiBoot::new(kernel).set_boot_config(&config).create_disk_image(&image),
     };
     built.map_err(|e| format!("building the {suffix} for {}: {e:#}", kernel.display()))?;
     Ok(image)

@@ -25,10 +25,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None | Some("-h" | "--help") => {
-            eprintln!(
-                "usage: boot KERNEL-ELF [OPTIONS] [-- QEMU-ARGS]\n\n{}",
-                options::HELP
-            );
+            eprintln!("usage: boot KERNEL-ELF [OPTIONS] [-- QEMU-ARGS]\n\n{}", options::HELP);
             ExitCode::from(2)
         }
         Some(elf) => {
@@ -56,15 +53,11 @@ fn run_once(elf: &Path, args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = image::disk_image(elf, opts.firmware)
-        .and_then(|img| qemu::boot(&opts, &img, |l| println!("{l}")));
+    let result =
+        image::disk_image(elf, opts.firmware).and_then(|img| qemu::boot(&opts, &img, |l| println!("{l}")));
     match result {
         Ok(boot) => {
-            eprintln!(
-                "boot: {} ({:.1} s)",
-                boot.outcome.describe(),
-                boot.elapsed.as_secs_f64()
-            );
+            eprintln!("boot: {} ({:.1} s)", boot.outcome.describe(), boot.elapsed.as_secs_f64());
             match boot.outcome {
                 Outcome::KernelSuccess => ExitCode::SUCCESS,
                 Outcome::KernelFailure => ExitCode::from(1),
@@ -90,28 +83,16 @@ struct Variant {
 /// are skipped. Test variants default to a shorter timeout than interactive runs.
 fn parse_variants(spec: &str) -> Result<Vec<Variant>, String> {
     let mut variants = Vec::new();
-    for line in spec
-        .lines()
-        .map(|l| l.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
-    {
+    for line in spec.lines().map(|l| l.trim_matches(|c: char| c.is_whitespace() || c == '\0')) {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (name, rest) = line
-            .split_once(':')
-            .ok_or_else(|| format!("variant line without 'name:': {line}"))?;
-        let base = RunOptions {
-            timeout: std::time::Duration::from_secs(90),
-            ..RunOptions::default()
-        };
+        let (name, rest) =
+            line.split_once(':').ok_or_else(|| format!("variant line without 'name:': {line}"))?;
+        let base = RunOptions { timeout: std::time::Duration::from_secs(90), ..RunOptions::default() };
         let words = split_words(rest).map_err(|e| e.to_string())?;
-        let options = base
-            .parse(&words)
-            .map_err(|e| format!("variant {name}: {e}"))?;
-        variants.push(Variant {
-            name: name.trim().to_string(),
-            options,
-        });
+        let options = base.parse(&words).map_err(|e| format!("variant {name}: {e}"))?;
+        variants.push(Variant { name: name.trim().to_string(), options });
     }
     if variants.is_empty() {
         return Err("the test declares no variant".into());
@@ -126,48 +107,25 @@ fn verdict(v: &Variant, outcome: &Outcome, log: &str) -> Result<(), String> {
         Expect::Failure => Outcome::KernelFailure,
     };
     if *outcome != wanted {
-        return Err(format!(
-            "expected: {}; got: {}",
-            wanted.describe(),
-            outcome.describe()
-        ));
+        return Err(format!("expected: {}; got: {}", wanted.describe(), outcome.describe()));
     }
-    let missing: Vec<&String> = v
-        .options
-        .expect_log
-        .iter()
-        .filter(|t| !log.contains(t.as_str()))
-        .collect();
+    let missing: Vec<&String> = v.options.expect_log.iter().filter(|t| !log.contains(t.as_str())).collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "{}; but the serial log lacks {missing:?}",
-            outcome.describe()
-        ));
+        return Err(format!("{}; but the serial log lacks {missing:?}", outcome.describe()));
     }
     if !v.options.expect_report.is_empty() {
         let r = report::find(log)?;
-        let failures: Vec<String> = v
-            .options
-            .expect_report
-            .iter()
-            .filter_map(|c| report::check(&r, c).err())
-            .collect();
+        let failures: Vec<String> =
+            v.options.expect_report.iter().filter_map(|c| report::check(&r, c).err()).collect();
         if !failures.is_empty() {
-            return Err(format!(
-                "{}; but the report fails: {}",
-                outcome.describe(),
-                failures.join("; ")
-            ));
+            return Err(format!("{}; but the report fails: {}", outcome.describe(), failures.join("; ")));
         }
     }
     Ok(())
 }
 
 fn test_name(elf: &Path) -> String {
-    let stem = elf
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = elf.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     // cargo names test binaries `<name>-<16 hex digits>`.
     match stem.rsplit_once('-') {
         Some((name, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
@@ -217,14 +175,9 @@ fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
                 })
             })
             .and_then(|boot| {
-                verdict(v, &boot.outcome, &boot.log)
-                    .map(|()| boot.elapsed)
-                    .map_err(|why| {
-                        format!(
-                            "{why}\n---- serial log of {full} ----\n{}---- end ----",
-                            boot.log
-                        )
-                    })
+                verdict(v, &boot.outcome, &boot.log).map(|()| boot.elapsed).map_err(|why| {
+                    format!("{why}\n---- serial log of {full} ----\n{}---- end ----", boot.log)
+                })
             });
         match result {
             Ok(elapsed) => println!("test {full} ... ok ({:.1} s)", elapsed.as_secs_f64()),
@@ -245,11 +198,7 @@ fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
         variants.len() - selected.len(),
         start.elapsed().as_secs_f64()
     );
-    if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 #[cfg(test)]
@@ -258,8 +207,7 @@ mod tests {
 
     #[test]
     fn variants_parse_with_comments_and_padding() {
-        let v = parse_variants("# a comment\nbios: --smp 2\n\n uefi : --uefi --expect failure\0\0")
-            .unwrap();
+        let v = parse_variants("# a comment\nbios: --smp 2\n\n uefi : --uefi --expect failure\0\0").unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].name, "bios");
         assert_eq!(v[0].options.smp, 2);
@@ -285,9 +233,8 @@ mod tests {
 
     #[test]
     fn report_expectations_are_checked() {
-        let v =
-            &parse_variants("r: --expect-report /verdict=ok --expect-report /hpet/comparators#=3")
-                .unwrap()[0];
+        let v = &parse_variants("r: --expect-report /verdict=ok --expect-report /hpet/comparators#=3")
+            .unwrap()[0];
         let good = "TIMER-REPORT {\"verdict\":\"ok\",\"hpet\":{\"comparators\":[1,2,3]}}";
         let bad = "TIMER-REPORT {\"verdict\":\"ok\",\"hpet\":{\"comparators\":[1]}}";
         assert!(verdict(v, &Outcome::KernelSuccess, good).is_ok());
@@ -297,14 +244,8 @@ mod tests {
 
     #[test]
     fn cargo_hash_is_stripped_from_test_names() {
-        assert_eq!(
-            test_name(Path::new("/t/deps/heap-0123456789abcdef")),
-            "heap"
-        );
+        assert_eq!(test_name(Path::new("/t/deps/heap-0123456789abcdef")), "heap");
         assert_eq!(test_name(Path::new("/t/debug/kernel")), "kernel");
-        assert_eq!(
-            test_name(Path::new("/t/deps/page-fault-xyz")),
-            "page-fault-xyz"
-        );
+        assert_eq!(test_name(Path::new("/t/deps/page-fault-xyz")), "page-fault-xyz");
     }
 }

@@ -68,11 +68,7 @@ impl Default for RunOptions {
 #[derive(Debug, PartialEq, Eq)]
 pub enum OptionError {
     MissingValue(String),
-    BadValue {
-        option: String,
-        value: String,
-        why: &'static str,
-    },
+    BadValue { option: String, value: String, why: &'static str },
     Unknown(String),
     UnclosedQuote(String),
 }
@@ -106,20 +102,12 @@ Options (scripts/run, and each variant of a QEMU test):
   -- ARGS...           everything after -- goes to QEMU verbatim (e.g. -- -global hpet.timers=8)
 ";
 
-fn value<'a>(
-    option: &str,
-    it: &mut impl Iterator<Item = &'a String>,
-) -> Result<&'a String, OptionError> {
-    it.next()
-        .ok_or_else(|| OptionError::MissingValue(option.to_string()))
+fn value<'a>(option: &str, it: &mut impl Iterator<Item = &'a String>) -> Result<&'a String, OptionError> {
+    it.next().ok_or_else(|| OptionError::MissingValue(option.to_string()))
 }
 
 fn number(option: &str, value: &str, min: u64, max: u64) -> Result<u64, OptionError> {
-    let bad = |why| OptionError::BadValue {
-        option: option.into(),
-        value: value.into(),
-        why,
-    };
+    let bad = |why| OptionError::BadValue { option: option.into(), value: value.into(), why };
     let n: u64 = value.parse().map_err(|_| bad("not a whole number"))?;
     if n < min || n > max {
         return Err(bad("out of range"));
@@ -135,9 +123,7 @@ impl RunOptions {
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--smp" => self.smp = number(arg, value(arg, &mut it)?, 1, 255)? as u32,
-                "--memory" => {
-                    self.memory_mib = number(arg, value(arg, &mut it)?, 64, 65536)? as u32
-                }
+                "--memory" => self.memory_mib = number(arg, value(arg, &mut it)?, 64, 65536)? as u32,
                 "--bios" => self.firmware = Firmware::Bios,
                 "--uefi" => self.firmware = Firmware::Uefi,
                 "--accel" => {
@@ -155,8 +141,7 @@ impl RunOptions {
                     }
                 }
                 "--timeout" => {
-                    self.timeout =
-                        Duration::from_secs(number(arg, value(arg, &mut it)?, 1, 86_400)?)
+                    self.timeout = Duration::from_secs(number(arg, value(arg, &mut it)?, 1, 86_400)?)
                 }
                 "--cmdline" => self.cmdline = value(arg, &mut it)?.clone(),
                 "--gdb" => self.gdb = true,
@@ -233,16 +218,12 @@ mod tests {
     #[test]
     fn defaults_are_one_cpu_bios_tcg() {
         let o = parse("").unwrap();
-        assert_eq!(
-            (o.smp, o.firmware, o.accel, o.expect),
-            (1, Firmware::Bios, Accel::Tcg, Expect::Success)
-        );
+        assert_eq!((o.smp, o.firmware, o.accel, o.expect), (1, Firmware::Bios, Accel::Tcg, Expect::Success));
     }
 
     #[test]
     fn quoted_cmdline_stays_one_word() {
-        let o =
-            parse("--smp 4 --uefi --cmdline \"loglevel=debug hz=250\" --expect-log 'a b'").unwrap();
+        let o = parse("--smp 4 --uefi --cmdline \"loglevel=debug hz=250\" --expect-log 'a b'").unwrap();
         assert_eq!(o.smp, 4);
         assert_eq!(o.firmware, Firmware::Uefi);
         assert_eq!(o.cmdline, "loglevel=debug hz=250");
@@ -258,34 +239,16 @@ mod tests {
 
     #[test]
     fn bad_values_are_errors_not_defaults() {
-        assert!(matches!(
-            parse("--smp 0"),
-            Err(OptionError::BadValue { .. })
-        ));
-        assert!(matches!(
-            parse("--smp x"),
-            Err(OptionError::BadValue { .. })
-        ));
-        assert!(matches!(
-            parse("--accel hax"),
-            Err(OptionError::BadValue { .. })
-        ));
-        assert_eq!(
-            parse("--timeout"),
-            Err(OptionError::MissingValue("--timeout".into()))
-        );
-        assert_eq!(
-            parse("--smpp 2"),
-            Err(OptionError::Unknown("--smpp".into()))
-        );
+        assert!(matches!(parse("--smp 0"), Err(OptionError::BadValue { .. })));
+        assert!(matches!(parse("--smp x"), Err(OptionError::BadValue { .. })));
+        assert!(matches!(parse("--accel hax"), Err(OptionError::BadValue { .. })));
+        assert_eq!(parse("--timeout"), Err(OptionError::MissingValue("--timeout".into())));
+        assert_eq!(parse("--smpp 2"), Err(OptionError::Unknown("--smpp".into())));
     }
 
     #[test]
     fn unclosed_quote_is_reported() {
-        assert!(matches!(
-            split_words("--cmdline \"a b"),
-            Err(OptionError::UnclosedQuote(_))
-        ));
+        assert!(matches!(split_words("--cmdline \"a b"), Err(OptionError::UnclosedQuote(_))));
     }
 
     #[test]

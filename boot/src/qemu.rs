@@ -48,8 +48,7 @@ impl Outcome {
             Outcome::KernelSuccess => "kernel reported success".into(),
             Outcome::KernelFailure => "kernel reported failure".into(),
             Outcome::NoVerdict => {
-                "QEMU stopped without a verdict from the kernel (reset or triple fault; -no-reboot)"
-                    .into()
+                "QEMU stopped without a verdict from the kernel (reset or triple fault; -no-reboot)".into()
             }
             Outcome::QemuError(e) => e.clone(),
             Outcome::Timeout(t) => {
@@ -60,24 +59,13 @@ impl Outcome {
 }
 
 fn ovmf() -> Result<&'static str, String> {
-    OVMF_PATHS
-        .iter()
-        .copied()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| {
-            format!(
-                "no OVMF firmware at {}: run `apt-get install -y ovmf`",
-                OVMF_PATHS.join(" or ")
-            )
-        })
+    OVMF_PATHS.iter().copied().find(|p| Path::new(p).exists()).ok_or_else(|| {
+        format!("no OVMF firmware at {}: run `apt-get install -y ovmf`", OVMF_PATHS.join(" or "))
+    })
 }
 
 /// The QEMU arguments for booting `image` with `opts`. `cmdline_file` holds the kernel options.
-pub fn arguments(
-    opts: &RunOptions,
-    image: &Path,
-    cmdline_file: &Path,
-) -> Result<Vec<String>, String> {
+pub fn arguments(opts: &RunOptions, image: &Path, cmdline_file: &Path) -> Result<Vec<String>, String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     // A `-machine` among the verbatim arguments replaces ours rather than merging with it.
@@ -91,22 +79,11 @@ pub fn arguments(
     let smp = opts.smp.to_string();
     let mem = format!("{}M", opts.memory_mib);
     push(&["-smp", &smp, "-m", &mem]);
-    push(&[
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-no-reboot",
-    ]);
+    push(&["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]);
     push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     let drive = format!("format=raw,snapshot=on,file={}", image.display());
     push(&["-drive", &drive]);
-    let fw_cfg = format!(
-        "name=opt/timerkernel/cmdline,file={}",
-        cmdline_file.display()
-    );
+    let fw_cfg = format!("name=opt/timerkernel/cmdline,file={}", cmdline_file.display());
     push(&["-fw_cfg", &fw_cfg]);
     if opts.firmware == Firmware::Uefi {
         push(&["-bios", ovmf()?]);
@@ -126,11 +103,7 @@ pub struct Boot {
 }
 
 /// Boots `image`; every serial line is passed to `echo` as it arrives.
-pub fn boot(
-    opts: &RunOptions,
-    image: &Path,
-    echo: impl Fn(&str) + Send + 'static,
-) -> Result<Boot, String> {
+pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'static) -> Result<Boot, String> {
     let cmdline_file = image.with_extension(format!("cmdline.{}", std::process::id()));
     std::fs::write(&cmdline_file, opts.cmdline.as_bytes())
         .map_err(|e| format!("writing {}: {e}", cmdline_file.display()))?;
@@ -153,11 +126,7 @@ pub fn boot(
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout);
             let mut raw = Vec::new();
-            while lines
-                .read_until(b'\n', &mut raw)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {
+            while lines.read_until(b'\n', &mut raw).map(|n| n > 0).unwrap_or(false) {
                 let line = String::from_utf8_lossy(&raw);
                 let line = line.trim_end_matches(['\n', '\r']);
                 echo(line);
@@ -200,11 +169,7 @@ pub fn boot(
         let _ = writeln!(std::io::stderr(), "qemu: {}", stderr_text.trim());
     }
     let log = std::mem::take(&mut *log.lock().unwrap());
-    Ok(Boot {
-        outcome,
-        log,
-        elapsed: start.elapsed(),
-    })
+    Ok(Boot { outcome, log, elapsed: start.elapsed() })
 }
 
 #[cfg(test)]
@@ -213,9 +178,7 @@ mod tests {
     use crate::options::split_words;
 
     fn args_for(line: &str) -> Vec<String> {
-        let o = RunOptions::default()
-            .parse(&split_words(line).unwrap())
-            .unwrap();
+        let o = RunOptions::default().parse(&split_words(line).unwrap()).unwrap();
         arguments(&o, Path::new("k.img"), Path::new("k.cmdline")).unwrap()
     }
 
@@ -227,18 +190,10 @@ mod tests {
     fn default_machine_is_q35_with_hpet_and_exit_device() {
         let a = args_for("");
         assert!(has_pair(&a, "-machine", "q35,hpet=on"));
-        assert!(has_pair(
-            &a,
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04"
-        ));
+        assert!(has_pair(&a, "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"));
         assert!(has_pair(&a, "-accel", "tcg"));
         assert!(a.contains(&"-no-reboot".to_string()));
-        assert!(has_pair(
-            &a,
-            "-fw_cfg",
-            "name=opt/timerkernel/cmdline,file=k.cmdline"
-        ));
+        assert!(has_pair(&a, "-fw_cfg", "name=opt/timerkernel/cmdline,file=k.cmdline"));
     }
 
     #[test]
@@ -263,9 +218,6 @@ mod tests {
         assert_eq!(Outcome::from_status(st(35)), Outcome::KernelFailure);
         assert_eq!(Outcome::from_status(st(0)), Outcome::NoVerdict);
         assert!(matches!(Outcome::from_status(st(1)), Outcome::QemuError(_)));
-        assert!(matches!(
-            Outcome::from_status(ExitStatus::from_raw(9)),
-            Outcome::QemuError(_)
-        ));
+        assert!(matches!(Outcome::from_status(ExitStatus::from_raw(9)), Outcome::QemuError(_)));
     }
 }

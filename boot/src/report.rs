@@ -13,8 +13,7 @@ pub fn find(log: &str) -> Result<Value, String> {
         .rev()
         .find_map(|l| l.find(PREFIX).map(|i| &l[i + PREFIX.len()..]))
         .ok_or("the serial log has no TIMER-REPORT line")?;
-    serde_json::from_str(line.trim())
-        .map_err(|e| format!("the TIMER-REPORT line is not valid JSON: {e}"))
+    serde_json::from_str(line.trim()).map_err(|e| format!("the TIMER-REPORT line is not valid JSON: {e}"))
 }
 
 /// Checks one `POINTER=VALUE` or `POINTER#=LENGTH` expectation.
@@ -24,34 +23,16 @@ pub fn check(report: &Value, expectation: &str) -> Result<(), String> {
     } else if let Some((p, v)) = expectation.split_once('=') {
         (p, v, false)
     } else {
-        return Err(format!(
-            "report expectation '{expectation}' has no '=' or '#='"
-        ));
+        return Err(format!("report expectation '{expectation}' has no '=' or '#='"));
     };
-    let found = report
-        .pointer(pointer)
-        .ok_or_else(|| format!("the report has no {pointer}"))?;
+    let found = report.pointer(pointer).ok_or_else(|| format!("the report has no {pointer}"))?;
     if length {
-        let n: usize = wanted
-            .parse()
-            .map_err(|_| format!("'{wanted}' is not a length"))?;
-        let len = found
-            .as_array()
-            .map(Vec::len)
-            .ok_or_else(|| format!("{pointer} is not an array"))?;
-        return if len == n {
-            Ok(())
-        } else {
-            Err(format!("{pointer} has {len} elements, expected {n}"))
-        };
+        let n: usize = wanted.parse().map_err(|_| format!("'{wanted}' is not a length"))?;
+        let len = found.as_array().map(Vec::len).ok_or_else(|| format!("{pointer} is not an array"))?;
+        return if len == n { Ok(()) } else { Err(format!("{pointer} has {len} elements, expected {n}")) };
     }
-    let wanted: Value =
-        serde_json::from_str(wanted).unwrap_or_else(|_| Value::String(wanted.to_string()));
-    if *found == wanted {
-        Ok(())
-    } else {
-        Err(format!("{pointer} is {found}, expected {wanted}"))
-    }
+    let wanted: Value = serde_json::from_str(wanted).unwrap_or_else(|_| Value::String(wanted.to_string()));
+    if *found == wanted { Ok(()) } else { Err(format!("{pointer} is {found}, expected {wanted}")) }
 }
 
 #[cfg(test)]

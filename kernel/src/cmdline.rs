@@ -17,9 +17,7 @@ pub struct KernelOptions {
 
 impl Default for KernelOptions {
     fn default() -> Self {
-        KernelOptions {
-            loglevel: LevelFilter::Info,
-        }
+        KernelOptions { loglevel: LevelFilter::Info }
     }
 }
 
@@ -27,33 +25,19 @@ impl Default for KernelOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OptionProblem {
     Unknown(String),
-    BadValue {
-        name: &'static str,
-        value: String,
-        expected: &'static str,
-    },
-    MissingValue {
-        name: &'static str,
-        expected: &'static str,
-    },
+    BadValue { name: &'static str, value: String, expected: &'static str },
+    MissingValue { name: &'static str, expected: &'static str },
 }
 
 impl fmt::Display for OptionProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OptionProblem::Unknown(word) => write!(f, "unknown kernel option '{word}'"),
-            OptionProblem::BadValue {
-                name,
-                value,
-                expected,
-            } => {
+            OptionProblem::BadValue { name, value, expected } => {
                 write!(f, "kernel option {name}={value}: expected {expected}")
             }
             OptionProblem::MissingValue { name, expected } => {
-                write!(
-                    f,
-                    "kernel option {name} needs a value ({name}=<{expected}>)"
-                )
+                write!(f, "kernel option {name} needs a value ({name}=<{expected}>)")
             }
         }
     }
@@ -85,10 +69,9 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
             "loglevel" => {
                 const EXPECTED: &str = "off, error, warn, info, debug or trace";
                 match value {
-                    None | Some("") => problems.push(OptionProblem::MissingValue {
-                        name: "loglevel",
-                        expected: EXPECTED,
-                    }),
+                    None | Some("") => {
+                        problems.push(OptionProblem::MissingValue { name: "loglevel", expected: EXPECTED })
+                    }
                     Some(v) => match parse_level(v) {
                         Some(level) => options.loglevel = level,
                         None => problems.push(OptionProblem::BadValue {
@@ -125,13 +108,7 @@ mod tests {
     fn unknown_options_are_reported_not_ignored() {
         let (o, p) = parse("bogus=1 loglevel=warn flag");
         assert_eq!(o.loglevel, LevelFilter::Warn);
-        assert_eq!(
-            p,
-            vec![
-                OptionProblem::Unknown("bogus=1".into()),
-                OptionProblem::Unknown("flag".into())
-            ]
-        );
+        assert_eq!(p, vec![OptionProblem::Unknown("bogus=1".into()), OptionProblem::Unknown("flag".into())]);
     }
 
     #[test]

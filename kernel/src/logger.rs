@@ -60,10 +60,7 @@ mod tests {
     #[test]
     fn targets_lose_the_crate_and_arch_prefixes() {
         assert_eq!(short_target("kernel::arch::x86_64::hpet"), "hpet");
-        assert_eq!(
-            short_target("kernel::time::clockevents"),
-            "time::clockevents"
-        );
+        assert_eq!(short_target("kernel::time::clockevents"), "time::clockevents");
         assert_eq!(short_target("kernel"), "main");
         assert_eq!(short_target("boot_and_exit"), "boot_and_exit");
     }

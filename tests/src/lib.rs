@@ -23,7 +23,8 @@ pub fn run(k: &kernel::Kernel, tests: &[(&str, TestFn)]) -> ! {
         log::info!("test {name} ... ok");
     }
     log::info!("test result: ok. {} passed; 0 failed", tests.len());
-    kernel::exit(kernel::ExitCode::Success)
+    // Variants may check the report (`--expect-report`), as for the main run.
+    kernel::exit_with_report(kernel::ExitCode::Success, &k.platform.report())
 }
 
 /// Declares a QEMU test kernel: `qemu_test!(variants: b"name: options\n...", tests: [f, g]);`

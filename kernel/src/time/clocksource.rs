@@ -54,19 +54,13 @@ impl MultShift {
     /// The conversion for a counter whose tick lasts `numerator / denominator` ns (e.g. an
     /// HPET period in femtoseconds over 10^6 fs/ns). `denominator` must not be 0.
     pub fn ns_per_tick(numerator: u64, denominator: u64) -> MultShift {
-        assert!(
-            denominator > 0,
-            "a tick length needs a non-zero denominator"
-        );
+        assert!(denominator > 0, "a tick length needs a non-zero denominator");
         let mult_for = |shift: u32| (u128::from(numerator) << shift) / u128::from(denominator);
         let mut shift = 63;
         while shift > 0 && mult_for(shift) > u128::from(u64::MAX) {
             shift -= 1;
         }
-        MultShift {
-            mult: mult_for(shift) as u64,
-            shift,
-        }
+        MultShift { mult: mult_for(shift) as u64, shift }
     }
 
     pub fn apply(self, ticks: u64) -> u64 {
@@ -88,32 +82,18 @@ mod tests {
 
     #[test]
     fn conversion_never_rounds_up() {
-        for hz in [
-            1u64,
-            32_768,
-            1_193_182,
-            14_318_180,
-            2_999_999_999,
-            4_000_000_000,
-        ] {
+        for hz in [1u64, 32_768, 1_193_182, 14_318_180, 2_999_999_999, 4_000_000_000] {
             let c = MultShift::ticks_to_ns(hz);
             for ticks in [1u64, 7, hz, hz * 3 + 1, u64::from(u32::MAX), 1 << 50] {
                 let exact = u128::from(ticks) * u128::from(NS_PER_S) / u128::from(hz);
                 let got = u128::from(c.apply(ticks));
                 if exact > u128::from(u64::MAX) {
-                    assert_eq!(
-                        got,
-                        u128::from(u64::MAX),
-                        "{hz} Hz, {ticks} ticks must saturate"
-                    );
+                    assert_eq!(got, u128::from(u64::MAX), "{hz} Hz, {ticks} ticks must saturate");
                     continue;
                 }
                 assert!(got <= exact, "{hz} Hz, {ticks} ticks: {got} > {exact}");
                 // Error below one part in 2^32, plus the final truncation.
-                assert!(
-                    exact - got <= exact / (1 << 32) + 1,
-                    "{hz} Hz, {ticks} ticks: {got} vs {exact}"
-                );
+                assert!(exact - got <= exact / (1 << 32) + 1, "{hz} Hz, {ticks} ticks: {got} vs {exact}");
             }
         }
     }

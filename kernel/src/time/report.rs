@@ -82,8 +82,7 @@ pub enum Verdict {
 impl TimerReport {
     /// The whole line, prefix included, without a newline.
     pub fn to_line(&self) -> String {
-        let json =
-            serde_json::to_string(self).unwrap_or_else(|e| alloc::format!("{{\"error\":\"{e}\"}}"));
+        let json = serde_json::to_string(self).unwrap_or_else(|e| alloc::format!("{{\"error\":\"{e}\"}}"));
         alloc::format!("{PREFIX} {json}")
     }
 }
@@ -112,12 +111,7 @@ mod tests {
                     fsb: false,
                 }],
             }),
-            ioapics: vec![IoApicReport {
-                id: 0,
-                address: 0xfec0_0000,
-                gsi_base: 0,
-                pins: 24,
-            }],
+            ioapics: vec![IoApicReport { id: 0, address: 0xfec0_0000, gsi_base: 0, pins: 24 }],
             lapic: Some(LapicReport {
                 mode: "x2apic".to_string(),
                 timer_hz: 62_500_000,
@@ -135,20 +129,16 @@ mod tests {
     #[test]
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
-        assert!(line.starts_with(
-            "TIMER-REPORT {\"schema\":1,\"cpus_enabled\":2,\"hpet\":{\"base\":4275044352,"
-        ));
+        assert!(
+            line.starts_with("TIMER-REPORT {\"schema\":1,\"cpus_enabled\":2,\"hpet\":{\"base\":4275044352,")
+        );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));
     }
 
     #[test]
     fn absent_hpet_is_null_not_missing() {
-        let r = TimerReport {
-            hpet: None,
-            verdict: Verdict::Degraded,
-            ..sample()
-        };
+        let r = TimerReport { hpet: None, verdict: Verdict::Degraded, ..sample() };
         let line = r.to_line();
         assert!(line.contains("\"hpet\":null"));
         assert!(line.contains("\"verdict\":\"degraded\""));

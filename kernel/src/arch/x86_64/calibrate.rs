@@ -74,27 +74,17 @@ fn window_pit() -> Option<Sample> {
     }
     let tsc_cycles = tsc::read() - tsc_start;
     let lapic_ticks = u64::from(u32::MAX - lapic::timer_current_count());
-    Some((
-        lapic_ticks,
-        tsc_cycles,
-        u64::from(ticks) * 1_000_000_000 / pit::PIT_HZ,
-    ))
+    Some((lapic_ticks, tsc_cycles, u64::from(ticks) * 1_000_000_000 / pit::PIT_HZ))
 }
 
 /// Median and spread (ppm) of per-second rates.
 fn median_and_spread(mut rates: [u64; WINDOWS]) -> (u64, u64) {
     rates.sort_unstable();
     let median = rates[WINDOWS / 2];
-    (
-        median,
-        (rates[WINDOWS - 1] - rates[0]) * 1_000_000 / median.max(1),
-    )
+    (median, (rates[WINDOWS - 1] - rates[0]) * 1_000_000 / median.max(1))
 }
 
-fn measure(
-    mut window: impl FnMut() -> Option<Sample>,
-    reference: Reference,
-) -> Option<Calibration> {
+fn measure(mut window: impl FnMut() -> Option<Sample>, reference: Reference) -> Option<Calibration> {
     let mut lapic_rates = [0; WINDOWS];
     let mut tsc_rates = [0; WINDOWS];
     for i in 0..WINDOWS {
@@ -106,13 +96,7 @@ fn measure(
     lapic::timer_stop();
     let (lapic_timer_hz, lapic_spread_ppm) = median_and_spread(lapic_rates);
     let (tsc_hz, tsc_spread_ppm) = median_and_spread(tsc_rates);
-    Some(Calibration {
-        reference,
-        lapic_timer_hz,
-        lapic_spread_ppm,
-        tsc_hz,
-        tsc_spread_ppm,
-    })
+    Some(Calibration { reference, lapic_timer_hz, lapic_spread_ppm, tsc_hz, tsc_spread_ppm })
 }
 
 /// Calibrates against the HPET if given and working, else the PIT; `None` if neither runs.
@@ -134,10 +118,7 @@ mod tests {
 
     #[test]
     fn median_ignores_one_outlier_and_reports_the_spread() {
-        assert_eq!(
-            median_and_spread([1_000_000, 1_000_500, 2_000_000]),
-            (1_000_500, 999_500)
-        );
+        assert_eq!(median_and_spread([1_000_000, 1_000_500, 2_000_000]), (1_000_500, 999_500));
         assert_eq!(median_and_spread([7, 7, 7]), (7, 0));
     }
 }

@@ -28,12 +28,7 @@ impl CpuTables {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss = gdt.append(Descriptor::tss_segment(tss));
-        CpuTables {
-            gdt,
-            code,
-            data,
-            tss,
-        }
+        CpuTables { gdt, code, data, tss }
     }
 
     /// Loads the tables on the calling CPU.

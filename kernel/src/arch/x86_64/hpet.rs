@@ -164,10 +164,9 @@ impl fmt::Display for HpetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             HpetError::Mapping(e) => write!(f, "cannot map its registers: {e}"),
-            HpetError::ReadsAllOnes => write!(
-                f,
-                "its capabilities read all ones (no device decodes the address)"
-            ),
+            HpetError::ReadsAllOnes => {
+                write!(f, "its capabilities read all ones (no device decodes the address)")
+            }
             HpetError::PeriodZero => write!(f, "its counter period is 0 fs"),
             HpetError::PeriodTooLong { period_fs } => {
                 write!(
@@ -176,10 +175,7 @@ impl fmt::Display for HpetError {
                 )
             }
             HpetError::CounterNotCounting { value, waited_us } => {
-                write!(
-                    f,
-                    "its main counter stayed at {value:#x} for {waited_us} us: it does not count"
-                )
+                write!(f, "its main counter stayed at {value:#x} for {waited_us} us: it does not count")
             }
         }
     }
@@ -213,6 +209,13 @@ pub struct BootState {
     pub comparators_enabled: u32,
 }
 
+/// What `suspend` saved.
+#[derive(Debug, Clone)]
+pub struct SavedState {
+    pub config: GeneralConfig,
+    pub comparators: alloc::vec::Vec<(ComparatorConfig, u64)>,
+}
+
 /// A probed, checked, running HPET.
 pub struct Hpet {
     phys: u64,
@@ -235,8 +238,8 @@ impl Hpet {
     /// restarts the counter from 0 and verifies that it counts.
     pub fn probe(phys: u64) -> Result<Hpet, HpetError> {
         let region = mmio::map(phys, REGISTER_SPACE).map_err(HpetError::Mapping)?;
-        let base = NonNull::new(region.virt.as_mut_ptr::<GeneralRegisters>())
-            .expect("MMIO window is not null");
+        let base =
+            NonNull::new(region.virt.as_mut_ptr::<GeneralRegisters>()).expect("MMIO window is not null");
         // SAFETY: `region` maps REGISTER_SPACE bytes of device memory uncached, for the life of
         // the kernel, and GeneralRegisters covers its first 0x100 bytes.
         let regs = unsafe { VolatilePtr::new(base) };
@@ -244,10 +247,7 @@ impl Hpet {
             phys,
             regs,
             caps: Capabilities(0),
-            boot_state: BootState {
-                config: GeneralConfig::empty(),
-                comparators_enabled: 0,
-            },
+            boot_state: BootState { config: GeneralConfig::empty(), comparators_enabled: 0 },
             mmio_accesses: AtomicU64::new(0),
         };
         hpet.caps = Capabilities(hpet.regs.capabilities().read());
@@ -267,10 +267,7 @@ impl Hpet {
                 - ComparatorConfig::PERIODIC;
             hpet.set_comparator_config(n, cleared);
         }
-        hpet.boot_state = BootState {
-            config,
-            comparators_enabled: enabled,
-        };
+        hpet.boot_state = BootState { config, comparators_enabled: enabled };
         hpet.stop();
         hpet.reset_counter();
         hpet.regs.interrupt_status().write(u64::MAX);
@@ -292,10 +289,7 @@ impl Hpet {
         }
         if self.counter() == before {
             self.stop();
-            return Err(HpetError::CounterNotCounting {
-                value: before,
-                waited_us: WAIT_US,
-            });
+            return Err(HpetError::CounterNotCounting { value: before, waited_us: WAIT_US });
         }
         Ok(())
     }
@@ -326,16 +320,12 @@ impl Hpet {
     }
 
     fn comparator_regs(&self, n: usize) -> VolatilePtr<'static, ComparatorRegisters> {
-        assert!(
-            n < self.caps.comparators(),
-            "HPET comparator {n} does not exist"
-        );
+        assert!(n < self.caps.comparators(), "HPET comparator {n} does not exist");
         let base = self.regs.as_raw_ptr().as_ptr() as *mut u8;
         // SAFETY: comparator n < NUM_TIM_CAP + 1 <= 32 lies at 0x100 + 0x20 n, inside the
         // REGISTER_SPACE mapped by `probe`.
         unsafe {
-            let p =
-                base.add(COMPARATORS_OFFSET + n * COMPARATOR_STRIDE) as *mut ComparatorRegisters;
+            let p = base.add(COMPARATORS_OFFSET + n * COMPARATOR_STRIDE) as *mut ComparatorRegisters;
             VolatilePtr::new(NonNull::new_unchecked(p))
         }
     }
@@ -373,13 +363,29 @@ impl Hpet {
         self.regs.main_counter().write(0);
     }
 
+    /// Stops the block and saves what resuming needs (the seed's suspend path): the general
+    /// configuration and every comparator's configuration and value.
+    pub fn suspend(&self) -> SavedState {
+        let config = self.config();
+        self.stop();
+        let comparators =
+            (0..self.comparators()).map(|n| (self.comparator_config(n), self.comparator(n))).collect();
+        SavedState { config, comparators }
+    }
+
+    /// Restores a suspended block: comparators first (their interrupts must not fire on stale
+    /// values), then the general configuration, which restarts the counter if it ran before.
+    pub fn resume(&self, saved: &SavedState) {
+        for (n, &(config, value)) in saved.comparators.iter().enumerate() {
+            self.set_comparator_config(n, config | ComparatorConfig::VALUE_SET);
+            self.set_comparator(n, value);
+        }
+        self.set_config(saved.config);
+    }
+
     pub fn set_legacy_route(&self, on: bool) {
         let c = self.config();
-        self.set_config(if on {
-            c | GeneralConfig::LEGACY_ROUTE
-        } else {
-            c - GeneralConfig::LEGACY_ROUTE
-        });
+        self.set_config(if on { c | GeneralConfig::LEGACY_ROUTE } else { c - GeneralConfig::LEGACY_ROUTE });
     }
 
     /// Interrupt status bits (level-triggered comparators only).
@@ -417,9 +423,7 @@ impl Hpet {
     /// Sets the FSB (MSI) message comparator `n` sends: `address` and `data` as for MSI.
     pub fn set_fsb_route(&self, n: usize, address: u32, data: u32) {
         self.counted();
-        self.comparator_regs(n)
-            .fsb_route()
-            .write((u64::from(address) << 32) | u64::from(data));
+        self.comparator_regs(n).fsb_route().write((u64::from(address) << 32) | u64::from(data));
     }
 
     /// The clocksource over this HPET's main counter, origin at `origin_ns` of the caller's
@@ -446,16 +450,10 @@ impl Hpet {
             if caps.counter_64bit() { 64 } else { 32 },
             caps.period_fs(),
             self.frequency_hz(),
-            if caps.legacy_route_capable() {
-                "capable"
-            } else {
-                "not capable"
-            }
+            if caps.legacy_route_capable() { "capable" } else { "not capable" }
         );
         let boot = self.boot_state;
-        if boot
-            .config
-            .intersects(GeneralConfig::ENABLE | GeneralConfig::LEGACY_ROUTE)
+        if boot.config.intersects(GeneralConfig::ENABLE | GeneralConfig::LEGACY_ROUTE)
             || boot.comparators_enabled != 0
         {
             log::info!(
@@ -468,21 +466,9 @@ impl Hpet {
             let c = self.comparator_config(n);
             log::info!(
                 "HPET comparator {n}: {}-bit, periodic {}, FSB {}, route capability {:#010x} (GSIs {})",
-                if c.contains(ComparatorConfig::SIZE_64_CAPABLE) {
-                    64
-                } else {
-                    32
-                },
-                if c.contains(ComparatorConfig::PERIODIC_CAPABLE) {
-                    "yes"
-                } else {
-                    "no"
-                },
-                if c.contains(ComparatorConfig::FSB_CAPABLE) {
-                    "yes"
-                } else {
-                    "no"
-                },
+                if c.contains(ComparatorConfig::SIZE_64_CAPABLE) { 64 } else { 32 },
+                if c.contains(ComparatorConfig::PERIODIC_CAPABLE) { "yes" } else { "no" },
+                if c.contains(ComparatorConfig::FSB_CAPABLE) { "yes" } else { "no" },
                 c.route_capability(),
                 GsiList(c.route_capability())
             );
@@ -543,16 +529,8 @@ impl HpetClock {
         }
         let mut previous = self.last.load(Ordering::Relaxed);
         loop {
-            let now = extend_32bit(
-                previous,
-                (raw as u32).wrapping_sub(self.origin_ticks as u32),
-            );
-            match self.last.compare_exchange_weak(
-                previous,
-                now,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            let now = extend_32bit(previous, (raw as u32).wrapping_sub(self.origin_ticks as u32));
+            match self.last.compare_exchange_weak(previous, now, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return now,
                 // Another CPU extended it further; keep the larger, it is also correct.
                 Err(p) if p >= now => return p,
@@ -577,8 +555,7 @@ mod tests {
     use alloc::string::ToString;
 
     /// q35's HPET as QEMU 7.2 reports it: vendor 0x8086, 3 comparators, 64-bit, legacy capable.
-    const Q35_CAPS: u64 =
-        (10_000_000 << 32) | (0x8086 << 16) | (1 << 15) | (1 << 13) | (2 << 8) | 1;
+    const Q35_CAPS: u64 = (10_000_000 << 32) | (0x8086 << 16) | (1 << 15) | (1 << 13) | (2 << 8) | 1;
 
     #[test]
     fn q35_capabilities_decode() {
@@ -594,21 +571,13 @@ mod tests {
     #[test]
     fn period_zero_or_above_100ns_is_rejected() {
         let with_period = |p: u64| Capabilities((Q35_CAPS & 0xffff_ffff) | (p << 32));
-        assert_eq!(
-            check_capabilities(with_period(0)),
-            Err(HpetError::PeriodZero)
-        );
+        assert_eq!(check_capabilities(with_period(0)), Err(HpetError::PeriodZero));
         assert_eq!(check_capabilities(with_period(100_000_000)), Ok(()));
         assert_eq!(
             check_capabilities(with_period(100_000_001)),
-            Err(HpetError::PeriodTooLong {
-                period_fs: 100_000_001
-            })
+            Err(HpetError::PeriodTooLong { period_fs: 100_000_001 })
         );
-        assert_eq!(
-            check_capabilities(Capabilities(u64::MAX)),
-            Err(HpetError::ReadsAllOnes)
-        );
+        assert_eq!(check_capabilities(Capabilities(u64::MAX)), Err(HpetError::ReadsAllOnes));
     }
 
     #[test]
@@ -618,11 +587,7 @@ mod tests {
         assert!(c.contains(ComparatorConfig::FSB_CAPABLE | ComparatorConfig::PERIODIC_CAPABLE));
         let routed = c.with_route(17) | ComparatorConfig::LEVEL_TRIGGERED;
         assert_eq!(routed.route(), 17);
-        assert_eq!(
-            routed.route_capability(),
-            0x00ff_0104,
-            "setting the route keeps the capability"
-        );
+        assert_eq!(routed.route_capability(), 0x00ff_0104, "setting the route keeps the capability");
         assert_eq!(routed.with_route(2).route(), 2);
     }
 

@@ -5,6 +5,7 @@
 //! fatal. Exceptions other than breakpoint and NMI are fatal: they print vector, error code,
 //! the interrupted RIP/RSP, CR2 and the top of the faulting stack, then exit with failure.
 
+use super::smp::percpu;
 use super::{gdt, memory, qemu, serial};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -81,9 +82,7 @@ pub fn allocate(handler: Handler) -> Result<u8, RegisterError> {
 
 /// Removes the handler of `vector`; later interrupts on it count as spurious.
 pub fn unregister(vector: u8) {
-    x86_64::instructions::interrupts::without_interrupts(|| {
-        HANDLERS.write()[usize::from(vector)] = None
-    });
+    x86_64::instructions::interrupts::without_interrupts(|| HANDLERS.write()[usize::from(vector)] = None);
 }
 
 pub fn set_end_of_interrupt(eoi: fn()) {
@@ -102,6 +101,9 @@ pub fn spurious_count() -> u64 {
 
 fn dispatch(vector: u8) {
     COUNTS[usize::from(vector)].fetch_add(1, Ordering::Relaxed);
+    if percpu::ready() {
+        percpu::this_cpu().interrupts[usize::from(vector)].fetch_add(1, Ordering::Relaxed);
+    }
     let handler = HANDLERS.read()[usize::from(vector)];
     match handler {
         Some(h) => h(vector),
@@ -109,9 +111,7 @@ fn dispatch(vector: u8) {
             let n = SPURIOUS.fetch_add(1, Ordering::Relaxed) + 1;
             // The first ten, then every thousandth: a storm must not drown the log.
             if n <= 10 || n % 1000 == 0 {
-                log::warn!(
-                    "spurious interrupt on vector {vector} (no handler; {n} spurious so far)"
-                );
+                log::warn!("spurious interrupt on vector {vector} (no handler; {n} spurious so far)");
             }
         }
     }
@@ -134,9 +134,9 @@ fn fatal(
     frame: &InterruptStackFrame,
 ) -> ! {
     match error {
-        Some(e) => serial::emergency_print(format_args!(
-            "\nEXCEPTION: {name} (vector {vector}) error code {e:#x}\n"
-        )),
+        Some(e) => {
+            serial::emergency_print(format_args!("\nEXCEPTION: {name} (vector {vector}) error code {e:#x}\n"))
+        }
         None => serial::emergency_print(format_args!("\nEXCEPTION: {name} (vector {vector})\n")),
     }
     if let Some(d) = detail {
@@ -194,12 +194,7 @@ fatal_handler!(x87_floating_point, "x87 floating-point exception", 16);
 fatal_handler!(alignment_check, "alignment check", 17, error);
 fatal_handler!(simd_floating_point, "SIMD floating-point exception", 19);
 fatal_handler!(virtualization, "virtualization exception", 20);
-fatal_handler!(
-    control_protection,
-    "control protection exception",
-    21,
-    error
-);
+fatal_handler!(control_protection, "control protection exception", 21, error);
 
 extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, error: PageFaultErrorCode) {
     fatal("page fault", 14, Some(error.bits()), Some(&error), &frame)
@@ -232,28 +227,23 @@ fn build_idt() -> InterruptDescriptorTable {
     idt.overflow.set_handler_fn(overflow);
     idt.bound_range_exceeded.set_handler_fn(bound_range);
     idt.invalid_opcode.set_handler_fn(invalid_opcode);
-    idt.device_not_available
-        .set_handler_fn(device_not_available);
+    idt.device_not_available.set_handler_fn(device_not_available);
     // SAFETY: IST slot DOUBLE_FAULT_IST_INDEX holds a valid, otherwise unused stack in every
     // CPU's TSS (gdt.rs), so a double fault never runs on the stack that overflowed.
     unsafe {
-        idt.double_fault
-            .set_handler_fn(double_fault)
-            .set_stack_index(gdt::DOUBLE_FAULT_IST_INDEX);
+        idt.double_fault.set_handler_fn(double_fault).set_stack_index(gdt::DOUBLE_FAULT_IST_INDEX);
     }
     idt.invalid_tss.set_handler_fn(invalid_tss);
     idt.segment_not_present.set_handler_fn(segment_not_present);
     idt.stack_segment_fault.set_handler_fn(stack_segment);
-    idt.general_protection_fault
-        .set_handler_fn(general_protection);
+    idt.general_protection_fault.set_handler_fn(general_protection);
     idt.page_fault.set_handler_fn(page_fault);
     idt.x87_floating_point.set_handler_fn(x87_floating_point);
     idt.alignment_check.set_handler_fn(alignment_check);
     idt.machine_check.set_handler_fn(machine_check);
     idt.simd_floating_point.set_handler_fn(simd_floating_point);
     idt.virtualization.set_handler_fn(virtualization);
-    idt.cp_protection_exception
-        .set_handler_fn(control_protection);
+    idt.cp_protection_exception.set_handler_fn(control_protection);
     seq!(V in 32..=255 {
         idt[V].set_handler_fn(device_vector_~V);
     });
@@ -262,5 +252,10 @@ fn build_idt() -> InterruptDescriptorTable {
 
 /// Loads the shared IDT on the calling CPU (built on first use).
 pub fn init_bsp() {
+    load_idt();
+}
+
+/// Loads the shared IDT (application processors call this on arrival).
+pub fn load_idt() {
     IDT.call_once(build_idt).load();
 }

@@ -90,16 +90,8 @@ impl RedirectionEntry {
             vector: raw as u8,
             delivery,
             logical: raw & (1 << 11) != 0,
-            polarity: if raw & (1 << 13) != 0 {
-                Polarity::ActiveLow
-            } else {
-                Polarity::ActiveHigh
-            },
-            trigger: if raw & (1 << 15) != 0 {
-                Trigger::Level
-            } else {
-                Trigger::Edge
-            },
+            polarity: if raw & (1 << 13) != 0 { Polarity::ActiveLow } else { Polarity::ActiveHigh },
+            trigger: if raw & (1 << 15) != 0 { Trigger::Level } else { Trigger::Edge },
             masked: raw & (1 << 16) != 0,
             destination: (raw >> 56) as u8,
         }
@@ -186,10 +178,7 @@ pub struct IoApics {
     owners: Vec<(u32, &'static str)>,
 }
 
-pub static IOAPICS: Mutex<IoApics> = Mutex::new(IoApics {
-    chips: Vec::new(),
-    owners: Vec::new(),
-});
+pub static IOAPICS: Mutex<IoApics> = Mutex::new(IoApics { chips: Vec::new(), owners: Vec::new() });
 
 /// First GSI that no ISA device can own (GSIs 0-15 are the ISA IRQs' by default).
 pub const FIRST_NON_ISA_GSI: u32 = 16;
@@ -198,18 +187,10 @@ impl IoApics {
     /// Maps and adds the IOAPIC `id` at `phys` serving GSIs from `gsi_base`; masks all its pins.
     pub fn add(&mut self, id: u8, phys: u64, gsi_base: u32) -> Result<&IoApic, IoApicError> {
         let region = mmio::map(phys, 0x20).map_err(IoApicError::Mapping)?;
-        let ptr =
-            NonNull::new(region.virt.as_mut_ptr::<[u32; 8]>()).expect("MMIO window is not null");
+        let ptr = NonNull::new(region.virt.as_mut_ptr::<[u32; 8]>()).expect("MMIO window is not null");
         // SAFETY: `region` maps the IOAPIC's 32-byte register window uncached for good.
         let regs = unsafe { VolatilePtr::new(ptr) };
-        let mut chip = IoApic {
-            id,
-            phys,
-            gsi_base,
-            pins: 0,
-            version: 0,
-            regs,
-        };
+        let mut chip = IoApic { id, phys, gsi_base, pins: 0, version: 0, regs };
         let ver = chip.read(IOAPICVER);
         chip.version = ver as u8;
         chip.pins = ((ver >> 16) & 0xff) + 1;
@@ -245,10 +226,7 @@ impl IoApics {
     pub fn claim(&mut self, gsi: u32, owner: &'static str) -> Result<(), IoApicError> {
         self.lookup(gsi)?;
         if let Some(existing) = self.owner(gsi) {
-            return Err(IoApicError::GsiInUse {
-                gsi,
-                owner: existing,
-            });
+            return Err(IoApicError::GsiInUse { gsi, owner: existing });
         }
         self.owners.push((gsi, owner));
         Ok(())
@@ -256,11 +234,7 @@ impl IoApics {
 
     /// Masks and releases `gsi`.
     pub fn release(&mut self, gsi: u32) -> Result<(), IoApicError> {
-        let i = self
-            .owners
-            .iter()
-            .position(|(g, _)| *g == gsi)
-            .ok_or(IoApicError::NotClaimed(gsi))?;
+        let i = self.owners.iter().position(|(g, _)| *g == gsi).ok_or(IoApicError::NotClaimed(gsi))?;
         self.owners.swap_remove(i);
         self.mask(gsi, true)
     }
@@ -268,11 +242,7 @@ impl IoApics {
     /// The lowest free GSI allowed by `capability` (bit n = GSI n), preferring GSIs >= 16 that no
     /// ISA device can own; `isa_owned` lists GSIs an ISA IRQ maps to (after overrides).
     pub fn find_free(&self, capability: u32, isa_owned: &[u32]) -> Option<u32> {
-        choose_free_gsi(
-            capability,
-            |g| self.lookup(g).is_ok() && self.owner(g).is_none(),
-            isa_owned,
-        )
+        choose_free_gsi(capability, |g| self.lookup(g).is_ok() && self.owner(g).is_none(), isa_owned)
     }
 
     pub fn entry(&mut self, gsi: u32) -> Result<RedirectionEntry, IoApicError> {
@@ -301,28 +271,16 @@ impl IoApics {
     pub fn retarget(&mut self, gsi: u32, apic_id: u8) -> Result<(), IoApicError> {
         let (chip, pin) = self.lookup(gsi)?;
         let e = self.chips[chip].entry(pin);
-        self.chips[chip].set_entry(
-            pin,
-            RedirectionEntry {
-                destination: apic_id,
-                ..e
-            },
-        );
+        self.chips[chip].set_entry(pin, RedirectionEntry { destination: apic_id, ..e });
         Ok(())
     }
 }
 
 /// Pure choice of a GSI: first a free one >= 16 not owned by ISA, then a free ISA-range one
 /// not owned by an ISA device, then nothing (an ISA-owned GSI is never handed out here).
-pub fn choose_free_gsi(
-    capability: u32,
-    is_free: impl Fn(u32) -> bool,
-    isa_owned: &[u32],
-) -> Option<u32> {
+pub fn choose_free_gsi(capability: u32, is_free: impl Fn(u32) -> bool, isa_owned: &[u32]) -> Option<u32> {
     let allowed = |g: u32| capability & (1 << g) != 0 && is_free(g) && !isa_owned.contains(&g);
-    (FIRST_NON_ISA_GSI..32)
-        .find(|&g| allowed(g))
-        .or_else(|| (0..FIRST_NON_ISA_GSI).find(|&g| allowed(g)))
+    (FIRST_NON_ISA_GSI..32).find(|&g| allowed(g)).or_else(|| (0..FIRST_NON_ISA_GSI).find(|&g| allowed(g)))
 }
 
 #[cfg(test)]
@@ -343,14 +301,8 @@ mod tests {
         assert_eq!(e.encode(), 0x0300_0000_0000_a031);
         assert_eq!(RedirectionEntry::decode(e.encode()), e);
         assert_eq!(RedirectionEntry::masked().encode(), 1 << 16);
-        let nmi = RedirectionEntry {
-            delivery: DeliveryMode::Nmi,
-            ..RedirectionEntry::masked()
-        };
-        assert_eq!(
-            RedirectionEntry::decode(nmi.encode()).delivery,
-            DeliveryMode::Nmi
-        );
+        let nmi = RedirectionEntry { delivery: DeliveryMode::Nmi, ..RedirectionEntry::masked() };
+        assert_eq!(RedirectionEntry::decode(nmi.encode()).delivery, DeliveryMode::Nmi);
     }
 
     #[test]
@@ -365,10 +317,7 @@ mod tests {
     fn free_gsi_prefers_non_isa_lines() {
         let q35_cap = 0x00ff_0104; // GSI 2, 8, 16-23
         assert_eq!(choose_free_gsi(q35_cap, |_| true, &[0, 1, 2, 8]), Some(16));
-        assert_eq!(
-            choose_free_gsi(q35_cap, |g| g != 16 && g != 17, &[]),
-            Some(18)
-        );
+        assert_eq!(choose_free_gsi(q35_cap, |g| g != 16 && g != 17, &[]), Some(18));
     }
 
     #[test]

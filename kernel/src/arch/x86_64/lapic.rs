@@ -83,11 +83,7 @@ pub struct Features {
 pub fn features() -> Features {
     let leaf1 = __cpuid(1);
     let arat = __cpuid(0).eax >= 6 && __cpuid(6).eax & (1 << 2) != 0;
-    Features {
-        x2apic: leaf1.ecx & (1 << 21) != 0,
-        tsc_deadline: leaf1.ecx & (1 << 24) != 0,
-        arat,
-    }
+    Features { x2apic: leaf1.ecx & (1 << 21) != 0, tsc_deadline: leaf1.ecx & (1 << 24) != 0, arat }
 }
 
 /// 0 = not set up, else Mode as 1 (xAPIC) or 2 (x2APIC); one mode for all CPUs.
@@ -205,14 +201,10 @@ pub fn init_bsp() -> Result<Mode, LapicError> {
     init_this_cpu();
     interrupts::set_end_of_interrupt(eoi);
     log::info!(
-        "LAPIC: {mode} (APIC id {}, version {:#x}, {}), TSC-deadline {}, ARAT {}",
+        "{mode} mode, APIC id {}, version {:#x}, {}; timer: TSC-deadline {}, always running (ARAT) {}",
         id(),
         read(Reg::Version) & 0xff,
-        if base_msr & APIC_BASE_BSP != 0 {
-            "boot CPU"
-        } else {
-            "application CPU"
-        },
+        if base_msr & APIC_BASE_BSP != 0 { "boot CPU" } else { "application CPU" },
         if f.tsc_deadline { "yes" } else { "no" },
         if f.arat { "yes" } else { "no" }
     );
@@ -236,10 +228,7 @@ fn send_icr(destination: u32, low: u32) {
     match mode() {
         Some(Mode::X2Apic) => {
             // SAFETY: x2APIC mode: the ICR is the single 64-bit MSR 0x830 (SDM 11.12.9).
-            unsafe {
-                Msr::new(X2APIC_MSR_BASE + 0x30)
-                    .write(u64::from(destination) << 32 | u64::from(low))
-            }
+            unsafe { Msr::new(X2APIC_MSR_BASE + 0x30).write(u64::from(destination) << 32 | u64::from(low)) }
         }
         _ => {
             write(Reg::IcrHigh, destination << 24);
@@ -263,19 +252,13 @@ pub fn send_init(destination: u32) {
 
 /// STARTUP to `destination`: it starts in real mode at `page_number * 4096`.
 pub fn send_startup(destination: u32, page_number: u8) {
-    send_icr(
-        destination,
-        ICR_STARTUP | ICR_LEVEL_ASSERT | u32::from(page_number),
-    );
+    send_icr(destination, ICR_STARTUP | ICR_LEVEL_ASSERT | u32::from(page_number));
 }
 
 /// Starts the timer counting down `count` (bus clocks / 16) once, then interrupting on `vector`;
 /// `masked` counts without interrupting (calibration).
 pub fn timer_oneshot(count: u32, vector: u8, masked: bool) {
-    write(
-        Reg::LvtTimer,
-        u32::from(vector) | if masked { LVT_MASKED } else { 0 },
-    );
+    write(Reg::LvtTimer, u32::from(vector) | if masked { LVT_MASKED } else { 0 });
     write(Reg::TimerInitialCount, count);
 }
 

@@ -26,6 +26,8 @@ pub const HEAP_START: u64 = 0xffff_c000_0000_0000;
 pub const HEAP_SIZE: u64 = 16 * 1024 * 1024;
 pub const MMIO_WINDOW_START: u64 = 0xffff_d000_0000_0000;
 pub const MMIO_WINDOW_SIZE: u64 = 1 << 30;
+/// Application processors' kernel stacks, one slot per CPU (see `smp`).
+pub const AP_STACK_WINDOW_START: u64 = 0xffff_e000_0000_0000;
 /// Frames below this stay free for real-mode code (the AP start-up trampoline).
 const LOW_MEMORY_LIMIT: u64 = 0x10_0000;
 
@@ -52,11 +54,7 @@ struct BootFrameAllocator {
 unsafe impl FrameAllocator<Size4KiB> for BootFrameAllocator {
     fn allocate_frame(&mut self) -> Option<PhysFrame> {
         while let Some(r) = self.regions.get(self.region) {
-            let start = self
-                .next
-                .max(r.start)
-                .max(LOW_MEMORY_LIMIT)
-                .next_multiple_of(4096);
+            let start = self.next.max(r.start).max(LOW_MEMORY_LIMIT).next_multiple_of(4096);
             if r.kind == MemoryRegionKind::Usable && start + 4096 <= r.end {
                 self.next = start + 4096;
                 return Some(PhysFrame::containing_address(PhysAddr::new(start)));
@@ -83,6 +81,21 @@ pub fn usable_ram() -> impl Iterator<Item = (u64, u64)> {
         .map(|r| (r.start, r.end))
 }
 
+/// Takes a usable page below 1 MiB (but not page 0) for real-mode code, once: the frame
+/// allocator never hands these out.
+pub fn low_free_page() -> Option<u64> {
+    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    if let Some(taken) = core::num::NonZeroU64::new(TAKEN.load(Ordering::Relaxed)) {
+        return Some(taken.get());
+    }
+    let page = usable_ram().filter(|&(s, _)| s < LOW_MEMORY_LIMIT).find_map(|(s, e)| {
+        let first = s.max(0x1000).next_multiple_of(4096);
+        (first + 4096 <= e.min(LOW_MEMORY_LIMIT)).then_some(first)
+    })?;
+    TAKEN.store(page, Ordering::Relaxed);
+    Some(page)
+}
+
 /// Maps `pages` to fresh frames (when `phys` is `None`) or to the frames from `phys` on.
 pub fn map_range(
     first: Page<Size4KiB>,
@@ -91,20 +104,14 @@ pub fn map_range(
     flags: PageTableFlags,
 ) -> Result<(), MapToError<Size4KiB>> {
     let mut mapper = MAPPER.lock();
-    let mapper = mapper
-        .as_mut()
-        .expect("memory::map_range before memory::init");
+    let mapper = mapper.as_mut().expect("memory::map_range before memory::init");
     let mut frames = FRAMES.lock();
-    let frames = frames
-        .as_mut()
-        .expect("memory::map_range before memory::init");
+    let frames = frames.as_mut().expect("memory::map_range before memory::init");
     for i in 0..count {
         let page = first + i;
         let frame = match phys {
             Some(p) => PhysFrame::containing_address(p + i * 4096),
-            None => frames
-                .allocate_frame()
-                .ok_or(MapToError::FrameAllocationFailed)?,
+            None => frames.allocate_frame().ok_or(MapToError::FrameAllocationFailed)?,
         };
         // SAFETY: the pages lie in a window of the address space that only this module hands
         // out (heap, MMIO), each page once; the frames are fresh usable RAM or device memory
@@ -155,21 +162,13 @@ pub fn init(boot_info: &'static BootInfo) {
     // this is the only `&mut` to it, kept behind `MAPPER`'s lock from here on.
     let mapper = unsafe { OffsetPageTable::new(&mut *l4_ptr, VirtAddr::new(offset)) };
     *MAPPER.lock() = Some(mapper);
-    *FRAMES.lock() = Some(BootFrameAllocator {
-        regions: &boot_info.memory_regions,
-        region: 0,
-        next: 0,
-    });
+    *FRAMES.lock() = Some(BootFrameAllocator { regions: &boot_info.memory_regions, region: 0, next: 0 });
 
     let usable: u64 = usable_ram().map(|(s, e)| e - s).sum();
     log::info!(
         "{} MiB usable in {} regions; physical memory mapped at {offset:#x}",
         usable >> 20,
-        boot_info
-            .memory_regions
-            .iter()
-            .filter(|r| r.kind == MemoryRegionKind::Usable)
-            .count()
+        boot_info.memory_regions.iter().filter(|r| r.kind == MemoryRegionKind::Usable).count()
     );
 
     let heap_first = Page::containing_address(VirtAddr::new(HEAP_START));
@@ -178,9 +177,7 @@ pub fn init(boot_info: &'static BootInfo) {
     #[cfg(target_os = "none")]
     // SAFETY: HEAP_START..+HEAP_SIZE was just mapped to fresh frames and is used for nothing else.
     unsafe {
-        ALLOCATOR
-            .lock()
-            .init(HEAP_START as *mut u8, HEAP_SIZE as usize)
+        ALLOCATOR.lock().init(HEAP_START as *mut u8, HEAP_SIZE as usize)
     };
     log::info!("kernel heap: {} MiB at {HEAP_START:#x}", HEAP_SIZE >> 20);
 }

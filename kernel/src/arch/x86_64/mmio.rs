@@ -51,21 +51,10 @@ impl fmt::Display for MmioError {
             MmioError::OutOfRange { phys, len } => {
                 write!(f, "MMIO range {phys:#x}+{len:#x} is not addressable")
             }
-            MmioError::OverlapsRam {
-                phys,
-                len,
-                ram_start,
-                ram_end,
-            } => write!(
-                f,
-                "MMIO range {phys:#x}+{len:#x} overlaps usable RAM {ram_start:#x}..{ram_end:#x}"
-            ),
-            MmioError::PartlyMapped {
-                phys,
-                len,
-                mapped_start,
-                mapped_end,
-            } => write!(
+            MmioError::OverlapsRam { phys, len, ram_start, ram_end } => {
+                write!(f, "MMIO range {phys:#x}+{len:#x} overlaps usable RAM {ram_start:#x}..{ram_end:#x}")
+            }
+            MmioError::PartlyMapped { phys, len, mapped_start, mapped_end } => write!(
                 f,
                 "MMIO range {phys:#x}+{len:#x} overlaps the existing mapping of {mapped_start:#x}..{mapped_end:#x}"
             ),
@@ -99,39 +88,21 @@ fn decide(
     if len == 0 {
         return Err(MmioError::Empty);
     }
-    let end = phys
-        .checked_add(len)
-        .filter(|&e| e <= 1 << 52)
-        .ok_or(MmioError::OutOfRange { phys, len })?;
+    let end = phys.checked_add(len).filter(|&e| e <= 1 << 52).ok_or(MmioError::OutOfRange { phys, len })?;
     if let Some((ram_start, ram_end)) = ram.find(|&(s, e)| phys < e && s < end) {
-        return Err(MmioError::OverlapsRam {
-            phys,
-            len,
-            ram_start,
-            ram_end,
-        });
+        return Err(MmioError::OverlapsRam { phys, len, ram_start, ram_end });
     }
     let start_page = phys & !0xfff;
     let end_page = end.next_multiple_of(4096);
     for m in existing {
         if m.start <= phys && end <= m.end {
-            return Ok(Decision::Reuse {
-                virt: m.virt + (phys - m.start),
-            });
+            return Ok(Decision::Reuse { virt: m.virt + (phys - m.start) });
         }
         if start_page < m.end && m.start < end_page {
-            return Err(MmioError::PartlyMapped {
-                phys,
-                len,
-                mapped_start: m.start,
-                mapped_end: m.end,
-            });
+            return Err(MmioError::PartlyMapped { phys, len, mapped_start: m.start, mapped_end: m.end });
         }
     }
-    Ok(Decision::MapNew {
-        start: start_page,
-        end: end_page,
-    })
+    Ok(Decision::MapNew { start: start_page, end: end_page })
 }
 
 struct Window {
@@ -139,21 +110,15 @@ struct Window {
     next_virt: u64,
 }
 
-static WINDOW: Mutex<Window> = Mutex::new(Window {
-    mappings: Vec::new(),
-    next_virt: memory::MMIO_WINDOW_START,
-});
+static WINDOW: Mutex<Window> =
+    Mutex::new(Window { mappings: Vec::new(), next_virt: memory::MMIO_WINDOW_START });
 
 /// Maps `phys..phys+len` uncached (see the module comment for the rules).
 pub fn map(phys: u64, len: u64) -> Result<MmioRegion, MmioError> {
     let mut w = WINDOW.lock();
     let (start, end) = match decide(phys, len, &w.mappings, memory::usable_ram())? {
         Decision::Reuse { virt } => {
-            return Ok(MmioRegion {
-                phys,
-                virt: VirtAddr::new(virt),
-                len,
-            });
+            return Ok(MmioRegion { phys, virt: VirtAddr::new(virt), len });
         }
         Decision::MapNew { start, end } => (start, end),
     };
@@ -167,20 +132,11 @@ pub fn map(phys: u64, len: u64) -> Result<MmioRegion, MmioError> {
         | PageTableFlags::WRITE_THROUGH
         | PageTableFlags::NO_EXECUTE;
     let first = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
-    memory::map_range(
-        first,
-        (end - start) / 4096,
-        Some(PhysAddr::new(start)),
-        flags,
-    )
-    .map_err(|_| MmioError::MapFailed)?;
+    memory::map_range(first, (end - start) / 4096, Some(PhysAddr::new(start)), flags)
+        .map_err(|_| MmioError::MapFailed)?;
     w.next_virt = virt + (end - start);
     w.mappings.push(Mapping { start, end, virt });
-    Ok(MmioRegion {
-        phys,
-        virt: VirtAddr::new(virt + (phys - start)),
-        len,
-    })
+    Ok(MmioRegion { phys, virt: VirtAddr::new(virt + (phys - start)), len })
 }
 
 #[cfg(test)]
@@ -192,38 +148,19 @@ mod tests {
     #[test]
     fn new_range_is_page_aligned() {
         let d = decide(0xfed0_0010, 0x20, &[], RAM.into_iter()).unwrap();
-        assert_eq!(
-            d,
-            Decision::MapNew {
-                start: 0xfed0_0000,
-                end: 0xfed0_1000
-            }
-        );
+        assert_eq!(d, Decision::MapNew { start: 0xfed0_0000, end: 0xfed0_1000 });
     }
 
     #[test]
     fn range_inside_an_existing_mapping_is_reused_not_mapped_twice() {
-        let existing = [Mapping {
-            start: 0xfed0_0000,
-            end: 0xfed0_1000,
-            virt: 0xffff_d000_0000_0000,
-        }];
+        let existing = [Mapping { start: 0xfed0_0000, end: 0xfed0_1000, virt: 0xffff_d000_0000_0000 }];
         let d = decide(0xfed0_0100, 8, &existing, RAM.into_iter()).unwrap();
-        assert_eq!(
-            d,
-            Decision::Reuse {
-                virt: 0xffff_d000_0000_0100
-            }
-        );
+        assert_eq!(d, Decision::Reuse { virt: 0xffff_d000_0000_0100 });
     }
 
     #[test]
     fn partial_overlap_with_a_mapping_is_refused() {
-        let existing = [Mapping {
-            start: 0xfec0_0000,
-            end: 0xfec0_1000,
-            virt: 0xffff_d000_0000_0000,
-        }];
+        let existing = [Mapping { start: 0xfec0_0000, end: 0xfec0_1000, virt: 0xffff_d000_0000_0000 }];
         let e = decide(0xfec0_0800, 0x1000, &existing, RAM.into_iter()).unwrap_err();
         assert!(matches!(e, MmioError::PartlyMapped { .. }));
     }
@@ -240,13 +177,7 @@ mod tests {
 
     #[test]
     fn empty_and_wrapping_ranges_are_refused() {
-        assert_eq!(
-            decide(0xfed0_0000, 0, &[], RAM.into_iter()),
-            Err(MmioError::Empty)
-        );
-        assert!(matches!(
-            decide(u64::MAX - 4, 16, &[], RAM.into_iter()),
-            Err(MmioError::OutOfRange { .. })
-        ));
+        assert_eq!(decide(0xfed0_0000, 0, &[], RAM.into_iter()), Err(MmioError::Empty));
+        assert!(matches!(decide(u64::MAX - 4, 16, &[], RAM.into_iter()), Err(MmioError::OutOfRange { .. })));
     }
 }

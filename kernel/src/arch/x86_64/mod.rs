@@ -11,6 +11,8 @@ pub mod memory;
 pub mod mmio;
 pub mod pic;
 pub mod pit;
+pub mod platform;
 pub mod qemu;
 pub mod serial;
+pub mod smp;
 pub mod tsc;

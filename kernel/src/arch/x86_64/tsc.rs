@@ -55,10 +55,8 @@ impl Clocksource for TscClock {
         "tsc"
     }
     fn now_ns(&self) -> u64 {
-        let conv = MultShift {
-            mult: self.mult.load(Ordering::Relaxed),
-            shift: self.shift.load(Ordering::Relaxed),
-        };
+        let conv =
+            MultShift { mult: self.mult.load(Ordering::Relaxed), shift: self.shift.load(Ordering::Relaxed) };
         self.origin_ns.load(Ordering::Relaxed)
             + conv.apply(read().saturating_sub(self.origin.load(Ordering::Relaxed)))
     }
@@ -103,10 +101,7 @@ pub fn init_early() {
         samples.sort_unstable();
         let median = samples[WINDOWS / 2];
         let spread_ppm = (samples[WINDOWS - 1] - samples[0]) * 1_000_000 / median.max(1);
-        (
-            median * pit::PIT_HZ / u64::from(WINDOW_PIT_TICKS),
-            Calibration::Pit { spread_ppm },
-        )
+        (median * pit::PIT_HZ / u64::from(WINDOW_PIT_TICKS), Calibration::Pit { spread_ppm })
     } else if let Some(hz) = cpuid_base_hz() {
         (hz, Calibration::Cpuid)
     } else {
@@ -151,8 +146,8 @@ pub fn log_calibration() {
                 hz / 1_000_000
             )
         }
-        _ => log::warn!(
-            "TSC frequency unknown (no PIT, no CPUID 0x16): assuming 1 GHz, timestamps are not ns"
-        ),
+        _ => {
+            log::warn!("TSC frequency unknown (no PIT, no CPUID 0x16): assuming 1 GHz, timestamps are not ns")
+        }
     }
 }

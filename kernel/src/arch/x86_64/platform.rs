@@ -1,0 +1,161 @@
+//! Platform bring-up on the boot CPU: firmware tables, 8259s off, LAPIC, IOAPICs, HPET,
+//! calibration. Each step that fails logs one line with its reason and records a fallback; none
+//! stops the boot.
+
+use super::calibrate::{self, Calibration};
+use super::hpet::{ComparatorConfig, Hpet};
+use super::ioapic::IOAPICS;
+use super::{lapic, pic, smp, tsc};
+use crate::time::clocksource;
+use crate::time::report::{
+    ComparatorReport, HpetReport, IoApicReport, LapicReport, SCHEMA_VERSION, TimerReport, Verdict,
+};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+/// What the platform bring-up needs from the firmware's tables.
+#[derive(Debug, Default)]
+pub struct FirmwareInfo {
+    /// Physical address of the HPET block from a valid HPET table.
+    pub hpet_base: Option<u64>,
+    pub cpus_enabled: u32,
+    /// (id, physical address, first GSI) of every IOAPIC.
+    pub ioapics: Vec<(u8, u64, u32)>,
+    /// GSIs that ISA IRQs 0-15 reach after the interrupt source overrides.
+    pub isa_gsis: Vec<u32>,
+}
+
+/// What the bring-up found and decided.
+pub struct Platform {
+    pub firmware: FirmwareInfo,
+    pub hpet: Option<&'static Hpet>,
+    pub lapic: Option<lapic::Mode>,
+    pub calibration: Option<Calibration>,
+    /// One sentence per fallback taken.
+    pub fallbacks: Vec<String>,
+}
+
+impl Platform {
+    /// Records and logs a fallback (one line, where the decision is taken).
+    pub fn fall_back(&mut self, reason: String) {
+        log::warn!("fallback: {reason}");
+        self.fallbacks.push(reason);
+    }
+}
+
+/// Brings up the platform; `firmware` is what the ACPI tables said (possibly nothing).
+pub fn init_bsp(firmware: FirmwareInfo, mut fallbacks: Vec<String>) -> Platform {
+    pic::remap_and_mask();
+    let lapic = match lapic::init_bsp() {
+        Ok(mode) => Some(mode),
+        Err(e) => {
+            fallbacks.push(format!("LAPIC unusable ({e}): no local timer, no IPIs"));
+            None
+        }
+    };
+    if lapic.is_some() {
+        smp::init_bsp();
+    }
+    let mut p = Platform { firmware, hpet: None, lapic, calibration: None, fallbacks };
+
+    for (id, phys, gsi_base) in p.firmware.ioapics.clone() {
+        let added = IOAPICS.lock().add(id, phys, gsi_base).map(|chip| (chip.version, chip.pins));
+        match added {
+            Ok((version, pins)) => log::info!(
+                "IOAPIC {id} at {phys:#x}: version {version:#x}, {pins} pins, GSIs {gsi_base}-{}, all masked",
+                gsi_base + pins - 1
+            ),
+            Err(e) => p.fall_back(format!("IOAPIC {id} at {phys:#x} skipped: {e}")),
+        }
+    }
+    if IOAPICS.lock().chips().is_empty() {
+        p.fall_back("no usable IOAPIC: device interrupts cannot be routed; timers use the LAPIC".to_string());
+    }
+
+    if let Some(base) = p.firmware.hpet_base {
+        match Hpet::probe(base) {
+            Ok(h) => {
+                let h: &'static Hpet = Box::leak(Box::new(h));
+                h.log_summary();
+                p.hpet = Some(h);
+            }
+            Err(e) => p.fall_back(format!("HPET at {base:#x} rejected: {e}; calibrating against the PIT")),
+        }
+    }
+
+    if lapic.is_some() {
+        match calibrate::calibrate(p.hpet) {
+            Some(c) => {
+                tsc::set_frequency(c.tsc_hz);
+                log::info!(
+                    "calibrated against the {}: LAPIC timer {} Hz (bus / {}), spread {} ppm; TSC {} Hz, spread {} ppm",
+                    c.reference,
+                    c.lapic_timer_hz,
+                    lapic::TIMER_DIVISOR,
+                    c.lapic_spread_ppm,
+                    c.tsc_hz,
+                    c.tsc_spread_ppm
+                );
+                p.calibration = Some(c);
+            }
+            None => p.fall_back("no reference clock ran (HPET, PIT): LAPIC timer uncalibrated".to_string()),
+        }
+    }
+    x86_64::instructions::interrupts::enable();
+    p
+}
+
+impl Platform {
+    /// The platform part of the TIMER-REPORT.
+    pub fn report(&self) -> TimerReport {
+        let hpet = self.hpet.map(|h| {
+            let caps = h.capabilities();
+            HpetReport {
+                base: h.phys(),
+                period_fs: caps.period_fs(),
+                counter_bits: if caps.counter_64bit() { 64 } else { 32 },
+                legacy_capable: caps.legacy_route_capable(),
+                vendor: caps.vendor_id(),
+                comparators: (0..h.comparators())
+                    .map(|n| {
+                        let c = h.comparator_config(n);
+                        ComparatorReport {
+                            index: n as u32,
+                            route_cap: c.route_capability(),
+                            periodic: c.contains(ComparatorConfig::PERIODIC_CAPABLE),
+                            bits64: c.contains(ComparatorConfig::SIZE_64_CAPABLE),
+                            fsb: c.contains(ComparatorConfig::FSB_CAPABLE),
+                        }
+                    })
+                    .collect(),
+            }
+        });
+        let ioapics = IOAPICS
+            .lock()
+            .chips()
+            .iter()
+            .map(|c| IoApicReport { id: c.id, address: c.phys, gsi_base: c.gsi_base, pins: c.pins })
+            .collect();
+        let features = lapic::features();
+        let lapic = self.lapic.map(|mode| LapicReport {
+            mode: mode.to_string(),
+            timer_hz: self.calibration.map_or(0, |c| c.lapic_timer_hz),
+            calibrated_against: self.calibration.map_or("none".to_string(), |c| c.reference.to_string()),
+            tsc_deadline: features.tsc_deadline,
+            arat: features.arat,
+        });
+        TimerReport {
+            schema: SCHEMA_VERSION,
+            cpus_enabled: self.firmware.cpus_enabled,
+            hpet,
+            ioapics,
+            lapic,
+            tsc_hz: tsc::frequency_hz(),
+            clocksource: clocksource::current_name().to_string(),
+            fallbacks: self.fallbacks.clone(),
+            verdict: if self.fallbacks.is_empty() { Verdict::Ok } else { Verdict::Degraded },
+        }
+    }
+}

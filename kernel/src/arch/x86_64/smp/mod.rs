@@ -1,0 +1,239 @@
+//! Application processors: start-up by INIT / STARTUP / STARTUP, their per-CPU state, and
+//! inter-processor interrupts (a fixed vector to one CPU or all others, and a function call
+//! that runs on a chosen CPU and returns its result).
+
+pub mod percpu;
+mod trampoline;
+
+use super::{gdt, interrupts, lapic, memory};
+use crate::time::clocksource::now_ns;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use percpu::{CallFn, PerCpu};
+use trampoline::Trampoline;
+use x86_64::VirtAddr;
+use x86_64::registers::control::Cr3;
+use x86_64::structures::paging::{Page, PageTableFlags, Size4KiB};
+use x86_64::structures::tss::TaskStateSegment;
+
+/// Vector of the function-call IPI (system vectors sit above the allocatable range).
+pub const CALL_VECTOR: u8 = 0xf0;
+/// Each AP's kernel stack; a guard page below it stays unmapped.
+const AP_STACK_SIZE: u64 = 64 * 1024;
+/// Distance between two APs' stacks in the stack window.
+const AP_STACK_STRIDE: u64 = 1 << 20;
+/// INIT must be held 10 ms before the first STARTUP (Intel MP spec B.4).
+const INIT_DELAY_NS: u64 = 10_000_000;
+/// A second STARTUP follows if the AP is not online 200 us after the first (MP spec B.4).
+const STARTUP_RETRY_NS: u64 = 200_000;
+/// After the second STARTUP, how long to wait for the AP before giving up on it (generous:
+/// under emulation a vCPU thread may start late).
+const ONLINE_TIMEOUT_NS: u64 = 2_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartError {
+    NoLowPage,
+    TrampolineMapping,
+    StackMapping,
+    /// The AP did not report online within the timeout.
+    NoAnswer {
+        waited_ms: u64,
+    },
+    TooManyCpus,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::NoLowPage => write!(f, "no free page below 1 MiB for the start-up code"),
+            StartError::TrampolineMapping => write!(f, "cannot identity-map the start-up page"),
+            StartError::StackMapping => write!(f, "cannot map its stack"),
+            StartError::NoAnswer { waited_ms } => write!(f, "did not come online within {waited_ms} ms"),
+            StartError::TooManyCpus => write!(f, "more CPUs than the kernel supports ({})", percpu::MAX_CPUS),
+        }
+    }
+}
+
+/// Sets up the boot CPU's per-CPU state (index 0) and the function-call vector.
+pub fn init_bsp() {
+    let bsp = percpu::create(0, lapic::id());
+    percpu::install(bsp);
+    percpu::publish(bsp);
+    interrupts::register(CALL_VECTOR, call_interrupt).expect("the call vector is reserved for SMP");
+}
+
+/// Time of the current AP's start signal, for its `online_ns`.
+static START_SIGNAL_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Starts every CPU in `apic_ids` (the MADT's enabled processors other than the boot CPU), one
+/// at a time. Returns, per APIC id, the CPU's index or why it did not start.
+pub fn start_aps(apic_ids: &[u32]) -> Vec<(u32, Result<usize, StartError>)> {
+    let mut results = Vec::new();
+    if apic_ids.is_empty() {
+        return results;
+    }
+    let trampoline = match install_trampoline() {
+        Ok(t) => t,
+        Err(e) => return apic_ids.iter().map(|&id| (id, Err(e))).collect(),
+    };
+    let cr3 = Cr3::read().0.start_address().as_u64();
+    // Stack slots are not reused: a CPU that failed to start may still own its stack.
+    let mut slot = percpu::all().count();
+    for &apic_id in apic_ids {
+        let index = percpu::all().count();
+        slot += 1;
+        let result = if index >= percpu::MAX_CPUS {
+            Err(StartError::TooManyCpus)
+        } else {
+            start_one(&trampoline, cr3, index, slot, apic_id)
+        };
+        match result {
+            Ok(i) => {
+                let cpu = percpu::cpu(i).expect("published on success");
+                log::info!(
+                    "CPU {i} online: APIC id {apic_id}, {} us after its INIT",
+                    cpu.online_ns.load(Ordering::Relaxed) / 1000
+                );
+            }
+            Err(e) => log::warn!("CPU with APIC id {apic_id} left out: {e}"),
+        }
+        results.push((apic_id, result));
+    }
+    results
+}
+
+fn install_trampoline() -> Result<Trampoline, StartError> {
+    let phys = memory::low_free_page().ok_or(StartError::NoLowPage)?;
+    let page = Page::<Size4KiB>::containing_address(VirtAddr::new(phys));
+    memory::map_range(
+        page,
+        1,
+        Some(x86_64::PhysAddr::new(phys)),
+        PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+    )
+    .map_err(|_| StartError::TrampolineMapping)?;
+    log::info!("AP start-up code at {phys:#x} (STARTUP vector {:#04x})", phys >> 12);
+    // SAFETY: `low_free_page` reserved this usable page below 1 MiB for us alone; it is mapped
+    // writable through the physical-memory map and was just identity-mapped executable.
+    Ok(unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) })
+}
+
+fn map_stack(index: usize) -> Result<u64, StartError> {
+    let base = memory::AP_STACK_WINDOW_START + index as u64 * AP_STACK_STRIDE;
+    // The first page of the slot is the guard page: never mapped.
+    let first = Page::<Size4KiB>::containing_address(VirtAddr::new(base + 4096));
+    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+    memory::map_range(first, AP_STACK_SIZE / 4096, None, flags).map_err(|_| StartError::StackMapping)?;
+    Ok(base + 4096 + AP_STACK_SIZE)
+}
+
+fn start_one(
+    trampoline: &Trampoline,
+    cr3: u64,
+    index: usize,
+    stack_slot: usize,
+    apic_id: u32,
+) -> Result<usize, StartError> {
+    let cpu = percpu::create(index, apic_id);
+    let stack_top = map_stack(stack_slot)?;
+    trampoline.prepare(cr3, stack_top, ap_entry, cpu as *const PerCpu as u64);
+    let start = now_ns();
+    START_SIGNAL_NS.store(start, Ordering::Relaxed);
+    let online = || cpu.online_ns.load(Ordering::Acquire) != 0;
+    let wait_until = |deadline: u64| {
+        while now_ns() < deadline && !online() {
+            core::hint::spin_loop();
+        }
+    };
+    lapic::send_init(apic_id);
+    wait_until(start + INIT_DELAY_NS);
+    lapic::send_startup(apic_id, trampoline.startup_page());
+    wait_until(now_ns() + STARTUP_RETRY_NS);
+    if !online() {
+        lapic::send_startup(apic_id, trampoline.startup_page());
+        wait_until(now_ns() + ONLINE_TIMEOUT_NS);
+    }
+    if !online() {
+        // Park it: a late arrival must not run on parameters meant for the next CPU.
+        lapic::send_init(apic_id);
+        return Err(StartError::NoAnswer { waited_ms: (now_ns() - start) / 1_000_000 });
+    }
+    percpu::publish(cpu);
+    Ok(index)
+}
+
+/// Where an AP arrives from the trampoline, on its own stack, with its `PerCpu`.
+extern "C" fn ap_entry(cpu: u64) -> ! {
+    // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
+    let cpu: &'static PerCpu = unsafe { &*(cpu as *const PerCpu) };
+    percpu::install(cpu);
+    let ist = Box::leak(alloc::vec![0u8; gdt::IST_STACK_SIZE].into_boxed_slice());
+    let mut tss = TaskStateSegment::new();
+    tss.interrupt_stack_table[usize::from(gdt::DOUBLE_FAULT_IST_INDEX)] =
+        VirtAddr::from_ptr(ist.as_ptr_range().end);
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
+    let tables: &'static gdt::CpuTables = Box::leak(Box::new(gdt::CpuTables::new(tss)));
+    tables.load();
+    interrupts::load_idt();
+    lapic::init_this_cpu();
+    let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
+    cpu.online_ns.store(online, Ordering::Release);
+    loop {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    NoSuchCpu(usize),
+    Timeout { cpu: usize },
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::NoSuchCpu(c) => write!(f, "CPU {c} is not online"),
+            CallError::Timeout { cpu } => write!(f, "CPU {cpu} did not run the call within 1 s"),
+        }
+    }
+}
+
+/// Runs `f(arg)` on CPU `index` and returns its result; on the calling CPU it runs directly.
+/// Callers are serialised per target CPU. Must not be called with interrupts disabled on a
+/// CPU that another CPU may be calling (both would wait for each other).
+pub fn call_on(index: usize, f: CallFn, arg: u64) -> Result<u64, CallError> {
+    let target = percpu::cpu(index).ok_or(CallError::NoSuchCpu(index))?;
+    if percpu::ready() && percpu::this_cpu().index == index {
+        return Ok(f(arg));
+    }
+    let _serialise = target.call_lock.lock();
+    target.call_fn.store(f as usize as u64, Ordering::Relaxed);
+    target.call_arg.store(arg, Ordering::Relaxed);
+    let ticket = target.call_posted.fetch_add(1, Ordering::Release) + 1;
+    lapic::send_ipi(target.apic_id, CALL_VECTOR);
+    let start = now_ns();
+    while target.call_done.load(Ordering::Acquire) != ticket {
+        if now_ns() - start > 1_000_000_000 {
+            return Err(CallError::Timeout { cpu: index });
+        }
+        core::hint::spin_loop();
+    }
+    Ok(target.call_result.load(Ordering::Relaxed))
+}
+
+fn call_interrupt(_vector: u8) {
+    let cpu = percpu::this_cpu();
+    let posted = cpu.call_posted.load(Ordering::Acquire);
+    if cpu.call_done.load(Ordering::Relaxed) == posted {
+        return; // nothing pending: a duplicate or stray IPI
+    }
+    let f_addr = cpu.call_fn.load(Ordering::Relaxed) as usize;
+    // SAFETY: `call_on` stored a valid `CallFn` before publishing `posted`, and holds the
+    // target's call lock until `call_done` catches up, so the pair is not overwritten.
+    let f: CallFn = unsafe { core::mem::transmute::<usize, CallFn>(f_addr) };
+    let result = f(cpu.call_arg.load(Ordering::Relaxed));
+    cpu.call_result.store(result, Ordering::Relaxed);
+    cpu.call_done.store(posted, Ordering::Release);
+}

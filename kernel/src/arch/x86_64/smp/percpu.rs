@@ -1,0 +1,107 @@
+//! Per-CPU state, reached through the GS base: `IA32_GS_BASE` holds the address of the CPU's
+//! `PerCpu`, whose first field points to itself, so `mov reg, gs:[0]` yields it.
+//!
+//! The kernel has no scheduler and never migrates code between CPUs, so a `&'static PerCpu`
+//! obtained on a CPU stays that CPU's for as long as the code holding it runs there: interrupt
+//! handlers run on the CPU they interrupt and return to it.
+
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use x86_64::VirtAddr;
+use x86_64::registers::model_specific::GsBase;
+
+/// Most CPUs the kernel supports (APIC ids are 8-bit in xAPIC mode; QEMU tests use up to 8).
+pub const MAX_CPUS: usize = 64;
+
+/// A function-call request (see `smp::call_on`): the function and its argument.
+pub type CallFn = fn(u64) -> u64;
+
+#[repr(C)]
+pub struct PerCpu {
+    /// Must stay first: `this_cpu` reads it at `gs:[0]`.
+    self_ptr: *const PerCpu,
+    /// Dense index, 0 = boot CPU, in the order CPUs came online.
+    pub index: usize,
+    pub apic_id: u32,
+    /// Interrupts taken on this CPU, per vector.
+    pub interrupts: [AtomicU64; 256],
+    /// Nanoseconds from the BSP's start signal to this CPU reporting online (0 for the BSP).
+    pub online_ns: AtomicU64,
+    /// Pending function call: function pointer, argument, result, and a sequence number
+    /// bumped by the caller when it posts and by this CPU when it is done.
+    pub(super) call_fn: AtomicU64,
+    pub(super) call_arg: AtomicU64,
+    pub(super) call_result: AtomicU64,
+    pub(super) call_posted: AtomicU64,
+    pub(super) call_done: AtomicU64,
+    /// Held by a caller from posting a call until its result is read.
+    pub(super) call_lock: spin::Mutex<()>,
+}
+
+// SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; everything
+// else is atomic.
+unsafe impl Sync for PerCpu {}
+// SAFETY: as above.
+unsafe impl Send for PerCpu {}
+
+static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// Creates CPU `index`'s state (leaked: CPUs never go away); `publish` makes it visible.
+pub fn create(index: usize, apic_id: u32) -> &'static PerCpu {
+    assert!(index < MAX_CPUS, "CPU index {index} beyond MAX_CPUS");
+    let cpu = Box::leak(Box::new(PerCpu {
+        self_ptr: core::ptr::null(),
+        index,
+        apic_id,
+        interrupts: [const { AtomicU64::new(0) }; 256],
+        online_ns: AtomicU64::new(0),
+        call_fn: AtomicU64::new(0),
+        call_arg: AtomicU64::new(0),
+        call_result: AtomicU64::new(0),
+        call_posted: AtomicU64::new(0),
+        call_done: AtomicU64::new(0),
+        call_lock: spin::Mutex::new(()),
+    }));
+    let self_ptr: *const PerCpu = cpu;
+    cpu.self_ptr = self_ptr;
+    cpu
+}
+
+/// Adds `cpu` to the table of online CPUs.
+pub fn publish(cpu: &'static PerCpu) {
+    CPUS[cpu.index].store(cpu as *const PerCpu as *mut PerCpu, Ordering::Release);
+}
+
+/// Makes `cpu` the calling CPU's per-CPU state.
+pub fn install(cpu: &'static PerCpu) {
+    GsBase::write(VirtAddr::from_ptr(cpu as *const PerCpu));
+}
+
+/// The calling CPU's state. Panics if `install` has not run on this CPU.
+pub fn this_cpu() -> &'static PerCpu {
+    let base = GsBase::read().as_u64();
+    assert!(base != 0, "per-CPU state used before percpu::install on this CPU");
+    let ptr: *const PerCpu;
+    // SAFETY: GS base points to a live PerCpu (checked non-zero above; only `install` writes
+    // it), whose first field is its own address.
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: PerCpu values are leaked, so the reference is valid for 'static.
+    unsafe { &*ptr }
+}
+
+/// Whether the calling CPU has its per-CPU state yet (early boot and fault paths).
+pub fn ready() -> bool {
+    GsBase::read().as_u64() != 0
+}
+
+/// CPU `index`, if it exists.
+pub fn cpu(index: usize) -> Option<&'static PerCpu> {
+    let p = CPUS.get(index)?.load(Ordering::Acquire);
+    // SAFETY: non-null entries point to leaked PerCpu values published by `create`.
+    (!p.is_null()).then(|| unsafe { &*p })
+}
+
+/// All CPUs created so far, by index.
+pub fn all() -> impl Iterator<Item = &'static PerCpu> {
+    (0..MAX_CPUS).map_while(cpu)
+}
