@@ -13,7 +13,7 @@ pub mod cmdline;
 pub mod logger;
 pub mod time;
 
-use arch::x86_64::{fw_cfg, gdt, interrupts, memory, qemu, serial, tsc};
+use arch::x86_64::{fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 pub use qemu::{ExitCode, exit_qemu};
@@ -37,6 +37,7 @@ pub struct Kernel {
     pub option_problems: alloc::vec::Vec<cmdline::OptionProblem>,
     /// Physical address of the ACPI RSDP, as the bootloader found it.
     pub rsdp_addr: Option<u64>,
+    pub platform: arch::x86_64::platform::Platform,
 }
 
 /// Brings up the boot CPU's base: serial log, GDT/IDT, TSC timestamps, memory and heap, kernel
@@ -47,10 +48,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     interrupts::init_bsp();
     tsc::init_early();
     logger::init(log::LevelFilter::Info);
-    log::info!(
-        "timer kernel {} starting on the boot CPU",
-        env!("CARGO_PKG_VERSION")
-    );
+    log::info!("timer kernel {} starting on the boot CPU", env!("CARGO_PKG_VERSION"));
     tsc::log_calibration();
 
     let boot_info: &'static BootInfo = boot_info;
@@ -63,17 +61,22 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     for problem in &option_problems {
         log::warn!("{problem}; using the default");
     }
-    Kernel {
-        options,
-        cmdline,
-        option_problems,
-        rsdp_addr: boot_info.rsdp_addr.into_option(),
-    }
+    let rsdp_addr = boot_info.rsdp_addr.into_option();
+    let platform = platform::init_bsp(rsdp_addr);
+    platform.start_application_processors();
+    Kernel { options, cmdline, option_problems, rsdp_addr, platform }
 }
 
 /// Logs the verdict and leaves QEMU with it (halts on hardware without the exit device).
 pub fn exit(code: ExitCode) -> ! {
     log::info!("exit: {code:?}");
+    exit_qemu(code)
+}
+
+/// Logs the verdict, prints the report as the log's last line, and leaves QEMU.
+pub fn exit_with_report(code: ExitCode, report: &time::report::TimerReport) -> ! {
+    log::info!("exit: {code:?}");
+    serial::print(format_args!("{}\n", report.to_line()));
     exit_qemu(code)
 }
 

@@ -4,6 +4,7 @@
 
 use bootloader_api::{BootInfo, entry_point};
 use kernel::ExitCode;
+use kernel::time::report::Verdict;
 
 entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -13,5 +14,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Some(a) => log::info!("boot CPU up; ACPI RSDP at {a:#x}"),
         None => log::warn!("boot CPU up; the bootloader found no ACPI RSDP"),
     }
-    kernel::exit(ExitCode::Success)
+    kernel::arch::x86_64::smp::log_interrupt_table();
+    let report = k.platform.report();
+    let code = match report.verdict {
+        Verdict::Failed => ExitCode::Failure,
+        Verdict::Ok | Verdict::Degraded => ExitCode::Success,
+    };
+    kernel::exit_with_report(code, &report)
 }

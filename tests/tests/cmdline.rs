@@ -24,10 +24,7 @@ fn options_match_the_command_line(k: &Kernel) {
             assert_eq!(k.options.loglevel, log::LevelFilter::Debug);
             assert_eq!(
                 k.option_problems,
-                [
-                    OptionProblem::Unknown("bogus=1".into()),
-                    OptionProblem::Unknown("flag".into())
-                ]
+                [OptionProblem::Unknown("bogus=1".into()), OptionProblem::Unknown("flag".into())]
             );
         }
         "loglevel=loud" => {

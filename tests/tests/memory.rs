@@ -39,11 +39,7 @@ const Q35_HPET: u64 = 0xfed0_0000;
 fn mmio_maps_once_and_refuses_ram(_: &Kernel) {
     let a = mmio::map(Q35_HPET, 0x400).expect("mapping the HPET block");
     let b = mmio::map(Q35_HPET + 0x100, 8).expect("mapping inside the HPET block");
-    assert_eq!(
-        b.virt.as_u64(),
-        a.virt.as_u64() + 0x100,
-        "a second request must reuse the mapping"
-    );
+    assert_eq!(b.virt.as_u64(), a.virt.as_u64() + 0x100, "a second request must reuse the mapping");
     // SAFETY: `a` maps the HPET block uncached; offset 0 is its read-only capabilities register.
     let caps = unsafe { a.virt.as_ptr::<u64>().read_volatile() };
     let vendor = caps >> 16 & 0xffff;
@@ -54,8 +50,5 @@ fn mmio_maps_once_and_refuses_ram(_: &Kernel) {
         Err(mmio::MmioError::OverlapsRam { .. }) => {}
         other => panic!("mapping RAM as MMIO gave {other:?}"),
     }
-    assert!(matches!(
-        mmio::map(Q35_HPET + 0x800, 0x1000),
-        Err(mmio::MmioError::PartlyMapped { .. })
-    ));
+    assert!(matches!(mmio::map(Q35_HPET + 0x800, 0x1000), Err(mmio::MmioError::PartlyMapped { .. })));
 }

@@ -2,6 +2,7 @@
 //! serial log. The schema is documented in the README ("The TIMER-REPORT line") and versioned
 //! by `schema`; a field is only ever added in a new version, never renamed.
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Serialize;
@@ -16,6 +17,9 @@ pub struct TimerReport {
     pub schema: u32,
     /// Processors the MADT lists as enabled (0 when the MADT is missing or rejected).
     pub cpus_enabled: u32,
+    /// Processors running kernel code (the boot CPU plus every AP that came online).
+    pub cpus_online: u32,
+    pub cpus: Vec<CpuReport>,
     /// `null` when the firmware has no HPET table or the HPET was rejected (see `fallbacks`).
     pub hpet: Option<HpetReport>,
     pub ioapics: Vec<IoApicReport>,
@@ -27,6 +31,16 @@ pub struct TimerReport {
     pub fallbacks: Vec<String>,
     /// `ok`, `degraded` (a fallback was taken, the kernel works) or `failed`.
     pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CpuReport {
+    pub index: u32,
+    pub apic_id: u32,
+    /// Microseconds from the boot CPU's INIT to this CPU reporting online (0 for the boot CPU).
+    pub online_us: u64,
+    /// Interrupts taken on this CPU, by vector (hexadecimal key, e.g. "0x30"); only non-zero.
+    pub interrupts: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -97,6 +111,13 @@ mod tests {
         TimerReport {
             schema: SCHEMA_VERSION,
             cpus_enabled: 2,
+            cpus_online: 1,
+            cpus: vec![CpuReport {
+                index: 0,
+                apic_id: 0,
+                online_us: 0,
+                interrupts: BTreeMap::from([("0x30".to_string(), 5)]),
+            }],
             hpet: Some(HpetReport {
                 base: 0xfed0_0000,
                 period_fs: 10_000_000,
@@ -130,7 +151,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":1,\"cpus_enabled\":2,\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":1,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5}}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

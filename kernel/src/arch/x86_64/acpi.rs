@@ -1,1 +1,541 @@
-//! ACPI tables -> plain Rust structs (being written).
+//! ACPI tables -> plain Rust structs.
+//!
+//! The `acpi` crate finds the tables (RSDP -> XSDT/RSDT -> headers); it neither checks their
+//! checksums nor bounds its parsing by their lengths, so the HPET table and the MADT are then
+//! read from their raw bytes by the pure functions below, which validate signature, length and
+//! checksum first and never read past the table: any input, however corrupt, gives a struct or
+//! an [`AcpiProblem`], never a panic. Those functions run as host unit tests on hand-built tables.
+
+use super::memory;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// ACPI 6.5 table 5.4: every system description table starts with this 36-byte header.
+pub const SDT_HEADER_LEN: usize = 36;
+/// IA-PC HPET spec 1.0a table 3: the HPET description table is 56 bytes.
+pub const HPET_TABLE_LEN: usize = 56;
+/// ACPI 6.5 table 5.43: MADT fixed part (header, local APIC address, flags).
+pub const MADT_FIXED_LEN: usize = 44;
+/// The HPET register block is 1 KiB and aligned to it (HPET spec 2.3.1).
+pub const HPET_BLOCK_ALIGN: u64 = 0x400;
+/// ACPI 6.5 table 5.25: Generic Address Structure address space 0 = system memory.
+pub const GAS_SYSTEM_MEMORY: u8 = 0;
+
+/// Why a table was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcpiProblem {
+    NoRsdp,
+    /// The `acpi` crate could not walk RSDP -> XSDT/RSDT.
+    RootTables,
+    TableNotFound(&'static str),
+    WrongSignature {
+        expected: &'static str,
+    },
+    /// The header's length is below the table's fixed size, or beyond what was mapped.
+    Truncated {
+        table: &'static str,
+        length: usize,
+        needed: usize,
+    },
+    BadChecksum {
+        table: &'static str,
+        sum: u8,
+    },
+    HpetBaseNotMemory {
+        space_id: u8,
+    },
+    HpetBaseZero,
+    HpetBaseMisaligned {
+        base: u64,
+    },
+    /// A MADT entry's length is 0, too short for its type, or runs past the table.
+    MadtEntry {
+        offset: usize,
+        kind: u8,
+        length: u8,
+    },
+}
+
+impl fmt::Display for AcpiProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            AcpiProblem::NoRsdp => write!(f, "the bootloader found no RSDP"),
+            AcpiProblem::RootTables => write!(f, "the RSDP does not lead to a valid XSDT/RSDT"),
+            AcpiProblem::TableNotFound(t) => write!(f, "no {t} table"),
+            AcpiProblem::WrongSignature { expected } => write!(f, "the table is not a {expected} table"),
+            AcpiProblem::Truncated { table, length, needed } => {
+                write!(f, "{table} table truncated: {length} bytes, at least {needed} needed")
+            }
+            AcpiProblem::BadChecksum { table, sum } => {
+                write!(f, "{table} table checksum is wrong (bytes sum to {sum:#04x})")
+            }
+            AcpiProblem::HpetBaseNotMemory { space_id } => {
+                write!(f, "HPET base address is in address space {space_id}, not system memory")
+            }
+            AcpiProblem::HpetBaseZero => write!(f, "HPET base address is 0"),
+            AcpiProblem::HpetBaseMisaligned { base } => {
+                write!(f, "HPET base address {base:#x} is not 1 KiB aligned")
+            }
+            AcpiProblem::MadtEntry { offset, kind, length } => {
+                write!(f, "MADT entry at offset {offset} (type {kind}, length {length}) is malformed")
+            }
+        }
+    }
+}
+
+/// The HPET description table (HPET spec table 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HpetTable {
+    pub hardware_revision: u8,
+    /// Comparators in the block (the table's field holds the last index).
+    pub comparators: u8,
+    pub counter_64bit: bool,
+    pub legacy_route_capable: bool,
+    pub pci_vendor_id: u16,
+    pub base: u64,
+    pub hpet_number: u8,
+    /// Minimum clock ticks for periodic mode without lost interrupts.
+    pub minimum_tick: u16,
+    /// Bits 3:0 page protection (0 none, 1 4 KiB, 2 64 KiB), 7:4 OEM attributes.
+    pub page_protection: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polarity {
+    ConformsToBus,
+    ActiveHigh,
+    ActiveLow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerMode {
+    ConformsToBus,
+    Edge,
+    Level,
+}
+
+/// MPS INTI flags (ACPI table 5.50): bits 1:0 polarity, 3:2 trigger mode; 2 is reserved.
+fn inti_flags(flags: u16) -> (Polarity, TriggerMode) {
+    let polarity = match flags & 0b11 {
+        0b01 => Polarity::ActiveHigh,
+        0b11 => Polarity::ActiveLow,
+        _ => Polarity::ConformsToBus,
+    };
+    let trigger = match (flags >> 2) & 0b11 {
+        0b01 => TriggerMode::Edge,
+        0b11 => TriggerMode::Level,
+        _ => TriggerMode::ConformsToBus,
+    };
+    (polarity, trigger)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Processor {
+    pub uid: u32,
+    pub apic_id: u32,
+    pub enabled: bool,
+    /// Not enabled now but may be brought online (ACPI 6.3+).
+    pub online_capable: bool,
+    /// From a Local x2APIC entry.
+    pub x2apic: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoApicEntry {
+    pub id: u8,
+    pub address: u64,
+    pub gsi_base: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptOverride {
+    pub bus: u8,
+    pub source_irq: u8,
+    pub gsi: u32,
+    pub polarity: Polarity,
+    pub trigger: TriggerMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LapicNmi {
+    /// `None`: all processors (UID 0xff / 0xffffffff).
+    pub processor_uid: Option<u32>,
+    pub lint: u8,
+    pub polarity: Polarity,
+    pub trigger: TriggerMode,
+}
+
+/// The MADT, summarised.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Madt {
+    pub local_apic_address: u64,
+    /// PCAT_COMPAT: dual 8259s are present (and must be masked).
+    pub pcat_compat: bool,
+    pub processors: Vec<Processor>,
+    pub ioapics: Vec<IoApicEntry>,
+    pub overrides: Vec<InterruptOverride>,
+    pub nmis: Vec<LapicNmi>,
+}
+
+impl Madt {
+    pub fn enabled_processors(&self) -> impl Iterator<Item = &Processor> {
+        self.processors.iter().filter(|p| p.enabled)
+    }
+
+    /// The GSI, polarity and trigger of ISA IRQ `irq`: its override, or identity with the ISA
+    /// defaults (edge, active high).
+    pub fn isa_irq_to_gsi(&self, irq: u8) -> (u32, Polarity, TriggerMode) {
+        match self.overrides.iter().find(|o| o.bus == 0 && o.source_irq == irq) {
+            Some(o) => (
+                o.gsi,
+                if o.polarity == Polarity::ConformsToBus { Polarity::ActiveHigh } else { o.polarity },
+                if o.trigger == TriggerMode::ConformsToBus { TriggerMode::Edge } else { o.trigger },
+            ),
+            None => (u32::from(irq), Polarity::ActiveHigh, TriggerMode::Edge),
+        }
+    }
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from(le32(b, at)) | u64::from(le32(b, at + 4)) << 32
+}
+
+/// Checks signature, length (against `min_len` and the bytes available) and checksum; returns
+/// exactly the table's bytes.
+pub fn validate_table<'a>(
+    bytes: &'a [u8],
+    signature: &'static str,
+    min_len: usize,
+) -> Result<&'a [u8], AcpiProblem> {
+    if bytes.len() < SDT_HEADER_LEN {
+        return Err(AcpiProblem::Truncated { table: signature, length: bytes.len(), needed: SDT_HEADER_LEN });
+    }
+    if &bytes[0..4] != signature.as_bytes() {
+        return Err(AcpiProblem::WrongSignature { expected: signature });
+    }
+    let length = le32(bytes, 4) as usize;
+    if length < min_len {
+        return Err(AcpiProblem::Truncated { table: signature, length, needed: min_len });
+    }
+    if length > bytes.len() {
+        return Err(AcpiProblem::Truncated { table: signature, length: bytes.len(), needed: length });
+    }
+    let table = &bytes[..length];
+    let sum = table.iter().fold(0u8, |s, &b| s.wrapping_add(b));
+    if sum != 0 {
+        return Err(AcpiProblem::BadChecksum { table: signature, sum });
+    }
+    Ok(table)
+}
+
+/// Parses and validates an HPET description table.
+pub fn parse_hpet(bytes: &[u8]) -> Result<HpetTable, AcpiProblem> {
+    let t = validate_table(bytes, "HPET", HPET_TABLE_LEN)?;
+    let id = le32(t, 36);
+    let (space_id, base) = (t[40], le64(t, 44));
+    if space_id != GAS_SYSTEM_MEMORY {
+        return Err(AcpiProblem::HpetBaseNotMemory { space_id });
+    }
+    if base == 0 {
+        return Err(AcpiProblem::HpetBaseZero);
+    }
+    if base % HPET_BLOCK_ALIGN != 0 {
+        return Err(AcpiProblem::HpetBaseMisaligned { base });
+    }
+    Ok(HpetTable {
+        hardware_revision: id as u8,
+        comparators: ((id >> 8) & 0x1f) as u8 + 1,
+        counter_64bit: id & (1 << 13) != 0,
+        legacy_route_capable: id & (1 << 15) != 0,
+        pci_vendor_id: (id >> 16) as u16,
+        base,
+        hpet_number: t[52],
+        minimum_tick: le16(t, 53),
+        page_protection: t[55],
+    })
+}
+
+/// MADT entry types (ACPI 6.5 table 5.45) and their minimum lengths.
+const MADT_LOCAL_APIC: (u8, u8) = (0, 8);
+const MADT_IO_APIC: (u8, u8) = (1, 12);
+const MADT_INTERRUPT_OVERRIDE: (u8, u8) = (2, 10);
+const MADT_LOCAL_APIC_NMI: (u8, u8) = (4, 6);
+const MADT_LOCAL_APIC_ADDRESS_OVERRIDE: (u8, u8) = (5, 12);
+const MADT_LOCAL_X2APIC: (u8, u8) = (9, 16);
+const MADT_LOCAL_X2APIC_NMI: (u8, u8) = (10, 12);
+/// Local APIC flags (table 5.47): bit 0 enabled, bit 1 online capable.
+const LAPIC_ENABLED: u32 = 1 << 0;
+const LAPIC_ONLINE_CAPABLE: u32 = 1 << 1;
+/// MADT flags bit 0.
+const MADT_PCAT_COMPAT: u32 = 1 << 0;
+
+/// Parses and validates a MADT.
+pub fn parse_madt(bytes: &[u8]) -> Result<Madt, AcpiProblem> {
+    let t = validate_table(bytes, "APIC", MADT_FIXED_LEN)?;
+    let mut madt = Madt {
+        local_apic_address: u64::from(le32(t, 36)),
+        pcat_compat: le32(t, 40) & MADT_PCAT_COMPAT != 0,
+        ..Madt::default()
+    };
+    let mut at = MADT_FIXED_LEN;
+    while at + 2 <= t.len() {
+        let (kind, length) = (t[at], t[at + 1]);
+        let bad = AcpiProblem::MadtEntry { offset: at, kind, length };
+        if length < 2 || at + usize::from(length) > t.len() {
+            return Err(bad);
+        }
+        let e = &t[at..at + usize::from(length)];
+        let need = |min: (u8, u8)| if length < min.1 { Err(bad) } else { Ok(()) };
+        match kind {
+            k if k == MADT_LOCAL_APIC.0 => {
+                need(MADT_LOCAL_APIC)?;
+                let flags = le32(e, 4);
+                madt.processors.push(Processor {
+                    uid: u32::from(e[2]),
+                    apic_id: u32::from(e[3]),
+                    enabled: flags & LAPIC_ENABLED != 0,
+                    online_capable: flags & LAPIC_ONLINE_CAPABLE != 0,
+                    x2apic: false,
+                });
+            }
+            k if k == MADT_IO_APIC.0 => {
+                need(MADT_IO_APIC)?;
+                madt.ioapics.push(IoApicEntry {
+                    id: e[2],
+                    address: u64::from(le32(e, 4)),
+                    gsi_base: le32(e, 8),
+                });
+            }
+            k if k == MADT_INTERRUPT_OVERRIDE.0 => {
+                need(MADT_INTERRUPT_OVERRIDE)?;
+                let (polarity, trigger) = inti_flags(le16(e, 8));
+                madt.overrides.push(InterruptOverride {
+                    bus: e[2],
+                    source_irq: e[3],
+                    gsi: le32(e, 4),
+                    polarity,
+                    trigger,
+                });
+            }
+            k if k == MADT_LOCAL_APIC_NMI.0 => {
+                need(MADT_LOCAL_APIC_NMI)?;
+                let (polarity, trigger) = inti_flags(le16(e, 3));
+                let uid = (e[2] != 0xff).then_some(u32::from(e[2]));
+                madt.nmis.push(LapicNmi { processor_uid: uid, lint: e[5], polarity, trigger });
+            }
+            k if k == MADT_LOCAL_APIC_ADDRESS_OVERRIDE.0 => {
+                need(MADT_LOCAL_APIC_ADDRESS_OVERRIDE)?;
+                madt.local_apic_address = le64(e, 4);
+            }
+            k if k == MADT_LOCAL_X2APIC.0 => {
+                need(MADT_LOCAL_X2APIC)?;
+                let flags = le32(e, 8);
+                madt.processors.push(Processor {
+                    uid: le32(e, 12),
+                    apic_id: le32(e, 4),
+                    enabled: flags & LAPIC_ENABLED != 0,
+                    online_capable: flags & LAPIC_ONLINE_CAPABLE != 0,
+                    x2apic: true,
+                });
+            }
+            k if k == MADT_LOCAL_X2APIC_NMI.0 => {
+                need(MADT_LOCAL_X2APIC_NMI)?;
+                let (polarity, trigger) = inti_flags(le16(e, 2));
+                let uid = le32(e, 4);
+                madt.nmis.push(LapicNmi {
+                    processor_uid: (uid != u32::MAX).then_some(uid),
+                    lint: e[8],
+                    polarity,
+                    trigger,
+                });
+            }
+            _ => {} // other entry types (SAPIC, GIC, wake-up mailbox) do not concern x86 timers
+        }
+        at += usize::from(length);
+    }
+    Ok(madt)
+}
+
+/// What the firmware tables said: each table, or why it was not used.
+pub struct PlatformTables {
+    pub hpet: Result<HpetTable, AcpiProblem>,
+    pub madt: Result<Madt, AcpiProblem>,
+}
+
+/// `acpi::Handler` over the bootloader's map of all physical memory: mapping is an offset.
+#[derive(Clone, Copy)]
+struct PhysMapHandler;
+
+impl PhysMapHandler {
+    fn ptr<T>(address: usize) -> *mut T {
+        memory::phys_to_virt(address as u64).as_mut_ptr()
+    }
+}
+
+impl acpi::Handler for PhysMapHandler {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical_address: usize,
+        size: usize,
+    ) -> acpi::PhysicalMapping<Self, T> {
+        acpi::PhysicalMapping {
+            physical_start: physical_address,
+            virtual_start: core::ptr::NonNull::new(Self::ptr(physical_address))
+                .expect("the physical map is not at 0"),
+            region_length: size,
+            mapped_length: size,
+            handler: *self,
+        }
+    }
+    fn unmap_physical_region<T>(_region: &acpi::PhysicalMapping<Self, T>) {}
+    // The table walk needs only the mappings above; the AML accessors below are never called
+    // (the `aml` feature is off) and answer as absent hardware would.
+    fn read_u8(&self, _: usize) -> u8 {
+        0xff
+    }
+    fn read_u16(&self, _: usize) -> u16 {
+        0xffff
+    }
+    fn read_u32(&self, _: usize) -> u32 {
+        u32::MAX
+    }
+    fn read_u64(&self, _: usize) -> u64 {
+        u64::MAX
+    }
+    fn write_u8(&self, _: usize, _: u8) {}
+    fn write_u16(&self, _: usize, _: u16) {}
+    fn write_u32(&self, _: usize, _: u32) {}
+    fn write_u64(&self, _: usize, _: u64) {}
+    fn read_io_u8(&self, _: u16) -> u8 {
+        0xff
+    }
+    fn read_io_u16(&self, _: u16) -> u16 {
+        0xffff
+    }
+    fn read_io_u32(&self, _: u16) -> u32 {
+        u32::MAX
+    }
+    fn write_io_u8(&self, _: u16, _: u8) {}
+    fn write_io_u16(&self, _: u16, _: u16) {}
+    fn write_io_u32(&self, _: u16, _: u32) {}
+    fn read_pci_u8(&self, _: acpi::PciAddress, _: u16) -> u8 {
+        0xff
+    }
+    fn read_pci_u16(&self, _: acpi::PciAddress, _: u16) -> u16 {
+        0xffff
+    }
+    fn read_pci_u32(&self, _: acpi::PciAddress, _: u16) -> u32 {
+        u32::MAX
+    }
+    fn write_pci_u8(&self, _: acpi::PciAddress, _: u16, _: u8) {}
+    fn write_pci_u16(&self, _: acpi::PciAddress, _: u16, _: u16) {}
+    fn write_pci_u32(&self, _: acpi::PciAddress, _: u16, _: u32) {}
+    fn nanos_since_boot(&self) -> u64 {
+        crate::time::clocksource::now_ns()
+    }
+    fn stall(&self, _: u64) {}
+    fn sleep(&self, _: u64) {}
+}
+
+/// Longest table we read: a MADT for 256 x2APIC CPUs is about 4 KiB; this leaves room.
+const MAX_TABLE_LEN: usize = 64 * 1024;
+
+/// The bytes of the first table with `signature`, bounded by `MAX_TABLE_LEN`.
+fn table_bytes(tables: &acpi::AcpiTables<PhysMapHandler>, signature: &str) -> Option<&'static [u8]> {
+    let (phys, header) = tables.table_headers().find(|(_, h)| h.signature.as_str() == signature)?;
+    let len = (header.length as usize).clamp(SDT_HEADER_LEN, MAX_TABLE_LEN);
+    // SAFETY: all physical memory is mapped at the physical-memory offset for the kernel's
+    // lifetime, and ACPI tables are firmware-reserved memory nobody writes.
+    Some(unsafe { core::slice::from_raw_parts(PhysMapHandler::ptr::<u8>(phys), len) })
+}
+
+/// Reads the HPET table and the MADT from the RSDP at `rsdp` (physical).
+pub fn read_platform_tables(rsdp: Option<u64>) -> PlatformTables {
+    let Some(rsdp) = rsdp else {
+        return PlatformTables { hpet: Err(AcpiProblem::NoRsdp), madt: Err(AcpiProblem::NoRsdp) };
+    };
+    // SAFETY: the bootloader found the RSDP at this physical address; the handler maps it.
+    let Ok(tables) = (unsafe { acpi::AcpiTables::from_rsdp(PhysMapHandler, rsdp as usize) }) else {
+        return PlatformTables { hpet: Err(AcpiProblem::RootTables), madt: Err(AcpiProblem::RootTables) };
+    };
+    let hpet = table_bytes(&tables, "HPET").ok_or(AcpiProblem::TableNotFound("HPET")).and_then(parse_hpet);
+    let madt = table_bytes(&tables, "APIC").ok_or(AcpiProblem::TableNotFound("MADT")).and_then(parse_madt);
+    PlatformTables { hpet, madt }
+}
+
+impl HpetTable {
+    pub fn log(&self) {
+        log::info!(
+            "HPET table: block #{} at {:#x}, rev {}, {} comparators, {}-bit counter, legacy route {}, vendor {:#06x}, minimum periodic tick {}, page protection {:#x}",
+            self.hpet_number,
+            self.base,
+            self.hardware_revision,
+            self.comparators,
+            if self.counter_64bit { 64 } else { 32 },
+            if self.legacy_route_capable { "capable" } else { "not capable" },
+            self.pci_vendor_id,
+            self.minimum_tick,
+            self.page_protection
+        );
+    }
+}
+
+impl Madt {
+    pub fn log(&self) {
+        log::info!(
+            "MADT: local APIC at {:#x}, dual 8259s {}",
+            self.local_apic_address,
+            if self.pcat_compat { "present" } else { "absent" }
+        );
+        for p in &self.processors {
+            log::info!(
+                "MADT: processor uid {} APIC id {} ({}){}{}",
+                p.uid,
+                p.apic_id,
+                if p.x2apic { "x2APIC entry" } else { "LAPIC entry" },
+                if p.enabled { ", enabled" } else { ", disabled" },
+                if p.online_capable { ", online capable" } else { "" }
+            );
+        }
+        for io in &self.ioapics {
+            log::info!("MADT: IOAPIC id {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
+        }
+        for o in &self.overrides {
+            log::info!(
+                "MADT: override bus {} IRQ {} -> GSI {}, {:?}, {:?}",
+                o.bus,
+                o.source_irq,
+                o.gsi,
+                o.polarity,
+                o.trigger
+            );
+        }
+        for n in &self.nmis {
+            match n.processor_uid {
+                Some(uid) => log::info!(
+                    "MADT: NMI on LINT{} of processor uid {uid}, {:?}, {:?}",
+                    n.lint,
+                    n.polarity,
+                    n.trigger
+                ),
+                None => log::info!(
+                    "MADT: NMI on LINT{} of all processors, {:?}, {:?}",
+                    n.lint,
+                    n.polarity,
+                    n.trigger
+                ),
+            }
+        }
+    }
+}
+
+pub mod build;
+
+#[cfg(test)]
+mod tests;

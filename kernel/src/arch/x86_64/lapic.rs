@@ -50,6 +50,7 @@ pub const TIMER_DIVISOR: u64 = 16;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const ICR_INIT: u32 = 0b101 << 8;
+const ICR_ALL_EXCLUDING_SELF: u32 = 0b11 << 18;
 const ICR_STARTUP: u32 = 0b110 << 8;
 
 /// The fixed system vectors at the top of the table.
@@ -243,6 +244,17 @@ fn send_icr(destination: u32, low: u32) {
 /// A fixed interrupt on `vector` to the CPU with APIC id `destination`.
 pub fn send_ipi(destination: u32, vector: u8) {
     send_icr(destination, u32::from(vector));
+}
+
+/// The MSI message (address, data) that delivers `vector` to the CPU with APIC id `destination`:
+/// fixed delivery, edge, physical destination (SDM 11.11.1-2). HPET FSB routes use this format.
+pub fn msi_message(destination: u32, vector: u8) -> (u32, u32) {
+    (0xfee0_0000 | (destination & 0xff) << 12, u32::from(vector))
+}
+
+/// A fixed interrupt on `vector` to every CPU but the caller (ICR destination shorthand 0b11).
+pub fn send_ipi_all_others(vector: u8) {
+    send_icr(0, ICR_ALL_EXCLUDING_SELF | u32::from(vector));
 }
 
 /// INIT (assert) to `destination`: the start of the INIT-SIPI-SIPI sequence.

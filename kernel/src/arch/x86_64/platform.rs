@@ -5,15 +5,16 @@
 use super::calibrate::{self, Calibration};
 use super::hpet::{ComparatorConfig, Hpet};
 use super::ioapic::IOAPICS;
-use super::{lapic, pic, smp, tsc};
+use super::{acpi, lapic, pic, smp, tsc};
 use crate::time::clocksource;
 use crate::time::report::{
-    ComparatorReport, HpetReport, IoApicReport, LapicReport, SCHEMA_VERSION, TimerReport, Verdict,
+    ComparatorReport, CpuReport, HpetReport, IoApicReport, LapicReport, SCHEMA_VERSION, TimerReport, Verdict,
 };
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 
 /// What the platform bring-up needs from the firmware's tables.
 #[derive(Debug, Default)]
@@ -25,6 +26,48 @@ pub struct FirmwareInfo {
     pub ioapics: Vec<(u8, u64, u32)>,
     /// GSIs that ISA IRQs 0-15 reach after the interrupt source overrides.
     pub isa_gsis: Vec<u32>,
+    /// APIC ids of the processors the MADT enables.
+    pub apic_ids: Vec<u32>,
+}
+
+impl FirmwareInfo {
+    /// Reads the ACPI tables; a missing HPET table is a configuration (no HPET), any other
+    /// problem is a fallback with its reason.
+    fn read(rsdp: Option<u64>, fallbacks: &mut Vec<String>) -> FirmwareInfo {
+        let tables = acpi::read_platform_tables(rsdp);
+        let mut info = FirmwareInfo::default();
+        match tables.madt {
+            Ok(madt) => {
+                madt.log();
+                info.cpus_enabled = madt.enabled_processors().count() as u32;
+                info.apic_ids = madt.enabled_processors().map(|p| p.apic_id).collect();
+                info.ioapics = madt.ioapics.iter().map(|io| (io.id, io.address, io.gsi_base)).collect();
+                info.isa_gsis = (0..16).map(|irq| madt.isa_irq_to_gsi(irq).0).collect();
+            }
+            Err(e) => {
+                let reason = format!("MADT unusable ({e}): only the boot CPU runs, no IOAPIC routing");
+                log::warn!("fallback: {reason}");
+                fallbacks.push(reason);
+                // Without overrides, assume the ISA identity mapping so no ISA line is handed out.
+                info.isa_gsis = (0..16).collect();
+            }
+        }
+        match tables.hpet {
+            Ok(hpet) => {
+                hpet.log();
+                info.hpet_base = Some(hpet.base);
+            }
+            Err(acpi::AcpiProblem::TableNotFound(_)) => {
+                log::info!("no HPET table: this machine has no HPET; calibrating against the PIT")
+            }
+            Err(e) => {
+                let reason = format!("HPET table rejected ({e}): no HPET; calibrating against the PIT");
+                log::warn!("fallback: {reason}");
+                fallbacks.push(reason);
+            }
+        }
+        info
+    }
 }
 
 /// What the bring-up found and decided.
@@ -45,8 +88,10 @@ impl Platform {
     }
 }
 
-/// Brings up the platform; `firmware` is what the ACPI tables said (possibly nothing).
-pub fn init_bsp(firmware: FirmwareInfo, mut fallbacks: Vec<String>) -> Platform {
+/// Brings up the platform from what the ACPI tables at `rsdp` say (possibly nothing).
+pub fn init_bsp(rsdp: Option<u64>) -> Platform {
+    let mut fallbacks = Vec::new();
+    let firmware = FirmwareInfo::read(rsdp, &mut fallbacks);
     pic::remap_and_mask();
     let lapic = match lapic::init_bsp() {
         Ok(mode) => Some(mode),
@@ -108,6 +153,21 @@ pub fn init_bsp(firmware: FirmwareInfo, mut fallbacks: Vec<String>) -> Platform 
 }
 
 impl Platform {
+    /// Starts every processor the MADT enables, other than the boot CPU.
+    pub fn start_application_processors(&self) {
+        if self.lapic.is_none() {
+            return;
+        }
+        let bsp = lapic::id();
+        let aps: Vec<u32> = self.firmware.apic_ids.iter().copied().filter(|&id| id != bsp).collect();
+        smp::start_aps(&aps);
+        log::info!(
+            "{} of {} enabled CPUs online",
+            smp::percpu::all().count(),
+            self.firmware.cpus_enabled.max(1)
+        );
+    }
+
     /// The platform part of the TIMER-REPORT.
     pub fn report(&self) -> TimerReport {
         let hpet = self.hpet.map(|h| {
@@ -149,6 +209,20 @@ impl Platform {
         TimerReport {
             schema: SCHEMA_VERSION,
             cpus_enabled: self.firmware.cpus_enabled,
+            cpus_online: smp::percpu::all().count() as u32,
+            cpus: smp::percpu::all()
+                .map(|c| CpuReport {
+                    index: c.index as u32,
+                    apic_id: c.apic_id,
+                    online_us: c.online_ns.load(Ordering::Relaxed) / 1000,
+                    interrupts: (0..256)
+                        .filter_map(|v| {
+                            let n = c.interrupts[v].load(Ordering::Relaxed);
+                            (n > 0).then(|| (format!("{v:#04x}"), n))
+                        })
+                        .collect(),
+                })
+                .collect(),
             hpet,
             ioapics,
             lapic,

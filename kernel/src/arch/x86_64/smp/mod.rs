@@ -185,6 +185,30 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     }
 }
 
+/// Logs interrupt counts per vector and CPU, as Linux's /proc/interrupts shows them: one line
+/// per vector that any CPU took, one column per CPU.
+pub fn log_interrupt_table() {
+    use alloc::string::String;
+    use core::fmt::Write;
+    let cpus: Vec<&PerCpu> = percpu::all().collect();
+    let mut header = String::from("vector");
+    for c in &cpus {
+        let _ = write!(header, " {:>8}", alloc::format!("CPU{}", c.index));
+    }
+    log::info!("interrupts: {header}");
+    for v in 0..256 {
+        let counts: Vec<u64> = cpus.iter().map(|c| c.interrupts[v].load(Ordering::Relaxed)).collect();
+        if counts.iter().all(|&n| n == 0) {
+            continue;
+        }
+        let mut line = alloc::format!("{v:#6x}");
+        for n in counts {
+            let _ = write!(line, " {n:>8}");
+        }
+        log::info!("interrupts: {line}");
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallError {
     NoSuchCpu(usize),

@@ -1,0 +1,141 @@
+use super::build::{self, HpetTableSpec};
+use super::*;
+
+#[test]
+fn q35_hpet_table_parses() {
+    let t = parse_hpet(&HpetTableSpec::default().bytes()).unwrap();
+    assert_eq!(t.base, 0xfed0_0000);
+    assert_eq!(t.comparators, 3);
+    assert_eq!(t.pci_vendor_id, 0x8086);
+    assert!(t.counter_64bit && t.legacy_route_capable);
+    assert_eq!((t.hardware_revision, t.hpet_number, t.minimum_tick), (1, 0, 0x80));
+}
+
+#[test]
+fn hpet_bad_checksum_is_rejected() {
+    let mut b = HpetTableSpec::default().bytes();
+    b[9] = b[9].wrapping_add(1);
+    assert!(matches!(parse_hpet(&b), Err(AcpiProblem::BadChecksum { table: "HPET", .. })));
+}
+
+#[test]
+fn hpet_base_in_io_space_is_rejected() {
+    let b = HpetTableSpec { address_space: 1, ..Default::default() }.bytes();
+    assert_eq!(parse_hpet(&b), Err(AcpiProblem::HpetBaseNotMemory { space_id: 1 }));
+}
+
+#[test]
+fn hpet_base_zero_or_misaligned_is_rejected() {
+    assert_eq!(
+        parse_hpet(&HpetTableSpec { base: 0, ..Default::default() }.bytes()),
+        Err(AcpiProblem::HpetBaseZero)
+    );
+    let b = HpetTableSpec { base: 0xfed0_0100, ..Default::default() }.bytes();
+    assert_eq!(parse_hpet(&b), Err(AcpiProblem::HpetBaseMisaligned { base: 0xfed0_0100 }));
+}
+
+#[test]
+fn truncated_hpet_table_is_rejected() {
+    let full = HpetTableSpec::default().bytes();
+    // The header claims fewer bytes than the table needs.
+    let mut short = full[..50].to_vec();
+    short[4..8].copy_from_slice(&50u32.to_le_bytes());
+    build::fix_checksum(&mut short);
+    assert!(matches!(parse_hpet(&short), Err(AcpiProblem::Truncated { length: 50, .. })));
+    // The header claims more bytes than there are.
+    assert!(matches!(parse_hpet(&full[..40]), Err(AcpiProblem::Truncated { .. })));
+    assert!(matches!(parse_hpet(&full[..10]), Err(AcpiProblem::Truncated { .. })));
+}
+
+#[test]
+fn wrong_signature_is_rejected() {
+    let b = build::madt(0xfee0_0000, 0, &[]);
+    assert_eq!(parse_hpet(&b), Err(AcpiProblem::WrongSignature { expected: "HPET" }));
+}
+
+#[test]
+fn q35_madt_parses_processors_ioapic_overrides_and_nmi() {
+    let m = parse_madt(&build::q35_madt(4)).unwrap();
+    assert_eq!(m.local_apic_address, 0xfee0_0000);
+    assert!(m.pcat_compat);
+    assert_eq!(m.enabled_processors().count(), 4);
+    assert_eq!(m.processors[3].apic_id, 3);
+    assert_eq!(m.ioapics, [IoApicEntry { id: 0, address: 0xfec0_0000, gsi_base: 0 }]);
+    assert_eq!(m.isa_irq_to_gsi(0), (2, Polarity::ActiveHigh, TriggerMode::Edge));
+    assert_eq!(m.isa_irq_to_gsi(9), (9, Polarity::ActiveHigh, TriggerMode::Level));
+    assert_eq!(m.isa_irq_to_gsi(4), (4, Polarity::ActiveHigh, TriggerMode::Edge));
+    assert_eq!(
+        m.nmis,
+        [LapicNmi {
+            processor_uid: None,
+            lint: 1,
+            polarity: Polarity::ConformsToBus,
+            trigger: TriggerMode::ConformsToBus
+        }]
+    );
+}
+
+#[test]
+fn x2apic_and_disabled_processors_are_reported() {
+    let entries = [build::local_apic(0, 0, 1), build::local_apic(1, 1, 0b10), build::local_x2apic(300, 1, 7)];
+    let m = parse_madt(&build::madt(0xfee0_0000, 0, &entries)).unwrap();
+    assert_eq!(m.processors.len(), 3);
+    assert!(!m.processors[1].enabled && m.processors[1].online_capable);
+    assert_eq!(
+        m.processors[2],
+        Processor { uid: 7, apic_id: 300, enabled: true, online_capable: false, x2apic: true }
+    );
+    assert_eq!(m.enabled_processors().count(), 2);
+}
+
+#[test]
+fn madt_entry_running_past_the_table_is_rejected() {
+    let mut entry = build::io_apic(0, 0xfec0_0000, 0);
+    entry[1] = 40; // claims 40 bytes, 12 exist
+    let b = build::madt(0xfee0_0000, 0, &[entry]);
+    assert!(matches!(parse_madt(&b), Err(AcpiProblem::MadtEntry { offset: 44, kind: 1, length: 40 })));
+}
+
+#[test]
+fn madt_zero_length_entry_is_rejected_not_looped_on() {
+    let b = build::madt(0xfee0_0000, 0, &[alloc::vec![0, 0, 0, 0]]);
+    assert!(matches!(parse_madt(&b), Err(AcpiProblem::MadtEntry { length: 0, .. })));
+}
+
+#[test]
+fn madt_entry_shorter_than_its_type_is_rejected() {
+    let b = build::madt(0xfee0_0000, 0, &[alloc::vec![1, 4, 0, 0]]);
+    assert!(matches!(parse_madt(&b), Err(AcpiProblem::MadtEntry { kind: 1, length: 4, .. })));
+}
+
+/// xorshift64*: deterministic pseudo-random bytes for the corruption sweep.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[test]
+fn no_truncation_or_corruption_panics() {
+    let tables = [HpetTableSpec::default().bytes(), build::q35_madt(8)];
+    for t in &tables {
+        for cut in 0..=t.len() {
+            let _ = parse_hpet(&t[..cut]);
+            let _ = parse_madt(&t[..cut]);
+        }
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..20_000 {
+        let mut t = tables[round % 2].clone();
+        for _ in 0..(next(&mut state) % 4 + 1) {
+            let i = (next(&mut state) as usize) % t.len();
+            t[i] = next(&mut state) as u8;
+        }
+        if next(&mut state) % 2 == 0 {
+            build::fix_checksum(&mut t); // reach the parsers past the checksum too
+        }
+        let _ = parse_hpet(&t);
+        let _ = parse_madt(&t);
+    }
+}
