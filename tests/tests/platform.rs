@@ -29,6 +29,9 @@ kernel_tests::qemu_test!(
         hpet_stops_resets_and_restarts,
         unhandled_vector_is_counted_as_spurious,
         hpet_fsb_interrupt_arrives_when_offered,
+        lapic_periodic_timer_repeats,
+        ioapic_refuses_bad_and_double_claims,
+        hpet_clocksource_is_monotonic_and_advances,
     ],
 );
 
@@ -197,4 +200,46 @@ fn hpet_fsb_interrupt_arrives_when_offered(k: &Kernel) {
         assert!(wait_for(|| FSB_IRQS.load(Ordering::Relaxed) >= i), "FSB interrupt {i} of 5 never arrived");
     }
     hpet.set_comparator_config(n, config - ComparatorConfig::INTERRUPT_ENABLE - ComparatorConfig::FSB_ENABLE);
+}
+
+static PERIODIC_IRQS: AtomicU64 = AtomicU64::new(0);
+
+fn periodic_tick(_vector: u8) {
+    PERIODIC_IRQS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn lapic_periodic_timer_repeats(k: &Kernel) {
+    let c = k.platform.calibration.expect("the LAPIC timer was calibrated");
+    let vector = interrupts::allocate(periodic_tick).unwrap();
+    lapic::timer_periodic((c.lapic_timer_hz / 1000) as u32, vector);
+    assert!(
+        wait_for(|| PERIODIC_IRQS.load(Ordering::Relaxed) >= 5),
+        "the periodic LAPIC timer stopped repeating"
+    );
+    lapic::timer_stop();
+}
+
+fn ioapic_refuses_bad_and_double_claims(_: &Kernel) {
+    use kernel_tests::kernel::arch::x86_64::ioapic::IoApicError;
+    let mut io = IOAPICS.lock();
+    assert_eq!(io.claim(200, "test"), Err(IoApicError::GsiOutOfRange(200)));
+    io.claim(23, "first owner").unwrap();
+    assert_eq!(io.claim(23, "second owner"), Err(IoApicError::GsiInUse { gsi: 23, owner: "first owner" }));
+    assert_eq!(io.route(22, RedirectionEntry::masked()), Err(IoApicError::NotClaimed(22)));
+    io.release(23).unwrap();
+    assert_eq!(io.release(23), Err(IoApicError::NotClaimed(23)));
+}
+
+fn hpet_clocksource_is_monotonic_and_advances(k: &Kernel) {
+    use kernel_tests::kernel::time::clocksource::Clocksource;
+    let Some(hpet) = k.platform.hpet else { return };
+    let clock = hpet.clocksource(now_ns());
+    let mut last = clock.now_ns();
+    for _ in 0..1000 {
+        let t = clock.now_ns();
+        assert!(t >= last, "the HPET clocksource went back from {last} to {t}");
+        last = t;
+    }
+    let first = clock.now_ns();
+    assert!(wait_for(|| clock.now_ns() > first + 1_000_000), "the HPET clocksource does not advance");
 }

@@ -15,18 +15,20 @@ use kernel_tests::kernel::time::clocksource::now_ns;
 
 kernel_tests::qemu_test!(
     variants: b"
-        smp1: --smp 1 --expect-report /cpus_online=1
-        smp2: --smp 2 --expect-report /cpus_online=2
-        smp3: --smp 3 --expect-report /cpus_online=3
-        smp4: --smp 4 --expect-report /cpus_online=4 --expect-report /cpus#=4
-        smp8: --smp 8 --expect-report /cpus_online=8
-        uefi_smp4: --uefi --smp 4 --expect-report /cpus_online=4
+        smp1: --smp 1 --expect-report /cpus_enabled=1 --expect-report /cpus_online=1
+        smp2: --smp 2 --expect-report /cpus_enabled=2 --expect-report /cpus_online=2
+        smp3: --smp 3 --expect-report /cpus_enabled=3 --expect-report /cpus_online=3
+        smp4: --smp 4 --expect-report /cpus_enabled=4 --expect-report /cpus_online=4 --expect-report /cpus#=4
+        smp8: --smp 8 --expect-report /cpus_enabled=8 --expect-report /cpus_online=8 --expect-log 'CPU 7 online: APIC id 7'
+        uefi_smp2: --uefi --smp 2 --expect-report /cpus_online=2
+        uefi_smp8: --uefi --smp 8 --expect-report /cpus_online=8
     ",
     tests: [
         every_enabled_cpu_is_online,
         closure_sent_by_ipi_runs_on_its_cpu,
         ioapic_interrupt_is_counted_on_the_chosen_cpu_only,
         round_robin_ipi_storm_loses_nothing,
+        ipi_to_all_others_reaches_each_other_cpu_once,
     ],
 );
 
@@ -151,3 +153,14 @@ fn round_robin_ipi_storm_loses_nothing(_: &Kernel) {
 }
 
 extern crate alloc;
+
+fn ipi_to_all_others_reaches_each_other_cpu_once(_: &Kernel) {
+    let vector = interrupts::allocate(count_ipi).unwrap();
+    let me = percpu::this_cpu().index;
+    lapic::send_ipi_all_others(vector);
+    let got = |c: &percpu::PerCpu| c.interrupts[usize::from(vector)].load(Ordering::Relaxed);
+    for cpu in percpu::all().filter(|c| c.index != me) {
+        assert!(wait_for(|| got(cpu) == 1), "CPU {} did not get the broadcast IPI", cpu.index);
+    }
+    assert_eq!(got(percpu::this_cpu()), 0, "the sender got its own all-but-self IPI");
+}

@@ -2,14 +2,15 @@
 //!
 //! A STARTUP IPI starts an AP in real mode at `page * 4096` with CS = page << 8, IP = 0. The
 //! code below is copied to such a page below 1 MiB (identity-mapped, so that it keeps running
-//! when paging comes on) and goes from real mode straight to long mode: PAE, the kernel's CR3,
-//! EFER.LME|NXE, then CR0.PE|PG together, and a far jump into its own 64-bit code segment.
-//! There it loads the stack, argument and entry point the boot CPU wrote into its parameter
-//! block and calls the entry point, never to return.
+//! when paging comes on) and takes the architectural path (SDM 10.8.5): real mode -> 32-bit
+//! protected mode (code and data segments based at the page, so the code's own offsets stay
+//! valid) -> PAE, the kernel's CR3, EFER.LME|NXE, CR0.PG -> a far jump into its 64-bit code
+//! segment. There it loads the stack, argument and entry point the boot CPU wrote into its
+//! parameter block and calls the entry point, never to return.
 //!
-//! Everything is addressed relative to the start of the code (DS = CS in real mode,
-//! RIP-relative in long mode); the two absolute addresses (GDT base and the far-jump target)
-//! and the parameters are patched in by `Trampoline::prepare`.
+//! Everything is addressed relative to the start of the code (segments based at the page, then
+//! RIP-relative in long mode); the absolute addresses (GDT base, the 32-bit segments' base, the
+//! far-jump target into long mode) are patched in by `install`, the parameters by `prepare`.
 
 use core::arch::global_asm;
 
@@ -20,6 +21,8 @@ global_asm!(
     .global ap_trampoline_end
     .global ap_tramp_gdt
     .global ap_tramp_gdt_base
+    .global ap_tramp_gdt_code32
+    .global ap_tramp_gdt_data32
     .global ap_tramp_far_target
     .global ap_tramp_long_mode
     .global ap_tramp_cr3
@@ -33,17 +36,26 @@ ap_trampoline_start:
     mov %cs, %ax
     mov %ax, %ds
     lgdtl (ap_tramp_gdt_ptr - ap_trampoline_start)
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $0x18, $(ap_tramp_protected_mode - ap_trampoline_start)
+
+    .code32
+ap_tramp_protected_mode:
+    mov $0x20, %ax
+    mov %ax, %ds
     mov %cr4, %eax
     or $(1 << 5), %eax
     mov %eax, %cr4
-    movl (ap_tramp_cr3 - ap_trampoline_start), %eax
+    mov (ap_tramp_cr3 - ap_trampoline_start), %eax
     mov %eax, %cr3
     mov $0xc0000080, %ecx
     rdmsr
     or $((1 << 8) | (1 << 11)), %eax
     wrmsr
     mov %cr0, %eax
-    or $0x80010001, %eax
+    or $0x80010000, %eax
     mov %eax, %cr0
     ljmpl *(ap_tramp_far_target - ap_trampoline_start)
 
@@ -70,8 +82,12 @@ ap_tramp_gdt:
     .quad 0
     .quad 0x00af9a000000ffff
     .quad 0x00cf92000000ffff
+ap_tramp_gdt_code32:
+    .quad 0x00409a000000ffff
+ap_tramp_gdt_data32:
+    .quad 0x004092000000ffff
 ap_tramp_gdt_ptr:
-    .word 23
+    .word 39
 ap_tramp_gdt_base:
     .long 0
 ap_tramp_far_target:
@@ -98,6 +114,8 @@ unsafe extern "C" {
     static ap_trampoline_end: u8;
     static ap_tramp_gdt: u8;
     static ap_tramp_gdt_base: u8;
+    static ap_tramp_gdt_code32: u8;
+    static ap_tramp_gdt_data32: u8;
     static ap_tramp_far_target: u8;
     static ap_tramp_long_mode: u8;
     static ap_tramp_cr3: u8;
@@ -144,6 +162,9 @@ impl Trampoline {
         let long_mode = phys as usize + offset(&raw const ap_tramp_long_mode);
         t.write_u32(offset(&raw const ap_tramp_gdt_base), gdt as u32);
         t.write_u32(offset(&raw const ap_tramp_far_target), long_mode as u32);
+        for descriptor in [offset(&raw const ap_tramp_gdt_code32), offset(&raw const ap_tramp_gdt_data32)] {
+            t.set_descriptor_base(descriptor, phys as u32);
+        }
         t
     }
 
@@ -155,6 +176,15 @@ impl Trampoline {
     fn write_u32(&self, at: usize, value: u32) {
         // SAFETY: `at` is an offset inside the copied image (from `offset`), within the page.
         unsafe { core::ptr::write_unaligned(self.window.add(at) as *mut u32, value) }
+    }
+
+    /// Writes `base` into the segment descriptor at `at` (bytes 2-4 and 7).
+    fn set_descriptor_base(&self, at: usize, base: u32) {
+        let b = base.to_le_bytes();
+        for (i, byte) in [(2, b[0]), (3, b[1]), (4, b[2]), (7, b[3])] {
+            // SAFETY: `at` is a descriptor inside the copied image; i < 8 stays inside it.
+            unsafe { self.window.add(at + i).write_volatile(byte) };
+        }
     }
 
     fn write_u64(&self, at: usize, value: u64) {
