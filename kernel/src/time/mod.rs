@@ -2,5 +2,9 @@
 //! traits defined here, and every piece runs as a host unit test with fake devices.
 #![forbid(unsafe_code)]
 
+pub mod broadcast;
+pub mod clockevents;
 pub mod clocksource;
+pub mod hrtimer;
 pub mod report;
+pub mod tick;

@@ -1,0 +1,578 @@
+//! Clock event devices: hardware that can interrupt a CPU at a chosen time, described the way
+//! Linux's `clockevents.c` describes it (features, rating, the CPUs it can serve, a ns -> ticks
+//! conversion, minimum and maximum delta) and driven through a small state machine.
+//!
+//! Drivers (`arch/x86_64`) implement [`EventDriver`] and hand a [`DeviceSpec`] to the layer; the
+//! layer decides what each device is used for (see `tick.rs`). A driver never decides policy.
+
+use alloc::string::String;
+use bitflags::bitflags;
+use core::fmt;
+
+use super::clocksource::NS_PER_S;
+
+bitflags! {
+    /// What a device can do.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Features: u32 {
+        /// Interrupts once at a programmed time.
+        const ONESHOT = 1 << 0;
+        /// Interrupts at a fixed period by itself.
+        const PERIODIC = 1 << 1;
+        /// Stops counting in deep C-states (Linux's C3STOP): a CPU using it needs a broadcast
+        /// device standing by before it sleeps deeply.
+        const STOPS_IN_DEEP_IDLE = 1 << 2;
+        /// Belongs to one CPU and interrupts only that CPU.
+        const PER_CPU = 1 << 3;
+    }
+}
+
+/// A set of CPU indices (the kernel supports at most 64 CPUs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuSet(pub u64);
+
+impl CpuSet {
+    pub const EMPTY: CpuSet = CpuSet(0);
+
+    pub fn single(cpu: usize) -> CpuSet {
+        CpuSet(1 << cpu)
+    }
+    /// CPUs 0..n.
+    pub fn first(n: usize) -> CpuSet {
+        CpuSet(if n >= 64 { u64::MAX } else { (1 << n) - 1 })
+    }
+    pub fn contains(self, cpu: usize) -> bool {
+        cpu < 64 && self.0 & (1 << cpu) != 0
+    }
+    pub fn insert(&mut self, cpu: usize) {
+        self.0 |= 1 << cpu;
+    }
+    pub fn remove(&mut self, cpu: usize) {
+        self.0 &= !(1 << cpu);
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+    /// The only CPU in the set, if it has exactly one.
+    pub fn only(self) -> Option<usize> {
+        (self.len() == 1).then(|| self.0.trailing_zeros() as usize)
+    }
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..64).filter(move |&c| self.contains(c))
+    }
+}
+
+/// The device state machine (Linux's `clock_event_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Registered but not in use by anyone.
+    Detached,
+    /// In use, not interrupting.
+    Shutdown,
+    Periodic,
+    /// Interrupts once at each programmed time.
+    Oneshot,
+    /// One-shot mode with nothing programmed (tickless idle with an empty queue).
+    OneshotStopped,
+}
+
+impl State {
+    /// Whether the layer may move a device from `self` to `next`. Only a shut-down device
+    /// detaches or attaches; a stopped one-shot device only restarts or shuts down.
+    pub fn can_switch_to(self, next: State) -> bool {
+        use State::*;
+        match (self, next) {
+            (a, b) if a == b => true,
+            (Detached, Shutdown) | (Shutdown, Detached) => true,
+            (Detached, _) | (_, Detached) => false,
+            (_, Shutdown) => true,
+            (Shutdown | Oneshot, Periodic) | (Shutdown | Periodic | OneshotStopped, Oneshot) => true,
+            (Oneshot, OneshotStopped) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Detached => "detached",
+            State::Shutdown => "shutdown",
+            State::Periodic => "periodic",
+            State::Oneshot => "oneshot",
+            State::OneshotStopped => "oneshot-stopped",
+        })
+    }
+}
+
+/// What a driver is asked to do on a state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverState {
+    Shutdown,
+    Periodic { period_ticks: u64 },
+    Oneshot,
+    OneshotStopped,
+}
+
+/// The counter passed the programmed time while it was being written (Linux's -ETIME): the
+/// event would fire only after a full counter wrap, so the layer must program it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventPassed;
+
+/// The hardware side of a clock event device.
+pub trait EventDriver: Send + Sync {
+    fn switch_state(&self, state: DriverState);
+    /// Interrupts `delta_ticks` device ticks from now (within the spec's min/max delta).
+    fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed>;
+}
+
+/// How a driver describes its device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub name: String,
+    pub features: Features,
+    /// Higher is better (Linux: LAPIC 100, per-CPU HPET 110 in the 2007 patch, global HPET 90).
+    pub rating: u32,
+    /// The CPUs whose interrupts it can raise; a per-CPU device has exactly one.
+    pub cpus: CpuSet,
+    pub frequency_hz: u64,
+    /// Smallest and largest delta the hardware honours, in its ticks.
+    pub min_delta_ticks: u64,
+    pub max_delta_ticks: u64,
+}
+
+/// Fixed-point ns -> ticks conversion, rounding up: a device is never programmed to fire
+/// before its deadline because of the conversion.
+///
+/// `ticks ~ ns * mult >> shift` with `mult` rounded up; the shift is the largest (at most 32)
+/// for which `max_ns * mult` still fits in 64 bits, so no delta up to the device's maximum
+/// overflows. The estimate is then checked against the exact product `ns * hz` (one 128-bit
+/// multiply, no division) and raised by the one tick it can be short, so the result is never
+/// below `ceil(ns * hz / 10^9)` and above it by at most `ns >> shift` ticks (the rounded-up
+/// mult's error): exact below 2^shift ns (4.3 s at shift 32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NsToTicks {
+    pub mult: u64,
+    pub shift: u32,
+    pub frequency_hz: u64,
+}
+
+impl NsToTicks {
+    /// For a device of `frequency_hz` whose deltas never exceed `max_ns`.
+    pub fn new(frequency_hz: u64, max_ns: u64) -> NsToTicks {
+        assert!(frequency_hz > 0, "a device of 0 Hz cannot be programmed");
+        let mult_for = |shift: u32| (u128::from(frequency_hz) << shift).div_ceil(u128::from(NS_PER_S));
+        let mut shift = 32;
+        while shift > 0 && mult_for(shift) * u128::from(max_ns.max(1)) > u128::from(u64::MAX) {
+            shift -= 1;
+        }
+        let mult = u64::try_from(mult_for(shift)).expect("frequency below 2^64 Hz");
+        NsToTicks { mult, shift, frequency_hz }
+    }
+
+    /// Ticks for `ns` (which must not exceed the `max_ns` the conversion was made for).
+    pub fn ticks(self, ns: u64) -> u64 {
+        let estimate = ns.checked_mul(self.mult).expect("delta beyond the device's maximum") >> self.shift;
+        let exact = u128::from(ns) * u128::from(self.frequency_hz);
+        if u128::from(estimate) * u128::from(NS_PER_S) >= exact { estimate } else { estimate + 1 }
+    }
+}
+
+/// Nanoseconds in `ticks` of a `frequency_hz` counter, rounded up (`up`) or down.
+pub fn ticks_to_ns(ticks: u64, frequency_hz: u64, up: bool) -> u64 {
+    let num = u128::from(ticks) * u128::from(NS_PER_S);
+    let den = u128::from(frequency_hz);
+    let ns = if up { num.div_ceil(den) } else { num / den };
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
+/// After this many failed attempts at the minimum delta, the minimum grows (as in Linux).
+const RETRIES_BEFORE_GROWING: u32 = 3;
+/// The first grown minimum delta; later ones grow by half each time (Linux: 5 us, x1.5).
+const FIRST_GROWN_MIN_DELTA_NS: u64 = 5_000;
+/// A device whose minimum delta would have to exceed this is given up on.
+pub const MIN_DELTA_LIMIT_NS: u64 = 10_000_000;
+
+/// Why an event could not be programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramError {
+    /// The device is not in one-shot mode.
+    NotOneshot(State),
+    /// Even at the largest minimum delta the counter kept passing the comparator.
+    GaveUp { min_delta_ns: u64 },
+}
+
+impl fmt::Display for ProgramError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProgramError::NotOneshot(s) => write!(f, "device is {s}, not oneshot"),
+            ProgramError::GaveUp { min_delta_ns } => {
+                write!(f, "the counter passed every deadline up to a minimum delta of {min_delta_ns} ns")
+            }
+        }
+    }
+}
+
+/// An illegal state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IllegalTransition {
+    pub from: State,
+    pub to: State,
+}
+
+impl fmt::Display for IllegalTransition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "illegal clock event state change {} -> {}", self.from, self.to)
+    }
+}
+
+/// A registered device: its description, conversion, state and statistics.
+pub struct ClockEventDevice {
+    pub spec: DeviceSpec,
+    driver: &'static dyn EventDriver,
+    conversion: NsToTicks,
+    pub min_delta_ns: u64,
+    pub max_delta_ns: u64,
+    /// The hardware's limits in ticks; a converted delta is clamped to them.
+    min_delta_ticks: u64,
+    max_delta_ticks: u64,
+    state: State,
+    /// The time the device is programmed for (`u64::MAX`: nothing programmed).
+    pub next_event_ns: u64,
+    /// Events programmed, retries after a passed comparator, minimum-delta increases.
+    pub programmed: u64,
+    pub retries: u64,
+    pub min_delta_increases: u32,
+    /// Taken out of service (self-test or programming failure); never selected again.
+    pub failed: bool,
+}
+
+impl fmt::Debug for ClockEventDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClockEventDevice")
+            .field("name", &self.spec.name)
+            .field("state", &self.state)
+            .field("next_event_ns", &self.next_event_ns)
+            .finish()
+    }
+}
+
+impl ClockEventDevice {
+    pub fn new(spec: DeviceSpec, driver: &'static dyn EventDriver) -> ClockEventDevice {
+        let min_ticks = spec.min_delta_ticks.max(1);
+        let max_ticks = spec.max_delta_ticks.max(min_ticks);
+        let max_delta_ns = ticks_to_ns(max_ticks, spec.frequency_hz, false);
+        let conversion = NsToTicks::new(spec.frequency_hz, max_delta_ns.max(MIN_DELTA_LIMIT_NS));
+        ClockEventDevice {
+            min_delta_ns: ticks_to_ns(min_ticks, spec.frequency_hz, true),
+            max_delta_ns,
+            min_delta_ticks: min_ticks,
+            max_delta_ticks: max_ticks,
+            conversion,
+            spec,
+            driver,
+            state: State::Detached,
+            next_event_ns: u64::MAX,
+            programmed: 0,
+            retries: 0,
+            min_delta_increases: 0,
+            failed: false,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+    pub fn conversion(&self) -> NsToTicks {
+        self.conversion
+    }
+    pub fn is_per_cpu(&self) -> bool {
+        self.spec.features.contains(Features::PER_CPU)
+    }
+
+    /// Moves to `state`; periodic mode takes its period in ns.
+    pub fn switch_state(&mut self, state: State, period_ns: u64) -> Result<(), IllegalTransition> {
+        if !self.state.can_switch_to(state) {
+            return Err(IllegalTransition { from: self.state, to: state });
+        }
+        if state == self.state && state != State::Periodic {
+            return Ok(());
+        }
+        let driver_state = match state {
+            State::Detached | State::Shutdown => DriverState::Shutdown,
+            State::Periodic => {
+                let ns = period_ns.clamp(self.min_delta_ns, self.max_delta_ns);
+                DriverState::Periodic { period_ticks: self.delta_ticks(ns) }
+            }
+            State::Oneshot => DriverState::Oneshot,
+            State::OneshotStopped => DriverState::OneshotStopped,
+        };
+        if state != State::Oneshot {
+            self.next_event_ns = u64::MAX;
+        }
+        self.driver.switch_state(driver_state);
+        self.state = state;
+        Ok(())
+    }
+
+    fn delta_ticks(&self, ns: u64) -> u64 {
+        self.conversion.ticks(ns).clamp(self.min_delta_ticks, self.max_delta_ticks)
+    }
+
+    /// Programs an interrupt at `deadline_ns` (`now_ns` is the clock now). A deadline already
+    /// past, or closer than the minimum delta, is programmed at the minimum delta: late by at
+    /// most that, never lost. When the driver reports that the counter passed the comparator
+    /// while it was written, the event is retried at the minimum delta, and after
+    /// [`RETRIES_BEFORE_GROWING`] failures the minimum delta grows. Returns the time the device
+    /// was programmed for.
+    pub fn program(&mut self, deadline_ns: u64, now_ns: u64) -> Result<u64, ProgramError> {
+        match self.state {
+            State::Oneshot => {}
+            State::OneshotStopped => {
+                self.switch_state(State::Oneshot, 0).expect("oneshot-stopped -> oneshot is legal")
+            }
+            s => return Err(ProgramError::NotOneshot(s)),
+        }
+        let delta = deadline_ns.saturating_sub(now_ns).clamp(self.min_delta_ns, self.max_delta_ns);
+        self.programmed += 1;
+        if self.driver.set_next_event(self.delta_ticks(delta)).is_ok() {
+            self.next_event_ns = now_ns + delta;
+            return Ok(self.next_event_ns);
+        }
+        let mut failures = 0;
+        loop {
+            self.retries += 1;
+            if self.driver.set_next_event(self.delta_ticks(self.min_delta_ns)).is_ok() {
+                self.next_event_ns = now_ns + self.min_delta_ns;
+                return Ok(self.next_event_ns);
+            }
+            failures += 1;
+            if failures >= RETRIES_BEFORE_GROWING {
+                failures = 0;
+                self.grow_min_delta()?;
+            }
+        }
+    }
+
+    fn grow_min_delta(&mut self) -> Result<(), ProgramError> {
+        let grown = if self.min_delta_ns < FIRST_GROWN_MIN_DELTA_NS {
+            FIRST_GROWN_MIN_DELTA_NS
+        } else {
+            self.min_delta_ns + self.min_delta_ns / 2
+        };
+        if grown > MIN_DELTA_LIMIT_NS {
+            self.next_event_ns = u64::MAX;
+            return Err(ProgramError::GaveUp { min_delta_ns: self.min_delta_ns });
+        }
+        self.min_delta_ns = grown;
+        self.min_delta_increases += 1;
+        log::warn!("clockevents: {} increased its minimum delta to {grown} ns", self.spec.name);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake {
+    //! A fake device for host tests: records what it was asked, and can refuse deadlines.
+    use super::*;
+    use alloc::vec::Vec;
+    use spin::Mutex;
+
+    pub struct FakeDriver {
+        /// Every call, in order.
+        pub log: Mutex<Vec<Call>>,
+        /// `set_next_event` reports a passed comparator for deltas below this many ticks.
+        pub passes_below_ticks: Mutex<u64>,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Call {
+        State(DriverState),
+        Next(u64),
+    }
+
+    impl FakeDriver {
+        pub fn leak() -> &'static FakeDriver {
+            alloc::boxed::Box::leak(alloc::boxed::Box::new(FakeDriver {
+                log: Mutex::new(Vec::new()),
+                passes_below_ticks: Mutex::new(0),
+            }))
+        }
+        pub fn calls(&self) -> Vec<Call> {
+            self.log.lock().clone()
+        }
+        pub fn last_next(&self) -> Option<u64> {
+            self.log.lock().iter().rev().find_map(|c| if let Call::Next(t) = c { Some(*t) } else { None })
+        }
+    }
+
+    impl EventDriver for FakeDriver {
+        fn switch_state(&self, state: DriverState) {
+            self.log.lock().push(Call::State(state));
+        }
+        fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
+            self.log.lock().push(Call::Next(delta_ticks));
+            if delta_ticks < *self.passes_below_ticks.lock() { Err(EventPassed) } else { Ok(()) }
+        }
+    }
+
+    /// A 100 MHz one-shot device (like q35's HPET) serving `cpus`.
+    pub fn spec(name: &str, rating: u32, cpus: CpuSet, features: Features) -> DeviceSpec {
+        DeviceSpec {
+            name: name.into(),
+            features: features | Features::ONESHOT,
+            rating,
+            cpus,
+            frequency_hz: 100_000_000,
+            min_delta_ticks: 192,
+            max_delta_ticks: u32::MAX as u64 >> 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::*;
+    use super::*;
+
+    fn oneshot_device(driver: &'static FakeDriver) -> ClockEventDevice {
+        let mut d = ClockEventDevice::new(spec("hpet0", 110, CpuSet::single(0), Features::PER_CPU), driver);
+        d.switch_state(State::Shutdown, 0).unwrap();
+        d.switch_state(State::Oneshot, 0).unwrap();
+        d
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        use State::*;
+        assert!(!Detached.can_switch_to(Oneshot));
+        assert!(!Detached.can_switch_to(Periodic));
+        assert!(!Periodic.can_switch_to(OneshotStopped));
+        assert!(!Shutdown.can_switch_to(OneshotStopped));
+        assert!(!Oneshot.can_switch_to(Detached));
+        assert!(Shutdown.can_switch_to(Detached));
+        assert!(OneshotStopped.can_switch_to(Oneshot));
+        let driver = FakeDriver::leak();
+        let mut d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::empty()), driver);
+        assert_eq!(
+            d.switch_state(State::Oneshot, 0),
+            Err(IllegalTransition { from: State::Detached, to: State::Oneshot })
+        );
+        assert!(driver.calls().is_empty(), "a refused change must not reach the driver");
+    }
+
+    #[test]
+    fn conversion_never_overflows_up_to_the_maximum_delta() {
+        for hz in [32_768u64, 1_000_000, 14_318_180, 100_000_000, 1_000_000_000, 3_000_000_000] {
+            for max_ticks in [0xffffu64, u64::from(u32::MAX), 1 << 40, u64::MAX >> 1] {
+                let max_ns = ticks_to_ns(max_ticks, hz, false);
+                let c = NsToTicks::new(hz, max_ns);
+                assert!(c.mult.checked_mul(max_ns.max(1)).is_some(), "{hz} Hz, max {max_ns} ns overflows");
+                // The rounded-up tick count, late by at most the rounded-up mult's error.
+                for ns in [1, 999, 1_000_000, max_ns / 3, max_ns] {
+                    let exact = (u128::from(ns) * u128::from(hz)).div_ceil(u128::from(NS_PER_S));
+                    let got = u128::from(c.ticks(ns));
+                    assert!(got >= exact, "{hz} Hz {ns} ns: {got} ticks is early");
+                    let slack = u128::from(ns >> c.shift);
+                    assert!(got <= exact + slack, "{hz} Hz {ns} ns: {got} ticks, {exact} needed");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hpet_conversion_is_exact_at_100mhz() {
+        let c = NsToTicks::new(100_000_000, 21_474_836_470);
+        assert_eq!(c.ticks(10), 1);
+        assert_eq!(c.ticks(11), 2, "rounds up: never early");
+        assert_eq!(c.ticks(1_000_000), 100_000);
+    }
+
+    #[test]
+    fn min_and_max_delta_come_from_ticks() {
+        let d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::empty()), FakeDriver::leak());
+        assert_eq!(d.min_delta_ns, 1920);
+        assert_eq!(d.max_delta_ns, 21_474_836_470);
+    }
+
+    #[test]
+    fn past_deadline_is_programmed_at_the_minimum_delta() {
+        let driver = FakeDriver::leak();
+        let mut d = oneshot_device(driver);
+        let at = d.program(1_000, 50_000).unwrap();
+        assert_eq!(at, 50_000 + 1920);
+        assert_eq!(driver.last_next(), Some(192));
+    }
+
+    #[test]
+    fn far_deadline_is_clamped_to_the_maximum_delta() {
+        let driver = FakeDriver::leak();
+        let mut d = oneshot_device(driver);
+        let at = d.program(u64::MAX, 0).unwrap();
+        assert_eq!(at, d.max_delta_ns);
+        assert_eq!(driver.last_next(), Some(u64::from(u32::MAX) >> 1));
+    }
+
+    #[test]
+    fn passed_comparator_is_retried_not_lost() {
+        let driver = FakeDriver::leak();
+        *driver.passes_below_ticks.lock() = 193; // the first try at the minimum passes too
+        let mut d = oneshot_device(driver);
+        let at = d.program(1_000, 0).unwrap();
+        // 3 tries at 192 ticks, then the minimum grows to 5 us = 500 ticks, which sticks.
+        assert_eq!(d.min_delta_increases, 1);
+        assert_eq!(d.min_delta_ns, 5_000);
+        assert_eq!(at, 5_000);
+        assert_eq!(driver.last_next(), Some(500));
+        assert_eq!(d.retries, 4);
+    }
+
+    #[test]
+    fn minimum_delta_grows_by_half_until_the_limit_then_gives_up() {
+        let driver = FakeDriver::leak();
+        *driver.passes_below_ticks.lock() = u64::MAX;
+        let mut d = oneshot_device(driver);
+        let err = d.program(10_000, 0).unwrap_err();
+        assert!(matches!(err, ProgramError::GaveUp { min_delta_ns } if min_delta_ns <= MIN_DELTA_LIMIT_NS));
+        assert!(d.min_delta_increases > 5);
+        assert_eq!(d.next_event_ns, u64::MAX, "nothing is programmed after giving up");
+    }
+
+    #[test]
+    fn programming_needs_oneshot_mode_and_restarts_a_stopped_device() {
+        let driver = FakeDriver::leak();
+        let mut d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::PERIODIC), driver);
+        d.switch_state(State::Shutdown, 0).unwrap();
+        assert_eq!(d.program(5_000, 0), Err(ProgramError::NotOneshot(State::Shutdown)));
+        d.switch_state(State::Oneshot, 0).unwrap();
+        d.switch_state(State::OneshotStopped, 0).unwrap();
+        assert_eq!(d.program(5_000, 0), Ok(5_000));
+        assert_eq!(d.state(), State::Oneshot);
+    }
+
+    #[test]
+    fn periodic_mode_passes_the_period_in_ticks() {
+        let driver = FakeDriver::leak();
+        let mut d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::PERIODIC), driver);
+        d.switch_state(State::Shutdown, 0).unwrap();
+        d.switch_state(State::Periodic, 4_000_000).unwrap();
+        assert_eq!(
+            driver.calls().last(),
+            Some(&Call::State(DriverState::Periodic { period_ticks: 400_000 }))
+        );
+    }
+
+    #[test]
+    fn cpu_sets() {
+        let mut s = CpuSet::first(3);
+        assert_eq!(s.iter().collect::<alloc::vec::Vec<_>>(), [0, 1, 2]);
+        s.remove(1);
+        assert!(!s.contains(1) && s.contains(2));
+        assert_eq!(CpuSet::single(5).only(), Some(5));
+        assert_eq!(s.only(), None);
+        assert_eq!(CpuSet::first(64).len(), 64);
+    }
+}
