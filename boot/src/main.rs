@@ -57,7 +57,11 @@ fn run_once(elf: &Path, args: &[String]) -> ExitCode {
         image::disk_image(elf, opts.firmware).and_then(|img| qemu::boot(&opts, &img, |l| println!("{l}")));
     match result {
         Ok(boot) => {
-            eprintln!("boot: {} ({:.1} s)", boot.outcome.describe(), boot.elapsed.as_secs_f64());
+            eprintln!(
+                "boot: {} ({:.1} s)",
+                boot.outcome.describe_with_log(&boot.log),
+                boot.elapsed.as_secs_f64()
+            );
             match boot.outcome {
                 Outcome::KernelSuccess => ExitCode::SUCCESS,
                 Outcome::KernelFailure => ExitCode::from(1),
@@ -107,7 +111,7 @@ fn verdict(v: &Variant, outcome: &Outcome, log: &str) -> Result<(), String> {
         Expect::Failure => Outcome::KernelFailure,
     };
     if *outcome != wanted {
-        return Err(format!("expected: {}; got: {}", wanted.describe(), outcome.describe()));
+        return Err(format!("expected: {}; got: {}", wanted.describe(), outcome.describe_with_log(log)));
     }
     let missing: Vec<&String> = v.options.expect_log.iter().filter(|t| !log.contains(t.as_str())).collect();
     if !missing.is_empty() {
@@ -229,6 +233,13 @@ mod tests {
         assert!(verdict(v, &Outcome::KernelFailure, "page fault").is_err());
         assert!(verdict(v, &Outcome::KernelSuccess, "panicked at").is_err());
         assert!(verdict(v, &Outcome::NoVerdict, "panicked at").is_err());
+    }
+
+    #[test]
+    fn unexpected_failure_says_what_the_log_shows() {
+        let v = &parse_variants("ok:").unwrap()[0];
+        let why = verdict(v, &Outcome::KernelFailure, "EXCEPTION: Double Fault (vector 8)\n").unwrap_err();
+        assert!(why.contains("got: kernel reported failure: the log shows a fatal exception"), "{why}");
     }
 
     #[test]

@@ -56,6 +56,36 @@ impl Outcome {
             }
         }
     }
+
+    /// As [`Outcome::describe`], and for a kernel failure also what the serial log shows as its
+    /// cause (see [`failure_cause`]).
+    pub fn describe_with_log(&self, log: &str) -> String {
+        match self {
+            Outcome::KernelFailure => format!("{}: {}", self.describe(), failure_cause(log)),
+            _ => self.describe(),
+        }
+    }
+}
+
+/// Longest excerpt of a log line quoted in a failure's description.
+const CAUSE_EXCERPT_CHARS: usize = 200;
+
+/// What a failing kernel's serial log shows as the cause: its first `KERNEL PANIC` line, else
+/// its first `EXCEPTION:` line, else a TIMER-REPORT whose verdict is `failed`.
+pub fn failure_cause(log: &str) -> String {
+    let excerpt = |marker: &str| {
+        log.lines().find_map(|l| l.find(marker).map(|i| l[i..].trim_end().chars().take(CAUSE_EXCERPT_CHARS)))
+    };
+    if let Some(panic) = excerpt("KERNEL PANIC") {
+        return format!("the log shows a panic ({})", panic.collect::<String>());
+    }
+    if let Some(exception) = excerpt("EXCEPTION:") {
+        return format!("the log shows a fatal exception ({})", exception.collect::<String>());
+    }
+    match crate::report::find(log).ok().and_then(|r| r.get("verdict").cloned()) {
+        Some(v) if v == "failed" => "the TIMER-REPORT verdict is failed".into(),
+        _ => "the log shows no KERNEL PANIC, no EXCEPTION and no failed verdict".into(),
+    }
 }
 
 fn ovmf() -> Result<&'static str, String> {
@@ -219,5 +249,29 @@ mod tests {
         assert_eq!(Outcome::from_status(st(0)), Outcome::NoVerdict);
         assert!(matches!(Outcome::from_status(st(1)), Outcome::QemuError(_)));
         assert!(matches!(Outcome::from_status(ExitStatus::from_raw(9)), Outcome::QemuError(_)));
+    }
+
+    #[test]
+    fn kernel_failure_names_panic_exception_or_failed_verdict() {
+        let panic = "[0.1] INFO main: x\nKERNEL PANIC: panicked at a.rs:1:2: boom\nEXCEPTION: later\n";
+        let d = Outcome::KernelFailure.describe_with_log(panic);
+        assert!(d.starts_with("kernel reported failure: "), "{d}");
+        assert!(d.contains("panic (KERNEL PANIC: panicked at a.rs:1:2: boom)"), "{d}");
+
+        let fault = "x\nEXCEPTION: Page Fault (vector 14) error code 0x2\nrip 0x1\n";
+        let d = Outcome::KernelFailure.describe_with_log(fault);
+        assert!(d.contains("fatal exception (EXCEPTION: Page Fault (vector 14) error code 0x2)"), "{d}");
+
+        let failed = "TIMER-REPORT {\"verdict\":\"failed\"}\n";
+        assert!(Outcome::KernelFailure.describe_with_log(failed).contains("verdict is failed"));
+        let silent = "TIMER-REPORT {\"verdict\":\"ok\"}\n";
+        assert!(Outcome::KernelFailure.describe_with_log(silent).contains("no KERNEL PANIC"));
+    }
+
+    #[test]
+    fn other_outcomes_ignore_the_log() {
+        let log = "KERNEL PANIC: panicked at a.rs:1:2: boom\n";
+        assert_eq!(Outcome::KernelSuccess.describe_with_log(log), Outcome::KernelSuccess.describe());
+        assert_eq!(Outcome::NoVerdict.describe_with_log(log), Outcome::NoVerdict.describe());
     }
 }

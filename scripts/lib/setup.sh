@@ -1,12 +1,15 @@
 # Sourced by scripts/run and scripts/test: installs what a fresh machine lacks, or stops with
-# the exact command to run.
+# the exact command to run. Setup errors exit with status 2 (1 is a kernel or test failure).
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo_root"
 
+# Exit status of setup and build errors, distinct from a kernel's failure (1).
+readonly SETUP_ERROR=2
+
 die() {
     echo "error: $*" >&2
-    exit 1
+    exit "$SETUP_ERROR"
 }
 
 # Runs a command as root, or says how to.
@@ -20,17 +23,31 @@ as_root() {
     fi
 }
 
+# The quoted items of a `key = ["a", "b"]` line of rust-toolchain.toml, one a line.
+toolchain_list() {
+    sed -n "s/^$1 *= *\[\(.*\)\]/\1/p" rust-toolchain.toml | tr ',' '\n' | tr -d ' "' | sed '/^$/d'
+}
+
 ensure_toolchain() {
     command -v rustup >/dev/null || die "rustup is missing; install it (https://rustup.rs), then run this again"
     local channel
     channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+    [ -n "$channel" ] || die "no channel in $repo_root/rust-toolchain.toml"
     # RUSTUP_AUTO_INSTALL=0 (set on our machines) makes rustup skip a missing toolchain or
-    # component silently, so check for them and install explicitly.
-    local installed
+    # component silently, so check every component and target the file lists and install
+    # explicitly. Installed components carry the host triple (`rustfmt-x86_64-...`), and
+    # `llvm-tools-preview` is installed as `llvm-tools`.
+    local installed targets missing=() c t
     installed=$(rustup component list --installed --toolchain "$channel" 2>/dev/null || true)
-    if ! grep -q '^rust-src' <<<"$installed" || ! grep -q '^llvm-tools' <<<"$installed" ||
-        ! rustup target list --installed --toolchain "$channel" 2>/dev/null | grep -q x86_64-unknown-none; then
-        echo "setup: installing the pinned toolchain $channel (rust-toolchain.toml)" >&2
+    targets=$(rustup target list --installed --toolchain "$channel" 2>/dev/null || true)
+    for c in $(toolchain_list components); do
+        grep -Eq "^${c%-preview}(-|\$)" <<<"$installed" || missing+=("component $c")
+    done
+    for t in $(toolchain_list targets); do
+        grep -qx "$t" <<<"$targets" || missing+=("target $t")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "setup: installing the pinned toolchain $channel (rust-toolchain.toml; missing: ${missing[*]})" >&2
         rustup toolchain install || die "rustup toolchain install failed; run it by hand in $repo_root"
     fi
 }

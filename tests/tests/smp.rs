@@ -21,6 +21,7 @@ kernel_tests::qemu_test!(
         smp4: --smp 4 --expect-report /cpus_enabled=4 --expect-report /cpus_online=4 --expect-report /cpus#=4
         smp8: --smp 8 --expect-report /cpus_enabled=8 --expect-report /cpus_online=8 --expect-log 'CPU 7 online: APIC id 7'
         uefi_smp2: --uefi --smp 2 --expect-report /cpus_online=2
+        uefi_smp4: --uefi --smp 4 --expect-report /cpus_online=4
         uefi_smp8: --uefi --smp 8 --expect-report /cpus_online=8
     ",
     tests: [

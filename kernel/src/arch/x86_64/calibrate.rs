@@ -29,9 +29,31 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Why a reference clock could not calibrate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalibrationError {
+    /// A 10 ms window did not end within `WINDOW_SLACK` times its length of TSC time.
+    WindowStalled { reference: Reference },
+}
+
+impl fmt::Display for CalibrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CalibrationError::WindowStalled { reference } => write!(
+                f,
+                "the {reference} did not count a 10 ms window within {} ms of TSC time",
+                1000 / WINDOW_HZ * WINDOW_SLACK
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Calibration {
     pub reference: Reference,
+    /// Why the preferred reference (the HPET) was not used, when this calibration is a
+    /// fallback to the PIT: for the caller to record.
+    pub hpet_failure: Option<CalibrationError>,
     /// Ticks per second of the LAPIC timer (bus clock / `lapic::TIMER_DIVISOR`).
     pub lapic_timer_hz: u64,
     pub lapic_spread_ppm: u64,
@@ -84,11 +106,17 @@ fn median_and_spread(mut rates: [u64; WINDOWS]) -> (u64, u64) {
     (median, (rates[WINDOWS - 1] - rates[0]) * 1_000_000 / median.max(1))
 }
 
-fn measure(mut window: impl FnMut() -> Option<Sample>, reference: Reference) -> Option<Calibration> {
+fn measure(
+    mut window: impl FnMut() -> Option<Sample>,
+    reference: Reference,
+) -> Result<Calibration, CalibrationError> {
     let mut lapic_rates = [0; WINDOWS];
     let mut tsc_rates = [0; WINDOWS];
     for i in 0..WINDOWS {
-        let (lapic_ticks, tsc_cycles, ns) = window()?;
+        let Some((lapic_ticks, tsc_cycles, ns)) = window() else {
+            lapic::timer_stop();
+            return Err(CalibrationError::WindowStalled { reference });
+        };
         let per_second = |n: u64| (u128::from(n) * 1_000_000_000 / u128::from(ns.max(1))) as u64;
         lapic_rates[i] = per_second(lapic_ticks);
         tsc_rates[i] = per_second(tsc_cycles);
@@ -96,20 +124,26 @@ fn measure(mut window: impl FnMut() -> Option<Sample>, reference: Reference) -> 
     lapic::timer_stop();
     let (lapic_timer_hz, lapic_spread_ppm) = median_and_spread(lapic_rates);
     let (tsc_hz, tsc_spread_ppm) = median_and_spread(tsc_rates);
-    Some(Calibration { reference, lapic_timer_hz, lapic_spread_ppm, tsc_hz, tsc_spread_ppm })
+    Ok(Calibration {
+        reference,
+        hpet_failure: None,
+        lapic_timer_hz,
+        lapic_spread_ppm,
+        tsc_hz,
+        tsc_spread_ppm,
+    })
 }
 
-/// Calibrates against the HPET if given and working, else the PIT; `None` if neither runs.
+/// Calibrates against the HPET if given and working, else the PIT; `None` if neither runs. A
+/// PIT calibration taken because the HPET failed carries the HPET's failure in `hpet_failure`
+/// (not logged here: the caller records the fallback, one line).
 pub fn calibrate(hpet: Option<&Hpet>) -> Option<Calibration> {
-    if let Some(h) = hpet {
-        match measure(|| window_hpet(h), Reference::Hpet) {
-            Some(c) => return Some(c),
-            None => log::warn!(
-                "calibration: the HPET counter did not advance 10 ms within 0.5 s of TSC time; trying the PIT"
-            ),
-        }
-    }
-    measure(window_pit, Reference::Pit)
+    let hpet_failure = match hpet.map(|h| measure(|| window_hpet(h), Reference::Hpet)) {
+        Some(Ok(c)) => return Some(c),
+        Some(Err(e)) => Some(e),
+        None => None,
+    };
+    measure(window_pit, Reference::Pit).ok().map(|c| Calibration { hpet_failure, ..c })
 }
 
 #[cfg(test)]
@@ -120,5 +154,14 @@ mod tests {
     fn median_ignores_one_outlier_and_reports_the_spread() {
         assert_eq!(median_and_spread([1_000_000, 1_000_500, 2_000_000]), (1_000_500, 999_500));
         assert_eq!(median_and_spread([7, 7, 7]), (7, 0));
+    }
+
+    #[test]
+    fn stalled_window_says_which_reference_and_how_long() {
+        let e = CalibrationError::WindowStalled { reference: Reference::Hpet };
+        assert_eq!(
+            alloc::string::ToString::to_string(&e),
+            "the hpet did not count a 10 ms window within 500 ms of TSC time"
+        );
     }
 }

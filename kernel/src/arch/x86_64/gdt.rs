@@ -2,6 +2,7 @@
 //! interrupt stack table whose first entry gives double faults a stack of their own, so that a
 //! kernel stack overflow ends in a report instead of a triple fault.
 
+use alloc::boxed::Box;
 use x86_64::VirtAddr;
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
 use x86_64::instructions::tables::load_tss;
@@ -19,6 +20,8 @@ pub struct CpuTables {
     code: SegmentSelector,
     data: SegmentSelector,
     tss: SegmentSelector,
+    /// The task-state segment the `tss` descriptor points to.
+    tss_segment: &'static TaskStateSegment,
 }
 
 impl CpuTables {
@@ -27,8 +30,25 @@ impl CpuTables {
         let mut gdt = GlobalDescriptorTable::new();
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
+        let tss_segment = tss;
         let tss = gdt.append(Descriptor::tss_segment(tss));
-        CpuTables { gdt, code, data, tss }
+        CpuTables { gdt, code, data, tss, tss_segment }
+    }
+
+    /// Tables for an application processor, built (and leaked: CPUs never go away) by the boot
+    /// CPU before it starts the AP: a TSS whose double-fault IST entry is a fresh heap stack.
+    pub fn for_ap() -> &'static CpuTables {
+        let ist = Box::leak(alloc::vec![0u8; IST_STACK_SIZE].into_boxed_slice());
+        let mut tss = TaskStateSegment::new();
+        tss.interrupt_stack_table[usize::from(DOUBLE_FAULT_IST_INDEX)] =
+            VirtAddr::from_ptr(ist.as_ptr_range().end);
+        let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
+        Box::leak(Box::new(CpuTables::new(tss)))
+    }
+
+    /// The CPU's task-state segment (its IST stack tops).
+    pub fn tss(&self) -> &'static TaskStateSegment {
+        self.tss_segment
     }
 
     /// Loads the tables on the calling CPU.
@@ -67,4 +87,9 @@ pub fn init_bsp() {
         tss
     });
     BSP_TABLES.call_once(|| CpuTables::new(tss)).load();
+}
+
+/// The boot CPU's tables. Panics before `init_bsp` (the first step of bring-up).
+pub fn bsp_tables() -> &'static CpuTables {
+    BSP_TABLES.get().expect("gdt::init_bsp runs first in bring-up")
 }

@@ -193,12 +193,39 @@ pub fn check_capabilities(caps: Capabilities) -> Result<(), HpetError> {
     }
 }
 
-/// Extends a 32-bit counter reading to 64 bits, given the previous extended value: correct as
-/// long as readings are less than one wrap (2^32 ticks, 43 s at 100 MHz) apart.
+/// Half a wrap of a 32-bit counter: a reading at least this far "ahead" of the previous
+/// extended value is taken as behind it (read before another CPU published a later value).
+pub const HALF_WRAP_32: u32 = 1 << 31;
+
+/// Extends a 32-bit counter reading `now` to 64 bits, given `previous`, the last extended value.
+/// A reading up to half a wrap ahead (2^31 ticks, 21 s at 100 MHz) advances it, across the wrap
+/// if need be; a reading behind it (an out-of-order read: elapsed >= 2^31) gives `previous`
+/// unchanged, never a jump of nearly 2^32 ticks. Readings must be less than 2^31 ticks apart.
 pub fn extend_32bit(previous: u64, now: u32) -> u64 {
-    let low = previous as u32;
-    let elapsed = now.wrapping_sub(low);
-    previous + u64::from(elapsed)
+    let elapsed = now.wrapping_sub(previous as u32);
+    if elapsed >= HALF_WRAP_32 { previous } else { previous + u64::from(elapsed) }
+}
+
+/// Extends the 32-bit reading `read` takes against `last`, the extended value shared by every
+/// CPU, and publishes the result; returns the larger of it and what another CPU published.
+/// `last` is loaded before the counter is read, so a value another CPU publishes in between is
+/// at most ahead of our reading, which `extend_32bit` treats as behind, not as a wrap.
+pub fn extend_32bit_shared(last: &AtomicU64, read: impl FnOnce() -> u32) -> u64 {
+    // Acquire: the counter read below cannot move before this load.
+    let mut previous = last.load(Ordering::Acquire);
+    let raw = read();
+    loop {
+        let now = extend_32bit(previous, raw);
+        if now == previous {
+            return previous;
+        }
+        match last.compare_exchange_weak(previous, now, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return now,
+            // Another CPU extended it further; keep the larger, it is also correct.
+            Err(p) if p >= now => return p,
+            Err(p) => previous = p,
+        }
+    }
 }
 
 /// What the firmware left configured, saved at probe time and cleared (pitfalls: boot-time
@@ -523,20 +550,12 @@ pub struct HpetClock {
 impl HpetClock {
     /// Ticks since the origin, extended across the wrap of a 32-bit counter.
     pub fn ticks(&self) -> u64 {
-        let raw = self.hpet.counter();
         if self.hpet.caps.counter_64bit() {
-            return raw.wrapping_sub(self.origin_ticks);
+            return self.hpet.counter().wrapping_sub(self.origin_ticks);
         }
-        let mut previous = self.last.load(Ordering::Relaxed);
-        loop {
-            let now = extend_32bit(previous, (raw as u32).wrapping_sub(self.origin_ticks as u32));
-            match self.last.compare_exchange_weak(previous, now, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return now,
-                // Another CPU extended it further; keep the larger, it is also correct.
-                Err(p) if p >= now => return p,
-                Err(p) => previous = p,
-            }
-        }
+        extend_32bit_shared(&self.last, || {
+            (self.hpet.counter() as u32).wrapping_sub(self.origin_ticks as u32)
+        })
     }
 }
 
@@ -596,6 +615,8 @@ mod tests {
         assert_eq!(extend_32bit(0, 5), 5);
         assert_eq!(extend_32bit(0xffff_fff0, 0x10), 0x1_0000_0010);
         assert_eq!(extend_32bit(0x1_ffff_ffff, 0), 0x2_0000_0000);
+        // Just under half a wrap still advances.
+        assert_eq!(extend_32bit(0x1_0000_0000, 0x7fff_ffff), 0x1_7fff_ffff);
         // Many small steps across several wraps add up exactly.
         let mut extended = 0u64;
         let mut raw = 0u32;
@@ -604,6 +625,45 @@ mod tests {
             extended = extend_32bit(extended, raw);
         }
         assert_eq!(extended, 10_000 * 1_999_999);
+    }
+
+    #[test]
+    fn reading_behind_the_previous_value_does_not_add_a_wrap() {
+        // Read at 0x100, but another CPU published 0x180 first.
+        assert_eq!(extend_32bit(0x180, 0x100), 0x180);
+        // The same just after a wrap: published 0x1_0000_0010, our reading 0xffff_fff0.
+        assert_eq!(extend_32bit(0x1_0000_0010, 0xffff_fff0), 0x1_0000_0010);
+        // Exactly half a wrap ahead counts as behind.
+        assert_eq!(extend_32bit(0, HALF_WRAP_32), 0);
+    }
+
+    #[test]
+    fn shared_extension_publishes_and_returns_monotonic_values() {
+        let last = AtomicU64::new(0xffff_ff00);
+        assert_eq!(extend_32bit_shared(&last, || 0x0000_0100), 0x1_0000_0100);
+        assert_eq!(last.load(Ordering::Relaxed), 0x1_0000_0100);
+        assert_eq!(extend_32bit_shared(&last, || 0x0000_0200), 0x1_0000_0200);
+    }
+
+    #[test]
+    fn another_cpu_publishing_between_load_and_read_is_not_a_wrap() {
+        // Between our load of `last` and our counter read, another CPU read the counter later
+        // than we do and published that: our reading is behind, the result is its value.
+        let last = AtomicU64::new(0x1000);
+        let got = extend_32bit_shared(&last, || {
+            last.store(0x1200, Ordering::Relaxed);
+            0x1100
+        });
+        assert_eq!(got, 0x1200);
+        assert_eq!(last.load(Ordering::Relaxed), 0x1200, "a later published value is never lowered");
+        // Another CPU published a value between ours and the previous one: ours wins the retry.
+        let last = AtomicU64::new(0x1000);
+        let got = extend_32bit_shared(&last, || {
+            last.store(0x1080, Ordering::Relaxed);
+            0x1100
+        });
+        assert_eq!(got, 0x1100);
+        assert_eq!(last.load(Ordering::Relaxed), 0x1100);
     }
 
     #[test]

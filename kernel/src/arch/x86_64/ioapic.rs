@@ -1,7 +1,7 @@
 //! I/O APICs (82093AA datasheet): redirection entries, GSI lookup, ISA overrides, masking,
 //! retargeting, and a record of which GSIs are taken.
 
-use super::mmio;
+use super::{acpi, mmio};
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
@@ -108,6 +108,11 @@ pub enum IoApicError {
     },
     NotClaimed(u32),
     Mapping(mmio::MmioError),
+    /// The MADT's GSI base plus the chip's pins passes the last GSI (a malformed MADT).
+    GsiRangeOverflow {
+        gsi_base: u32,
+        pins: u32,
+    },
 }
 
 impl fmt::Display for IoApicError {
@@ -119,8 +124,19 @@ impl fmt::Display for IoApicError {
             }
             IoApicError::NotClaimed(g) => write!(f, "GSI {g} was not claimed"),
             IoApicError::Mapping(e) => write!(f, "cannot map the IOAPIC: {e}"),
+            IoApicError::GsiRangeOverflow { gsi_base, pins } => {
+                write!(f, "its GSI base {gsi_base} plus {pins} pins passes GSI {} (malformed MADT)", u32::MAX)
+            }
         }
     }
+}
+
+/// The last GSI of a chip with `pins` pins from `gsi_base`, or why there is none (no pins, or
+/// the range passes `u32::MAX`): a malformed MADT is rejected, never an overflow.
+pub fn last_gsi(gsi_base: u32, pins: u32) -> Result<u32, IoApicError> {
+    pins.checked_sub(1)
+        .and_then(|n| gsi_base.checked_add(n))
+        .ok_or(IoApicError::GsiRangeOverflow { gsi_base, pins })
 }
 
 /// One IOAPIC chip.
@@ -138,6 +154,16 @@ pub struct IoApic {
 unsafe impl Send for IoApic {}
 
 impl IoApic {
+    /// The last GSI this chip serves (`add` checked that it exists).
+    pub fn last_gsi(&self) -> u32 {
+        self.gsi_base + (self.pins - 1)
+    }
+
+    /// Whether `gsi` is one of this chip's (no overflow for any `gsi_base`).
+    fn serves(&self, gsi: u32) -> bool {
+        gsi >= self.gsi_base && gsi - self.gsi_base < self.pins
+    }
+
     fn read(&mut self, reg: u32) -> u32 {
         self.regs.map_index(IOREGSEL / 4).write(reg);
         self.regs.map_index(IOWIN / 4).read()
@@ -185,6 +211,7 @@ pub const FIRST_NON_ISA_GSI: u32 = 16;
 
 impl IoApics {
     /// Maps and adds the IOAPIC `id` at `phys` serving GSIs from `gsi_base`; masks all its pins.
+    /// A chip whose GSI range would pass `u32::MAX` is masked and left out.
     pub fn add(&mut self, id: u8, phys: u64, gsi_base: u32) -> Result<&IoApic, IoApicError> {
         let region = mmio::map(phys, 0x20).map_err(IoApicError::Mapping)?;
         let ptr = NonNull::new(region.virt.as_mut_ptr::<[u32; 8]>()).expect("MMIO window is not null");
@@ -201,6 +228,7 @@ impl IoApics {
         for pin in 0..chip.pins {
             chip.set_entry(pin, RedirectionEntry::masked());
         }
+        last_gsi(gsi_base, chip.pins)?;
         self.chips.push(chip);
         Ok(self.chips.last().expect("just pushed"))
     }
@@ -213,7 +241,7 @@ impl IoApics {
     pub fn lookup(&self, gsi: u32) -> Result<(usize, u32), IoApicError> {
         self.chips
             .iter()
-            .position(|c| gsi >= c.gsi_base && gsi < c.gsi_base + c.pins)
+            .position(|c| c.serves(gsi))
             .map(|i| (i, gsi - self.chips[i].gsi_base))
             .ok_or(IoApicError::GsiOutOfRange(gsi))
     }
@@ -276,6 +304,73 @@ impl IoApics {
     }
 }
 
+/// Where an ISA IRQ arrives at the IOAPICs: its GSI and the line's polarity and trigger mode,
+/// after the MADT's interrupt source overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsaRoute {
+    pub irq: u8,
+    pub gsi: u32,
+    pub polarity: Polarity,
+    pub trigger: Trigger,
+}
+
+/// ISA IRQs 0-15.
+pub const ISA_IRQS: u8 = 16;
+
+impl IsaRoute {
+    /// ISA IRQ `irq`'s route: its override (bus 0, source `irq`) if the MADT has one, else the
+    /// ISA default, identity GSI, edge-triggered, active high. An override's "conforms to the
+    /// bus" polarity or trigger is the ISA bus's: active high, edge (ACPI 6.5 table 5.50).
+    pub fn for_irq(irq: u8, overrides: &[acpi::InterruptOverride]) -> IsaRoute {
+        match overrides.iter().find(|o| o.bus == 0 && o.source_irq == irq) {
+            Some(o) => IsaRoute {
+                irq,
+                gsi: o.gsi,
+                polarity: isa_polarity(o.polarity),
+                trigger: isa_trigger(o.trigger),
+            },
+            None => {
+                IsaRoute { irq, gsi: u32::from(irq), polarity: Polarity::ActiveHigh, trigger: Trigger::Edge }
+            }
+        }
+    }
+
+    /// The routes of ISA IRQs 0-15, by IRQ.
+    pub fn all(overrides: &[acpi::InterruptOverride]) -> Vec<IsaRoute> {
+        (0..ISA_IRQS).map(|irq| IsaRoute::for_irq(irq, overrides)).collect()
+    }
+
+    /// A fixed, physical-destination, unmasked entry delivering this line as `vector` to the
+    /// CPU with APIC id `destination`, with the line's polarity and trigger mode.
+    pub fn entry(self, vector: u8, destination: u8) -> RedirectionEntry {
+        RedirectionEntry {
+            vector,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            polarity: self.polarity,
+            trigger: self.trigger,
+            masked: false,
+            destination,
+        }
+    }
+}
+
+/// An ISA line's polarity from an override's MPS INTI flags (bus-conforming = active high).
+pub fn isa_polarity(p: acpi::Polarity) -> Polarity {
+    match p {
+        acpi::Polarity::ActiveLow => Polarity::ActiveLow,
+        acpi::Polarity::ActiveHigh | acpi::Polarity::ConformsToBus => Polarity::ActiveHigh,
+    }
+}
+
+/// An ISA line's trigger mode from an override's MPS INTI flags (bus-conforming = edge).
+pub fn isa_trigger(t: acpi::TriggerMode) -> Trigger {
+    match t {
+        acpi::TriggerMode::Level => Trigger::Level,
+        acpi::TriggerMode::Edge | acpi::TriggerMode::ConformsToBus => Trigger::Edge,
+    }
+}
+
 /// Pure choice of a GSI: first a free one >= 16 not owned by ISA, then a free ISA-range one
 /// not owned by an ISA device, then nothing (an ISA-owned GSI is never handed out here).
 pub fn choose_free_gsi(capability: u32, is_free: impl Fn(u32) -> bool, isa_owned: &[u32]) -> Option<u32> {
@@ -326,6 +421,70 @@ mod tests {
         assert_eq!(choose_free_gsi(0x4, |_| true, &[2, 8]), None);
         // A free ISA-range line nobody owns is the last resort.
         assert_eq!(choose_free_gsi(0x0000_0104, |_| true, &[2]), Some(8));
+    }
+
+    fn q35_overrides() -> Vec<acpi::InterruptOverride> {
+        // QEMU q35: IRQ0 -> GSI 2 (flags 0: bus-conforming); IRQ 5, 9, 10, 11 level, active high.
+        let madt = acpi::build::madt(
+            0xfee0_0000,
+            1,
+            &[
+                acpi::build::io_apic(0, 0xfec0_0000, 0),
+                acpi::build::interrupt_override(0, 2, 0x0000),
+                acpi::build::interrupt_override(9, 9, 0x000d),
+                acpi::build::interrupt_override(11, 11, 0x000f),
+            ],
+        );
+        acpi::parse_madt(&madt).unwrap().overrides
+    }
+
+    #[test]
+    fn isa_irq_without_override_is_identity_edge_active_high() {
+        let r = IsaRoute::for_irq(4, &q35_overrides());
+        assert_eq!(r, IsaRoute { irq: 4, gsi: 4, polarity: Polarity::ActiveHigh, trigger: Trigger::Edge });
+        assert_eq!(IsaRoute::for_irq(8, &[]).gsi, 8);
+    }
+
+    #[test]
+    fn isa_override_gives_its_gsi_polarity_and_trigger() {
+        let o = q35_overrides();
+        let timer = IsaRoute::for_irq(0, &o);
+        assert_eq!((timer.gsi, timer.polarity, timer.trigger), (2, Polarity::ActiveHigh, Trigger::Edge));
+        let sci = IsaRoute::for_irq(9, &o);
+        assert_eq!((sci.gsi, sci.polarity, sci.trigger), (9, Polarity::ActiveHigh, Trigger::Level));
+        let low = IsaRoute::for_irq(11, &o);
+        assert_eq!((low.polarity, low.trigger), (Polarity::ActiveLow, Trigger::Level));
+        let all = IsaRoute::all(&o);
+        assert_eq!(all.len(), 16);
+        assert!(all.iter().enumerate().all(|(i, r)| usize::from(r.irq) == i));
+        assert_eq!(all[0].gsi, 2);
+    }
+
+    #[test]
+    fn override_of_another_bus_is_ignored() {
+        let mut o = q35_overrides();
+        o.iter_mut().for_each(|x| x.bus = 1);
+        assert_eq!(IsaRoute::for_irq(0, &o).gsi, 0);
+    }
+
+    #[test]
+    fn isa_route_entry_carries_the_line_properties() {
+        let sci = IsaRoute::for_irq(9, &q35_overrides());
+        let e = sci.entry(0x41, 2);
+        assert_eq!((e.vector, e.destination, e.masked), (0x41, 2, false));
+        assert_eq!(e.trigger, Trigger::Level);
+        assert_eq!(e.encode() & (1 << 15), 1 << 15, "level trigger bit");
+    }
+
+    #[test]
+    fn gsi_range_past_u32_max_is_rejected() {
+        assert_eq!(last_gsi(0, 24), Ok(23));
+        assert_eq!(last_gsi(u32::MAX - 23, 24), Ok(u32::MAX));
+        assert_eq!(
+            last_gsi(u32::MAX - 10, 24),
+            Err(IoApicError::GsiRangeOverflow { gsi_base: u32::MAX - 10, pins: 24 })
+        );
+        assert!(last_gsi(5, 0).is_err());
     }
 
     #[test]

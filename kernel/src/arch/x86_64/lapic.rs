@@ -38,11 +38,29 @@ enum Reg {
     TimerDivide = 0x3e0,
 }
 
+/// x2APIC register `reg` is MSR 0x800 + offset / 16 (SDM 11.12.1.2, table 11-6).
+const fn x2apic_msr(reg: Reg) -> u32 {
+    X2APIC_MSR_BASE + reg as u32 / 16
+}
+
 /// SVR bit 8: APIC software enable.
 const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
-const LVT_TIMER_PERIODIC: u32 = 0b01 << 17;
-const LVT_TIMER_TSC_DEADLINE: u32 = 0b10 << 17;
+/// LVT timer mode, bits 18:17 (SDM 11.5.1, figure 11-8).
+const LVT_TIMER_MODE_SHIFT: u32 = 17;
+
+/// The LVT timer's modes (SDM 11.5.1, figure 11-8: bits 18:17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerMode {
+    OneShot = 0b00,
+    Periodic = 0b01,
+    TscDeadline = 0b10,
+}
+
+/// The LVT timer register value: `vector`, `mode`, masked or not.
+pub const fn lvt_timer(vector: u8, mode: TimerMode, masked: bool) -> u32 {
+    vector as u32 | (mode as u32) << LVT_TIMER_MODE_SHIFT | if masked { LVT_MASKED } else { 0 }
+}
 /// Divide configuration 0b0011: divide by 16 (Linux's APIC_DIVISOR): 32-bit counts then last
 /// tens of seconds at GHz bus clocks.
 const TIMER_DIVIDE_BY_16: u32 = 0b0011;
@@ -52,6 +70,57 @@ const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 const ICR_INIT: u32 = 0b101 << 8;
 const ICR_ALL_EXCLUDING_SELF: u32 = 0b11 << 18;
 const ICR_STARTUP: u32 = 0b110 << 8;
+
+/// ICR low word of a fixed interrupt on `vector` to the destination field's CPU (SDM 11.6.1).
+pub const fn icr_fixed(vector: u8) -> u32 {
+    vector as u32
+}
+
+/// ICR low word of a fixed interrupt on `vector` to all CPUs but the sender (shorthand 0b11).
+pub const fn icr_fixed_all_but_self(vector: u8) -> u32 {
+    ICR_ALL_EXCLUDING_SELF | vector as u32
+}
+
+/// ICR low word of INIT, level assert (the start of INIT-SIPI-SIPI, MP spec B.4).
+pub const fn icr_init() -> u32 {
+    ICR_INIT | ICR_LEVEL_ASSERT
+}
+
+/// ICR low word of STARTUP: the target starts in real mode at `page_number * 4096`.
+pub const fn icr_startup(page_number: u8) -> u32 {
+    ICR_STARTUP | ICR_LEVEL_ASSERT | page_number as u32
+}
+
+/// The x2APIC ICR, one 64-bit MSR: destination in bits 63:32 (SDM 11.12.9).
+pub const fn x2apic_icr(destination: u32, low: u32) -> u64 {
+    (destination as u64) << 32 | low as u64
+}
+
+/// The xAPIC ICR high word: an 8-bit physical destination in bits 31:24 (SDM 11.6.1).
+pub const fn xapic_icr_high(destination: u32) -> u32 {
+    destination << 24
+}
+
+/// The APIC id from the ID register: bits 31:24 in xAPIC mode, all 32 bits in x2APIC mode.
+pub const fn id_from_register(mode: Mode, raw: u32) -> u32 {
+    match mode {
+        Mode::X2Apic => raw,
+        Mode::XApic => raw >> 24,
+    }
+}
+
+/// The IA32_APIC_BASE values to write, in order, to bring an APIC whose MSR reads `current`
+/// into `mode`: the global enable first (disabled -> xAPIC), then EXTD (xAPIC -> x2APIC), never
+/// EXTD without EN (an invalid transition, SDM 11.12.5). `None`: nothing to write.
+pub const fn apic_base_writes(current: u64, mode: Mode) -> [Option<u64>; 2] {
+    let xapic = current | APIC_BASE_ENABLE;
+    let enable = if current & APIC_BASE_ENABLE == 0 { Some(xapic) } else { None };
+    let extend = match mode {
+        Mode::X2Apic if current & APIC_BASE_EXTD == 0 => Some(xapic | APIC_BASE_EXTD),
+        _ => None,
+    };
+    [enable, extend]
+}
 
 /// The fixed system vectors at the top of the table.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
@@ -105,7 +174,7 @@ fn read(reg: Reg) -> u32 {
     match mode() {
         Some(Mode::X2Apic) => {
             // SAFETY: x2APIC mode is enabled on this CPU, so MSR 0x800 + offset/16 is its register.
-            unsafe { Msr::new(X2APIC_MSR_BASE + reg as u32 / 16).read() as u32 }
+            unsafe { Msr::new(x2apic_msr(reg)).read() as u32 }
         }
         _ => {
             let base = XAPIC_BASE.load(Ordering::Relaxed);
@@ -121,7 +190,7 @@ fn write(reg: Reg, value: u32) {
     match mode() {
         Some(Mode::X2Apic) => {
             // SAFETY: as in `read`; writing LAPIC registers affects only this CPU's APIC.
-            unsafe { Msr::new(X2APIC_MSR_BASE + reg as u32 / 16).write(u64::from(value)) }
+            unsafe { Msr::new(x2apic_msr(reg)).write(u64::from(value)) }
         }
         _ => {
             let base = XAPIC_BASE.load(Ordering::Relaxed);
@@ -134,9 +203,16 @@ fn write(reg: Reg, value: u32) {
 
 /// This CPU's APIC id.
 pub fn id() -> u32 {
-    match mode() {
-        Some(Mode::X2Apic) => read(Reg::Id),
-        _ => read(Reg::Id) >> 24,
+    id_from_register(mode().unwrap_or(Mode::XApic), read(Reg::Id))
+}
+
+/// This CPU's APIC id as CPUID reports it, readable without an enabled APIC: leaf 0xB's x2APIC
+/// id when the CPU has that leaf, else leaf 1's 8-bit initial APIC id.
+pub fn initial_id() -> u32 {
+    if __cpuid(0).eax >= 0xb && __cpuid(0xb).ebx & 0xffff != 0 {
+        __cpuid(0xb).edx
+    } else {
+        __cpuid(1).ebx >> 24
     }
 }
 
@@ -182,21 +258,15 @@ pub fn init_bsp() -> Result<Mode, LapicError> {
     let f = features();
     // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
     let base_msr = unsafe { Msr::new(IA32_APIC_BASE).read() };
-    let mode = if f.x2apic {
-        // SAFETY: CPUID reports x2APIC; setting EN then EXTD is the documented enabling order
-        // (SDM 11.12.1), and nothing else uses the APIC yet.
-        unsafe { Msr::new(IA32_APIC_BASE).write(base_msr | APIC_BASE_ENABLE | APIC_BASE_EXTD) };
-        MODE.store(2, Ordering::Relaxed);
-        Mode::X2Apic
-    } else {
+    let mode = if f.x2apic { Mode::X2Apic } else { Mode::XApic };
+    if mode == Mode::XApic {
         let phys = base_msr & 0x000f_ffff_ffff_f000;
         let region = mmio::map(phys, 0x1000).map_err(LapicError::Mapping)?;
         XAPIC_BASE.store(region.virt.as_u64(), Ordering::Relaxed);
-        // SAFETY: as above; only the global enable bit changes.
-        unsafe { Msr::new(IA32_APIC_BASE).write(base_msr | APIC_BASE_ENABLE) };
-        MODE.store(1, Ordering::Relaxed);
-        Mode::XApic
-    };
+    }
+    // SAFETY: CPUID reports x2APIC when `mode` is x2APIC; nothing else uses the APIC yet.
+    unsafe { enable_this_cpu(base_msr, mode) };
+    MODE.store(if mode == Mode::X2Apic { 2 } else { 1 }, Ordering::Relaxed);
     let _ = interrupts::register(SPURIOUS_VECTOR, spurious_interrupt);
     let _ = interrupts::register(ERROR_VECTOR, error_interrupt);
     init_this_cpu();
@@ -212,12 +282,38 @@ pub fn init_bsp() -> Result<Mode, LapicError> {
     Ok(mode)
 }
 
-/// The per-CPU part of enabling, shared with application processors.
+/// Writes IA32_APIC_BASE (read as `current`) to enable this CPU's APIC in `mode`, EN before EXTD.
+///
+/// # Safety
+/// `mode` must be supported (CPUID.1:ECX.x2APIC for x2APIC), and no code on this CPU may be
+/// using the APIC in another mode meanwhile.
+unsafe fn enable_this_cpu(current: u64, mode: Mode) {
+    for value in apic_base_writes(current, mode).into_iter().flatten() {
+        // SAFETY: the caller guarantees the mode is supported; `apic_base_writes` gives only
+        // the valid transitions disabled -> xAPIC -> x2APIC and keeps the base address.
+        unsafe { Msr::new(IA32_APIC_BASE).write(value) };
+    }
+}
+
+/// Enables an application processor's APIC in the mode the boot CPU chose (an AP starts with
+/// its APIC in xAPIC mode or disabled, whatever the BSP did), then sets it up as `init_bsp` did.
+/// Panics if the boot CPU's APIC was never enabled (APs are only started through it).
+pub fn init_ap() {
+    let mode = mode().expect("an AP starts only after the boot CPU enabled its APIC");
+    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
+    let current = unsafe { Msr::new(IA32_APIC_BASE).read() };
+    // SAFETY: the boot CPU chose `mode` from CPUID, which is the same on every CPU of the
+    // machine; this AP has not touched its APIC yet (it runs `ap_entry`, interrupts off).
+    unsafe { enable_this_cpu(current, mode) };
+    init_this_cpu();
+}
+
+/// The per-CPU part of enabling, shared with application processors (through `init_ap`).
 pub fn init_this_cpu() {
     write(Reg::TaskPriority, 0);
     write(Reg::LvtLint0, LVT_MASKED);
     write(Reg::LvtLint1, LVT_MASKED);
-    write(Reg::LvtTimer, LVT_MASKED);
+    write(Reg::LvtTimer, lvt_timer(0, TimerMode::OneShot, true));
     write(Reg::LvtError, u32::from(ERROR_VECTOR));
     write(Reg::ErrorStatus, 0);
     write(Reg::ErrorStatus, 0);
@@ -229,10 +325,10 @@ fn send_icr(destination: u32, low: u32) {
     match mode() {
         Some(Mode::X2Apic) => {
             // SAFETY: x2APIC mode: the ICR is the single 64-bit MSR 0x830 (SDM 11.12.9).
-            unsafe { Msr::new(X2APIC_MSR_BASE + 0x30).write(u64::from(destination) << 32 | u64::from(low)) }
+            unsafe { Msr::new(x2apic_msr(Reg::IcrLow)).write(x2apic_icr(destination, low)) }
         }
         _ => {
-            write(Reg::IcrHigh, destination << 24);
+            write(Reg::IcrHigh, xapic_icr_high(destination));
             write(Reg::IcrLow, low);
             while read(Reg::IcrLow) & ICR_DELIVERY_PENDING != 0 {
                 core::hint::spin_loop();
@@ -243,7 +339,7 @@ fn send_icr(destination: u32, low: u32) {
 
 /// A fixed interrupt on `vector` to the CPU with APIC id `destination`.
 pub fn send_ipi(destination: u32, vector: u8) {
-    send_icr(destination, u32::from(vector));
+    send_icr(destination, icr_fixed(vector));
 }
 
 /// The MSI message (address, data) that delivers `vector` to the CPU with APIC id `destination`:
@@ -254,43 +350,116 @@ pub fn msi_message(destination: u32, vector: u8) -> (u32, u32) {
 
 /// A fixed interrupt on `vector` to every CPU but the caller (ICR destination shorthand 0b11).
 pub fn send_ipi_all_others(vector: u8) {
-    send_icr(0, ICR_ALL_EXCLUDING_SELF | u32::from(vector));
+    send_icr(0, icr_fixed_all_but_self(vector));
 }
 
 /// INIT (assert) to `destination`: the start of the INIT-SIPI-SIPI sequence.
 pub fn send_init(destination: u32) {
-    send_icr(destination, ICR_INIT | ICR_LEVEL_ASSERT);
+    send_icr(destination, icr_init());
 }
 
 /// STARTUP to `destination`: it starts in real mode at `page_number * 4096`.
 pub fn send_startup(destination: u32, page_number: u8) {
-    send_icr(destination, ICR_STARTUP | ICR_LEVEL_ASSERT | u32::from(page_number));
+    send_icr(destination, icr_startup(page_number));
 }
 
 /// Starts the timer counting down `count` (bus clocks / 16) once, then interrupting on `vector`;
 /// `masked` counts without interrupting (calibration).
 pub fn timer_oneshot(count: u32, vector: u8, masked: bool) {
-    write(Reg::LvtTimer, u32::from(vector) | if masked { LVT_MASKED } else { 0 });
+    write(Reg::LvtTimer, lvt_timer(vector, TimerMode::OneShot, masked));
     write(Reg::TimerInitialCount, count);
 }
 
 pub fn timer_periodic(count: u32, vector: u8) {
-    write(Reg::LvtTimer, u32::from(vector) | LVT_TIMER_PERIODIC);
+    write(Reg::LvtTimer, lvt_timer(vector, TimerMode::Periodic, false));
     write(Reg::TimerInitialCount, count);
 }
 
 /// TSC-deadline mode: interrupts on `vector` when the TSC reaches `deadline` (0 disarms).
 pub fn timer_tsc_deadline(deadline: u64, vector: u8) {
-    write(Reg::LvtTimer, u32::from(vector) | LVT_TIMER_TSC_DEADLINE);
+    write(Reg::LvtTimer, lvt_timer(vector, TimerMode::TscDeadline, false));
     // SAFETY: callers use this mode only when CPUID reports TSC-deadline support.
     unsafe { Msr::new(IA32_TSC_DEADLINE).write(deadline) };
 }
 
 pub fn timer_stop() {
-    write(Reg::LvtTimer, LVT_MASKED);
+    write(Reg::LvtTimer, lvt_timer(0, TimerMode::OneShot, true));
     write(Reg::TimerInitialCount, 0);
 }
 
 pub fn timer_current_count() -> u32 {
     read(Reg::TimerCurrentCount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_timer_mode_bits_follow_the_sdm() {
+        assert_eq!(lvt_timer(0x40, TimerMode::OneShot, false), 0x0000_0040);
+        assert_eq!(lvt_timer(0x40, TimerMode::Periodic, false), 0x0002_0040);
+        assert_eq!(lvt_timer(0x40, TimerMode::TscDeadline, false), 0x0004_0040);
+        assert_eq!(lvt_timer(0, TimerMode::OneShot, true), 1 << 16);
+        assert_eq!(lvt_timer(0xef, TimerMode::Periodic, true), 0x0003_00ef);
+    }
+
+    #[test]
+    fn icr_encodes_init_startup_and_shorthands() {
+        // INIT: delivery mode 101, level assert (bit 14).
+        assert_eq!(icr_init(), 0x0000_4500);
+        // STARTUP: delivery mode 110, level assert, vector = the start-up page number.
+        assert_eq!(icr_startup(0x08), 0x0000_4608);
+        assert_eq!(icr_startup(0x9f), 0x0000_469f);
+        // Fixed delivery to the destination field, and to all but self (bits 19:18 = 11).
+        assert_eq!(icr_fixed(0xf0), 0x0000_00f0);
+        assert_eq!(icr_fixed_all_but_self(0xf0), 0x000c_00f0);
+    }
+
+    #[test]
+    fn icr_destination_is_placed_per_mode() {
+        assert_eq!(xapic_icr_high(3), 0x0300_0000);
+        assert_eq!(x2apic_icr(0x1_0003, icr_init()), 0x0001_0003_0000_4500);
+    }
+
+    #[test]
+    fn x2apic_msr_is_0x800_plus_offset_over_16() {
+        assert_eq!(x2apic_msr(Reg::Id), 0x802);
+        assert_eq!(x2apic_msr(Reg::Eoi), 0x80b);
+        assert_eq!(x2apic_msr(Reg::SpuriousVector), 0x80f);
+        assert_eq!(x2apic_msr(Reg::IcrLow), 0x830);
+        assert_eq!(x2apic_msr(Reg::LvtTimer), 0x832);
+        assert_eq!(x2apic_msr(Reg::TimerInitialCount), 0x838);
+        assert_eq!(x2apic_msr(Reg::TimerCurrentCount), 0x839);
+        assert_eq!(x2apic_msr(Reg::TimerDivide), 0x83e);
+    }
+
+    #[test]
+    fn msi_message_targets_the_apic_id_with_the_vector() {
+        assert_eq!(msi_message(0, 0x41), (0xfee0_0000, 0x41));
+        assert_eq!(msi_message(3, 0x41), (0xfee0_3000, 0x41));
+        // Only 8 destination bits fit the address (no remapping).
+        assert_eq!(msi_message(0x1ff, 0x30).0, 0xfeef_f000);
+    }
+
+    #[test]
+    fn apic_id_is_read_from_the_mode_s_field() {
+        assert_eq!(id_from_register(Mode::XApic, 0x0300_0000), 3);
+        assert_eq!(id_from_register(Mode::X2Apic, 0x103), 0x103);
+    }
+
+    #[test]
+    fn enabling_sets_en_before_extd_and_keeps_the_base() {
+        let reset = 0xfee0_0000 | APIC_BASE_ENABLE;
+        let disabled = 0xfee0_0000;
+        let x2 = reset | APIC_BASE_EXTD;
+        assert_eq!(apic_base_writes(reset, Mode::XApic), [None, None]);
+        assert_eq!(apic_base_writes(disabled, Mode::XApic), [Some(reset), None]);
+        assert_eq!(apic_base_writes(reset, Mode::X2Apic), [None, Some(x2)]);
+        assert_eq!(apic_base_writes(disabled, Mode::X2Apic), [Some(reset), Some(x2)]);
+        assert_eq!(apic_base_writes(x2, Mode::X2Apic), [None, None]);
+        // The BSP flag (read-only) and the base address are carried through.
+        let bsp = reset | APIC_BASE_BSP;
+        assert_eq!(apic_base_writes(bsp, Mode::X2Apic), [None, Some(bsp | APIC_BASE_EXTD)]);
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::calibrate::{self, Calibration};
 use super::hpet::{ComparatorConfig, Hpet};
-use super::ioapic::IOAPICS;
+use super::ioapic::{IOAPICS, IsaRoute};
 use super::{acpi, lapic, pic, smp, tsc};
 use crate::time::clocksource;
 use crate::time::report::{
@@ -26,6 +26,8 @@ pub struct FirmwareInfo {
     pub ioapics: Vec<(u8, u64, u32)>,
     /// GSIs that ISA IRQs 0-15 reach after the interrupt source overrides.
     pub isa_gsis: Vec<u32>,
+    /// Routes (GSI, polarity, trigger) of ISA IRQs 0-15 after the interrupt source overrides.
+    pub isa_routes: Vec<IsaRoute>,
     /// APIC ids of the processors the MADT enables.
     pub apic_ids: Vec<u32>,
 }
@@ -43,6 +45,7 @@ impl FirmwareInfo {
                 info.apic_ids = madt.enabled_processors().map(|p| p.apic_id).collect();
                 info.ioapics = madt.ioapics.iter().map(|io| (io.id, io.address, io.gsi_base)).collect();
                 info.isa_gsis = (0..16).map(|irq| madt.isa_irq_to_gsi(irq).0).collect();
+                info.isa_routes = IsaRoute::all(&madt.overrides);
             }
             Err(e) => {
                 let reason = format!("MADT unusable ({e}): only the boot CPU runs, no IOAPIC routing");
@@ -50,6 +53,7 @@ impl FirmwareInfo {
                 fallbacks.push(reason);
                 // Without overrides, assume the ISA identity mapping so no ISA line is handed out.
                 info.isa_gsis = (0..16).collect();
+                info.isa_routes = IsaRoute::all(&[]);
             }
         }
         match tables.hpet {
@@ -96,21 +100,25 @@ pub fn init_bsp(rsdp: Option<u64>) -> Platform {
     let lapic = match lapic::init_bsp() {
         Ok(mode) => Some(mode),
         Err(e) => {
-            fallbacks.push(format!("LAPIC unusable ({e}): no local timer, no IPIs"));
+            let reason = format!("LAPIC unusable ({e}): no local timer, no IPIs");
+            log::warn!("fallback: {reason}");
+            fallbacks.push(reason);
             None
         }
     };
-    if lapic.is_some() {
-        smp::init_bsp();
-    }
+    // The boot CPU's per-CPU state exists with or without a LAPIC (`this_cpu` must work).
+    smp::init_bsp();
     let mut p = Platform { firmware, hpet: None, lapic, calibration: None, fallbacks };
+    if let Some(early) = tsc::early_fallback() {
+        p.fall_back(early.to_string());
+    }
 
     for (id, phys, gsi_base) in p.firmware.ioapics.clone() {
-        let added = IOAPICS.lock().add(id, phys, gsi_base).map(|chip| (chip.version, chip.pins));
+        let added =
+            IOAPICS.lock().add(id, phys, gsi_base).map(|chip| (chip.version, chip.pins, chip.last_gsi()));
         match added {
-            Ok((version, pins)) => log::info!(
-                "IOAPIC {id} at {phys:#x}: version {version:#x}, {pins} pins, GSIs {gsi_base}-{}, all masked",
-                gsi_base + pins - 1
+            Ok((version, pins, last)) => log::info!(
+                "IOAPIC {id} at {phys:#x}: version {version:#x}, {pins} pins, GSIs {gsi_base}-{last}, all masked"
             ),
             Err(e) => p.fall_back(format!("IOAPIC {id} at {phys:#x} skipped: {e}")),
         }
@@ -133,6 +141,9 @@ pub fn init_bsp(rsdp: Option<u64>) -> Platform {
     if lapic.is_some() {
         match calibrate::calibrate(p.hpet) {
             Some(c) => {
+                if let Some(e) = c.hpet_failure {
+                    p.fall_back(format!("HPET calibration failed ({e}): calibrated against the PIT"));
+                }
                 tsc::set_frequency(c.tsc_hz);
                 log::info!(
                     "calibrated against the {}: LAPIC timer {} Hz (bus / {}), spread {} ppm; TSC {} Hz, spread {} ppm",
@@ -153,19 +164,27 @@ pub fn init_bsp(rsdp: Option<u64>) -> Platform {
 }
 
 impl Platform {
-    /// Starts every processor the MADT enables, other than the boot CPU.
-    pub fn start_application_processors(&self) {
-        if self.lapic.is_none() {
-            return;
-        }
-        let bsp = lapic::id();
+    /// Starts every processor the MADT enables, other than the boot CPU. Returns one sentence
+    /// per CPU left out (not yet logged): the caller records each with [`Platform::fall_back`].
+    pub fn start_application_processors(&self) -> Vec<String> {
+        let bsp = smp::percpu::this_cpu().apic_id;
         let aps: Vec<u32> = self.firmware.apic_ids.iter().copied().filter(|&id| id != bsp).collect();
-        smp::start_aps(&aps);
+        if self.lapic.is_none() {
+            return aps
+                .iter()
+                .map(|id| format!("CPU with APIC id {id} left out: no usable LAPIC to start it"))
+                .collect();
+        }
+        let left_out = smp::start_aps(&aps)
+            .into_iter()
+            .filter_map(|(id, r)| r.err().map(|e| format!("CPU with APIC id {id} left out: {e}")))
+            .collect();
         log::info!(
             "{} of {} enabled CPUs online",
             smp::percpu::all().count(),
             self.firmware.cpus_enabled.max(1)
         );
+        left_out
     }
 
     /// The platform part of the TIMER-REPORT.

@@ -4,6 +4,7 @@
 
 use super::pit;
 use crate::time::clocksource::{self, Clocksource, MultShift};
+use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub fn read() -> u64 {
@@ -25,10 +26,48 @@ const FALLBACK_HZ: u64 = 1_000_000_000;
 pub enum Calibration {
     /// Median of three 10 ms PIT windows; `spread_ppm` is (max - min) / median.
     Pit { spread_ppm: u64 },
-    /// CPUID leaf 0x16's nominal base frequency.
-    Cpuid,
-    /// Nothing measured it: timestamps are in assumed units.
+    /// CPUID leaf 0x16's nominal base frequency, `hz`.
+    Cpuid { hz: u64 },
+    /// Nothing measured it: timestamps are in assumed units (`FALLBACK_HZ`).
     Assumed,
+}
+
+impl Calibration {
+    /// The fallback this calibration is, if it is one (the PIT did not count).
+    pub fn fallback(self) -> Option<EarlyFallback> {
+        match self {
+            Calibration::Pit { .. } => None,
+            Calibration::Cpuid { hz } => Some(EarlyFallback::FromCpuid { hz }),
+            Calibration::Assumed => Some(EarlyFallback::Assumed { hz: FALLBACK_HZ }),
+        }
+    }
+}
+
+/// Why the boot-time TSC frequency is not a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyFallback {
+    /// The PIT did not count; CPUID leaf 0x16 gave the nominal frequency.
+    FromCpuid { hz: u64 },
+    /// The PIT did not count and CPUID has no leaf 0x16: a frequency was assumed.
+    Assumed { hz: u64 },
+}
+
+impl fmt::Display for EarlyFallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            EarlyFallback::FromCpuid { hz } => write!(
+                f,
+                "the PIT did not count at boot: TSC frequency {} MHz taken from CPUID leaf 0x16, not measured",
+                hz / 1_000_000
+            ),
+            EarlyFallback::Assumed { hz } => write!(
+                f,
+                "the PIT did not count at boot and CPUID has no leaf 0x16: TSC assumed to run at {} MHz, \
+                 early timestamps are not ns",
+                hz / 1_000_000
+            ),
+        }
+    }
 }
 
 /// The TSC as a clocksource: `origin_ns + (tsc - origin) * mult >> shift`. A recalibration
@@ -103,7 +142,7 @@ pub fn init_early() {
         let spread_ppm = (samples[WINDOWS - 1] - samples[0]) * 1_000_000 / median.max(1);
         (median * pit::PIT_HZ / u64::from(WINDOW_PIT_TICKS), Calibration::Pit { spread_ppm })
     } else if let Some(hz) = cpuid_base_hz() {
-        (hz, Calibration::Cpuid)
+        (hz, Calibration::Cpuid { hz })
     } else {
         (FALLBACK_HZ, Calibration::Assumed)
     };
@@ -131,7 +170,18 @@ pub fn frequency_hz() -> u64 {
     TSC_CLOCK.hz.load(Ordering::Relaxed)
 }
 
-/// One log line saying how the TSC frequency was found and how sure it is.
+/// How `init_early` found the frequency (`None` before it ran).
+pub fn calibration() -> Option<Calibration> {
+    CALIBRATION.get().copied()
+}
+
+/// The fallback the boot-time calibration took, if any, for the platform to record.
+pub fn early_fallback() -> Option<EarlyFallback> {
+    calibration().and_then(Calibration::fallback)
+}
+
+/// One log line saying how the TSC frequency was found and how sure it is. A fallback (no PIT)
+/// is only described here; the platform bring-up records it (`early_fallback`) with its warning.
 pub fn log_calibration() {
     let hz = frequency_hz();
     match CALIBRATION.get() {
@@ -140,14 +190,25 @@ pub fn log_calibration() {
             hz / 1_000_000,
             hz / 1_000 % 1_000
         ),
-        Some(Calibration::Cpuid) => {
-            log::warn!(
-                "TSC {} MHz from CPUID 0x16: the PIT did not count, nothing measured it",
-                hz / 1_000_000
-            )
+        Some(Calibration::Cpuid { .. }) => {
+            log::info!("TSC {} MHz from CPUID 0x16 (the PIT did not count; not measured)", hz / 1_000_000)
         }
-        _ => {
-            log::warn!("TSC frequency unknown (no PIT, no CPUID 0x16): assuming 1 GHz, timestamps are not ns")
-        }
+        _ => log::info!("TSC frequency unknown (no PIT, no CPUID 0x16): assuming {} MHz", hz / 1_000_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn only_an_unmeasured_frequency_is_a_fallback() {
+        assert_eq!(Calibration::Pit { spread_ppm: 40 }.fallback(), None);
+        let cpuid = Calibration::Cpuid { hz: 2_100_000_000 }.fallback().unwrap();
+        assert_eq!(cpuid, EarlyFallback::FromCpuid { hz: 2_100_000_000 });
+        assert!(cpuid.to_string().contains("2100 MHz taken from CPUID leaf 0x16"));
+        let assumed = Calibration::Assumed.fallback().unwrap();
+        assert!(assumed.to_string().contains("assumed to run at 1000 MHz"), "{assumed}");
     }
 }

@@ -7,7 +7,6 @@ mod trampoline;
 
 use super::{gdt, interrupts, lapic, memory};
 use crate::time::clocksource::now_ns;
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +15,6 @@ use trampoline::Trampoline;
 use x86_64::VirtAddr;
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::{Page, PageTableFlags, Size4KiB};
-use x86_64::structures::tss::TaskStateSegment;
 
 /// Vector of the function-call IPI (system vectors sit above the allocatable range).
 pub const CALL_VECTOR: u8 = 0xf0;
@@ -37,6 +35,11 @@ pub enum StartError {
     NoLowPage,
     TrampolineMapping,
     StackMapping,
+    /// The kernel's page-table root lies above 4 GiB, out of reach of the trampoline's 32-bit
+    /// load of CR3.
+    PageTableAbove4GiB {
+        cr3: u64,
+    },
     /// The AP did not report online within the timeout.
     NoAnswer {
         waited_ms: u64,
@@ -50,25 +53,36 @@ impl fmt::Display for StartError {
             StartError::NoLowPage => write!(f, "no free page below 1 MiB for the start-up code"),
             StartError::TrampolineMapping => write!(f, "cannot identity-map the start-up page"),
             StartError::StackMapping => write!(f, "cannot map its stack"),
+            StartError::PageTableAbove4GiB { cr3 } => {
+                write!(
+                    f,
+                    "the kernel's page-table root {cr3:#x} lies above 4 GiB, out of the start-up code's reach"
+                )
+            }
             StartError::NoAnswer { waited_ms } => write!(f, "did not come online within {waited_ms} ms"),
             StartError::TooManyCpus => write!(f, "more CPUs than the kernel supports ({})", percpu::MAX_CPUS),
         }
     }
 }
 
-/// Sets up the boot CPU's per-CPU state (index 0) and the function-call vector.
+/// Sets up the boot CPU's per-CPU state (index 0, with the tables `gdt::init_bsp` loaded) and the
+/// function-call vector. Works without a usable LAPIC too (the APIC id then comes from CPUID), so
+/// that `percpu::this_cpu` always works on the boot CPU.
 pub fn init_bsp() {
-    let bsp = percpu::create(0, lapic::id());
+    let apic_id = if lapic::mode().is_some() { lapic::id() } else { lapic::initial_id() };
+    let bsp = percpu::create(0, apic_id, gdt::bsp_tables());
     percpu::install(bsp);
     percpu::publish(bsp);
     interrupts::register(CALL_VECTOR, call_interrupt).expect("the call vector is reserved for SMP");
+    log::info!("CPU 0 online: APIC id {apic_id} (boot CPU)");
 }
 
 /// Time of the current AP's start signal, for its `online_ns`.
 static START_SIGNAL_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Starts every CPU in `apic_ids` (the MADT's enabled processors other than the boot CPU), one
-/// at a time. Returns, per APIC id, the CPU's index or why it did not start.
+/// at a time, and logs each that comes online. Returns, per APIC id, the CPU's index or why it
+/// did not start; a CPU left out is not logged here: the caller records it as a fallback.
 pub fn start_aps(apic_ids: &[u32]) -> Vec<(u32, Result<usize, StartError>)> {
     let mut results = Vec::new();
     if apic_ids.is_empty() {
@@ -89,15 +103,12 @@ pub fn start_aps(apic_ids: &[u32]) -> Vec<(u32, Result<usize, StartError>)> {
         } else {
             start_one(&trampoline, cr3, index, slot, apic_id)
         };
-        match result {
-            Ok(i) => {
-                let cpu = percpu::cpu(i).expect("published on success");
-                log::info!(
-                    "CPU {i} online: APIC id {apic_id}, {} us after its INIT",
-                    cpu.online_ns.load(Ordering::Relaxed) / 1000
-                );
-            }
-            Err(e) => log::warn!("CPU with APIC id {apic_id} left out: {e}"),
+        if let Ok(i) = result {
+            let cpu = percpu::cpu(i).expect("published on success");
+            log::info!(
+                "CPU {i} online: APIC id {apic_id}, {} us after its INIT",
+                cpu.online_ns.load(Ordering::Relaxed) / 1000
+            );
         }
         results.push((apic_id, result));
     }
@@ -136,9 +147,9 @@ fn start_one(
     stack_slot: usize,
     apic_id: u32,
 ) -> Result<usize, StartError> {
-    let cpu = percpu::create(index, apic_id);
+    let cpu = percpu::create(index, apic_id, gdt::CpuTables::for_ap());
     let stack_top = map_stack(stack_slot)?;
-    trampoline.prepare(cr3, stack_top, ap_entry, cpu as *const PerCpu as u64);
+    trampoline.prepare(cr3, stack_top, ap_entry, cpu as *const PerCpu as u64)?;
     let start = now_ns();
     START_SIGNAL_NS.store(start, Ordering::Relaxed);
     let online = || cpu.online_ns.load(Ordering::Acquire) != 0;
@@ -169,15 +180,10 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
     let cpu: &'static PerCpu = unsafe { &*(cpu as *const PerCpu) };
     percpu::install(cpu);
-    let ist = Box::leak(alloc::vec![0u8; gdt::IST_STACK_SIZE].into_boxed_slice());
-    let mut tss = TaskStateSegment::new();
-    tss.interrupt_stack_table[usize::from(gdt::DOUBLE_FAULT_IST_INDEX)] =
-        VirtAddr::from_ptr(ist.as_ptr_range().end);
-    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
-    let tables: &'static gdt::CpuTables = Box::leak(Box::new(gdt::CpuTables::new(tss)));
-    tables.load();
+    cpu.tables.load();
     interrupts::load_idt();
-    lapic::init_this_cpu();
+    // Enables this CPU's APIC in the boot CPU's mode (x2APIC needs EXTD set on every CPU).
+    lapic::init_ap();
     let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
     cpu.online_ns.store(online, Ordering::Release);
     loop {

@@ -5,6 +5,7 @@
 //! obtained on a CPU stays that CPU's for as long as the code holding it runs there: interrupt
 //! handlers run on the CPU they interrupt and return to it.
 
+use super::super::gdt::CpuTables;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use x86_64::VirtAddr;
@@ -23,6 +24,8 @@ pub struct PerCpu {
     /// Dense index, 0 = boot CPU, in the order CPUs came online.
     pub index: usize,
     pub apic_id: u32,
+    /// This CPU's GDT and TSS (loaded by the CPU itself; the TSS holds its IST stacks).
+    pub tables: &'static CpuTables,
     /// Interrupts taken on this CPU, per vector.
     pub interrupts: [AtomicU64; 256],
     /// Nanoseconds from the BSP's start signal to this CPU reporting online (0 for the BSP).
@@ -38,21 +41,23 @@ pub struct PerCpu {
     pub(super) call_lock: spin::Mutex<()>,
 }
 
-// SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; everything
-// else is atomic.
+// SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; `tables` is
+// a shared reference to tables no one mutates after creation; everything else is atomic.
 unsafe impl Sync for PerCpu {}
 // SAFETY: as above.
 unsafe impl Send for PerCpu {}
 
 static CPUS: [AtomicPtr<PerCpu>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 
-/// Creates CPU `index`'s state (leaked: CPUs never go away); `publish` makes it visible.
-pub fn create(index: usize, apic_id: u32) -> &'static PerCpu {
+/// Creates CPU `index`'s state around its descriptor `tables` (leaked: CPUs never go away);
+/// `publish` makes it visible.
+pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'static PerCpu {
     assert!(index < MAX_CPUS, "CPU index {index} beyond MAX_CPUS");
     let cpu = Box::leak(Box::new(PerCpu {
         self_ptr: core::ptr::null(),
         index,
         apic_id,
+        tables,
         interrupts: [const { AtomicU64::new(0) }; 256],
         online_ns: AtomicU64::new(0),
         call_fn: AtomicU64::new(0),

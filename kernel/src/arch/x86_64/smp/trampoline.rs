@@ -12,6 +12,7 @@
 //! RIP-relative in long mode); the absolute addresses (GDT base, the 32-bit segments' base, the
 //! far-jump target into long mode) are patched in by `install`, the parameters by `prepare`.
 
+use super::StartError;
 use core::arch::global_asm;
 
 global_asm!(
@@ -192,13 +193,36 @@ impl Trampoline {
         unsafe { core::ptr::write_volatile(self.window.add(at) as *mut u64, value) }
     }
 
-    /// Sets what the next AP to start will use. `cr3` must be below 4 GiB (it is loaded in real
-    /// mode); `entry` is called with `arg` on `stack_top`.
-    pub fn prepare(&self, cr3: u64, stack_top: u64, entry: extern "C" fn(u64) -> !, arg: u64) {
-        assert!(cr3 < 1 << 32, "the kernel's page table root must lie below 4 GiB for the AP trampoline");
+    /// Sets what the next AP to start will use; `entry` is called with `arg` on `stack_top`.
+    /// Fails if `cr3` lies above 4 GiB: the code loads it in 32-bit protected mode.
+    pub fn prepare(
+        &self,
+        cr3: u64,
+        stack_top: u64,
+        entry: extern "C" fn(u64) -> !,
+        arg: u64,
+    ) -> Result<(), StartError> {
+        check_cr3(cr3)?;
         self.write_u64(offset(&raw const ap_tramp_cr3), cr3);
         self.write_u64(offset(&raw const ap_tramp_stack), stack_top);
         self.write_u64(offset(&raw const ap_tramp_entry), entry as usize as u64);
         self.write_u64(offset(&raw const ap_tramp_arg), arg);
+        Ok(())
+    }
+}
+
+/// The trampoline loads CR3 with a 32-bit move before long mode: the root must lie below 4 GiB.
+pub fn check_cr3(cr3: u64) -> Result<(), StartError> {
+    if cr3 < 1 << 32 { Ok(()) } else { Err(StartError::PageTableAbove4GiB { cr3 }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_table_root_above_4gib_leaves_the_cpu_out() {
+        assert_eq!(check_cr3(0xffff_f000), Ok(()));
+        assert_eq!(check_cr3(1 << 32), Err(StartError::PageTableAbove4GiB { cr3: 1 << 32 }));
     }
 }
