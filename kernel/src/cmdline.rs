@@ -13,11 +13,57 @@ use log::LevelFilter;
 pub struct KernelOptions {
     /// `loglevel=error|warn|info|debug|trace|off`: the most verbose level printed (default info).
     pub loglevel: LevelFilter,
+    /// `clockevents=auto|percpu|global|lapic`: which HPET arrangement to use (default auto).
+    pub clockevents: ClockeventsChoice,
+    /// `noapictimer`: leave the LAPIC timer out of the clock event devices (as in Linux).
+    pub no_apic_timer: bool,
+    /// `tick=oneshot|periodic`: tickless one-shot (default) or a periodic tick at `hz`.
+    pub periodic_tick: bool,
+    /// `hz=N`: the periodic tick's frequency, 1..=10000 (default 250).
+    pub hz: u32,
+    /// `duration_ms=N`: how long the main run arms timers on every CPU (default 1000).
+    pub duration_ms: u64,
+    /// `hpet_irq_masked=N`: fault injection, comparator N's interrupt line is left masked so
+    /// that its self-test fails (default none).
+    pub hpet_irq_masked: Option<u32>,
+}
+
+/// The `clockevents=` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockeventsChoice {
+    /// Per-CPU HPET comparators when there are enough, else as many as possible plus a global
+    /// broadcast device.
+    Auto,
+    /// Per-CPU comparators only (as many CPUs as there are usable comparators), no global one.
+    PerCpu,
+    /// One global HPET device serving every CPU by broadcast; no per-CPU comparators.
+    Global,
+    /// No HPET event device at all: the LAPIC timer only.
+    Lapic,
+}
+
+impl fmt::Display for ClockeventsChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClockeventsChoice::Auto => "auto",
+            ClockeventsChoice::PerCpu => "percpu",
+            ClockeventsChoice::Global => "global",
+            ClockeventsChoice::Lapic => "lapic",
+        })
+    }
 }
 
 impl Default for KernelOptions {
     fn default() -> Self {
-        KernelOptions { loglevel: LevelFilter::Info }
+        KernelOptions {
+            loglevel: LevelFilter::Info,
+            clockevents: ClockeventsChoice::Auto,
+            no_apic_timer: false,
+            periodic_tick: false,
+            hz: 250,
+            duration_ms: 1000,
+            hpet_irq_masked: None,
+        }
     }
 }
 
@@ -55,6 +101,37 @@ fn parse_level(value: &str) -> Option<LevelFilter> {
     }
 }
 
+/// The value of one `name=value` word, with what it should look like.
+struct OptionValue<'a> {
+    name: &'static str,
+    expected: &'static str,
+    value: Option<&'a str>,
+}
+
+impl OptionValue<'_> {
+    /// The parsed value, or `None` with the problem recorded.
+    fn parse<T>(self, problems: &mut Vec<OptionProblem>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+        let OptionValue { name, expected, value } = self;
+        match value {
+            None | Some("") => {
+                problems.push(OptionProblem::MissingValue { name, expected });
+                None
+            }
+            Some(v) => {
+                let parsed = parse(v);
+                if parsed.is_none() {
+                    problems.push(OptionProblem::BadValue { name, value: v.to_string(), expected });
+                }
+                parsed
+            }
+        }
+    }
+}
+
+fn in_range<T: core::str::FromStr + PartialOrd>(v: &str, range: core::ops::RangeInclusive<T>) -> Option<T> {
+    v.parse().ok().filter(|n| range.contains(n))
+}
+
 /// Parses `line`; the options are complete whatever the line says, the problems list what was
 /// ignored. A later occurrence of an option overrides an earlier one.
 pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
@@ -65,23 +142,50 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
             Some((n, v)) => (n, Some(v)),
             None => (word, None),
         };
+        let take = |name: &'static str, expected: &'static str| OptionValue { name, expected, value };
         match name {
             "loglevel" => {
-                const EXPECTED: &str = "off, error, warn, info, debug or trace";
-                match value {
-                    None | Some("") => {
-                        problems.push(OptionProblem::MissingValue { name: "loglevel", expected: EXPECTED })
-                    }
-                    Some(v) => match parse_level(v) {
-                        Some(level) => options.loglevel = level,
-                        None => problems.push(OptionProblem::BadValue {
-                            name: "loglevel",
-                            value: v.to_string(),
-                            expected: EXPECTED,
-                        }),
-                    },
+                if let Some(l) = take("loglevel", "off, error, warn, info, debug or trace")
+                    .parse(&mut problems, parse_level)
+                {
+                    options.loglevel = l;
                 }
             }
+            "clockevents" => {
+                let choice =
+                    take("clockevents", "auto, percpu, global or lapic").parse(&mut problems, |v| match v {
+                        "auto" => Some(ClockeventsChoice::Auto),
+                        "percpu" => Some(ClockeventsChoice::PerCpu),
+                        "global" => Some(ClockeventsChoice::Global),
+                        "lapic" => Some(ClockeventsChoice::Lapic),
+                        _ => None,
+                    });
+                options.clockevents = choice.unwrap_or(options.clockevents);
+            }
+            "tick" => {
+                let periodic = take("tick", "oneshot or periodic").parse(&mut problems, |v| match v {
+                    "oneshot" => Some(false),
+                    "periodic" => Some(true),
+                    _ => None,
+                });
+                options.periodic_tick = periodic.unwrap_or(options.periodic_tick);
+            }
+            "hz" => {
+                let hz = take("hz", "a frequency from 1 to 10000")
+                    .parse(&mut problems, |v| in_range(v, 1..=10_000));
+                options.hz = hz.unwrap_or(options.hz);
+            }
+            "duration_ms" => {
+                let ms = take("duration_ms", "milliseconds from 1 to 600000")
+                    .parse(&mut problems, |v| in_range(v, 1..=600_000));
+                options.duration_ms = ms.unwrap_or(options.duration_ms);
+            }
+            "hpet_irq_masked" => {
+                let n = take("hpet_irq_masked", "a comparator number from 0 to 31")
+                    .parse(&mut problems, |v| in_range(v, 0..=31));
+                options.hpet_irq_masked = n.or(options.hpet_irq_masked);
+            }
+            "noapictimer" if value.is_none() => options.no_apic_timer = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
         }
     }
@@ -122,5 +226,26 @@ mod tests {
             p[0].to_string(),
             "kernel option loglevel=loud: expected off, error, warn, info, debug or trace"
         );
+    }
+
+    #[test]
+    fn timer_options_are_parsed() {
+        let (o, p) =
+            parse("clockevents=global noapictimer tick=periodic hz=1000 duration_ms=200 hpet_irq_masked=2");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(o.clockevents, ClockeventsChoice::Global);
+        assert!(o.no_apic_timer && o.periodic_tick);
+        assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
+    }
+
+    #[test]
+    fn out_of_range_timer_options_keep_their_defaults() {
+        let (o, p) =
+            parse("hz=0 hz=20000 duration_ms=-5 clockevents=best tick= hpet_irq_masked=32 noapictimer=1");
+        assert_eq!(o, KernelOptions::default());
+        assert_eq!(p.len(), 7, "{p:?}");
+        assert_eq!(p[0].to_string(), "kernel option hz=0: expected a frequency from 1 to 10000");
+        assert!(matches!(p[4], OptionProblem::MissingValue { name: "tick", .. }));
+        assert_eq!(p[6], OptionProblem::Unknown("noapictimer=1".into()));
     }
 }

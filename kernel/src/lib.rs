@@ -12,8 +12,9 @@ pub mod arch;
 pub mod cmdline;
 pub mod logger;
 pub mod time;
+pub mod workload;
 
-use arch::x86_64::{fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
+use arch::x86_64::{clockevents, fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 pub use qemu::{ExitCode, exit_qemu};
@@ -38,6 +39,8 @@ pub struct Kernel {
     /// Physical address of the ACPI RSDP, as the bootloader found it.
     pub rsdp_addr: Option<u64>,
     pub platform: arch::x86_64::platform::Platform,
+    /// What the clockevents bring-up decided (HPET comparators' delivery, role, self-test).
+    pub clockevents: arch::x86_64::clockevents::Setup,
 }
 
 /// Brings up the boot CPU's base: serial log, GDT/IDT, TSC timestamps, memory and heap, kernel
@@ -62,9 +65,23 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
         log::warn!("{problem}; using the default");
     }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
-    let platform = platform::init_bsp(rsdp_addr);
-    platform.start_application_processors();
-    Kernel { options, cmdline, option_problems, rsdp_addr, platform }
+    let mut platform = platform::init_bsp(rsdp_addr);
+    for left_out in platform.start_application_processors() {
+        platform.fall_back(left_out);
+    }
+    let clockevents = clockevents::init(&mut platform, &options);
+    Kernel { options, cmdline, option_problems, rsdp_addr, platform, clockevents }
+}
+
+/// The TIMER-REPORT of this boot: the platform, the clockevents, and the timer workload's
+/// figures if it ran.
+pub fn report(k: &Kernel) -> time::report::TimerReport {
+    let mut report = k.platform.report();
+    clockevents::fill_report(&mut report, &k.clockevents);
+    if let Some(outcome) = workload::last() {
+        workload::fill_report(&mut report, &outcome);
+    }
+    report
 }
 
 /// Logs the verdict and leaves QEMU with it (halts on hardware without the exit device).

@@ -1,10 +1,12 @@
-//! The kernel's main run: bring-up in order, then the verdict.
+//! The kernel's main run: bring-up in order, the timer workload on every CPU, the verdict.
 #![no_std]
 #![no_main]
 
 use bootloader_api::{BootInfo, entry_point};
 use kernel::ExitCode;
+use kernel::arch::x86_64::smp;
 use kernel::time::report::Verdict;
+use kernel::workload;
 
 entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);
 
@@ -14,8 +16,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Some(a) => log::info!("boot CPU up; ACPI RSDP at {a:#x}"),
         None => log::warn!("boot CPU up; the bootloader found no ACPI RSDP"),
     }
-    kernel::arch::x86_64::smp::log_interrupt_table();
-    let report = k.platform.report();
+    workload::run(k.options.duration_ms);
+    smp::log_interrupt_table();
+    let report = kernel::report(&k);
     let code = match report.verdict {
         Verdict::Failed => ExitCode::Failure,
         Verdict::Ok | Verdict::Degraded => ExitCode::Success,

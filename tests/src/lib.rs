@@ -24,7 +24,7 @@ pub fn run(k: &kernel::Kernel, tests: &[(&str, TestFn)]) -> ! {
     }
     log::info!("test result: ok. {} passed; 0 failed", tests.len());
     // Variants may check the report (`--expect-report`), as for the main run.
-    kernel::exit_with_report(kernel::ExitCode::Success, &k.platform.report())
+    kernel::exit_with_report(kernel::ExitCode::Success, &kernel::report(k))
 }
 
 /// Declares a QEMU test kernel: `qemu_test!(variants: b"name: options\n...", tests: [f, g]);`

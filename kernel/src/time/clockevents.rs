@@ -369,7 +369,7 @@ impl ClockEventDevice {
         }
         self.min_delta_ns = grown;
         self.min_delta_increases += 1;
-        log::warn!("clockevents: {} increased its minimum delta to {grown} ns", self.spec.name);
+        log::warn!("{} increased its minimum delta to {grown} ns", self.spec.name);
         Ok(())
     }
 }

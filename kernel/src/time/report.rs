@@ -7,12 +7,14 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::Serialize;
 
-/// Version of the schema below. 1: platform part (CPUs, HPET, IOAPICs, LAPIC, TSC, fallbacks).
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the schema below. 1: platform part (CPUs, HPET, IOAPICs, LAPIC, TSC, fallbacks);
+/// 2: clockevents (comparator roles, tick devices, broadcast, the main run's event latency,
+/// lost and early events).
+pub const SCHEMA_VERSION: u32 = 2;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct TimerReport {
     pub schema: u32,
     /// Processors the MADT lists as enabled (0 when the MADT is missing or rejected).
@@ -27,13 +29,68 @@ pub struct TimerReport {
     pub tsc_hz: u64,
     /// Name of the clocksource behind the kernel's timestamps.
     pub clocksource: String,
+    /// The rule that arranged the HPET comparators (e.g. "per-CPU: 3 usable comparators >= 2 CPUs").
+    pub clockevents_rule: String,
+    /// `oneshot` (tickless) or `periodic`.
+    pub tick_mode: String,
+    /// One per online CPU: what interrupts it for its timers.
+    pub tick_devices: Vec<TickDeviceReport>,
+    /// Name of the broadcast device (`null` when there is none).
+    pub broadcast: Option<String>,
+    /// Lateness of the main run's one-shot timers (callback start minus deadline).
+    pub latency_ns: LatencyReport,
+    /// Timers the main run armed; of those, never fired and fired before their deadline.
+    pub events_armed: u64,
+    pub lost_events: u64,
+    pub early_events: u64,
     /// One sentence per fallback taken, saying what failed and what is used instead.
     pub fallbacks: Vec<String>,
     /// `ok`, `degraded` (a fallback was taken, the kernel works) or `failed`.
     pub verdict: Verdict,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TickDeviceReport {
+    pub cpu: u32,
+    /// The device that interrupts this CPU: its own, or the broadcast device.
+    pub device: Option<String>,
+    /// `oneshot`, `periodic` or `periodic-emulated` (re-armed one-shot).
+    pub mode: String,
+    /// Device interrupts and broadcast wake-ups handled on this CPU.
+    pub events: u64,
+    pub via_broadcast: bool,
+}
+
+/// Percentiles of a set of samples, in ns.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct LatencyReport {
+    pub samples: u64,
+    pub min: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl LatencyReport {
+    /// Nearest-rank percentiles of `samples` (sorted in place); all 0 when empty.
+    pub fn from_samples(samples: &mut [u64]) -> LatencyReport {
+        samples.sort_unstable();
+        let n = samples.len();
+        if n == 0 {
+            return LatencyReport::default();
+        }
+        let rank = |p: usize| samples[(n * p).div_ceil(100).clamp(1, n) - 1];
+        LatencyReport {
+            samples: n as u64,
+            min: samples[0],
+            p50: rank(50),
+            p99: rank(99),
+            max: samples[n - 1],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct CpuReport {
     pub index: u32,
     pub apic_id: u32,
@@ -43,7 +100,7 @@ pub struct CpuReport {
     pub interrupts: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct HpetReport {
     /// Physical address of the register block.
     pub base: u64,
@@ -54,7 +111,7 @@ pub struct HpetReport {
     pub comparators: Vec<ComparatorReport>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ComparatorReport {
     pub index: u32,
     /// Tn_INT_ROUTE_CAP: bit n set = GSI n reachable.
@@ -63,9 +120,19 @@ pub struct ComparatorReport {
     pub bits64: bool,
     /// FSB (MSI) delivery capable.
     pub fsb: bool,
+    /// How its interrupt is delivered: `ioapic`, `fsb`, `legacy` or `none`.
+    pub delivery: String,
+    /// The IOAPIC input it drives (`null` for FSB or none).
+    pub gsi: Option<u32>,
+    /// The CPU its interrupt goes to (`null` when unused).
+    pub cpu: Option<u32>,
+    /// `percpu`, `global`, `unused` or `failed`.
+    pub role: String,
+    /// Interrupts its self-test saw (5 to pass).
+    pub selftest_irqs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct IoApicReport {
     pub id: u8,
     pub address: u64,
@@ -73,7 +140,7 @@ pub struct IoApicReport {
     pub pins: u32,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct LapicReport {
     /// `xapic` or `x2apic`.
     pub mode: String,
@@ -85,9 +152,10 @@ pub struct LapicReport {
     pub arat: bool,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    #[default]
     Ok,
     Degraded,
     Failed,
@@ -130,6 +198,11 @@ mod tests {
                     periodic: true,
                     bits64: true,
                     fsb: false,
+                    delivery: "ioapic".to_string(),
+                    gsi: Some(16),
+                    cpu: Some(0),
+                    role: "percpu".to_string(),
+                    selftest_irqs: 5,
                 }],
             }),
             ioapics: vec![IoApicReport { id: 0, address: 0xfec0_0000, gsi_base: 0, pins: 24 }],
@@ -144,6 +217,7 @@ mod tests {
             clocksource: "tsc".to_string(),
             fallbacks: vec![],
             verdict: Verdict::Ok,
+            ..TimerReport::default()
         }
     }
 
@@ -151,10 +225,40 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":1,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5}}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":2,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5}}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));
+    }
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let mut samples: Vec<u64> = (1..=200).rev().collect();
+        let l = LatencyReport::from_samples(&mut samples);
+        assert_eq!(l, LatencyReport { samples: 200, min: 1, p50: 100, p99: 198, max: 200 });
+        assert_eq!(
+            LatencyReport::from_samples(&mut [7]),
+            LatencyReport { samples: 1, min: 7, p50: 7, p99: 7, max: 7 }
+        );
+        assert_eq!(LatencyReport::from_samples(&mut []), LatencyReport::default());
+    }
+
+    #[test]
+    fn clockevents_fields_serialise_with_nulls() {
+        let r = TimerReport {
+            tick_devices: vec![TickDeviceReport {
+                cpu: 1,
+                device: Some("hpet2".to_string()),
+                mode: "oneshot".to_string(),
+                events: 9,
+                via_broadcast: true,
+            }],
+            ..sample()
+        };
+        let line = r.to_line();
+        assert!(line.contains("\"tick_devices\":[{\"cpu\":1,\"device\":\"hpet2\",\"mode\":\"oneshot\",\"events\":9,\"via_broadcast\":true}]"));
+        assert!(line.contains("\"broadcast\":null"));
+        assert!(line.contains("\"role\":\"percpu\",\"selftest_irqs\":5"));
     }
 
     #[test]

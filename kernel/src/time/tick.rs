@@ -170,7 +170,7 @@ impl<T> TickSystem<T> {
         let id = DeviceId(self.devices.len());
         let device = ClockEventDevice::new(spec, driver);
         log::info!(
-            "clockevents: registered {} (rating {}, {} Hz, CPUs {:#x}, delta {}..{} ns, {:?})",
+            "registered {} (rating {}, {} Hz, CPUs {:#x}, delta {}..{} ns, {:?})",
             device.spec.name,
             device.spec.rating,
             device.spec.frequency_hz,
@@ -209,7 +209,7 @@ impl<T> TickSystem<T> {
         if d.failed {
             return;
         }
-        log::warn!("clockevents: {} taken out of service: {reason}", d.spec.name);
+        log::warn!("{} taken out of service: {reason}", d.spec.name);
         d.failed = true;
         self.reselect(now_ns);
     }
@@ -269,7 +269,7 @@ impl<T> TickSystem<T> {
             }
             if let Some(new) = broadcast {
                 self.attach(new, State::Oneshot);
-                log::info!("clockevents: {} is the broadcast device", self.devices[new.0].spec.name);
+                log::info!("{} is the broadcast device", self.devices[new.0].spec.name);
             }
             self.broadcast = broadcast;
         }
@@ -294,18 +294,18 @@ impl<T> TickSystem<T> {
             Service::Local(d) => {
                 let dev = &self.devices[d.0];
                 log::info!(
-                    "clockevents: CPU {cpu} tick device {} (rating {}, local to it), {}",
+                    "CPU {cpu} tick device {} (rating {}, local to it), {}",
                     dev.spec.name,
                     dev.spec.rating,
                     self.mode
                 );
             }
             Service::Broadcast(b) => log::info!(
-                "clockevents: CPU {cpu} has no usable local device; served by broadcast from {}, {}",
+                "CPU {cpu} has no usable local device; served by broadcast from {}, {}",
                 self.devices[b.0].spec.name,
                 self.mode
             ),
-            Service::None => log::warn!("clockevents: CPU {cpu} has no clock event device at all"),
+            Service::None => log::warn!("CPU {cpu} has no clock event device at all"),
         }
     }
 

@@ -385,9 +385,15 @@ impl Hpet {
 
     /// Sets the stopped counter to 0 (spec 2.3.7: write only while halted).
     pub fn reset_counter(&self) {
+        self.set_counter(0);
+    }
+
+    /// Sets the stopped counter to `value` (spec 2.3.7: write only while halted); tests use it
+    /// to bring a wrap close.
+    pub fn set_counter(&self, value: u64) {
         debug_assert!(!self.config().contains(GeneralConfig::ENABLE));
         self.counted();
-        self.regs.main_counter().write(0);
+        self.regs.main_counter().write(value);
     }
 
     /// Stops the block and saves what resuming needs (the seed's suspend path): the general

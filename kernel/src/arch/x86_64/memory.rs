@@ -39,7 +39,27 @@ static USABLE: spin::Once<&'static MemoryRegions> = spin::Once::new();
 
 #[cfg(target_os = "none")]
 #[global_allocator]
-static ALLOCATOR: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+static ALLOCATOR: IrqSafeHeap = IrqSafeHeap(linked_list_allocator::LockedHeap::empty());
+
+/// The heap, with interrupts disabled while its lock is held: an interrupt handler that
+/// allocates (a timer callback arming the next timer) must not spin on a lock that the code it
+/// interrupted holds on the same CPU.
+#[cfg(target_os = "none")]
+struct IrqSafeHeap(linked_list_allocator::LockedHeap);
+
+#[cfg(target_os = "none")]
+// SAFETY: both methods forward to `LockedHeap`'s `GlobalAlloc`, which is sound; disabling
+// interrupts around them changes nothing the allocator relies on.
+unsafe impl core::alloc::GlobalAlloc for IrqSafeHeap {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
+        x86_64::instructions::interrupts::without_interrupts(|| unsafe { self.0.alloc(layout) })
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        // SAFETY: as for `alloc`: `ptr` and `layout` come from this allocator.
+        x86_64::instructions::interrupts::without_interrupts(|| unsafe { self.0.dealloc(ptr, layout) })
+    }
+}
 
 /// Hands out the usable frames of the boot memory map, lowest first, never twice. Frames are not
 /// returned: nothing the kernel maps at boot is ever unmapped.
@@ -177,7 +197,7 @@ pub fn init(boot_info: &'static BootInfo) {
     #[cfg(target_os = "none")]
     // SAFETY: HEAP_START..+HEAP_SIZE was just mapped to fresh frames and is used for nothing else.
     unsafe {
-        ALLOCATOR.lock().init(HEAP_START as *mut u8, HEAP_SIZE as usize)
+        ALLOCATOR.0.lock().init(HEAP_START as *mut u8, HEAP_SIZE as usize)
     };
     log::info!("kernel heap: {} MiB at {HEAP_START:#x}", HEAP_SIZE >> 20);
 }

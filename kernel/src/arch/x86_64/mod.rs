@@ -1,6 +1,7 @@
 //! x86_64 platform: one module per device or CPU facility.
 pub mod acpi;
 pub mod calibrate;
+pub mod clockevents;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod hpet;

@@ -206,6 +206,7 @@ impl Platform {
                             periodic: c.contains(ComparatorConfig::PERIODIC_CAPABLE),
                             bits64: c.contains(ComparatorConfig::SIZE_64_CAPABLE),
                             fsb: c.contains(ComparatorConfig::FSB_CAPABLE),
+                            ..ComparatorReport::default()
                         }
                     })
                     .collect(),
@@ -249,6 +250,7 @@ impl Platform {
             clocksource: clocksource::current_name().to_string(),
             fallbacks: self.fallbacks.clone(),
             verdict: if self.fallbacks.is_empty() { Verdict::Ok } else { Verdict::Degraded },
+            ..TimerReport::default()
         }
     }
 }

@@ -1,0 +1,464 @@
+//! HPET comparators as clock event devices (the 2007 "HPET as per CPU eventsource" patch,
+//! grown up): how each comparator's interrupt is delivered, which comparators become per-CPU
+//! devices and which the global one, the interrupt self-test, and the driver that programs a
+//! comparator for the time layer.
+//!
+//! Delivery, best first (FreeBSD's order): an FSB message (MSI, edge, no IOAPIC pin, any CPU);
+//! a free IOAPIC pin from the comparator's route capability that no ISA device owns
+//! (level-triggered, the status bit cleared by writing 1); legacy replacement (comparator 0 ->
+//! IRQ0, 1 -> IRQ8, edge) when comparator 0 has neither, as on `-machine pc`.
+
+use super::super::hpet::{ComparatorConfig, GeneralConfig, Hpet};
+use super::super::ioapic::{DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger};
+use super::super::{interrupts, lapic};
+use crate::cmdline::ClockeventsChoice;
+use crate::time::clockevents::{DriverState, EventDriver, EventPassed};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use spin::RwLock;
+
+/// Ratings of the 2007 patch: a per-CPU comparator beats the LAPIC timer (100); the global
+/// device is 20 lower, so a CPU with a working LAPIC timer keeps it.
+pub const PER_CPU_RATING: u32 = 110;
+pub const GLOBAL_RATING: u32 = PER_CPU_RATING - 20;
+/// Linux's HPET_MIN_CYCLES: a comparator written fewer ticks than this ahead of the counter
+/// read back afterwards may already have been passed.
+const MIN_MARGIN_TICKS: u32 = 128;
+/// Linux's HPET_MIN_PROG_DELTA (1.5 x the margin): the smallest delta programmed.
+pub const MIN_DELTA_TICKS: u64 = 192;
+/// Deltas stay below 2^31 ticks so that signed 32-bit differences order times across the
+/// counter's wrap (the comparators run in 32-bit mode).
+pub const MAX_DELTA_TICKS: u64 = 0x7fff_ffff;
+/// The self-test wants this many interrupts (the patch's "expect 5"; Linux's timer_irq_works).
+pub const SELFTEST_IRQS: u64 = 5;
+/// Each self-test interrupt must arrive within this many ns of HPET time after it was due.
+const SELFTEST_WAIT_NS: u64 = 100_000_000;
+/// Delay of each self-test event.
+const SELFTEST_DELTA_TICKS: u64 = 10_000;
+
+/// How a comparator's interrupt reaches a CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// FSB message to the LAPIC (MSI).
+    Fsb,
+    /// An IOAPIC pin from the route capability.
+    Ioapic { gsi: u32 },
+    /// Legacy replacement: comparator 0 on IRQ0, 1 on IRQ8, reaching the IOAPIC on `gsi`.
+    Legacy { gsi: u32 },
+}
+
+impl Delivery {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Delivery::Fsb => "fsb",
+            Delivery::Ioapic { .. } => "ioapic",
+            Delivery::Legacy { .. } => "legacy",
+        }
+    }
+    pub fn gsi(self) -> Option<u32> {
+        match self {
+            Delivery::Fsb => None,
+            Delivery::Ioapic { gsi } | Delivery::Legacy { gsi } => Some(gsi),
+        }
+    }
+}
+
+impl fmt::Display for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Delivery::Fsb => write!(f, "FSB message"),
+            Delivery::Ioapic { gsi } => write!(f, "IOAPIC GSI {gsi}, level"),
+            Delivery::Legacy { gsi } => write!(f, "legacy replacement route, GSI {gsi}, edge"),
+        }
+    }
+}
+
+/// What the planning needs to know of a comparator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComparatorCaps {
+    pub index: usize,
+    pub route_cap: u32,
+    pub fsb: bool,
+}
+
+/// Chooses each comparator's delivery. `free_gsi(route_cap)` claims and returns a free
+/// non-ISA IOAPIC pin allowed by the capability; `legacy_gsis` are where IRQ0 and IRQ8 arrive
+/// (after overrides), `None` when the block is not legacy-capable. Comparators 0 and 1 go
+/// legacy together when comparator 0 has no other way, since the legacy bit reroutes both.
+pub fn choose_deliveries(
+    caps: &[ComparatorCaps],
+    legacy_gsis: Option<(u32, u32)>,
+    mut free_gsi: impl FnMut(u32) -> Option<u32>,
+) -> Vec<Option<Delivery>> {
+    let mut own_route = |c: &ComparatorCaps| {
+        if c.fsb { Some(Delivery::Fsb) } else { free_gsi(c.route_cap).map(|gsi| Delivery::Ioapic { gsi }) }
+    };
+    let mut deliveries: Vec<Option<Delivery>> = Vec::new();
+    let mut rest = caps;
+    if let Some(first) = caps.first() {
+        match (own_route(first), legacy_gsis) {
+            (None, Some((irq0, irq8))) => {
+                deliveries.push(Some(Delivery::Legacy { gsi: irq0 }));
+                if caps.len() > 1 {
+                    deliveries.push(Some(Delivery::Legacy { gsi: irq8 }));
+                }
+                rest = &caps[deliveries.len()..];
+            }
+            (d, _) => {
+                deliveries.push(d);
+                rest = &caps[1..];
+            }
+        }
+    }
+    deliveries.extend(rest.iter().map(own_route));
+    deliveries
+}
+
+/// What a comparator is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    PerCpu(usize),
+    Global,
+    Unused,
+}
+
+/// The arrangement of comparators over CPUs and the rule that produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// One role per entry of `usable`, in order.
+    pub roles: Vec<Role>,
+    pub rule: String,
+}
+
+/// Decides which usable comparators serve which CPU. `usable` are comparator indices that
+/// have a delivery and have not failed; `cpus` the number of online CPUs.
+pub fn plan(usable: &[usize], cpus: usize, choice: ClockeventsChoice) -> Plan {
+    let n = usable.len();
+    let per_cpu = |count: usize| (0..n).map(move |i| if i < count { Role::PerCpu(i) } else { Role::Unused });
+    let (roles, rule): (Vec<Role>, String) = match choice {
+        ClockeventsChoice::Lapic => {
+            (alloc::vec![Role::Unused; n], "clockevents=lapic: no HPET event device".into())
+        }
+        _ if n == 0 => (Vec::new(), "no usable comparator: LAPIC timer only".into()),
+        ClockeventsChoice::Global => (
+            (0..n).map(|i| if i == 0 { Role::Global } else { Role::Unused }).collect(),
+            "clockevents=global: one global HPET device, every CPU by broadcast".into(),
+        ),
+        ClockeventsChoice::PerCpu => (
+            per_cpu(cpus.min(n)).collect(),
+            format!(
+                "clockevents=percpu: per-CPU comparators for {} of {cpus} CPUs, no global device",
+                cpus.min(n)
+            ),
+        ),
+        ClockeventsChoice::Auto if n >= cpus => {
+            (per_cpu(cpus).collect(), format!("per-CPU: {n} usable comparators >= {cpus} CPUs"))
+        }
+        ClockeventsChoice::Auto => {
+            let roles = (0..n).map(|i| if i + 1 < n { Role::PerCpu(i) } else { Role::Global }).collect();
+            let rule = format!(
+                "partial: {n} usable comparators < {cpus} CPUs: {} per-CPU, one global device (rating {GLOBAL_RATING}) as broadcast for the rest",
+                n - 1
+            );
+            (roles, rule)
+        }
+    };
+    Plan { roles, rule }
+}
+
+/// One comparator driven as a clock event device.
+pub struct HpetChannel {
+    hpet: &'static Hpet,
+    pub index: usize,
+    pub delivery: Delivery,
+    pub vector: u8,
+    /// The configuration written on every state change (route, trigger, FSB, 32-bit mode),
+    /// kept here so that programming never reads the register back.
+    base_config: ComparatorConfig,
+    /// APIC id of the CPU its interrupt goes to.
+    target_apic: AtomicU64,
+    /// Interrupts taken, and the self-test's count.
+    pub irqs: AtomicU64,
+    pub selftest_irqs: AtomicU64,
+    /// Level-triggered interrupts whose status bit was clear: not ours.
+    pub not_ours: AtomicU64,
+    /// While set, interrupts only count (the self-test); else they go to the time layer.
+    in_selftest: AtomicBool,
+    /// The time layer's device index + 1 (0: not registered).
+    device: AtomicUsize,
+}
+
+/// Channels by vector, for the interrupt handler.
+static BY_VECTOR: RwLock<[Option<&'static HpetChannel>; 256]> = RwLock::new([None; 256]);
+
+impl HpetChannel {
+    /// Sets comparator `index` up for `delivery`: a vector, the route (masked IOAPIC pin or FSB
+    /// message), 32-bit one-shot mode with its interrupt disabled. `target_apic` gets it.
+    pub fn new(
+        hpet: &'static Hpet,
+        index: usize,
+        delivery: Delivery,
+        target_apic: u32,
+    ) -> Result<&'static HpetChannel, interrupts::RegisterError> {
+        let vector = interrupts::allocate(channel_interrupt)?;
+        let caps = hpet.comparator_config(index);
+        let read_only = ComparatorConfig::PERIODIC_CAPABLE
+            | ComparatorConfig::SIZE_64_CAPABLE
+            | ComparatorConfig::FSB_CAPABLE;
+        let mut config = (caps & read_only) | ComparatorConfig::MODE_32BIT;
+        config = ComparatorConfig::from_bits_retain(config.bits() | (caps.bits() & 0xffff_ffff_0000_0000));
+        match delivery {
+            Delivery::Fsb => config |= ComparatorConfig::FSB_ENABLE,
+            Delivery::Ioapic { gsi } => {
+                config = config.with_route(gsi as u8) | ComparatorConfig::LEVEL_TRIGGERED
+            }
+            Delivery::Legacy { .. } => {}
+        }
+        let channel: &'static HpetChannel = alloc::boxed::Box::leak(alloc::boxed::Box::new(HpetChannel {
+            hpet,
+            index,
+            delivery,
+            vector,
+            base_config: config,
+            target_apic: AtomicU64::new(u64::from(target_apic)),
+            irqs: AtomicU64::new(0),
+            selftest_irqs: AtomicU64::new(0),
+            not_ours: AtomicU64::new(0),
+            in_selftest: AtomicBool::new(false),
+            device: AtomicUsize::new(0),
+        }));
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            BY_VECTOR.write()[usize::from(vector)] = Some(channel)
+        });
+        hpet.set_comparator_config(index, config);
+        if let Delivery::Legacy { .. } = delivery {
+            hpet.set_legacy_route(true);
+        }
+        channel.route_to(target_apic);
+        Ok(channel)
+    }
+
+    /// Sends the interrupt to the CPU with APIC id `apic` (and unmasks an IOAPIC pin).
+    pub fn route_to(&self, apic: u32) {
+        self.target_apic.store(u64::from(apic), Ordering::Relaxed);
+        match self.delivery {
+            Delivery::Fsb => {
+                let (address, data) = lapic::msi_message(apic, self.vector);
+                self.hpet.set_fsb_route(self.index, address, data);
+            }
+            Delivery::Ioapic { gsi } | Delivery::Legacy { gsi } => {
+                let level = matches!(self.delivery, Delivery::Ioapic { .. });
+                let entry = RedirectionEntry {
+                    vector: self.vector,
+                    delivery: DeliveryMode::Fixed,
+                    logical: false,
+                    polarity: if level { Polarity::ActiveLow } else { Polarity::ActiveHigh },
+                    trigger: if level { Trigger::Level } else { Trigger::Edge },
+                    masked: false,
+                    destination: apic as u8,
+                };
+                if let Err(e) = IOAPICS.lock().route(gsi, entry) {
+                    log::warn!("HPET comparator {}: cannot route GSI {gsi}: {e}", self.index);
+                }
+            }
+        }
+    }
+
+    /// Leaves the IOAPIC pin masked (fault injection: the self-test must catch it).
+    pub fn mask_line(&self) {
+        if let Some(gsi) = self.delivery.gsi() {
+            let _ = IOAPICS.lock().mask(gsi, true);
+        }
+    }
+
+    pub fn target_apic(&self) -> u32 {
+        self.target_apic.load(Ordering::Relaxed) as u32
+    }
+
+    /// Links the channel to its time-layer device; its interrupts go there from now on.
+    pub fn attach(&self, device: usize) {
+        self.device.store(device + 1, Ordering::Release);
+    }
+
+    /// Fires [`SELFTEST_IRQS`] one-shot events and waits for each on the main counter; `Ok`
+    /// with the count when all arrived, else `Err` with how many did.
+    pub fn selftest(&self) -> Result<u64, u64> {
+        self.in_selftest.store(true, Ordering::Release);
+        self.selftest_irqs.store(0, Ordering::Relaxed);
+        self.switch_state(DriverState::Oneshot);
+        let wait_ticks = SELFTEST_WAIT_NS * self.hpet.frequency_hz() / 1_000_000_000 + SELFTEST_DELTA_TICKS;
+        let mut result = Ok(SELFTEST_IRQS);
+        for expected in 1..=SELFTEST_IRQS {
+            let _ = self.set_next_event(SELFTEST_DELTA_TICKS);
+            let start = self.hpet.counter();
+            while self.selftest_irqs.load(Ordering::Acquire) < expected {
+                if self.hpet.counter().wrapping_sub(start) > wait_ticks {
+                    result = Err(expected - 1);
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        self.switch_state(DriverState::Shutdown);
+        self.in_selftest.store(false, Ordering::Release);
+        result
+    }
+
+    fn write_config(&self, extra: ComparatorConfig) {
+        self.hpet.set_comparator_config(self.index, self.base_config | extra);
+    }
+}
+
+impl EventDriver for HpetChannel {
+    fn switch_state(&self, state: DriverState) {
+        match state {
+            DriverState::Shutdown | DriverState::OneshotStopped => {
+                self.write_config(ComparatorConfig::empty())
+            }
+            DriverState::Oneshot => self.write_config(ComparatorConfig::INTERRUPT_ENABLE),
+            DriverState::Periodic { period_ticks } => {
+                // Spec 2.3.9.2.2 and the pitfalls: with VALUE_SET the first write sets the
+                // comparator, the second the period (some chipsets need both).
+                let period = period_ticks.clamp(MIN_DELTA_TICKS, MAX_DELTA_TICKS);
+                self.write_config(
+                    ComparatorConfig::INTERRUPT_ENABLE
+                        | ComparatorConfig::PERIODIC
+                        | ComparatorConfig::VALUE_SET,
+                );
+                let now = self.hpet.counter() as u32;
+                self.hpet.set_comparator(self.index, u64::from(now.wrapping_add(period as u32)));
+                self.hpet.set_comparator(self.index, period);
+            }
+        }
+    }
+
+    /// Counter read, comparator write, counter read back (Linux's three accesses): if fewer
+    /// than [`MIN_MARGIN_TICKS`] remain after the write, the comparator may have been passed
+    /// and would only fire after a wrap, so the layer is told to retry.
+    fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
+        let delta = delta_ticks.clamp(MIN_DELTA_TICKS, MAX_DELTA_TICKS) as u32;
+        let target = (self.hpet.counter() as u32).wrapping_add(delta);
+        self.hpet.set_comparator(self.index, u64::from(target));
+        let left = target.wrapping_sub(self.hpet.counter() as u32) as i32;
+        if left < MIN_MARGIN_TICKS as i32 { Err(EventPassed) } else { Ok(()) }
+    }
+}
+
+/// The interrupt of any HPET channel.
+fn channel_interrupt(vector: u8) {
+    let Some(ch) = BY_VECTOR.read()[usize::from(vector)] else { return };
+    if matches!(ch.delivery, Delivery::Ioapic { .. }) {
+        // Level-triggered: ours only if our status bit is set; writing 1 releases the line.
+        if ch.hpet.interrupt_status() & (1 << ch.index) == 0 {
+            ch.not_ours.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        ch.hpet.clear_interrupt(ch.index);
+    }
+    ch.irqs.fetch_add(1, Ordering::Relaxed);
+    if ch.in_selftest.load(Ordering::Acquire) {
+        ch.selftest_irqs.fetch_add(1, Ordering::Release);
+        return;
+    }
+    match ch.device.load(Ordering::Acquire) {
+        0 => {}
+        d => super::device_interrupt(d - 1),
+    }
+}
+
+/// The block's legacy replacement bit, for the log.
+pub fn legacy_route_enabled(hpet: &Hpet) -> bool {
+    hpet.config().contains(GeneralConfig::LEGACY_ROUTE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q35_CAP: u32 = 0x00ff_0104;
+
+    fn caps(n: usize, route_cap: u32, fsb: bool) -> Vec<ComparatorCaps> {
+        (0..n).map(|index| ComparatorCaps { index, route_cap, fsb }).collect()
+    }
+
+    /// Hands out GSIs 16.. from the capability, as the IOAPIC driver does on q35.
+    fn q35_pins() -> impl FnMut(u32) -> Option<u32> {
+        let mut taken = 0u32;
+        move |cap| {
+            let g = (16..24).find(|&g| cap & (1 << g) != 0 && taken & (1 << g) == 0)?;
+            taken |= 1 << g;
+            Some(g)
+        }
+    }
+
+    #[test]
+    fn q35_comparators_get_distinct_ioapic_pins() {
+        let d = choose_deliveries(&caps(3, Q35_CAP, false), Some((2, 8)), q35_pins());
+        assert_eq!(
+            d,
+            [
+                Some(Delivery::Ioapic { gsi: 16 }),
+                Some(Delivery::Ioapic { gsi: 17 }),
+                Some(Delivery::Ioapic { gsi: 18 })
+            ]
+        );
+    }
+
+    #[test]
+    fn fsb_is_preferred_when_offered() {
+        let d = choose_deliveries(&caps(2, Q35_CAP, true), Some((2, 8)), q35_pins());
+        assert_eq!(d, [Some(Delivery::Fsb), Some(Delivery::Fsb)]);
+    }
+
+    #[test]
+    fn pc_machine_falls_back_to_legacy_for_comparators_0_and_1() {
+        // -machine pc: GSI 2 only, owned by the PIT: no pin is free.
+        let d = choose_deliveries(&caps(3, 0x4, false), Some((2, 8)), |_| None);
+        assert_eq!(d, [Some(Delivery::Legacy { gsi: 2 }), Some(Delivery::Legacy { gsi: 8 }), None]);
+    }
+
+    #[test]
+    fn no_route_and_no_legacy_leaves_comparators_unusable() {
+        let d = choose_deliveries(&caps(2, 0x4, false), None, |_| None);
+        assert_eq!(d, [None, None]);
+    }
+
+    #[test]
+    fn many_comparators_run_out_of_pins() {
+        let d = choose_deliveries(&caps(10, Q35_CAP, false), Some((2, 8)), q35_pins());
+        assert_eq!(d.iter().filter(|d| d.is_some()).count(), 8, "GSIs 16-23: eight pins");
+        assert_eq!(d[9], None);
+    }
+
+    #[test]
+    fn enough_comparators_give_every_cpu_its_own() {
+        let p = plan(&[0, 1, 2], 2, ClockeventsChoice::Auto);
+        assert_eq!(p.roles, [Role::PerCpu(0), Role::PerCpu(1), Role::Unused]);
+        assert_eq!(p.rule, "per-CPU: 3 usable comparators >= 2 CPUs");
+    }
+
+    #[test]
+    fn too_few_comparators_give_partial_per_cpu_plus_a_global_device() {
+        let p = plan(&[0, 1, 2], 4, ClockeventsChoice::Auto);
+        assert_eq!(p.roles, [Role::PerCpu(0), Role::PerCpu(1), Role::Global]);
+        assert!(p.rule.starts_with("partial: 3 usable comparators < 4 CPUs"));
+        assert_eq!(plan(&[5], 2, ClockeventsChoice::Auto).roles, [Role::Global]);
+    }
+
+    #[test]
+    fn forced_choices_are_obeyed() {
+        assert_eq!(
+            plan(&[0, 1, 2], 2, ClockeventsChoice::Global).roles,
+            [Role::Global, Role::Unused, Role::Unused]
+        );
+        assert_eq!(plan(&[0, 1], 4, ClockeventsChoice::PerCpu).roles, [Role::PerCpu(0), Role::PerCpu(1)]);
+        assert_eq!(plan(&[0, 1], 1, ClockeventsChoice::Lapic).roles, [Role::Unused, Role::Unused]);
+        assert!(plan(&[], 4, ClockeventsChoice::Auto).roles.is_empty());
+    }
+}

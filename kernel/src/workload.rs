@@ -1,0 +1,172 @@
+//! The main run's timer workload: on every CPU, a few chains of one-shot timers at varied
+//! delays for `duration_ms`; each callback measures its lateness against the clocksource and
+//! arms the chain's next timer. At the end every armed timer must have fired exactly once and
+//! none before its deadline; the numbers go into the TIMER-REPORT.
+
+use crate::arch::x86_64::clockevents::{self, TimerEvent};
+use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clocksource::now_ns;
+use crate::time::report::{LatencyReport, TimerReport, Verdict};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Mutex;
+
+/// Timer chains per CPU: several timers pending at once, so the queue really orders them.
+const CHAINS_PER_CPU: u64 = 4;
+/// Delays drawn for each timer: from the HPET's minimum delta to a few ms.
+const DELAYS_NS: [u64; 8] = [2_000, 10_000, 30_000, 100_000, 250_000, 500_000, 1_000_000, 3_000_000];
+/// After the run ends, how long the last timers get to fire before they count as lost.
+const GRACE_NS: u64 = 2_000_000_000;
+
+struct CpuCounts {
+    armed: AtomicU64,
+    fired: AtomicU64,
+    early: AtomicU64,
+    rng: AtomicU64,
+}
+
+static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
+    CpuCounts {
+        armed: AtomicU64::new(0),
+        fired: AtomicU64::new(0),
+        early: AtomicU64::new(0),
+        rng: AtomicU64::new(0),
+    }
+}; percpu::MAX_CPUS];
+static LATENESS: [Mutex<Vec<u64>>; percpu::MAX_CPUS] = [const { Mutex::new(Vec::new()) }; percpu::MAX_CPUS];
+static END_NS: AtomicU64 = AtomicU64::new(0);
+/// The last run's outcome, for the report.
+static LAST: Mutex<Option<Outcome>> = Mutex::new(None);
+static ARM_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// A xorshift step per CPU (deterministic delays, no shared state between CPUs).
+fn next_delay(cpu: usize) -> u64 {
+    let c = &COUNTS[cpu];
+    let mut x = c.rng.load(Ordering::Relaxed);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    c.rng.store(x, Ordering::Relaxed);
+    let base = DELAYS_NS[(x % DELAYS_NS.len() as u64) as usize];
+    base + (x >> 32) % (base / 2 + 1)
+}
+
+fn arm_next(cpu: usize) {
+    match clockevents::arm_after(next_delay(cpu), on_timer, 0) {
+        Ok(_) => {
+            COUNTS[cpu].armed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            if ARM_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
+                log::error!("cannot arm a timer on CPU {cpu}: {e}");
+            }
+        }
+    }
+}
+
+fn on_timer(e: &TimerEvent) {
+    let c = &COUNTS[e.cpu];
+    if e.now_ns < e.deadline_ns {
+        c.early.fetch_add(1, Ordering::Relaxed);
+        log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - e.now_ns, e.cpu);
+    }
+    LATENESS[e.cpu].lock().push(e.now_ns.saturating_sub(e.deadline_ns));
+    c.fired.fetch_add(1, Ordering::Release);
+    if e.now_ns < END_NS.load(Ordering::Relaxed) {
+        arm_next(e.cpu);
+    }
+}
+
+fn start_on_this_cpu(_: u64) -> u64 {
+    let cpu = percpu::this_cpu().index;
+    COUNTS[cpu].rng.store(0x9e37_79b9_7f4a_7c15 ^ (cpu as u64 + 1), Ordering::Relaxed);
+    for _ in 0..CHAINS_PER_CPU {
+        arm_next(cpu);
+    }
+    0
+}
+
+/// What the run measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    pub armed: u64,
+    pub fired: u64,
+    pub early: u64,
+    pub latency: LatencyReport,
+}
+
+impl Outcome {
+    pub fn lost(&self) -> u64 {
+        self.armed - self.fired.min(self.armed)
+    }
+}
+
+/// Runs the workload on every online CPU for `duration_ms`, then waits for the last timers.
+pub fn run(duration_ms: u64) -> Outcome {
+    let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
+    END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
+    log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
+    for &cpu in &cpus {
+        if let Err(e) = smp::call_on(cpu, start_on_this_cpu, 0) {
+            log::error!("CPU {cpu} did not start: {e}");
+        }
+    }
+    let end = END_NS.load(Ordering::Relaxed);
+    let all_fired = || {
+        cpus.iter()
+            .all(|&c| COUNTS[c].fired.load(Ordering::Acquire) >= COUNTS[c].armed.load(Ordering::Acquire))
+    };
+    // Sleep on our own timers until the end, then until every chain has run out (bounded).
+    while now_ns() < end + GRACE_NS && (now_ns() < end || !all_fired()) {
+        if clockevents::sleep_ns(1_000_000).is_err() {
+            core::hint::spin_loop();
+        }
+    }
+    let mut samples: Vec<u64> = Vec::new();
+    let mut out = Outcome::default();
+    for &c in &cpus {
+        let counts = &COUNTS[c];
+        let (armed, fired, early) = x86_64::instructions::interrupts::without_interrupts(|| {
+            samples.extend(LATENESS[c].lock().iter());
+            (
+                counts.armed.load(Ordering::Acquire),
+                counts.fired.load(Ordering::Acquire),
+                counts.early.load(Ordering::Acquire),
+            )
+        });
+        log::info!("CPU {c}: {armed} timers armed, {fired} fired, {early} early");
+        out.armed += armed;
+        out.fired += fired;
+        out.early += early;
+    }
+    out.latency = LatencyReport::from_samples(&mut samples);
+    *LAST.lock() = Some(out);
+    let l = out.latency;
+    log::info!(
+        "lateness over {} events: min {} ns, p50 {} ns, p99 {} ns, max {} ns; {} lost, {} early",
+        l.samples,
+        l.min,
+        l.p50,
+        l.p99,
+        l.max,
+        out.lost(),
+        out.early
+    );
+    out
+}
+
+/// The outcome of the last run, if the workload ran.
+pub fn last() -> Option<Outcome> {
+    *LAST.lock()
+}
+
+/// Adds the run's figures to the report; lost or early events fail the verdict.
+pub fn fill_report(report: &mut TimerReport, out: &Outcome) {
+    report.latency_ns = out.latency;
+    report.events_armed = out.armed;
+    report.lost_events = out.lost();
+    report.early_events = out.early;
+    if out.lost() > 0 || out.early > 0 || out.armed == 0 {
+        report.verdict = Verdict::Failed;
+    }
+}

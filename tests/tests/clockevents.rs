@@ -1,0 +1,173 @@
+//! Clock events on every machine shape the issue names: which device serves each CPU (per-CPU
+//! HPET comparators, a global HPET device by broadcast, the LAPIC timer), how comparators are
+//! delivered (IOAPIC, legacy replacement, FSB), the self-test's fallback, and the timer API:
+//! every timer fires once, never early, on the CPU that armed it; cancelled ones never.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel_tests::kernel::Kernel;
+use kernel_tests::kernel::arch::x86_64::clockevents::{self, TimerEvent};
+use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
+use kernel_tests::kernel::time::clocksource::now_ns;
+use kernel_tests::kernel::workload;
+
+kernel_tests::qemu_test!(
+    variants: b"
+        smp1: --smp 1 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /hpet/comparators/0/role=percpu --expect-report /hpet/comparators/0/selftest_irqs=5 --expect-report /verdict=ok
+        smp2: --smp 2 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /tick_devices/1/device=hpet1 --expect-report /hpet/comparators/1/cpu=1 --expect-report /hpet/comparators/1/delivery=ioapic --expect-report /broadcast=null
+        smp4_partial: --smp 4 --cmdline duration_ms=200 --expect-report /hpet/comparators/2/role=global --expect-report /broadcast=hpet2 --expect-report /tick_devices/1/device=hpet1 --expect-report /tick_devices/3/device=lapic3 --expect-report /tick_devices#=4
+        smp4_broadcast: --smp 4 --cmdline 'duration_ms=200 noapictimer' --expect-report /tick_devices/2/device=hpet2 --expect-report /tick_devices/2/via_broadcast=true --expect-report /tick_devices/3/via_broadcast=true --expect-report /tick_devices/0/via_broadcast=false
+        smp4_timers8: --smp 4 --cmdline duration_ms=200 --expect-report /tick_devices/3/device=hpet3 --expect-report /broadcast=null -- -global hpet.timers=8
+        hpet_off: --smp 2 --cmdline duration_ms=200 --expect-report /hpet=null --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off
+        pc_legacy: --smp 2 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=legacy --expect-report /hpet/comparators/1/delivery=legacy --expect-report /hpet/comparators/1/gsi=8 --expect-report /tick_devices/1/device=hpet1 -- -machine pc,hpet=on
+        msi: --smp 2 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=fsb --expect-report /tick_devices/1/device=hpet1 -- -global hpet.msi=on
+        forced_global: --smp 2 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /hpet/comparators/1/role=unused --expect-report /tick_devices/0/via_broadcast=true --expect-report /tick_devices/1/via_broadcast=true
+        forced_percpu: --smp 4 --cmdline 'duration_ms=200 clockevents=percpu' --expect-report /hpet/comparators/2/role=percpu --expect-report /broadcast=null --expect-report /tick_devices/3/device=lapic3
+        forced_lapic: --smp 2 --cmdline 'duration_ms=200 clockevents=lapic' --expect-report /hpet/comparators/0/role=unused --expect-report /tick_devices/0/device=lapic0
+        periodic: --smp 2 --cmdline 'duration_ms=200 tick=periodic hz=1000' --expect-report /tick_mode=periodic --expect-report /tick_devices/1/mode=periodic
+        selftest_fails: --smp 2 --cmdline 'duration_ms=200 hpet_irq_masked=1' --expect-report /hpet/comparators/1/role=failed --expect-report /tick_devices/1/device=hpet2 --expect-report /verdict=degraded --expect-log 'HPET comparator 1 failed its interrupt self-test'
+        icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 -- -icount shift=0,sleep=off
+        icount_broadcast: --smp 4 --cmdline 'duration_ms=100 noapictimer' --expect-report /tick_devices/3/via_broadcast=true --expect-report /broadcast=hpet2 -- -icount shift=0,sleep=off
+    ",
+    tests: [
+        every_cpu_has_a_tick_device,
+        sleep_never_returns_before_its_deadline,
+        cancelled_timer_never_runs,
+        past_deadline_fires_and_is_not_lost,
+        timers_run_on_the_cpu_that_armed_them,
+        thirty_two_bit_comparators_fire_across_the_counter_wrap,
+        workload_fires_every_timer_once_never_early,
+    ],
+);
+
+/// Generous bound for anything to happen: 2 s of kernel time.
+const WAIT_LIMIT_NS: u64 = 2_000_000_000;
+
+fn wait_for(done: impl Fn() -> bool) -> bool {
+    let start = now_ns();
+    while now_ns() - start < WAIT_LIMIT_NS {
+        if done() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    done()
+}
+
+fn every_cpu_has_a_tick_device(_: &Kernel) {
+    let devices = clockevents::tick_devices();
+    assert_eq!(devices.len(), percpu::all().count(), "one tick device entry per online CPU");
+    for t in devices {
+        assert!(t.device.is_some(), "CPU {} has no clock event device", t.cpu);
+    }
+}
+
+fn sleep_never_returns_before_its_deadline(_: &Kernel) {
+    for ns in [1_000, 50_000, 2_000_000] {
+        let start = now_ns();
+        clockevents::sleep_ns(ns).expect("the boot CPU has a tick device");
+        let slept = now_ns() - start;
+        assert!(slept >= ns, "sleep of {ns} ns returned after {slept} ns");
+    }
+}
+
+static CANCELLED_RAN: AtomicU64 = AtomicU64::new(0);
+
+fn cancelled(_: &TimerEvent) {
+    CANCELLED_RAN.fetch_add(1, Ordering::Relaxed);
+}
+
+fn cancelled_timer_never_runs(_: &Kernel) {
+    let id = clockevents::arm_after(3_000_000, cancelled, 0).unwrap();
+    let later = clockevents::arm_after(1_000_000, cancelled, 0).unwrap();
+    assert!(clockevents::cancel(id), "a pending timer can be cancelled");
+    clockevents::sleep_ns(10_000_000).unwrap();
+    assert_eq!(CANCELLED_RAN.load(Ordering::Relaxed), 1, "only the timer not cancelled ran");
+    assert!(!clockevents::cancel(later), "a timer that ran cannot be cancelled");
+}
+
+static PAST_FIRED: AtomicU64 = AtomicU64::new(0);
+
+fn past(e: &TimerEvent) {
+    assert!(e.now_ns >= e.deadline_ns);
+    PAST_FIRED.fetch_add(1, Ordering::Relaxed);
+}
+
+fn past_deadline_fires_and_is_not_lost(_: &Kernel) {
+    let now = now_ns();
+    clockevents::arm_at(now.saturating_sub(1_000_000), past, 0).unwrap();
+    clockevents::arm_at(now, past, 0).unwrap();
+    assert!(
+        wait_for(|| PAST_FIRED.load(Ordering::Relaxed) == 2),
+        "a timer whose deadline had passed was lost"
+    );
+}
+
+static ON_CPU: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+
+fn record_cpu(e: &TimerEvent) {
+    assert_eq!(percpu::this_cpu().index, e.cpu, "callback ran on another CPU than its event says");
+    assert_eq!(e.data as usize, e.cpu, "timer armed on CPU {} ran on CPU {}", e.data, e.cpu);
+    ON_CPU[e.cpu].fetch_add(1, Ordering::Relaxed);
+}
+
+fn arm_here(_: u64) -> u64 {
+    let cpu = percpu::this_cpu().index;
+    for i in 0..3 {
+        clockevents::arm_after(20_000 * (i + 1), record_cpu, cpu as u64).expect("armed");
+    }
+    0
+}
+
+fn timers_run_on_the_cpu_that_armed_them(_: &Kernel) {
+    for cpu in percpu::all() {
+        smp::call_on(cpu.index, arm_here, 0).unwrap();
+    }
+    for cpu in percpu::all() {
+        let n = &ON_CPU[cpu.index];
+        assert!(wait_for(|| n.load(Ordering::Relaxed) == 3), "CPU {}'s timers did not all run", cpu.index);
+    }
+}
+
+fn workload_fires_every_timer_once_never_early(k: &Kernel) {
+    let out = workload::run(k.options.duration_ms);
+    assert!(out.armed > 0, "the workload armed nothing");
+    assert_eq!(out.lost(), 0, "{} of {} timers never fired", out.lost(), out.armed);
+    assert_eq!(out.early, 0, "{} timers fired before their deadline", out.early);
+    assert_eq!(out.fired, out.armed, "a timer fired twice");
+    for t in clockevents::tick_devices() {
+        assert!(t.events > 0, "CPU {} handled no timer event", t.cpu);
+    }
+}
+
+static ACROSS_WRAP: AtomicU64 = AtomicU64::new(0);
+
+fn across_wrap(e: &TimerEvent) {
+    assert!(e.now_ns >= e.deadline_ns, "a timer across the wrap fired early");
+    ACROSS_WRAP.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The comparators run in 32-bit mode: with the main counter 0.5 ms before its low 32 bits
+/// wrap, timers on both sides of the wrap must fire (a comparator compared as a plain
+/// number would not fire until the next wrap, 43 s later).
+fn thirty_two_bit_comparators_fire_across_the_counter_wrap(k: &Kernel) {
+    let Some(hpet) = k.platform.hpet else { return };
+    let near_wrap = (1u64 << 32) - hpet.frequency_hz() / 2_000;
+    // Nothing is armed now (the earlier tests waited for their timers), so the jump skips
+    // no comparator.
+    hpet.stop();
+    hpet.set_counter(near_wrap);
+    hpet.start();
+    for delay in [100_000, 400_000, 600_000, 2_000_000] {
+        clockevents::arm_after(delay, across_wrap, 0).unwrap();
+    }
+    assert!(
+        wait_for(|| ACROSS_WRAP.load(Ordering::Relaxed) == 4),
+        "{} of 4 timers across the 32-bit wrap fired",
+        ACROSS_WRAP.load(Ordering::Relaxed)
+    );
+    assert!(hpet.counter() > near_wrap, "the counter did not run across the wrap");
+}
