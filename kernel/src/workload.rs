@@ -51,15 +51,15 @@ fn next_delay(cpu: usize) -> u64 {
     base + (x >> 32) % (base / 2 + 1)
 }
 
+/// Arms the chain's next timer. `armed` counts it first: another CPU deciding that every chain
+/// has run out compares `fired` with `armed`, and must never see this timer fired but not armed.
 fn arm_next(cpu: usize) {
-    match clockevents::arm_after(next_delay(cpu), on_timer, 0) {
-        Ok(_) => {
-            COUNTS[cpu].armed.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            if ARM_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
-                log::error!("cannot arm a timer on CPU {cpu}: {e}");
-            }
+    let armed = &COUNTS[cpu].armed;
+    armed.fetch_add(1, Ordering::AcqRel);
+    if let Err(e) = clockevents::arm_after(next_delay(cpu), on_timer, 0) {
+        armed.fetch_sub(1, Ordering::AcqRel);
+        if ARM_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::error!("cannot arm a timer on CPU {cpu}: {e}");
         }
     }
 }
@@ -71,10 +71,10 @@ fn on_timer(e: &TimerEvent) {
         log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - e.now_ns, e.cpu);
     }
     LATENESS[e.cpu].lock().push(e.now_ns.saturating_sub(e.deadline_ns));
-    c.fired.fetch_add(1, Ordering::Release);
     if e.now_ns < END_NS.load(Ordering::Relaxed) {
         arm_next(e.cpu);
     }
+    c.fired.fetch_add(1, Ordering::Release);
 }
 
 fn start_on_this_cpu(_: u64) -> u64 {

@@ -90,7 +90,7 @@ pub struct Fired<T> {
     /// This CPU's timers whose deadline has passed, in deadline order: run their callbacks.
     pub expired: Vec<Expired<T>>,
     /// Other CPUs whose deadline has passed: send each a wake-up IPI, on which it calls
-    /// [`TickSystem::broadcast_wakeup`].
+    /// [`TickSystem::wakeup`].
     pub wake: CpuSet,
 }
 
@@ -436,8 +436,17 @@ impl<T> TickSystem<T> {
             return self.broadcast_event(id, cpu, now_ns);
         }
         if self.service(cpu) != Service::Local(id) {
+            // Misrouted: the CPU the device serves lost this programming, so it is woken to
+            // look at its queue and program its device again from its own CPU (FreeBSD re-arms
+            // a per-CPU timer that fired on the wrong CPU).
             self.misrouted += 1;
-            return Fired::default();
+            let owner = self.online().find(|&c| self.service(c) == Service::Local(id));
+            let mut fired = Fired::default();
+            if let Some(owner) = owner {
+                self.cpu(owner).next_event_ns = u64::MAX;
+                fired.wake.insert(owner);
+            }
+            return fired;
         }
         self.cpu(cpu).next_event_ns = u64::MAX;
         Fired { expired: self.expire(cpu, now_ns), wake: CpuSet::EMPTY }
@@ -461,14 +470,20 @@ impl<T> TickSystem<T> {
         fired
     }
 
-    /// `cpu` was woken by a broadcast IPI: runs its expired timers and hands its next deadline
-    /// back to the broadcast device.
-    pub fn broadcast_wakeup(&mut self, cpu: usize, now_ns: u64) -> Vec<Expired<T>> {
-        if !matches!(self.service(cpu), Service::Broadcast(_)) {
-            self.misrouted += 1;
+    /// `cpu` was woken by a wake-up IPI (from the broadcast device, or for a misrouted event of
+    /// its own device): runs its expired timers and programs its next deadline again.
+    pub fn wakeup(&mut self, cpu: usize, now_ns: u64) -> Vec<Expired<T>> {
+        if self.service(cpu) == Service::None {
             return Vec::new();
         }
+        self.cpu(cpu).next_event_ns = u64::MAX;
         self.expire(cpu, now_ns)
+    }
+
+    /// The index the next registered device will get (so a driver can route its interrupts to
+    /// the device before registration may program it).
+    pub fn next_device_id(&self) -> DeviceId {
+        DeviceId(self.devices.len())
     }
 
     fn expire(&mut self, cpu: usize, now_ns: u64) -> Vec<Expired<T>> {
@@ -660,7 +675,7 @@ mod tests {
             let fired = self.sys.device_event(DeviceId(dev), cpu, now);
             self.run_expired(cpu, fired.expired);
             for woken in fired.wake.iter() {
-                let expired = self.sys.broadcast_wakeup(woken, now);
+                let expired = self.sys.wakeup(woken, now);
                 self.run_expired(woken, expired);
             }
             true
@@ -855,8 +870,13 @@ mod tests {
         let now = s.now();
         s.arm(0, now);
         let fired = s.sys.device_event(h0, 1, now + 5_000);
-        assert!(fired.expired.is_empty());
+        assert!(fired.expired.is_empty(), "CPU 1 must not run CPU 0's timers");
         assert_eq!(s.sys.misrouted, 1);
+        assert_eq!(fired.wake, CpuSet::single(0), "the owner is woken to look at its queue");
+        *s.clock.lock() = now + 5_000;
+        let expired = s.sys.wakeup(0, now + 5_000);
+        s.run_expired(0, expired);
+        s.assert_all_fired_once_never_early();
     }
 
     #[test]

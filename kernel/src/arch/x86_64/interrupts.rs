@@ -17,8 +17,9 @@ use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, Pag
 /// First vector free for devices (0..32 are the CPU's exceptions).
 pub const FIRST_DEVICE_VECTOR: u8 = 32;
 
-/// A device interrupt handler; it gets its vector. It runs with interrupts disabled and must not
-/// allocate (the heap lock may be held by the code it interrupted).
+/// A device interrupt handler; it gets its vector. It runs with interrupts disabled; it may
+/// allocate (the heap disables interrupts while it holds its lock, `memory.rs`) but must not
+/// take a lock that the code it interrupted may hold with interrupts enabled.
 pub type Handler = fn(u8);
 
 static HANDLERS: RwLock<[Option<Handler>; 256]> = RwLock::new([None; 256]);

@@ -327,13 +327,15 @@ fn send_icr(destination: u32, low: u32) {
             // SAFETY: x2APIC mode: the ICR is the single 64-bit MSR 0x830 (SDM 11.12.9).
             unsafe { Msr::new(x2apic_msr(Reg::IcrLow)).write(x2apic_icr(destination, low)) }
         }
-        _ => {
+        // Two register writes: an interrupt handler sending its own IPI between them would
+        // change the destination of ours, so no interrupt may come in between (as in Linux).
+        _ => x86_64::instructions::interrupts::without_interrupts(|| {
             write(Reg::IcrHigh, xapic_icr_high(destination));
             write(Reg::IcrLow, low);
             while read(Reg::IcrLow) & ICR_DELIVERY_PENDING != 0 {
                 core::hint::spin_loop();
             }
-        }
+        }),
     }
 }
 

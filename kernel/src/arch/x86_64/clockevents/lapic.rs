@@ -1,12 +1,14 @@
 //! The LAPIC timer as a per-CPU clock event device (Linux's `lapic` clockevent): one-shot and
 //! periodic at the calibrated bus clock / 16, rating 100, stopping in deep C-states unless the
-//! CPU has ARAT.
+//! CPU has ARAT. Where CPUID offers TSC-deadline mode it is used instead (Linux's
+//! `lapic-deadline`): one-shot only, counted in TSC cycles, an absolute deadline so that a
+//! delta can never be "passed" while written.
 //!
 //! A LAPIC is reachable only from its own CPU, so each CPU registers its own timer and only
 //! that CPU ever programs it (the time layer programs a local device from its CPU).
 
 use super::super::smp::percpu;
-use super::super::{interrupts, lapic};
+use super::super::{interrupts, lapic, tsc};
 use crate::time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features};
 use alloc::format;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +23,8 @@ const MAX_DELTA_TICKS: u64 = 0x7fff_ffff;
 pub struct LapicTimer {
     cpu: usize,
     vector: u8,
+    /// TSC-deadline mode instead of the count-down.
+    tsc_deadline: bool,
     /// Calls that arrived on another CPU and were refused (a bug in the caller if ever > 0).
     pub wrong_cpu: AtomicU64,
 }
@@ -29,26 +33,43 @@ pub struct LapicTimer {
 static DEVICE_OF_CPU: [AtomicUsize; percpu::MAX_CPUS] = [const { AtomicUsize::new(0) }; percpu::MAX_CPUS];
 
 impl LapicTimer {
-    /// The calling CPU's timer, on the shared timer `vector`, and its description.
-    pub fn for_this_cpu(vector: u8, timer_hz: u64, arat: bool) -> (&'static LapicTimer, DeviceSpec) {
+    /// The calling CPU's timer, on the shared timer `vector`, and its description: TSC-deadline
+    /// mode at `tsc_hz` when `tsc_deadline`, else the count-down at `timer_hz`.
+    pub fn for_this_cpu(
+        vector: u8,
+        timer_hz: u64,
+        tsc_hz: u64,
+        tsc_deadline: bool,
+        arat: bool,
+    ) -> (&'static LapicTimer, DeviceSpec) {
         let cpu = percpu::this_cpu().index;
         let timer: &'static LapicTimer = alloc::boxed::Box::leak(alloc::boxed::Box::new(LapicTimer {
             cpu,
             vector,
+            tsc_deadline,
             wrong_cpu: AtomicU64::new(0),
         }));
-        let mut features = Features::ONESHOT | Features::PERIODIC | Features::PER_CPU;
+        let mut features = Features::ONESHOT | Features::PER_CPU;
+        if !tsc_deadline {
+            features |= Features::PERIODIC;
+        }
         if !arat {
             features |= Features::STOPS_IN_DEEP_IDLE;
         }
+        let (name, frequency_hz, max_delta_ticks) = if tsc_deadline {
+            // A minute of TSC cycles: far beyond any tick, and the conversion keeps precision.
+            (format!("lapic-deadline{cpu}"), tsc_hz, tsc_hz.saturating_mul(60))
+        } else {
+            (format!("lapic{cpu}"), timer_hz, MAX_DELTA_TICKS)
+        };
         let spec = DeviceSpec {
-            name: format!("lapic{cpu}"),
+            name,
             features,
             rating: RATING,
             cpus: CpuSet::single(cpu),
-            frequency_hz: timer_hz,
+            frequency_hz,
             min_delta_ticks: MIN_DELTA_TICKS,
-            max_delta_ticks: MAX_DELTA_TICKS,
+            max_delta_ticks,
         };
         (timer, spec)
     }
@@ -58,11 +79,19 @@ impl LapicTimer {
     }
 
     fn on_own_cpu(&self) -> bool {
-        let here = percpu::this_cpu().index == self.cpu;
-        if !here {
-            self.wrong_cpu.fetch_add(1, Ordering::Relaxed);
+        let here = percpu::this_cpu().index;
+        if here == self.cpu {
+            return true;
         }
-        here
+        // The time layer programs a local device from its own CPU only; a call from elsewhere
+        // is a bug in that rule, reported once rather than touching the wrong LAPIC.
+        if self.wrong_cpu.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::error!(
+                "lapic{} driven from CPU {here}: ignored (a LAPIC is reachable only from its CPU)",
+                self.cpu
+            );
+        }
+        false
     }
 }
 
@@ -82,13 +111,16 @@ impl EventDriver for LapicTimer {
     }
 
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
-        if self.on_own_cpu() {
+        if !self.on_own_cpu() {
+            return Ok(());
+        }
+        if self.tsc_deadline {
+            // A deadline already reached when written fires at once (SDM 11.5.4.1).
+            lapic::timer_tsc_deadline(tsc::read() + delta_ticks.max(MIN_DELTA_TICKS), self.vector);
+        } else {
             // A count-down cannot be passed while written: it starts from the value written.
-            lapic::timer_oneshot(
-                delta_ticks.clamp(MIN_DELTA_TICKS, MAX_DELTA_TICKS) as u32,
-                self.vector,
-                false,
-            );
+            let count = delta_ticks.clamp(MIN_DELTA_TICKS, MAX_DELTA_TICKS) as u32;
+            lapic::timer_oneshot(count, self.vector, false);
         }
         Ok(())
     }

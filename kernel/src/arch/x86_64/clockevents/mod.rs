@@ -78,13 +78,21 @@ fn sleep_done(e: &TimerEvent) {
 
 /// Halts the calling CPU for at least `ns` (interrupts must be enabled).
 pub fn sleep_ns(ns: u64) -> Result<(), ArmError> {
+    use x86_64::instructions::interrupts;
     let cpu = this_cpu();
     let before = SLEEP_WAKEUPS[cpu].load(Ordering::Acquire);
     arm_after(ns, sleep_done, 0)?;
-    while SLEEP_WAKEUPS[cpu].load(Ordering::Acquire) == before {
-        x86_64::instructions::interrupts::enable_and_hlt();
+    loop {
+        // Check with interrupts off, then `sti; hlt`, which takes no interrupt between the two
+        // instructions: a wake-up that lands after the check still ends the halt. (Checking
+        // with interrupts on loses a wake-up that lands between the check and the `hlt`.)
+        interrupts::disable();
+        if SLEEP_WAKEUPS[cpu].load(Ordering::Acquire) != before {
+            interrupts::enable();
+            return Ok(());
+        }
+        interrupts::enable_and_hlt();
     }
-    Ok(())
 }
 
 fn run_expired(cpu: usize, expired: Vec<Expired<Payload>>) {
@@ -110,7 +118,7 @@ pub(super) fn device_interrupt(device: usize) {
 fn wake_interrupt(_vector: u8) {
     let cpu = this_cpu();
     let now = now_ns();
-    if let Some(expired) = with_tick(|t| t.broadcast_wakeup(cpu, now)) {
+    if let Some(expired) = with_tick(|t| t.wakeup(cpu, now)) {
         run_expired(cpu, expired);
     }
 }
@@ -316,8 +324,9 @@ fn init_hpet(h: &'static super::hpet::Hpet, platform: &mut Platform, options: &K
         };
         let target = outcomes[index].cpu.expect("set above");
         // Registered on the CPU it serves (the selection may program it at once).
-        let id = register_on(target, spec, channel);
-        channel.attach(id.0);
+        if let Err(e) = register_on(target, spec, channel) {
+            platform.fall_back(format!("HPET comparator {index} not registered on CPU {target}: {e}"));
+        }
     }
     for &index in &failed {
         outcomes[index].role = "failed";
@@ -340,43 +349,51 @@ fn global_target(roles: &[Role]) -> usize {
     if per_cpu < percpu::all().count() { per_cpu } else { 0 }
 }
 
-/// What `register_on` hands to the target CPU (one registration at a time).
-static PENDING_REGISTRATION: Mutex<Option<(DeviceSpec, &'static dyn crate::time::clockevents::EventDriver)>> =
-    Mutex::new(None);
-
-fn register_here(_: u64) -> u64 {
-    let Some((spec, driver)) = PENDING_REGISTRATION.lock().take() else { return u64::MAX };
-    with_tick(|t| t.register(spec, driver, now_ns())).map_or(u64::MAX, |id| id.0 as u64)
+/// Registers a device whose interrupts reach the time layer through `attach(device index)`;
+/// `attach` runs first, under the lock, because the selection may program the device at once.
+fn register_attached(
+    spec: DeviceSpec,
+    driver: &'static dyn crate::time::clockevents::EventDriver,
+    attach: impl FnOnce(usize),
+) -> Option<DeviceId> {
+    with_tick(|t| {
+        attach(t.next_device_id().0);
+        t.register(spec, driver, now_ns())
+    })
 }
 
-/// Registers a device on CPU `cpu`, where the selection's programming of it must run.
+/// What `register_on` hands to the target CPU (one registration at a time).
+static PENDING_REGISTRATION: Mutex<Option<(DeviceSpec, &'static HpetChannel)>> = Mutex::new(None);
+
+fn register_here(_: u64) -> u64 {
+    let Some((spec, channel)) = PENDING_REGISTRATION.lock().take() else { return u64::MAX };
+    register_attached(spec, channel, |id| channel.attach(id)).map_or(u64::MAX, |id| id.0 as u64)
+}
+
+/// Registers an HPET channel on CPU `cpu`, where the selection's programming of it must run.
 fn register_on(
     cpu: usize,
     spec: DeviceSpec,
-    driver: &'static dyn crate::time::clockevents::EventDriver,
-) -> DeviceId {
-    *PENDING_REGISTRATION.lock() = Some((spec, driver));
-    let id = smp::call_on(cpu, register_here, 0).expect("online CPUs answer function calls");
-    DeviceId(id as usize)
+    channel: &'static HpetChannel,
+) -> Result<DeviceId, smp::CallError> {
+    *PENDING_REGISTRATION.lock() = Some((spec, channel));
+    smp::call_on(cpu, register_here, 0).map(|id| DeviceId(id as usize))
 }
 
 static LAPIC_VECTOR: AtomicU64 = AtomicU64::new(0);
 static LAPIC_HZ: AtomicU64 = AtomicU64::new(0);
 static LAPIC_ARAT: AtomicU64 = AtomicU64::new(0);
+static LAPIC_TSC_DEADLINE: AtomicU64 = AtomicU64::new(0);
 
 fn register_lapic_here(_: u64) -> u64 {
     let (timer, spec) = lapic::LapicTimer::for_this_cpu(
         LAPIC_VECTOR.load(Ordering::Relaxed) as u8,
         LAPIC_HZ.load(Ordering::Relaxed),
+        super::tsc::frequency_hz(),
+        LAPIC_TSC_DEADLINE.load(Ordering::Relaxed) != 0,
         LAPIC_ARAT.load(Ordering::Relaxed) != 0,
     );
-    match with_tick(|t| t.register(spec, timer, now_ns())) {
-        Some(id) => {
-            timer.attach(id.0);
-            id.0 as u64
-        }
-        None => u64::MAX,
-    }
+    register_attached(spec, timer, |id| timer.attach(id)).map_or(u64::MAX, |id| id.0 as u64)
 }
 
 fn init_lapic_timers(platform: &mut Platform, options: &KernelOptions) {
@@ -403,7 +420,12 @@ fn init_lapic_timers(platform: &mut Platform, options: &KernelOptions) {
     };
     LAPIC_VECTOR.store(u64::from(vector), Ordering::Relaxed);
     LAPIC_HZ.store(calibration.lapic_timer_hz, Ordering::Relaxed);
-    LAPIC_ARAT.store(u64::from(apic::features().arat), Ordering::Relaxed);
+    let features = apic::features();
+    LAPIC_ARAT.store(u64::from(features.arat), Ordering::Relaxed);
+    LAPIC_TSC_DEADLINE.store(u64::from(features.tsc_deadline), Ordering::Relaxed);
+    if features.tsc_deadline {
+        log::info!("LAPIC timers in TSC-deadline mode ({} Hz)", super::tsc::frequency_hz());
+    }
     for cpu in percpu::all() {
         if let Err(e) = smp::call_on(cpu.index, register_lapic_here, 0) {
             platform.fall_back(format!("LAPIC timer of CPU {} not registered: {e}", cpu.index));

@@ -239,6 +239,9 @@ pub fn call_on(index: usize, f: CallFn, arg: u64) -> Result<u64, CallError> {
         return Ok(f(arg));
     }
     let _serialise = target.call_lock.lock();
+    if target.call_abandoned.load(Ordering::Relaxed) {
+        return Err(CallError::Timeout { cpu: index });
+    }
     target.call_fn.store(f as usize as u64, Ordering::Relaxed);
     target.call_arg.store(arg, Ordering::Relaxed);
     let ticket = target.call_posted.fetch_add(1, Ordering::Release) + 1;
@@ -246,6 +249,7 @@ pub fn call_on(index: usize, f: CallFn, arg: u64) -> Result<u64, CallError> {
     let start = now_ns();
     while target.call_done.load(Ordering::Acquire) != ticket {
         if now_ns() - start > 1_000_000_000 {
+            target.call_abandoned.store(true, Ordering::Relaxed);
             return Err(CallError::Timeout { cpu: index });
         }
         core::hint::spin_loop();

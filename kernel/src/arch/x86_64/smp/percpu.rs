@@ -39,6 +39,9 @@ pub struct PerCpu {
     pub(super) call_done: AtomicU64,
     /// Held by a caller from posting a call until its result is read.
     pub(super) call_lock: spin::Mutex<()>,
+    /// A call timed out: it stays posted and may still run, so no later call may overwrite
+    /// its function and argument; calls to this CPU fail from then on.
+    pub(super) call_abandoned: core::sync::atomic::AtomicBool,
 }
 
 // SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; `tables` is
@@ -66,6 +69,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         call_posted: AtomicU64::new(0),
         call_done: AtomicU64::new(0),
         call_lock: spin::Mutex::new(()),
+        call_abandoned: core::sync::atomic::AtomicBool::new(false),
     }));
     let self_ptr: *const PerCpu = cpu;
     cpu.self_ptr = self_ptr;
