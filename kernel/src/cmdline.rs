@@ -26,6 +26,9 @@ pub struct KernelOptions {
     /// `hpet_irq_masked=N`: fault injection, comparator N's interrupt line is left masked so
     /// that its self-test fails (default none).
     pub hpet_irq_masked: Option<u32>,
+    /// `hpet_storm=N`: fault injection, an unused comparator raises comparator N's level line
+    /// and is never cleared: an interrupt storm the comparator did not raise (default none).
+    pub hpet_storm: Option<u32>,
 }
 
 /// The `clockevents=` choice.
@@ -63,6 +66,7 @@ impl Default for KernelOptions {
             hz: 250,
             duration_ms: 1000,
             hpet_irq_masked: None,
+            hpet_storm: None,
         }
     }
 }
@@ -185,6 +189,11 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 0..=31));
                 options.hpet_irq_masked = n.or(options.hpet_irq_masked);
             }
+            "hpet_storm" => {
+                let n = take("hpet_storm", "a comparator number from 0 to 31")
+                    .parse(&mut problems, |v| in_range(v, 0..=31));
+                options.hpet_storm = n.or(options.hpet_storm);
+            }
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
         }
@@ -236,6 +245,7 @@ mod tests {
         assert_eq!(o.clockevents, ClockeventsChoice::Global);
         assert!(o.no_apic_timer && o.periodic_tick);
         assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
+        assert_eq!(parse("hpet_storm=0").0.hpet_storm, Some(0));
     }
 
     #[test]

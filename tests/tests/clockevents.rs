@@ -29,6 +29,7 @@ kernel_tests::qemu_test!(
         forced_lapic: --smp 2 --cmdline 'duration_ms=200 clockevents=lapic' --expect-report /hpet/comparators/0/role=unused --expect-report /tick_devices/0/device=lapic0
         periodic: --smp 2 --cmdline 'duration_ms=200 tick=periodic hz=1000' --expect-report /tick_mode=periodic --expect-report /tick_devices/1/mode=periodic
         selftest_fails: --smp 2 --cmdline 'duration_ms=200 hpet_irq_masked=1' --expect-report /hpet/comparators/1/role=failed --expect-report /tick_devices/1/device=hpet2 --expect-report /verdict=degraded --expect-log 'HPET comparator 1 failed its interrupt self-test'
+        storm: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect-report /verdict=degraded --expect-log 'interrupt storm on GSI 16'
         icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 -- -icount shift=0,sleep=off
         icount_broadcast: --smp 4 --cmdline 'duration_ms=100 noapictimer' --expect-report /tick_devices/3/via_broadcast=true --expect-report /broadcast=hpet2 -- -icount shift=0,sleep=off
     ",

@@ -185,6 +185,11 @@ pub struct HpetChannel {
     pub selftest_irqs: AtomicU64,
     /// Level-triggered interrupts whose status bit was clear: not ours.
     pub not_ours: AtomicU64,
+    /// Not-ours interrupts since the last one of ours: a storm when it reaches
+    /// [`STORM_THRESHOLD`].
+    not_ours_in_a_row: AtomicU64,
+    /// The line was masked because of a storm.
+    pub storm_masked: AtomicBool,
     /// While set, interrupts only count (the self-test); else they go to the time layer.
     in_selftest: AtomicBool,
     /// The time layer's device index + 1 (0: not registered).
@@ -227,6 +232,8 @@ impl HpetChannel {
             irqs: AtomicU64::new(0),
             selftest_irqs: AtomicU64::new(0),
             not_ours: AtomicU64::new(0),
+            not_ours_in_a_row: AtomicU64::new(0),
+            storm_masked: AtomicBool::new(false),
             in_selftest: AtomicBool::new(false),
             device: AtomicUsize::new(0),
         }));
@@ -357,8 +364,12 @@ fn channel_interrupt(vector: u8) {
         // Level-triggered: ours only if our status bit is set; writing 1 releases the line.
         if ch.hpet.interrupt_status() & (1 << ch.index) == 0 {
             ch.not_ours.fetch_add(1, Ordering::Relaxed);
+            if ch.not_ours_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= STORM_THRESHOLD {
+                ch.stop_storm();
+            }
             return;
         }
+        ch.not_ours_in_a_row.store(0, Ordering::Relaxed);
         ch.hpet.clear_interrupt(ch.index);
     }
     ch.irqs.fetch_add(1, Ordering::Relaxed);
@@ -369,6 +380,37 @@ fn channel_interrupt(vector: u8) {
     match ch.device.load(Ordering::Acquire) {
         0 => {}
         d => super::device_interrupt(d - 1),
+    }
+}
+
+/// This many interrupts in a row on a comparator's level-triggered line without its status bit
+/// make a storm: something else holds the line (Linux's spurious-IRQ detector disables a line
+/// that goes unhandled 99 900 times in 100 000).
+pub const STORM_THRESHOLD: u64 = 1_000;
+
+impl HpetChannel {
+    /// Masks the line of a storm and takes the comparator out of service. Runs in the storm's
+    /// interrupt: the IOAPIC lock is only tried (the interrupted code may hold it); a busy lock
+    /// leaves the work to the storm's next interrupt.
+    fn stop_storm(&self) {
+        let Some(gsi) = self.delivery.gsi() else { return };
+        if self.storm_masked.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(mut io) = IOAPICS.try_lock() else { return };
+        let masked = io.mask(gsi, true).is_ok();
+        drop(io);
+        if !masked || self.storm_masked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let reason = format!(
+            "interrupt storm on GSI {gsi} ({STORM_THRESHOLD} interrupts in a row without HPET comparator {}'s status bit): line masked, comparator taken out",
+            self.index
+        );
+        match self.device.load(Ordering::Acquire) {
+            0 => super::runtime_fallback(reason),
+            d => super::take_out(d - 1, reason),
+        }
     }
 }
 

@@ -95,6 +95,22 @@ pub fn sleep_ns(ns: u64) -> Result<(), ArmError> {
     }
 }
 
+/// Fallbacks taken after bring-up (in interrupt context), for the report.
+static RUNTIME_FALLBACKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn runtime_fallback(reason: String) {
+    log::warn!("fallback: {reason}");
+    without_interrupts(|| RUNTIME_FALLBACKS.lock().push(reason));
+}
+
+/// Takes a device out of service at run time (its CPUs move to the next best device with
+/// their pending events) and records why.
+fn take_out(device: usize, reason: String) {
+    let now = now_ns();
+    with_tick(|t| t.take_out(DeviceId(device), &reason, now));
+    runtime_fallback(reason);
+}
+
 fn run_expired(cpu: usize, expired: Vec<Expired<Payload>>) {
     for e in expired {
         let (f, data) = e.payload;
@@ -331,6 +347,9 @@ fn init_hpet(h: &'static super::hpet::Hpet, platform: &mut Platform, options: &K
     for &index in &failed {
         outcomes[index].role = "failed";
     }
+    if let Some(victim) = options.hpet_storm {
+        inject_storm(h, &outcomes, victim as usize);
+    }
     // Pins of comparators that serve nobody go back to the pool (masked).
     for o in outcomes.iter().filter(|o| matches!(o.role, "unused" | "failed")) {
         if let Some(Delivery::Ioapic { gsi }) = o.delivery {
@@ -340,6 +359,38 @@ fn init_hpet(h: &'static super::hpet::Hpet, platform: &mut Platform, options: &K
         }
     }
     Setup { rule: plan.rule, comparators: outcomes }
+}
+
+/// Fault injection (`hpet_storm=N`): an unused comparator is routed onto comparator N's
+/// level-triggered pin and fires once, never cleared, so the line stays asserted while N's
+/// status bit is clear: a storm N's handler must detect and stop.
+fn inject_storm(h: &super::hpet::Hpet, outcomes: &[ComparatorOutcome], victim: usize) {
+    use super::hpet::ComparatorConfig;
+    let Some(Some(Delivery::Ioapic { gsi })) = outcomes.get(victim).map(|o| o.delivery) else {
+        log::warn!("hpet_storm={victim}: comparator {victim} has no IOAPIC line; nothing injected");
+        return;
+    };
+    let Some(culprit) = outcomes
+        .iter()
+        .find(|o| o.role == "unused" && h.comparator_config(o.index).route_capability() & (1 << gsi) != 0)
+    else {
+        log::warn!("hpet_storm={victim}: no unused comparator can reach GSI {gsi}; nothing injected");
+        return;
+    };
+    let config = (h.comparator_config(culprit.index)
+        & (ComparatorConfig::PERIODIC_CAPABLE
+            | ComparatorConfig::SIZE_64_CAPABLE
+            | ComparatorConfig::FSB_CAPABLE))
+        .with_route(gsi as u8)
+        | ComparatorConfig::LEVEL_TRIGGERED
+        | ComparatorConfig::INTERRUPT_ENABLE
+        | ComparatorConfig::MODE_32BIT;
+    h.set_comparator_config(culprit.index, config);
+    h.set_comparator(culprit.index, u64::from((h.counter() as u32).wrapping_add(100_000)));
+    log::warn!(
+        "hpet_storm={victim}: comparator {} raises GSI {gsi} (comparator {victim}'s line) in 1 ms and is never cleared",
+        culprit.index
+    );
 }
 
 /// The CPU the global device interrupts: the first one without a per-CPU comparator (it is
@@ -466,12 +517,15 @@ pub fn device_stats() -> Vec<(String, u64, u64, u64, u32, bool)> {
 /// tick device, the broadcast device. A CPU without any device fails the verdict.
 pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup) {
     use crate::time::report::{TickDeviceReport, Verdict};
+    let taken_out: Vec<String> = device_stats().into_iter().filter(|d| d.5).map(|d| d.0).collect();
     if let Some(h) = report.hpet.as_mut() {
         for (c, o) in h.comparators.iter_mut().zip(&setup.comparators) {
             c.delivery = o.delivery.map_or("none", |d| d.kind()).into();
             c.gsi = o.delivery.and_then(|d| d.gsi());
             c.cpu = o.cpu.map(|c| c as u32);
-            c.role = o.role.into();
+            // A comparator taken out at run time (a storm, programming given up) failed too.
+            let failed_later = taken_out.iter().any(|name| *name == alloc::format!("hpet{}", o.index));
+            c.role = if failed_later { "failed".into() } else { o.role.into() };
             c.selftest_irqs = o.selftest_irqs;
         }
     }
@@ -493,6 +547,11 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
         })
         .collect();
     report.broadcast = broadcast_device();
+    let runtime = without_interrupts(|| RUNTIME_FALLBACKS.lock().clone());
+    if !runtime.is_empty() && report.verdict == Verdict::Ok {
+        report.verdict = Verdict::Degraded;
+    }
+    report.fallbacks.extend(runtime);
     if report.tick_devices.iter().any(|t| t.device.is_none()) {
         report.verdict = Verdict::Failed;
     }
