@@ -6,7 +6,9 @@
 //!   (`name: options`), booted in turn and reported in libtest's format; ARGS are test filters;
 //! - any other ELF is booted once with ARGS as run options, its serial log streamed to stdout.
 
+mod bench;
 mod elf;
+mod hpet_table;
 mod image;
 mod options;
 mod qemu;
@@ -24,8 +26,12 @@ const TEST_SECTION: &str = ".kernel_test";
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("bench") if args.len() >= 2 => bench::run(Path::new(&args[1]), &args[2..]),
         None | Some("-h" | "--help") => {
-            eprintln!("usage: boot KERNEL-ELF [OPTIONS] [-- QEMU-ARGS]\n\n{}", options::HELP);
+            eprintln!(
+                "usage: boot KERNEL-ELF [OPTIONS] [-- QEMU-ARGS]\n       boot bench KERNEL-ELF [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]\n\n{}",
+                options::HELP
+            );
             ExitCode::from(2)
         }
         Some(elf) => {

@@ -1,5 +1,6 @@
 //! The options shared by `scripts/run` and by every test variant, and their parser.
 
+use crate::hpet_table::HpetTable;
 use std::fmt;
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ pub struct RunOptions {
     pub timeout: Duration,
     pub cmdline: String,
     pub gdb: bool,
+    /// A malformed HPET table to inject (`--hpet-table`): the machine becomes q35 without
+    /// QEMU's HPET, and QEMU gets the table with `-acpitable`.
+    pub hpet_table: Option<HpetTable>,
     /// Passed to QEMU verbatim, after our own arguments.
     pub qemu_args: Vec<String>,
     pub expect: Expect,
@@ -57,6 +61,7 @@ impl Default for RunOptions {
             timeout: Duration::from_secs(120),
             cmdline: String::new(),
             gdb: false,
+            hpet_table: None,
             qemu_args: Vec::new(),
             expect: Expect::Success,
             expect_log: Vec::new(),
@@ -95,6 +100,14 @@ Options (scripts/run, and each variant of a QEMU test):
   --timeout SECONDS    kill QEMU and fail after this long (default 120)
   --cmdline \"...\"      kernel options, handed over through fw_cfg (see README, Kernel options)
   --gdb                QEMU waits for a debugger on tcp::1234 before the first instruction
+  --hpet-table FAULT[@ADDR]   fault injection: boot -machine q35,hpet=off (no HPET device, no
+                       HPET table of QEMU's) with a malformed HPET table of ours (-acpitable),
+                       written next to the disk image. FAULT: base-zero; base-in-ram (0x100000);
+                       base-unbacked (0xbff00000, PCIe config space of the absent bus 255: reads
+                       all ones); period-zero (0xfec00000, the IOAPIC: period field reads 0);
+                       period-too-long (0xfeb85400, the e1000e's RAH0: period 2147505716 fs);
+                       truncated (44 bytes, checksum correct). @ADDR names another base.
+                       (bad-checksum cannot be injected: QEMU recomputes table checksums.)
   --expect success|failure   (tests) the verdict the kernel must report (default success)
   --expect-log TEXT    (tests) TEXT must appear in the serial log; repeatable
   --expect-report CHECK   (tests) a check on the TIMER-REPORT line: /json/pointer=VALUE or
@@ -145,6 +158,15 @@ impl RunOptions {
                 }
                 "--cmdline" => self.cmdline = value(arg, &mut it)?.clone(),
                 "--gdb" => self.gdb = true,
+                "--hpet-table" => {
+                    let v = value(arg, &mut it)?;
+                    let table = HpetTable::parse(v).map_err(|why| OptionError::BadValue {
+                        option: arg.clone(),
+                        value: v.clone(),
+                        why,
+                    })?;
+                    self.hpet_table = Some(table);
+                }
                 "--expect" => {
                     let v = value(arg, &mut it)?;
                     self.expect = match v.as_str() {
@@ -249,6 +271,19 @@ mod tests {
     #[test]
     fn unclosed_quote_is_reported() {
         assert!(matches!(split_words("--cmdline \"a b"), Err(OptionError::UnclosedQuote(_))));
+    }
+
+    #[test]
+    fn hpet_table_names_a_fault_and_optionally_its_base() {
+        use crate::hpet_table::HpetFault;
+        assert_eq!(parse("").unwrap().hpet_table, None);
+        let t = parse("--hpet-table period-zero").unwrap().hpet_table.unwrap();
+        assert_eq!((t.fault, t.base), (HpetFault::PeriodZero, 0xfec0_0000));
+        let t = parse("--hpet-table base-in-ram@0x1000000").unwrap().hpet_table.unwrap();
+        assert_eq!((t.fault, t.base), (HpetFault::BaseInRam, 0x100_0000));
+        assert!(matches!(parse("--hpet-table bogus"), Err(OptionError::BadValue { .. })));
+        assert!(matches!(parse("--hpet-table bad-checksum"), Err(OptionError::BadValue { .. })));
+        assert_eq!(parse("--hpet-table"), Err(OptionError::MissingValue("--hpet-table".into())));
     }
 
     #[test]

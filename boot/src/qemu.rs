@@ -1,9 +1,10 @@
 //! Builds the QEMU command line for a set of options, runs it under a timeout and classifies how
 //! it ended.
 
+use crate::hpet_table::HpetTable;
 use crate::options::{Accel, Firmware, RunOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,13 +95,31 @@ fn ovmf() -> Result<&'static str, String> {
     })
 }
 
-/// The QEMU arguments for booting `image` with `opts`. `cmdline_file` holds the kernel options.
-pub fn arguments(opts: &RunOptions, image: &Path, cmdline_file: &Path) -> Result<Vec<String>, String> {
+/// Writes `table` next to `image` (replacing an earlier copy atomically: concurrent runs write
+/// the same bytes) and returns its path.
+pub fn write_hpet_table(table: &HpetTable, image: &Path) -> Result<PathBuf, String> {
+    let path = image.with_extension(format!("{}.dat", table.file_stem()));
+    let partial = path.with_extension(format!("dat.{}", std::process::id()));
+    std::fs::write(&partial, table.bytes())
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|e| format!("writing the HPET table {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The QEMU arguments for booting `image` with `opts`. `cmdline_file` holds the kernel options,
+/// `hpet_table_file` the table `--hpet-table` asked for (see [`write_hpet_table`]).
+pub fn arguments(
+    opts: &RunOptions,
+    image: &Path,
+    cmdline_file: &Path,
+    hpet_table_file: Option<&Path>,
+) -> Result<Vec<String>, String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    // A `-machine` among the verbatim arguments replaces ours rather than merging with it.
+    // A `-machine` among the verbatim arguments replaces ours rather than merging with it. With
+    // an injected HPET table ours has no HPET: QEMU then adds neither the device nor its table.
     if !opts.qemu_args.iter().any(|x| x == "-machine" || x == "-M") {
-        push(&["-machine", "q35,hpet=on"]);
+        push(&["-machine", if hpet_table_file.is_some() { "q35,hpet=off" } else { "q35,hpet=on" }]);
     }
     match opts.accel {
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
@@ -115,6 +134,9 @@ pub fn arguments(opts: &RunOptions, image: &Path, cmdline_file: &Path) -> Result
     push(&["-drive", &drive]);
     let fw_cfg = format!("name=opt/timerkernel/cmdline,file={}", cmdline_file.display());
     push(&["-fw_cfg", &fw_cfg]);
+    if let Some(table) = hpet_table_file {
+        push(&["-acpitable", &format!("file={}", table.display())]);
+    }
     if opts.firmware == Firmware::Uefi {
         push(&["-bios", ovmf()?]);
     }
@@ -137,7 +159,8 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     let cmdline_file = image.with_extension(format!("cmdline.{}", std::process::id()));
     std::fs::write(&cmdline_file, opts.cmdline.as_bytes())
         .map_err(|e| format!("writing {}: {e}", cmdline_file.display()))?;
-    let args = arguments(opts, image, &cmdline_file)?;
+    let hpet_table_file = opts.hpet_table.map(|t| write_hpet_table(&t, image)).transpose()?;
+    let args = arguments(opts, image, &cmdline_file, hpet_table_file.as_deref())?;
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(&args)
@@ -209,7 +232,8 @@ mod tests {
 
     fn args_for(line: &str) -> Vec<String> {
         let o = RunOptions::default().parse(&split_words(line).unwrap()).unwrap();
-        arguments(&o, Path::new("k.img"), Path::new("k.cmdline")).unwrap()
+        let table = o.hpet_table.map(|t| PathBuf::from(format!("k.{}.dat", t.file_stem())));
+        arguments(&o, Path::new("k.img"), Path::new("k.cmdline"), table.as_deref()).unwrap()
     }
 
     fn has_pair(a: &[String], x: &str, y: &str) -> bool {
@@ -231,6 +255,31 @@ mod tests {
         let a = args_for("-- -machine pc,hpet=on");
         assert_eq!(a.iter().filter(|x| *x == "-machine").count(), 1);
         assert!(has_pair(&a, "-machine", "pc,hpet=on"));
+    }
+
+    #[test]
+    fn hpet_table_boots_q35_without_hpet_and_adds_the_table() {
+        let a = args_for("--hpet-table truncated");
+        assert!(has_pair(&a, "-machine", "q35,hpet=off"));
+        assert!(!a.contains(&"q35,hpet=on".to_string()));
+        assert!(has_pair(&a, "-acpitable", "file=k.hpet-truncated.dat"));
+        // A verbatim -machine still replaces ours; the table is still added.
+        let a = args_for("--hpet-table base-zero -- -machine pc,hpet=off");
+        assert_eq!(a.iter().filter(|x| *x == "-machine").count(), 1);
+        assert!(has_pair(&a, "-machine", "pc,hpet=off"));
+        assert!(has_pair(&a, "-acpitable", "file=k.hpet-base-zero.dat"));
+    }
+
+    #[test]
+    fn hpet_table_is_written_next_to_the_image() {
+        let dir = std::env::temp_dir().join(format!("boot-hpet-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = HpetTable::parse("period-zero").unwrap();
+        let path = write_hpet_table(&table, &dir.join("k.bios.img")).unwrap();
+        assert_eq!(path, dir.join("k.bios.hpet-period-zero.dat"));
+        assert_eq!(std::fs::read(&path).unwrap(), table.bytes());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no partial file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub struct KernelOptions {
     /// `hpet_storm=N`: fault injection, an unused comparator raises comparator N's level line
     /// and is never cleared: an interrupt storm the comparator did not raise (default none).
     pub hpet_storm: Option<u32>,
+    /// `bench`: run the timer benchmark (`bench.rs`) instead of the workload.
+    pub bench: bool,
+    /// `bench_cpu=N`: the CPU the benchmark measures (default 0).
+    pub bench_cpu: u32,
+    /// `bench_drift_s=N`: also measure the periodic tick's drift over N s (default 0: not).
+    pub bench_drift_s: u64,
 }
 
 /// The `clockevents=` choice.
@@ -67,6 +73,9 @@ impl Default for KernelOptions {
             duration_ms: 1000,
             hpet_irq_masked: None,
             hpet_storm: None,
+            bench: false,
+            bench_cpu: 0,
+            bench_drift_s: 0,
         }
     }
 }
@@ -194,7 +203,18 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 0..=31));
                 options.hpet_storm = n.or(options.hpet_storm);
             }
+            "bench_cpu" => {
+                let n = take("bench_cpu", "a CPU index from 0 to 63")
+                    .parse(&mut problems, |v| in_range(v, 0..=63));
+                options.bench_cpu = n.unwrap_or(options.bench_cpu);
+            }
+            "bench_drift_s" => {
+                let n = take("bench_drift_s", "seconds from 0 to 600")
+                    .parse(&mut problems, |v| in_range(v, 0..=600));
+                options.bench_drift_s = n.unwrap_or(options.bench_drift_s);
+            }
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
+            "bench" if value.is_none() => options.bench = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
         }
     }
@@ -246,6 +266,8 @@ mod tests {
         assert!(o.no_apic_timer && o.periodic_tick);
         assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
         assert_eq!(parse("hpet_storm=0").0.hpet_storm, Some(0));
+        let (b, p) = parse("bench bench_cpu=1 bench_drift_s=10");
+        assert!(p.is_empty() && b.bench && b.bench_cpu == 1 && b.bench_drift_s == 10);
     }
 
     #[test]

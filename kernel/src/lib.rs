@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod arch;
+pub mod bench;
 pub mod cmdline;
 pub mod logger;
 pub mod time;

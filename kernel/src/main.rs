@@ -16,7 +16,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Some(a) => log::info!("boot CPU up; ACPI RSDP at {a:#x}"),
         None => log::warn!("boot CPU up; the bootloader found no ACPI RSDP"),
     }
-    workload::run(k.options.duration_ms);
+    if k.options.bench {
+        let part = kernel::bench::run(&k, k.options.bench_cpu as usize, k.options.bench_drift_s);
+        kernel::bench::print(&part);
+    } else {
+        workload::run(k.options.duration_ms);
+    }
     smp::log_interrupt_table();
     let report = kernel::report(&k);
     let code = match report.verdict {

@@ -286,6 +286,10 @@ impl ClockEventDevice {
     pub fn state(&self) -> State {
         self.state
     }
+    /// The hardware side, for measurements that program it directly (then `resync`).
+    pub fn driver(&self) -> &'static dyn EventDriver {
+        self.driver
+    }
     pub fn conversion(&self) -> NsToTicks {
         self.conversion
     }

@@ -71,6 +71,12 @@ pub struct LatencyReport {
     pub max: u64,
 }
 
+/// The nearest-rank percentile `per_mille` / 10 of `sorted` (ascending, not empty).
+pub fn nearest_rank(sorted: &[u64], per_mille: usize) -> u64 {
+    let n = sorted.len();
+    sorted[(n * per_mille).div_ceil(1000).clamp(1, n) - 1]
+}
+
 impl LatencyReport {
     /// Nearest-rank percentiles of `samples` (sorted in place); all 0 when empty.
     pub fn from_samples(samples: &mut [u64]) -> LatencyReport {
@@ -79,12 +85,12 @@ impl LatencyReport {
         if n == 0 {
             return LatencyReport::default();
         }
-        let rank = |p: usize| samples[(n * p).div_ceil(100).clamp(1, n) - 1];
+        let rank = |per_mille| nearest_rank(samples, per_mille);
         LatencyReport {
             samples: n as u64,
             min: samples[0],
-            p50: rank(50),
-            p99: rank(99),
+            p50: rank(500),
+            p99: rank(990),
             max: samples[n - 1],
         }
     }

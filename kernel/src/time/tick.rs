@@ -101,7 +101,7 @@ impl<T> Default for Fired<T> {
 }
 
 /// A line of the report about one CPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TickDeviceInfo {
     pub cpu: usize,
     /// Name of the device that interrupts this CPU (the broadcast device's when served by it).
@@ -478,6 +478,21 @@ impl<T> TickSystem<T> {
         }
         self.cpu(cpu).next_event_ns = u64::MAX;
         self.expire(cpu, now_ns)
+    }
+
+    /// Forgets what `cpu`'s device was programmed for and programs it again from the queue
+    /// (after something programmed the hardware behind the layer's back, e.g. a measurement).
+    pub fn resync(&mut self, cpu: usize, now_ns: u64) {
+        let device = match self.service(cpu) {
+            Service::Local(d) | Service::Broadcast(d) => d,
+            Service::None => return,
+        };
+        self.devices[device.0].next_event_ns = 0;
+        self.cpu(cpu).next_event_ns = u64::MAX;
+        self.reprogram(cpu, now_ns);
+        if Some(device) == self.broadcast {
+            self.reprogram_broadcast(device, now_ns);
+        }
     }
 
     /// The index the next registered device will get (so a driver can route its interrupts to

@@ -170,7 +170,16 @@ pub fn mode() -> Option<Mode> {
     }
 }
 
+/// LAPIC register accesses (MMIO or MSR): each is a VM exit under virtualisation; the
+/// benchmark counts them per programmed event.
+static REGISTER_ACCESSES: AtomicU64 = AtomicU64::new(0);
+
+pub fn register_accesses() -> u64 {
+    REGISTER_ACCESSES.load(Ordering::Relaxed)
+}
+
 fn read(reg: Reg) -> u32 {
+    REGISTER_ACCESSES.fetch_add(1, Ordering::Relaxed);
     match mode() {
         Some(Mode::X2Apic) => {
             // SAFETY: x2APIC mode is enabled on this CPU, so MSR 0x800 + offset/16 is its register.
@@ -187,6 +196,7 @@ fn read(reg: Reg) -> u32 {
 }
 
 fn write(reg: Reg, value: u32) {
+    REGISTER_ACCESSES.fetch_add(1, Ordering::Relaxed);
     match mode() {
         Some(Mode::X2Apic) => {
             // SAFETY: as in `read`; writing LAPIC registers affects only this CPU's APIC.

@@ -101,6 +101,25 @@ pub fn usable_ram() -> impl Iterator<Item = (u64, u64)> {
         .map(|r| (r.start, r.end))
 }
 
+/// Whether a memory map region is RAM, whatever it holds now: usable, the bootloader's (kernel
+/// image, page tables, boot info, stacks), or the firmware's ACPI tables (E820 types 3 and 4,
+/// UEFI types 9 and 10). Other firmware regions may cover device registers and do not count.
+pub fn is_ram(kind: MemoryRegionKind) -> bool {
+    matches!(
+        kind,
+        MemoryRegionKind::Usable
+            | MemoryRegionKind::Bootloader
+            | MemoryRegionKind::UnknownBios(3 | 4)
+            | MemoryRegionKind::UnknownUefi(9 | 10)
+    )
+}
+
+/// The memory map's RAM ranges (see [`is_ram`]) as `(start, end)`, end exclusive: no device
+/// registers may be mapped there.
+pub fn ram() -> impl Iterator<Item = (u64, u64)> {
+    USABLE.get().into_iter().flat_map(|r| r.iter()).filter(|r| is_ram(r.kind)).map(|r| (r.start, r.end))
+}
+
 /// Takes a usable page below 1 MiB (but not page 0) for real-mode code, once: the frame
 /// allocator never hands these out.
 pub fn low_free_page() -> Option<u64> {
@@ -200,4 +219,25 @@ pub fn init(boot_info: &'static BootInfo) {
         ALLOCATOR.0.lock().init(HEAP_START as *mut u8, HEAP_SIZE as usize)
     };
     log::info!("kernel heap: {} MiB at {HEAP_START:#x}", HEAP_SIZE >> 20);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_in_use_counts_as_ram_but_reserved_firmware_ranges_do_not() {
+        for kind in [
+            MemoryRegionKind::Usable,
+            MemoryRegionKind::Bootloader,
+            MemoryRegionKind::UnknownBios(3),
+            MemoryRegionKind::UnknownUefi(10),
+        ] {
+            assert!(is_ram(kind), "{kind:?}");
+        }
+        // E820 reserved and UEFI MMIO ranges hold device registers (PCIe ECAM, BIOS ROM, ...).
+        for kind in [MemoryRegionKind::UnknownBios(2), MemoryRegionKind::UnknownUefi(11)] {
+            assert!(!is_ram(kind), "{kind:?}");
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! `map(phys, len)` maps a physical range with PCD|PWT in the MMIO window, exactly once: asking
 //! again for a range inside an existing mapping returns that mapping, a range that only partly
-//! overlaps one is refused, and so is any range that overlaps usable RAM (a firmware table that
-//! points a device into RAM is lying).
+//! overlaps one is refused, and so is any range that overlaps RAM, usable or already in use (a
+//! firmware table that points a device into RAM is lying, and probing "registers" there would
+//! write into the kernel's own memory).
 
 use super::memory;
 use alloc::vec::Vec;
@@ -52,7 +53,7 @@ impl fmt::Display for MmioError {
                 write!(f, "MMIO range {phys:#x}+{len:#x} is not addressable")
             }
             MmioError::OverlapsRam { phys, len, ram_start, ram_end } => {
-                write!(f, "MMIO range {phys:#x}+{len:#x} overlaps usable RAM {ram_start:#x}..{ram_end:#x}")
+                write!(f, "MMIO range {phys:#x}+{len:#x} overlaps RAM {ram_start:#x}..{ram_end:#x}")
             }
             MmioError::PartlyMapped { phys, len, mapped_start, mapped_end } => write!(
                 f,
@@ -116,7 +117,7 @@ static WINDOW: Mutex<Window> =
 /// Maps `phys..phys+len` uncached (see the module comment for the rules).
 pub fn map(phys: u64, len: u64) -> Result<MmioRegion, MmioError> {
     let mut w = WINDOW.lock();
-    let (start, end) = match decide(phys, len, &w.mappings, memory::usable_ram())? {
+    let (start, end) = match decide(phys, len, &w.mappings, memory::ram())? {
         Decision::Reuse { virt } => {
             return Ok(MmioRegion { phys, virt: VirtAddr::new(virt), len });
         }

@@ -13,7 +13,7 @@ use super::platform::Platform;
 use super::smp::{self, percpu};
 use super::{interrupts, lapic as apic};
 use crate::cmdline::{ClockeventsChoice, KernelOptions};
-use crate::time::clockevents::{CpuSet, DeviceSpec, Features};
+use crate::time::clockevents::{CpuSet, DeviceSpec, Features, State};
 use crate::time::clocksource::now_ns;
 use crate::time::hrtimer::{Expired, TimerId};
 use crate::time::tick::{ArmError, DeviceId, TickMode, TickSystem};
@@ -119,9 +119,19 @@ fn run_expired(cpu: usize, expired: Vec<Expired<Payload>>) {
 }
 
 /// A clock event device interrupted this CPU (called by the device drivers' handlers).
+/// When each CPU last entered a clock event interrupt (device or wake-up), for the benchmark's
+/// deadline -> handler lateness.
+static INTERRUPT_ENTRY_NS: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+
+/// The clocksource time at which `cpu` last entered a clock event interrupt.
+pub fn last_interrupt_entry_ns(cpu: usize) -> u64 {
+    INTERRUPT_ENTRY_NS[cpu].load(Ordering::Relaxed)
+}
+
 pub(super) fn device_interrupt(device: usize) {
     let cpu = this_cpu();
     let now = now_ns();
+    INTERRUPT_ENTRY_NS[cpu].store(now, Ordering::Relaxed);
     let Some(fired) = with_tick(|t| t.device_event(DeviceId(device), cpu, now)) else { return };
     for other in fired.wake.iter() {
         if let Some(c) = percpu::cpu(other) {
@@ -134,6 +144,7 @@ pub(super) fn device_interrupt(device: usize) {
 fn wake_interrupt(_vector: u8) {
     let cpu = this_cpu();
     let now = now_ns();
+    INTERRUPT_ENTRY_NS[cpu].store(now, Ordering::Relaxed);
     if let Some(expired) = with_tick(|t| t.wakeup(cpu, now)) {
         run_expired(cpu, expired);
     }
@@ -191,6 +202,7 @@ pub fn init(platform: &mut Platform, options: &KernelOptions) -> Setup {
     if let Some(b) = broadcast_device() {
         log::info!("broadcast device {b}");
     }
+    BRINGUP_NS.store(now_ns(), Ordering::Relaxed);
     setup
 }
 
@@ -482,6 +494,53 @@ fn init_lapic_timers(platform: &mut Platform, options: &KernelOptions) {
             platform.fall_back(format!("LAPIC timer of CPU {} not registered: {e}", cpu.index));
         }
     }
+}
+
+/// Clocksource time when every CPU had its tick device (the self-tests included).
+static BRINGUP_NS: AtomicU64 = AtomicU64::new(0);
+
+pub fn bringup_ns() -> u64 {
+    BRINGUP_NS.load(Ordering::Relaxed)
+}
+
+/// What programming one event costs on the device serving the calling CPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProgrammingCost {
+    /// Median TSC cycles of one `set_next_event`.
+    pub cycles: u64,
+    /// Register accesses (HPET MMIO, LAPIC MMIO or MSR) per event.
+    pub register_accesses: u64,
+}
+
+/// Programs the device serving the calling CPU `samples` times (1 ms ahead) and measures it;
+/// then programs the CPU's real next event again. `None` without a device.
+pub fn measure_programming(samples: usize, hpet: Option<&super::hpet::Hpet>) -> Option<ProgrammingCost> {
+    let cpu = this_cpu();
+    let accesses = || hpet.map_or(0, |h| h.mmio_accesses()) + apic::register_accesses();
+    with_tick(|t| {
+        let device = match t.service(cpu) {
+            crate::time::tick::Service::Local(d) | crate::time::tick::Service::Broadcast(d) => d,
+            crate::time::tick::Service::None => return None,
+        };
+        // One-shot programming only: a comparator in periodic mode would take the value as its
+        // period.
+        if !matches!(t.device(device).state(), State::Oneshot | State::OneshotStopped) {
+            return None;
+        }
+        let (driver, ticks) = (t.device(device).driver(), t.device(device).conversion().ticks(1_000_000));
+        let mut cycles: Vec<u64> = Vec::with_capacity(samples);
+        let before = accesses();
+        for _ in 0..samples {
+            let start = super::tsc::read();
+            let _ = driver.set_next_event(ticks);
+            cycles.push(super::tsc::read() - start);
+        }
+        let register_accesses = (accesses() - before) / samples.max(1) as u64;
+        t.resync(cpu, now_ns());
+        cycles.sort_unstable();
+        Some(ProgrammingCost { cycles: cycles.get(samples / 2).copied().unwrap_or(0), register_accesses })
+    })
+    .flatten()
 }
 
 /// Per-CPU tick devices, for the log and the report.

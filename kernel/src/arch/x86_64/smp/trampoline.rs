@@ -110,6 +110,9 @@ ap_trampoline_end:
     options(att_syntax)
 );
 
+// SAFETY: each symbol is a label the `global_asm!` above defines in `.rodata.ap_trampoline`,
+// which is never written; they are declared as `u8` only so that `&raw const` yields their
+// addresses, and no Rust code reads them except as the bytes between the start and end labels.
 unsafe extern "C" {
     static ap_trampoline_start: u8;
     static ap_trampoline_end: u8;

@@ -1,0 +1,345 @@
+//! `boot bench KERNEL-ELF [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]`:
+//! the timer benchmark's host side. Boots the kernel with its `bench` option once per device
+//! kind the machine offers, in each clock, collects every `BENCH-PART {json}` line, prints a
+//! table per clock, writes `bench.json` and one lateness plot per clock (`lateness-CLOCK.svg`)
+//! into the output directory, and ends with one line `BENCH {json}`.
+//!
+//! Clocks: `tcg` is QEMU's normal TCG mode (guest time follows the host's: real, noisy);
+//! `icount` runs with `-icount shift=0,sleep=off`, one guest nanosecond per instruction, so
+//! lateness measures the length of the kernel's interrupt path and repeats on any host.
+
+use crate::image;
+use crate::options::{Accel, RunOptions};
+use crate::qemu;
+use plotters::prelude::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// A device kind and the boot that measures it.
+struct Kind {
+    name: &'static str,
+    smp: u32,
+    cmdline: &'static str,
+    qemu: &'static [&'static str],
+}
+
+const KINDS: &[Kind] = &[
+    Kind { name: "percpu-hpet", smp: 1, cmdline: "bench", qemu: &[] },
+    Kind {
+        name: "global-hpet-broadcast",
+        smp: 2,
+        cmdline: "bench clockevents=global bench_cpu=1",
+        qemu: &[],
+    },
+    Kind { name: "legacy-hpet", smp: 1, cmdline: "bench", qemu: &["-machine", "pc,hpet=on"] },
+    Kind { name: "fsb-hpet", smp: 1, cmdline: "bench", qemu: &["-global", "hpet.msi=on"] },
+    Kind { name: "lapic", smp: 1, cmdline: "bench clockevents=lapic", qemu: &[] },
+];
+
+/// Kinds whose periodic tick drift is measured (hardware periodic mode), with their cmdline.
+const DRIFT: &[(&str, &str)] = &[
+    ("percpu-hpet", "bench tick=periodic hz=1000"),
+    ("lapic", "bench tick=periodic hz=1000 clockevents=lapic"),
+];
+
+const DELTAS: [&str; 4] = ["1000", "10000", "100000", "1000000"];
+
+struct Args {
+    clocks: Vec<&'static str>,
+    drift_s: u64,
+    accel: Accel,
+    out: PathBuf,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        clocks: vec!["tcg", "icount"],
+        drift_s: 10,
+        accel: Accel::Tcg,
+        out: PathBuf::from("target/bench"),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--clock" => {
+                a.clocks = match value()?.as_str() {
+                    "tcg" => vec!["tcg"],
+                    "icount" => vec!["icount"],
+                    "both" => vec!["tcg", "icount"],
+                    v => return Err(format!("--clock {v}: expected tcg, icount or both")),
+                }
+            }
+            "--drift-s" => a.drift_s = value()?.parse().map_err(|_| "--drift-s needs seconds".to_string())?,
+            "--accel" => {
+                a.accel = match value()?.as_str() {
+                    "tcg" => Accel::Tcg,
+                    "kvm" => Accel::Kvm,
+                    v => return Err(format!("--accel {v}: expected tcg or kvm")),
+                }
+            }
+            "--out" => a.out = PathBuf::from(value()?),
+            other => return Err(format!("unknown bench option {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Boots one configuration and returns its BENCH-PART object.
+fn measure(
+    elf: &Path,
+    a: &Args,
+    clock: &str,
+    smp: u32,
+    cmdline: &str,
+    qemu_args: &[&str],
+) -> Result<Value, String> {
+    let mut opts = RunOptions {
+        smp,
+        accel: a.accel,
+        cmdline: cmdline.to_string(),
+        timeout: Duration::from_secs(300),
+        ..RunOptions::default()
+    };
+    opts.qemu_args = qemu_args.iter().map(|s| s.to_string()).collect();
+    if clock == "icount" {
+        opts.qemu_args.extend(["-icount".to_string(), "shift=0,sleep=off".to_string()]);
+    }
+    let img = image::disk_image(elf, opts.firmware)?;
+    let boot = qemu::boot(&opts, &img, |_| {})?;
+    let line = boot
+        .log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("BENCH-PART "))
+        .ok_or_else(|| format!("no BENCH-PART line ({})", boot.outcome.describe_with_log(&boot.log)))?;
+    serde_json::from_str(line).map_err(|e| format!("bad BENCH-PART line: {e}"))
+}
+
+pub fn run(elf: &Path, args: &[String]) -> ExitCode {
+    let a = match parse_args(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("boot bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&a.out) {
+        eprintln!("boot bench: cannot create {}: {e}", a.out.display());
+        return ExitCode::from(2);
+    }
+    let mut runs = Vec::new();
+    for &clock in &a.clocks {
+        eprintln!("bench: clock {clock}");
+        let mut kinds = serde_json::Map::new();
+        for k in KINDS {
+            eprint!("bench:   {} ... ", k.name);
+            match measure(elf, &a, clock, k.smp, k.cmdline, k.qemu) {
+                Ok(part) => {
+                    eprintln!("{}", part["device"]);
+                    kinds.insert(k.name.to_string(), part);
+                }
+                Err(e) => eprintln!("not measured: {e}"),
+            }
+        }
+        let mut drift = serde_json::Map::new();
+        if a.drift_s > 0 {
+            for (name, cmdline) in DRIFT {
+                eprint!("bench:   drift of {name} over {} s ... ", a.drift_s);
+                let cmdline = format!("{cmdline} bench_drift_s={}", a.drift_s);
+                match measure(elf, &a, clock, 1, &cmdline, &[]) {
+                    Ok(part) => {
+                        eprintln!("{} ppm", part["drift_ppm"]);
+                        drift.insert(name.to_string(), part["drift_ppm"].clone());
+                    }
+                    Err(e) => eprintln!("not measured: {e}"),
+                }
+            }
+        }
+        let bringup_us = kinds.get("percpu-hpet").map_or(Value::Null, |p| p["bringup_us"].clone());
+        let run = json!({ "clock": clock, "kinds": kinds, "drift_ppm": drift, "bringup_us": bringup_us });
+        print_table(&run);
+        let svg = a.out.join(format!("lateness-{clock}.svg"));
+        match plot(&run, &svg) {
+            Ok(()) => println!("plot: {}", svg.display()),
+            Err(e) => eprintln!("boot bench: plot failed: {e}"),
+        }
+        runs.push(run);
+    }
+    let all = json!({ "runs": runs });
+    let file = a.out.join("bench.json");
+    if let Err(e) = std::fs::write(&file, serde_json::to_string_pretty(&all).unwrap_or_default()) {
+        eprintln!("boot bench: cannot write {}: {e}", file.display());
+    } else {
+        println!("data: {}", file.display());
+    }
+    println!("BENCH {}", summary(&all));
+    ExitCode::SUCCESS
+}
+
+/// The `BENCH` line: per clock and kind the figures the README documents (the histograms stay
+/// in bench.json).
+fn summary(all: &Value) -> Value {
+    let runs: Vec<Value> = all["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|run| {
+            let mut kinds = serde_json::Map::new();
+            for (name, part) in run["kinds"].as_object().into_iter().flatten() {
+                let mut lateness = serde_json::Map::new();
+                for d in DELTAS {
+                    lateness.insert(d.to_string(), json!({
+                        "handler": part["lateness_ns"][d]["handler"],
+                        "callback": part["lateness_ns"][d]["callback"],
+                    }));
+                }
+                kinds.insert(name.clone(), json!({
+                    "device": part["device"],
+                    "via_broadcast": part["via_broadcast"],
+                    "lateness_ns": lateness,
+                    "program_cycles": part["program_cycles"],
+                    "program_mmio": part["program_mmio"],
+                    "max_events_per_s": part["max_events_per_s"],
+                    "min_delta_ns": part["min_delta_ns"],
+                }));
+            }
+            json!({ "clock": run["clock"], "kinds": kinds, "drift_ppm": run["drift_ppm"], "bringup_us": run["bringup_us"] })
+        })
+        .collect();
+    json!({ "runs": runs })
+}
+
+fn print_table(run: &Value) {
+    println!(
+        "\nclock: {}  (callback lateness p50 / p99 / max in us; deadline -> callback on the clocksource)",
+        run["clock"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<22} {:<14} {:>22} {:>22} {:>22} {:>22} {:>8} {:>5} {:>9} {:>9}",
+        "kind", "device", "1 us", "10 us", "100 us", "1 ms", "cycles", "mmio", "events/s", "min dlt"
+    );
+    for (name, p) in run["kinds"].as_object().into_iter().flatten() {
+        let cell = |d: &str| {
+            let c = &p["lateness_ns"][d]["callback"];
+            let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
+            format!("{:.1} / {:.1} / {:.0}", us(&c["p50"]), us(&c["p99"]), us(&c["max"]))
+        };
+        let device = format!(
+            "{}{}",
+            p["device"].as_str().unwrap_or("-"),
+            if p["via_broadcast"].as_bool() == Some(true) { " (bc)" } else { "" }
+        );
+        println!(
+            "{:<22} {:<14} {:>22} {:>22} {:>22} {:>22} {:>8} {:>5} {:>9} {:>9}",
+            name,
+            device,
+            cell("1000"),
+            cell("10000"),
+            cell("100000"),
+            cell("1000000"),
+            p["program_cycles"],
+            p["program_mmio"],
+            p["max_events_per_s"],
+            p["min_delta_ns"]
+        );
+    }
+    println!("drift (ppm): {}   bring-up (us): {}", run["drift_ppm"], run["bringup_us"]);
+}
+
+/// Lateness histograms (log2 buckets of deadline -> callback), one panel per delta, one line per
+/// device kind.
+fn plot(run: &Value, file: &Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let root = SVGBackend::new(file, (1200, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let title = format!(
+        "timer lateness, clock {} (share of events per log2 bucket)",
+        run["clock"].as_str().unwrap_or("?")
+    );
+    let root = root.titled(&title, ("sans-serif", 22)).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((2, 2));
+    let kinds: Vec<(String, Value)> =
+        run["kinds"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+    for (panel, delta) in panels.iter().zip(DELTAS) {
+        let caption = format!("delta {} us", delta.parse::<f64>().unwrap_or(0.0) / 1000.0);
+        let mut chart = ChartBuilder::on(panel)
+            .caption(caption, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0u32..32u32, 0f64..1f64)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("lateness (log2 ns: 10 = 1 us, 20 = 1 ms)")
+            .y_desc("share of events")
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (i, (name, part)) in kinds.iter().enumerate() {
+            let counts: Vec<f64> = part["lateness_ns"][delta]["histogram"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_f64().unwrap_or(0.0))
+                .collect();
+            let total: f64 = counts.iter().sum::<f64>().max(1.0);
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    counts.iter().enumerate().map(|(b, c)| (b as u32, c / total)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| err(&e))?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_options_parse() {
+        let a = parse_args(&["--clock".into(), "icount".into(), "--drift-s".into(), "0".into()]).unwrap();
+        assert_eq!((a.clocks, a.drift_s), (vec!["icount"], 0));
+        assert!(parse_args(&["--clock".into(), "fast".into()]).is_err());
+        assert!(parse_args(&["--bogus".into()]).is_err());
+    }
+
+    #[test]
+    fn summary_keeps_the_documented_figures_and_drops_histograms() {
+        let part = json!({"device": "hpet0", "via_broadcast": false, "program_cycles": 9000, "program_mmio": 3,
+            "max_events_per_s": 8000, "min_delta_ns": 5000,
+            "lateness_ns": {"1000": {"handler": {"p50": 1}, "callback": {"p50": 2}, "histogram": [1, 2]}}});
+        let all = json!({"runs": [{"clock": "tcg", "kinds": {"percpu-hpet": part}, "drift_ppm": {"lapic": 3}, "bringup_us": 90000}]});
+        let s = summary(&all);
+        let k = &s["runs"][0]["kinds"]["percpu-hpet"];
+        assert_eq!(k["program_mmio"], 3);
+        assert_eq!(k["lateness_ns"]["1000"]["callback"]["p50"], 2);
+        assert!(k["lateness_ns"]["1000"].get("histogram").is_none());
+        assert_eq!(s["runs"][0]["drift_ppm"]["lapic"], 3);
+    }
+
+    #[test]
+    fn plot_writes_an_svg() {
+        let run = json!({"clock": "tcg", "kinds": {"percpu-hpet": {"lateness_ns": {"1000": {"histogram": [0, 3, 1]}}}}});
+        let file = std::env::temp_dir().join(format!("bench-plot-{}.svg", std::process::id()));
+        plot(&run, &file).unwrap();
+        let svg = std::fs::read_to_string(&file).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("percpu-hpet"));
+        let _ = std::fs::remove_file(file);
+    }
+}
