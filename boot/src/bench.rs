@@ -225,7 +225,7 @@ fn print_table(run: &Value) {
         let cell = |d: &str| {
             let c = &p["lateness_ns"][d]["callback"];
             let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
-            format!("{:.1} / {:.1} / {:.0}", us(&c["p50"]), us(&c["p99"]), us(&c["max"]))
+            format!("{:.1} / {:.1} / {:.1}", us(&c["p50"]), us(&c["p99"]), us(&c["max"]))
         };
         let device = format!(
             "{}{}",
@@ -240,10 +240,10 @@ fn print_table(run: &Value) {
             cell("10000"),
             cell("100000"),
             cell("1000000"),
-            p["program_cycles"],
-            p["program_mmio"],
-            p["max_events_per_s"],
-            p["min_delta_ns"]
+            p["program_cycles"].as_u64().unwrap_or(0),
+            p["program_mmio"].as_u64().unwrap_or(0),
+            p["max_events_per_s"].as_u64().unwrap_or(0),
+            p["min_delta_ns"].as_u64().unwrap_or(0)
         );
     }
     println!("drift (ppm): {}   bring-up (us): {}", run["drift_ppm"], run["bringup_us"]);
@@ -270,7 +270,7 @@ fn plot(run: &Value, file: &Path) -> Result<(), String> {
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(45)
-            .build_cartesian_2d(0u32..32u32, 0f64..1f64)
+            .build_cartesian_2d(8u32..26u32, 0f64..1f64)
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()

@@ -11,6 +11,23 @@
 pub use bootloader_api;
 pub use kernel;
 
+/// Generous bound for anything a test waits for: 5 s of kernel time (a bound on a wait, never
+/// an assertion about how long something took).
+pub const WAIT_LIMIT_NS: u64 = 5_000_000_000;
+
+/// Spins until `done` or [`WAIT_LIMIT_NS`] of the kernel's clocksource pass; true if `done`.
+pub fn wait_for(done: impl Fn() -> bool) -> bool {
+    let now = kernel::time::clocksource::now_ns;
+    let start = now();
+    while now() - start < WAIT_LIMIT_NS {
+        if done() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    done()
+}
+
 /// A test function gets what the bring-up found.
 pub type TestFn = fn(&kernel::Kernel);
 

@@ -13,6 +13,7 @@ use kernel_tests::kernel::arch::x86_64::clockevents::{self, TimerEvent};
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
 use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::kernel::workload;
+use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(
     variants: b"
@@ -43,20 +44,6 @@ kernel_tests::qemu_test!(
         workload_fires_every_timer_once_never_early,
     ],
 );
-
-/// Generous bound for anything to happen: 2 s of kernel time.
-const WAIT_LIMIT_NS: u64 = 2_000_000_000;
-
-fn wait_for(done: impl Fn() -> bool) -> bool {
-    let start = now_ns();
-    while now_ns() - start < WAIT_LIMIT_NS {
-        if done() {
-            return true;
-        }
-        core::hint::spin_loop();
-    }
-    done()
-}
 
 fn every_cpu_has_a_tick_device(_: &Kernel) {
     let devices = clockevents::tick_devices();

@@ -12,6 +12,7 @@ use kernel_tests::kernel::arch::x86_64::ioapic::{
 };
 use kernel_tests::kernel::arch::x86_64::{interrupts, lapic, tsc};
 use kernel_tests::kernel::time::clocksource::now_ns;
+use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(
     variants: b"
@@ -34,21 +35,6 @@ kernel_tests::qemu_test!(
         hpet_clocksource_is_monotonic_and_advances,
     ],
 );
-
-/// Generous bound for anything to happen: 2 s of kernel time.
-const WAIT_LIMIT_NS: u64 = 2_000_000_000;
-
-/// Spins until `done` or the limit passes; true if `done`.
-fn wait_for(done: impl Fn() -> bool) -> bool {
-    let start = now_ns();
-    while now_ns() - start < WAIT_LIMIT_NS {
-        if done() {
-            return true;
-        }
-        core::hint::spin_loop();
-    }
-    done()
-}
 
 static HPET: spin::Once<&'static Hpet> = spin::Once::new();
 static TEST_COMPARATOR: AtomicU64 = AtomicU64::new(0);

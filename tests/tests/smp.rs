@@ -11,7 +11,7 @@ use kernel_tests::kernel::arch::x86_64::ioapic::{
 };
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
 use kernel_tests::kernel::arch::x86_64::{interrupts, lapic};
-use kernel_tests::kernel::time::clocksource::now_ns;
+use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(
     variants: b"
@@ -32,19 +32,6 @@ kernel_tests::qemu_test!(
         ipi_to_all_others_reaches_each_other_cpu_once,
     ],
 );
-
-const WAIT_LIMIT_NS: u64 = 5_000_000_000;
-
-fn wait_for(done: impl Fn() -> bool) -> bool {
-    let start = now_ns();
-    while now_ns() - start < WAIT_LIMIT_NS {
-        if done() {
-            return true;
-        }
-        core::hint::spin_loop();
-    }
-    done()
-}
 
 fn every_enabled_cpu_is_online(k: &Kernel) {
     let online = percpu::all().count();
