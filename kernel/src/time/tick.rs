@@ -423,10 +423,6 @@ impl<T> TickSystem<T> {
         self.cpus.get_mut(cpu)?.as_mut()?.queue.cancel(id)
     }
 
-    pub fn pending(&self, cpu: usize) -> usize {
-        self.cpus.get(cpu).and_then(|c| c.as_ref()).map_or(0, |c| c.queue.len())
-    }
-
     /// Device `id` interrupted `cpu` (the calling CPU) at `now_ns`.
     pub fn device_event(&mut self, id: DeviceId, cpu: usize, now_ns: u64) -> Fired<T> {
         if self.devices[id.0].state() == State::Oneshot {

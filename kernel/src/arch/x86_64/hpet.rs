@@ -680,3 +680,63 @@ mod tests {
         assert_eq!(GsiList(0x8000_0001).to_string(), "0, 31");
     }
 }
+
+/// Property tests of the 32-bit counter extension: exact across any number of wraps for
+/// readings less than 2^31 ticks apart, and monotonic with concurrent readers.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Extended values stay below 2^62 here: 2^62 ticks of a 100 MHz counter are 1462 years.
+    const MAX_START: u64 = 1 << 62;
+
+    proptest! {
+        /// Readings less than 2^31 ticks apart extend to exactly the true 64-bit count, across
+        /// as many wraps of the 32-bit counter as the steps add up to.
+        #[test]
+        fn extension_is_exact_across_wraps(start in 0..MAX_START, steps in prop::collection::vec(0..HALF_WRAP_32, 1..64)) {
+            let mut extended = start;
+            let mut truth = start;
+            for step in steps {
+                truth += u64::from(step);
+                let next = extend_32bit(extended, truth as u32);
+                prop_assert_eq!(next, truth, "step {} from {:#x}", step, extended);
+                prop_assert!(next >= extended, "went backwards");
+                extended = next;
+            }
+        }
+
+        /// A reading behind the previous value (up to half a wrap, an out-of-order read) leaves
+        /// it unchanged: never a jump of nearly 2^32 ticks.
+        #[test]
+        fn reading_behind_never_jumps_ahead(previous in u64::from(HALF_WRAP_32)..MAX_START, behind in 1..=HALF_WRAP_32) {
+            let reading = previous.wrapping_sub(u64::from(behind)) as u32;
+            prop_assert_eq!(extend_32bit(previous, reading), previous);
+        }
+
+        /// Two CPUs: this one loads `last`, then reads the counter at `ours`; meanwhile another
+        /// CPU may publish its own extended reading `theirs` (taken before or after ours). The
+        /// result is the later of the two readings, the published value never decreases, and
+        /// 0x1_0000_0000 ticks are never added by mistake.
+        #[test]
+        fn shared_extension_returns_the_latest_reading(
+            start in 0..MAX_START,
+            ours in 0..HALF_WRAP_32,
+            theirs in prop::option::of(0..HALF_WRAP_32),
+        ) {
+            let last = AtomicU64::new(start);
+            let ours = start + u64::from(ours);
+            let theirs = theirs.map(|t| start + u64::from(t));
+            let got = extend_32bit_shared(&last, || {
+                if let Some(t) = theirs {
+                    last.fetch_max(t, Ordering::AcqRel);
+                }
+                ours as u32
+            });
+            let expected = ours.max(theirs.unwrap_or(0));
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(last.load(Ordering::Acquire), expected.max(start));
+        }
+    }
+}

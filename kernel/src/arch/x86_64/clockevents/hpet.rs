@@ -8,7 +8,7 @@
 //! (level-triggered, the status bit cleared by writing 1); legacy replacement (comparator 0 ->
 //! IRQ0, 1 -> IRQ8, edge) when comparator 0 has neither, as on `-machine pc`.
 
-use super::super::hpet::{ComparatorConfig, GeneralConfig, Hpet};
+use super::super::hpet::{ComparatorConfig, Hpet};
 use super::super::ioapic::{DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger};
 use super::super::{interrupts, lapic};
 use crate::cmdline::ClockeventsChoice;
@@ -412,11 +412,6 @@ impl HpetChannel {
             d => super::take_out(d - 1, reason),
         }
     }
-}
-
-/// The block's legacy replacement bit, for the log.
-pub fn legacy_route_enabled(hpet: &Hpet) -> bool {
-    hpet.config().contains(GeneralConfig::LEGACY_ROUTE)
 }
 
 #[cfg(test)]

@@ -1,0 +1,147 @@
+//! Property tests of the time layer's conversions, over their whole input range: ns -> device
+//! ticks (`NsToTicks`), ticks -> ns (`ticks_to_ns`), and counter ticks -> ns (`MultShift`).
+//! Each property is what the conversion's documentation promises; exact values are computed in
+//! 128 bits for comparison.
+
+use crate::time::clockevents::{NsToTicks, ticks_to_ns};
+use crate::time::clocksource::{MultShift, NS_PER_S};
+use proptest::prelude::*;
+
+/// Device and counter frequencies: 1 Hz to 10 GHz.
+const MAX_HZ: u64 = 10_000_000_000;
+
+/// A u64 spread over every magnitude (uniform in its number of bits, then in its value), so
+/// small, mid-range and near-`u64::MAX` values all come up.
+fn wide_u64() -> impl Strategy<Value = u64> {
+    (0u32..64, any::<u64>()).prop_map(|(shift, v)| v >> shift)
+}
+
+/// A value in `0..=max`: `max` itself, its half, or anything below.
+fn up_to(max: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![Just(max), Just(max / 2), any::<u64>().prop_map(move |v| v.checked_rem(max.wrapping_add(1)).unwrap_or(v))]
+}
+
+fn frequency() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        1u64..=MAX_HZ,
+        // The frequencies of this kernel's devices: 32 kHz, the PIT, ACPI PM, HPETs, LAPICs, TSCs.
+        prop::sample::select(vec![
+            32_768u64,
+            1_193_182,
+            3_579_545,
+            14_318_180,
+            19_200_000,
+            24_000_000,
+            100_000_000,
+            1_000_000_000,
+            2_999_999_999,
+            3_000_000_000,
+            4_000_000_000,
+        ]),
+    ]
+}
+
+/// `(frequency, max_ns, ns <= max_ns)`.
+fn conversion_inputs() -> impl Strategy<Value = (u64, u64, u64)> {
+    (frequency(), wide_u64()).prop_flat_map(|(hz, max_ns)| (Just(hz), Just(max_ns), up_to(max_ns)))
+}
+
+/// `ceil(ns * hz / 10^9)`: the fewest ticks that last at least `ns`.
+fn exact_ticks_up(ns: u64, hz: u64) -> u128 {
+    (u128::from(ns) * u128::from(hz)).div_ceil(u128::from(NS_PER_S))
+}
+
+proptest! {
+    /// The shift is chosen so that `max_ns * mult` fits in 64 bits: no delta up to the maximum
+    /// the conversion was made for can overflow it.
+    #[test]
+    fn ns_to_ticks_never_overflows_up_to_its_maximum((hz, max_ns, ns) in conversion_inputs()) {
+        let c = NsToTicks::new(hz, max_ns);
+        prop_assert!(
+            c.mult.checked_mul(max_ns.max(1)).is_some(),
+            "{hz} Hz, max {max_ns} ns: mult {} shift {} overflows", c.mult, c.shift
+        );
+        c.ticks(ns); // panics on overflow
+    }
+
+    /// Never early: at least `ceil(ns * hz / 10^9)` ticks, and late by at most the rounded-up
+    /// mult's error, `ns >> shift` ticks.
+    #[test]
+    fn ns_to_ticks_rounds_up_within_its_error_bound((hz, max_ns, ns) in conversion_inputs()) {
+        let c = NsToTicks::new(hz, max_ns);
+        prop_assume!(c.mult.checked_mul(ns).is_some()); // the overflow is the property above
+        let got = u128::from(c.ticks(ns));
+        let exact = exact_ticks_up(ns, hz);
+        prop_assert!(got >= exact, "{hz} Hz: {ns} ns -> {got} ticks, below {exact}");
+        prop_assert!(
+            got <= exact + u128::from(ns >> c.shift),
+            "{hz} Hz: {ns} ns -> {got} ticks, more than {exact} + {} (shift {})", ns >> c.shift, c.shift
+        );
+    }
+
+    /// A tick count turned into ns rounded up and back into ticks never comes out shorter: the
+    /// round trip `clockevents` does for its min/max deltas.
+    #[test]
+    fn ticks_to_ns_up_and_back_is_never_shorter(hz in frequency(), ticks in wide_u64()) {
+        let ns = ticks_to_ns(ticks, hz, true);
+        prop_assume!(ns < u64::MAX); // saturated: no ns value represents it
+        let c = NsToTicks::new(hz, ns);
+        prop_assume!(c.mult.checked_mul(ns).is_some()); // the overflow is the property above
+        prop_assert!(c.ticks(ns) >= ticks, "{hz} Hz: {ticks} ticks -> {ns} ns -> {} ticks", c.ticks(ns));
+    }
+
+    /// `ticks_to_ns` rounds in the direction asked, to the nearest ns on that side, or
+    /// saturates at `u64::MAX`.
+    #[test]
+    fn ticks_to_ns_rounds_in_the_direction_asked(hz in frequency(), ticks in wide_u64()) {
+        let exact_num = u128::from(ticks) * u128::from(NS_PER_S); // exact ns = exact_num / hz
+        let hz128 = u128::from(hz);
+        let down = ticks_to_ns(ticks, hz, false);
+        let up = ticks_to_ns(ticks, hz, true);
+        if exact_num / hz128 >= u128::from(u64::MAX) {
+            prop_assert_eq!(up, u64::MAX, "saturates instead of wrapping");
+        } else {
+            prop_assert!(u128::from(down) * hz128 <= exact_num, "down is not below the exact value");
+            prop_assert!((u128::from(down) + 1) * hz128 > exact_num, "down is not the nearest below");
+            prop_assert!(u128::from(up) * hz128 >= exact_num, "up is not above the exact value");
+            prop_assert!(up == 0 || (u128::from(up) - 1) * hz128 < exact_num, "up is not the nearest above");
+            prop_assert!(up - down <= 1);
+        }
+    }
+
+    /// `MultShift` never rounds up (a converted time is never later than the true one), stays
+    /// within one part in 2^32 (+1 ns of truncation), saturates rather than wraps, and is
+    /// monotonic.
+    #[test]
+    fn mult_shift_never_rounds_up_and_stays_within_its_error(
+        hz in frequency(),
+        ticks in wide_u64(),
+        more in wide_u64(),
+    ) {
+        let c = MultShift::ticks_to_ns(hz);
+        let exact = u128::from(ticks) * u128::from(NS_PER_S) / u128::from(hz);
+        let got = u128::from(c.apply(ticks));
+        if exact > u128::from(u64::MAX) {
+            prop_assert_eq!(got, u128::from(u64::MAX), "{} Hz, {} ticks must saturate", hz, ticks);
+        } else {
+            prop_assert!(got <= exact, "{hz} Hz, {ticks} ticks: {got} ns > exact {exact}");
+            prop_assert!(exact - got <= exact / (1 << 32) + 1, "{hz} Hz, {ticks} ticks: {got} ns vs {exact}");
+        }
+        prop_assert!(c.apply(ticks.saturating_add(more)) >= c.apply(ticks), "not monotonic");
+    }
+
+    /// The HPET's form, a tick length of `period_fs` femtoseconds (up to the specification's
+    /// 100 ns): same promises.
+    #[test]
+    fn mult_shift_from_a_period_never_rounds_up(period_fs in 1u64..=100_000_000, ticks in wide_u64()) {
+        let c = MultShift::ns_per_tick(period_fs, 1_000_000);
+        let exact = u128::from(ticks) * u128::from(period_fs) / 1_000_000;
+        let got = u128::from(c.apply(ticks));
+        if exact > u128::from(u64::MAX) {
+            prop_assert_eq!(got, u128::from(u64::MAX));
+        } else {
+            prop_assert!(got <= exact, "{period_fs} fs, {ticks} ticks: {got} ns > exact {exact}");
+            prop_assert!(exact - got <= exact / (1 << 32) + 1, "{period_fs} fs, {ticks} ticks: {got} vs {exact}");
+        }
+    }
+}
