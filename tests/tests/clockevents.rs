@@ -32,6 +32,9 @@ kernel_tests::qemu_test!(
         selftest_fails: --smp 2 --cmdline 'duration_ms=200 hpet_irq_masked=1' --expect-report /hpet/comparators/1/role=failed --expect-report /tick_devices/1/device=hpet2 --expect-report /verdict=degraded --expect-log 'HPET comparator 1 failed its interrupt self-test'
         storm: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect-report /verdict=degraded --expect-log 'interrupt storm on GSI 16'
         icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 -- -icount shift=0,sleep=off
+        icount_hpet_off: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off -icount shift=0,sleep=off
+        icount_pc_legacy: --smp 2 --cmdline duration_ms=100 --expect-report /hpet/comparators/1/delivery=legacy -- -machine pc,hpet=on -icount shift=0,sleep=off
+        icount_msi_global: --smp 2 --cmdline 'duration_ms=100 clockevents=global' --expect-report /hpet/comparators/0/delivery=fsb --expect-report /tick_devices/1/via_broadcast=true -- -global hpet.msi=on -icount shift=0,sleep=off
         icount_broadcast: --smp 4 --cmdline 'duration_ms=100 noapictimer' --expect-report /tick_devices/3/via_broadcast=true --expect-report /broadcast=hpet2 -- -icount shift=0,sleep=off
     ",
     tests: [
