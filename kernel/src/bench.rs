@@ -252,16 +252,16 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
         .into_iter()
         .find(|d| Some(&d.0) == info.device.as_ref())
         .map_or(0, |d| d.1);
-    if smp::call_on(cpu, measure_cost_here, 0).is_ok() {
-        if let Some(cost) = *COST.lock() {
-            part.program_cycles = cost.cycles;
-            part.program_mmio = cost.register_accesses;
-            log::info!(
-                "programming one event: {} cycles, {} register accesses",
-                cost.cycles,
-                cost.register_accesses
-            );
-        }
+    if smp::call_on(cpu, measure_cost_here, 0).is_ok()
+        && let Some(cost) = *COST.lock()
+    {
+        part.program_cycles = cost.cycles;
+        part.program_mmio = cost.register_accesses;
+        log::info!(
+            "programming one event: {} cycles, {} register accesses",
+            cost.cycles,
+            cost.register_accesses
+        );
     }
     if drift_s > 0 {
         part.drift_ppm = measure_drift(cpu, drift_s, k.options.hz);

@@ -12,7 +12,7 @@ kernel_tests::qemu_test!(
 );
 
 fn write_to_unmapped_page(_: &Kernel) {
-    let p = core::hint::black_box(0xdead_beef_000u64) as *mut u64;
+    let p = core::hint::black_box(0x0dea_dbee_f000_u64) as *mut u64;
     // SAFETY: none; this write is meant to fault (nothing is mapped at 0xdeadbeef000).
     unsafe { p.write_volatile(1) };
     panic!("the write to an unmapped page did not fault");

@@ -144,6 +144,29 @@ pub struct DeviceSpec {
     pub max_delta_ticks: u64,
 }
 
+/// A device that cannot wait this long is refused: it would interrupt thousands of times a
+/// second just to wait for a later deadline (hardware offers seconds: HPET 21 s, LAPIC 34 s).
+pub const MIN_USABLE_MAX_DELTA_NS: u64 = 1_000_000;
+
+impl DeviceSpec {
+    /// Why the layer cannot use a device so described, if it cannot.
+    pub fn problem(&self) -> Option<&'static str> {
+        if self.frequency_hz == 0 {
+            return Some("its frequency is 0 Hz");
+        }
+        if !self.features.intersects(Features::ONESHOT | Features::PERIODIC) {
+            return Some("it offers neither one-shot nor periodic mode");
+        }
+        if ticks_to_ns(self.max_delta_ticks, self.frequency_hz, false) < MIN_USABLE_MAX_DELTA_NS {
+            return Some("its maximum delta is under 1 ms");
+        }
+        if ticks_to_ns(self.min_delta_ticks, self.frequency_hz, true) > MIN_DELTA_LIMIT_NS {
+            return Some("its minimum delta is over 10 ms");
+        }
+        None
+    }
+}
+
 /// Fixed-point ns -> ticks conversion, rounding up: a device is never programmed to fire
 /// before its deadline because of the conversion.
 ///
@@ -158,6 +181,9 @@ pub struct NsToTicks {
     pub mult: u64,
     pub shift: u32,
     pub frequency_hz: u64,
+    /// The largest delta it converts: the `max_ns` asked for, or less where even shift 0
+    /// cannot keep `max_ns * mult` in 64 bits (above 1 GHz, deltas near `u64::MAX` ns).
+    pub max_ns: u64,
 }
 
 impl NsToTicks {
@@ -170,10 +196,10 @@ impl NsToTicks {
             shift -= 1;
         }
         let mult = u64::try_from(mult_for(shift)).expect("frequency below 2^64 Hz");
-        NsToTicks { mult, shift, frequency_hz }
+        NsToTicks { mult, shift, frequency_hz, max_ns: max_ns.min(u64::MAX / mult) }
     }
 
-    /// Ticks for `ns` (which must not exceed the `max_ns` the conversion was made for).
+    /// Ticks for `ns` (which must not exceed [`NsToTicks::max_ns`]).
     pub fn ticks(self, ns: u64) -> u64 {
         let estimate = ns.checked_mul(self.mult).expect("delta beyond the device's maximum") >> self.shift;
         let exact = u128::from(ns) * u128::from(self.frequency_hz);
@@ -261,13 +287,20 @@ impl fmt::Debug for ClockEventDevice {
 }
 
 impl ClockEventDevice {
-    pub fn new(spec: DeviceSpec, driver: &'static dyn EventDriver) -> ClockEventDevice {
+    /// A device as `spec` describes it; one with a [`DeviceSpec::problem`] starts out failed.
+    pub fn new(mut spec: DeviceSpec, driver: &'static dyn EventDriver) -> ClockEventDevice {
+        let problem = spec.problem();
+        spec.frequency_hz = spec.frequency_hz.max(1);
         let min_ticks = spec.min_delta_ticks.max(1);
         let max_ticks = spec.max_delta_ticks.max(min_ticks);
-        let max_delta_ns = ticks_to_ns(max_ticks, spec.frequency_hz, false);
-        let conversion = NsToTicks::new(spec.frequency_hz, max_delta_ns.max(MIN_DELTA_LIMIT_NS));
+        let min_delta_ns = ticks_to_ns(min_ticks, spec.frequency_hz, true);
+        // The minimum rounds up and the maximum down, so with min = max ticks they would cross;
+        // and the conversion caps the maximum where ns * mult would overflow.
+        let wanted_max_ns = ticks_to_ns(max_ticks, spec.frequency_hz, false).max(min_delta_ns);
+        let conversion = NsToTicks::new(spec.frequency_hz, wanted_max_ns.max(MIN_DELTA_LIMIT_NS));
+        let max_delta_ns = wanted_max_ns.min(conversion.max_ns);
         ClockEventDevice {
-            min_delta_ns: ticks_to_ns(min_ticks, spec.frequency_hz, true),
+            min_delta_ns: min_delta_ns.min(max_delta_ns),
             max_delta_ns,
             min_delta_ticks: min_ticks,
             max_delta_ticks: max_ticks,
@@ -279,7 +312,7 @@ impl ClockEventDevice {
             programmed: 0,
             retries: 0,
             min_delta_increases: 0,
-            failed: false,
+            failed: problem.is_some(),
         }
     }
 
@@ -367,7 +400,8 @@ impl ClockEventDevice {
         } else {
             self.min_delta_ns + self.min_delta_ns / 2
         };
-        if grown > MIN_DELTA_LIMIT_NS {
+        // Beyond the limit, or beyond what the device can be programmed for at all.
+        if grown > MIN_DELTA_LIMIT_NS || grown > self.max_delta_ns {
             self.next_event_ns = u64::MAX;
             return Err(ProgramError::GaveUp { min_delta_ns: self.min_delta_ns });
         }
@@ -500,6 +534,37 @@ mod tests {
         let d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::empty()), FakeDriver::leak());
         assert_eq!(d.min_delta_ns, 1920);
         assert_eq!(d.max_delta_ns, 21_474_836_470);
+    }
+
+    /// Found by the `tick` fuzz target: rounding the minimum up and the maximum down must not
+    /// make them cross, and a grown minimum must stay programmable.
+    #[test]
+    fn minimum_delta_never_exceeds_the_maximum() {
+        let slow = DeviceSpec {
+            frequency_hz: 32_768,
+            min_delta_ticks: 1,
+            max_delta_ticks: 1,
+            ..fake::spec("x", 1, CpuSet::single(0), Features::empty())
+        };
+        let mut d = ClockEventDevice::new(slow, FakeDriver::leak());
+        assert!(d.min_delta_ns <= d.max_delta_ns);
+        d.switch_state(State::Shutdown, 0).unwrap();
+        d.switch_state(State::Oneshot, 0).unwrap();
+        assert!(d.program(1_000_000, 0).is_ok());
+        let driver = FakeDriver::leak();
+        *driver.passes_below_ticks.lock() = 60_000;
+        let fast = DeviceSpec {
+            frequency_hz: 1_000_000_000,
+            min_delta_ticks: 100,
+            max_delta_ticks: 0xffff,
+            ..fake::spec("y", 1, CpuSet::single(0), Features::empty())
+        };
+        let mut d = ClockEventDevice::new(fast, driver);
+        d.switch_state(State::Shutdown, 0).unwrap();
+        d.switch_state(State::Oneshot, 0).unwrap();
+        let _ = d.program(1_000, 0);
+        assert!(d.min_delta_ns <= d.max_delta_ns, "{} > {}", d.min_delta_ns, d.max_delta_ns);
+        let _ = d.program(1_000, 0); // panicked on an inverted clamp before
     }
 
     #[test]

@@ -6,5 +6,7 @@ pub mod broadcast;
 pub mod clockevents;
 pub mod clocksource;
 pub mod hrtimer;
+#[cfg(test)]
+mod proptests;
 pub mod report;
 pub mod tick;

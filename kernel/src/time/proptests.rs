@@ -18,7 +18,11 @@ fn wide_u64() -> impl Strategy<Value = u64> {
 
 /// A value in `0..=max`: `max` itself, its half, or anything below.
 fn up_to(max: u64) -> impl Strategy<Value = u64> {
-    prop_oneof![Just(max), Just(max / 2), any::<u64>().prop_map(move |v| v.checked_rem(max.wrapping_add(1)).unwrap_or(v))]
+    prop_oneof![
+        Just(max),
+        Just(max / 2),
+        any::<u64>().prop_map(move |v| v.checked_rem(max.wrapping_add(1)).unwrap_or(v))
+    ]
 }
 
 fn frequency() -> impl Strategy<Value = u64> {
@@ -52,16 +56,19 @@ fn exact_ticks_up(ns: u64, hz: u64) -> u128 {
 }
 
 proptest! {
-    /// The shift is chosen so that `max_ns * mult` fits in 64 bits: no delta up to the maximum
-    /// the conversion was made for can overflow it.
+    /// The shift is chosen so that `max_ns * mult` fits in 64 bits; where not even shift 0
+    /// does (above 1 GHz, near `u64::MAX` ns) the usable maximum is lowered instead. No delta
+    /// up to the usable maximum overflows, and the maximum is only ever lowered that far.
     #[test]
     fn ns_to_ticks_never_overflows_up_to_its_maximum((hz, max_ns, ns) in conversion_inputs()) {
         let c = NsToTicks::new(hz, max_ns);
+        prop_assert!(c.max_ns <= max_ns);
         prop_assert!(
-            c.mult.checked_mul(max_ns.max(1)).is_some(),
+            c.mult.checked_mul(c.max_ns.max(1)).is_some(),
             "{hz} Hz, max {max_ns} ns: mult {} shift {} overflows", c.mult, c.shift
         );
-        c.ticks(ns); // panics on overflow
+        prop_assert!(c.max_ns == max_ns || c.shift == 0, "the maximum was lowered though a shift was left");
+        c.ticks(ns.min(c.max_ns)); // panics on overflow
     }
 
     /// Never early: at least `ceil(ns * hz / 10^9)` ticks, and late by at most the rounded-up

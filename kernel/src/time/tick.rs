@@ -120,6 +120,9 @@ pub struct TickSystem<T> {
     mode: TickMode,
     /// Events a device raised on a CPU it does not serve (misrouted or stale).
     pub misrouted: u64,
+    /// A device failed while being programmed: the selection must run again once the
+    /// operation in progress is done (never inside it, whose plan would go stale).
+    reselect_pending: bool,
 }
 
 impl<T> TickSystem<T> {
@@ -127,7 +130,14 @@ impl<T> TickSystem<T> {
         if let TickMode::Periodic { hz } = mode {
             assert!(hz > 0, "a periodic tick needs a frequency");
         }
-        TickSystem { devices: Vec::new(), cpus: Vec::new(), broadcast: None, mode, misrouted: 0 }
+        TickSystem {
+            devices: Vec::new(),
+            cpus: Vec::new(),
+            broadcast: None,
+            mode,
+            misrouted: 0,
+            reselect_pending: false,
+        }
     }
 
     pub fn mode(&self) -> TickMode {
@@ -179,8 +189,12 @@ impl<T> TickSystem<T> {
             device.max_delta_ns,
             device.spec.features
         );
+        if let Some(problem) = device.spec.problem() {
+            log::warn!("{} refused: {problem}", device.spec.name);
+        }
         self.devices.push(device);
-        self.reselect(now_ns);
+        self.reselect_pending = true;
+        self.settle(now_ns);
         id
     }
 
@@ -199,7 +213,8 @@ impl<T> TickSystem<T> {
                 events: 0,
             });
         }
-        self.reselect(now_ns);
+        self.reselect_pending = true;
+        self.settle(now_ns);
     }
 
     /// Takes a device out of service for good (failed self-test, gave up programming) and
@@ -211,7 +226,17 @@ impl<T> TickSystem<T> {
         }
         log::warn!("{} taken out of service: {reason}", d.spec.name);
         d.failed = true;
-        self.reselect(now_ns);
+        self.reselect_pending = true;
+        self.settle(now_ns);
+    }
+
+    /// Runs the selection until no device fails while it programs them (each failure takes a
+    /// device out for good, so this ends).
+    fn settle(&mut self, now_ns: u64) {
+        while self.reselect_pending {
+            self.reselect_pending = false;
+            self.reselect(now_ns);
+        }
     }
 
     fn best_local(&self, cpu: usize) -> Option<DeviceId> {
@@ -309,9 +334,14 @@ impl<T> TickSystem<T> {
         }
     }
 
+    /// Hardware periodic mode needs the feature and a period the device can be programmed
+    /// for; otherwise the tick is emulated one-shot (a clamped period would tick at the wrong
+    /// rate).
     fn wants_hardware_periodic(&self, id: DeviceId) -> bool {
+        let d = &self.devices[id.0];
         matches!(self.mode, TickMode::Periodic { .. })
-            && self.devices[id.0].spec.features.contains(Features::PERIODIC)
+            && d.spec.features.contains(Features::PERIODIC)
+            && (d.min_delta_ns..=d.max_delta_ns).contains(&self.period_ns())
     }
 
     fn attach(&mut self, id: DeviceId, state: State) {
@@ -366,7 +396,7 @@ impl<T> TickSystem<T> {
     }
 
     /// Programs device `d` for `deadline` (`u64::MAX`: stop it); a device that cannot be
-    /// programmed is taken out and its CPUs move on.
+    /// programmed is marked failed, and `settle` moves its CPUs on.
     fn program_device(&mut self, d: DeviceId, deadline: u64, now_ns: u64) {
         let dev = &mut self.devices[d.0];
         if deadline == u64::MAX {
@@ -376,8 +406,9 @@ impl<T> TickSystem<T> {
             return;
         }
         if let Err(e) = dev.program(deadline, now_ns) {
-            let reason = alloc::format!("{e}");
-            self.take_out(d, &reason, now_ns);
+            log::warn!("{} taken out of service: {e}", dev.spec.name);
+            dev.failed = true;
+            self.reselect_pending = true;
         }
     }
 
@@ -413,6 +444,7 @@ impl<T> TickSystem<T> {
         let id = c.queue.arm(deadline_ns, payload);
         if deadline_ns < c.next_event_ns {
             self.reprogram(cpu, now_ns);
+            self.settle(now_ns);
         }
         Ok(id)
     }
@@ -425,6 +457,12 @@ impl<T> TickSystem<T> {
 
     /// Device `id` interrupted `cpu` (the calling CPU) at `now_ns`.
     pub fn device_event(&mut self, id: DeviceId, cpu: usize, now_ns: u64) -> Fired<T> {
+        let fired = self.handle_device_event(id, cpu, now_ns);
+        self.settle(now_ns);
+        fired
+    }
+
+    fn handle_device_event(&mut self, id: DeviceId, cpu: usize, now_ns: u64) -> Fired<T> {
         if self.devices[id.0].state() == State::Oneshot {
             self.devices[id.0].next_event_ns = u64::MAX;
         }
@@ -473,7 +511,9 @@ impl<T> TickSystem<T> {
             return Vec::new();
         }
         self.cpu(cpu).next_event_ns = u64::MAX;
-        self.expire(cpu, now_ns)
+        let expired = self.expire(cpu, now_ns);
+        self.settle(now_ns);
+        expired
     }
 
     /// Forgets what `cpu`'s device was programmed for and programs it again from the queue
@@ -489,6 +529,7 @@ impl<T> TickSystem<T> {
         if Some(device) == self.broadcast {
             self.reprogram_broadcast(device, now_ns);
         }
+        self.settle(now_ns);
     }
 
     /// The index the next registered device will get (so a driver can route its interrupts to
@@ -805,6 +846,62 @@ mod tests {
         s.assert_all_fired_once_never_early();
     }
 
+    /// Found by the `tick` fuzz target: a device that fails while the selection programs it
+    /// must not leave CPUs on it (the selection runs again once it is done, not inside).
+    #[test]
+    fn device_failing_during_selection_does_not_strand_its_cpus() {
+        let mut s = Sim::new(TickMode::Oneshot, 2);
+        let a = s.add("a", 90, CpuSet::first(2), Features::empty(), 0);
+        let now = s.now();
+        s.arm(0, now + 1_000_000);
+        s.arm(1, now + 1_000_000);
+        let b = s.drivers.len();
+        // The next device passes every comparator it is given.
+        let driver: &'static SimDriver = Box::leak(Box::new(SimDriver {
+            clock: s.clock,
+            fires_at: Mutex::new(None),
+            period_ns: Mutex::new(None),
+            passes_below_ticks: Mutex::new(u64::MAX),
+            last_state: Mutex::new(None),
+        }));
+        s.drivers.push(driver);
+        s.irq_cpu.push(0);
+        let spec = DeviceSpec {
+            name: "b".into(),
+            features: Features::ONESHOT,
+            rating: 95,
+            cpus: CpuSet::first(2),
+            frequency_hz: 100_000_000,
+            min_delta_ticks: 100,
+            max_delta_ticks: 1 << 31,
+        };
+        let b = {
+            assert_eq!(s.sys.register(spec, driver, now), DeviceId(b));
+            DeviceId(b)
+        };
+        assert!(s.sys.device(b).failed);
+        assert_eq!(s.sys.broadcast_device(), Some(a));
+        assert_eq!((s.sys.service(0), s.sys.service(1)), (Service::Broadcast(a), Service::Broadcast(a)));
+        s.run_until(now + 2_000_000);
+        s.assert_all_fired_once_never_early();
+    }
+
+    #[test]
+    fn unusable_devices_are_refused_at_registration() {
+        let mut s = Sim::new(TickMode::Oneshot, 1);
+        let base = crate::time::clockevents::fake::spec("x", 200, CpuSet::single(0), Features::PER_CPU);
+        for bad in [
+            DeviceSpec { frequency_hz: 0, ..base.clone() },
+            DeviceSpec { max_delta_ticks: 1, min_delta_ticks: 1, ..base.clone() },
+            DeviceSpec { min_delta_ticks: 2_000_000, ..base.clone() },
+            DeviceSpec { features: Features::PER_CPU, ..base.clone() },
+        ] {
+            let d = s.sys.register(bad, crate::time::clockevents::fake::FakeDriver::leak(), s.now());
+            assert!(s.sys.device(d).failed);
+        }
+        assert_eq!(s.sys.service(0), Service::None, "no refused device serves a CPU");
+    }
+
     #[test]
     fn past_deadline_fires_at_the_minimum_delta_never_lost() {
         let mut s = Sim::new(TickMode::Oneshot, 1);
@@ -857,6 +954,23 @@ mod tests {
         assert_eq!(fired, now + 3_000_000, "expires at the first tick after its deadline");
         assert_eq!(s.sys.tick_devices()[0].ticks, 10);
         assert_eq!(s.sys.tick_devices()[0].mode, "periodic");
+    }
+
+    #[test]
+    fn periodic_tick_is_emulated_when_the_period_exceeds_the_maximum_delta() {
+        let mut s = Sim::new(TickMode::Periodic { hz: 100 }, 1);
+        let spec = DeviceSpec {
+            max_delta_ticks: 500_000, // 5 ms: shorter than the 10 ms tick
+            ..crate::time::clockevents::fake::spec(
+                "short",
+                LAPIC,
+                CpuSet::single(0),
+                Features::PER_CPU | Features::PERIODIC,
+            )
+        };
+        let driver = crate::time::clockevents::fake::FakeDriver::leak();
+        let d = s.sys.register(spec, driver, s.now());
+        assert_eq!(s.sys.device(d).state(), State::Oneshot, "not periodic at a clamped period");
     }
 
     #[test]

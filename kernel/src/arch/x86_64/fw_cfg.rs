@@ -2,7 +2,6 @@
 //! kernel command line, as the file `opt/timerkernel/cmdline`.
 
 use alloc::string::String;
-use alloc::vec::Vec;
 use x86_64::instructions::port::Port;
 
 const FW_CFG_PORT_SELECTOR: u16 = 0x510;
@@ -71,8 +70,7 @@ pub fn kernel_cmdline() -> Option<String> {
         return None;
     }
     select(selector);
-    let mut bytes = Vec::new();
-    bytes.resize(size as usize, 0);
+    let mut bytes = alloc::vec![0; size as usize];
     read_bytes(&mut bytes);
     match String::from_utf8(bytes) {
         Ok(s) => Some(String::from(s.trim())),

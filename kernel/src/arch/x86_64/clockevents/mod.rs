@@ -364,10 +364,10 @@ fn init_hpet(h: &'static super::hpet::Hpet, platform: &mut Platform, options: &K
     }
     // Pins of comparators that serve nobody go back to the pool (masked).
     for o in outcomes.iter().filter(|o| matches!(o.role, "unused" | "failed")) {
-        if let Some(Delivery::Ioapic { gsi }) = o.delivery {
-            if let Err(e) = IOAPICS.lock().release(gsi) {
-                log::warn!("HPET comparator {}: {e}", o.index);
-            }
+        if let Some(Delivery::Ioapic { gsi }) = o.delivery
+            && let Err(e) = IOAPICS.lock().release(gsi)
+        {
+            log::warn!("HPET comparator {}: {e}", o.index);
         }
     }
     Setup { rule: plan.rule, comparators: outcomes }
