@@ -279,22 +279,7 @@ mod tests {
         assert!(queue.pop_expired(u64::MAX - 1).is_none(), "a saturated timer did not wrap into the past");
     }
 
-    /// Deterministic xorshift64 generator, so a failing run replays exactly.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        /// A value in `0..bound`; `bound` must not be 0.
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound
-        }
-    }
+    use crate::time::testing::XorShift;
 
     /// The obviously correct queue: an unsorted list searched for its minimum `(deadline, id)`.
     #[derive(Default)]

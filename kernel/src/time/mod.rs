@@ -9,4 +9,6 @@ pub mod hrtimer;
 #[cfg(test)]
 mod proptests;
 pub mod report;
+#[cfg(test)]
+mod testing;
 pub mod tick;

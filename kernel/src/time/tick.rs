@@ -1011,17 +1011,6 @@ mod tests {
         assert_eq!(s.sys.arm(3, 5, 0, 0), Err(ArmError::CpuNotOnline(3)));
     }
 
-    /// Deterministic xorshift for the random test.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     #[test]
     fn random_timers_on_mixed_devices_fire_once_never_early_on_their_cpu() {
         for (mode, seed) in [(TickMode::Oneshot, 7), (TickMode::Periodic { hz: 250 }, 11)] {
@@ -1029,7 +1018,7 @@ mod tests {
             s.per_cpu("hpet0", PERCPU_HPET, 0);
             s.per_cpu("lapic1", LAPIC, 1);
             s.add("global", GLOBAL_HPET, CpuSet::first(4), Features::empty(), 0);
-            let mut rng = Rng(seed);
+            let mut rng = crate::time::testing::XorShift(seed);
             let mut cancelled = Vec::new();
             let mut live: Vec<(usize, u32, TimerId)> = Vec::new();
             for _ in 0..3_000 {

@@ -35,7 +35,7 @@ pub const MAX_DELTA_TICKS: u64 = 0x7fff_ffff;
 /// The self-test wants this many interrupts (the patch's "expect 5"; Linux's timer_irq_works).
 pub const SELFTEST_IRQS: u64 = 5;
 /// Each self-test interrupt must arrive within this many ns of HPET time after it was due.
-const SELFTEST_WAIT_NS: u64 = 100_000_000;
+pub const SELFTEST_WAIT_NS: u64 = 100_000_000;
 /// Delay of each self-test event.
 const SELFTEST_DELTA_TICKS: u64 = 10_000;
 

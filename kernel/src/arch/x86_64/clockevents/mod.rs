@@ -307,7 +307,7 @@ fn init_hpet(h: &'static super::hpet::Hpet, platform: &mut Platform, options: &K
                     platform.fall_back(format!(
                         "HPET comparator {index} failed its interrupt self-test on CPU {target} ({n} of {} interrupts within {} ms of HPET time each): taken out",
                         hpet::SELFTEST_IRQS,
-                        100
+                        hpet::SELFTEST_WAIT_NS / 1_000_000
                     ));
                     failed.push(index);
                     new_failure = true;
