@@ -29,6 +29,9 @@ pub struct KernelOptions {
     /// `hpet_storm=N`: fault injection, an unused comparator raises comparator N's level line
     /// and is never cleared: an interrupt storm the comparator did not raise (default none).
     pub hpet_storm: Option<u32>,
+    /// `hpet_counter=estimate|read`: program a comparator from the main counter derived from
+    /// the TSC (one write and a verifying read) or read first (three accesses, as Linux).
+    pub hpet_counter_read: bool,
     /// `bench`: run the timer benchmark (`bench.rs`) instead of the workload.
     pub bench: bool,
     /// `bench_cpu=N`: the CPU the benchmark measures (default 0).
@@ -73,6 +76,7 @@ impl Default for KernelOptions {
             duration_ms: 1000,
             hpet_irq_masked: None,
             hpet_storm: None,
+            hpet_counter_read: false,
             bench: false,
             bench_cpu: 0,
             bench_drift_s: 0,
@@ -203,6 +207,14 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 0..=31));
                 options.hpet_storm = n.or(options.hpet_storm);
             }
+            "hpet_counter" => {
+                let read = take("hpet_counter", "estimate or read").parse(&mut problems, |v| match v {
+                    "estimate" => Some(false),
+                    "read" => Some(true),
+                    _ => None,
+                });
+                options.hpet_counter_read = read.unwrap_or(options.hpet_counter_read);
+            }
             "bench_cpu" => {
                 let n = take("bench_cpu", "a CPU index from 0 to 63")
                     .parse(&mut problems, |v| in_range(v, 0..=63));
@@ -266,6 +278,7 @@ mod tests {
         assert!(o.no_apic_timer && o.periodic_tick);
         assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
         assert_eq!(parse("hpet_storm=0").0.hpet_storm, Some(0));
+        assert!(parse("hpet_counter=read").0.hpet_counter_read);
         let (b, p) = parse("bench bench_cpu=1 bench_drift_s=10");
         assert!(p.is_empty() && b.bench && b.bench_cpu == 1 && b.bench_drift_s == 10);
     }

@@ -10,9 +10,10 @@
 
 use super::super::hpet::{ComparatorConfig, Hpet};
 use super::super::ioapic::{DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger};
-use super::super::{interrupts, lapic};
+use super::super::{interrupts, lapic, tsc};
 use crate::cmdline::ClockeventsChoice;
 use crate::time::clockevents::{DriverState, EventDriver, EventPassed};
+use crate::time::clocksource::MultShift;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -38,6 +39,43 @@ pub const SELFTEST_IRQS: u64 = 5;
 pub const SELFTEST_WAIT_NS: u64 = 100_000_000;
 /// Delay of each self-test event.
 const SELFTEST_DELTA_TICKS: u64 = 10_000;
+
+/// A reference is trusted for this long after the counter read it came from: the TSC and the
+/// HPET are calibrated against each other to a few hundred ppm at worst (TCG), so 100 us of
+/// TSC time drifts by well under [`ESTIMATE_BIAS_TICKS`].
+const ESTIMATE_FRESH_NS: u64 = 100_000;
+/// Added to an estimated counter so that estimation error makes an event late, never early.
+const ESTIMATE_BIAS_TICKS: u32 = 16;
+
+/// The main counter derived from the TSC instead of read (issue 6: an MMIO read is a VM exit
+/// under virtualisation): the last counter read and the TSC when it was taken, carried forward
+/// by the calibrated ratio. Programming then costs one write and one verifying read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterReference {
+    pub counter: u32,
+    pub tsc: u64,
+}
+
+impl CounterReference {
+    /// The counter at `tsc_now` (rounded towards late by [`ESTIMATE_BIAS_TICKS`]), or `None`
+    /// when the reference is older than `fresh_cycles` or from the future (another CPU's TSC).
+    pub fn estimate(self, tsc_now: u64, tsc_to_ticks: MultShift, fresh_cycles: u64) -> Option<u32> {
+        let elapsed = tsc_now.checked_sub(self.tsc)?;
+        if elapsed > fresh_cycles {
+            return None;
+        }
+        let ticks = tsc_to_ticks.apply(elapsed) as u32;
+        Some(self.counter.wrapping_add(ticks).wrapping_add(ESTIMATE_BIAS_TICKS))
+    }
+}
+
+/// `hpet_counter=read`: always read the counter before writing the comparator.
+static READ_COUNTER: AtomicBool = AtomicBool::new(false);
+
+/// Chooses how comparators are programmed (see [`CounterReference`]).
+pub fn set_read_counter(read: bool) {
+    READ_COUNTER.store(read, Ordering::Relaxed);
+}
 
 /// How a comparator's interrupt reaches a CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +232,13 @@ pub struct HpetChannel {
     in_selftest: AtomicBool,
     /// The time layer's device index + 1 (0: not registered).
     device: AtomicUsize,
+    /// The last counter read and its TSC (0: none yet); programming is serialised by the tick
+    /// layer's lock, so the pair is always written and read together.
+    reference_counter: AtomicU64,
+    reference_tsc: AtomicU64,
+    /// TSC cycles -> HPET ticks, and how long a reference stays fresh in TSC cycles.
+    tsc_to_ticks: MultShift,
+    fresh_cycles: u64,
 }
 
 /// Channels by vector, for the interrupt handler.
@@ -236,6 +281,11 @@ impl HpetChannel {
             storm_masked: AtomicBool::new(false),
             in_selftest: AtomicBool::new(false),
             device: AtomicUsize::new(0),
+            reference_counter: AtomicU64::new(0),
+            reference_tsc: AtomicU64::new(0),
+            tsc_to_ticks: MultShift::ns_per_tick(hpet.frequency_hz(), tsc::frequency_hz().max(1)),
+            fresh_cycles: tsc::frequency_hz() / 1_000_000_000 * ESTIMATE_FRESH_NS
+                + tsc::frequency_hz() % 1_000_000_000 * ESTIMATE_FRESH_NS / 1_000_000_000,
         }));
         x86_64::instructions::interrupts::without_interrupts(|| {
             BY_VECTOR.write()[usize::from(vector)] = Some(channel)
@@ -345,14 +395,33 @@ impl EventDriver for HpetChannel {
         }
     }
 
-    /// Counter read, comparator write, counter read back (Linux's three accesses): if fewer
-    /// than [`MIN_MARGIN_TICKS`] remain after the write, the comparator may have been passed
-    /// and would only fire after a wrap, so the layer is told to retry.
+    /// Comparator write and counter read back, the counter before the write derived from the
+    /// TSC while the last read is fresh (two accesses; else Linux's three: read, write, read
+    /// back). If fewer than [`MIN_MARGIN_TICKS`] remain after the write, the comparator may
+    /// have been passed and would only fire after a wrap, so the layer is told to retry; if
+    /// the estimate put the event later than asked by more than its bias, it is written again
+    /// from the counter just read.
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
         let delta = delta_ticks.clamp(MIN_DELTA_TICKS, MAX_DELTA_TICKS) as u32;
-        let target = (self.hpet.counter() as u32).wrapping_add(delta);
+        let reference = CounterReference {
+            counter: self.reference_counter.load(Ordering::Relaxed) as u32,
+            tsc: self.reference_tsc.load(Ordering::Relaxed),
+        };
+        let estimated = (reference.tsc != 0 && !READ_COUNTER.load(Ordering::Relaxed))
+            .then(|| reference.estimate(tsc::read(), self.tsc_to_ticks, self.fresh_cycles))
+            .flatten();
+        let mut target = estimated.unwrap_or_else(|| self.hpet.counter() as u32).wrapping_add(delta);
         self.hpet.set_comparator(self.index, u64::from(target));
-        let left = target.wrapping_sub(self.hpet.counter() as u32) as i32;
+        let mut after = self.hpet.counter() as u32;
+        self.reference_counter.store(u64::from(after), Ordering::Relaxed);
+        self.reference_tsc.store(tsc::read(), Ordering::Relaxed);
+        let late_by = target.wrapping_sub(after).wrapping_sub(delta) as i32;
+        if estimated.is_some() && late_by > 2 * ESTIMATE_BIAS_TICKS as i32 {
+            target = after.wrapping_add(delta);
+            self.hpet.set_comparator(self.index, u64::from(target));
+            after = self.hpet.counter() as u32;
+        }
+        let left = target.wrapping_sub(after) as i32;
         if left < MIN_MARGIN_TICKS as i32 { Err(EventPassed) } else { Ok(()) }
     }
 }
@@ -432,6 +501,36 @@ mod tests {
             taken |= 1 << g;
             Some(g)
         }
+    }
+
+    #[test]
+    fn counter_estimate_follows_the_tsc_and_leans_late() {
+        let tsc_to_ticks = MultShift::ns_per_tick(100_000_000, 2_500_000_000); // 100 MHz HPET, 2.5 GHz TSC
+        let r = CounterReference { counter: 1_000, tsc: 10_000 };
+        assert_eq!(r.estimate(10_000, tsc_to_ticks, 250_000), Some(1_000 + ESTIMATE_BIAS_TICKS));
+        // 25 000 cycles = 10 us = 1000 ticks (the ratio rounds down by under a tick, which the
+        // bias more than covers).
+        let ahead = |r: CounterReference, tsc| {
+            r.estimate(tsc, tsc_to_ticks, 250_000).map(|c| c.wrapping_sub(r.counter))
+        };
+        assert!(
+            (999 + ESTIMATE_BIAS_TICKS..=1_000 + ESTIMATE_BIAS_TICKS).contains(&ahead(r, 35_000).unwrap())
+        );
+        let near_wrap = CounterReference { counter: u32::MAX - 10, tsc: 0 };
+        let estimate = near_wrap.estimate(25_000, tsc_to_ticks, 250_000).unwrap();
+        assert!(estimate < 1_100, "carried across the 32-bit wrap: {estimate}");
+        assert!(
+            (999 + ESTIMATE_BIAS_TICKS..=1_000 + ESTIMATE_BIAS_TICKS)
+                .contains(&ahead(near_wrap, 25_000).unwrap())
+        );
+    }
+
+    #[test]
+    fn stale_or_future_references_are_not_trusted() {
+        let tsc_to_ticks = MultShift::ns_per_tick(100_000_000, 2_500_000_000);
+        let r = CounterReference { counter: 1_000, tsc: 10_000 };
+        assert_eq!(r.estimate(260_001, tsc_to_ticks, 250_000), None, "older than fresh");
+        assert_eq!(r.estimate(9_999, tsc_to_ticks, 250_000), None, "a TSC behind the reference");
     }
 
     #[test]

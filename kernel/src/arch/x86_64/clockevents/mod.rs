@@ -207,6 +207,7 @@ pub fn init(platform: &mut Platform, options: &KernelOptions) -> Setup {
 }
 
 fn init_hpet(h: &'static super::hpet::Hpet, platform: &mut Platform, options: &KernelOptions) -> Setup {
+    hpet::set_read_counter(options.hpet_counter_read);
     use super::hpet::ComparatorConfig;
     use super::ioapic::IOAPICS;
     let caps: Vec<hpet::ComparatorCaps> = (0..h.comparators())
