@@ -412,9 +412,12 @@ impl EventDriver for HpetChannel {
             .flatten();
         let mut target = estimated.unwrap_or_else(|| self.hpet.counter() as u32).wrapping_add(delta);
         self.hpet.set_comparator(self.index, u64::from(target));
+        // The TSC is taken before the read: the counter value is then at least the counter at
+        // that TSC, so estimates from the pair err late, by the read's own latency.
+        let tsc_before_read = tsc::read();
         let mut after = self.hpet.counter() as u32;
         self.reference_counter.store(u64::from(after), Ordering::Relaxed);
-        self.reference_tsc.store(tsc::read(), Ordering::Relaxed);
+        self.reference_tsc.store(tsc_before_read, Ordering::Relaxed);
         let late_by = target.wrapping_sub(after).wrapping_sub(delta) as i32;
         if estimated.is_some() && late_by > 2 * ESTIMATE_BIAS_TICKS as i32 {
             target = after.wrapping_add(delta);
