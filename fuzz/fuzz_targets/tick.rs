@@ -382,7 +382,7 @@ impl Sim {
 
     fn is_local_to(&self, d: DeviceId, cpu: usize) -> bool {
         let dev = self.sys.device(d);
-        !dev.failed && dev.spec.cpus.only() == Some(cpu)
+        !dev.failed && dev.spec.features.contains(Features::PER_CPU) && dev.spec.cpus.only() == Some(cpu)
     }
 
     fn check_invariants(&self) {

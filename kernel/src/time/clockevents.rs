@@ -274,6 +274,8 @@ pub struct ClockEventDevice {
     pub min_delta_increases: u32,
     /// Taken out of service (self-test or programming failure); never selected again.
     pub failed: bool,
+    /// Why the layer refused the device at registration, if it did.
+    pub refused: Option<&'static str>,
 }
 
 impl fmt::Debug for ClockEventDevice {
@@ -313,6 +315,7 @@ impl ClockEventDevice {
             retries: 0,
             min_delta_increases: 0,
             failed: problem.is_some(),
+            refused: problem,
         }
     }
 

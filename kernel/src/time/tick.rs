@@ -3,10 +3,11 @@
 //! reduced to what this kernel needs).
 //!
 //! Selection (Linux's `tick_check_preferred`): a CPU's tick device is the best-rated usable
-//! device local to it (one whose CPU set is that CPU alone); a local device beats a non-local
-//! one whatever their ratings. A CPU without a local device is served by the broadcast device:
-//! the best-rated usable device that is not per-CPU and is nobody's local tick device. A
-//! better device registered later replaces the current one and inherits its pending event.
+//! device local to it (a per-CPU device whose CPU set is that CPU alone); a local device beats
+//! a non-local one whatever their ratings. A CPU without a local device is served by the
+//! broadcast device: the best-rated usable device that is neither per-CPU nor stops in deep
+//! C-states. A better device registered later replaces the current one and inherits its
+//! pending event.
 //!
 //! Everything here is plain data driven by the caller, who says which CPU it runs on and what
 //! time it is; the kernel keeps one [`TickSystem`] behind an interrupt-safe lock, the host
@@ -123,6 +124,8 @@ pub struct TickSystem<T> {
     /// A device failed while being programmed: the selection must run again once the
     /// operation in progress is done (never inside it, whose plan would go stale).
     reselect_pending: bool,
+    /// Every device taken out of service or refused, with why, for the report.
+    taken_out: Vec<(String, String)>,
 }
 
 impl<T> TickSystem<T> {
@@ -137,6 +140,7 @@ impl<T> TickSystem<T> {
             mode,
             misrouted: 0,
             reselect_pending: false,
+            taken_out: Vec::new(),
         }
     }
 
@@ -189,8 +193,9 @@ impl<T> TickSystem<T> {
             device.max_delta_ns,
             device.spec.features
         );
-        if let Some(problem) = device.spec.problem() {
+        if let Some(problem) = device.refused {
             log::warn!("{} refused: {problem}", device.spec.name);
+            self.taken_out.push((device.spec.name.clone(), alloc::format!("refused: {problem}")));
         }
         self.devices.push(device);
         self.reselect_pending = true;
@@ -220,14 +225,25 @@ impl<T> TickSystem<T> {
     /// Takes a device out of service for good (failed self-test, gave up programming) and
     /// moves the CPUs it served to the next best device, with their pending events.
     pub fn take_out(&mut self, id: DeviceId, reason: &str, now_ns: u64) {
-        let d = &mut self.devices[id.0];
-        if d.failed {
+        if self.devices[id.0].failed {
             return;
         }
+        self.mark_failed(id, reason.into());
+        self.settle(now_ns);
+    }
+
+    /// Marks a device failed for good and records why; `settle` then moves its CPUs on.
+    fn mark_failed(&mut self, id: DeviceId, reason: String) {
+        let d = &mut self.devices[id.0];
         log::warn!("{} taken out of service: {reason}", d.spec.name);
         d.failed = true;
+        self.taken_out.push((d.spec.name.clone(), reason));
         self.reselect_pending = true;
-        self.settle(now_ns);
+    }
+
+    /// The devices taken out of service or refused so far: (name, why).
+    pub fn taken_out(&self) -> &[(String, String)] {
+        &self.taken_out
     }
 
     /// Runs the selection until no device fails while it programs them (each failure takes a
@@ -241,7 +257,9 @@ impl<T> TickSystem<T> {
 
     fn best_local(&self, cpu: usize) -> Option<DeviceId> {
         self.devices()
-            .filter(|(_, d)| !d.failed && d.spec.cpus.only() == Some(cpu))
+            .filter(|(_, d)| {
+                !d.failed && d.spec.features.contains(Features::PER_CPU) && d.spec.cpus.only() == Some(cpu)
+            })
             .max_by_key(|&(id, d)| (d.spec.rating, core::cmp::Reverse(id)))
             .map(|(id, _)| id)
     }
@@ -403,12 +421,12 @@ impl<T> TickSystem<T> {
             if dev.state() == State::Oneshot {
                 dev.switch_state(State::OneshotStopped, 0).expect("oneshot -> stopped is legal");
             }
+            dev.next_event_ns = u64::MAX;
             return;
         }
         if let Err(e) = dev.program(deadline, now_ns) {
-            log::warn!("{} taken out of service: {e}", dev.spec.name);
-            dev.failed = true;
-            self.reselect_pending = true;
+            let reason = alloc::format!("{e}");
+            self.mark_failed(d, reason);
         }
     }
 
@@ -523,7 +541,8 @@ impl<T> TickSystem<T> {
             Service::Local(d) | Service::Broadcast(d) => d,
             Service::None => return,
         };
-        self.devices[device.0].next_event_ns = 0;
+        // Nothing is known to be programmed any more.
+        self.devices[device.0].next_event_ns = u64::MAX;
         self.cpu(cpu).next_event_ns = u64::MAX;
         self.reprogram(cpu, now_ns);
         if Some(device) == self.broadcast {
@@ -900,6 +919,28 @@ mod tests {
             assert!(s.sys.device(d).failed);
         }
         assert_eq!(s.sys.service(0), Service::None, "no refused device serves a CPU");
+    }
+
+    /// A measurement that programs the broadcast device behind the layer's back must not leave
+    /// it believing the device is armed for an earlier time than it is.
+    #[test]
+    fn resync_of_a_stopped_broadcast_device_keeps_it_usable() {
+        let mut s = Sim::new(TickMode::Oneshot, 2);
+        let g = s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+        let now = s.now();
+        assert_eq!(s.sys.device(g).state(), State::OneshotStopped);
+        s.sys.resync(1, now);
+        s.arm(1, now + 100_000);
+        s.run_until(now + 1_000_000);
+        s.assert_all_fired_once_never_early();
+    }
+
+    #[test]
+    fn taken_out_devices_are_recorded_with_their_reason() {
+        let mut s = Sim::new(TickMode::Oneshot, 1);
+        let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+        s.sys.take_out(h0, "storm", s.now());
+        assert_eq!(s.sys.taken_out(), [("hpet0".to_string(), "storm".to_string())]);
     }
 
     #[test]

@@ -112,7 +112,9 @@ impl EventDriver for LapicTimer {
 
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
         if !self.on_own_cpu() {
-            return Ok(());
+            // Not programmed: say so, so that the layer gives the device up (and moves its CPU
+            // on) rather than believe an event is coming.
+            return Err(EventPassed);
         }
         if self.tsc_deadline {
             // A deadline already reached when written fires at once (SDM 11.5.4.1).

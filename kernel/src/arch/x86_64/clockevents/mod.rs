@@ -104,11 +104,10 @@ fn runtime_fallback(reason: String) {
 }
 
 /// Takes a device out of service at run time (its CPUs move to the next best device with
-/// their pending events) and records why.
+/// their pending events); the tick layer records why, for the report.
 fn take_out(device: usize, reason: String) {
     let now = now_ns();
     with_tick(|t| t.take_out(DeviceId(device), &reason, now));
-    runtime_fallback(reason);
 }
 
 fn run_expired(cpu: usize, expired: Vec<Expired<Payload>>) {
@@ -355,6 +354,8 @@ fn init_hpet(h: &'static super::hpet::Hpet, platform: &mut Platform, options: &K
         // Registered on the CPU it serves (the selection may program it at once).
         if let Err(e) = register_on(target, spec, channel) {
             platform.fall_back(format!("HPET comparator {index} not registered on CPU {target}: {e}"));
+            outcomes[index].role = "failed";
+            outcomes[index].cpu = None;
         }
     }
     for &index in &failed {
@@ -577,14 +578,14 @@ pub fn device_stats() -> Vec<(String, u64, u64, u64, u32, bool)> {
 /// tick device, the broadcast device. A CPU without any device fails the verdict.
 pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup) {
     use crate::time::report::{TickDeviceReport, Verdict};
-    let taken_out: Vec<String> = device_stats().into_iter().filter(|d| d.5).map(|d| d.0).collect();
+    let taken_out: Vec<(String, String)> = with_tick(|t| t.taken_out().to_vec()).unwrap_or_default();
     if let Some(h) = report.hpet.as_mut() {
         for (c, o) in h.comparators.iter_mut().zip(&setup.comparators) {
             c.delivery = o.delivery.map_or("none", |d| d.kind()).into();
             c.gsi = o.delivery.and_then(|d| d.gsi());
             c.cpu = o.cpu.map(|c| c as u32);
             // A comparator taken out at run time (a storm, programming given up) failed too.
-            let failed_later = taken_out.iter().any(|name| *name == alloc::format!("hpet{}", o.index));
+            let failed_later = taken_out.iter().any(|(name, _)| *name == alloc::format!("hpet{}", o.index));
             c.role = if failed_later { "failed".into() } else { o.role.into() };
             c.selftest_irqs = o.selftest_irqs;
         }
@@ -607,7 +608,8 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
         })
         .collect();
     report.broadcast = broadcast_device();
-    let runtime = without_interrupts(|| RUNTIME_FALLBACKS.lock().clone());
+    let mut runtime = without_interrupts(|| RUNTIME_FALLBACKS.lock().clone());
+    runtime.extend(taken_out.iter().map(|(name, why)| alloc::format!("{name} taken out of service: {why}")));
     if !runtime.is_empty() && report.verdict == Verdict::Ok {
         report.verdict = Verdict::Degraded;
     }
