@@ -195,6 +195,8 @@ fn summary(all: &Value) -> Value {
                     lateness.insert(d.to_string(), json!({
                         "handler": part["lateness_ns"][d]["handler"],
                         "callback": part["lateness_ns"][d]["callback"],
+                        "early": part["lateness_ns"][d]["early"],
+                        "lost": part["lateness_ns"][d]["lost"],
                     }));
                 }
                 kinds.insert(name.clone(), json!({

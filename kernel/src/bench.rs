@@ -6,7 +6,8 @@
 //! - the events per second one CPU sustains back to back (each armed at its predecessor's
 //!   callback, already due: the device's minimum delta), and the minimum delta it ends with;
 //! - with `bench_drift_s=N` in periodic tick mode, the tick's drift against the clocksource;
-//! - the bring-up time (kernel entry to every CPU having its tick device).
+//! - the bring-up time (from the clocksource's start, right after the TSC's first calibration
+//!   at kernel entry, to every CPU having its tick device).
 //!
 //! It prints one `BENCH-PART {json}` line; the host (`boot bench`, `scripts/bench`) runs it on
 //! every device kind, in both clocks, and builds the table, `BENCH {json}` and the plots.
@@ -248,10 +249,7 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
     let elapsed = (now_ns() - start).max(1);
     part.max_events_per_s = callback.len() as u64 * 1_000_000_000 / elapsed;
     log::info!("back to back: {} events/s ({early} early, {lost} lost)", part.max_events_per_s);
-    part.min_delta_ns = clockevents::device_stats()
-        .into_iter()
-        .find(|d| Some(&d.0) == info.device.as_ref())
-        .map_or(0, |d| d.1);
+    part.min_delta_ns = info.device.as_deref().and_then(clockevents::min_delta_ns).unwrap_or(0);
     if smp::call_on(cpu, measure_cost_here, 0).is_ok()
         && let Some(cost) = *COST.lock()
     {
@@ -264,17 +262,18 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
         );
     }
     if drift_s > 0 {
-        part.drift_ppm = measure_drift(cpu, drift_s, k.options.hz);
+        part.drift_ppm = if k.options.periodic_tick {
+            Some(measure_drift(cpu, drift_s, k.options.hz))
+        } else {
+            log::warn!("bench_drift_s needs tick=periodic; drift not measured");
+            None
+        };
     }
     part
 }
 
 /// Counts the periodic tick's interrupts on `cpu` over `seconds` of clocksource time.
-fn measure_drift(cpu: usize, seconds: u64, hz: u32) -> Option<i64> {
-    if !k_periodic() {
-        log::warn!("bench_drift_s needs tick=periodic; drift not measured");
-        return None;
-    }
+fn measure_drift(cpu: usize, seconds: u64, hz: u32) -> i64 {
     let events = || clockevents::tick_devices().into_iter().find(|t| t.cpu == cpu).map_or(0, |t| t.events);
     let (e0, t0) = (events(), now_ns());
     while now_ns() - t0 < seconds * 1_000_000_000 {
@@ -288,11 +287,7 @@ fn measure_drift(cpu: usize, seconds: u64, hz: u32) -> Option<i64> {
         (t1 - t0) / 1_000_000,
         e1 - e0
     );
-    Some(ppm as i64)
-}
-
-fn k_periodic() -> bool {
-    clockevents::tick_devices().first().is_some_and(|t| t.mode.starts_with("periodic"))
+    ppm as i64
 }
 
 /// The line the host collects.

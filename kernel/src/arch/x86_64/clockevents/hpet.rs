@@ -216,8 +216,6 @@ pub struct HpetChannel {
     /// The configuration written on every state change (route, trigger, FSB, 32-bit mode),
     /// kept here so that programming never reads the register back.
     base_config: ComparatorConfig,
-    /// APIC id of the CPU its interrupt goes to.
-    target_apic: AtomicU64,
     /// Interrupts taken, and the self-test's count.
     pub irqs: AtomicU64,
     pub selftest_irqs: AtomicU64,
@@ -273,7 +271,6 @@ impl HpetChannel {
             delivery,
             vector,
             base_config: config,
-            target_apic: AtomicU64::new(u64::from(target_apic)),
             irqs: AtomicU64::new(0),
             selftest_irqs: AtomicU64::new(0),
             not_ours: AtomicU64::new(0),
@@ -284,8 +281,8 @@ impl HpetChannel {
             reference_counter: AtomicU64::new(0),
             reference_tsc: AtomicU64::new(0),
             tsc_to_ticks: MultShift::ns_per_tick(hpet.frequency_hz(), tsc::frequency_hz().max(1)),
-            fresh_cycles: tsc::frequency_hz() / 1_000_000_000 * ESTIMATE_FRESH_NS
-                + tsc::frequency_hz() % 1_000_000_000 * ESTIMATE_FRESH_NS / 1_000_000_000,
+            fresh_cycles: (u128::from(tsc::frequency_hz()) * u128::from(ESTIMATE_FRESH_NS) / 1_000_000_000)
+                as u64,
         }));
         x86_64::instructions::interrupts::without_interrupts(|| {
             BY_VECTOR.write()[usize::from(vector)] = Some(channel)
@@ -300,7 +297,6 @@ impl HpetChannel {
 
     /// Sends the interrupt to the CPU with APIC id `apic` (and unmasks an IOAPIC pin).
     pub fn route_to(&self, apic: u32) {
-        self.target_apic.store(u64::from(apic), Ordering::Relaxed);
         match self.delivery {
             Delivery::Fsb => {
                 let (address, data) = lapic::msi_message(apic, self.vector);
@@ -329,10 +325,6 @@ impl HpetChannel {
         if let Some(gsi) = self.delivery.gsi() {
             let _ = IOAPICS.lock().mask(gsi, true);
         }
-    }
-
-    pub fn target_apic(&self) -> u32 {
-        self.target_apic.load(Ordering::Relaxed) as u32
     }
 
     /// Links the channel to its time-layer device; its interrupts go there from now on.

@@ -555,23 +555,10 @@ pub fn broadcast_device() -> Option<String> {
     with_tick(|t| t.broadcast_device().map(|b| t.device(b).spec.name.clone())).flatten()
 }
 
-/// (name, min delta ns, programmed, retries, min delta increases, failed) of every device.
-pub fn device_stats() -> Vec<(String, u64, u64, u64, u32, bool)> {
-    with_tick(|t| {
-        t.devices()
-            .map(|(_, d)| {
-                (
-                    d.spec.name.clone(),
-                    d.min_delta_ns,
-                    d.programmed,
-                    d.retries,
-                    d.min_delta_increases,
-                    d.failed,
-                )
-            })
-            .collect()
-    })
-    .unwrap_or_default()
+/// The current minimum delta of the device named `name` (grown if the counter kept passing
+/// its comparators).
+pub fn min_delta_ns(name: &str) -> Option<u64> {
+    with_tick(|t| t.devices().find(|(_, d)| d.spec.name == name).map(|(_, d)| d.min_delta_ns)).flatten()
 }
 
 /// Adds the clockevents part to the report: each comparator's delivery and role, each CPU's
