@@ -16,7 +16,7 @@
 use crate::arch::x86_64::clockevents::{self, TimerEvent};
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::time::clocksource::now_ns;
-use crate::time::report::nearest_rank;
+use crate::time::report::{LatencyReport, nearest_rank};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -45,22 +45,11 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    /// Nearest-rank percentiles of `samples` (sorted in place).
+    /// The report's nearest-rank percentiles of `samples` (sorted in place), plus p99.9.
     pub fn of(samples: &mut [u64]) -> Percentiles {
-        samples.sort_unstable();
-        let n = samples.len();
-        if n == 0 {
-            return Percentiles::default();
-        }
-        let rank = |per_mille| nearest_rank(samples, per_mille);
-        Percentiles {
-            samples: n as u64,
-            min: samples[0],
-            p50: rank(500),
-            p99: rank(990),
-            p999: rank(999),
-            max: samples[n - 1],
-        }
+        let l = LatencyReport::from_samples(samples);
+        let p999 = if samples.is_empty() { 0 } else { nearest_rank(samples, 999) };
+        Percentiles { samples: l.samples, min: l.min, p50: l.p50, p99: l.p99, p999, max: l.max }
     }
 }
 
