@@ -163,7 +163,7 @@ fn run_phase(cpu: usize, delta_ns: u64, count: u64, until_ns: u64) -> (Vec<u64>,
     PHASE.fired.store(0, Ordering::Relaxed);
     PHASE.early.store(0, Ordering::Relaxed);
     PHASE.done.store(false, Ordering::Release);
-    if smp::call_on(cpu, start_phase, 0).is_err() {
+    if smp::call_on(cpu, || start_phase(0)).is_err() {
         return (Vec::new(), Vec::new(), 0, count);
     }
     let mut progress = (0, now_ns());
@@ -239,7 +239,7 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
     part.max_events_per_s = callback.len() as u64 * 1_000_000_000 / elapsed;
     log::info!("back to back: {} events/s ({early} early, {lost} lost)", part.max_events_per_s);
     part.min_delta_ns = info.device.as_deref().and_then(clockevents::min_delta_ns).unwrap_or(0);
-    if smp::call_on(cpu, measure_cost_here, 0).is_ok()
+    if smp::call_on(cpu, || measure_cost_here(0)).is_ok()
         && let Some(cost) = *COST.lock()
     {
         part.program_cycles = cost.cycles;

@@ -67,10 +67,12 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
     let mut platform = platform::init_bsp(rsdp_addr);
+    // Each CPU sets up its own tick: the boot CPU now, every AP on its start-up path.
+    clockevents::init_on_bsp(&mut platform, &options);
     for left_out in platform.start_application_processors() {
         platform.fall_back(left_out);
     }
-    let clockevents = clockevents::init(&mut platform, &options);
+    let clockevents = clockevents::init_hpet(&mut platform, &options);
     Kernel { options, cmdline, option_problems, rsdp_addr, platform, clockevents }
 }
 

@@ -114,7 +114,7 @@ pub fn run(duration_ms: u64) -> Outcome {
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
     for &cpu in &cpus {
-        if let Err(e) = smp::call_on(cpu, start_on_this_cpu, 0) {
+        if let Err(e) = smp::call_on(cpu, || start_on_this_cpu(0)) {
             log::error!("CPU {cpu} did not start: {e}");
         }
     }

@@ -115,7 +115,7 @@ fn arm_here(_: u64) -> u64 {
 
 fn timers_run_on_the_cpu_that_armed_them(_: &Kernel) {
     for cpu in percpu::all() {
-        smp::call_on(cpu.index, arm_here, 0).unwrap();
+        smp::call_on(cpu.index, || arm_here(0)).unwrap();
     }
     for cpu in percpu::all() {
         let n = &ON_CPU[cpu.index];

@@ -51,7 +51,7 @@ fn whoami(arg: u64) -> u64 {
 fn closure_sent_by_ipi_runs_on_its_cpu(_: &Kernel) {
     for cpu in percpu::all() {
         for arg in [7, 8] {
-            let r = smp::call_on(cpu.index, whoami, arg).expect("the call returns");
+            let r = smp::call_on(cpu.index, move || whoami(arg)).expect("the call returns");
             assert_eq!(r, cpu.index as u64 * 1000 + arg);
         }
     }

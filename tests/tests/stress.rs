@@ -46,7 +46,7 @@ struct Slot {
 
 struct CpuState {
     slots: Vec<Slot>,
-    ids: Mutex<Vec<TimerId>>,
+    ids: Mutex<Vec<Option<TimerId>>>,
     /// Live timers of the batch not yet fired.
     outstanding: AtomicU32,
     batches_started: AtomicU32,
@@ -88,7 +88,7 @@ fn arm_slot(cpu: usize, s: &CpuState, slot: u32) {
     sl.live.store(true, Ordering::Release);
     let data = (u64::from(generation) << SLOT_BITS) | u64::from(slot);
     match clockevents::arm_at(deadline, on_timer, data) {
-        Ok(id) => s.ids.lock()[slot as usize] = id,
+        Ok(id) => s.ids.lock()[slot as usize] = Some(id),
         Err(_) => {
             ARM_FAILED.fetch_add(1, Ordering::Relaxed);
             sl.live.store(false, Ordering::Relaxed);
@@ -104,7 +104,7 @@ fn cancel_slot(cpu: usize, s: &CpuState, slot: u32) {
     if !sl.live.load(Ordering::Acquire) {
         return;
     }
-    let id = s.ids.lock()[slot as usize];
+    let Some(id) = s.ids.lock()[slot as usize] else { return };
     if clockevents::cancel(id) {
         s.cancelled.fetch_add(1, Ordering::Relaxed);
         sl.live.store(false, Ordering::Release);
@@ -182,7 +182,7 @@ fn every_timer_runs_once_never_early_on_its_cpu_and_cancelled_ones_never(_: &Ker
                         live: AtomicBool::new(false),
                     })
                     .collect(),
-                ids: Mutex::new(alloc::vec![TimerId(0); BATCH as usize]),
+                ids: Mutex::new(alloc::vec![None; BATCH as usize]),
                 outstanding: AtomicU32::new(0),
                 batches_started: AtomicU32::new(0),
                 fired: AtomicU64::new(0),
@@ -193,7 +193,7 @@ fn every_timer_runs_once_never_early_on_its_cpu_and_cancelled_ones_never(_: &Ker
             .collect()
     });
     for c in 0..cpus {
-        smp::call_on(c, start_here, 0).expect("every CPU answers");
+        smp::call_on(c, || start_here(0)).expect("every CPU answers");
     }
     // Bounded by progress, not by a duration: fail when nothing fired for 10 s of kernel time.
     let total = || (0..cpus).map(|c| state(c).fired.load(Ordering::Relaxed)).sum::<u64>();

@@ -1,51 +1,227 @@
-//! Broadcast: one device, not local to any CPU, that keeps time for the CPUs that have no local
-//! tick device. Each such CPU hands over its next deadline; the device is programmed for the
-//! earliest of them, and when it fires, the CPU that takes its interrupt runs its own expired
-//! timers and wakes every other CPU whose deadline has passed with an IPI (Linux's
-//! `tick-broadcast.c` one-shot mode).
+//! Broadcast: one device, not local to any CPU, that keeps time for the CPUs that have no
+//! local tick device (Linux's `tick-broadcast.c`, one-shot mode). Each such CPU hands over its
+//! next deadline; the device is programmed for the earliest of them, and when it fires, every
+//! CPU whose deadline has passed is woken (by an IPI, or directly if it took the interrupt)
+//! and leaves the set until it hands over its next deadline.
+//!
+//! This state is shared between CPUs and lives behind its own lock; only CPUs served by the
+//! broadcast (and the CPU taking its interrupt) touch it on their hot path.
 
-use super::clockevents::CpuSet;
+use super::clockevents::{ClockEventDevice, CpuSet, DeviceId, ProgramError, State};
+use alloc::sync::Arc;
 
-/// Which CPUs a broadcast device serves and what each of them waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BroadcastSet {
-    pub cpus: CpuSet,
+/// Most CPUs a broadcast set holds: one bit each in a [`CpuSet`].
+pub const MAX_CPUS: usize = 64;
+
+/// The broadcast device (if any) and the CPUs waiting on it with their deadlines.
+pub struct Broadcast {
+    device: Option<(DeviceId, Arc<ClockEventDevice>)>,
+    /// Each waiting CPU's deadline; meaningful only for CPUs in `waiting`.
+    deadlines: [u64; MAX_CPUS],
+    waiting: CpuSet,
+    /// Broadcast interrupts handled, and CPUs found due by them (woken by IPI or directly).
+    events: u64,
+    cpus_woken: u64,
+    /// The device gave up programming: the registry must take it out.
+    failure: Option<(DeviceId, ProgramError)>,
 }
 
-impl BroadcastSet {
-    /// The CPUs whose deadline (`next_event(cpu)`) has been reached at `now_ns`.
-    pub fn due(self, now_ns: u64, next_event: impl Fn(usize) -> u64) -> CpuSet {
-        let mut due = CpuSet::EMPTY;
-        for cpu in self.cpus.iter().filter(|&c| next_event(c) <= now_ns) {
-            due.insert(cpu);
+impl Default for Broadcast {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Broadcast {
+    pub const fn new() -> Broadcast {
+        Broadcast {
+            device: None,
+            deadlines: [u64::MAX; MAX_CPUS],
+            waiting: CpuSet::EMPTY,
+            events: 0,
+            cpus_woken: 0,
+            failure: None,
         }
+    }
+
+    /// The device serving the broadcast, if any.
+    pub fn device(&self) -> Option<DeviceId> {
+        self.device.as_ref().map(|(id, _)| *id)
+    }
+
+    /// The CPUs that have handed over a deadline.
+    pub fn waiting(&self) -> CpuSet {
+        self.waiting
+    }
+
+    /// The deadline `cpu` handed over (`u64::MAX`: none).
+    pub fn deadline(&self, cpu: usize) -> u64 {
+        if self.waiting.contains(cpu) { self.deadlines[cpu] } else { u64::MAX }
+    }
+
+    /// Broadcast interrupts handled so far, and CPUs they found due.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.events, self.cpus_woken)
+    }
+
+    /// Replaces the broadcast device (`None`: there is none any more). The old one is released;
+    /// the new one is attached and programmed for the earliest waiting deadline, so no
+    /// handed-over deadline is lost by the change.
+    pub fn set_device(&mut self, device: Option<(DeviceId, Arc<ClockEventDevice>)>, now_ns: u64) {
+        if let Some((_, old)) = self.device.take() {
+            old.detach();
+        }
+        if let Some((_, new)) = &device {
+            new.attach(State::Oneshot, 0);
+        }
+        self.device = device;
+        self.reprogram(now_ns);
+    }
+
+    /// `cpu` waits for `deadline_ns` (`u64::MAX`: for nothing, it leaves the set). The device
+    /// is programmed again only when the deadline is earlier than what it waits for.
+    pub fn set_deadline(&mut self, cpu: usize, deadline_ns: u64, now_ns: u64) {
+        if deadline_ns == u64::MAX {
+            self.leave(cpu);
+            return;
+        }
+        self.waiting.insert(cpu);
+        self.deadlines[cpu] = deadline_ns;
+        if let Some((_, d)) = &self.device
+            && deadline_ns < d.next_event_ns()
+        {
+            self.program(deadline_ns, now_ns);
+        }
+    }
+
+    /// `cpu` no longer waits. The device keeps its programming: an interrupt with nobody due
+    /// just programs the next deadline.
+    pub fn leave(&mut self, cpu: usize) {
+        self.waiting.remove(cpu);
+    }
+
+    /// The broadcast device interrupted at `now_ns`: returns the CPUs whose deadline has passed
+    /// (they leave the set: each hands over its next deadline after running its timers) and
+    /// programs the device for the earliest deadline left.
+    pub fn event(&mut self, now_ns: u64) -> CpuSet {
+        self.events += 1;
+        if let Some((_, d)) = &self.device
+            && d.state() == State::Oneshot
+        {
+            d.forget_event();
+        }
+        let mut due = CpuSet::EMPTY;
+        for cpu in self.waiting.iter() {
+            if self.deadlines[cpu] <= now_ns {
+                due.insert(cpu);
+            }
+        }
+        self.waiting.0 &= !due.0;
+        self.cpus_woken += due.len() as u64;
+        self.reprogram(now_ns);
         due
     }
 
-    /// The earliest deadline among the served CPUs (`u64::MAX` when none waits).
-    pub fn earliest(self, next_event: impl Fn(usize) -> u64) -> u64 {
-        self.cpus.iter().map(next_event).min().unwrap_or(u64::MAX)
+    /// Forgets what the device was programmed for and programs it again (after something
+    /// programmed it behind the layer's back).
+    pub fn resync(&mut self, now_ns: u64) {
+        if let Some((_, d)) = &self.device {
+            d.forget_event();
+        }
+        self.reprogram(now_ns);
+    }
+
+    /// The device gave up programming since the last call: the registry must take it out.
+    pub fn take_failure(&mut self) -> Option<(DeviceId, ProgramError)> {
+        self.failure.take()
+    }
+
+    fn earliest(&self) -> u64 {
+        self.waiting.iter().map(|c| self.deadlines[c]).min().unwrap_or(u64::MAX)
+    }
+
+    fn reprogram(&mut self, now_ns: u64) {
+        let earliest = self.earliest();
+        match &self.device {
+            Some((_, d)) if earliest == u64::MAX => d.stop(),
+            Some(_) => self.program(earliest, now_ns),
+            None => {}
+        }
+    }
+
+    fn program(&mut self, deadline_ns: u64, now_ns: u64) {
+        let Some((id, d)) = &self.device else { return };
+        if d.is_failed() {
+            return;
+        }
+        if let Err(e) = d.program(deadline_ns, now_ns) {
+            d.mark_failed();
+            self.failure = Some((*id, e));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::clockevents::fake::{FakeDriver, spec};
+    use crate::time::clockevents::{DeviceSpec, Features};
 
-    #[test]
-    fn only_cpus_whose_deadline_passed_are_due() {
-        let set = BroadcastSet { cpus: CpuSet(0b1011) };
-        let next = |c: usize| [100, 300, 50, 200][c];
-        assert_eq!(set.due(150, next), CpuSet(0b0001), "CPU 2 is not served; CPU 1 and 3 are not due");
-        assert_eq!(set.due(300, next), CpuSet(0b1011));
-        assert_eq!(set.earliest(next), 100);
+    fn global(driver: &'static FakeDriver) -> (DeviceId, Arc<ClockEventDevice>) {
+        let spec: DeviceSpec = spec("global", 90, CpuSet::first(4), Features::empty());
+        (DeviceId(7), Arc::new(ClockEventDevice::new(spec, driver)))
     }
 
     #[test]
-    fn nobody_waiting_means_no_deadline() {
-        let set = BroadcastSet { cpus: CpuSet(0b11) };
-        assert_eq!(set.earliest(|_| u64::MAX), u64::MAX);
-        assert_eq!(set.due(u64::MAX - 1, |_| u64::MAX), CpuSet::EMPTY);
-        assert_eq!(BroadcastSet { cpus: CpuSet::EMPTY }.earliest(|_| 5), u64::MAX);
+    fn device_waits_for_the_earliest_sleeper_and_wakes_exactly_the_due_ones() {
+        let driver = FakeDriver::leak();
+        let mut b = Broadcast::new();
+        b.set_device(Some(global(driver)), 0);
+        b.set_deadline(1, 300_000, 0);
+        b.set_deadline(2, 100_000, 0);
+        b.set_deadline(3, 200_000, 0);
+        assert_eq!(driver.last_next(), Some(10_000), "100 us at 100 MHz: the earliest");
+        let due = b.event(250_000);
+        assert_eq!(due, CpuSet(0b1100), "CPUs 2 and 3 are due, 1 is not");
+        assert_eq!(b.waiting(), CpuSet::single(1));
+        assert_eq!(driver.last_next(), Some(5_000), "re-armed for CPU 1's deadline");
+    }
+
+    #[test]
+    fn a_later_deadline_does_not_reprogram_and_leaving_keeps_the_device_armed() {
+        let driver = FakeDriver::leak();
+        let mut b = Broadcast::new();
+        b.set_device(Some(global(driver)), 0);
+        b.set_deadline(0, 50_000, 0);
+        let calls = driver.calls().len();
+        b.set_deadline(1, 80_000, 0);
+        assert_eq!(driver.calls().len(), calls, "a later deadline needs no programming");
+        b.leave(0);
+        assert_eq!(b.event(50_000), CpuSet::EMPTY, "nobody due: CPU 0 left");
+        assert_eq!(driver.last_next(), Some(3_000), "programmed for CPU 1 from the interrupt");
+    }
+
+    #[test]
+    fn deadlines_survive_a_change_of_device() {
+        let (old, new) = (FakeDriver::leak(), FakeDriver::leak());
+        let mut b = Broadcast::new();
+        b.set_device(Some(global(old)), 0);
+        b.set_deadline(2, 40_000, 0);
+        b.set_device(None, 10_000);
+        assert_eq!(b.deadline(2), 40_000, "kept while no device serves");
+        b.set_device(Some(global(new)), 20_000);
+        assert_eq!(new.last_next(), Some(2_000), "the new device is armed for the kept deadline");
+    }
+
+    #[test]
+    fn a_device_that_gives_up_is_reported_once() {
+        let driver = FakeDriver::leak();
+        *driver.passes_below_ticks.lock() = u64::MAX;
+        let mut b = Broadcast::new();
+        b.set_device(Some(global(driver)), 0);
+        b.set_deadline(0, 10_000, 0);
+        assert!(matches!(b.take_failure(), Some((DeviceId(7), ProgramError::GaveUp { .. }))));
+        assert_eq!(b.take_failure(), None);
+        assert_eq!(b.deadline(0), 10_000, "the deadline waits for the next device");
     }
 }

@@ -8,6 +8,7 @@
 use alloc::string::String;
 use bitflags::bitflags;
 use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use super::clocksource::NS_PER_S;
 
@@ -65,8 +66,13 @@ impl CpuSet {
     }
 }
 
+/// Index of a registered device (in registration order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(pub usize);
+
 /// The device state machine (Linux's `clock_event_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum State {
     /// Registered but not in use by anyone.
     Detached,
@@ -80,6 +86,16 @@ pub enum State {
 }
 
 impl State {
+    fn from_u8(value: u8) -> State {
+        match value {
+            0 => State::Detached,
+            1 => State::Shutdown,
+            2 => State::Periodic,
+            3 => State::Oneshot,
+            _ => State::OneshotStopped,
+        }
+    }
+
     /// Whether the layer may move a device from `self` to `next`. Only a shut-down device
     /// detaches or attaches; a stopped one-shot device only restarts or shuts down.
     pub fn can_switch_to(self, next: State) -> bool {
@@ -256,24 +272,29 @@ impl fmt::Display for IllegalTransition {
 }
 
 /// A registered device: its description, conversion, state and statistics.
+///
+/// Shared (the registry, the CPU it serves or the broadcast, the report), but used by one
+/// party at a time: a local device only by its CPU, the broadcast device only under the
+/// broadcast lock. Its changing fields are atomics so that sharing needs no lock; the user's
+/// loads and stores are plain moves on x86.
 pub struct ClockEventDevice {
     pub spec: DeviceSpec,
     driver: &'static dyn EventDriver,
     conversion: NsToTicks,
-    pub min_delta_ns: u64,
     pub max_delta_ns: u64,
     /// The hardware's limits in ticks; a converted delta is clamped to them.
     min_delta_ticks: u64,
     max_delta_ticks: u64,
-    state: State,
+    min_delta_ns: AtomicU64,
+    state: AtomicU8,
     /// The time the device is programmed for (`u64::MAX`: nothing programmed).
-    pub next_event_ns: u64,
+    next_event_ns: AtomicU64,
     /// Events programmed, retries after a passed comparator, minimum-delta increases.
-    pub programmed: u64,
-    pub retries: u64,
-    pub min_delta_increases: u32,
+    programmed: AtomicU64,
+    retries: AtomicU64,
+    min_delta_increases: AtomicU32,
     /// Taken out of service (self-test or programming failure); never selected again.
-    pub failed: bool,
+    failed: AtomicBool,
     /// Why the layer refused the device at registration, if it did.
     pub refused: Option<&'static str>,
 }
@@ -282,10 +303,15 @@ impl fmt::Debug for ClockEventDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClockEventDevice")
             .field("name", &self.spec.name)
-            .field("state", &self.state)
-            .field("next_event_ns", &self.next_event_ns)
+            .field("state", &self.state())
+            .field("next_event_ns", &self.next_event_ns())
             .finish()
     }
+}
+
+/// Adds one to a counter only its user writes (a load and a store, no locked instruction).
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 impl ClockEventDevice {
@@ -302,25 +328,25 @@ impl ClockEventDevice {
         let conversion = NsToTicks::new(spec.frequency_hz, wanted_max_ns.max(MIN_DELTA_LIMIT_NS));
         let max_delta_ns = wanted_max_ns.min(conversion.max_ns);
         ClockEventDevice {
-            min_delta_ns: min_delta_ns.min(max_delta_ns),
+            min_delta_ns: AtomicU64::new(min_delta_ns.min(max_delta_ns)),
             max_delta_ns,
             min_delta_ticks: min_ticks,
             max_delta_ticks: max_ticks,
             conversion,
             spec,
             driver,
-            state: State::Detached,
-            next_event_ns: u64::MAX,
-            programmed: 0,
-            retries: 0,
-            min_delta_increases: 0,
-            failed: problem.is_some(),
+            state: AtomicU8::new(State::Detached as u8),
+            next_event_ns: AtomicU64::new(u64::MAX),
+            programmed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            min_delta_increases: AtomicU32::new(0),
+            failed: AtomicBool::new(problem.is_some()),
             refused: problem,
         }
     }
 
     pub fn state(&self) -> State {
-        self.state
+        State::from_u8(self.state.load(Ordering::Relaxed))
     }
     /// The hardware side, for measurements that program it directly (then `resync`).
     pub fn driver(&self) -> &'static dyn EventDriver {
@@ -332,30 +358,89 @@ impl ClockEventDevice {
     pub fn is_per_cpu(&self) -> bool {
         self.spec.features.contains(Features::PER_CPU)
     }
+    /// The current minimum delta (grown if the counter kept passing its comparators).
+    pub fn min_delta_ns(&self) -> u64 {
+        self.min_delta_ns.load(Ordering::Relaxed)
+    }
+    /// The time the device is programmed for (`u64::MAX`: nothing programmed).
+    pub fn next_event_ns(&self) -> u64 {
+        self.next_event_ns.load(Ordering::Relaxed)
+    }
+    /// Forgets what the device is programmed for: its event was consumed, or something
+    /// programmed the hardware behind the layer's back.
+    pub fn forget_event(&self) {
+        self.next_event_ns.store(u64::MAX, Ordering::Relaxed);
+    }
+    pub fn programmed(&self) -> u64 {
+        self.programmed.load(Ordering::Relaxed)
+    }
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+    pub fn min_delta_increases(&self) -> u32 {
+        self.min_delta_increases.load(Ordering::Relaxed)
+    }
+    /// Taken out of service or refused: never selected again.
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+    /// Takes the device out of service for good (the registry then moves its CPUs on).
+    pub fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+    /// Whether the device would be used by the selection (not failed, not refused).
+    pub fn is_usable(&self) -> bool {
+        !self.is_failed()
+    }
 
     /// Moves to `state`; periodic mode takes its period in ns.
-    pub fn switch_state(&mut self, state: State, period_ns: u64) -> Result<(), IllegalTransition> {
-        if !self.state.can_switch_to(state) {
-            return Err(IllegalTransition { from: self.state, to: state });
+    pub fn switch_state(&self, state: State, period_ns: u64) -> Result<(), IllegalTransition> {
+        let current = self.state();
+        if !current.can_switch_to(state) {
+            return Err(IllegalTransition { from: current, to: state });
         }
-        if state == self.state && state != State::Periodic {
+        if state == current && state != State::Periodic {
             return Ok(());
         }
         let driver_state = match state {
             State::Detached | State::Shutdown => DriverState::Shutdown,
             State::Periodic => {
-                let ns = period_ns.clamp(self.min_delta_ns, self.max_delta_ns);
+                let ns = period_ns.clamp(self.min_delta_ns(), self.max_delta_ns);
                 DriverState::Periodic { period_ticks: self.delta_ticks(ns) }
             }
             State::Oneshot => DriverState::Oneshot,
             State::OneshotStopped => DriverState::OneshotStopped,
         };
         if state != State::Oneshot {
-            self.next_event_ns = u64::MAX;
+            self.forget_event();
         }
         self.driver.switch_state(driver_state);
-        self.state = state;
+        self.state.store(state as u8, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Brings a detached device into use in `state` (through shutdown).
+    pub fn attach(&self, state: State, period_ns: u64) {
+        if self.state() == State::Detached {
+            self.switch_state(State::Shutdown, 0).expect("detached -> shutdown is legal");
+        }
+        self.switch_state(state, period_ns).expect("a shut-down device enters periodic or oneshot");
+    }
+
+    /// Releases a device: shut down and detached.
+    pub fn detach(&self) {
+        if self.state() != State::Detached {
+            self.switch_state(State::Shutdown, 0).expect("any state shuts down");
+            self.switch_state(State::Detached, 0).expect("shutdown -> detached is legal");
+        }
+    }
+
+    /// Stops a one-shot device that has nothing to wait for.
+    pub fn stop(&self) {
+        if self.state() == State::Oneshot {
+            self.switch_state(State::OneshotStopped, 0).expect("oneshot -> stopped is legal");
+        }
+        self.forget_event();
     }
 
     fn delta_ticks(&self, ns: u64) -> u64 {
@@ -368,26 +453,27 @@ impl ClockEventDevice {
     /// while it was written, the event is retried at the minimum delta, and after
     /// [`RETRIES_BEFORE_GROWING`] failures the minimum delta grows. Returns the time the device
     /// was programmed for.
-    pub fn program(&mut self, deadline_ns: u64, now_ns: u64) -> Result<u64, ProgramError> {
-        match self.state {
+    pub fn program(&self, deadline_ns: u64, now_ns: u64) -> Result<u64, ProgramError> {
+        match self.state() {
             State::Oneshot => {}
             State::OneshotStopped => {
                 self.switch_state(State::Oneshot, 0).expect("oneshot-stopped -> oneshot is legal")
             }
             s => return Err(ProgramError::NotOneshot(s)),
         }
-        let delta = deadline_ns.saturating_sub(now_ns).clamp(self.min_delta_ns, self.max_delta_ns);
-        self.programmed += 1;
+        let delta = deadline_ns.saturating_sub(now_ns).clamp(self.min_delta_ns(), self.max_delta_ns);
+        bump(&self.programmed);
         if self.driver.set_next_event(self.delta_ticks(delta)).is_ok() {
-            self.next_event_ns = now_ns + delta;
-            return Ok(self.next_event_ns);
+            self.next_event_ns.store(now_ns + delta, Ordering::Relaxed);
+            return Ok(now_ns + delta);
         }
         let mut failures = 0;
         loop {
-            self.retries += 1;
-            if self.driver.set_next_event(self.delta_ticks(self.min_delta_ns)).is_ok() {
-                self.next_event_ns = now_ns + self.min_delta_ns;
-                return Ok(self.next_event_ns);
+            bump(&self.retries);
+            let min_delta_ns = self.min_delta_ns();
+            if self.driver.set_next_event(self.delta_ticks(min_delta_ns)).is_ok() {
+                self.next_event_ns.store(now_ns + min_delta_ns, Ordering::Relaxed);
+                return Ok(now_ns + min_delta_ns);
             }
             failures += 1;
             if failures >= RETRIES_BEFORE_GROWING {
@@ -397,19 +483,17 @@ impl ClockEventDevice {
         }
     }
 
-    fn grow_min_delta(&mut self) -> Result<(), ProgramError> {
-        let grown = if self.min_delta_ns < FIRST_GROWN_MIN_DELTA_NS {
-            FIRST_GROWN_MIN_DELTA_NS
-        } else {
-            self.min_delta_ns + self.min_delta_ns / 2
-        };
+    fn grow_min_delta(&self) -> Result<(), ProgramError> {
+        let current = self.min_delta_ns();
+        let grown =
+            if current < FIRST_GROWN_MIN_DELTA_NS { FIRST_GROWN_MIN_DELTA_NS } else { current + current / 2 };
         // Beyond the limit, or beyond what the device can be programmed for at all.
         if grown > MIN_DELTA_LIMIT_NS || grown > self.max_delta_ns {
-            self.next_event_ns = u64::MAX;
-            return Err(ProgramError::GaveUp { min_delta_ns: self.min_delta_ns });
+            self.forget_event();
+            return Err(ProgramError::GaveUp { min_delta_ns: current });
         }
-        self.min_delta_ns = grown;
-        self.min_delta_increases += 1;
+        self.min_delta_ns.store(grown, Ordering::Relaxed);
+        self.min_delta_increases.store(self.min_delta_increases() + 1, Ordering::Relaxed);
         log::warn!("{} increased its minimum delta to {grown} ns", self.spec.name);
         Ok(())
     }
@@ -480,7 +564,7 @@ mod tests {
     use super::*;
 
     fn oneshot_device(driver: &'static FakeDriver) -> ClockEventDevice {
-        let mut d = ClockEventDevice::new(spec("hpet0", 110, CpuSet::single(0), Features::PER_CPU), driver);
+        let d = ClockEventDevice::new(spec("hpet0", 110, CpuSet::single(0), Features::PER_CPU), driver);
         d.switch_state(State::Shutdown, 0).unwrap();
         d.switch_state(State::Oneshot, 0).unwrap();
         d
@@ -497,7 +581,7 @@ mod tests {
         assert!(Shutdown.can_switch_to(Detached));
         assert!(OneshotStopped.can_switch_to(Oneshot));
         let driver = FakeDriver::leak();
-        let mut d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::empty()), driver);
+        let d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::empty()), driver);
         assert_eq!(
             d.switch_state(State::Oneshot, 0),
             Err(IllegalTransition { from: State::Detached, to: State::Oneshot })
@@ -535,7 +619,7 @@ mod tests {
     #[test]
     fn min_and_max_delta_come_from_ticks() {
         let d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::empty()), FakeDriver::leak());
-        assert_eq!(d.min_delta_ns, 1920);
+        assert_eq!(d.min_delta_ns(), 1920);
         assert_eq!(d.max_delta_ns, 21_474_836_470);
     }
 
@@ -549,8 +633,8 @@ mod tests {
             max_delta_ticks: 1,
             ..fake::spec("x", 1, CpuSet::single(0), Features::empty())
         };
-        let mut d = ClockEventDevice::new(slow, FakeDriver::leak());
-        assert!(d.min_delta_ns <= d.max_delta_ns);
+        let d = ClockEventDevice::new(slow, FakeDriver::leak());
+        assert!(d.min_delta_ns() <= d.max_delta_ns);
         d.switch_state(State::Shutdown, 0).unwrap();
         d.switch_state(State::Oneshot, 0).unwrap();
         assert!(d.program(1_000_000, 0).is_ok());
@@ -562,18 +646,18 @@ mod tests {
             max_delta_ticks: 0xffff,
             ..fake::spec("y", 1, CpuSet::single(0), Features::empty())
         };
-        let mut d = ClockEventDevice::new(fast, driver);
+        let d = ClockEventDevice::new(fast, driver);
         d.switch_state(State::Shutdown, 0).unwrap();
         d.switch_state(State::Oneshot, 0).unwrap();
         let _ = d.program(1_000, 0);
-        assert!(d.min_delta_ns <= d.max_delta_ns, "{} > {}", d.min_delta_ns, d.max_delta_ns);
+        assert!(d.min_delta_ns() <= d.max_delta_ns, "{} > {}", d.min_delta_ns(), d.max_delta_ns);
         let _ = d.program(1_000, 0); // panicked on an inverted clamp before
     }
 
     #[test]
     fn past_deadline_is_programmed_at_the_minimum_delta() {
         let driver = FakeDriver::leak();
-        let mut d = oneshot_device(driver);
+        let d = oneshot_device(driver);
         let at = d.program(1_000, 50_000).unwrap();
         assert_eq!(at, 50_000 + 1920);
         assert_eq!(driver.last_next(), Some(192));
@@ -582,7 +666,7 @@ mod tests {
     #[test]
     fn far_deadline_is_clamped_to_the_maximum_delta() {
         let driver = FakeDriver::leak();
-        let mut d = oneshot_device(driver);
+        let d = oneshot_device(driver);
         let at = d.program(u64::MAX, 0).unwrap();
         assert_eq!(at, d.max_delta_ns);
         assert_eq!(driver.last_next(), Some(u64::from(u32::MAX) >> 1));
@@ -592,31 +676,31 @@ mod tests {
     fn passed_comparator_is_retried_not_lost() {
         let driver = FakeDriver::leak();
         *driver.passes_below_ticks.lock() = 193; // the first try at the minimum passes too
-        let mut d = oneshot_device(driver);
+        let d = oneshot_device(driver);
         let at = d.program(1_000, 0).unwrap();
         // 3 tries at 192 ticks, then the minimum grows to 5 us = 500 ticks, which sticks.
-        assert_eq!(d.min_delta_increases, 1);
-        assert_eq!(d.min_delta_ns, 5_000);
+        assert_eq!(d.min_delta_increases(), 1);
+        assert_eq!(d.min_delta_ns(), 5_000);
         assert_eq!(at, 5_000);
         assert_eq!(driver.last_next(), Some(500));
-        assert_eq!(d.retries, 4);
+        assert_eq!(d.retries(), 4);
     }
 
     #[test]
     fn minimum_delta_grows_by_half_until_the_limit_then_gives_up() {
         let driver = FakeDriver::leak();
         *driver.passes_below_ticks.lock() = u64::MAX;
-        let mut d = oneshot_device(driver);
+        let d = oneshot_device(driver);
         let err = d.program(10_000, 0).unwrap_err();
         assert!(matches!(err, ProgramError::GaveUp { min_delta_ns } if min_delta_ns <= MIN_DELTA_LIMIT_NS));
-        assert!(d.min_delta_increases > 5);
-        assert_eq!(d.next_event_ns, u64::MAX, "nothing is programmed after giving up");
+        assert!(d.min_delta_increases() > 5);
+        assert_eq!(d.next_event_ns(), u64::MAX, "nothing is programmed after giving up");
     }
 
     #[test]
     fn programming_needs_oneshot_mode_and_restarts_a_stopped_device() {
         let driver = FakeDriver::leak();
-        let mut d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::PERIODIC), driver);
+        let d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::PERIODIC), driver);
         d.switch_state(State::Shutdown, 0).unwrap();
         assert_eq!(d.program(5_000, 0), Err(ProgramError::NotOneshot(State::Shutdown)));
         d.switch_state(State::Oneshot, 0).unwrap();
@@ -628,7 +712,7 @@ mod tests {
     #[test]
     fn periodic_mode_passes_the_period_in_ticks() {
         let driver = FakeDriver::leak();
-        let mut d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::PERIODIC), driver);
+        let d = ClockEventDevice::new(spec("x", 1, CpuSet::single(0), Features::PERIODIC), driver);
         d.switch_state(State::Shutdown, 0).unwrap();
         d.switch_state(State::Periodic, 4_000_000).unwrap();
         assert_eq!(

@@ -9,24 +9,36 @@
 //! Ordering rules the rest of the kernel relies on:
 //! - timers run in deadline order, and equal deadlines run in the order they were armed;
 //! - no timer is ever handed out before its deadline (an interrupt that comes early pops nothing);
-//! - a cancelled timer is never handed out, and an expired one is handed out exactly once.
+//! - a cancelled timer is never handed out, and an expired one is handed out exactly once (a
+//!   periodic one once per period, re-armed by [`TimerQueue::complete`]).
 //!
-//! Timers are kept in two ordered maps: one sorted by `(deadline, id)` so the earliest is the
-//! first entry, and one from id to deadline so cancel and rearm find their entry without a scan.
-//! Every operation is O(log n).
+//! Storage is a slab of slots (reused through a free list) and a binary min-heap of slot
+//! numbers ordered by `(deadline, arming sequence)`; each slot knows its place in the heap, so
+//! cancel and rearm find their entry without a search. Arm, cancel, rearm and pop are
+//! O(log n) and allocate nothing while the slab has a free slot: the slab grows by doubling
+//! when full (amortised, and never on the pop path), and [`TimerQueue::with_capacity`]
+//! pre-sizes it.
+//!
+//! A popped timer stays *running* (its slot reserved) until the owner calls
+//! [`TimerQueue::complete`] after its callback, so a cancel during the callback can say so
+//! ([`Cancel::Running`]) and a periodic timer is re-armed under the same id.
 
-use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
 
-/// Identifies an armed timer; never reused within one queue.
-///
-/// Ids grow with every arm, so among timers with equal deadlines the smaller id was armed first.
+/// Identifies an armed timer: its slot and the slot's generation, so an id whose timer has
+/// gone (fired, cancelled) never reaches a later timer in the same slot. A generation is a
+/// u32 bumped on every reuse of its slot: an id could only be confused with a new timer after
+/// 2^32 reuses of one slot while the old id is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TimerId(pub u64);
+pub struct TimerId {
+    slot: u32,
+    generation: u32,
+}
 
 /// A timer taken out of the queue because its deadline has passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired<T> {
-    /// The id [`TimerQueue::arm`] returned for it; no longer pending.
+    /// The id [`TimerQueue::arm`] returned for it; running until [`TimerQueue::complete`].
     pub id: TimerId,
     /// The deadline it was armed for (at or before the `now_ns` it was popped at).
     pub deadline_ns: u64,
@@ -34,21 +46,132 @@ pub struct Expired<T> {
     pub payload: T,
 }
 
+/// What a cancel found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel<T> {
+    /// It was pending and never runs now; here is its payload.
+    Cancelled(T),
+    /// Its callback is running (popped, not yet completed): it will not be re-armed, but the
+    /// callback in progress is not stopped.
+    Running,
+    /// Nothing to cancel: it already ran, was cancelled, or never existed.
+    Inactive,
+}
+
+impl<T> Cancel<T> {
+    /// The payload of a timer that was pending.
+    pub fn cancelled(self) -> Option<T> {
+        match self {
+            Cancel::Cancelled(payload) => Some(payload),
+            Cancel::Running | Cancel::Inactive => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum SlotState<T> {
+    /// On the free list; `next` is the next free slot (`u32::MAX`: none).
+    Free { next: u32 },
+    /// In the heap at `heap_index`.
+    Pending { heap_index: u32, payload: T },
+    /// Popped, its callback running; `cancelled` stops a periodic re-arm.
+    Running { cancelled: bool },
+}
+
+#[derive(Debug)]
+struct Slot<T> {
+    deadline_ns: u64,
+    /// Arming order, for equal deadlines.
+    sequence: u64,
+    generation: u32,
+    state: SlotState<T>,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
 /// Pending timers of one CPU, ordered by deadline; `T` is what each timer carries.
 #[derive(Debug)]
 pub struct TimerQueue<T> {
-    /// The pending timers in firing order: by deadline, then by arming order (the id).
-    by_deadline: BTreeMap<(u64, TimerId), T>,
-    /// Deadline of each pending timer, so a timer can be found in `by_deadline` from its id alone.
-    deadline_of: BTreeMap<TimerId, u64>,
-    /// The id the next armed timer gets. A u64 counting one per arm does not wrap in practice.
-    next_id: u64,
+    slots: Vec<Slot<T>>,
+    /// Slot numbers of the pending timers, a binary min-heap by `(deadline, sequence)`.
+    heap: Vec<u32>,
+    free: u32,
+    /// The sequence number the next armed timer gets (one per arm: does not wrap in practice).
+    next_sequence: u64,
 }
 
 impl<T> TimerQueue<T> {
     /// An empty queue. `const` so a per-CPU queue can be a `static`.
     pub const fn new() -> Self {
-        TimerQueue { by_deadline: BTreeMap::new(), deadline_of: BTreeMap::new(), next_id: 0 }
+        TimerQueue { slots: Vec::new(), heap: Vec::new(), free: NO_SLOT, next_sequence: 0 }
+    }
+
+    /// An empty queue with room for `capacity` timers before it allocates again.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut queue = TimerQueue::new();
+        queue.reserve(capacity);
+        queue
+    }
+
+    /// Makes room for `additional` more timers than are armed now, so that arming them does
+    /// not allocate (e.g. before interrupt-context code arms timers).
+    pub fn reserve(&mut self, additional: usize) {
+        let wanted = self.heap.len() + additional;
+        self.heap.reserve(wanted.saturating_sub(self.heap.len()));
+        while self.slots.len() < wanted {
+            self.push_free_slot();
+        }
+    }
+
+    /// Free slots left before an arm allocates.
+    pub fn spare_capacity(&self) -> usize {
+        self.slots.len() - self.heap.len() - self.running_count()
+    }
+
+    fn running_count(&self) -> usize {
+        // Running slots are few (the callbacks of one interrupt); counted only on demand.
+        self.slots.iter().filter(|s| matches!(s.state, SlotState::Running { .. })).count()
+    }
+
+    fn push_free_slot(&mut self) {
+        let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 timers per queue");
+        assert!(index != NO_SLOT, "fewer than 2^32 - 1 timers per queue");
+        self.slots.push(Slot {
+            deadline_ns: 0,
+            sequence: 0,
+            generation: 0,
+            state: SlotState::Free { next: self.free },
+        });
+        self.free = index;
+    }
+
+    fn take_free_slot(&mut self) -> u32 {
+        if self.free == NO_SLOT {
+            // Double the slab (at least 16 slots): amortised O(1) per arm.
+            let grow = self.slots.len().max(16);
+            self.slots.reserve(grow);
+            self.heap.reserve(grow);
+            for _ in 0..grow {
+                self.push_free_slot();
+            }
+        }
+        let index = self.free;
+        let SlotState::Free { next } = self.slots[index as usize].state else {
+            unreachable!("the free list holds only free slots")
+        };
+        self.free = next;
+        index
+    }
+
+    fn release_slot(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.state = SlotState::Free { next: self.free };
+        self.free = index;
+    }
+
+    fn slot_of(&self, id: TimerId) -> Option<&Slot<T>> {
+        self.slots.get(id.slot as usize).filter(|s| s.generation == id.generation)
     }
 
     /// Arms a timer at absolute monotonic `deadline_ns`. O(log n).
@@ -56,10 +179,17 @@ impl<T> TimerQueue<T> {
     /// Timers with equal deadlines fire in arming order. A deadline already in the past is
     /// allowed: the timer pops at the next [`pop_expired`](Self::pop_expired).
     pub fn arm(&mut self, deadline_ns: u64, payload: T) -> TimerId {
-        let id = TimerId(self.next_id);
-        self.next_id += 1;
-        self.by_deadline.insert((deadline_ns, id), payload);
-        self.deadline_of.insert(id, deadline_ns);
+        let index = self.take_free_slot();
+        let heap_index = self.heap.len() as u32;
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let slot = &mut self.slots[index as usize];
+        slot.deadline_ns = deadline_ns;
+        slot.sequence = sequence;
+        slot.state = SlotState::Pending { heap_index, payload };
+        let id = TimerId { slot: index, generation: slot.generation };
+        self.heap.push(index);
+        self.sift_up(heap_index as usize);
         id
     }
 
@@ -69,65 +199,180 @@ impl<T> TimerQueue<T> {
         self.arm(now_ns.saturating_add(delay_ns), payload)
     }
 
-    /// Cancels a timer; returns its payload if it was still pending, `None` if it already
-    /// fired or was cancelled (so a racing cancel and expiry hand the payload out only once).
-    /// O(log n).
-    pub fn cancel(&mut self, id: TimerId) -> Option<T> {
-        let deadline_ns = self.deadline_of.remove(&id)?;
-        let payload = self.by_deadline.remove(&(deadline_ns, id));
-        debug_assert!(payload.is_some(), "the two maps of a timer queue disagree about {id:?}");
-        payload
+    /// Cancels a timer. A pending one hands back its payload; a running one (popped, its
+    /// callback not yet completed) is marked so it is not re-armed; anything else is inactive,
+    /// so a racing cancel and expiry hand the payload out only once. O(log n).
+    pub fn cancel(&mut self, id: TimerId) -> Cancel<T> {
+        let Some(slot) = self.slot_of(id) else { return Cancel::Inactive };
+        match slot.state {
+            SlotState::Free { .. } => Cancel::Inactive,
+            SlotState::Running { .. } => {
+                self.slots[id.slot as usize].state = SlotState::Running { cancelled: true };
+                Cancel::Running
+            }
+            SlotState::Pending { heap_index, .. } => {
+                self.remove_from_heap(heap_index as usize);
+                let state = core::mem::replace(
+                    &mut self.slots[id.slot as usize].state,
+                    SlotState::Running { cancelled: true },
+                );
+                self.release_slot(id.slot);
+                match state {
+                    SlotState::Pending { payload, .. } => Cancel::Cancelled(payload),
+                    _ => unreachable!("checked pending above"),
+                }
+            }
+        }
     }
 
     /// Moves a pending timer to `deadline_ns`, keeping its id and payload; `false` if it is not
     /// pending. Among equal deadlines it keeps the place of its original arming. O(log n).
     pub fn rearm(&mut self, id: TimerId, deadline_ns: u64) -> bool {
-        let Some(old_deadline_ns) = self.deadline_of.get_mut(&id) else {
-            return false;
-        };
-        let Some(payload) = self.by_deadline.remove(&(*old_deadline_ns, id)) else {
-            debug_assert!(false, "the two maps of a timer queue disagree about {id:?}");
-            return false;
-        };
-        *old_deadline_ns = deadline_ns;
-        self.by_deadline.insert((deadline_ns, id), payload);
+        let Some(slot) = self.slot_of(id) else { return false };
+        let SlotState::Pending { heap_index, .. } = slot.state else { return false };
+        let old = slot.deadline_ns;
+        self.slots[id.slot as usize].deadline_ns = deadline_ns;
+        if deadline_ns < old {
+            self.sift_up(heap_index as usize);
+        } else {
+            self.sift_down(heap_index as usize);
+        }
         true
     }
 
-    /// Deadline of a pending timer, `None` if it fired or was cancelled.
+    /// Ends a popped timer's run: with `again` (a new deadline and its payload) and no cancel
+    /// during the callback it is pending again under the same id, ordered as newly armed;
+    /// otherwise its slot is freed. Returns whether it is pending again.
+    pub fn complete(&mut self, id: TimerId, again: Option<(u64, T)>) -> bool {
+        let Some(slot) = self.slot_of(id) else { return false };
+        let SlotState::Running { cancelled } = slot.state else { return false };
+        match again {
+            Some((deadline_ns, payload)) if !cancelled => {
+                let heap_index = self.heap.len() as u32;
+                let sequence = self.next_sequence;
+                self.next_sequence += 1;
+                let slot = &mut self.slots[id.slot as usize];
+                slot.deadline_ns = deadline_ns;
+                slot.sequence = sequence;
+                slot.state = SlotState::Pending { heap_index, payload };
+                self.heap.push(id.slot);
+                self.sift_up(heap_index as usize);
+                true
+            }
+            _ => {
+                self.release_slot(id.slot);
+                false
+            }
+        }
+    }
+
+    /// Deadline of a pending timer, `None` if it is not pending.
     pub fn deadline(&self, id: TimerId) -> Option<u64> {
-        self.deadline_of.get(&id).copied()
+        self.slot_of(id).filter(|s| matches!(s.state, SlotState::Pending { .. })).map(|s| s.deadline_ns)
+    }
+
+    /// Whether the timer is popped and its callback not yet completed.
+    pub fn is_running(&self, id: TimerId) -> bool {
+        self.slot_of(id).is_some_and(|s| matches!(s.state, SlotState::Running { .. }))
     }
 
     /// Deadline of the earliest pending timer: what the event device must be programmed for.
     /// `None` means no alarm is needed.
     pub fn earliest(&self) -> Option<u64> {
-        self.by_deadline.first_key_value().map(|(&(deadline_ns, _), _)| deadline_ns)
+        self.heap.first().map(|&i| self.slots[i as usize].deadline_ns)
     }
 
-    /// Removes and returns the earliest timer if its deadline is at or before `now_ns`.
+    /// Removes and returns the earliest timer if its deadline is at or before `now_ns`; it is
+    /// running until [`complete`](Self::complete) is called for it.
     ///
     /// Never returns a timer whose deadline is still in the future, so an early or spurious
     /// interrupt fires nothing. Call it in a loop until `None` to run everything that is due.
     pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
-        let entry = self.by_deadline.first_entry()?;
-        let (deadline_ns, id) = *entry.key();
+        let &index = self.heap.first()?;
+        let deadline_ns = self.slots[index as usize].deadline_ns;
         if deadline_ns > now_ns {
             return None;
         }
-        let payload = entry.remove();
-        self.deadline_of.remove(&id);
-        Some(Expired { id, deadline_ns, payload })
+        self.remove_from_heap(0);
+        let slot = &mut self.slots[index as usize];
+        let SlotState::Pending { payload, .. } =
+            core::mem::replace(&mut slot.state, SlotState::Running { cancelled: false })
+        else {
+            unreachable!("the heap holds only pending slots")
+        };
+        Some(Expired { id: TimerId { slot: index, generation: slot.generation }, deadline_ns, payload })
     }
 
     /// Number of pending timers.
     pub fn len(&self) -> usize {
-        self.by_deadline.len()
+        self.heap.len()
     }
 
     /// Whether no timer is pending.
     pub fn is_empty(&self) -> bool {
-        self.by_deadline.is_empty()
+        self.heap.is_empty()
+    }
+
+    fn key(&self, heap_index: usize) -> (u64, u64) {
+        let s = &self.slots[self.heap[heap_index] as usize];
+        (s.deadline_ns, s.sequence)
+    }
+
+    fn place(&mut self, heap_index: usize) {
+        let slot = self.heap[heap_index] as usize;
+        if let SlotState::Pending { heap_index: at, .. } = &mut self.slots[slot].state {
+            *at = heap_index as u32;
+        }
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.key(parent) <= self.key(i) {
+                break;
+            }
+            self.heap.swap(parent, i);
+            self.place(i);
+            i = parent;
+        }
+        self.place(i);
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        let n = self.heap.len();
+        loop {
+            let (left, right) = (2 * i + 1, 2 * i + 2);
+            let mut smallest = i;
+            if left < n && self.key(left) < self.key(smallest) {
+                smallest = left;
+            }
+            if right < n && self.key(right) < self.key(smallest) {
+                smallest = right;
+            }
+            if smallest == i {
+                break;
+            }
+            self.heap.swap(smallest, i);
+            self.place(i);
+            i = smallest;
+        }
+        self.place(i);
+    }
+
+    /// Takes the entry at `heap_index` out of the heap (its slot is left to the caller).
+    fn remove_from_heap(&mut self, heap_index: usize) {
+        let last = self.heap.len() - 1;
+        self.heap.swap(heap_index, last);
+        self.heap.pop();
+        if heap_index < last {
+            self.place(heap_index);
+            // The moved entry may belong above or below its new place.
+            if heap_index > 0 && self.key(heap_index) < self.key((heap_index - 1) / 2) {
+                self.sift_up(heap_index);
+            } else {
+                self.sift_down(heap_index);
+            }
+        }
     }
 }
 
@@ -148,6 +393,7 @@ mod tests {
         let mut fired = Vec::new();
         while let Some(expired) = queue.pop_expired(now_ns) {
             assert!(expired.deadline_ns <= now_ns, "popped a timer before its deadline");
+            assert!(!queue.complete(expired.id, None), "a one-shot timer is not pending again");
             fired.push(expired.payload);
         }
         fired
@@ -208,10 +454,10 @@ mod tests {
         queue.arm(10, 1);
         let cancelled = queue.arm(20, 2);
         queue.arm(30, 3);
-        assert_eq!(queue.cancel(cancelled), Some(2));
+        assert_eq!(queue.cancel(cancelled), Cancel::Cancelled(2));
         assert_eq!(queue.len(), 2);
         assert_eq!(queue.deadline(cancelled), None);
-        assert_eq!(queue.cancel(cancelled), None, "a second cancel finds nothing");
+        assert_eq!(queue.cancel(cancelled), Cancel::Inactive, "a second cancel finds nothing");
         assert_eq!(drain(&mut queue, u64::MAX), [1, 3]);
     }
 
@@ -220,7 +466,7 @@ mod tests {
         let mut queue = TimerQueue::new();
         let id = queue.arm(10, "once");
         assert_eq!(drain(&mut queue, 10), ["once"]);
-        assert_eq!(queue.cancel(id), None);
+        assert_eq!(queue.cancel(id), Cancel::Inactive);
         assert!(!queue.rearm(id, 20), "a fired timer cannot be rearmed");
         assert!(queue.is_empty());
     }
@@ -279,9 +525,58 @@ mod tests {
         assert!(queue.pop_expired(u64::MAX - 1).is_none(), "a saturated timer did not wrap into the past");
     }
 
+    #[test]
+    fn periodic_timer_is_rearmed_under_its_id_from_its_deadline() {
+        let mut queue = TimerQueue::new();
+        let id = queue.arm(100, "tick");
+        queue.arm(150, "other");
+        let e = queue.pop_expired(120).expect("due");
+        assert!(queue.is_running(id));
+        assert!(queue.complete(e.id, Some((e.deadline_ns + 100, e.payload))));
+        assert_eq!(queue.deadline(id), Some(200), "next period from the deadline, not from now");
+        assert_eq!(drain(&mut queue, 199), ["other"]);
+        assert_eq!(queue.pop_expired(200).map(|e| e.id), Some(id));
+    }
+
+    #[test]
+    fn cancelling_a_running_timer_says_so_and_stops_its_rearm() {
+        let mut queue = TimerQueue::new();
+        let id = queue.arm(10, 1);
+        let e = queue.pop_expired(10).expect("due");
+        assert_eq!(queue.cancel(id), Cancel::Running);
+        assert!(!queue.complete(e.id, Some((20, e.payload))), "a cancelled periodic timer stays cancelled");
+        assert_eq!(queue.cancel(id), Cancel::Inactive);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_stale_id_never_reaches_the_timer_that_reuses_its_slot() {
+        let mut queue = TimerQueue::new();
+        let old = queue.arm(10, "old");
+        assert_eq!(queue.cancel(old), Cancel::Cancelled("old"));
+        let new = queue.arm(20, "new");
+        assert_ne!(old, new);
+        assert_eq!(queue.cancel(old), Cancel::Inactive);
+        assert!(!queue.rearm(old, 5));
+        assert_eq!(queue.deadline(new), Some(20));
+    }
+
+    #[test]
+    fn reserved_capacity_is_used_before_growing() {
+        let mut queue = TimerQueue::with_capacity(100);
+        assert_eq!(queue.spare_capacity(), 100);
+        let slots = queue.slots.capacity();
+        for i in 0..100 {
+            queue.arm(i, ());
+        }
+        assert_eq!(queue.spare_capacity(), 0);
+        assert_eq!(queue.slots.capacity(), slots, "no allocation within the reserve");
+    }
+
     use crate::time::testing::XorShift;
 
-    /// The obviously correct queue: an unsorted list searched for its minimum `(deadline, id)`.
+    /// The obviously correct queue: an unsorted list searched for its minimum `(deadline,
+    /// payload)`; payloads are numbered in arming order.
     #[derive(Default)]
     struct Model {
         pending: Vec<(u64, TimerId, u64)>,
@@ -289,7 +584,7 @@ mod tests {
 
     impl Model {
         fn earliest_entry(&self) -> Option<usize> {
-            (0..self.pending.len()).min_by_key(|&i| (self.pending[i].0, self.pending[i].1))
+            (0..self.pending.len()).min_by_key(|&i| (self.pending[i].0, self.pending[i].2))
         }
 
         fn earliest(&self) -> Option<u64> {
@@ -306,7 +601,7 @@ mod tests {
     /// then one never issued.
     fn pick_id(rng: &mut XorShift, issued: &[TimerId], model: &Model) -> TimerId {
         if issued.is_empty() || rng.below(20) == 0 {
-            TimerId(u64::MAX - rng.below(5))
+            TimerId { slot: u32::MAX - 1 - rng.below(5) as u32, generation: 0 }
         } else if !model.pending.is_empty() && rng.below(2) == 0 {
             model.pending[rng.below(model.pending.len() as u64) as usize].1
         } else {
@@ -357,7 +652,7 @@ mod tests {
                 4 | 5 => {
                     let id = pick_id(&mut rng, &issued, &model);
                     let expected = model.position(id).map(|i| model.pending.remove(i).2);
-                    assert_eq!(queue.cancel(id), expected, "step {step}: cancel {id:?}");
+                    assert_eq!(queue.cancel(id).cancelled(), expected, "step {step}: cancel {id:?}");
                     if expected.is_some() {
                         cancelled.insert(id);
                         cancels_of_pending += 1;
@@ -388,6 +683,7 @@ mod tests {
                         assert!(expired.deadline_ns <= now_ns, "step {step}: {id:?} popped early");
                         assert!(fired.insert(id), "step {step}: {id:?} popped twice");
                         assert!(!cancelled.contains(&id), "step {step}: cancelled {id:?} popped");
+                        assert!(!queue.complete(expired.id, None));
                         pops += 1;
                     }
                     assert!(

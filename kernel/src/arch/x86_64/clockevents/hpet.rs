@@ -14,12 +14,12 @@ use super::super::{interrupts, lapic, tsc};
 use crate::cmdline::ClockeventsChoice;
 use crate::time::clockevents::{DriverState, EventDriver, EventPassed};
 use crate::time::clocksource::MultShift;
+use crate::time::tick::DeviceId;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use spin::RwLock;
 
 /// Ratings of the 2007 patch: a per-CPU comparator beats the LAPIC timer (100); the global
 /// device is 20 lower, so a CPU with a working LAPIC timer keeps it.
@@ -240,7 +240,9 @@ pub struct HpetChannel {
 }
 
 /// Channels by vector, for the interrupt handler.
-static BY_VECTOR: RwLock<[Option<&'static HpetChannel>; 256]> = RwLock::new([None; 256]);
+/// Set once per vector (a channel keeps its vector), so the interrupt path reads it without a
+/// lock.
+static BY_VECTOR: [spin::Once<&'static HpetChannel>; 256] = [const { spin::Once::new() }; 256];
 
 impl HpetChannel {
     /// Sets comparator `index` up for `delivery`: a vector, the route (masked IOAPIC pin or FSB
@@ -284,9 +286,7 @@ impl HpetChannel {
             fresh_cycles: (u128::from(tsc::frequency_hz()) * u128::from(ESTIMATE_FRESH_NS) / 1_000_000_000)
                 as u64,
         }));
-        x86_64::instructions::interrupts::without_interrupts(|| {
-            BY_VECTOR.write()[usize::from(vector)] = Some(channel)
-        });
+        BY_VECTOR[usize::from(vector)].call_once(|| channel);
         hpet.set_comparator_config(index, config);
         if let Delivery::Legacy { .. } = delivery {
             hpet.set_legacy_route(true);
@@ -328,8 +328,8 @@ impl HpetChannel {
     }
 
     /// Links the channel to its time-layer device; its interrupts go there from now on.
-    pub fn attach(&self, device: usize) {
-        self.device.store(device + 1, Ordering::Release);
+    pub fn attach(&self, device: DeviceId) {
+        self.device.store(device.0 + 1, Ordering::Release);
     }
 
     /// Fires [`SELFTEST_IRQS`] one-shot events and waits for each on the main counter; `Ok`
@@ -428,7 +428,7 @@ impl EventDriver for HpetChannel {
 
 /// The interrupt of any HPET channel.
 fn channel_interrupt(vector: u8) {
-    let Some(ch) = BY_VECTOR.read()[usize::from(vector)] else { return };
+    let Some(&ch) = BY_VECTOR[usize::from(vector)].get() else { return };
     if matches!(ch.delivery, Delivery::Ioapic { .. }) {
         // Level-triggered: ours only if our status bit is set; writing 1 releases the line.
         if ch.hpet.interrupt_status() & (1 << ch.index) == 0 {
@@ -448,7 +448,7 @@ fn channel_interrupt(vector: u8) {
     }
     match ch.device.load(Ordering::Acquire) {
         0 => {}
-        d => super::device_interrupt(d - 1),
+        d => super::cpu::device_interrupt(DeviceId(d - 1)),
     }
 }
 
@@ -478,7 +478,7 @@ impl HpetChannel {
         );
         match self.device.load(Ordering::Acquire) {
             0 => super::runtime_fallback(reason),
-            d => super::take_out(d - 1, reason),
+            d => super::registry::take_out(DeviceId(d - 1), &reason),
         }
     }
 }

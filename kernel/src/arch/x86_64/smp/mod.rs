@@ -10,7 +10,7 @@ use crate::time::clocksource::now_ns;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
-use percpu::{CallFn, PerCpu};
+use percpu::PerCpu;
 use trampoline::Trampoline;
 use x86_64::VirtAddr;
 use x86_64::registers::control::Cr3;
@@ -184,6 +184,8 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     interrupts::load_idt();
     // Enables this CPU's APIC in the boot CPU's mode (x2APIC needs EXTD set on every CPU).
     lapic::init_ap();
+    // Its own tick and LAPIC timer, set up by itself (the boot CPU cannot reach its LAPIC).
+    super::clockevents::init_on_ap();
     let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
     cpu.online_ns.store(online, Ordering::Release);
     loop {
@@ -218,7 +220,12 @@ pub fn log_interrupt_table() {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallError {
     NoSuchCpu(usize),
-    Timeout { cpu: usize },
+    Timeout {
+        cpu: usize,
+    },
+    /// A synchronous call to another CPU with interrupts disabled could deadlock (two CPUs
+    /// waiting for each other), as Linux forbids it.
+    InterruptsDisabled,
 }
 
 impl fmt::Display for CallError {
@@ -226,48 +233,56 @@ impl fmt::Display for CallError {
         match self {
             CallError::NoSuchCpu(c) => write!(f, "CPU {c} is not online"),
             CallError::Timeout { cpu } => write!(f, "CPU {cpu} did not run the call within 1 s"),
+            CallError::InterruptsDisabled => write!(f, "a call to another CPU needs interrupts enabled"),
         }
     }
 }
 
-/// Runs `f(arg)` on CPU `index` and returns its result; on the calling CPU it runs directly.
-/// Callers are serialised per target CPU. Must not be called with interrupts disabled on a
-/// CPU that another CPU may be calling (both would wait for each other).
-pub fn call_on(index: usize, f: CallFn, arg: u64) -> Result<u64, CallError> {
+/// Queues `f` to run on CPU `index` in its function-call interrupt, after every call posted
+/// to it before, and returns at once. Usable from any context (interrupt handlers included).
+pub fn post(index: usize, f: impl FnOnce() + Send + 'static) -> Result<(), CallError> {
     let target = percpu::cpu(index).ok_or(CallError::NoSuchCpu(index))?;
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        target.mailbox.lock().push_back(alloc::boxed::Box::new(f));
+        lapic::send_ipi(target.apic_id, CALL_VECTOR);
+    });
+    Ok(())
+}
+
+/// Runs `f` on CPU `index` and returns its result; on the calling CPU it runs directly. Waits
+/// up to 1 s (the call may still run later: it owns everything it touches). Needs interrupts
+/// enabled when the target is another CPU.
+pub fn call_on<R: Send + 'static>(
+    index: usize,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, CallError> {
+    percpu::cpu(index).ok_or(CallError::NoSuchCpu(index))?;
     if percpu::ready() && percpu::this_cpu().index == index {
-        return Ok(f(arg));
+        return Ok(x86_64::instructions::interrupts::without_interrupts(f));
     }
-    let _serialise = target.call_lock.lock();
-    if target.call_abandoned.load(Ordering::Relaxed) {
-        return Err(CallError::Timeout { cpu: index });
+    if !x86_64::instructions::interrupts::are_enabled() {
+        return Err(CallError::InterruptsDisabled);
     }
-    target.call_fn.store(f as usize as u64, Ordering::Relaxed);
-    target.call_arg.store(arg, Ordering::Relaxed);
-    let ticket = target.call_posted.fetch_add(1, Ordering::Release) + 1;
-    lapic::send_ipi(target.apic_id, CALL_VECTOR);
+    let result: alloc::sync::Arc<spin::Mutex<Option<R>>> = alloc::sync::Arc::new(spin::Mutex::new(None));
+    let slot = result.clone();
+    post(index, move || *slot.lock() = Some(f()))?;
     let start = now_ns();
-    while target.call_done.load(Ordering::Acquire) != ticket {
+    loop {
+        if let Some(r) = result.lock().take() {
+            return Ok(r);
+        }
         if now_ns() - start > 1_000_000_000 {
-            target.call_abandoned.store(true, Ordering::Relaxed);
             return Err(CallError::Timeout { cpu: index });
         }
         core::hint::spin_loop();
     }
-    Ok(target.call_result.load(Ordering::Relaxed))
 }
 
+/// Runs every call posted to this CPU, in order (new ones posted meanwhile too).
 fn call_interrupt(_vector: u8) {
     let cpu = percpu::this_cpu();
-    let posted = cpu.call_posted.load(Ordering::Acquire);
-    if cpu.call_done.load(Ordering::Relaxed) == posted {
-        return; // nothing pending: a duplicate or stray IPI
+    loop {
+        let Some(call) = cpu.mailbox.lock().pop_front() else { return };
+        call();
     }
-    let f_addr = cpu.call_fn.load(Ordering::Relaxed) as usize;
-    // SAFETY: `call_on` stored a valid `CallFn` before publishing `posted`, and holds the
-    // target's call lock until `call_done` catches up, so the pair is not overwritten.
-    let f: CallFn = unsafe { core::mem::transmute::<usize, CallFn>(f_addr) };
-    let result = f(cpu.call_arg.load(Ordering::Relaxed));
-    cpu.call_result.store(result, Ordering::Relaxed);
-    cpu.call_done.store(posted, Ordering::Release);
 }

@@ -5,8 +5,10 @@
 //! obtained on a CPU stays that CPU's for as long as the code holding it runs there: interrupt
 //! handlers run on the CPU they interrupt and return to it.
 
+use super::super::clockevents::CpuTime;
 use super::super::gdt::CpuTables;
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::GsBase;
@@ -14,8 +16,9 @@ use x86_64::registers::model_specific::GsBase;
 /// Most CPUs the kernel supports (APIC ids are 8-bit in xAPIC mode; QEMU tests use up to 8).
 pub const MAX_CPUS: usize = 64;
 
-/// A function-call request (see `smp::call_on`): the function and its argument.
-pub type CallFn = fn(u64) -> u64;
+/// Work posted to a CPU (see `smp::post` and `smp::call_on`): run once, on that CPU, in its
+/// function-call interrupt.
+pub type Call = Box<dyn FnOnce() + Send>;
 
 #[repr(C)]
 pub struct PerCpu {
@@ -30,22 +33,16 @@ pub struct PerCpu {
     pub interrupts: [AtomicU64; 256],
     /// Nanoseconds from the BSP's start signal to this CPU reporting online (0 for the BSP).
     pub online_ns: AtomicU64,
-    /// Pending function call: function pointer, argument, result, and a sequence number
-    /// bumped by the caller when it posts and by this CPU when it is done.
-    pub(super) call_fn: AtomicU64,
-    pub(super) call_arg: AtomicU64,
-    pub(super) call_result: AtomicU64,
-    pub(super) call_posted: AtomicU64,
-    pub(super) call_done: AtomicU64,
-    /// Held by a caller from posting a call until its result is read.
-    pub(super) call_lock: spin::Mutex<()>,
-    /// A call timed out: it stays posted and may still run, so no later call may overwrite
-    /// its function and argument; calls to this CPU fail from then on.
-    pub(super) call_abandoned: core::sync::atomic::AtomicBool,
+    /// Calls posted to this CPU, run in order by its function-call interrupt. The lock is
+    /// held only to push or pop one entry (never while a call runs).
+    pub(super) mailbox: spin::Mutex<VecDeque<Call>>,
+    /// This CPU's timekeeping (its tick, behind an interrupts-off guard).
+    pub time: CpuTime,
 }
 
 // SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; `tables` is
-// a shared reference to tables no one mutates after creation; everything else is atomic.
+// a shared reference to tables no one mutates after creation; everything else is atomic or
+// behind a lock.
 unsafe impl Sync for PerCpu {}
 // SAFETY: as above.
 unsafe impl Send for PerCpu {}
@@ -63,13 +60,8 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         tables,
         interrupts: [const { AtomicU64::new(0) }; 256],
         online_ns: AtomicU64::new(0),
-        call_fn: AtomicU64::new(0),
-        call_arg: AtomicU64::new(0),
-        call_result: AtomicU64::new(0),
-        call_posted: AtomicU64::new(0),
-        call_done: AtomicU64::new(0),
-        call_lock: spin::Mutex::new(()),
-        call_abandoned: core::sync::atomic::AtomicBool::new(false),
+        mailbox: spin::Mutex::new(VecDeque::new()),
+        time: CpuTime::new(),
     }));
     let self_ptr: *const PerCpu = cpu;
     cpu.self_ptr = self_ptr;

@@ -1,0 +1,183 @@
+//! Each CPU's own timekeeping: its [`CpuTick`] in its per-CPU area, reached only through
+//! [`TickGuard`] (interrupts off for the guard's lifetime, so nothing on this CPU can interleave
+//! and no other CPU ever takes it), and the interrupt paths that feed it: a device interrupt,
+//! the broadcast wake-up IPI, and the expiry that runs the callbacks outside the guard.
+
+use super::registry;
+use super::timer::{Payload, TimerEvent};
+use crate::arch::x86_64::smp::percpu;
+use crate::time::clocksource::now_ns;
+use crate::time::tick::{CpuTick, DeviceId};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use spin::{Mutex, MutexGuard};
+
+/// Timers each CPU has room for before arming allocates (the slab then doubles).
+const TIMERS_PER_CPU: usize = 1024;
+
+/// A CPU's timekeeping state, in its `PerCpu`.
+pub struct CpuTime {
+    /// Taken only by its own CPU, with interrupts off ([`TickGuard`]): never contended.
+    tick: Mutex<Option<CpuTick<Payload>>>,
+    /// When this CPU last entered a clock event interrupt, for the benchmark.
+    pub interrupt_entry_ns: AtomicU64,
+    /// Completed `sleep_ns` wake-ups.
+    pub sleep_wakeups: AtomicU64,
+    /// The time-layer id of this CPU's LAPIC timer (`usize::MAX`: none), for its vector.
+    pub lapic_device: AtomicUsize,
+}
+
+impl Default for CpuTime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuTime {
+    pub const fn new() -> CpuTime {
+        CpuTime {
+            tick: Mutex::new(None),
+            interrupt_entry_ns: AtomicU64::new(0),
+            sleep_wakeups: AtomicU64::new(0),
+            lapic_device: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+/// The calling CPU's tick, with interrupts disabled until it is dropped (then restored as they
+/// were). Code holding it cannot be interrupted or moved, so "this CPU's state" is a type.
+pub struct TickGuard {
+    tick: Option<MutexGuard<'static, Option<CpuTick<Payload>>>>,
+    interrupts_were_enabled: bool,
+}
+
+impl core::ops::Deref for TickGuard {
+    type Target = CpuTick<Payload>;
+    fn deref(&self) -> &CpuTick<Payload> {
+        self.tick.as_ref().and_then(|t| t.as_ref()).expect("checked at creation")
+    }
+}
+
+impl core::ops::DerefMut for TickGuard {
+    fn deref_mut(&mut self) -> &mut CpuTick<Payload> {
+        self.tick.as_mut().and_then(|t| t.as_mut()).expect("checked at creation")
+    }
+}
+
+impl Drop for TickGuard {
+    fn drop(&mut self) {
+        // Release the tick before interrupts can come back.
+        drop(self.tick.take());
+        if self.interrupts_were_enabled {
+            x86_64::instructions::interrupts::enable();
+        }
+    }
+}
+
+/// The calling CPU's tick, or `None` before its `init_on_*` made one.
+pub fn this_cpu_tick() -> Option<TickGuard> {
+    use x86_64::instructions::interrupts;
+    let interrupts_were_enabled = interrupts::are_enabled();
+    interrupts::disable();
+    let guard = percpu::this_cpu().time.tick.try_lock();
+    // Only this CPU takes it, with interrupts off: a busy lock means the code holding the
+    // guard re-entered the tick (e.g. a callback run inside it), a bug in this module.
+    let guard = guard.expect("a CPU's tick re-entered while its guard is held");
+    if guard.is_none() {
+        drop(guard);
+        if interrupts_were_enabled {
+            interrupts::enable();
+        }
+        return None;
+    }
+    Some(TickGuard { tick: Some(guard), interrupts_were_enabled })
+}
+
+/// Runs `f` on the calling CPU's tick; `None` before it has one.
+pub fn with_tick<R>(f: impl FnOnce(&mut CpuTick<Payload>) -> R) -> Option<R> {
+    this_cpu_tick().map(|mut t| f(&mut t))
+}
+
+/// Gives the calling CPU its tick (not yet served by any device).
+pub(super) fn create_tick(mode: crate::time::tick::TickMode) {
+    let cpu = percpu::this_cpu();
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        *cpu.time.tick.lock() = Some(CpuTick::new(cpu.index, mode, now_ns(), TIMERS_PER_CPU));
+    });
+}
+
+/// Reports a local device that gave up programming to the registry, which takes it out and
+/// reassigns this CPU (and any other it served). Called with the guard released.
+pub(super) fn report_failure(failure: Option<crate::time::tick::DeviceFailure>) {
+    if let Some(f) = failure {
+        registry::take_out(f.device, &alloc::format!("{}", f.error));
+    }
+}
+
+/// A clock event device interrupted this CPU (called by the device drivers' handlers).
+pub(super) fn device_interrupt(device: DeviceId) {
+    let now = now_ns();
+    let cpu = percpu::this_cpu();
+    cpu.time.interrupt_entry_ns.store(now, Ordering::Relaxed);
+    if registry::is_broadcast_device(device) {
+        broadcast_interrupt(cpu.index, now);
+        return;
+    }
+    match with_tick(|t| t.device_event(device, now)) {
+        Some(true) => run_expiry(cpu.index, now),
+        Some(false) => registry::wake_owner_of(device),
+        None => {}
+    }
+}
+
+/// The broadcast device fired on this CPU: every CPU whose deadline passed is woken, this one
+/// directly.
+fn broadcast_interrupt(here: usize, now: u64) {
+    let due = registry::broadcast_event(now);
+    for cpu in due.iter() {
+        if cpu == here {
+            wakeup(now);
+        } else {
+            registry::send_wakeup(cpu);
+        }
+    }
+}
+
+/// The broadcast wake-up IPI (or a wake-up for a misrouted event of this CPU's device).
+pub(super) fn wake_interrupt(_vector: u8) {
+    let now = now_ns();
+    percpu::this_cpu().time.interrupt_entry_ns.store(now, Ordering::Relaxed);
+    wakeup(now);
+}
+
+fn wakeup(now: u64) {
+    if with_tick(|t| t.wakeup(now)) == Some(true) {
+        run_expiry(percpu::this_cpu().index, now);
+    }
+}
+
+/// Runs the due timers' callbacks one at a time outside the guard (a callback may arm or
+/// cancel timers), re-arms periodic ones from their deadline, then programs the next event
+/// once. Nothing here allocates.
+fn run_expiry(cpu: usize, now: u64) {
+    loop {
+        let Some(expired) = with_tick(|t| t.pop_expired(now)).flatten() else { break };
+        let mut payload = expired.payload;
+        let event = TimerEvent {
+            cpu,
+            id: expired.id,
+            deadline_ns: expired.deadline_ns,
+            now_ns: now,
+            data: payload.data,
+        };
+        payload.callback.run(&event);
+        let again = payload.next_deadline(expired.deadline_ns, now).map(|at| (at, payload));
+        with_tick(|t| t.complete(expired.id, again));
+    }
+    // The callbacks took time: the next event is programmed from a fresh clock read.
+    let failure = with_tick(|t| {
+        t.end_expiry(now_ns(), registry::broadcast());
+        t.take_failure()
+    })
+    .flatten();
+    report_failure(failure);
+}

@@ -1,0 +1,220 @@
+//! HPET comparators brought up as clock event devices: each comparator's delivery (FSB, a
+//! free IOAPIC pin, the legacy route), the plan (per-CPU, partial + global, forced), the
+//! interrupt self-test on each target CPU with re-planning around failures, registration, and
+//! the `hpet_storm=` fault injection.
+
+use super::super::hpet::{ComparatorConfig, Hpet};
+use super::super::ioapic::IOAPICS;
+use super::super::platform::Platform;
+use super::super::smp::percpu;
+use super::hpet::{self, Delivery, HpetChannel, Role};
+use super::registry;
+use super::{ComparatorOutcome, ComparatorRole, Setup};
+use crate::cmdline::{ClockeventsChoice, KernelOptions};
+use crate::time::clockevents::{CpuSet, DeviceSpec, Features};
+use alloc::format;
+use alloc::vec::Vec;
+
+pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &KernelOptions) -> Setup {
+    hpet::set_read_counter(options.hpet_counter_read);
+    let caps: Vec<hpet::ComparatorCaps> = (0..h.comparators())
+        .map(|index| {
+            let c = h.comparator_config(index);
+            hpet::ComparatorCaps {
+                index,
+                route_cap: c.route_capability(),
+                fsb: c.contains(ComparatorConfig::FSB_CAPABLE),
+            }
+        })
+        .collect();
+    let mut outcomes: Vec<ComparatorOutcome> = caps
+        .iter()
+        .map(|c| ComparatorOutcome {
+            index: c.index,
+            delivery: None,
+            role: ComparatorRole::Unused,
+            cpu: None,
+            selftest_irqs: 0,
+        })
+        .collect();
+    if options.clockevents == ClockeventsChoice::Lapic {
+        return Setup { rule: hpet::plan(&[], 0, ClockeventsChoice::Lapic).rule, comparators: outcomes };
+    }
+
+    let isa = platform.firmware.isa_gsis.clone();
+    let legacy_gsis = h.capabilities().legacy_route_capable().then(|| (isa[0], isa[8]));
+    let deliveries = hpet::choose_deliveries(&caps, legacy_gsis, |cap| {
+        let mut io = IOAPICS.lock();
+        let gsi = io.find_free(cap, &isa)?;
+        io.claim(gsi, "HPET comparator").ok()?;
+        Some(gsi)
+    });
+    for (o, d) in outcomes.iter_mut().zip(&deliveries) {
+        o.delivery = *d;
+        match d {
+            Some(Delivery::Legacy { gsi }) => {
+                // IRQ0 and IRQ8 belong to the PIT and the RTC; legacy mode takes them over.
+                if let Err(e) = IOAPICS.lock().claim(*gsi, "HPET legacy route") {
+                    log::warn!("HPET comparator {}: {e}", o.index);
+                }
+                log::info!("HPET comparator {}: {d}", o.index, d = Delivery::Legacy { gsi: *gsi });
+            }
+            Some(d) => log::info!("HPET comparator {}: {d}", o.index),
+            None => log::info!("HPET comparator {}: no usable route (no FSB, no free IOAPIC pin)", o.index),
+        }
+    }
+
+    let cpus: Vec<&percpu::PerCpu> = percpu::all().collect();
+    let mut channels: Vec<Option<&'static HpetChannel>> = alloc::vec![None; caps.len()];
+    let mut failed: Vec<usize> = Vec::new();
+    // Plan, self-test what the plan uses on its target CPU, and plan again without the
+    // comparators that failed until a plan stands (per-CPU -> global -> LAPIC only).
+    let (usable, plan) = loop {
+        let usable: Vec<usize> =
+            (0..caps.len()).filter(|&i| deliveries[i].is_some() && !failed.contains(&i)).collect();
+        let plan = hpet::plan(&usable, cpus.len(), options.clockevents);
+        let mut new_failure = false;
+        for (&index, &role) in usable.iter().zip(&plan.roles) {
+            let target = match role {
+                Role::Unused => continue,
+                Role::PerCpu(c) => c,
+                Role::Global => global_target(&plan.roles),
+            };
+            let apic_id = cpus[target].apic_id;
+            let channel = match channels[index] {
+                Some(ch) => {
+                    ch.route_to(apic_id);
+                    ch
+                }
+                None => match HpetChannel::new(h, index, deliveries[index].expect("usable"), apic_id) {
+                    Ok(ch) => {
+                        if options.hpet_irq_masked == Some(index as u32) {
+                            log::warn!(
+                                "HPET comparator {index}: interrupt line left masked (hpet_irq_masked)"
+                            );
+                            ch.mask_line();
+                        }
+                        channels[index] = Some(ch);
+                        ch
+                    }
+                    Err(e) => {
+                        platform.fall_back(format!("HPET comparator {index} unusable: {e}"));
+                        failed.push(index);
+                        new_failure = true;
+                        continue;
+                    }
+                },
+            };
+            match channel.selftest() {
+                Ok(n) => {
+                    log::info!("HPET comparator {index}: self-test on CPU {target}: {n} interrupts, passed");
+                    outcomes[index].selftest_irqs = n;
+                }
+                Err(n) => {
+                    outcomes[index].selftest_irqs = n;
+                    platform.fall_back(format!(
+                        "HPET comparator {index} failed its interrupt self-test on CPU {target} ({n} of {} interrupts within {} ms of HPET time each): taken out",
+                        hpet::SELFTEST_IRQS,
+                        hpet::SELFTEST_WAIT_NS / 1_000_000
+                    ));
+                    failed.push(index);
+                    new_failure = true;
+                }
+            }
+        }
+        if !new_failure {
+            break (usable, plan);
+        }
+    };
+
+    let online = CpuSet::first(cpus.len());
+    for (&index, &role) in usable.iter().zip(&plan.roles) {
+        let Some(channel) = channels[index] else { continue };
+        let periodic = h.comparator_config(index).contains(ComparatorConfig::PERIODIC_CAPABLE);
+        let mut features = Features::ONESHOT;
+        if periodic {
+            features |= Features::PERIODIC;
+        }
+        let (name, rating, served) = match role {
+            Role::Unused => continue,
+            Role::PerCpu(c) => {
+                features |= Features::PER_CPU;
+                outcomes[index].role = ComparatorRole::PerCpu;
+                outcomes[index].cpu = Some(c);
+                (format!("hpet{index}"), hpet::PER_CPU_RATING, CpuSet::single(c))
+            }
+            Role::Global => {
+                outcomes[index].role = ComparatorRole::Global;
+                outcomes[index].cpu = Some(global_target(&plan.roles));
+                (format!("hpet{index}"), hpet::GLOBAL_RATING, online)
+            }
+        };
+        let spec = DeviceSpec {
+            name,
+            features,
+            rating,
+            cpus: served,
+            frequency_hz: h.frequency_hz(),
+            min_delta_ticks: hpet::MIN_DELTA_TICKS,
+            max_delta_ticks: hpet::MAX_DELTA_TICKS,
+        };
+        // The CPU it serves takes it up itself, when its assignment arrives.
+        if registry::register(spec, channel, |id| channel.attach(id)).is_none() {
+            platform.fall_back(format!("HPET comparator {index} not registered: no registry"));
+            outcomes[index].role = ComparatorRole::Failed;
+            outcomes[index].cpu = None;
+        }
+    }
+    for &index in &failed {
+        outcomes[index].role = ComparatorRole::Failed;
+    }
+    if let Some(victim) = options.hpet_storm {
+        inject_storm(h, &outcomes, victim as usize);
+    }
+    // Pins of comparators that serve nobody go back to the pool (masked).
+    for o in outcomes.iter().filter(|o| matches!(o.role, ComparatorRole::Unused | ComparatorRole::Failed)) {
+        if let Some(Delivery::Ioapic { gsi }) = o.delivery
+            && let Err(e) = IOAPICS.lock().release(gsi)
+        {
+            log::warn!("HPET comparator {}: {e}", o.index);
+        }
+    }
+    Setup { rule: plan.rule, comparators: outcomes }
+}
+
+/// Fault injection (`hpet_storm=N`): an unused comparator is routed onto comparator N's
+/// level-triggered pin and fires once, never cleared, so the line stays asserted while N's
+/// status bit is clear: a storm N's handler must detect and stop.
+fn inject_storm(h: &Hpet, outcomes: &[ComparatorOutcome], victim: usize) {
+    let Some(Some(Delivery::Ioapic { gsi })) = outcomes.get(victim).map(|o| o.delivery) else {
+        log::warn!("hpet_storm={victim}: comparator {victim} has no IOAPIC line; nothing injected");
+        return;
+    };
+    let Some(culprit) = outcomes.iter().find(|o| {
+        o.role == ComparatorRole::Unused && h.comparator_config(o.index).route_capability() & (1 << gsi) != 0
+    }) else {
+        log::warn!("hpet_storm={victim}: no unused comparator can reach GSI {gsi}; nothing injected");
+        return;
+    };
+    let config = (h.comparator_config(culprit.index)
+        & (ComparatorConfig::PERIODIC_CAPABLE
+            | ComparatorConfig::SIZE_64_CAPABLE
+            | ComparatorConfig::FSB_CAPABLE))
+        .with_route(gsi as u8)
+        | ComparatorConfig::LEVEL_TRIGGERED
+        | ComparatorConfig::INTERRUPT_ENABLE
+        | ComparatorConfig::MODE_32BIT;
+    h.set_comparator_config(culprit.index, config);
+    h.set_comparator(culprit.index, u64::from((h.counter() as u32).wrapping_add(100_000)));
+    log::warn!(
+        "hpet_storm={victim}: comparator {} raises GSI {gsi} (comparator {victim}'s line) in 1 ms and is never cleared",
+        culprit.index
+    );
+}
+
+/// The CPU the global device interrupts: the first one without a per-CPU comparator (it is
+/// then served without an IPI), else CPU 0.
+fn global_target(roles: &[Role]) -> usize {
+    let per_cpu = roles.iter().filter(|r| matches!(r, Role::PerCpu(_))).count();
+    if per_cpu < percpu::all().count() { per_cpu } else { 0 }
+}

@@ -1,0 +1,160 @@
+//! The shared side of clock events: the device registry and the broadcast, each behind its own
+//! lock, and the delivery of the registry's decisions. The registry's lock is taken only on
+//! slow paths (registration, a CPU coming online, a device taken out, a misrouted event); the
+//! broadcast's only by CPUs the broadcast serves and by the CPU taking its interrupt.
+//!
+//! Lock order: registry, then broadcast or a CPU's mailbox. A CPU's assignment is carried out
+//! by that CPU: posted to it by function-call IPI while the registry's lock is held, so that
+//! assignments reach each CPU in the order they were decided.
+
+use super::cpu::{self, with_tick};
+use crate::arch::x86_64::lapic as apic;
+use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::broadcast::Broadcast;
+use crate::time::clockevents::{CpuSet, DeviceSpec, EventDriver};
+use crate::time::clocksource::now_ns;
+use crate::time::tick::{Assignment, Changes, DeviceId, Registry};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spin::Mutex;
+use x86_64::instructions::interrupts::without_interrupts;
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+static BROADCAST: Mutex<Broadcast> = Mutex::new(Broadcast::new());
+/// The broadcast device's id (`usize::MAX`: none), read by every device interrupt.
+static BROADCAST_DEVICE: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Vector of the broadcast wake-up IPI (a system vector, above the allocatable range).
+pub const WAKE_VECTOR: u8 = 0xf1;
+
+/// The broadcast state, for CPUs served by it.
+pub fn broadcast() -> &'static Mutex<Broadcast> {
+    &BROADCAST
+}
+
+pub(super) fn is_broadcast_device(device: DeviceId) -> bool {
+    BROADCAST_DEVICE.load(Ordering::Relaxed) == device.0
+}
+
+pub(super) fn init() {
+    without_interrupts(|| *REGISTRY.lock() = Some(Registry::new()));
+}
+
+/// Runs `f` on the registry (interrupts off).
+pub fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> Option<R> {
+    without_interrupts(|| REGISTRY.lock().as_mut().map(f))
+}
+
+/// The broadcast device fired: the CPUs whose deadline passed.
+pub(super) fn broadcast_event(now: u64) -> CpuSet {
+    let (due, failure) = {
+        let mut b = BROADCAST.lock();
+        (b.event(now), b.take_failure())
+    };
+    if let Some((d, e)) = failure {
+        take_out(d, &alloc::format!("{e}"));
+    }
+    due
+}
+
+pub(super) fn send_wakeup(cpu: usize) {
+    if let Some(c) = percpu::cpu(cpu) {
+        apic::send_ipi(c.apic_id, WAKE_VECTOR);
+    }
+}
+
+/// A device's event reached a CPU it does not serve: its owner lost that event, so it is
+/// woken to look at its queue and program its device again from its own CPU (FreeBSD re-arms
+/// a per-CPU timer that fired on the wrong CPU).
+pub(super) fn wake_owner_of(device: DeviceId) {
+    if let Some(owner) = with_registry(|r| r.owner_of(device)).flatten() {
+        send_wakeup(owner);
+    }
+}
+
+/// Registers a device whose interrupts reach the time layer through `attach(its id)`;
+/// `attach` runs first, because the device's CPU may program it as soon as it is assigned.
+pub fn register(
+    spec: DeviceSpec,
+    driver: &'static dyn EventDriver,
+    attach: impl FnOnce(DeviceId),
+) -> Option<DeviceId> {
+    without_interrupts(|| {
+        let mut guard = REGISTRY.lock();
+        let registry = guard.as_mut()?;
+        attach(registry.next_device_id());
+        let (id, changes) = registry.register(spec, driver);
+        deliver(registry, changes);
+        Some(id)
+    })
+}
+
+/// Brings the calling CPU into the registry's selection (its tick exists).
+pub(super) fn cpu_online(cpu: usize) {
+    without_interrupts(|| {
+        if let Some(registry) = REGISTRY.lock().as_mut() {
+            let changes = registry.cpu_online(cpu);
+            deliver(registry, changes);
+        }
+    });
+}
+
+/// Takes a device out of service for good; the CPUs it served move to the next best device
+/// with their pending events.
+pub fn take_out(device: DeviceId, reason: &str) {
+    without_interrupts(|| {
+        if let Some(registry) = REGISTRY.lock().as_mut() {
+            let changes = registry.take_out(device, reason);
+            deliver(registry, changes);
+        }
+    });
+}
+
+/// Carries a decision out: the broadcast change here (under the broadcast's lock), each CPU's
+/// assignment on that CPU. Devices that fail meanwhile are taken out in turn.
+fn deliver(registry: &mut Registry, mut changes: Changes) {
+    loop {
+        if let Some(device) = changes.broadcast.take() {
+            BROADCAST_DEVICE.store(device.as_ref().map_or(usize::MAX, |(id, _)| id.0), Ordering::Relaxed);
+            let failure = {
+                let mut b = BROADCAST.lock();
+                b.set_device(device, now_ns());
+                b.take_failure()
+            };
+            if let Some((d, e)) = failure {
+                let more = registry.take_out(d, &alloc::format!("{e}"));
+                changes.broadcast = more.broadcast;
+                changes.assignments.extend(more.assignments);
+                continue;
+            }
+        }
+        let here = percpu::this_cpu().index;
+        for a in core::mem::take(&mut changes.assignments) {
+            if a.cpu == here {
+                // This CPU's own: carried out now. Its failure (if any) is taken out below.
+                if let Some(f) = apply(a) {
+                    let more = registry.take_out(f.device, &alloc::format!("{}", f.error));
+                    changes.broadcast = more.broadcast;
+                    changes.assignments.extend(more.assignments);
+                }
+            } else {
+                let target = a.cpu;
+                if smp::post(target, move || cpu::report_failure(apply(a))).is_err() {
+                    log::error!("CPU {target} is gone: its tick assignment is lost");
+                }
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Applies an assignment on the calling CPU (its own); returns a device that failed meanwhile.
+fn apply(a: Assignment) -> Option<crate::time::tick::DeviceFailure> {
+    debug_assert_eq!(a.cpu, percpu::this_cpu().index, "an assignment is carried out on its own CPU");
+    with_tick(|t| {
+        t.assign(a.service, a.local, now_ns(), &BROADCAST);
+        t.take_failure()
+    })
+    .flatten()
+}

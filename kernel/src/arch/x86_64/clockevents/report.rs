@@ -1,0 +1,150 @@
+//! What the report, the log and the benchmark read of clock events: each CPU's tick device
+//! (asked of that CPU), the broadcast device, the devices' figures, and the cost of
+//! programming one event.
+
+use super::cpu::with_tick;
+use super::registry::{self, with_registry};
+use super::{ComparatorRole, Setup};
+use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clockevents::State;
+use crate::time::clocksource::now_ns;
+use crate::time::tick::Service;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// One CPU's tick, for the report and the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickDeviceInfo {
+    pub cpu: usize,
+    /// Name of the device that interrupts this CPU (the broadcast device's when served by it).
+    pub device: Option<String>,
+    pub mode: String,
+    pub events: u64,
+    pub ticks: u64,
+    pub via_broadcast: bool,
+}
+
+/// The calling CPU's tick.
+fn this_cpu_info() -> Option<TickDeviceInfo> {
+    let (cpu, service, mode, events, ticks) =
+        with_tick(|t| (t.cpu(), t.service(), t.mode_name(), t.events(), t.ticks()))?;
+    let (device, via_broadcast) = match service {
+        Service::None => (None, false),
+        Service::Local(d) => (Some(d), false),
+        Service::Broadcast(b) => (Some(b), true),
+    };
+    let device = device.and_then(|d| with_registry(|r| r.device(d).spec.name.clone()));
+    Some(TickDeviceInfo { cpu, device, mode: mode.into(), events, ticks, via_broadcast })
+}
+
+/// Every online CPU's tick, each read on its own CPU (needs interrupts enabled).
+pub fn tick_devices() -> Vec<TickDeviceInfo> {
+    percpu::all().filter_map(|c| smp::call_on(c.index, this_cpu_info).ok().flatten()).collect()
+}
+
+/// Name of the broadcast device, if any.
+pub fn broadcast_device() -> Option<String> {
+    with_registry(|r| r.broadcast_device().map(|b| r.device(b).spec.name.clone())).flatten()
+}
+
+/// The current minimum delta of the device named `name` (grown if the counter kept passing
+/// its comparators).
+pub fn min_delta_ns(name: &str) -> Option<u64> {
+    with_registry(|r| r.devices().find(|(_, d)| d.spec.name == name).map(|(_, d)| d.min_delta_ns())).flatten()
+}
+
+/// What programming one event costs on the device serving the calling CPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProgrammingCost {
+    /// Median TSC cycles of one `set_next_event`.
+    pub cycles: u64,
+    /// Register accesses (HPET MMIO, LAPIC MMIO or MSR) per event.
+    pub register_accesses: u64,
+}
+
+/// Programs the device serving the calling CPU `samples` times (1 ms ahead) and measures it;
+/// then programs the CPU's real next event again. `None` without a one-shot device.
+pub fn measure_programming(
+    samples: usize,
+    hpet: Option<&crate::arch::x86_64::hpet::Hpet>,
+) -> Option<ProgrammingCost> {
+    use crate::arch::x86_64::{lapic as apic, tsc};
+    let accesses = || hpet.map_or(0, |h| h.mmio_accesses()) + apic::register_accesses();
+    let service = with_tick(|t| t.service())?;
+    let device = match service {
+        Service::Local(d) | Service::Broadcast(d) => with_registry(|r| r.device(d).clone())?,
+        Service::None => return None,
+    };
+    // One-shot programming only: a comparator in periodic mode would take the value as its
+    // period.
+    if !matches!(device.state(), State::Oneshot | State::OneshotStopped) {
+        return None;
+    }
+    let (driver, ticks) = (device.driver(), device.conversion().ticks(1_000_000));
+    let mut cycles: Vec<u64> = Vec::with_capacity(samples);
+    let before = accesses();
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        for _ in 0..samples {
+            let start = tsc::read();
+            let _ = driver.set_next_event(ticks);
+            cycles.push(tsc::read() - start);
+        }
+        let register_accesses = (accesses() - before) / samples.max(1) as u64;
+        let now = now_ns();
+        if matches!(service, Service::Broadcast(_)) {
+            registry::broadcast().lock().resync(now);
+        }
+        with_tick(|t| t.resync(now, registry::broadcast()));
+        cycles.sort_unstable();
+        Some(ProgrammingCost { cycles: cycles.get(samples / 2).copied().unwrap_or(0), register_accesses })
+    })
+}
+
+/// Adds the clockevents part to the report: each comparator's delivery and role, each CPU's
+/// tick device, the broadcast device. A CPU without any device fails the verdict.
+pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup) {
+    use crate::time::report::{TickDeviceReport, Verdict};
+    let taken_out: Vec<(String, String)> = with_registry(|r| r.taken_out().to_vec()).unwrap_or_default();
+    if let Some(h) = report.hpet.as_mut() {
+        for (c, o) in h.comparators.iter_mut().zip(&setup.comparators) {
+            c.delivery = o.delivery.map_or("none", |d| d.kind()).into();
+            c.gsi = o.delivery.and_then(|d| d.gsi());
+            c.cpu = o.cpu.map(|c| c as u32);
+            // A comparator taken out at run time (a storm, programming given up) failed too.
+            let failed_later = taken_out.iter().any(|(name, _)| *name == alloc::format!("hpet{}", o.index));
+            c.role = alloc::string::ToString::to_string(&if failed_later {
+                ComparatorRole::Failed
+            } else {
+                o.role
+            });
+            c.selftest_irqs = o.selftest_irqs;
+        }
+    }
+    report.clockevents_rule = setup.rule.clone();
+    report.tick_mode = match super::BRING_UP.get().map(|b| b.mode) {
+        Some(crate::time::tick::TickMode::Periodic { .. }) => "periodic",
+        Some(crate::time::tick::TickMode::Oneshot) => "oneshot",
+        None => "none",
+    }
+    .into();
+    report.tick_devices = tick_devices()
+        .into_iter()
+        .map(|t| TickDeviceReport {
+            cpu: t.cpu as u32,
+            device: t.device,
+            mode: t.mode,
+            events: t.events,
+            via_broadcast: t.via_broadcast,
+        })
+        .collect();
+    report.broadcast = broadcast_device();
+    let mut runtime = super::recorded_fallbacks();
+    runtime.extend(taken_out.iter().map(|(name, why)| alloc::format!("{name} taken out of service: {why}")));
+    if !runtime.is_empty() && report.verdict == Verdict::Ok {
+        report.verdict = Verdict::Degraded;
+    }
+    report.fallbacks.extend(runtime);
+    if report.tick_devices.iter().any(|t| t.device.is_none()) {
+        report.verdict = Verdict::Failed;
+    }
+}

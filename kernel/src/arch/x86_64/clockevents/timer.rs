@@ -1,0 +1,263 @@
+//! The timer API for the rest of the kernel: arm a callback at a time of the clocksource on
+//! this CPU or another, cancel it from any CPU, periodic timers on a fixed grid, a [`Timer`]
+//! handle that cancels on drop, and `sleep_ns`.
+//!
+//! Callbacks run in interrupt context (interrupts disabled) on the CPU the timer was armed
+//! on, never before their deadline. Arming and cancelling on the calling CPU touch only its
+//! own tick and allocate nothing for a plain function callback; a timer on another CPU is
+//! queued to its owner by a function-call IPI.
+
+use super::cpu::{this_cpu_tick, with_tick};
+use super::registry;
+use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clocksource::now_ns;
+use crate::time::hrtimer::{Cancel, TimerId};
+use crate::time::tick::ArmError;
+use alloc::boxed::Box;
+use core::sync::atomic::Ordering;
+
+/// What a timer callback learns.
+#[derive(Debug, Clone, Copy)]
+pub struct TimerEvent {
+    pub cpu: usize,
+    pub id: TimerId,
+    pub deadline_ns: u64,
+    /// The clocksource as the interrupt read it (once, on entry).
+    pub now_ns: u64,
+    pub data: u64,
+}
+
+/// A plain timer callback; it runs in interrupt context on the CPU that armed it.
+pub type TimerFn = fn(&TimerEvent);
+
+/// What a timer runs: a function with a `u64` of data (no allocation), or a closure with
+/// state of its own.
+pub enum Callback {
+    Fn(TimerFn),
+    Closure(Box<dyn FnMut(&TimerEvent) + Send>),
+}
+
+impl Callback {
+    pub(super) fn run(&mut self, event: &TimerEvent) {
+        match self {
+            Callback::Fn(f) => f(event),
+            Callback::Closure(f) => f(event),
+        }
+    }
+}
+
+/// What each queued timer carries.
+pub struct Payload {
+    pub(super) callback: Callback,
+    pub(super) data: u64,
+    /// 0: one-shot; else re-armed every `period_ns` from its deadline.
+    period_ns: u64,
+}
+
+impl Payload {
+    /// A periodic timer's next deadline on its grid: one period after `deadline_ns`, or the
+    /// first grid point after `now_ns` if periods were missed (Linux's `hrtimer_forward`).
+    pub(super) fn next_deadline(&self, deadline_ns: u64, now_ns: u64) -> Option<u64> {
+        if self.period_ns == 0 {
+            return None;
+        }
+        let next = deadline_ns.saturating_add(self.period_ns);
+        if next > now_ns {
+            return Some(next);
+        }
+        let missed = (now_ns - deadline_ns) / self.period_ns;
+        Some(deadline_ns.saturating_add((missed + 1).saturating_mul(self.period_ns)))
+    }
+}
+
+/// What a cancel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was pending and never runs now.
+    Pending,
+    /// Its callback is running at this moment (a cancel from its own callback): it is not
+    /// re-armed, and the running callback finishes.
+    Running,
+    /// It already ran (one-shot), was cancelled, or never existed.
+    Inactive,
+    /// Asked from another CPU with interrupts disabled (where waiting could deadlock): the
+    /// cancel was queued to the timer's CPU, and it runs at most once more if it falls due
+    /// before the cancel arrives.
+    Queued,
+}
+
+impl<T> From<Cancel<T>> for Cancelled {
+    fn from(c: Cancel<T>) -> Cancelled {
+        match c {
+            Cancel::Cancelled(_) => Cancelled::Pending,
+            Cancel::Running => Cancelled::Running,
+            Cancel::Inactive => Cancelled::Inactive,
+        }
+    }
+}
+
+fn this_cpu() -> usize {
+    percpu::this_cpu().index
+}
+
+/// Arms `payload` at `deadline_ns` on the calling CPU.
+fn arm_here(deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
+    let cpu = this_cpu();
+    let Some(mut tick) = this_cpu_tick() else { return Err(ArmError::NoTickDevice(cpu)) };
+    let result = tick.arm(deadline_ns, payload, now_ns(), registry::broadcast());
+    let failure = tick.take_failure();
+    drop(tick);
+    super::cpu::report_failure(failure);
+    result
+}
+
+/// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
+pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
+    arm_here(deadline_ns, Payload { callback: Callback::Fn(f), data, period_ns: 0 })
+}
+
+/// Arms a timer on the calling CPU `delay_ns` from now.
+pub fn arm_after(delay_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
+    arm_at(now_ns().saturating_add(delay_ns), f, data)
+}
+
+/// Cancels a timer of the calling CPU; true if it was pending (it never runs now).
+pub fn cancel(id: TimerId) -> bool {
+    cancel_here(id) == Cancelled::Pending
+}
+
+fn cancel_here(id: TimerId) -> Cancelled {
+    with_tick(|t| t.cancel(id).into()).unwrap_or(Cancelled::Inactive)
+}
+
+/// Arms `payload` on CPU `cpu`: here directly, elsewhere by a call on that CPU (waiting for
+/// its timer id, so interrupts must be enabled).
+fn arm_on_cpu(cpu: usize, deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
+    if cpu == this_cpu() {
+        return arm_here(deadline_ns, payload);
+    }
+    match smp::call_on(cpu, move || arm_here(deadline_ns, payload)) {
+        Ok(result) => result,
+        Err(smp::CallError::InterruptsDisabled) => Err(ArmError::InterruptsDisabled),
+        Err(_) => Err(ArmError::CpuNotOnline(cpu)),
+    }
+}
+
+/// Arms a timer on CPU `cpu` from any CPU, without waiting: usable in interrupt context (a
+/// callback), where waiting for another CPU could deadlock. Its owner arms it when the
+/// function-call IPI arrives; it cannot be cancelled (no id comes back).
+pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<(), ArmError> {
+    let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0 };
+    smp::post(cpu, move || {
+        if let Err(e) = arm_here(deadline_ns, payload) {
+            log::warn!("a timer posted to CPU {cpu} could not be armed: {e}");
+        }
+    })
+    .map_err(|_| ArmError::CpuNotOnline(cpu))
+}
+
+/// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
+#[derive(Debug)]
+pub struct Timer {
+    cpu: usize,
+    id: TimerId,
+    cancel_on_drop: bool,
+}
+
+impl Timer {
+    /// A one-shot timer on CPU `cpu` at `deadline_ns`, running `callback` there.
+    pub fn at(
+        cpu: usize,
+        deadline_ns: u64,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        Timer::arm(cpu, deadline_ns, 0, Callback::Closure(Box::new(callback)))
+    }
+
+    /// A periodic timer on CPU `cpu`, first at `first_ns`, then every `period_ns` after each
+    /// deadline (no drift: the grid is `first_ns + k * period_ns`).
+    pub fn periodic(
+        cpu: usize,
+        first_ns: u64,
+        period_ns: u64,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        assert!(period_ns > 0, "a periodic timer needs a period");
+        Timer::arm(cpu, first_ns, period_ns, Callback::Closure(Box::new(callback)))
+    }
+
+    /// A timer running a plain function (no allocation on this CPU).
+    pub fn with_fn(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
+        let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0 };
+        Ok(Timer { cpu, id: arm_on_cpu(cpu, deadline_ns, payload)?, cancel_on_drop: true })
+    }
+
+    fn arm(cpu: usize, deadline_ns: u64, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
+        let payload = Payload { callback, data: 0, period_ns };
+        Ok(Timer { cpu, id: arm_on_cpu(cpu, deadline_ns, payload)?, cancel_on_drop: true })
+    }
+
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+    pub fn id(&self) -> TimerId {
+        self.id
+    }
+
+    /// Cancels it, from any CPU (another CPU's timer by a call on that CPU, which runs between
+    /// its callbacks, so it never races one; interrupts must then be enabled).
+    pub fn cancel(&self) -> Cancelled {
+        let (cpu, id) = (self.cpu, self.id);
+        if cpu == this_cpu() {
+            return cancel_here(id);
+        }
+        match smp::call_on(cpu, move || cancel_here(id)) {
+            Ok(c) => c,
+            Err(smp::CallError::InterruptsDisabled) => {
+                let _ = smp::post(cpu, move || {
+                    cancel_here(id);
+                });
+                Cancelled::Queued
+            }
+            Err(_) => Cancelled::Inactive,
+        }
+    }
+
+    /// Lets the timer live on after the handle is dropped.
+    pub fn detach(mut self) -> TimerId {
+        self.cancel_on_drop = false;
+        self.id
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if self.cancel_on_drop {
+            let _ = self.cancel();
+        }
+    }
+}
+
+fn sleep_done(e: &TimerEvent) {
+    percpu::this_cpu().time.sleep_wakeups.fetch_add(1, Ordering::Release);
+    let _ = e;
+}
+
+/// Halts the calling CPU for at least `ns` (interrupts must be enabled).
+pub fn sleep_ns(ns: u64) -> Result<(), ArmError> {
+    use x86_64::instructions::interrupts;
+    let wakeups = &percpu::this_cpu().time.sleep_wakeups;
+    let before = wakeups.load(Ordering::Acquire);
+    arm_after(ns, sleep_done, 0)?;
+    loop {
+        // Check with interrupts off, then `sti; hlt`, which takes no interrupt between the two
+        // instructions: a wake-up that lands after the check still ends the halt. (Checking
+        // with interrupts on loses a wake-up that lands between the check and the `hlt`.)
+        interrupts::disable();
+        if wakeups.load(Ordering::Acquire) != before {
+            interrupts::enable();
+            return Ok(());
+        }
+        interrupts::enable_and_hlt();
+    }
+}

@@ -1,0 +1,301 @@
+//! One CPU's timekeeping: its service (local device or broadcast), its local device, its timer
+//! queue, the deadline it asked for, and its counters. Only its own CPU touches it (the kernel
+//! keeps it in the CPU's per-CPU area behind an interrupts-off guard), so arming, cancelling
+//! and a local device's interrupt take no lock another CPU can hold; a CPU served by broadcast
+//! also takes the broadcast's lock to hand over its deadline.
+//!
+//! An interrupt runs in three steps so that callbacks run outside the owner's guard (a
+//! callback may arm or cancel timers): [`CpuTick::device_event`] or [`CpuTick::wakeup`] starts
+//! an expiry; [`CpuTick::pop_expired`] hands out the due timers one at a time, each ended by
+//! [`CpuTick::complete`] after its callback; [`CpuTick::end_expiry`] programs the device once,
+//! and only if the next deadline changed. Timers armed by the callbacks in between are queued
+//! without programming anything.
+
+use super::{ArmError, DeviceId, Service, TickMode};
+use crate::time::broadcast::Broadcast;
+use crate::time::clockevents::{ClockEventDevice, ProgramError, State};
+use crate::time::hrtimer::{Cancel, Expired, TimerId, TimerQueue};
+use alloc::sync::Arc;
+use spin::Mutex;
+
+/// A local device gave up programming: the registry must take it out (and reassign the CPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceFailure {
+    pub device: DeviceId,
+    pub error: ProgramError,
+}
+
+/// One CPU's tick.
+pub struct CpuTick<T> {
+    cpu: usize,
+    mode: TickMode,
+    service: Service,
+    local: Option<Arc<ClockEventDevice>>,
+    queue: TimerQueue<T>,
+    /// The deadline this CPU has asked its device (or the broadcast) for; `u64::MAX`: none.
+    next_event_ns: u64,
+    /// Periodic mode: time of the next tick.
+    next_tick_ns: u64,
+    ticks: u64,
+    /// Device interrupts and broadcast wake-ups handled on this CPU.
+    events: u64,
+    /// Events of a device that does not serve this CPU.
+    misrouted: u64,
+    /// Between `device_event`/`wakeup` and `end_expiry`: arms only queue.
+    expiring: bool,
+    failure: Option<DeviceFailure>,
+}
+
+impl<T> CpuTick<T> {
+    /// CPU `cpu`'s tick, not served by anything until its first assignment; room for
+    /// `capacity` timers before arming allocates.
+    pub fn new(cpu: usize, mode: TickMode, now_ns: u64, capacity: usize) -> CpuTick<T> {
+        CpuTick {
+            cpu,
+            mode,
+            service: Service::None,
+            local: None,
+            queue: TimerQueue::with_capacity(capacity),
+            next_event_ns: u64::MAX,
+            next_tick_ns: now_ns.saturating_add(mode.period_ns()),
+            ticks: 0,
+            events: 0,
+            misrouted: 0,
+            expiring: false,
+            failure: None,
+        }
+    }
+
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+    pub fn service(&self) -> Service {
+        self.service
+    }
+    pub fn local_device(&self) -> Option<&Arc<ClockEventDevice>> {
+        self.local.as_ref()
+    }
+    /// The deadline this CPU asked its device or the broadcast for (`u64::MAX`: none).
+    pub fn next_event_ns(&self) -> u64 {
+        self.next_event_ns
+    }
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+    pub fn misrouted(&self) -> u64 {
+        self.misrouted
+    }
+    /// Pending timers.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+    /// Makes room for `additional` more timers, so that arming them does not allocate.
+    pub fn reserve(&mut self, additional: usize) {
+        self.queue.reserve(additional);
+    }
+    pub fn spare_capacity(&self) -> usize {
+        self.queue.spare_capacity()
+    }
+
+    /// How this CPU ticks: `oneshot`, `periodic` (hardware) or `periodic-emulated`.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            TickMode::Oneshot => "oneshot",
+            TickMode::Periodic { .. }
+                if self.local.as_ref().is_some_and(|d| d.state() == State::Periodic) =>
+            {
+                "periodic"
+            }
+            TickMode::Periodic { .. } => "periodic-emulated",
+        }
+    }
+
+    /// Carries out the registry's decision for this CPU: releases the old local device (or
+    /// leaves the broadcast), takes up the new one and hands it the pending deadline.
+    pub fn assign(
+        &mut self,
+        service: Service,
+        local: Option<Arc<ClockEventDevice>>,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+    ) {
+        if service == self.service {
+            return;
+        }
+        let was_broadcast = matches!(self.service, Service::Broadcast(_));
+        self.service = service;
+        if was_broadcast && matches!(service, Service::Broadcast(_)) {
+            // Another broadcast device: the broadcast kept this CPU's deadline.
+            return;
+        }
+        if let Some(old) = self.local.take() {
+            old.detach();
+        }
+        if was_broadcast {
+            bc.lock().leave(self.cpu);
+        }
+        if let Some(new) = &local {
+            let state = if self.wants_hardware_periodic(new) { State::Periodic } else { State::Oneshot };
+            new.attach(state, self.mode.period_ns());
+        }
+        self.local = local;
+        self.next_event_ns = u64::MAX;
+        self.reprogram(now_ns, bc);
+    }
+
+    /// Hardware periodic mode needs the feature and a period the device can be programmed
+    /// for; otherwise the tick is emulated one-shot (a clamped period would tick at the wrong
+    /// rate).
+    fn wants_hardware_periodic(&self, d: &ClockEventDevice) -> bool {
+        matches!(self.mode, TickMode::Periodic { .. })
+            && d.spec.features.contains(crate::time::clockevents::Features::PERIODIC)
+            && (d.min_delta_ns()..=d.max_delta_ns).contains(&self.mode.period_ns())
+    }
+
+    /// Arms a timer at `deadline_ns` on this CPU.
+    pub fn arm(
+        &mut self,
+        deadline_ns: u64,
+        payload: T,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+    ) -> Result<TimerId, ArmError> {
+        if self.service == Service::None {
+            return Err(ArmError::NoTickDevice(self.cpu));
+        }
+        let id = self.queue.arm(deadline_ns, payload);
+        if deadline_ns < self.next_event_ns {
+            self.reprogram(now_ns, bc);
+        }
+        Ok(id)
+    }
+
+    /// Cancels a timer of this CPU. The device keeps its programmed time: an interrupt with
+    /// nothing due just programs the next deadline.
+    pub fn cancel(&mut self, id: TimerId) -> Cancel<T> {
+        self.queue.cancel(id)
+    }
+
+    /// Device `id` interrupted this CPU at `now_ns`. True when it is this CPU's local device:
+    /// an expiry has started (pop the due timers, then [`end_expiry`](Self::end_expiry)).
+    /// False for a device that does not serve this CPU (misrouted or stale): the caller wakes
+    /// the device's owner, which programs it again from its own CPU.
+    pub fn device_event(&mut self, id: DeviceId, now_ns: u64) -> bool {
+        let Service::Local(local) = self.service else {
+            self.misrouted += 1;
+            return false;
+        };
+        if local != id {
+            self.misrouted += 1;
+            return false;
+        }
+        if let Some(d) = &self.local
+            && d.state() == State::Oneshot
+        {
+            d.forget_event();
+        }
+        self.begin_expiry(now_ns);
+        true
+    }
+
+    /// This CPU was woken (by the broadcast, or for a misrouted event of its own device):
+    /// starts an expiry, as [`device_event`](Self::device_event) does. False when nothing
+    /// serves the CPU.
+    pub fn wakeup(&mut self, now_ns: u64) -> bool {
+        if self.service == Service::None {
+            return false;
+        }
+        self.begin_expiry(now_ns);
+        true
+    }
+
+    fn begin_expiry(&mut self, now_ns: u64) {
+        self.events += 1;
+        self.next_event_ns = u64::MAX;
+        self.expiring = true;
+        let period = self.mode.period_ns();
+        if period > 0 && now_ns >= self.next_tick_ns {
+            let missed = (now_ns - self.next_tick_ns) / period;
+            self.ticks += missed + 1;
+            self.next_tick_ns += (missed + 1) * period;
+        }
+    }
+
+    /// The next timer due at `now_ns`, in deadline order; it is running until
+    /// [`complete`](Self::complete).
+    pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
+        self.queue.pop_expired(now_ns)
+    }
+
+    /// Ends a popped timer's callback; `again` re-arms it under the same id (a periodic timer)
+    /// unless it was cancelled meanwhile. Returns whether it is pending again.
+    pub fn complete(&mut self, id: TimerId, again: Option<(u64, T)>) -> bool {
+        self.queue.complete(id, again)
+    }
+
+    /// Ends the expiry: programs the device (or hands the broadcast) the next deadline, only
+    /// if it changed.
+    pub fn end_expiry(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
+        self.expiring = false;
+        self.reprogram(now_ns, bc);
+    }
+
+    /// Forgets what this CPU's device was programmed for and programs it again from the queue
+    /// (after something programmed the hardware behind the layer's back, e.g. a measurement).
+    pub fn resync(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
+        if let Some(d) = &self.local {
+            d.forget_event();
+        }
+        self.next_event_ns = u64::MAX;
+        self.reprogram(now_ns, bc);
+    }
+
+    /// The local device gave up programming since the last call: the registry must take it
+    /// out, and this CPU then applies its new assignment.
+    pub fn take_failure(&mut self) -> Option<DeviceFailure> {
+        self.failure.take()
+    }
+
+    /// The deadline this CPU needs next: its earliest timer (tickless) or its next tick.
+    fn needed(&self) -> u64 {
+        match self.mode {
+            TickMode::Oneshot => self.queue.earliest().unwrap_or(u64::MAX),
+            TickMode::Periodic { .. } => self.next_tick_ns,
+        }
+    }
+
+    /// Makes this CPU's device (or the broadcast) interrupt at the deadline it needs.
+    fn reprogram(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
+        if self.expiring {
+            return;
+        }
+        let needed = self.needed();
+        if needed == self.next_event_ns && needed != u64::MAX {
+            return;
+        }
+        match self.service {
+            Service::None => {}
+            Service::Local(id) => {
+                let Some(d) = &self.local else { return };
+                if d.state() == State::Periodic || d.is_failed() {
+                    return;
+                }
+                self.next_event_ns = needed;
+                if needed == u64::MAX {
+                    d.stop();
+                } else if let Err(error) = d.program(needed, now_ns) {
+                    d.mark_failed();
+                    self.next_event_ns = u64::MAX;
+                    self.failure = Some(DeviceFailure { device: id, error });
+                }
+            }
+            Service::Broadcast(_) => {
+                self.next_event_ns = needed;
+                bc.lock().set_deadline(self.cpu, needed, now_ns);
+            }
+        }
+    }
+}

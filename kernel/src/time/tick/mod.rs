@@ -1,0 +1,100 @@
+//! The tick layer: which clock event device keeps time for each CPU, and each CPU's timer
+//! queue (Linux's `tick-common.c`, `tick-broadcast.c` and `hrtimer.c`, reduced to what this
+//! kernel needs), in three pieces with three owners:
+//!
+//! - [`Registry`] (shared, slow paths only): every registered device and the selection. It
+//!   decides each CPU's service and the broadcast device, and hands the decisions out as
+//!   [`Assignment`]s; it programs nothing.
+//! - [`CpuTick`] (one per CPU, touched only by that CPU): its service, its local device, its
+//!   timer queue and next event. Arming, cancelling and a local device's interrupt touch
+//!   nothing else, so no CPU's timers wait on another's.
+//! - [`Broadcast`](super::broadcast::Broadcast) (shared, behind its own lock): the broadcast
+//!   device and the deadlines of the CPUs it serves; only those CPUs touch it.
+//!
+//! A change of a CPU's device decided by the registry is carried out by that CPU, when it
+//! applies its assignment ([`CpuTick::assign`]): a local device (a LAPIC timer) is only ever
+//! programmed from its own CPU.
+//!
+//! Selection (Linux's `tick_check_preferred`): a CPU's tick device is the best-rated usable
+//! device local to it (a per-CPU device whose CPU set is that CPU alone); a local device beats
+//! a non-local one whatever their ratings. A CPU without a local device is served by the
+//! broadcast device: the best-rated usable device that is neither per-CPU nor stops in deep
+//! C-states. A better device registered later replaces the current one, and the CPU hands its
+//! pending deadline to the new one.
+//!
+//! Everything here is plain data driven by the caller, who says which CPU it runs on and what
+//! time it is; the kernel keeps each piece where its owner reaches it, the host tests drive
+//! them with fake devices and a fake clock (`sim.rs`).
+
+mod cpu;
+mod registry;
+#[cfg(test)]
+mod sim;
+
+pub use super::clockevents::DeviceId;
+pub use cpu::{CpuTick, DeviceFailure};
+pub use registry::{Assignment, Changes, Registry};
+
+use core::fmt;
+
+/// How the tick runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickMode {
+    /// A tick every `1 / hz` s; timers expire at the first tick at or after their deadline
+    /// (hardware periodic mode where the device has it, re-armed one-shot otherwise).
+    Periodic { hz: u32 },
+    /// Tickless: the device is programmed for the earliest timer only, and stopped when none
+    /// is pending.
+    Oneshot,
+}
+
+impl TickMode {
+    /// The tick period in ns (0 when tickless).
+    pub fn period_ns(self) -> u64 {
+        match self {
+            TickMode::Periodic { hz } => super::clocksource::NS_PER_S / u64::from(hz.max(1)),
+            TickMode::Oneshot => 0,
+        }
+    }
+}
+
+impl fmt::Display for TickMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TickMode::Periodic { hz } => write!(f, "periodic at {hz} Hz"),
+            TickMode::Oneshot => write!(f, "oneshot (tickless)"),
+        }
+    }
+}
+
+/// What serves a CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Nothing: the CPU cannot be woken by a timer.
+    None,
+    Local(DeviceId),
+    Broadcast(DeviceId),
+}
+
+/// Why a timer could not be armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArmError {
+    CpuNotOnline(usize),
+    /// No device can interrupt this CPU.
+    NoTickDevice(usize),
+    /// A timer on another CPU was asked for with interrupts disabled, where waiting for that
+    /// CPU could deadlock (as Linux forbids synchronous cross-calls there).
+    InterruptsDisabled,
+}
+
+impl fmt::Display for ArmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArmError::CpuNotOnline(c) => write!(f, "CPU {c} is not online in the tick layer"),
+            ArmError::NoTickDevice(c) => write!(f, "no clock event device serves CPU {c}"),
+            ArmError::InterruptsDisabled => {
+                write!(f, "a timer on another CPU cannot be armed with interrupts disabled")
+            }
+        }
+    }
+}

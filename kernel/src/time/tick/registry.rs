@@ -1,0 +1,211 @@
+//! The device registry: every registered clock event device and the selection that decides
+//! which device serves each online CPU and which is the broadcast device. Shared by all CPUs
+//! behind one lock, but only on slow paths (registration, a CPU coming online, a device taken
+//! out); it programs no device: its decisions go out as [`Changes`] for the broadcast and each
+//! CPU to carry out.
+
+use super::{DeviceId, Service};
+use crate::time::clockevents::{ClockEventDevice, CpuSet, DeviceSpec, EventDriver, Features};
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+/// A CPU's new service, to be carried out by that CPU ([`super::CpuTick::assign`]).
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub cpu: usize,
+    pub service: Service,
+    /// The local device, for [`Service::Local`].
+    pub local: Option<Arc<ClockEventDevice>>,
+}
+
+/// What a registry operation decided. Apply the broadcast change first (a CPU moving to
+/// broadcast hands its deadline to the new device), then each assignment on its CPU.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The broadcast device changed: install this one (`None`: there is none any more).
+    pub broadcast: Option<Option<(DeviceId, Arc<ClockEventDevice>)>>,
+    pub assignments: Vec<Assignment>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.broadcast.is_none() && self.assignments.is_empty()
+    }
+}
+
+/// Every device and the selection's current decisions.
+#[derive(Default)]
+pub struct Registry {
+    devices: Vec<Arc<ClockEventDevice>>,
+    /// The registry has already moved every CPU off this device (taken out, refused).
+    retired: Vec<bool>,
+    online: CpuSet,
+    /// The service last decided for each CPU (indexed by CPU; `None` beyond).
+    services: Vec<Service>,
+    broadcast: Option<DeviceId>,
+    /// Every device taken out of service or refused, with why, for the report.
+    taken_out: Vec<(String, String)>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    pub fn device(&self, id: DeviceId) -> &Arc<ClockEventDevice> {
+        &self.devices[id.0]
+    }
+
+    pub fn devices(&self) -> impl Iterator<Item = (DeviceId, &Arc<ClockEventDevice>)> {
+        self.devices.iter().enumerate().map(|(i, d)| (DeviceId(i), d))
+    }
+
+    /// The index the next registered device will get (so a driver can route its interrupts to
+    /// the device before its CPU may program it).
+    pub fn next_device_id(&self) -> DeviceId {
+        DeviceId(self.devices.len())
+    }
+
+    pub fn broadcast_device(&self) -> Option<DeviceId> {
+        self.broadcast
+    }
+
+    pub fn online(&self) -> CpuSet {
+        self.online
+    }
+
+    /// The service decided for `cpu` (carried out once its CPU applied the assignment).
+    pub fn service(&self, cpu: usize) -> Service {
+        self.services.get(cpu).copied().unwrap_or(Service::None)
+    }
+
+    /// The CPU whose local device `id` is, if any.
+    pub fn owner_of(&self, id: DeviceId) -> Option<usize> {
+        self.online.iter().find(|&c| self.service(c) == Service::Local(id))
+    }
+
+    /// The devices taken out of service or refused so far: (name, why).
+    pub fn taken_out(&self) -> &[(String, String)] {
+        &self.taken_out
+    }
+
+    /// Adds a device (detached until the selection uses it) and runs the selection.
+    pub fn register(&mut self, spec: DeviceSpec, driver: &'static dyn EventDriver) -> (DeviceId, Changes) {
+        let id = DeviceId(self.devices.len());
+        let device = ClockEventDevice::new(spec, driver);
+        log::info!(
+            "registered {} (rating {}, {} Hz, CPUs {:#x}, delta {}..{} ns, {:?})",
+            device.spec.name,
+            device.spec.rating,
+            device.spec.frequency_hz,
+            device.spec.cpus.0,
+            device.min_delta_ns(),
+            device.max_delta_ns,
+            device.spec.features
+        );
+        let refused = device.refused;
+        if let Some(problem) = refused {
+            log::warn!("{} refused: {problem}", device.spec.name);
+            self.taken_out.push((device.spec.name.clone(), alloc::format!("refused: {problem}")));
+        }
+        self.devices.push(Arc::new(device));
+        self.retired.push(refused.is_some());
+        (id, self.reselect())
+    }
+
+    /// Brings `cpu` into the tick layer (its [`super::CpuTick`] exists) and gives it a device.
+    pub fn cpu_online(&mut self, cpu: usize) -> Changes {
+        assert!(cpu < 64, "CPU {cpu} beyond the 64 a CpuSet holds");
+        self.online.insert(cpu);
+        if self.services.len() <= cpu {
+            self.services.resize(cpu + 1, Service::None);
+        }
+        self.reselect()
+    }
+
+    /// Takes a device out of service for good (failed self-test, gave up programming, an
+    /// interrupt storm) and moves the CPUs it served to the next best device; each of them
+    /// hands its pending deadline over when it applies its assignment.
+    pub fn take_out(&mut self, id: DeviceId, reason: &str) -> Changes {
+        if self.retired[id.0] {
+            return Changes::default();
+        }
+        let d = &self.devices[id.0];
+        log::warn!("{} taken out of service: {reason}", d.spec.name);
+        d.mark_failed();
+        self.retired[id.0] = true;
+        self.taken_out.push((d.spec.name.clone(), reason.into()));
+        self.reselect()
+    }
+
+    fn usable(&self, id: DeviceId) -> bool {
+        !self.retired[id.0] && !self.devices[id.0].is_failed()
+    }
+
+    fn best_local(&self, cpu: usize) -> Option<DeviceId> {
+        self.devices()
+            .filter(|&(id, d)| self.usable(id) && d.is_per_cpu() && d.spec.cpus.only() == Some(cpu))
+            .max_by_key(|&(id, d)| (d.spec.rating, core::cmp::Reverse(id)))
+            .map(|(id, _)| id)
+    }
+
+    fn best_broadcast(&self) -> Option<DeviceId> {
+        self.devices()
+            .filter(|&(id, d)| {
+                self.usable(id)
+                    && !d.spec.features.intersects(Features::PER_CPU | Features::STOPS_IN_DEEP_IDLE)
+            })
+            .max_by_key(|&(id, d)| (d.spec.rating, core::cmp::Reverse(id)))
+            .map(|(id, _)| id)
+    }
+
+    /// Recomputes every online CPU's service and the broadcast device; returns what changed.
+    fn reselect(&mut self) -> Changes {
+        let mut changes = Changes::default();
+        let broadcast = self.best_broadcast();
+        if broadcast != self.broadcast {
+            self.broadcast = broadcast;
+            changes.broadcast = Some(broadcast.map(|b| (b, self.devices[b.0].clone())));
+            if let Some(b) = broadcast {
+                log::info!("{} is the broadcast device", self.devices[b.0].spec.name);
+            }
+        }
+        for cpu in self.online.iter() {
+            let wanted = match (self.best_local(cpu), broadcast) {
+                (Some(d), _) => Service::Local(d),
+                (None, Some(b)) => Service::Broadcast(b),
+                (None, None) => Service::None,
+            };
+            if wanted == self.services[cpu] {
+                continue;
+            }
+            self.services[cpu] = wanted;
+            self.log_service(cpu);
+            let local = match wanted {
+                Service::Local(d) => Some(self.devices[d.0].clone()),
+                Service::Broadcast(_) | Service::None => None,
+            };
+            changes.assignments.push(Assignment { cpu, service: wanted, local });
+        }
+        changes
+    }
+
+    fn log_service(&self, cpu: usize) {
+        match self.service(cpu) {
+            Service::Local(d) => {
+                let dev = &self.devices[d.0];
+                log::info!(
+                    "CPU {cpu} tick device {} (rating {}, local to it)",
+                    dev.spec.name,
+                    dev.spec.rating
+                );
+            }
+            Service::Broadcast(b) => log::info!(
+                "CPU {cpu} has no usable local device; served by broadcast from {}",
+                self.devices[b.0].spec.name
+            ),
+            Service::None => log::warn!("CPU {cpu} has no clock event device at all"),
+        }
+    }
+}

@@ -1,0 +1,743 @@
+//! Host tests of the tick layer: N per-CPU ticks, the registry and the broadcast, driven as the
+//! kernel drives them, on simulated 100 MHz devices and a simulated clock. The simulator runs
+//! one CPU at a time and says which: a per-CPU device programmed from another CPU fails the
+//! test (as the kernel's LAPIC driver refuses it).
+
+use super::*;
+use crate::time::broadcast::Broadcast;
+use crate::time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State};
+use crate::time::hrtimer::{Cancel, TimerId};
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+use spin::Mutex;
+
+/// The simulated machine's clock and the CPU the simulator is running code on.
+struct World {
+    clock: Mutex<u64>,
+    running_on: Mutex<usize>,
+}
+
+/// A 100 MHz device on the simulated clock: remembers the absolute time it would fire at.
+struct SimDriver {
+    world: &'static World,
+    /// The CPU whose local device it is (programmable only from there).
+    owner: Option<usize>,
+    fires_at: Mutex<Option<u64>>,
+    period_ns: Mutex<Option<u64>>,
+    /// Deltas below this many ticks report a passed comparator.
+    passes_below_ticks: Mutex<u64>,
+}
+
+impl SimDriver {
+    fn check_cpu(&self) {
+        if let Some(owner) = self.owner {
+            let here = *self.world.running_on.lock();
+            assert_eq!(here, owner, "per-CPU device of CPU {owner} driven from CPU {here}");
+        }
+    }
+}
+
+impl EventDriver for SimDriver {
+    fn switch_state(&self, state: DriverState) {
+        self.check_cpu();
+        let now = *self.world.clock.lock();
+        match state {
+            DriverState::Periodic { period_ticks } => {
+                *self.period_ns.lock() = Some(period_ticks * 10);
+                *self.fires_at.lock() = Some(now + period_ticks * 10);
+            }
+            _ => {
+                *self.period_ns.lock() = None;
+                *self.fires_at.lock() = None;
+            }
+        }
+    }
+    fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
+        self.check_cpu();
+        if delta_ticks < *self.passes_below_ticks.lock() {
+            return Err(EventPassed);
+        }
+        *self.fires_at.lock() = Some(*self.world.clock.lock() + delta_ticks * 10);
+        Ok(())
+    }
+}
+
+/// Payload of a simulated timer: its own number.
+type Tick = CpuTick<u32>;
+
+/// A message to a CPU, delivered later (as the kernel's function-call IPI).
+enum Message {
+    Arm { deadline: u64, n: u32 },
+    Cancel { id: TimerId, n: u32 },
+}
+
+struct Sim {
+    world: &'static World,
+    registry: Registry,
+    bc: Mutex<Broadcast>,
+    cpus: Vec<Tick>,
+    drivers: Vec<&'static SimDriver>,
+    /// Which CPU each device's interrupt reaches.
+    irq_cpu: Vec<usize>,
+    /// Timer number -> (cpu, deadline, period, fired at).
+    timers: BTreeMap<u32, (usize, u64, u64, Vec<u64>)>,
+    ids: BTreeMap<u32, TimerId>,
+    cancelled: Vec<u32>,
+    inbox: VecDeque<(usize, Message)>,
+    next_timer: u32,
+}
+
+const LAPIC: u32 = 100;
+const PERCPU_HPET: u32 = 110;
+const GLOBAL_HPET: u32 = 90;
+
+impl Sim {
+    fn new(mode: TickMode, cpus: usize) -> Sim {
+        let world: &'static World =
+            Box::leak(Box::new(World { clock: Mutex::new(1_000_000), running_on: Mutex::new(0) }));
+        let mut s = Sim {
+            world,
+            registry: Registry::new(),
+            bc: Mutex::new(Broadcast::new()),
+            cpus: (0..cpus).map(|c| CpuTick::new(c, mode, 1_000_000, 16)).collect(),
+            drivers: vec![],
+            irq_cpu: vec![],
+            timers: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            cancelled: vec![],
+            inbox: VecDeque::new(),
+            next_timer: 0,
+        };
+        for c in 0..cpus {
+            let changes = s.registry.cpu_online(c);
+            s.apply(changes);
+        }
+        s
+    }
+    fn now(&self) -> u64 {
+        *self.world.clock.lock()
+    }
+    fn set_now(&self, t: u64) {
+        *self.world.clock.lock() = t;
+    }
+    /// Runs `f` on `cpu`'s tick, as that CPU.
+    fn on<R>(&mut self, cpu: usize, f: impl FnOnce(&mut Tick, u64, &Mutex<Broadcast>) -> R) -> R {
+        *self.world.running_on.lock() = cpu;
+        let now = self.now();
+        f(&mut self.cpus[cpu], now, &self.bc)
+    }
+    /// Carries out a registry decision as the kernel does: the broadcast first, then each CPU
+    /// on itself; devices that fail meanwhile are taken out and the selection runs again.
+    fn apply(&mut self, mut changes: Changes) {
+        loop {
+            let now = self.now();
+            if let Some(device) = changes.broadcast.take() {
+                self.bc.lock().set_device(device, now);
+            }
+            for a in changes.assignments.drain(..) {
+                self.on(a.cpu, |t, now, bc| t.assign(a.service, a.local, now, bc));
+            }
+            changes = self.take_failures();
+            if changes.is_empty() {
+                return;
+            }
+        }
+    }
+    fn take_failures(&mut self) -> Changes {
+        let mut changes = Changes::default();
+        let mut failed = Vec::new();
+        if let Some((d, e)) = self.bc.lock().take_failure() {
+            failed.push((d, e));
+        }
+        for t in &mut self.cpus {
+            if let Some(f) = t.take_failure() {
+                failed.push((f.device, f.error));
+            }
+        }
+        for (d, e) in failed {
+            let more = self.registry.take_out(d, &alloc::format!("{e}"));
+            changes.broadcast = more.broadcast.or(changes.broadcast);
+            changes.assignments.extend(more.assignments);
+        }
+        changes
+    }
+    fn add_spec(&mut self, spec: DeviceSpec, irq_cpu: usize, passes_below_ticks: u64) -> DeviceId {
+        let owner = spec.features.contains(Features::PER_CPU).then(|| spec.cpus.only()).flatten();
+        let driver: &'static SimDriver = Box::leak(Box::new(SimDriver {
+            world: self.world,
+            owner,
+            fires_at: Mutex::new(None),
+            period_ns: Mutex::new(None),
+            passes_below_ticks: Mutex::new(passes_below_ticks),
+        }));
+        self.drivers.push(driver);
+        self.irq_cpu.push(irq_cpu);
+        let (id, changes) = self.registry.register(spec, driver);
+        self.apply(changes);
+        id
+    }
+    fn add(&mut self, name: &str, rating: u32, cpus: CpuSet, features: Features, irq_cpu: usize) -> DeviceId {
+        let spec = DeviceSpec {
+            name: name.into(),
+            features: features | Features::ONESHOT,
+            rating,
+            cpus,
+            frequency_hz: 100_000_000,
+            min_delta_ticks: 100,
+            max_delta_ticks: 1 << 31,
+        };
+        self.add_spec(spec, irq_cpu, 0)
+    }
+    fn per_cpu(&mut self, name: &str, rating: u32, cpu: usize) -> DeviceId {
+        self.add(name, rating, CpuSet::single(cpu), Features::PER_CPU | Features::PERIODIC, cpu)
+    }
+    fn take_out(&mut self, d: DeviceId, why: &str) {
+        let changes = self.registry.take_out(d, why);
+        self.apply(changes);
+    }
+    fn arm_periodic(&mut self, cpu: usize, deadline: u64, period: u64) -> (u32, TimerId) {
+        let n = self.next_timer;
+        self.next_timer += 1;
+        let id = self.on(cpu, |t, now, bc| t.arm(deadline, n, now, bc)).expect("armed");
+        self.timers.insert(n, (cpu, deadline, period, vec![]));
+        self.ids.insert(n, id);
+        let changes = self.take_failures();
+        self.apply(changes);
+        (n, id)
+    }
+    fn arm(&mut self, cpu: usize, deadline: u64) -> (u32, TimerId) {
+        self.arm_periodic(cpu, deadline, 0)
+    }
+    /// Arms a timer on `target` from another CPU: queued to its owner.
+    fn arm_remote(&mut self, target: usize, deadline: u64) -> u32 {
+        let n = self.next_timer;
+        self.next_timer += 1;
+        self.timers.insert(n, (target, deadline, 0, vec![]));
+        self.inbox.push_back((target, Message::Arm { deadline, n }));
+        n
+    }
+    fn cancel(&mut self, cpu: usize, id: TimerId) -> Cancel<u32> {
+        self.on(cpu, |t, _, _| t.cancel(id))
+    }
+    /// Delivers the queued messages, each on its CPU.
+    fn deliver(&mut self) {
+        while let Some((cpu, m)) = self.inbox.pop_front() {
+            match m {
+                Message::Arm { deadline, n } => {
+                    let id = self.on(cpu, |t, now, bc| t.arm(deadline, n, now, bc)).expect("armed");
+                    self.ids.insert(n, id);
+                }
+                Message::Cancel { id, n } => {
+                    if self.on(cpu, |t, _, _| t.cancel(id)).cancelled().is_some() {
+                        self.cancelled.push(n);
+                    }
+                }
+            }
+        }
+        let changes = self.take_failures();
+        self.apply(changes);
+    }
+    /// Runs `cpu`'s expiry (already started) as the kernel does: each callback outside the
+    /// tick, a periodic timer re-armed from its deadline.
+    fn run_expiry(&mut self, cpu: usize) {
+        while let Some(e) = self.on(cpu, |t, now, _| t.pop_expired(now)) {
+            let now = self.now();
+            let timer = self.timers.get_mut(&e.payload).expect("known timer");
+            assert_eq!(timer.0, cpu, "timer {} ran on CPU {cpu}, armed on CPU {}", e.payload, timer.0);
+            timer.3.push(now);
+            let again = (timer.2 > 0).then(|| (e.deadline_ns + timer.2, e.payload));
+            self.on(cpu, |t, _, _| t.complete(e.id, again));
+        }
+        self.on(cpu, |t, now, bc| t.end_expiry(now, bc));
+        let changes = self.take_failures();
+        self.apply(changes);
+    }
+    fn wakeup(&mut self, cpu: usize) {
+        if self.on(cpu, |t, now, _| t.wakeup(now)) {
+            self.run_expiry(cpu);
+        }
+    }
+    /// Device `dev` interrupts `cpu` now.
+    fn device_event(&mut self, dev: DeviceId, cpu: usize) {
+        let now = self.now();
+        if self.bc.lock().device() == Some(dev) {
+            *self.world.running_on.lock() = cpu;
+            let due = self.bc.lock().event(now);
+            let changes = self.take_failures();
+            self.apply(changes);
+            for c in due.iter() {
+                self.wakeup(c);
+            }
+        } else if self.on(cpu, |t, now, _| t.device_event(dev, now)) {
+            self.run_expiry(cpu);
+        } else if let Some(owner) = self.registry.owner_of(dev) {
+            self.wakeup(owner);
+        }
+    }
+    /// Advances to the next device interrupt and delivers it; false when none is armed.
+    fn step(&mut self) -> bool {
+        let next =
+            self.drivers.iter().enumerate().filter_map(|(i, d)| d.fires_at.lock().map(|t| (t, i))).min();
+        let Some((at, dev)) = next else { return false };
+        self.set_now(at.max(self.now()));
+        let d = self.drivers[dev];
+        let period = *d.period_ns.lock();
+        *d.fires_at.lock() = period.map(|p| at + p);
+        self.device_event(DeviceId(dev), self.irq_cpu[dev]);
+        true
+    }
+    fn run_until(&mut self, t: u64) {
+        while self.drivers.iter().any(|d| d.fires_at.lock().is_some_and(|at| at <= t)) {
+            self.step();
+        }
+        self.set_now(t.max(self.now()));
+    }
+    fn fired(&self, n: u32) -> &[u64] {
+        &self.timers[&n].3
+    }
+    fn assert_all_fired_once_never_early(&self) {
+        for (n, (_, deadline, period, fired)) in &self.timers {
+            if self.cancelled.contains(n) || *period > 0 {
+                continue;
+            }
+            assert_eq!(fired.len(), 1, "timer {n} (deadline {deadline}) fired {} times", fired.len());
+            assert!(fired[0] >= *deadline, "timer {n} fired early: {} < {deadline}", fired[0]);
+        }
+    }
+    fn device(&self, d: DeviceId) -> &crate::time::clockevents::ClockEventDevice {
+        self.registry.device(d)
+    }
+}
+
+#[test]
+fn each_cpu_gets_its_best_local_device() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let l0 = s.per_cpu("lapic0", LAPIC, 0);
+    let l1 = s.per_cpu("lapic1", LAPIC, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    assert_eq!(s.registry.service(0), Service::Local(h0));
+    assert_eq!(s.cpus[0].service(), Service::Local(h0), "carried out by CPU 0");
+    assert_eq!(s.cpus[1].service(), Service::Local(l1));
+    assert_eq!(s.device(l0).state(), State::Detached, "the replaced LAPIC timer is released");
+}
+
+#[test]
+fn local_device_beats_a_better_rated_global_one() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let l0 = s.per_cpu("lapic0", LAPIC, 0);
+    let g = s.add("hpet", 200, CpuSet::first(2), Features::empty(), 0);
+    assert_eq!(s.cpus[0].service(), Service::Local(l0));
+    assert_eq!(s.cpus[1].service(), Service::Broadcast(g), "CPU 1 has no local device");
+    assert_eq!(s.bc.lock().device(), Some(g));
+}
+
+#[test]
+fn cpu_without_local_device_is_served_by_broadcast() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    s.per_cpu("hpet0", PERCPU_HPET, 0);
+    s.per_cpu("hpet1", PERCPU_HPET, 1);
+    let g = s.add("hpet2", GLOBAL_HPET, CpuSet::first(3), Features::empty(), 0);
+    assert_eq!(s.cpus[2].service(), Service::Broadcast(g));
+    let now = s.now();
+    s.arm(2, now + 500_000);
+    s.arm(2, now + 100_000);
+    s.arm(0, now + 200_000);
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!(s.cpus[2].events(), 2);
+    assert_eq!(s.bc.lock().stats(), (2, 2), "two broadcast events, each waking CPU 2");
+}
+
+#[test]
+fn broadcast_serves_the_cpu_taking_its_interrupt_too() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.add("hpet", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    for i in 0..10 {
+        s.arm(i % 2, now + 10_000 * (i as u64 + 1));
+    }
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    assert!(s.cpus.iter().all(|t| t.events() == 5));
+}
+
+#[test]
+fn better_device_replaces_current_without_losing_pending_event() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let l0 = s.per_cpu("lapic0", LAPIC, 0);
+    let now = s.now();
+    s.arm(0, now + 1_000_000);
+    assert!(s.drivers[l0.0].fires_at.lock().is_some());
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    assert_eq!(s.drivers[l0.0].fires_at.lock().as_ref(), None, "the old device is shut down");
+    assert_eq!(*s.drivers[h0.0].fires_at.lock(), Some(now + 1_000_000), "the new one inherits the event");
+    s.run_until(now + 2_000_000);
+    s.assert_all_fired_once_never_early();
+}
+
+/// The own-CPU rule: registering CPU 1's device while CPU 0 runs the registry changes CPU 1's
+/// device only when CPU 1 applies its assignment (the simulator's drivers fail the test if a
+/// per-CPU device is touched from another CPU).
+#[test]
+fn a_change_of_device_is_carried_out_on_its_own_cpu() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic1", LAPIC, 1);
+    *s.world.running_on.lock() = 0;
+    let spec = DeviceSpec {
+        name: "hpet1".into(),
+        features: Features::ONESHOT | Features::PER_CPU,
+        rating: PERCPU_HPET,
+        cpus: CpuSet::single(1),
+        frequency_hz: 100_000_000,
+        min_delta_ticks: 100,
+        max_delta_ticks: 1 << 31,
+    };
+    let driver: &'static SimDriver = Box::leak(Box::new(SimDriver {
+        world: s.world,
+        owner: Some(1),
+        fires_at: Mutex::new(None),
+        period_ns: Mutex::new(None),
+        passes_below_ticks: Mutex::new(0),
+    }));
+    let (h1, changes) = s.registry.register(spec, driver);
+    assert_eq!(s.cpus[1].service(), Service::Local(DeviceId(0)), "nothing changed on CPU 1 yet");
+    assert_eq!(changes.assignments.len(), 1);
+    assert_eq!(changes.assignments[0].cpu, 1);
+    s.drivers.push(driver);
+    s.irq_cpu.push(1);
+    s.apply(changes);
+    assert_eq!(s.cpus[1].service(), Service::Local(h1));
+}
+
+#[test]
+#[should_panic(expected = "driven from CPU 0")]
+fn programming_a_per_cpu_device_from_another_cpu_is_caught() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic1", LAPIC, 1);
+    let dev = s.cpus[1].local_device().cloned().expect("CPU 1 has its LAPIC timer");
+    *s.world.running_on.lock() = 0;
+    let _ = dev.program(5_000_000, s.now());
+}
+
+#[test]
+fn failed_device_falls_back_with_its_pending_event() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let l0 = s.per_cpu("lapic0", LAPIC, 0);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let g = s.add("hpet-global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    s.arm(0, now + 300_000);
+    s.take_out(h0, "self-test failed");
+    assert_eq!(s.cpus[0].service(), Service::Local(l0));
+    assert_eq!(s.cpus[1].service(), Service::Broadcast(g));
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn device_that_keeps_passing_its_comparator_is_taken_out_and_replaced() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let l0 = s.per_cpu("lapic0", LAPIC, 0);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    *s.drivers[h0.0].passes_below_ticks.lock() = u64::MAX;
+    let now = s.now();
+    s.arm(0, now + 50_000);
+    assert!(s.device(h0).is_failed());
+    assert_eq!(s.cpus[0].service(), Service::Local(l0));
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+}
+
+/// Found by the `tick` fuzz target (in the single-lock layer): a broadcast device that fails
+/// while it is being installed must not leave CPUs on it.
+#[test]
+fn broadcast_device_failing_when_installed_does_not_strand_its_cpus() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let a = s.add("a", 90, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    s.arm(0, now + 1_000_000);
+    s.arm(1, now + 1_000_000);
+    let spec = DeviceSpec {
+        name: "b".into(),
+        features: Features::ONESHOT,
+        rating: 95,
+        cpus: CpuSet::first(2),
+        frequency_hz: 100_000_000,
+        min_delta_ticks: 100,
+        max_delta_ticks: 1 << 31,
+    };
+    let b = s.add_spec(spec, 0, u64::MAX);
+    assert!(s.device(b).is_failed());
+    assert_eq!(s.bc.lock().device(), Some(a));
+    assert_eq!((s.cpus[0].service(), s.cpus[1].service()), (Service::Broadcast(a), Service::Broadcast(a)));
+    s.run_until(now + 2_000_000);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn unusable_devices_are_refused_at_registration() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let base = crate::time::clockevents::fake::spec("x", 200, CpuSet::single(0), Features::PER_CPU);
+    for bad in [
+        DeviceSpec { frequency_hz: 0, ..base.clone() },
+        DeviceSpec { max_delta_ticks: 1, min_delta_ticks: 1, ..base.clone() },
+        DeviceSpec { min_delta_ticks: 2_000_000, ..base.clone() },
+        DeviceSpec { features: Features::PER_CPU, ..base.clone() },
+    ] {
+        let (d, changes) = s.registry.register(bad, crate::time::clockevents::fake::FakeDriver::leak());
+        assert!(changes.is_empty() && s.device(d).is_failed());
+    }
+    assert_eq!(s.cpus[0].service(), Service::None, "no refused device serves a CPU");
+    assert_eq!(s.registry.taken_out().len(), 4);
+}
+
+#[test]
+fn resync_of_a_stopped_broadcast_device_keeps_it_usable() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    assert_eq!(s.device(g).state(), State::OneshotStopped);
+    s.bc.lock().resync(now);
+    s.on(1, |t, now, bc| t.resync(now, bc));
+    s.arm(1, now + 100_000);
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn taken_out_devices_are_recorded_with_their_reason() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    s.take_out(h0, "storm");
+    s.take_out(h0, "storm again");
+    assert_eq!(s.registry.taken_out(), [("hpet0".into(), "storm".into())]);
+}
+
+#[test]
+fn past_deadline_fires_at_the_minimum_delta_never_lost() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let now = s.now();
+    s.arm(0, now - 500);
+    assert_eq!(*s.drivers[h0.0].fires_at.lock(), Some(now + 1_000), "min delta: 100 ticks = 1 us");
+    s.run_until(now + 10_000);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn early_interrupt_pops_nothing_and_reprograms() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let now = s.now();
+    s.arm(0, now + 100_000);
+    s.set_now(now + 99_000);
+    s.device_event(h0, 0);
+    assert!(s.fired(0).is_empty());
+    assert_eq!(*s.drivers[h0.0].fires_at.lock(), Some(now + 100_000), "armed again for the deadline");
+    s.run_until(now + 200_000);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn tickless_device_stops_when_its_queue_empties() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let now = s.now();
+    let (_, id) = s.arm(0, now + 50_000);
+    s.arm(0, now + 100_000);
+    assert_eq!(s.cancel(0, id), Cancel::Cancelled(0));
+    s.run_until(now + 1_000_000);
+    assert_eq!(s.device(h0).state(), State::OneshotStopped);
+    assert!(s.fired(0).is_empty(), "the cancelled timer never ran");
+    assert_eq!(s.fired(1).len(), 1);
+    assert_eq!(s.cpus[0].events(), 2, "the cancelled deadline still interrupts once");
+}
+
+/// Callbacks that arm timers do not reprogram the device one by one: it is programmed once,
+/// after the expiry, for the earliest deadline.
+#[test]
+fn device_is_programmed_once_per_interrupt_after_the_callbacks() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let now = s.now();
+    s.arm(0, now + 10_000);
+    s.set_now(now + 10_000);
+    assert!(s.on(0, |t, now, _| t.device_event(h0, now)));
+    let e = s.on(0, |t, now, _| t.pop_expired(now)).expect("due");
+    let before = s.device(h0).programmed();
+    for k in 1..=5u64 {
+        s.on(0, |t, now, bc| t.arm(now + 50_000 - k * 1_000, 99, now, bc)).unwrap();
+    }
+    s.on(0, |t, _, _| t.complete(e.id, None));
+    assert_eq!(s.device(h0).programmed(), before, "nothing programmed during the callbacks");
+    s.on(0, |t, now, bc| t.end_expiry(now, bc));
+    assert_eq!(s.device(h0).programmed(), before + 1);
+    assert_eq!(*s.drivers[h0.0].fires_at.lock(), Some(now + 10_000 + 45_000));
+}
+
+#[test]
+fn periodic_tick_uses_hardware_periodic_mode_and_expires_timers_at_ticks() {
+    let mut s = Sim::new(TickMode::Periodic { hz: 1000 }, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    assert_eq!(s.device(h0).state(), State::Periodic);
+    let now = s.now();
+    s.arm(0, now + 2_500_000);
+    s.run_until(now + 10_000_000);
+    assert_eq!(s.fired(0), [now + 3_000_000], "expires at the first tick after its deadline");
+    assert_eq!(s.cpus[0].ticks(), 10);
+    assert_eq!(s.cpus[0].mode_name(), "periodic");
+}
+
+#[test]
+fn periodic_tick_is_emulated_when_the_period_exceeds_the_maximum_delta() {
+    let mut s = Sim::new(TickMode::Periodic { hz: 100 }, 1);
+    let spec = DeviceSpec {
+        max_delta_ticks: 500_000, // 5 ms: shorter than the 10 ms tick
+        ..crate::time::clockevents::fake::spec(
+            "short",
+            LAPIC,
+            CpuSet::single(0),
+            Features::PER_CPU | Features::PERIODIC,
+        )
+    };
+    let d = s.add_spec(spec, 0, 0);
+    assert_eq!(s.device(d).state(), State::Oneshot, "not periodic at a clamped period");
+}
+
+#[test]
+fn periodic_tick_is_emulated_on_a_oneshot_only_device() {
+    let mut s = Sim::new(TickMode::Periodic { hz: 1000 }, 2);
+    s.add("oneshot0", LAPIC, CpuSet::single(0), Features::PER_CPU, 0);
+    s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    s.arm(1, now + 1_500_000);
+    s.run_until(now + 5_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!(s.cpus[0].mode_name(), "periodic-emulated");
+    assert_eq!((s.cpus[0].ticks(), s.cpus[1].ticks()), (5, 5), "both CPUs tick, CPU 1 through broadcast");
+}
+
+#[test]
+fn event_on_a_cpu_the_device_does_not_serve_is_misrouted() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    s.per_cpu("hpet1", PERCPU_HPET, 1);
+    let now = s.now();
+    s.arm(0, now);
+    s.set_now(now + 5_000);
+    assert!(!s.on(1, |t, now, _| t.device_event(h0, now)), "CPU 1 must not run CPU 0's timers");
+    assert_eq!(s.cpus[1].misrouted(), 1);
+    assert_eq!(s.registry.owner_of(h0), Some(0), "the owner is woken to look at its queue");
+    s.wakeup(0);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn no_device_means_arming_fails_loudly() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    assert_eq!(s.on(0, |t, now, bc| t.arm(5, 0, now, bc)), Err(ArmError::NoTickDevice(0)));
+}
+
+#[test]
+fn timers_armed_from_another_cpu_run_on_their_own() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    s.per_cpu("lapic0", LAPIC, 0);
+    s.per_cpu("hpet1", PERCPU_HPET, 1);
+    s.add("global", GLOBAL_HPET, CpuSet::first(3), Features::empty(), 0);
+    let now = s.now();
+    let on1 = s.arm_remote(1, now + 30_000);
+    let on2 = s.arm_remote(2, now + 20_000);
+    s.deliver();
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!((s.fired(on1).len(), s.fired(on2).len()), (1, 1));
+}
+
+#[test]
+fn a_timer_cancelled_from_another_cpu_never_runs() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic0", LAPIC, 0);
+    s.per_cpu("lapic1", LAPIC, 1);
+    let now = s.now();
+    let (n, id) = s.arm(1, now + 40_000);
+    s.inbox.push_back((1, Message::Cancel { id, n }));
+    s.deliver();
+    s.run_until(now + 1_000_000);
+    assert_eq!(s.cancelled, [n]);
+    assert!(s.fired(n).is_empty());
+}
+
+#[test]
+fn periodic_timer_stays_on_its_deadline_grid_without_drift() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    // A device that is sometimes late: every deadline it is programmed for lands 3 us late.
+    *s.drivers[h0.0].passes_below_ticks.lock() = 0;
+    let start = s.now() + 10_000;
+    let (n, id) = s.arm_periodic(0, start, 100_000);
+    s.run_until(start + 1_000 * 100_000 + 50_000);
+    let fired = s.fired(n).to_vec();
+    assert_eq!(fired.len(), 1001, "once per period over 1 000 periods");
+    for (k, at) in fired.iter().enumerate() {
+        assert!(*at >= start + k as u64 * 100_000, "period {k} early");
+        assert!(*at < start + k as u64 * 100_000 + 10_000, "period {k} drifted: {at}");
+    }
+    assert_eq!(s.cancel(0, id), Cancel::Cancelled(n));
+}
+
+#[test]
+fn random_timers_on_mixed_devices_fire_once_never_early_on_their_cpu() {
+    for (mode, seed) in [(TickMode::Oneshot, 7), (TickMode::Periodic { hz: 250 }, 11)] {
+        let mut s = Sim::new(mode, 4);
+        s.per_cpu("hpet0", PERCPU_HPET, 0);
+        s.per_cpu("lapic1", LAPIC, 1);
+        s.add("global", GLOBAL_HPET, CpuSet::first(4), Features::empty(), 0);
+        let mut rng = crate::time::testing::XorShift(seed);
+        let mut live: Vec<(usize, u32, TimerId)> = Vec::new();
+        for _ in 0..3_000 {
+            let cpu = (rng.next() % 4) as usize;
+            match rng.next() % 12 {
+                0..=5 => {
+                    let now = s.now();
+                    let deadline = now + rng.next() % 30_000_000;
+                    let (n, id) = s.arm(cpu, deadline);
+                    live.push((cpu, n, id));
+                }
+                6 => {
+                    let now = s.now();
+                    s.arm_remote(cpu, now + rng.next() % 30_000_000);
+                }
+                7 if !live.is_empty() => {
+                    let (cpu, n, id) = live.swap_remove((rng.next() % live.len() as u64) as usize);
+                    if s.cancel(cpu, id).cancelled().is_some() {
+                        s.cancelled.push(n);
+                    }
+                }
+                8 if !live.is_empty() => {
+                    let (cpu, n, id) = live.swap_remove((rng.next() % live.len() as u64) as usize);
+                    s.inbox.push_back((cpu, Message::Cancel { id, n }));
+                }
+                _ => {
+                    s.deliver();
+                    let now = s.now();
+                    s.run_until(now + rng.next() % 300_000);
+                }
+            }
+        }
+        s.deliver();
+        let now = s.now();
+        s.run_until(now + 100_000_000);
+        for n in &s.cancelled {
+            assert!(s.fired(*n).is_empty(), "cancelled timer {n} ran");
+        }
+        s.assert_all_fired_once_never_early();
+        assert!(
+            s.timers.len() > 1000 && s.cancelled.len() > 50,
+            "{} timers, {} cancelled",
+            s.timers.len(),
+            s.cancelled.len()
+        );
+    }
+}
