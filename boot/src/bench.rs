@@ -27,7 +27,7 @@ struct Kind {
 
 const KINDS: &[Kind] = &[
     Kind { name: "percpu-hpet", smp: 1, cmdline: "bench", qemu: &[] },
-    Kind { name: "percpu-hpet-read", smp: 1, cmdline: "bench hpet_counter=read", qemu: &[] },
+    Kind { name: "percpu-hpet-estimate", smp: 1, cmdline: "bench hpet_counter=estimate", qemu: &[] },
     Kind {
         name: "global-hpet-broadcast",
         smp: 2,

@@ -91,9 +91,109 @@ pub struct BenchPart {
     pub max_events_per_s: u64,
     /// The device's minimum delta after the back-to-back phase (grown if it had to be).
     pub min_delta_ns: u64,
+    /// Where the time from a deadline to its callback goes, stage by stage (p50 in ns, at
+    /// [`PATH_DELTA_NS`]; under icount, instructions).
+    pub path_ns: PathBreakdown,
     /// Periodic tick drift against the clocksource, parts per million (null if not measured).
     pub drift_ppm: Option<i64>,
     pub bringup_us: u64,
+}
+
+/// The delta of the traced phase, and its events.
+pub const PATH_DELTA_NS: u64 = 100_000;
+const PATH_EVENTS: u64 = 500;
+
+/// Medians of each stage of the interrupt path, in ns (see `path_trace`): deadline ->
+/// dispatch entry (delivery), -> device acknowledged (ack), -> clock read (clock), -> first
+/// timer popped (pop), -> callback's first instruction (to_callback); the callbacks' own time
+/// (callbacks), -> next event programmed (reprogram), -> end of interrupt (eoi); and the sum up
+/// to the callback.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PathBreakdown {
+    pub samples: u64,
+    pub delivery: u64,
+    pub ack: u64,
+    pub clock: u64,
+    pub pop: u64,
+    pub to_callback: u64,
+    pub callbacks: u64,
+    pub reprogram: u64,
+    pub eoi: u64,
+    pub deadline_to_callback: u64,
+}
+
+/// Per-stage samples of the traced phase.
+struct PathSamples {
+    stages: [Vec<u64>; 8],
+    /// The interrupt of the previous traced callback and its TSC, for the stages after it.
+    previous: Option<(u64, u64)>,
+}
+
+static PATH: Mutex<PathSamples> =
+    Mutex::new(PathSamples { stages: [const { Vec::new() }; 8], previous: None });
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+fn cycles_to_ns(cycles: u64) -> u64 {
+    (u128::from(cycles) * 1_000_000_000 / u128::from(crate::arch::x86_64::tsc::frequency_hz().max(1))) as u64
+}
+
+/// Records the stamps of the interrupt running this callback (whose clock reads are `now`
+/// and `now_tsc`), and the tail of the previous traced one.
+fn record_path(deadline_ns: u64, now: u64, now_tsc: u64) {
+    use crate::arch::x86_64::path_trace::{self, Stage};
+    let (stamps, sequence) = path_trace::current();
+    let (tail, tail_sequence) = path_trace::last_complete();
+    let at = |stage: Stage| stamps[stage as usize];
+    let since = |a: u64, b: u64| cycles_to_ns(b.saturating_sub(a));
+    let entry_ns = now.saturating_sub(since(at(Stage::Entry), now_tsc));
+    let mut p = PATH.lock();
+    let head = [
+        entry_ns.saturating_sub(deadline_ns),
+        since(at(Stage::Entry), at(Stage::Acked)),
+        since(at(Stage::Acked), at(Stage::ClockRead)),
+        since(at(Stage::ClockRead), at(Stage::Popped)),
+        since(at(Stage::Popped), now_tsc),
+    ];
+    for (i, v) in head.into_iter().enumerate() {
+        p.stages[i].push(v);
+    }
+    if let Some((previous, previous_tsc)) = p.previous
+        && previous == tail_sequence
+    {
+        let tail_at = |stage: Stage| tail[stage as usize];
+        let rest = [
+            since(previous_tsc, tail_at(Stage::CallbacksDone)),
+            since(tail_at(Stage::CallbacksDone), tail_at(Stage::Reprogrammed)),
+            since(tail_at(Stage::Reprogrammed), tail_at(Stage::Eoi)),
+        ];
+        for (i, v) in rest.into_iter().enumerate() {
+            p.stages[5 + i].push(v);
+        }
+    }
+    p.previous = Some((sequence, now_tsc));
+}
+
+fn path_breakdown() -> PathBreakdown {
+    x86_64::instructions::interrupts::without_interrupts(path_breakdown_locked)
+}
+
+fn path_breakdown_locked() -> PathBreakdown {
+    let mut p = PATH.lock();
+    let mut median = |i: usize| Percentiles::of(&mut p.stages[i]).p50;
+    let b = PathBreakdown {
+        samples: 0,
+        delivery: median(0),
+        ack: median(1),
+        clock: median(2),
+        pop: median(3),
+        to_callback: median(4),
+        callbacks: median(5),
+        reprogram: median(6),
+        eoi: median(7),
+        deadline_to_callback: 0,
+    };
+    let samples = p.stages[0].len() as u64;
+    PathBreakdown { samples, deadline_to_callback: b.delivery + b.ack + b.clock + b.pop + b.to_callback, ..b }
 }
 
 /// The chain of the phase in progress: every callback records itself and arms the next.
@@ -128,12 +228,18 @@ fn arm_next() {
 }
 
 fn on_event(e: &TimerEvent) {
+    // The callback's own clock read: deadline -> callback (the event's `now_ns` is the
+    // handler's read, on entry).
+    let now = now_ns();
+    if TRACING.load(Ordering::Relaxed) {
+        record_path(e.deadline_ns, now, crate::arch::x86_64::tsc::read());
+    }
     let entry = clockevents::last_interrupt_entry_ns(e.cpu);
-    if e.now_ns < e.deadline_ns || entry < e.deadline_ns {
+    if now < e.deadline_ns || entry < e.deadline_ns {
         PHASE.early.fetch_add(1, Ordering::Relaxed);
     }
     PHASE.handler.lock().push(entry.saturating_sub(e.deadline_ns));
-    PHASE.callback.lock().push(e.now_ns.saturating_sub(e.deadline_ns));
+    PHASE.callback.lock().push(now.saturating_sub(e.deadline_ns));
     PHASE.fired.fetch_add(1, Ordering::Release);
     let more = match PHASE.until_ns.load(Ordering::Relaxed) {
         0 => PHASE.remaining.fetch_sub(1, Ordering::AcqRel) > 1,
@@ -233,6 +339,14 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
         );
         part.lateness_ns.insert(delta, result);
     }
+    // The traced phase: the same chain, each interrupt's path stamped stage by stage.
+    TRACING.store(true, Ordering::Relaxed);
+    crate::arch::x86_64::path_trace::enable(true);
+    run_phase(cpu, PATH_DELTA_NS, PATH_EVENTS, 0);
+    crate::arch::x86_64::path_trace::enable(false);
+    TRACING.store(false, Ordering::Relaxed);
+    part.path_ns = path_breakdown();
+    log::info!("interrupt path at {PATH_DELTA_NS} ns deltas, p50 ns per stage: {:?}", part.path_ns);
     let start = now_ns();
     let (_, callback, early, lost) = run_phase(cpu, 0, 0, start + THROUGHPUT_NS);
     let elapsed = (now_ns() - start).max(1);

@@ -69,13 +69,15 @@ fn arm_next(cpu: usize) {
 
 fn on_timer(e: &TimerEvent) {
     let c = &COUNTS[e.cpu];
-    if e.now_ns < e.deadline_ns {
+    // Lateness to the callback, on its own clock read (`e.now_ns` is the handler's).
+    let now = now_ns();
+    if now < e.deadline_ns {
         c.early.fetch_add(1, Ordering::Relaxed);
-        log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - e.now_ns, e.cpu);
+        log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - now, e.cpu);
     }
     let mut samples = LATENESS[e.cpu].lock();
     if samples.len() < MAX_SAMPLES_PER_CPU {
-        samples.push(e.now_ns.saturating_sub(e.deadline_ns));
+        samples.push(now.saturating_sub(e.deadline_ns));
     }
     drop(samples);
     if e.now_ns < END_NS.load(Ordering::Relaxed) {

@@ -5,12 +5,13 @@
 //! fatal. Exceptions other than breakpoint and NMI are fatal: they print vector, error code,
 //! the interrupted RIP/RSP, CR2 and the top of the faulting stack, then exit with failure.
 
+use super::path_trace::{self, Stage};
 use super::smp::percpu;
 use super::{gdt, memory, qemu, serial};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use seq_macro::seq;
-use spin::RwLock;
+use spin::{Mutex, Once};
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
@@ -22,10 +23,15 @@ pub const FIRST_DEVICE_VECTOR: u8 = 32;
 /// take a lock that the code it interrupted may hold with interrupts enabled.
 pub type Handler = fn(u8);
 
-static HANDLERS: RwLock<[Option<Handler>; 256]> = RwLock::new([None; 256]);
+/// Each vector's handler, set once (a vector is never handed back), so that the interrupt path
+/// reads it without a lock.
+static HANDLERS: [Once<Handler>; 256] = [const { Once::new() }; 256];
+/// Serialises the claiming of vectors (never taken on the interrupt path).
+static CLAIM: Mutex<()> = Mutex::new(());
 /// Signals end of interrupt to the interrupt controller; installed by the LAPIC driver.
-static END_OF_INTERRUPT: RwLock<Option<fn()>> = RwLock::new(None);
-static COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+static END_OF_INTERRUPT: Once<fn()> = Once::new();
+/// Interrupts that arrived before any CPU had per-CPU state (counted per CPU after that).
+static EARLY_COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
@@ -53,14 +59,13 @@ pub fn register(vector: u8, handler: Handler) -> Result<(), RegisterError> {
         return Err(RegisterError::ExceptionVector(vector));
     }
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut table = HANDLERS.write();
-        match table[usize::from(vector)] {
-            Some(_) => Err(RegisterError::InUse(vector)),
-            None => {
-                table[usize::from(vector)] = Some(handler);
-                Ok(())
-            }
+        let _claim = CLAIM.lock();
+        let slot = &HANDLERS[usize::from(vector)];
+        if slot.is_completed() {
+            return Err(RegisterError::InUse(vector));
         }
+        slot.call_once(|| handler);
+        Ok(())
     })
 }
 
@@ -71,28 +76,25 @@ pub const ALLOCATABLE_VECTORS: core::ops::RangeInclusive<u8> = 0x30..=0xef;
 /// Takes the lowest free device vector for `handler`.
 pub fn allocate(handler: Handler) -> Result<u8, RegisterError> {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut table = HANDLERS.write();
+        let _claim = CLAIM.lock();
         let vector = ALLOCATABLE_VECTORS
             .clone()
-            .find(|&v| table[usize::from(v)].is_none())
+            .find(|&v| !HANDLERS[usize::from(v)].is_completed())
             .ok_or(RegisterError::Exhausted)?;
-        table[usize::from(vector)] = Some(handler);
+        HANDLERS[usize::from(vector)].call_once(|| handler);
         Ok(vector)
     })
 }
 
-/// Removes the handler of `vector`; later interrupts on it count as spurious.
-pub fn unregister(vector: u8) {
-    x86_64::instructions::interrupts::without_interrupts(|| HANDLERS.write()[usize::from(vector)] = None);
-}
-
 pub fn set_end_of_interrupt(eoi: fn()) {
-    *END_OF_INTERRUPT.write() = Some(eoi);
+    END_OF_INTERRUPT.call_once(|| eoi);
 }
 
-/// How many interrupts arrived on `vector` (handled or not).
+/// How many interrupts arrived on `vector` (handled or not), on every CPU.
 pub fn count(vector: u8) -> u64 {
-    COUNTS[usize::from(vector)].load(Ordering::Relaxed)
+    let v = usize::from(vector);
+    EARLY_COUNTS[v].load(Ordering::Relaxed)
+        + percpu::all().map(|c| c.interrupts[v].load(Ordering::Relaxed)).sum::<u64>()
 }
 
 /// How many device interrupts arrived on a vector without a handler.
@@ -100,13 +102,18 @@ pub fn spurious_count() -> u64 {
     SPURIOUS.load(Ordering::Relaxed)
 }
 
+/// Every device vector's way in: counted on the CPU that took it (a counter only that CPU
+/// writes), its handler called, the interrupt ended. No lock, nothing shared written.
 fn dispatch(vector: u8) {
-    COUNTS[usize::from(vector)].fetch_add(1, Ordering::Relaxed);
+    path_trace::stamp(Stage::Entry);
+    let v = usize::from(vector);
     if percpu::ready() {
-        percpu::this_cpu().interrupts[usize::from(vector)].fetch_add(1, Ordering::Relaxed);
+        let count = &percpu::this_cpu().interrupts[v];
+        count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    } else {
+        EARLY_COUNTS[v].fetch_add(1, Ordering::Relaxed);
     }
-    let handler = HANDLERS.read()[usize::from(vector)];
-    match handler {
+    match HANDLERS[v].get() {
         Some(h) => h(vector),
         None => {
             let n = SPURIOUS.fetch_add(1, Ordering::Relaxed) + 1;
@@ -116,9 +123,10 @@ fn dispatch(vector: u8) {
             }
         }
     }
-    if let Some(eoi) = *END_OF_INTERRUPT.read() {
+    if let Some(eoi) = END_OF_INTERRUPT.get() {
         eoi();
     }
+    path_trace::stamp(Stage::Eoi);
 }
 
 seq!(V in 32..=255 {

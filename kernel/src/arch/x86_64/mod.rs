@@ -10,6 +10,7 @@ pub mod ioapic;
 pub mod lapic;
 pub mod memory;
 pub mod mmio;
+pub mod path_trace;
 pub mod pic;
 pub mod pit;
 pub mod platform;

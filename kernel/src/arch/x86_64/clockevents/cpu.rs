@@ -5,6 +5,7 @@
 
 use super::registry;
 use super::timer::{Payload, TimerEvent};
+use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use crate::time::clocksource::now_ns;
 use crate::time::tick::{CpuTick, DeviceId};
@@ -116,6 +117,7 @@ pub(super) fn report_failure(failure: Option<crate::time::tick::DeviceFailure>) 
 /// A clock event device interrupted this CPU (called by the device drivers' handlers).
 pub(super) fn device_interrupt(device: DeviceId) {
     let now = now_ns();
+    path_trace::stamp(Stage::ClockRead);
     let cpu = percpu::this_cpu();
     cpu.time.interrupt_entry_ns.store(now, Ordering::Relaxed);
     if registry::is_broadcast_device(device) {
@@ -144,7 +146,9 @@ fn broadcast_interrupt(here: usize, now: u64) {
 
 /// The broadcast wake-up IPI (or a wake-up for a misrouted event of this CPU's device).
 pub(super) fn wake_interrupt(_vector: u8) {
+    path_trace::stamp(Stage::Acked);
     let now = now_ns();
+    path_trace::stamp(Stage::ClockRead);
     percpu::this_cpu().time.interrupt_entry_ns.store(now, Ordering::Relaxed);
     wakeup(now);
 }
@@ -159,8 +163,13 @@ fn wakeup(now: u64) {
 /// cancel timers), re-arms periodic ones from their deadline, then programs the next event
 /// once. Nothing here allocates.
 fn run_expiry(cpu: usize, now: u64) {
+    let mut first = true;
     loop {
         let Some(expired) = with_tick(|t| t.pop_expired(now)).flatten() else { break };
+        if first {
+            path_trace::stamp(Stage::Popped);
+            first = false;
+        }
         let mut payload = expired.payload;
         let event = TimerEvent {
             cpu,
@@ -173,11 +182,13 @@ fn run_expiry(cpu: usize, now: u64) {
         let again = payload.next_deadline(expired.deadline_ns, now).map(|at| (at, payload));
         with_tick(|t| t.complete(expired.id, again));
     }
+    path_trace::stamp(Stage::CallbacksDone);
     // The callbacks took time: the next event is programmed from a fresh clock read.
     let failure = with_tick(|t| {
         t.end_expiry(now_ns(), registry::broadcast());
         t.take_failure()
     })
     .flatten();
+    path_trace::stamp(Stage::Reprogrammed);
     report_failure(failure);
 }

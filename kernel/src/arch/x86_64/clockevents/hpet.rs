@@ -10,6 +10,7 @@
 
 use super::super::hpet::{ComparatorConfig, Hpet};
 use super::super::ioapic::{DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger};
+use super::super::path_trace::{self, Stage};
 use super::super::{interrupts, lapic, tsc};
 use crate::cmdline::ClockeventsChoice;
 use crate::time::clockevents::{DriverState, EventDriver, EventPassed};
@@ -441,6 +442,7 @@ fn channel_interrupt(vector: u8) {
         ch.not_ours_in_a_row.store(0, Ordering::Relaxed);
         ch.hpet.clear_interrupt(ch.index);
     }
+    path_trace::stamp(Stage::Acked);
     ch.irqs.fetch_add(1, Ordering::Relaxed);
     if ch.in_selftest.load(Ordering::Acquire) {
         ch.selftest_irqs.fetch_add(1, Ordering::Release);

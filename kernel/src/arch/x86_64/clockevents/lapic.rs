@@ -8,6 +8,7 @@
 //! start-up path (`init_on_bsp` / `init_on_ap`), and only that CPU ever programs it: the time
 //! layer carries a CPU's device changes out on that CPU.
 
+use super::super::path_trace::{self, Stage};
 use super::super::smp::percpu;
 use super::super::{interrupts, lapic, tsc};
 use crate::time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features};
@@ -135,6 +136,7 @@ impl EventDriver for LapicTimer {
 
 /// The LAPIC timer interrupt, on whichever CPU it fires (its own).
 pub fn timer_interrupt(_vector: u8) {
+    path_trace::stamp(Stage::Acked);
     match percpu::this_cpu().time.lapic_device.load(Ordering::Acquire) {
         usize::MAX => {}
         d => super::cpu::device_interrupt(DeviceId(d)),

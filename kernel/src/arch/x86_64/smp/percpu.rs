@@ -7,6 +7,7 @@
 
 use super::super::clockevents::CpuTime;
 use super::super::gdt::CpuTables;
+use super::super::path_trace::PathStamps;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -38,6 +39,8 @@ pub struct PerCpu {
     pub(super) mailbox: spin::Mutex<VecDeque<Call>>,
     /// This CPU's timekeeping (its tick, behind an interrupts-off guard).
     pub time: CpuTime,
+    /// Stamps along the timer interrupt path, for the benchmark.
+    pub path: PathStamps,
 }
 
 // SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; `tables` is
@@ -62,6 +65,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         online_ns: AtomicU64::new(0),
         mailbox: spin::Mutex::new(VecDeque::new()),
         time: CpuTime::new(),
+        path: PathStamps::new(),
     }));
     let self_ptr: *const PerCpu = cpu;
     cpu.self_ptr = self_ptr;
