@@ -47,9 +47,21 @@ const DRIFT: &[(&str, &str)] = &[
 
 const DELTAS: [&str; 4] = ["1000", "10000", "100000", "1000000"];
 
+/// The main run's workload at each CPU count, with per-CPU HPET comparators for every CPU
+/// (12 comparators by FSB where q35's 3 do not suffice).
+const SCALING: &[(u32, &[&str])] = &[
+    (1, &[]),
+    (2, &[]),
+    (4, &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
+    (8, &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
+];
+/// How long each scaling boot runs its workload.
+const SCALING_DURATION_MS: u64 = 1000;
+
 struct Args {
     clocks: Vec<&'static str>,
     drift_s: u64,
+    scaling: bool,
     accel: Accel,
     out: PathBuf,
 }
@@ -58,6 +70,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut a = Args {
         clocks: vec!["tcg", "icount"],
         drift_s: 10,
+        scaling: true,
         accel: Accel::Tcg,
         out: PathBuf::from("target/bench"),
     };
@@ -82,6 +95,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 }
             }
             "--out" => a.out = PathBuf::from(value()?),
+            "--no-scaling" => a.scaling = false,
             other => return Err(format!("unknown bench option {other}")),
         }
     }
@@ -97,6 +111,50 @@ fn measure(
     cmdline: &str,
     qemu_args: &[&str],
 ) -> Result<Value, String> {
+    let log = boot_log(elf, a, clock, smp, cmdline, qemu_args)?;
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("BENCH-PART "))
+        .ok_or_else(|| format!("no BENCH-PART line ({})", log.lines().last().unwrap_or("")))?;
+    serde_json::from_str(line).map_err(|e| format!("bad BENCH-PART line: {e}"))
+}
+
+/// The main run's workload on `smp` CPUs: its lateness and throughput from the TIMER-REPORT.
+fn measure_scaling(elf: &Path, a: &Args, clock: &str, smp: u32, qemu_args: &[&str]) -> Result<Value, String> {
+    let cmdline = format!("duration_ms={SCALING_DURATION_MS}");
+    let log = boot_log(elf, a, clock, smp, &cmdline, qemu_args)?;
+    let report = crate::report::find(&log)?;
+    let events = report["events_armed"].as_u64().unwrap_or(0);
+    let percpu = report["tick_devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t["via_broadcast"] == false && t["device"].as_str().is_some_and(|d| d.starts_with("hpet"))
+        })
+        .count();
+    Ok(json!({
+        "smp": smp,
+        "latency_ns": report["latency_ns"],
+        "events": events,
+        "events_per_s": events * 1000 / SCALING_DURATION_MS,
+        "lost": report["lost_events"],
+        "early": report["early_events"],
+        "cpus_on_percpu_hpet": percpu,
+        "verdict": report["verdict"],
+    }))
+}
+
+/// Boots one configuration and returns its serial log.
+fn boot_log(
+    elf: &Path,
+    a: &Args,
+    clock: &str,
+    smp: u32,
+    cmdline: &str,
+    qemu_args: &[&str],
+) -> Result<String, String> {
     let mut opts = RunOptions {
         smp,
         accel: a.accel,
@@ -110,13 +168,19 @@ fn measure(
     }
     let img = image::disk_image(elf, opts.firmware)?;
     let boot = qemu::boot(&opts, &img, |_| {})?;
-    let line = boot
-        .log
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("BENCH-PART "))
-        .ok_or_else(|| format!("no BENCH-PART line ({})", boot.outcome.describe_with_log(&boot.log)))?;
-    serde_json::from_str(line).map_err(|e| format!("bad BENCH-PART line: {e}"))
+    if !boot.log.contains("BENCH-PART ") && !boot.log.contains("TIMER-REPORT ") {
+        return Err(boot.outcome.describe_with_log(&boot.log));
+    }
+    Ok(boot.log)
+}
+
+/// The build profile of a kernel ELF, from cargo's layout (`target/TRIPLE/PROFILE/kernel`).
+fn profile_of(elf: &Path) -> &'static str {
+    match elf.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()) {
+        Some("release") => "release",
+        Some("debug") => "dev",
+        _ => "unknown",
+    }
 }
 
 pub fn run(elf: &Path, args: &[String]) -> ExitCode {
@@ -159,8 +223,22 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
                 }
             }
         }
+        let mut scaling = Vec::new();
+        if a.scaling {
+            for &(smp, qemu_args) in SCALING {
+                eprint!("bench:   scaling: workload on {smp} CPU(s) ... ");
+                match measure_scaling(elf, &a, clock, smp, qemu_args) {
+                    Ok(s) => {
+                        eprintln!("{} events", s["events"]);
+                        scaling.push(s);
+                    }
+                    Err(e) => eprintln!("not measured: {e}"),
+                }
+            }
+        }
         let bringup_us = kinds.get("percpu-hpet").map_or(Value::Null, |p| p["bringup_us"].clone());
-        let run = json!({ "clock": clock, "kinds": kinds, "drift_ppm": drift, "bringup_us": bringup_us });
+        let run = json!({ "clock": clock, "profile": profile_of(elf), "kinds": kinds, "drift_ppm": drift,
+            "bringup_us": bringup_us, "scaling": scaling });
         print_table(&run);
         let svg = a.out.join(format!("lateness-{clock}.svg"));
         match plot(&run, &svg) {
@@ -207,9 +285,11 @@ fn summary(all: &Value) -> Value {
                     "program_mmio": part["program_mmio"],
                     "max_events_per_s": part["max_events_per_s"],
                     "min_delta_ns": part["min_delta_ns"],
+                    "path_ns": part["path_ns"],
                 }));
             }
-            json!({ "clock": run["clock"], "kinds": kinds, "drift_ppm": run["drift_ppm"], "bringup_us": run["bringup_us"] })
+            json!({ "clock": run["clock"], "profile": run["profile"], "kinds": kinds, "drift_ppm": run["drift_ppm"],
+                "bringup_us": run["bringup_us"], "scaling": run["scaling"] })
         })
         .collect();
     json!({ "runs": runs })
@@ -250,6 +330,47 @@ fn print_table(run: &Value) {
         );
     }
     println!("drift (ppm): {}   bring-up (us): {}", run["drift_ppm"], run["bringup_us"]);
+    println!("\ninterrupt path, p50 ns per stage at 100 us deltas (under icount: instructions)");
+    println!(
+        "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>5} {:>12}",
+        "kind", "delivery", "ack", "clock", "pop", "to cb", "callbacks", "reprogram", "eoi", "deadline->cb"
+    );
+    for (name, p) in run["kinds"].as_object().into_iter().flatten() {
+        let s = &p["path_ns"];
+        let v = |k: &str| s[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>5} {:>12}",
+            name,
+            v("delivery"),
+            v("ack"),
+            v("clock"),
+            v("pop"),
+            v("to_callback"),
+            v("callbacks"),
+            v("reprogram"),
+            v("eoi"),
+            v("deadline_to_callback")
+        );
+    }
+    if let Some(scaling) = run["scaling"].as_array().filter(|s| !s.is_empty()) {
+        println!("\nscaling: the main run's workload (lateness p50 / p99 / max in us, events/s)");
+        for s in scaling {
+            let l = &s["latency_ns"];
+            let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
+            println!(
+                "  smp {:<2} {:.1} / {:.1} / {:.1}   {:>7} events/s   lost {} early {}   {} CPUs on per-CPU HPET",
+                s["smp"],
+                us(&l["p50"]),
+                us(&l["p99"]),
+                us(&l["max"]),
+                s["events_per_s"],
+                s["lost"],
+                s["early"],
+                s["cpus_on_percpu_hpet"]
+            );
+        }
+    }
+    println!("profile: {}", run["profile"].as_str().unwrap_or("?"));
 }
 
 /// Lateness histograms (log2 buckets of deadline -> callback), one panel per delta, one line per
@@ -317,7 +438,10 @@ mod tests {
     #[test]
     fn bench_options_parse() {
         let a = parse_args(&["--clock".into(), "icount".into(), "--drift-s".into(), "0".into()]).unwrap();
-        assert_eq!((a.clocks, a.drift_s), (vec!["icount"], 0));
+        assert_eq!((a.clocks, a.drift_s, a.scaling), (vec!["icount"], 0, true));
+        assert!(!parse_args(&["--no-scaling".into()]).unwrap().scaling);
+        assert_eq!(profile_of(Path::new("target/x86_64-unknown-none/release/kernel")), "release");
+        assert_eq!(profile_of(Path::new("target/x86_64-unknown-none/debug/kernel")), "dev");
         assert!(parse_args(&["--clock".into(), "fast".into()]).is_err());
         assert!(parse_args(&["--bogus".into()]).is_err());
     }

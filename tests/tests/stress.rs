@@ -1,8 +1,10 @@
 //! Timer stress: on every CPU, 100 000 timers at random deadlines from the device's minimum
 //! delta to 10 ms, some cancelled and re-armed at random (at arming time and from inside other
 //! timers' callbacks). Every surviving callback must run exactly once, never before its
-//! deadline, on the CPU that armed it; a cancelled one never. Under `--smp 4` with per-CPU
-//! HPET comparators, with the global device by broadcast, and with the default mix.
+//! deadline, on the CPU that armed it; a cancelled one never. Mixed in, across CPUs: callbacks
+//! post timers to other CPUs (each must run there, once, never early), and the boot CPU arms
+//! timers on the others and cancels them from afar (none may run). Under `--smp 4` with
+//! per-CPU HPET comparators, with the global device by broadcast, and with the default mix.
 #![no_std]
 #![no_main]
 
@@ -11,7 +13,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clockevents::{self, TimerEvent};
+use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
 use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::kernel::time::hrtimer::TimerId;
@@ -63,6 +65,62 @@ static STALE: AtomicU64 = AtomicU64::new(0);
 static TWICE: AtomicU64 = AtomicU64::new(0);
 static ARM_FAILED: AtomicU64 = AtomicU64::new(0);
 static MIN_DELAY_NS: AtomicU64 = AtomicU64::new(2_000);
+/// Timers posted by a callback to another CPU, and how many ran there (on time, or not).
+static REMOTE_POSTED: AtomicU64 = AtomicU64::new(0);
+static REMOTE_RAN: AtomicU64 = AtomicU64::new(0);
+static REMOTE_WRONG: AtomicU64 = AtomicU64::new(0);
+/// Timers the boot CPU armed on another CPU and cancelled from afar, and how many ran anyway.
+static REMOTE_CANCELLED: AtomicU64 = AtomicU64::new(0);
+static CANCELLED_RAN: AtomicU64 = AtomicU64::new(0);
+
+/// A timer posted from another CPU's callback: `data` is the CPU it was posted to.
+fn on_remote(e: &TimerEvent) {
+    if percpu::this_cpu().index as u64 != e.data || e.cpu as u64 != e.data {
+        REMOTE_WRONG.fetch_add(1, Ordering::Relaxed);
+    }
+    if now_ns() < e.deadline_ns {
+        EARLY.fetch_add(1, Ordering::Relaxed);
+    }
+    REMOTE_RAN.fetch_add(1, Ordering::Relaxed);
+}
+
+fn on_cancelled(_: &TimerEvent) {
+    CANCELLED_RAN.fetch_add(1, Ordering::Relaxed);
+}
+
+/// From a callback on `cpu`: now and then, a timer for another CPU, queued to it.
+fn post_to_another_cpu(cpu: usize, s: &CpuState) {
+    let cpus = STATE.get().map_or(1, |v| v.len());
+    if cpus < 2 || random(s) % 32 != 0 {
+        return;
+    }
+    let target = (cpu + 1 + (random(s) % (cpus as u64 - 1)) as usize) % cpus;
+    let deadline = now_ns() + 100_000 + random(s) % 2_000_000;
+    REMOTE_POSTED.fetch_add(1, Ordering::Relaxed);
+    if clockevents::post_on(target, deadline, on_remote, target as u64).is_err() {
+        REMOTE_POSTED.fetch_sub(1, Ordering::Relaxed);
+        ARM_FAILED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// From the boot CPU: a timer on every other CPU, cancelled from here before it is due.
+fn arm_and_cancel_from_afar(cpus: usize) {
+    for target in 1..cpus {
+        match Timer::with_fn(target, now_ns() + 50_000_000, on_cancelled, 0) {
+            Ok(t) => {
+                assert_eq!(
+                    t.cancel(),
+                    Cancelled::Pending,
+                    "a timer 50 ms ahead on CPU {target} was not pending"
+                );
+                REMOTE_CANCELLED.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                ARM_FAILED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 fn state(cpu: usize) -> &'static CpuState {
     &STATE.get().expect("set before the first batch")[cpu]
@@ -159,6 +217,7 @@ fn on_timer(e: &TimerEvent) {
     if random(s) % 16 == 0 {
         cancel_slot(cpu, s, (random(s) % u64::from(BATCH)) as u32);
     }
+    post_to_another_cpu(cpu, s);
     if s.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
         start_batch(cpu);
     }
@@ -200,6 +259,7 @@ fn every_timer_runs_once_never_early_on_its_cpu_and_cancelled_ones_never(_: &Ker
     let mut last = (total(), now_ns());
     while !(0..cpus).all(|c| state(c).done.load(Ordering::Acquire)) {
         let _ = clockevents::sleep_ns(5_000_000);
+        arm_and_cancel_from_afar(cpus);
         let t = total();
         if t != last.0 {
             last = (t, now_ns());
@@ -223,6 +283,22 @@ fn every_timer_runs_once_never_early_on_its_cpu_and_cancelled_ones_never(_: &Ker
             "CPU {c}: too few timers fired"
         );
     }
+    let posted = REMOTE_POSTED.load(Ordering::Relaxed);
+    assert!(
+        kernel_tests::wait_for(|| REMOTE_RAN.load(Ordering::Relaxed) >= posted),
+        "{} of {posted} timers posted to other CPUs ran",
+        REMOTE_RAN.load(Ordering::Relaxed)
+    );
+    log::info!(
+        "across CPUs: {posted} timers posted from callbacks, {} cancelled from the boot CPU",
+        REMOTE_CANCELLED.load(Ordering::Relaxed)
+    );
+    if cpus > 1 {
+        assert!(posted > 0 && REMOTE_CANCELLED.load(Ordering::Relaxed) > 0, "nothing crossed CPUs");
+    }
+    assert_eq!(REMOTE_RAN.load(Ordering::Relaxed), posted, "a posted timer ran twice");
+    assert_eq!(REMOTE_WRONG.load(Ordering::Relaxed), 0, "posted timers ran on another CPU");
+    assert_eq!(CANCELLED_RAN.load(Ordering::Relaxed), 0, "timers cancelled from another CPU ran");
     assert_eq!(ARM_FAILED.load(Ordering::Relaxed), 0, "arming failed");
     assert_eq!(EARLY.load(Ordering::Relaxed), 0, "timers ran before their deadline");
     assert_eq!(WRONG_CPU.load(Ordering::Relaxed), 0, "timers ran on another CPU");
