@@ -291,10 +291,10 @@ impl Sim {
             min_delta_ticks: min_ticks,
             max_delta_ticks: max_ticks,
         };
-        let hop = (u128::from(max_ticks) * NS_PER_S / u128::from(hz)).max(1);
-        self.shortest_hop_ns = self.shortest_hop_ns.min(u64::try_from(hop).unwrap_or(u64::MAX));
         let id = self.sys.register(spec, driver(i), now());
         assert_eq!(id, DeviceId(i));
+        // The layer's maximum, not the hardware's: it may program less far ahead.
+        self.shortest_hop_ns = self.shortest_hop_ns.min(self.sys.device(id).max_delta_ns.max(1));
     }
 
     fn arm(&mut self, cpu: usize, delay_ns: u32, past: bool, far: bool) {
