@@ -63,6 +63,9 @@ struct SimState {
     /// Counter value the comparator waits for.
     target: Option<u64>,
     period_ticks: Option<u64>,
+    /// The CPU that the comparator's next interrupt reaches instead of the one it is routed
+    /// to (a misrouted `Spurious` step): it arrives there when the comparator matches.
+    next_interrupt_misrouted_to: Option<usize>,
 }
 
 impl SimState {
@@ -180,7 +183,8 @@ enum Op {
     /// interrupt).
     DeliverIpis,
     /// An interrupt from a device now, whether or not it is due (spurious or early), on the
-    /// CPU its interrupt is routed to or, misrouted, on another online one.
+    /// CPU its interrupt is routed to; or, misrouted to another online CPU, the device's next
+    /// real interrupt, which reaches that CPU when the comparator matches (not now).
     Spurious {
         device: u8,
         misrouted_to: Option<u8>,
@@ -287,10 +291,10 @@ impl Sim {
             min_delta_ticks: min_ticks,
             max_delta_ticks: max_ticks,
         };
-        let hop = (u128::from(max_ticks) * NS_PER_S / u128::from(hz)).max(1);
-        self.shortest_hop_ns = self.shortest_hop_ns.min(u64::try_from(hop).unwrap_or(u64::MAX));
         let id = self.sys.register(spec, driver(i), now());
         assert_eq!(id, DeviceId(i));
+        // The layer's maximum, not the hardware's: it may program less far ahead.
+        self.shortest_hop_ns = self.shortest_hop_ns.min(self.sys.device(id).max_delta_ns.max(1));
     }
 
     fn arm(&mut self, cpu: usize, delay_ns: u32, past: bool, far: bool) {
@@ -374,8 +378,12 @@ impl Sim {
             }
             let Some((at, dev)) = self.next_event(until) else { break };
             NOW.store(at.max(now()), Ordering::Relaxed);
-            driver(dev).inner.lock().consume();
-            self.device_event(dev, self.irq_cpu[dev]);
+            let misrouted_to = {
+                let mut sim_device = driver(dev).inner.lock();
+                sim_device.consume();
+                sim_device.next_interrupt_misrouted_to.take()
+            };
+            self.device_event(dev, misrouted_to.unwrap_or(self.irq_cpu[dev]));
         }
         NOW.store(until.max(now()), Ordering::Relaxed);
     }
@@ -509,10 +517,12 @@ fn run(input: Input) {
                 let dev = usize::from(device) % sim.irq_cpu.len();
                 match misrouted_to.map(|c| usize::from(c) % CPUS) {
                     // A misrouted interrupt is the device's real one, delivered to the wrong
-                    // CPU: the comparator has fired and is no longer armed.
+                    // CPU: hardware raises it only once the counter reaches the comparator, so
+                    // `run_until` delivers it there (and consumes the comparator) at that time,
+                    // not now (every comparator already reached was delivered by the last
+                    // `run_until`). CPUs never go offline: that CPU will still be online.
                     Some(cpu) if sim.online[cpu] && cpu != sim.irq_cpu[dev] => {
-                        driver(dev).inner.lock().consume();
-                        sim.device_event(dev, cpu);
+                        driver(dev).inner.lock().next_interrupt_misrouted_to = Some(cpu);
                     }
                     // Spurious: the comparator stays armed.
                     _ => sim.device_event(dev, sim.irq_cpu[dev]),

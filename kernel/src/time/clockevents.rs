@@ -183,6 +183,16 @@ impl DeviceSpec {
     }
 }
 
+/// The longest delta the layer programs a device for, whatever its hardware allows (Linux's
+/// `clockevents_config` bounds its conversion at the same 600 s). The ns -> ticks conversion
+/// gets its shift from the longest delta it must convert: the longer that is, the coarser the
+/// conversion. Bounded here, [`NsToTicks`] keeps shift 32 (exact below 4.3 s) up to 7.1 MHz and
+/// above that stays within 600 s / 2^63, 65 ns a second; unbounded, a maximum of 2^63 ticks
+/// at 3.58 MHz left shift 8 and programmed every delta up to 9 % long, and `u64::MAX` ticks of
+/// a 2.1 GHz TSC-deadline timer 43 % long. What it costs: a CPU whose next deadline is further
+/// away than this wakes once every 10 minutes to program its device again.
+pub const MAX_PROGRAMMED_DELTA_NS: u64 = 600 * NS_PER_S;
+
 /// Fixed-point ns -> ticks conversion, rounding up: a device is never programmed to fire
 /// before its deadline because of the conversion.
 ///
@@ -282,7 +292,8 @@ pub struct ClockEventDevice {
     driver: &'static dyn EventDriver,
     conversion: NsToTicks,
     pub max_delta_ns: u64,
-    /// The hardware's limits in ticks; a converted delta is clamped to them.
+    /// The hardware's limits in ticks, the maximum within [`MAX_PROGRAMMED_DELTA_NS`]; a
+    /// converted delta is clamped to them.
     min_delta_ticks: u64,
     max_delta_ticks: u64,
     min_delta_ns: AtomicU64,
@@ -320,7 +331,13 @@ impl ClockEventDevice {
         let problem = spec.problem();
         spec.frequency_hz = spec.frequency_hz.max(1);
         let min_ticks = spec.min_delta_ticks.max(1);
-        let max_ticks = spec.max_delta_ticks.max(min_ticks);
+        // The ticks of the longest programmed delta, rounded down so that the maximum delta in
+        // ns (rounded down again) converts back to no more than this. Not below the minimum:
+        // a device whose minimum is so long is refused anyway.
+        let bounded_ticks =
+            u128::from(MAX_PROGRAMMED_DELTA_NS) * u128::from(spec.frequency_hz) / u128::from(NS_PER_S);
+        let bounded_ticks = u64::try_from(bounded_ticks).unwrap_or(u64::MAX);
+        let max_ticks = spec.max_delta_ticks.min(bounded_ticks).max(min_ticks);
         let min_delta_ns = ticks_to_ns(min_ticks, spec.frequency_hz, true);
         // The minimum rounds up and the maximum down, so with min = max ticks they would cross;
         // and the conversion caps the maximum where ns * mult would overflow.
@@ -614,6 +631,81 @@ mod tests {
         assert_eq!(c.ticks(10), 1);
         assert_eq!(c.ticks(11), 2, "rounds up: never early");
         assert_eq!(c.ticks(1_000_000), 100_000);
+    }
+
+    /// Found by the `tick` fuzz target: a maximum of 2^63 - 1 ticks at 3.58 MHz left the
+    /// conversion at shift 8 and mult 1, which programmed a 1 s period 9 % long.
+    #[test]
+    fn huge_maximum_delta_keeps_the_conversion_exact() {
+        let driver = FakeDriver::leak();
+        let acpi_pm_like = DeviceSpec {
+            frequency_hz: 3_579_545,
+            min_delta_ticks: 12_264,
+            max_delta_ticks: (1 << 63) - 1,
+            ..spec("x", 1, CpuSet::single(0), Features::PERIODIC)
+        };
+        let mut d = ClockEventDevice::new(acpi_pm_like, driver);
+        d.switch_state(State::Shutdown, 0).unwrap();
+        d.switch_state(State::Periodic, NS_PER_S).unwrap();
+        assert_eq!(
+            driver.calls().last(),
+            Some(&Call::State(DriverState::Periodic { period_ticks: 3_579_545 }))
+        );
+        assert_eq!(d.conversion().shift, 32);
+        assert_eq!(d.max_delta_ns, MAX_PROGRAMMED_DELTA_NS, "the maximum is bounded");
+        d.switch_state(State::Oneshot, 0).unwrap();
+        assert_eq!(d.program(u64::MAX, 0), Ok(MAX_PROGRAMMED_DELTA_NS));
+        assert_eq!(driver.last_next(), Some(600 * 3_579_545), "the longest delta is exact too");
+    }
+
+    /// A TSC-deadline timer registered as Linux does, with `max_delta = ~0`: converted at shift
+    /// 0 and mult 3 it fired 43 % late.
+    #[test]
+    fn tsc_deadline_registered_without_a_maximum_keeps_full_precision() {
+        const HZ: u64 = 2_100_000_000;
+        let driver = FakeDriver::leak();
+        let tsc_deadline_like = DeviceSpec {
+            frequency_hz: HZ,
+            min_delta_ticks: 1,
+            max_delta_ticks: u64::MAX,
+            ..spec("x", 1, CpuSet::single(0), Features::PER_CPU)
+        };
+        let mut d = ClockEventDevice::new(tsc_deadline_like, driver);
+        d.switch_state(State::Shutdown, 0).unwrap();
+        d.switch_state(State::Oneshot, 0).unwrap();
+        let shift = d.conversion().shift;
+        let exact = |ns: u64| (u128::from(ns) * u128::from(HZ)).div_ceil(u128::from(NS_PER_S)) as u64;
+        // Within a tick below 2^shift ns (8.4 ms); never early.
+        for ns in [1_000, 1_000_001, 4_000_000, (1 << shift) - 1] {
+            d.program(ns, 0).unwrap();
+            let (ticks, exact) = (driver.last_next().unwrap(), exact(ns));
+            assert!((exact..=exact + 1).contains(&ticks), "{ns} ns: {ticks} ticks, {exact} exact");
+        }
+        // Beyond, within 600 s / 2^63 of the delta: under 65 ns a second.
+        for ns in [NS_PER_S, 37 * NS_PER_S + 123, MAX_PROGRAMMED_DELTA_NS] {
+            d.program(ns, 0).unwrap();
+            let (ticks, exact) = (driver.last_next().unwrap(), exact(ns));
+            assert!(ticks >= exact, "{ns} ns: {ticks} ticks, below {exact}");
+            let late_ns = ticks_to_ns(ticks - exact, HZ, true);
+            assert!(late_ns <= ns / NS_PER_S * 65, "{ns} ns: {ticks} ticks, {late_ns} ns late");
+        }
+        assert_eq!(driver.last_next(), Some(600 * HZ), "the longest delta is exact");
+        assert_eq!(shift, 23, "the largest shift for 600 s at 2.1 GHz");
+        assert_eq!(d.max_delta_ns, MAX_PROGRAMMED_DELTA_NS);
+    }
+
+    /// A minimum delta beyond the bound (refused, as over 10 ms) must not invert the limits.
+    #[test]
+    fn bound_never_puts_the_maximum_below_the_minimum() {
+        let slow = DeviceSpec {
+            frequency_hz: 1,
+            min_delta_ticks: 1_000,
+            max_delta_ticks: u64::MAX,
+            ..spec("x", 1, CpuSet::single(0), Features::empty())
+        };
+        let d = ClockEventDevice::new(slow, FakeDriver::leak());
+        assert!(d.refused.is_some());
+        assert!(d.min_delta_ticks <= d.max_delta_ticks && d.min_delta_ns <= d.max_delta_ns);
     }
 
     #[test]

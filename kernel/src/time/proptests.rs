@@ -1,9 +1,12 @@
 //! Property tests of the time layer's conversions, over their whole input range: ns -> device
-//! ticks (`NsToTicks`), ticks -> ns (`ticks_to_ns`), and counter ticks -> ns (`MultShift`).
-//! Each property is what the conversion's documentation promises; exact values are computed in
-//! 128 bits for comparison.
+//! ticks (`NsToTicks`, alone and as a device builds and uses it), ticks -> ns (`ticks_to_ns`),
+//! and counter ticks -> ns (`MultShift`). Each property is what the conversion's documentation
+//! promises; exact values are computed in 128 bits for comparison.
 
-use crate::time::clockevents::{NsToTicks, ticks_to_ns};
+use crate::time::clockevents::fake::FakeDriver;
+use crate::time::clockevents::{
+    ClockEventDevice, CpuSet, DeviceSpec, Features, MAX_PROGRAMMED_DELTA_NS, NsToTicks, State, ticks_to_ns,
+};
 use crate::time::clocksource::{MultShift, NS_PER_S};
 use proptest::prelude::*;
 
@@ -83,6 +86,52 @@ proptest! {
         prop_assert!(
             got <= exact + u128::from(ns >> c.shift),
             "{hz} Hz: {ns} ns -> {got} ticks, more than {exact} + {} (shift {})", ns >> c.shift, c.shift
+        );
+    }
+
+    /// Whatever maximum delta a driver registers, a usable device is programmed at most
+    /// `MAX_PROGRAMMED_DELTA_NS` ahead, converts with the largest shift (up to 32) that this
+    /// bounded range allows, and programs every delta never early and late by at most the
+    /// conversion's error, clamped to the hardware's limits or not.
+    #[test]
+    fn device_conversion_is_as_precise_as_its_bounded_range_allows(
+        hz in frequency(),
+        max_delta_ticks in wide_u64(),
+        deadline_ns in wide_u64(),
+    ) {
+        let spec = DeviceSpec {
+            name: "x".into(),
+            features: Features::ONESHOT,
+            rating: 1,
+            cpus: CpuSet::single(0),
+            frequency_hz: hz,
+            min_delta_ticks: 1,
+            // At least 1 ms: a shorter maximum is refused.
+            max_delta_ticks: max_delta_ticks.max(hz.div_ceil(1_000)),
+        };
+        prop_assume!(spec.problem().is_none()); // below 100 Hz: a tick is over 10 ms
+        let driver = FakeDriver::leak();
+        let mut d = ClockEventDevice::new(spec, driver);
+        let c = d.conversion();
+        prop_assert!(d.max_delta_ns <= MAX_PROGRAMMED_DELTA_NS, "max delta {} ns", d.max_delta_ns);
+        prop_assert!((d.max_delta_ns..=MAX_PROGRAMMED_DELTA_NS).contains(&c.max_ns), "converts up to {} ns", c.max_ns);
+        if c.shift < 32 {
+            let finer_mult = (u128::from(hz) << (c.shift + 1)).div_ceil(u128::from(NS_PER_S));
+            prop_assert!(
+                finer_mult * u128::from(c.max_ns) > u128::from(u64::MAX),
+                "{hz} Hz up to {} ns: shift {} though {} fits", c.max_ns, c.shift, c.shift + 1
+            );
+        }
+        d.switch_state(State::Shutdown, 0).unwrap();
+        d.switch_state(State::Oneshot, 0).unwrap();
+        let delta = deadline_ns.clamp(d.min_delta_ns, d.max_delta_ns);
+        prop_assert_eq!(d.program(deadline_ns, 0), Ok(delta));
+        let ticks = u128::from(driver.last_next().unwrap());
+        let exact = exact_ticks_up(delta, hz);
+        prop_assert!(ticks >= exact, "{hz} Hz: {delta} ns programmed as {ticks} ticks, below {exact}");
+        prop_assert!(
+            ticks <= exact + u128::from(delta >> c.shift),
+            "{hz} Hz: {delta} ns programmed as {ticks} ticks, {exact} exact (shift {})", c.shift
         );
     }
 
