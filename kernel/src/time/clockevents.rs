@@ -644,7 +644,7 @@ mod tests {
             max_delta_ticks: (1 << 63) - 1,
             ..spec("x", 1, CpuSet::single(0), Features::PERIODIC)
         };
-        let mut d = ClockEventDevice::new(acpi_pm_like, driver);
+        let d = ClockEventDevice::new(acpi_pm_like, driver);
         d.switch_state(State::Shutdown, 0).unwrap();
         d.switch_state(State::Periodic, NS_PER_S).unwrap();
         assert_eq!(
@@ -670,7 +670,7 @@ mod tests {
             max_delta_ticks: u64::MAX,
             ..spec("x", 1, CpuSet::single(0), Features::PER_CPU)
         };
-        let mut d = ClockEventDevice::new(tsc_deadline_like, driver);
+        let d = ClockEventDevice::new(tsc_deadline_like, driver);
         d.switch_state(State::Shutdown, 0).unwrap();
         d.switch_state(State::Oneshot, 0).unwrap();
         let shift = d.conversion().shift;
@@ -705,7 +705,7 @@ mod tests {
         };
         let d = ClockEventDevice::new(slow, FakeDriver::leak());
         assert!(d.refused.is_some());
-        assert!(d.min_delta_ticks <= d.max_delta_ticks && d.min_delta_ns <= d.max_delta_ns);
+        assert!(d.min_delta_ticks <= d.max_delta_ticks && d.min_delta_ns() <= d.max_delta_ns);
     }
 
     #[test]

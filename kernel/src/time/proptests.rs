@@ -111,7 +111,7 @@ proptest! {
         };
         prop_assume!(spec.problem().is_none()); // below 100 Hz: a tick is over 10 ms
         let driver = FakeDriver::leak();
-        let mut d = ClockEventDevice::new(spec, driver);
+        let d = ClockEventDevice::new(spec, driver);
         let c = d.conversion();
         prop_assert!(d.max_delta_ns <= MAX_PROGRAMMED_DELTA_NS, "max delta {} ns", d.max_delta_ns);
         prop_assert!((d.max_delta_ns..=MAX_PROGRAMMED_DELTA_NS).contains(&c.max_ns), "converts up to {} ns", c.max_ns);
@@ -124,7 +124,7 @@ proptest! {
         }
         d.switch_state(State::Shutdown, 0).unwrap();
         d.switch_state(State::Oneshot, 0).unwrap();
-        let delta = deadline_ns.clamp(d.min_delta_ns, d.max_delta_ns);
+        let delta = deadline_ns.clamp(d.min_delta_ns(), d.max_delta_ns);
         prop_assert_eq!(d.program(deadline_ns, 0), Ok(delta));
         let ticks = u128::from(driver.last_next().unwrap());
         let exact = exact_ticks_up(delta, hz);
