@@ -19,9 +19,10 @@ pub struct Broadcast {
     /// Each waiting CPU's deadline; meaningful only for CPUs in `waiting`.
     deadlines: [u64; MAX_CPUS],
     waiting: CpuSet,
-    /// Broadcast interrupts handled, and CPUs found due by them (woken by IPI or directly).
+    /// Broadcast interrupts handled, and wake-up IPIs they called for (due CPUs other than
+    /// the one that took the interrupt).
     events: u64,
-    cpus_woken: u64,
+    wakeups_sent: u64,
     /// The device gave up programming: the registry must take it out.
     failure: Option<(DeviceId, ProgramError)>,
 }
@@ -39,7 +40,7 @@ impl Broadcast {
             deadlines: [u64::MAX; MAX_CPUS],
             waiting: CpuSet::EMPTY,
             events: 0,
-            cpus_woken: 0,
+            wakeups_sent: 0,
             failure: None,
         }
     }
@@ -47,6 +48,11 @@ impl Broadcast {
     /// The device serving the broadcast, if any.
     pub fn device(&self) -> Option<DeviceId> {
         self.device.as_ref().map(|(id, _)| *id)
+    }
+
+    /// Whether a working device serves the broadcast (a CPU may hand its deadline over).
+    pub fn is_usable(&self) -> bool {
+        self.device.as_ref().is_some_and(|(_, d)| !d.is_failed())
     }
 
     /// The CPUs that have handed over a deadline.
@@ -59,15 +65,17 @@ impl Broadcast {
         if self.waiting.contains(cpu) { self.deadlines[cpu] } else { u64::MAX }
     }
 
-    /// Broadcast interrupts handled so far, and CPUs they found due.
+    /// Broadcast interrupts handled so far, and the wake-up IPIs they called for.
     pub fn stats(&self) -> (u64, u64) {
-        (self.events, self.cpus_woken)
+        (self.events, self.wakeups_sent)
     }
 
     /// Replaces the broadcast device (`None`: there is none any more). The old one is released;
     /// the new one is attached and programmed for the earliest waiting deadline, so no
-    /// handed-over deadline is lost by the change.
-    pub fn set_device(&mut self, device: Option<(DeviceId, Arc<ClockEventDevice>)>, now_ns: u64) {
+    /// handed-over deadline is lost by the change. With no device left, returns the waiting
+    /// CPUs: each must be woken now (a CPU asleep in deep idle takes its own device back; one
+    /// served by broadcast runs what is due), since nothing else will wake them.
+    pub fn set_device(&mut self, device: Option<(DeviceId, Arc<ClockEventDevice>)>, now_ns: u64) -> CpuSet {
         if let Some((_, old)) = self.device.take() {
             old.detach();
         }
@@ -76,6 +84,7 @@ impl Broadcast {
         }
         self.device = device;
         self.reprogram(now_ns);
+        if self.device.is_none() { self.waiting } else { CpuSet::EMPTY }
     }
 
     /// `cpu` waits for `deadline_ns` (`u64::MAX`: for nothing, it leaves the set). The device
@@ -100,10 +109,11 @@ impl Broadcast {
         self.waiting.remove(cpu);
     }
 
-    /// The broadcast device interrupted at `now_ns`: returns the CPUs whose deadline has passed
-    /// (they leave the set: each hands over its next deadline after running its timers) and
-    /// programs the device for the earliest deadline left.
-    pub fn event(&mut self, now_ns: u64) -> CpuSet {
+    /// The broadcast device interrupted CPU `here` at `now_ns`: returns the CPUs whose deadline
+    /// has passed (they leave the set: each hands over its next deadline after running its
+    /// timers; all but `here` need a wake-up IPI) and programs the device for the earliest
+    /// deadline left.
+    pub fn event(&mut self, now_ns: u64, here: usize) -> CpuSet {
         self.events += 1;
         if let Some((_, d)) = &self.device
             && d.state() == State::Oneshot
@@ -117,7 +127,7 @@ impl Broadcast {
             }
         }
         self.waiting.0 &= !due.0;
-        self.cpus_woken += due.len() as u64;
+        self.wakeups_sent += due.len() as u64 - u64::from(due.contains(here));
         self.reprogram(now_ns);
         due
     }
@@ -181,10 +191,11 @@ mod tests {
         b.set_deadline(2, 100_000, 0);
         b.set_deadline(3, 200_000, 0);
         assert_eq!(driver.last_next(), Some(10_000), "100 us at 100 MHz: the earliest");
-        let due = b.event(250_000);
+        let due = b.event(250_000, 2);
         assert_eq!(due, CpuSet(0b1100), "CPUs 2 and 3 are due, 1 is not");
         assert_eq!(b.waiting(), CpuSet::single(1));
         assert_eq!(driver.last_next(), Some(5_000), "re-armed for CPU 1's deadline");
+        assert_eq!(b.stats(), (1, 1), "CPU 2 took the interrupt: one IPI, to CPU 3");
     }
 
     #[test]
@@ -197,7 +208,7 @@ mod tests {
         b.set_deadline(1, 80_000, 0);
         assert_eq!(driver.calls().len(), calls, "a later deadline needs no programming");
         b.leave(0);
-        assert_eq!(b.event(50_000), CpuSet::EMPTY, "nobody due: CPU 0 left");
+        assert_eq!(b.event(50_000, 0), CpuSet::EMPTY, "nobody due: CPU 0 left");
         assert_eq!(driver.last_next(), Some(3_000), "programmed for CPU 1 from the interrupt");
     }
 
@@ -207,7 +218,7 @@ mod tests {
         let mut b = Broadcast::new();
         b.set_device(Some(global(old)), 0);
         b.set_deadline(2, 40_000, 0);
-        b.set_device(None, 10_000);
+        assert_eq!(b.set_device(None, 10_000), CpuSet::single(2), "the sleeper must be woken");
         assert_eq!(b.deadline(2), 40_000, "kept while no device serves");
         b.set_device(Some(global(new)), 20_000);
         assert_eq!(new.last_next(), Some(2_000), "the new device is armed for the kept deadline");

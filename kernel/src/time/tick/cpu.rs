@@ -13,7 +13,7 @@
 
 use super::{ArmError, DeviceId, Service, TickMode};
 use crate::time::broadcast::Broadcast;
-use crate::time::clockevents::{ClockEventDevice, ProgramError, State};
+use crate::time::clockevents::{ClockEventDevice, Features, ProgramError, State};
 use crate::time::hrtimer::{Cancel, Expired, TimerId, TimerQueue};
 use alloc::sync::Arc;
 use spin::Mutex;
@@ -44,6 +44,39 @@ pub struct CpuTick<T> {
     /// Between `device_event`/`wakeup` and `end_expiry`: arms only queue.
     expiring: bool,
     failure: Option<DeviceFailure>,
+    /// In deep idle with its local device stopped: the broadcast holds this CPU's deadline.
+    handed_over: bool,
+    /// Deadlines handed to the broadcast before deep idle.
+    handovers: u64,
+}
+
+/// What [`CpuTick::broadcast_enter`] did before deep idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// The CPU's tick device keeps running in deep idle (or nothing serves it): nothing to do.
+    NotNeeded,
+    /// The local device is stopped and the broadcast holds the CPU's next deadline.
+    HandedOver,
+}
+
+/// Why a CPU must not sleep deeply (it would lose its wake-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeepIdleRefused {
+    /// Its tick device stops in deep idle and no working broadcast device can take over.
+    NoBroadcast,
+    /// Its device ticks in hardware periodic mode, which a handover would break.
+    PeriodicTick,
+}
+
+impl core::fmt::Display for DeepIdleRefused {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            DeepIdleRefused::NoBroadcast => {
+                "its tick device stops in deep idle and no broadcast device can take its deadline over"
+            }
+            DeepIdleRefused::PeriodicTick => "its tick device runs in hardware periodic mode",
+        })
+    }
 }
 
 impl<T> CpuTick<T> {
@@ -63,6 +96,8 @@ impl<T> CpuTick<T> {
             misrouted: 0,
             expiring: false,
             failure: None,
+            handed_over: false,
+            handovers: 0,
         }
     }
 
@@ -87,6 +122,70 @@ impl<T> CpuTick<T> {
     }
     pub fn misrouted(&self) -> u64 {
         self.misrouted
+    }
+    /// Deadlines handed to the broadcast before deep idle so far.
+    pub fn handovers(&self) -> u64 {
+        self.handovers
+    }
+    /// In deep idle with the broadcast holding this CPU's deadline.
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over
+    }
+
+    /// Whether this CPU's tick device stops in deep idle (a deep sleep then needs a handover).
+    pub fn device_stops_in_idle(&self) -> bool {
+        matches!(self.service, Service::Local(_))
+            && self.local.as_ref().is_some_and(|d| d.spec.features.contains(Features::STOPS_IN_DEEP_IDLE))
+    }
+
+    /// Before deep idle (Linux's `tick_broadcast_enter`): a CPU whose local device stops there
+    /// stops it, as the hardware will, and hands its next deadline to the broadcast. Refused
+    /// (the CPU must not sleep deeply) when no working broadcast device can take it.
+    pub fn broadcast_enter(
+        &mut self,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+    ) -> Result<Handover, DeepIdleRefused> {
+        if !self.device_stops_in_idle() {
+            return Ok(Handover::NotNeeded);
+        }
+        let Some(d) = self.local.clone() else { return Ok(Handover::NotNeeded) };
+        if d.state() == State::Periodic {
+            return Err(DeepIdleRefused::PeriodicTick);
+        }
+        let mut b = bc.lock();
+        if !b.is_usable() {
+            return Err(DeepIdleRefused::NoBroadcast);
+        }
+        d.switch_state(State::Shutdown, 0).expect("a one-shot device shuts down");
+        self.handed_over = true;
+        self.handovers += 1;
+        self.next_event_ns = self.needed();
+        b.set_deadline(self.cpu, self.next_event_ns, now_ns);
+        if !b.is_usable() {
+            // The broadcast device gave up on this deadline: stay awake on the local device.
+            drop(b);
+            self.broadcast_exit(now_ns, bc);
+            return Err(DeepIdleRefused::NoBroadcast);
+        }
+        Ok(Handover::HandedOver)
+    }
+
+    /// After deep idle, woken for whatever reason (Linux's `tick_broadcast_exit`): leaves the
+    /// broadcast and programs the local device again for the deadline, if it is still ahead
+    /// (a passed one fires at the minimum delta; the broadcast's wake-up may also be on its
+    /// way, and finds nothing more to do).
+    pub fn broadcast_exit(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
+        if !self.handed_over {
+            return;
+        }
+        self.handed_over = false;
+        bc.lock().leave(self.cpu);
+        if let Some(d) = &self.local {
+            d.attach(State::Oneshot, 0);
+        }
+        self.next_event_ns = u64::MAX;
+        self.reprogram(now_ns, bc);
     }
     /// Pending timers.
     pub fn pending(&self) -> usize {
@@ -125,6 +224,11 @@ impl<T> CpuTick<T> {
         if service == self.service {
             return;
         }
+        if self.handed_over {
+            // Reassigned in deep idle: the handover ends with the old device.
+            self.handed_over = false;
+            bc.lock().leave(self.cpu);
+        }
         let was_broadcast = matches!(self.service, Service::Broadcast(_));
         self.service = service;
         if was_broadcast && matches!(service, Service::Broadcast(_)) {
@@ -151,7 +255,7 @@ impl<T> CpuTick<T> {
     /// rate).
     fn wants_hardware_periodic(&self, d: &ClockEventDevice) -> bool {
         matches!(self.mode, TickMode::Periodic { .. })
-            && d.spec.features.contains(crate::time::clockevents::Features::PERIODIC)
+            && d.spec.features.contains(Features::PERIODIC)
             && (d.min_delta_ns()..=d.max_delta_ns).contains(&self.mode.period_ns())
     }
 
@@ -274,6 +378,12 @@ impl<T> CpuTick<T> {
         }
         let needed = self.needed();
         if needed == self.next_event_ns && needed != u64::MAX {
+            return;
+        }
+        if self.handed_over {
+            // Asleep deeply with the local device stopped: the broadcast keeps the deadline.
+            self.next_event_ns = needed;
+            bc.lock().set_deadline(self.cpu, needed, now_ns);
             return;
         }
         match self.service {

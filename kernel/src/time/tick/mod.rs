@@ -32,7 +32,7 @@ mod registry;
 mod sim;
 
 pub use super::clockevents::DeviceId;
-pub use cpu::{CpuTick, DeviceFailure};
+pub use cpu::{CpuTick, DeepIdleRefused, DeviceFailure, Handover};
 pub use registry::{Assignment, Changes, Registry};
 
 use core::fmt;

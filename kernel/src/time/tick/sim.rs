@@ -69,8 +69,16 @@ type Tick = CpuTick<u32>;
 
 /// A message to a CPU, delivered later (as the kernel's function-call IPI).
 enum Message {
-    Arm { deadline: u64, n: u32 },
-    Cancel { id: TimerId, n: u32 },
+    Arm {
+        deadline: u64,
+        n: u32,
+    },
+    Cancel {
+        id: TimerId,
+        n: u32,
+    },
+    /// A wake-up IPI.
+    Wake,
 }
 
 struct Sim {
@@ -87,6 +95,8 @@ struct Sim {
     cancelled: Vec<u32>,
     inbox: VecDeque<(usize, Message)>,
     next_timer: u32,
+    /// CPUs whose idle loop sleeps deeply: after every interrupt they go back to deep idle.
+    deep_sleepers: CpuSet,
 }
 
 const LAPIC: u32 = 100;
@@ -109,6 +119,7 @@ impl Sim {
             cancelled: vec![],
             inbox: VecDeque::new(),
             next_timer: 0,
+            deep_sleepers: CpuSet::EMPTY,
         };
         for c in 0..cpus {
             let changes = s.registry.cpu_online(c);
@@ -134,7 +145,8 @@ impl Sim {
         loop {
             let now = self.now();
             if let Some(device) = changes.broadcast.take() {
-                self.bc.lock().set_device(device, now);
+                let wake = self.bc.lock().set_device(device, now);
+                self.inbox.extend(wake.iter().map(|c| (c, Message::Wake)));
             }
             for a in changes.assignments.drain(..) {
                 self.on(a.cpu, |t, now, bc| t.assign(a.service, a.local, now, bc));
@@ -234,6 +246,7 @@ impl Sim {
                         self.cancelled.push(n);
                     }
                 }
+                Message::Wake => self.wakeup(cpu),
             }
         }
         let changes = self.take_failures();
@@ -258,20 +271,40 @@ impl Sim {
         if self.on(cpu, |t, now, _| t.wakeup(now)) {
             self.run_expiry(cpu);
         }
+        self.idle(cpu);
+    }
+    /// `cpu` returns from an interrupt to its idle loop: a deep sleeper wakes (leaves the
+    /// broadcast) and goes back to deep idle (hands over again).
+    fn idle(&mut self, cpu: usize) {
+        if self.deep_sleepers.contains(cpu) {
+            self.on(cpu, |t, now, bc| t.broadcast_exit(now, bc));
+            let _ = self.on(cpu, |t, now, bc| t.broadcast_enter(now, bc));
+            let changes = self.take_failures();
+            self.apply(changes);
+        }
+    }
+    /// `cpu`'s idle loop sleeps deeply from now on.
+    fn sleep_deeply(&mut self, cpu: usize) -> Result<Handover, DeepIdleRefused> {
+        self.deep_sleepers.insert(cpu);
+        self.on(cpu, |t, now, bc| t.broadcast_enter(now, bc))
     }
     /// Device `dev` interrupts `cpu` now.
     fn device_event(&mut self, dev: DeviceId, cpu: usize) {
         let now = self.now();
         if self.bc.lock().device() == Some(dev) {
             *self.world.running_on.lock() = cpu;
-            let due = self.bc.lock().event(now);
+            let due = self.bc.lock().event(now, cpu);
             let changes = self.take_failures();
             self.apply(changes);
             for c in due.iter() {
                 self.wakeup(c);
             }
+            if !due.contains(cpu) {
+                self.idle(cpu);
+            }
         } else if self.on(cpu, |t, now, _| t.device_event(dev, now)) {
             self.run_expiry(cpu);
+            self.idle(cpu);
         } else if let Some(owner) = self.registry.owner_of(dev) {
             self.wakeup(owner);
         }
@@ -347,7 +380,7 @@ fn cpu_without_local_device_is_served_by_broadcast() {
     s.run_until(now + 1_000_000);
     s.assert_all_fired_once_never_early();
     assert_eq!(s.cpus[2].events(), 2);
-    assert_eq!(s.bc.lock().stats(), (2, 2), "two broadcast events, each waking CPU 2");
+    assert_eq!(s.bc.lock().stats(), (2, 2), "two broadcast events on CPU 0, each waking CPU 2 by IPI");
 }
 
 #[test]
@@ -740,4 +773,116 @@ fn random_timers_on_mixed_devices_fire_once_never_early_on_their_cpu() {
             s.cancelled.len()
         );
     }
+}
+
+/// A LAPIC-like per-CPU device that stops in deep idle.
+fn stopping_local(s: &mut Sim, cpu: usize) -> DeviceId {
+    let name = alloc::format!("lapic{cpu}");
+    s.add(&name, LAPIC, CpuSet::single(cpu), Features::PER_CPU | Features::STOPS_IN_DEEP_IDLE, cpu)
+}
+
+#[test]
+fn deep_sleepers_hand_over_and_are_woken_exactly_when_due() {
+    let mut s = Sim::new(TickMode::Oneshot, 4);
+    let locals: Vec<DeviceId> = (0..4).map(|c| stopping_local(&mut s, c)).collect();
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(4), Features::empty(), 0);
+    assert_eq!(s.bc.lock().device(), Some(g));
+    let now = s.now();
+    for cpu in 0..4 {
+        for k in 1..=5u64 {
+            s.arm(cpu, now + k * 37_000 + cpu as u64 * 11_000);
+        }
+    }
+    for (cpu, &l) in locals.iter().enumerate() {
+        assert_eq!(s.sleep_deeply(cpu), Ok(Handover::HandedOver));
+        assert_eq!(*s.drivers[l.0].fires_at.lock(), None, "CPU {cpu}'s device is stopped in deep idle");
+    }
+    assert_eq!(s.bc.lock().waiting(), CpuSet::first(4));
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    let (events, ipis) = s.bc.lock().stats();
+    assert_eq!(events, 20, "one broadcast interrupt per deadline");
+    for cpu in 0..4 {
+        assert_eq!(s.cpus[cpu].events(), 5, "CPU {cpu} was woken once per timer");
+        // Every wake-up ends a sleep; CPU 0 also wakes for each broadcast interrupt it takes.
+        let sleeps = if cpu == 0 { 1 + events } else { 1 + 5 };
+        assert_eq!(s.cpus[cpu].handovers(), sleeps, "CPU {cpu}: one handover per deep sleep");
+    }
+    assert_eq!(ipis, 15, "every due CPU but the one taking the interrupt is woken by IPI");
+}
+
+#[test]
+fn a_sleeper_woken_early_takes_its_deadline_back() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let l1 = stopping_local(&mut s, 1);
+    s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    s.arm(1, now + 100_000);
+    assert_eq!(s.on(1, |t, now, bc| t.broadcast_enter(now, bc)), Ok(Handover::HandedOver));
+    assert_eq!(s.bc.lock().deadline(1), now + 100_000);
+    s.set_now(now + 30_000);
+    // Another interrupt ends the sleep early.
+    s.on(1, |t, now, bc| t.broadcast_exit(now, bc));
+    assert_eq!(s.bc.lock().deadline(1), u64::MAX, "left the broadcast");
+    assert_eq!(*s.drivers[l1.0].fires_at.lock(), Some(now + 100_000), "its own device is armed again");
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!(s.bc.lock().stats().1, 0, "the broadcast never woke it");
+    assert_eq!(s.cpus[1].events(), 1, "its own device did");
+}
+
+#[test]
+fn sleepers_are_woken_when_the_broadcast_device_fails() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    for c in 0..3 {
+        stopping_local(&mut s, c);
+    }
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(3), Features::empty(), 0);
+    let now = s.now();
+    for cpu in 0..3 {
+        s.arm(cpu, now + 200_000 + cpu as u64);
+        assert_eq!(s.sleep_deeply(cpu), Ok(Handover::HandedOver));
+    }
+    // The global device stops taking deadlines: the next programming fails and takes it out.
+    *s.drivers[g.0].passes_below_ticks.lock() = u64::MAX;
+    s.arm(0, now + 50_000);
+    assert!(s.device(g).is_failed());
+    assert_eq!(s.bc.lock().device(), None);
+    s.deliver(); // the wake-ups of every sleeper
+    for cpu in 0..3 {
+        assert!(!s.cpus[cpu].is_handed_over(), "CPU {cpu} still asleep on a dead broadcast");
+        assert_eq!(
+            s.on(cpu, |t, now, bc| t.broadcast_enter(now, bc)),
+            Err(DeepIdleRefused::NoBroadcast),
+            "CPU {cpu} may not sleep deeply any more"
+        );
+    }
+    s.deep_sleepers = CpuSet::EMPTY;
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn no_broadcast_device_means_no_deep_idle() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let l0 = stopping_local(&mut s, 0);
+    let now = s.now();
+    s.arm(0, now + 10_000);
+    assert_eq!(s.on(0, |t, now, bc| t.broadcast_enter(now, bc)), Err(DeepIdleRefused::NoBroadcast));
+    assert_eq!(*s.drivers[l0.0].fires_at.lock(), Some(now + 10_000), "the device keeps its event");
+    s.run_until(now + 100_000);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn a_device_that_keeps_running_needs_no_handover() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("hpet0", PERCPU_HPET, 0);
+    s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    assert_eq!(s.sleep_deeply(0), Ok(Handover::NotNeeded));
+    let now = s.now();
+    s.arm(0, now + 10_000);
+    s.run_until(now + 100_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!((s.cpus[0].handovers(), s.bc.lock().stats().0), (0, 0));
 }

@@ -134,7 +134,7 @@ pub(super) fn device_interrupt(device: DeviceId) {
 /// The broadcast device fired on this CPU: every CPU whose deadline passed is woken, this one
 /// directly.
 fn broadcast_interrupt(here: usize, now: u64) {
-    let due = registry::broadcast_event(now);
+    let due = registry::broadcast_event(now, here);
     for cpu in due.iter() {
         if cpu == here {
             wakeup(now);

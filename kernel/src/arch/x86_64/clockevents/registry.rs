@@ -45,10 +45,10 @@ pub fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> Option<R> {
 }
 
 /// The broadcast device fired: the CPUs whose deadline passed.
-pub(super) fn broadcast_event(now: u64) -> CpuSet {
+pub(super) fn broadcast_event(now: u64, here: usize) -> CpuSet {
     let (due, failure) = {
         let mut b = BROADCAST.lock();
-        (b.event(now), b.take_failure())
+        (b.event(now, here), b.take_failure())
     };
     if let Some((d, e)) = failure {
         take_out(d, &alloc::format!("{e}"));
@@ -115,11 +115,15 @@ fn deliver(registry: &mut Registry, mut changes: Changes) {
     loop {
         if let Some(device) = changes.broadcast.take() {
             BROADCAST_DEVICE.store(device.as_ref().map_or(usize::MAX, |(id, _)| id.0), Ordering::Relaxed);
-            let failure = {
+            let (wake, failure) = {
                 let mut b = BROADCAST.lock();
-                b.set_device(device, now_ns());
-                b.take_failure()
+                let wake = b.set_device(device, now_ns());
+                (wake, b.take_failure())
             };
+            // No broadcast device any more: whoever waited on it is woken to fend for itself.
+            for cpu in wake.iter() {
+                send_wakeup(cpu);
+            }
             if let Some((d, e)) = failure {
                 let more = registry.take_out(d, &alloc::format!("{e}"));
                 changes.broadcast = more.broadcast;
