@@ -802,11 +802,11 @@ fn deep_sleepers_hand_over_and_are_woken_exactly_when_due() {
     s.assert_all_fired_once_never_early();
     let (events, ipis) = s.bc.lock().stats();
     assert_eq!(events, 20, "one broadcast interrupt per deadline");
-    for cpu in 0..4 {
-        assert_eq!(s.cpus[cpu].events(), 5, "CPU {cpu} was woken once per timer");
+    for (cpu, t) in s.cpus.iter().enumerate() {
+        assert_eq!(t.events(), 5, "CPU {cpu} was woken once per timer");
         // Every wake-up ends a sleep; CPU 0 also wakes for each broadcast interrupt it takes.
         let sleeps = if cpu == 0 { 1 + events } else { 1 + 5 };
-        assert_eq!(s.cpus[cpu].handovers(), sleeps, "CPU {cpu}: one handover per deep sleep");
+        assert_eq!(t.handovers(), sleeps, "CPU {cpu}: one handover per deep sleep");
     }
     assert_eq!(ipis, 15, "every due CPU but the one taking the interrupt is woken by IPI");
 }
