@@ -13,7 +13,8 @@ use log::LevelFilter;
 pub struct KernelOptions {
     /// `loglevel=error|warn|info|debug|trace|off`: the most verbose level printed (default info).
     pub loglevel: LevelFilter,
-    /// `clockevents=auto|percpu|global|lapic`: which HPET arrangement to use (default auto).
+    /// `clockevents=auto|percpu|global|broadcast|lapic`: which HPET arrangement to use (default
+    /// auto).
     pub clockevents: ClockeventsChoice,
     /// `noapictimer`: leave the LAPIC timer out of the clock event devices (as in Linux).
     pub no_apic_timer: bool,
@@ -39,6 +40,37 @@ pub struct KernelOptions {
     pub bench_cpu: u32,
     /// `bench_drift_s=N`: also measure the periodic tick's drift over N s (default 0: not).
     pub bench_drift_s: u64,
+    /// `idle=poll|halt|deep`: how an idle CPU waits (default halt).
+    pub idle: IdleChoice,
+    /// `lapic_stops_in_idle`: LAPIC timers stop in deep idle even where the CPU has ARAT (so
+    /// that the broadcast handover runs under QEMU, whose LAPIC timer never stops).
+    pub lapic_stops_in_idle: bool,
+    /// `suspend_test=MS`: suspend timekeeping for MS ms in the middle of the main run, then
+    /// resume it (default none).
+    pub suspend_test_ms: Option<u64>,
+}
+
+/// The `idle=` choice: how a CPU with nothing to do waits for its next interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleChoice {
+    /// Spins with `pause`: the fastest wake-up, the CPU never sleeps.
+    Poll,
+    /// `sti; hlt` (C1): every clock event device keeps running.
+    Halt,
+    /// The deepest state the CPU offers (MWAIT with a C-state hint where CPUID offers
+    /// MONITOR/MWAIT, else `hlt`), where devices that stop in deep idle stop: their CPUs hand
+    /// their deadline to the broadcast device first.
+    Deep,
+}
+
+impl fmt::Display for IdleChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IdleChoice::Poll => "poll",
+            IdleChoice::Halt => "halt",
+            IdleChoice::Deep => "deep",
+        })
+    }
 }
 
 /// The `clockevents=` choice.
@@ -51,6 +83,9 @@ pub enum ClockeventsChoice {
     PerCpu,
     /// One global HPET device serving every CPU by broadcast; no per-CPU comparators.
     Global,
+    /// Every CPU on its LAPIC timer, one HPET comparator as the broadcast device standing by
+    /// (Linux's arrangement on machines without per-CPU HPET channels).
+    Broadcast,
     /// No HPET event device at all: the LAPIC timer only.
     Lapic,
 }
@@ -61,6 +96,7 @@ impl fmt::Display for ClockeventsChoice {
             ClockeventsChoice::Auto => "auto",
             ClockeventsChoice::PerCpu => "percpu",
             ClockeventsChoice::Global => "global",
+            ClockeventsChoice::Broadcast => "broadcast",
             ClockeventsChoice::Lapic => "lapic",
         })
     }
@@ -81,6 +117,9 @@ impl Default for KernelOptions {
             bench: false,
             bench_cpu: 0,
             bench_drift_s: 0,
+            idle: IdleChoice::Halt,
+            lapic_stops_in_idle: false,
+            suspend_test_ms: None,
         }
     }
 }
@@ -170,14 +209,17 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                 }
             }
             "clockevents" => {
-                let choice =
-                    take("clockevents", "auto, percpu, global or lapic").parse(&mut problems, |v| match v {
+                let choice = take("clockevents", "auto, percpu, global, broadcast or lapic").parse(
+                    &mut problems,
+                    |v| match v {
                         "auto" => Some(ClockeventsChoice::Auto),
                         "percpu" => Some(ClockeventsChoice::PerCpu),
                         "global" => Some(ClockeventsChoice::Global),
+                        "broadcast" => Some(ClockeventsChoice::Broadcast),
                         "lapic" => Some(ClockeventsChoice::Lapic),
                         _ => None,
-                    });
+                    },
+                );
                 options.clockevents = choice.unwrap_or(options.clockevents);
             }
             "tick" => {
@@ -226,6 +268,21 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 0..=600));
                 options.bench_drift_s = n.unwrap_or(options.bench_drift_s);
             }
+            "idle" => {
+                let idle = take("idle", "poll, halt or deep").parse(&mut problems, |v| match v {
+                    "poll" => Some(IdleChoice::Poll),
+                    "halt" => Some(IdleChoice::Halt),
+                    "deep" => Some(IdleChoice::Deep),
+                    _ => None,
+                });
+                options.idle = idle.unwrap_or(options.idle);
+            }
+            "suspend_test" => {
+                let ms = take("suspend_test", "milliseconds from 1 to 60000")
+                    .parse(&mut problems, |v| in_range(v, 1..=60_000));
+                options.suspend_test_ms = ms.or(options.suspend_test_ms);
+            }
+            "lapic_stops_in_idle" if value.is_none() => options.lapic_stops_in_idle = true,
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
             "bench" if value.is_none() => options.bench = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
@@ -283,6 +340,13 @@ mod tests {
             parse("hpet_counter=read").0.hpet_counter_read
                 && !parse("hpet_counter=estimate").0.hpet_counter_read
         );
+        let (i, p) = parse("idle=deep lapic_stops_in_idle suspend_test=200 clockevents=broadcast");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!((i.idle, i.lapic_stops_in_idle, i.suspend_test_ms), (IdleChoice::Deep, true, Some(200)));
+        assert_eq!(i.clockevents, ClockeventsChoice::Broadcast);
+        assert_eq!(parse("idle=poll").0.idle, IdleChoice::Poll);
+        assert_eq!(parse("idle=c6").0.idle, IdleChoice::Halt, "a bad value keeps the default");
+        assert_eq!(parse("suspend_test=0").0.suspend_test_ms, None);
         let (b, p) = parse("bench bench_cpu=1 bench_drift_s=10");
         assert!(p.is_empty() && b.bench && b.bench_cpu == 1 && b.bench_drift_s == 10);
     }

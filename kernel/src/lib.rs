@@ -69,6 +69,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     let mut platform = platform::init_bsp(rsdp_addr);
     // Each CPU sets up its own tick: the boot CPU now, every AP on its start-up path.
     clockevents::init_on_bsp(&mut platform, &options);
+    arch::x86_64::idle::init(options.idle);
     for left_out in platform.start_application_processors() {
         platform.fall_back(left_out);
     }

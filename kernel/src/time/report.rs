@@ -9,8 +9,9 @@ use serde::Serialize;
 
 /// Version of the schema below. 1: platform part (CPUs, HPET, IOAPICs, LAPIC, TSC, fallbacks);
 /// 2: clockevents (comparator roles, tick devices, broadcast, the main run's event latency,
-/// lost and early events).
-pub const SCHEMA_VERSION: u32 = 2;
+/// lost and early events); 3: idle and suspend (each CPU's `idle`, `broadcast_stats`,
+/// `suspend`).
+pub const SCHEMA_VERSION: u32 = 3;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -37,6 +38,10 @@ pub struct TimerReport {
     pub tick_devices: Vec<TickDeviceReport>,
     /// Name of the broadcast device (`null` when there is none).
     pub broadcast: Option<String>,
+    /// The broadcast device's interrupts and wake-ups (schema 3).
+    pub broadcast_stats: BroadcastReport,
+    /// The suspend test, if it ran (schema 3).
+    pub suspend: Option<SuspendReport>,
     /// Lateness of the main run's one-shot timers (callback start minus deadline).
     pub latency_ns: LatencyReport,
     /// Timers the main run armed; of those, never fired and fired before their deadline.
@@ -104,6 +109,38 @@ pub struct CpuReport {
     pub online_us: u64,
     /// Interrupts taken on this CPU, by vector (hexadecimal key, e.g. "0x30"); only non-zero.
     pub interrupts: BTreeMap<String, u64>,
+    /// How this CPU idled (schema 3).
+    pub idle: IdleReport,
+}
+
+/// One CPU's idle figures.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct IdleReport {
+    /// The state it idles in: `poll`, `halt` or `deep` (`halt` where deep idle was refused).
+    pub state: String,
+    /// Times it went idle, and how many of those were deep.
+    pub entries: u64,
+    pub deep_entries: u64,
+    /// Deadlines it handed to the broadcast device before a deep sleep.
+    pub handovers: u64,
+}
+
+/// What the broadcast device did (schema 3).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct BroadcastReport {
+    /// Its interrupts, and the wake-up IPIs they sent to other CPUs.
+    pub events: u64,
+    pub wakeups_sent: u64,
+}
+
+/// The suspend test's figures (schema 3).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SuspendReport {
+    /// Suspends done, the time timekeeping spent suspended, the timers pending at suspend that
+    /// fired after the resume.
+    pub count: u64,
+    pub suspended_ns: u64,
+    pub timers_resumed: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -191,6 +228,7 @@ mod tests {
                 apic_id: 0,
                 online_us: 0,
                 interrupts: BTreeMap::from([("0x30".to_string(), 5)]),
+                idle: IdleReport::default(),
             }],
             hpet: Some(HpetReport {
                 base: 0xfed0_0000,
@@ -231,7 +269,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":2,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5}}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":3,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0}}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

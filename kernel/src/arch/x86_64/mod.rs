@@ -5,6 +5,7 @@ pub mod clockevents;
 pub mod fw_cfg;
 pub mod gdt;
 pub mod hpet;
+pub mod idle;
 pub mod interrupts;
 pub mod ioapic;
 pub mod lapic;

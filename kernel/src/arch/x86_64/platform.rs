@@ -241,6 +241,8 @@ impl Platform {
                             (n > 0).then(|| (format!("{v:#04x}"), n))
                         })
                         .collect(),
+                    // Filled in by the clockevents part, which knows how each CPU idled.
+                    idle: Default::default(),
                 })
                 .collect(),
             hpet,

@@ -9,7 +9,7 @@ use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use crate::time::clocksource::now_ns;
 use crate::time::tick::{CpuTick, DeviceId};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::{Mutex, MutexGuard};
 
 /// Timers each CPU has room for before arming allocates (the slab then doubles).
@@ -25,6 +25,13 @@ pub struct CpuTime {
     pub sleep_wakeups: AtomicU64,
     /// The time-layer id of this CPU's LAPIC timer (`usize::MAX`: none), for its vector.
     pub lapic_device: AtomicUsize,
+    /// Times this CPU went idle, how many of those were deep, the TSC cycles its deep sleeps
+    /// spent entering and leaving (the handover included), and whether deep idle was refused
+    /// (it then halts).
+    pub idle_entries: AtomicU64,
+    pub deep_entries: AtomicU64,
+    pub idle_overhead_cycles: AtomicU64,
+    pub deep_idle_refused: AtomicBool,
 }
 
 impl Default for CpuTime {
@@ -40,6 +47,10 @@ impl CpuTime {
             interrupt_entry_ns: AtomicU64::new(0),
             sleep_wakeups: AtomicU64::new(0),
             lapic_device: AtomicUsize::new(usize::MAX),
+            idle_entries: AtomicU64::new(0),
+            deep_entries: AtomicU64::new(0),
+            idle_overhead_cycles: AtomicU64::new(0),
+            deep_idle_refused: AtomicBool::new(false),
         }
     }
 }
@@ -190,5 +201,24 @@ fn run_expiry(cpu: usize, now: u64) {
     })
     .flatten();
     path_trace::stamp(Stage::Reprogrammed);
+    report_failure(failure);
+}
+
+/// Before deep idle (interrupts off): a CPU whose tick device stops there stops it and hands
+/// its next deadline to the broadcast; refused when no broadcast device can take it.
+pub fn deep_idle_enter() -> Result<crate::time::tick::Handover, crate::time::tick::DeepIdleRefused> {
+    let result = with_tick(|t| t.broadcast_enter(now_ns(), registry::broadcast()))
+        .unwrap_or(Ok(crate::time::tick::Handover::NotNeeded));
+    registry::report_broadcast_failure();
+    result
+}
+
+/// After deep idle (interrupts off): the CPU takes its deadline back from the broadcast.
+pub fn deep_idle_exit() {
+    let failure = with_tick(|t| {
+        t.broadcast_exit(now_ns(), registry::broadcast());
+        t.take_failure()
+    })
+    .flatten();
     report_failure(failure);
 }

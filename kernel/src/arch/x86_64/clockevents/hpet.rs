@@ -186,6 +186,10 @@ pub fn plan(usable: &[usize], cpus: usize, choice: ClockeventsChoice) -> Plan {
             (0..n).map(|i| if i == 0 { Role::Global } else { Role::Unused }).collect(),
             "clockevents=global: one global HPET device, every CPU by broadcast".into(),
         ),
+        ClockeventsChoice::Broadcast => (
+            (0..n).map(|i| if i == 0 { Role::Global } else { Role::Unused }).collect(),
+            "clockevents=broadcast: every CPU on its LAPIC timer, one global HPET device standing by as broadcast".into(),
+        ),
         ClockeventsChoice::PerCpu => (
             per_cpu(cpus.min(n)).collect(),
             format!(
@@ -597,6 +601,10 @@ mod tests {
         );
         assert_eq!(plan(&[0, 1], 4, ClockeventsChoice::PerCpu).roles, [Role::PerCpu(0), Role::PerCpu(1)]);
         assert_eq!(plan(&[0, 1], 1, ClockeventsChoice::Lapic).roles, [Role::Unused, Role::Unused]);
+        assert_eq!(
+            plan(&[0, 1, 2], 4, ClockeventsChoice::Broadcast).roles,
+            [Role::Global, Role::Unused, Role::Unused]
+        );
         assert!(plan(&[], 4, ClockeventsChoice::Auto).roles.is_empty());
     }
 }

@@ -19,7 +19,7 @@ mod registry;
 mod report;
 mod timer;
 
-pub use cpu::{CpuTime, TickGuard, this_cpu_tick, with_tick};
+pub use cpu::{CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, with_tick};
 pub use registry::{WAKE_VECTOR, broadcast, take_out, with_registry};
 pub use report::{
     ProgrammingCost, TickDeviceInfo, broadcast_device, fill_report, measure_programming, min_delta_ns,
@@ -150,12 +150,15 @@ fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Optio
     if features.tsc_deadline {
         log::info!("LAPIC timers in TSC-deadline mode ({} Hz)", super::tsc::frequency_hz());
     }
+    if options.lapic_stops_in_idle && features.arat {
+        log::info!("lapic_stops_in_idle: LAPIC timers stop in deep idle although the CPU has ARAT");
+    }
     Some(LapicTimerConfig {
         vector,
         timer_hz: calibration.lapic_timer_hz,
         tsc_hz: super::tsc::frequency_hz(),
         tsc_deadline: features.tsc_deadline,
-        arat: features.arat,
+        arat: features.arat && !options.lapic_stops_in_idle,
     })
 }
 
@@ -192,7 +195,9 @@ pub fn init_hpet(platform: &mut Platform, options: &KernelOptions) -> Setup {
 /// report.
 static FALLBACKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-fn record_fallback(reason: String) {
+/// Records a fallback taken outside the bring-up (on an AP, in the idle loop, in interrupt
+/// context) for the report, and logs it.
+pub fn record_fallback(reason: String) {
     log::warn!("fallback: {reason}");
     without_interrupts(|| FALLBACKS.lock().push(reason));
 }

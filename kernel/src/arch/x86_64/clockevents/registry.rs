@@ -56,6 +56,14 @@ pub(super) fn broadcast_event(now: u64, here: usize) -> CpuSet {
     due
 }
 
+/// Takes the broadcast device out if it gave up programming (a CPU's deadline handed to it).
+pub(super) fn report_broadcast_failure() {
+    let failure = BROADCAST.lock().take_failure();
+    if let Some((d, e)) = failure {
+        take_out(d, &alloc::format!("{e}"));
+    }
+}
+
 pub(super) fn send_wakeup(cpu: usize) {
     if let Some(c) = percpu::cpu(cpu) {
         apic::send_ipi(c.apic_id, WAKE_VECTOR);

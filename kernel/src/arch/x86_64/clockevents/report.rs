@@ -9,7 +9,7 @@ use crate::arch::x86_64::smp::{self, percpu};
 use crate::time::clockevents::State;
 use crate::time::clocksource::now_ns;
 use crate::time::tick::Service;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 /// One CPU's tick, for the report and the log.
@@ -22,19 +22,33 @@ pub struct TickDeviceInfo {
     pub events: u64,
     pub ticks: u64,
     pub via_broadcast: bool,
+    /// Its local device stops in deep idle (a deep sleep hands its deadline to the broadcast).
+    pub stops_in_idle: bool,
+    /// Deadlines it handed to the broadcast before deep idle.
+    pub handovers: u64,
 }
 
 /// The calling CPU's tick.
 fn this_cpu_info() -> Option<TickDeviceInfo> {
-    let (cpu, service, mode, events, ticks) =
-        with_tick(|t| (t.cpu(), t.service(), t.mode_name(), t.events(), t.ticks()))?;
+    let (cpu, service, mode, events, ticks, stops_in_idle, handovers) = with_tick(|t| {
+        (t.cpu(), t.service(), t.mode_name(), t.events(), t.ticks(), t.device_stops_in_idle(), t.handovers())
+    })?;
     let (device, via_broadcast) = match service {
         Service::None => (None, false),
         Service::Local(d) => (Some(d), false),
         Service::Broadcast(b) => (Some(b), true),
     };
     let device = device.and_then(|d| with_registry(|r| r.device(d).spec.name.clone()));
-    Some(TickDeviceInfo { cpu, device, mode: mode.into(), events, ticks, via_broadcast })
+    Some(TickDeviceInfo {
+        cpu,
+        device,
+        mode: mode.into(),
+        events,
+        ticks,
+        via_broadcast,
+        stops_in_idle,
+        handovers,
+    })
 }
 
 /// Every online CPU's tick, each read on its own CPU (needs interrupts enabled).
@@ -127,17 +141,31 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
         None => "none",
     }
     .into();
-    report.tick_devices = tick_devices()
-        .into_iter()
+    let ticks = tick_devices();
+    report.tick_devices = ticks
+        .iter()
         .map(|t| TickDeviceReport {
             cpu: t.cpu as u32,
-            device: t.device,
-            mode: t.mode,
+            device: t.device.clone(),
+            mode: t.mode.clone(),
             events: t.events,
             via_broadcast: t.via_broadcast,
         })
         .collect();
     report.broadcast = broadcast_device();
+    let (events, wakeups_sent) = registry::broadcast().lock().stats();
+    report.broadcast_stats = crate::time::report::BroadcastReport { events, wakeups_sent };
+    for c in report.cpus.iter_mut() {
+        let index = c.index as usize;
+        let handovers = ticks.iter().find(|t| t.cpu == index).map_or(0, |t| t.handovers);
+        let Some(cpu) = percpu::cpu(index) else { continue };
+        c.idle = crate::time::report::IdleReport {
+            state: crate::arch::x86_64::idle::state_of(index).to_string(),
+            entries: cpu.time.idle_entries.load(core::sync::atomic::Ordering::Relaxed),
+            deep_entries: cpu.time.deep_entries.load(core::sync::atomic::Ordering::Relaxed),
+            handovers,
+        };
+    }
     let mut runtime = super::recorded_fallbacks();
     runtime.extend(taken_out.iter().map(|(name, why)| alloc::format!("{name} taken out of service: {why}")));
     if !runtime.is_empty() && report.verdict == Verdict::Ok {

@@ -250,14 +250,15 @@ pub fn sleep_ns(ns: u64) -> Result<(), ArmError> {
     let before = wakeups.load(Ordering::Acquire);
     arm_after(ns, sleep_done, 0)?;
     loop {
-        // Check with interrupts off, then `sti; hlt`, which takes no interrupt between the two
-        // instructions: a wake-up that lands after the check still ends the halt. (Checking
-        // with interrupts on loses a wake-up that lands between the check and the `hlt`.)
+        // Check with interrupts off, then idle (`sti; hlt` or `sti; mwait`, which take no
+        // interrupt between the two instructions): a wake-up that lands after the check still
+        // ends the wait. (Checking with interrupts on loses a wake-up that lands between the
+        // check and the `hlt`.)
         interrupts::disable();
         if wakeups.load(Ordering::Acquire) != before {
             interrupts::enable();
             return Ok(());
         }
-        interrupts::enable_and_hlt();
+        crate::arch::x86_64::idle::wait();
     }
 }

@@ -188,8 +188,10 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     super::clockevents::init_on_ap();
     let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
     cpu.online_ns.store(online, Ordering::Release);
+    // Its idle loop: everything it does from now on comes by interrupt.
     loop {
-        x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
+        super::idle::wait();
     }
 }
 

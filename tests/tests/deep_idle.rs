@@ -1,0 +1,56 @@
+//! Deep idle (`idle=deep lapic_stops_in_idle`): a CPU whose tick device stops in deep idle
+//! hands its deadline to the broadcast device before every deep sleep and takes it back on
+//! waking; one whose device keeps running (a per-CPU HPET comparator) never hands over; without
+//! a broadcast device deep idle is refused (halt, a fallback). In each arrangement the workload
+//! loses no timer and fires none early.
+#![no_std]
+#![no_main]
+
+use kernel_tests::kernel::Kernel;
+use kernel_tests::kernel::arch::x86_64::clockevents;
+use kernel_tests::kernel::workload;
+
+kernel_tests::qemu_test!(
+    variants: b"
+        percpu_smp1: --smp 1 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /tick_devices/0/device=hpet0 --expect-report /cpus/0/idle/state=deep --expect-report /cpus/0/idle/handovers=0
+        percpu_smp2: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /tick_devices/1/device=hpet1 --expect-report /cpus/1/idle/handovers=0 --expect-report /verdict=ok
+        partial_smp4: --smp 4 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /broadcast=hpet2 --expect-report /tick_devices/3/device=lapic3 --expect-report /cpus/0/idle/handovers=0
+        lapic_broadcast_smp2: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /broadcast=hpet0 --expect-report /tick_devices/1/device=lapic1 --expect-report /cpus/1/idle/state=deep
+        lapic_broadcast_smp4: --smp 4 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /broadcast=hpet0 --expect-report /tick_devices/3/device=lapic3
+        hpet_off_refused: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /hpet=null --expect-report /cpus/1/idle/state=halt --expect-report /verdict=degraded --expect-log 'deep idle refused' -- -machine q35,hpet=off
+        pc_legacy: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /hpet/comparators/0/delivery=legacy --expect-report /broadcast=hpet0 -- -machine pc,hpet=on
+        icount_lapic_broadcast: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=100' --expect-report /broadcast=hpet0 -- -icount shift=0,sleep=off
+        icount_percpu: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=100' --expect-report /cpus/1/idle/handovers=0 -- -icount shift=0,sleep=off
+    ",
+    tests: [workload_loses_nothing_in_deep_idle, handovers_happen_exactly_where_devices_stop],
+);
+
+fn workload_loses_nothing_in_deep_idle(k: &Kernel) {
+    let out = workload::run(k.options.duration_ms);
+    assert!(out.armed > 0, "the workload armed nothing");
+    assert_eq!(out.lost(), 0, "{} of {} timers never fired", out.lost(), out.armed);
+    assert_eq!(out.early, 0, "{} timers fired before their deadline", out.early);
+    assert_eq!(out.fired, out.armed, "a timer fired twice");
+}
+
+/// A CPU whose device stops in deep idle, with a broadcast device to take over, handed over
+/// (it slept deeply while the workload ran); one whose device keeps running never did; and
+/// without a broadcast device nobody did.
+fn handovers_happen_exactly_where_devices_stop(_: &Kernel) {
+    let broadcast = clockevents::broadcast_device();
+    for t in clockevents::tick_devices() {
+        match (t.stops_in_idle, &broadcast) {
+            (true, Some(_)) => assert!(
+                t.handovers > 0,
+                "CPU {} ({:?}) stops in deep idle but never handed over",
+                t.cpu,
+                t.device
+            ),
+            _ => assert_eq!(
+                t.handovers, 0,
+                "CPU {} ({:?}) handed over needlessly or to nobody",
+                t.cpu, t.device
+            ),
+        }
+    }
+}
