@@ -20,7 +20,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         let part = kernel::bench::run(&k, k.options.bench_cpu as usize, k.options.bench_drift_s);
         kernel::bench::print(&part);
     } else {
-        workload::run(k.options.duration_ms);
+        workload::run_with_suspend(k.options.duration_ms, k.options.suspend_test_ms, k.platform.hpet);
     }
     smp::log_interrupt_table();
     let report = kernel::report(&k);

@@ -112,6 +112,18 @@ impl Outcome {
 
 /// Runs the workload on every online CPU for `duration_ms`, then waits for the last timers.
 pub fn run(duration_ms: u64) -> Outcome {
+    run_with_suspend(duration_ms, None, None)
+}
+
+/// The workload, with timekeeping suspended for `suspend_ms` halfway through (`suspend_test=`)
+/// while timers are pending on every CPU.
+pub fn run_with_suspend(
+    duration_ms: u64,
+    suspend_ms: Option<u64>,
+    hpet: Option<&'static crate::arch::x86_64::hpet::Hpet>,
+) -> Outcome {
+    let start = now_ns();
+    let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
     let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
@@ -127,6 +139,14 @@ pub fn run(duration_ms: u64) -> Outcome {
     };
     // Sleep on our own timers until the end, then until every chain has run out (bounded).
     while now_ns() < end + GRACE_NS && (now_ns() < end || !all_fired()) {
+        if let Some((at, ms)) = suspend_at
+            && now_ns() >= at
+        {
+            suspend_at = None;
+            if let Err(e) = clockevents::suspend::suspend_for(ms, hpet) {
+                clockevents::record_fallback(alloc::format!("suspend test: {e}"));
+            }
+        }
         if clockevents::sleep_ns(1_000_000).is_err() {
             core::hint::spin_loop();
         }

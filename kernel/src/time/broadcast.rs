@@ -25,6 +25,8 @@ pub struct Broadcast {
     wakeups_sent: u64,
     /// The device gave up programming: the registry must take it out.
     failure: Option<(DeviceId, ProgramError)>,
+    /// Timekeeping suspended: the device stays shut down until `resume`.
+    suspended: bool,
 }
 
 impl Default for Broadcast {
@@ -42,6 +44,7 @@ impl Broadcast {
             events: 0,
             wakeups_sent: 0,
             failure: None,
+            suspended: false,
         }
     }
 
@@ -132,6 +135,27 @@ impl Broadcast {
         due
     }
 
+    /// Suspends the broadcast: its device is shut down, the handed-over deadlines are kept.
+    pub fn suspend(&mut self) {
+        self.suspended = true;
+        if let Some((_, d)) = &self.device {
+            d.switch_state(State::Shutdown, 0).expect("any state shuts down");
+        }
+    }
+
+    /// Resumes it: the device comes back in one-shot mode, programmed for the earliest
+    /// deadline kept.
+    pub fn resume(&mut self, now_ns: u64) {
+        if !self.suspended {
+            return;
+        }
+        self.suspended = false;
+        if let Some((_, d)) = &self.device {
+            d.attach(State::Oneshot, 0);
+        }
+        self.reprogram(now_ns);
+    }
+
     /// Forgets what the device was programmed for and programs it again (after something
     /// programmed it behind the layer's back).
     pub fn resync(&mut self, now_ns: u64) {
@@ -151,6 +175,9 @@ impl Broadcast {
     }
 
     fn reprogram(&mut self, now_ns: u64) {
+        if self.suspended {
+            return;
+        }
         let earliest = self.earliest();
         match &self.device {
             Some((_, d)) if earliest == u64::MAX => d.stop(),
@@ -161,7 +188,7 @@ impl Broadcast {
 
     fn program(&mut self, deadline_ns: u64, now_ns: u64) {
         let Some((id, d)) = &self.device else { return };
-        if d.is_failed() {
+        if d.is_failed() || self.suspended {
             return;
         }
         if let Err(e) = d.program(deadline_ns, now_ns) {

@@ -46,6 +46,8 @@ pub struct CpuTick<T> {
     failure: Option<DeviceFailure>,
     /// In deep idle with its local device stopped: the broadcast holds this CPU's deadline.
     handed_over: bool,
+    /// Timekeeping suspended: the local device is shut down until `resume`.
+    suspended: bool,
     /// Deadlines handed to the broadcast before deep idle.
     handovers: u64,
 }
@@ -97,6 +99,7 @@ impl<T> CpuTick<T> {
             expiring: false,
             failure: None,
             handed_over: false,
+            suspended: false,
             handovers: 0,
         }
     }
@@ -130,6 +133,42 @@ impl<T> CpuTick<T> {
     /// In deep idle with the broadcast holding this CPU's deadline.
     pub fn is_handed_over(&self) -> bool {
         self.handed_over
+    }
+
+    /// Suspends this CPU's timekeeping (the seed's `timer_suspend`): its local device is shut
+    /// down, its timers stay queued. Returns how many are pending.
+    pub fn suspend(&mut self) -> usize {
+        self.suspended = true;
+        if let Some(d) = &self.local
+            && !self.handed_over
+        {
+            d.switch_state(State::Shutdown, 0).expect("any state shuts down");
+        }
+        self.next_event_ns = u64::MAX;
+        self.queue.len()
+    }
+
+    /// Resumes this CPU's timekeeping (`timer_resume`): the local device is brought up again in
+    /// its mode and programmed for the next deadline; timers whose deadline passed meanwhile
+    /// fire at once, late by at most the time suspended.
+    pub fn resume(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
+        if !self.suspended {
+            return;
+        }
+        self.suspended = false;
+        if let Some(d) = self.local.clone()
+            && !self.handed_over
+        {
+            let state = if self.wants_hardware_periodic(&d) { State::Periodic } else { State::Oneshot };
+            d.attach(state, self.mode.period_ns());
+        }
+        let period = self.mode.period_ns();
+        if period > 0 && now_ns >= self.next_tick_ns {
+            // The ticks missed while suspended are not made up: the next is a period from now.
+            self.next_tick_ns = now_ns + period;
+        }
+        self.next_event_ns = u64::MAX;
+        self.reprogram(now_ns, bc);
     }
 
     /// Whether this CPU's tick device stops in deep idle (a deep sleep then needs a handover).
@@ -373,7 +412,7 @@ impl<T> CpuTick<T> {
 
     /// Makes this CPU's device (or the broadcast) interrupt at the deadline it needs.
     fn reprogram(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
-        if self.expiring {
+        if self.expiring || self.suspended {
             return;
         }
         let needed = self.needed();

@@ -886,3 +886,35 @@ fn a_device_that_keeps_running_needs_no_handover() {
     s.assert_all_fired_once_never_early();
     assert_eq!((s.cpus[0].handovers(), s.bc.lock().stats().0), (0, 0));
 }
+
+#[test]
+fn suspended_timekeeping_resumes_with_every_pending_timer() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let l1 = stopping_local(&mut s, 1);
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(3), Features::empty(), 0);
+    let now = s.now();
+    s.arm(0, now + 100_000);
+    s.arm(1, now + 200_000);
+    s.arm(2, now + 300_000);
+    s.arm(2, now + 5_000_000);
+    assert_eq!(s.sleep_deeply(1), Ok(Handover::HandedOver));
+    // Suspend: every device shut down, the timers stay queued.
+    let pending: usize = (0..3).map(|c| s.on(c, |t, _, _| t.suspend())).sum();
+    s.bc.lock().suspend();
+    assert_eq!(pending, 4);
+    for d in [h0, l1, g] {
+        assert_eq!(*s.drivers[d.0].fires_at.lock(), None, "{d:?} runs while suspended");
+    }
+    // 1 ms later (the first three deadlines passed meanwhile), resume.
+    s.set_now(now + 1_000_000);
+    s.bc.lock().resume(s.now());
+    for c in 0..3 {
+        s.on(c, |t, now, bc| t.resume(now, bc));
+    }
+    s.run_until(now + 10_000_000);
+    s.assert_all_fired_once_never_early();
+    for n in 0..3 {
+        assert!(s.fired(n)[0] >= now + 1_000_000, "timer {n} fired while suspended");
+    }
+}

@@ -242,7 +242,12 @@ pub struct HpetChannel {
     /// TSC cycles -> HPET ticks, and how long a reference stays fresh in TSC cycles.
     tsc_to_ticks: MultShift,
     fresh_cycles: u64,
+    /// The APIC id its interrupt goes to, for routing it again after a resume.
+    target_apic: core::sync::atomic::AtomicU32,
 }
+
+/// Every channel set up, for suspend and resume.
+static CHANNELS: spin::Mutex<Vec<&'static HpetChannel>> = spin::Mutex::new(Vec::new());
 
 /// Channels by vector, for the interrupt handler.
 /// Set once per vector (a channel keeps its vector), so the interrupt path reads it without a
@@ -290,7 +295,9 @@ impl HpetChannel {
             tsc_to_ticks: MultShift::ns_per_tick(hpet.frequency_hz(), tsc::frequency_hz().max(1)),
             fresh_cycles: (u128::from(tsc::frequency_hz()) * u128::from(ESTIMATE_FRESH_NS) / 1_000_000_000)
                 as u64,
+            target_apic: core::sync::atomic::AtomicU32::new(target_apic),
         }));
+        x86_64::instructions::interrupts::without_interrupts(|| CHANNELS.lock().push(channel));
         BY_VECTOR[usize::from(vector)].call_once(|| channel);
         hpet.set_comparator_config(index, config);
         if let Delivery::Legacy { .. } = delivery {
@@ -302,6 +309,7 @@ impl HpetChannel {
 
     /// Sends the interrupt to the CPU with APIC id `apic` (and unmasks an IOAPIC pin).
     pub fn route_to(&self, apic: u32) {
+        self.target_apic.store(apic, Ordering::Relaxed);
         match self.delivery {
             Delivery::Fsb => {
                 let (address, data) = lapic::msi_message(apic, self.vector);
@@ -323,6 +331,24 @@ impl HpetChannel {
                 }
             }
         }
+    }
+
+    /// Suspend: the route is lost as it would be without power (IOAPIC pin masked, FSB message
+    /// cleared); the comparator itself is saved and cleared with the block (`Hpet::suspend`).
+    pub fn suspend(&self) {
+        match self.delivery {
+            Delivery::Fsb => self.hpet.set_fsb_route(self.index, 0, 0),
+            Delivery::Ioapic { gsi } | Delivery::Legacy { gsi } => {
+                let _ = IOAPICS.lock().mask(gsi, true);
+            }
+        }
+    }
+
+    /// Resume: the route rewritten (IOAPIC redirection entry or FSB message), and the counter
+    /// reference forgotten (the counter stood still while the TSC ran on).
+    pub fn resume(&self) {
+        self.reference_tsc.store(0, Ordering::Relaxed);
+        self.route_to(self.target_apic.load(Ordering::Relaxed));
     }
 
     /// Leaves the IOAPIC pin masked (fault injection: the self-test must catch it).
@@ -429,6 +455,11 @@ impl EventDriver for HpetChannel {
         let left = target.wrapping_sub(after) as i32;
         if left < MIN_MARGIN_TICKS as i32 { Err(EventPassed) } else { Ok(()) }
     }
+}
+
+/// Every channel set up so far.
+pub fn channels() -> Vec<&'static HpetChannel> {
+    x86_64::instructions::interrupts::without_interrupts(|| CHANNELS.lock().clone())
 }
 
 /// The interrupt of any HPET channel.

@@ -17,6 +17,7 @@ mod hpet_bringup;
 pub mod lapic;
 mod registry;
 mod report;
+pub mod suspend;
 mod timer;
 
 pub use cpu::{CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, with_tick};

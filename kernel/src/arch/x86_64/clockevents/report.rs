@@ -155,6 +155,7 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
     report.broadcast = broadcast_device();
     let (events, wakeups_sent) = registry::broadcast().lock().stats();
     report.broadcast_stats = crate::time::report::BroadcastReport { events, wakeups_sent };
+    report.suspend = super::suspend::report();
     for c in report.cpus.iter_mut() {
         let index = c.index as usize;
         let handovers = ticks.iter().find(|t| t.cpu == index).map_or(0, |t| t.handovers);

@@ -1,0 +1,161 @@
+//! Suspend and resume of the timer subsystem (the seed's `timer_suspend` / `timer_resume` and
+//! `hpet_timer_reset(resume)`), exercised by `suspend_test=MS` in the middle of the main run:
+//! every CPU parks with its tick suspended (local device shut down, timers kept); the broadcast
+//! device is shut down; the HPET's counter is stopped and its configuration saved, then every
+//! comparator and its route is cleared as a power loss would; the machine waits MS ms of real
+//! time; then the HPET is restored and restarted, each comparator's route rewritten, and every
+//! CPU brings its own device back and programs its next deadline. The clocksource (the TSC)
+//! runs on, so timers that fell due meanwhile fire at once, late by at most the time suspended.
+
+use super::cpu::{report_failure, with_tick};
+use super::registry;
+use crate::arch::x86_64::hpet::Hpet;
+use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clocksource::now_ns;
+use crate::time::report::SuspendReport;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use spin::Mutex;
+use x86_64::instructions::interrupts::without_interrupts;
+
+/// How long the CPUs get to park or resume (bounded by the clocksource, not a duration that is
+/// asserted: a CPU that does not answer is reported and the suspend abandoned).
+const PARK_LIMIT_NS: u64 = 1_000_000_000;
+
+static TOTALS: Mutex<SuspendReport> =
+    Mutex::new(SuspendReport { count: 0, suspended_ns: 0, timers_resumed: 0 });
+
+/// The suspend tests done so far, for the report (`None` if none ran).
+pub fn report() -> Option<SuspendReport> {
+    let totals = without_interrupts(|| TOTALS.lock().clone());
+    (totals.count > 0).then_some(totals)
+}
+
+/// What the parked CPUs and the boot CPU share during one suspend.
+struct Rendezvous {
+    parked: AtomicUsize,
+    resumed: AtomicUsize,
+    release: AtomicBool,
+    pending: AtomicU64,
+    /// When the first tick was suspended and the last resumed: the time any timer may have
+    /// waited on the suspend.
+    first_suspended_ns: AtomicU64,
+    last_resumed_ns: AtomicU64,
+}
+
+/// Parks the calling CPU with its tick suspended until released, then resumes its tick.
+fn park(r: &Rendezvous) {
+    r.first_suspended_ns.fetch_min(now_ns(), Ordering::AcqRel);
+    let pending = with_tick(|t| t.suspend()).unwrap_or(0);
+    r.pending.fetch_add(pending as u64, Ordering::Relaxed);
+    r.parked.fetch_add(1, Ordering::AcqRel);
+    while !r.release.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    let failure = with_tick(|t| {
+        t.resume(now_ns(), registry::broadcast());
+        t.take_failure()
+    })
+    .flatten();
+    report_failure(failure);
+    r.last_resumed_ns.fetch_max(now_ns(), Ordering::AcqRel);
+    r.resumed.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Suspends timekeeping on every CPU for `ms` ms of real time and resumes it; called on the
+/// boot CPU with interrupts enabled. Errors say which CPU did not park.
+pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::string::String> {
+    let others: alloc::vec::Vec<usize> =
+        percpu::all().map(|c| c.index).filter(|&c| c != percpu::this_cpu().index).collect();
+    let r = Arc::new(Rendezvous {
+        parked: AtomicUsize::new(0),
+        resumed: AtomicUsize::new(0),
+        release: AtomicBool::new(false),
+        pending: AtomicU64::new(0),
+        first_suspended_ns: AtomicU64::new(u64::MAX),
+        last_resumed_ns: AtomicU64::new(0),
+    });
+    log::info!("suspend: parking {} other CPU(s), timekeeping suspended for {ms} ms", others.len());
+    for &cpu in &others {
+        let shared = r.clone();
+        smp::post(cpu, move || park(&shared)).map_err(|e| alloc::format!("CPU {cpu}: {e}"))?;
+    }
+    let start = now_ns();
+    while r.parked.load(Ordering::Acquire) < others.len() {
+        if now_ns() - start > PARK_LIMIT_NS {
+            r.release.store(true, Ordering::Release);
+            return Err(alloc::format!(
+                "{} of {} CPUs parked within 1 s: suspend abandoned",
+                r.parked.load(Ordering::Relaxed),
+                others.len()
+            ));
+        }
+        core::hint::spin_loop();
+    }
+    let halted_ns = without_interrupts(|| {
+        r.first_suspended_ns.fetch_min(now_ns(), Ordering::AcqRel);
+        let pending = with_tick(|t| t.suspend()).unwrap_or(0);
+        r.pending.fetch_add(pending as u64, Ordering::Relaxed);
+        registry::broadcast().lock().suspend();
+        let saved = hpet.map(|h| {
+            let saved = h.suspend();
+            for ch in super::hpet::channels() {
+                ch.suspend();
+            }
+            // What a power loss leaves: every comparator cleared (interrupts off, no route).
+            for n in 0..h.comparators() {
+                h.set_comparator_config(n, crate::arch::x86_64::hpet::ComparatorConfig::empty());
+            }
+            saved
+        });
+        let suspended_at = now_ns();
+        while now_ns() - suspended_at < ms * 1_000_000 {
+            core::hint::spin_loop();
+        }
+        if let (Some(h), Some(saved)) = (hpet, saved) {
+            h.resume(&saved);
+            for ch in super::hpet::channels() {
+                ch.resume();
+            }
+        }
+        let now = now_ns();
+        registry::broadcast().lock().resume(now);
+        let failure = with_tick(|t| {
+            t.resume(now, registry::broadcast());
+            t.take_failure()
+        })
+        .flatten();
+        report_failure(failure);
+        r.last_resumed_ns.fetch_max(now_ns(), Ordering::AcqRel);
+        now - suspended_at
+    });
+    r.release.store(true, Ordering::Release);
+    let start = now_ns();
+    while r.resumed.load(Ordering::Acquire) < others.len() {
+        if now_ns() - start > PARK_LIMIT_NS {
+            return Err(alloc::format!(
+                "{} of {} CPUs resumed within 1 s",
+                r.resumed.load(Ordering::Relaxed),
+                others.len()
+            ));
+        }
+        core::hint::spin_loop();
+    }
+    registry::report_broadcast_failure();
+    let pending = r.pending.load(Ordering::Relaxed);
+    // From the first CPU's tick suspended to the last one's resumed (the halt included).
+    let suspended_ns =
+        r.last_resumed_ns.load(Ordering::Acquire) - r.first_suspended_ns.load(Ordering::Acquire);
+    log::info!(
+        "resume: timekeeping resumed; halted {} us, ticks suspended {} us in all; {pending} timers were pending",
+        halted_ns / 1000,
+        suspended_ns / 1000
+    );
+    without_interrupts(|| {
+        let mut t = TOTALS.lock();
+        t.count += 1;
+        t.suspended_ns += suspended_ns;
+        t.timers_resumed += pending;
+    });
+    Ok(())
+}
