@@ -55,6 +55,14 @@ const SCALING: &[(u32, &[&str])] = &[
     (4, &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
     (8, &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
 ];
+/// The idle figures: `--smp 4`, `idle=deep lapic_stops_in_idle`, the workload running, on
+/// (a) LAPIC timers handing over to a global HPET device and (b) per-CPU HPET comparators
+/// (which need no handover).
+const IDLE: &[(&str, &str, &[&str])] = &[
+    ("lapic-handover", "idle=deep lapic_stops_in_idle clockevents=broadcast", &[]),
+    ("percpu-hpet", "idle=deep lapic_stops_in_idle", &["-global", "hpet.timers=8"]),
+];
+
 /// How long each scaling boot runs its workload.
 const SCALING_DURATION_MS: u64 = 1000;
 
@@ -142,6 +150,35 @@ fn measure_scaling(elf: &Path, a: &Args, clock: &str, smp: u32, qemu_args: &[&st
         "lost": report["lost_events"],
         "early": report["early_events"],
         "cpus_on_percpu_hpet": percpu,
+        "verdict": report["verdict"],
+    }))
+}
+
+/// The workload in deep idle: lateness, and per timer event the handovers, broadcast wake-up
+/// IPIs and time entering and leaving idle.
+fn measure_idle(
+    elf: &Path,
+    a: &Args,
+    clock: &str,
+    cmdline: &str,
+    qemu_args: &[&str],
+) -> Result<Value, String> {
+    let cmdline = format!("{cmdline} duration_ms={SCALING_DURATION_MS}");
+    let log = boot_log(elf, a, clock, 4, &cmdline, qemu_args)?;
+    let report = crate::report::find(&log)?;
+    let events = report["events_armed"].as_u64().unwrap_or(0).max(1) as f64;
+    let cpus: Vec<&Value> = report["cpus"].as_array().into_iter().flatten().collect();
+    let sum = |field: &str| cpus.iter().map(|c| c["idle"][field].as_u64().unwrap_or(0)).sum::<u64>();
+    let per_event = |n: u64| (n as f64 / events * 1000.0).round() / 1000.0;
+    Ok(json!({
+        "latency_ns": report["latency_ns"],
+        "events": report["events_armed"],
+        "lost": report["lost_events"],
+        "early": report["early_events"],
+        "deep_entries": sum("deep_entries"),
+        "handovers_per_event": per_event(sum("handovers")),
+        "wakeup_ipis_per_event": per_event(report["broadcast_stats"]["wakeups_sent"].as_u64().unwrap_or(0)),
+        "idle_transition_ns_per_event": per_event(sum("transition_ns")),
         "verdict": report["verdict"],
     }))
 }
@@ -236,14 +273,34 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
                 }
             }
         }
+        let mut idle = serde_json::Map::new();
+        if a.scaling {
+            for &(name, cmdline, qemu_args) in IDLE {
+                eprint!("bench:   idle: {name} ... ");
+                match measure_idle(elf, &a, clock, cmdline, qemu_args) {
+                    Ok(v) => {
+                        eprintln!("{} handovers/event", v["handovers_per_event"]);
+                        idle.insert(name.to_string(), v);
+                    }
+                    Err(e) => eprintln!("not measured: {e}"),
+                }
+            }
+        }
         let bringup_us = kinds.get("percpu-hpet").map_or(Value::Null, |p| p["bringup_us"].clone());
         let run = json!({ "clock": clock, "profile": profile_of(elf), "kinds": kinds, "drift_ppm": drift,
-            "bringup_us": bringup_us, "scaling": scaling });
+            "bringup_us": bringup_us, "scaling": scaling, "idle": idle });
         print_table(&run);
         let svg = a.out.join(format!("lateness-{clock}.svg"));
         match plot(&run, &svg) {
             Ok(()) => println!("plot: {}", svg.display()),
             Err(e) => eprintln!("boot bench: plot failed: {e}"),
+        }
+        if run["idle"].as_object().is_some_and(|i| !i.is_empty()) {
+            let svg = a.out.join(format!("idle-{clock}.svg"));
+            match plot_idle(&run, &svg) {
+                Ok(()) => println!("plot: {}", svg.display()),
+                Err(e) => eprintln!("boot bench: idle plot failed: {e}"),
+            }
         }
         runs.push(run);
     }
@@ -289,7 +346,7 @@ fn summary(all: &Value) -> Value {
                 }));
             }
             json!({ "clock": run["clock"], "profile": run["profile"], "kinds": kinds, "drift_ppm": run["drift_ppm"],
-                "bringup_us": run["bringup_us"], "scaling": run["scaling"] })
+                "bringup_us": run["bringup_us"], "scaling": run["scaling"], "idle": run["idle"] })
         })
         .collect();
     json!({ "runs": runs })
@@ -370,6 +427,26 @@ fn print_table(run: &Value) {
             );
         }
     }
+    if let Some(idle) = run["idle"].as_object().filter(|i| !i.is_empty()) {
+        println!(
+            "\nidle=deep lapic_stops_in_idle, --smp 4 (lateness p50 / p99 in us; per timer event: handovers, wake-up IPIs, ns entering+leaving idle)"
+        );
+        for (name, v) in idle {
+            let l = &v["latency_ns"];
+            let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
+            println!(
+                "  {:<16} {:.1} / {:.1}   handovers {}   IPIs {}   idle transitions {} ns   lost {} early {}",
+                name,
+                us(&l["p50"]),
+                us(&l["p99"]),
+                v["handovers_per_event"],
+                v["wakeup_ipis_per_event"],
+                v["idle_transition_ns_per_event"],
+                v["lost"],
+                v["early"]
+            );
+        }
+    }
     println!("profile: {}", run["profile"].as_str().unwrap_or("?"));
 }
 
@@ -431,6 +508,74 @@ fn plot(run: &Value, file: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The idle figures as bars: lateness p50 and p99 (us) and handovers and wake-up IPIs per
+/// event (x100), one group per arrangement.
+fn plot_idle(run: &Value, file: &Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let idle: Vec<(String, Value)> =
+        run["idle"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+    type Metric = (&'static str, fn(&Value) -> f64);
+    let metrics: [Metric; 4] = [
+        ("p50 us", |v| v["latency_ns"]["p50"].as_f64().unwrap_or(0.0) / 1000.0),
+        ("p99 us", |v| v["latency_ns"]["p99"].as_f64().unwrap_or(0.0) / 1000.0),
+        ("handovers/event x100", |v| v["handovers_per_event"].as_f64().unwrap_or(0.0) * 100.0),
+        ("IPIs/event x100", |v| v["wakeup_ipis_per_event"].as_f64().unwrap_or(0.0) * 100.0),
+    ];
+    let top = idle.iter().flat_map(|(_, v)| metrics.iter().map(move |(_, f)| f(v))).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(file, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let title = format!(
+        "deep idle, --smp 4, clock {}: handing over (LAPIC) vs per-CPU HPET",
+        run["clock"].as_str().unwrap_or("?")
+    );
+    let n = (idle.len() * (metrics.len() + 1)) as u32;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0u32..n, 0f64..top)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|_| String::new())
+        .y_desc("us, or per event x100")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (m, (label, f)) in metrics.iter().enumerate() {
+        let color = Palette99::pick(m).to_rgba();
+        let bars: Vec<Rectangle<(u32, f64)>> = idle
+            .iter()
+            .enumerate()
+            .map(|(g, (_, v))| {
+                let x = (g * (metrics.len() + 1) + m) as u32;
+                Rectangle::new([(x, 0.0), (x + 1, f(v))], color.filled())
+            })
+            .collect();
+        chart
+            .draw_series(bars)
+            .map_err(|e| err(&e))?
+            .label(*label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+    }
+    for (g, (name, _)) in idle.iter().enumerate() {
+        let x = (g * (metrics.len() + 1)) as u32;
+        chart
+            .draw_series(std::iter::once(Text::new(name.clone(), (x, top * 0.95), ("sans-serif", 16))))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,6 +603,17 @@ mod tests {
         assert_eq!(k["lateness_ns"]["1000"]["callback"]["p50"], 2);
         assert!(k["lateness_ns"]["1000"].get("histogram").is_none());
         assert_eq!(s["runs"][0]["drift_ppm"]["lapic"], 3);
+    }
+
+    #[test]
+    fn idle_plot_writes_an_svg() {
+        let v = json!({"latency_ns": {"p50": 900, "p99": 3000}, "handovers_per_event": 0.9, "wakeup_ipis_per_event": 0.7});
+        let run = json!({"clock": "icount", "idle": {"lapic-handover": v, "percpu-hpet": v}});
+        let file = std::env::temp_dir().join(format!("bench-idle-{}.svg", std::process::id()));
+        plot_idle(&run, &file).unwrap();
+        let svg = std::fs::read_to_string(&file).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("lapic-handover"));
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]

@@ -133,9 +133,7 @@ static PATH: Mutex<PathSamples> =
     Mutex::new(PathSamples { stages: [const { Vec::new() }; 8], previous: None });
 static TRACING: AtomicBool = AtomicBool::new(false);
 
-fn cycles_to_ns(cycles: u64) -> u64 {
-    (u128::from(cycles) * 1_000_000_000 / u128::from(crate::arch::x86_64::tsc::frequency_hz().max(1))) as u64
-}
+use crate::arch::x86_64::path_trace::cycles_to_ns;
 
 /// Records the stamps of the interrupt running this callback (whose clock reads are `now`
 /// and `now_tsc`), and the tail of the previous traced one.

@@ -91,3 +91,8 @@ pub fn last_complete() -> ([u64; STAGES], u64) {
     let p = &percpu::this_cpu().path;
     (core::array::from_fn(|i| p.tsc[i].load(Ordering::Relaxed)), p.eoi_sequence.load(Ordering::Relaxed))
 }
+
+/// TSC cycles in ns at the calibrated TSC frequency.
+pub fn cycles_to_ns(cycles: u64) -> u64 {
+    (u128::from(cycles) * 1_000_000_000 / u128::from(tsc::frequency_hz().max(1))) as u64
+}

@@ -165,6 +165,9 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
             entries: cpu.time.idle_entries.load(core::sync::atomic::Ordering::Relaxed),
             deep_entries: cpu.time.deep_entries.load(core::sync::atomic::Ordering::Relaxed),
             handovers,
+            transition_ns: crate::arch::x86_64::path_trace::cycles_to_ns(
+                cpu.time.idle_overhead_cycles.load(core::sync::atomic::Ordering::Relaxed),
+            ),
         };
     }
     let mut runtime = super::recorded_fallbacks();
