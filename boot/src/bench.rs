@@ -145,6 +145,7 @@ fn measure_scaling(elf: &Path, a: &Args, clock: &str, smp: u32, qemu_args: &[&st
     Ok(json!({
         "smp": smp,
         "latency_ns": report["latency_ns"],
+        "handler_latency_ns": report["handler_latency_ns"],
         "events": events,
         "events_per_s": events * 1000 / SCALING_DURATION_MS,
         "lost": report["lost_events"],
@@ -414,12 +415,15 @@ fn print_table(run: &Value) {
         for s in scaling {
             let l = &s["latency_ns"];
             let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
+            let h = &s["handler_latency_ns"];
             println!(
-                "  smp {:<2} {:.1} / {:.1} / {:.1}   {:>7} events/s   lost {} early {}   {} CPUs on per-CPU HPET",
+                "  smp {:<2} {:.1} / {:.1} / {:.1}   (to handler {:.1} / {:.1})   {:>7} events/s   lost {} early {}   {} CPUs on per-CPU HPET",
                 s["smp"],
                 us(&l["p50"]),
                 us(&l["p99"]),
                 us(&l["max"]),
+                us(&h["p50"]),
+                us(&h["p99"]),
                 s["events_per_s"],
                 s["lost"],
                 s["early"],

@@ -44,6 +44,9 @@ pub struct TimerReport {
     pub suspend: Option<SuspendReport>,
     /// Lateness of the main run's one-shot timers (callback start minus deadline).
     pub latency_ns: LatencyReport,
+    /// The same events' deadline -> interrupt handler entry (schema 3): the way in, before the
+    /// time layer runs.
+    pub handler_latency_ns: LatencyReport,
     /// Timers the main run armed; of those, never fired and fired before their deadline.
     pub events_armed: u64,
     pub lost_events: u64,
