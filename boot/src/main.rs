@@ -1,7 +1,10 @@
 //! Host side of the kernel: disk images, QEMU, serial logs.
 //!
-//! `boot ELF [ARGS...]` is both the run command's engine and cargo's runner for the
-//! `x86_64-unknown-none` target (see `.cargo/config.toml` and `scripts/runner`):
+//! `boot [ELF] [ARGS...]` is the run command's engine (`cargo run` at the root runs it, as the
+//! workspace's default member) and cargo's runner for the `x86_64-unknown-none` target (see
+//! `.cargo/config.toml` and `scripts/runner`):
+//! - without an ELF (no arguments, or the first one is an option), it boots the kernel it was
+//!   built with: `kernel`'s binary, an artifact dependency built for bare metal (Cargo.toml);
 //! - an ELF with a `.kernel_test` section is a QEMU test: each line of that section is a variant
 //!   (`name: options`), booted in turn and reported in libtest's format; ARGS are test filters;
 //! - any other ELF is booted once with ARGS as run options, its serial log streamed to stdout.
@@ -16,6 +19,7 @@ mod report;
 
 use options::{Expect, RunOptions, split_words};
 use qemu::Outcome;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,29 +27,77 @@ use std::time::Instant;
 /// The section test kernels declare their variants in (written by `kernel_tests::qemu_test!`).
 const TEST_SECTION: &str = ".kernel_test";
 
+/// The kernel ELF this runner was built with: the `kernel` package's binary, an artifact
+/// dependency built for `x86_64-unknown-none` (`-Z bindeps`, see Cargo.toml and the README's
+/// "Why artifact dependencies"). What `cargo run` boots.
+const BUILT_KERNEL: &str = env!("CARGO_BIN_FILE_KERNEL_kernel");
+
+const USAGE: &str = "\
+usage: cargo run -- [OPTIONS] [-- QEMU-ARGS]       (at the repository root)
+       boot [KERNEL-ELF] [OPTIONS] [-- QEMU-ARGS]
+       boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]
+Without KERNEL-ELF: the kernel built with this runner.
+";
+
+/// What a command line asks for.
+#[derive(Debug, PartialEq)]
+enum Command<'a> {
+    Help,
+    /// Boot `elf` once with run options, or run its QEMU test variants with test filters.
+    Boot {
+        elf: PathBuf,
+        args: &'a [String],
+    },
+    Bench {
+        elf: PathBuf,
+        args: &'a [String],
+    },
+}
+
+/// Reads a command line.
+fn command(args: &[String]) -> Command<'_> {
+    match args.first().map(String::as_str) {
+        Some("-h" | "--help") => Command::Help,
+        Some("bench") => {
+            let (elf, args) = split_elf(&args[1..]);
+            Command::Bench { elf, args }
+        }
+        _ => {
+            let (elf, args) = split_elf(args);
+            Command::Boot { elf, args }
+        }
+    }
+}
+
+/// Splits off the kernel ELF: the first argument names one unless it is missing or an option
+/// (every option starts with `-`, `--` included); then it is the kernel built with this runner.
+fn split_elf(args: &[String]) -> (PathBuf, &[String]) {
+    match args.split_first() {
+        Some((elf, rest)) if !elf.starts_with('-') => (PathBuf::from(elf), rest),
+        _ => (PathBuf::from(BUILT_KERNEL), args),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("bench") if args.len() >= 2 => bench::run(Path::new(&args[1]), &args[2..]),
-        None | Some("-h" | "--help") => {
-            eprintln!(
-                "usage: boot KERNEL-ELF [OPTIONS] [-- QEMU-ARGS]\n       boot bench KERNEL-ELF [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]\n\n{}",
-                options::HELP
-            );
-            ExitCode::from(2)
+    match command(&args) {
+        Command::Help => {
+            // Ignore a closed pipe (`cargo run -- --help | head`).
+            let _ = writeln!(std::io::stdout(), "{USAGE}\n{}", options::HELP);
+            ExitCode::SUCCESS
         }
-        Some(elf) => {
-            let elf = PathBuf::from(elf);
+        Command::Bench { elf, args } => bench::run(&elf, args),
+        Command::Boot { elf, args } => {
             let bytes = match std::fs::read(&elf) {
                 Ok(b) => b,
                 Err(e) => {
-                    eprintln!("boot: cannot read {}: {e}", elf.display());
+                    eprintln!("boot: cannot read {}: {e}\n\n{USAGE}", elf.display());
                     return ExitCode::from(2);
                 }
             };
             match elf::section(&bytes, TEST_SECTION) {
-                Some(spec) => run_tests(&elf, &String::from_utf8_lossy(spec), &args[1..]),
-                None => run_once(&elf, &args[1..]),
+                Some(spec) => run_tests(&elf, &String::from_utf8_lossy(spec), args),
+                None => run_once(&elf, args),
             }
         }
     }
@@ -55,7 +107,7 @@ fn run_once(elf: &Path, args: &[String]) -> ExitCode {
     let opts = match RunOptions::default().parse(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("boot: {e}\n\n{}", options::HELP);
+            eprintln!("boot: {e}\n\n{USAGE}\n{}", options::HELP);
             return ExitCode::from(2);
         }
     };
@@ -257,6 +309,39 @@ mod tests {
         assert!(verdict(v, &Outcome::KernelSuccess, good).is_ok());
         assert!(verdict(v, &Outcome::KernelSuccess, bad).is_err());
         assert!(verdict(v, &Outcome::KernelSuccess, "no report").is_err());
+    }
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn without_an_elf_the_built_kernel_boots_with_every_argument() {
+        let built = PathBuf::from(BUILT_KERNEL);
+        for line in ["", "--smp 4", "--smp 4 -- -global hpet.timers=8", "-- -machine pc"] {
+            let args = words(line);
+            assert_eq!(command(&args), Command::Boot { elf: built.clone(), args: &args }, "{line:?}");
+        }
+        let args = words("bench --clock icount");
+        assert_eq!(command(&args), Command::Bench { elf: built, args: &args[1..] });
+    }
+
+    #[test]
+    fn a_first_word_that_is_no_option_names_the_elf() {
+        let args = words("/t/deps/smp-0123456789abcdef memory::uefi --nocapture");
+        let elf = PathBuf::from(&args[0]);
+        assert_eq!(command(&args), Command::Boot { elf, args: &args[1..] });
+        let args = words("bench /t/kernel --drift-s 0");
+        assert_eq!(command(&args), Command::Bench { elf: PathBuf::from("/t/kernel"), args: &args[2..] });
+        assert_eq!(command(&words("--help --smp 2")), Command::Help);
+        assert_eq!(command(&words("-h")), Command::Help);
+    }
+
+    #[test]
+    fn the_built_kernel_is_a_bare_metal_elf() {
+        let bytes = std::fs::read(BUILT_KERNEL).expect("the artifact dependency's kernel ELF");
+        assert_eq!(&bytes[..4], b"\x7fELF");
+        assert!(elf::section(&bytes, TEST_SECTION).is_none(), "the main kernel is no test kernel");
     }
 
     #[test]
