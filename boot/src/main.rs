@@ -111,6 +111,10 @@ fn run_once(elf: &Path, args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if opts.gdb {
+        // The ELF `cargo run` boots sits deep in the target directory; say where.
+        eprintln!("boot: QEMU waits for a debugger: gdb {} -ex 'target remote :1234'", elf.display());
+    }
     let result =
         image::disk_image(elf, opts.firmware).and_then(|img| qemu::boot(&opts, &img, |l| println!("{l}")));
     match result {
