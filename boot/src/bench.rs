@@ -1,4 +1,4 @@
-//! `boot bench KERNEL-ELF [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]`:
+//! `boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]`:
 //! the timer benchmark's host side. Boots the kernel with its `bench` option once per device
 //! kind the machine offers, in each clock, collects every `BENCH-PART {json}` line, prints a
 //! table per clock, writes `bench.json` and one lateness plot per clock (`lateness-CLOCK.svg`)
@@ -212,13 +212,18 @@ fn boot_log(
     Ok(boot.log)
 }
 
-/// The build profile of a kernel ELF, from cargo's layout (`target/TRIPLE/PROFILE/kernel`).
+/// The build profile of a kernel ELF, from cargo's layout: the nearest `release` or `debug`
+/// directory above it (`target/TRIPLE/PROFILE/kernel`, or for the kernel `cargo run` boots,
+/// `target/TRIPLE/PROFILE/build/kernel/HASH/artifact/bin/kernel`).
 fn profile_of(elf: &Path) -> &'static str {
-    match elf.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()) {
-        Some("release") => "release",
-        Some("debug") => "dev",
-        _ => "unknown",
-    }
+    let dirs = elf.parent().into_iter().flat_map(Path::ancestors);
+    dirs.filter_map(|d| d.file_name()?.to_str())
+        .find_map(|name| match name {
+            "release" => Some("release"),
+            "debug" => Some("dev"),
+            _ => None,
+        })
+        .unwrap_or("unknown")
 }
 
 pub fn run(elf: &Path, args: &[String]) -> ExitCode {
@@ -590,6 +595,8 @@ mod tests {
         assert_eq!((a.clocks, a.drift_s, a.scaling), (vec!["icount"], 0, true));
         assert!(!parse_args(&["--no-scaling".into()]).unwrap().scaling);
         assert_eq!(profile_of(Path::new("target/x86_64-unknown-none/release/kernel")), "release");
+        let built = "target/x86_64-unknown-none/debug/build/kernel/0123/artifact/bin/kernel";
+        assert_eq!(profile_of(Path::new(built)), "dev");
         assert_eq!(profile_of(Path::new("target/x86_64-unknown-none/debug/kernel")), "dev");
         assert!(parse_args(&["--clock".into(), "fast".into()]).is_err());
         assert!(parse_args(&["--bogus".into()]).is_err());
