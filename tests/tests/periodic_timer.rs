@@ -7,8 +7,9 @@
 extern crate alloc;
 
 use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clockevents::{Cancelled, Timer, TimerEvent};
+use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
 use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::wait_for;
@@ -29,8 +30,9 @@ static OFF_GRID: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 
 fn periodic_timer_runs_once_per_period_on_its_grid(_: &Kernel) {
     for cpu in [0usize, 1] {
-        let first = now_ns() + 1_000_000;
-        let timer = Timer::periodic(cpu, first, PERIOD_NS, move |e: &TimerEvent| {
+        let start = clockevents::now() + Duration::from_millis(1);
+        let first = start.as_nanos();
+        let timer = Timer::periodic(cpu, start, Duration::from_nanos(PERIOD_NS), move |e: &TimerEvent| {
             assert_eq!(percpu::this_cpu().index, cpu);
             let k = RUNS[cpu].fetch_add(1, Ordering::Relaxed);
             assert!(now_ns() >= e.deadline_ns, "period {k} ran early");

@@ -119,7 +119,8 @@ fn arm_and_cancel_from_afar(cpus: usize) {
         if n >= FAR_TIMERS {
             return;
         }
-        match Timer::with_fn(target, now_ns() + 1_000_000, on_cancelled, n as u64) {
+        let deadline = clockevents::now() + core::time::Duration::from_millis(1);
+        match Timer::with_fn(target, deadline, on_cancelled, n as u64) {
             Ok(t) => {
                 FAR_ARMED.store(n as u64 + 1, Ordering::Relaxed);
                 match t.cancel() {

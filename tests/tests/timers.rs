@@ -9,6 +9,7 @@ extern crate alloc;
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::time::Duration;
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
@@ -38,12 +39,12 @@ fn a_timer_armed_from_another_cpu_runs_on_its_cpu(_: &Kernel) {
     for target in percpu::all().map(|c| c.index).filter(|&c| c != 0) {
         let ran = Arc::new(AtomicUsize::new(0));
         let seen = ran.clone();
-        let deadline = now_ns() + MS;
+        let deadline = clockevents::now() + Duration::from_millis(1);
         let timer = Timer::at(target, deadline, move |e: &TimerEvent| {
             assert_eq!(percpu::this_cpu().index, target, "ran on CPU {}", percpu::this_cpu().index);
             assert_eq!(e.cpu, target);
             assert!(
-                now_ns() >= e.deadline_ns && e.deadline_ns == deadline,
+                clockevents::now() >= e.deadline() && e.deadline() == deadline,
                 "ran early or for another deadline"
             );
             seen.fetch_add(1, Ordering::Relaxed);
@@ -60,8 +61,9 @@ fn a_timer_armed_from_another_cpu_runs_on_its_cpu(_: &Kernel) {
 fn a_timer_cancelled_from_another_cpu_never_runs(_: &Kernel) {
     let ran = Arc::new(AtomicBool::new(false));
     let seen = ran.clone();
-    let timer = Timer::at(1, now_ns() + 20 * MS, move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
-        .expect("armed on CPU 1");
+    let timer =
+        Timer::after(1, Duration::from_millis(20), move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
+            .expect("armed on CPU 1");
     assert_eq!(timer.cancel(), Cancelled::Pending, "a pending timer on CPU 1 is cancelled from CPU 0");
     clockevents::sleep_ns(40 * MS).unwrap();
     assert!(!ran.load(Ordering::Relaxed), "a timer cancelled from another CPU ran");
@@ -89,14 +91,15 @@ fn dropping_a_handle_cancels_its_timer(_: &Kernel) {
     let ran = Arc::new(AtomicBool::new(false));
     for cpu in [0, 1] {
         let seen = ran.clone();
-        let timer =
-            Timer::at(cpu, now_ns() + 10 * MS, move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
-                .expect("armed");
+        let timer = Timer::after(cpu, Duration::from_millis(10), move |_: &TimerEvent| {
+            seen.store(true, Ordering::Relaxed)
+        })
+        .expect("armed");
         drop(timer);
     }
     let kept = Arc::new(AtomicBool::new(false));
     let seen = kept.clone();
-    Timer::at(1, now_ns() + 10 * MS, move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
+    Timer::after(1, Duration::from_millis(10), move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
         .expect("armed")
         .detach();
     clockevents::sleep_ns(30 * MS).unwrap();
@@ -109,7 +112,8 @@ static SELF_CANCEL: AtomicU64 = AtomicU64::new(0);
 fn cancelling_a_timer_from_its_own_callback_says_it_is_running(_: &Kernel) {
     let handle: Arc<spin::Mutex<Option<Timer>>> = Arc::new(spin::Mutex::new(None));
     let inside = handle.clone();
-    let timer = Timer::periodic(0, now_ns() + MS, MS, move |_: &TimerEvent| {
+    let ms = Duration::from_millis(1);
+    let timer = Timer::periodic(0, clockevents::now() + ms, ms, move |_: &TimerEvent| {
         SELF_CANCEL.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = inside.lock().as_ref() {
             assert_eq!(t.cancel(), Cancelled::Running, "its own callback is running");
@@ -122,4 +126,9 @@ fn cancelling_a_timer_from_its_own_callback_says_it_is_running(_: &Kernel) {
     assert_eq!(SELF_CANCEL.load(Ordering::Relaxed), 1, "cancelled in its callback, it ran again");
     let timer = handle.lock().take().expect("kept");
     assert_eq!(timer.cancel(), Cancelled::Inactive);
+    assert_eq!(
+        Timer::periodic(0, clockevents::now(), Duration::ZERO, |_: &TimerEvent| {}).err(),
+        Some(kernel_tests::kernel::time::tick::ArmError::ZeroPeriod),
+        "a zero period is refused"
+    );
 }

@@ -6,6 +6,7 @@ pub mod broadcast;
 pub mod clockevents;
 pub mod clocksource;
 pub mod hrtimer;
+pub mod instant;
 #[cfg(test)]
 mod proptests;
 pub mod report;

@@ -85,6 +85,8 @@ pub enum ArmError {
     /// A timer on another CPU was asked for with interrupts disabled, where waiting for that
     /// CPU could deadlock (as Linux forbids synchronous cross-calls there).
     InterruptsDisabled,
+    /// A periodic timer with a period of zero.
+    ZeroPeriod,
 }
 
 impl fmt::Display for ArmError {
@@ -95,6 +97,7 @@ impl fmt::Display for ArmError {
             ArmError::InterruptsDisabled => {
                 write!(f, "a timer on another CPU cannot be armed with interrupts disabled")
             }
+            ArmError::ZeroPeriod => write!(f, "a periodic timer needs a period above zero"),
         }
     }
 }

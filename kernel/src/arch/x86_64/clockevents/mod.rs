@@ -27,7 +27,7 @@ pub use report::{
     tick_devices,
 };
 pub use timer::{
-    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, cancel, post_on, sleep_ns,
+    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, cancel, now, post_on, sleep_ns,
 };
 
 use super::interrupts;

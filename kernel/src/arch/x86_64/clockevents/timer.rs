@@ -12,9 +12,11 @@ use super::registry;
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::time::clocksource::now_ns;
 use crate::time::hrtimer::{Cancel, TimerId};
+use crate::time::instant::Instant;
 use crate::time::tick::ArmError;
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
+use core::time::Duration;
 
 /// What a timer callback learns.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +27,22 @@ pub struct TimerEvent {
     /// The clocksource as the interrupt read it (once, on entry).
     pub now_ns: u64,
     pub data: u64,
+}
+
+impl TimerEvent {
+    /// The deadline the timer was armed for.
+    pub fn deadline(&self) -> Instant {
+        Instant::from_nanos(self.deadline_ns)
+    }
+    /// The clocksource as the interrupt read it.
+    pub fn now(&self) -> Instant {
+        Instant::from_nanos(self.now_ns)
+    }
+}
+
+/// The clocksource now.
+pub fn now() -> Instant {
+    Instant::from_nanos(now_ns())
 }
 
 /// A plain timer callback; it runs in interrupt context on the CPU that armed it.
@@ -165,31 +183,43 @@ pub struct Timer {
 }
 
 impl Timer {
-    /// A one-shot timer on CPU `cpu` at `deadline_ns`, running `callback` there.
+    /// A one-shot timer on CPU `cpu` at `deadline`, running `callback` there.
     pub fn at(
         cpu: usize,
-        deadline_ns: u64,
+        deadline: Instant,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
-        Timer::arm(cpu, deadline_ns, 0, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, deadline.as_nanos(), 0, Callback::Closure(Box::new(callback)))
     }
 
-    /// A periodic timer on CPU `cpu`, first at `first_ns`, then every `period_ns` after each
-    /// deadline (no drift: the grid is `first_ns + k * period_ns`).
-    pub fn periodic(
+    /// A one-shot timer on CPU `cpu`, `delay` from now.
+    pub fn after(
         cpu: usize,
-        first_ns: u64,
-        period_ns: u64,
+        delay: Duration,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
-        assert!(period_ns > 0, "a periodic timer needs a period");
-        Timer::arm(cpu, first_ns, period_ns, Callback::Closure(Box::new(callback)))
+        Timer::at(cpu, now() + delay, callback)
+    }
+
+    /// A periodic timer on CPU `cpu`, first at `first`, then every `period` after each deadline
+    /// (no drift: the grid is `first + k * period`). A zero period is refused.
+    pub fn periodic(
+        cpu: usize,
+        first: Instant,
+        period: Duration,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        if period_ns == 0 {
+            return Err(ArmError::ZeroPeriod);
+        }
+        Timer::arm(cpu, first.as_nanos(), period_ns, Callback::Closure(Box::new(callback)))
     }
 
     /// A timer running a plain function (no allocation on this CPU).
-    pub fn with_fn(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
+    pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
         let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0 };
-        Ok(Timer { cpu, id: arm_on_cpu(cpu, deadline_ns, payload)?, cancel_on_drop: true })
+        Ok(Timer { cpu, id: arm_on_cpu(cpu, deadline.as_nanos(), payload)?, cancel_on_drop: true })
     }
 
     fn arm(cpu: usize, deadline_ns: u64, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
