@@ -8,7 +8,8 @@ use super::timer::{Payload, TimerEvent};
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use crate::time::clocksource::now_ns;
-use crate::time::tick::{CpuTick, DeviceId};
+use crate::time::hrtimer::Expired;
+use crate::time::tick::{CpuTick, DeviceFailure, DeviceId};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::{Mutex, MutexGuard};
 
@@ -135,9 +136,11 @@ pub(super) fn device_interrupt(device: DeviceId) {
         broadcast_interrupt(cpu.index, now);
         return;
     }
-    match with_tick(|t| t.device_event(device, now)) {
-        Some(true) => run_expiry(cpu.index, now),
-        Some(false) => registry::wake_owner_of(device),
+    // One guard: the event taken and the first due timer popped (or, none due, the device
+    // programmed again).
+    match with_tick(|t| t.device_event(device, now).then(|| next_or_end(t, now))) {
+        Some(Some(step)) => run_expiry(cpu.index, now, step),
+        Some(None) => registry::wake_owner_of(device),
         None => {}
     }
 }
@@ -165,22 +168,43 @@ pub(super) fn wake_interrupt(_vector: u8) {
 }
 
 fn wakeup(now: u64) {
-    if with_tick(|t| t.wakeup(now)) == Some(true) {
-        run_expiry(percpu::this_cpu().index, now);
+    if let Some(Some(step)) = with_tick(|t| t.wakeup(now).then(|| next_or_end(t, now))) {
+        run_expiry(percpu::this_cpu().index, now, step);
+    }
+}
+
+/// One step of an expiry, decided under the CPU's guard.
+enum Step {
+    /// A due timer, popped: run its callback (outside the guard).
+    Run(Expired<Payload>),
+    /// None left: the expiry is ended and the next event programmed; a device that gave up
+    /// programming, if one did.
+    Done(Option<DeviceFailure>),
+}
+
+/// Under the guard: the next due timer, or, none being left, the end of the expiry (the next
+/// event programmed from a fresh clock read: the callbacks took time).
+fn next_or_end(t: &mut CpuTick<Payload>, now: u64) -> Step {
+    match t.pop_expired(now) {
+        Some(expired) => Step::Run(expired),
+        None => {
+            path_trace::stamp(Stage::CallbacksDone);
+            t.end_expiry(now_ns(), registry::broadcast());
+            path_trace::stamp(Stage::Reprogrammed);
+            Step::Done(t.take_failure())
+        }
     }
 }
 
 /// Runs the due timers' callbacks one at a time outside the guard (a callback may arm or
 /// cancel timers), re-arms periodic ones from their deadline, then programs the next event
-/// once. Nothing here allocates.
-fn run_expiry(cpu: usize, now: u64) {
-    let mut first = true;
-    loop {
-        let Some(expired) = with_tick(|t| t.pop_expired(now)).flatten() else { break };
-        if first {
-            path_trace::stamp(Stage::Popped);
-            first = false;
-        }
+/// once. One guard per callback (completing it and popping the next together); nothing here
+/// allocates.
+fn run_expiry(cpu: usize, now: u64, mut step: Step) {
+    if matches!(step, Step::Run(_)) {
+        path_trace::stamp(Stage::Popped);
+    }
+    while let Step::Run(expired) = step {
         let mut payload = expired.payload;
         let event = TimerEvent {
             cpu,
@@ -191,17 +215,15 @@ fn run_expiry(cpu: usize, now: u64) {
         };
         payload.callback.run(&event);
         let again = payload.next_deadline(expired.deadline_ns, now).map(|at| (at, payload));
-        with_tick(|t| t.complete(expired.id, again));
+        step = with_tick(|t| {
+            t.complete(expired.id, again);
+            next_or_end(t, now)
+        })
+        .unwrap_or(Step::Done(None));
     }
-    path_trace::stamp(Stage::CallbacksDone);
-    // The callbacks took time: the next event is programmed from a fresh clock read.
-    let failure = with_tick(|t| {
-        t.end_expiry(now_ns(), registry::broadcast());
-        t.take_failure()
-    })
-    .flatten();
-    path_trace::stamp(Stage::Reprogrammed);
-    report_failure(failure);
+    if let Step::Done(failure) = step {
+        report_failure(failure);
+    }
 }
 
 /// Before deep idle (interrupts off): a CPU whose tick device stops there stops it and hands
