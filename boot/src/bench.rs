@@ -349,6 +349,10 @@ fn summary(all: &Value) -> Value {
                     "max_events_per_s": part["max_events_per_s"],
                     "min_delta_ns": part["min_delta_ns"],
                     "path_ns": part["path_ns"],
+                    "arm_cancel_cycles": part["arm_cancel_cycles"],
+                    "arm_cancel_boxed_cycles": part["arm_cancel_boxed_cycles"],
+                    "arm_cancel_boxed_splintered_cycles": part["arm_cancel_boxed_splintered_cycles"],
+                    "arm_cancel_load": part["arm_cancel_load"],
                 }));
             }
             json!({ "clock": run["clock"], "profile": run["profile"], "kinds": kinds, "drift_ppm": run["drift_ppm"],
@@ -413,6 +417,28 @@ fn print_table(run: &Value) {
             v("reprogram"),
             v("eoi"),
             v("deadline_to_callback")
+        );
+    }
+    println!(
+        "\narm + cancel under load, TSC cycles p50 / p99 (under icount: instructions): a plain timer, a boxed closure, a boxed closure with the heap splintered"
+    );
+    println!(
+        "{:<22} {:>16} {:>16} {:>16} {:>8} {:>12} {:>10}",
+        "kind", "plain", "boxed closure", "boxed splintered", "pending", "heap blocks", "splinters"
+    );
+    for (name, p) in run["kinds"].as_object().into_iter().flatten() {
+        let cell =
+            |c: &Value| format!("{} / {}", c["p50"].as_u64().unwrap_or(0), c["p99"].as_u64().unwrap_or(0));
+        let load = &p["arm_cancel_load"];
+        println!(
+            "{:<22} {:>16} {:>16} {:>16} {:>8} {:>12} {:>10}",
+            name,
+            cell(&p["arm_cancel_cycles"]),
+            cell(&p["arm_cancel_boxed_cycles"]),
+            cell(&p["arm_cancel_boxed_splintered_cycles"]),
+            load["pending_timers"].as_u64().unwrap_or(0),
+            load["heap_blocks"].as_u64().unwrap_or(0),
+            load["splinters"].as_u64().unwrap_or(0)
         );
     }
     if let Some(scaling) = run["scaling"].as_array().filter(|s| !s.is_empty()) {
@@ -606,12 +632,15 @@ mod tests {
     fn summary_keeps_the_documented_figures_and_drops_histograms() {
         let part = json!({"device": "hpet0", "via_broadcast": false, "program_cycles": 9000, "program_mmio": 3,
             "max_events_per_s": 8000, "min_delta_ns": 5000,
+            "arm_cancel_cycles": {"p50": 400, "p99": 900}, "arm_cancel_boxed_cycles": {"p50": 700, "p99": 2000},
             "lateness_ns": {"1000": {"handler": {"p50": 1}, "callback": {"p50": 2}, "histogram": [1, 2]}}});
         let all = json!({"runs": [{"clock": "tcg", "kinds": {"percpu-hpet": part}, "drift_ppm": {"lapic": 3}, "bringup_us": 90000}]});
         let s = summary(&all);
         let k = &s["runs"][0]["kinds"]["percpu-hpet"];
         assert_eq!(k["program_mmio"], 3);
         assert_eq!(k["lateness_ns"]["1000"]["callback"]["p50"], 2);
+        assert_eq!(k["arm_cancel_cycles"]["p99"], 900);
+        assert_eq!(k["arm_cancel_boxed_cycles"]["p50"], 700);
         assert!(k["lateness_ns"]["1000"].get("histogram").is_none());
         assert_eq!(s["runs"][0]["drift_ppm"]["lapic"], 3);
     }

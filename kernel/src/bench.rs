@@ -7,7 +7,9 @@
 //!   callback, already due: the device's minimum delta), and the minimum delta it ends with;
 //! - with `bench_drift_s=N` in periodic tick mode, the tick's drift against the clocksource;
 //! - the bring-up time (from the clocksource's start, right after the TSC's first calibration
-//!   at kernel entry, to every CPU having its tick device).
+//!   at kernel entry, to every CPU having its tick device);
+//! - what arming and cancelling one timer costs under the stress test's load, many timers
+//!   pending and the heap fragmented ([`arm_cancel`]).
 //!
 //! It prints one `BENCH-PART {json}` line; the host (`boot bench`, `scripts/bench`) runs it on
 //! every device kind, in both clocks, and builds the table, `BENCH {json}` and the plots.
@@ -23,6 +25,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use serde::Serialize;
 use spin::Mutex;
+
+pub mod arm_cancel;
 
 /// The deltas measured, and how many events each.
 const DELTAS: [(u64, usize); 4] = [(1_000, 2_000), (10_000, 2_000), (100_000, 1_000), (1_000_000, 300)];
@@ -97,6 +101,14 @@ pub struct BenchPart {
     /// Periodic tick drift against the clocksource, parts per million (null if not measured).
     pub drift_ppm: Option<i64>,
     pub bringup_us: u64,
+    /// `arm_at` + `cancel` of a plain function timer under load, in TSC cycles.
+    pub arm_cancel_cycles: Percentiles,
+    /// `Timer::at` with a boxed closure + `Timer::cancel` under the same load, in TSC cycles.
+    pub arm_cancel_boxed_cycles: Percentiles,
+    /// The boxed pair again with the heap also splintered (small holes between live blocks).
+    pub arm_cancel_boxed_splintered_cycles: Percentiles,
+    /// The load they were measured under.
+    pub arm_cancel_load: arm_cancel::Load,
 }
 
 /// The delta of the traced phase, and its events.
@@ -362,6 +374,24 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
             cost.register_accesses
         );
     }
+    let pairs = arm_cancel::run(cpu);
+    log::info!(
+        "arm + cancel with {} timers pending and {} heap blocks among holes: plain p50 {} p99 {} cycles; boxed closure p50 {} p99 {} cycles, with {} splinters p50 {} p99 {} cycles ({} failed)",
+        pairs.load.pending_timers,
+        pairs.load.heap_blocks,
+        pairs.plain.p50,
+        pairs.plain.p99,
+        pairs.boxed.p50,
+        pairs.boxed.p99,
+        pairs.load.splinters,
+        pairs.boxed_splintered.p50,
+        pairs.boxed_splintered.p99,
+        pairs.load.failed
+    );
+    part.arm_cancel_cycles = pairs.plain;
+    part.arm_cancel_boxed_cycles = pairs.boxed;
+    part.arm_cancel_boxed_splintered_cycles = pairs.boxed_splintered;
+    part.arm_cancel_load = pairs.load;
     if drift_s > 0 {
         part.drift_ppm = if k.options.periodic_tick {
             Some(measure_drift(cpu, drift_s, k.options.hz))
