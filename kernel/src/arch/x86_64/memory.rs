@@ -39,17 +39,27 @@ static USABLE: spin::Once<&'static MemoryRegions> = spin::Once::new();
 
 #[cfg(target_os = "none")]
 #[global_allocator]
-static ALLOCATOR: IrqSafeHeap = IrqSafeHeap(linked_list_allocator::LockedHeap::empty());
+static ALLOCATOR: IrqSafeHeap = IrqSafeHeap(talc::TalcLock::new(talc::source::Manual));
 
-/// The heap, with interrupts disabled while its lock is held: an interrupt handler that
-/// allocates (a timer callback arming the next timer) must not spin on a lock that the code it
-/// interrupted holds on the same CPU.
+/// The heap: `talc`, a binned allocator (free gaps in 191 size classes, a bitmap of the
+/// non-empty ones). An allocation (alignment up to 32 bytes) takes the first gap of the first
+/// class whose gaps all fit it, and a free merges with its neighbours, in constant time however
+/// fragmented the heap is (a first-fit list walks past every gap too small; README,
+/// "Benchmark"); only when no such class has a gap does it search the class just below, so an
+/// allocation fails only when no gap fits it. `Manual`: the heap is the one region `init`
+/// claims, never grown.
+///
+/// Interrupts are disabled while its lock is held: an interrupt handler that allocates (a
+/// timer callback arming the next timer) must not spin on a lock that the code it interrupted
+/// holds on the same CPU.
 #[cfg(target_os = "none")]
-struct IrqSafeHeap(linked_list_allocator::LockedHeap);
+struct IrqSafeHeap(talc::TalcLock<spin::Mutex<()>, talc::source::Manual>);
 
 #[cfg(target_os = "none")]
-// SAFETY: both methods forward to `LockedHeap`'s `GlobalAlloc`, which is sound; disabling
-// interrupts around them changes nothing the allocator relies on.
+// SAFETY: `alloc` and `dealloc` forward to `TalcLock`'s `GlobalAlloc`, which is sound;
+// `realloc` resizes in place through the same lock or falls back to `alloc`, copy and
+// `dealloc`, as `GlobalAlloc`'s default does. Disabling interrupts around them changes nothing
+// the allocator relies on.
 unsafe impl core::alloc::GlobalAlloc for IrqSafeHeap {
     unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
@@ -58,6 +68,31 @@ unsafe impl core::alloc::GlobalAlloc for IrqSafeHeap {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
         // SAFETY: as for `alloc`: `ptr` and `layout` come from this allocator.
         x86_64::instructions::interrupts::without_interrupts(|| unsafe { self.0.dealloc(ptr, layout) })
+    }
+    /// In place where the neighbouring gap allows (interrupts off for that only); otherwise a
+    /// new block, with the copy done as interrupts were (a large `Vec` growing must not hold
+    /// interrupts off for its copy).
+    unsafe fn realloc(&self, ptr: *mut u8, layout: core::alloc::Layout, new_size: usize) -> *mut u8 {
+        use x86_64::instructions::interrupts::without_interrupts;
+        // SAFETY: the caller guarantees `ptr` was allocated here with `layout` and that
+        // `new_size` is nonzero, which is what `try_realloc_in_place` asks.
+        if without_interrupts(|| unsafe { self.0.lock().try_realloc_in_place(ptr, layout, new_size) }) {
+            return ptr;
+        }
+        // SAFETY: the caller guarantees `new_size`, rounded up to `layout.align()`, does not
+        // overflow `isize`, and the alignment comes from a valid `Layout`.
+        let new_layout = unsafe { core::alloc::Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: `new_layout` has a nonzero size (the caller's `new_size`).
+        let new = unsafe { self.alloc(new_layout) };
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least the smaller size long;
+            // `ptr` was allocated here with `layout`, so it may be freed with it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        new
     }
 }
 
@@ -214,10 +249,14 @@ pub fn init(boot_info: &'static BootInfo) {
     let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
     map_range(heap_first, HEAP_SIZE / 4096, None, flags).expect("mapping the kernel heap");
     #[cfg(target_os = "none")]
-    // SAFETY: HEAP_START..+HEAP_SIZE was just mapped to fresh frames and is used for nothing else.
-    unsafe {
-        ALLOCATOR.0.lock().init(HEAP_START as *mut u8, HEAP_SIZE as usize)
-    };
+    {
+        // SAFETY: HEAP_START..+HEAP_SIZE was just mapped to fresh frames and is used for nothing
+        // else, from now on only through the allocator; `Manual` allows claiming it by hand.
+        let claimed = x86_64::instructions::interrupts::without_interrupts(|| unsafe {
+            ALLOCATOR.0.lock().claim(HEAP_START as *mut u8, HEAP_SIZE as usize)
+        });
+        claimed.expect("the heap holds talc's metadata");
+    }
     log::info!("kernel heap: {} MiB at {HEAP_START:#x}", HEAP_SIZE >> 20);
 }
 
