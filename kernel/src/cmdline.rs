@@ -48,6 +48,28 @@ pub struct KernelOptions {
     /// `suspend_test=MS`: suspend timekeeping for MS ms in the middle of the main run, then
     /// resume it (default none).
     pub suspend_test_ms: Option<u64>,
+    /// `clocksource=tsc|hpet|acpi_pm`: the clocksource to use while it is usable (default: the
+    /// best-rated usable one).
+    pub clocksource: Option<ClocksourceChoice>,
+}
+
+/// The `clocksource=` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClocksourceChoice {
+    Tsc,
+    Hpet,
+    AcpiPm,
+}
+
+impl ClocksourceChoice {
+    /// The clocksource's name, as registered.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClocksourceChoice::Tsc => "tsc",
+            ClocksourceChoice::Hpet => "hpet",
+            ClocksourceChoice::AcpiPm => "acpi_pm",
+        }
+    }
 }
 
 /// The `idle=` choice: how a CPU with nothing to do waits for its next interrupt.
@@ -120,6 +142,7 @@ impl Default for KernelOptions {
             idle: IdleChoice::Halt,
             lapic_stops_in_idle: false,
             suspend_test_ms: None,
+            clocksource: None,
         }
     }
 }
@@ -283,6 +306,15 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                 options.suspend_test_ms = ms.or(options.suspend_test_ms);
             }
             "lapic_stops_in_idle" if value.is_none() => options.lapic_stops_in_idle = true,
+            "clocksource" => {
+                let choice = take("clocksource", "tsc, hpet or acpi_pm").parse(&mut problems, |v| match v {
+                    "tsc" => Some(ClocksourceChoice::Tsc),
+                    "hpet" => Some(ClocksourceChoice::Hpet),
+                    "acpi_pm" => Some(ClocksourceChoice::AcpiPm),
+                    _ => None,
+                });
+                options.clocksource = choice.or(options.clocksource);
+            }
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
             "bench" if value.is_none() => options.bench = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
@@ -349,6 +381,16 @@ mod tests {
         assert_eq!(parse("suspend_test=0").0.suspend_test_ms, None);
         let (b, p) = parse("bench bench_cpu=1 bench_drift_s=10");
         assert!(p.is_empty() && b.bench && b.bench_cpu == 1 && b.bench_drift_s == 10);
+    }
+
+    #[test]
+    fn clocksource_is_one_of_three_names() {
+        assert_eq!(parse("").0.clocksource, None);
+        assert_eq!(parse("clocksource=hpet").0.clocksource, Some(ClocksourceChoice::Hpet));
+        assert_eq!(parse("clocksource=acpi_pm").0.clocksource.map(ClocksourceChoice::name), Some("acpi_pm"));
+        let (o, p) = parse("clocksource=tsc clocksource=jiffies");
+        assert_eq!(o.clocksource, Some(ClocksourceChoice::Tsc), "a bad value keeps the earlier choice");
+        assert_eq!(p[0].to_string(), "kernel option clocksource=jiffies: expected tsc, hpet or acpi_pm");
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod logger;
 pub mod time;
 pub mod workload;
 
-use arch::x86_64::{clockevents, fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
+use arch::x86_64::{clockevents, clocksource, fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 pub use qemu::{ExitCode, exit_qemu};
@@ -65,6 +65,9 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     for problem in &option_problems {
         log::warn!("{problem}; using the default");
     }
+    if let Some(c) = options.clocksource {
+        clocksource::force(c.name());
+    }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
     let mut platform = platform::init_bsp(rsdp_addr);
     // Each CPU sets up its own tick: the boot CPU now, every AP on its start-up path.
@@ -74,6 +77,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
         platform.fall_back(left_out);
     }
     let clockevents = clockevents::init_hpet(&mut platform, &options);
+    clocksource::init_late();
     Kernel { options, cmdline, option_problems, rsdp_addr, platform, clockevents }
 }
 
@@ -81,6 +85,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
 /// figures if it ran.
 pub fn report(k: &Kernel) -> time::report::TimerReport {
     let mut report = k.platform.report();
+    clocksource::fill_report(&mut report);
     clockevents::fill_report(&mut report, &k.clockevents);
     if let Some(outcome) = workload::last() {
         workload::fill_report(&mut report, &outcome);

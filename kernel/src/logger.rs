@@ -1,7 +1,7 @@
 //! The `log` facade on the serial console: `[seconds.micros] LEVEL module: message`.
 //!
 //! Timestamps come from the current clocksource (`time::clocksource::now_ns`): the TSC at first,
-//! a better one once it is registered.
+//! the best-rated one as soon as it is registered.
 
 use crate::time::clocksource;
 use log::{LevelFilter, Log, Metadata, Record};

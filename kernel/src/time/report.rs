@@ -10,8 +10,8 @@ use serde::Serialize;
 /// Version of the schema below. 1: platform part (CPUs, HPET, IOAPICs, LAPIC, TSC, fallbacks);
 /// 2: clockevents (comparator roles, tick devices, broadcast, the main run's event latency,
 /// lost and early events); 3: idle and suspend (each CPU's `idle`, `broadcast_stats`,
-/// `suspend`).
-pub const SCHEMA_VERSION: u32 = 3;
+/// `suspend`); 4: clocksources (every source, the switches, the TSC's checks).
+pub const SCHEMA_VERSION: u32 = 4;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -30,6 +30,10 @@ pub struct TimerReport {
     pub tsc_hz: u64,
     /// Name of the clocksource behind the kernel's timestamps.
     pub clocksource: String,
+    /// Every registered clocksource.
+    pub clocksources: Vec<ClocksourceReport>,
+    /// Every change of the current clocksource after the first, in order.
+    pub clocksource_switches: Vec<SwitchReport>,
     /// The rule that arranged the HPET comparators (e.g. "per-CPU: 3 usable comparators >= 2 CPUs").
     pub clockevents_rule: String,
     /// `oneshot` (tickless) or `periodic`.
@@ -55,6 +59,25 @@ pub struct TimerReport {
     pub fallbacks: Vec<String>,
     /// `ok`, `degraded` (a fallback was taken, the kernel works) or `failed`.
     pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ClocksourceReport {
+    pub name: String,
+    pub rating: u32,
+    /// Current frequency (refined, for the TSC, once measured over a long window).
+    pub hz: u64,
+    /// False once found unstable (the reason is in `fallbacks` or `clocksource_switches`).
+    pub stable: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SwitchReport {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    /// Clocksource time at which `to` took over.
+    pub at_ns: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -274,7 +297,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":3,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0}}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":4,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0}}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

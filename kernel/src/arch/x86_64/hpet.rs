@@ -1,11 +1,10 @@
 //! The High Precision Event Timer (IA-PC HPET Specification 1.0a): register block, checks before
-//! use, the main counter as a clocksource, comparator programming, stop/reset/re-enable.
+//! use, the main counter (the `hpet` clocksource reads it), comparator programming, stop/reset/re-enable.
 //!
 //! The driver describes and drives the hardware; which comparator serves which CPU, and how its
 //! interrupt is delivered, is decided by the clockevents layer and the routing code.
 
 use super::{mmio, tsc};
-use crate::time::clocksource::{Clocksource, MultShift};
 use bitflags::bitflags;
 use core::fmt;
 use core::mem::{offset_of, size_of};
@@ -57,7 +56,6 @@ pub const MAX_COMPARATORS: usize = 32;
 const REGISTER_SPACE: u64 = 0x1000;
 /// Spec 2.3.9.2.1: COUNTER_CLK_PERIOD must be non-zero and at most 0x05F5E100 fs (100 ns).
 pub const MAX_PERIOD_FS: u32 = 100_000_000;
-const FS_PER_NS: u64 = 1_000_000;
 
 /// General Capabilities and ID register (spec 2.3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,41 +188,6 @@ pub fn check_capabilities(caps: Capabilities) -> Result<(), HpetError> {
         0 => Err(HpetError::PeriodZero),
         p if p > MAX_PERIOD_FS => Err(HpetError::PeriodTooLong { period_fs: p }),
         _ => Ok(()),
-    }
-}
-
-/// Half a wrap of a 32-bit counter: a reading at least this far "ahead" of the previous
-/// extended value is taken as behind it (read before another CPU published a later value).
-pub const HALF_WRAP_32: u32 = 1 << 31;
-
-/// Extends a 32-bit counter reading `now` to 64 bits, given `previous`, the last extended value.
-/// A reading up to half a wrap ahead (2^31 ticks, 21 s at 100 MHz) advances it, across the wrap
-/// if need be; a reading behind it (an out-of-order read: elapsed >= 2^31) gives `previous`
-/// unchanged, never a jump of nearly 2^32 ticks. Readings must be less than 2^31 ticks apart.
-pub fn extend_32bit(previous: u64, now: u32) -> u64 {
-    let elapsed = now.wrapping_sub(previous as u32);
-    if elapsed >= HALF_WRAP_32 { previous } else { previous + u64::from(elapsed) }
-}
-
-/// Extends the 32-bit reading `read` takes against `last`, the extended value shared by every
-/// CPU, and publishes the result; returns the larger of it and what another CPU published.
-/// `last` is loaded before the counter is read, so a value another CPU publishes in between is
-/// at most ahead of our reading, which `extend_32bit` treats as behind, not as a wrap.
-pub fn extend_32bit_shared(last: &AtomicU64, read: impl FnOnce() -> u32) -> u64 {
-    // Acquire: the counter read below cannot move before this load.
-    let mut previous = last.load(Ordering::Acquire);
-    let raw = read();
-    loop {
-        let now = extend_32bit(previous, raw);
-        if now == previous {
-            return previous;
-        }
-        match last.compare_exchange_weak(previous, now, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return now,
-            // Another CPU extended it further; keep the larger, it is also correct.
-            Err(p) if p >= now => return p,
-            Err(p) => previous = p,
-        }
     }
 }
 
@@ -363,6 +326,13 @@ impl Hpet {
         self.regs.main_counter().read()
     }
 
+    /// Where the main counter register is mapped, for the clocksource's read (not counted in
+    /// [`Hpet::mmio_accesses`]: a shared count would be a contended write on every clock read,
+    /// and those figures are the clock event devices' programming cost, not the clock's).
+    pub fn main_counter_ptr(&self) -> *const u64 {
+        self.regs.main_counter().as_raw_ptr().as_ptr()
+    }
+
     pub fn config(&self) -> GeneralConfig {
         self.counted();
         GeneralConfig::from_bits_retain(self.regs.configuration().read())
@@ -459,18 +429,6 @@ impl Hpet {
         self.comparator_regs(n).fsb_route().write((u64::from(address) << 32) | u64::from(data));
     }
 
-    /// The clocksource over this HPET's main counter, origin at `origin_ns` of the caller's
-    /// timeline (so that switching clocksources does not jump the log's timestamps).
-    pub fn clocksource(&'static self, origin_ns: u64) -> HpetClock {
-        HpetClock {
-            hpet: self,
-            conversion: MultShift::ns_per_tick(u64::from(self.period_fs()), FS_PER_NS),
-            origin_ticks: self.counter(),
-            origin_ns,
-            last: AtomicU64::new(0),
-        }
-    }
-
     /// One readable log line per fact: the block, then each comparator.
     pub fn log_summary(&self) {
         let caps = self.caps;
@@ -543,37 +501,6 @@ impl fmt::Display for GsiList {
     }
 }
 
-/// The HPET main counter as a clocksource.
-pub struct HpetClock {
-    hpet: &'static Hpet,
-    conversion: MultShift,
-    origin_ticks: u64,
-    origin_ns: u64,
-    /// Last extended reading, for 32-bit counters.
-    last: AtomicU64,
-}
-
-impl HpetClock {
-    /// Ticks since the origin, extended across the wrap of a 32-bit counter.
-    pub fn ticks(&self) -> u64 {
-        if self.hpet.caps.counter_64bit() {
-            return self.hpet.counter().wrapping_sub(self.origin_ticks);
-        }
-        extend_32bit_shared(&self.last, || {
-            (self.hpet.counter() as u32).wrapping_sub(self.origin_ticks as u32)
-        })
-    }
-}
-
-impl Clocksource for HpetClock {
-    fn name(&self) -> &'static str {
-        "hpet"
-    }
-    fn now_ns(&self) -> u64 {
-        self.origin_ns + self.conversion.apply(self.ticks())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,126 +544,10 @@ mod tests {
     }
 
     #[test]
-    fn thirty_two_bit_counter_extends_across_the_wrap() {
-        assert_eq!(extend_32bit(0, 5), 5);
-        assert_eq!(extend_32bit(0xffff_fff0, 0x10), 0x1_0000_0010);
-        assert_eq!(extend_32bit(0x1_ffff_ffff, 0), 0x2_0000_0000);
-        // Just under half a wrap still advances.
-        assert_eq!(extend_32bit(0x1_0000_0000, 0x7fff_ffff), 0x1_7fff_ffff);
-        // Many small steps across several wraps add up exactly.
-        let mut extended = 0u64;
-        let mut raw = 0u32;
-        for _ in 0..10_000 {
-            raw = raw.wrapping_add(1_999_999);
-            extended = extend_32bit(extended, raw);
-        }
-        assert_eq!(extended, 10_000 * 1_999_999);
-    }
-
-    #[test]
-    fn reading_behind_the_previous_value_does_not_add_a_wrap() {
-        // Read at 0x100, but another CPU published 0x180 first.
-        assert_eq!(extend_32bit(0x180, 0x100), 0x180);
-        // The same just after a wrap: published 0x1_0000_0010, our reading 0xffff_fff0.
-        assert_eq!(extend_32bit(0x1_0000_0010, 0xffff_fff0), 0x1_0000_0010);
-        // Exactly half a wrap ahead counts as behind.
-        assert_eq!(extend_32bit(0, HALF_WRAP_32), 0);
-    }
-
-    #[test]
-    fn shared_extension_publishes_and_returns_monotonic_values() {
-        let last = AtomicU64::new(0xffff_ff00);
-        assert_eq!(extend_32bit_shared(&last, || 0x0000_0100), 0x1_0000_0100);
-        assert_eq!(last.load(Ordering::Relaxed), 0x1_0000_0100);
-        assert_eq!(extend_32bit_shared(&last, || 0x0000_0200), 0x1_0000_0200);
-    }
-
-    #[test]
-    fn another_cpu_publishing_between_load_and_read_is_not_a_wrap() {
-        // Between our load of `last` and our counter read, another CPU read the counter later
-        // than we do and published that: our reading is behind, the result is its value.
-        let last = AtomicU64::new(0x1000);
-        let got = extend_32bit_shared(&last, || {
-            last.store(0x1200, Ordering::Relaxed);
-            0x1100
-        });
-        assert_eq!(got, 0x1200);
-        assert_eq!(last.load(Ordering::Relaxed), 0x1200, "a later published value is never lowered");
-        // Another CPU published a value between ours and the previous one: ours wins the retry.
-        let last = AtomicU64::new(0x1000);
-        let got = extend_32bit_shared(&last, || {
-            last.store(0x1080, Ordering::Relaxed);
-            0x1100
-        });
-        assert_eq!(got, 0x1100);
-        assert_eq!(last.load(Ordering::Relaxed), 0x1100);
-    }
-
-    #[test]
     fn route_capability_prints_as_gsi_ranges() {
         assert_eq!(GsiList(0x00ff_0104).to_string(), "2, 8, 16-23");
         assert_eq!(GsiList(0x4).to_string(), "2");
         assert_eq!(GsiList(0).to_string(), "none");
         assert_eq!(GsiList(0x8000_0001).to_string(), "0, 31");
-    }
-}
-
-/// Property tests of the 32-bit counter extension: exact across any number of wraps for
-/// readings less than 2^31 ticks apart, and monotonic with concurrent readers.
-#[cfg(test)]
-mod proptests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// Extended values stay below 2^62 here: 2^62 ticks of a 100 MHz counter are 1462 years.
-    const MAX_START: u64 = 1 << 62;
-
-    proptest! {
-        /// Readings less than 2^31 ticks apart extend to exactly the true 64-bit count, across
-        /// as many wraps of the 32-bit counter as the steps add up to.
-        #[test]
-        fn extension_is_exact_across_wraps(start in 0..MAX_START, steps in prop::collection::vec(0..HALF_WRAP_32, 1..64)) {
-            let mut extended = start;
-            let mut truth = start;
-            for step in steps {
-                truth += u64::from(step);
-                let next = extend_32bit(extended, truth as u32);
-                prop_assert_eq!(next, truth, "step {} from {:#x}", step, extended);
-                prop_assert!(next >= extended, "went backwards");
-                extended = next;
-            }
-        }
-
-        /// A reading behind the previous value (up to half a wrap, an out-of-order read) leaves
-        /// it unchanged: never a jump of nearly 2^32 ticks.
-        #[test]
-        fn reading_behind_never_jumps_ahead(previous in u64::from(HALF_WRAP_32)..MAX_START, behind in 1..=HALF_WRAP_32) {
-            let reading = previous.wrapping_sub(u64::from(behind)) as u32;
-            prop_assert_eq!(extend_32bit(previous, reading), previous);
-        }
-
-        /// Two CPUs: this one loads `last`, then reads the counter at `ours`; meanwhile another
-        /// CPU may publish its own extended reading `theirs` (taken before or after ours). The
-        /// result is the later of the two readings, the published value never decreases, and
-        /// 0x1_0000_0000 ticks are never added by mistake.
-        #[test]
-        fn shared_extension_returns_the_latest_reading(
-            start in 0..MAX_START,
-            ours in 0..HALF_WRAP_32,
-            theirs in prop::option::of(0..HALF_WRAP_32),
-        ) {
-            let last = AtomicU64::new(start);
-            let ours = start + u64::from(ours);
-            let theirs = theirs.map(|t| start + u64::from(t));
-            let got = extend_32bit_shared(&last, || {
-                if let Some(t) = theirs {
-                    last.fetch_max(t, Ordering::AcqRel);
-                }
-                ours as u32
-            });
-            let expected = ours.max(theirs.unwrap_or(0));
-            prop_assert_eq!(got, expected);
-            prop_assert_eq!(last.load(Ordering::Acquire), expected.max(start));
-        }
     }
 }

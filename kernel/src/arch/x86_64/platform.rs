@@ -5,8 +5,7 @@
 use super::calibrate::{self, Calibration};
 use super::hpet::{ComparatorConfig, Hpet};
 use super::ioapic::{IOAPICS, IsaRoute};
-use super::{acpi, lapic, pic, smp, tsc};
-use crate::time::clocksource;
+use super::{acpi, clocksource, lapic, pic, smp, tsc};
 use crate::time::report::{
     ComparatorReport, CpuReport, HpetReport, IoApicReport, LapicReport, SCHEMA_VERSION, TimerReport, Verdict,
 };
@@ -133,6 +132,7 @@ pub fn init_bsp(rsdp: Option<u64>) -> Platform {
                 let h: &'static Hpet = Box::leak(Box::new(h));
                 h.log_summary();
                 p.hpet = Some(h);
+                clocksource::register_hpet(h);
             }
             Err(e) => p.fall_back(format!("HPET at {base:#x} rejected: {e}; calibrating against the PIT")),
         }
@@ -249,7 +249,6 @@ impl Platform {
             ioapics,
             lapic,
             tsc_hz: tsc::frequency_hz(),
-            clocksource: clocksource::current_name().to_string(),
             fallbacks: self.fallbacks.clone(),
             verdict: if self.fallbacks.is_empty() { Verdict::Ok } else { Verdict::Degraded },
             ..TimerReport::default()

@@ -1,16 +1,30 @@
 //! The time-stamp counter: the first clocksource, calibrated against the PIT at boot so that the
-//! log has real timestamps from its first line. The platform issue recalibrates it against the
-//! HPET once that is up.
+//! log has real timestamps from its first line; the platform bring-up recalibrates it against
+//! the HPET once that is up.
 
-use super::pit;
-use crate::time::clocksource::{self, Clocksource, MultShift};
+use super::{clocksource, pit};
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 pub fn read() -> u64 {
     // SAFETY: RDTSC is available on every x86_64 CPU and has no side effects (CR4.TSD is clear,
     // and we run in ring 0 regardless).
     unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// RDTSC after every earlier instruction has completed (LFENCE first, as Linux's
+/// `rdtsc_ordered`): a clock read cannot be taken before the loads that precede it, such as the
+/// timekeeper's sequence number.
+#[inline(always)]
+pub fn read_ordered() -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: LFENCE and RDTSC have no side effects; both exist on every x86_64 CPU. (Inline
+    // assembly rather than `_mm_lfence`, which is an SSE2 intrinsic this soft-float target
+    // cannot inline.)
+    unsafe {
+        core::arch::asm!("lfence", "rdtsc", out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(high) << 32) | u64::from(low)
 }
 
 /// Length of one calibration window in PIT ticks (10 ms).
@@ -70,36 +84,9 @@ impl fmt::Display for EarlyFallback {
     }
 }
 
-/// The TSC as a clocksource: `origin_ns + (tsc - origin) * mult >> shift`. A recalibration
-/// moves the origin to "now" so that time never jumps backwards.
-struct TscClock {
-    origin: AtomicU64,
-    origin_ns: AtomicU64,
-    hz: AtomicU64,
-    mult: AtomicU64,
-    shift: AtomicU32,
-}
-
-static TSC_CLOCK: TscClock = TscClock {
-    origin: AtomicU64::new(0),
-    origin_ns: AtomicU64::new(0),
-    hz: AtomicU64::new(0),
-    mult: AtomicU64::new(0),
-    shift: AtomicU32::new(0),
-};
+/// The TSC frequency in use (the clocksource's conversion follows it).
+static HZ: AtomicU64 = AtomicU64::new(0);
 static CALIBRATION: spin::Once<Calibration> = spin::Once::new();
-
-impl Clocksource for TscClock {
-    fn name(&self) -> &'static str {
-        "tsc"
-    }
-    fn now_ns(&self) -> u64 {
-        let conv =
-            MultShift { mult: self.mult.load(Ordering::Relaxed), shift: self.shift.load(Ordering::Relaxed) };
-        self.origin_ns.load(Ordering::Relaxed)
-            + conv.apply(read().saturating_sub(self.origin.load(Ordering::Relaxed)))
-    }
-}
 
 /// Cycles the TSC advances during one PIT window, or `None` if the PIT never expired.
 fn measure_window() -> Option<u64> {
@@ -123,7 +110,8 @@ fn cpuid_base_hz() -> Option<u64> {
     (mhz != 0).then_some(u64::from(mhz) * 1_000_000)
 }
 
-/// Measures the TSC frequency and installs the TSC as the clocksource; its origin (0 ns) is now.
+/// Measures the TSC frequency and installs the TSC as the first clocksource; its origin (0 ns)
+/// is now.
 pub fn init_early() {
     let mut samples = [0u64; WINDOWS];
     let mut ok = true;
@@ -146,28 +134,20 @@ pub fn init_early() {
     } else {
         (FALLBACK_HZ, Calibration::Assumed)
     };
-    set_frequency(hz);
-    TSC_CLOCK.origin.store(read(), Ordering::Relaxed);
+    HZ.store(hz, Ordering::Relaxed);
     CALIBRATION.call_once(|| calibration);
-    clocksource::install(&TSC_CLOCK);
+    clocksource::register_tsc(hz);
 }
 
 /// Changes the frequency (after a better calibration). Time continues from the current
-/// reading; call with interrupts off on the boot CPU before other CPUs read the clock.
+/// reading, at the new rate.
 pub fn set_frequency(hz: u64) {
-    if TSC_CLOCK.hz.load(Ordering::Relaxed) != 0 {
-        let now_ns = TSC_CLOCK.now_ns();
-        TSC_CLOCK.origin.store(read(), Ordering::Relaxed);
-        TSC_CLOCK.origin_ns.store(now_ns, Ordering::Relaxed);
-    }
-    let conv = MultShift::ticks_to_ns(hz);
-    TSC_CLOCK.hz.store(hz, Ordering::Relaxed);
-    TSC_CLOCK.mult.store(conv.mult, Ordering::Relaxed);
-    TSC_CLOCK.shift.store(conv.shift, Ordering::Relaxed);
+    HZ.store(hz, Ordering::Relaxed);
+    clocksource::set_tsc_frequency(hz);
 }
 
 pub fn frequency_hz() -> u64 {
-    TSC_CLOCK.hz.load(Ordering::Relaxed)
+    HZ.load(Ordering::Relaxed)
 }
 
 /// How `init_early` found the frequency (`None` before it ran).

@@ -1,0 +1,124 @@
+//! The cross-CPU TSC synchronisation check's arithmetic (in the spirit of Linux's
+//! `check_tsc_sync_source/target`): two CPUs take turns, each under a shared lock reading its
+//! counter and storing the reading as "last"; a reading below the "last" the other CPU stored
+//! is a backward step. The largest backward step is the warp: how far one CPU's counter lags
+//! (or leads) the other's at the same instant.
+
+use super::MultShift;
+
+/// A warp above this marks the TSC unsynchronised. Under TCG both vCPUs read the host's
+/// counter and the check measures 0; a real unsynchronised TSC (or `tsc_skew`) differs by
+/// microseconds to seconds. Linux allows none; a few hundred ns of allowance keeps the check
+/// meaningful on hosts whose counters differ by a cache miss.
+pub const SYNC_THRESHOLD_NS: u64 = 1_000;
+
+/// The shared state of one check: the last reading stored by either CPU, and the largest
+/// backward step seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WarpMeter {
+    last: u64,
+    pub max_warp: u64,
+    pub steps: u64,
+    pub backward_steps: u64,
+}
+
+impl WarpMeter {
+    pub const fn new() -> WarpMeter {
+        WarpMeter { last: 0, max_warp: 0, steps: 0, backward_steps: 0 }
+    }
+
+    /// One turn: `now` was read while holding the lock the other CPU also takes. Returns the
+    /// backward step it made, if any.
+    pub fn step(&mut self, now: u64) -> Option<u64> {
+        let previous = self.last;
+        self.last = now;
+        self.steps += 1;
+        if self.steps > 1 && previous > now {
+            let warp = previous - now;
+            self.backward_steps += 1;
+            self.max_warp = self.max_warp.max(warp);
+            return Some(warp);
+        }
+        None
+    }
+
+    /// The verdict, the warp converted at `hz` (rounded up, so a warp of 1 cycle is not 0 ns).
+    pub fn result(&self, hz: u64) -> SyncResult {
+        let warp_ns = if self.max_warp == 0 {
+            0
+        } else {
+            let ns = MultShift::ticks_to_ns(hz.max(1)).apply(self.max_warp);
+            ns.max(1)
+        };
+        SyncResult { warp_ns, steps: self.steps, synchronized: warp_ns <= SYNC_THRESHOLD_NS }
+    }
+}
+
+/// What one check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncResult {
+    pub warp_ns: u64,
+    /// Readings taken by both CPUs together.
+    pub steps: u64,
+    pub synchronized: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two CPUs alternating over a true timeline, the second `offset` ticks ahead.
+    fn alternate(offset: i64, turns: u64) -> WarpMeter {
+        let mut m = WarpMeter::new();
+        for t in 0..turns {
+            let truth = 1_000_000 + t * 10;
+            let reading = if t % 2 == 0 { truth } else { (truth as i64 + offset) as u64 };
+            m.step(reading);
+        }
+        m
+    }
+
+    #[test]
+    fn synchronized_counters_never_step_back() {
+        let m = alternate(0, 1000);
+        assert_eq!(m.max_warp, 0);
+        assert_eq!(m.backward_steps, 0);
+        assert_eq!(m.result(2_000_000_000), SyncResult { warp_ns: 0, steps: 1000, synchronized: true });
+    }
+
+    #[test]
+    fn a_leading_cpu_shows_its_lead_minus_one_turn() {
+        // CPU 1 leads by 1000 ticks; CPU 0 reads 10 ticks later than CPU 1's last reading.
+        let m = alternate(1000, 100);
+        assert_eq!(m.max_warp, 990);
+        assert_eq!(m.backward_steps, 49, "each of CPU 0's turns after the first");
+    }
+
+    #[test]
+    fn a_lagging_cpu_is_caught_too() {
+        let m = alternate(-1000, 100);
+        assert_eq!(m.max_warp, 990);
+        assert_eq!(m.backward_steps, 50, "each of CPU 1's turns");
+    }
+
+    #[test]
+    fn warp_is_converted_and_judged_against_the_threshold() {
+        let mut m = WarpMeter::new();
+        m.step(10_000);
+        m.step(10_000 - 2_000); // 2000 cycles at 1 GHz: 2 us back
+        let r = m.result(1_000_000_000);
+        assert_eq!(r.warp_ns, 2_000);
+        assert!(!r.synchronized, "2 us is beyond {SYNC_THRESHOLD_NS} ns");
+        let mut m = WarpMeter::new();
+        m.step(10);
+        m.step(9); // one cycle of a 3 GHz TSC: 0.33 ns, rounded up to 1
+        assert_eq!(m.result(3_000_000_000), SyncResult { warp_ns: 1, steps: 2, synchronized: true });
+    }
+
+    #[test]
+    fn the_first_reading_is_not_compared_with_nothing() {
+        let mut m = WarpMeter::new();
+        assert_eq!(m.step(5), None);
+        assert_eq!(m.step(3), Some(2));
+    }
+}

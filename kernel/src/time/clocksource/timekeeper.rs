@@ -1,0 +1,300 @@
+//! The system clock's hot path: one snapshot of "which counter, from which base, at what
+//! rate", published under a sequence counter, and [`Timekeeper::now`], which reads it without
+//! a lock and turns one counter reading into nanoseconds.
+//!
+//! A reader loads the sequence number, the snapshot, reads the counter, and loads the sequence
+//! number again; if a writer was at work meanwhile (the number is odd or changed) it reads
+//! again. Writers (a switch of source, a new rate, moving the base ahead of a narrow counter's
+//! wrap) are serialised by the caller and must not be interrupted by a reader on their own CPU
+//! (they run with interrupts off): a reader there would spin forever.
+//!
+//! Every write moves the base to "now": `base_ns` is the old snapshot's time at the moment of
+//! the write, `base_cycles` the new counter's reading just after it, so time continues from
+//! where it was, never stepping back, and pauses at most for the length of one counter read.
+
+use super::MultShift;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+
+/// Which hardware counter a snapshot reads: an opaque number the architecture code assigns
+/// and [`ReadCounter`] understands. [`CounterId::NONE`] reads 0 (before any source exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CounterId(pub u32);
+
+impl CounterId {
+    pub const NONE: CounterId = CounterId(0);
+}
+
+/// Reads a hardware counter: the one static dispatch of the hot path. The machine implements
+/// it on [`Hardware`] (a `match` on the id, each arm a direct read); host tests on fakes.
+pub trait ReadCounter {
+    fn read(&self, counter: CounterId) -> u64;
+}
+
+/// The machine's counters. Its [`ReadCounter`] implementation lives with the hardware
+/// (`arch/x86_64/clocksource.rs`); the time layer only names the type, so that
+/// [`super::now_ns`] compiles to a direct call, not a dynamic one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hardware;
+
+/// How a snapshot turns counter readings into ns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conversion {
+    pub counter: CounterId,
+    pub rate: MultShift,
+    /// `2^bits - 1` for a `bits`-wide counter.
+    pub mask: u64,
+    /// A delta above this is a reading behind the base (a CPU whose counter lags the one that
+    /// took the base): it counts as 0, so that CPU's time waits instead of leaping a wrap.
+    /// `mask / 2` for counters that differ per CPU (the TSC), `mask` for global ones.
+    pub max_delta: u64,
+}
+
+impl Conversion {
+    pub const NONE: Conversion =
+        Conversion { counter: CounterId::NONE, rate: MultShift { mult: 0, shift: 0 }, mask: 0, max_delta: 0 };
+
+    /// Ticks from `base` to `cycles`, across the counter's wrap; 0 for a reading behind.
+    #[inline(always)]
+    pub fn delta(&self, base: u64, cycles: u64) -> u64 {
+        let d = cycles.wrapping_sub(base) & self.mask;
+        if d > self.max_delta { 0 } else { d }
+    }
+}
+
+/// One consistent view of the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub conv: Conversion,
+    pub base_cycles: u64,
+    pub base_ns: u64,
+}
+
+impl Snapshot {
+    /// The time at counter reading `cycles`.
+    #[inline(always)]
+    pub fn ns_at(&self, cycles: u64) -> u64 {
+        self.base_ns.saturating_add(self.conv.rate.apply(self.conv.delta(self.base_cycles, cycles)))
+    }
+}
+
+/// The published snapshot. Its fields are atomics so that a torn read is a defined one; the
+/// sequence number tells the reader whether it was torn.
+pub struct Timekeeper {
+    seq: AtomicU32,
+    counter: AtomicU32,
+    shift: AtomicU32,
+    mult: AtomicU64,
+    mask: AtomicU64,
+    max_delta: AtomicU64,
+    base_cycles: AtomicU64,
+    base_ns: AtomicU64,
+}
+
+impl Default for Timekeeper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Timekeeper {
+    /// A clock that reads 0 until a source is installed.
+    pub const fn new() -> Timekeeper {
+        Timekeeper {
+            seq: AtomicU32::new(0),
+            counter: AtomicU32::new(0),
+            shift: AtomicU32::new(0),
+            mult: AtomicU64::new(0),
+            mask: AtomicU64::new(0),
+            max_delta: AtomicU64::new(0),
+            base_cycles: AtomicU64::new(0),
+            base_ns: AtomicU64::new(0),
+        }
+    }
+
+    #[inline(always)]
+    fn load(&self) -> Snapshot {
+        Snapshot {
+            conv: Conversion {
+                counter: CounterId(self.counter.load(Ordering::Relaxed)),
+                rate: MultShift {
+                    mult: self.mult.load(Ordering::Relaxed),
+                    shift: self.shift.load(Ordering::Relaxed),
+                },
+                mask: self.mask.load(Ordering::Relaxed),
+                max_delta: self.max_delta.load(Ordering::Relaxed),
+            },
+            base_cycles: self.base_cycles.load(Ordering::Relaxed),
+            base_ns: self.base_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    fn store(&self, s: &Snapshot) {
+        self.counter.store(s.conv.counter.0, Ordering::Relaxed);
+        self.mult.store(s.conv.rate.mult, Ordering::Relaxed);
+        self.shift.store(s.conv.rate.shift, Ordering::Relaxed);
+        self.mask.store(s.conv.mask, Ordering::Relaxed);
+        self.max_delta.store(s.conv.max_delta, Ordering::Relaxed);
+        self.base_cycles.store(s.base_cycles, Ordering::Relaxed);
+        self.base_ns.store(s.base_ns, Ordering::Relaxed);
+    }
+
+    /// The time now: one counter read, no lock, no write to shared memory.
+    #[inline(always)]
+    pub fn now<H: ReadCounter>(&self, hw: &H) -> u64 {
+        loop {
+            let seq = self.seq.load(Ordering::Acquire);
+            if seq & 1 == 0 {
+                let snap = self.load();
+                let cycles = hw.read(snap.conv.counter);
+                // The snapshot's loads (and the counter read) happen before the re-check.
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == seq {
+                    return snap.ns_at(cycles);
+                }
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// The snapshot as published (for reports and tests; not consistent with a concurrent write).
+    pub fn snapshot(&self) -> Snapshot {
+        loop {
+            let seq = self.seq.load(Ordering::Acquire);
+            let snap = self.load();
+            fence(Ordering::Acquire);
+            if seq & 1 == 0 && self.seq.load(Ordering::Relaxed) == seq {
+                return snap;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Moves the base to now and continues with `next` (the current conversion if `None`):
+    /// `base_ns` is the current time plus `forward_ns`, `base_cycles` a reading of the next
+    /// counter taken after it. Returns the new `base_ns`. Callers serialise writes and keep
+    /// interrupts off (see the module documentation).
+    ///
+    /// `forward_ns` lets a switch away from a counter that differs between CPUs (a TSC with a
+    /// measured warp) start ahead of every CPU's reading, so that no CPU sees time go back.
+    pub fn rebase<H: ReadCounter>(&self, hw: &H, next: Option<Conversion>, forward_ns: u64) -> u64 {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        let old = self.load();
+        let now = old.ns_at(hw.read(old.conv.counter));
+        let conv = next.unwrap_or(old.conv);
+        let base_cycles = hw.read(conv.counter);
+        let new = Snapshot { conv, base_cycles, base_ns: now.saturating_add(forward_ns) };
+        self.store(&new);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+        new.base_ns
+    }
+}
+
+/// `2^bits - 1`, for `bits` in 1..=64.
+pub const fn mask_of(bits: u32) -> u64 {
+    if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 }
+}
+
+/// Extends a `bits`-wide counter reading `raw` to 64 bits given `previous`, the last extended
+/// value: readings less than half a wrap apart advance it exactly, across the wrap if need be;
+/// a reading behind it (at least half a wrap "ahead") leaves it unchanged, never a jump of
+/// nearly a whole wrap.
+pub fn extend(previous: u64, raw: u64, bits: u32) -> u64 {
+    let mask = mask_of(bits);
+    let elapsed = raw.wrapping_sub(previous) & mask;
+    if elapsed > mask / 2 { previous } else { previous.wrapping_add(elapsed) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::cell::Cell;
+
+    /// Counters that advance by a fixed step on every read.
+    pub(crate) struct Fake {
+        pub values: [Cell<u64>; 3],
+        pub steps: [u64; 3],
+        pub masks: [u64; 3],
+    }
+
+    impl ReadCounter for Fake {
+        fn read(&self, c: CounterId) -> u64 {
+            let i = c.0 as usize;
+            if i == 0 {
+                return 0;
+            }
+            let v = self.values[i].get();
+            self.values[i].set(v.wrapping_add(self.steps[i]));
+            v & self.masks[i]
+        }
+    }
+
+    fn conv(counter: u32, hz: u64, bits: u32) -> Conversion {
+        let mask = mask_of(bits);
+        Conversion { counter: CounterId(counter), rate: MultShift::ticks_to_ns(hz), mask, max_delta: mask }
+    }
+
+    #[test]
+    fn clock_reads_zero_before_any_source() {
+        let tk = Timekeeper::new();
+        let hw = Fake { values: Default::default(), steps: [0, 1, 1], masks: [0, u64::MAX, u64::MAX] };
+        assert_eq!(tk.now(&hw), 0);
+    }
+
+    #[test]
+    fn installing_a_source_starts_it_at_the_previous_time() {
+        let tk = Timekeeper::new();
+        let hw = Fake {
+            values: [Cell::new(0), Cell::new(5_000), Cell::new(77)],
+            steps: [0, 1_000, 10],
+            masks: [0, u64::MAX, mask_of(24)],
+        };
+        assert_eq!(tk.rebase(&hw, Some(conv(1, 1_000_000_000, 64)), 0), 0);
+        // 1 GHz counter, 1000 ticks per read: each read is 1 us later.
+        assert_eq!(tk.now(&hw), 1_000);
+        assert_eq!(tk.now(&hw), 2_000);
+        // Switch to a 100 MHz 24-bit counter: time continues from the old counter's reading.
+        let at = tk.rebase(&hw, Some(conv(2, 100_000_000, 24)), 0);
+        assert_eq!(at, 3_000);
+        assert_eq!(tk.now(&hw), 3_100, "one read (10 ticks = 100 ns) later");
+    }
+
+    #[test]
+    fn narrow_counter_wraps_into_the_future_not_the_past() {
+        let tk = Timekeeper::new();
+        let hw = Fake {
+            values: [Cell::new(0), Cell::new(mask_of(24) - 5), Cell::new(0)],
+            steps: [0, 10, 0],
+            masks: [0, mask_of(24), 0],
+        };
+        tk.rebase(&hw, Some(conv(1, 1_000_000_000, 24)), 0);
+        assert_eq!(tk.now(&hw), 10, "across the 24-bit wrap");
+    }
+
+    #[test]
+    fn a_lagging_reading_waits_at_the_base() {
+        let tk = Timekeeper::new();
+        let hw = Fake {
+            values: [Cell::new(0), Cell::new(1_000), Cell::new(0)],
+            steps: [0, 0, 0],
+            masks: [0, u64::MAX, 0],
+        };
+        let c = Conversion { max_delta: u64::MAX / 2, ..conv(1, 1_000_000_000, 64) };
+        tk.rebase(&hw, Some(c), 500);
+        // Another CPU's counter is 100 ticks behind the base.
+        hw.values[1].set(900);
+        assert_eq!(tk.now(&hw), 500, "held at the base instead of wrapping 2^64 ticks ahead");
+    }
+
+    #[test]
+    fn extension_handles_every_width() {
+        assert_eq!(extend(0, 5, 24), 5);
+        assert_eq!(extend(0xff_fff0, 0x10, 24), 0x100_0010);
+        assert_eq!(extend(0xffff_fff0, 0x10, 32), 0x1_0000_0010);
+        assert_eq!(extend(u64::MAX - 1, 3, 64), 3, "64-bit wraps like the counter");
+        assert_eq!(extend(0x180, 0x100, 32), 0x180, "a reading behind leaves it unchanged");
+        assert_eq!(extend(0, (1 << 23) - 1, 24), (1 << 23) - 1, "just under half a wrap advances");
+        assert_eq!(extend(0, 1 << 23, 24), 0, "half a wrap ahead counts as behind");
+    }
+}

@@ -1,0 +1,64 @@
+//! Clocksources: which counter is behind `now_ns` on each machine shape, a forced choice and
+//! what happens when it cannot be honoured, and the clock's promises on every CPU: it never
+//! goes back, it agrees across CPUs (a reading taken after another CPU's is not smaller), and
+//! the timer workload on it fires every timer once, never early.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use kernel_tests::kernel::Kernel;
+use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
+use kernel_tests::kernel::time::clocksource::now_ns;
+use kernel_tests::kernel::workload;
+
+kernel_tests::qemu_test!(
+    variants: b"
+        default: --smp 2 --cmdline duration_ms=200 --expect-report /clocksources#=2 --expect-report /clocksources/0/name=tsc --expect-report /clocksources/1/name=hpet --expect-report /clocksources/1/hz=100000000 --expect-report /clocksource_switches#=0 --expect-report /verdict=ok
+        forced_hpet: --smp 2 --cmdline 'duration_ms=200 clocksource=hpet' --expect-report /clocksource=hpet --expect-report /clocksource_switches/0/from=tsc --expect-report /clocksource_switches/0/to=hpet --expect-report /clocksource_switches/0/reason=clocksource=hpet --expect-report /verdict=ok
+        forced_absent: --smp 2 --cmdline 'duration_ms=200 clocksource=hpet' --expect-report /clocksource=tsc --expect-report /clocksources#=1 --expect-report /verdict=degraded --expect-log 'clocksource=hpet: this machine has no hpet; using tsc' -- -machine q35,hpet=off
+    ",
+    tests: [
+        clock_never_goes_back_on_any_cpu,
+        clock_agrees_across_cpus,
+        workload_fires_every_timer_once_never_early,
+    ],
+);
+
+fn monotonic_here(_: u64) -> u64 {
+    let mut last = now_ns();
+    for _ in 0..10_000 {
+        let t = now_ns();
+        assert!(t >= last, "CPU {}: the clock went back from {last} to {t}", percpu::this_cpu().index);
+        last = t;
+    }
+    last
+}
+
+fn clock_never_goes_back_on_any_cpu(_: &Kernel) {
+    for cpu in percpu::all() {
+        smp::call_on(cpu.index, || monotonic_here(0)).expect("the CPU runs the call");
+    }
+}
+
+/// Causality: a reading on another CPU, taken after ours (it is asked for after it), is not
+/// smaller, and ours after its answer is not smaller than it.
+fn clock_agrees_across_cpus(_: &Kernel) {
+    for cpu in percpu::all() {
+        for _ in 0..100 {
+            let before = now_ns();
+            let there = smp::call_on(cpu.index, now_ns).expect("the CPU runs the call");
+            let after = now_ns();
+            assert!(before <= there, "CPU {} read {there}, before CPU 0's earlier {before}", cpu.index);
+            assert!(there <= after, "CPU {} read {there}, after CPU 0's later {after}", cpu.index);
+        }
+    }
+}
+
+fn workload_fires_every_timer_once_never_early(k: &Kernel) {
+    let out = workload::run(k.options.duration_ms);
+    assert!(out.armed > 0, "the workload armed nothing");
+    assert_eq!(out.lost(), 0, "{} of {} timers never fired", out.lost(), out.armed);
+    assert_eq!(out.early, 0, "{} timers fired before their deadline", out.early);
+    assert_eq!(out.fired, out.armed, "a timer fired twice");
+}
