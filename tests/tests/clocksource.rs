@@ -14,8 +14,8 @@ use kernel_tests::kernel::workload;
 
 kernel_tests::qemu_test!(
     variants: b"
-        default: --smp 2 --cmdline duration_ms=200 --expect-report /clocksources#=2 --expect-report /clocksources/0/name=tsc --expect-report /clocksources/1/name=hpet --expect-report /clocksources/1/hz=100000000 --expect-report /clocksource_switches#=0 --expect-report /verdict=ok
-        forced_hpet: --smp 2 --cmdline 'duration_ms=200 clocksource=hpet' --expect-report /clocksource=hpet --expect-report /clocksource_switches/0/from=tsc --expect-report /clocksource_switches/0/to=hpet --expect-report /clocksource_switches/0/reason=clocksource=hpet --expect-report /verdict=ok
+        default: --smp 2 --cmdline duration_ms=200 --expect-report /clocksource=hpet --expect-report /clocksources#=2 --expect-report /clocksources/0/name=tsc --expect-report /clocksources/0/rating=100 --expect-report /clocksources/1/name=hpet --expect-report /clocksources/1/hz=100000000 --expect-report /clocksource_switches/0/from=tsc --expect-report /clocksource_switches/0/to=hpet --expect-report '/clocksource_switches/0/reason=hpet (rating 250) rated above tsc (rating 100)' --expect-report /verdict=ok --expect-log 'tsc: not invariant'
+        forced_tsc: --smp 2 --cmdline 'duration_ms=200 clocksource=tsc' --expect-report /clocksource=tsc --expect-report /clocksource_switches#=0 --expect-report /verdict=ok
         forced_absent: --smp 2 --cmdline 'duration_ms=200 clocksource=hpet' --expect-report /clocksource=tsc --expect-report /clocksources#=1 --expect-report /verdict=degraded --expect-log 'clocksource=hpet: this machine has no hpet; using tsc' -- -machine q35,hpet=off
     ",
     tests: [

@@ -3,9 +3,10 @@
 //! sources behind an interrupts-off lock, registration of the TSC and the HPET main counter,
 //! the `clocksource=` choice, and the report's clocksource part.
 
+use super::clockevents::{self, TimerEvent};
 use super::{hpet::Hpet, tsc};
 use crate::time::clocksource::{
-    Clocksources, CounterId, Hardware, ReadCounter, SourceDesc, SourceFlags, Switch, TIMEKEEPER,
+    Clocksources, CounterId, Hardware, ReadCounter, SourceDesc, SourceFlags, Switch, TIMEKEEPER, watchdog,
 };
 use crate::time::report::{ClocksourceReport, SwitchReport, TimerReport, Verdict};
 use alloc::string::String;
@@ -21,9 +22,15 @@ pub const HPET: CounterId = CounterId(2);
 /// Linux's ratings: the TSC is the cheapest to read, the HPET an MMIO read away.
 pub const TSC_RATING: u32 = 300;
 pub const HPET_RATING: u32 = 250;
+/// A TSC that is not invariant may change its rate with the CPU's P- and C-states: it is not
+/// preferred, rated below the HPET and the ACPI PM timer (200), and used only without them or
+/// when forced.
+pub const TSC_NOT_INVARIANT_RATING: u32 = 100;
 
-/// The main counter register of the HPET that is the `hpet` clocksource (null until then).
-static HPET_COUNTER: AtomicPtr<u64> = AtomicPtr::new(core::ptr::null_mut());
+/// The main counter register of the HPET that is the `hpet` clocksource (null until then),
+/// read as its low 32 bits, as Linux does: QEMU splits a 64-bit read of it into two 32-bit
+/// ones, which tear when the low half wraps (the clock then leaps 43 s ahead and back).
+static HPET_COUNTER: AtomicPtr<u32> = AtomicPtr::new(core::ptr::null_mut());
 
 impl ReadCounter for Hardware {
     #[inline(always)]
@@ -42,9 +49,10 @@ fn read_hpet() -> u64 {
     if counter.is_null() {
         return 0;
     }
-    // SAFETY: a non-null pointer is the main counter register of a probed HPET, mapped
-    // uncached for the kernel's lifetime (`register_hpet`); reading it has no side effects.
-    unsafe { counter.read_volatile() }
+    // SAFETY: a non-null pointer is the low half of the main counter register of a probed
+    // HPET, mapped uncached for the kernel's lifetime (`register_hpet`); reading it has no side
+    // effects.
+    u64::from(unsafe { counter.read_volatile() })
 }
 
 static SOURCES: Mutex<Clocksources> = Mutex::new(Clocksources::new());
@@ -94,16 +102,40 @@ fn log_switch(switch: Option<&Switch>) {
     }
 }
 
-/// The TSC at `hz`, installed as the first clocksource (before there is a heap or a log).
+/// The TSC at `hz`, installed as the first clocksource (before there is a heap or a log:
+/// [`log_tsc`] says it later).
 pub fn register_tsc(hz: u64) {
-    register(SourceDesc {
+    register(tsc_desc(hz));
+}
+
+fn tsc_desc(hz: u64) -> SourceDesc {
+    let invariant = tsc::invariant();
+    SourceDesc {
         name: "tsc",
-        rating: TSC_RATING,
+        rating: if invariant { TSC_RATING } else { TSC_NOT_INVARIANT_RATING },
         hz,
         bits: 64,
-        flags: SourceFlags::MUST_VERIFY,
+        flags: if invariant {
+            SourceFlags::MUST_VERIFY | SourceFlags::CONTINUOUS
+        } else {
+            SourceFlags::MUST_VERIFY
+        },
         counter: TSC,
-    });
+    }
+}
+
+/// The TSC's registration, once there is a log.
+pub fn log_tsc() {
+    let desc = tsc_desc(tsc::frequency_hz());
+    if tsc::invariant() {
+        log::info!("tsc: invariant (CPUID 0x80000007 EDX bit 8): rating {}", desc.rating);
+    } else {
+        log::info!(
+            "tsc: not invariant (CPUID 0x80000007 EDX bit 8 clear): rating {}, below the HPET ({HPET_RATING}) and the ACPI PM timer",
+            desc.rating
+        );
+    }
+    log::info!("clocksource {} for now", current_name());
 }
 
 /// A better measurement of the TSC's frequency: time continues at the new rate from now.
@@ -113,15 +145,37 @@ pub fn set_tsc_frequency(hz: u64) {
 
 /// The HPET main counter as the `hpet` clocksource.
 pub fn register_hpet(hpet: &'static Hpet) {
-    HPET_COUNTER.store(hpet.main_counter_ptr().cast_mut(), Ordering::Relaxed);
+    HPET_COUNTER.store(hpet.main_counter_ptr().cast::<u32>().cast_mut(), Ordering::Relaxed);
     register(SourceDesc {
         name: "hpet",
         rating: HPET_RATING,
         hz: hpet.frequency_hz(),
-        bits: if hpet.capabilities().counter_64bit() { 64 } else { 32 },
+        // Read as 32 bits (see `HPET_COUNTER`): it wraps every 43 s at 100 MHz, and is rebased
+        // every 0.5 s once that runs.
+        bits: 32,
         flags: SourceFlags::CONTINUOUS | SourceFlags::CPU_CONSISTENT,
         counter: HPET,
     });
+}
+
+/// The HPET's main counter is about to stop (a suspend, a test writing it): if it is the
+/// clocksource, the TSC keeps time meanwhile (even a TSC not preferred runs on).
+pub fn hpet_stopping(hpet: &Hpet) {
+    if HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
+        && with_sources(|s| s.counter_stopping(&TIMEKEEPER, &Hardware, "hpet", "tsc"))
+    {
+        log::debug!("the HPET counter stops: the TSC keeps time until it runs again");
+    }
+}
+
+/// The HPET's main counter runs again (from whatever value it was given): the clock continues
+/// on it.
+pub fn hpet_started(hpet: &Hpet) {
+    if HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
+        && with_sources(|s| s.counter_restarted(&TIMEKEEPER, &Hardware, "hpet"))
+    {
+        log::debug!("the HPET counter runs again: the clock continues on it");
+    }
 }
 
 /// `clocksource=NAME`: preferred while usable (applied at the next selection).
@@ -130,16 +184,32 @@ pub fn force(name: &'static str) {
     log::info!("clocksource={name} asked for");
 }
 
-/// After bring-up: narrow counters may be selected (nothing rebases them yet, so this only
-/// selects among the others again), and a `clocksource=` that could not be honoured is
-/// recorded as a fallback.
+/// After bring-up, once CPU 0 has a tick device: the housekeeping timer starts (every 0.5 s on
+/// CPU 0), so narrow counters may be selected; the best source becomes current, and a
+/// `clocksource=` that could not be honoured is recorded as a fallback.
 pub fn init_late() {
+    let period = core::time::Duration::from_nanos(watchdog::INTERVAL_NS);
+    match clockevents::Timer::periodic(0, clockevents::now() + period, period, housekeeping) {
+        Ok(t) => {
+            t.detach();
+            with_sources(|s| s.allow_narrow());
+        }
+        Err(e) => record_fallback(alloc::format!(
+            "no timer for the clocksource's housekeeping on CPU 0 ({e}): wrapping counters (hpet, acpi_pm) are not used"
+        )),
+    }
     let (switch, problem) = with_sources(|s| (s.select(&TIMEKEEPER, &Hardware), s.forced_problem()));
     log_switch(switch.as_ref());
     if let Some(p) = problem {
         record_fallback(p);
     }
     log::info!("clocksource {}", current_name());
+}
+
+/// Every [`watchdog::INTERVAL_NS`] on CPU 0, in its timer interrupt: a wrapping counter's
+/// base is moved to now, well within half its wrap.
+fn housekeeping(_: &TimerEvent) {
+    with_sources(|s| s.rebase_narrow(&TIMEKEEPER, &Hardware));
 }
 
 fn record_fallback(reason: String) {

@@ -338,9 +338,20 @@ impl Hpet {
         GeneralConfig::from_bits_retain(self.regs.configuration().read())
     }
 
+    /// Writes the general configuration; the clocksource is told before the main counter
+    /// stops and after it starts (it keeps time on the TSC meanwhile, if the HPET is it).
     fn set_config(&self, config: GeneralConfig) {
+        let running =
+            GeneralConfig::from_bits_retain(self.regs.configuration().read()).contains(GeneralConfig::ENABLE);
+        let enable = config.contains(GeneralConfig::ENABLE);
+        if running && !enable {
+            super::clocksource::hpet_stopping(self);
+        }
         self.counted();
         self.regs.configuration().write(config.bits());
+        if !running && enable {
+            super::clocksource::hpet_started(self);
+        }
     }
 
     /// Stops the main counter (comparators stop matching).

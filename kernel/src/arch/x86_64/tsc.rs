@@ -101,6 +101,16 @@ fn measure_window() -> Option<u64> {
     Some(read() - start)
 }
 
+/// CPUID 0x80000007 EDX bit 8, "Invariant TSC" (Intel SDM vol. 3 17.17.1): the TSC runs at a
+/// constant rate in every P-, C- and T-state. QEMU's TCG never offers it (`-cpu max,+invtsc`
+/// is refused: "TCG doesn't support requested feature").
+pub fn invariant() -> bool {
+    const LEAF: u32 = 0x8000_0007;
+    const INVARIANT_TSC: u32 = 1 << 8;
+    core::arch::x86_64::__cpuid(0x8000_0000).eax >= LEAF
+        && core::arch::x86_64::__cpuid(LEAF).edx & INVARIANT_TSC != 0
+}
+
 fn cpuid_base_hz() -> Option<u64> {
     let max_leaf = core::arch::x86_64::__cpuid(0).eax;
     if max_leaf < 0x16 {
@@ -175,6 +185,7 @@ pub fn log_calibration() {
         }
         _ => log::info!("TSC frequency unknown (no PIT, no CPUID 0x16): assuming {} MHz", hz / 1_000_000),
     }
+    clocksource::log_tsc();
 }
 
 #[cfg(test)]

@@ -178,6 +178,8 @@ pub struct Clocksources {
     forced: Option<&'static str>,
     /// Narrow (wrapping) counters are only selected once something rebases them in time.
     rebased_periodically: bool,
+    /// The source keeping time while the current one's counter is stopped.
+    standing_in: Option<usize>,
     switches: Vec<Switch>,
 }
 
@@ -194,6 +196,7 @@ impl Clocksources {
             current: None,
             forced: None,
             rebased_periodically: false,
+            standing_in: None,
             switches: Vec::new(),
         }
     }
@@ -284,7 +287,8 @@ impl Clocksources {
     /// current one stays, unstable or not: a clock that may be wrong beats none.
     pub fn select<H: ReadCounter>(&mut self, tk: &Timekeeper, hw: &H) -> Option<Switch> {
         let best = self.best()?;
-        if self.current == Some(best) {
+        // While the current counter is stopped, the switch waits for it to run again.
+        if self.current == Some(best) || self.standing_in.is_some() {
             return None;
         }
         let to = self.at(best);
@@ -341,15 +345,47 @@ impl Clocksources {
         }
         let s = self.sources[i].as_mut().expect("found above");
         s.hz = hz;
-        if self.current == Some(i) {
+        if (self.current == Some(i) && self.standing_in.is_none()) || self.standing_in == Some(i) {
             tk.rebase(hw, Some(self.at(i).conversion()), 0);
+        }
+    }
+
+    /// `name`'s counter is about to stop (a suspend, a test writing the counter): if it is
+    /// the current source, `stand_in` (a counter that runs on) keeps time until
+    /// [`Clocksources::counter_restarted`], so the clock neither stops nor jumps. Linux measures
+    /// suspended time the same way, on a "suspend-nonstop" clocksource. True if it stood in.
+    pub fn counter_stopping<H: ReadCounter>(
+        &mut self,
+        tk: &Timekeeper,
+        hw: &H,
+        name: &str,
+        stand_in: &str,
+    ) -> bool {
+        let (Some(current), Some(si)) = (self.current, self.index_of(stand_in)) else { return false };
+        if self.at(current).name() != name || current == si || self.standing_in.is_some() {
+            return false;
+        }
+        tk.rebase(hw, Some(self.at(si).conversion()), 0);
+        self.standing_in = Some(si);
+        true
+    }
+
+    /// `name`'s counter runs again (from any value): the clock continues on it from now.
+    pub fn counter_restarted<H: ReadCounter>(&mut self, tk: &Timekeeper, hw: &H, name: &str) -> bool {
+        match self.current {
+            Some(c) if self.standing_in.is_some() && self.at(c).name() == name => {
+                tk.rebase(hw, Some(self.at(c).conversion()), 0);
+                self.standing_in = None;
+                true
+            }
+            _ => false,
         }
     }
 
     /// Moves the timekeeper's base to now if the current counter wraps; to be called well
     /// within half its wrap (every 0.5 s does: see [`MIN_WRAP_NS`]).
     pub fn rebase_narrow<H: ReadCounter>(&self, tk: &Timekeeper, hw: &H) {
-        if self.current().is_some_and(Source::narrow) {
+        if self.standing_in.is_none() && self.current().is_some_and(Source::narrow) {
             tk.rebase(hw, None, 0);
         }
     }
@@ -414,6 +450,141 @@ impl MultShift {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::cell::Cell;
+
+    /// A TSC-like counter (id 1, 1 GHz) and an HPET-like one (id 2, 100 MHz) that can be
+    /// stopped and set; the true time advances only when the test says so.
+    struct Machine {
+        t_ns: Cell<u64>,
+        hpet_running: Cell<bool>,
+        hpet: Cell<u64>,
+        hpet_at: Cell<u64>,
+    }
+
+    impl Machine {
+        fn new() -> Machine {
+            Machine {
+                t_ns: Cell::new(0),
+                hpet_running: Cell::new(true),
+                hpet: Cell::new(0),
+                hpet_at: Cell::new(0),
+            }
+        }
+        fn advance(&self, ns: u64) {
+            self.sync_hpet();
+            self.t_ns.set(self.t_ns.get() + ns);
+        }
+        fn sync_hpet(&self) {
+            if self.hpet_running.get() {
+                self.hpet.set(self.hpet.get() + (self.t_ns.get() - self.hpet_at.get()) / 10);
+            }
+            self.hpet_at.set(self.t_ns.get());
+        }
+    }
+
+    impl ReadCounter for Machine {
+        fn read(&self, c: CounterId) -> u64 {
+            match c.0 {
+                1 => self.t_ns.get(),
+                2 => {
+                    self.sync_hpet();
+                    self.hpet.get()
+                }
+                _ => 0,
+            }
+        }
+    }
+
+    fn desc(name: &'static str, rating: u32, hz: u64, counter: u32) -> SourceDesc {
+        SourceDesc {
+            name,
+            rating,
+            hz,
+            bits: 64,
+            flags: SourceFlags::CPU_CONSISTENT,
+            counter: CounterId(counter),
+        }
+    }
+
+    fn tsc_and_hpet(tsc_rating: u32) -> (Machine, Timekeeper, Clocksources) {
+        let (m, tk, mut cs) = (Machine::new(), Timekeeper::new(), Clocksources::new());
+        cs.register(desc("tsc", tsc_rating, 1_000_000_000, 1)).unwrap();
+        cs.select(&tk, &m);
+        cs.register(desc("hpet", 250, 100_000_000, 2)).unwrap();
+        cs.select(&tk, &m);
+        (m, tk, cs)
+    }
+
+    #[test]
+    fn the_highest_rating_wins_and_a_forced_source_beats_it_while_usable() {
+        let (m, tk, mut cs) = tsc_and_hpet(300);
+        assert_eq!(cs.current_name(), "tsc");
+        cs.force("hpet");
+        let s = cs.select(&tk, &m).expect("switched");
+        assert_eq!((s.from, s.to, s.reason.as_str()), ("tsc", "hpet", "clocksource=hpet"));
+        cs.mark_unstable("hpet", "test".into());
+        let s = cs.select(&tk, &m).expect("switched back");
+        assert_eq!(s.reason, "hpet unstable: test");
+        assert_eq!(
+            cs.forced_problem().as_deref(),
+            Some("clocksource=hpet: hpet is unstable (test); using tsc")
+        );
+        assert_eq!(cs.switches().len(), 2);
+    }
+
+    #[test]
+    fn a_tsc_rated_below_the_hpet_gives_way_to_it() {
+        let (_, _, cs) = tsc_and_hpet(100);
+        assert_eq!(cs.current_name(), "hpet");
+        assert_eq!(cs.switches()[0].reason, "hpet (rating 250) rated above tsc (rating 100)");
+    }
+
+    #[test]
+    fn a_narrow_counter_waits_until_it_is_rebased_periodically() {
+        let (m, tk, mut cs) = (Machine::new(), Timekeeper::new(), Clocksources::new());
+        cs.register(desc("tsc", 100, 1_000_000_000, 1)).unwrap();
+        cs.register(SourceDesc { bits: 24, ..desc("acpi_pm", 200, 3_579_545, 3) }).unwrap();
+        cs.select(&tk, &m);
+        assert_eq!(cs.current_name(), "tsc");
+        cs.allow_narrow();
+        cs.select(&tk, &m);
+        assert_eq!(cs.current_name(), "acpi_pm");
+    }
+
+    #[test]
+    fn registration_refuses_what_it_cannot_keep_time_with() {
+        let mut cs = Clocksources::new();
+        assert_eq!(cs.register(desc("x", 1, 0, 1)), Err(RegisterError::ZeroFrequency("x")));
+        assert_eq!(
+            cs.register(SourceDesc { bits: 8, ..desc("x", 1, 1, 1) }),
+            Err(RegisterError::BadWidth { name: "x", bits: 8 })
+        );
+        let fast = SourceDesc { bits: 24, ..desc("x", 1, 100_000_000, 1) };
+        assert!(matches!(cs.register(fast), Err(RegisterError::WrapsTooFast { .. })));
+        cs.register(desc("x", 1, 1, 1)).unwrap();
+        assert_eq!(cs.register(desc("x", 1, 1, 1)), Err(RegisterError::Duplicate("x")));
+    }
+
+    #[test]
+    fn a_stopped_counter_is_stood_in_for_and_may_restart_from_anywhere() {
+        let (m, tk, mut cs) = tsc_and_hpet(100);
+        m.advance(1_000_000);
+        let before = tk.now(&m);
+        assert!(cs.counter_stopping(&tk, &m, "hpet", "tsc"));
+        m.hpet_running.set(false);
+        m.advance(5_000_000);
+        let during = tk.now(&m);
+        assert!(during >= before + 5_000_000, "the TSC kept time: {before} -> {during}");
+        // Set while stopped (a test near the wrap, or a power loss), then restarted.
+        m.hpet.set(0xffff_ff00);
+        m.hpet_running.set(true);
+        assert!(cs.counter_restarted(&tk, &m, "hpet"));
+        m.advance(1_000);
+        let after = tk.now(&m);
+        assert!(after >= during && after <= during + 2_000, "{during} -> {after}");
+        assert!(!cs.counter_restarted(&tk, &m, "hpet"), "only once");
+        assert!(!cs.counter_stopping(&tk, &m, "tsc", "tsc"), "not for a counter that is not current");
+    }
 
     #[test]
     fn hundred_megahertz_is_ten_ns_per_tick() {
