@@ -34,6 +34,8 @@ pub struct TimerReport {
     pub clocksources: Vec<ClocksourceReport>,
     /// Every change of the current clocksource after the first, in order.
     pub clocksource_switches: Vec<SwitchReport>,
+    /// What the TSC checks found.
+    pub tsc: TscReport,
     /// The rule that arranged the HPET comparators (e.g. "per-CPU: 3 usable comparators >= 2 CPUs").
     pub clockevents_rule: String,
     /// `oneshot` (tickless) or `periodic`.
@@ -69,6 +71,23 @@ pub struct ClocksourceReport {
     pub hz: u64,
     /// False once found unstable (the reason is in `fallbacks` or `clocksource_switches`).
     pub stable: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TscReport {
+    /// CPUID 0x80000007 EDX bit 8: constant rate in every P-, C- and T-state.
+    pub invariant: bool,
+    /// Largest backward step measured between two CPUs' TSCs as the APs came online.
+    pub warp_ns: u64,
+    /// The frequency measured over a long window after boot (`null` until measured).
+    pub refined_hz: Option<u64>,
+    /// How far the boot calibration was from the refined frequency, in ppm (`null` until
+    /// refined).
+    pub calibration_ppm: Option<i64>,
+    /// Watchdog comparisons in which the TSC agreed with the reference.
+    pub watchdog_checks: u64,
+    /// The largest disagreement among them, TSC minus reference, in ns over one 0.5 s interval.
+    pub watchdog_max_deviation_ns: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

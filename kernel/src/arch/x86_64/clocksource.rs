@@ -5,10 +5,12 @@
 
 use super::clockevents::{self, TimerEvent};
 use super::{hpet::Hpet, tsc};
+use crate::time::clocksource::sync::{self, SyncResult};
+use crate::time::clocksource::watchdog::{self, Sample, Watchdog};
 use crate::time::clocksource::{
-    Clocksources, CounterId, Hardware, ReadCounter, SourceDesc, SourceFlags, Switch, TIMEKEEPER, watchdog,
+    Clocksources, CounterId, Hardware, ReadCounter, SourceDesc, SourceFlags, Switch, TIMEKEEPER,
 };
-use crate::time::report::{ClocksourceReport, SwitchReport, TimerReport, Verdict};
+use crate::time::report::{ClocksourceReport, SwitchReport, TimerReport, TscReport, Verdict};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -210,6 +212,101 @@ pub fn init_late() {
 /// base is moved to now, well within half its wrap.
 fn housekeeping(_: &TimerEvent) {
     with_sources(|s| s.rebase_narrow(&TIMEKEEPER, &Hardware));
+    watchdog_check();
+}
+
+/// What the TSC checks found, for the report.
+struct TscChecks {
+    warp_ns: u64,
+    watchdog: Watchdog,
+    watchdog_checks: u64,
+    /// Largest disagreement the watchdog measured over one interval (signed, TSC minus
+    /// reference), while the TSC was found stable.
+    watchdog_max_deviation_ns: i64,
+}
+
+static TSC_CHECKS: Mutex<TscChecks> = Mutex::new(TscChecks {
+    warp_ns: 0,
+    watchdog: Watchdog::new(),
+    watchdog_checks: 0,
+    watchdog_max_deviation_ns: 0,
+});
+
+/// The result of the sync check with AP `cpu`: the warp is recorded (a switch away from the
+/// TSC then starts that far ahead, so that no CPU sees time go back); beyond the threshold the
+/// TSC is marked unstable.
+pub fn tsc_warp(cpu: usize, r: SyncResult) {
+    without_interrupts(|| {
+        let mut c = TSC_CHECKS.lock();
+        c.warp_ns = c.warp_ns.max(r.warp_ns);
+    });
+    with_sources(|s| s.record_warp("tsc", r.warp_ns));
+    if !r.synchronized {
+        tsc_unstable(alloc::format!(
+            "TSCs unsynchronized: CPU {cpu} is {} ns off CPU 0 (threshold {} ns)",
+            r.warp_ns,
+            sync::SYNC_THRESHOLD_NS
+        ));
+    }
+}
+
+/// Marks the TSC unstable (once): it is no longer selected; if it was the clocksource, the
+/// best other source takes over now (or, if that is a wrapping counter not yet allowed, when
+/// the housekeeping starts).
+fn tsc_unstable(reason: String) {
+    let (newly, switch) = with_sources(|s| {
+        let newly = s.mark_unstable("tsc", reason.clone());
+        (newly, if newly { s.select(&TIMEKEEPER, &Hardware) } else { None })
+    });
+    if newly {
+        log::warn!("tsc: marked unstable: {reason}");
+        log_switch(switch.as_ref());
+        record_fallback(alloc::format!("TSC unstable ({reason}): not used as the clocksource"));
+    }
+}
+
+/// The watchdog's turn: the TSC (on CPU 0) against the HPET, else the ACPI PM timer, over the
+/// last interval. Each sample brackets the TSC read between two reads of the reference and is
+/// retried (three times) if the bracket is too wide to trust.
+fn watchdog_check() {
+    let Some((tsc, reference)) = with_sources(|s| {
+        let tsc = s.get("tsc").filter(|t| t.stable())?.conversion();
+        let reference = ["hpet", "acpi_pm"].iter().find_map(|n| s.get(n).filter(|r| r.stable()))?;
+        Some((tsc, (reference.name(), reference.conversion())))
+    }) else {
+        return;
+    };
+    let (name, wd) = reference;
+    let verdict = without_interrupts(|| {
+        let mut c = TSC_CHECKS.lock();
+        let mut verdict = watchdog::Verdict::Skipped(watchdog::SkipReason::WideBracket);
+        for _ in 0..3 {
+            let wd_before = Hardware.read(wd.counter);
+            let cs = tsc::read();
+            let wd_after = Hardware.read(wd.counter);
+            verdict = c.watchdog.check(Sample { wd_before, cs, wd_after }, &tsc, &wd);
+            if verdict != watchdog::Verdict::Skipped(watchdog::SkipReason::WideBracket) {
+                break;
+            }
+        }
+        if let watchdog::Verdict::Agrees { deviation_ns, .. } = verdict {
+            c.watchdog_checks += 1;
+            if deviation_ns.abs() > c.watchdog_max_deviation_ns.abs() {
+                c.watchdog_max_deviation_ns = deviation_ns;
+            }
+        }
+        verdict
+    });
+    match verdict {
+        watchdog::Verdict::Unstable { cs_ns, wd_ns } => tsc_unstable(alloc::format!(
+            "watchdog: over {wd_ns} ns of {name} the TSC counted {cs_ns} ns (threshold {} ns)",
+            watchdog::threshold_ns(wd_ns)
+        )),
+        watchdog::Verdict::Agrees { interval_ns, deviation_ns } => {
+            log::trace!("watchdog: TSC within {deviation_ns} ns of {name} over {interval_ns} ns")
+        }
+        v => log::debug!("watchdog: {v:?}"),
+    }
 }
 
 fn record_fallback(reason: String) {
@@ -246,6 +343,17 @@ pub fn fill_report(report: &mut TimerReport) {
                 at_ns: w.at_ns,
             })
             .collect();
+    });
+    report.tsc = without_interrupts(|| {
+        let c = TSC_CHECKS.lock();
+        TscReport {
+            invariant: tsc::invariant(),
+            warp_ns: c.warp_ns,
+            refined_hz: None,
+            calibration_ppm: None,
+            watchdog_checks: c.watchdog_checks,
+            watchdog_max_deviation_ns: c.watchdog_max_deviation_ns,
+        }
     });
     let fallbacks = without_interrupts(|| FALLBACKS.lock().clone());
     if !fallbacks.is_empty() && report.verdict == Verdict::Ok {

@@ -20,3 +20,4 @@ pub mod qemu;
 pub mod serial;
 pub mod smp;
 pub mod tsc;
+pub mod tsc_sync;

@@ -155,6 +155,8 @@ fn start_one(
     let online = || cpu.online_ns.load(Ordering::Acquire) != 0;
     let wait_until = |deadline: u64| {
         while now_ns() < deadline && !online() {
+            // The AP checks its TSC against ours on its way online.
+            super::tsc_sync::serve();
             core::hint::spin_loop();
         }
     };
@@ -184,6 +186,8 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     interrupts::load_idt();
     // Enables this CPU's APIC in the boot CPU's mode (x2APIC needs EXTD set on every CPU).
     lapic::init_ap();
+    // Its TSC checked against the boot CPU's, before its timekeeping starts.
+    super::tsc_sync::check_on_ap(cpu.index);
     // Its own tick and LAPIC timer, set up by itself (the boot CPU cannot reach its LAPIC).
     super::clockevents::init_on_ap();
     let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);

@@ -1,0 +1,115 @@
+//! The TSC synchronisation check as each AP comes online (Linux's `check_tsc_sync_source` and
+//! `check_tsc_sync_target`): the AP, on its start-up path before its timekeeping, and the boot
+//! CPU, waiting for it in `smp::start_one`, take turns for [`LOOP_NS`] reading their TSCs under
+//! one lock; the largest backward step between consecutive readings is the warp
+//! (`time::clocksource::sync`). A warp beyond the threshold marks the TSC unstable.
+//!
+//! The rendezvous is bounded on both sides by each CPU's own TSC: an AP whose boot CPU never
+//! answers (or the other way round) goes on without a check and says so.
+
+use super::{clocksource, tsc};
+use crate::time::clocksource::sync::{SyncResult, WarpMeter};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use spin::Mutex;
+
+/// How long each CPU takes turns (Linux: 2 ms, 20 ms at boot): thousands of turns under TCG.
+const LOOP_NS: u64 = 2_000_000;
+/// How long either side waits for the other (generous: a vCPU may be descheduled).
+const WAIT_NS: u64 = 200_000_000;
+
+/// The AP asking for a check (its index + 1; 0 when none).
+static ARRIVED: AtomicUsize = AtomicUsize::new(0);
+/// The boot CPU takes turns too: the AP starts.
+static GO: AtomicBool = AtomicBool::new(false);
+/// The boot CPU's window ended: the AP stops.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The AP left the loop.
+static DONE: AtomicBool = AtomicBool::new(false);
+static METER: Mutex<WarpMeter> = Mutex::new(WarpMeter::new());
+
+fn cycles(ns: u64) -> u64 {
+    (u128::from(tsc::frequency_hz()) * u128::from(ns) / 1_000_000_000) as u64
+}
+
+/// Spins until `done` or `ns` of this CPU's TSC pass; true if `done`.
+fn wait(ns: u64, done: impl Fn() -> bool) -> bool {
+    let (start, limit) = (tsc::read(), cycles(ns));
+    while !done() {
+        if tsc::read().wrapping_sub(start) > limit {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// One turn after another until `stop` or `ns` of this CPU's TSC.
+fn take_turns(ns: u64, stop: impl Fn() -> bool) {
+    let (start, limit) = (tsc::read(), cycles(ns));
+    while !stop() {
+        let now = {
+            let mut meter = METER.lock();
+            let now = tsc::read();
+            meter.step(now);
+            now
+        };
+        if now.wrapping_sub(start) > limit {
+            return;
+        }
+    }
+}
+
+/// The AP's side, on its start-up path (interrupts off).
+pub fn check_on_ap(index: usize) {
+    ARRIVED.store(index + 1, Ordering::Release);
+    if !wait(WAIT_NS, || GO.load(Ordering::Acquire)) {
+        // The boot CPU did not come: withdraw (it may still come, and then finds no one).
+        if ARRIVED.compare_exchange(index + 1, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            log::warn!("CPU {index}: the boot CPU did not take part in the TSC sync check; not checked");
+            return;
+        }
+        // It came at the last moment: take part after all.
+        wait(WAIT_NS, || GO.load(Ordering::Acquire));
+    }
+    take_turns(LOOP_NS, || STOP.load(Ordering::Acquire));
+    DONE.store(true, Ordering::Release);
+}
+
+/// The boot CPU's side, from its loop waiting for an AP to come online: checks with the AP if
+/// one is waiting for it, and records the result.
+pub fn serve() {
+    let arrived = ARRIVED.load(Ordering::Acquire);
+    if arrived == 0
+        || ARRIVED.compare_exchange(arrived, usize::MAX, Ordering::AcqRel, Ordering::Acquire).is_err()
+    {
+        return;
+    }
+    let cpu = arrived - 1;
+    let result = x86_64::instructions::interrupts::without_interrupts(|| {
+        *METER.lock() = WarpMeter::new();
+        GO.store(true, Ordering::Release);
+        take_turns(LOOP_NS, || false);
+        STOP.store(true, Ordering::Release);
+        let done = wait(WAIT_NS, || DONE.load(Ordering::Acquire));
+        let result = METER.lock().result(tsc::frequency_hz());
+        for flag in [&GO, &STOP, &DONE] {
+            flag.store(false, Ordering::Release);
+        }
+        ARRIVED.store(0, Ordering::Release);
+        done.then_some(result)
+    });
+    match result {
+        Some(r) => record(cpu, r),
+        None => log::warn!("CPU {cpu} did not finish the TSC sync check; not checked"),
+    }
+}
+
+fn record(cpu: usize, r: SyncResult) {
+    log::info!(
+        "CPU {cpu} TSC sync check against CPU 0: largest warp {} ns over {} readings ({})",
+        r.warp_ns,
+        r.steps,
+        if r.synchronized { "synchronized" } else { "beyond the threshold" }
+    );
+    clocksource::tsc_warp(cpu, r);
+}
