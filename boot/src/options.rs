@@ -47,7 +47,8 @@ pub struct RunOptions {
     pub expect: Expect,
     /// Text that must appear in the serial log for a test variant to pass.
     pub expect_log: Vec<String>,
-    /// Checks on the TIMER-REPORT line (`POINTER=VALUE`, `POINTER#=LENGTH`), see report.rs.
+    /// Checks on the TIMER-REPORT line (`POINTER=VALUE`, `POINTER#=LENGTH`, `POINTER>=N`,
+    /// `POINTER<=N`), see report.rs.
     pub expect_report: Vec<String>,
 }
 
@@ -110,8 +111,8 @@ Options (scripts/run, and each variant of a QEMU test):
                        (bad-checksum cannot be injected: QEMU recomputes table checksums.)
   --expect success|failure   (tests) the verdict the kernel must report (default success)
   --expect-log TEXT    (tests) TEXT must appear in the serial log; repeatable
-  --expect-report CHECK   (tests) a check on the TIMER-REPORT line: /json/pointer=VALUE or
-                       /json/pointer#=LENGTH; repeatable
+  --expect-report CHECK   (tests) a check on the TIMER-REPORT line: /json/pointer=VALUE,
+                       /json/pointer#=LENGTH, /json/pointer>=N or /json/pointer<=N; repeatable
   -- ARGS...           everything after -- goes to QEMU verbatim (e.g. -- -global hpet.timers=8)
 ";
 

@@ -1,6 +1,7 @@
 //! Checks on the kernel's `TIMER-REPORT {json}` line, for test variants:
 //! `--expect-report '/hpet/period_fs=10000000'` (the value at a JSON pointer equals a JSON
-//! value) and `--expect-report '/hpet/comparators#=8'` (an array's length).
+//! value), `--expect-report '/hpet/comparators#=8'` (an array's length) and
+//! `--expect-report '/tsc/warp_ns>=1000'` or `<=` (a number's bound).
 
 use serde_json::Value;
 
@@ -18,12 +19,21 @@ pub fn find(log: &str) -> Result<Value, String> {
 
 /// Checks one `POINTER=VALUE` or `POINTER#=LENGTH` expectation.
 pub fn check(report: &Value, expectation: &str) -> Result<(), String> {
+    for (op, at_least) in [(">=", true), ("<=", false)] {
+        if let Some((pointer, bound)) = expectation.split_once(op) {
+            let bound: f64 = bound.parse().map_err(|_| format!("'{bound}' is not a number"))?;
+            let found = report.pointer(pointer).ok_or_else(|| format!("the report has no {pointer}"))?;
+            let n = found.as_f64().ok_or_else(|| format!("{pointer} is {found}, not a number"))?;
+            let holds = if at_least { n >= bound } else { n <= bound };
+            return if holds { Ok(()) } else { Err(format!("{pointer} is {found}, expected {op} {bound}")) };
+        }
+    }
     let (pointer, wanted, length) = if let Some((p, n)) = expectation.split_once("#=") {
         (p, n, true)
     } else if let Some((p, v)) = expectation.split_once('=') {
         (p, v, false)
     } else {
-        return Err(format!("report expectation '{expectation}' has no '=' or '#='"));
+        return Err(format!("report expectation '{expectation}' has no '=', '#=', '>=' or '<='"));
     };
     let found = report.pointer(pointer).ok_or_else(|| format!("the report has no {pointer}"))?;
     if length {
@@ -59,6 +69,21 @@ mod tests {
         assert!(check(&r, "/hpet/period_fs=1").is_err());
         assert!(check(&r, "/nothing=1").is_err());
         assert!(check(&r, "no-operator").is_err());
+    }
+
+    #[test]
+    fn numbers_compare_against_bounds() {
+        let r = find(LOG).unwrap();
+        assert_eq!(check(&r, "/hpet/period_fs>=10000000"), Ok(()));
+        assert_eq!(check(&r, "/hpet/period_fs<=10000000"), Ok(()));
+        assert_eq!(check(&r, "/schema>=0.5"), Ok(()));
+        assert_eq!(
+            check(&r, "/hpet/period_fs>=10000001"),
+            Err("/hpet/period_fs is 10000000, expected >= 10000001".into())
+        );
+        assert!(check(&r, "/hpet/period_fs<=9").is_err());
+        assert!(check(&r, "/verdict>=1").is_err(), "a string is not a number");
+        assert!(check(&r, "/hpet/period_fs>=ten").is_err());
     }
 
     #[test]

@@ -51,7 +51,19 @@ pub struct KernelOptions {
     /// `clocksource=tsc|hpet|acpi_pm`: the clocksource to use while it is usable (default: the
     /// best-rated usable one).
     pub clocksource: Option<ClocksourceChoice>,
+    /// `tsc_skew=CPU:NS`: fault injection, CPU's TSC leads the others' by NS ns (default none).
+    pub tsc_skew: Option<TscSkew>,
 }
+
+/// The `tsc_skew=` fault: which CPU's TSC leads, and by how much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TscSkew {
+    pub cpu: u32,
+    pub ns: u64,
+}
+
+/// Most a TSC may be skewed by (10 s).
+pub const MAX_TSC_SKEW_NS: u64 = 10_000_000_000;
 
 /// The `clocksource=` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +155,7 @@ impl Default for KernelOptions {
             lapic_stops_in_idle: false,
             suspend_test_ms: None,
             clocksource: None,
+            tsc_skew: None,
         }
     }
 }
@@ -315,6 +328,14 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                 });
                 options.clocksource = choice.or(options.clocksource);
             }
+            "tsc_skew" => {
+                let skew = take("tsc_skew", "CPU:NS, a CPU index from 0 to 63 and 1 to 10000000000 ns")
+                    .parse(&mut problems, |v| {
+                        let (cpu, ns) = v.split_once(':')?;
+                        Some(TscSkew { cpu: in_range(cpu, 0..=63)?, ns: in_range(ns, 1..=MAX_TSC_SKEW_NS)? })
+                    });
+                options.tsc_skew = skew.or(options.tsc_skew);
+            }
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
             "bench" if value.is_none() => options.bench = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
@@ -391,6 +412,22 @@ mod tests {
         let (o, p) = parse("clocksource=tsc clocksource=jiffies");
         assert_eq!(o.clocksource, Some(ClocksourceChoice::Tsc), "a bad value keeps the earlier choice");
         assert_eq!(p[0].to_string(), "kernel option clocksource=jiffies: expected tsc, hpet or acpi_pm");
+    }
+
+    #[test]
+    fn tsc_skew_names_a_cpu_and_a_lead_in_ns() {
+        assert_eq!(parse("tsc_skew=1:1000000").0.tsc_skew, Some(TscSkew { cpu: 1, ns: 1_000_000 }));
+        for bad in [
+            "tsc_skew=1",
+            "tsc_skew=64:5",
+            "tsc_skew=1:0",
+            "tsc_skew=1:10000000001",
+            "tsc_skew=x:1",
+            "tsc_skew=1:-5",
+        ] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.tsc_skew, p.len()), (None, 1), "{bad}");
+        }
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
     let mut platform = platform::init_bsp(rsdp_addr);
+    // Fault injection, once the TSC is calibrated: the boot CPU's skew now, an AP's as it starts.
+    if let Some(skew) = options.tsc_skew {
+        tsc::configure_skew(skew.cpu as usize, skew.ns);
+    }
     // Each CPU sets up its own tick: the boot CPU now, every AP on its start-up path.
     clockevents::init_on_bsp(&mut platform, &options);
     arch::x86_64::idle::init(options.idle);

@@ -1,7 +1,9 @@
-//! Clocksources: which counter is behind `now_ns` on each machine shape, a forced choice and
-//! what happens when it cannot be honoured, and the clock's promises on every CPU: it never
-//! goes back, it agrees across CPUs (a reading taken after another CPU's is not smaller), and
-//! the timer workload on it fires every timer once, never early.
+//! Clocksources: which counter is behind `now_ns` on each machine shape (`-cpu max` and
+//! `qemu64`, TCG and icount), a forced choice and what happens when it cannot be honoured, a
+//! TSC skewed on one CPU (`tsc_skew`: the sync check catches it, the kernel leaves the TSC for
+//! the HPET), and the clock's promises on every CPU: it never goes back, it agrees across CPUs
+//! (a reading taken after another CPU's is not smaller), and the timer workload on it fires
+//! every timer once, never early.
 #![no_std]
 #![no_main]
 
@@ -14,9 +16,15 @@ use kernel_tests::kernel::workload;
 
 kernel_tests::qemu_test!(
     variants: b"
-        default: --smp 2 --cmdline duration_ms=200 --expect-report /clocksource=hpet --expect-report /clocksources#=2 --expect-report /clocksources/0/name=tsc --expect-report /clocksources/0/rating=100 --expect-report /clocksources/1/name=hpet --expect-report /clocksources/1/hz=100000000 --expect-report /clocksource_switches/0/from=tsc --expect-report /clocksource_switches/0/to=hpet --expect-report '/clocksource_switches/0/reason=hpet (rating 250) rated above tsc (rating 100)' --expect-report /verdict=ok --expect-log 'tsc: not invariant'
+        default: --smp 2 --cmdline duration_ms=1200 --expect-report /clocksource=hpet --expect-report /clocksources#=2 --expect-report /clocksources/0/name=tsc --expect-report /clocksources/0/rating=100 --expect-report /clocksources/0/stable=true --expect-report /clocksources/1/name=hpet --expect-report /clocksources/1/hz=100000000 --expect-report /clocksource_switches/0/from=tsc --expect-report /clocksource_switches/0/to=hpet --expect-report '/clocksource_switches/0/reason=hpet (rating 250) rated above tsc (rating 100)' --expect-report /tsc/invariant=false --expect-report /tsc/warp_ns=0 --expect-report /tsc/watchdog_checks>=1 --expect-report /verdict=ok --expect-log 'tsc: not invariant' --expect-log 'CPU 1 TSC sync check against CPU 0: largest warp 0 ns'
+        qemu64: --smp 2 --cmdline duration_ms=200 --expect-report /clocksource=hpet --expect-report /tsc/invariant=false --expect-report /verdict=ok --expect-log 'RDTSCP no' -- -cpu qemu64
         forced_tsc: --smp 2 --cmdline 'duration_ms=200 clocksource=tsc' --expect-report /clocksource=tsc --expect-report /clocksource_switches#=0 --expect-report /verdict=ok
         forced_absent: --smp 2 --cmdline 'duration_ms=200 clocksource=hpet' --expect-report /clocksource=tsc --expect-report /clocksources#=1 --expect-report /verdict=degraded --expect-log 'clocksource=hpet: this machine has no hpet; using tsc' -- -machine q35,hpet=off
+        skew_smp2: --smp 2 --cmdline 'duration_ms=300 clocksource=tsc tsc_skew=1:20000000' --expect-report /clocksource=hpet --expect-report /clocksources/0/stable=false --expect-report /clocksource_switches/0/from=tsc --expect-report /clocksource_switches/0/to=hpet --expect-report /tsc/warp_ns>=1000000 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /verdict=degraded --expect-log 'added in software' --expect-log 'TSCs unsynchronized: CPU 1 is'
+        skew_smp4: --smp 4 --cmdline 'duration_ms=300 clocksource=tsc tsc_skew=2:20000000' --expect-report /clocksource=hpet --expect-report /clocksources/0/stable=false --expect-report /tsc/warp_ns>=1000000 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /verdict=degraded --expect-log 'TSCs unsynchronized: CPU 2 is'
+        skew_default: --smp 2 --cmdline 'duration_ms=300 tsc_skew=1:20000000' --expect-report /clocksource=hpet --expect-report /clocksources/0/stable=false --expect-report /verdict=degraded --expect-log 'switched clocksource tsc -> hpet at'
+        skew_icount: --smp 2 --cmdline 'duration_ms=200 clocksource=tsc tsc_skew=1:100000' --expect-report /clocksource=hpet --expect-report /tsc/warp_ns>=50000 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /verdict=degraded -- -icount shift=0,sleep=off
+        icount: --smp 2 --cmdline duration_ms=1200 --expect-report /clocksource=hpet --expect-report /tsc/warp_ns=0 --expect-report /tsc/watchdog_checks>=1 --expect-report /verdict=ok -- -icount shift=0,sleep=off
     ",
     tests: [
         clock_never_goes_back_on_any_cpu,

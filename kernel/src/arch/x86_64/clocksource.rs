@@ -20,6 +20,8 @@ use x86_64::instructions::interrupts::without_interrupts;
 /// The counters `now_ns` can read.
 pub const TSC: CounterId = CounterId(1);
 pub const HPET: CounterId = CounterId(2);
+/// The TSC with the `tsc_skew` fault added in software (only once that fault is injected).
+pub const TSC_SKEWED: CounterId = CounterId(3);
 
 /// Linux's ratings: the TSC is the cheapest to read, the HPET an MMIO read away.
 pub const TSC_RATING: u32 = 300;
@@ -40,6 +42,7 @@ impl ReadCounter for Hardware {
         match counter {
             TSC => tsc::read_ordered(),
             HPET => read_hpet(),
+            TSC_SKEWED => tsc::read_ordered_skewed(),
             _ => 0,
         }
     }
@@ -129,6 +132,15 @@ fn tsc_desc(hz: u64) -> SourceDesc {
 /// The TSC's registration, once there is a log.
 pub fn log_tsc() {
     let desc = tsc_desc(tsc::frequency_hz());
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let (rdtscp, tsc_adjust, deadline) = tsc::cpuid_flags();
+    log::info!(
+        "tsc: CPUID: invariant {}, RDTSCP {}, IA32_TSC_ADJUST {}, TSC-deadline timer {}",
+        yes(tsc::invariant()),
+        yes(rdtscp),
+        yes(tsc_adjust),
+        yes(deadline)
+    );
     if tsc::invariant() {
         log::info!("tsc: invariant (CPUID 0x80000007 EDX bit 8): rating {}", desc.rating);
     } else {
@@ -158,6 +170,11 @@ pub fn register_hpet(hpet: &'static Hpet) {
         flags: SourceFlags::CONTINUOUS | SourceFlags::CPU_CONSISTENT,
         counter: HPET,
     });
+}
+
+/// The `tsc_skew` fault is added to the TSC in software: the `tsc` clocksource reads it so.
+pub fn tsc_skewed_in_software() {
+    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", TSC_SKEWED));
 }
 
 /// The HPET's main counter is about to stop (a suspend, a test writing it): if it is the

@@ -2,14 +2,18 @@
 //! log has real timestamps from its first line; the platform bring-up recalibrates it against
 //! the HPET once that is up.
 
+use super::smp::percpu;
 use super::{clocksource, pit};
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+/// This CPU's TSC (with the `tsc_skew` fault added in software where the machine ignored it).
+#[inline]
 pub fn read() -> u64 {
     // SAFETY: RDTSC is available on every x86_64 CPU and has no side effects (CR4.TSD is clear,
     // and we run in ring 0 regardless).
-    unsafe { core::arch::x86_64::_rdtsc() }
+    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    if SKEW_IN_SOFTWARE.load(Ordering::Relaxed) { tsc.wrapping_add(skew_here()) } else { tsc }
 }
 
 /// RDTSC after every earlier instruction has completed (LFENCE first, as Linux's
@@ -25,6 +29,70 @@ pub fn read_ordered() -> u64 {
         core::arch::asm!("lfence", "rdtsc", out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
     };
     (u64::from(high) << 32) | u64::from(low)
+}
+
+/// [`read_ordered`] with the `tsc_skew` fault added in software: the clocksource's read once
+/// the fault is injected that way.
+#[inline]
+pub fn read_ordered_skewed() -> u64 {
+    read_ordered().wrapping_add(skew_here())
+}
+
+/// IA32_TIME_STAMP_COUNTER (Intel SDM vol. 4 table 2-2, MSR 0x10): writable, on hardware that
+/// honours it.
+const IA32_TIME_STAMP_COUNTER: u32 = 0x10;
+
+/// `tsc_skew=CPU:NS`: the CPU whose TSC leads (`usize::MAX`: none) and by how many cycles.
+static SKEW_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
+static SKEW_CYCLES: AtomicU64 = AtomicU64::new(0);
+/// The machine ignored the MSR write: the skew is added to that CPU's reads in software.
+static SKEW_IN_SOFTWARE: AtomicBool = AtomicBool::new(false);
+
+/// This CPU's index; before the per-CPU state exists only the boot CPU runs.
+fn this_index() -> usize {
+    if percpu::ready() { percpu::this_cpu().index } else { 0 }
+}
+
+fn skew_here() -> u64 {
+    if this_index() == SKEW_CPU.load(Ordering::Relaxed) { SKEW_CYCLES.load(Ordering::Relaxed) } else { 0 }
+}
+
+/// Fault injection (`tsc_skew=CPU:NS`): CPU `cpu`'s TSC is to lead by `ns`; applied by that CPU
+/// itself ([`apply_skew`]: the boot CPU now if it is the one, an AP on its way online).
+pub fn configure_skew(cpu: usize, ns: u64) {
+    let cycles = (u128::from(frequency_hz()) * u128::from(ns) / 1_000_000_000) as u64;
+    SKEW_CYCLES.store(cycles, Ordering::Relaxed);
+    SKEW_CPU.store(cpu, Ordering::Release);
+    apply_skew();
+}
+
+/// Makes this CPU's TSC lead by the configured skew if it is the CPU `tsc_skew` names: by
+/// writing IA32_TIME_STAMP_COUNTER where the machine honours it; QEMU's TCG ignores that write
+/// (and IA32_TSC_ADJUST: both read back 0, RDTSC does not move), so then the skew is added to
+/// this CPU's raw TSC reads, below the clocksource layer, and everything above sees a skewed
+/// TSC.
+pub fn apply_skew() {
+    let cpu = this_index();
+    if SKEW_CPU.load(Ordering::Acquire) != cpu {
+        return;
+    }
+    let cycles = SKEW_CYCLES.load(Ordering::Relaxed);
+    let before = read();
+    // SAFETY: writing the TSC changes only what RDTSC returns on this CPU, which is the fault
+    // being injected; the MSR exists on every x86_64 CPU.
+    unsafe { x86_64::registers::model_specific::Msr::new(IA32_TIME_STAMP_COUNTER).write(before + cycles) };
+    let moved = read().wrapping_sub(before);
+    if moved >= cycles / 2 {
+        log::warn!(
+            "tsc_skew: CPU {cpu}'s TSC made to lead by {cycles} cycles (IA32_TIME_STAMP_COUNTER written)"
+        );
+        return;
+    }
+    SKEW_IN_SOFTWARE.store(true, Ordering::Release);
+    clocksource::tsc_skewed_in_software();
+    log::warn!(
+        "tsc_skew: this machine ignores IA32_TIME_STAMP_COUNTER writes (RDTSC moved {moved} cycles): CPU {cpu}'s TSC reads lead by {cycles} cycles, added in software"
+    );
 }
 
 /// Length of one calibration window in PIT ticks (10 ms).
@@ -109,6 +177,16 @@ pub fn invariant() -> bool {
     const INVARIANT_TSC: u32 = 1 << 8;
     core::arch::x86_64::__cpuid(0x8000_0000).eax >= LEAF
         && core::arch::x86_64::__cpuid(LEAF).edx & INVARIANT_TSC != 0
+}
+
+/// What CPUID says of the TSC, for the log: (RDTSCP, IA32_TSC_ADJUST, TSC-deadline timer).
+pub fn cpuid_flags() -> (bool, bool, bool) {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    let max_ext = __cpuid(0x8000_0000).eax;
+    let rdtscp = max_ext >= 0x8000_0001 && __cpuid(0x8000_0001).edx & (1 << 27) != 0;
+    let tsc_adjust = __cpuid(0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 1) != 0;
+    let deadline = __cpuid(1).ecx & (1 << 24) != 0;
+    (rdtscp, tsc_adjust, deadline)
 }
 
 fn cpuid_base_hz() -> Option<u64> {

@@ -4,8 +4,11 @@
 //! one lock; the largest backward step between consecutive readings is the warp
 //! (`time::clocksource::sync`). A warp beyond the threshold marks the TSC unstable.
 //!
-//! The rendezvous is bounded on both sides by each CPU's own TSC: an AP whose boot CPU never
-//! answers (or the other way round) goes on without a check and says so.
+//! The turns must really alternate: the boot CPU goes on past [`LOOP_NS`] until the turn has
+//! passed between the two CPUs [`MIN_HANDOVERS`] times (under `-icount` the vCPUs run one
+//! after the other in slices, not side by side). The rendezvous is bounded on both sides by
+//! each CPU's own TSC: an AP whose boot CPU never answers (or the other way round) goes on
+//! without a check and says so.
 
 use super::{clocksource, tsc};
 use crate::time::clocksource::sync::{SyncResult, WarpMeter};
@@ -14,8 +17,15 @@ use spin::Mutex;
 
 /// How long each CPU takes turns (Linux: 2 ms, 20 ms at boot): thousands of turns under TCG.
 const LOOP_NS: u64 = 2_000_000;
-/// How long either side waits for the other (generous: a vCPU may be descheduled).
-const WAIT_NS: u64 = 200_000_000;
+/// How long either side waits for the other, and the longest a check takes (a vCPU may be
+/// descheduled: on a loaded 2-core host handovers come milliseconds apart).
+const WAIT_NS: u64 = 100_000_000;
+/// The check compares the CPUs only where the turn passes from one to the other: the warp it
+/// finds is the offset between them minus the time the handover took, a lower bound. More
+/// handovers make a quick one, and so a close bound, likelier.
+const MIN_HANDOVERS: u64 = 8;
+/// How long a CPU leaves the next turn to the other before taking it again itself.
+const YIELD_NS: u64 = 20_000;
 
 /// The AP asking for a check (its index + 1; 0 when none).
 static ARRIVED: AtomicUsize = AtomicUsize::new(0);
@@ -26,6 +36,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// The AP left the loop.
 static DONE: AtomicBool = AtomicBool::new(false);
 static METER: Mutex<WarpMeter> = Mutex::new(WarpMeter::new());
+/// Who took the last turn (a copy of the meter's, read without the lock).
+static LAST_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 fn cycles(ns: u64) -> u64 {
     (u128::from(tsc::frequency_hz()) * u128::from(ns) / 1_000_000_000) as u64
@@ -43,24 +55,34 @@ fn wait(ns: u64, done: impl Fn() -> bool) -> bool {
     true
 }
 
-/// One turn after another until `stop` or `ns` of this CPU's TSC.
-fn take_turns(ns: u64, stop: impl Fn() -> bool) {
-    let (start, limit) = (tsc::read(), cycles(ns));
-    while !stop() {
-        let now = {
+/// CPU `cpu` takes turns until `stop` says so (given the time it has taken turns, by its own
+/// TSC, and the meter), or for at most [`WAIT_NS`]. After each turn it leaves the next to the
+/// other CPU for up to [`YIELD_NS`] (the lock alone is unfair: under TCG one CPU retakes it a
+/// million times in a row), then takes another itself, so that its last reading is fresh when
+/// the other CPU does come (under `-icount` they run one after the other).
+fn take_turns(cpu: usize, stop: impl Fn(u64, &WarpMeter) -> bool) {
+    let (start, limit, yield_cycles) = (tsc::read(), cycles(WAIT_NS), cycles(YIELD_NS));
+    loop {
+        let (now, done) = {
             let mut meter = METER.lock();
             let now = tsc::read();
-            meter.step(now);
-            now
+            meter.step(cpu, now);
+            LAST_CPU.store(cpu, Ordering::Release);
+            (now, stop(now.wrapping_sub(start), &meter))
         };
-        if now.wrapping_sub(start) > limit {
+        if done || now.wrapping_sub(start) > limit {
             return;
+        }
+        while LAST_CPU.load(Ordering::Acquire) == cpu && tsc::read().wrapping_sub(now) < yield_cycles {
+            core::hint::spin_loop();
         }
     }
 }
 
-/// The AP's side, on its start-up path (interrupts off).
+/// The AP's side, on its start-up path (interrupts off); the `tsc_skew` fault is injected
+/// first if it names this CPU.
 pub fn check_on_ap(index: usize) {
+    tsc::apply_skew();
     ARRIVED.store(index + 1, Ordering::Release);
     if !wait(WAIT_NS, || GO.load(Ordering::Acquire)) {
         // The boot CPU did not come: withdraw (it may still come, and then finds no one).
@@ -71,7 +93,7 @@ pub fn check_on_ap(index: usize) {
         // It came at the last moment: take part after all.
         wait(WAIT_NS, || GO.load(Ordering::Acquire));
     }
-    take_turns(LOOP_NS, || STOP.load(Ordering::Acquire));
+    take_turns(index, |_, _| STOP.load(Ordering::Acquire));
     DONE.store(true, Ordering::Release);
 }
 
@@ -87,8 +109,10 @@ pub fn serve() {
     let cpu = arrived - 1;
     let result = x86_64::instructions::interrupts::without_interrupts(|| {
         *METER.lock() = WarpMeter::new();
+        LAST_CPU.store(usize::MAX, Ordering::Release);
         GO.store(true, Ordering::Release);
-        take_turns(LOOP_NS, || false);
+        let loop_cycles = cycles(LOOP_NS);
+        take_turns(0, |elapsed, m| elapsed > loop_cycles && m.handovers >= MIN_HANDOVERS);
         STOP.store(true, Ordering::Release);
         let done = wait(WAIT_NS, || DONE.load(Ordering::Acquire));
         let result = METER.lock().result(tsc::frequency_hz());
@@ -106,10 +130,17 @@ pub fn serve() {
 
 fn record(cpu: usize, r: SyncResult) {
     log::info!(
-        "CPU {cpu} TSC sync check against CPU 0: largest warp {} ns over {} readings ({})",
+        "CPU {cpu} TSC sync check against CPU 0: largest warp {} ns over {} readings, {} handovers ({})",
         r.warp_ns,
         r.steps,
-        if r.synchronized { "synchronized" } else { "beyond the threshold" }
+        r.handovers,
+        if r.handovers < 2 {
+            "too few handovers to judge"
+        } else if r.synchronized {
+            "synchronized"
+        } else {
+            "beyond the threshold"
+        }
     );
     clocksource::tsc_warp(cpu, r);
 }

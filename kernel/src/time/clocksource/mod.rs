@@ -350,6 +350,16 @@ impl Clocksources {
         }
     }
 
+    /// `name` is now read through `counter` (the same counter read another way: the base is
+    /// kept, see [`Timekeeper::set_counter`]).
+    pub fn set_counter(&mut self, tk: &Timekeeper, name: &str, counter: CounterId) {
+        let Some(i) = self.index_of(name) else { return };
+        self.sources[i].as_mut().expect("found above").desc.counter = counter;
+        if (self.current == Some(i) && self.standing_in.is_none()) || self.standing_in == Some(i) {
+            tk.set_counter(counter);
+        }
+    }
+
     /// `name`'s counter is about to stop (a suspend, a test writing the counter): if it is
     /// the current source, `stand_in` (a counter that runs on) keeps time until
     /// [`Clocksources::counter_restarted`], so the clock neither stops nor jumps. Linux measures

@@ -12,27 +12,34 @@ use super::MultShift;
 /// meaningful on hosts whose counters differ by a cache miss.
 pub const SYNC_THRESHOLD_NS: u64 = 1_000;
 
-/// The shared state of one check: the last reading stored by either CPU, and the largest
-/// backward step seen so far.
+/// The shared state of one check: the last reading stored by either CPU and which CPU took
+/// it, the largest backward step seen so far, and how often the turn passed from one CPU to
+/// the other (a check in which it never did compared nothing).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WarpMeter {
     last: u64,
+    last_cpu: usize,
     pub max_warp: u64,
     pub steps: u64,
     pub backward_steps: u64,
+    pub handovers: u64,
 }
 
 impl WarpMeter {
     pub const fn new() -> WarpMeter {
-        WarpMeter { last: 0, max_warp: 0, steps: 0, backward_steps: 0 }
+        WarpMeter { last: 0, last_cpu: 0, max_warp: 0, steps: 0, backward_steps: 0, handovers: 0 }
     }
 
-    /// One turn: `now` was read while holding the lock the other CPU also takes. Returns the
-    /// backward step it made, if any.
-    pub fn step(&mut self, now: u64) -> Option<u64> {
+    /// One turn: CPU `cpu` read `now` while holding the lock the other CPU also takes. Returns
+    /// the backward step it made, if any.
+    pub fn step(&mut self, cpu: usize, now: u64) -> Option<u64> {
         let previous = self.last;
         self.last = now;
         self.steps += 1;
+        if self.steps > 1 && cpu != self.last_cpu {
+            self.handovers += 1;
+        }
+        self.last_cpu = cpu;
         if self.steps > 1 && previous > now {
             let warp = previous - now;
             self.backward_steps += 1;
@@ -50,7 +57,12 @@ impl WarpMeter {
             let ns = MultShift::ticks_to_ns(hz.max(1)).apply(self.max_warp);
             ns.max(1)
         };
-        SyncResult { warp_ns, steps: self.steps, synchronized: warp_ns <= SYNC_THRESHOLD_NS }
+        SyncResult {
+            warp_ns,
+            steps: self.steps,
+            handovers: self.handovers,
+            synchronized: warp_ns <= SYNC_THRESHOLD_NS,
+        }
     }
 }
 
@@ -60,6 +72,8 @@ pub struct SyncResult {
     pub warp_ns: u64,
     /// Readings taken by both CPUs together.
     pub steps: u64,
+    /// Times the turn passed from one CPU to the other.
+    pub handovers: u64,
     pub synchronized: bool,
 }
 
@@ -73,7 +87,7 @@ mod tests {
         for t in 0..turns {
             let truth = 1_000_000 + t * 10;
             let reading = if t % 2 == 0 { truth } else { (truth as i64 + offset) as u64 };
-            m.step(reading);
+            m.step((t % 2) as usize, reading);
         }
         m
     }
@@ -83,7 +97,10 @@ mod tests {
         let m = alternate(0, 1000);
         assert_eq!(m.max_warp, 0);
         assert_eq!(m.backward_steps, 0);
-        assert_eq!(m.result(2_000_000_000), SyncResult { warp_ns: 0, steps: 1000, synchronized: true });
+        assert_eq!(
+            m.result(2_000_000_000),
+            SyncResult { warp_ns: 0, steps: 1000, handovers: 999, synchronized: true }
+        );
     }
 
     #[test]
@@ -104,21 +121,33 @@ mod tests {
     #[test]
     fn warp_is_converted_and_judged_against_the_threshold() {
         let mut m = WarpMeter::new();
-        m.step(10_000);
-        m.step(10_000 - 2_000); // 2000 cycles at 1 GHz: 2 us back
+        m.step(0, 10_000);
+        m.step(1, 10_000 - 2_000); // 2000 cycles at 1 GHz: 2 us back
         let r = m.result(1_000_000_000);
         assert_eq!(r.warp_ns, 2_000);
         assert!(!r.synchronized, "2 us is beyond {SYNC_THRESHOLD_NS} ns");
         let mut m = WarpMeter::new();
-        m.step(10);
-        m.step(9); // one cycle of a 3 GHz TSC: 0.33 ns, rounded up to 1
-        assert_eq!(m.result(3_000_000_000), SyncResult { warp_ns: 1, steps: 2, synchronized: true });
+        m.step(0, 10);
+        m.step(1, 9); // one cycle of a 3 GHz TSC: 0.33 ns, rounded up to 1
+        assert_eq!(
+            m.result(3_000_000_000),
+            SyncResult { warp_ns: 1, steps: 2, handovers: 1, synchronized: true }
+        );
     }
 
     #[test]
     fn the_first_reading_is_not_compared_with_nothing() {
         let mut m = WarpMeter::new();
-        assert_eq!(m.step(5), None);
-        assert_eq!(m.step(3), Some(2));
+        assert_eq!(m.step(1, 5), None);
+        assert_eq!(m.step(0, 3), Some(2));
+    }
+
+    #[test]
+    fn handovers_count_the_turns_that_changed_hands() {
+        let mut m = WarpMeter::new();
+        for (cpu, t) in [(0, 1), (0, 2), (1, 3), (1, 4), (0, 5), (1, 6)] {
+            m.step(cpu, t);
+        }
+        assert_eq!(m.handovers, 3);
     }
 }
