@@ -1,9 +1,10 @@
 //! Fuzzes the validation that turns raw ACPI table bytes into the kernel's structs
-//! (`kernel::arch::x86_64::acpi::{parse_hpet, parse_madt}`): firmware tables are untrusted input.
+//! (`kernel::arch::x86_64::acpi::{parse_hpet, parse_madt, parse_fadt_pm_timer}`): firmware
+//! tables are untrusted input.
 //!
 //! The first input byte says how to doctor the rest so the fuzzer gets past the header checks:
-//! bit 0 picks the signature written by bit 1 ("HPET" or "APIC"), bit 2 makes the header's
-//! length the input's, bit 3 fixes the checksum. Checked on every input: no panic, an accepted
+//! bit 0 picks the signature written by bit 1 ("HPET" or "APIC"; "FACP" if bit 4 is set too),
+//! bit 2 makes the header's length the input's, bit 3 fixes the checksum. Checked on every input: no panic, an accepted
 //! table satisfies what the kernel then relies on, and bytes past the table's declared length
 //! never change the verdict.
 #![no_main]
@@ -16,7 +17,12 @@ fuzz_target!(|input: &[u8]| {
     let mut bytes = rest.to_vec();
     if bytes.len() >= SDT_HEADER_LEN {
         if flags & 2 != 0 {
-            bytes[..4].copy_from_slice(if flags & 1 != 0 { b"HPET" } else { b"APIC" });
+            let signature = match (flags & 0x10 != 0, flags & 1 != 0) {
+                (true, _) => b"FACP",
+                (false, true) => b"HPET",
+                (false, false) => b"APIC",
+            };
+            bytes[..4].copy_from_slice(signature);
         }
         if flags & 4 != 0 {
             let len = bytes.len() as u32;
@@ -32,6 +38,11 @@ fuzz_target!(|input: &[u8]| {
 fn check(bytes: &[u8]) {
     let hpet = acpi::parse_hpet(bytes);
     let madt = acpi::parse_madt(bytes);
+    let pm_timer = acpi::parse_fadt_pm_timer(bytes);
+    if let Ok(pm) = &pm_timer {
+        assert!(pm.port != 0 && (pm.bits == 24 || pm.bits == 32), "accepted PM timer {pm:?}");
+        acpi::validate_table(bytes, "FACP", acpi::FADT_MIN_LEN).expect("accepted, so valid");
+    }
     if let Err(e) = &hpet {
         let _ = format!("{e}");
     }
@@ -62,6 +73,7 @@ fn check(bytes: &[u8]) {
             let table = &bytes[..declared];
             assert_eq!(acpi::parse_hpet(table), hpet, "HPET verdict depends on bytes past the table");
             assert_eq!(acpi::parse_madt(table), madt, "MADT verdict depends on bytes past the table");
+            assert_eq!(acpi::parse_fadt_pm_timer(table), pm_timer, "FADT verdict depends on bytes past the table");
         }
     }
     // A rejected table says why in terms of its own fields.

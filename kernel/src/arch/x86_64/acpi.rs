@@ -20,6 +20,14 @@ pub const MADT_FIXED_LEN: usize = 44;
 pub const HPET_BLOCK_ALIGN: u64 = 0x400;
 /// ACPI 6.5 table 5.25: Generic Address Structure address space 0 = system memory.
 pub const GAS_SYSTEM_MEMORY: u8 = 0;
+/// ACPI 6.5 table 5.9: the FADT up to and including its Flags field (offset 112, 4 bytes),
+/// which holds TMR_VAL_EXT; the PM_TMR_BLK (offset 76) and PM_TMR_LEN (offset 91) come before.
+pub const FADT_MIN_LEN: usize = 116;
+/// The FADT up to and including X_PM_TMR_BLK (offset 208, a 12-byte Generic Address
+/// Structure), which the `acpi` crate reads from revision 2 on.
+pub const FADT_X_PM_TMR_END: usize = 220;
+/// ACPI 6.5 4.8.3.3: the power management timer counts at 3.579545 MHz.
+pub const PM_TIMER_HZ: u64 = 3_579_545;
 
 /// Why a table was not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +62,14 @@ pub enum AcpiProblem {
         kind: u8,
         length: u8,
     },
+    /// The FADT has no power management timer (PM_TMR_LEN is not 4, or no address).
+    NoPmTimer,
+    /// The PM timer's Generic Address Structure is malformed.
+    PmTimerAddress,
+    /// The PM timer is not in I/O space (only I/O-port PM timers are supported).
+    PmTimerNotIo {
+        space_id: u8,
+    },
 }
 
 impl fmt::Display for AcpiProblem {
@@ -78,6 +94,11 @@ impl fmt::Display for AcpiProblem {
             }
             AcpiProblem::MadtEntry { offset, kind, length } => {
                 write!(f, "MADT entry at offset {offset} (type {kind}, length {length}) is malformed")
+            }
+            AcpiProblem::NoPmTimer => write!(f, "the FADT describes no power management timer"),
+            AcpiProblem::PmTimerAddress => write!(f, "the FADT's PM timer address is malformed"),
+            AcpiProblem::PmTimerNotIo { space_id } => {
+                write!(f, "the PM timer is in address space {space_id}, not I/O space")
             }
         }
     }
@@ -261,6 +282,47 @@ pub fn parse_hpet(bytes: &[u8]) -> Result<HpetTable, AcpiProblem> {
     })
 }
 
+/// The ACPI power management timer, as the FADT describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PmTimerInfo {
+    /// The I/O port of PM_TMR (a 32-bit read).
+    pub port: u16,
+    /// 24, or 32 when the FADT's TMR_VAL_EXT flag is set.
+    pub bits: u32,
+}
+
+/// Finds the PM timer in a FADT: the table is validated here (signature, length, checksum,
+/// then a length that covers every field the `acpi` crate reads for its revision), then read
+/// through the `acpi` crate's `Fadt` (`pm_timer_block`, the TMR_VAL_EXT flag). The crate reads
+/// past the table's length; it is given a copy padded with zeros, so nothing beyond the
+/// table is ever read and an absent extended field reads as "no address".
+pub fn parse_fadt_pm_timer(bytes: &[u8]) -> Result<PmTimerInfo, AcpiProblem> {
+    use ::acpi::address::AddressSpace;
+    use ::acpi::sdt::fadt::Fadt;
+    let t = validate_table(bytes, "FACP", FADT_MIN_LEN)?;
+    // The crate reads X_PM_TMR_BLK from revision 2 on.
+    if t[8] >= 2 && t.len() < FADT_X_PM_TMR_END {
+        return Err(AcpiProblem::Truncated { table: "FACP", length: t.len(), needed: FADT_X_PM_TMR_END });
+    }
+    let mut padded = [0u8; core::mem::size_of::<Fadt>()];
+    let n = t.len().min(padded.len());
+    padded[..n].copy_from_slice(&t[..n]);
+    // SAFETY: `padded` holds exactly `size_of::<Fadt>()` bytes; `Fadt` is a packed struct of
+    // integers and `MaybeUninit` fields, valid for any bytes, and is read unaligned.
+    let fadt: Fadt = unsafe { core::ptr::read_unaligned(padded.as_ptr().cast::<Fadt>()) };
+    let block =
+        fadt.pm_timer_block().map_err(|_| AcpiProblem::PmTimerAddress)?.ok_or(AcpiProblem::NoPmTimer)?;
+    if block.address_space != AddressSpace::SystemIo {
+        // Only X_PM_TMR_BLK can name another space: its first byte (offset 208).
+        return Err(AcpiProblem::PmTimerNotIo { space_id: t[208] });
+    }
+    let port = u16::try_from(block.address).map_err(|_| AcpiProblem::PmTimerAddress)?;
+    if port == 0 {
+        return Err(AcpiProblem::NoPmTimer);
+    }
+    Ok(PmTimerInfo { port, bits: if { fadt.flags }.pm_timer_is_32_bit() { 32 } else { 24 } })
+}
+
 /// MADT entry types (ACPI 6.5 table 5.45) and their minimum lengths.
 const MADT_LOCAL_APIC: (u8, u8) = (0, 8);
 const MADT_IO_APIC: (u8, u8) = (1, 12);
@@ -366,6 +428,7 @@ pub fn parse_madt(bytes: &[u8]) -> Result<Madt, AcpiProblem> {
 pub struct PlatformTables {
     pub hpet: Result<HpetTable, AcpiProblem>,
     pub madt: Result<Madt, AcpiProblem>,
+    pub pm_timer: Result<PmTimerInfo, AcpiProblem>,
 }
 
 /// `acpi::Handler` over the bootloader's map of all physical memory: mapping is an offset.
@@ -457,16 +520,17 @@ fn table_bytes(tables: &acpi::AcpiTables<PhysMapHandler>, signature: &str) -> Op
 
 /// Reads the HPET table and the MADT from the RSDP at `rsdp` (physical).
 pub fn read_platform_tables(rsdp: Option<u64>) -> PlatformTables {
-    let Some(rsdp) = rsdp else {
-        return PlatformTables { hpet: Err(AcpiProblem::NoRsdp), madt: Err(AcpiProblem::NoRsdp) };
-    };
+    let none = |p: AcpiProblem| PlatformTables { hpet: Err(p), madt: Err(p), pm_timer: Err(p) };
+    let Some(rsdp) = rsdp else { return none(AcpiProblem::NoRsdp) };
     // SAFETY: the bootloader found the RSDP at this physical address; the handler maps it.
     let Ok(tables) = (unsafe { acpi::AcpiTables::from_rsdp(PhysMapHandler, rsdp as usize) }) else {
-        return PlatformTables { hpet: Err(AcpiProblem::RootTables), madt: Err(AcpiProblem::RootTables) };
+        return none(AcpiProblem::RootTables);
     };
     let hpet = table_bytes(&tables, "HPET").ok_or(AcpiProblem::TableNotFound("HPET")).and_then(parse_hpet);
     let madt = table_bytes(&tables, "APIC").ok_or(AcpiProblem::TableNotFound("MADT")).and_then(parse_madt);
-    PlatformTables { hpet, madt }
+    let pm_timer =
+        table_bytes(&tables, "FACP").ok_or(AcpiProblem::TableNotFound("FADT")).and_then(parse_fadt_pm_timer);
+    PlatformTables { hpet, madt, pm_timer }
 }
 
 impl HpetTable {

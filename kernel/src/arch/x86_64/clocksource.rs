@@ -3,25 +3,30 @@
 //! sources behind an interrupts-off lock, registration of the TSC and the HPET main counter,
 //! the `clocksource=` choice, and the report's clocksource part.
 
+use super::acpi::{self, PmTimerInfo};
 use super::clockevents::{self, TimerEvent};
 use super::{hpet::Hpet, tsc};
 use crate::time::clocksource::sync::{self, SyncResult};
 use crate::time::clocksource::watchdog::{self, Sample, Watchdog};
 use crate::time::clocksource::{
-    Clocksources, CounterId, Hardware, ReadCounter, SourceDesc, SourceFlags, Switch, TIMEKEEPER,
+    Clocksources, CounterId, Hardware, ReadCounter, RegisterError, SourceDesc, SourceFlags, Switch,
+    TIMEKEEPER,
 };
 use crate::time::report::{ClocksourceReport, SwitchReport, TimerReport, TscReport, Verdict};
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::fmt;
+use core::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
+use x86_64::instructions::port::Port;
 
 /// The counters `now_ns` can read.
 pub const TSC: CounterId = CounterId(1);
 pub const HPET: CounterId = CounterId(2);
 /// The TSC with the `tsc_skew` fault added in software (only once that fault is injected).
 pub const TSC_SKEWED: CounterId = CounterId(3);
+pub const PM_TIMER: CounterId = CounterId(4);
 
 /// Linux's ratings: the TSC is the cheapest to read, the HPET an MMIO read away.
 pub const TSC_RATING: u32 = 300;
@@ -30,11 +35,27 @@ pub const HPET_RATING: u32 = 250;
 /// preferred, rated below the HPET and the ACPI PM timer (200), and used only without them or
 /// when forced.
 pub const TSC_NOT_INVARIANT_RATING: u32 = 100;
+pub const PM_TIMER_RATING: u32 = 200;
 
 /// The main counter register of the HPET that is the `hpet` clocksource (null until then),
 /// read as its low 32 bits, as Linux does: QEMU splits a 64-bit read of it into two 32-bit
 /// ones, which tear when the low half wraps (the clock then leaps 43 s ahead and back).
 static HPET_COUNTER: AtomicPtr<u32> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The I/O port of the ACPI PM timer that is the `acpi_pm` clocksource (0 until then).
+static PM_TIMER_PORT: AtomicU16 = AtomicU16::new(0);
+
+#[inline(always)]
+fn read_pm_timer() -> u64 {
+    match PM_TIMER_PORT.load(Ordering::Relaxed) {
+        0 => 0,
+        port => {
+            // SAFETY: the port is the FADT's PM_TMR register, a read-only counter whose read
+            // has no side effects (`register_pm_timer` checked that it counts).
+            u64::from(unsafe { Port::<u32>::new(port).read() })
+        }
+    }
+}
 
 impl ReadCounter for Hardware {
     #[inline(always)]
@@ -43,6 +64,7 @@ impl ReadCounter for Hardware {
             TSC => tsc::read_ordered(),
             HPET => read_hpet(),
             TSC_SKEWED => tsc::read_ordered_skewed(),
+            PM_TIMER => read_pm_timer(),
             _ => 0,
         }
     }
@@ -195,6 +217,59 @@ pub fn hpet_started(hpet: &Hpet) {
     {
         log::debug!("the HPET counter runs again: the clock continues on it");
     }
+}
+
+/// Why the PM timer is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PmTimerError {
+    /// Two reads 100 us apart (by the TSC) gave the same value.
+    NotCounting {
+        value: u32,
+    },
+    Register(RegisterError),
+}
+
+impl fmt::Display for PmTimerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PmTimerError::NotCounting { value } => {
+                write!(f, "it does not count (reads {value:#x} 100 us apart)")
+            }
+            PmTimerError::Register(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The ACPI PM timer (3.579545 MHz, 24 or 32 bits) as the `acpi_pm` clocksource, once it is
+/// seen to count.
+pub fn register_pm_timer(pm: PmTimerInfo) -> Result<(), PmTimerError> {
+    // SAFETY: as in `read_pm_timer`: the FADT's read-only PM_TMR register.
+    let read = || unsafe { Port::<u32>::new(pm.port).read() };
+    let before = read();
+    let start = tsc::read();
+    let wait = tsc::frequency_hz() / 10_000; // 100 us: about 358 ticks
+    while tsc::read().wrapping_sub(start) < wait {
+        core::hint::spin_loop();
+    }
+    if read() == before {
+        return Err(PmTimerError::NotCounting { value: before });
+    }
+    PM_TIMER_PORT.store(pm.port, Ordering::Relaxed);
+    let desc = SourceDesc {
+        name: "acpi_pm",
+        rating: PM_TIMER_RATING,
+        hz: acpi::PM_TIMER_HZ,
+        bits: pm.bits,
+        flags: SourceFlags::CONTINUOUS | SourceFlags::CPU_CONSISTENT,
+        counter: PM_TIMER,
+    };
+    with_sources(|s| s.register(desc)).map_err(PmTimerError::Register)?;
+    log::info!(
+        "acpi_pm: {} Hz, {}-bit, rating {PM_TIMER_RATING}, one counter for every CPU",
+        desc.hz,
+        desc.bits
+    );
+    Ok(())
 }
 
 /// `clocksource=NAME`: preferred while usable (applied at the next selection).

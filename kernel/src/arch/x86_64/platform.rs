@@ -29,6 +29,8 @@ pub struct FirmwareInfo {
     pub isa_routes: Vec<IsaRoute>,
     /// APIC ids of the processors the MADT enables.
     pub apic_ids: Vec<u32>,
+    /// The ACPI PM timer from the FADT.
+    pub pm_timer: Option<acpi::PmTimerInfo>,
 }
 
 impl FirmwareInfo {
@@ -65,6 +67,20 @@ impl FirmwareInfo {
             }
             Err(e) => {
                 let reason = format!("HPET table rejected ({e}): no HPET; calibrating against the PIT");
+                log::warn!("fallback: {reason}");
+                fallbacks.push(reason);
+            }
+        }
+        match tables.pm_timer {
+            Ok(pm) => {
+                log::info!("FADT: ACPI PM timer at I/O port {:#x}, {}-bit", pm.port, pm.bits);
+                info.pm_timer = Some(pm);
+            }
+            Err(e @ (acpi::AcpiProblem::TableNotFound(_) | acpi::AcpiProblem::NoPmTimer)) => {
+                log::info!("no ACPI PM timer: {e}")
+            }
+            Err(e) => {
+                let reason = format!("ACPI PM timer not used: {e}");
                 log::warn!("fallback: {reason}");
                 fallbacks.push(reason);
             }
@@ -136,6 +152,11 @@ pub fn init_bsp(rsdp: Option<u64>) -> Platform {
             }
             Err(e) => p.fall_back(format!("HPET at {base:#x} rejected: {e}; calibrating against the PIT")),
         }
+    }
+    if let Some(pm) = p.firmware.pm_timer
+        && let Err(e) = clocksource::register_pm_timer(pm)
+    {
+        p.fall_back(format!("ACPI PM timer at I/O port {:#x} not used: {e}", pm.port));
     }
 
     if lapic.is_some() {

@@ -1,7 +1,7 @@
 //! Builds ACPI tables as bytes: for the parsers' tests here, and for tools that hand QEMU
 //! malformed tables (`-acpitable file=...`) to check the kernel's fallbacks.
 
-use super::{HPET_TABLE_LEN, MADT_FIXED_LEN};
+use super::{FADT_X_PM_TMR_END, HPET_TABLE_LEN, MADT_FIXED_LEN};
 use alloc::vec::Vec;
 
 /// Fills in the standard header (signature, length, revision, OEM ids) and the checksum.
@@ -128,4 +128,43 @@ pub fn q35_madt(cpus: u8) -> Vec<u8> {
     }
     entries.push(local_apic_nmi(0xff, 0, 1));
     madt(0xfee0_0000, 1, &entries)
+}
+
+/// The FADT fields the PM timer needs; `Default` is QEMU q35's (revision 3, PM_TMR_BLK and
+/// X_PM_TMR_BLK at I/O port 0x608, 24-bit).
+#[derive(Debug, Clone, Copy)]
+pub struct FadtSpec {
+    pub revision: u8,
+    pub pm_tmr_blk: u32,
+    pub pm_tmr_len: u8,
+    pub flags: u32,
+    /// X_PM_TMR_BLK: (address space, address); written only from revision 2 on.
+    pub x_pm_tmr_blk: (u8, u64),
+}
+
+impl Default for FadtSpec {
+    fn default() -> Self {
+        FadtSpec { revision: 3, pm_tmr_blk: 0x608, pm_tmr_len: 4, flags: 0, x_pm_tmr_blk: (1, 0x608) }
+    }
+}
+
+impl FadtSpec {
+    /// A revision 1 FADT is 116 bytes; later ones run to X_PM_TMR_BLK's end here (220: the
+    /// fields after it are left out, as a truncated but sufficient table).
+    pub fn bytes(&self) -> Vec<u8> {
+        let len = if self.revision >= 2 { FADT_X_PM_TMR_END } else { super::FADT_MIN_LEN };
+        let mut t = alloc::vec![0u8; len - 36];
+        let at = |offset: usize| offset - 36;
+        t[at(76)..at(80)].copy_from_slice(&self.pm_tmr_blk.to_le_bytes());
+        t[at(91)] = self.pm_tmr_len;
+        t[at(112)..at(116)].copy_from_slice(&self.flags.to_le_bytes());
+        if self.revision >= 2 {
+            let (space, address) = self.x_pm_tmr_blk;
+            t[at(208)] = space;
+            t[at(209)] = 32; // register bit width
+            t[at(211)] = 3; // access size: dword
+            t[at(212)..at(220)].copy_from_slice(&address.to_le_bytes());
+        }
+        finish_table(b"FACP", self.revision, t)
+    }
 }

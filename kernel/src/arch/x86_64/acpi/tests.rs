@@ -139,3 +139,62 @@ fn no_truncation_or_corruption_panics() {
         let _ = parse_madt(&t);
     }
 }
+
+mod fadt {
+    use super::super::build::FadtSpec;
+    use super::super::*;
+
+    #[test]
+    fn q35s_pm_timer_is_a_24_bit_io_port() {
+        assert_eq!(
+            parse_fadt_pm_timer(&FadtSpec::default().bytes()),
+            Ok(PmTimerInfo { port: 0x608, bits: 24 })
+        );
+    }
+
+    #[test]
+    fn a_revision_1_fadt_has_only_the_32_bit_block() {
+        let spec = FadtSpec { revision: 1, pm_tmr_blk: 0xb008, ..FadtSpec::default() };
+        assert_eq!(parse_fadt_pm_timer(&spec.bytes()), Ok(PmTimerInfo { port: 0xb008, bits: 24 }));
+    }
+
+    #[test]
+    fn tmr_val_ext_makes_it_32_bits_and_the_extended_block_wins() {
+        let spec =
+            FadtSpec { flags: 1 << 8, pm_tmr_blk: 0x1008, x_pm_tmr_blk: (1, 0x608), ..FadtSpec::default() };
+        assert_eq!(parse_fadt_pm_timer(&spec.bytes()), Ok(PmTimerInfo { port: 0x608, bits: 32 }));
+    }
+
+    #[test]
+    fn no_timer_memory_space_or_a_wide_port_are_refused() {
+        let spec = FadtSpec { pm_tmr_len: 0, ..FadtSpec::default() };
+        assert_eq!(parse_fadt_pm_timer(&spec.bytes()), Err(AcpiProblem::NoPmTimer));
+        let spec = FadtSpec { pm_tmr_blk: 0, x_pm_tmr_blk: (1, 0), ..FadtSpec::default() };
+        assert_eq!(parse_fadt_pm_timer(&spec.bytes()), Err(AcpiProblem::NoPmTimer));
+        let spec = FadtSpec { x_pm_tmr_blk: (0, 0xfed0_0000), ..FadtSpec::default() };
+        assert_eq!(parse_fadt_pm_timer(&spec.bytes()), Err(AcpiProblem::PmTimerNotIo { space_id: 0 }));
+        let spec = FadtSpec { x_pm_tmr_blk: (1, 0x1_0000), ..FadtSpec::default() };
+        assert_eq!(parse_fadt_pm_timer(&spec.bytes()), Err(AcpiProblem::PmTimerAddress));
+        let spec = FadtSpec { x_pm_tmr_blk: (0x0b, 0x608), ..FadtSpec::default() };
+        assert_eq!(parse_fadt_pm_timer(&spec.bytes()), Err(AcpiProblem::PmTimerAddress), "reserved space id");
+    }
+
+    #[test]
+    fn a_short_or_corrupt_fadt_is_refused_before_the_crate_reads_it() {
+        let mut t = FadtSpec::default().bytes();
+        t.truncate(150);
+        t[4..8].copy_from_slice(&150u32.to_le_bytes());
+        build::fix_checksum(&mut t);
+        assert_eq!(
+            parse_fadt_pm_timer(&t),
+            Err(AcpiProblem::Truncated { table: "FACP", length: 150, needed: FADT_X_PM_TMR_END })
+        );
+        let mut t = FadtSpec::default().bytes();
+        t[100] ^= 1;
+        assert!(matches!(parse_fadt_pm_timer(&t), Err(AcpiProblem::BadChecksum { .. })));
+        assert_eq!(
+            parse_fadt_pm_timer(&t[..100]),
+            Err(AcpiProblem::Truncated { table: "FACP", length: 100, needed: 220 })
+        );
+    }
+}
