@@ -1,8 +1,8 @@
 //! The fault matrix's malformed HPET tables: the runner's `--hpet-table FAULT` boots q35 without
 //! QEMU's HPET and injects a table of ours (built by the kernel's ACPI table builder, see
 //! `boot/src/hpet_table.rs`). Each table is rejected with its reason, logged once; the kernel
-//! calibrates against the PIT, runs on the LAPIC timer, and reports `degraded`, never a panic
-//! or a hang. (A bad checksum cannot be injected, QEMU recomputes it: host tests cover it.)
+//! calibrates against the ACPI PM timer, runs on the LAPIC timer, and reports `degraded`,
+//! never a panic or a hang. (A bad checksum cannot be injected, QEMU recomputes it: host tests cover it.)
 #![no_std]
 #![no_main]
 
@@ -23,7 +23,7 @@ kernel_tests::qemu_test!(
     ",
     tests: [
         hpet_is_rejected_once_as_a_fallback,
-        lapic_timer_is_calibrated_against_the_pit,
+        lapic_timer_is_calibrated_against_the_pm_timer,
         every_cpu_ticks_on_its_lapic_timer,
         sleep_of_one_ms_returns_after_its_deadline,
     ],
@@ -35,9 +35,9 @@ fn hpet_is_rejected_once_as_a_fallback(k: &Kernel) {
     assert_eq!(rejections, 1, "expected one HPET fallback, got {:?}", k.platform.fallbacks);
 }
 
-fn lapic_timer_is_calibrated_against_the_pit(k: &Kernel) {
+fn lapic_timer_is_calibrated_against_the_pm_timer(k: &Kernel) {
     let c = k.platform.calibration.as_ref().expect("the LAPIC timer was not calibrated");
-    assert!(matches!(c.reference, Reference::Pit), "calibrated against {}", c.reference);
+    assert!(matches!(c.reference, Reference::PmTimer), "calibrated against {}", c.reference);
     assert!(c.lapic_timer_hz > 0 && c.tsc_hz > 0);
 }
 

@@ -20,7 +20,7 @@ kernel_tests::qemu_test!(
         timers8: --expect-report /hpet/comparators#=8 --expect-report /hpet/comparators/7/route_cap=16711940 -- -global hpet.timers=8
         timers32: --expect-report /hpet/comparators#=32 -- -global hpet.timers=32
         uefi: --uefi --expect-report /hpet/comparators#=3 --expect-report /ioapics#=1
-        hpet_off: --expect-report /hpet=null --expect-report /lapic/calibrated_against=pit -- -machine q35,hpet=off
+        hpet_off: --expect-report /hpet=null --expect-report /lapic/calibrated_against=acpi_pm -- -machine q35,hpet=off
         pc: --expect-report /hpet/comparators/0/route_cap=4 -- -machine pc,hpet=on
         msi: --expect-report /hpet/comparators/0/fsb=true --expect-log 'by FSB message' -- -global hpet.msi=on
     ",

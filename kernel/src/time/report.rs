@@ -82,8 +82,9 @@ pub struct TscReport {
     /// The frequency measured over a long window after boot (`null` until measured).
     pub refined_hz: Option<u64>,
     /// How far the boot calibration was from the refined frequency, in ppm (`null` until
-    /// refined).
+    /// refined), and the same in parts per billion.
     pub calibration_ppm: Option<i64>,
+    pub calibration_ppb: Option<i64>,
     /// Watchdog comparisons in which the TSC agreed with the reference.
     pub watchdog_checks: u64,
     /// The largest disagreement among them, TSC minus reference, in ns over one 0.5 s interval.

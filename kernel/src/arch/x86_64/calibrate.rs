@@ -1,11 +1,15 @@
 //! Measures the LAPIC timer and TSC frequencies against a reference clock: the HPET main
-//! counter when there is one, else the PIT (as the TSC's first calibration did).
+//! counter when there is one, else the ACPI PM timer, else the PIT (as the TSC's first
+//! calibration did). The two counters are read at each end of a window, so a vCPU descheduled
+//! meanwhile lengthens the window on both alike; the PIT's window ends when its output is
+//! seen to change, which a descheduled vCPU sees late (under a loaded TCG host, off by 20 %).
 //!
 //! Three 10 ms windows; each window's counts are divided by the window's length as the
 //! reference measured it. The median is taken and the spread (max - min over median) is logged
 //! as the calibration's measured error.
 
 use super::hpet::Hpet;
+use super::pm_timer::PmTimer;
 use super::{lapic, pit, tsc};
 use core::fmt;
 
@@ -17,6 +21,7 @@ const WINDOW_SLACK: u64 = 50;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reference {
     Hpet,
+    PmTimer,
     Pit,
 }
 
@@ -24,6 +29,7 @@ impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Reference::Hpet => "hpet",
+            Reference::PmTimer => "acpi_pm",
             Reference::Pit => "pit",
         })
     }
@@ -52,7 +58,7 @@ impl fmt::Display for CalibrationError {
 pub struct Calibration {
     pub reference: Reference,
     /// Why the preferred reference (the HPET) was not used, when this calibration is a
-    /// fallback to the PIT: for the caller to record.
+    /// fallback to another: for the caller to record.
     pub hpet_failure: Option<CalibrationError>,
     /// Ticks per second of the LAPIC timer (bus clock / `lapic::TIMER_DIVISOR`).
     pub lapic_timer_hz: u64,
@@ -80,6 +86,25 @@ fn window_hpet(hpet: &Hpet) -> Option<Sample> {
     let tsc_cycles = tsc::read() - tsc_start;
     let lapic_ticks = u64::from(u32::MAX - lapic::timer_current_count());
     let ns = u128::from(now.wrapping_sub(start)) * u128::from(hpet.period_fs()) / 1_000_000;
+    Some((lapic_ticks, tsc_cycles, ns as u64))
+}
+
+fn window_pm(pm: &PmTimer) -> Option<Sample> {
+    let ticks = (pm.frequency_hz() / WINDOW_HZ) as u32;
+    let limit = tsc::frequency_hz() / WINDOW_HZ * WINDOW_SLACK;
+    lapic::timer_oneshot(u32::MAX, 0, true);
+    let start = pm.read();
+    let tsc_start = tsc::read();
+    let mut now = start;
+    while pm.elapsed(start, now) < ticks {
+        if tsc::read() - tsc_start > limit {
+            return None;
+        }
+        now = pm.read();
+    }
+    let tsc_cycles = tsc::read() - tsc_start;
+    let lapic_ticks = u64::from(u32::MAX - lapic::timer_current_count());
+    let ns = u128::from(pm.elapsed(start, now)) * 1_000_000_000 / u128::from(pm.frequency_hz());
     Some((lapic_ticks, tsc_cycles, ns as u64))
 }
 
@@ -134,16 +159,21 @@ fn measure(
     })
 }
 
-/// Calibrates against the HPET if given and working, else the PIT; `None` if neither runs. A
-/// PIT calibration taken because the HPET failed carries the HPET's failure in `hpet_failure`
-/// (not logged here: the caller records the fallback, one line).
-pub fn calibrate(hpet: Option<&Hpet>) -> Option<Calibration> {
+/// Calibrates against the HPET if given and working, else the PM timer if given and working,
+/// else the PIT; `None` if none runs. A calibration taken because the HPET failed carries the
+/// HPET's failure in `hpet_failure` (not logged here: the caller records the fallback, one
+/// line).
+pub fn calibrate(hpet: Option<&Hpet>, pm: Option<&PmTimer>) -> Option<Calibration> {
     let hpet_failure = match hpet.map(|h| measure(|| window_hpet(h), Reference::Hpet)) {
         Some(Ok(c)) => return Some(c),
         Some(Err(e)) => Some(e),
         None => None,
     };
-    measure(window_pit, Reference::Pit).ok().map(|c| Calibration { hpet_failure, ..c })
+    let fallback = |c: Calibration| Calibration { hpet_failure, ..c };
+    if let Some(Ok(c)) = pm.map(|p| measure(|| window_pm(p), Reference::PmTimer)) {
+        return Some(fallback(c));
+    }
+    measure(window_pit, Reference::Pit).ok().map(fallback)
 }
 
 #[cfg(test)]

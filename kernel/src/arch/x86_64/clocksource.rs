@@ -3,9 +3,10 @@
 //! sources behind an interrupts-off lock, registration of the TSC and the HPET main counter,
 //! the `clocksource=` choice, and the report's clocksource part.
 
-use super::acpi::{self, PmTimerInfo};
 use super::clockevents::{self, TimerEvent};
+use super::pm_timer::{self, PmTimer};
 use super::{hpet::Hpet, tsc};
+use crate::time::clocksource::refine::{self, Refined, Refiner};
 use crate::time::clocksource::sync::{self, SyncResult};
 use crate::time::clocksource::watchdog::{self, Sample, Watchdog};
 use crate::time::clocksource::{
@@ -19,7 +20,6 @@ use core::fmt;
 use core::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
-use x86_64::instructions::port::Port;
 
 /// The counters `now_ns` can read.
 pub const TSC: CounterId = CounterId(1);
@@ -49,11 +49,7 @@ static PM_TIMER_PORT: AtomicU16 = AtomicU16::new(0);
 fn read_pm_timer() -> u64 {
     match PM_TIMER_PORT.load(Ordering::Relaxed) {
         0 => 0,
-        port => {
-            // SAFETY: the port is the FADT's PM_TMR register, a read-only counter whose read
-            // has no side effects (`register_pm_timer` checked that it counts).
-            u64::from(unsafe { Port::<u32>::new(port).read() })
-        }
+        port => u64::from(pm_timer::read_port(port)),
     }
 }
 
@@ -219,51 +215,19 @@ pub fn hpet_started(hpet: &Hpet) {
     }
 }
 
-/// Why the PM timer is not used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PmTimerError {
-    /// Two reads 100 us apart (by the TSC) gave the same value.
-    NotCounting {
-        value: u32,
-    },
-    Register(RegisterError),
-}
-
-impl fmt::Display for PmTimerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PmTimerError::NotCounting { value } => {
-                write!(f, "it does not count (reads {value:#x} 100 us apart)")
-            }
-            PmTimerError::Register(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-/// The ACPI PM timer (3.579545 MHz, 24 or 32 bits) as the `acpi_pm` clocksource, once it is
-/// seen to count.
-pub fn register_pm_timer(pm: PmTimerInfo) -> Result<(), PmTimerError> {
-    // SAFETY: as in `read_pm_timer`: the FADT's read-only PM_TMR register.
-    let read = || unsafe { Port::<u32>::new(pm.port).read() };
-    let before = read();
-    let start = tsc::read();
-    let wait = tsc::frequency_hz() / 10_000; // 100 us: about 358 ticks
-    while tsc::read().wrapping_sub(start) < wait {
-        core::hint::spin_loop();
-    }
-    if read() == before {
-        return Err(PmTimerError::NotCounting { value: before });
-    }
+/// The ACPI PM timer (3.579545 MHz, 24 or 32 bits, seen to count) as the `acpi_pm`
+/// clocksource.
+pub fn register_pm_timer(pm: PmTimer) -> Result<(), RegisterError> {
     PM_TIMER_PORT.store(pm.port, Ordering::Relaxed);
     let desc = SourceDesc {
         name: "acpi_pm",
         rating: PM_TIMER_RATING,
-        hz: acpi::PM_TIMER_HZ,
+        hz: pm.frequency_hz(),
         bits: pm.bits,
         flags: SourceFlags::CONTINUOUS | SourceFlags::CPU_CONSISTENT,
         counter: PM_TIMER,
     };
-    with_sources(|s| s.register(desc)).map_err(PmTimerError::Register)?;
+    with_sources(|s| s.register(desc))?;
     log::info!(
         "acpi_pm: {} Hz, {}-bit, rating {PM_TIMER_RATING}, one counter for every CPU",
         desc.hz,
@@ -282,6 +246,7 @@ pub fn force(name: &'static str) {
 /// CPU 0), so narrow counters may be selected; the best source becomes current, and a
 /// `clocksource=` that could not be honoured is recorded as a fallback.
 pub fn init_late() {
+    without_interrupts(|| TSC_CHECKS.lock().boot_hz = tsc::frequency_hz());
     let period = core::time::Duration::from_nanos(watchdog::INTERVAL_NS);
     match clockevents::Timer::periodic(0, clockevents::now() + period, period, housekeeping) {
         Ok(t) => {
@@ -304,7 +269,7 @@ pub fn init_late() {
 /// base is moved to now, well within half its wrap.
 fn housekeeping(_: &TimerEvent) {
     with_sources(|s| s.rebase_narrow(&TIMEKEEPER, &Hardware));
-    watchdog_check();
+    tsc_checks();
 }
 
 /// What the TSC checks found, for the report.
@@ -315,6 +280,10 @@ struct TscChecks {
     /// Largest disagreement the watchdog measured over one interval (signed, TSC minus
     /// reference), while the TSC was found stable.
     watchdog_max_deviation_ns: i64,
+    refiner: Refiner,
+    /// The frequency before the first refinement (the boot calibration's).
+    boot_hz: u64,
+    refined: Option<Refined>,
 }
 
 static TSC_CHECKS: Mutex<TscChecks> = Mutex::new(TscChecks {
@@ -322,6 +291,9 @@ static TSC_CHECKS: Mutex<TscChecks> = Mutex::new(TscChecks {
     watchdog: Watchdog::new(),
     watchdog_checks: 0,
     watchdog_max_deviation_ns: 0,
+    refiner: Refiner::new(),
+    boot_hz: 0,
+    refined: None,
 });
 
 /// The result of the sync check with AP `cpu`: the warp is recorded (a switch away from the
@@ -357,47 +329,82 @@ fn tsc_unstable(reason: String) {
     }
 }
 
-/// The watchdog's turn: the TSC (on CPU 0) against the HPET, else the ACPI PM timer, over the
-/// last interval. Each sample brackets the TSC read between two reads of the reference and is
-/// retried (three times) if the bracket is too wide to trust.
-fn watchdog_check() {
-    let Some((tsc, reference)) = with_sources(|s| {
+/// The TSC checks' turn, every 0.5 s on CPU 0, against the HPET, else the ACPI PM timer: one
+/// sample brackets a TSC read between two reads of the reference (retried up to three times
+/// when the bracket is too wide to trust); the watchdog compares the last interval on both,
+/// and the refinement measures the TSC's frequency over the whole window since bring-up.
+fn tsc_checks() {
+    let Some((tsc_conv, name, wd)) = with_sources(|s| {
         let tsc = s.get("tsc").filter(|t| t.stable())?.conversion();
         let reference = ["hpet", "acpi_pm"].iter().find_map(|n| s.get(n).filter(|r| r.stable()))?;
-        Some((tsc, (reference.name(), reference.conversion())))
+        Some((tsc, reference.name(), reference.conversion()))
     }) else {
         return;
     };
-    let (name, wd) = reference;
-    let verdict = without_interrupts(|| {
+    let ref_hz = with_sources(|s| s.get(name).map_or(0, |r| r.hz));
+    let (verdict, refined) = without_interrupts(|| {
         let mut c = TSC_CHECKS.lock();
-        let mut verdict = watchdog::Verdict::Skipped(watchdog::SkipReason::WideBracket);
-        for _ in 0..3 {
-            let wd_before = Hardware.read(wd.counter);
-            let cs = tsc::read();
-            let wd_after = Hardware.read(wd.counter);
-            verdict = c.watchdog.check(Sample { wd_before, cs, wd_after }, &tsc, &wd);
-            if verdict != watchdog::Verdict::Skipped(watchdog::SkipReason::WideBracket) {
-                break;
-            }
-        }
+        let sample = (0..3)
+            .map(|_| {
+                let wd_before = Hardware.read(wd.counter);
+                let cs = tsc::read();
+                Sample { wd_before, cs, wd_after: Hardware.read(wd.counter) }
+            })
+            .find(|s| s.paired(&wd).is_some());
+        let Some(sample) = sample else {
+            return (watchdog::Verdict::Skipped(watchdog::SkipReason::WideBracket), None);
+        };
+        let verdict = c.watchdog.check(sample, &tsc_conv, &wd);
         if let watchdog::Verdict::Agrees { deviation_ns, .. } = verdict {
             c.watchdog_checks += 1;
             if deviation_ns.abs() > c.watchdog_max_deviation_ns.abs() {
                 c.watchdog_max_deviation_ns = deviation_ns;
             }
         }
-        verdict
+        let paired = sample.paired(&wd).expect("found above");
+        let refined = c.refiner.sample(sample.cs, paired, &wd, ref_hz);
+        if let Some(r) = refined {
+            let previous = c.refined.map_or(c.boot_hz, |p| p.hz);
+            c.refined = Some(r);
+            return (verdict, Some((r, previous)));
+        }
+        (verdict, None)
     });
     match verdict {
-        watchdog::Verdict::Unstable { cs_ns, wd_ns } => tsc_unstable(alloc::format!(
-            "watchdog: over {wd_ns} ns of {name} the TSC counted {cs_ns} ns (threshold {} ns)",
-            watchdog::threshold_ns(wd_ns)
-        )),
+        watchdog::Verdict::Unstable { cs_ns, wd_ns } => {
+            return tsc_unstable(alloc::format!(
+                "watchdog: over {wd_ns} ns of {name} the TSC counted {cs_ns} ns (threshold {} ns)",
+                watchdog::threshold_ns(wd_ns)
+            ));
+        }
         watchdog::Verdict::Agrees { interval_ns, deviation_ns } => {
             log::trace!("watchdog: TSC within {deviation_ns} ns of {name} over {interval_ns} ns")
         }
         v => log::debug!("watchdog: {v:?}"),
+    }
+    if let Some((r, previous)) = refined {
+        let boot_hz = without_interrupts(|| TSC_CHECKS.lock().boot_hz);
+        tsc::set_frequency(r.hz);
+        let ppb = |a: u64, b: u64| refine::ppb(a, b);
+        log::info!(
+            "tsc: {} Hz, refined against {name} over {}.{:03} s (boot calibration off by {}, {} since the last value)",
+            r.hz,
+            r.window_ns / 1_000_000_000,
+            r.window_ns / 1_000_000 % 1_000,
+            Ppb(ppb(boot_hz, r.hz)),
+            Ppb(ppb(previous.max(1), r.hz))
+        );
+    }
+}
+
+/// Parts per billion shown as ppm with three decimals: `+12.345 ppm`.
+struct Ppb(i64);
+
+impl fmt::Display for Ppb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { '-' } else { '+' };
+        let a = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:03} ppm", a / 1_000, a % 1_000)
     }
 }
 
@@ -441,8 +448,9 @@ pub fn fill_report(report: &mut TimerReport) {
         TscReport {
             invariant: tsc::invariant(),
             warp_ns: c.warp_ns,
-            refined_hz: None,
-            calibration_ppm: None,
+            refined_hz: c.refined.map(|r| r.hz),
+            calibration_ppm: c.refined.map(|r| refine::ppm(c.boot_hz, r.hz)),
+            calibration_ppb: c.refined.map(|r| refine::ppb(c.boot_hz, r.hz)),
             watchdog_checks: c.watchdog_checks,
             watchdog_max_deviation_ns: c.watchdog_max_deviation_ns,
         }

@@ -16,6 +16,7 @@ pub mod path_trace;
 pub mod pic;
 pub mod pit;
 pub mod platform;
+pub mod pm_timer;
 pub mod qemu;
 pub mod serial;
 pub mod smp;

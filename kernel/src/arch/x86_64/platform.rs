@@ -5,6 +5,7 @@
 use super::calibrate::{self, Calibration};
 use super::hpet::{ComparatorConfig, Hpet};
 use super::ioapic::{IOAPICS, IsaRoute};
+use super::pm_timer::PmTimer;
 use super::{acpi, clocksource, lapic, pic, smp, tsc};
 use crate::time::report::{
     ComparatorReport, CpuReport, HpetReport, IoApicReport, LapicReport, SCHEMA_VERSION, TimerReport, Verdict,
@@ -63,10 +64,10 @@ impl FirmwareInfo {
                 info.hpet_base = Some(hpet.base);
             }
             Err(acpi::AcpiProblem::TableNotFound(_)) => {
-                log::info!("no HPET table: this machine has no HPET; calibrating against the PIT")
+                log::info!("no HPET table: this machine has no HPET")
             }
             Err(e) => {
-                let reason = format!("HPET table rejected ({e}): no HPET; calibrating against the PIT");
+                let reason = format!("HPET table rejected ({e}): no HPET");
                 log::warn!("fallback: {reason}");
                 fallbacks.push(reason);
             }
@@ -150,20 +151,29 @@ pub fn init_bsp(rsdp: Option<u64>) -> Platform {
                 p.hpet = Some(h);
                 clocksource::register_hpet(h);
             }
-            Err(e) => p.fall_back(format!("HPET at {base:#x} rejected: {e}; calibrating against the PIT")),
+            Err(e) => p.fall_back(format!("HPET at {base:#x} rejected: {e}")),
         }
     }
-    if let Some(pm) = p.firmware.pm_timer
-        && let Err(e) = clocksource::register_pm_timer(pm)
-    {
-        p.fall_back(format!("ACPI PM timer at I/O port {:#x} not used: {e}", pm.port));
-    }
+    let pm_timer = p.firmware.pm_timer.and_then(|info| {
+        let probed = PmTimer::probe(info).map_err(|e| e.to_string());
+        match probed.and_then(|pm| clocksource::register_pm_timer(pm).map(|()| pm).map_err(|e| e.to_string()))
+        {
+            Ok(pm) => Some(pm),
+            Err(e) => {
+                p.fall_back(format!("ACPI PM timer at I/O port {:#x} not used: {e}", info.port));
+                None
+            }
+        }
+    });
 
     if lapic.is_some() {
-        match calibrate::calibrate(p.hpet) {
+        match calibrate::calibrate(p.hpet, pm_timer.as_ref()) {
             Some(c) => {
                 if let Some(e) = c.hpet_failure {
-                    p.fall_back(format!("HPET calibration failed ({e}): calibrated against the PIT"));
+                    p.fall_back(format!(
+                        "HPET calibration failed ({e}): calibrated against the {}",
+                        c.reference
+                    ));
                 }
                 tsc::set_frequency(c.tsc_hz);
                 log::info!(
@@ -177,7 +187,9 @@ pub fn init_bsp(rsdp: Option<u64>) -> Platform {
                 );
                 p.calibration = Some(c);
             }
-            None => p.fall_back("no reference clock ran (HPET, PIT): LAPIC timer uncalibrated".to_string()),
+            None => p.fall_back(
+                "no reference clock ran (HPET, ACPI PM timer, PIT): LAPIC timer uncalibrated".into(),
+            ),
         }
     }
     x86_64::instructions::interrupts::enable();

@@ -66,10 +66,15 @@ impl Refiner {
 
 /// Signed difference of `measured` from `reference`, in ppm of `reference`.
 pub fn ppm(measured: u64, reference: u64) -> i64 {
+    ppb(measured, reference) / 1_000
+}
+
+/// Signed difference of `measured` from `reference`, in parts per billion of `reference`.
+pub fn ppb(measured: u64, reference: u64) -> i64 {
     if reference == 0 {
         return 0;
     }
-    ((i128::from(measured) - i128::from(reference)) * 1_000_000 / i128::from(reference)) as i64
+    ((i128::from(measured) - i128::from(reference)) * 1_000_000_000 / i128::from(reference)) as i64
 }
 
 #[cfg(test)]
@@ -111,5 +116,7 @@ mod tests {
         assert_eq!(ppm(1_000_100, 1_000_000), 100);
         assert_eq!(ppm(999_900, 1_000_000), -100);
         assert_eq!(ppm(5, 0), 0);
+        assert_eq!(ppb(1_000_000_123, 1_000_000_000), 123);
+        assert_eq!(ppm(1_000_000_999, 1_000_000_000), 0, "ppm truncates towards zero");
     }
 }
