@@ -59,10 +59,20 @@ impl ReadCounter for Hardware {
         match counter {
             TSC => tsc::read_ordered(),
             HPET => read_hpet(),
-            TSC_SKEWED => tsc::read_ordered_skewed(),
             PM_TIMER => read_pm_timer(),
-            _ => 0,
+            _ => read_rare(counter),
         }
+    }
+}
+
+/// The counters only fault injection uses, out of the hot path's way (a call there would
+/// make every read save registers around it).
+#[cold]
+#[inline(never)]
+fn read_rare(counter: CounterId) -> u64 {
+    match counter {
+        TSC_SKEWED => tsc::read_ordered_skewed(),
+        _ => 0,
     }
 }
 
