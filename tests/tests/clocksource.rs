@@ -29,7 +29,7 @@ kernel_tests::qemu_test!(
         skew_smp4: --smp 4 --cmdline 'duration_ms=300 clocksource=tsc tsc_skew=2:20000000' --expect-report /clocksource=hpet --expect-report /clocksources/0/stable=false --expect-report /tsc/warp_ns>=1000000 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /verdict=degraded --expect-log 'TSCs unsynchronized: CPU 2 is'
         skew_default: --smp 2 --cmdline 'duration_ms=300 tsc_skew=1:20000000' --expect-report /clocksource=hpet --expect-report /clocksources/0/stable=false --expect-report /verdict=degraded --expect-log 'switched clocksource tsc -> hpet at'
         skew_icount: --smp 2 --cmdline 'duration_ms=200 clocksource=tsc tsc_skew=1:100000' --expect-report /clocksource=hpet --expect-report /tsc/warp_ns>=50000 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /verdict=degraded -- -icount shift=0,sleep=off
-        icount: --smp 2 --cmdline duration_ms=1800 --expect-report /clocksource=hpet --expect-report /tsc/warp_ns=0 --expect-report /tsc/watchdog_checks>=1 --expect-report /tsc/refined_hz>=1 --expect-report /tsc/calibration_ppb<=100 --expect-report /tsc/calibration_ppb>=-100 --expect-log 'refined against hpet over' --expect-report /verdict=ok -- -icount shift=0,sleep=off
+        icount: --smp 2 --cmdline duration_ms=1800 --expect-report /clocksource=hpet --expect-report /tsc/warp_ns=0 --expect-report /tsc/watchdog_checks>=1 --expect-report /tsc/refined_hz>=1 --expect-report /tsc/calibration_ppb<=2000 --expect-report /tsc/calibration_ppb>=-2000 --expect-log 'refined against hpet over' --expect-report /verdict=ok -- -icount shift=0,sleep=off
     ",
     tests: [
         clock_never_goes_back_on_any_cpu,

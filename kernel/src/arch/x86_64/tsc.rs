@@ -7,12 +7,20 @@ use super::{clocksource, pit};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-/// This CPU's TSC (with the `tsc_skew` fault added in software where the machine ignored it).
-#[inline]
+/// This CPU's TSC, for intervals measured on one CPU (a constant `tsc_skew` does not change
+/// them: see [`read_skewed`] for readings compared across CPUs).
 pub fn read() -> u64 {
     // SAFETY: RDTSC is available on every x86_64 CPU and has no side effects (CR4.TSD is clear,
     // and we run in ring 0 regardless).
-    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// This CPU's TSC as it compares with other CPUs' readings, with the `tsc_skew` fault added
+/// in software where the machine ignored the MSR write: what the clocksource (through
+/// [`read_ordered_skewed`]) and the sync check read. Kept apart from [`read`] so that the
+/// clock event programming paths, which read the TSC for CPU-local intervals, pay nothing.
+pub fn read_skewed() -> u64 {
+    let tsc = read();
     if SKEW_IN_SOFTWARE.load(Ordering::Relaxed) { tsc.wrapping_add(skew_here()) } else { tsc }
 }
 
@@ -49,10 +57,12 @@ static SKEW_CYCLES: AtomicU64 = AtomicU64::new(0);
 static SKEW_IN_SOFTWARE: AtomicBool = AtomicBool::new(false);
 
 /// This CPU's index; before the per-CPU state exists only the boot CPU runs.
+#[inline(always)]
 fn this_index() -> usize {
     if percpu::ready() { percpu::this_cpu().index } else { 0 }
 }
 
+#[inline(always)]
 fn skew_here() -> u64 {
     if this_index() == SKEW_CPU.load(Ordering::Relaxed) { SKEW_CYCLES.load(Ordering::Relaxed) } else { 0 }
 }
@@ -69,7 +79,8 @@ pub fn configure_skew(cpu: usize, ns: u64) {
 /// Makes this CPU's TSC lead by the configured skew if it is the CPU `tsc_skew` names: by
 /// writing IA32_TIME_STAMP_COUNTER where the machine honours it; QEMU's TCG ignores that write
 /// (and IA32_TSC_ADJUST: both read back 0, RDTSC does not move), so then the skew is added to
-/// this CPU's raw TSC reads, below the clocksource layer, and everything above sees a skewed
+/// this CPU's TSC readings that are compared across CPUs ([`read_skewed`]: the clocksource's
+/// and the sync check's), below the clocksource layer, and everything above it sees a skewed
 /// TSC.
 pub fn apply_skew() {
     let cpu = this_index();

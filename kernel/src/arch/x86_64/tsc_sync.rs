@@ -61,13 +61,14 @@ fn wait(ns: u64, done: impl Fn() -> bool) -> bool {
 /// million times in a row), then takes another itself, so that its last reading is fresh when
 /// the other CPU does come (under `-icount` they run one after the other).
 fn take_turns(cpu: usize, stop: impl Fn(u64, &WarpMeter) -> bool) {
+    // Intervals on this CPU's own TSC; the meter compares the readings as other CPUs see them.
     let (start, limit, yield_cycles) = (tsc::read(), cycles(WAIT_NS), cycles(YIELD_NS));
     loop {
         let (now, done) = {
             let mut meter = METER.lock();
-            let now = tsc::read();
-            meter.step(cpu, now);
+            meter.step(cpu, tsc::read_skewed());
             LAST_CPU.store(cpu, Ordering::Release);
+            let now = tsc::read();
             (now, stop(now.wrapping_sub(start), &meter))
         };
         if done || now.wrapping_sub(start) > limit {
