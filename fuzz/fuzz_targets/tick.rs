@@ -1,36 +1,54 @@
-//! Fuzzes the time layer: a `kernel::time::tick::TickSystem` driven by an arbitrary sequence of
-//! operations (register a device, bring a CPU online, arm, cancel, let time pass and deliver the
-//! device interrupts and wake-up IPIs that fall due, a spurious or misrouted interrupt, a
-//! comparator that starts passing, take a device out),
-//! on simulated devices and a simulated clock, as the host tests in `time/tick.rs` do.
+//! Fuzzes the time layer as the kernel drives it: the shared `Registry` (selection), one
+//! `CpuTick` per CPU (its service, local device and timer queue, touched only by that CPU) and
+//! the shared `Broadcast`, driven by an arbitrary sequence of operations (register a device,
+//! bring a CPU online, arm, cancel, let time pass and deliver the device interrupts and the
+//! inter-processor messages that fall due, a spurious or misrouted interrupt, a comparator that
+//! starts passing, take a device out), on simulated devices and a simulated clock, as the host
+//! simulator `time/tick/sim.rs` does.
+//!
+//! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry}.rs`): a registry
+//! decision's broadcast change is applied at once by the deciding CPU; each CPU's assignment is
+//! a message to that CPU, as are wake-up IPIs. Messages reach each CPU in order, when delivered
+//! (a `DeliverIpis` step, or before time moves on); device failures are reported by the CPU
+//! that met them, taken out and their changes applied. The simulation says which CPU it runs
+//! code on: a per-CPU device driven from another CPU, or any device driven by the registry,
+//! fails the run.
 //!
 //! A simulated device is a counter at its own frequency (`floor(now * hz / 1e9)`) with a
 //! comparator: programmed `delta` ticks ahead it interrupts at the first nanosecond the counter
 //! reaches it, which may be up to a tick before `now + delta / hz` (the counter's phase is
 //! unknown), as on real hardware. It can be made to report a passed comparator for short deltas.
+//! A misrouted interrupt is the comparator's own, raised on another CPU when it matches.
 //!
 //! Checked after every step:
-//! - a timer is handed out only at or after its deadline, on the CPU that armed it, at most once,
-//!   and never after it was cancelled; a pending timer can be cancelled;
-//! - the driver is programmed only in one-shot mode and within the device's min/max delta;
-//! - every online CPU is served as the selection rule says (its best-rated usable local device,
-//!   else the broadcast device: the best-rated usable device that is neither per-CPU nor stops
-//!   in deep idle nor anyone's local device), devices in use are in a running state, the others
-//!   detached, failed ones never in use;
-//! - a served CPU with pending timers has its device (or the broadcast device, or an IPI in
-//!   flight) armed: no event is lost in between;
+//! - a timer is handed out only at or after its deadline, on the CPU that armed it, at most
+//!   once, and never after it was cancelled; a pending timer can be cancelled;
+//! - the driver is programmed only in one-shot mode and within the device's min/max delta, a
+//!   per-CPU device only from its own CPU, and no device by the registry;
+//! - the registry's decision follows the selection rule (each online CPU: its best-rated
+//!   usable local device, else the broadcast device: the best-rated usable device that is
+//!   neither per-CPU nor stops in deep idle); the broadcast installed is the one decided; a
+//!   CPU with no assignment in flight carries out its decision; the devices in use (a CPU's
+//!   local device, the broadcast) are in a running state, the others detached and unarmed;
+//! - a CPU's queue holds exactly its pending timers; a served CPU with pending timers (any
+//!   served CPU, with a periodic tick) has its device, or the broadcast device with its
+//!   deadline, armed, or an assignment or wake-up in flight: no event is lost in between;
 //!
-//! and at the end, after time has run far enough past the last deadline, every timer that was
-//! neither cancelled nor left on a CPU that no device serves has fired.
+//! and at the end, once everything is delivered and time has run far enough past the last
+//! deadline, every timer that was neither cancelled nor left on a CPU that no device serves
+//! has fired.
 #![no_main]
 
+use kernel::time::broadcast::Broadcast;
 use kernel::time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State};
-use kernel::time::hrtimer::{Expired, TimerId};
-use kernel::time::tick::{DeviceId, Service, TickMode, TickSystem};
+use kernel::time::hrtimer::{Cancel, TimerId};
+use kernel::time::tick::{Assignment, Changes, CpuTick, DeviceId, Registry, Service, TickMode};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use spin::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const NS_PER_S: u128 = 1_000_000_000;
 const CPUS: usize = 4;
@@ -39,12 +57,20 @@ const MAX_DEVICES: usize = 10;
 const MAX_EVENTS: u64 = 200_000;
 /// Deadlines are armed at most this far ahead (2^27 ns, 134 ms), except "far" ones.
 const MAX_DELAY_NS: u64 = 1 << 27;
+/// "Running on no CPU": the registry deciding, which must drive no device.
+const NO_CPU: usize = usize::MAX;
 
 /// The simulated clock, shared with the drivers (which the layer holds as `&'static`).
 static NOW: AtomicU64 = AtomicU64::new(0);
+/// The CPU the simulation is running code on.
+static RUNNING_ON: AtomicUsize = AtomicUsize::new(NO_CPU);
 
 fn now() -> u64 {
     NOW.load(Ordering::Relaxed)
+}
+
+fn run_on(cpu: usize) {
+    RUNNING_ON.store(cpu, Ordering::Relaxed);
 }
 
 /// A simulated clock event device.
@@ -57,6 +83,8 @@ struct SimState {
     hz: u64,
     min_ticks: u64,
     max_ticks: u64,
+    /// The CPU a per-CPU device belongs to: driven from there only.
+    owner: Option<usize>,
     /// Deltas below this many ticks report a passed comparator (and leave nothing armed).
     passes_below_ticks: u64,
     state: Option<DriverState>,
@@ -85,11 +113,19 @@ impl SimState {
             u64::try_from((u128::from(t) * NS_PER_S).div_ceil(u128::from(self.hz))).unwrap_or(u64::MAX)
         })
     }
+    fn check_cpu(&self) {
+        let here = RUNNING_ON.load(Ordering::Relaxed);
+        assert_ne!(here, NO_CPU, "a device driven by the registry, outside any CPU");
+        if let Some(owner) = self.owner {
+            assert_eq!(here, owner, "per-CPU device of CPU {owner} driven from CPU {here}");
+        }
+    }
 }
 
 impl EventDriver for SimDriver {
     fn switch_state(&self, state: DriverState) {
         let mut s = self.inner.lock();
+        s.check_cpu();
         s.state = Some(state);
         match state {
             DriverState::Periodic { period_ticks } => {
@@ -110,6 +146,7 @@ impl EventDriver for SimDriver {
     }
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
         let mut s = self.inner.lock();
+        s.check_cpu();
         assert_eq!(s.state, Some(DriverState::Oneshot), "programmed outside one-shot mode");
         assert!(
             (s.min_ticks..=s.max_ticks).contains(&delta_ticks),
@@ -155,7 +192,8 @@ enum Op {
         per_cpu: bool,
         periodic: bool,
         stops_in_deep_idle: bool,
-        /// Which CPU of the set takes the interrupt of a device that is not per-CPU.
+        /// Which CPU of the set takes the interrupt of a device that is not per-CPU (and runs
+        /// the registration).
         irq_cpu: u8,
         frequency: u8,
         frequency_raw: u64,
@@ -176,11 +214,13 @@ enum Op {
     Cancel {
         which: u16,
     },
+    /// Time passes; the device interrupts that fall due are delivered, and the messages in
+    /// flight before each.
     Advance {
         ns: u32,
     },
-    /// Deliver the broadcast IPIs in flight now (otherwise they arrive before the next device
-    /// interrupt).
+    /// Deliver the messages and wake-ups in flight now (otherwise they arrive before the next
+    /// device interrupt).
     DeliverIpis,
     /// An interrupt from a device now, whether or not it is due (spurious or early), on the
     /// CPU its interrupt is routed to; or, misrouted to another online CPU, the device's next
@@ -203,23 +243,40 @@ const FREQUENCIES: [u64; 8] =
     [32_768, 1_000_000, 3_579_545, 14_318_180, 19_200_000, 100_000_000, 1_000_000_000, 2_999_999_999];
 const MAX_DELTAS: [u64; 7] = [0, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 40, u64::MAX >> 1, u64::MAX];
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Pending,
+    Done,
+    Cancelled,
+}
+
 struct Timer {
     cpu: usize,
     id: TimerId,
+    phase: Phase,
     deadline: u64,
-    fired: bool,
-    cancelled: bool,
+}
+
+/// A message to a CPU (the kernel's function-call IPI), carried out there in order: its
+/// assignment.
+enum Msg {
+    Assign(Assignment),
 }
 
 struct Sim {
-    sys: TickSystem<usize>,
+    registry: Registry,
+    bc: Mutex<Broadcast>,
+    /// Each CPU's tick, from when it comes online.
+    /// Each CPU's tick, from when it comes online; timers carry their number.
+    cpus: Vec<Option<CpuTick<usize>>>,
     mode: TickMode,
-    online: [bool; CPUS],
     /// Per device: the CPU its interrupt reaches.
     irq_cpu: Vec<usize>,
     timers: Vec<Timer>,
-    /// Broadcast wake-up IPIs sent and not yet delivered.
-    ipis: CpuSet,
+    /// Per CPU: the messages in flight to it, with when they were sent.
+    inbox: Vec<VecDeque<(u64, Msg)>>,
+    /// Per CPU: a wake-up IPI in flight since then (several coalesce).
+    wake: [Option<u64>; CPUS],
     events: u64,
     /// Simulated time the run started at, and the shortest maximum delta of any device: a
     /// device that cannot be programmed further ahead than that must interrupt at least that
@@ -231,6 +288,78 @@ struct Sim {
 impl Sim {
     fn drivers(&self) -> impl Iterator<Item = (usize, &'static SimDriver)> + '_ {
         (0..self.irq_cpu.len()).map(|i| (i, driver(i)))
+    }
+
+    fn tick(&mut self, cpu: usize) -> &mut CpuTick<usize> {
+        self.cpus[cpu].as_mut().expect("an online CPU has its tick")
+    }
+
+    fn assignment_in_flight(&self, cpu: usize) -> bool {
+        self.inbox[cpu].iter().any(|(_, m)| matches!(m, Msg::Assign(_)))
+    }
+
+    fn all_delivered(&self) -> bool {
+        self.inbox.iter().all(|q| q.is_empty()) && self.wake.iter().all(|w| w.is_none())
+    }
+
+    /// The registry decides, on no CPU: it must program nothing.
+    fn decide<R>(&mut self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        let here = RUNNING_ON.swap(NO_CPU, Ordering::Relaxed);
+        let r = f(&mut self.registry);
+        run_on(here);
+        r
+    }
+
+    /// Carries out a decision as the kernel's `deliver` does, on CPU `here`: the broadcast
+    /// change at once (a broadcast device that fails meanwhile is taken out and the selection
+    /// runs again), each assignment as a message to its CPU.
+    fn apply(&mut self, mut changes: Changes, here: usize) {
+        loop {
+            if let Some(device) = changes.broadcast.take() {
+                run_on(here);
+                let (wake, failure) = {
+                    let mut b = self.bc.lock();
+                    let wake = b.set_device(device, now());
+                    (wake, b.take_failure())
+                };
+                // No broadcast device any more: whoever waited on it is woken.
+                for cpu in wake.iter() {
+                    self.send_wake(cpu);
+                }
+                if let Some((d, e)) = failure {
+                    let more = self.decide(|r| r.take_out(d, &format!("{e}")));
+                    changes.broadcast = more.broadcast;
+                    changes.assignments.extend(more.assignments);
+                    continue;
+                }
+            }
+            for a in changes.assignments.drain(..) {
+                self.inbox[a.cpu].push_back((now(), Msg::Assign(a)));
+            }
+            return;
+        }
+    }
+
+    /// After code ran on CPU `here`: a device that gave up programming (its local device, or
+    /// the broadcast device it handed a deadline to) is reported, taken out, and the changes
+    /// applied.
+    fn settle(&mut self, here: usize) {
+        loop {
+            let mut failed = Vec::new();
+            if let Some(f) = self.cpus[here].as_mut().and_then(|t| t.take_failure()) {
+                failed.push((f.device, format!("{}", f.error)));
+            }
+            if let Some((d, e)) = self.bc.lock().take_failure() {
+                failed.push((d, format!("{e}")));
+            }
+            if failed.is_empty() {
+                return;
+            }
+            for (d, why) in failed {
+                let changes = self.decide(|r| r.take_out(d, &why));
+                self.apply(changes, here);
+            }
+        }
     }
 
     fn register(&mut self, op: &Op) {
@@ -278,6 +407,7 @@ impl Sim {
             hz,
             min_ticks,
             max_ticks,
+            owner: per_cpu.then_some(irq_cpu),
             passes_below_ticks: u64::from(passes_below_ticks) * u64::from(passes_below_ticks > 200),
             ..SimState::default()
         };
@@ -291,10 +421,20 @@ impl Sim {
             min_delta_ticks: min_ticks,
             max_delta_ticks: max_ticks,
         };
-        let id = self.sys.register(spec, driver(i), now());
+        let (id, changes) = self.decide(|r| r.register(spec, driver(i)));
         assert_eq!(id, DeviceId(i));
         // The layer's maximum, not the hardware's: it may program less far ahead.
-        self.shortest_hop_ns = self.shortest_hop_ns.min(self.sys.device(id).max_delta_ns.max(1));
+        self.shortest_hop_ns = self.shortest_hop_ns.min(self.registry.device(id).max_delta_ns.max(1));
+        self.apply(changes, irq_cpu);
+    }
+
+    fn cpu_online(&mut self, cpu: usize) {
+        run_on(cpu);
+        if self.cpus[cpu].is_none() {
+            self.cpus[cpu] = Some(CpuTick::new(cpu, self.mode, now(), 8));
+        }
+        let changes = self.decide(|r| r.cpu_online(cpu));
+        self.apply(changes, cpu);
     }
 
     fn arm(&mut self, cpu: usize, delay_ns: u32, past: bool, far: bool) {
@@ -305,62 +445,138 @@ impl Sim {
         } else {
             now() + u64::from(delay_ns) % MAX_DELAY_NS
         };
+        let Some(tick) = self.cpus[cpu].as_mut() else { return }; // the kernel's `NoTickDevice`
+        run_on(cpu);
+        let service = tick.service();
         let n = self.timers.len();
-        match self.sys.arm(cpu, deadline, n, now()) {
-            Ok(id) => self.timers.push(Timer { cpu, id, deadline, fired: false, cancelled: false }),
-            Err(_) => assert!(
-                !self.online[cpu] || self.sys.service(cpu) == Service::None,
-                "arming failed on served CPU {cpu}"
-            ),
-        }
-    }
-
-    fn cancel(&mut self, which: u16) {
-        if self.timers.is_empty() {
-            return;
-        }
-        let n = usize::from(which) % self.timers.len();
-        let t = &mut self.timers[n];
-        match self.sys.cancel(t.cpu, t.id) {
-            Some(payload) => {
-                assert_eq!(payload, n, "cancel handed out another timer's payload");
-                assert!(!t.fired && !t.cancelled, "timer {n} cancelled after it fired or was cancelled");
-                t.cancelled = true;
+        match tick.arm(deadline, n, now(), &self.bc) {
+            Ok(id) => self.timers.push(Timer { cpu, id, phase: Phase::Pending, deadline }),
+            Err(e) => {
+                assert_eq!(service, Service::None, "arming failed on CPU {cpu}, served by {service:?}: {e}")
             }
-            None => assert!(t.fired || t.cancelled, "pending timer {n} could not be cancelled"),
+        }
+        self.settle(cpu);
+    }
+
+    fn cancel(&mut self, n: usize) {
+        let (cpu, id) = (self.timers[n].cpu, self.timers[n].id);
+        run_on(cpu);
+        let got = self.tick(cpu).cancel(id);
+        let t = &mut self.timers[n];
+        match got {
+            Cancel::Cancelled(payload) => {
+                assert_eq!(payload, n, "cancel handed out another timer's payload");
+                assert_eq!(t.phase, Phase::Pending, "timer {n} cancelled while {:?}", t.phase);
+                t.phase = Phase::Cancelled;
+            }
+            Cancel::Running => panic!("timer {n} running outside its expiry"),
+            Cancel::Inactive => {
+                assert_ne!(t.phase, Phase::Pending, "pending timer {n} could not be cancelled")
+            }
         }
     }
 
-    fn run_expired(&mut self, cpu: usize, expired: Vec<Expired<usize>>) {
+    /// Delivers what is in flight to `cpu`: its messages in order, then its wake-up.
+    fn deliver_to(&mut self, cpu: usize) {
+        while let Some((_, msg)) = self.inbox[cpu].pop_front() {
+            match msg {
+                Msg::Assign(a) => {
+                    run_on(cpu);
+                    let bc = &self.bc;
+                    let tick = self.cpus[cpu].as_mut().expect("assignments go to online CPUs");
+                    tick.assign(a.service, a.local, now(), bc);
+                    self.settle(cpu);
+                }
+            }
+        }
+        if self.wake[cpu].take().is_some() {
+            self.wakeup(cpu);
+        }
+    }
+
+    fn deliver_all(&mut self) {
+        while !self.all_delivered() {
+            for cpu in 0..CPUS {
+                self.deliver_to(cpu);
+            }
+        }
+    }
+
+    fn send_wake(&mut self, cpu: usize) {
+        self.wake[cpu].get_or_insert(now());
+    }
+
+    /// The broadcast wake-up (or one for a misrouted event of the CPU's device) on `cpu`.
+    fn wakeup(&mut self, cpu: usize) {
+        run_on(cpu);
         let now = now();
-        for e in expired {
-            let t = &mut self.timers[e.payload];
-            assert_eq!(t.cpu, cpu, "timer {} armed on CPU {} ran on CPU {cpu}", e.payload, t.cpu);
-            assert_eq!((e.id, e.deadline_ns), (t.id, t.deadline), "timer {} handed out wrongly", e.payload);
-            assert!(now >= t.deadline, "timer {} ran early: {now} < {}", e.payload, t.deadline);
-            assert!(!t.cancelled, "cancelled timer {} ran", e.payload);
-            assert!(!t.fired, "timer {} ran twice", e.payload);
-            t.fired = true;
+        if self.cpus[cpu].as_mut().is_some_and(|t| t.wakeup(now)) {
+            self.run_expiry(cpu);
         }
     }
 
-    fn deliver_ipis(&mut self) {
-        let ipis = core::mem::replace(&mut self.ipis, CpuSet::EMPTY);
-        for cpu in ipis.iter() {
-            let expired = self.sys.wakeup(cpu, now());
-            self.run_expired(cpu, expired);
+    /// Runs `cpu`'s expiry (already started) as the kernel does: each due timer's callback
+    /// outside the tick, then the device programmed once.
+    fn run_expiry(&mut self, cpu: usize) {
+        loop {
+            run_on(cpu);
+            let now = now();
+            let Some(e) = self.tick(cpu).pop_expired(now) else { break };
+            let n = e.payload;
+            let t = &mut self.timers[n];
+            assert_eq!(t.cpu, cpu, "timer {n} armed on CPU {} ran on CPU {cpu}", t.cpu);
+            assert_eq!(
+                t.phase,
+                Phase::Pending,
+                "timer {n} ran while {:?} (twice, or after a cancel)",
+                t.phase
+            );
+            assert_eq!((e.id, e.deadline_ns), (t.id, t.deadline), "timer {n} handed out wrongly");
+            assert!(now >= t.deadline, "timer {n} ran early: {now} < {}", t.deadline);
+            t.phase = Phase::Done;
+            assert!(!self.tick(cpu).complete(e.id, None), "timer {n}: a one-shot timer re-armed");
         }
+        run_on(cpu);
+        let bc = &self.bc;
+        self.cpus[cpu].as_mut().expect("online").end_expiry(now(), bc);
+        self.settle(cpu);
     }
 
-    fn device_event(&mut self, dev: usize, cpu: usize) {
+    /// Device `dev` interrupts CPU `here` now, as the kernel's `device_interrupt` handles it.
+    fn device_event(&mut self, dev: usize, here: usize) {
         self.events += 1;
         let hops = (now() - self.start_ns) / self.shortest_hop_ns.max(1) * (MAX_DEVICES as u64 + 1);
         assert!(self.events <= MAX_EVENTS + hops, "interrupt storm: {} device events", self.events);
-        let fired = self.sys.device_event(DeviceId(dev), cpu, now());
-        self.run_expired(cpu, fired.expired);
-        // Wake-up IPIs (broadcast, or to the owner of a misrouted event's device) arrive later;
-        // one still in flight covers a second.
-        self.ipis.0 |= fired.wake.0;
+        run_on(here);
+        let now = now();
+        if self.bc.lock().device() == Some(DeviceId(dev)) {
+            let due = self.bc.lock().event(now, here);
+            self.settle_broadcast(here);
+            for cpu in due.iter() {
+                assert!(self.cpus[cpu].is_some(), "the broadcast woke CPU {cpu}, which is not online");
+                if cpu == here {
+                    self.wakeup(cpu);
+                } else {
+                    self.send_wake(cpu);
+                }
+            }
+        } else if let Some(tick) = self.cpus[here].as_mut() {
+            if tick.device_event(DeviceId(dev), now) {
+                self.run_expiry(here);
+            } else if let Some(owner) = self.registry.owner_of(DeviceId(dev)) {
+                self.send_wake(owner);
+            }
+        }
+    }
+
+    /// After a broadcast interrupt on `here` (which may not be online).
+    fn settle_broadcast(&mut self, here: usize) {
+        loop {
+            let failure = self.bc.lock().take_failure();
+            let Some((d, e)) = failure else { return };
+            let changes = self.decide(|r| r.take_out(d, &format!("{e}")));
+            self.apply(changes, here);
+        }
     }
 
     /// The next device interrupt at or before `until`.
@@ -373,9 +589,7 @@ impl Sim {
 
     fn run_until(&mut self, until: u64) {
         loop {
-            if !self.ipis.is_empty() {
-                self.deliver_ipis();
-            }
+            self.deliver_all();
             let Some((at, dev)) = self.next_event(until) else { break };
             NOW.store(at.max(now()), Ordering::Relaxed);
             let misrouted_to = {
@@ -389,38 +603,44 @@ impl Sim {
     }
 
     fn is_local_to(&self, d: DeviceId, cpu: usize) -> bool {
-        let dev = self.sys.device(d);
-        !dev.failed && dev.spec.features.contains(Features::PER_CPU) && dev.spec.cpus.only() == Some(cpu)
+        let dev = self.registry.device(d);
+        !dev.is_failed() && dev.is_per_cpu() && dev.spec.cpus.only() == Some(cpu)
     }
 
     fn check_invariants(&self) {
-        let devices: Vec<_> = self.sys.devices().collect();
-        // The selection rule, computed independently.
+        let online = self.registry.online();
+        for (cpu, tick) in self.cpus.iter().enumerate() {
+            assert_eq!(online.contains(cpu), tick.is_some(), "CPU {cpu}: online, or has a tick");
+        }
+        let devices: Vec<_> = self.registry.devices().collect();
+        // The registry's decision against the selection rule, computed independently.
         let best_local = |cpu: usize| {
             devices.iter().filter(|(d, _)| self.is_local_to(*d, cpu)).map(|(_, dev)| dev.spec.rating).max()
         };
-        let mut in_use = vec![false; devices.len()];
         let mut locals = Vec::new();
-        for cpu in (0..CPUS).filter(|&c| self.online[c]) {
-            match self.sys.service(cpu) {
+        for cpu in online.iter() {
+            match self.registry.service(cpu) {
                 Service::Local(d) => {
                     assert!(self.is_local_to(d, cpu), "CPU {cpu} served by {d:?}, not a usable local device");
                     assert_eq!(
-                        Some(self.sys.device(d).spec.rating),
+                        Some(self.registry.device(d).spec.rating),
                         best_local(cpu),
                         "CPU {cpu}: not the best local"
                     );
-                    in_use[d.0] = true;
                     locals.push(d);
                 }
                 Service::Broadcast(b) => {
                     assert_eq!(best_local(cpu), None, "CPU {cpu} on broadcast despite a local device");
-                    assert_eq!(self.sys.broadcast_device(), Some(b), "CPU {cpu} served by a stale broadcast");
+                    assert_eq!(
+                        self.registry.broadcast_device(),
+                        Some(b),
+                        "CPU {cpu} served by a stale broadcast"
+                    );
                 }
                 Service::None => {
                     assert_eq!(best_local(cpu), None, "CPU {cpu} unserved despite a local device");
                     assert_eq!(
-                        self.sys.broadcast_device(),
+                        self.registry.broadcast_device(),
                         None,
                         "CPU {cpu} unserved despite a broadcast device"
                     );
@@ -428,24 +648,65 @@ impl Sim {
             }
         }
         let eligible = |d: DeviceId| {
-            let dev = self.sys.device(d);
-            !dev.failed
+            let dev = self.registry.device(d);
+            !dev.is_failed()
                 && !dev.spec.features.intersects(Features::PER_CPU | Features::STOPS_IN_DEEP_IDLE)
                 && !locals.contains(&d)
         };
         let best_broadcast =
             devices.iter().filter(|(d, _)| eligible(*d)).map(|(_, dev)| dev.spec.rating).max();
-        match self.sys.broadcast_device() {
+        match self.registry.broadcast_device() {
             Some(b) => {
                 assert!(eligible(b), "broadcast device {b:?} is not eligible");
                 assert_eq!(
-                    Some(self.sys.device(b).spec.rating),
+                    Some(self.registry.device(b).spec.rating),
                     best_broadcast,
                     "not the best broadcast device"
                 );
-                in_use[b.0] = true;
             }
             None => assert_eq!(best_broadcast, None, "an eligible broadcast device is left unused"),
+        }
+        let bc = self.bc.lock();
+        assert_eq!(
+            bc.device(),
+            self.registry.broadcast_device(),
+            "the broadcast installed is not the one decided"
+        );
+
+        // What the CPUs carried out.
+        let mut in_use = vec![false; devices.len()];
+        if let Some(b) = bc.device() {
+            in_use[b.0] = true;
+        }
+        for cpu in online.iter() {
+            let tick = self.cpus[cpu].as_ref().expect("online");
+            let in_flight = self.assignment_in_flight(cpu);
+            if !in_flight {
+                assert_eq!(
+                    tick.service(),
+                    self.registry.service(cpu),
+                    "CPU {cpu} did not carry out its service"
+                );
+            }
+            match tick.service() {
+                Service::Local(d) => {
+                    let local = tick.local_device().expect("a CPU served locally has its device");
+                    assert!(
+                        Arc::ptr_eq(local, self.registry.device(d)),
+                        "CPU {cpu}: local device is not {d:?}"
+                    );
+                    assert!(!local.is_failed() || in_flight, "CPU {cpu} left on failed {d:?}");
+                    in_use[d.0] = true;
+                }
+                Service::Broadcast(_) | Service::None => {
+                    assert!(tick.local_device().is_none(), "CPU {cpu} keeps a local device")
+                }
+            }
+        }
+        for cpu in bc.waiting().iter() {
+            let on_broadcast =
+                self.cpus[cpu].as_ref().is_some_and(|t| matches!(t.service(), Service::Broadcast(_)));
+            assert!(on_broadcast, "CPU {cpu} waits on the broadcast but is not served by it");
         }
         for (d, dev) in &devices {
             let state = dev.state();
@@ -455,32 +716,51 @@ impl Sim {
                     "{d:?} in use but {state}"
                 );
             } else {
-                assert_eq!(state, State::Detached, "{d:?} unused but {state} (failed: {})", dev.failed);
+                assert_eq!(state, State::Detached, "{d:?} unused but {state} (failed: {})", dev.is_failed());
                 assert_eq!(driver(d.0).inner.lock().target, None, "unused {d:?} still armed");
             }
             if state == State::Periodic {
                 assert!(
                     matches!(self.mode, TickMode::Periodic { .. })
                         && dev.spec.features.contains(Features::PERIODIC)
+                        && bc.device() != Some(*d),
+                    "{d:?} periodic"
                 );
             }
         }
-        // No event lost: a served CPU with pending timers has an interrupt coming.
-        let pending = |c: usize| self.timers.iter().any(|t| t.cpu == c && !t.fired && !t.cancelled);
-        for cpu in (0..CPUS).filter(|&c| self.online[c] && pending(c)) {
-            let armed = |d: DeviceId| driver(d.0).inner.lock().target.is_some();
-            match self.sys.service(cpu) {
-                Service::Local(d) => assert!(
-                    armed(d) || self.ipis.contains(cpu),
-                    "CPU {cpu} has timers but {d:?} is not armed and no IPI is in flight"
-                ),
-                Service::Broadcast(b) => assert!(
-                    armed(b) || self.ipis.contains(cpu),
-                    "CPU {cpu} has timers but broadcast {b:?} is not armed and no IPI is in flight"
-                ),
+        drop(bc);
+
+        // Each queue holds its CPU's pending timers; no event is lost: a served CPU with
+        // pending timers (or a periodic tick) has an interrupt coming, or something in flight.
+        let armed = |d: DeviceId| driver(d.0).inner.lock().target.is_some();
+        for cpu in online.iter() {
+            let tick = self.cpus[cpu].as_ref().expect("online");
+            let pending = self.timers.iter().filter(|t| t.cpu == cpu && t.phase == Phase::Pending).count();
+            assert_eq!(tick.pending(), pending, "CPU {cpu}: its queue does not hold its pending timers");
+            let needs_event = pending > 0 || matches!(self.mode, TickMode::Periodic { .. });
+            if !needs_event || self.assignment_in_flight(cpu) || self.wake[cpu].is_some() {
+                continue;
+            }
+            match tick.service() {
+                Service::Local(d) => {
+                    assert!(
+                        armed(d),
+                        "CPU {cpu} needs an event but {d:?} is not armed and nothing is in flight"
+                    )
+                }
+                Service::Broadcast(b) => {
+                    let bc = self.bc.lock();
+                    assert!(bc.waiting().contains(cpu), "CPU {cpu} needs an event but left the broadcast");
+                    let device = bc.device().expect("decided and carried out");
+                    assert!(armed(device), "CPU {cpu} needs an event but broadcast {b:?} is not armed");
+                }
                 Service::None => {}
             }
         }
+    }
+
+    fn served(&self, cpu: usize) -> bool {
+        self.cpus[cpu].as_ref().is_some_and(|t| t.service() != Service::None)
     }
 }
 
@@ -490,13 +770,16 @@ fn run(input: Input) {
         None => TickMode::Oneshot,
     };
     NOW.store(1_000_000 + u64::from(input.start_ns), Ordering::Relaxed);
+    run_on(NO_CPU);
     let mut sim = Sim {
-        sys: TickSystem::new(mode),
+        registry: Registry::new(),
+        bc: Mutex::new(Broadcast::new()),
+        cpus: (0..CPUS).map(|_| None).collect(),
         mode,
-        online: [false; CPUS],
         irq_cpu: Vec::new(),
         timers: Vec::new(),
-        ipis: CpuSet::EMPTY,
+        inbox: (0..CPUS).map(|_| VecDeque::new()).collect(),
+        wake: [None; CPUS],
         events: 0,
         start_ns: now(),
         shortest_hop_ns: u64::MAX,
@@ -504,15 +787,13 @@ fn run(input: Input) {
     for op in input.ops.iter().take(200) {
         match *op {
             Op::Register { .. } => sim.register(op),
-            Op::CpuOnline { cpu } => {
-                let cpu = usize::from(cpu) % CPUS;
-                sim.sys.cpu_online(cpu, now());
-                sim.online[cpu] = true;
-            }
+            Op::CpuOnline { cpu } => sim.cpu_online(usize::from(cpu) % CPUS),
             Op::Arm { cpu, delay_ns, past, far } => sim.arm(usize::from(cpu) % CPUS, delay_ns, past, far),
-            Op::Cancel { which } => sim.cancel(which),
+            Op::Cancel { which } if !sim.timers.is_empty() => {
+                sim.cancel(usize::from(which) % sim.timers.len())
+            }
             Op::Advance { ns } => sim.run_until(now() + u64::from(ns) % MAX_DELAY_NS),
-            Op::DeliverIpis => sim.deliver_ipis(),
+            Op::DeliverIpis => sim.deliver_all(),
             Op::Spurious { device, misrouted_to } if !sim.irq_cpu.is_empty() => {
                 let dev = usize::from(device) % sim.irq_cpu.len();
                 match misrouted_to.map(|c| usize::from(c) % CPUS) {
@@ -521,7 +802,7 @@ fn run(input: Input) {
                     // `run_until` delivers it there (and consumes the comparator) at that time,
                     // not now (every comparator already reached was delivered by the last
                     // `run_until`). CPUs never go offline: that CPU will still be online.
-                    Some(cpu) if sim.online[cpu] && cpu != sim.irq_cpu[dev] => {
+                    Some(cpu) if sim.cpus[cpu].is_some() && cpu != sim.irq_cpu[dev] => {
                         driver(dev).inner.lock().next_interrupt_misrouted_to = Some(cpu);
                     }
                     // Spurious: the comparator stays armed.
@@ -529,7 +810,9 @@ fn run(input: Input) {
                 }
             }
             Op::TakeOut { device } if !sim.irq_cpu.is_empty() => {
-                sim.sys.take_out(DeviceId(usize::from(device) % sim.irq_cpu.len()), "fuzz", now());
+                let dev = usize::from(device) % sim.irq_cpu.len();
+                let changes = sim.decide(|r| r.take_out(DeviceId(dev), "fuzz"));
+                sim.apply(changes, sim.irq_cpu[dev]);
             }
             Op::Flaky { device, passes_below_ticks } if !sim.irq_cpu.is_empty() => {
                 driver(usize::from(device) % sim.irq_cpu.len()).inner.lock().passes_below_ticks =
@@ -539,17 +822,17 @@ fn run(input: Input) {
         }
         sim.check_invariants();
     }
-    // Let time run past every deadline (a periodic tick, a grown minimum delta and a
-    // max-delta hop later): every timer still pending on a served CPU must have fired.
+
+    // Everything in flight arrives, and time runs past every deadline (a periodic tick, a
+    // grown minimum delta and a max-delta hop later): every timer still pending on a served
+    // CPU must have fired.
+    sim.deliver_all();
     let last = sim.timers.iter().map(|t| t.deadline).filter(|&d| d < u64::MAX / 2).max().unwrap_or(0);
-    let period = match mode {
-        TickMode::Periodic { hz } => 1_000_000_000 / u64::from(hz),
-        TickMode::Oneshot => 0,
-    };
-    sim.run_until(last.max(now()) + period + 2_000_000_000);
+    sim.run_until(last.max(now()) + mode.period_ns() + 2_000_000_000);
+    sim.deliver_all();
     sim.check_invariants();
     for (n, t) in sim.timers.iter().enumerate() {
-        if !t.fired && !t.cancelled && t.deadline < u64::MAX / 2 && sim.sys.service(t.cpu) != Service::None {
+        if t.phase == Phase::Pending && t.deadline < u64::MAX / 2 && sim.served(t.cpu) {
             panic!("timer {n} (CPU {}, deadline {}) never fired; now {}", t.cpu, t.deadline, now());
         }
     }
