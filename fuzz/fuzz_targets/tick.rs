@@ -1,18 +1,21 @@
 //! Fuzzes the time layer as the kernel drives it: the shared `Registry` (selection), one
 //! `CpuTick` per CPU (its service, local device and timer queue, touched only by that CPU) and
 //! the shared `Broadcast`, driven by an arbitrary sequence of operations (register a device,
-//! bring a CPU online, arm, cancel, let time pass and deliver the device interrupts and the
-//! inter-processor messages that fall due, a spurious or misrouted interrupt, a comparator that
-//! starts passing, take a device out), on simulated devices and a simulated clock, as the host
-//! simulator `time/tick/sim.rs` does.
+//! bring a CPU online, arm one-shot or periodic timers on this CPU or another, cancel them from
+//! this CPU, another or a callback, let time pass and deliver the device interrupts and the
+//! inter-processor messages that fall due, hold messages back, a spurious or misrouted
+//! interrupt, a comparator that starts passing, a measurement that programs a device behind
+//! the layer's back, take a device out), on simulated devices and a simulated clock, as the
+//! host simulator `time/tick/sim.rs` does.
 //!
-//! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry}.rs`): a registry
-//! decision's broadcast change is applied at once by the deciding CPU; each CPU's assignment is
-//! a message to that CPU, as are wake-up IPIs. Messages reach each CPU in order, when delivered
-//! (a `DeliverIpis` step, or before time moves on); device failures are reported by the CPU
-//! that met them, taken out and their changes applied. The simulation says which CPU it runs
-//! code on: a per-CPU device driven from another CPU, or any device driven by the registry,
-//! fails the run.
+//! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry,timer}.rs`): a
+//! registry decision's broadcast change is applied at once by the deciding CPU; each CPU's
+//! assignment is a message to that CPU, as are arms and cancels asked from another CPU and
+//! wake-up IPIs. Messages reach each CPU in order, when delivered (a `DeliverIpis` step, or
+//! before time moves on, unless an `Advance` holds them back); device failures are reported
+//! by the CPU that met them, taken out and their changes applied. The simulation says which
+//! CPU it runs code on: a per-CPU device driven from another CPU, or any device driven by the
+//! registry, fails the run.
 //!
 //! A simulated device is a counter at its own frequency (`floor(now * hz / 1e9)`) with a
 //! comparator: programmed `delta` ticks ahead it interrupts at the first nanosecond the counter
@@ -21,8 +24,10 @@
 //! A misrouted interrupt is the comparator's own, raised on another CPU when it matches.
 //!
 //! Checked after every step:
-//! - a timer is handed out only at or after its deadline, on the CPU that armed it, at most
-//!   once, and never after it was cancelled; a pending timer can be cancelled;
+//! - a timer is handed out only at or after its deadline, on the CPU that armed it, at most once
+//!   (a periodic one at most once per point of its grid, `first + k * period`, each the first
+//!   point after its previous run), and never after a cancel took effect; a pending timer can be
+//!   cancelled, a running one (from its own callback) reports so and is not re-armed;
 //! - the driver is programmed only in one-shot mode and within the device's min/max delta, a
 //!   per-CPU device only from its own CPU, and no device by the registry;
 //! - the registry's decision follows the selection rule (each online CPU: its best-rated
@@ -34,9 +39,10 @@
 //!   served CPU, with a periodic tick) has its device, or the broadcast device with its
 //!   deadline, armed, or an assignment or wake-up in flight: no event is lost in between;
 //!
-//! and at the end, once everything is delivered and time has run far enough past the last
-//! deadline, every timer that was neither cancelled nor left on a CPU that no device serves
-//! has fired.
+//! and at the end, once everything is delivered and time has run on: every periodic timer of a
+//! served CPU kept running (its next grid point at most a second behind), and after a periodic
+//! tick, a grown minimum delta and a max-delta hop more, every one-shot timer that was neither
+//! cancelled nor left on a CPU that no device serves has fired.
 #![no_main]
 
 use kernel::time::broadcast::Broadcast;
@@ -48,15 +54,20 @@ use libfuzzer_sys::fuzz_target;
 use spin::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 const NS_PER_S: u128 = 1_000_000_000;
 const CPUS: usize = 4;
 const MAX_DEVICES: usize = 10;
-/// Device events one input may cause before the run counts as an interrupt storm.
+/// Timers one input may create (callbacks arm more).
+const MAX_TIMERS: usize = 400;
+/// Device events one input may cause before the run counts as an interrupt storm (besides
+/// the max-delta hops and one per timer run).
 const MAX_EVENTS: u64 = 200_000;
 /// Deadlines are armed at most this far ahead (2^27 ns, 134 ms), except "far" ones.
 const MAX_DELAY_NS: u64 = 1 << 27;
+/// The shortest period of a periodic timer: 1 ms keeps a run's timer callbacks countable.
+const MIN_PERIOD_NS: u64 = 1_000_000;
 /// "Running on no CPU": the registry deciding, which must drive no device.
 const NO_CPU: usize = usize::MAX;
 
@@ -64,6 +75,9 @@ const NO_CPU: usize = usize::MAX;
 static NOW: AtomicU64 = AtomicU64::new(0);
 /// The CPU the simulation is running code on.
 static RUNNING_ON: AtomicUsize = AtomicUsize::new(NO_CPU);
+/// A measurement programs a device itself (in one-shot or stopped mode, 1 ms ahead, whatever
+/// its minimum): the layer's programming rules do not apply to it.
+static MEASURING: AtomicBool = AtomicBool::new(false);
 
 fn now() -> u64 {
     NOW.load(Ordering::Relaxed)
@@ -147,13 +161,15 @@ impl EventDriver for SimDriver {
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
         let mut s = self.inner.lock();
         s.check_cpu();
-        assert_eq!(s.state, Some(DriverState::Oneshot), "programmed outside one-shot mode");
-        assert!(
-            (s.min_ticks..=s.max_ticks).contains(&delta_ticks),
-            "delta of {delta_ticks} ticks outside {}..={}",
-            s.min_ticks,
-            s.max_ticks
-        );
+        if !MEASURING.load(Ordering::Relaxed) {
+            assert_eq!(s.state, Some(DriverState::Oneshot), "programmed outside one-shot mode");
+            assert!(
+                (s.min_ticks..=s.max_ticks).contains(&delta_ticks),
+                "delta of {delta_ticks} ticks outside {}..={}",
+                s.min_ticks,
+                s.max_ticks
+            );
+        }
         if delta_ticks < s.passes_below_ticks {
             s.target = None; // the comparator was written behind the counter: no interrupt
             return Err(EventPassed);
@@ -183,6 +199,23 @@ struct Input {
     ops: Vec<Op>,
 }
 
+/// What a timer's callback does, on its `at_run % 4 + 1`th run.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+struct Callback {
+    at_run: u8,
+    act: Act,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Act {
+    /// Cancels its own timer (running: a periodic one is not re-armed).
+    CancelSelf,
+    /// Cancels a timer: directly if it is on this CPU, else by a message to its CPU.
+    Cancel { which: u16 },
+    /// Arms a timer on a CPU: directly on this one (during the expiry), else by a message.
+    Arm { cpu: u8, delay_ns: u32, period_ns: Option<u32> },
+}
+
 #[derive(Arbitrary, Debug)]
 enum Op {
     Register {
@@ -210,18 +243,28 @@ enum Op {
         /// Past: the deadline is `delay_ns % 1 ms` before now; far: near `u64::MAX`.
         past: bool,
         far: bool,
+        /// Asked from this CPU: another one sends it as a message; `None`: from `cpu` itself.
+        from: Option<u8>,
+        /// Periodic: every `1 ms + period_ns % 134 ms`.
+        period_ns: Option<u32>,
+        callback: Option<Callback>,
     },
     Cancel {
         which: u16,
+        /// Asked from this CPU: another than the timer's sends it as a message.
+        from: Option<u8>,
     },
     /// Time passes; the device interrupts that fall due are delivered, and the messages in
-    /// flight before each.
+    /// flight before each (unless held: then they stay in flight meanwhile).
     Advance {
         ns: u32,
+        hold_ipis: bool,
     },
-    /// Deliver the messages and wake-ups in flight now (otherwise they arrive before the next
-    /// device interrupt).
-    DeliverIpis,
+    /// Deliver the messages and wake-ups in flight to one CPU (or all), now.
+    DeliverIpis {
+        cpu: Option<u8>,
+        wake_first: bool,
+    },
     /// An interrupt from a device now, whether or not it is due (spurious or early), on the
     /// CPU its interrupt is routed to; or, misrouted to another online CPU, the device's next
     /// real interrupt, which reaches that CPU when the comparator matches (not now).
@@ -237,6 +280,11 @@ enum Op {
         device: u8,
         passes_below_ticks: u8,
     },
+    /// The kernel's programming-cost measurement on a CPU: its device (local or broadcast)
+    /// programmed 1 ms ahead behind the layer's back, then resynchronised.
+    Measure {
+        cpu: u8,
+    },
 }
 
 const FREQUENCIES: [u64; 8] =
@@ -245,30 +293,51 @@ const MAX_DELTAS: [u64; 7] = [0, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 40, u64:
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Its arm is a message in flight to its CPU.
+    InFlight,
+    /// Its CPU had no device: never armed.
+    NotArmed,
     Pending,
+    /// Its callback is running.
+    Running,
+    /// A one-shot timer that ran.
     Done,
     Cancelled,
 }
 
 struct Timer {
     cpu: usize,
-    id: TimerId,
+    id: Option<TimerId>,
     phase: Phase,
+    /// The deadline it waits for (a periodic timer: the current point of its grid).
     deadline: u64,
+    /// 0: one-shot.
+    period: u64,
+    runs: u32,
+    /// Cancelled from its own callback.
+    cancelled_running: bool,
+    callback: Option<Callback>,
 }
 
-/// A message to a CPU (the kernel's function-call IPI), carried out there in order: its
-/// assignment.
+/// What the queued timers carry, as the kernel's payload does: who it is and its period.
+#[derive(Debug)]
+struct Payload {
+    n: usize,
+    period: u64,
+}
+
+/// A message to a CPU (the kernel's function-call IPI), carried out there in order.
 enum Msg {
     Assign(Assignment),
+    Arm(usize),
+    Cancel(usize),
 }
 
 struct Sim {
     registry: Registry,
     bc: Mutex<Broadcast>,
     /// Each CPU's tick, from when it comes online.
-    /// Each CPU's tick, from when it comes online; timers carry their number.
-    cpus: Vec<Option<CpuTick<usize>>>,
+    cpus: Vec<Option<CpuTick<Payload>>>,
     mode: TickMode,
     /// Per device: the CPU its interrupt reaches.
     irq_cpu: Vec<usize>,
@@ -278,6 +347,7 @@ struct Sim {
     /// Per CPU: a wake-up IPI in flight since then (several coalesce).
     wake: [Option<u64>; CPUS],
     events: u64,
+    runs: u64,
     /// Simulated time the run started at, and the shortest maximum delta of any device: a
     /// device that cannot be programmed further ahead than that must interrupt at least that
     /// often while it waits for a later deadline or tick, which is no storm.
@@ -285,12 +355,23 @@ struct Sim {
     shortest_hop_ns: u64,
 }
 
+/// A periodic timer's next deadline after a run at `now` for `deadline`: one period on, or the
+/// first point of its grid after `now` if periods were missed (the kernel's `next_deadline`).
+fn next_grid_point(deadline: u64, period: u64, now: u64) -> u64 {
+    let next = deadline.saturating_add(period);
+    if next > now {
+        return next;
+    }
+    let missed = (now - deadline) / period;
+    deadline.saturating_add((missed + 1).saturating_mul(period))
+}
+
 impl Sim {
     fn drivers(&self) -> impl Iterator<Item = (usize, &'static SimDriver)> + '_ {
         (0..self.irq_cpu.len()).map(|i| (i, driver(i)))
     }
 
-    fn tick(&mut self, cpu: usize) -> &mut CpuTick<usize> {
+    fn tick(&mut self, cpu: usize) -> &mut CpuTick<Payload> {
         self.cpus[cpu].as_mut().expect("an online CPU has its tick")
     }
 
@@ -437,7 +518,55 @@ impl Sim {
         self.apply(changes, cpu);
     }
 
-    fn arm(&mut self, cpu: usize, delay_ns: u32, past: bool, far: bool) {
+    /// A new timer on `cpu`, asked from CPU `from`: armed there directly, or sent as a message.
+    fn new_timer(&mut self, cpu: usize, from: usize, deadline: u64, period: u64, callback: Option<Callback>) {
+        if self.timers.len() >= MAX_TIMERS {
+            return;
+        }
+        let n = self.timers.len();
+        self.timers.push(Timer {
+            cpu,
+            id: None,
+            phase: Phase::InFlight,
+            deadline,
+            period,
+            runs: 0,
+            cancelled_running: false,
+            callback,
+        });
+        if from == cpu {
+            self.arm_here(n);
+        } else {
+            self.inbox[cpu].push_back((now(), Msg::Arm(n)));
+        }
+    }
+
+    /// Arms timer `n` on its own CPU (perhaps from a callback there, during an expiry).
+    fn arm_here(&mut self, n: usize) {
+        let cpu = self.timers[n].cpu;
+        run_on(cpu);
+        let (deadline, period) = (self.timers[n].deadline, self.timers[n].period);
+        let Some(tick) = self.cpus[cpu].as_mut() else {
+            self.timers[n].phase = Phase::NotArmed; // the kernel's `NoTickDevice`
+            return;
+        };
+        let service = tick.service();
+        match tick.arm(deadline, Payload { n, period }, now(), &self.bc) {
+            Ok(id) => {
+                let t = &mut self.timers[n];
+                (t.id, t.phase) = (Some(id), Phase::Pending);
+            }
+            Err(e) => {
+                assert_eq!(service, Service::None, "arming failed on CPU {cpu}, served by {service:?}: {e}");
+                self.timers[n].phase = Phase::NotArmed;
+            }
+        }
+        self.settle(cpu);
+    }
+
+    fn arm(&mut self, op: &Op) {
+        let &Op::Arm { cpu, delay_ns, past, far, from, period_ns, callback } = op else { unreachable!() };
+        let cpu = usize::from(cpu) % CPUS;
         let deadline = if far {
             u64::MAX - 1 - u64::from(delay_ns)
         } else if past {
@@ -445,39 +574,51 @@ impl Sim {
         } else {
             now() + u64::from(delay_ns) % MAX_DELAY_NS
         };
-        let Some(tick) = self.cpus[cpu].as_mut() else { return }; // the kernel's `NoTickDevice`
-        run_on(cpu);
-        let service = tick.service();
-        let n = self.timers.len();
-        match tick.arm(deadline, n, now(), &self.bc) {
-            Ok(id) => self.timers.push(Timer { cpu, id, phase: Phase::Pending, deadline }),
-            Err(e) => {
-                assert_eq!(service, Service::None, "arming failed on CPU {cpu}, served by {service:?}: {e}")
-            }
-        }
-        self.settle(cpu);
+        let period = period_ns.map_or(0, |p| MIN_PERIOD_NS + u64::from(p) % MAX_DELAY_NS);
+        let from = from.map_or(cpu, |f| usize::from(f) % CPUS);
+        self.new_timer(cpu, from, deadline, period, callback);
     }
 
-    fn cancel(&mut self, n: usize) {
-        let (cpu, id) = (self.timers[n].cpu, self.timers[n].id);
+    /// Cancels timer `n` on its own CPU (perhaps from a callback there).
+    fn cancel_here(&mut self, n: usize) {
+        let Some(id) = self.timers[n].id else { return }; // never armed: nothing to cancel
+        let cpu = self.timers[n].cpu;
         run_on(cpu);
         let got = self.tick(cpu).cancel(id);
         let t = &mut self.timers[n];
         match got {
-            Cancel::Cancelled(payload) => {
-                assert_eq!(payload, n, "cancel handed out another timer's payload");
+            Cancel::Cancelled(p) => {
+                assert_eq!((p.n, p.period), (n, t.period), "cancel handed out another timer's payload");
                 assert_eq!(t.phase, Phase::Pending, "timer {n} cancelled while {:?}", t.phase);
                 t.phase = Phase::Cancelled;
             }
-            Cancel::Running => panic!("timer {n} running outside its expiry"),
-            Cancel::Inactive => {
-                assert_ne!(t.phase, Phase::Pending, "pending timer {n} could not be cancelled")
+            Cancel::Running => {
+                assert_eq!(t.phase, Phase::Running, "timer {n} reported running while {:?}", t.phase);
+                t.cancelled_running = true;
             }
+            Cancel::Inactive => assert!(
+                matches!(t.phase, Phase::Done | Phase::Cancelled),
+                "timer {n} could not be cancelled while {:?}",
+                t.phase
+            ),
         }
     }
 
-    /// Delivers what is in flight to `cpu`: its messages in order, then its wake-up.
-    fn deliver_to(&mut self, cpu: usize) {
+    /// Cancels timer `n`, asked from CPU `from`: directly on its CPU, else by a message.
+    fn cancel_from(&mut self, n: usize, from: usize) {
+        let cpu = self.timers[n].cpu;
+        if from == cpu {
+            self.cancel_here(n);
+        } else {
+            self.inbox[cpu].push_back((now(), Msg::Cancel(n)));
+        }
+    }
+
+    /// Delivers what is in flight to `cpu`: its messages in order, and its wake-up.
+    fn deliver_to(&mut self, cpu: usize, wake_first: bool) {
+        if wake_first {
+            self.deliver_wake(cpu);
+        }
         while let Some((_, msg)) = self.inbox[cpu].pop_front() {
             match msg {
                 Msg::Assign(a) => {
@@ -487,17 +628,25 @@ impl Sim {
                     tick.assign(a.service, a.local, now(), bc);
                     self.settle(cpu);
                 }
+                Msg::Arm(n) => self.arm_here(n),
+                Msg::Cancel(n) => self.cancel_here(n),
             }
         }
+        if !wake_first {
+            self.deliver_wake(cpu);
+        }
+    }
+
+    fn deliver_wake(&mut self, cpu: usize) {
         if self.wake[cpu].take().is_some() {
             self.wakeup(cpu);
         }
     }
 
-    fn deliver_all(&mut self) {
+    fn deliver_all(&mut self, wake_first: bool) {
         while !self.all_delivered() {
             for cpu in 0..CPUS {
-                self.deliver_to(cpu);
+                self.deliver_to(cpu, wake_first);
             }
         }
     }
@@ -516,13 +665,14 @@ impl Sim {
     }
 
     /// Runs `cpu`'s expiry (already started) as the kernel does: each due timer's callback
-    /// outside the tick, then the device programmed once.
+    /// outside the tick, a periodic timer re-armed at its next grid point, then the device
+    /// programmed once.
     fn run_expiry(&mut self, cpu: usize) {
         loop {
             run_on(cpu);
             let now = now();
             let Some(e) = self.tick(cpu).pop_expired(now) else { break };
-            let n = e.payload;
+            let n = e.payload.n;
             let t = &mut self.timers[n];
             assert_eq!(t.cpu, cpu, "timer {n} armed on CPU {} ran on CPU {cpu}", t.cpu);
             assert_eq!(
@@ -531,10 +681,33 @@ impl Sim {
                 "timer {n} ran while {:?} (twice, or after a cancel)",
                 t.phase
             );
-            assert_eq!((e.id, e.deadline_ns), (t.id, t.deadline), "timer {n} handed out wrongly");
+            assert_eq!((Some(e.id), e.deadline_ns), (t.id, t.deadline), "timer {n} handed out wrongly");
+            assert_eq!(e.payload.period, t.period, "timer {n} handed out with another period");
             assert!(now >= t.deadline, "timer {n} ran early: {now} < {}", t.deadline);
-            t.phase = Phase::Done;
-            assert!(!self.tick(cpu).complete(e.id, None), "timer {n}: a one-shot timer re-armed");
+            t.phase = Phase::Running;
+            t.runs += 1;
+            self.runs += 1;
+            if let Some(cb) = t.callback
+                && t.runs == u32::from(cb.at_run % 4) + 1
+            {
+                self.callback(cpu, n, cb.act);
+            }
+            run_on(cpu);
+            let t = &self.timers[n];
+            let (period, cancelled) = (t.period, t.cancelled_running);
+            let next = next_grid_point(e.deadline_ns, period.max(1), now);
+            let again = (period > 0).then_some((next, e.payload));
+            let pending = self.tick(cpu).complete(e.id, again);
+            assert_eq!(pending, period > 0 && !cancelled, "timer {n}: complete re-armed it or not wrongly");
+            let t = &mut self.timers[n];
+            t.phase = match (pending, cancelled) {
+                (true, _) => Phase::Pending,
+                (false, true) => Phase::Cancelled,
+                (false, false) => Phase::Done,
+            };
+            if pending {
+                t.deadline = next;
+            }
         }
         run_on(cpu);
         let bc = &self.bc;
@@ -542,11 +715,30 @@ impl Sim {
         self.settle(cpu);
     }
 
+    /// Timer `n`'s callback on `cpu`.
+    fn callback(&mut self, cpu: usize, n: usize, act: Act) {
+        match act {
+            Act::CancelSelf => self.cancel_here(n),
+            Act::Cancel { which } => self.cancel_from(usize::from(which) % self.timers.len(), cpu),
+            Act::Arm { cpu: target, delay_ns, period_ns } => {
+                let target = usize::from(target) % CPUS;
+                let deadline = now() + u64::from(delay_ns) % MAX_DELAY_NS;
+                let period = period_ns.map_or(0, |p| MIN_PERIOD_NS + u64::from(p) % MAX_DELAY_NS);
+                self.new_timer(target, cpu, deadline, period, None);
+            }
+        }
+    }
+
     /// Device `dev` interrupts CPU `here` now, as the kernel's `device_interrupt` handles it.
     fn device_event(&mut self, dev: usize, here: usize) {
         self.events += 1;
         let hops = (now() - self.start_ns) / self.shortest_hop_ns.max(1) * (MAX_DEVICES as u64 + 1);
-        assert!(self.events <= MAX_EVENTS + hops, "interrupt storm: {} device events", self.events);
+        assert!(
+            self.events <= MAX_EVENTS + hops + self.runs,
+            "interrupt storm: {} device events, {} timer runs",
+            self.events,
+            self.runs
+        );
         run_on(here);
         let now = now();
         if self.bc.lock().device() == Some(DeviceId(dev)) {
@@ -587,9 +779,11 @@ impl Sim {
             .min()
     }
 
-    fn run_until(&mut self, until: u64) {
+    fn run_until(&mut self, until: u64, hold_ipis: bool) {
         loop {
-            self.deliver_all();
+            if !hold_ipis {
+                self.deliver_all(false);
+            }
             let Some((at, dev)) = self.next_event(until) else { break };
             NOW.store(at.max(now()), Ordering::Relaxed);
             let misrouted_to = {
@@ -600,6 +794,30 @@ impl Sim {
             self.device_event(dev, misrouted_to.unwrap_or(self.irq_cpu[dev]));
         }
         NOW.store(until.max(now()), Ordering::Relaxed);
+    }
+
+    /// The kernel's programming-cost measurement on `cpu`.
+    fn measure(&mut self, cpu: usize) {
+        let Some(tick) = self.cpus[cpu].as_ref() else { return };
+        let service = tick.service();
+        let (Service::Local(d) | Service::Broadcast(d)) = service else { return };
+        let dev = self.registry.device(d).clone();
+        if !matches!(dev.state(), State::Oneshot | State::OneshotStopped) {
+            return;
+        }
+        run_on(cpu);
+        let ticks = dev.conversion().ticks(1_000_000);
+        MEASURING.store(true, Ordering::Relaxed);
+        for _ in 0..3 {
+            let _ = dev.driver().set_next_event(ticks);
+        }
+        MEASURING.store(false, Ordering::Relaxed);
+        if matches!(service, Service::Broadcast(_)) {
+            self.bc.lock().resync(now());
+        }
+        let bc = &self.bc;
+        self.cpus[cpu].as_mut().expect("online").resync(now(), bc);
+        self.settle(cpu);
     }
 
     fn is_local_to(&self, d: DeviceId, cpu: usize) -> bool {
@@ -771,6 +989,7 @@ fn run(input: Input) {
     };
     NOW.store(1_000_000 + u64::from(input.start_ns), Ordering::Relaxed);
     run_on(NO_CPU);
+    MEASURING.store(false, Ordering::Relaxed);
     let mut sim = Sim {
         registry: Registry::new(),
         bc: Mutex::new(Broadcast::new()),
@@ -781,6 +1000,7 @@ fn run(input: Input) {
         inbox: (0..CPUS).map(|_| VecDeque::new()).collect(),
         wake: [None; CPUS],
         events: 0,
+        runs: 0,
         start_ns: now(),
         shortest_hop_ns: u64::MAX,
     };
@@ -788,12 +1008,20 @@ fn run(input: Input) {
         match *op {
             Op::Register { .. } => sim.register(op),
             Op::CpuOnline { cpu } => sim.cpu_online(usize::from(cpu) % CPUS),
-            Op::Arm { cpu, delay_ns, past, far } => sim.arm(usize::from(cpu) % CPUS, delay_ns, past, far),
-            Op::Cancel { which } if !sim.timers.is_empty() => {
-                sim.cancel(usize::from(which) % sim.timers.len())
+            Op::Arm { .. } => sim.arm(op),
+            Op::Cancel { which, from } if !sim.timers.is_empty() => {
+                let n = usize::from(which) % sim.timers.len();
+                let cpu = sim.timers[n].cpu;
+                // A timer whose arm is still in flight has no id yet, except to a message
+                // that follows its arm to its CPU.
+                let from = from.map_or(cpu, |f| usize::from(f) % CPUS);
+                sim.cancel_from(n, from);
             }
-            Op::Advance { ns } => sim.run_until(now() + u64::from(ns) % MAX_DELAY_NS),
-            Op::DeliverIpis => sim.deliver_all(),
+            Op::Advance { ns, hold_ipis } => sim.run_until(now() + u64::from(ns) % MAX_DELAY_NS, hold_ipis),
+            Op::DeliverIpis { cpu: None, wake_first } => sim.deliver_all(wake_first),
+            Op::DeliverIpis { cpu: Some(cpu), wake_first } => {
+                sim.deliver_to(usize::from(cpu) % CPUS, wake_first)
+            }
             Op::Spurious { device, misrouted_to } if !sim.irq_cpu.is_empty() => {
                 let dev = usize::from(device) % sim.irq_cpu.len();
                 match misrouted_to.map(|c| usize::from(c) % CPUS) {
@@ -818,21 +1046,49 @@ fn run(input: Input) {
                 driver(usize::from(device) % sim.irq_cpu.len()).inner.lock().passes_below_ticks =
                     u64::from(passes_below_ticks);
             }
+            Op::Measure { cpu } => sim.measure(usize::from(cpu) % CPUS),
             _ => {}
         }
         sim.check_invariants();
     }
 
-    // Everything in flight arrives, and time runs past every deadline (a periodic tick, a
-    // grown minimum delta and a max-delta hop later): every timer still pending on a served
-    // CPU must have fired.
-    sim.deliver_all();
+    // Everything in flight arrives; time runs on for a second more than every periodic
+    // timer's period and the tick: each of a served CPU kept running (its next grid point is at
+    // most a second behind). Then they are cancelled, on their CPUs, as dropping their handles
+    // does.
+    sim.deliver_all(false);
+    let longest_period = sim.timers.iter().filter(|t| t.phase == Phase::Pending).map(|t| t.period).max();
+    let period = mode.period_ns();
+    sim.run_until(now() + period + longest_period.unwrap_or(0) + 2_000_000_000, false);
+    sim.deliver_all(false);
+    sim.check_invariants();
+    for n in 0..sim.timers.len() {
+        let t = &sim.timers[n];
+        if t.period > 0 && t.phase == Phase::Pending {
+            if t.deadline < u64::MAX / 2 && sim.served(t.cpu) {
+                let behind = now().saturating_sub(t.deadline);
+                assert!(
+                    behind <= period + t.period + 1_000_000_000,
+                    "periodic timer {n} stopped at {}",
+                    t.deadline
+                );
+            }
+            sim.cancel_here(n);
+            assert_eq!(sim.timers[n].phase, Phase::Cancelled);
+        }
+    }
+    sim.check_invariants();
+
+    // Let time run past every deadline (a periodic tick, a grown minimum delta and a
+    // max-delta hop later): every one-shot timer still pending on a served CPU must have fired
+    // (and a periodic one armed meanwhile by a callback, at least once).
     let last = sim.timers.iter().map(|t| t.deadline).filter(|&d| d < u64::MAX / 2).max().unwrap_or(0);
-    sim.run_until(last.max(now()) + mode.period_ns() + 2_000_000_000);
-    sim.deliver_all();
+    sim.run_until(last.max(now()) + period + 2_000_000_000, false);
+    sim.deliver_all(false);
     sim.check_invariants();
     for (n, t) in sim.timers.iter().enumerate() {
-        if t.phase == Phase::Pending && t.deadline < u64::MAX / 2 && sim.served(t.cpu) {
+        let unfired = t.period == 0 || t.runs == 0;
+        if t.phase == Phase::Pending && unfired && t.deadline < u64::MAX / 2 && sim.served(t.cpu) {
             panic!("timer {n} (CPU {}, deadline {}) never fired; now {}", t.cpu, t.deadline, now());
         }
     }
