@@ -38,15 +38,23 @@
 //! - a CPU's queue holds exactly its pending timers; a served CPU with pending timers (any
 //!   served CPU, with a periodic tick) has its device, or the broadcast device with its
 //!   deadline, armed, or an assignment or wake-up in flight: no event is lost in between;
+//! - lateness: on a CPU with nothing in flight whose device works, a timer runs (and a pending
+//!   one is overdue) no later than `P + min delta + conversion error + 3 ticks` after the latest
+//!   of its deadline, its arming, its CPU's last change of device and its device's last
+//!   programming (`P` the tick period; the conversion error is what `NsToTicks` documents for
+//!   deltas up to `MAX_PROGRAMMED_DELTA_NS`);
 //!
 //! and at the end, once everything is delivered and time has run on: every periodic timer of a
-//! served CPU kept running (its next grid point at most a second behind), and after a periodic
-//! tick, a grown minimum delta and a max-delta hop more, every one-shot timer that was neither
-//! cancelled nor left on a CPU that no device serves has fired.
+//! served CPU kept running (none overdue), and after a periodic tick, a grown minimum delta and
+//! a max-delta hop more, every one-shot timer that was neither cancelled nor left on a CPU that
+//! no device serves has fired.
 #![no_main]
 
 use kernel::time::broadcast::Broadcast;
-use kernel::time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State};
+use kernel::time::clockevents::{
+    ClockEventDevice, CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features,
+    MAX_PROGRAMMED_DELTA_NS, State,
+};
 use kernel::time::hrtimer::{Cancel, TimerId};
 use kernel::time::tick::{Assignment, Changes, CpuTick, DeviceId, Registry, Service, TickMode};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -105,6 +113,8 @@ struct SimState {
     /// Counter value the comparator waits for.
     target: Option<u64>,
     period_ticks: Option<u64>,
+    /// When the comparator was last written (an event programmed, periodic mode entered).
+    programmed_at: u64,
     /// The CPU that the comparator's next interrupt reaches instead of the one it is routed
     /// to (a misrouted `Spurious` step): it arrives there when the comparator matches.
     next_interrupt_misrouted_to: Option<usize>,
@@ -151,6 +161,7 @@ impl EventDriver for SimDriver {
                 );
                 s.target = Some(s.counter(now()).saturating_add(period_ticks));
                 s.period_ticks = Some(period_ticks);
+                s.programmed_at = now();
             }
             _ => {
                 s.target = None;
@@ -175,6 +186,7 @@ impl EventDriver for SimDriver {
             return Err(EventPassed);
         }
         s.target = Some(s.counter(now()).saturating_add(delta_ticks));
+        s.programmed_at = now();
         Ok(())
     }
 }
@@ -313,6 +325,8 @@ struct Timer {
     deadline: u64,
     /// 0: one-shot.
     period: u64,
+    /// When its CPU queued it for `deadline`.
+    armed_at: u64,
     runs: u32,
     /// Cancelled from its own callback.
     cancelled_running: bool,
@@ -346,6 +360,9 @@ struct Sim {
     inbox: Vec<VecDeque<(u64, Msg)>>,
     /// Per CPU: a wake-up IPI in flight since then (several coalesce).
     wake: [Option<u64>; CPUS],
+    /// Per CPU: when its device last changed (an assignment carried out, a new broadcast
+    /// device for a CPU on broadcast) or a message held back reached it.
+    disturbed_at: [u64; CPUS],
     events: u64,
     runs: u64,
     /// Simulated time the run started at, and the shortest maximum delta of any device: a
@@ -353,6 +370,24 @@ struct Sim {
     /// often while it waits for a later deadline or tick, which is no storm.
     start_ns: u64,
     shortest_hop_ns: u64,
+}
+
+/// How late a device may deliver an event it was programmed for, beyond its deadline or the
+/// programming: the minimum delta (a deadline already past or too close, an event a tick early
+/// and programmed again), the conversion's documented error for the longest delta programmed
+/// (`ns >> shift` ticks: exact below 2^32 ns at shift 32, else within the
+/// `MAX_PROGRAMMED_DELTA_NS / 2^63` relative error its shift is chosen for, doubled here), and
+/// the counter's unknown phase and rounding (a tick each, one spare).
+fn slack(dev: &ClockEventDevice) -> u64 {
+    let hz = u128::from(dev.spec.frequency_hz.max(1));
+    let tick = u64::try_from(NS_PER_S.div_ceil(hz)).unwrap_or(u64::MAX);
+    let longest = dev.max_delta_ns.min(MAX_PROGRAMMED_DELTA_NS);
+    let relative = u64::try_from((u128::from(longest) * u128::from(MAX_PROGRAMMED_DELTA_NS)) >> 62).unwrap();
+    let coarse = (longest >> 32).saturating_mul(tick);
+    dev.min_delta_ns()
+        .saturating_add(relative.max(coarse))
+        .saturating_add(tick.saturating_mul(3))
+        .saturating_add(2)
 }
 
 /// A periodic timer's next deadline after a run at `now` for `deadline`: one period on, or the
@@ -406,6 +441,11 @@ impl Sim {
                 // No broadcast device any more: whoever waited on it is woken.
                 for cpu in wake.iter() {
                     self.send_wake(cpu);
+                }
+                for c in 0..CPUS {
+                    if self.cpus[c].as_ref().is_some_and(|t| matches!(t.service(), Service::Broadcast(_))) {
+                        self.disturbed_at[c] = now();
+                    }
                 }
                 if let Some((d, e)) = failure {
                     let more = self.decide(|r| r.take_out(d, &format!("{e}")));
@@ -530,6 +570,7 @@ impl Sim {
             phase: Phase::InFlight,
             deadline,
             period,
+            armed_at: now(),
             runs: 0,
             cancelled_running: false,
             callback,
@@ -554,7 +595,7 @@ impl Sim {
         match tick.arm(deadline, Payload { n, period }, now(), &self.bc) {
             Ok(id) => {
                 let t = &mut self.timers[n];
-                (t.id, t.phase) = (Some(id), Phase::Pending);
+                (t.id, t.phase, t.armed_at) = (Some(id), Phase::Pending, now());
             }
             Err(e) => {
                 assert_eq!(service, Service::None, "arming failed on CPU {cpu}, served by {service:?}: {e}");
@@ -619,13 +660,17 @@ impl Sim {
         if wake_first {
             self.deliver_wake(cpu);
         }
-        while let Some((_, msg)) = self.inbox[cpu].pop_front() {
+        while let Some((sent, msg)) = self.inbox[cpu].pop_front() {
             match msg {
                 Msg::Assign(a) => {
                     run_on(cpu);
+                    let before = self.tick(cpu).service();
                     let bc = &self.bc;
                     let tick = self.cpus[cpu].as_mut().expect("assignments go to online CPUs");
                     tick.assign(a.service, a.local, now(), bc);
+                    if sent < now() || tick.service() != before {
+                        self.disturbed_at[cpu] = now();
+                    }
                     self.settle(cpu);
                 }
                 Msg::Arm(n) => self.arm_here(n),
@@ -638,7 +683,10 @@ impl Sim {
     }
 
     fn deliver_wake(&mut self, cpu: usize) {
-        if self.wake[cpu].take().is_some() {
+        if let Some(sent) = self.wake[cpu].take() {
+            if sent < now() {
+                self.disturbed_at[cpu] = now();
+            }
             self.wakeup(cpu);
         }
     }
@@ -664,6 +712,26 @@ impl Sim {
         }
     }
 
+    /// The latest a timer on `cpu` queued for `deadline` at `armed_at` may run, if its CPU has
+    /// nothing in flight and a device that works.
+    fn latest_run(&self, cpu: usize, deadline: u64, armed_at: u64) -> Option<u64> {
+        if self.assignment_in_flight(cpu) || self.wake[cpu].is_some() {
+            return None;
+        }
+        let device = match self.cpus[cpu].as_ref()?.service() {
+            Service::None => return None,
+            Service::Local(d) => d,
+            Service::Broadcast(_) => self.bc.lock().device()?,
+        };
+        let dev = self.registry.device(device);
+        if dev.is_failed() {
+            return None;
+        }
+        let programmed_at = driver(device.0).inner.lock().programmed_at;
+        let base = deadline.max(armed_at).max(self.disturbed_at[cpu]).max(programmed_at);
+        Some(base.saturating_add(self.mode.period_ns()).saturating_add(slack(dev)))
+    }
+
     /// Runs `cpu`'s expiry (already started) as the kernel does: each due timer's callback
     /// outside the tick, a periodic timer re-armed at its next grid point, then the device
     /// programmed once.
@@ -673,6 +741,7 @@ impl Sim {
             let now = now();
             let Some(e) = self.tick(cpu).pop_expired(now) else { break };
             let n = e.payload.n;
+            let latest = self.latest_run(cpu, self.timers[n].deadline, self.timers[n].armed_at);
             let t = &mut self.timers[n];
             assert_eq!(t.cpu, cpu, "timer {n} armed on CPU {} ran on CPU {cpu}", t.cpu);
             assert_eq!(
@@ -684,6 +753,14 @@ impl Sim {
             assert_eq!((Some(e.id), e.deadline_ns), (t.id, t.deadline), "timer {n} handed out wrongly");
             assert_eq!(e.payload.period, t.period, "timer {n} handed out with another period");
             assert!(now >= t.deadline, "timer {n} ran early: {now} < {}", t.deadline);
+            if let Some(latest) = latest {
+                assert!(
+                    now <= latest,
+                    "timer {n} on CPU {cpu} ran late: at {now}, deadline {}, bound {latest} ({} ns late)",
+                    t.deadline,
+                    now - t.deadline
+                );
+            }
             t.phase = Phase::Running;
             t.runs += 1;
             self.runs += 1;
@@ -706,7 +783,7 @@ impl Sim {
                 (false, false) => Phase::Done,
             };
             if pending {
-                t.deadline = next;
+                (t.deadline, t.armed_at) = (next, now);
             }
         }
         run_on(cpu);
@@ -975,6 +1052,19 @@ impl Sim {
                 Service::None => {}
             }
         }
+        // Lateness: nothing overdue on a CPU whose device works.
+        for (n, t) in self.timers.iter().enumerate().filter(|(_, t)| t.phase == Phase::Pending) {
+            if let Some(latest) = self.latest_run(t.cpu, t.deadline, t.armed_at) {
+                assert!(
+                    now() <= latest,
+                    "timer {n} on CPU {} overdue: deadline {}, armed at {}, now {}, bound {latest}",
+                    t.cpu,
+                    t.deadline,
+                    t.armed_at,
+                    now()
+                );
+            }
+        }
     }
 
     fn served(&self, cpu: usize) -> bool {
@@ -999,6 +1089,7 @@ fn run(input: Input) {
         timers: Vec::new(),
         inbox: (0..CPUS).map(|_| VecDeque::new()).collect(),
         wake: [None; CPUS],
+        disturbed_at: [0; CPUS],
         events: 0,
         runs: 0,
         start_ns: now(),
@@ -1052,26 +1143,22 @@ fn run(input: Input) {
         sim.check_invariants();
     }
 
-    // Everything in flight arrives; time runs on for a second more than every periodic
-    // timer's period and the tick: each of a served CPU kept running (its next grid point is at
-    // most a second behind). Then they are cancelled, on their CPUs, as dropping their handles
-    // does.
+    // Everything in flight arrives; time runs on past every periodic timer's next period (and
+    // a tick and a grown minimum delta more): none may be overdue, so each kept running. Then
+    // they are cancelled, on their CPUs, as dropping their handles does.
     sim.deliver_all(false);
     let longest_period = sim.timers.iter().filter(|t| t.phase == Phase::Pending).map(|t| t.period).max();
     let period = mode.period_ns();
-    sim.run_until(now() + period + longest_period.unwrap_or(0) + 2_000_000_000, false);
+    sim.run_until(now() + period + longest_period.unwrap_or(0) + 30_000_000, false);
     sim.deliver_all(false);
     sim.check_invariants();
     for n in 0..sim.timers.len() {
         let t = &sim.timers[n];
         if t.period > 0 && t.phase == Phase::Pending {
             if t.deadline < u64::MAX / 2 && sim.served(t.cpu) {
-                let behind = now().saturating_sub(t.deadline);
-                assert!(
-                    behind <= period + t.period + 1_000_000_000,
-                    "periodic timer {n} stopped at {}",
-                    t.deadline
-                );
+                let latest =
+                    sim.latest_run(t.cpu, t.deadline, t.armed_at).expect("served, nothing in flight");
+                assert!(now() <= latest, "periodic timer {n} stopped at {}", t.deadline);
             }
             sim.cancel_here(n);
             assert_eq!(sim.timers[n].phase, Phase::Cancelled);
