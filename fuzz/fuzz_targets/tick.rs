@@ -5,15 +5,19 @@
 //! this CPU, another or a callback, let time pass and deliver the device interrupts and the
 //! inter-processor messages that fall due, hold messages back, a spurious or misrouted
 //! interrupt, a comparator that starts passing, a measurement that programs a device behind
-//! the layer's back, take a device out), on simulated devices and a simulated clock, as the
-//! host simulator `time/tick/sim.rs` does.
+//! the layer's back, a CPU going into deep idle, a suspend of timekeeping, take a device out),
+//! on simulated devices and a simulated clock, as the host simulator `time/tick/sim.rs` does.
 //!
 //! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry,timer}.rs`): a
 //! registry decision's broadcast change is applied at once by the deciding CPU; each CPU's
 //! assignment is a message to that CPU, as are arms and cancels asked from another CPU and
 //! wake-up IPIs. Messages reach each CPU in order, when delivered (a `DeliverIpis` step, or
 //! before time moves on, unless an `Advance` holds them back); device failures are reported
-//! by the CPU that met them, taken out and their changes applied. The simulation says which
+//! by the CPU that met them, taken out and their changes applied. A CPU in deep idle (its
+//! deadline handed to the broadcast) is woken by whatever interrupt reaches it and leaves deep
+//! idle after handling it, as the kernel's idle loop does; one that runs code of an operation
+//! leaves it first. A suspend parks every CPU with its tick suspended, then the broadcast,
+//! lets time pass with every device shut down, and resumes them. The simulation says which
 //! CPU it runs code on: a per-CPU device driven from another CPU, or any device driven by the
 //! registry, fails the run.
 //!
@@ -34,15 +38,20 @@
 //!   usable local device, else the broadcast device: the best-rated usable device that is
 //!   neither per-CPU nor stops in deep idle); the broadcast installed is the one decided; a
 //!   CPU with no assignment in flight carries out its decision; the devices in use (a CPU's
-//!   local device, the broadcast) are in a running state, the others detached and unarmed;
+//!   local device, the broadcast) are in a running state (shut down for a CPU in deep idle),
+//!   the others detached and unarmed;
+//! - deep idle is entered only when the CPU's device stops there, refused exactly when no
+//!   working broadcast device can take the deadline or the tick is hardware periodic, and a
+//!   CPU is handed over exactly while it sleeps;
 //! - a CPU's queue holds exactly its pending timers; a served CPU with pending timers (any
-//!   served CPU, with a periodic tick) has its device, or the broadcast device with its
-//!   deadline, armed, or an assignment or wake-up in flight: no event is lost in between;
+//!   served CPU, with a periodic tick) has its device, or (on broadcast or in deep idle) the
+//!   broadcast device with its deadline, armed, or an assignment or wake-up in flight: no
+//!   event is lost in between;
 //! - lateness: on a CPU with nothing in flight whose device works, a timer runs (and a pending
 //!   one is overdue) no later than `P + min delta + conversion error + 3 ticks` after the latest
-//!   of its deadline, its arming, its CPU's last change of device and its device's last
-//!   programming (`P` the tick period; the conversion error is what `NsToTicks` documents for
-//!   deltas up to `MAX_PROGRAMMED_DELTA_NS`);
+//!   of its deadline, its arming, its CPU's last change of device (deep idle and a resume
+//!   included) and its device's last programming (`P` the tick period; the conversion error is
+//!   what `NsToTicks` documents for deltas up to `MAX_PROGRAMMED_DELTA_NS`);
 //!
 //! and at the end, once everything is delivered and time has run on: every periodic timer of a
 //! served CPU kept running (none overdue), and after a periodic tick, a grown minimum delta and
@@ -56,7 +65,9 @@ use kernel::time::clockevents::{
     MAX_PROGRAMMED_DELTA_NS, State,
 };
 use kernel::time::hrtimer::{Cancel, TimerId};
-use kernel::time::tick::{Assignment, Changes, CpuTick, DeviceId, Registry, Service, TickMode};
+use kernel::time::tick::{
+    Assignment, Changes, CpuTick, DeepIdleRefused, DeviceId, Handover, Registry, Service, TickMode,
+};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use spin::Mutex;
@@ -297,6 +308,15 @@ enum Op {
     Measure {
         cpu: u8,
     },
+    /// A CPU goes into deep idle (its device, if it stops there, handed over to the broadcast)
+    /// until an interrupt reaches it.
+    DeepIdle {
+        cpu: u8,
+    },
+    /// Timekeeping suspended for `ns % 134 ms` (every device shut down), then resumed.
+    Suspend {
+        ns: u32,
+    },
 }
 
 const FREQUENCIES: [u64; 8] =
@@ -360,6 +380,8 @@ struct Sim {
     inbox: Vec<VecDeque<(u64, Msg)>>,
     /// Per CPU: a wake-up IPI in flight since then (several coalesce).
     wake: [Option<u64>; CPUS],
+    /// Per CPU: asleep in deep idle, its deadline handed to the broadcast.
+    asleep: [bool; CPUS],
     /// Per CPU: when its device last changed (an assignment carried out, a new broadcast
     /// device for a CPU on broadcast) or a message held back reached it.
     disturbed_at: [u64; CPUS],
@@ -542,6 +564,7 @@ impl Sim {
             min_delta_ticks: min_ticks,
             max_delta_ticks: max_ticks,
         };
+        self.awake(irq_cpu);
         let (id, changes) = self.decide(|r| r.register(spec, driver(i)));
         assert_eq!(id, DeviceId(i));
         // The layer's maximum, not the hardware's: it may program less far ahead.
@@ -550,6 +573,7 @@ impl Sim {
     }
 
     fn cpu_online(&mut self, cpu: usize) {
+        self.awake(cpu);
         run_on(cpu);
         if self.cpus[cpu].is_none() {
             self.cpus[cpu] = Some(CpuTick::new(cpu, self.mode, now(), 8));
@@ -617,6 +641,7 @@ impl Sim {
         };
         let period = period_ns.map_or(0, |p| MIN_PERIOD_NS + u64::from(p) % MAX_DELAY_NS);
         let from = from.map_or(cpu, |f| usize::from(f) % CPUS);
+        self.awake(from);
         self.new_timer(cpu, from, deadline, period, callback);
     }
 
@@ -657,6 +682,7 @@ impl Sim {
 
     /// Delivers what is in flight to `cpu`: its messages in order, and its wake-up.
     fn deliver_to(&mut self, cpu: usize, wake_first: bool) {
+        let interrupted = !self.inbox[cpu].is_empty() || self.wake[cpu].is_some();
         if wake_first {
             self.deliver_wake(cpu);
         }
@@ -679,6 +705,106 @@ impl Sim {
         }
         if !wake_first {
             self.deliver_wake(cpu);
+        }
+        if interrupted {
+            self.idle_exit(cpu);
+        }
+    }
+
+    /// After an interrupt on `cpu` (or before it runs an operation's code): it leaves deep
+    /// idle, taking its deadline back from the broadcast, as the idle loop does.
+    fn idle_exit(&mut self, cpu: usize) {
+        if !std::mem::take(&mut self.asleep[cpu]) {
+            return;
+        }
+        run_on(cpu);
+        let bc = &self.bc;
+        self.cpus[cpu].as_mut().expect("an online CPU sleeps").broadcast_exit(now(), bc);
+        self.disturbed_at[cpu] = now();
+        self.settle(cpu);
+    }
+
+    /// CPU `cpu` runs an operation's code: it is awake.
+    fn awake(&mut self, cpu: usize) {
+        self.idle_exit(cpu);
+    }
+
+    /// The idle loop on `cpu` goes into deep idle.
+    fn deep_idle(&mut self, cpu: usize) {
+        if self.cpus[cpu].is_none() || self.asleep[cpu] {
+            return;
+        }
+        run_on(cpu);
+        let usable = self.bc.lock().is_usable();
+        let bc = &self.bc;
+        let tick = self.cpus[cpu].as_mut().expect("online");
+        let stops = tick.device_stops_in_idle();
+        let periodic = tick.local_device().is_some_and(|d| d.state() == State::Periodic);
+        let result = tick.broadcast_enter(now(), bc);
+        match result {
+            Ok(Handover::NotNeeded) => {
+                assert!(!stops, "CPU {cpu}: its device stops in deep idle, not handed over")
+            }
+            Ok(Handover::HandedOver) => {
+                assert!(stops && !periodic && usable, "CPU {cpu} handed over needlessly or to nothing");
+                assert!(tick.is_handed_over());
+                self.asleep[cpu] = true;
+                self.disturbed_at[cpu] = now();
+            }
+            Err(DeepIdleRefused::PeriodicTick) => {
+                assert!(stops && periodic, "CPU {cpu} refused a periodic tick")
+            }
+            Err(DeepIdleRefused::NoBroadcast) => {
+                // Refused up front, or the broadcast device gave up on the deadline (then the
+                // CPU took it back).
+                let gave_up = self.bc.lock().device().is_some_and(|b| self.registry.device(b).is_failed());
+                assert!(
+                    stops && !periodic && (!usable || gave_up),
+                    "CPU {cpu} refused with a working broadcast"
+                );
+                assert!(!tick.is_handed_over());
+                self.disturbed_at[cpu] = now();
+            }
+        }
+        self.settle(cpu);
+    }
+
+    /// Suspends timekeeping for `ns` and resumes it, as the kernel's `suspend_for` on CPU 0:
+    /// what is in flight arrives first, every CPU parks with its tick suspended (a CPU in deep
+    /// idle is woken by the park call and leaves it after), the broadcast is suspended; time
+    /// passes; the broadcast, then each CPU resumes.
+    fn suspend(&mut self, ns: u64) {
+        self.awake(0);
+        self.deliver_all(false);
+        for cpu in 0..CPUS {
+            if let Some(tick) = self.cpus[cpu].as_mut() {
+                run_on(cpu);
+                let pending = tick.suspend();
+                assert_eq!(
+                    pending,
+                    self.timers.iter().filter(|t| t.cpu == cpu && t.phase == Phase::Pending).count()
+                );
+            }
+        }
+        run_on(0);
+        self.bc.lock().suspend();
+        for (i, d) in self.drivers() {
+            assert_eq!(d.inner.lock().target, None, "dev{i} armed while timekeeping is suspended");
+        }
+        NOW.store(now() + ns, Ordering::Relaxed);
+        run_on(0);
+        self.bc.lock().resume(now());
+        for cpu in 0..CPUS {
+            run_on(cpu);
+            let bc = &self.bc;
+            if let Some(tick) = self.cpus[cpu].as_mut() {
+                tick.resume(now(), bc);
+                self.disturbed_at[cpu] = now();
+                self.settle(cpu);
+            }
+        }
+        for cpu in 0..CPUS {
+            self.idle_exit(cpu);
         }
     }
 
@@ -718,8 +844,10 @@ impl Sim {
         if self.assignment_in_flight(cpu) || self.wake[cpu].is_some() {
             return None;
         }
-        let device = match self.cpus[cpu].as_ref()?.service() {
+        let tick = self.cpus[cpu].as_ref()?;
+        let device = match tick.service() {
             Service::None => return None,
+            Service::Local(_) | Service::Broadcast(_) if tick.is_handed_over() => self.bc.lock().device()?,
             Service::Local(d) => d,
             Service::Broadcast(_) => self.bc.lock().device()?,
         };
@@ -836,6 +964,7 @@ impl Sim {
                 self.send_wake(owner);
             }
         }
+        self.idle_exit(here);
     }
 
     /// After a broadcast interrupt on `here` (which may not be online).
@@ -875,6 +1004,7 @@ impl Sim {
 
     /// The kernel's programming-cost measurement on `cpu`.
     fn measure(&mut self, cpu: usize) {
+        self.awake(cpu);
         let Some(tick) = self.cpus[cpu].as_ref() else { return };
         let service = tick.service();
         let (Service::Local(d) | Service::Broadcast(d)) = service else { return };
@@ -970,11 +1100,13 @@ impl Sim {
 
         // What the CPUs carried out.
         let mut in_use = vec![false; devices.len()];
+        let mut asleep_with = vec![false; devices.len()];
         if let Some(b) = bc.device() {
             in_use[b.0] = true;
         }
         for cpu in online.iter() {
             let tick = self.cpus[cpu].as_ref().expect("online");
+            assert_eq!(tick.is_handed_over(), self.asleep[cpu], "CPU {cpu}: handed over, or asleep");
             let in_flight = self.assignment_in_flight(cpu);
             if !in_flight {
                 assert_eq!(
@@ -992,6 +1124,7 @@ impl Sim {
                     );
                     assert!(!local.is_failed() || in_flight, "CPU {cpu} left on failed {d:?}");
                     in_use[d.0] = true;
+                    asleep_with[d.0] = self.asleep[cpu];
                 }
                 Service::Broadcast(_) | Service::None => {
                     assert!(tick.local_device().is_none(), "CPU {cpu} keeps a local device")
@@ -999,13 +1132,17 @@ impl Sim {
             }
         }
         for cpu in bc.waiting().iter() {
-            let on_broadcast =
-                self.cpus[cpu].as_ref().is_some_and(|t| matches!(t.service(), Service::Broadcast(_)));
-            assert!(on_broadcast, "CPU {cpu} waits on the broadcast but is not served by it");
+            let on_broadcast = self.cpus[cpu]
+                .as_ref()
+                .is_some_and(|t| matches!(t.service(), Service::Broadcast(_)) || t.is_handed_over());
+            assert!(on_broadcast, "CPU {cpu} waits on the broadcast but is neither served by it nor asleep");
         }
         for (d, dev) in &devices {
             let state = dev.state();
-            if in_use[d.0] {
+            if asleep_with[d.0] {
+                assert_eq!(state, State::Shutdown, "{d:?} of a CPU in deep idle is {state}");
+                assert_eq!(driver(d.0).inner.lock().target, None, "{d:?} of a CPU in deep idle still armed");
+            } else if in_use[d.0] {
                 assert!(
                     matches!(state, State::Oneshot | State::OneshotStopped | State::Periodic),
                     "{d:?} in use but {state}"
@@ -1037,17 +1174,18 @@ impl Sim {
                 continue;
             }
             match tick.service() {
-                Service::Local(d) => {
+                Service::Local(d) if !tick.is_handed_over() => {
                     assert!(
                         armed(d),
                         "CPU {cpu} needs an event but {d:?} is not armed and nothing is in flight"
                     )
                 }
-                Service::Broadcast(b) => {
+                // On broadcast, or asleep in deep idle with its deadline handed over.
+                Service::Local(_) | Service::Broadcast(_) => {
                     let bc = self.bc.lock();
                     assert!(bc.waiting().contains(cpu), "CPU {cpu} needs an event but left the broadcast");
                     let device = bc.device().expect("decided and carried out");
-                    assert!(armed(device), "CPU {cpu} needs an event but broadcast {b:?} is not armed");
+                    assert!(armed(device), "CPU {cpu} needs an event but broadcast {device:?} is not armed");
                 }
                 Service::None => {}
             }
@@ -1089,6 +1227,7 @@ fn run(input: Input) {
         timers: Vec::new(),
         inbox: (0..CPUS).map(|_| VecDeque::new()).collect(),
         wake: [None; CPUS],
+        asleep: [false; CPUS],
         disturbed_at: [0; CPUS],
         events: 0,
         runs: 0,
@@ -1106,6 +1245,7 @@ fn run(input: Input) {
                 // A timer whose arm is still in flight has no id yet, except to a message
                 // that follows its arm to its CPU.
                 let from = from.map_or(cpu, |f| usize::from(f) % CPUS);
+                sim.awake(from);
                 sim.cancel_from(n, from);
             }
             Op::Advance { ns, hold_ipis } => sim.run_until(now() + u64::from(ns) % MAX_DELAY_NS, hold_ipis),
@@ -1130,6 +1270,7 @@ fn run(input: Input) {
             }
             Op::TakeOut { device } if !sim.irq_cpu.is_empty() => {
                 let dev = usize::from(device) % sim.irq_cpu.len();
+                sim.awake(sim.irq_cpu[dev]);
                 let changes = sim.decide(|r| r.take_out(DeviceId(dev), "fuzz"));
                 sim.apply(changes, sim.irq_cpu[dev]);
             }
@@ -1138,6 +1279,8 @@ fn run(input: Input) {
                     u64::from(passes_below_ticks);
             }
             Op::Measure { cpu } => sim.measure(usize::from(cpu) % CPUS),
+            Op::DeepIdle { cpu } => sim.deep_idle(usize::from(cpu) % CPUS),
+            Op::Suspend { ns } => sim.suspend(u64::from(ns) % MAX_DELAY_NS),
             _ => {}
         }
         sim.check_invariants();
@@ -1160,6 +1303,7 @@ fn run(input: Input) {
                     sim.latest_run(t.cpu, t.deadline, t.armed_at).expect("served, nothing in flight");
                 assert!(now() <= latest, "periodic timer {n} stopped at {}", t.deadline);
             }
+            sim.awake(t.cpu);
             sim.cancel_here(n);
             assert_eq!(sim.timers[n].phase, Phase::Cancelled);
         }
