@@ -50,6 +50,9 @@ pub struct CpuTick<T> {
     suspended: bool,
     /// Deadlines handed to the broadcast before deep idle.
     handovers: u64,
+    /// The sequence number of the last assignment applied (older ones arriving late are
+    /// stale).
+    last_assignment: u64,
 }
 
 /// What [`CpuTick::broadcast_enter`] did before deep idle.
@@ -101,6 +104,7 @@ impl<T> CpuTick<T> {
             handed_over: false,
             suspended: false,
             handovers: 0,
+            last_assignment: 0,
         }
     }
 
@@ -249,6 +253,18 @@ impl<T> CpuTick<T> {
             }
             TickMode::Periodic { .. } => "periodic-emulated",
         }
+    }
+
+    /// Carries out a numbered decision of the registry ([`super::Assignment`]); one older than
+    /// the last applied (delivered out of order) is stale and ignored. True if applied.
+    pub fn apply(&mut self, a: super::Assignment, now_ns: u64, bc: &Mutex<Broadcast>) -> bool {
+        debug_assert_eq!(a.cpu, self.cpu, "an assignment is carried out on its own CPU");
+        if a.sequence <= self.last_assignment {
+            return false;
+        }
+        self.last_assignment = a.sequence;
+        self.assign(a.service, a.local, now_ns, bc);
+        true
     }
 
     /// Carries out the registry's decision for this CPU: releases the old local device (or
@@ -402,6 +418,16 @@ impl<T> CpuTick<T> {
         self.failure.take()
     }
 
+    /// Gives the broadcast this CPU's deadline; a broadcast device that gives up on it is this
+    /// CPU's to report (through [`take_failure`](Self::take_failure)), as its own device's is.
+    fn hand_to_broadcast(&mut self, deadline_ns: u64, now_ns: u64, bc: &Mutex<Broadcast>) {
+        let mut b = bc.lock();
+        b.set_deadline(self.cpu, deadline_ns, now_ns);
+        if let Some((device, error)) = b.take_failure() {
+            self.failure = Some(DeviceFailure { device, error });
+        }
+    }
+
     /// The deadline this CPU needs next: its earliest timer (tickless) or its next tick.
     fn needed(&self) -> u64 {
         match self.mode {
@@ -422,7 +448,7 @@ impl<T> CpuTick<T> {
         if self.handed_over {
             // Asleep deeply with the local device stopped: the broadcast keeps the deadline.
             self.next_event_ns = needed;
-            bc.lock().set_deadline(self.cpu, needed, now_ns);
+            self.hand_to_broadcast(needed, now_ns, bc);
             return;
         }
         match self.service {
@@ -443,7 +469,7 @@ impl<T> CpuTick<T> {
             }
             Service::Broadcast(_) => {
                 self.next_event_ns = needed;
-                bc.lock().set_deadline(self.cpu, needed, now_ns);
+                self.hand_to_broadcast(needed, now_ns, bc);
             }
         }
     }

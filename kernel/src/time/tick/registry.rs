@@ -14,6 +14,9 @@ use alloc::vec::Vec;
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub cpu: usize,
+    /// Decisions for one CPU are numbered from 1: a CPU that receives them out of order
+    /// applies only the newest ([`super::CpuTick::apply`]).
+    pub sequence: u64,
     pub service: Service,
     /// The local device, for [`Service::Local`].
     pub local: Option<Arc<ClockEventDevice>>,
@@ -41,8 +44,10 @@ pub struct Registry {
     /// The registry has already moved every CPU off this device (taken out, refused).
     retired: Vec<bool>,
     online: CpuSet,
-    /// The service last decided for each CPU (indexed by CPU; `None` beyond).
+    /// The service last decided for each CPU (indexed by CPU; `None` beyond), and how many
+    /// assignments each CPU was given.
     services: Vec<Service>,
+    assignments: Vec<u64>,
     broadcast: Option<DeviceId>,
     /// Every device taken out of service or refused, with why, for the report.
     taken_out: Vec<(String, String)>,
@@ -120,6 +125,7 @@ impl Registry {
         self.online.insert(cpu);
         if self.services.len() <= cpu {
             self.services.resize(cpu + 1, Service::None);
+            self.assignments.resize(cpu + 1, 0);
         }
         self.reselect()
     }
@@ -186,7 +192,13 @@ impl Registry {
                 Service::Local(d) => Some(self.devices[d.0].clone()),
                 Service::Broadcast(_) | Service::None => None,
             };
-            changes.assignments.push(Assignment { cpu, service: wanted, local });
+            self.assignments[cpu] += 1;
+            changes.assignments.push(Assignment {
+                cpu,
+                sequence: self.assignments[cpu],
+                service: wanted,
+                local,
+            });
         }
         changes
     }

@@ -149,7 +149,7 @@ impl Sim {
                 self.inbox.extend(wake.iter().map(|c| (c, Message::Wake)));
             }
             for a in changes.assignments.drain(..) {
-                self.on(a.cpu, |t, now, bc| t.assign(a.service, a.local, now, bc));
+                self.on(a.cpu, |t, now, bc| t.apply(a, now, bc));
             }
             changes = self.take_failures();
             if changes.is_empty() {
@@ -917,4 +917,47 @@ fn suspended_timekeeping_resumes_with_every_pending_timer() {
     for n in 0..3 {
         assert!(s.fired(n)[0] >= now + 1_000_000, "timer {n} fired while suspended");
     }
+}
+
+/// Found by the `tick` fuzz target's author: a CPU may carry out its own newest assignment at
+/// once while older ones still wait in its mailbox; those must not undo it.
+#[test]
+fn a_stale_assignment_arriving_late_is_ignored() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let (l1, old) = {
+        let spec =
+            crate::time::clockevents::fake::spec("lapic1", LAPIC, CpuSet::single(1), Features::PER_CPU);
+        let driver: &'static SimDriver = Box::leak(Box::new(SimDriver {
+            world: s.world,
+            owner: Some(1),
+            fires_at: Mutex::new(None),
+            period_ns: Mutex::new(None),
+            passes_below_ticks: Mutex::new(0),
+        }));
+        s.drivers.push(driver);
+        s.irq_cpu.push(1);
+        s.registry.register(spec, driver)
+    };
+    let h1 = s.per_cpu("hpet1", PERCPU_HPET, 1);
+    assert_eq!(s.cpus[1].service(), Service::Local(h1));
+    // The first decision (CPU 1 on its LAPIC timer) arrives only now.
+    for a in old.assignments {
+        assert!(!s.on(1, |t, now, bc| t.apply(a, now, bc)), "a stale assignment was applied");
+    }
+    assert_eq!(s.cpus[1].service(), Service::Local(h1));
+    assert_eq!(s.device(l1).state(), State::Detached);
+}
+
+/// A broadcast device that gives up on a deadline a CPU hands it is reported by that CPU.
+#[test]
+fn a_broadcast_device_giving_up_on_a_cpus_deadline_is_reported() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic0", LAPIC, 0);
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    *s.drivers[g.0].passes_below_ticks.lock() = u64::MAX;
+    let now = s.now();
+    let _ = s.on(1, |t, now, bc| t.arm(now + 10_000, 0, now, bc));
+    let failure = s.on(1, |t, _, _| t.take_failure()).expect("CPU 1 reports the broadcast's failure");
+    assert_eq!(failure.device, g);
+    let _ = now;
 }

@@ -163,9 +163,8 @@ fn deliver(registry: &mut Registry, mut changes: Changes) {
 
 /// Applies an assignment on the calling CPU (its own); returns a device that failed meanwhile.
 fn apply(a: Assignment) -> Option<crate::time::tick::DeviceFailure> {
-    debug_assert_eq!(a.cpu, percpu::this_cpu().index, "an assignment is carried out on its own CPU");
     with_tick(|t| {
-        t.assign(a.service, a.local, now_ns(), &BROADCAST);
+        t.apply(a, now_ns(), &BROADCAST);
         t.take_failure()
     })
     .flatten()

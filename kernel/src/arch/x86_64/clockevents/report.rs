@@ -108,7 +108,13 @@ pub fn measure_programming(
         if matches!(service, Service::Broadcast(_)) {
             registry::broadcast().lock().resync(now);
         }
-        with_tick(|t| t.resync(now, registry::broadcast()));
+        let failure = with_tick(|t| {
+            t.resync(now, registry::broadcast());
+            t.take_failure()
+        })
+        .flatten();
+        super::cpu::report_failure(failure);
+        registry::report_broadcast_failure();
         cycles.sort_unstable();
         Some(ProgrammingCost { cycles: cycles.get(samples / 2).copied().unwrap_or(0), register_accesses })
     })
