@@ -10,8 +10,10 @@ use serde::Serialize;
 /// Version of the schema below. 1: platform part (CPUs, HPET, IOAPICs, LAPIC, TSC, fallbacks);
 /// 2: clockevents (comparator roles, tick devices, broadcast, the main run's event latency,
 /// lost and early events); 3: idle and suspend (each CPU's `idle`, `broadcast_stats`,
-/// `suspend`); 4: clocksources (every source, the switches, the TSC's checks).
-pub const SCHEMA_VERSION: u32 = 4;
+/// `suspend`); 4: clocksources (every source, the switches, the TSC's checks); 5: where
+/// interrupts landed (each CPU's `misrouted`, `spurious`, `not_ours`; each comparator's
+/// `irqs_by_cpu` and `spurious`).
+pub const SCHEMA_VERSION: u32 = 5;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -157,6 +159,13 @@ pub struct CpuReport {
     pub interrupts: BTreeMap<String, u64>,
     /// How this CPU idled (schema 3).
     pub idle: IdleReport,
+    /// Clock event device interrupts that reached this CPU for a device that does not serve it.
+    pub misrouted: u64,
+    /// Interrupts nothing claimed on this CPU (a vector without a handler, the LAPIC's
+    /// spurious vector, a device interrupt with nobody to serve).
+    pub spurious: u64,
+    /// Level-triggered interrupts on this CPU whose device's status bit was clear.
+    pub not_ours: u64,
 }
 
 /// One CPU's idle figures.
@@ -221,6 +230,12 @@ pub struct ComparatorReport {
     pub role: String,
     /// Interrupts its self-test saw (5 to pass).
     pub selftest_irqs: u64,
+    /// Its events taken in service, by the CPU each landed on (decimal key, e.g. "1"); only
+    /// non-zero. A per-CPU comparator's land on its `cpu` only.
+    pub irqs_by_cpu: BTreeMap<String, u64>,
+    /// Interrupts on its vector that were not its events (a level line without its status
+    /// bit, an event while it served nobody).
+    pub spurious: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -253,6 +268,34 @@ pub enum Verdict {
 }
 
 impl TimerReport {
+    /// One sentence per per-CPU comparator whose events landed on a CPU other than its own
+    /// (a wrong IOAPIC or FSB destination: the layer rescued them by wake-up IPI, but the
+    /// device is not what it claims to be).
+    pub fn percpu_interrupts_elsewhere(&self) -> Vec<String> {
+        let Some(hpet) = &self.hpet else { return Vec::new() };
+        hpet.comparators
+            .iter()
+            .filter(|c| c.role == "percpu")
+            .filter_map(|c| {
+                let own = c.cpu.map(|cpu| alloc::format!("{cpu}"));
+                let elsewhere: Vec<String> = c
+                    .irqs_by_cpu
+                    .iter()
+                    .filter(|(cpu, _)| Some(*cpu) != own.as_ref())
+                    .map(|(cpu, n)| alloc::format!("{n} on CPU {cpu}"))
+                    .collect();
+                (!elsewhere.is_empty()).then(|| {
+                    alloc::format!(
+                        "per-CPU HPET comparator {} for CPU {}: interrupts landed elsewhere ({})",
+                        c.index,
+                        own.as_deref().unwrap_or("?"),
+                        elsewhere.join(", ")
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The whole line, prefix included, without a newline.
     pub fn to_line(&self) -> String {
         let json = serde_json::to_string(self).unwrap_or_else(|e| alloc::format!("{{\"error\":\"{e}\"}}"));
@@ -277,6 +320,7 @@ mod tests {
                 online_us: 0,
                 interrupts: BTreeMap::from([("0x30".to_string(), 5)]),
                 idle: IdleReport::default(),
+                ..CpuReport::default()
             }],
             hpet: Some(HpetReport {
                 base: 0xfed0_0000,
@@ -295,6 +339,8 @@ mod tests {
                     cpu: Some(0),
                     role: "percpu".to_string(),
                     selftest_irqs: 5,
+                    irqs_by_cpu: BTreeMap::from([("0".to_string(), 7)]),
+                    spurious: 0,
                 }],
             }),
             ioapics: vec![IoApicReport { id: 0, address: 0xfec0_0000, gsi_base: 0, pins: 24 }],
@@ -317,7 +363,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":4,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0}}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":5,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"spurious\":0,\"not_ours\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));
@@ -350,7 +396,24 @@ mod tests {
         let line = r.to_line();
         assert!(line.contains("\"tick_devices\":[{\"cpu\":1,\"device\":\"hpet2\",\"mode\":\"oneshot\",\"events\":9,\"via_broadcast\":true}]"));
         assert!(line.contains("\"broadcast\":null"));
-        assert!(line.contains("\"role\":\"percpu\",\"selftest_irqs\":5"));
+        assert!(
+            line.contains("\"role\":\"percpu\",\"selftest_irqs\":5,\"irqs_by_cpu\":{\"0\":7},\"spurious\":0")
+        );
+    }
+
+    #[test]
+    fn per_cpu_comparator_interrupts_on_another_cpu_are_found() {
+        let mut r = sample();
+        assert!(r.percpu_interrupts_elsewhere().is_empty(), "comparator 0's land on CPU 0 only");
+        let c = &mut r.hpet.as_mut().unwrap().comparators[0];
+        c.irqs_by_cpu.insert("1".to_string(), 3);
+        assert_eq!(
+            r.percpu_interrupts_elsewhere(),
+            vec!["per-CPU HPET comparator 0 for CPU 0: interrupts landed elsewhere (3 on CPU 1)".to_string()]
+        );
+        // A global comparator may be taken anywhere.
+        r.hpet.as_mut().unwrap().comparators[0].role = "global".to_string();
+        assert!(r.percpu_interrupts_elsewhere().is_empty());
     }
 
     #[test]

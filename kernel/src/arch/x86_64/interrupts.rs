@@ -1,8 +1,9 @@
 //! The interrupt descriptor table: exception handlers that report and stop, and one entry per
 //! device vector (32..=255) that dispatches to the handler a driver registered.
 //!
-//! A device vector nobody registered is counted as spurious and logged (rate-limited), never
-//! fatal. Exceptions other than breakpoint and NMI are fatal: they print vector, error code,
+//! A device vector nobody registered is counted as spurious on the CPU that took it and logged
+//! (rate-limited), never fatal; drivers report their own unclaimed interrupts the same way
+//! ([`spurious`], [`not_ours`]). Exceptions other than breakpoint and NMI are fatal: they print vector, error code,
 //! the interrupted RIP/RSP, CR2 and the top of the faulting stack, then exit with failure.
 
 use super::path_trace::{self, Stage};
@@ -32,7 +33,8 @@ static CLAIM: Mutex<()> = Mutex::new(());
 static END_OF_INTERRUPT: Once<fn()> = Once::new();
 /// Interrupts that arrived before any CPU had per-CPU state (counted per CPU after that).
 static EARLY_COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
-static SPURIOUS: AtomicU64 = AtomicU64::new(0);
+/// Spurious interrupts before any CPU had per-CPU state (counted per CPU after that).
+static EARLY_SPURIOUS: AtomicU64 = AtomicU64::new(0);
 
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
@@ -97,9 +99,48 @@ pub fn count(vector: u8) -> u64 {
         + percpu::all().map(|c| c.interrupts[v].load(Ordering::Relaxed)).sum::<u64>()
 }
 
-/// How many device interrupts arrived on a vector without a handler.
+/// How many interrupts nothing claimed, on every CPU (see [`spurious`]).
 pub fn spurious_count() -> u64 {
-    SPURIOUS.load(Ordering::Relaxed)
+    EARLY_SPURIOUS.load(Ordering::Relaxed)
+        + percpu::all().map(|c| c.spurious.load(Ordering::Relaxed)).sum::<u64>()
+}
+
+/// Whether the `n`th event of a kind on one CPU is logged: the first ten, then every
+/// thousandth, so that a storm cannot drown the log.
+pub fn worth_logging(n: u64) -> bool {
+    n <= 10 || n % 1000 == 0
+}
+
+/// An interrupt nothing claimed arrived on this CPU (`what` says which): counted on this CPU
+/// (a counter only it writes) and logged, rate-limited.
+pub fn spurious(what: fmt::Arguments) {
+    if !percpu::ready() {
+        let n = EARLY_SPURIOUS.fetch_add(1, Ordering::Relaxed) + 1;
+        if worth_logging(n) {
+            log::warn!("spurious interrupt: {what} ({n} before per-CPU state)");
+        }
+        return;
+    }
+    let cpu = percpu::this_cpu();
+    percpu::bump(&cpu.spurious);
+    let n = cpu.spurious.load(Ordering::Relaxed);
+    if worth_logging(n) {
+        log::warn!("spurious interrupt on CPU {}: {what} ({n} on this CPU so far)", cpu.index);
+    }
+}
+
+/// A level-triggered interrupt whose device's status bit was clear arrived on this CPU (`what`
+/// says which line): counted on this CPU and logged, rate-limited.
+pub fn not_ours(what: fmt::Arguments) {
+    if !percpu::ready() {
+        return spurious(what);
+    }
+    let cpu = percpu::this_cpu();
+    percpu::bump(&cpu.not_ours);
+    let n = cpu.not_ours.load(Ordering::Relaxed);
+    if worth_logging(n) {
+        log::warn!("interrupt not ours on CPU {}: {what} ({n} on this CPU so far)", cpu.index);
+    }
 }
 
 /// Every device vector's way in: counted on the CPU that took it (a counter only that CPU
@@ -115,13 +156,7 @@ fn dispatch(vector: u8) {
     }
     match HANDLERS[v].get() {
         Some(h) => h(vector),
-        None => {
-            let n = SPURIOUS.fetch_add(1, Ordering::Relaxed) + 1;
-            // The first ten, then every thousandth: a storm must not drown the log.
-            if n <= 10 || n % 1000 == 0 {
-                log::warn!("spurious interrupt on vector {vector} (no handler; {n} spurious so far)");
-            }
-        }
+        None => spurious(format_args!("vector {vector:#04x} has no handler")),
     }
     if let Some(eoi) = END_OF_INTERRUPT.get() {
         eoi();

@@ -247,6 +247,9 @@ fn error_interrupt(_vector: u8) {
 fn spurious_interrupt(_vector: u8) {
     // The APIC's spurious vector needs no EOI; `interrupts::dispatch` still sends one, which the
     // APIC ignores when no interrupt is in service.
+    interrupts::spurious(format_args!(
+        "the LAPIC's spurious vector (an interrupt withdrawn before delivery)"
+    ));
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -276,6 +276,10 @@ impl Platform {
                         .collect(),
                     // Filled in by the clockevents part, which knows how each CPU idled.
                     idle: Default::default(),
+                    spurious: c.spurious.load(Ordering::Relaxed),
+                    not_ours: c.not_ours.load(Ordering::Relaxed),
+                    // Filled in by the clockevents (it lives in each CPU's tick).
+                    misrouted: 0,
                 })
                 .collect(),
             hpet,

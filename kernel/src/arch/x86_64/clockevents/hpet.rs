@@ -11,6 +11,7 @@
 use super::super::hpet::{ComparatorConfig, Hpet};
 use super::super::ioapic::{DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger};
 use super::super::path_trace::{self, Stage};
+use super::super::smp::percpu::{self, PerCpuCounter};
 use super::super::{interrupts, lapic, tsc};
 use crate::cmdline::ClockeventsChoice;
 use crate::time::clockevents::{DriverState, EventDriver, EventPassed};
@@ -221,11 +222,15 @@ pub struct HpetChannel {
     /// The configuration written on every state change (route, trigger, FSB, 32-bit mode),
     /// kept here so that programming never reads the register back.
     base_config: ComparatorConfig,
-    /// Interrupts taken, and the self-test's count.
-    pub irqs: AtomicU64,
+    /// Its events taken in service, counted on the CPU each landed on (only that CPU writes
+    /// its count).
+    pub irqs_by_cpu: PerCpuCounter,
+    /// The self-test's count.
     pub selftest_irqs: AtomicU64,
-    /// Level-triggered interrupts whose status bit was clear: not ours.
-    pub not_ours: AtomicU64,
+    /// Interrupts on its vector that were not its events: a level line without its status bit
+    /// (also counted per CPU as not ours), or an event while it served nobody (also counted
+    /// per CPU as spurious).
+    pub spurious: AtomicU64,
     /// Not-ours interrupts since the last one of ours: a storm when it reaches
     /// [`STORM_THRESHOLD`].
     not_ours_in_a_row: AtomicU64,
@@ -248,6 +253,16 @@ pub struct HpetChannel {
 
 /// Every channel set up, for suspend and resume.
 static CHANNELS: spin::Mutex<Vec<&'static HpetChannel>> = spin::Mutex::new(Vec::new());
+
+impl fmt::Debug for HpetChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HpetChannel")
+            .field("index", &self.index)
+            .field("delivery", &self.delivery)
+            .field("vector", &self.vector)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Channels by vector, for the interrupt handler.
 /// Set once per vector (a channel keeps its vector), so the interrupt path reads it without a
@@ -283,9 +298,9 @@ impl HpetChannel {
             delivery,
             vector,
             base_config: config,
-            irqs: AtomicU64::new(0),
+            irqs_by_cpu: PerCpuCounter::new(),
             selftest_irqs: AtomicU64::new(0),
-            not_ours: AtomicU64::new(0),
+            spurious: AtomicU64::new(0),
             not_ours_in_a_row: AtomicU64::new(0),
             storm_masked: AtomicBool::new(false),
             in_selftest: AtomicBool::new(false),
@@ -462,13 +477,22 @@ pub fn channels() -> Vec<&'static HpetChannel> {
     x86_64::instructions::interrupts::without_interrupts(|| CHANNELS.lock().clone())
 }
 
-/// The interrupt of any HPET channel.
+/// The interrupt of any HPET channel: counted where it lands (per CPU, a counter only that
+/// CPU writes), then handed to the self-test or the time layer.
 fn channel_interrupt(vector: u8) {
-    let Some(&ch) = BY_VECTOR[usize::from(vector)].get() else { return };
+    let Some(&ch) = BY_VECTOR[usize::from(vector)].get() else {
+        interrupts::spurious(format_args!("HPET vector {vector:#04x} without a comparator"));
+        return;
+    };
     if matches!(ch.delivery, Delivery::Ioapic { .. }) {
         // Level-triggered: ours only if our status bit is set; writing 1 releases the line.
         if ch.hpet.interrupt_status() & (1 << ch.index) == 0 {
-            ch.not_ours.fetch_add(1, Ordering::Relaxed);
+            ch.spurious.fetch_add(1, Ordering::Relaxed);
+            interrupts::not_ours(format_args!(
+                "HPET comparator {}'s line (GSI {}) without its status bit",
+                ch.index,
+                ch.delivery.gsi().unwrap_or(0)
+            ));
             if ch.not_ours_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= STORM_THRESHOLD {
                 ch.stop_storm();
             }
@@ -478,14 +502,19 @@ fn channel_interrupt(vector: u8) {
         ch.hpet.clear_interrupt(ch.index);
     }
     path_trace::stamp(Stage::Acked);
-    ch.irqs.fetch_add(1, Ordering::Relaxed);
     if ch.in_selftest.load(Ordering::Acquire) {
         ch.selftest_irqs.fetch_add(1, Ordering::Release);
         return;
     }
     match ch.device.load(Ordering::Acquire) {
-        0 => {}
-        d => super::cpu::device_interrupt(DeviceId(d - 1)),
+        0 => {
+            ch.spurious.fetch_add(1, Ordering::Relaxed);
+            interrupts::spurious(format_args!("HPET comparator {} serves nobody", ch.index));
+        }
+        d => {
+            ch.irqs_by_cpu.bump_on(percpu::this_cpu().index);
+            super::cpu::device_interrupt(DeviceId(d - 1))
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
             role: ComparatorRole::Unused,
             cpu: None,
             selftest_irqs: 0,
+            channel: None,
         })
         .collect();
     if options.clockevents == ClockeventsChoice::Lapic {
@@ -167,6 +168,9 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     }
     for &index in &failed {
         outcomes[index].role = ComparatorRole::Failed;
+    }
+    for (o, ch) in outcomes.iter_mut().zip(&channels) {
+        o.channel = *ch;
     }
     if let Some(victim) = options.hpet_storm {
         inject_storm(h, &outcomes, victim as usize);

@@ -138,7 +138,9 @@ impl EventDriver for LapicTimer {
 pub fn timer_interrupt(_vector: u8) {
     path_trace::stamp(Stage::Acked);
     match percpu::this_cpu().time.lapic_device.load(Ordering::Acquire) {
-        usize::MAX => {}
+        usize::MAX => {
+            interrupts::spurious(format_args!("a LAPIC timer interrupt with no LAPIC timer device here"))
+        }
         d => super::cpu::device_interrupt(DeviceId(d)),
     }
 }

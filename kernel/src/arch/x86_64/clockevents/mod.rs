@@ -74,6 +74,8 @@ pub struct ComparatorOutcome {
     pub role: ComparatorRole,
     pub cpu: Option<usize>,
     pub selftest_irqs: u64,
+    /// Its driver, once it had one (what its interrupts counted).
+    pub channel: Option<&'static hpet::HpetChannel>,
 }
 
 /// What the clockevents bring-up decided.

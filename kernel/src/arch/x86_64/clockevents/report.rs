@@ -26,12 +26,23 @@ pub struct TickDeviceInfo {
     pub stops_in_idle: bool,
     /// Deadlines it handed to the broadcast before deep idle.
     pub handovers: u64,
+    /// Device events that reached this CPU for a device that does not serve it.
+    pub misrouted: u64,
 }
 
 /// The calling CPU's tick.
 fn this_cpu_info() -> Option<TickDeviceInfo> {
-    let (cpu, service, mode, events, ticks, stops_in_idle, handovers) = with_tick(|t| {
-        (t.cpu(), t.service(), t.mode_name(), t.events(), t.ticks(), t.device_stops_in_idle(), t.handovers())
+    let (cpu, service, mode, events, ticks, stops_in_idle, handovers, misrouted) = with_tick(|t| {
+        (
+            t.cpu(),
+            t.service(),
+            t.mode_name(),
+            t.events(),
+            t.ticks(),
+            t.device_stops_in_idle(),
+            t.handovers(),
+            t.misrouted(),
+        )
     })?;
     let (device, via_broadcast) = match service {
         Service::None => (None, false),
@@ -48,6 +59,7 @@ fn this_cpu_info() -> Option<TickDeviceInfo> {
         via_broadcast,
         stops_in_idle,
         handovers,
+        misrouted,
     })
 }
 
@@ -138,6 +150,11 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
                 o.role
             });
             c.selftest_irqs = o.selftest_irqs;
+            if let Some(ch) = o.channel {
+                c.irqs_by_cpu =
+                    ch.irqs_by_cpu.nonzero().map(|(cpu, n)| (alloc::format!("{cpu}"), n)).collect();
+                c.spurious = ch.spurious.load(core::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
     report.clockevents_rule = setup.rule.clone();
@@ -148,6 +165,11 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
     }
     .into();
     let ticks = tick_devices();
+    for t in &ticks {
+        if let Some(c) = report.cpus.iter_mut().find(|c| c.index as usize == t.cpu) {
+            c.misrouted = t.misrouted;
+        }
+    }
     report.tick_devices = ticks
         .iter()
         .map(|t| TickDeviceReport {
@@ -183,6 +205,10 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
     }
     report.fallbacks.extend(runtime);
     if report.tick_devices.iter().any(|t| t.device.is_none()) {
+        report.verdict = Verdict::Failed;
+    }
+    for elsewhere in report.percpu_interrupts_elsewhere() {
+        log::error!("{elsewhere}");
         report.verdict = Verdict::Failed;
     }
 }

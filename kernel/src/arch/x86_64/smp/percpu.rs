@@ -32,6 +32,12 @@ pub struct PerCpu {
     pub tables: &'static CpuTables,
     /// Interrupts taken on this CPU, per vector.
     pub interrupts: [AtomicU64; 256],
+    /// Interrupts nothing claimed on this CPU (a vector without a handler, the LAPIC's
+    /// spurious vector, a device interrupt with nobody to serve): only this CPU writes it.
+    pub spurious: AtomicU64,
+    /// Level-triggered device interrupts whose status bit was clear (another device's, or a
+    /// storm): only this CPU writes it.
+    pub not_ours: AtomicU64,
     /// Nanoseconds from the BSP's start signal to this CPU reporting online (0 for the BSP).
     pub online_ns: AtomicU64,
     /// Calls posted to this CPU, run in order by its function-call interrupt. The lock is
@@ -62,6 +68,8 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         apic_id,
         tables,
         interrupts: [const { AtomicU64::new(0) }; 256],
+        spurious: AtomicU64::new(0),
+        not_ours: AtomicU64::new(0),
         online_ns: AtomicU64::new(0),
         mailbox: spin::Mutex::new(VecDeque::new()),
         time: CpuTime::new(),
@@ -109,4 +117,55 @@ pub fn cpu(index: usize) -> Option<&'static PerCpu> {
 /// All CPUs created so far, by index.
 pub fn all() -> impl Iterator<Item = &'static PerCpu> {
     (0..MAX_CPUS).map_while(cpu)
+}
+
+/// Adds one to a counter that only the calling CPU writes: a load and a store, no locked
+/// read-modify-write (others may read it at any time and see either value).
+pub fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// One counter per CPU, each written only by its own CPU ([`bump`]) and read by anyone: what a
+/// device's interrupt path counts where it lands without sharing a written cache line between
+/// CPUs. Aligned to a cache line so that it shares none with the fields around it.
+#[repr(align(64))]
+pub struct PerCpuCounter([AtomicU64; MAX_CPUS]);
+
+impl Default for PerCpuCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PerCpuCounter {
+    pub const fn new() -> PerCpuCounter {
+        PerCpuCounter([const { AtomicU64::new(0) }; MAX_CPUS])
+    }
+
+    /// Counts one on CPU `cpu`, which must be the calling CPU.
+    pub fn bump_on(&self, cpu: usize) {
+        if let Some(c) = self.0.get(cpu) {
+            bump(c);
+        }
+    }
+
+    pub fn get(&self, cpu: usize) -> u64 {
+        self.0.get(cpu).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// (CPU, count) for every CPU whose count is not zero, by CPU.
+    pub fn nonzero(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.0.iter().enumerate().map(|(i, c)| (i, c.load(Ordering::Relaxed))).filter(|&(_, n)| n > 0)
+    }
+
+    /// Sets every CPU's count to 0 (while nothing counts: e.g. before a self-test).
+    pub fn clear(&self) {
+        for c in &self.0 {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
 }
