@@ -12,7 +12,7 @@ use serde::Serialize;
 /// lost and early events); 3: idle and suspend (each CPU's `idle`, `broadcast_stats`,
 /// `suspend`); 4: clocksources (every source, the switches, the TSC's checks); 5: where
 /// interrupts landed (each CPU's `misrouted`, `spurious`, `not_ours`; each comparator's
-/// `irqs_by_cpu` and `spurious`).
+/// `irqs_by_cpu`, `spurious` and `selftest`).
 pub const SCHEMA_VERSION: u32 = 5;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -236,6 +236,21 @@ pub struct ComparatorReport {
     /// Interrupts on its vector that were not its events (a level line without its status
     /// bit, an event while it served nobody).
     pub spurious: u64,
+    /// Its last interrupt self-test; `null` when it was not tested (unused, no route).
+    pub selftest: Option<SelftestReport>,
+}
+
+/// What a comparator's interrupt self-test saw.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SelftestReport {
+    /// The CPU its interrupt was routed to.
+    pub cpu: u32,
+    /// Interrupts that arrived, by the CPU each landed on (decimal key); non-zero only.
+    pub irqs_by_cpu: BTreeMap<String, u64>,
+    /// From programming the first event to the last arrival (or to giving up), in us.
+    pub us: u64,
+    /// Every interrupt arrived, all on `cpu`.
+    pub passed: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -341,6 +356,12 @@ mod tests {
                     selftest_irqs: 5,
                     irqs_by_cpu: BTreeMap::from([("0".to_string(), 7)]),
                     spurious: 0,
+                    selftest: Some(SelftestReport {
+                        cpu: 0,
+                        irqs_by_cpu: BTreeMap::from([("0".to_string(), 5)]),
+                        us: 120,
+                        passed: true,
+                    }),
                 }],
             }),
             ioapics: vec![IoApicReport { id: 0, address: 0xfec0_0000, gsi_base: 0, pins: 24 }],

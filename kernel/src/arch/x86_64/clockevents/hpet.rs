@@ -15,7 +15,7 @@ use super::super::smp::percpu::{self, PerCpuCounter};
 use super::super::{interrupts, lapic, tsc};
 use crate::cmdline::ClockeventsChoice;
 use crate::time::clockevents::{DriverState, EventDriver, EventPassed};
-use crate::time::clocksource::MultShift;
+use crate::time::clocksource::{MultShift, now_ns};
 use crate::time::tick::DeviceId;
 use alloc::format;
 use alloc::string::String;
@@ -113,6 +113,43 @@ impl fmt::Display for Delivery {
             Delivery::Ioapic { gsi } => write!(f, "IOAPIC GSI {gsi}, level"),
             Delivery::Legacy { gsi } => write!(f, "legacy replacement route, GSI {gsi}, edge"),
         }
+    }
+}
+
+/// What a comparator's interrupt self-test saw.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SelftestOutcome {
+    /// The CPU its interrupt was routed to.
+    pub target: usize,
+    /// Interrupts that arrived (of [`SELFTEST_IRQS`]).
+    pub irqs: u64,
+    /// (CPU, interrupts that landed there), by CPU, non-zero only.
+    pub by_cpu: Vec<(usize, u64)>,
+    /// From the first event's programming to the last arrival (or to giving up), in ns of
+    /// the clocksource.
+    pub ns: u64,
+}
+
+impl SelftestOutcome {
+    /// Every interrupt arrived, and on the CPU it was routed to only.
+    pub fn passed(&self) -> bool {
+        self.irqs == SELFTEST_IRQS && self.by_cpu.iter().all(|&(cpu, _)| cpu == self.target)
+    }
+
+    /// Interrupts that landed on a CPU other than the target.
+    pub fn elsewhere(&self) -> u64 {
+        self.by_cpu.iter().filter(|&&(cpu, _)| cpu != self.target).map(|&(_, n)| n).sum()
+    }
+}
+
+impl fmt::Display for SelftestOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {SELFTEST_IRQS} interrupts", self.irqs)?;
+        if self.irqs > 0 {
+            let landed: Vec<String> = self.by_cpu.iter().map(|(c, n)| format!("{n} on CPU {c}")).collect();
+            write!(f, " ({})", landed.join(", "))?;
+        }
+        write!(f, " in {} us", self.ns / 1000)
     }
 }
 
@@ -225,8 +262,10 @@ pub struct HpetChannel {
     /// Its events taken in service, counted on the CPU each landed on (only that CPU writes
     /// its count).
     pub irqs_by_cpu: PerCpuCounter,
-    /// The self-test's count.
-    pub selftest_irqs: AtomicU64,
+    /// The self-test's count, where each landed, and when the last one did (clocksource ns).
+    selftest_irqs: AtomicU64,
+    selftest_by_cpu: PerCpuCounter,
+    selftest_last_ns: AtomicU64,
     /// Interrupts on its vector that were not its events: a level line without its status bit
     /// (also counted per CPU as not ours), or an event while it served nobody (also counted
     /// per CPU as spurious).
@@ -300,6 +339,8 @@ impl HpetChannel {
             base_config: config,
             irqs_by_cpu: PerCpuCounter::new(),
             selftest_irqs: AtomicU64::new(0),
+            selftest_by_cpu: PerCpuCounter::new(),
+            selftest_last_ns: AtomicU64::new(0),
             spurious: AtomicU64::new(0),
             not_ours_in_a_row: AtomicU64::new(0),
             storm_masked: AtomicBool::new(false),
@@ -378,14 +419,17 @@ impl HpetChannel {
         self.device.store(device.0 + 1, Ordering::Release);
     }
 
-    /// Fires [`SELFTEST_IRQS`] one-shot events and waits for each on the main counter; `Ok`
-    /// with the count when all arrived, else `Err` with how many did.
-    pub fn selftest(&self) -> Result<u64, u64> {
-        self.in_selftest.store(true, Ordering::Release);
+    /// Fires [`SELFTEST_IRQS`] one-shot events, one after the other, waiting for each on the
+    /// main counter (at most [`SELFTEST_WAIT_NS`] of HPET time), and records what arrived, on
+    /// which CPU, and how long the whole test took. It passes when every event arrived, all on
+    /// `target`, the CPU the comparator is routed to.
+    pub fn selftest(&self, target: usize) -> SelftestOutcome {
+        self.selftest_by_cpu.clear();
         self.selftest_irqs.store(0, Ordering::Relaxed);
+        self.in_selftest.store(true, Ordering::Release);
         self.switch_state(DriverState::Oneshot);
         let wait_ticks = SELFTEST_WAIT_NS * self.hpet.frequency_hz() / 1_000_000_000 + SELFTEST_DELTA_TICKS;
-        let mut result = Ok(SELFTEST_IRQS);
+        let started = now_ns();
         for expected in 1..=SELFTEST_IRQS {
             // A comparator passed while written (a vCPU descheduled in between) would fire only
             // after a counter wrap: write it again, further ahead, rather than fail a good one.
@@ -394,20 +438,28 @@ impl HpetChannel {
                 delta *= 2;
             }
             let start = self.hpet.counter();
+            let mut arrived = true;
             while self.selftest_irqs.load(Ordering::Acquire) < expected {
                 if self.hpet.counter().wrapping_sub(start) > wait_ticks {
-                    result = Err(expected - 1);
+                    arrived = false;
                     break;
                 }
                 core::hint::spin_loop();
             }
-            if result.is_err() {
+            if !arrived {
                 break;
             }
         }
         self.switch_state(DriverState::Shutdown);
         self.in_selftest.store(false, Ordering::Release);
-        result
+        let irqs = self.selftest_irqs.load(Ordering::Acquire);
+        let last = self.selftest_last_ns.load(Ordering::Relaxed);
+        SelftestOutcome {
+            target,
+            irqs,
+            by_cpu: self.selftest_by_cpu.nonzero().collect(),
+            ns: if irqs > 0 { last.saturating_sub(started) } else { now_ns().saturating_sub(started) },
+        }
     }
 
     fn write_config(&self, extra: ComparatorConfig) {
@@ -503,6 +555,9 @@ fn channel_interrupt(vector: u8) {
     }
     path_trace::stamp(Stage::Acked);
     if ch.in_selftest.load(Ordering::Acquire) {
+        // Where and when first: the waiting CPU reads them once it sees the count.
+        ch.selftest_by_cpu.bump_on(percpu::this_cpu().index);
+        ch.selftest_last_ns.store(now_ns(), Ordering::Relaxed);
         ch.selftest_irqs.fetch_add(1, Ordering::Release);
         return;
     }
@@ -597,6 +652,23 @@ mod tests {
         let r = CounterReference { counter: 1_000, tsc: 10_000 };
         assert_eq!(r.estimate(260_001, tsc_to_ticks, 250_000), None, "older than fresh");
         assert_eq!(r.estimate(9_999, tsc_to_ticks, 250_000), None, "a TSC behind the reference");
+    }
+
+    #[test]
+    fn selftest_passes_only_with_every_interrupt_on_its_target() {
+        let on = |by_cpu: Vec<(usize, u64)>| SelftestOutcome {
+            target: 1,
+            irqs: by_cpu.iter().map(|&(_, n)| n).sum(),
+            by_cpu,
+            ns: 1_000,
+        };
+        assert!(on(vec![(1, 5)]).passed());
+        assert!(!on(vec![(1, 4)]).passed(), "one missing");
+        let misrouted = on(vec![(0, 2), (1, 3)]);
+        assert!(!misrouted.passed(), "all arrived, but two on CPU 0");
+        assert_eq!(misrouted.elsewhere(), 2);
+        assert_eq!(misrouted.to_string(), "5 of 5 interrupts (2 on CPU 0, 3 on CPU 1) in 1 us");
+        assert_eq!(on(vec![]).to_string(), "0 of 5 interrupts in 1 us");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
             delivery: None,
             role: ComparatorRole::Unused,
             cpu: None,
-            selftest_irqs: 0,
+            selftest: None,
             channel: None,
         })
         .collect();
@@ -106,22 +106,22 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                     }
                 },
             };
-            match channel.selftest() {
-                Ok(n) => {
-                    log::info!("HPET comparator {index}: self-test on CPU {target}: {n} interrupts, passed");
-                    outcomes[index].selftest_irqs = n;
-                }
-                Err(n) => {
-                    outcomes[index].selftest_irqs = n;
-                    platform.fall_back(format!(
-                        "HPET comparator {index} failed its interrupt self-test on CPU {target} ({n} of {} interrupts within {} ms of HPET time each): taken out",
-                        hpet::SELFTEST_IRQS,
-                        hpet::SELFTEST_WAIT_NS / 1_000_000
-                    ));
-                    failed.push(index);
-                    new_failure = true;
-                }
+            let outcome = channel.selftest(target);
+            if outcome.passed() {
+                log::info!("HPET comparator {index}: self-test on CPU {target}: {outcome}, passed");
+            } else {
+                let why = if outcome.irqs < hpet::SELFTEST_IRQS {
+                    format!("within {} ms of HPET time each", hpet::SELFTEST_WAIT_NS / 1_000_000)
+                } else {
+                    format!("{} landed on another CPU", outcome.elsewhere())
+                };
+                platform.fall_back(format!(
+                    "HPET comparator {index} failed its interrupt self-test on CPU {target} ({outcome}; {why}): taken out"
+                ));
+                failed.push(index);
+                new_failure = true;
             }
+            outcomes[index].selftest = Some(outcome);
         }
         if !new_failure {
             break (usable, plan);

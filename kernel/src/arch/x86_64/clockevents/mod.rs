@@ -73,7 +73,8 @@ pub struct ComparatorOutcome {
     pub delivery: Option<Delivery>,
     pub role: ComparatorRole,
     pub cpu: Option<usize>,
-    pub selftest_irqs: u64,
+    /// Its last interrupt self-test (`None`: not tested).
+    pub selftest: Option<hpet::SelftestOutcome>,
     /// Its driver, once it had one (what its interrupts counted).
     pub channel: Option<&'static hpet::HpetChannel>,
 }

@@ -149,7 +149,13 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
             } else {
                 o.role
             });
-            c.selftest_irqs = o.selftest_irqs;
+            c.selftest_irqs = o.selftest.as_ref().map_or(0, |t| t.irqs);
+            c.selftest = o.selftest.as_ref().map(|t| crate::time::report::SelftestReport {
+                cpu: t.target as u32,
+                irqs_by_cpu: t.by_cpu.iter().map(|(cpu, n)| (alloc::format!("{cpu}"), *n)).collect(),
+                us: t.ns / 1000,
+                passed: t.passed(),
+            });
             if let Some(ch) = o.channel {
                 c.irqs_by_cpu =
                     ch.irqs_by_cpu.nonzero().map(|(cpu, n)| (alloc::format!("{cpu}"), n)).collect();
