@@ -157,8 +157,14 @@ fn parse_variants(spec: &str) -> Result<Vec<Variant>, String> {
             line.split_once(':').ok_or_else(|| format!("variant line without 'name:': {line}"))?;
         let base = RunOptions { timeout: std::time::Duration::from_secs(90), ..RunOptions::default() };
         let words = split_words(rest).map_err(|e| e.to_string())?;
-        let options = base.parse(&words).map_err(|e| format!("variant {name}: {e}"))?;
-        variants.push(Variant { name: name.trim().to_string(), options });
+        let name = name.trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(format!("variant name '{name}': use a-z, 0-9 and _"));
+        }
+        let mut options = base.parse(&words).map_err(|e| format!("variant {name}: {e}"))?;
+        options.variant = Some(name.to_string());
+        variants.push(Variant { name: name.to_string(), options });
     }
     if variants.is_empty() {
         return Err("the test declares no variant".into());
@@ -279,6 +285,7 @@ mod tests {
         assert_eq!(v[0].options.smp, 2);
         assert_eq!(v[1].name, "uefi");
         assert_eq!(v[1].options.expect, Expect::Failure);
+        assert_eq!(v[1].options.variant.as_deref(), Some("uefi"), "the kernel is told its variant");
     }
 
     #[test]
@@ -286,6 +293,7 @@ mod tests {
         assert!(parse_variants("").is_err());
         assert!(parse_variants("no colon here").is_err());
         assert!(parse_variants("a: --smp").is_err());
+        assert!(parse_variants("Bad-Name: --smp 2").is_err(), "names are a-z, 0-9 and _");
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub struct RunOptions {
     /// Checks on the TIMER-REPORT line (`POINTER=VALUE`, `POINTER#=LENGTH`, `POINTER>=N`,
     /// `POINTER<=N`), see report.rs.
     pub expect_report: Vec<String>,
+    /// The test variant being booted (set by the test runner, not an option): handed to the
+    /// kernel as the fw_cfg file `opt/timerkernel/variant`.
+    pub variant: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -67,6 +70,7 @@ impl Default for RunOptions {
             expect: Expect::Success,
             expect_log: Vec::new(),
             expect_report: Vec::new(),
+            variant: None,
         }
     }
 }

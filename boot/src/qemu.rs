@@ -134,6 +134,10 @@ pub fn arguments(
     push(&["-drive", &drive]);
     let fw_cfg = format!("name=opt/timerkernel/cmdline,file={}", cmdline_file.display());
     push(&["-fw_cfg", &fw_cfg]);
+    if let Some(name) = &opts.variant {
+        // fw_cfg takes a file or a string; a variant name has no comma (it is `[a-z0-9_]+`).
+        push(&["-fw_cfg", &format!("name=opt/timerkernel/variant,string={name}")]);
+    }
     if let Some(table) = hpet_table_file {
         push(&["-acpitable", &format!("file={}", table.display())]);
     }
@@ -280,6 +284,20 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), table.bytes());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no partial file is left behind");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn test_variant_name_reaches_the_kernel_by_fw_cfg() {
+        let mut o = RunOptions::default();
+        assert!(
+            !arguments(&o, Path::new("k.img"), Path::new("c"), None)
+                .unwrap()
+                .iter()
+                .any(|a| a.contains("variant"))
+        );
+        o.variant = Some("smp4_partial".into());
+        let a = arguments(&o, Path::new("k.img"), Path::new("c"), None).unwrap();
+        assert!(has_pair(&a, "-fw_cfg", "name=opt/timerkernel/variant,string=smp4_partial"));
     }
 
     #[test]

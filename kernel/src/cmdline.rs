@@ -30,6 +30,10 @@ pub struct KernelOptions {
     /// `hpet_storm=N`: fault injection, an unused comparator raises comparator N's level line
     /// and is never cleared: an interrupt storm the comparator did not raise (default none).
     pub hpet_storm: Option<u32>,
+    /// `hpet_misroute=N`: fault injection, once comparator N passed its self-test and serves,
+    /// its interrupt is sent to the next CPU instead of its own (a wrong IOAPIC or FSB
+    /// destination), which the counts where interrupts land must catch (default none).
+    pub hpet_misroute: Option<u32>,
     /// `hpet_counter=read|estimate`: program a comparator from the main counter read first
     /// (three accesses, as Linux; the default: the estimate's 16-tick lean makes every event
     /// 160 ns later under emulation) or derived from the TSC (one write and a verifying read).
@@ -147,6 +151,7 @@ impl Default for KernelOptions {
             duration_ms: 1000,
             hpet_irq_masked: None,
             hpet_storm: None,
+            hpet_misroute: None,
             hpet_counter_read: true,
             bench: false,
             bench_cpu: 0,
@@ -286,6 +291,11 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 0..=31));
                 options.hpet_storm = n.or(options.hpet_storm);
             }
+            "hpet_misroute" => {
+                let n = take("hpet_misroute", "a comparator number from 0 to 31")
+                    .parse(&mut problems, |v| in_range(v, 0..=31));
+                options.hpet_misroute = n.or(options.hpet_misroute);
+            }
             "hpet_counter" => {
                 let read = take("hpet_counter", "estimate or read").parse(&mut problems, |v| match v {
                     "estimate" => Some(false),
@@ -389,6 +399,7 @@ mod tests {
         assert!(o.no_apic_timer && o.periodic_tick);
         assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
         assert_eq!(parse("hpet_storm=0").0.hpet_storm, Some(0));
+        assert_eq!(parse("hpet_misroute=1").0.hpet_misroute, Some(1));
         assert!(
             parse("hpet_counter=read").0.hpet_counter_read
                 && !parse("hpet_counter=estimate").0.hpet_counter_read

@@ -6,7 +6,14 @@
 //! panic handler exits with failure. The macro also writes the test's QEMU variants into the
 //! ELF section `.kernel_test`, where the runner (`boot`) reads them: one `name: options` per
 //! line, options as for `scripts/run` plus `--expect` and `--expect-log`.
+//!
+//! A test that applies to some variants only names them: `test => "smp2 msi"` runs on those
+//! variants and no other (the runner tells the kernel which variant it booted, by fw_cfg).
+//! That is how a check that does not apply to a configuration is expressed: by not listing it,
+//! never by returning early. A name that is not a declared variant stops the kernel.
 #![no_std]
+
+extern crate alloc;
 
 pub use bootloader_api;
 pub use kernel;
@@ -31,23 +38,66 @@ pub fn wait_for(done: impl Fn() -> bool) -> bool {
 /// A test function gets what the bring-up found.
 pub type TestFn = fn(&kernel::Kernel);
 
-/// Runs `tests` in order, then exits QEMU with success.
-pub fn run(k: &kernel::Kernel, tests: &[(&str, TestFn)]) -> ! {
-    log::info!("running {} test(s)", tests.len());
-    for (name, test) in tests {
-        log::info!("test {name} ...");
-        test(k);
-        log::info!("test {name} ... ok");
+/// One test of a test kernel: its name, its function, and the variants it runs on (`None`:
+/// every variant).
+pub struct Test {
+    pub name: &'static str,
+    pub run: TestFn,
+    pub only: Option<&'static str>,
+}
+
+/// The variant names a test kernel declares (the `name:` of each line of its variants).
+pub fn declared_variants(spec: &[u8]) -> alloc::vec::Vec<&str> {
+    core::str::from_utf8(spec)
+        .unwrap_or("")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim()))
+        .collect()
+}
+
+/// Runs `tests` in order (those listed for other variants than the one booted are left out,
+/// and logged), then exits QEMU with success and the TIMER-REPORT.
+pub fn run(k: &kernel::Kernel, variants: &[u8], tests: &[Test]) -> ! {
+    let declared = declared_variants(variants);
+    for t in tests {
+        for name in t.only.unwrap_or("").split_whitespace() {
+            assert!(declared.contains(&name), "test {} lists {name}, which is not a variant", t.name);
+        }
     }
-    log::info!("test result: ok. {} passed; 0 failed", tests.len());
+    let variant = kernel::arch::x86_64::fw_cfg::test_variant();
+    let applies = |t: &Test| match (t.only, variant.as_deref()) {
+        (None, _) => true,
+        (Some(only), Some(v)) => only.split_whitespace().any(|n| n == v),
+        // Booted by hand, without a variant: only the tests that apply everywhere.
+        (Some(_), None) => false,
+    };
+    let selected: alloc::vec::Vec<&Test> = tests.iter().filter(|t| applies(t)).collect();
+    log::info!(
+        "running {} of {} test(s) on variant {}",
+        selected.len(),
+        tests.len(),
+        variant.as_deref().unwrap_or("(none given)")
+    );
+    for t in tests.iter().filter(|t| !applies(t)) {
+        log::info!("test {} not listed for this variant", t.name);
+    }
+    for t in &selected {
+        log::info!("test {} ...", t.name);
+        (t.run)(k);
+        log::info!("test {} ... ok", t.name);
+    }
+    log::info!("test result: ok. {} passed; 0 failed", selected.len());
     // Variants may check the report (`--expect-report`), as for the main run.
     kernel::exit_with_report(kernel::ExitCode::Success, &kernel::report(k))
 }
 
-/// Declares a QEMU test kernel: `qemu_test!(variants: b"name: options\n...", tests: [f, g]);`
+/// Declares a QEMU test kernel:
+/// `qemu_test!(variants: b"name: options\n...", tests: [f, g => "name1 name2"]);`
 #[macro_export]
 macro_rules! qemu_test {
-    (variants: $variants:literal, tests: [$($test:path),* $(,)?] $(,)?) => {
+    (variants: $variants:literal, tests: [$($test:path $(=> $only:literal)?),* $(,)?] $(,)?) => {
         #[unsafe(link_section = ".kernel_test")]
         #[used]
         static KERNEL_TEST_VARIANTS: [u8; $variants.len()] = *$variants;
@@ -56,9 +106,51 @@ macro_rules! qemu_test {
 
         fn test_kernel_main(boot_info: &'static mut $crate::bootloader_api::BootInfo) -> ! {
             // Refer to the variants so the linker keeps their section.
-            core::hint::black_box(&KERNEL_TEST_VARIANTS);
+            let variants = core::hint::black_box(&KERNEL_TEST_VARIANTS);
             let k = $crate::kernel::init(boot_info);
-            $crate::run(&k, &[$((stringify!($test), $test as $crate::TestFn)),*])
+            $crate::run(
+                &k,
+                variants,
+                &[$($crate::Test {
+                    name: stringify!($test),
+                    run: $test as $crate::TestFn,
+                    only: $crate::qemu_test!(@only $($only)?),
+                }),*],
+            )
         }
     };
+    (@only) => { None };
+    (@only $only:literal) => { Some($only) };
+}
+
+/// No clock event interrupt reached a CPU whose tick its device does not serve, and every HPET
+/// comparator in service took its events on the CPU it is routed to and no other (a per-CPU
+/// comparator on its CPU, the global one on the CPU it interrupts), whatever the delivery
+/// (IOAPIC, FSB, legacy). Returns the comparators' events it checked (call it after the
+/// workload, and insist on some where comparators serve).
+pub fn assert_interrupts_land_where_routed(k: &kernel::Kernel) -> u64 {
+    use kernel::arch::x86_64::clockevents::{self, ComparatorRole};
+    for t in clockevents::tick_devices() {
+        assert_eq!(
+            t.misrouted, 0,
+            "CPU {} took {} events of devices that do not serve it",
+            t.cpu, t.misrouted
+        );
+    }
+    let mut checked = 0;
+    for c in &k.clockevents.comparators {
+        let (Some(ch), Some(cpu)) = (c.channel, c.cpu) else { continue };
+        if !matches!(c.role, ComparatorRole::PerCpu | ComparatorRole::Global) {
+            continue;
+        }
+        for (landed, n) in ch.irqs_by_cpu.nonzero() {
+            assert_eq!(
+                landed, cpu,
+                "HPET comparator {} ({:?}, {}) is routed to CPU {cpu}, but {n} of its events landed on CPU {landed}",
+                c.index, c.role, ch.delivery
+            );
+            checked += n;
+        }
+    }
+    checked
 }

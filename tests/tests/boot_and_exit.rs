@@ -7,10 +7,10 @@ use kernel_tests::kernel::Kernel;
 kernel_tests::qemu_test!(
     variants: b"
         bios: --expect-log 'calibrated against the PIT'
-        uefi: --uefi
-        smp4: --smp 4
-        hpet_off: -- -machine q35,hpet=off
-        pc: -- -machine pc,hpet=on
+        uefi: --uefi --expect-log 'BdsDxe: starting Boot'
+        smp4: --smp 4 --expect-report /cpus_online=4
+        hpet_off: --expect-report /hpet=null -- -machine q35,hpet=off
+        pc: --expect-report /hpet/comparators/0/delivery=legacy -- -machine pc,hpet=on
     ",
     tests: [log_has_a_clock, heap_is_up],
 );

@@ -17,19 +17,33 @@ use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(
     variants: b"
-        smp1: --smp 1 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /hpet/comparators/0/role=percpu --expect-report /hpet/comparators/0/selftest_irqs=5 --expect-report /verdict=ok
-        smp2: --smp 2 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /tick_devices/1/device=hpet1 --expect-report /hpet/comparators/1/cpu=1 --expect-report /hpet/comparators/1/delivery=ioapic --expect-report /broadcast=null
+        smp1: --smp 1 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /hpet/comparators/0/role=percpu --expect-report /hpet/comparators/0/selftest_irqs=5 --expect-report /hpet/comparators/0/selftest/passed=true --expect-report /verdict=ok
+        smp2: --smp 2 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /tick_devices/1/device=hpet1 --expect-report /hpet/comparators/1/cpu=1 --expect-report /hpet/comparators/1/delivery=ioapic --expect-report /hpet/comparators/1/selftest/irqs_by_cpu/1=5 --expect-report /broadcast=null
         smp4_partial: --smp 4 --cmdline duration_ms=200 --expect-report /hpet/comparators/2/role=global --expect-report /broadcast=hpet2 --expect-report /tick_devices/1/device=hpet1 --expect-report /tick_devices/3/device=lapic3 --expect-report /tick_devices#=4
         smp4_broadcast: --smp 4 --cmdline 'duration_ms=200 noapictimer' --expect-report /tick_devices/2/device=hpet2 --expect-report /tick_devices/2/via_broadcast=true --expect-report /tick_devices/3/via_broadcast=true --expect-report /tick_devices/0/via_broadcast=false
         smp4_timers8: --smp 4 --cmdline duration_ms=200 --expect-report /tick_devices/3/device=hpet3 --expect-report /broadcast=null -- -global hpet.timers=8
+        smp8_timers8: --smp 8 --cmdline duration_ms=200 --expect-report /tick_devices/7/device=hpet7 --expect-report /hpet/comparators/7/delivery=ioapic --expect-report /hpet/comparators/7/gsi=23 --expect-report /broadcast=null --expect-report /verdict=ok -- -global hpet.timers=8
         hpet_off: --smp 2 --cmdline duration_ms=200 --expect-report /hpet=null --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off
         pc_legacy: --smp 2 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=legacy --expect-report /hpet/comparators/1/delivery=legacy --expect-report /hpet/comparators/1/gsi=8 --expect-report /tick_devices/1/device=hpet1 -- -machine pc,hpet=on
+        pc_smp1: --smp 1 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=legacy --expect-report /tick_devices/0/device=hpet0 --expect-report /verdict=ok -- -machine pc,hpet=on
+        pc_smp4: --smp 4 --cmdline 'duration_ms=200 noapictimer' --expect-report /hpet/comparators/1/delivery=legacy --expect-report /hpet/comparators/1/role=global --expect-report /tick_devices/3/via_broadcast=true -- -machine pc,hpet=on
+        pc_smp8: --smp 8 --cmdline duration_ms=200 --expect-report /hpet/comparators/1/role=global --expect-report /broadcast=hpet1 --expect-report /tick_devices/7/device=lapic7 -- -machine pc,hpet=on
         msi: --smp 2 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=fsb --expect-report /tick_devices/1/device=hpet1 -- -global hpet.msi=on
+        msi_smp1: --smp 1 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=fsb --expect-report /tick_devices/0/device=hpet0 --expect-report /verdict=ok -- -global hpet.msi=on
+        msi_smp4: --smp 4 --cmdline duration_ms=200 --expect-report /hpet/comparators/3/delivery=fsb --expect-report /tick_devices/3/device=hpet3 -- -global hpet.msi=on -global hpet.timers=4
+        msi_smp8: --smp 8 --cmdline duration_ms=200 --expect-report /hpet/comparators/7/delivery=fsb --expect-report /tick_devices/7/device=hpet7 --expect-report /verdict=ok -- -global hpet.msi=on -global hpet.timers=8
         forced_global: --smp 2 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /hpet/comparators/1/role=unused --expect-report /tick_devices/0/via_broadcast=true --expect-report /tick_devices/1/via_broadcast=true
+        global_smp1: --smp 1 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /tick_devices/0/via_broadcast=true
+        global_smp4: --smp 4 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /tick_devices/3/via_broadcast=true --expect-report /broadcast=hpet0
+        global_smp8: --smp 8 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /tick_devices/7/via_broadcast=true --expect-report /broadcast=hpet0
         forced_percpu: --smp 4 --cmdline 'duration_ms=200 clockevents=percpu' --expect-report /hpet/comparators/2/role=percpu --expect-report /broadcast=null --expect-report /tick_devices/3/device=lapic3
         forced_lapic: --smp 2 --cmdline 'duration_ms=200 clockevents=lapic' --expect-report /hpet/comparators/0/role=unused --expect-report /tick_devices/0/device=lapic0
         periodic: --smp 2 --cmdline 'duration_ms=200 tick=periodic hz=1000' --expect-report /tick_mode=periodic --expect-report /tick_devices/1/mode=periodic
-        selftest_fails: --smp 2 --cmdline 'duration_ms=200 hpet_irq_masked=1' --expect-report /hpet/comparators/1/role=failed --expect-report /tick_devices/1/device=hpet2 --expect-report /verdict=degraded --expect-log 'HPET comparator 1 failed its interrupt self-test'
+        selftest_fails: --smp 2 --cmdline 'duration_ms=200 hpet_irq_masked=1' --expect-report /hpet/comparators/1/role=failed --expect-report /hpet/comparators/1/selftest/passed=false --expect-report /tick_devices/1/device=hpet2 --expect-report /verdict=degraded --expect-log 'HPET comparator 1 failed its interrupt self-test'
+        selftest_fails_retarget: --smp 2 --cmdline 'duration_ms=200 hpet_irq_masked=0' --expect-report /hpet/comparators/0/role=failed --expect-report /hpet/comparators/1/cpu=0 --expect-report /hpet/comparators/1/selftest/irqs_by_cpu/0=5 --expect-report /tick_devices/0/device=hpet1 --expect-report /tick_devices/1/device=hpet2 --expect-report /verdict=degraded
+        misrouted: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=1' --expect-report /hpet/comparators/1/role=percpu --expect-report /verdict=failed --expect-log 'hpet_misroute=1: comparator 1 serves CPU 1 but its interrupt now goes to CPU 0'
+        misrouted_msi: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=0' --expect-report /hpet/comparators/0/delivery=fsb --expect-report /verdict=failed -- -global hpet.msi=on
+        misrouted_legacy: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=1' --expect-report /hpet/comparators/1/delivery=legacy --expect-report /verdict=failed -- -machine pc,hpet=on
         storm: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect-report /verdict=degraded --expect-log 'interrupt storm on GSI 16'
         icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 -- -icount shift=0,sleep=off
         icount_hpet_off: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off -icount shift=0,sleep=off
@@ -43,8 +57,10 @@ kernel_tests::qemu_test!(
         cancelled_timer_never_runs,
         past_deadline_fires_and_is_not_lost,
         timers_run_on_the_cpu_that_armed_them,
-        thirty_two_bit_comparators_fire_across_the_counter_wrap,
+        thirty_two_bit_comparators_fire_across_the_counter_wrap => "smp1 smp2 smp4_partial smp4_broadcast smp4_timers8 smp8_timers8 pc_legacy pc_smp1 pc_smp4 pc_smp8 msi msi_smp1 msi_smp4 msi_smp8 forced_global global_smp1 global_smp4 global_smp8 forced_percpu selftest_fails icount icount_pc_legacy icount_msi_global icount_broadcast",
         workload_fires_every_timer_once_never_early,
+        interrupts_land_on_the_cpu_they_are_routed_to => "smp1 smp2 smp4_partial smp4_broadcast smp4_timers8 smp8_timers8 pc_legacy pc_smp1 pc_smp4 pc_smp8 msi msi_smp1 msi_smp4 msi_smp8 forced_global global_smp1 global_smp4 global_smp8 forced_percpu selftest_fails icount icount_pc_legacy icount_msi_global icount_broadcast smp4_partial periodic selftest_fails_retarget",
+        a_wrong_destination_is_counted_and_fails_the_verdict => "misrouted misrouted_msi misrouted_legacy",
     ],
 );
 
@@ -144,11 +160,21 @@ fn across_wrap(e: &TimerEvent) {
 /// The comparators run in 32-bit mode: with the main counter 0.5 ms before its low 32 bits
 /// wrap, timers on both sides of the wrap must fire (a comparator compared as a plain
 /// number would not fire until the next wrap, 43 s later).
+/// Listed for the variants whose boot CPU ticks on an HPET comparator (its own or the global
+/// one) in one-shot mode.
 fn thirty_two_bit_comparators_fire_across_the_counter_wrap(k: &Kernel) {
-    let Some(hpet) = k.platform.hpet else { return };
+    let hpet = k.platform.hpet.expect("an HPET");
+    let cpu0 = &clockevents::tick_devices()[0];
+    let device = cpu0.device.as_deref().unwrap_or("none");
+    assert!(device.starts_with("hpet") && cpu0.mode == "oneshot", "CPU 0 ticks on {device} ({})", cpu0.mode);
     let near_wrap = (1u64 << 32) - hpet.frequency_hz() / 2_000;
-    // Nothing is armed now (the earlier tests waited for their timers), so the jump skips
-    // no comparator.
+    // The clockevents layer is idle: no timer pending on any CPU (the earlier tests waited for
+    // theirs), so the jump skips no comparator.
+    for cpu in percpu::all() {
+        let pending =
+            smp::call_on(cpu.index, || clockevents::with_tick(|t| t.pending()).unwrap_or(0)).unwrap();
+        assert_eq!(pending, 0, "CPU {} has timers pending: the counter jump would skip them", cpu.index);
+    }
     hpet.stop();
     hpet.set_counter(near_wrap);
     hpet.start();
@@ -161,4 +187,28 @@ fn thirty_two_bit_comparators_fire_across_the_counter_wrap(k: &Kernel) {
         ACROSS_WRAP.load(Ordering::Relaxed)
     );
     assert!(hpet.counter() > near_wrap, "the counter did not run across the wrap");
+}
+
+/// After the workload: every clock event interrupt landed on a CPU its device serves, and each
+/// comparator's on the CPU it is routed to only (IOAPIC, FSB or legacy delivery).
+fn interrupts_land_on_the_cpu_they_are_routed_to(k: &Kernel) {
+    let checked = kernel_tests::assert_interrupts_land_where_routed(k);
+    assert!(checked > 0, "no comparator event was counted: the check checked nothing");
+}
+
+/// `hpet_misroute=N`: comparator N serves one CPU but its interrupt goes to another. The timers
+/// still fire (the layer wakes the owner by IPI), but the counts show where the interrupts
+/// landed and the verdict fails.
+fn a_wrong_destination_is_counted_and_fails_the_verdict(k: &Kernel) {
+    let n = k.options.hpet_misroute.expect("hpet_misroute=N") as usize;
+    let c = &k.clockevents.comparators[n];
+    let own = c.cpu.expect("the comparator serves a CPU");
+    let ch = c.channel.expect("it has a driver");
+    let elsewhere: u64 = ch.irqs_by_cpu.nonzero().filter(|&(cpu, _)| cpu != own).map(|(_, n)| n).sum();
+    assert!(elsewhere > 0, "no interrupt of comparator {n} landed off CPU {own}");
+    assert_eq!(ch.irqs_by_cpu.get(own), 0, "comparator {n}'s interrupts still reach CPU {own}");
+    let misrouted: u64 = clockevents::tick_devices().iter().map(|t| t.misrouted).sum();
+    assert!(misrouted >= elsewhere, "{elsewhere} landed elsewhere, {misrouted} counted misrouted");
+    let report = kernel_tests::kernel::report(k);
+    assert_eq!(report.verdict, kernel_tests::kernel::time::report::Verdict::Failed);
 }

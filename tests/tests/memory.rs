@@ -15,7 +15,7 @@ use kernel_tests::kernel::arch::x86_64::{memory, mmio};
 kernel_tests::qemu_test!(
     variants: b"
         bios:
-        uefi: --uefi
+        uefi: --uefi --expect-log 'BdsDxe: starting Boot'
     ",
     tests: [
         heap_allocates_and_reuses,

@@ -6,11 +6,14 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_tests::kernel::Kernel;
+use kernel_tests::kernel::arch::x86_64::clockevents::{self, ComparatorRole};
 use kernel_tests::kernel::arch::x86_64::hpet::{ComparatorConfig, Hpet};
 use kernel_tests::kernel::arch::x86_64::ioapic::{
     DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger,
 };
+use kernel_tests::kernel::arch::x86_64::smp::percpu;
 use kernel_tests::kernel::arch::x86_64::{interrupts, lapic, tsc};
+use kernel_tests::kernel::time::clockevents::State;
 use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::wait_for;
 
@@ -21,20 +24,51 @@ kernel_tests::qemu_test!(
         timers32: --expect-report /hpet/comparators#=32 -- -global hpet.timers=32
         uefi: --uefi --expect-report /hpet/comparators#=3 --expect-report /ioapics#=1
         hpet_off: --expect-report /hpet=null --expect-report /lapic/calibrated_against=acpi_pm -- -machine q35,hpet=off
-        pc: --expect-report /hpet/comparators/0/route_cap=4 -- -machine pc,hpet=on
-        msi: --expect-report /hpet/comparators/0/fsb=true --expect-log 'by FSB message' -- -global hpet.msi=on
+        pc: --expect-report /hpet/comparators/0/route_cap=4 --expect-report /hpet/comparators/0/delivery=legacy -- -machine pc,hpet=on
+        msi: --expect-report /hpet/comparators/0/fsb=true --expect-report /hpet/comparators/0/delivery=fsb -- -global hpet.msi=on
+        hpet_free: --cmdline clockevents=lapic --expect-report /hpet/comparators/0/role=unused --expect-report /tick_devices/0/device=lapic0
+        hpet_free_msi: --cmdline clockevents=lapic --expect-report /hpet/comparators/2/fsb=true --expect-log 'by FSB message' -- -global hpet.msi=on
     ",
     tests: [
-        hpet_interrupt_arrives_through_the_ioapic,
-        lapic_timer_interrupt_arrives,
-        hpet_stops_resets_and_restarts,
+        hpet_interrupt_arrives_through_the_ioapic => "timers3 timers8 timers32 uefi msi hpet_free hpet_free_msi",
+        lapic_timer_interrupt_arrives => "timers3 timers8 timers32 uefi pc msi",
+        hpet_stops_resets_and_restarts => "hpet_free hpet_free_msi",
         unhandled_vector_is_counted_as_spurious,
-        hpet_fsb_interrupt_arrives_when_offered,
-        lapic_periodic_timer_repeats,
+        hpet_fsb_interrupt_arrives_when_offered => "msi hpet_free_msi",
+        lapic_periodic_timer_repeats => "timers3 timers8 timers32 uefi pc msi",
         ioapic_refuses_bad_and_double_claims,
         clocksource_is_monotonic_and_advances,
+        timer_interrupts_land_where_routed,
     ],
 );
+
+/// A comparator the clockevents layer does not own: not in service and never set up by it
+/// (no channel), so a test may program it.
+fn free_comparator(k: &Kernel, usable: impl Fn(usize) -> bool) -> usize {
+    k.clockevents
+        .comparators
+        .iter()
+        .rev()
+        .find(|c| c.role == ComparatorRole::Unused && c.channel.is_none() && usable(c.index))
+        .map(|c| c.index)
+        .expect("a comparator the clockevents layer does not use")
+}
+
+/// CPU 0's LAPIC timer is not the clockevents layer's now: CPU 0 ticks on another device and
+/// its LAPIC timer device (if registered) is detached, so a test may program it.
+fn assert_lapic_timer_is_free() {
+    let cpu0 = &clockevents::tick_devices()[0];
+    assert!(
+        cpu0.device.as_deref().is_some_and(|d| !d.starts_with("lapic")),
+        "CPU 0 ticks on {:?}: its LAPIC timer is in use",
+        cpu0.device
+    );
+    let state = clockevents::with_registry(|r| {
+        r.devices().find(|(_, d)| d.spec.name == "lapic0").map(|(_, d)| d.state())
+    })
+    .flatten();
+    assert!(matches!(state, None | Some(State::Detached)), "lapic0 is {state:?}, not detached");
+}
 
 static HPET: spin::Once<&'static Hpet> = spin::Once::new();
 static TEST_COMPARATOR: AtomicU64 = AtomicU64::new(0);
@@ -54,26 +88,17 @@ fn hpet_irq(_vector: u8) {
 }
 
 fn hpet_interrupt_arrives_through_the_ioapic(k: &Kernel) {
-    let Some(hpet) = k.platform.hpet else {
-        assert!(
-            k.platform.firmware.hpet_base.is_none(),
-            "an HPET table was found but the HPET was not probed"
-        );
-        return;
-    };
+    let hpet = k.platform.hpet.expect("an HPET");
     HPET.call_once(|| hpet);
-    // The highest comparator that can reach any GSI (with more than 24, QEMU's extra ones read
-    // as zeros: no route at all).
-    let n =
-        (0..hpet.comparators()).rev().find(|&n| hpet.comparator_config(n).route_capability() != 0).unwrap();
+    // The highest free comparator that can reach any GSI (with more than 24, QEMU's extra
+    // ones read as zeros: no route at all).
+    let n = free_comparator(k, |n| hpet.comparator_config(n).route_capability() != 0);
     TEST_COMPARATOR.store(n as u64, Ordering::Relaxed);
     let config = hpet.comparator_config(n);
     let mut ioapics = IOAPICS.lock();
-    let Some(gsi) = ioapics.find_free(config.route_capability(), &k.platform.firmware.isa_gsis) else {
-        // -machine pc: GSI 2 only, owned by the PIT. Legacy replacement is the clockevents' job.
-        assert_eq!(config.route_capability(), 1 << 2, "a routable comparator found no GSI");
-        return;
-    };
+    let gsi = ioapics
+        .find_free(config.route_capability(), &k.platform.firmware.isa_gsis)
+        .expect("a free IOAPIC pin the comparator can reach");
     ioapics.claim(gsi, "platform test").unwrap();
     let vector = interrupts::allocate(hpet_irq).unwrap();
     let entry = RedirectionEntry {
@@ -99,6 +124,8 @@ fn hpet_interrupt_arrives_through_the_ioapic(k: &Kernel) {
     }
     assert_eq!(interrupts::count(vector), 5 + HPET_NOT_OURS.load(Ordering::Relaxed));
     assert_eq!(HPET_NOT_OURS.load(Ordering::Relaxed), 0, "interrupts whose status bit was clear");
+    let here = percpu::this_cpu();
+    assert_eq!(here.interrupts[usize::from(vector)].load(Ordering::Relaxed), 5, "all on the CPU routed to");
     hpet.set_comparator_config(n, config - ComparatorConfig::INTERRUPT_ENABLE);
     IOAPICS.lock().release(gsi).unwrap();
 }
@@ -110,6 +137,7 @@ fn lapic_tick(_vector: u8) {
 }
 
 fn lapic_timer_interrupt_arrives(k: &Kernel) {
+    assert_lapic_timer_is_free();
     let c = k.platform.calibration.expect("the LAPIC timer was calibrated");
     assert!(c.lapic_timer_hz > 0 && c.tsc_hz > 0);
     let vector = interrupts::allocate(lapic_tick).unwrap();
@@ -123,8 +151,13 @@ fn lapic_timer_interrupt_arrives(k: &Kernel) {
     lapic::timer_stop();
 }
 
+/// Stops and resets the main counter and rewrites comparator 0: listed only where the
+/// clockevents layer uses no comparator (`clockevents=lapic`).
 fn hpet_stops_resets_and_restarts(k: &Kernel) {
-    let Some(hpet) = k.platform.hpet else { return };
+    let hpet = k.platform.hpet.expect("an HPET");
+    for c in &k.clockevents.comparators {
+        assert!(c.channel.is_none(), "comparator {} is the clockevents layer's ({:?})", c.index, c.role);
+    }
     hpet.stop();
     let frozen = hpet.counter();
     let t = tsc::read();
@@ -152,9 +185,12 @@ fn hpet_stops_resets_and_restarts(k: &Kernel) {
 
 fn unhandled_vector_is_counted_as_spurious(_: &Kernel) {
     let before = interrupts::spurious_count();
+    let here = percpu::this_cpu();
+    let here_before = here.spurious.load(Ordering::Relaxed);
     // SAFETY: vector 0xe0 has no handler; the IDT's device entry counts it and returns.
     unsafe { core::arch::asm!("int 0xe0") };
     assert_eq!(interrupts::spurious_count(), before + 1);
+    assert_eq!(here.spurious.load(Ordering::Relaxed), here_before + 1, "counted on the CPU that took it");
     assert_eq!(interrupts::count(0xe0), 1);
 }
 
@@ -165,12 +201,8 @@ fn fsb_irq(_vector: u8) {
 }
 
 fn hpet_fsb_interrupt_arrives_when_offered(k: &Kernel) {
-    let Some(hpet) = k.platform.hpet else { return };
-    let Some(n) =
-        (0..hpet.comparators()).find(|&n| hpet.comparator_config(n).contains(ComparatorConfig::FSB_CAPABLE))
-    else {
-        return;
-    };
+    let hpet = k.platform.hpet.expect("an HPET");
+    let n = free_comparator(k, |n| hpet.comparator_config(n).contains(ComparatorConfig::FSB_CAPABLE));
     let vector = interrupts::allocate(fsb_irq).unwrap();
     let (address, data) = lapic::msi_message(lapic::id(), vector);
     hpet.set_fsb_route(n, address, data);
@@ -195,6 +227,7 @@ fn periodic_tick(_vector: u8) {
 }
 
 fn lapic_periodic_timer_repeats(k: &Kernel) {
+    assert_lapic_timer_is_free();
     let c = k.platform.calibration.expect("the LAPIC timer was calibrated");
     let vector = interrupts::allocate(periodic_tick).unwrap();
     lapic::timer_periodic((c.lapic_timer_hz / 1000) as u32, vector);
@@ -225,4 +258,16 @@ fn clocksource_is_monotonic_and_advances(_: &Kernel) {
     }
     let first = now_ns();
     assert!(wait_for(|| now_ns() > first + 1_000_000), "the clocksource does not advance");
+}
+
+/// The clock event device of every configuration takes its interrupts where it is routed:
+/// after a hundred short sleeps, nothing landed on a CPU its device does not serve, and each
+/// comparator in service (IOAPIC, FSB or legacy) took its events on its CPU only.
+fn timer_interrupts_land_where_routed(k: &Kernel) {
+    for _ in 0..100 {
+        clockevents::sleep_ns(20_000).expect("CPU 0 has a tick device");
+    }
+    let checked = kernel_tests::assert_interrupts_land_where_routed(k);
+    let comparators_serve = k.clockevents.comparators.iter().any(|c| c.role == ComparatorRole::PerCpu);
+    assert_eq!(checked > 0, comparators_serve, "{checked} comparator events counted");
 }

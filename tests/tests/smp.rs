@@ -5,6 +5,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_tests::kernel::Kernel;
+use kernel_tests::kernel::arch::x86_64::clockevents::ComparatorRole;
 use kernel_tests::kernel::arch::x86_64::hpet::ComparatorConfig;
 use kernel_tests::kernel::arch::x86_64::ioapic::{
     DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger,
@@ -15,21 +16,25 @@ use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(
     variants: b"
-        smp1: --smp 1 --expect-report /cpus_enabled=1 --expect-report /cpus_online=1
-        smp2: --smp 2 --expect-report /cpus_enabled=2 --expect-report /cpus_online=2
-        smp3: --smp 3 --expect-report /cpus_enabled=3 --expect-report /cpus_online=3
-        smp4: --smp 4 --expect-report /cpus_enabled=4 --expect-report /cpus_online=4 --expect-report /cpus#=4
-        smp8: --smp 8 --expect-report /cpus_enabled=8 --expect-report /cpus_online=8 --expect-log 'CPU 7 online: APIC id 7'
+        smp1: --smp 1 --expect-report /cpus_enabled=1 --expect-report /cpus_online=1 --expect-report /hpet/comparators/0/delivery=ioapic
+        smp2: --smp 2 --expect-report /cpus_enabled=2 --expect-report /cpus_online=2 --expect-report /tick_devices/1/device=hpet1
+        smp3: --smp 3 --expect-report /cpus_enabled=3 --expect-report /cpus_online=3 --expect-report /tick_devices/2/device=hpet2 -- -global hpet.timers=4
+        smp4: --smp 4 --expect-report /cpus_enabled=4 --expect-report /cpus_online=4 --expect-report /cpus#=4 --expect-report /tick_devices/3/device=hpet3 -- -global hpet.timers=5
+        smp8: --smp 8 --expect-report /cpus_enabled=8 --expect-report /cpus_online=8 --expect-log 'CPU 7 online: APIC id 7' --expect-report /hpet/comparators/7/delivery=fsb --expect-report /tick_devices/7/device=hpet7 -- -global hpet.timers=9 -global hpet.msi=on
+        pc_smp2: --smp 2 --expect-report /cpus_online=2 --expect-report /hpet/comparators/1/delivery=legacy --expect-report /tick_devices/1/device=hpet1 -- -machine pc,hpet=on
+        pc_smp4: --smp 4 --expect-report /cpus_online=4 --expect-report /hpet/comparators/1/role=global -- -machine pc,hpet=on
+        global_smp4: --smp 4 --cmdline clockevents=global --expect-report /cpus_online=4 --expect-report /tick_devices/3/via_broadcast=true -- -global hpet.timers=4
         uefi_smp2: --uefi --smp 2 --expect-report /cpus_online=2
-        uefi_smp4: --uefi --smp 4 --expect-report /cpus_online=4
-        uefi_smp8: --uefi --smp 8 --expect-report /cpus_online=8
+        uefi_smp4: --uefi --smp 4 --expect-report /cpus_online=4 -- -global hpet.timers=6
+        uefi_smp8: --uefi --smp 8 --expect-report /cpus_online=8 -- -global hpet.timers=9 -global hpet.msi=on
     ",
     tests: [
         every_enabled_cpu_is_online,
         closure_sent_by_ipi_runs_on_its_cpu,
-        ioapic_interrupt_is_counted_on_the_chosen_cpu_only,
+        ioapic_interrupt_is_counted_on_the_chosen_cpu_only => "smp1 smp2 smp3 smp4 smp8 global_smp4 uefi_smp2 uefi_smp4 uefi_smp8",
         round_robin_ipi_storm_loses_nothing,
         ipi_to_all_others_reaches_each_other_cpu_once,
+        timer_interrupts_land_where_routed,
     ],
 );
 
@@ -71,10 +76,19 @@ fn hpet_irq(_vector: u8) {
 
 static KERNEL_HPET: spin::Once<&'static kernel_tests::kernel::arch::x86_64::hpet::Hpet> = spin::Once::new();
 
+/// Programs a comparator the clockevents layer does not use (the variants listed have one
+/// with a free IOAPIC pin) to interrupt the last CPU.
 fn ioapic_interrupt_is_counted_on_the_chosen_cpu_only(k: &Kernel) {
     let hpet = k.platform.hpet.expect("q35 has an HPET");
     KERNEL_HPET.call_once(|| hpet);
-    let n = hpet.comparators() - 1;
+    let n = k
+        .clockevents
+        .comparators
+        .iter()
+        .rev()
+        .find(|c| c.role == ComparatorRole::Unused && c.channel.is_none())
+        .expect("a comparator the clockevents layer does not use")
+        .index;
     COMPARATOR.store(n as u64, Ordering::Relaxed);
     let config = hpet.comparator_config(n);
     let vector = interrupts::allocate(hpet_irq).unwrap();
@@ -149,4 +163,14 @@ fn ipi_to_all_others_reaches_each_other_cpu_once(_: &Kernel) {
         assert!(wait_for(|| got(cpu) == 1), "CPU {} did not get the broadcast IPI", cpu.index);
     }
     assert_eq!(got(percpu::this_cpu()), 0, "the sender got its own all-but-self IPI");
+}
+
+/// With timers running on every CPU for 100 ms, every clock event interrupt lands on a CPU its
+/// device serves, and each comparator's on the CPU it is routed to only (IOAPIC, FSB or legacy
+/// delivery, per-CPU or global).
+fn timer_interrupts_land_where_routed(k: &Kernel) {
+    let out = kernel_tests::kernel::workload::run(100);
+    assert!(out.armed > 0 && out.lost() == 0 && out.early == 0, "the workload: {out:?}");
+    let checked = kernel_tests::assert_interrupts_land_where_routed(k);
+    assert!(checked > 0, "no comparator event was counted: the check checked nothing");
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 /// 2: clockevents (comparator roles, tick devices, broadcast, the main run's event latency,
 /// lost and early events); 3: idle and suspend (each CPU's `idle`, `broadcast_stats`,
 /// `suspend`); 4: clocksources (every source, the switches, the TSC's checks); 5: where
-/// interrupts landed (each CPU's `misrouted`, `spurious`, `not_ours`; each comparator's
+/// interrupts landed (each CPU's `misrouted`, `stale`, `spurious`, `not_ours`; each comparator's
 /// `irqs_by_cpu`, `spurious` and `selftest`).
 pub const SCHEMA_VERSION: u32 = 5;
 /// The line's prefix; a single space separates it from the JSON object.
@@ -159,8 +159,11 @@ pub struct CpuReport {
     pub interrupts: BTreeMap<String, u64>,
     /// How this CPU idled (schema 3).
     pub idle: IdleReport,
-    /// Clock event device interrupts that reached this CPU for a device that does not serve it.
+    /// Clock event device interrupts that reached this CPU for a device that does not serve it
+    /// and never did (a wrong destination).
     pub misrouted: u64,
+    /// Interrupts of a device this CPU used before its current one, arrived after the change.
+    pub stale: u64,
     /// Interrupts nothing claimed on this CPU (a vector without a handler, the LAPIC's
     /// spurious vector, a device interrupt with nobody to serve).
     pub spurious: u64,
@@ -384,7 +387,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":5,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"spurious\":0,\"not_ours\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":5,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

@@ -1,5 +1,6 @@
 //! QEMU's firmware configuration device (I/O ports 0x510/0x511): where the runner puts the
-//! kernel command line, as the file `opt/timerkernel/cmdline`.
+//! kernel command line, as the file `opt/timerkernel/cmdline`, and for a QEMU test kernel the
+//! name of the variant being booted, as `opt/timerkernel/variant`.
 
 use alloc::string::String;
 use x86_64::instructions::port::Port;
@@ -14,7 +15,9 @@ const FW_CFG_FILE_DIR: u16 = 0x0019;
 const FW_CFG_MAX_FILE_PATH: usize = 56;
 /// The name the runner (`boot/src/qemu.rs`) gives the command line.
 pub const CMDLINE_FILE: &str = "opt/timerkernel/cmdline";
-/// Longest command line the kernel accepts.
+/// The name the runner gives the test variant being booted.
+pub const VARIANT_FILE: &str = "opt/timerkernel/variant";
+/// Longest command line (or variant name) the kernel accepts.
 const CMDLINE_MAX: u32 = 4096;
 
 fn select(item: u16) {
@@ -64,9 +67,20 @@ fn find(name: &str) -> Option<(u16, u32)> {
 /// The kernel command line, or `None` when there is no fw_cfg device or no such file. A line
 /// that is too long or not UTF-8 is logged and ignored.
 pub fn kernel_cmdline() -> Option<String> {
-    let (selector, size) = find(CMDLINE_FILE)?;
+    read_text(CMDLINE_FILE)
+}
+
+/// The QEMU test variant being booted (set by the runner for test kernels only).
+pub fn test_variant() -> Option<String> {
+    read_text(VARIANT_FILE)
+}
+
+/// The fw_cfg file `name` as trimmed text; `None` when absent, too long or not UTF-8 (the last
+/// two logged).
+fn read_text(name: &str) -> Option<String> {
+    let (selector, size) = find(name)?;
     if size > CMDLINE_MAX {
-        log::warn!("fw_cfg {CMDLINE_FILE}: {size} bytes, more than {CMDLINE_MAX}; ignored");
+        log::warn!("fw_cfg {name}: {size} bytes, more than {CMDLINE_MAX}; ignored");
         return None;
     }
     select(selector);
@@ -75,7 +89,7 @@ pub fn kernel_cmdline() -> Option<String> {
     match String::from_utf8(bytes) {
         Ok(s) => Some(String::from(s.trim())),
         Err(_) => {
-            log::warn!("fw_cfg {CMDLINE_FILE}: not UTF-8; ignored");
+            log::warn!("fw_cfg {name}: not UTF-8; ignored");
             None
         }
     }

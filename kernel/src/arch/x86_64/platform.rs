@@ -280,6 +280,7 @@ impl Platform {
                     not_ours: c.not_ours.load(Ordering::Relaxed),
                     // Filled in by the clockevents (it lives in each CPU's tick).
                     misrouted: 0,
+                    stale: 0,
                 })
                 .collect(),
             hpet,

@@ -41,6 +41,10 @@ pub struct CpuTick<T> {
     events: u64,
     /// Events of a device that does not serve this CPU.
     misrouted: u64,
+    /// Events of a device that served this CPU before its current one (a pending interrupt
+    /// of the old device that arrived after the change), and those devices.
+    stale: u64,
+    former_locals: alloc::vec::Vec<DeviceId>,
     /// Between `device_event`/`wakeup` and `end_expiry`: arms only queue.
     expiring: bool,
     failure: Option<DeviceFailure>,
@@ -99,6 +103,8 @@ impl<T> CpuTick<T> {
             ticks: 0,
             events: 0,
             misrouted: 0,
+            stale: 0,
+            former_locals: alloc::vec::Vec::new(),
             expiring: false,
             failure: None,
             handed_over: false,
@@ -127,8 +133,13 @@ impl<T> CpuTick<T> {
     pub fn ticks(&self) -> u64 {
         self.ticks
     }
+    /// Events of a device that does not serve this CPU and never did (a wrong destination).
     pub fn misrouted(&self) -> u64 {
         self.misrouted
+    }
+    /// Events of a device this CPU used before its current one, arrived after the change.
+    pub fn stale(&self) -> u64 {
+        self.stale
     }
     /// Deadlines handed to the broadcast before deep idle so far.
     pub fn handovers(&self) -> u64 {
@@ -285,6 +296,11 @@ impl<T> CpuTick<T> {
             bc.lock().leave(self.cpu);
         }
         let was_broadcast = matches!(self.service, Service::Broadcast(_));
+        if let Service::Local(old) = self.service
+            && !self.former_locals.contains(&old)
+        {
+            self.former_locals.push(old);
+        }
         self.service = service;
         if was_broadcast && matches!(service, Service::Broadcast(_)) {
             // Another broadcast device: the broadcast kept this CPU's deadline.
@@ -340,15 +356,16 @@ impl<T> CpuTick<T> {
 
     /// Device `id` interrupted this CPU at `now_ns`. True when it is this CPU's local device:
     /// an expiry has started (pop the due timers, then [`end_expiry`](Self::end_expiry)).
-    /// False for a device that does not serve this CPU (misrouted or stale): the caller wakes
+    /// False for a device that does not serve this CPU: stale (one it used before, whose
+    /// interrupt was pending when it changed device) or misrouted (any other): the caller wakes
     /// the device's owner, which programs it again from its own CPU.
     pub fn device_event(&mut self, id: DeviceId, now_ns: u64) -> bool {
-        let Service::Local(local) = self.service else {
-            self.misrouted += 1;
-            return false;
-        };
-        if local != id {
-            self.misrouted += 1;
+        if self.service != Service::Local(id) {
+            if self.former_locals.contains(&id) {
+                self.stale += 1;
+            } else {
+                self.misrouted += 1;
+            }
             return false;
         }
         if let Some(d) = &self.local

@@ -653,6 +653,19 @@ fn periodic_tick_is_emulated_on_a_oneshot_only_device() {
 }
 
 #[test]
+fn pending_event_of_a_replaced_local_device_is_stale_not_misrouted() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let lapic = s.per_cpu("lapic0", LAPIC, 0);
+    s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let now = s.now();
+    s.arm(0, now + 10_000);
+    assert!(!s.on(0, |t, now, _| t.device_event(lapic, now)), "the old device runs nothing");
+    assert_eq!((s.cpus[0].stale(), s.cpus[0].misrouted()), (1, 0));
+    s.run_until(now + 20_000);
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
 fn event_on_a_cpu_the_device_does_not_serve_is_misrouted() {
     let mut s = Sim::new(TickMode::Oneshot, 2);
     let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
@@ -661,7 +674,7 @@ fn event_on_a_cpu_the_device_does_not_serve_is_misrouted() {
     s.arm(0, now);
     s.set_now(now + 5_000);
     assert!(!s.on(1, |t, now, _| t.device_event(h0, now)), "CPU 1 must not run CPU 0's timers");
-    assert_eq!(s.cpus[1].misrouted(), 1);
+    assert_eq!((s.cpus[1].misrouted(), s.cpus[1].stale()), (1, 0));
     assert_eq!(s.registry.owner_of(h0), Some(0), "the owner is woken to look at its queue");
     s.wakeup(0);
     s.assert_all_fired_once_never_early();

@@ -159,6 +159,9 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
             min_delta_ticks: hpet::MIN_DELTA_TICKS,
             max_delta_ticks: hpet::MAX_DELTA_TICKS,
         };
+        if options.hpet_misroute == Some(index as u32) {
+            inject_misroute(channel, &cpus, outcomes[index].cpu.expect("set above"));
+        }
         // The CPU it serves takes it up itself, when its assignment arrives.
         if registry::register(spec, channel, |id| channel.attach(id)).is_none() {
             platform.fall_back(format!("HPET comparator {index} not registered: no registry"));
@@ -175,6 +178,7 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     if let Some(victim) = options.hpet_storm {
         inject_storm(h, &outcomes, victim as usize);
     }
+
     // Pins of comparators that serve nobody go back to the pool (masked).
     for o in outcomes.iter().filter(|o| matches!(o.role, ComparatorRole::Unused | ComparatorRole::Failed)) {
         if let Some(Delivery::Ioapic { gsi }) = o.delivery
@@ -214,6 +218,21 @@ fn inject_storm(h: &Hpet, outcomes: &[ComparatorOutcome], victim: usize) {
         "hpet_storm={victim}: comparator {} raises GSI {gsi} (comparator {victim}'s line) in 1 ms and is never cleared",
         culprit.index
     );
+}
+
+/// Fault injection (`hpet_misroute=N`): comparator N, about to serve CPU `cpu`, has its
+/// interrupt sent to the next CPU instead: a wrong IOAPIC destination or FSB address.
+fn inject_misroute(channel: &HpetChannel, cpus: &[&percpu::PerCpu], cpu: usize) {
+    let wrong = (cpu + 1) % cpus.len();
+    if wrong == cpu {
+        log::warn!("hpet_misroute={}: a single CPU cannot be missed; nothing injected", channel.index);
+        return;
+    }
+    log::warn!(
+        "hpet_misroute={0}: comparator {0} serves CPU {cpu} but its interrupt now goes to CPU {wrong}",
+        channel.index
+    );
+    channel.route_to(cpus[wrong].apic_id);
 }
 
 /// The CPU the global device interrupts: the first one without a per-CPU comparator (it is

@@ -26,13 +26,15 @@ pub struct TickDeviceInfo {
     pub stops_in_idle: bool,
     /// Deadlines it handed to the broadcast before deep idle.
     pub handovers: u64,
-    /// Device events that reached this CPU for a device that does not serve it.
+    /// Device events that reached this CPU for a device that does not serve it and never did.
     pub misrouted: u64,
+    /// Events of a device this CPU used before its current one, arrived after the change.
+    pub stale: u64,
 }
 
 /// The calling CPU's tick.
 fn this_cpu_info() -> Option<TickDeviceInfo> {
-    let (cpu, service, mode, events, ticks, stops_in_idle, handovers, misrouted) = with_tick(|t| {
+    let (cpu, service, mode, events, ticks, stops_in_idle, handovers, (misrouted, stale)) = with_tick(|t| {
         (
             t.cpu(),
             t.service(),
@@ -41,7 +43,7 @@ fn this_cpu_info() -> Option<TickDeviceInfo> {
             t.ticks(),
             t.device_stops_in_idle(),
             t.handovers(),
-            t.misrouted(),
+            (t.misrouted(), t.stale()),
         )
     })?;
     let (device, via_broadcast) = match service {
@@ -60,6 +62,7 @@ fn this_cpu_info() -> Option<TickDeviceInfo> {
         stops_in_idle,
         handovers,
         misrouted,
+        stale,
     })
 }
 
@@ -174,6 +177,7 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
     for t in &ticks {
         if let Some(c) = report.cpus.iter_mut().find(|c| c.index as usize == t.cpu) {
             c.misrouted = t.misrouted;
+            c.stale = t.stale;
         }
     }
     report.tick_devices = ticks
