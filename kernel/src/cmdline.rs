@@ -34,6 +34,10 @@ pub struct KernelOptions {
     /// its interrupt is sent to the next CPU instead of its own (a wrong IOAPIC or FSB
     /// destination), which the counts where interrupts land must catch (default none).
     pub hpet_misroute: Option<u32>,
+    /// `hpet_counter_stopped`: fault injection, the HPET's main counter is left halted when it
+    /// is probed (no firmware table can make QEMU's counter stand still): the counting check
+    /// must reject the HPET, and the kernel runs on the LAPIC timer calibrated against the ACPI PM timer.
+    pub hpet_counter_stopped: bool,
     /// `hpet_counter=read|estimate`: program a comparator from the main counter read first
     /// (three accesses, as Linux; the default: the estimate's 16-tick lean makes every event
     /// 160 ns later under emulation) or derived from the TSC (one write and a verifying read).
@@ -152,6 +156,7 @@ impl Default for KernelOptions {
             hpet_irq_masked: None,
             hpet_storm: None,
             hpet_misroute: None,
+            hpet_counter_stopped: false,
             hpet_counter_read: true,
             bench: false,
             bench_cpu: 0,
@@ -347,6 +352,7 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                 options.tsc_skew = skew.or(options.tsc_skew);
             }
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
+            "hpet_counter_stopped" if value.is_none() => options.hpet_counter_stopped = true,
             "bench" if value.is_none() => options.bench = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
         }
@@ -400,6 +406,7 @@ mod tests {
         assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
         assert_eq!(parse("hpet_storm=0").0.hpet_storm, Some(0));
         assert_eq!(parse("hpet_misroute=1").0.hpet_misroute, Some(1));
+        assert!(parse("hpet_counter_stopped").0.hpet_counter_stopped);
         assert!(
             parse("hpet_counter=read").0.hpet_counter_read
                 && !parse("hpet_counter=estimate").0.hpet_counter_read

@@ -69,7 +69,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
         clocksource::force(c.name());
     }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
-    let mut platform = platform::init_bsp(rsdp_addr);
+    let mut platform = platform::init_bsp(rsdp_addr, options.hpet_counter_stopped);
     // Fault injection, once the TSC is calibrated: the boot CPU's skew now, an AP's as it starts.
     if let Some(skew) = options.tsc_skew {
         tsc::configure_skew(skew.cpu as usize, skew.ns);

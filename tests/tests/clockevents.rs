@@ -61,6 +61,7 @@ kernel_tests::qemu_test!(
         workload_fires_every_timer_once_never_early,
         interrupts_land_on_the_cpu_they_are_routed_to => "smp1 smp2 smp4_partial smp4_broadcast smp4_timers8 smp8_timers8 pc_legacy pc_smp1 pc_smp4 pc_smp8 msi msi_smp1 msi_smp4 msi_smp8 forced_global global_smp1 global_smp4 global_smp8 forced_percpu selftest_fails icount icount_pc_legacy icount_msi_global icount_broadcast smp4_partial periodic selftest_fails_retarget",
         a_wrong_destination_is_counted_and_fails_the_verdict => "misrouted misrouted_msi misrouted_legacy",
+        legacy_route_carries_the_firmware_s_line_properties => "pc_legacy pc_smp1 pc_smp4 pc_smp8 icount_pc_legacy",
     ],
 );
 
@@ -211,4 +212,26 @@ fn a_wrong_destination_is_counted_and_fails_the_verdict(k: &Kernel) {
     assert!(misrouted >= elsewhere, "{elsewhere} landed elsewhere, {misrouted} counted misrouted");
     let report = kernel_tests::kernel::report(k);
     assert_eq!(report.verdict, kernel_tests::kernel::time::report::Verdict::Failed);
+}
+
+/// The legacy route's IOAPIC entries carry what the MADT says of IRQ0 and IRQ8 (the IRQ0 ->
+/// GSI 2 override's polarity and trigger on `-machine pc`), not a constant.
+fn legacy_route_carries_the_firmware_s_line_properties(k: &Kernel) {
+    use kernel_tests::kernel::arch::x86_64::clockevents::hpet::Delivery;
+    use kernel_tests::kernel::arch::x86_64::ioapic::IOAPICS;
+    let mut legacy = 0;
+    for c in &k.clockevents.comparators {
+        let (Some(Delivery::Legacy { route }), Some(ch)) = (c.delivery, c.channel) else { continue };
+        let firmware = k.platform.firmware.isa_routes[usize::from(route.irq)];
+        assert_eq!(route, firmware, "comparator {}'s route is not the firmware's IRQ{}", c.index, route.irq);
+        let entry = IOAPICS.lock().entry(route.gsi).expect("the GSI is an IOAPIC's");
+        assert_eq!(
+            (entry.polarity, entry.trigger, entry.vector, entry.masked),
+            (firmware.polarity, firmware.trigger, ch.vector, false),
+            "GSI {}'s entry",
+            route.gsi
+        );
+        legacy += 1;
+    }
+    assert!(legacy > 0, "no comparator on the legacy route");
 }

@@ -3,6 +3,8 @@
 //! `boot/src/hpet_table.rs`). Each table is rejected with its reason, logged once; the kernel
 //! calibrates against the ACPI PM timer, runs on the LAPIC timer, and reports `degraded`,
 //! never a panic or a hang. (A bad checksum cannot be injected, QEMU recomputes it: host tests cover it.)
+//! A main counter that does not count cannot come from a table either: `hpet_counter_stopped`
+//! leaves QEMU's halted at the probe, and the counting check must reject it the same way.
 #![no_std]
 #![no_main]
 
@@ -20,6 +22,8 @@ kernel_tests::qemu_test!(
         base_unbacked: --hpet-table base-unbacked --cmdline duration_ms=100 --expect-report /hpet=null --expect-report /verdict=degraded --expect-report /tick_devices/0/device=lapic0 --expect-log 'HPET at 0xbff00000 rejected: its capabilities read all ones (no device decodes the address)'
         period_zero: --hpet-table period-zero --cmdline duration_ms=100 --expect-report /hpet=null --expect-report /verdict=degraded --expect-report /tick_devices/0/device=lapic0 --expect-log 'HPET at 0xfec00000 rejected: its counter period is 0 fs'
         period_too_long: --hpet-table period-too-long --cmdline duration_ms=100 --expect-report /hpet=null --expect-report /verdict=degraded --expect-report /tick_devices/0/device=lapic0 --expect-log \"HPET at 0xfeb85400 rejected: its counter period 2147505716 fs exceeds the specification's 100000000 fs (100 ns)\"
+        counter_stopped: --cmdline 'hpet_counter_stopped duration_ms=100' --expect-report /hpet=null --expect-report /verdict=degraded --expect-report /tick_devices/0/device=lapic0 --expect-report /lapic/calibrated_against=acpi_pm --expect-log 'HPET at 0xfed00000 rejected: its main counter stayed at 0x0 for 100 us: it does not count'
+        counter_stopped_smp2: --smp 2 --cmdline 'hpet_counter_stopped duration_ms=100' --expect-report /hpet=null --expect-report /tick_devices/1/device=lapic1 --expect-report /verdict=degraded
     ",
     tests: [
         hpet_is_rejected_once_as_a_fallback,

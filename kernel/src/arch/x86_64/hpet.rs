@@ -225,8 +225,10 @@ unsafe impl Send for Hpet {}
 
 impl Hpet {
     /// Maps the block at `phys`, checks it, saves and clears the firmware's configuration,
-    /// restarts the counter from 0 and verifies that it counts.
-    pub fn probe(phys: u64) -> Result<Hpet, HpetError> {
+    /// restarts the counter from 0 and verifies that it counts. With `counter_stopped` (fault
+    /// injection, `hpet_counter_stopped`) the counter is left halted, as a counter that does not
+    /// count would be, so that the check must reject it.
+    pub fn probe(phys: u64, counter_stopped: bool) -> Result<Hpet, HpetError> {
         let region = mmio::map(phys, REGISTER_SPACE).map_err(HpetError::Mapping)?;
         let base =
             NonNull::new(region.virt.as_mut_ptr::<GeneralRegisters>()).expect("MMIO window is not null");
@@ -261,7 +263,11 @@ impl Hpet {
         hpet.stop();
         hpet.reset_counter();
         hpet.regs.interrupt_status().write(u64::MAX);
-        hpet.start();
+        if counter_stopped {
+            log::warn!("hpet_counter_stopped: the HPET's main counter is left halted");
+        } else {
+            hpet.start();
+        }
         hpet.check_counting()?;
         Ok(hpet)
     }

@@ -1,5 +1,6 @@
 //! I/O APICs (82093AA datasheet): redirection entries, GSI lookup, ISA overrides, masking,
-//! retargeting, and a record of which GSIs are taken.
+//! and a record of which GSIs are taken. (A line is sent to another CPU by routing it again:
+//! `route` rewrites the whole entry, as `HpetChannel::route_to` does.)
 
 use super::{acpi, mmio};
 use alloc::vec::Vec;
@@ -292,14 +293,6 @@ impl IoApics {
         let (chip, pin) = self.lookup(gsi)?;
         let e = self.chips[chip].entry(pin);
         self.chips[chip].set_entry(pin, RedirectionEntry { masked, ..e });
-        Ok(())
-    }
-
-    /// Sends `gsi` to another CPU from now on.
-    pub fn retarget(&mut self, gsi: u32, apic_id: u8) -> Result<(), IoApicError> {
-        let (chip, pin) = self.lookup(gsi)?;
-        let e = self.chips[chip].entry(pin);
-        self.chips[chip].set_entry(pin, RedirectionEntry { destination: apic_id, ..e });
         Ok(())
     }
 }

@@ -109,7 +109,8 @@ impl Platform {
 }
 
 /// Brings up the platform from what the ACPI tables at `rsdp` say (possibly nothing).
-pub fn init_bsp(rsdp: Option<u64>) -> Platform {
+/// `hpet_counter_stopped`: fault injection, the HPET's counter is left halted at its probe.
+pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool) -> Platform {
     let mut fallbacks = Vec::new();
     let firmware = FirmwareInfo::read(rsdp, &mut fallbacks);
     pic::remap_and_mask();
@@ -144,7 +145,7 @@ pub fn init_bsp(rsdp: Option<u64>) -> Platform {
     }
 
     if let Some(base) = p.firmware.hpet_base {
-        match Hpet::probe(base) {
+        match Hpet::probe(base, hpet_counter_stopped) {
             Ok(h) => {
                 let h: &'static Hpet = Box::leak(Box::new(h));
                 h.log_summary();

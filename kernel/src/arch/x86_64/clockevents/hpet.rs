@@ -9,7 +9,7 @@
 //! IRQ0, 1 -> IRQ8, edge) when comparator 0 has neither, as on `-machine pc`.
 
 use super::super::hpet::{ComparatorConfig, Hpet};
-use super::super::ioapic::{DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger};
+use super::super::ioapic::{DeliveryMode, IOAPICS, IsaRoute, Polarity, RedirectionEntry, Trigger};
 use super::super::path_trace::{self, Stage};
 use super::super::smp::percpu::{self, PerCpuCounter};
 use super::super::{interrupts, lapic, tsc};
@@ -86,8 +86,9 @@ pub enum Delivery {
     Fsb,
     /// An IOAPIC pin from the route capability.
     Ioapic { gsi: u32 },
-    /// Legacy replacement: comparator 0 on IRQ0, 1 on IRQ8, reaching the IOAPIC on `gsi`.
-    Legacy { gsi: u32 },
+    /// Legacy replacement: comparator 0 on IRQ0, 1 on IRQ8, reaching the IOAPIC as `route`
+    /// says (its GSI, polarity and trigger after the MADT's interrupt source override).
+    Legacy { route: IsaRoute },
 }
 
 impl Delivery {
@@ -101,8 +102,40 @@ impl Delivery {
     pub fn gsi(self) -> Option<u32> {
         match self {
             Delivery::Fsb => None,
-            Delivery::Ioapic { gsi } | Delivery::Legacy { gsi } => Some(gsi),
+            Delivery::Ioapic { gsi } => Some(gsi),
+            Delivery::Legacy { route } => Some(route.gsi),
         }
+    }
+
+    /// Level-triggered: the comparator holds its line until its status bit is cleared, and an
+    /// interrupt without the bit is not ours. A free IOAPIC pin is driven level, active low
+    /// (a PCI-style line, as Linux's `/dev/hpet` and FreeBSD do); the legacy route is the ISA
+    /// line its override describes (edge unless the firmware says level).
+    pub fn level(self) -> bool {
+        match self {
+            Delivery::Fsb => false,
+            Delivery::Ioapic { .. } => true,
+            Delivery::Legacy { route } => route.trigger == Trigger::Level,
+        }
+    }
+
+    /// The IOAPIC redirection entry delivering this comparator's interrupt as `vector` to the
+    /// APIC id `destination` (`None` for FSB, which needs no pin).
+    pub fn ioapic_entry(self, vector: u8, destination: u8) -> Option<RedirectionEntry> {
+        let (polarity, trigger) = match self {
+            Delivery::Fsb => return None,
+            Delivery::Ioapic { .. } => (Polarity::ActiveLow, Trigger::Level),
+            Delivery::Legacy { route } => (route.polarity, route.trigger),
+        };
+        Some(RedirectionEntry {
+            vector,
+            delivery: DeliveryMode::Fixed,
+            logical: false,
+            polarity,
+            trigger,
+            masked: false,
+            destination,
+        })
     }
 }
 
@@ -110,8 +143,15 @@ impl fmt::Display for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Delivery::Fsb => write!(f, "FSB message"),
-            Delivery::Ioapic { gsi } => write!(f, "IOAPIC GSI {gsi}, level"),
-            Delivery::Legacy { gsi } => write!(f, "legacy replacement route, GSI {gsi}, edge"),
+            Delivery::Ioapic { gsi } => write!(f, "IOAPIC GSI {gsi}, level, active low"),
+            Delivery::Legacy { route } => write!(
+                f,
+                "legacy replacement route, IRQ{} -> GSI {}, {}, {}",
+                route.irq,
+                route.gsi,
+                if route.trigger == Trigger::Level { "level" } else { "edge" },
+                if route.polarity == Polarity::ActiveLow { "active low" } else { "active high" }
+            ),
         }
     }
 }
@@ -162,12 +202,12 @@ pub struct ComparatorCaps {
 }
 
 /// Chooses each comparator's delivery. `free_gsi(route_cap)` claims and returns a free
-/// non-ISA IOAPIC pin allowed by the capability; `legacy_gsis` are where IRQ0 and IRQ8 arrive
+/// non-ISA IOAPIC pin allowed by the capability; `legacy_routes` are how IRQ0 and IRQ8 arrive
 /// (after overrides), `None` when the block is not legacy-capable. Comparators 0 and 1 go
 /// legacy together when comparator 0 has no other way, since the legacy bit reroutes both.
 pub fn choose_deliveries(
     caps: &[ComparatorCaps],
-    legacy_gsis: Option<(u32, u32)>,
+    legacy_routes: Option<(IsaRoute, IsaRoute)>,
     mut free_gsi: impl FnMut(u32) -> Option<u32>,
 ) -> Vec<Option<Delivery>> {
     let mut own_route = |c: &ComparatorCaps| {
@@ -176,11 +216,11 @@ pub fn choose_deliveries(
     let mut deliveries: Vec<Option<Delivery>> = Vec::new();
     let mut rest = caps;
     if let Some(first) = caps.first() {
-        match (own_route(first), legacy_gsis) {
+        match (own_route(first), legacy_routes) {
             (None, Some((irq0, irq8))) => {
-                deliveries.push(Some(Delivery::Legacy { gsi: irq0 }));
+                deliveries.push(Some(Delivery::Legacy { route: irq0 }));
                 if caps.len() > 1 {
-                    deliveries.push(Some(Delivery::Legacy { gsi: irq8 }));
+                    deliveries.push(Some(Delivery::Legacy { route: irq8 }));
                 }
                 rest = &caps[deliveries.len()..];
             }
@@ -326,10 +366,11 @@ impl HpetChannel {
         config = ComparatorConfig::from_bits_retain(config.bits() | (caps.bits() & 0xffff_ffff_0000_0000));
         match delivery {
             Delivery::Fsb => config |= ComparatorConfig::FSB_ENABLE,
-            Delivery::Ioapic { gsi } => {
-                config = config.with_route(gsi as u8) | ComparatorConfig::LEVEL_TRIGGERED
-            }
+            Delivery::Ioapic { gsi } => config = config.with_route(gsi as u8),
             Delivery::Legacy { .. } => {}
+        }
+        if delivery.level() {
+            config |= ComparatorConfig::LEVEL_TRIGGERED;
         }
         let channel: &'static HpetChannel = alloc::boxed::Box::leak(alloc::boxed::Box::new(HpetChannel {
             hpet,
@@ -371,17 +412,9 @@ impl HpetChannel {
                 let (address, data) = lapic::msi_message(apic, self.vector);
                 self.hpet.set_fsb_route(self.index, address, data);
             }
-            Delivery::Ioapic { gsi } | Delivery::Legacy { gsi } => {
-                let level = matches!(self.delivery, Delivery::Ioapic { .. });
-                let entry = RedirectionEntry {
-                    vector: self.vector,
-                    delivery: DeliveryMode::Fixed,
-                    logical: false,
-                    polarity: if level { Polarity::ActiveLow } else { Polarity::ActiveHigh },
-                    trigger: if level { Trigger::Level } else { Trigger::Edge },
-                    masked: false,
-                    destination: apic as u8,
-                };
+            Delivery::Ioapic { .. } | Delivery::Legacy { .. } => {
+                let gsi = self.delivery.gsi().expect("a pin");
+                let entry = self.delivery.ioapic_entry(self.vector, apic as u8).expect("a pin");
                 if let Err(e) = IOAPICS.lock().route(gsi, entry) {
                     log::warn!("HPET comparator {}: cannot route GSI {gsi}: {e}", self.index);
                 }
@@ -394,7 +427,7 @@ impl HpetChannel {
     pub fn suspend(&self) {
         match self.delivery {
             Delivery::Fsb => self.hpet.set_fsb_route(self.index, 0, 0),
-            Delivery::Ioapic { gsi } | Delivery::Legacy { gsi } => {
+            Delivery::Ioapic { gsi } | Delivery::Legacy { route: IsaRoute { gsi, .. } } => {
                 let _ = IOAPICS.lock().mask(gsi, true);
             }
         }
@@ -536,7 +569,7 @@ fn channel_interrupt(vector: u8) {
         interrupts::spurious(format_args!("HPET vector {vector:#04x} without a comparator"));
         return;
     };
-    if matches!(ch.delivery, Delivery::Ioapic { .. }) {
+    if ch.delivery.level() {
         // Level-triggered: ours only if our status bit is set; writing 1 releases the line.
         if ch.hpet.interrupt_status() & (1 << ch.index) == 0 {
             ch.spurious.fetch_add(1, Ordering::Relaxed);
@@ -673,7 +706,7 @@ mod tests {
 
     #[test]
     fn q35_comparators_get_distinct_ioapic_pins() {
-        let d = choose_deliveries(&caps(3, Q35_CAP, false), Some((2, 8)), q35_pins());
+        let d = choose_deliveries(&caps(3, Q35_CAP, false), Some(isa_routes(&[])), q35_pins());
         assert_eq!(
             d,
             [
@@ -686,15 +719,57 @@ mod tests {
 
     #[test]
     fn fsb_is_preferred_when_offered() {
-        let d = choose_deliveries(&caps(2, Q35_CAP, true), Some((2, 8)), q35_pins());
+        let d = choose_deliveries(&caps(2, Q35_CAP, true), Some(isa_routes(&[])), q35_pins());
         assert_eq!(d, [Some(Delivery::Fsb), Some(Delivery::Fsb)]);
+    }
+
+    /// How IRQ0 and IRQ8 arrive, after `overrides` (ISA IRQ, GSI, MPS INTI flags).
+    fn isa_routes(overrides: &[(u8, u32, u16)]) -> (IsaRoute, IsaRoute) {
+        use crate::arch::x86_64::acpi;
+        let entries: Vec<Vec<u8>> = core::iter::once(acpi::build::io_apic(0, 0xfec0_0000, 0))
+            .chain(
+                overrides.iter().map(|&(irq, gsi, flags)| acpi::build::interrupt_override(irq, gsi, flags)),
+            )
+            .collect();
+        let madt = acpi::build::madt(0xfee0_0000, 1, &entries);
+        let o = acpi::parse_madt(&madt).unwrap().overrides;
+        (IsaRoute::for_irq(0, &o), IsaRoute::for_irq(8, &o))
     }
 
     #[test]
     fn pc_machine_falls_back_to_legacy_for_comparators_0_and_1() {
-        // -machine pc: GSI 2 only, owned by the PIT: no pin is free.
-        let d = choose_deliveries(&caps(3, 0x4, false), Some((2, 8)), |_| None);
-        assert_eq!(d, [Some(Delivery::Legacy { gsi: 2 }), Some(Delivery::Legacy { gsi: 8 }), None]);
+        // -machine pc: GSI 2 only, owned by the PIT: no pin is free. IRQ0 -> GSI 2 by override.
+        let routes = isa_routes(&[(0, 2, 0)]);
+        let d = choose_deliveries(&caps(3, 0x4, false), Some(routes), |_| None);
+        assert_eq!(
+            d,
+            [Some(Delivery::Legacy { route: routes.0 }), Some(Delivery::Legacy { route: routes.1 }), None]
+        );
+        assert_eq!((d[0].unwrap().gsi(), d[1].unwrap().gsi()), (Some(2), Some(8)));
+    }
+
+    #[test]
+    fn legacy_route_takes_polarity_and_trigger_from_the_override() {
+        // Bus-conforming IRQ0 (QEMU's): the ISA line, edge, active high.
+        let (irq0, _) = isa_routes(&[(0, 2, 0)]);
+        let e = Delivery::Legacy { route: irq0 }.ioapic_entry(0x31, 1).unwrap();
+        assert_eq!(
+            (e.polarity, e.trigger, e.vector, e.destination),
+            (Polarity::ActiveHigh, Trigger::Edge, 0x31, 1)
+        );
+        assert!(!Delivery::Legacy { route: irq0 }.level());
+        // A firmware that declares IRQ0 level, active low (flags 0b1111): the entry says so, and
+        // the comparator is then driven level (its status bit checked and cleared).
+        let (irq0, _) = isa_routes(&[(0, 2, 0x000f)]);
+        let d = Delivery::Legacy { route: irq0 };
+        let e = d.ioapic_entry(0x31, 1).unwrap();
+        assert_eq!((e.polarity, e.trigger), (Polarity::ActiveLow, Trigger::Level));
+        assert_eq!(e.encode() & (1 << 13 | 1 << 15), 1 << 13 | 1 << 15, "polarity and trigger bits");
+        assert!(d.level());
+        // An IOAPIC pin of the route capability: level, active low; FSB needs no entry.
+        let e = Delivery::Ioapic { gsi: 16 }.ioapic_entry(0x32, 3).unwrap();
+        assert_eq!((e.polarity, e.trigger, e.destination), (Polarity::ActiveLow, Trigger::Level, 3));
+        assert_eq!(Delivery::Fsb.ioapic_entry(0x33, 0), None);
     }
 
     #[test]
@@ -705,7 +780,7 @@ mod tests {
 
     #[test]
     fn many_comparators_run_out_of_pins() {
-        let d = choose_deliveries(&caps(10, Q35_CAP, false), Some((2, 8)), q35_pins());
+        let d = choose_deliveries(&caps(10, Q35_CAP, false), Some(isa_routes(&[])), q35_pins());
         assert_eq!(d.iter().filter(|d| d.is_some()).count(), 8, "GSIs 16-23: eight pins");
         assert_eq!(d[9], None);
     }

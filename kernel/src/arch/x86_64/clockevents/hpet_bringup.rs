@@ -43,8 +43,9 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     }
 
     let isa = platform.firmware.isa_gsis.clone();
-    let legacy_gsis = h.capabilities().legacy_route_capable().then(|| (isa[0], isa[8]));
-    let deliveries = hpet::choose_deliveries(&caps, legacy_gsis, |cap| {
+    let routes = &platform.firmware.isa_routes;
+    let legacy_routes = h.capabilities().legacy_route_capable().then(|| (routes[0], routes[8]));
+    let deliveries = hpet::choose_deliveries(&caps, legacy_routes, |cap| {
         let mut io = IOAPICS.lock();
         let gsi = io.find_free(cap, &isa)?;
         io.claim(gsi, "HPET comparator").ok()?;
@@ -53,12 +54,12 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     for (o, d) in outcomes.iter_mut().zip(&deliveries) {
         o.delivery = *d;
         match d {
-            Some(Delivery::Legacy { gsi }) => {
+            Some(legacy @ Delivery::Legacy { route }) => {
                 // IRQ0 and IRQ8 belong to the PIT and the RTC; legacy mode takes them over.
-                if let Err(e) = IOAPICS.lock().claim(*gsi, "HPET legacy route") {
+                if let Err(e) = IOAPICS.lock().claim(route.gsi, "HPET legacy route") {
                     log::warn!("HPET comparator {}: {e}", o.index);
                 }
-                log::info!("HPET comparator {}: {d}", o.index, d = Delivery::Legacy { gsi: *gsi });
+                log::info!("HPET comparator {}: {legacy}", o.index);
             }
             Some(d) => log::info!("HPET comparator {}: {d}", o.index),
             None => log::info!("HPET comparator {}: no usable route (no FSB, no free IOAPIC pin)", o.index),
