@@ -169,13 +169,23 @@ fn thirty_two_bit_comparators_fire_across_the_counter_wrap(k: &Kernel) {
     let device = cpu0.device.as_deref().unwrap_or("none");
     assert!(device.starts_with("hpet") && cpu0.mode == "oneshot", "CPU 0 ticks on {device} ({})", cpu0.mode);
     let near_wrap = (1u64 << 32) - hpet.frequency_hz() / 2_000;
-    // The clockevents layer is idle: no timer pending on any CPU (the earlier tests waited for
-    // theirs), so the jump skips no comparator.
-    for cpu in percpu::all() {
+    // The jump must skip no comparator: no other CPU has a timer pending (the earlier tests
+    // waited for theirs), and CPU 0's next event (the clocksource's housekeeping, every 0.5 s)
+    // is due after the first timer armed below, whose arming then reprograms its comparator
+    // from the jumped counter.
+    for cpu in percpu::all().filter(|c| c.index != 0) {
         let pending =
             smp::call_on(cpu.index, || clockevents::with_tick(|t| t.pending()).unwrap_or(0)).unwrap();
         assert_eq!(pending, 0, "CPU {} has timers pending: the counter jump would skip them", cpu.index);
     }
+    let cpu0_next = || clockevents::with_tick(|t| t.next_event_ns()).unwrap_or(u64::MAX);
+    for _ in 0..3 {
+        if cpu0_next() > now_ns() + 1_000_000 {
+            break;
+        }
+        clockevents::sleep_ns(2_000_000).unwrap();
+    }
+    assert!(cpu0_next() > now_ns() + 1_000_000, "CPU 0's next event is due before the test's first timer");
     hpet.stop();
     hpet.set_counter(near_wrap);
     hpet.start();

@@ -12,9 +12,13 @@ kernel_tests::qemu_test!(
     tests: [overflow_the_stack],
 );
 
+/// Each frame is larger than a page, so the compiler probes the stack page by page as it
+/// grows it: the fault is the probe of the guard page, with the stack pointer inside it,
+/// whatever depth the caller started at (with small frames, whether the stack pointer is
+/// still above the guard page when the fault hits depends on the caller's frames).
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
-    let frame = core::hint::black_box([depth; 16]);
+    let frame = core::hint::black_box([depth; 1024]);
     recurse(depth + 1) + frame[3]
 }
 
