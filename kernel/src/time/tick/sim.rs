@@ -177,18 +177,22 @@ impl Sim {
     }
     fn add_spec(&mut self, spec: DeviceSpec, irq_cpu: usize, passes_below_ticks: u64) -> DeviceId {
         let owner = spec.features.contains(Features::PER_CPU).then(|| spec.cpus.only()).flatten();
-        let driver: &'static SimDriver = Box::leak(Box::new(SimDriver {
-            world: self.world,
-            owner,
-            fires_at: Mutex::new(None),
-            period_ns: Mutex::new(None),
-            passes_below_ticks: Mutex::new(passes_below_ticks),
-        }));
+        let driver = self.driver(owner, passes_below_ticks);
         self.drivers.push(driver);
         self.irq_cpu.push(irq_cpu);
         let (id, changes) = self.registry.register(spec, driver);
         self.apply(changes);
         id
+    }
+    /// A simulated driver on this world's clock, local to `owner` if it is a per-CPU device.
+    fn driver(&self, owner: Option<usize>, passes_below_ticks: u64) -> &'static SimDriver {
+        Box::leak(Box::new(SimDriver {
+            world: self.world,
+            owner,
+            fires_at: Mutex::new(None),
+            period_ns: Mutex::new(None),
+            passes_below_ticks: Mutex::new(passes_below_ticks),
+        }))
     }
     fn add(&mut self, name: &str, rating: u32, cpus: CpuSet, features: Features, irq_cpu: usize) -> DeviceId {
         let spec = DeviceSpec {
@@ -427,13 +431,7 @@ fn a_change_of_device_is_carried_out_on_its_own_cpu() {
         min_delta_ticks: 100,
         max_delta_ticks: 1 << 31,
     };
-    let driver: &'static SimDriver = Box::leak(Box::new(SimDriver {
-        world: s.world,
-        owner: Some(1),
-        fires_at: Mutex::new(None),
-        period_ns: Mutex::new(None),
-        passes_below_ticks: Mutex::new(0),
-    }));
+    let driver = s.driver(Some(1), 0);
     let (h1, changes) = s.registry.register(spec, driver);
     assert_eq!(s.cpus[1].service(), Service::Local(DeviceId(0)), "nothing changed on CPU 1 yet");
     assert_eq!(changes.assignments.len(), 1);
@@ -940,13 +938,7 @@ fn a_stale_assignment_arriving_late_is_ignored() {
     let (l1, old) = {
         let spec =
             crate::time::clockevents::fake::spec("lapic1", LAPIC, CpuSet::single(1), Features::PER_CPU);
-        let driver: &'static SimDriver = Box::leak(Box::new(SimDriver {
-            world: s.world,
-            owner: Some(1),
-            fires_at: Mutex::new(None),
-            period_ns: Mutex::new(None),
-            passes_below_ticks: Mutex::new(0),
-        }));
+        let driver = s.driver(Some(1), 0);
         s.drivers.push(driver);
         s.irq_cpu.push(1);
         s.registry.register(spec, driver)
