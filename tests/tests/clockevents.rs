@@ -14,6 +14,7 @@ use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
 use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::kernel::workload;
 use kernel_tests::wait_for;
+use x86_64::instructions::interrupts::without_interrupts;
 
 kernel_tests::qemu_test!(
     variants: b"
@@ -89,9 +90,14 @@ fn cancelled(_: &TimerEvent) {
 }
 
 fn cancelled_timer_never_runs(_: &Kernel) {
-    let id = clockevents::arm_after(3_000_000, cancelled, 0).unwrap();
-    let later = clockevents::arm_after(1_000_000, cancelled, 0).unwrap();
-    assert!(clockevents::cancel(id), "a pending timer can be cancelled");
+    // Both timers run here, on CPU 0: with interrupts off until the cancel, neither can run
+    // first, however long the host stalls this vCPU.
+    let later = without_interrupts(|| {
+        let id = clockevents::arm_after(3_000_000, cancelled, 0).unwrap();
+        let later = clockevents::arm_after(1_000_000, cancelled, 0).unwrap();
+        assert!(clockevents::cancel(id), "a pending timer can be cancelled");
+        later
+    });
     clockevents::sleep_ns(10_000_000).unwrap();
     assert_eq!(CANCELLED_RAN.load(Ordering::Relaxed), 1, "only the timer not cancelled ran");
     assert!(!clockevents::cancel(later), "a timer that ran cannot be cancelled");

@@ -14,6 +14,7 @@ use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
 use kernel_tests::kernel::time::clocksource::now_ns;
+use kernel_tests::kernel::time::instant::Instant;
 use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(
@@ -58,14 +59,34 @@ fn a_timer_armed_from_another_cpu_runs_on_its_cpu(_: &Kernel) {
     }
 }
 
+/// Runs `try_once` with a deadline 20 ms ahead (it arms a timer for it, takes the timer back,
+/// and returns when the take-back returned) until a try beat its deadline: a host stall can make
+/// the timer due first, and only a try that beat it says anything. Returns that try's deadline.
+fn before_its_deadline(mut try_once: impl FnMut(Instant) -> Instant) -> Instant {
+    for _ in 0..20 {
+        let deadline = clockevents::now() + Duration::from_millis(20);
+        if try_once(deadline) < deadline {
+            return deadline;
+        }
+    }
+    panic!("no try took its timer back before the deadline in 20 tries");
+}
+
 fn a_timer_cancelled_from_another_cpu_never_runs(_: &Kernel) {
     let ran = Arc::new(AtomicBool::new(false));
-    let seen = ran.clone();
-    let timer =
-        Timer::after(1, Duration::from_millis(20), move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
+    let deadline = before_its_deadline(|deadline| {
+        ran.store(false, Ordering::Relaxed);
+        let seen = ran.clone();
+        let timer = Timer::at(1, deadline, move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
             .expect("armed on CPU 1");
-    assert_eq!(timer.cancel(), Cancelled::Pending, "a pending timer on CPU 1 is cancelled from CPU 0");
-    clockevents::sleep_ns(40 * MS).unwrap();
+        let cancelled = timer.cancel();
+        let back = clockevents::now();
+        if back < deadline {
+            assert_eq!(cancelled, Cancelled::Pending, "a pending timer on CPU 1 is cancelled from CPU 0");
+        }
+        back
+    });
+    clockevents::sleep_until(deadline + Duration::from_millis(20)).unwrap();
     assert!(!ran.load(Ordering::Relaxed), "a timer cancelled from another CPU ran");
 }
 
@@ -90,40 +111,52 @@ fn a_timer_posted_from_a_callback_runs_on_its_cpu(_: &Kernel) {
 fn dropping_a_handle_cancels_its_timer(_: &Kernel) {
     let ran = Arc::new(AtomicBool::new(false));
     for cpu in [0, 1] {
-        let seen = ran.clone();
-        let timer = Timer::after(cpu, Duration::from_millis(10), move |_: &TimerEvent| {
-            seen.store(true, Ordering::Relaxed)
-        })
-        .expect("armed");
-        drop(timer);
+        let last = before_its_deadline(|deadline| {
+            ran.store(false, Ordering::Relaxed);
+            let seen = ran.clone();
+            let timer = Timer::at(cpu, deadline, move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
+                .expect("armed");
+            drop(timer);
+            clockevents::now()
+        });
+        clockevents::sleep_until(last + Duration::from_millis(10)).unwrap();
+        assert!(!ran.load(Ordering::Relaxed), "a dropped handle's timer ran on CPU {cpu}");
     }
     let kept = Arc::new(AtomicBool::new(false));
     let seen = kept.clone();
     Timer::after(1, Duration::from_millis(10), move |_: &TimerEvent| seen.store(true, Ordering::Relaxed))
         .expect("armed")
         .detach();
-    clockevents::sleep_ns(30 * MS).unwrap();
-    assert!(!ran.load(Ordering::Relaxed), "a dropped handle's timer ran");
     assert!(wait_for(|| kept.load(Ordering::Relaxed)), "a detached timer was cancelled");
 }
 
-static SELF_CANCEL: AtomicU64 = AtomicU64::new(0);
+static SELF_CANCEL_RUNS: AtomicU64 = AtomicU64::new(0);
+static SELF_CANCEL_WITH_HANDLE: AtomicU64 = AtomicU64::new(0);
 
 fn cancelling_a_timer_from_its_own_callback_says_it_is_running(_: &Kernel) {
     let handle: Arc<spin::Mutex<Option<Timer>>> = Arc::new(spin::Mutex::new(None));
     let inside = handle.clone();
     let ms = Duration::from_millis(1);
+    // The handle is stored after arming, so under host noise the first expiries can come
+    // before it: those runs find no handle and leave the timer armed. The first run that finds
+    // it cancels, and from then on the timer must never run again.
     let timer = Timer::periodic(0, clockevents::now() + ms, ms, move |_: &TimerEvent| {
-        SELF_CANCEL.fetch_add(1, Ordering::Relaxed);
+        SELF_CANCEL_RUNS.fetch_add(1, Ordering::Relaxed);
         if let Some(t) = inside.lock().as_ref() {
+            SELF_CANCEL_WITH_HANDLE.fetch_add(1, Ordering::Relaxed);
             assert_eq!(t.cancel(), Cancelled::Running, "its own callback is running");
         }
     })
     .expect("armed");
     *handle.lock() = Some(timer);
-    assert!(wait_for(|| SELF_CANCEL.load(Ordering::Relaxed) > 0), "the periodic timer never ran");
+    assert!(
+        wait_for(|| SELF_CANCEL_WITH_HANDLE.load(Ordering::Relaxed) > 0),
+        "the periodic timer never ran with its handle stored"
+    );
+    let runs = SELF_CANCEL_RUNS.load(Ordering::Relaxed);
     clockevents::sleep_ns(10 * MS).unwrap();
-    assert_eq!(SELF_CANCEL.load(Ordering::Relaxed), 1, "cancelled in its callback, it ran again");
+    assert_eq!(SELF_CANCEL_WITH_HANDLE.load(Ordering::Relaxed), 1, "cancelled in its callback, it ran again");
+    assert_eq!(SELF_CANCEL_RUNS.load(Ordering::Relaxed), runs, "cancelled in its callback, it ran again");
     let timer = handle.lock().take().expect("kept");
     assert_eq!(timer.cancel(), Cancelled::Inactive);
     assert_eq!(

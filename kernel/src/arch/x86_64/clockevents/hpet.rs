@@ -38,7 +38,10 @@ pub const MAX_DELTA_TICKS: u64 = 0x7fff_ffff;
 /// The self-test wants this many interrupts (the patch's "expect 5"; Linux's timer_irq_works).
 pub const SELFTEST_IRQS: u64 = 5;
 /// Each self-test interrupt must arrive within this many ns of HPET time after it was due.
-pub const SELFTEST_WAIT_NS: u64 = 100_000_000;
+/// Generous: a working comparator's interrupt takes microseconds, but a host that deschedules the
+/// target vCPU (two cores, several guests) has delayed one past 100 ms; only a failing
+/// comparator pays the wait.
+pub const SELFTEST_WAIT_NS: u64 = 1_000_000_000;
 /// Delay of each self-test event.
 const SELFTEST_DELTA_TICKS: u64 = 10_000;
 

@@ -28,6 +28,7 @@ pub use report::{
 };
 pub use timer::{
     Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, cancel, now, post_on, sleep_ns,
+    sleep_until,
 };
 
 use super::interrupts;

@@ -275,10 +275,19 @@ fn sleep_done(e: &TimerEvent) {
 
 /// Halts the calling CPU for at least `ns` (interrupts must be enabled).
 pub fn sleep_ns(ns: u64) -> Result<(), ArmError> {
+    sleep_until_ns(now_ns().saturating_add(ns))
+}
+
+/// Halts the calling CPU until `deadline` has passed (interrupts must be enabled).
+pub fn sleep_until(deadline: Instant) -> Result<(), ArmError> {
+    sleep_until_ns(deadline.as_nanos())
+}
+
+fn sleep_until_ns(deadline_ns: u64) -> Result<(), ArmError> {
     use x86_64::instructions::interrupts;
     let wakeups = &percpu::this_cpu().time.sleep_wakeups;
     let before = wakeups.load(Ordering::Acquire);
-    arm_after(ns, sleep_done, 0)?;
+    arm_at(deadline_ns, sleep_done, 0)?;
     loop {
         // Check with interrupts off, then idle (`sti; hlt` or `sti; mwait`, which take no
         // interrupt between the two instructions): a wake-up that lands after the check still
