@@ -12,7 +12,7 @@ use kernel_tests::kernel::arch::x86_64::ioapic::{
     DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger,
 };
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
-use kernel_tests::kernel::arch::x86_64::{interrupts, lapic, tsc};
+use kernel_tests::kernel::arch::x86_64::{destination, interrupts, lapic, tsc};
 use kernel_tests::kernel::time::clockevents::State;
 use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::wait_for;
@@ -108,7 +108,7 @@ fn hpet_interrupt_arrives_through_the_ioapic(k: &Kernel) {
         polarity: Polarity::ActiveLow,
         trigger: Trigger::Level,
         masked: false,
-        destination: lapic::id() as u8,
+        destination: lapic::id(),
     };
     ioapics.route(gsi, entry).unwrap();
     drop(ioapics);
@@ -204,7 +204,7 @@ fn hpet_fsb_interrupt_arrives_when_offered(k: &Kernel) {
     let hpet = k.platform.hpet.expect("an HPET");
     let n = free_comparator(k, |n| hpet.comparator_config(n).contains(ComparatorConfig::FSB_CAPABLE));
     let vector = interrupts::allocate(fsb_irq).unwrap();
-    let (address, data) = lapic::msi_message(lapic::id(), vector);
+    let (address, data) = destination::format().msi_message(lapic::id(), vector).expect("CPU 0 is reachable");
     hpet.set_fsb_route(n, address, data);
     let config = hpet.comparator_config(n);
     // Edge: an FSB message is a write, nothing holds a line.
