@@ -26,16 +26,18 @@ kernel_tests::qemu_test!(
         hpet_off: --expect-report /hpet=null --expect-report /lapic/calibrated_against=acpi_pm -- -machine q35,hpet=off
         pc: --expect-report /hpet/comparators/0/route_cap=4 --expect-report /hpet/comparators/0/delivery=legacy -- -machine pc,hpet=on
         msi: --expect-report /hpet/comparators/0/fsb=true --expect-report /hpet/comparators/0/delivery=fsb -- -global hpet.msi=on
+        x2apic: --x2apic on --expect-report /lapic/mode=x2apic --expect-report /tick_devices/0/device=hpet0
+        xapic: --x2apic off --expect-report /lapic/mode=xapic --expect-report /tick_devices/0/device=hpet0
         hpet_free: --cmdline clockevents=lapic --expect-report /hpet/comparators/0/role=unused --expect-report /tick_devices/0/device=lapic0
         hpet_free_msi: --cmdline clockevents=lapic --expect-report /hpet/comparators/2/fsb=true --expect-log 'by FSB message' -- -global hpet.msi=on
     ",
     tests: [
-        hpet_interrupt_arrives_through_the_ioapic => "timers3 timers8 timers32 uefi msi hpet_free hpet_free_msi",
-        lapic_timer_interrupt_arrives => "timers3 timers8 timers32 uefi pc msi",
+        hpet_interrupt_arrives_through_the_ioapic => "timers3 timers8 timers32 uefi msi x2apic xapic hpet_free hpet_free_msi",
+        lapic_timer_interrupt_arrives => "timers3 timers8 timers32 uefi pc msi x2apic xapic",
         hpet_stops_resets_and_restarts => "hpet_free hpet_free_msi",
         unhandled_vector_is_counted_as_spurious,
         hpet_fsb_interrupt_arrives_when_offered => "msi hpet_free_msi",
-        lapic_periodic_timer_repeats => "timers3 timers8 timers32 uefi pc msi",
+        lapic_periodic_timer_repeats => "timers3 timers8 timers32 uefi pc msi x2apic xapic",
         ioapic_refuses_bad_and_double_claims,
         clocksource_is_monotonic_and_advances,
         timer_interrupts_land_where_routed,
