@@ -48,12 +48,15 @@ const DRIFT: &[(&str, &str)] = &[
 const DELTAS: [&str; 4] = ["1000", "10000", "100000", "1000000"];
 
 /// The main run's workload at each CPU count, with per-CPU HPET comparators for every CPU
-/// (12 comparators by FSB where q35's 3 do not suffice).
+/// (12 comparators by FSB where q35's 3 do not suffice) up to 8; at 64, QEMU's most (24 by
+/// FSB: 23 per-CPU, a global one standing by for the CPUs on their LAPIC timer). Each also
+/// gives the bring-up time (to every CPU having its tick device) and the memory per CPU.
 const SCALING: &[(u32, &[&str])] = &[
     (1, &[]),
     (2, &[]),
     (4, &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
     (8, &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
+    (64, &["-global", "hpet.timers=24", "-global", "hpet.msi=on"]),
 ];
 /// The idle figures: `--smp 4`, `idle=deep lapic_stops_in_idle`, the workload running, on
 /// (a) LAPIC timers handing over to a global HPET device and (b) per-CPU HPET comparators
@@ -70,6 +73,8 @@ struct Args {
     clocks: Vec<&'static str>,
     drift_s: u64,
     scaling: bool,
+    /// `--scaling-only`: no device kinds, drift or idle boots.
+    only_scaling: bool,
     accel: Accel,
     out: PathBuf,
 }
@@ -79,6 +84,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         clocks: vec!["tcg", "icount"],
         drift_s: 10,
         scaling: true,
+        only_scaling: false,
         accel: Accel::Tcg,
         out: PathBuf::from("target/bench"),
     };
@@ -104,6 +110,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             }
             "--out" => a.out = PathBuf::from(value()?),
             "--no-scaling" => a.scaling = false,
+            "--scaling-only" => {
+                a.only_scaling = true;
+                a.scaling = true;
+            }
             other => return Err(format!("unknown bench option {other}")),
         }
     }
@@ -151,6 +161,9 @@ fn measure_scaling(elf: &Path, a: &Args, clock: &str, smp: u32, qemu_args: &[&st
         "lost": report["lost_events"],
         "early": report["early_events"],
         "cpus_on_percpu_hpet": percpu,
+        "bringup_us": report["bringup_us"],
+        "memory_per_cpu_bytes": report["memory"]["per_cpu_bytes"],
+        "heap_used_bytes": report["memory"]["heap_used"],
         "verdict": report["verdict"],
     }))
 }
@@ -242,7 +255,7 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
     for &clock in &a.clocks {
         eprintln!("bench: clock {clock}");
         let mut kinds = serde_json::Map::new();
-        for k in KINDS {
+        for k in KINDS.iter().filter(|_| !a.only_scaling) {
             eprint!("bench:   {} ... ", k.name);
             match measure(elf, &a, clock, k.smp, k.cmdline, k.qemu) {
                 Ok(part) => {
@@ -253,7 +266,7 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
             }
         }
         let mut drift = serde_json::Map::new();
-        if a.drift_s > 0 {
+        if a.drift_s > 0 && !a.only_scaling {
             for (name, cmdline) in DRIFT {
                 eprint!("bench:   drift of {name} over {} s ... ", a.drift_s);
                 let cmdline = format!("{cmdline} bench_drift_s={}", a.drift_s);
@@ -280,7 +293,7 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
             }
         }
         let mut idle = serde_json::Map::new();
-        if a.scaling {
+        if a.scaling && !a.only_scaling {
             for &(name, cmdline, qemu_args) in IDLE {
                 eprint!("bench:   idle: {name} ... ");
                 match measure_idle(elf, &a, clock, cmdline, qemu_args) {
@@ -448,7 +461,7 @@ fn print_table(run: &Value) {
             let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
             let h = &s["handler_latency_ns"];
             println!(
-                "  smp {:<2} {:.1} / {:.1} / {:.1}   (to handler {:.1} / {:.1})   {:>7} events/s   lost {} early {}   {} CPUs on per-CPU HPET",
+                "  smp {:<2} {:.1} / {:.1} / {:.1}   (to handler {:.1} / {:.1})   {:>7} events/s   lost {} early {}   {} CPUs on per-CPU HPET   bring-up {:.0} ms   {} KiB per CPU",
                 s["smp"],
                 us(&l["p50"]),
                 us(&l["p99"]),
@@ -458,7 +471,9 @@ fn print_table(run: &Value) {
                 s["events_per_s"],
                 s["lost"],
                 s["early"],
-                s["cpus_on_percpu_hpet"]
+                s["cpus_on_percpu_hpet"],
+                s["bringup_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                s["memory_per_cpu_bytes"].as_u64().unwrap_or(0) / 1024
             );
         }
     }
@@ -620,6 +635,8 @@ mod tests {
         let a = parse_args(&["--clock".into(), "icount".into(), "--drift-s".into(), "0".into()]).unwrap();
         assert_eq!((a.clocks, a.drift_s, a.scaling), (vec!["icount"], 0, true));
         assert!(!parse_args(&["--no-scaling".into()]).unwrap().scaling);
+        let only = parse_args(&["--scaling-only".into()]).unwrap();
+        assert!(only.scaling && only.only_scaling);
         assert_eq!(profile_of(Path::new("target/x86_64-unknown-none/release/kernel")), "release");
         let built = "target/x86_64-unknown-none/debug/build/kernel/0123/artifact/bin/kernel";
         assert_eq!(profile_of(Path::new(built)), "dev");

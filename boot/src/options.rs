@@ -22,6 +22,18 @@ pub enum Accel {
     Kvm,
 }
 
+/// Whether the guest CPU offers x2APIC (the kernel takes it when offered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum X2Apic {
+    /// What the CPU model offers on this QEMU (TCG `max`: x2APIC from QEMU 10), except under
+    /// `-icount` on a QEMU that offers it, which aborts there in x2APIC mode: xAPIC then.
+    Auto,
+    /// Offered: needs a QEMU whose TCG has it (10 or later) or KVM.
+    On,
+    /// Not offered (`-x2apic`): xAPIC mode.
+    Off,
+}
+
 /// What a test variant expects the kernel to report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
@@ -36,6 +48,7 @@ pub struct RunOptions {
     pub memory_mib: u32,
     pub firmware: Firmware,
     pub accel: Accel,
+    pub x2apic: X2Apic,
     pub timeout: Duration,
     pub cmdline: String,
     pub gdb: bool,
@@ -62,6 +75,7 @@ impl Default for RunOptions {
             memory_mib: 256,
             firmware: Firmware::Bios,
             accel: Accel::Tcg,
+            x2apic: X2Apic::Auto,
             timeout: Duration::from_secs(120),
             cmdline: String::new(),
             gdb: false,
@@ -101,7 +115,13 @@ Options (scripts/run, and each variant of a QEMU test):
   --smp N              number of CPUs (default 1)
   --memory MIB         guest memory in MiB (default 256)
   --bios | --uefi      firmware (default --bios: SeaBIOS boots in about a third of OVMF's time)
-  --accel tcg|kvm      accelerator (default tcg; /dev/kvm on these machines is itself emulated)
+  --accel tcg|kvm      accelerator (default tcg; /dev/kvm on these machines is itself emulated).
+                       CPU model: -cpu max under TCG, -cpu host,-arch-capabilities under KVM
+                       (software KVMs refuse the IA32_ARCH_CAPABILITIES MSR)
+  --x2apic auto|on|off   offer x2APIC to the guest or not (default auto: what the CPU model
+                       offers: x2APIC under TCG from QEMU 10, xAPIC under -icount there, which
+                       aborts in x2APIC mode); on needs QEMU >= 10 or KVM (a test variant that
+                       asks for it on an older QEMU is reported ignored)
   --timeout SECONDS    kill QEMU and fail after this long (default 120)
   --cmdline \"...\"      kernel options, handed over through fw_cfg (see README, Kernel options)
   --gdb                QEMU waits for a debugger on tcp::1234 before the first instruction
@@ -154,6 +174,21 @@ impl RunOptions {
                                 option: arg.clone(),
                                 value: v.clone(),
                                 why: "tcg or kvm",
+                            });
+                        }
+                    }
+                }
+                "--x2apic" => {
+                    let v = value(arg, &mut it)?;
+                    self.x2apic = match v.as_str() {
+                        "auto" => X2Apic::Auto,
+                        "on" => X2Apic::On,
+                        "off" => X2Apic::Off,
+                        _ => {
+                            return Err(OptionError::BadValue {
+                                option: arg.clone(),
+                                value: v.clone(),
+                                why: "auto, on or off",
                             });
                         }
                     }
@@ -271,6 +306,14 @@ mod tests {
         assert!(matches!(parse("--accel hax"), Err(OptionError::BadValue { .. })));
         assert_eq!(parse("--timeout"), Err(OptionError::MissingValue("--timeout".into())));
         assert_eq!(parse("--smpp 2"), Err(OptionError::Unknown("--smpp".into())));
+    }
+
+    #[test]
+    fn x2apic_is_auto_on_or_off() {
+        assert_eq!(parse("").unwrap().x2apic, X2Apic::Auto);
+        assert_eq!(parse("--x2apic on").unwrap().x2apic, X2Apic::On);
+        assert_eq!(parse("--x2apic off").unwrap().x2apic, X2Apic::Off);
+        assert!(matches!(parse("--x2apic yes"), Err(OptionError::BadValue { .. })));
     }
 
     #[test]

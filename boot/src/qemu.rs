@@ -2,7 +2,7 @@
 //! it ended.
 
 use crate::hpet_table::HpetTable;
-use crate::options::{Accel, Firmware, RunOptions};
+use crate::options::{Accel, Firmware, RunOptions, X2Apic};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -13,6 +13,99 @@ use std::time::{Duration, Instant};
 /// `(value << 1) | 1`. Keep in step with `kernel/src/arch/x86_64/qemu.rs`.
 pub const EXIT_SUCCESS_STATUS: i32 = (0x10 << 1) | 1;
 pub const EXIT_FAILURE_STATUS: i32 = (0x11 << 1) | 1;
+
+/// The QEMU binary: `$QEMU` when set (a QEMU outside `PATH`), else `qemu-system-x86_64`.
+pub fn binary() -> String {
+    std::env::var("QEMU").ok().filter(|q| !q.is_empty()).unwrap_or_else(|| "qemu-system-x86_64".into())
+}
+
+/// A QEMU's version, as `--version` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QemuVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl QemuVersion {
+    /// From `QEMU emulator version 10.0.2 (Debian ...)`.
+    pub fn parse(text: &str) -> Option<QemuVersion> {
+        let rest = &text[text.find("version ")? + "version ".len()..];
+        let mut parts = rest.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+        Some(QemuVersion { major: parts.next()?.parse().ok()?, minor: parts.next()?.parse().ok()? })
+    }
+
+    /// Its TCG offers x2APIC to `-cpu max` (measured: Debian's 7.2 does not, 10.0 from
+    /// bookworm-backports does).
+    pub fn tcg_x2apic(self) -> bool {
+        self.major >= 10
+    }
+}
+
+impl std::fmt::Display for QemuVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The version of [`binary`], asked once per run.
+pub fn version() -> Result<QemuVersion, String> {
+    static VERSION: std::sync::OnceLock<Result<QemuVersion, String>> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let q = binary();
+            let out = Command::new(&q).arg("--version").output().map_err(|e| {
+                format!("cannot start {q} ({e}): run `apt-get install -y qemu-system-x86 ovmf`, or set QEMU")
+            })?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            QemuVersion::parse(&text).ok_or_else(|| format!("{q} --version printed no version: {text}"))
+        })
+        .clone()
+}
+
+/// Why a configuration cannot run on this QEMU (a test variant asking for it is ignored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+/// The `-cpu` model for `opts` on QEMU `version`: `max` under TCG (with `-x2apic` where x2APIC
+/// must not be offered), `host,-arch-capabilities` under KVM (`host` alone aborts on software
+/// KVMs, which refuse the IA32_ARCH_CAPABILITIES MSR QEMU sets for it). Under `-icount`, a QEMU
+/// whose TCG offers x2APIC aborts as soon as the guest reads the APIC timer by MSR ("Bad
+/// icount read"): `auto` turns x2APIC off there, and `on` is refused.
+pub fn cpu_model(opts: &RunOptions, version: QemuVersion) -> Result<String, Unsupported> {
+    let icount = opts.qemu_args.iter().any(|a| a == "-icount");
+    let base = match opts.accel {
+        Accel::Tcg => "max",
+        Accel::Kvm => "host,-arch-capabilities",
+    };
+    let x2apic = match (opts.x2apic, opts.accel) {
+        (X2Apic::Off, _) => false,
+        (X2Apic::Auto, Accel::Tcg) => !(icount && version.tcg_x2apic()),
+        (X2Apic::Auto, Accel::Kvm) => true,
+        (X2Apic::On, Accel::Kvm) => true,
+        (X2Apic::On, Accel::Tcg) if !version.tcg_x2apic() => {
+            return Err(Unsupported(format!(
+                "x2APIC under TCG needs QEMU 10 or later (this is {version}; Debian's bookworm-backports has it)"
+            )));
+        }
+        (X2Apic::On, Accel::Tcg) if icount => {
+            return Err(Unsupported(format!(
+                "QEMU {version} aborts under -icount in x2APIC mode (Bad icount read)"
+            )));
+        }
+        (X2Apic::On, Accel::Tcg) => true,
+    };
+    Ok(if x2apic { base.to_string() } else { format!("{base},-x2apic") })
+}
+
+/// Whether KVM can be used at all: `/dev/kvm` opens for reading and writing.
+pub fn kvm_available() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| format!("KVM is not usable here (/dev/kvm: {e}): use --accel tcg (the default)"))
+}
 
 /// Where the firmware for `--uefi` is looked up (Debian's `ovmf` package).
 pub const OVMF_PATHS: &[&str] = &["/usr/share/ovmf/OVMF.fd", "/usr/share/OVMF/OVMF.fd"];
@@ -55,6 +148,16 @@ impl Outcome {
             Outcome::Timeout(t) => {
                 format!("timeout: no verdict within {} s, QEMU killed", t.as_secs())
             }
+        }
+    }
+
+    /// A hint for a boot under KVM that gave no verdict in time.
+    pub fn kvm_hint(&self, accel: Accel) -> Option<&'static str> {
+        match (self, accel) {
+            (Outcome::Timeout(_), Accel::Kvm) => Some(
+                "under KVM no verdict came in time: this host's KVM may itself be emulated (slower than TCG): use --accel tcg (the default) or a longer --timeout",
+            ),
+            _ => None,
         }
     }
 
@@ -110,6 +213,7 @@ pub fn write_hpet_table(table: &HpetTable, image: &Path) -> Result<PathBuf, Stri
 /// `hpet_table_file` the table `--hpet-table` asked for (see [`write_hpet_table`]).
 pub fn arguments(
     opts: &RunOptions,
+    version: QemuVersion,
     image: &Path,
     cmdline_file: &Path,
     hpet_table_file: Option<&Path>,
@@ -121,9 +225,10 @@ pub fn arguments(
     if !opts.qemu_args.iter().any(|x| x == "-machine" || x == "-M") {
         push(&["-machine", if hpet_table_file.is_some() { "q35,hpet=off" } else { "q35,hpet=on" }]);
     }
+    let cpu = cpu_model(opts, version).map_err(|Unsupported(why)| why)?;
     match opts.accel {
-        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
-        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", &cpu]),
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", &cpu]),
     }
     let smp = opts.smp.to_string();
     let mem = format!("{}M", opts.memory_mib);
@@ -164,16 +269,19 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     std::fs::write(&cmdline_file, opts.cmdline.as_bytes())
         .map_err(|e| format!("writing {}: {e}", cmdline_file.display()))?;
     let hpet_table_file = opts.hpet_table.map(|t| write_hpet_table(&t, image)).transpose()?;
-    let args = arguments(opts, image, &cmdline_file, hpet_table_file.as_deref())?;
+    if opts.accel == Accel::Kvm {
+        kvm_available()?;
+    }
+    let args = arguments(opts, version()?, image, &cmdline_file, hpet_table_file.as_deref())?;
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut child = Command::new(binary())
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            format!("cannot start qemu-system-x86_64 ({e}): run `apt-get install -y qemu-system-x86 ovmf`")
+            format!("cannot start {} ({e}): run `apt-get install -y qemu-system-x86 ovmf`", binary())
         })?;
 
     let log = Arc::new(Mutex::new(String::new()));
@@ -217,6 +325,15 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     let stderr_text = errors.join().unwrap_or_default();
     let _ = std::fs::remove_file(&cmdline_file);
     let outcome = match outcome {
+        // Said in one line: QEMU's own lines are echoed above.
+        Outcome::QemuError(e) if opts.accel == Accel::Kvm => {
+            let first =
+                stderr_text.lines().find(|l| l.contains("error") || l.contains("rror:")).unwrap_or(&e);
+            Outcome::QemuError(format!(
+                "KVM cannot run this kernel here ({}): use --accel tcg (the default)",
+                first.trim()
+            ))
+        }
         Outcome::QemuError(e) if !stderr_text.trim().is_empty() => {
             Outcome::QemuError(format!("{e}: {}", stderr_text.trim()))
         }
@@ -234,10 +351,61 @@ mod tests {
     use super::*;
     use crate::options::split_words;
 
+    const QEMU_7_2: QemuVersion = QemuVersion { major: 7, minor: 2 };
+    const QEMU_10_0: QemuVersion = QemuVersion { major: 10, minor: 0 };
+
+    fn opts(line: &str) -> RunOptions {
+        RunOptions::default().parse(&split_words(line).unwrap()).unwrap()
+    }
+
     fn args_for(line: &str) -> Vec<String> {
-        let o = RunOptions::default().parse(&split_words(line).unwrap()).unwrap();
+        let o = opts(line);
         let table = o.hpet_table.map(|t| PathBuf::from(format!("k.{}.dat", t.file_stem())));
-        arguments(&o, Path::new("k.img"), Path::new("k.cmdline"), table.as_deref()).unwrap()
+        arguments(&o, QEMU_7_2, Path::new("k.img"), Path::new("k.cmdline"), table.as_deref()).unwrap()
+    }
+
+    #[test]
+    fn version_is_read_from_qemu_s_banner() {
+        let v = QemuVersion::parse("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n");
+        assert_eq!(v, Some(QEMU_10_0));
+        assert_eq!(
+            QemuVersion::parse("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            Some(QEMU_7_2)
+        );
+        assert_eq!(QemuVersion::parse("no banner"), None);
+        assert!(QEMU_10_0.tcg_x2apic() && !QEMU_7_2.tcg_x2apic());
+    }
+
+    #[test]
+    fn cpu_model_follows_the_accelerator_x2apic_and_icount() {
+        let model = |line: &str, v| cpu_model(&opts(line), v);
+        assert_eq!(model("", QEMU_7_2), Ok("max".into()));
+        assert_eq!(model("", QEMU_10_0), Ok("max".into()), "QEMU 10 offers x2APIC with max");
+        assert_eq!(model("--x2apic off", QEMU_10_0), Ok("max,-x2apic".into()));
+        assert_eq!(model("--x2apic on", QEMU_10_0), Ok("max".into()));
+        assert!(
+            model("--x2apic on", QEMU_7_2).unwrap_err().0.contains("needs QEMU 10 or later (this is 7.2")
+        );
+        // icount: QEMU 10 aborts in x2APIC mode, so auto keeps the guest on xAPIC there.
+        assert_eq!(model("-- -icount shift=0,sleep=off", QEMU_10_0), Ok("max,-x2apic".into()));
+        assert_eq!(model("-- -icount shift=0,sleep=off", QEMU_7_2), Ok("max".into()));
+        assert!(
+            model("--x2apic on -- -icount shift=0", QEMU_10_0).unwrap_err().0.contains("Bad icount read")
+        );
+        // KVM: the host's CPU without the MSR software KVMs refuse.
+        assert_eq!(model("--accel kvm", QEMU_7_2), Ok("host,-arch-capabilities".into()));
+        assert_eq!(model("--accel kvm --x2apic off", QEMU_7_2), Ok("host,-arch-capabilities,-x2apic".into()));
+        assert_eq!(model("--accel kvm --x2apic on", QEMU_7_2), Ok("host,-arch-capabilities".into()));
+        let a = args_for("--accel kvm");
+        assert!(has_pair(&a, "-accel", "kvm") && has_pair(&a, "-cpu", "host,-arch-capabilities"));
+    }
+
+    #[test]
+    fn a_kvm_timeout_says_how_to_use_tcg() {
+        let t = Outcome::Timeout(Duration::from_secs(120));
+        assert!(t.kvm_hint(Accel::Kvm).unwrap().contains("use --accel tcg"));
+        assert_eq!(t.kvm_hint(Accel::Tcg), None);
+        assert_eq!(Outcome::KernelSuccess.kvm_hint(Accel::Kvm), None);
     }
 
     fn has_pair(a: &[String], x: &str, y: &str) -> bool {
@@ -289,14 +457,10 @@ mod tests {
     #[test]
     fn test_variant_name_reaches_the_kernel_by_fw_cfg() {
         let mut o = RunOptions::default();
-        assert!(
-            !arguments(&o, Path::new("k.img"), Path::new("c"), None)
-                .unwrap()
-                .iter()
-                .any(|a| a.contains("variant"))
-        );
+        let args = |o: &RunOptions| arguments(o, QEMU_7_2, Path::new("k.img"), Path::new("c"), None).unwrap();
+        assert!(!args(&o).iter().any(|a| a.contains("variant")));
         o.variant = Some("smp4_partial".into());
-        let a = arguments(&o, Path::new("k.img"), Path::new("c"), None).unwrap();
+        let a = args(&o);
         assert!(has_pair(&a, "-fw_cfg", "name=opt/timerkernel/variant,string=smp4_partial"));
     }
 

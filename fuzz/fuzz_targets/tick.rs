@@ -525,12 +525,12 @@ impl Sim {
         if self.irq_cpu.len() >= MAX_DEVICES {
             return;
         }
-        let mut set = CpuSet(u64::from(cpus) & ((1 << CPUS) - 1));
+        let mut set = CpuSet::from_bits(u64::from(cpus) & ((1 << CPUS) - 1));
         if set.is_empty() {
             set = CpuSet::single(usize::from(cpus) % CPUS);
         }
         if per_cpu {
-            set = CpuSet::single(set.0.trailing_zeros() as usize);
+            set = CpuSet::single(set.first_cpu().expect("not empty"));
         }
         let members: Vec<usize> = set.iter().collect();
         let irq_cpu = members[usize::from(irq_cpu) % members.len()];

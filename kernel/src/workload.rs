@@ -15,9 +15,14 @@ use spin::Mutex;
 const CHAINS_PER_CPU: u64 = 4;
 /// Delays drawn for each timer: from the HPET's minimum delta to a few ms.
 const DELAYS_NS: [u64; 8] = [2_000, 10_000, 30_000, 100_000, 250_000, 500_000, 1_000_000, 3_000_000];
-/// Lateness samples kept per CPU (the first ones; the counts go on): 400 KiB a CPU, so that a
-/// long run cannot exhaust the 16 MiB heap.
+/// Lateness samples kept per CPU (the first ones; the counts go on): 400 KiB a CPU for each of
+/// the two latencies, so that a long run cannot exhaust the heap...
 const MAX_SAMPLES_PER_CPU: usize = 50_000;
+/// ...and at most this many over all CPUs (6.4 MiB), so that many CPUs cannot either.
+const MAX_SAMPLES: usize = 400_000;
+/// This run's share of samples per CPU.
+static SAMPLES_PER_CPU: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(MAX_SAMPLES_PER_CPU);
 /// After the run ends, how long the last timers get to fire before they count as lost.
 const GRACE_NS: u64 = 2_000_000_000;
 
@@ -80,7 +85,7 @@ fn on_timer(e: &TimerEvent) {
         log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - now, e.cpu);
     }
     let mut samples = LATENESS[e.cpu].lock();
-    if samples.len() < MAX_SAMPLES_PER_CPU {
+    if samples.len() < SAMPLES_PER_CPU.load(Ordering::Relaxed) {
         samples.push(now.saturating_sub(e.deadline_ns));
         let entry = clockevents::last_interrupt_entry_ns(e.cpu);
         HANDLER_LATENESS[e.cpu].lock().push(entry.saturating_sub(e.deadline_ns));
@@ -132,6 +137,7 @@ pub fn run_with_suspend(
     let start = now_ns();
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
     let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
+    SAMPLES_PER_CPU.store(MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1)), Ordering::Relaxed);
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
     for &cpu in &cpus {

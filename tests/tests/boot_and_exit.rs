@@ -9,6 +9,7 @@ kernel_tests::qemu_test!(
         bios: --expect-log 'calibrated against the PIT'
         uefi: --uefi --expect-log 'BdsDxe: starting Boot'
         smp4: --smp 4 --expect-report /cpus_online=4
+        x2apic_uefi: --uefi --x2apic on --expect-report /lapic/mode=x2apic --expect-log 'BdsDxe: starting Boot'
         hpet_off: --expect-report /hpet=null -- -machine q35,hpet=off
         pc: --expect-report /hpet/comparators/0/delivery=legacy -- -machine pc,hpet=on
     ",

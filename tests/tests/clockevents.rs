@@ -33,6 +33,13 @@ kernel_tests::qemu_test!(
         msi_smp1: --smp 1 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=fsb --expect-report /tick_devices/0/device=hpet0 --expect-report /verdict=ok -- -global hpet.msi=on
         msi_smp4: --smp 4 --cmdline duration_ms=200 --expect-report /hpet/comparators/3/delivery=fsb --expect-report /tick_devices/3/device=hpet3 -- -global hpet.msi=on -global hpet.timers=4
         msi_smp8: --smp 8 --cmdline duration_ms=200 --expect-report /hpet/comparators/7/delivery=fsb --expect-report /tick_devices/7/device=hpet7 --expect-report /verdict=ok -- -global hpet.msi=on -global hpet.timers=8
+        x2apic_smp2: --x2apic on --smp 2 --cmdline duration_ms=200 --expect-report /lapic/mode=x2apic --expect-report /hpet/comparators/1/delivery=ioapic --expect-report /tick_devices/1/device=hpet1 --expect-report /verdict=ok
+        x2apic_msi_smp4: --x2apic on --smp 4 --cmdline duration_ms=200 --expect-report /lapic/mode=x2apic --expect-report /hpet/comparators/3/delivery=fsb --expect-report /tick_devices/3/device=hpet3 -- -global hpet.msi=on -global hpet.timers=4
+        x2apic_pc_smp2: --x2apic on --smp 2 --cmdline duration_ms=200 --expect-report /lapic/mode=x2apic --expect-report /hpet/comparators/1/delivery=legacy --expect-report /tick_devices/1/device=hpet1 -- -machine pc,hpet=on
+        x2apic_global_smp4: --x2apic on --smp 4 --cmdline 'duration_ms=200 clockevents=global' --expect-report /lapic/mode=x2apic --expect-report /tick_devices/3/via_broadcast=true
+        x2apic_unreachable_cpu: --x2apic on --cmdline duration_ms=200 --expect-report /cpus/1/apic_id=256 --expect-report /destinations/unreachable_cpus/0=1 --expect-report /hpet/comparators/0/cpu=0 --expect-report /broadcast=hpet1 --expect-report /tick_devices/1/device=lapic1 --expect-log 'CPU 1 (APIC id 256): no IOAPIC entry or MSI can name it' -- -smp 1,sockets=2,cores=256,maxcpus=512 -device max-x86_64-cpu,socket-id=1,core-id=0,thread-id=0 -device intel-iommu,intremap=on,eim=on
+        x2apic_unreachable_cpu_broadcast: --x2apic on --cmdline 'duration_ms=200 noapictimer' --expect-report /destinations/unreachable_cpus/0=1 --expect-report /tick_devices/1/device=hpet1 --expect-report /tick_devices/1/via_broadcast=true --expect-report /tick_devices/0/device=hpet0 -- -smp 1,sockets=2,cores=256,maxcpus=512 -device max-x86_64-cpu,socket-id=1,core-id=0,thread-id=0 -device intel-iommu,intremap=on,eim=on
+        xapic_smp2: --x2apic off --smp 2 --cmdline duration_ms=200 --expect-report /lapic/mode=xapic --expect-report /tick_devices/1/device=hpet1
         forced_global: --smp 2 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /hpet/comparators/1/role=unused --expect-report /tick_devices/0/via_broadcast=true --expect-report /tick_devices/1/via_broadcast=true
         global_smp1: --smp 1 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /tick_devices/0/via_broadcast=true
         global_smp4: --smp 4 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /tick_devices/3/via_broadcast=true --expect-report /broadcast=hpet0
@@ -46,7 +53,7 @@ kernel_tests::qemu_test!(
         misrouted_msi: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=0' --expect-report /hpet/comparators/0/delivery=fsb --expect-report /verdict=failed -- -global hpet.msi=on
         misrouted_legacy: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=1' --expect-report /hpet/comparators/1/delivery=legacy --expect-report /verdict=failed -- -machine pc,hpet=on
         storm: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect-report /verdict=degraded --expect-log 'interrupt storm on GSI 16'
-        icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 -- -icount shift=0,sleep=off
+        icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 --expect-report /lapic/mode=xapic -- -icount shift=0,sleep=off
         icount_hpet_off: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off -icount shift=0,sleep=off
         icount_pc_legacy: --smp 2 --cmdline duration_ms=100 --expect-report /hpet/comparators/1/delivery=legacy -- -machine pc,hpet=on -icount shift=0,sleep=off
         icount_msi_global: --smp 2 --cmdline 'duration_ms=100 clockevents=global' --expect-report /hpet/comparators/0/delivery=fsb --expect-report /tick_devices/1/via_broadcast=true -- -global hpet.msi=on -icount shift=0,sleep=off
@@ -58,11 +65,11 @@ kernel_tests::qemu_test!(
         cancelled_timer_never_runs,
         past_deadline_fires_and_is_not_lost,
         timers_run_on_the_cpu_that_armed_them,
-        thirty_two_bit_comparators_fire_across_the_counter_wrap => "smp1 smp2 smp4_partial smp4_broadcast smp4_timers8 smp8_timers8 pc_legacy pc_smp1 pc_smp4 pc_smp8 msi msi_smp1 msi_smp4 msi_smp8 forced_global global_smp1 global_smp4 global_smp8 forced_percpu selftest_fails icount icount_pc_legacy icount_msi_global icount_broadcast",
+        thirty_two_bit_comparators_fire_across_the_counter_wrap => "smp1 smp2 smp4_partial smp4_broadcast smp4_timers8 smp8_timers8 pc_legacy pc_smp1 pc_smp4 pc_smp8 msi msi_smp1 msi_smp4 msi_smp8 forced_global global_smp1 global_smp4 global_smp8 x2apic_smp2 x2apic_msi_smp4 x2apic_pc_smp2 x2apic_global_smp4 x2apic_unreachable_cpu x2apic_unreachable_cpu_broadcast xapic_smp2 forced_percpu selftest_fails icount icount_pc_legacy icount_msi_global icount_broadcast",
         workload_fires_every_timer_once_never_early,
-        interrupts_land_on_the_cpu_they_are_routed_to => "smp1 smp2 smp4_partial smp4_broadcast smp4_timers8 smp8_timers8 pc_legacy pc_smp1 pc_smp4 pc_smp8 msi msi_smp1 msi_smp4 msi_smp8 forced_global global_smp1 global_smp4 global_smp8 forced_percpu selftest_fails icount icount_pc_legacy icount_msi_global icount_broadcast smp4_partial periodic selftest_fails_retarget",
+        interrupts_land_on_the_cpu_they_are_routed_to => "smp1 smp2 smp4_partial smp4_broadcast smp4_timers8 smp8_timers8 pc_legacy pc_smp1 pc_smp4 pc_smp8 msi msi_smp1 msi_smp4 msi_smp8 forced_global global_smp1 global_smp4 global_smp8 x2apic_smp2 x2apic_msi_smp4 x2apic_pc_smp2 x2apic_global_smp4 x2apic_unreachable_cpu x2apic_unreachable_cpu_broadcast xapic_smp2 forced_percpu selftest_fails icount icount_pc_legacy icount_msi_global icount_broadcast smp4_partial periodic selftest_fails_retarget",
         a_wrong_destination_is_counted_and_fails_the_verdict => "misrouted misrouted_msi misrouted_legacy",
-        legacy_route_carries_the_firmware_s_line_properties => "pc_legacy pc_smp1 pc_smp4 pc_smp8 icount_pc_legacy",
+        legacy_route_carries_the_firmware_s_line_properties => "pc_legacy pc_smp1 pc_smp4 pc_smp8 x2apic_pc_smp2 icount_pc_legacy",
     ],
 );
 

@@ -12,7 +12,7 @@ use kernel_tests::kernel::arch::x86_64::ioapic::{
     DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger,
 };
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
-use kernel_tests::kernel::arch::x86_64::{interrupts, lapic, tsc};
+use kernel_tests::kernel::arch::x86_64::{destination, interrupts, lapic, tsc};
 use kernel_tests::kernel::time::clockevents::State;
 use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::wait_for;
@@ -26,16 +26,18 @@ kernel_tests::qemu_test!(
         hpet_off: --expect-report /hpet=null --expect-report /lapic/calibrated_against=acpi_pm -- -machine q35,hpet=off
         pc: --expect-report /hpet/comparators/0/route_cap=4 --expect-report /hpet/comparators/0/delivery=legacy -- -machine pc,hpet=on
         msi: --expect-report /hpet/comparators/0/fsb=true --expect-report /hpet/comparators/0/delivery=fsb -- -global hpet.msi=on
+        x2apic: --x2apic on --expect-report /lapic/mode=x2apic --expect-report /tick_devices/0/device=hpet0
+        xapic: --x2apic off --expect-report /lapic/mode=xapic --expect-report /tick_devices/0/device=hpet0
         hpet_free: --cmdline clockevents=lapic --expect-report /hpet/comparators/0/role=unused --expect-report /tick_devices/0/device=lapic0
         hpet_free_msi: --cmdline clockevents=lapic --expect-report /hpet/comparators/2/fsb=true --expect-log 'by FSB message' -- -global hpet.msi=on
     ",
     tests: [
-        hpet_interrupt_arrives_through_the_ioapic => "timers3 timers8 timers32 uefi msi hpet_free hpet_free_msi",
-        lapic_timer_interrupt_arrives => "timers3 timers8 timers32 uefi pc msi",
+        hpet_interrupt_arrives_through_the_ioapic => "timers3 timers8 timers32 uefi msi x2apic xapic hpet_free hpet_free_msi",
+        lapic_timer_interrupt_arrives => "timers3 timers8 timers32 uefi pc msi x2apic xapic",
         hpet_stops_resets_and_restarts => "hpet_free hpet_free_msi",
         unhandled_vector_is_counted_as_spurious,
         hpet_fsb_interrupt_arrives_when_offered => "msi hpet_free_msi",
-        lapic_periodic_timer_repeats => "timers3 timers8 timers32 uefi pc msi",
+        lapic_periodic_timer_repeats => "timers3 timers8 timers32 uefi pc msi x2apic xapic",
         ioapic_refuses_bad_and_double_claims,
         clocksource_is_monotonic_and_advances,
         timer_interrupts_land_where_routed,
@@ -108,7 +110,7 @@ fn hpet_interrupt_arrives_through_the_ioapic(k: &Kernel) {
         polarity: Polarity::ActiveLow,
         trigger: Trigger::Level,
         masked: false,
-        destination: lapic::id() as u8,
+        destination: lapic::id(),
     };
     ioapics.route(gsi, entry).unwrap();
     drop(ioapics);
@@ -204,7 +206,7 @@ fn hpet_fsb_interrupt_arrives_when_offered(k: &Kernel) {
     let hpet = k.platform.hpet.expect("an HPET");
     let n = free_comparator(k, |n| hpet.comparator_config(n).contains(ComparatorConfig::FSB_CAPABLE));
     let vector = interrupts::allocate(fsb_irq).unwrap();
-    let (address, data) = lapic::msi_message(lapic::id(), vector);
+    let (address, data) = destination::format().msi_message(lapic::id(), vector).expect("CPU 0 is reachable");
     hpet.set_fsb_route(n, address, data);
     let config = hpet.comparator_config(n);
     // Edge: an FSB message is a write, nothing holds a line.

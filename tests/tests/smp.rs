@@ -21,6 +21,12 @@ kernel_tests::qemu_test!(
         smp3: --smp 3 --expect-report /cpus_enabled=3 --expect-report /cpus_online=3 --expect-report /tick_devices/2/device=hpet2 -- -global hpet.timers=4
         smp4: --smp 4 --expect-report /cpus_enabled=4 --expect-report /cpus_online=4 --expect-report /cpus#=4 --expect-report /tick_devices/3/device=hpet3 -- -global hpet.timers=5
         smp8: --smp 8 --expect-report /cpus_enabled=8 --expect-report /cpus_online=8 --expect-log 'CPU 7 online: APIC id 7' --expect-report /hpet/comparators/7/delivery=fsb --expect-report /tick_devices/7/device=hpet7 -- -global hpet.timers=9 -global hpet.msi=on
+        smp16: --smp 16 --expect-report /cpus_online=16 --expect-report /hpet/comparators#=24 --expect-report /tick_devices/15/device=hpet15 --expect-report /broadcast=null --expect-report /verdict=ok -- -global hpet.timers=24 -global hpet.msi=on
+        smp64: --smp 64 --expect-report /cpus_online=64 --expect-log 'CPU 63 online: APIC id 63' --expect-report /tick_devices/22/device=hpet22 --expect-report /broadcast=hpet23 --expect-report /tick_devices/63/device=lapic63 --expect-report /verdict=ok -- -global hpet.timers=24 -global hpet.msi=on
+        x2apic_smp4: --x2apic on --smp 4 --expect-report /lapic/mode=x2apic --expect-report /cpus_online=4 --expect-report /tick_devices/3/device=hpet3 -- -global hpet.timers=5
+        x2apic_smp64: --x2apic on --smp 64 --expect-report /lapic/mode=x2apic --expect-report /cpus_online=64 --expect-report /broadcast=hpet23 --expect-report /verdict=ok -- -global hpet.timers=24 -global hpet.msi=on
+        x2apic_uefi_smp2: --x2apic on --uefi --smp 2 --expect-report /lapic/mode=x2apic --expect-report /cpus_online=2
+        xapic_smp4: --x2apic off --smp 4 --expect-report /lapic/mode=xapic --expect-report /cpus_online=4 -- -global hpet.timers=5
         pc_smp2: --smp 2 --expect-report /cpus_online=2 --expect-report /hpet/comparators/1/delivery=legacy --expect-report /tick_devices/1/device=hpet1 -- -machine pc,hpet=on
         pc_smp4: --smp 4 --expect-report /cpus_online=4 --expect-report /hpet/comparators/1/role=global -- -machine pc,hpet=on
         global_smp4: --smp 4 --cmdline clockevents=global --expect-report /cpus_online=4 --expect-report /tick_devices/3/via_broadcast=true -- -global hpet.timers=4
@@ -31,7 +37,7 @@ kernel_tests::qemu_test!(
     tests: [
         every_enabled_cpu_is_online,
         closure_sent_by_ipi_runs_on_its_cpu,
-        ioapic_interrupt_is_counted_on_the_chosen_cpu_only => "smp1 smp2 smp3 smp4 smp8 global_smp4 uefi_smp2 uefi_smp4 uefi_smp8",
+        ioapic_interrupt_is_counted_on_the_chosen_cpu_only => "smp1 smp2 smp3 smp4 smp8 smp16 global_smp4 uefi_smp2 uefi_smp4 uefi_smp8 x2apic_smp4 x2apic_uefi_smp2 xapic_smp4",
         round_robin_ipi_storm_loses_nothing,
         ipi_to_all_others_reaches_each_other_cpu_once,
         timer_interrupts_land_where_routed,
@@ -113,7 +119,7 @@ fn ioapic_interrupt_is_counted_on_the_chosen_cpu_only(k: &Kernel) {
         polarity: Polarity::ActiveLow,
         trigger: Trigger::Level,
         masked: false,
-        destination: target.apic_id as u8,
+        destination: target.apic_id,
     };
     IOAPICS.lock().route(gsi, entry).unwrap();
     for i in 1..=3 {

@@ -22,6 +22,7 @@ kernel_tests::qemu_test!(
         percpu_hpet: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 --expect-report /verdict=ok
         broadcast: --smp 2 --cmdline 'duration_ms=100 clockevents=global' --expect-report /tick_devices/0/via_broadcast=true --expect-report /tick_devices/1/via_broadcast=true
         lapic_only: --smp 2 --cmdline 'duration_ms=100 clockevents=lapic' --expect-report /tick_devices/1/device=lapic1
+        x2apic: --x2apic on --smp 2 --cmdline duration_ms=100 --expect-report /lapic/mode=x2apic --expect-report /tick_devices/1/device=hpet1
         icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 -- -icount shift=0,sleep=off
     ",
     tests: [

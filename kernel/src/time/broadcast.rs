@@ -11,7 +11,7 @@ use super::clockevents::{ClockEventDevice, CpuSet, DeviceId, ProgramError, State
 use alloc::sync::Arc;
 
 /// Most CPUs a broadcast set holds: one bit each in a [`CpuSet`].
-pub const MAX_CPUS: usize = 64;
+pub use super::clockevents::MAX_CPUS;
 
 /// The broadcast device (if any) and the CPUs waiting on it with their deadlines.
 pub struct Broadcast {
@@ -129,7 +129,7 @@ impl Broadcast {
                 due.insert(cpu);
             }
         }
-        self.waiting.0 &= !due.0;
+        self.waiting.remove_all(due);
         self.wakeups_sent += due.len() as u64 - u64::from(due.contains(here));
         self.reprogram(now_ns);
         due
@@ -219,7 +219,7 @@ mod tests {
         b.set_deadline(3, 200_000, 0);
         assert_eq!(driver.last_next(), Some(10_000), "100 us at 100 MHz: the earliest");
         let due = b.event(250_000, 2);
-        assert_eq!(due, CpuSet(0b1100), "CPUs 2 and 3 are due, 1 is not");
+        assert_eq!(due, CpuSet::from_bits(0b1100), "CPUs 2 and 3 are due, 1 is not");
         assert_eq!(b.waiting(), CpuSet::single(1));
         assert_eq!(driver.last_next(), Some(5_000), "re-armed for CPU 1's deadline");
         assert_eq!(b.stats(), (1, 1), "CPU 2 took the interrupt: one IPI, to CPU 3");

@@ -28,41 +28,111 @@ bitflags! {
     }
 }
 
-/// A set of CPU indices (the kernel supports at most 64 CPUs).
+/// Most CPUs the time layer keeps track of (CPU indices 0..MAX_CPUS): x2APIC machines reach
+/// 255 CPUs without interrupt remapping.
+pub const MAX_CPUS: usize = 256;
+const CPU_WORDS: usize = MAX_CPUS / 64;
+
+/// A set of CPU indices below [`MAX_CPUS`], one bit each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct CpuSet(pub u64);
+pub struct CpuSet([u64; CPU_WORDS]);
 
 impl CpuSet {
-    pub const EMPTY: CpuSet = CpuSet(0);
+    pub const EMPTY: CpuSet = CpuSet([0; CPU_WORDS]);
 
-    pub fn single(cpu: usize) -> CpuSet {
-        CpuSet(1 << cpu)
+    /// CPUs 0..64 as the bits of `bits` (bit n = CPU n).
+    pub fn from_bits(bits: u64) -> CpuSet {
+        let mut set = CpuSet::EMPTY;
+        set.0[0] = bits;
+        set
     }
-    /// CPUs 0..n.
+    pub fn single(cpu: usize) -> CpuSet {
+        let mut set = CpuSet::EMPTY;
+        set.insert(cpu);
+        set
+    }
+    /// CPUs 0..n (all of them for n >= MAX_CPUS).
     pub fn first(n: usize) -> CpuSet {
-        CpuSet(if n >= 64 { u64::MAX } else { (1 << n) - 1 })
+        let mut set = CpuSet::EMPTY;
+        for (i, w) in set.0.iter_mut().enumerate() {
+            let below = n.saturating_sub(i * 64).min(64);
+            *w = if below == 64 { u64::MAX } else { (1u64 << below) - 1 };
+        }
+        set
     }
     pub fn contains(self, cpu: usize) -> bool {
-        cpu < 64 && self.0 & (1 << cpu) != 0
+        cpu < MAX_CPUS && self.0[cpu / 64] & (1 << (cpu % 64)) != 0
     }
+    /// Adds `cpu` (an index beyond [`MAX_CPUS`] is a caller's bug: it panics).
     pub fn insert(&mut self, cpu: usize) {
-        self.0 |= 1 << cpu;
+        assert!(cpu < MAX_CPUS, "CPU {cpu} beyond the {MAX_CPUS} a CpuSet holds");
+        self.0[cpu / 64] |= 1 << (cpu % 64);
     }
     pub fn remove(&mut self, cpu: usize) {
-        self.0 &= !(1 << cpu);
+        if cpu < MAX_CPUS {
+            self.0[cpu / 64] &= !(1 << (cpu % 64));
+        }
+    }
+    /// Adds every CPU of `other`.
+    pub fn insert_all(&mut self, other: CpuSet) {
+        for (w, o) in self.0.iter_mut().zip(other.0) {
+            *w |= o;
+        }
+    }
+    /// Removes every CPU of `other`.
+    pub fn remove_all(&mut self, other: CpuSet) {
+        for (w, o) in self.0.iter_mut().zip(other.0) {
+            *w &= !o;
+        }
     }
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0.iter().all(|&w| w == 0)
     }
     pub fn len(self) -> usize {
-        self.0.count_ones() as usize
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+    /// The lowest CPU in the set.
+    pub fn first_cpu(self) -> Option<usize> {
+        self.0.iter().enumerate().find(|(_, w)| **w != 0).map(|(i, w)| i * 64 + w.trailing_zeros() as usize)
     }
     /// The only CPU in the set, if it has exactly one.
     pub fn only(self) -> Option<usize> {
-        (self.len() == 1).then(|| self.0.trailing_zeros() as usize)
+        if self.len() == 1 { self.first_cpu() } else { None }
     }
     pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..64).filter(move |&c| self.contains(c))
+        (0..CPU_WORDS).flat_map(move |i| {
+            let mut w = self.0[i];
+            core::iter::from_fn(move || {
+                (w != 0).then(|| {
+                    let bit = w.trailing_zeros() as usize;
+                    w &= w - 1;
+                    i * 64 + bit
+                })
+            })
+        })
+    }
+}
+
+impl fmt::Display for CpuSet {
+    /// The CPUs as ranges: `0-3, 8, 10-11`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut cpus = self.iter().peekable();
+        let mut first = true;
+        while let Some(start) = cpus.next() {
+            let mut end = start;
+            while cpus.peek() == Some(&(end + 1)) {
+                end = cpus.next().expect("peeked");
+            }
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            if end == start { write!(f, "{start}")? } else { write!(f, "{start}-{end}")? }
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
     }
 }
 
@@ -822,5 +892,47 @@ mod tests {
         assert_eq!(CpuSet::single(5).only(), Some(5));
         assert_eq!(s.only(), None);
         assert_eq!(CpuSet::first(64).len(), 64);
+    }
+
+    #[test]
+    fn cpu_sets_hold_every_cpu_up_to_the_maximum() {
+        let mut s = CpuSet::EMPTY;
+        for cpu in [0, 63, 64, 127, 200, MAX_CPUS - 1] {
+            s.insert(cpu);
+        }
+        assert_eq!(s.len(), 6);
+        assert!(s.contains(200) && !s.contains(199) && !s.contains(MAX_CPUS));
+        assert_eq!(s.iter().collect::<alloc::vec::Vec<_>>(), [0, 63, 64, 127, 200, MAX_CPUS - 1]);
+        assert_eq!(s.first_cpu(), Some(0));
+        assert_eq!(CpuSet::single(130).only(), Some(130));
+        assert_eq!(s.only(), None);
+        assert_eq!(CpuSet::first(65).len(), 65);
+        assert!(CpuSet::first(65).contains(64) && !CpuSet::first(65).contains(65));
+        assert_eq!(CpuSet::first(usize::MAX).len(), MAX_CPUS);
+        assert_eq!(CpuSet::first(0), CpuSet::EMPTY);
+        let mut t = CpuSet::first(130);
+        t.remove_all(CpuSet::first(64));
+        let mut u = CpuSet::single(255);
+        u.insert_all(CpuSet::single(1));
+        assert_eq!(u.iter().collect::<alloc::vec::Vec<_>>(), [1, 255]);
+        assert_eq!(t.first_cpu(), Some(64));
+        assert_eq!(t.len(), 66);
+        s.remove(200);
+        assert!(!s.contains(200));
+        assert_eq!(CpuSet::from_bits(0b1100), {
+            let mut x = CpuSet::single(2);
+            x.insert(3);
+            x
+        });
+    }
+
+    #[test]
+    fn cpu_sets_print_as_ranges() {
+        let mut s = CpuSet::first(4);
+        s.insert(8);
+        s.insert(100);
+        s.insert(101);
+        assert_eq!(alloc::format!("{s}"), "0-3, 8, 100-101");
+        assert_eq!(alloc::format!("{}", CpuSet::EMPTY), "none");
     }
 }

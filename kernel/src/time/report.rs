@@ -12,7 +12,8 @@ use serde::Serialize;
 /// lost and early events); 3: idle and suspend (each CPU's `idle`, `broadcast_stats`,
 /// `suspend`); 4: clocksources (every source, the switches, the TSC's checks); 5: where
 /// interrupts landed (each CPU's `misrouted`, `stale`, `spurious`, `not_ours`; each comparator's
-/// `irqs_by_cpu`, `spurious` and `selftest`).
+/// `irqs_by_cpu`, `spurious` and `selftest`; `destinations`, `bringup_us`,
+/// `memory`).
 pub const SCHEMA_VERSION: u32 = 5;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -50,6 +51,12 @@ pub struct TimerReport {
     pub broadcast_stats: BroadcastReport,
     /// The suspend test, if it ran (schema 3).
     pub suspend: Option<SuspendReport>,
+    /// How interrupt messages name CPUs, and the CPUs they cannot name (schema 4).
+    pub destinations: DestinationsReport,
+    /// Clocksource time at which every CPU had its tick device, self-tests included (schema 4).
+    pub bringup_us: u64,
+    /// The kernel heap, and what bringing one more CPU online costs (schema 4).
+    pub memory: MemoryReport,
     /// Lateness of the main run's one-shot timers (callback start minus deadline).
     pub latency_ns: LatencyReport,
     /// The same events' deadline -> interrupt handler entry (schema 3): the way in, before the
@@ -191,6 +198,28 @@ pub struct BroadcastReport {
     /// Its interrupts, and the wake-up IPIs they sent to other CPUs.
     pub events: u64,
     pub wakeups_sent: u64,
+}
+
+/// How IOAPIC entries and MSIs name their destination CPU (schema 4).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DestinationsReport {
+    /// `8-bit` (APIC ids up to 254) or `15-bit (extended destination id)` (up to 0x7ffe).
+    pub format: String,
+    pub max_apic_id: u32,
+    /// Online CPUs (indices) no IOAPIC entry or MSI can name: they get no per-CPU HPET
+    /// comparator and are served by their LAPIC timer or by broadcast.
+    pub unreachable_cpus: Vec<u32>,
+}
+
+/// Memory figures (schema 4).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MemoryReport {
+    pub heap_size: u64,
+    /// Heap in use when the report was made.
+    pub heap_used: u64,
+    /// Heap and page frames (stacks, page tables) taken per application processor brought
+    /// online, averaged over them (0 with one CPU).
+    pub per_cpu_bytes: u64,
 }
 
 /// The suspend test's figures (schema 3).

@@ -2,6 +2,7 @@
 //! and a record of which GSIs are taken. (A line is sent to another CPU by routing it again:
 //! `route` rewrites the whole entry, as `HpetChannel::route_to` does.)
 
+use super::destination::{self, Unreachable};
 use super::{acpi, mmio};
 use alloc::vec::Vec;
 use core::fmt;
@@ -49,8 +50,10 @@ pub struct RedirectionEntry {
     pub polarity: Polarity,
     pub trigger: Trigger,
     pub masked: bool,
-    /// Physical APIC id of the destination CPU.
-    pub destination: u8,
+    /// Physical APIC id of the destination CPU (bits 63:56, and 55:49 where the platform has
+    /// extended destination ids: see `destination.rs`; `IoApics::route` refuses an id the
+    /// platform's format cannot name).
+    pub destination: u32,
 }
 
 impl RedirectionEntry {
@@ -73,7 +76,8 @@ impl RedirectionEntry {
             | u64::from(self.polarity == Polarity::ActiveLow) << 13
             | u64::from(self.trigger == Trigger::Level) << 15
             | u64::from(self.masked) << 16
-            | u64::from(self.destination) << 56
+            | (u64::from(self.destination) & 0xff) << 56
+            | (u64::from(self.destination) >> 8 & 0x7f) << 49
     }
 
     /// Decodes an entry; reserved delivery modes read as `Fixed`. Read-only status bits
@@ -94,7 +98,7 @@ impl RedirectionEntry {
             polarity: if raw & (1 << 13) != 0 { Polarity::ActiveLow } else { Polarity::ActiveHigh },
             trigger: if raw & (1 << 15) != 0 { Trigger::Level } else { Trigger::Edge },
             masked: raw & (1 << 16) != 0,
-            destination: (raw >> 56) as u8,
+            destination: destination::apic_id_from_ioapic_bits(raw),
         }
     }
 }
@@ -109,6 +113,8 @@ pub enum IoApicError {
     },
     NotClaimed(u32),
     Mapping(mmio::MmioError),
+    /// The entry names a CPU the platform's destination format cannot reach.
+    Unreachable(Unreachable),
     /// The MADT's GSI base plus the chip's pins passes the last GSI (a malformed MADT).
     GsiRangeOverflow {
         gsi_base: u32,
@@ -125,6 +131,7 @@ impl fmt::Display for IoApicError {
             }
             IoApicError::NotClaimed(g) => write!(f, "GSI {g} was not claimed"),
             IoApicError::Mapping(e) => write!(f, "cannot map the IOAPIC: {e}"),
+            IoApicError::Unreachable(u) => write!(f, "cannot route there: {u}"),
             IoApicError::GsiRangeOverflow { gsi_base, pins } => {
                 write!(f, "its GSI base {gsi_base} plus {pins} pins passes GSI {} (malformed MADT)", u32::MAX)
             }
@@ -279,11 +286,13 @@ impl IoApics {
         Ok(self.chips[chip].entry(pin))
     }
 
-    /// Programs `gsi`'s redirection entry; the GSI must be claimed first.
+    /// Programs `gsi`'s redirection entry; the GSI must be claimed first, and the entry's
+    /// destination within what the platform's format names.
     pub fn route(&mut self, gsi: u32, entry: RedirectionEntry) -> Result<(), IoApicError> {
         if self.owner(gsi).is_none() {
             return Err(IoApicError::NotClaimed(gsi));
         }
+        destination::format().ioapic_bits(entry.destination).map_err(IoApicError::Unreachable)?;
         let (chip, pin) = self.lookup(gsi)?;
         self.chips[chip].set_entry(pin, entry);
         Ok(())
@@ -335,7 +344,7 @@ impl IsaRoute {
 
     /// A fixed, physical-destination, unmasked entry delivering this line as `vector` to the
     /// CPU with APIC id `destination`, with the line's polarity and trigger mode.
-    pub fn entry(self, vector: u8, destination: u8) -> RedirectionEntry {
+    pub fn entry(self, vector: u8, destination: u32) -> RedirectionEntry {
         RedirectionEntry {
             vector,
             delivery: DeliveryMode::Fixed,
@@ -391,6 +400,15 @@ mod tests {
         assert_eq!(RedirectionEntry::masked().encode(), 1 << 16);
         let nmi = RedirectionEntry { delivery: DeliveryMode::Nmi, ..RedirectionEntry::masked() };
         assert_eq!(RedirectionEntry::decode(nmi.encode()).delivery, DeliveryMode::Nmi);
+    }
+
+    #[test]
+    fn destination_is_an_apic_id_split_as_the_extended_format_says() {
+        let e = RedirectionEntry { destination: 0x1234, ..RedirectionEntry::masked() };
+        assert_eq!(e.encode() >> 49, 0x34 << 7 | 0x12, "bits 63:56 low byte, 55:49 bits 14:8");
+        assert_eq!(RedirectionEntry::decode(e.encode()).destination, 0x1234);
+        let e = RedirectionEntry { destination: 254, ..RedirectionEntry::masked() };
+        assert_eq!(e.encode() >> 49, 254 << 7, "an 8-bit id leaves the extended bits clear");
     }
 
     #[test]

@@ -357,12 +357,6 @@ pub fn send_ipi(destination: u32, vector: u8) {
     send_icr(destination, icr_fixed(vector));
 }
 
-/// The MSI message (address, data) that delivers `vector` to the CPU with APIC id `destination`:
-/// fixed delivery, edge, physical destination (SDM 11.11.1-2). HPET FSB routes use this format.
-pub fn msi_message(destination: u32, vector: u8) -> (u32, u32) {
-    (0xfee0_0000 | (destination & 0xff) << 12, u32::from(vector))
-}
-
 /// A fixed interrupt on `vector` to every CPU but the caller (ICR destination shorthand 0b11).
 pub fn send_ipi_all_others(vector: u8) {
     send_icr(0, icr_fixed_all_but_self(vector));
@@ -447,14 +441,6 @@ mod tests {
         assert_eq!(x2apic_msr(Reg::TimerInitialCount), 0x838);
         assert_eq!(x2apic_msr(Reg::TimerCurrentCount), 0x839);
         assert_eq!(x2apic_msr(Reg::TimerDivide), 0x83e);
-    }
-
-    #[test]
-    fn msi_message_targets_the_apic_id_with_the_vector() {
-        assert_eq!(msi_message(0, 0x41), (0xfee0_0000, 0x41));
-        assert_eq!(msi_message(3, 0x41), (0xfee0_3000, 0x41));
-        // Only 8 destination bits fit the address (no remapping).
-        assert_eq!(msi_message(0x1ff, 0x30).0, 0xfeef_f000);
     }
 
     #[test]

@@ -23,7 +23,10 @@ use x86_64::{PhysAddr, VirtAddr};
 pub const BOOTLOADER_RANGE_START: u64 = 0xffff_8000_0000_0000;
 pub const BOOTLOADER_RANGE_END: u64 = 0xffff_bfff_ffff_ffff;
 pub const HEAP_START: u64 = 0xffff_c000_0000_0000;
+/// The heap mapped at boot; it grows by [`extend_heap`] (per CPU brought online).
 pub const HEAP_SIZE: u64 = 16 * 1024 * 1024;
+/// How far the heap may grow: up to the MMIO window.
+const HEAP_LIMIT: u64 = MMIO_WINDOW_START - HEAP_START;
 pub const MMIO_WINDOW_START: u64 = 0xffff_d000_0000_0000;
 pub const MMIO_WINDOW_SIZE: u64 = 1 << 30;
 /// Application processors' kernel stacks, one slot per CPU (see `smp`).
@@ -46,8 +49,8 @@ static ALLOCATOR: IrqSafeHeap = IrqSafeHeap(talc::TalcLock::new(talc::source::Ma
 /// class whose gaps all fit it, and a free merges with its neighbours, in constant time however
 /// fragmented the heap is (a first-fit list walks past every gap too small; README,
 /// "Benchmark"); only when no such class has a gap does it search the class just below, so an
-/// allocation fails only when no gap fits it. `Manual`: the heap is the one region `init`
-/// claims, never grown.
+/// allocation fails only when no gap fits it. `Manual`: the heap is the region `init` claims,
+/// grown by hand ([`extend_heap`]) before more CPUs come online.
 ///
 /// Interrupts are disabled while its lock is held: an interrupt handler that allocates (a
 /// timer callback arming the next timer) must not spin on a lock that the code it interrupted
@@ -96,6 +99,74 @@ unsafe impl core::alloc::GlobalAlloc for IrqSafeHeap {
     }
 }
 
+/// Bytes of heap mapped so far (the boot heap plus every extension).
+static HEAP_MAPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The heap's size now.
+pub fn heap_size() -> u64 {
+    HEAP_MAPPED.load(Ordering::Relaxed)
+}
+
+/// Where the allocator's heap ends (as `talc` returned it from `claim` or `extend`).
+#[cfg(target_os = "none")]
+static HEAP_END: Mutex<Option<u64>> = Mutex::new(None);
+
+/// Grows the heap by `bytes` (rounded up to pages) of fresh frames mapped right after it;
+/// `Err` with how much it could not map (frames or the window ran out; what was mapped is
+/// kept and handed to the allocator).
+pub fn extend_heap(bytes: u64) -> Result<(), u64> {
+    let pages = bytes.div_ceil(4096);
+    let flags = PageTableFlags::PRESENT | PageTableFlags::WRITABLE | PageTableFlags::NO_EXECUTE;
+    let start = HEAP_MAPPED.load(Ordering::Relaxed);
+    let mut mapped = 0;
+    while mapped < pages {
+        let end = start + mapped * 4096;
+        if end + 4096 > HEAP_LIMIT {
+            break;
+        }
+        let page = Page::containing_address(VirtAddr::new(HEAP_START + end));
+        if map_range(page, 1, None, flags).is_err() {
+            break;
+        }
+        mapped += 1;
+    }
+    let new_end = start + mapped * 4096;
+    HEAP_MAPPED.store(new_end, Ordering::Relaxed);
+    #[cfg(target_os = "none")]
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut end = HEAP_END.lock();
+        if let Some(heap_end) = end.and_then(|e| core::ptr::NonNull::new(e as *mut u8)) {
+            // SAFETY: HEAP_START + start .. + new_end was just mapped to fresh frames right
+            // after the heap and is used for nothing else; `Manual` allows extending by hand,
+            // and `heap_end` is what the allocator last returned for this heap.
+            let grown = unsafe { ALLOCATOR.0.lock().extend(heap_end, (HEAP_START + new_end) as *mut u8) };
+            *end = Some(grown.as_ptr() as u64);
+        }
+    });
+    if mapped == pages { Ok(()) } else { Err((pages - mapped) * 4096) }
+}
+
+/// Bytes of the kernel heap in use now.
+pub fn heap_used() -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            ALLOCATOR.0.lock().counters().allocated_bytes as u64
+        })
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        0
+    }
+}
+
+/// Frames handed out since boot (page tables, mappings, AP stacks), in bytes.
+pub fn frames_allocated() -> u64 {
+    FRAMES_HANDED_OUT.load(Ordering::Relaxed) * 4096
+}
+
+static FRAMES_HANDED_OUT: AtomicU64 = AtomicU64::new(0);
+
 /// Hands out the usable frames of the boot memory map, lowest first, never twice. Frames are not
 /// returned: nothing the kernel maps at boot is ever unmapped.
 struct BootFrameAllocator {
@@ -112,6 +183,7 @@ unsafe impl FrameAllocator<Size4KiB> for BootFrameAllocator {
             let start = self.next.max(r.start).max(LOW_MEMORY_LIMIT).next_multiple_of(4096);
             if r.kind == MemoryRegionKind::Usable && start + 4096 <= r.end {
                 self.next = start + 4096;
+                FRAMES_HANDED_OUT.fetch_add(1, Ordering::Relaxed);
                 return Some(PhysFrame::containing_address(PhysAddr::new(start)));
             }
             self.region += 1;
@@ -255,8 +327,10 @@ pub fn init(boot_info: &'static BootInfo) {
         let claimed = x86_64::instructions::interrupts::without_interrupts(|| unsafe {
             ALLOCATOR.0.lock().claim(HEAP_START as *mut u8, HEAP_SIZE as usize)
         });
-        claimed.expect("the heap holds talc's metadata");
+        let end = claimed.expect("the heap holds talc's metadata");
+        *HEAP_END.lock() = Some(end.as_ptr() as u64);
     }
+    HEAP_MAPPED.store(HEAP_SIZE, Ordering::Relaxed);
     log::info!("kernel heap: {} MiB at {HEAP_START:#x}", HEAP_SIZE >> 20);
 }
 

@@ -6,9 +6,10 @@ use super::calibrate::{self, Calibration};
 use super::hpet::{ComparatorConfig, Hpet};
 use super::ioapic::{IOAPICS, IsaRoute};
 use super::pm_timer::PmTimer;
-use super::{acpi, clocksource, lapic, pic, smp, tsc};
+use super::{acpi, clocksource, destination, lapic, memory, pic, smp, tsc};
 use crate::time::report::{
-    ComparatorReport, CpuReport, HpetReport, IoApicReport, LapicReport, SCHEMA_VERSION, TimerReport, Verdict,
+    ComparatorReport, CpuReport, DestinationsReport, HpetReport, IoApicReport, LapicReport, MemoryReport,
+    SCHEMA_VERSION, TimerReport, Verdict,
 };
 use alloc::boxed::Box;
 use alloc::format;
@@ -98,6 +99,8 @@ pub struct Platform {
     pub calibration: Option<Calibration>,
     /// One sentence per fallback taken.
     pub fallbacks: Vec<String>,
+    /// Heap and frames taken per application processor brought online (0 before or without).
+    pub memory_per_ap: u64,
 }
 
 impl Platform {
@@ -125,7 +128,7 @@ pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool) -> Platform {
     };
     // The boot CPU's per-CPU state exists with or without a LAPIC (`this_cpu` must work).
     smp::init_bsp();
-    let mut p = Platform { firmware, hpet: None, lapic, calibration: None, fallbacks };
+    let mut p = Platform { firmware, hpet: None, lapic, calibration: None, fallbacks, memory_per_ap: 0 };
     if let Some(early) = tsc::early_fallback() {
         p.fall_back(early.to_string());
     }
@@ -197,10 +200,14 @@ pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool) -> Platform {
     p
 }
 
+/// Heap added per application processor before it starts: its tick (a queue for 1024
+/// timers), its IST stack, its per-CPU area and the workload's share, with room to spare.
+const HEAP_PER_AP: u64 = 256 * 1024;
+
 impl Platform {
     /// Starts every processor the MADT enables, other than the boot CPU. Returns one sentence
     /// per CPU left out (not yet logged): the caller records each with [`Platform::fall_back`].
-    pub fn start_application_processors(&self) -> Vec<String> {
+    pub fn start_application_processors(&mut self) -> Vec<String> {
         let bsp = smp::percpu::this_cpu().apic_id;
         let aps: Vec<u32> = self.firmware.apic_ids.iter().copied().filter(|&id| id != bsp).collect();
         if self.lapic.is_none() {
@@ -209,7 +216,20 @@ impl Platform {
                 .map(|id| format!("CPU with APIC id {id} left out: no usable LAPIC to start it"))
                 .collect();
         }
-        let left_out = smp::start_aps(&aps)
+        // Each CPU's state comes from the heap (its tick's timer queue, its IST stack, its
+        // per-CPU area): grow the heap for them first, so that many CPUs do not eat the boot heap.
+        if let Err(short) = memory::extend_heap(HEAP_PER_AP * aps.len() as u64) {
+            log::warn!("the heap grew {short} bytes short of what {} more CPUs need", aps.len());
+        }
+        let taken = || memory::heap_used() + memory::frames_allocated();
+        let before = taken();
+        let results = smp::start_aps(&aps);
+        let started = results.iter().filter(|(_, r)| r.is_ok()).count() as u64;
+        if let Some(per_ap) = taken().saturating_sub(before).checked_div(started) {
+            self.memory_per_ap = per_ap;
+            log::info!("{per_ap} bytes of heap and frames per application processor");
+        }
+        let left_out = results
             .into_iter()
             .filter_map(|(id, r)| r.err().map(|e| format!("CPU with APIC id {id} left out: {e}")))
             .collect();
@@ -287,6 +307,22 @@ impl Platform {
             hpet,
             ioapics,
             lapic,
+            destinations: {
+                let format = destination::format();
+                DestinationsReport {
+                    format: format.name().to_string(),
+                    max_apic_id: format.max_apic_id(),
+                    unreachable_cpus: smp::percpu::all()
+                        .filter(|c| !format.reaches(c.apic_id))
+                        .map(|c| c.index as u32)
+                        .collect(),
+                }
+            },
+            memory: MemoryReport {
+                heap_size: memory::heap_size(),
+                heap_used: memory::heap_used(),
+                per_cpu_bytes: self.memory_per_ap,
+            },
             tsc_hz: tsc::frequency_hz(),
             fallbacks: self.fallbacks.clone(),
             verdict: if self.fallbacks.is_empty() { Verdict::Ok } else { Verdict::Degraded },

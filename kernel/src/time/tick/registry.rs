@@ -100,11 +100,11 @@ impl Registry {
         let id = DeviceId(self.devices.len());
         let device = ClockEventDevice::new(spec, driver);
         log::info!(
-            "registered {} (rating {}, {} Hz, CPUs {:#x}, delta {}..{} ns, {:?})",
+            "registered {} (rating {}, {} Hz, CPUs {}, delta {}..{} ns, {:?})",
             device.spec.name,
             device.spec.rating,
             device.spec.frequency_hz,
-            device.spec.cpus.0,
+            device.spec.cpus,
             device.min_delta_ns(),
             device.max_delta_ns,
             device.spec.features
@@ -121,7 +121,7 @@ impl Registry {
 
     /// Brings `cpu` into the tick layer (its [`super::CpuTick`] exists) and gives it a device.
     pub fn cpu_online(&mut self, cpu: usize) -> Changes {
-        assert!(cpu < 64, "CPU {cpu} beyond the 64 a CpuSet holds");
+        assert!(cpu < crate::time::clockevents::MAX_CPUS, "CPU {cpu} beyond the CPUs a CpuSet holds");
         self.online.insert(cpu);
         if self.services.len() <= cpu {
             self.services.resize(cpu + 1, Service::None);

@@ -8,11 +8,12 @@
 //! (level-triggered, the status bit cleared by writing 1); legacy replacement (comparator 0 ->
 //! IRQ0, 1 -> IRQ8, edge) when comparator 0 has neither, as on `-machine pc`.
 
+use super::super::destination::{self, Unreachable};
 use super::super::hpet::{ComparatorConfig, Hpet};
 use super::super::ioapic::{DeliveryMode, IOAPICS, IsaRoute, Polarity, RedirectionEntry, Trigger};
 use super::super::path_trace::{self, Stage};
 use super::super::smp::percpu::{self, PerCpuCounter};
-use super::super::{interrupts, lapic, tsc};
+use super::super::{interrupts, tsc};
 use crate::cmdline::ClockeventsChoice;
 use crate::time::clockevents::{DriverState, EventDriver, EventPassed};
 use crate::time::clocksource::{MultShift, now_ns};
@@ -124,7 +125,7 @@ impl Delivery {
 
     /// The IOAPIC redirection entry delivering this comparator's interrupt as `vector` to the
     /// APIC id `destination` (`None` for FSB, which needs no pin).
-    pub fn ioapic_entry(self, vector: u8, destination: u8) -> Option<RedirectionEntry> {
+    pub fn ioapic_entry(self, vector: u8, destination: u32) -> Option<RedirectionEntry> {
         let (polarity, trigger) = match self {
             Delivery::Fsb => return None,
             Delivery::Ioapic { .. } => (Polarity::ActiveLow, Trigger::Level),
@@ -240,8 +241,10 @@ pub fn choose_deliveries(
 /// What a comparator is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// The per-CPU device of this CPU.
     PerCpu(usize),
-    Global,
+    /// The global device, interrupting this CPU (which wakes the others by IPI).
+    Global(usize),
     Unused,
 }
 
@@ -254,40 +257,77 @@ pub struct Plan {
 }
 
 /// Decides which usable comparators serve which CPU. `usable` are comparator indices that
-/// have a delivery and have not failed; `cpus` the number of online CPUs.
-pub fn plan(usable: &[usize], cpus: usize, choice: ClockeventsChoice) -> Plan {
+/// have a delivery and have not failed; `reachable[c]` says whether an IOAPIC entry or an MSI
+/// can name online CPU `c` (see `destination.rs`). Per-CPU comparators go to reachable CPUs
+/// in order; a CPU that cannot be reached gets none, and `auto` then keeps a global device as
+/// broadcast for it. The global device interrupts the first reachable CPU without a per-CPU
+/// comparator (served without an IPI), else the first reachable CPU.
+pub fn plan(usable: &[usize], reachable: &[bool], choice: ClockeventsChoice) -> Plan {
     let n = usable.len();
-    let per_cpu = |count: usize| (0..n).map(move |i| if i < count { Role::PerCpu(i) } else { Role::Unused });
+    let cpus = reachable.len();
+    let targets: Vec<usize> = (0..cpus).filter(|&c| reachable[c]).collect();
+    let unreachable: Vec<usize> = (0..cpus).filter(|&c| !reachable[c]).collect();
+    // Per-CPU comparators for the first `count` reachable CPUs, then (maybe) a global one.
+    let arrange = |count: usize, global: bool| -> Vec<Role> {
+        let count = count.min(targets.len()).min(n);
+        let global_target = targets.get(count).or(targets.first()).copied();
+        (0..n)
+            .map(|i| match (i < count, global && i == count, global_target) {
+                (true, _, _) => Role::PerCpu(targets[i]),
+                (false, true, Some(t)) => Role::Global(t),
+                _ => Role::Unused,
+            })
+            .collect()
+    };
+    let unreachable_note = if unreachable.is_empty() {
+        String::new()
+    } else {
+        let mut set = crate::time::clockevents::CpuSet::EMPTY;
+        unreachable.iter().for_each(|&c| set.insert(c));
+        format!("; CPUs {set} cannot be named by an IOAPIC entry or MSI: no per-CPU comparator")
+    };
     let (roles, rule): (Vec<Role>, String) = match choice {
         ClockeventsChoice::Lapic => {
             (alloc::vec![Role::Unused; n], "clockevents=lapic: no HPET event device".into())
         }
         _ if n == 0 => (Vec::new(), "no usable comparator: LAPIC timer only".into()),
+        _ if targets.is_empty() => (
+            alloc::vec![Role::Unused; n],
+            "no CPU can be named by an IOAPIC entry or MSI: LAPIC timer only".into(),
+        ),
         ClockeventsChoice::Global => (
-            (0..n).map(|i| if i == 0 { Role::Global } else { Role::Unused }).collect(),
-            "clockevents=global: one global HPET device, every CPU by broadcast".into(),
+            arrange(0, true),
+            format!("clockevents=global: one global HPET device, every CPU by broadcast{unreachable_note}"),
         ),
         ClockeventsChoice::Broadcast => (
-            (0..n).map(|i| if i == 0 { Role::Global } else { Role::Unused }).collect(),
-            "clockevents=broadcast: every CPU on its LAPIC timer, one global HPET device standing by as broadcast".into(),
-        ),
-        ClockeventsChoice::PerCpu => (
-            per_cpu(cpus.min(n)).collect(),
+            arrange(0, true),
             format!(
-                "clockevents=percpu: per-CPU comparators for {} of {cpus} CPUs, no global device",
-                cpus.min(n)
+                "clockevents=broadcast: every CPU on its LAPIC timer, one global HPET device standing by as broadcast{unreachable_note}"
             ),
         ),
-        ClockeventsChoice::Auto if n >= cpus => {
-            (per_cpu(cpus).collect(), format!("per-CPU: {n} usable comparators >= {cpus} CPUs"))
+        ClockeventsChoice::PerCpu => {
+            let count = targets.len().min(n);
+            (
+                arrange(count, false),
+                format!(
+                    "clockevents=percpu: per-CPU comparators for {count} of {cpus} CPUs, no global device{unreachable_note}"
+                ),
+            )
+        }
+        ClockeventsChoice::Auto if n >= cpus && unreachable.is_empty() => {
+            (arrange(cpus, false), format!("per-CPU: {n} usable comparators >= {cpus} CPUs"))
         }
         ClockeventsChoice::Auto => {
-            let roles = (0..n).map(|i| if i + 1 < n { Role::PerCpu(i) } else { Role::Global }).collect();
+            let count = (n - 1).min(targets.len());
+            let why = if unreachable.is_empty() {
+                format!("{n} usable comparators < {cpus} CPUs")
+            } else {
+                format!("{n} usable comparators, {} of {cpus} CPUs reachable", targets.len())
+            };
             let rule = format!(
-                "partial: {n} usable comparators < {cpus} CPUs: {} per-CPU, one global device (rating {GLOBAL_RATING}) as broadcast for the rest",
-                n - 1
+                "partial: {why}: {count} per-CPU, one global device (rating {GLOBAL_RATING}) as broadcast for the rest{unreachable_note}"
             );
-            (roles, rule)
+            (arrange(count, true), rule)
         }
     };
     Plan { roles, rule }
@@ -352,13 +392,13 @@ impl fmt::Debug for HpetChannel {
 static BY_VECTOR: [spin::Once<&'static HpetChannel>; 256] = [const { spin::Once::new() }; 256];
 
 impl HpetChannel {
-    /// Sets comparator `index` up for `delivery`: a vector, the route (masked IOAPIC pin or FSB
-    /// message), 32-bit one-shot mode with its interrupt disabled. `target_apic` gets it.
+    /// Sets comparator `index` up for `delivery`: a vector, 32-bit one-shot mode with its
+    /// interrupt disabled, FSB or its IOAPIC pin (the legacy route switched on); no CPU gets it
+    /// until [`route_to`](Self::route_to).
     pub fn new(
         hpet: &'static Hpet,
         index: usize,
         delivery: Delivery,
-        target_apic: u32,
     ) -> Result<&'static HpetChannel, interrupts::RegisterError> {
         let vector = interrupts::allocate(channel_interrupt)?;
         let caps = hpet.comparator_config(index);
@@ -395,7 +435,7 @@ impl HpetChannel {
             tsc_to_ticks: MultShift::ns_per_tick(hpet.frequency_hz(), tsc::frequency_hz().max(1)),
             fresh_cycles: (u128::from(tsc::frequency_hz()) * u128::from(ESTIMATE_FRESH_NS) / 1_000_000_000)
                 as u64,
-            target_apic: core::sync::atomic::AtomicU32::new(target_apic),
+            target_apic: core::sync::atomic::AtomicU32::new(0),
         }));
         x86_64::instructions::interrupts::without_interrupts(|| CHANNELS.lock().push(channel));
         BY_VECTOR[usize::from(vector)].call_once(|| channel);
@@ -403,26 +443,30 @@ impl HpetChannel {
         if let Delivery::Legacy { .. } = delivery {
             hpet.set_legacy_route(true);
         }
-        channel.route_to(target_apic);
         Ok(channel)
     }
 
-    /// Sends the interrupt to the CPU with APIC id `apic` (and unmasks an IOAPIC pin).
-    pub fn route_to(&self, apic: u32) {
-        self.target_apic.store(apic, Ordering::Relaxed);
+    /// Sends the interrupt to the CPU with APIC id `apic` (and unmasks an IOAPIC pin), in the
+    /// destination format of the platform; a CPU it cannot name is refused (the plan gives such
+    /// CPUs no comparator) and the route left as it was.
+    pub fn route_to(&self, apic: u32) -> Result<(), Unreachable> {
+        let format = destination::format();
         match self.delivery {
             Delivery::Fsb => {
-                let (address, data) = lapic::msi_message(apic, self.vector);
+                let (address, data) = format.msi_message(apic, self.vector)?;
                 self.hpet.set_fsb_route(self.index, address, data);
             }
             Delivery::Ioapic { .. } | Delivery::Legacy { .. } => {
+                format.ioapic_bits(apic)?;
                 let gsi = self.delivery.gsi().expect("a pin");
-                let entry = self.delivery.ioapic_entry(self.vector, apic as u8).expect("a pin");
+                let entry = self.delivery.ioapic_entry(self.vector, apic).expect("a pin");
                 if let Err(e) = IOAPICS.lock().route(gsi, entry) {
                     log::warn!("HPET comparator {}: cannot route GSI {gsi}: {e}", self.index);
                 }
             }
         }
+        self.target_apic.store(apic, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Suspend: the route is lost as it would be without power (IOAPIC pin masked, FSB message
@@ -440,7 +484,8 @@ impl HpetChannel {
     /// reference forgotten (the counter stood still while the TSC ran on).
     pub fn resume(&self) {
         self.reference_tsc.store(0, Ordering::Relaxed);
-        self.route_to(self.target_apic.load(Ordering::Relaxed));
+        // It was routed there before the suspend: reachable.
+        let _ = self.route_to(self.target_apic.load(Ordering::Relaxed));
     }
 
     /// Leaves the IOAPIC pin masked (fault injection: the self-test must catch it).
@@ -788,33 +833,70 @@ mod tests {
         assert_eq!(d[9], None);
     }
 
+    fn all(n: usize) -> Vec<bool> {
+        alloc::vec![true; n]
+    }
+
     #[test]
     fn enough_comparators_give_every_cpu_its_own() {
-        let p = plan(&[0, 1, 2], 2, ClockeventsChoice::Auto);
+        let p = plan(&[0, 1, 2], &all(2), ClockeventsChoice::Auto);
         assert_eq!(p.roles, [Role::PerCpu(0), Role::PerCpu(1), Role::Unused]);
         assert_eq!(p.rule, "per-CPU: 3 usable comparators >= 2 CPUs");
     }
 
     #[test]
     fn too_few_comparators_give_partial_per_cpu_plus_a_global_device() {
-        let p = plan(&[0, 1, 2], 4, ClockeventsChoice::Auto);
-        assert_eq!(p.roles, [Role::PerCpu(0), Role::PerCpu(1), Role::Global]);
+        let p = plan(&[0, 1, 2], &all(4), ClockeventsChoice::Auto);
+        assert_eq!(p.roles, [Role::PerCpu(0), Role::PerCpu(1), Role::Global(2)]);
         assert!(p.rule.starts_with("partial: 3 usable comparators < 4 CPUs"));
-        assert_eq!(plan(&[5], 2, ClockeventsChoice::Auto).roles, [Role::Global]);
+        assert_eq!(plan(&[5], &all(2), ClockeventsChoice::Auto).roles, [Role::Global(0)]);
     }
 
     #[test]
     fn forced_choices_are_obeyed() {
         assert_eq!(
-            plan(&[0, 1, 2], 2, ClockeventsChoice::Global).roles,
-            [Role::Global, Role::Unused, Role::Unused]
+            plan(&[0, 1, 2], &all(2), ClockeventsChoice::Global).roles,
+            [Role::Global(0), Role::Unused, Role::Unused]
         );
-        assert_eq!(plan(&[0, 1], 4, ClockeventsChoice::PerCpu).roles, [Role::PerCpu(0), Role::PerCpu(1)]);
-        assert_eq!(plan(&[0, 1], 1, ClockeventsChoice::Lapic).roles, [Role::Unused, Role::Unused]);
         assert_eq!(
-            plan(&[0, 1, 2], 4, ClockeventsChoice::Broadcast).roles,
-            [Role::Global, Role::Unused, Role::Unused]
+            plan(&[0, 1], &all(4), ClockeventsChoice::PerCpu).roles,
+            [Role::PerCpu(0), Role::PerCpu(1)]
         );
-        assert!(plan(&[], 4, ClockeventsChoice::Auto).roles.is_empty());
+        assert_eq!(plan(&[0, 1], &all(1), ClockeventsChoice::Lapic).roles, [Role::Unused, Role::Unused]);
+        assert_eq!(
+            plan(&[0, 1, 2], &all(4), ClockeventsChoice::Broadcast).roles,
+            [Role::Global(0), Role::Unused, Role::Unused]
+        );
+        assert!(plan(&[], &all(4), ClockeventsChoice::Auto).roles.is_empty());
+    }
+
+    #[test]
+    fn unreachable_cpus_get_no_per_cpu_comparator_and_a_broadcast_device_stands_by() {
+        // CPUs 1 and 3 have APIC ids no IOAPIC entry or MSI can name.
+        let reachable = [true, false, true, false];
+        let p = plan(&[0, 1, 2, 3, 4], &reachable, ClockeventsChoice::Auto);
+        assert_eq!(p.roles, [Role::PerCpu(0), Role::PerCpu(2), Role::Global(0), Role::Unused, Role::Unused]);
+        assert!(p.rule.contains("2 of 4 CPUs reachable"), "{}", p.rule);
+        assert!(
+            p.rule.ends_with("CPUs 1, 3 cannot be named by an IOAPIC entry or MSI: no per-CPU comparator")
+        );
+        // percpu: only the reachable ones, no global device.
+        let p = plan(&[0, 1, 2, 3], &reachable, ClockeventsChoice::PerCpu);
+        assert_eq!(p.roles, [Role::PerCpu(0), Role::PerCpu(2), Role::Unused, Role::Unused]);
+        // The global device interrupts a reachable CPU.
+        let p = plan(&[7], &[false, true], ClockeventsChoice::Global);
+        assert_eq!(p.roles, [Role::Global(1)]);
+        // Nobody reachable: no HPET device at all.
+        let p = plan(&[0, 1], &[false, false], ClockeventsChoice::Auto);
+        assert_eq!(p.roles, [Role::Unused, Role::Unused]);
+        assert_eq!(p.rule, "no CPU can be named by an IOAPIC entry or MSI: LAPIC timer only");
+    }
+
+    #[test]
+    fn the_global_device_interrupts_the_first_cpu_without_its_own() {
+        assert_eq!(plan(&[0, 1, 2], &all(8), ClockeventsChoice::Auto).roles[2], Role::Global(2));
+        // Every CPU has its own (a broadcast standing by for unreachable ones only).
+        let p = plan(&[0, 1, 2], &[true, true, false], ClockeventsChoice::Auto);
+        assert_eq!(p.roles, [Role::PerCpu(0), Role::PerCpu(1), Role::Global(0)]);
     }
 }

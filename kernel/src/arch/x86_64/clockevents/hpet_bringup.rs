@@ -3,6 +3,7 @@
 //! interrupt self-test on each target CPU with re-planning around failures, registration, and
 //! the `hpet_storm=` fault injection.
 
+use super::super::destination;
 use super::super::hpet::{ComparatorConfig, Hpet};
 use super::super::ioapic::IOAPICS;
 use super::super::platform::Platform;
@@ -39,7 +40,7 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
         })
         .collect();
     if options.clockevents == ClockeventsChoice::Lapic {
-        return Setup { rule: hpet::plan(&[], 0, ClockeventsChoice::Lapic).rule, comparators: outcomes };
+        return Setup { rule: hpet::plan(&[], &[], ClockeventsChoice::Lapic).rule, comparators: outcomes };
     }
 
     let isa = platform.firmware.isa_gsis.clone();
@@ -67,6 +68,16 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     }
 
     let cpus: Vec<&percpu::PerCpu> = percpu::all().collect();
+    let format = destination::format();
+    let reachable: Vec<bool> = cpus.iter().map(|c| format.reaches(c.apic_id)).collect();
+    for c in cpus.iter().filter(|c| !format.reaches(c.apic_id)) {
+        log::warn!(
+            "CPU {} (APIC id {}): no IOAPIC entry or MSI can name it ({} destinations): no per-CPU HPET comparator, served by its LAPIC timer or by broadcast",
+            c.index,
+            c.apic_id,
+            format
+        );
+    }
     let mut channels: Vec<Option<&'static HpetChannel>> = alloc::vec![None; caps.len()];
     let mut failed: Vec<usize> = Vec::new();
     // Plan, self-test what the plan uses on its target CPU, and plan again without the
@@ -74,30 +85,21 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     let (usable, plan) = loop {
         let usable: Vec<usize> =
             (0..caps.len()).filter(|&i| deliveries[i].is_some() && !failed.contains(&i)).collect();
-        let plan = hpet::plan(&usable, cpus.len(), options.clockevents);
+        let plan = hpet::plan(&usable, &reachable, options.clockevents);
         let mut new_failure = false;
         for (&index, &role) in usable.iter().zip(&plan.roles) {
             let target = match role {
                 Role::Unused => continue,
                 Role::PerCpu(c) => c,
-                Role::Global => global_target(&plan.roles),
+                Role::Global(c) => c,
             };
             let apic_id = cpus[target].apic_id;
-            let channel = match channels[index] {
-                Some(ch) => {
-                    ch.route_to(apic_id);
-                    ch
-                }
-                None => match HpetChannel::new(h, index, deliveries[index].expect("usable"), apic_id) {
+            let (channel, new) = match channels[index] {
+                Some(ch) => (ch, false),
+                None => match HpetChannel::new(h, index, deliveries[index].expect("usable")) {
                     Ok(ch) => {
-                        if options.hpet_irq_masked == Some(index as u32) {
-                            log::warn!(
-                                "HPET comparator {index}: interrupt line left masked (hpet_irq_masked)"
-                            );
-                            ch.mask_line();
-                        }
                         channels[index] = Some(ch);
-                        ch
+                        (ch, true)
                     }
                     Err(e) => {
                         platform.fall_back(format!("HPET comparator {index} unusable: {e}"));
@@ -107,6 +109,17 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                     }
                 },
             };
+            if let Err(e) = channel.route_to(apic_id) {
+                // The plan gives unreachable CPUs nothing: a bug if it ever shows.
+                platform.fall_back(format!("HPET comparator {index} cannot reach CPU {target}: {e}"));
+                failed.push(index);
+                new_failure = true;
+                continue;
+            }
+            if new && options.hpet_irq_masked == Some(index as u32) {
+                log::warn!("HPET comparator {index}: interrupt line left masked (hpet_irq_masked)");
+                channel.mask_line();
+            }
             let outcome = channel.selftest(target);
             if outcome.passed() {
                 log::info!("HPET comparator {index}: self-test on CPU {target}: {outcome}, passed");
@@ -145,9 +158,9 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                 outcomes[index].cpu = Some(c);
                 (format!("hpet{index}"), hpet::PER_CPU_RATING, CpuSet::single(c))
             }
-            Role::Global => {
+            Role::Global(c) => {
                 outcomes[index].role = ComparatorRole::Global;
-                outcomes[index].cpu = Some(global_target(&plan.roles));
+                outcomes[index].cpu = Some(c);
                 (format!("hpet{index}"), hpet::GLOBAL_RATING, online)
             }
         };
@@ -233,12 +246,7 @@ fn inject_misroute(channel: &HpetChannel, cpus: &[&percpu::PerCpu], cpu: usize) 
         "hpet_misroute={0}: comparator {0} serves CPU {cpu} but its interrupt now goes to CPU {wrong}",
         channel.index
     );
-    channel.route_to(cpus[wrong].apic_id);
-}
-
-/// The CPU the global device interrupts: the first one without a per-CPU comparator (it is
-/// then served without an IPI), else CPU 0.
-fn global_target(roles: &[Role]) -> usize {
-    let per_cpu = roles.iter().filter(|r| matches!(r, Role::PerCpu(_))).count();
-    if per_cpu < percpu::all().count() { per_cpu } else { 0 }
+    if let Err(e) = channel.route_to(cpus[wrong].apic_id) {
+        log::warn!("hpet_misroute={}: {e}; nothing injected", channel.index);
+    }
 }

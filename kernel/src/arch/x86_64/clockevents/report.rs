@@ -167,6 +167,7 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
         }
     }
     report.clockevents_rule = setup.rule.clone();
+    report.bringup_us = super::bringup_ns() / 1000;
     report.tick_mode = match super::BRING_UP.get().map(|b| b.mode) {
         Some(crate::time::tick::TickMode::Periodic { .. }) => "periodic",
         Some(crate::time::tick::TickMode::Oneshot) => "oneshot",

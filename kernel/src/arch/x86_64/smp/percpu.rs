@@ -14,8 +14,9 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::GsBase;
 
-/// Most CPUs the kernel supports (APIC ids are 8-bit in xAPIC mode; QEMU tests use up to 8).
-pub const MAX_CPUS: usize = 64;
+/// Most CPUs the kernel supports: as many as the time layer tracks (255 is the most an x2APIC
+/// machine has without interrupt remapping; QEMU tests go up to 64).
+pub const MAX_CPUS: usize = crate::time::clockevents::MAX_CPUS;
 
 /// Work posted to a CPU (see `smp::post` and `smp::call_on`): run once, on that CPU, in its
 /// function-call interrupt.
