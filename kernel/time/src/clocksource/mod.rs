@@ -22,23 +22,13 @@ pub mod sync;
 mod timekeeper;
 pub mod watchdog;
 
-pub use timekeeper::{Conversion, CounterId, Hardware, ReadCounter, Snapshot, Timekeeper, extend, mask_of};
+pub use timekeeper::{Conversion, CounterId, ReadCounter, Snapshot, Timekeeper, extend, mask_of};
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bitflags::bitflags;
 use core::fmt;
-
-/// The system clock behind [`now_ns`].
-pub static TIMEKEEPER: Timekeeper = Timekeeper::new();
-
-/// The system clock's nanoseconds (0 before the first source is installed): a sequence-counter
-/// read of the snapshot and one direct read of the current counter.
-#[inline]
-pub fn now_ns() -> u64 {
-    TIMEKEEPER.now(&Hardware)
-}
 
 bitflags! {
     /// What a counter promises.

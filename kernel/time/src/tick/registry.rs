@@ -5,7 +5,7 @@
 //! CPU to carry out.
 
 use super::{DeviceId, Service};
-use crate::time::clockevents::{ClockEventDevice, CpuSet, DeviceSpec, EventDriver, Features};
+use crate::clockevents::{ClockEventDevice, CpuSet, DeviceSpec, EventDriver, Features};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -121,7 +121,7 @@ impl Registry {
 
     /// Brings `cpu` into the tick layer (its [`super::CpuTick`] exists) and gives it a device.
     pub fn cpu_online(&mut self, cpu: usize) -> Changes {
-        assert!(cpu < crate::time::clockevents::MAX_CPUS, "CPU {cpu} beyond the CPUs a CpuSet holds");
+        assert!(cpu < crate::clockevents::MAX_CPUS, "CPU {cpu} beyond the CPUs a CpuSet holds");
         self.online.insert(cpu);
         if self.services.len() <= cpu {
             self.services.resize(cpu + 1, Service::None);

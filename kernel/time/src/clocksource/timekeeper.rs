@@ -30,12 +30,6 @@ pub trait ReadCounter {
     fn read(&self, counter: CounterId) -> u64;
 }
 
-/// The machine's counters. Its [`ReadCounter`] implementation lives with the hardware
-/// (`arch/x86_64/clocksource.rs`); the time layer only names the type, so that
-/// [`super::now_ns`] compiles to a direct call, not a dynamic one.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Hardware;
-
 /// How a snapshot turns counter readings into ns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conversion {

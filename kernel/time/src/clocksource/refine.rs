@@ -80,7 +80,7 @@ pub fn ppb(measured: u64, reference: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::clocksource::{CounterId, MultShift, mask_of};
+    use crate::clocksource::{CounterId, MultShift, mask_of};
 
     fn conv(hz: u64, bits: u32) -> Conversion {
         let mask = mask_of(bits);

@@ -201,8 +201,8 @@ impl Broadcast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::clockevents::fake::{FakeDriver, spec};
-    use crate::time::clockevents::{DeviceSpec, Features};
+    use crate::clockevents::fake::{FakeDriver, spec};
+    use crate::clockevents::{DeviceSpec, Features};
 
     fn global(driver: &'static FakeDriver) -> (DeviceId, Arc<ClockEventDevice>) {
         let spec: DeviceSpec = spec("global", 90, CpuSet::first(4), Features::empty());

@@ -95,7 +95,7 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::clocksource::{CounterId, MultShift, mask_of};
+    use crate::clocksource::{CounterId, MultShift, mask_of};
 
     fn conv(hz: u64, bits: u32) -> Conversion {
         let mask = mask_of(bits);

@@ -12,9 +12,9 @@
 //! without programming anything.
 
 use super::{ArmError, DeviceId, Service, TickMode};
-use crate::time::broadcast::Broadcast;
-use crate::time::clockevents::{ClockEventDevice, Features, ProgramError, State};
-use crate::time::hrtimer::{Cancel, Expired, TimerId, TimerQueue};
+use crate::broadcast::Broadcast;
+use crate::clockevents::{ClockEventDevice, Features, ProgramError, State};
+use crate::hrtimer::{Cancel, Expired, TimerId, TimerQueue};
 use alloc::sync::Arc;
 use spin::Mutex;
 

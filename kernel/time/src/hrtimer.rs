@@ -573,7 +573,7 @@ mod tests {
         assert_eq!(queue.slots.capacity(), slots, "no allocation within the reserve");
     }
 
-    use crate::time::testing::XorShift;
+    use crate::testing::XorShift;
 
     /// The obviously correct queue: an unsorted list searched for its minimum `(deadline,
     /// payload)`; payloads are numbered in arming order.
