@@ -36,6 +36,7 @@ impl Default for Broadcast {
 }
 
 impl Broadcast {
+    /// No device and no waiting CPU; `const` so that it can sit in a `static` behind a lock.
     pub const fn new() -> Broadcast {
         Broadcast {
             device: None,
