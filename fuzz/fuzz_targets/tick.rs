@@ -6,7 +6,7 @@
 //! inter-processor messages that fall due, hold messages back, a spurious or misrouted
 //! interrupt, a comparator that starts passing, a measurement that programs a device behind
 //! the layer's back, a CPU going into deep idle, a suspend of timekeeping, take a device out),
-//! on simulated devices and a simulated clock, as the host simulator `time/tick/sim.rs` does.
+//! on simulated devices and a simulated clock, as the host simulator `kernel/time/src/tick/sim.rs` does.
 //!
 //! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry,timer}.rs`): a
 //! registry decision's broadcast change is applied at once by the deciding CPU; each CPU's
@@ -59,13 +59,13 @@
 //! no device serves has fired.
 #![no_main]
 
-use kernel::time::broadcast::Broadcast;
-use kernel::time::clockevents::{
+use kernel_time::broadcast::Broadcast;
+use kernel_time::clockevents::{
     ClockEventDevice, CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features,
     MAX_PROGRAMMED_DELTA_NS, State,
 };
-use kernel::time::hrtimer::{Cancel, TimerId};
-use kernel::time::tick::{
+use kernel_time::hrtimer::{Cancel, TimerId};
+use kernel_time::tick::{
     Assignment, Changes, CpuTick, DeepIdleRefused, DeviceId, Handover, Registry, Service, TickMode,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};

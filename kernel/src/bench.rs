@@ -16,9 +16,9 @@
 //! Numbers are printed, never asserted.
 
 use crate::arch::x86_64::clockevents::{self, TimerEvent};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
-use crate::time::clocksource::now_ns;
-use crate::time::report::{LatencyReport, nearest_rank};
+use crate::timer_report::{LatencyReport, nearest_rank};
 use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;

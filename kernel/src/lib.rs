@@ -12,7 +12,7 @@ pub mod arch;
 pub mod bench;
 pub mod cmdline;
 pub mod logger;
-pub mod time;
+pub mod timer_report;
 pub mod workload;
 
 use arch::x86_64::{clockevents, clocksource, fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
@@ -87,7 +87,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
 
 /// The TIMER-REPORT of this boot: the platform, the clockevents, and the timer workload's
 /// figures if it ran.
-pub fn report(k: &Kernel) -> time::report::TimerReport {
+pub fn report(k: &Kernel) -> timer_report::TimerReport {
     let mut report = k.platform.report();
     clocksource::fill_report(&mut report);
     clockevents::fill_report(&mut report, &k.clockevents);
@@ -104,7 +104,7 @@ pub fn exit(code: ExitCode) -> ! {
 }
 
 /// Logs the verdict, prints the report as the log's last line, and leaves QEMU.
-pub fn exit_with_report(code: ExitCode, report: &time::report::TimerReport) -> ! {
+pub fn exit_with_report(code: ExitCode, report: &timer_report::TimerReport) -> ! {
     log::info!("exit: {code:?}");
     serial::print(format_args!("{}\n", report.to_line()));
     exit_qemu(code)

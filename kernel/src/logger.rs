@@ -1,9 +1,9 @@
 //! The `log` facade on the serial console: `[seconds.micros] LEVEL module: message`.
 //!
-//! Timestamps come from the current clocksource (`time::clocksource::now_ns`): the TSC at first,
-//! the best-rated one as soon as it is registered.
+//! Timestamps come from the current clocksource (`arch::x86_64::clocksource::now_ns`): the TSC
+//! at first, the best-rated one as soon as it is registered.
 
-use crate::time::clocksource;
+use crate::arch::x86_64::clocksource;
 use log::{LevelFilter, Log, Metadata, Record};
 
 struct SerialLogger;
@@ -20,8 +20,13 @@ pub fn set_level(level: LevelFilter) {
     log::set_max_level(level);
 }
 
-/// `kernel::arch::x86_64::hpet` -> `hpet`: the module is what a reader needs.
+/// `kernel::arch::x86_64::hpet` -> `hpet`, `kernel_time::tick::registry` -> `time::tick::registry`:
+/// the module is what a reader needs.
 pub fn short_target(target: &str) -> &str {
+    // The time crate's modules, named as when it was the kernel's `time` module.
+    if let Some(t) = target.strip_prefix("kernel_time::") {
+        return &target[target.len() - t.len() - "time::".len()..];
+    }
     let t = target.strip_prefix("kernel::").unwrap_or(target);
     let t = t.strip_prefix("arch::x86_64::").unwrap_or(t);
     if t == "kernel" { "main" } else { t }
@@ -60,7 +65,8 @@ mod tests {
     #[test]
     fn targets_lose_the_crate_and_arch_prefixes() {
         assert_eq!(short_target("kernel::arch::x86_64::hpet"), "hpet");
-        assert_eq!(short_target("kernel::time::clockevents"), "time::clockevents");
+        assert_eq!(short_target("kernel_time::clockevents"), "time::clockevents");
+        assert_eq!(short_target("kernel_time::tick::registry"), "time::tick::registry");
         assert_eq!(short_target("kernel"), "main");
         assert_eq!(short_target("boot_and_exit"), "boot_and_exit");
     }

@@ -5,7 +5,7 @@
 use bootloader_api::{BootInfo, entry_point};
 use kernel::ExitCode;
 use kernel::arch::x86_64::smp;
-use kernel::time::report::Verdict;
+use kernel::timer_report::Verdict;
 use kernel::workload;
 
 entry_point!(kernel_main, config = &kernel::BOOTLOADER_CONFIG);

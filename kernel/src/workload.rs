@@ -4,9 +4,9 @@
 //! none before its deadline; the numbers go into the TIMER-REPORT.
 
 use crate::arch::x86_64::clockevents::{self, TimerEvent};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
-use crate::time::clocksource::now_ns;
-use crate::time::report::{LatencyReport, TimerReport, Verdict};
+use crate::timer_report::{LatencyReport, TimerReport, Verdict};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;

@@ -17,6 +17,7 @@ extern crate alloc;
 
 pub use bootloader_api;
 pub use kernel;
+pub use kernel_time;
 
 /// Generous bound for anything a test waits for: 5 s of kernel time (a bound on a wait, never
 /// an assertion about how long something took).
@@ -24,7 +25,7 @@ pub const WAIT_LIMIT_NS: u64 = 5_000_000_000;
 
 /// Spins until `done` or [`WAIT_LIMIT_NS`] of the kernel's clocksource pass; true if `done`.
 pub fn wait_for(done: impl Fn() -> bool) -> bool {
-    let now = kernel::time::clocksource::now_ns;
+    let now = kernel::arch::x86_64::clocksource::now_ns;
     let start = now();
     while now() - start < WAIT_LIMIT_NS {
         if done() {

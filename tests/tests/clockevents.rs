@@ -10,8 +10,8 @@ extern crate alloc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::clockevents::{self, TimerEvent};
+use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
-use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::kernel::workload;
 use kernel_tests::wait_for;
 use x86_64::instructions::interrupts::without_interrupts;
@@ -234,7 +234,7 @@ fn a_wrong_destination_is_counted_and_fails_the_verdict(k: &Kernel) {
     let misrouted: u64 = clockevents::tick_devices().iter().map(|t| t.misrouted).sum();
     assert!(misrouted >= elsewhere, "{elsewhere} landed elsewhere, {misrouted} counted misrouted");
     let report = kernel_tests::kernel::report(k);
-    assert_eq!(report.verdict, kernel_tests::kernel::time::report::Verdict::Failed);
+    assert_eq!(report.verdict, kernel_tests::kernel::timer_report::Verdict::Failed);
 }
 
 /// The legacy route's IOAPIC entries carry what the MADT says of IRQ0 and IRQ8 (the IRQ0 ->

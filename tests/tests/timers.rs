@@ -12,9 +12,9 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
+use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
-use kernel_tests::kernel::time::clocksource::now_ns;
-use kernel_tests::kernel::time::instant::Instant;
+use kernel_tests::kernel_time::instant::Instant;
 use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(
@@ -162,7 +162,7 @@ fn cancelling_a_timer_from_its_own_callback_says_it_is_running(_: &Kernel) {
     assert_eq!(timer.cancel(), Cancelled::Inactive);
     assert_eq!(
         Timer::periodic(0, clockevents::now(), Duration::ZERO, |_: &TimerEvent| {}).err(),
-        Some(kernel_tests::kernel::time::tick::ArmError::ZeroPeriod),
+        Some(kernel_tests::kernel_time::tick::ArmError::ZeroPeriod),
         "a zero period is refused"
     );
 }

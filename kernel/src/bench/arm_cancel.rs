@@ -13,14 +13,14 @@
 
 use super::Percentiles;
 use crate::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::arch::x86_64::tsc;
-use crate::time::clocksource::now_ns;
-use crate::time::hrtimer::TimerId;
-use crate::time::instant::Instant;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
+use kernel_time::hrtimer::TimerId;
+use kernel_time::instant::Instant;
 use serde::Serialize;
 
 /// Timers pending on the measured CPU while it is measured (the stress test keeps 2 000 per

@@ -1,25 +1,40 @@
-//! This machine's clocksources: the counters behind `now_ns` (the time layer's
-//! [`ReadCounter`] for [`Hardware`]: one `match`, each arm a direct read), the registry of
+//! This machine's clocksources: the system clock [`now_ns`] (the time layer's [`Timekeeper`]
+//! read through [`ReadCounter`] for [`Hardware`]: one `match`, each arm a direct read), the registry of
 //! sources behind an interrupts-off lock, registration of the TSC and the HPET main counter,
 //! the `clocksource=` choice, and the report's clocksource part.
 
 use super::clockevents::{self, TimerEvent};
 use super::pm_timer::{self, PmTimer};
 use super::{hpet::Hpet, tsc};
-use crate::time::clocksource::refine::{self, Refined, Refiner};
-use crate::time::clocksource::sync::{self, SyncResult};
-use crate::time::clocksource::watchdog::{self, Sample, Watchdog};
-use crate::time::clocksource::{
-    Clocksources, CounterId, Hardware, ReadCounter, RegisterError, SourceDesc, SourceFlags, Switch,
-    TIMEKEEPER,
-};
-use crate::time::report::{ClocksourceReport, SwitchReport, TimerReport, TscReport, Verdict};
+use crate::timer_report::{ClocksourceReport, SwitchReport, TimerReport, TscReport, Verdict};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
+use kernel_time::clocksource::refine::{self, Refined, Refiner};
+use kernel_time::clocksource::sync::{self, SyncResult};
+use kernel_time::clocksource::watchdog::{self, Sample, Watchdog};
+use kernel_time::clocksource::{
+    Clocksources, CounterId, ReadCounter, RegisterError, SourceDesc, SourceFlags, Switch, Timekeeper,
+};
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
+
+/// The system clock behind [`now_ns`].
+pub static TIMEKEEPER: Timekeeper = Timekeeper::new();
+
+/// The system clock's nanoseconds (0 before the first source is installed): a sequence-counter
+/// read of the snapshot and one direct read of the current counter.
+#[inline]
+pub fn now_ns() -> u64 {
+    TIMEKEEPER.now(&Hardware)
+}
+
+/// This machine's counters, as the time layer reads them: a unit type whose [`ReadCounter`]
+/// implementation is a `match` of direct reads, so [`now_ns`] compiles to a direct call, not a
+/// dynamic one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hardware;
 
 /// The counters `now_ns` can read.
 pub const TSC: CounterId = CounterId(1);

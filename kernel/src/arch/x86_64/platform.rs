@@ -7,7 +7,7 @@ use super::hpet::{ComparatorConfig, Hpet};
 use super::ioapic::{IOAPICS, IsaRoute};
 use super::pm_timer::PmTimer;
 use super::{acpi, clocksource, destination, lapic, memory, pic, smp, tsc};
-use crate::time::report::{
+use crate::timer_report::{
     ComparatorReport, CpuReport, DestinationsReport, HpetReport, IoApicReport, LapicReport, MemoryReport,
     SCHEMA_VERSION, TimerReport, Verdict,
 };

@@ -2,7 +2,7 @@
 //! `check_tsc_sync_target`): the AP, on its start-up path before its timekeeping, and the boot
 //! CPU, waiting for it in `smp::start_one`, take turns for [`LOOP_NS`] reading their TSCs under
 //! one lock; the largest backward step between consecutive readings is the warp
-//! (`time::clocksource::sync`). A warp beyond the threshold marks the TSC unstable.
+//! (`kernel_time::clocksource::sync`). A warp beyond the threshold marks the TSC unstable.
 //!
 //! The turns must really alternate: the boot CPU goes on past [`LOOP_NS`] until the turn has
 //! passed between the two CPUs [`MIN_HANDOVERS`] times (under `-icount` the vCPUs run one
@@ -11,8 +11,8 @@
 //! without a check and says so.
 
 use super::{clocksource, tsc};
-use crate::time::clocksource::sync::{SyncResult, WarpMeter};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use kernel_time::clocksource::sync::{SyncResult, WarpMeter};
 use spin::Mutex;
 
 /// How long each CPU takes turns (Linux: 2 ms, 20 ms at boot): thousands of turns under TCG.

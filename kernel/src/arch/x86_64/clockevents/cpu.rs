@@ -5,12 +5,12 @@
 
 use super::registry;
 use super::timer::{Payload, TimerEvent};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
-use crate::time::clocksource::now_ns;
-use crate::time::hrtimer::Expired;
-use crate::time::tick::{CpuTick, DeviceFailure, DeviceId};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use kernel_time::hrtimer::Expired;
+use kernel_time::tick::{CpuTick, DeviceFailure, DeviceId};
 use spin::{Mutex, MutexGuard};
 
 /// Timers each CPU has room for before arming allocates (the slab then doubles).
@@ -111,7 +111,7 @@ pub fn with_tick<R>(f: impl FnOnce(&mut CpuTick<Payload>) -> R) -> Option<R> {
 }
 
 /// Gives the calling CPU its tick (not yet served by any device).
-pub(super) fn create_tick(mode: crate::time::tick::TickMode) {
+pub(super) fn create_tick(mode: kernel_time::tick::TickMode) {
     let cpu = percpu::this_cpu();
     x86_64::instructions::interrupts::without_interrupts(|| {
         *cpu.time.tick.lock() = Some(CpuTick::new(cpu.index, mode, now_ns(), TIMERS_PER_CPU));
@@ -120,7 +120,7 @@ pub(super) fn create_tick(mode: crate::time::tick::TickMode) {
 
 /// Reports a local device that gave up programming to the registry, which takes it out and
 /// reassigns this CPU (and any other it served). Called with the guard released.
-pub(super) fn report_failure(failure: Option<crate::time::tick::DeviceFailure>) {
+pub(super) fn report_failure(failure: Option<kernel_time::tick::DeviceFailure>) {
     if let Some(f) = failure {
         registry::take_out(f.device, &alloc::format!("{}", f.error));
     }
@@ -228,9 +228,9 @@ fn run_expiry(cpu: usize, now: u64, mut step: Step) {
 
 /// Before deep idle (interrupts off): a CPU whose tick device stops there stops it and hands
 /// its next deadline to the broadcast; refused when no broadcast device can take it.
-pub fn deep_idle_enter() -> Result<crate::time::tick::Handover, crate::time::tick::DeepIdleRefused> {
+pub fn deep_idle_enter() -> Result<kernel_time::tick::Handover, kernel_time::tick::DeepIdleRefused> {
     let result = with_tick(|t| t.broadcast_enter(now_ns(), registry::broadcast()))
-        .unwrap_or(Ok(crate::time::tick::Handover::NotNeeded));
+        .unwrap_or(Ok(kernel_time::tick::Handover::NotNeeded));
     registry::report_broadcast_failure();
     result
 }

@@ -14,15 +14,16 @@ use super::super::ioapic::{DeliveryMode, IOAPICS, IsaRoute, Polarity, Redirectio
 use super::super::path_trace::{self, Stage};
 use super::super::smp::percpu::{self, PerCpuCounter};
 use super::super::{interrupts, tsc};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::cmdline::ClockeventsChoice;
-use crate::time::clockevents::{DriverState, EventDriver, EventPassed};
-use crate::time::clocksource::{MultShift, now_ns};
-use crate::time::tick::DeviceId;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use kernel_time::clockevents::{DriverState, EventDriver, EventPassed};
+use kernel_time::clocksource::MultShift;
+use kernel_time::tick::DeviceId;
 
 /// Ratings of the 2007 patch: a per-CPU comparator beats the LAPIC timer (100); the global
 /// device is 20 lower, so a CPU with a working LAPIC timer keeps it.
@@ -282,7 +283,7 @@ pub fn plan(usable: &[usize], reachable: &[bool], choice: ClockeventsChoice) -> 
     let unreachable_note = if unreachable.is_empty() {
         String::new()
     } else {
-        let mut set = crate::time::clockevents::CpuSet::EMPTY;
+        let mut set = kernel_time::clockevents::CpuSet::EMPTY;
         unreachable.iter().for_each(|&c| set.insert(c));
         format!("; CPUs {set} cannot be named by an IOAPIC entry or MSI: no per-CPU comparator")
     };

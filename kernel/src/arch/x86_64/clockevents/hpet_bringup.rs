@@ -12,9 +12,9 @@ use super::hpet::{self, Delivery, HpetChannel, Role};
 use super::registry;
 use super::{ComparatorOutcome, ComparatorRole, Setup};
 use crate::cmdline::{ClockeventsChoice, KernelOptions};
-use crate::time::clockevents::{CpuSet, DeviceSpec, Features};
 use alloc::format;
 use alloc::vec::Vec;
+use kernel_time::clockevents::{CpuSet, DeviceSpec, Features};
 
 pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &KernelOptions) -> Setup {
     hpet::set_read_counter(options.hpet_counter_read);

@@ -11,10 +11,10 @@
 use super::super::path_trace::{self, Stage};
 use super::super::smp::percpu;
 use super::super::{interrupts, lapic, tsc};
-use crate::time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features};
-use crate::time::tick::DeviceId;
 use alloc::format;
 use core::sync::atomic::{AtomicU64, Ordering};
+use kernel_time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features};
+use kernel_time::tick::DeviceId;
 
 pub const RATING: u32 = 100;
 /// Linux's lapic_clockevent min_delta_ticks (0xF); the counter is 32 bits, and deltas stay

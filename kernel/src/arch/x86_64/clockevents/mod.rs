@@ -34,15 +34,15 @@ pub use timer::{
 use super::interrupts;
 use super::platform::Platform;
 use super::smp::{self, percpu};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::cmdline::{ClockeventsChoice, KernelOptions};
-use crate::time::clocksource::now_ns;
-use crate::time::tick::TickMode;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hpet::Delivery;
+use kernel_time::tick::TickMode;
 use lapic::LapicTimerConfig;
 use spin::{Mutex, Once};
 use x86_64::instructions::interrupts::without_interrupts;

@@ -8,13 +8,13 @@
 //! assignments reach each CPU in the order they were decided.
 
 use super::cpu::{self, with_tick};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::lapic as apic;
 use crate::arch::x86_64::smp::{self, percpu};
-use crate::time::broadcast::Broadcast;
-use crate::time::clockevents::{CpuSet, DeviceSpec, EventDriver};
-use crate::time::clocksource::now_ns;
-use crate::time::tick::{Assignment, Changes, DeviceId, Registry};
 use core::sync::atomic::{AtomicUsize, Ordering};
+use kernel_time::broadcast::Broadcast;
+use kernel_time::clockevents::{CpuSet, DeviceSpec, EventDriver};
+use kernel_time::tick::{Assignment, Changes, DeviceId, Registry};
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
 
@@ -162,7 +162,7 @@ fn deliver(registry: &mut Registry, mut changes: Changes) {
 }
 
 /// Applies an assignment on the calling CPU (its own); returns a device that failed meanwhile.
-fn apply(a: Assignment) -> Option<crate::time::tick::DeviceFailure> {
+fn apply(a: Assignment) -> Option<kernel_time::tick::DeviceFailure> {
     with_tick(|t| {
         t.apply(a, now_ns(), &BROADCAST);
         t.take_failure()

@@ -5,12 +5,12 @@
 use super::cpu::with_tick;
 use super::registry::{self, with_registry};
 use super::{ComparatorRole, Setup};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
-use crate::time::clockevents::State;
-use crate::time::clocksource::now_ns;
-use crate::time::tick::Service;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use kernel_time::clockevents::State;
+use kernel_time::tick::Service;
 
 /// One CPU's tick, for the report and the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,8 +137,8 @@ pub fn measure_programming(
 
 /// Adds the clockevents part to the report: each comparator's delivery and role, each CPU's
 /// tick device, the broadcast device. A CPU without any device fails the verdict.
-pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup) {
-    use crate::time::report::{TickDeviceReport, Verdict};
+pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup) {
+    use crate::timer_report::{TickDeviceReport, Verdict};
     let taken_out: Vec<(String, String)> = with_registry(|r| r.taken_out().to_vec()).unwrap_or_default();
     if let Some(h) = report.hpet.as_mut() {
         for (c, o) in h.comparators.iter_mut().zip(&setup.comparators) {
@@ -153,7 +153,7 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
                 o.role
             });
             c.selftest_irqs = o.selftest.as_ref().map_or(0, |t| t.irqs);
-            c.selftest = o.selftest.as_ref().map(|t| crate::time::report::SelftestReport {
+            c.selftest = o.selftest.as_ref().map(|t| crate::timer_report::SelftestReport {
                 cpu: t.target as u32,
                 irqs_by_cpu: t.by_cpu.iter().map(|(cpu, n)| (alloc::format!("{cpu}"), *n)).collect(),
                 us: t.ns / 1000,
@@ -169,8 +169,8 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
     report.clockevents_rule = setup.rule.clone();
     report.bringup_us = super::bringup_ns() / 1000;
     report.tick_mode = match super::BRING_UP.get().map(|b| b.mode) {
-        Some(crate::time::tick::TickMode::Periodic { .. }) => "periodic",
-        Some(crate::time::tick::TickMode::Oneshot) => "oneshot",
+        Some(kernel_time::tick::TickMode::Periodic { .. }) => "periodic",
+        Some(kernel_time::tick::TickMode::Oneshot) => "oneshot",
         None => "none",
     }
     .into();
@@ -193,13 +193,13 @@ pub fn fill_report(report: &mut crate::time::report::TimerReport, setup: &Setup)
         .collect();
     report.broadcast = broadcast_device();
     let (events, wakeups_sent) = registry::broadcast().lock().stats();
-    report.broadcast_stats = crate::time::report::BroadcastReport { events, wakeups_sent };
+    report.broadcast_stats = crate::timer_report::BroadcastReport { events, wakeups_sent };
     report.suspend = super::suspend::report();
     for c in report.cpus.iter_mut() {
         let index = c.index as usize;
         let handovers = ticks.iter().find(|t| t.cpu == index).map_or(0, |t| t.handovers);
         let Some(cpu) = percpu::cpu(index) else { continue };
-        c.idle = crate::time::report::IdleReport {
+        c.idle = crate::timer_report::IdleReport {
             state: crate::arch::x86_64::idle::state_of(index).to_string(),
             entries: cpu.time.idle_entries.load(core::sync::atomic::Ordering::Relaxed),
             deep_entries: cpu.time.deep_entries.load(core::sync::atomic::Ordering::Relaxed),

@@ -9,10 +9,10 @@
 
 use super::cpu::{report_failure, with_tick};
 use super::registry;
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::hpet::Hpet;
 use crate::arch::x86_64::smp::{self, percpu};
-use crate::time::clocksource::now_ns;
-use crate::time::report::SuspendReport;
+use crate::timer_report::SuspendReport;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;

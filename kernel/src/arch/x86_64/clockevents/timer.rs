@@ -9,14 +9,14 @@
 
 use super::cpu::{this_cpu_tick, with_tick};
 use super::registry;
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
-use crate::time::clocksource::now_ns;
-use crate::time::hrtimer::{Cancel, TimerId};
-use crate::time::instant::Instant;
-use crate::time::tick::ArmError;
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
+use kernel_time::hrtimer::{Cancel, TimerId};
+use kernel_time::instant::Instant;
+use kernel_time::tick::ArmError;
 
 /// What a timer callback learns.
 #[derive(Debug, Clone, Copy)]

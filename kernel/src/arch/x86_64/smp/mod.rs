@@ -6,7 +6,7 @@ pub mod percpu;
 mod trampoline;
 
 use super::{gdt, interrupts, lapic, memory};
-use crate::time::clocksource::now_ns;
+use crate::arch::x86_64::clocksource::now_ns;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};

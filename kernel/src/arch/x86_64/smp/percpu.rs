@@ -16,7 +16,7 @@ use x86_64::registers::model_specific::GsBase;
 
 /// Most CPUs the kernel supports: as many as the time layer tracks (255 is the most an x2APIC
 /// machine has without interrupt remapping; QEMU tests go up to 64).
-pub const MAX_CPUS: usize = crate::time::clockevents::MAX_CPUS;
+pub const MAX_CPUS: usize = kernel_time::clockevents::MAX_CPUS;
 
 /// Work posted to a CPU (see `smp::post` and `smp::call_on`): run once, on that CPU, in its
 /// function-call interrupt.

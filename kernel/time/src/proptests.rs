@@ -3,11 +3,11 @@
 //! and counter ticks -> ns (`MultShift`). Each property is what the conversion's documentation
 //! promises; exact values are computed in 128 bits for comparison.
 
-use crate::time::clockevents::fake::FakeDriver;
-use crate::time::clockevents::{
+use crate::clockevents::fake::FakeDriver;
+use crate::clockevents::{
     ClockEventDevice, CpuSet, DeviceSpec, Features, MAX_PROGRAMMED_DELTA_NS, NsToTicks, State, ticks_to_ns,
 };
-use crate::time::clocksource::{MultShift, NS_PER_S};
+use crate::clocksource::{MultShift, NS_PER_S};
 use proptest::prelude::*;
 
 /// Device and counter frequencies: 1 Hz to 10 GHz.

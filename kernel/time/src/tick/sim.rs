@@ -4,9 +4,9 @@
 //! test (as the kernel's LAPIC driver refuses it).
 
 use super::*;
-use crate::time::broadcast::Broadcast;
-use crate::time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State};
-use crate::time::hrtimer::{Cancel, TimerId};
+use crate::broadcast::Broadcast;
+use crate::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State};
+use crate::hrtimer::{Cancel, TimerId};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
@@ -343,7 +343,7 @@ impl Sim {
             assert!(fired[0] >= *deadline, "timer {n} fired early: {} < {deadline}", fired[0]);
         }
     }
-    fn device(&self, d: DeviceId) -> &crate::time::clockevents::ClockEventDevice {
+    fn device(&self, d: DeviceId) -> &crate::clockevents::ClockEventDevice {
         self.registry.device(d)
     }
 }
@@ -510,14 +510,14 @@ fn broadcast_device_failing_when_installed_does_not_strand_its_cpus() {
 #[test]
 fn unusable_devices_are_refused_at_registration() {
     let mut s = Sim::new(TickMode::Oneshot, 1);
-    let base = crate::time::clockevents::fake::spec("x", 200, CpuSet::single(0), Features::PER_CPU);
+    let base = crate::clockevents::fake::spec("x", 200, CpuSet::single(0), Features::PER_CPU);
     for bad in [
         DeviceSpec { frequency_hz: 0, ..base.clone() },
         DeviceSpec { max_delta_ticks: 1, min_delta_ticks: 1, ..base.clone() },
         DeviceSpec { min_delta_ticks: 2_000_000, ..base.clone() },
         DeviceSpec { features: Features::PER_CPU, ..base.clone() },
     ] {
-        let (d, changes) = s.registry.register(bad, crate::time::clockevents::fake::FakeDriver::leak());
+        let (d, changes) = s.registry.register(bad, crate::clockevents::fake::FakeDriver::leak());
         assert!(changes.is_empty() && s.device(d).is_failed());
     }
     assert_eq!(s.cpus[0].service(), Service::None, "no refused device serves a CPU");
@@ -626,7 +626,7 @@ fn periodic_tick_is_emulated_when_the_period_exceeds_the_maximum_delta() {
     let mut s = Sim::new(TickMode::Periodic { hz: 100 }, 1);
     let spec = DeviceSpec {
         max_delta_ticks: 500_000, // 5 ms: shorter than the 10 ms tick
-        ..crate::time::clockevents::fake::spec(
+        ..crate::clockevents::fake::spec(
             "short",
             LAPIC,
             CpuSet::single(0),
@@ -738,7 +738,7 @@ fn random_timers_on_mixed_devices_fire_once_never_early_on_their_cpu() {
         s.per_cpu("hpet0", PERCPU_HPET, 0);
         s.per_cpu("lapic1", LAPIC, 1);
         s.add("global", GLOBAL_HPET, CpuSet::first(4), Features::empty(), 0);
-        let mut rng = crate::time::testing::XorShift(seed);
+        let mut rng = crate::testing::XorShift(seed);
         let mut live: Vec<(usize, u32, TimerId)> = Vec::new();
         for _ in 0..3_000 {
             let cpu = (rng.next() % 4) as usize;
@@ -936,8 +936,7 @@ fn suspended_timekeeping_resumes_with_every_pending_timer() {
 fn a_stale_assignment_arriving_late_is_ignored() {
     let mut s = Sim::new(TickMode::Oneshot, 2);
     let (l1, old) = {
-        let spec =
-            crate::time::clockevents::fake::spec("lapic1", LAPIC, CpuSet::single(1), Features::PER_CPU);
+        let spec = crate::clockevents::fake::spec("lapic1", LAPIC, CpuSet::single(1), Features::PER_CPU);
         let driver = s.driver(Some(1), 0);
         s.drivers.push(driver);
         s.irq_cpu.push(1);

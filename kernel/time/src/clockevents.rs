@@ -38,6 +38,7 @@ const CPU_WORDS: usize = MAX_CPUS / 64;
 pub struct CpuSet([u64; CPU_WORDS]);
 
 impl CpuSet {
+    /// No CPU.
     pub const EMPTY: CpuSet = CpuSet([0; CPU_WORDS]);
 
     /// CPUs 0..64 as the bits of `bits` (bit n = CPU n).
@@ -46,6 +47,7 @@ impl CpuSet {
         set.0[0] = bits;
         set
     }
+    /// CPU `cpu` alone (an index beyond [`MAX_CPUS`] is a caller's bug: it panics).
     pub fn single(cpu: usize) -> CpuSet {
         let mut set = CpuSet::EMPTY;
         set.insert(cpu);
@@ -60,6 +62,7 @@ impl CpuSet {
         }
         set
     }
+    /// Whether `cpu` is in the set (never for an index beyond [`MAX_CPUS`]).
     pub fn contains(self, cpu: usize) -> bool {
         cpu < MAX_CPUS && self.0[cpu / 64] & (1 << (cpu % 64)) != 0
     }
@@ -68,6 +71,7 @@ impl CpuSet {
         assert!(cpu < MAX_CPUS, "CPU {cpu} beyond the {MAX_CPUS} a CpuSet holds");
         self.0[cpu / 64] |= 1 << (cpu % 64);
     }
+    /// Removes `cpu` (nothing for a CPU not in the set).
     pub fn remove(&mut self, cpu: usize) {
         if cpu < MAX_CPUS {
             self.0[cpu / 64] &= !(1 << (cpu % 64));
@@ -85,9 +89,11 @@ impl CpuSet {
             *w &= !o;
         }
     }
+    /// Whether the set holds no CPU.
     pub fn is_empty(self) -> bool {
         self.0.iter().all(|&w| w == 0)
     }
+    /// How many CPUs the set holds.
     pub fn len(self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
@@ -99,6 +105,7 @@ impl CpuSet {
     pub fn only(self) -> Option<usize> {
         if self.len() == 1 { self.first_cpu() } else { None }
     }
+    /// The CPUs in the set, lowest first.
     pub fn iter(self) -> impl Iterator<Item = usize> {
         (0..CPU_WORDS).flat_map(move |i| {
             let mut w = self.0[i];
@@ -148,6 +155,7 @@ pub enum State {
     Detached,
     /// In use, not interrupting.
     Shutdown,
+    /// Interrupts at a fixed period by itself (hardware periodic mode).
     Periodic,
     /// Interrupts once at each programmed time.
     Oneshot,
@@ -197,9 +205,16 @@ impl fmt::Display for State {
 /// What a driver is asked to do on a state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverState {
+    /// Stop interrupting.
     Shutdown,
-    Periodic { period_ticks: u64 },
+    /// Interrupt every `period_ticks` by itself.
+    Periodic {
+        /// The period, in device ticks.
+        period_ticks: u64,
+    },
+    /// Interrupt once at each time [`EventDriver::set_next_event`] asks for.
     Oneshot,
+    /// Stay in one-shot mode with nothing programmed.
     OneshotStopped,
 }
 
@@ -208,8 +223,60 @@ pub enum DriverState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventPassed;
 
-/// The hardware side of a clock event device.
+/// The hardware side of a clock event device: what a kernel implements for each device.
+///
+/// The driver only carries out what the layer asks; the layer decides who uses the device,
+/// in which mode, and for which deadline. `set_next_event` must report [`EventPassed`] when
+/// the counter may have passed the comparator while it was written (on an HPET: the counter
+/// read after the write is already at or past the comparator), so that the layer retries at
+/// the minimum delta and, after [`RETRIES_BEFORE_GROWING`] failures, grows the minimum delta:
+///
+/// ```
+/// use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+/// use kernel_time::clockevents::{
+///     ClockEventDevice, CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State,
+/// };
+///
+/// /// A 1 MHz comparator whose counter runs past the first two writes.
+/// struct Racy {
+///     misses_left: AtomicU32,
+///     delta_ticks: AtomicU64,
+/// }
+///
+/// impl EventDriver for Racy {
+///     fn switch_state(&self, _state: DriverState) {}
+///     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
+///         if self.misses_left.load(Ordering::Relaxed) > 0 {
+///             self.misses_left.fetch_sub(1, Ordering::Relaxed);
+///             return Err(EventPassed);
+///         }
+///         self.delta_ticks.store(delta_ticks, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+///
+/// static RACY: Racy = Racy { misses_left: AtomicU32::new(2), delta_ticks: AtomicU64::new(0) };
+///
+/// let spec = DeviceSpec {
+///     name: "racy".into(),
+///     features: Features::ONESHOT,
+///     rating: 50,
+///     cpus: CpuSet::single(0),
+///     frequency_hz: 1_000_000,
+///     min_delta_ticks: 5,
+///     max_delta_ticks: 0xffff_ffff,
+/// };
+/// let device = ClockEventDevice::new(spec, &RACY);
+/// device.attach(State::Oneshot, 0);
+/// // A deadline already past (1 us, now 2 us) is programmed at the minimum delta, not
+/// // dropped; the two passed writes are retried.
+/// assert_eq!(device.program(1_000, 2_000), Ok(7_000));
+/// assert_eq!(RACY.delta_ticks.load(Ordering::Relaxed), 5);
+/// assert_eq!(device.retries(), 2);
+/// ```
 pub trait EventDriver: Send + Sync {
+    /// Puts the hardware in `state`; the layer asks only for changes [`State::can_switch_to`]
+    /// allows, and only from the one party using the device at a time.
     fn switch_state(&self, state: DriverState);
     /// Interrupts `delta_ticks` device ticks from now (within the spec's min/max delta).
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed>;
@@ -218,15 +285,19 @@ pub trait EventDriver: Send + Sync {
 /// How a driver describes its device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSpec {
+    /// The name the layer logs and reports (`hpet2`, `lapic0`).
     pub name: String,
+    /// What the device can do.
     pub features: Features,
     /// Higher is better (Linux: LAPIC 100, per-CPU HPET 110 in the 2007 patch, global HPET 90).
     pub rating: u32,
     /// The CPUs whose interrupts it can raise; a per-CPU device has exactly one.
     pub cpus: CpuSet,
+    /// The rate its deltas count at, in Hz.
     pub frequency_hz: u64,
-    /// Smallest and largest delta the hardware honours, in its ticks.
+    /// Smallest delta the hardware honours, in its ticks.
     pub min_delta_ticks: u64,
+    /// Largest delta the hardware honours, in its ticks.
     pub max_delta_ticks: u64,
 }
 
@@ -274,8 +345,11 @@ pub const MAX_PROGRAMMED_DELTA_NS: u64 = 600 * NS_PER_S;
 /// mult's error): exact below 2^shift ns (4.3 s at shift 32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NsToTicks {
+    /// Ticks per ns, scaled by `2^shift`, rounded up.
     pub mult: u64,
+    /// The scale of `mult`: at most 32.
     pub shift: u32,
+    /// The device's frequency, for the exact check of each estimate.
     pub frequency_hz: u64,
     /// The largest delta it converts: the `max_ns` asked for, or less where even shift 0
     /// cannot keep `max_ns * mult` in 64 bits (above 1 GHz, deltas near `u64::MAX` ns).
@@ -312,9 +386,9 @@ pub fn ticks_to_ns(ticks: u64, frequency_hz: u64, up: bool) -> u64 {
 }
 
 /// After this many failed attempts at the minimum delta, the minimum grows (as in Linux).
-const RETRIES_BEFORE_GROWING: u32 = 3;
+pub const RETRIES_BEFORE_GROWING: u32 = 3;
 /// The first grown minimum delta; later ones grow by half each time (Linux: 5 us, x1.5).
-const FIRST_GROWN_MIN_DELTA_NS: u64 = 5_000;
+pub const FIRST_GROWN_MIN_DELTA_NS: u64 = 5_000;
 /// A device whose minimum delta would have to exceed this is given up on.
 pub const MIN_DELTA_LIMIT_NS: u64 = 10_000_000;
 
@@ -324,7 +398,10 @@ pub enum ProgramError {
     /// The device is not in one-shot mode.
     NotOneshot(State),
     /// Even at the largest minimum delta the counter kept passing the comparator.
-    GaveUp { min_delta_ns: u64 },
+    GaveUp {
+        /// The minimum delta it gave up at.
+        min_delta_ns: u64,
+    },
 }
 
 impl fmt::Display for ProgramError {
@@ -341,7 +418,9 @@ impl fmt::Display for ProgramError {
 /// An illegal state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IllegalTransition {
+    /// The state the device was in.
     pub from: State,
+    /// The state it was asked to enter.
     pub to: State,
 }
 
@@ -358,9 +437,12 @@ impl fmt::Display for IllegalTransition {
 /// broadcast lock. Its changing fields are atomics so that sharing needs no lock; the user's
 /// loads and stores are plain moves on x86.
 pub struct ClockEventDevice {
+    /// How its driver described it.
     pub spec: DeviceSpec,
     driver: &'static dyn EventDriver,
     conversion: NsToTicks,
+    /// The longest delta the layer programs, in ns: the hardware's maximum, at most
+    /// [`MAX_PROGRAMMED_DELTA_NS`] and what the conversion can take.
     pub max_delta_ns: u64,
     /// The hardware's limits in ticks, the maximum within [`MAX_PROGRAMMED_DELTA_NS`]; a
     /// converted delta is clamped to them.
@@ -432,6 +514,7 @@ impl ClockEventDevice {
         }
     }
 
+    /// Its current state.
     pub fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Relaxed))
     }
@@ -439,9 +522,11 @@ impl ClockEventDevice {
     pub fn driver(&self) -> &'static dyn EventDriver {
         self.driver
     }
+    /// Its ns -> ticks conversion.
     pub fn conversion(&self) -> NsToTicks {
         self.conversion
     }
+    /// Whether it belongs to one CPU ([`Features::PER_CPU`]).
     pub fn is_per_cpu(&self) -> bool {
         self.spec.features.contains(Features::PER_CPU)
     }
@@ -458,12 +543,15 @@ impl ClockEventDevice {
     pub fn forget_event(&self) {
         self.next_event_ns.store(u64::MAX, Ordering::Relaxed);
     }
+    /// Events programmed so far.
     pub fn programmed(&self) -> u64 {
         self.programmed.load(Ordering::Relaxed)
     }
+    /// Programming attempts repeated because the counter had passed the comparator.
     pub fn retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
+    /// How often the minimum delta grew.
     pub fn min_delta_increases(&self) -> u32 {
         self.min_delta_increases.load(Ordering::Relaxed)
     }

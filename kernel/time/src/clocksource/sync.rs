@@ -19,13 +19,18 @@ pub const SYNC_THRESHOLD_NS: u64 = 1_000;
 pub struct WarpMeter {
     last: u64,
     last_cpu: usize,
+    /// The largest backward step seen, in counter ticks.
     pub max_warp: u64,
+    /// Readings taken by both CPUs together.
     pub steps: u64,
+    /// Readings behind the one before them.
     pub backward_steps: u64,
+    /// Times the turn passed from one CPU to the other.
     pub handovers: u64,
 }
 
 impl WarpMeter {
+    /// A meter that has seen nothing.
     pub const fn new() -> WarpMeter {
         WarpMeter { last: 0, last_cpu: 0, max_warp: 0, steps: 0, backward_steps: 0, handovers: 0 }
     }
@@ -69,11 +74,13 @@ impl WarpMeter {
 /// What one check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncResult {
+    /// The largest backward step, in ns (rounded up: a warp of one tick is not 0 ns).
     pub warp_ns: u64,
     /// Readings taken by both CPUs together.
     pub steps: u64,
     /// Times the turn passed from one CPU to the other.
     pub handovers: u64,
+    /// Whether the warp is within [`SYNC_THRESHOLD_NS`].
     pub synchronized: bool,
 }
 

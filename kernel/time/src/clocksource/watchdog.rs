@@ -27,8 +27,11 @@ pub fn threshold_ns(interval_ns: u64) -> u64 {
 /// Readings taken together: the watchdog's counter before and after the verified one's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
+    /// The watchdog's counter, just before.
     pub wd_before: u64,
+    /// The counter being verified.
     pub cs: u64,
+    /// The watchdog's counter, just after.
     pub wd_after: u64,
 }
 
@@ -47,16 +50,30 @@ pub enum Verdict {
     /// The first sample (or the first after a skip): nothing to compare yet.
     Started,
     /// The two counters agree within the threshold.
-    Agrees { interval_ns: u64, deviation_ns: i64 },
+    Agrees {
+        /// The interval since the previous sample, by the watchdog.
+        interval_ns: u64,
+        /// The verified counter's ns over it minus the watchdog's.
+        deviation_ns: i64,
+    },
     /// No comparison: the bracket was too wide, or the interval too long for the watchdog.
     Skipped(SkipReason),
     /// They disagree: over the watchdog's `wd_ns` the verified counter counted `cs_ns`.
-    Unstable { cs_ns: u64, wd_ns: u64 },
+    Unstable {
+        /// The interval by the verified counter.
+        cs_ns: u64,
+        /// The interval by the watchdog.
+        wd_ns: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a comparison was skipped.
 pub enum SkipReason {
+    /// The watchdog's readings around the verified one were more than [`MAX_BRACKET_NS`] apart.
     WideBracket,
+    /// So long since the previous sample that a counter may have wrapped unseen (over half
+    /// the watchdog's wrap).
     IntervalTooLong,
 }
 
@@ -67,6 +84,7 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
+    /// No previous sample.
     pub const fn new() -> Watchdog {
         Watchdog { last: None }
     }
@@ -95,7 +113,7 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::clocksource::{CounterId, MultShift, mask_of};
+    use crate::clocksource::{CounterId, MultShift, mask_of};
 
     fn conv(hz: u64, bits: u32) -> Conversion {
         let mask = mask_of(bits);

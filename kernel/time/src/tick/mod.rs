@@ -42,7 +42,10 @@ use core::fmt;
 pub enum TickMode {
     /// A tick every `1 / hz` s; timers expire at the first tick at or after their deadline
     /// (hardware periodic mode where the device has it, re-armed one-shot otherwise).
-    Periodic { hz: u32 },
+    Periodic {
+        /// Ticks a second (the period is rounded down to whole ns).
+        hz: u32,
+    },
     /// Tickless: the device is programmed for the earliest timer only, and stopped when none
     /// is pending.
     Oneshot,
@@ -72,13 +75,16 @@ impl fmt::Display for TickMode {
 pub enum Service {
     /// Nothing: the CPU cannot be woken by a timer.
     None,
+    /// Its own per-CPU device.
     Local(DeviceId),
+    /// The broadcast device, which wakes it when its deadline is due.
     Broadcast(DeviceId),
 }
 
 /// Why a timer could not be armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArmError {
+    /// The CPU is not online in the tick layer.
     CpuNotOnline(usize),
     /// No device can interrupt this CPU.
     NoTickDevice(usize),

@@ -10,7 +10,7 @@
 //! that none of them sees time go back). Pending deadlines are ns on this one timeline and
 //! keep their meaning.
 //!
-//! Rooms: `timekeeper` (the lock-free hot path behind [`now_ns`]), `watchdog` (a counter
+//! Rooms: `timekeeper` (the lock-free hot path, [`Timekeeper::now`]), `watchdog` (a counter
 //! checked against another), `refine` (a frequency measured over a long window), `sync`
 //! (the cross-CPU warp arithmetic). Reading the hardware is the architecture's, through
 //! [`ReadCounter`]; everything here runs on the host against fake counters.
@@ -22,23 +22,13 @@ pub mod sync;
 mod timekeeper;
 pub mod watchdog;
 
-pub use timekeeper::{Conversion, CounterId, Hardware, ReadCounter, Snapshot, Timekeeper, extend, mask_of};
+pub use timekeeper::{Conversion, CounterId, ReadCounter, Snapshot, Timekeeper, extend, mask_of};
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bitflags::bitflags;
 use core::fmt;
-
-/// The system clock behind [`now_ns`].
-pub static TIMEKEEPER: Timekeeper = Timekeeper::new();
-
-/// The system clock's nanoseconds (0 before the first source is installed): a sequence-counter
-/// read of the snapshot and one direct read of the current counter.
-#[inline]
-pub fn now_ns() -> u64 {
-    TIMEKEEPER.now(&Hardware)
-}
 
 bitflags! {
     /// What a counter promises.
@@ -57,19 +47,24 @@ bitflags! {
 /// A counter as its driver describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourceDesc {
+    /// The name `clocksource=` and the report use (`tsc`, `hpet`, `acpi_pm`).
     pub name: &'static str,
     /// Linux's scale: 300 TSC, 250 HPET, 200 ACPI PM timer; higher wins.
     pub rating: u32,
+    /// The counter's nominal frequency, in Hz.
     pub hz: u64,
     /// Counter width: 24, 32 or 64.
     pub bits: u32,
+    /// What the counter promises.
     pub flags: SourceFlags,
+    /// Which counter [`ReadCounter::read`] reads for it.
     pub counter: CounterId,
 }
 
 /// A registered counter and what has been learnt about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
+    /// How its driver described it.
     pub desc: SourceDesc,
     /// Current frequency (the description's, or a refined one).
     pub hz: u64,
@@ -84,10 +79,12 @@ impl Source {
         Source { desc, hz: desc.hz, unstable: None, warp_ns: 0 }
     }
 
+    /// Its name ([`SourceDesc::name`]).
     pub fn name(&self) -> &'static str {
         self.desc.name
     }
 
+    /// Whether it has not been found unstable.
     pub fn stable(&self) -> bool {
         self.unstable.is_none()
     }
@@ -118,8 +115,11 @@ impl Source {
 /// A change of the current source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Switch {
+    /// The source that was current (`none` before the first).
     pub from: &'static str,
+    /// The source that took over.
     pub to: &'static str,
+    /// Why it took over.
     pub reason: String,
     /// The time at which the new source took over.
     pub at_ns: u64,
@@ -128,17 +128,25 @@ pub struct Switch {
 /// Why a source could not be registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegisterError {
+    /// Every slot is taken ([`MAX_SOURCES`]).
     Full,
+    /// A source of this name is already registered.
     Duplicate(&'static str),
+    /// Its frequency is 0 Hz.
     ZeroFrequency(&'static str),
+    /// Its counter is narrower than 16 or wider than 64 bits.
     BadWidth {
+        /// The source's name.
         name: &'static str,
+        /// The width it gave.
         bits: u32,
     },
     /// A narrow counter wrapping in less than [`MIN_WRAP_NS`]: it could wrap unseen between
     /// two rebases.
     WrapsTooFast {
+        /// The source's name.
         name: &'static str,
+        /// The time its counter takes to wrap.
         wrap_ns: u64,
     },
 }
@@ -171,6 +179,52 @@ pub const MIN_WRAP_NS: u64 = 2_000_000_000;
 /// keeps it behind a lock with interrupts off (a switch writes the timekeeper, see
 /// [`Timekeeper::rebase`]); registering needs no heap, so the TSC can be installed before
 /// there is one.
+///
+/// ```
+/// use core::cell::Cell;
+/// use kernel_time::clocksource::{Clocksources, CounterId, ReadCounter, SourceDesc, SourceFlags, Timekeeper};
+///
+/// /// Two fake counters a test sets by hand: 1 MHz and 1 GHz.
+/// struct Counters {
+///     slow: Cell<u64>,
+///     fast: Cell<u64>,
+/// }
+///
+/// impl ReadCounter for Counters {
+///     fn read(&self, counter: CounterId) -> u64 {
+///         match counter {
+///             CounterId(1) => self.slow.get(),
+///             CounterId(2) => self.fast.get(),
+///             _ => 0,
+///         }
+///     }
+/// }
+///
+/// let hw = Counters { slow: Cell::new(0), fast: Cell::new(0) };
+/// let clock = Timekeeper::new();
+/// let mut sources = Clocksources::new();
+/// let desc = |name, rating, hz, id| SourceDesc {
+///     name,
+///     rating,
+///     hz,
+///     bits: 64,
+///     flags: SourceFlags::CONTINUOUS | SourceFlags::CPU_CONSISTENT,
+///     counter: CounterId(id),
+/// };
+/// sources.register(desc("slow", 200, 1_000_000, 1)).unwrap();
+/// sources.select(&clock, &hw);
+/// hw.slow.set(5_000);
+/// assert_eq!(clock.now(&hw), 5_000_000); // 5000 ticks at 1 MHz
+///
+/// // A better-rated source: the clock goes on from where it was, never back.
+/// hw.fast.set(987_654_321);
+/// sources.register(desc("fast", 300, 1_000_000_000, 2)).unwrap();
+/// let switch = sources.select(&clock, &hw).unwrap();
+/// assert_eq!((switch.from, switch.to), ("slow", "fast"));
+/// assert_eq!(clock.now(&hw), 5_000_000);
+/// hw.fast.set(987_654_321 + 1_000);
+/// assert_eq!(clock.now(&hw), 5_001_000);
+/// ```
 #[derive(Debug)]
 pub struct Clocksources {
     sources: [Option<Source>; MAX_SOURCES],
@@ -190,6 +244,7 @@ impl Default for Clocksources {
 }
 
 impl Clocksources {
+    /// No source registered, none current; `const` so that it can be a `static`.
     pub const fn new() -> Clocksources {
         Clocksources {
             sources: [const { None }; MAX_SOURCES],
@@ -221,10 +276,12 @@ impl Clocksources {
         Ok(())
     }
 
+    /// Every registered source, in registration order.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
         self.sources.iter().flatten()
     }
 
+    /// The source called `name`.
     pub fn get(&self, name: &str) -> Option<&Source> {
         self.sources().find(|s| s.name() == name)
     }
@@ -237,14 +294,17 @@ impl Clocksources {
         self.sources[i].as_ref().expect("indices point at registered sources")
     }
 
+    /// The source behind the timekeeper, once one is selected.
     pub fn current(&self) -> Option<&Source> {
         self.current.map(|i| self.at(i))
     }
 
+    /// Its name, `none` before one is selected.
     pub fn current_name(&self) -> &'static str {
         self.current().map_or("none", Source::name)
     }
 
+    /// Every change of the current source, in order.
     pub fn switches(&self) -> &[Switch] {
         &self.switches
     }
@@ -254,6 +314,7 @@ impl Clocksources {
         self.forced = Some(name);
     }
 
+    /// The name `clocksource=` asked for, if any.
     pub fn forced(&self) -> Option<&'static str> {
         self.forced
     }
@@ -422,11 +483,13 @@ impl Clocksources {
 /// 4 GHz. Conversion rounds down, so a converted time is never later than the true one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MultShift {
+    /// Nanoseconds per tick, scaled by `2^shift`.
     pub mult: u64,
     /// At most 63.
     pub shift: u32,
 }
 
+/// Nanoseconds in a second.
 pub const NS_PER_S: u64 = 1_000_000_000;
 
 impl MultShift {

@@ -21,25 +21,24 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 pub struct CounterId(pub u32);
 
 impl CounterId {
+    /// No counter: it reads 0.
     pub const NONE: CounterId = CounterId(0);
 }
 
-/// Reads a hardware counter: the one static dispatch of the hot path. The machine implements
-/// it on [`Hardware`] (a `match` on the id, each arm a direct read); host tests on fakes.
+/// Reads a hardware counter: the one static dispatch of the hot path. A kernel implements it
+/// on a unit type of its own (a `match` on the id, each arm a direct read), so that reading
+/// the clock compiles to direct calls; host tests implement it on fakes.
 pub trait ReadCounter {
+    /// The counter's current raw reading.
     fn read(&self, counter: CounterId) -> u64;
 }
-
-/// The machine's counters. Its [`ReadCounter`] implementation lives with the hardware
-/// (`arch/x86_64/clocksource.rs`); the time layer only names the type, so that
-/// [`super::now_ns`] compiles to a direct call, not a dynamic one.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Hardware;
 
 /// How a snapshot turns counter readings into ns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conversion {
+    /// The counter it reads.
     pub counter: CounterId,
+    /// Ticks -> ns.
     pub rate: MultShift,
     /// `2^bits - 1` for a `bits`-wide counter.
     pub mask: u64,
@@ -50,6 +49,7 @@ pub struct Conversion {
 }
 
 impl Conversion {
+    /// Reads no counter and turns every reading into 0 ns: the clock before the first source.
     pub const NONE: Conversion =
         Conversion { counter: CounterId::NONE, rate: MultShift { mult: 0, shift: 0 }, mask: 0, max_delta: 0 };
 
@@ -64,8 +64,11 @@ impl Conversion {
 /// One consistent view of the clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
+    /// How readings become ns.
     pub conv: Conversion,
+    /// The counter's reading at the base.
     pub base_cycles: u64,
+    /// The time at the base, in ns.
     pub base_ns: u64,
 }
 

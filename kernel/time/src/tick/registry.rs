@@ -5,7 +5,7 @@
 //! CPU to carry out.
 
 use super::{DeviceId, Service};
-use crate::time::clockevents::{ClockEventDevice, CpuSet, DeviceSpec, EventDriver, Features};
+use crate::clockevents::{ClockEventDevice, CpuSet, DeviceSpec, EventDriver, Features};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -13,10 +13,12 @@ use alloc::vec::Vec;
 /// A CPU's new service, to be carried out by that CPU ([`super::CpuTick::assign`]).
 #[derive(Debug, Clone)]
 pub struct Assignment {
+    /// The CPU that is to carry it out.
     pub cpu: usize,
     /// Decisions for one CPU are numbered from 1: a CPU that receives them out of order
     /// applies only the newest ([`super::CpuTick::apply`]).
     pub sequence: u64,
+    /// What serves the CPU from now on.
     pub service: Service,
     /// The local device, for [`Service::Local`].
     pub local: Option<Arc<ClockEventDevice>>,
@@ -28,10 +30,12 @@ pub struct Assignment {
 pub struct Changes {
     /// The broadcast device changed: install this one (`None`: there is none any more).
     pub broadcast: Option<Option<(DeviceId, Arc<ClockEventDevice>)>>,
+    /// The CPUs' new services, in decision order.
     pub assignments: Vec<Assignment>,
 }
 
 impl Changes {
+    /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
         self.broadcast.is_none() && self.assignments.is_empty()
     }
@@ -54,14 +58,17 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// No device, no CPU online.
     pub fn new() -> Registry {
         Registry::default()
     }
 
+    /// The device registered as `id` (an id it did not hand out panics).
     pub fn device(&self, id: DeviceId) -> &Arc<ClockEventDevice> {
         &self.devices[id.0]
     }
 
+    /// Every registered device with its id, in registration order.
     pub fn devices(&self) -> impl Iterator<Item = (DeviceId, &Arc<ClockEventDevice>)> {
         self.devices.iter().enumerate().map(|(i, d)| (DeviceId(i), d))
     }
@@ -72,10 +79,12 @@ impl Registry {
         DeviceId(self.devices.len())
     }
 
+    /// The broadcast device decided, if any.
     pub fn broadcast_device(&self) -> Option<DeviceId> {
         self.broadcast
     }
 
+    /// The CPUs brought online.
     pub fn online(&self) -> CpuSet {
         self.online
     }
@@ -121,7 +130,7 @@ impl Registry {
 
     /// Brings `cpu` into the tick layer (its [`super::CpuTick`] exists) and gives it a device.
     pub fn cpu_online(&mut self, cpu: usize) -> Changes {
-        assert!(cpu < crate::time::clockevents::MAX_CPUS, "CPU {cpu} beyond the CPUs a CpuSet holds");
+        assert!(cpu < crate::clockevents::MAX_CPUS, "CPU {cpu} beyond the CPUs a CpuSet holds");
         self.online.insert(cpu);
         if self.services.len() <= cpu {
             self.services.resize(cpu + 1, Service::None);

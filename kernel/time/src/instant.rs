@@ -13,10 +13,12 @@ impl Instant {
     /// The last representable instant: "never".
     pub const NEVER: Instant = Instant(u64::MAX);
 
+    /// The instant `ns` nanoseconds after the origin.
     pub const fn from_nanos(ns: u64) -> Instant {
         Instant(ns)
     }
 
+    /// Nanoseconds since the origin.
     pub const fn as_nanos(self) -> u64 {
         self.0
     }

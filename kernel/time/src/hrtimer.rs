@@ -90,6 +90,33 @@ struct Slot<T> {
 const NO_SLOT: u32 = u32::MAX;
 
 /// Pending timers of one CPU, ordered by deadline; `T` is what each timer carries.
+///
+/// ```
+/// use kernel_time::hrtimer::{Cancel, TimerQueue};
+///
+/// let mut queue = TimerQueue::with_capacity(8);
+/// let late = queue.arm(300, "late");
+/// let b = queue.arm(100, "b");
+/// queue.arm(100, "c");
+/// assert_eq!(queue.earliest(), Some(100));
+/// assert_eq!(queue.cancel(late), Cancel::Cancelled("late"));
+///
+/// // Never early: at 99 ns nothing is due.
+/// assert!(queue.pop_expired(99).is_none());
+/// // Equal deadlines run in the order they were armed.
+/// let first = queue.pop_expired(150).unwrap();
+/// assert_eq!((first.id, first.payload), (b, "b"));
+/// // Running until completed: a cancel from its callback says so.
+/// assert_eq!(queue.cancel(b), Cancel::Running);
+/// queue.complete(first.id, None);
+/// // A periodic timer: completed with its next deadline, on its grid.
+/// let second = queue.pop_expired(150).unwrap();
+/// assert_eq!(second.payload, "c");
+/// assert!(queue.complete(second.id, Some((second.deadline_ns + 1_000, "c"))));
+/// assert_eq!(queue.earliest(), Some(1_100));
+/// // A stale id never reaches a reused slot.
+/// assert_eq!(queue.cancel(late), Cancel::Inactive);
+/// ```
 #[derive(Debug)]
 pub struct TimerQueue<T> {
     slots: Vec<Slot<T>>,
@@ -573,7 +600,7 @@ mod tests {
         assert_eq!(queue.slots.capacity(), slots, "no allocation within the reserve");
     }
 
-    use crate::time::testing::XorShift;
+    use crate::testing::XorShift;
 
     /// The obviously correct queue: an unsorted list searched for its minimum `(deadline,
     /// payload)`; payloads are numbered in arming order.

@@ -36,6 +36,7 @@ impl Default for Broadcast {
 }
 
 impl Broadcast {
+    /// No device and no waiting CPU; `const` so that it can sit in a `static` behind a lock.
     pub const fn new() -> Broadcast {
         Broadcast {
             device: None,
@@ -201,8 +202,8 @@ impl Broadcast {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::clockevents::fake::{FakeDriver, spec};
-    use crate::time::clockevents::{DeviceSpec, Features};
+    use crate::clockevents::fake::{FakeDriver, spec};
+    use crate::clockevents::{DeviceSpec, Features};
 
     fn global(driver: &'static FakeDriver) -> (DeviceId, Arc<ClockEventDevice>) {
         let spec: DeviceSpec = spec("global", 90, CpuSet::first(4), Features::empty());

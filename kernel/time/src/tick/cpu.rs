@@ -12,16 +12,18 @@
 //! without programming anything.
 
 use super::{ArmError, DeviceId, Service, TickMode};
-use crate::time::broadcast::Broadcast;
-use crate::time::clockevents::{ClockEventDevice, Features, ProgramError, State};
-use crate::time::hrtimer::{Cancel, Expired, TimerId, TimerQueue};
+use crate::broadcast::Broadcast;
+use crate::clockevents::{ClockEventDevice, Features, ProgramError, State};
+use crate::hrtimer::{Cancel, Expired, TimerId, TimerQueue};
 use alloc::sync::Arc;
 use spin::Mutex;
 
 /// A local device gave up programming: the registry must take it out (and reassign the CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceFailure {
+    /// The device that failed.
     pub device: DeviceId,
+    /// How it failed.
     pub error: ProgramError,
 }
 
@@ -114,12 +116,15 @@ impl<T> CpuTick<T> {
         }
     }
 
+    /// The CPU this tick belongs to.
     pub fn cpu(&self) -> usize {
         self.cpu
     }
+    /// What serves this CPU now.
     pub fn service(&self) -> Service {
         self.service
     }
+    /// The device local to this CPU, while it has one.
     pub fn local_device(&self) -> Option<&Arc<ClockEventDevice>> {
         self.local.as_ref()
     }
@@ -127,9 +132,11 @@ impl<T> CpuTick<T> {
     pub fn next_event_ns(&self) -> u64 {
         self.next_event_ns
     }
+    /// Device interrupts and wake-ups that started an expiry on this CPU.
     pub fn events(&self) -> u64 {
         self.events
     }
+    /// Periodic ticks passed (0 when tickless).
     pub fn ticks(&self) -> u64 {
         self.ticks
     }
@@ -249,6 +256,7 @@ impl<T> CpuTick<T> {
     pub fn reserve(&mut self, additional: usize) {
         self.queue.reserve(additional);
     }
+    /// How many more timers can be armed without allocating.
     pub fn spare_capacity(&self) -> usize {
         self.queue.spare_capacity()
     }

@@ -13,12 +13,16 @@ pub const FIRST_WINDOW_NS: u64 = 1_000_000_000;
 /// One refinement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refined {
+    /// The measured frequency, in Hz.
     pub hz: u64,
     /// The window it was measured over, in ns of the reference.
     pub window_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A counter's frequency measured against a reference over windows that double in length
+/// (the first [`FIRST_WINDOW_NS`]): feed it samples, it returns a [`Refined`] frequency at the
+/// end of each window.
 pub struct Refiner {
     /// The counter and the extended reference at the window's start.
     start: Option<(u64, u64)>,
@@ -29,6 +33,7 @@ pub struct Refiner {
 }
 
 impl Refiner {
+    /// Nothing sampled yet.
     pub const fn new() -> Refiner {
         Refiner { start: None, ref_raw: 0, ref_ext: 0, next_window_ns: FIRST_WINDOW_NS }
     }
@@ -80,7 +85,7 @@ pub fn ppb(measured: u64, reference: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::clocksource::{CounterId, MultShift, mask_of};
+    use crate::clocksource::{CounterId, MultShift, mask_of};
 
     fn conv(hz: u64, bits: u32) -> Conversion {
         let mask = mask_of(bits);
