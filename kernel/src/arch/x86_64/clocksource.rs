@@ -27,6 +27,8 @@ pub const HPET: CounterId = CounterId(2);
 /// The TSC with the `tsc_skew` fault added in software (only once that fault is injected).
 pub const TSC_SKEWED: CounterId = CounterId(3);
 pub const PM_TIMER: CounterId = CounterId(4);
+/// The TSC with the `tsc_rate_ppm` fault (and any software `tsc_skew`) applied.
+pub const TSC_FAULTED: CounterId = CounterId(5);
 
 /// Linux's ratings: the TSC is the cheapest to read, the HPET an MMIO read away.
 pub const TSC_RATING: u32 = 300;
@@ -72,6 +74,7 @@ impl ReadCounter for Hardware {
 fn read_rare(counter: CounterId) -> u64 {
     match counter {
         TSC_SKEWED => tsc::read_ordered_skewed(),
+        TSC_FAULTED => tsc::read_ordered_faulted(),
         _ => 0,
     }
 }
@@ -202,7 +205,14 @@ pub fn register_hpet(hpet: &'static Hpet) {
 
 /// The `tsc_skew` fault is added to the TSC in software: the `tsc` clocksource reads it so.
 pub fn tsc_skewed_in_software() {
-    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", TSC_SKEWED));
+    let counter = if tsc::rate_faulted() { TSC_FAULTED } else { TSC_SKEWED };
+    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", counter));
+}
+
+/// The `tsc_rate_ppm` fault is injected: the `tsc` clocksource, and the watchdog comparing it,
+/// read the TSC so (a software `tsc_skew` included).
+pub fn tsc_rate_faulted() {
+    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", TSC_FAULTED));
 }
 
 /// The HPET's main counter is about to stop (a suspend, a test writing it): if it is the
@@ -357,7 +367,8 @@ fn tsc_checks() {
         let sample = (0..3)
             .map(|_| {
                 let wd_before = Hardware.read(wd.counter);
-                let cs = tsc::read();
+                // The TSC as the clocksource reads it (a constant `tsc_skew` cancels out).
+                let cs = Hardware.read(tsc_conv.counter);
                 Sample { wd_before, cs, wd_after: Hardware.read(wd.counter) }
             })
             .find(|s| s.paired(&wd).is_some());
