@@ -290,6 +290,18 @@ pub fn init_late() {
 fn housekeeping(_: &TimerEvent) {
     with_sources(|s| s.rebase_narrow(&TIMEKEEPER, &Hardware));
     tsc_checks();
+    if let Some((name, conversion, hz)) = reference() {
+        clockevents::lapic_refine::sample(name, &conversion, hz);
+    }
+}
+
+/// The counter the TSC checks and the LAPIC timer's refinement measure against: the HPET, else
+/// the ACPI PM timer (while stable): its name, conversion and frequency.
+fn reference() -> Option<(&'static str, crate::time::clocksource::Conversion, u64)> {
+    with_sources(|s| {
+        let r = ["hpet", "acpi_pm"].iter().find_map(|n| s.get(n).filter(|r| r.stable()))?;
+        Some((r.name(), r.conversion(), r.hz))
+    })
 }
 
 /// What the TSC checks found, for the report.
@@ -415,11 +427,12 @@ fn tsc_checks() {
             Ppb(ppb(boot_hz, r.hz)),
             Ppb(ppb(previous.max(1), r.hz))
         );
+        clockevents::lapic_refine::tsc_refined(r.hz, name, r.window_ns);
     }
 }
 
 /// Parts per billion shown as ppm with three decimals: `+12.345 ppm`.
-struct Ppb(i64);
+pub struct Ppb(pub i64);
 
 impl fmt::Display for Ppb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -67,7 +67,8 @@ impl Refiner {
 /// The frequency of a counter that counted `ticks` while another counted `cycles` over the
 /// same window, given the other's frequency `cycles_hz`: how a counter that cannot be read
 /// over a long window (the LAPIC timer's count-down, in use by its events) follows another's
-/// refinement. Rounded up (a device then converts to more ticks: later, never earlier).
+/// refinement (`ticks` and `cycles` its and the other's boot frequencies, `cycles_hz` the
+/// other's refined one). Rounded up (a device then converts to more ticks: later, never earlier).
 /// `None` without cycles or beyond 64 bits.
 pub fn by_ratio(ticks: u64, cycles: u64, cycles_hz: u64) -> Option<u64> {
     if cycles == 0 {
