@@ -218,11 +218,29 @@ pub fn tsc_rate_faulted() {
 /// The HPET's main counter is about to stop (a suspend, a test writing it): if it is the
 /// clocksource, the TSC keeps time meanwhile (even a TSC not preferred runs on).
 pub fn hpet_stopping(hpet: &Hpet) {
+    reference_stopping("hpet");
     if HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
         && with_sources(|s| s.counter_stopping(&TIMEKEEPER, &Hardware, "hpet", "tsc"))
     {
         log::debug!("the HPET counter stops: the TSC keeps time until it runs again");
     }
+}
+
+/// The counter `name` stops: the TSC checks and the LAPIC timer's measurement against it
+/// cannot span the stop (the TSC and the LAPIC timer count on): the watchdog starts its
+/// comparisons again, and the refinements their windows (keeping the frequencies refined so far).
+fn reference_stopping(name: &str) {
+    let against =
+        with_sources(|s| ["hpet", "acpi_pm"].into_iter().find(|n| s.get(n).is_some_and(|r| r.stable())));
+    if against != Some(name) {
+        return;
+    }
+    without_interrupts(|| {
+        let mut c = TSC_CHECKS.lock();
+        c.watchdog = Watchdog::new();
+        c.refiner = Refiner::new();
+    });
+    clockevents::lapic_refine::reference_stopped();
 }
 
 /// The HPET's main counter runs again (from whatever value it was given): the clock continues

@@ -147,6 +147,16 @@ pub fn sample(reference: &'static str, conversion: &Conversion, ref_hz: u64) {
     }
 }
 
+/// The reference stops (a suspend): a measurement running across it would be wrong by the
+/// time it stood, so it ends (the frequency refined so far stays).
+pub fn reference_stopped() {
+    without_interrupts(|| {
+        if let Some(f) = FREQUENCY.lock().as_mut() {
+            f.measuring = None;
+        }
+    });
+}
+
 /// This CPU's LAPIC timer device, if it has one.
 fn this_cpus_lapic_timer() -> Option<alloc::sync::Arc<crate::time::clockevents::ClockEventDevice>> {
     let id = percpu::this_cpu().time.lapic_device.load(Ordering::Acquire);
