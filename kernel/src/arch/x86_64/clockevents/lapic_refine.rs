@@ -4,7 +4,7 @@
 //! event early (the pending event is programmed again at the new factor).
 //!
 //! Measured directly when the boot CPU's LAPIC timer is not in use (its CPU has another tick
-//! device, a per-CPU HPET comparator): its count-down then runs from its maximum, masked, for up
+//! device, a per-CPU HPET comparator) and keeps counting in deep C-states (ARAT): its count-down then runs from its maximum, masked, for up
 //! to 51 s, read every 0.5 s between two reads of the reference (all CPUs' LAPIC timers run off
 //! one bus clock). A count-down in use cannot be read over a long window: every event it times
 //! reloads it, and after an expiry it stands at 0 until programmed again (neither xAPIC nor
@@ -113,7 +113,10 @@ pub fn sample(reference: &'static str, conversion: &Conversion, ref_hz: u64) {
     let found = without_interrupts(|| {
         let mut guard = FREQUENCY.lock();
         let f = guard.as_mut().filter(|f| !f.tsc_deadline)?;
-        let idle = device.state() == crate::time::clockevents::State::Detached;
+        // Not in use, and counting in deep C-states too (ARAT): a LAPIC timer that stops there
+        // would count less than the window in which CPU 0 idles deeply.
+        let idle = device.state() == crate::time::clockevents::State::Detached
+            && !device.spec.features.contains(crate::time::clockevents::Features::STOPS_IN_DEEP_IDLE);
         if f.measuring.is_none() && idle && !f.measured && f.refined_hz.is_none() {
             // Starts counting; the first sample below is the window's start.
             lapic::timer_oneshot(u32::MAX, f.vector, true);
