@@ -34,4 +34,9 @@ fn check_ranges(o: &KernelOptions) {
         "tsc_skew={:?}",
         o.tsc_skew
     );
+    assert!(
+        o.tsc_rate_ppm.is_none_or(|n| n != 0 && n.abs() <= cmdline::MAX_TSC_RATE_PPM),
+        "tsc_rate_ppm={:?}",
+        o.tsc_rate_ppm
+    );
 }

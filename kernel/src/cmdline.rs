@@ -61,6 +61,9 @@ pub struct KernelOptions {
     pub clocksource: Option<ClocksourceChoice>,
     /// `tsc_skew=CPU:NS`: fault injection, CPU's TSC leads the others' by NS ns (default none).
     pub tsc_skew: Option<TscSkew>,
+    /// `tsc_rate_ppm=N`: fault injection, the TSC as the clocksource reads it runs N ppm off
+    /// its calibrated rate from the end of the platform bring-up (default none).
+    pub tsc_rate_ppm: Option<i64>,
 }
 
 /// The `tsc_skew=` fault: which CPU's TSC leads, and by how much.
@@ -69,6 +72,9 @@ pub struct TscSkew {
     pub cpu: u32,
     pub ns: u64,
 }
+
+/// Most a TSC's rate may be faulted by, either way (10 %).
+pub const MAX_TSC_RATE_PPM: i64 = 100_000;
 
 /// Most a TSC may be skewed by (10 s).
 pub const MAX_TSC_SKEW_NS: u64 = 10_000_000_000;
@@ -166,6 +172,7 @@ impl Default for KernelOptions {
             suspend_test_ms: None,
             clocksource: None,
             tsc_skew: None,
+            tsc_rate_ppm: None,
         }
     }
 }
@@ -351,6 +358,13 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     });
                 options.tsc_skew = skew.or(options.tsc_skew);
             }
+            "tsc_rate_ppm" => {
+                let ppm = take("tsc_rate_ppm", "ppm from -100000 to 100000, not 0")
+                    .parse(&mut problems, |v| {
+                        in_range(v, -MAX_TSC_RATE_PPM..=MAX_TSC_RATE_PPM).filter(|&n| n != 0)
+                    });
+                options.tsc_rate_ppm = ppm.or(options.tsc_rate_ppm);
+            }
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
             "hpet_counter_stopped" if value.is_none() => options.hpet_counter_stopped = true,
             "bench" if value.is_none() => options.bench = true,
@@ -445,6 +459,22 @@ mod tests {
         ] {
             let (o, p) = parse(bad);
             assert_eq!((o.tsc_skew, p.len()), (None, 1), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tsc_rate_ppm_is_a_signed_nonzero_rate_within_ten_percent() {
+        assert_eq!(parse("tsc_rate_ppm=5000").0.tsc_rate_ppm, Some(5_000));
+        assert_eq!(parse("tsc_rate_ppm=-100000").0.tsc_rate_ppm, Some(-100_000));
+        for bad in [
+            "tsc_rate_ppm=0",
+            "tsc_rate_ppm=100001",
+            "tsc_rate_ppm=-100001",
+            "tsc_rate_ppm=x",
+            "tsc_rate_ppm",
+        ] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.tsc_rate_ppm, p.len()), (None, 1), "{bad}");
         }
     }
 

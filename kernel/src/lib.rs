@@ -74,6 +74,9 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     if let Some(skew) = options.tsc_skew {
         tsc::configure_skew(skew.cpu as usize, skew.ns);
     }
+    if let Some(ppm) = options.tsc_rate_ppm {
+        tsc::configure_rate(ppm);
+    }
     // Each CPU sets up its own tick: the boot CPU now, every AP on its start-up path.
     clockevents::init_on_bsp(&mut platform, &options);
     arch::x86_64::idle::init(options.idle);

@@ -14,7 +14,7 @@ use serde::Serialize;
 /// interrupts landed (each CPU's `misrouted`, `stale`, `spurious`, `not_ours`; each comparator's
 /// `irqs_by_cpu`, `spurious` and `selftest`; `destinations`, `bringup_us`,
 /// `memory`).
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -303,6 +303,17 @@ pub struct LapicReport {
     pub calibrated_against: String,
     pub tsc_deadline: bool,
     pub arat: bool,
+    /// The frequency the LAPIC timer devices were registered at (the count-down's `timer_hz`,
+    /// or the TSC's in TSC-deadline mode; 0 when not used) (schema 6).
+    pub calibrated_hz: u64,
+    /// The frequency after the latest refinement, `null` until the first (schema 6).
+    pub refined_hz: Option<u64>,
+    /// How it was refined: `lapic` (a LAPIC timer measured directly), `tsc` (carried over from
+    /// the TSC's refinement); `null` until then (schema 6).
+    pub refined_by: Option<String>,
+    /// How far `calibrated_hz` was from `refined_hz`, in ppm and ppb (schema 6).
+    pub calibration_ppm: Option<i64>,
+    pub calibration_ppb: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -403,6 +414,11 @@ mod tests {
                 calibrated_against: "hpet".to_string(),
                 tsc_deadline: false,
                 arat: true,
+                calibrated_hz: 62_500_000,
+                refined_hz: None,
+                refined_by: None,
+                calibration_ppm: None,
+                calibration_ppb: None,
             }),
             tsc_hz: 2_600_000_000,
             clocksource: "tsc".to_string(),
@@ -416,7 +432,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":5,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":6,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));
@@ -467,6 +483,12 @@ mod tests {
         // A global comparator may be taken anywhere.
         r.hpet.as_mut().unwrap().comparators[0].role = "global".to_string();
         assert!(r.percpu_interrupts_elsewhere().is_empty());
+    }
+
+    #[test]
+    fn lapic_refinement_is_null_until_measured() {
+        let line = sample().to_line();
+        assert!(line.contains("\"arat\":true,\"calibrated_hz\":62500000,\"refined_hz\":null,\"refined_by\":null,\"calibration_ppm\":null,\"calibration_ppb\":null}"), "{line}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Clocksources: which counter is behind `now_ns` on each machine shape (`-cpu max` and
 //! `qemu64`, TCG and icount), a forced choice and what happens when it cannot be honoured, a
 //! TSC skewed on one CPU (`tsc_skew`: the sync check catches it, the kernel leaves the TSC for
-//! the HPET), and the clock's promises on every CPU: it never goes back, it agrees across CPUs
+//! the HPET), a TSC whose rate changes (`tsc_rate_ppm`: the watchdog catches it), the refined
+//! TSC and LAPIC timer frequencies (the latter measured directly, or through the TSC while the
+//! LAPIC timers are in use, with the workload's timers pending as it is applied), and the clock's promises on every CPU: it never goes back, it agrees across CPUs
 //! (a reading taken after another CPU's is not smaller), and the timer workload on it fires
 //! every timer once, never early.
 #![no_std]
@@ -29,7 +31,10 @@ kernel_tests::qemu_test!(
         skew_smp4: --smp 4 --cmdline 'duration_ms=300 clocksource=tsc tsc_skew=2:20000000' --expect-report /clocksource=hpet --expect-report /clocksources/0/stable=false --expect-report /tsc/warp_ns>=1000000 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /verdict=degraded --expect-log 'TSCs unsynchronized: CPU 2 is'
         skew_default: --smp 2 --cmdline 'duration_ms=300 tsc_skew=1:20000000' --expect-report /clocksource=hpet --expect-report /clocksources/0/stable=false --expect-report /verdict=degraded --expect-log 'switched clocksource tsc -> hpet at'
         skew_icount: --smp 2 --cmdline 'duration_ms=200 clocksource=tsc tsc_skew=1:100000' --expect-report /clocksource=hpet --expect-report /tsc/warp_ns>=50000 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /verdict=degraded -- -icount shift=0,sleep=off
-        icount: --smp 2 --cmdline duration_ms=1800 --expect-report /clocksource=hpet --expect-report /tsc/warp_ns=0 --expect-report /tsc/watchdog_checks>=1 --expect-report /tsc/refined_hz>=1 --expect-report /tsc/calibration_ppb<=2000 --expect-report /tsc/calibration_ppb>=-2000 --expect-log 'refined against hpet over' --expect-report /verdict=ok -- -icount shift=0,sleep=off
+        rate_fault: --smp 2 --cmdline 'duration_ms=1500 clocksource=tsc tsc_rate_ppm=5000' --expect-report /clocksource=hpet --expect-report /clocksources/0/name=tsc --expect-report /clocksources/0/stable=false --expect-report /clocksource_switches#=1 --expect-report /clocksource_switches/0/from=tsc --expect-report /clocksource_switches/0/to=hpet --expect-report /clocksource_switches/0/at_ns>=1 --expect-report /tsc/warp_ns=0 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /fallbacks#=1 --expect-report /verdict=degraded --expect-log 'runs 5000 ppm off its calibrated rate' --expect-log 'tsc: marked unstable: watchdog: over' --expect-log 'switched clocksource tsc -> hpet at' --expect-log 'tsc unstable: watchdog: over'
+        icount: --smp 2 --cmdline duration_ms=2500 --expect-report /clocksource=hpet --expect-report /tsc/warp_ns=0 --expect-report /tsc/watchdog_checks>=1 --expect-report /tsc/refined_hz>=1 --expect-report /tsc/calibration_ppb<=2000 --expect-report /tsc/calibration_ppb>=-2000 --expect-log 'refined against hpet over' --expect-report /lapic/refined_by=lapic --expect-report /lapic/refined_hz>=62499990 --expect-report /lapic/refined_hz<=62500010 --expect-log 'measured on CPU 0' --expect-report /verdict=ok -- -icount shift=0,sleep=off
+        lapic_refined_tcg: --smp 2 --cmdline duration_ms=2500 --expect-report /lapic/refined_by=lapic --expect-report /lapic/refined_hz>=1 --expect-report /lapic/calibrated_hz>=1 --expect-report /verdict=ok --expect-log 'measured on CPU 0'
+        lapic_in_use: --smp 2 --cmdline 'duration_ms=2500 clockevents=lapic' --expect-report /tick_devices/0/device=lapic0 --expect-report /lapic/refined_by=tsc --expect-report /lapic/refined_hz>=1 --expect-report /lost_events=0 --expect-report /early_events=0 --expect-report /verdict=ok --expect-log 'through the TSC, refined against hpet'
     ",
     tests: [
         clock_never_goes_back_on_any_cpu,

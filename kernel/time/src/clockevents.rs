@@ -415,6 +415,29 @@ impl fmt::Display for ProgramError {
     }
 }
 
+/// Why a device's frequency could not be changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrequencyError {
+    /// A frequency of 0 Hz converts nothing.
+    Zero,
+    /// So high that the device's maximum delta no longer converts without overflow.
+    TooHigh {
+        /// The frequency refused.
+        hz: u64,
+    },
+}
+
+impl fmt::Display for FrequencyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrequencyError::Zero => f.write_str("a frequency of 0 Hz"),
+            FrequencyError::TooHigh { hz } => {
+                write!(f, "{hz} Hz: the device's maximum delta would overflow the conversion")
+            }
+        }
+    }
+}
+
 /// An illegal state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IllegalTransition {
@@ -440,7 +463,13 @@ pub struct ClockEventDevice {
     /// How its driver described it.
     pub spec: DeviceSpec,
     driver: &'static dyn EventDriver,
-    conversion: NsToTicks,
+    /// The ns -> ticks conversion in use ([`NsToTicks`]'s fields), in atomics so that a better
+    /// measurement of the frequency can replace it ([`set_frequency`](Self::set_frequency)).
+    /// Written and read by the device's one user, so the fields never mix two conversions.
+    mult: AtomicU64,
+    shift: AtomicU32,
+    frequency_hz: AtomicU64,
+    conversion_max_ns: AtomicU64,
     /// The longest delta the layer programs, in ns: the hardware's maximum, at most
     /// [`MAX_PROGRAMMED_DELTA_NS`] and what the conversion can take.
     pub max_delta_ns: u64,
@@ -501,7 +530,10 @@ impl ClockEventDevice {
             max_delta_ns,
             min_delta_ticks: min_ticks,
             max_delta_ticks: max_ticks,
-            conversion,
+            mult: AtomicU64::new(conversion.mult),
+            shift: AtomicU32::new(conversion.shift),
+            frequency_hz: AtomicU64::new(conversion.frequency_hz),
+            conversion_max_ns: AtomicU64::new(conversion.max_ns),
             spec,
             driver,
             state: AtomicU8::new(State::Detached as u8),
@@ -522,9 +554,42 @@ impl ClockEventDevice {
     pub fn driver(&self) -> &'static dyn EventDriver {
         self.driver
     }
-    /// Its ns -> ticks conversion.
+    /// The ns -> ticks conversion in use.
     pub fn conversion(&self) -> NsToTicks {
-        self.conversion
+        NsToTicks {
+            mult: self.mult.load(Ordering::Relaxed),
+            shift: self.shift.load(Ordering::Relaxed),
+            frequency_hz: self.frequency_hz.load(Ordering::Relaxed),
+            max_ns: self.conversion_max_ns.load(Ordering::Relaxed),
+        }
+    }
+    /// The frequency the conversion in use assumes (the spec's, until [`set_frequency`](Self::set_frequency)).
+    pub fn frequency_hz(&self) -> u64 {
+        self.frequency_hz.load(Ordering::Relaxed)
+    }
+
+    /// A better measurement of the device's frequency: the conversion for every later
+    /// programming. Called by the device's user (its CPU for a local device), which must then
+    /// program what is pending again (`CpuTick::set_device_frequency` does both): an event
+    /// converted with a factor that was too high fires late, one too low fires early, which
+    /// the tick tolerates (an interrupt before the earliest deadline runs nothing and
+    /// programs the device again) but should not rely on. The limits stay as registered: a
+    /// delta is clamped to the hardware's ticks and to the same ns bounds. Returns the
+    /// conversion replaced.
+    pub fn set_frequency(&self, hz: u64) -> Result<NsToTicks, FrequencyError> {
+        if hz == 0 {
+            return Err(FrequencyError::Zero);
+        }
+        let new = NsToTicks::new(hz, self.max_delta_ns.max(MIN_DELTA_LIMIT_NS));
+        if new.max_ns < self.max_delta_ns {
+            return Err(FrequencyError::TooHigh { hz });
+        }
+        let old = self.conversion();
+        self.mult.store(new.mult, Ordering::Relaxed);
+        self.shift.store(new.shift, Ordering::Relaxed);
+        self.frequency_hz.store(new.frequency_hz, Ordering::Relaxed);
+        self.conversion_max_ns.store(new.max_ns, Ordering::Relaxed);
+        Ok(old)
     }
     /// Whether it belongs to one CPU ([`Features::PER_CPU`]).
     pub fn is_per_cpu(&self) -> bool {
@@ -619,7 +684,7 @@ impl ClockEventDevice {
     }
 
     fn delta_ticks(&self, ns: u64) -> u64 {
-        self.conversion.ticks(ns).clamp(self.min_delta_ticks, self.max_delta_ticks)
+        self.conversion().ticks(ns).clamp(self.min_delta_ticks, self.max_delta_ticks)
     }
 
     /// Programs an interrupt at `deadline_ns` (`now_ns` is the clock now). A deadline already
@@ -969,6 +1034,50 @@ mod tests {
             driver.calls().last(),
             Some(&Call::State(DriverState::Periodic { period_ticks: 400_000 }))
         );
+    }
+
+    /// A refined frequency changes the next programming's ticks, not the limits; the ticks
+    /// stay rounded up at the new rate, so a deadline is never early by the conversion.
+    #[test]
+    fn a_new_frequency_converts_the_next_programming() {
+        let driver = FakeDriver::leak();
+        let lapic_like = DeviceSpec {
+            frequency_hz: 62_557_624, // a boot calibration 922 ppm high
+            min_delta_ticks: 0xf,
+            max_delta_ticks: 0x7fff_ffff,
+            ..spec("lapic0", 100, CpuSet::single(0), Features::PER_CPU)
+        };
+        let d = ClockEventDevice::new(lapic_like, driver);
+        d.switch_state(State::Shutdown, 0).unwrap();
+        d.switch_state(State::Oneshot, 0).unwrap();
+        let (min_ns, max_ns) = (d.min_delta_ns(), d.max_delta_ns);
+        d.program(1_000_000, 0).unwrap();
+        assert_eq!(driver.last_next(), Some(62_558));
+        let old = d.set_frequency(62_500_000).unwrap();
+        assert_eq!(old.frequency_hz, 62_557_624);
+        assert_eq!((d.frequency_hz(), d.conversion().frequency_hz), (62_500_000, 62_500_000));
+        assert_eq!(d.spec.frequency_hz, 62_557_624, "the spec keeps what was registered");
+        d.program(1_000_000, 0).unwrap();
+        assert_eq!(driver.last_next(), Some(62_500));
+        d.program(1_000_001, 0).unwrap();
+        assert_eq!(driver.last_next(), Some(62_501), "rounded up at the new rate");
+        assert_eq!((d.min_delta_ns(), d.max_delta_ns), (min_ns, max_ns));
+        // The longest delta (34.328 s, from the registered rate) still converts, now to fewer
+        // ticks; a faster new rate would be clamped to the hardware's 0x7fff_ffff.
+        assert_eq!(d.program(u64::MAX, 0), Ok(34_328_088_403));
+        assert_eq!(driver.last_next(), Some(2_145_505_526));
+        d.set_frequency(62_600_000).unwrap();
+        d.program(u64::MAX, 0).unwrap();
+        assert_eq!(driver.last_next(), Some(0x7fff_ffff));
+    }
+
+    #[test]
+    fn an_impossible_frequency_is_refused_and_changes_nothing() {
+        let d = oneshot_device(FakeDriver::leak());
+        let before = d.conversion();
+        assert_eq!(d.set_frequency(0), Err(FrequencyError::Zero));
+        assert!(matches!(d.set_frequency(u64::MAX), Err(FrequencyError::TooHigh { .. })));
+        assert_eq!(d.conversion(), before);
     }
 
     #[test]

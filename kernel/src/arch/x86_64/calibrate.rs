@@ -4,6 +4,9 @@
 //! meanwhile lengthens the window on both alike; the PIT's window ends when its output is
 //! seen to change, which a descheduled vCPU sees late (under a loaded TCG host, off by 20 %).
 //!
+//! The LAPIC timer counts down from its maximum, started before the window; its count is read
+//! right after the TSC at both ends, so that the two counters' windows are the same.
+//!
 //! Three 10 ms windows; each window's counts are divided by the window's length as the
 //! reference measured it. The median is taken and the spread (max - min over median) is logged
 //! as the calibration's measured error.
@@ -76,6 +79,7 @@ fn window_hpet(hpet: &Hpet) -> Option<Sample> {
     lapic::timer_oneshot(u32::MAX, 0, true);
     let start = hpet.counter();
     let tsc_start = tsc::read();
+    let lapic_start = lapic::timer_current_count();
     let mut now = start;
     while now.wrapping_sub(start) < ticks {
         if tsc::read() - tsc_start > limit {
@@ -84,7 +88,7 @@ fn window_hpet(hpet: &Hpet) -> Option<Sample> {
         now = hpet.counter();
     }
     let tsc_cycles = tsc::read() - tsc_start;
-    let lapic_ticks = u64::from(u32::MAX - lapic::timer_current_count());
+    let lapic_ticks = u64::from(lapic_start - lapic::timer_current_count());
     let ns = u128::from(now.wrapping_sub(start)) * u128::from(hpet.period_fs()) / 1_000_000;
     Some((lapic_ticks, tsc_cycles, ns as u64))
 }
@@ -95,6 +99,7 @@ fn window_pm(pm: &PmTimer) -> Option<Sample> {
     lapic::timer_oneshot(u32::MAX, 0, true);
     let start = pm.read();
     let tsc_start = tsc::read();
+    let lapic_start = lapic::timer_current_count();
     let mut now = start;
     while pm.elapsed(start, now) < ticks {
         if tsc::read() - tsc_start > limit {
@@ -103,7 +108,7 @@ fn window_pm(pm: &PmTimer) -> Option<Sample> {
         now = pm.read();
     }
     let tsc_cycles = tsc::read() - tsc_start;
-    let lapic_ticks = u64::from(u32::MAX - lapic::timer_current_count());
+    let lapic_ticks = u64::from(lapic_start - lapic::timer_current_count());
     let ns = u128::from(pm.elapsed(start, now)) * 1_000_000_000 / u128::from(pm.frequency_hz());
     Some((lapic_ticks, tsc_cycles, ns as u64))
 }
@@ -114,13 +119,14 @@ fn window_pit() -> Option<Sample> {
     lapic::timer_oneshot(u32::MAX, 0, true);
     pit::start_channel2(ticks);
     let tsc_start = tsc::read();
+    let lapic_start = lapic::timer_current_count();
     while !pit::channel2_expired() {
         if tsc::read() - tsc_start > limit {
             return None;
         }
     }
     let tsc_cycles = tsc::read() - tsc_start;
-    let lapic_ticks = u64::from(u32::MAX - lapic::timer_current_count());
+    let lapic_ticks = u64::from(lapic_start - lapic::timer_current_count());
     Some((lapic_ticks, tsc_cycles, u64::from(ticks) * 1_000_000_000 / pit::PIT_HZ))
 }
 

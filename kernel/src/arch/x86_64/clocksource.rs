@@ -42,6 +42,8 @@ pub const HPET: CounterId = CounterId(2);
 /// The TSC with the `tsc_skew` fault added in software (only once that fault is injected).
 pub const TSC_SKEWED: CounterId = CounterId(3);
 pub const PM_TIMER: CounterId = CounterId(4);
+/// The TSC with the `tsc_rate_ppm` fault (and any software `tsc_skew`) applied.
+pub const TSC_FAULTED: CounterId = CounterId(5);
 
 /// Linux's ratings: the TSC is the cheapest to read, the HPET an MMIO read away.
 pub const TSC_RATING: u32 = 300;
@@ -87,6 +89,7 @@ impl ReadCounter for Hardware {
 fn read_rare(counter: CounterId) -> u64 {
     match counter {
         TSC_SKEWED => tsc::read_ordered_skewed(),
+        TSC_FAULTED => tsc::read_ordered_faulted(),
         _ => 0,
     }
 }
@@ -217,17 +220,42 @@ pub fn register_hpet(hpet: &'static Hpet) {
 
 /// The `tsc_skew` fault is added to the TSC in software: the `tsc` clocksource reads it so.
 pub fn tsc_skewed_in_software() {
-    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", TSC_SKEWED));
+    let counter = if tsc::rate_faulted() { TSC_FAULTED } else { TSC_SKEWED };
+    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", counter));
+}
+
+/// The `tsc_rate_ppm` fault is injected: the `tsc` clocksource, and the watchdog comparing it,
+/// read the TSC so (a software `tsc_skew` included).
+pub fn tsc_rate_faulted() {
+    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", TSC_FAULTED));
 }
 
 /// The HPET's main counter is about to stop (a suspend, a test writing it): if it is the
 /// clocksource, the TSC keeps time meanwhile (even a TSC not preferred runs on).
 pub fn hpet_stopping(hpet: &Hpet) {
+    reference_stopping("hpet");
     if HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
         && with_sources(|s| s.counter_stopping(&TIMEKEEPER, &Hardware, "hpet", "tsc"))
     {
         log::debug!("the HPET counter stops: the TSC keeps time until it runs again");
     }
+}
+
+/// The counter `name` stops: the TSC checks and the LAPIC timer's measurement against it
+/// cannot span the stop (the TSC and the LAPIC timer count on): the watchdog starts its
+/// comparisons again, and the refinements their windows (keeping the frequencies refined so far).
+fn reference_stopping(name: &str) {
+    let against =
+        with_sources(|s| ["hpet", "acpi_pm"].into_iter().find(|n| s.get(n).is_some_and(|r| r.stable())));
+    if against != Some(name) {
+        return;
+    }
+    without_interrupts(|| {
+        let mut c = TSC_CHECKS.lock();
+        c.watchdog = Watchdog::new();
+        c.refiner = Refiner::new();
+    });
+    clockevents::lapic_refine::reference_stopped();
 }
 
 /// The HPET's main counter runs again (from whatever value it was given): the clock continues
@@ -295,6 +323,18 @@ pub fn init_late() {
 fn housekeeping(_: &TimerEvent) {
     with_sources(|s| s.rebase_narrow(&TIMEKEEPER, &Hardware));
     tsc_checks();
+    if let Some((name, conversion, hz)) = reference() {
+        clockevents::lapic_refine::sample(name, &conversion, hz);
+    }
+}
+
+/// The counter the TSC checks and the LAPIC timer's refinement measure against: the HPET, else
+/// the ACPI PM timer (while stable): its name, conversion and frequency.
+fn reference() -> Option<(&'static str, kernel_time::clocksource::Conversion, u64)> {
+    with_sources(|s| {
+        let r = ["hpet", "acpi_pm"].iter().find_map(|n| s.get(n).filter(|r| r.stable()))?;
+        Some((r.name(), r.conversion(), r.hz))
+    })
 }
 
 /// What the TSC checks found, for the report.
@@ -372,7 +412,8 @@ fn tsc_checks() {
         let sample = (0..3)
             .map(|_| {
                 let wd_before = Hardware.read(wd.counter);
-                let cs = tsc::read();
+                // The TSC as the clocksource reads it (a constant `tsc_skew` cancels out).
+                let cs = Hardware.read(tsc_conv.counter);
                 Sample { wd_before, cs, wd_after: Hardware.read(wd.counter) }
             })
             .find(|s| s.paired(&wd).is_some());
@@ -419,11 +460,12 @@ fn tsc_checks() {
             Ppb(ppb(boot_hz, r.hz)),
             Ppb(ppb(previous.max(1), r.hz))
         );
+        clockevents::lapic_refine::tsc_refined(r.hz, name, r.window_ns);
     }
 }
 
 /// Parts per billion shown as ppm with three decimals: `+12.345 ppm`.
-struct Ppb(i64);
+pub struct Ppb(pub i64);
 
 impl fmt::Display for Ppb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -279,6 +279,7 @@ impl Platform {
             calibrated_against: self.calibration.map_or("none".to_string(), |c| c.reference.to_string()),
             tsc_deadline: features.tsc_deadline,
             arat: features.arat,
+            ..LapicReport::default()
         });
         TimerReport {
             schema: SCHEMA_VERSION,

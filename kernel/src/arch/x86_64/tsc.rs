@@ -5,7 +5,7 @@
 use super::smp::percpu;
 use super::{clocksource, pit};
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 /// This CPU's TSC, for intervals measured on one CPU (a constant `tsc_skew` does not change
 /// them: see [`read_skewed`] for readings compared across CPUs).
@@ -44,6 +44,48 @@ pub fn read_ordered() -> u64 {
 #[inline]
 pub fn read_ordered_skewed() -> u64 {
     read_ordered().wrapping_add(skew_here())
+}
+
+/// [`read_ordered`] with the `tsc_rate_ppm` fault (and a software `tsc_skew`) applied: the
+/// clocksource's read once the rate fault is injected.
+#[inline]
+pub fn read_ordered_faulted() -> u64 {
+    let tsc = with_rate_fault(read_ordered());
+    if SKEW_IN_SOFTWARE.load(Ordering::Relaxed) { tsc.wrapping_add(skew_here()) } else { tsc }
+}
+
+/// `tsc_rate_ppm=N`: the TSC's readings as the clocksource sees them run N ppm fast (or slow,
+/// N < 0) from the moment the fault was injected (`RATE_BASE`); 0: no fault.
+static RATE_PPM: AtomicI64 = AtomicI64::new(0);
+static RATE_BASE: AtomicU64 = AtomicU64::new(0);
+
+/// `raw` as a TSC running `RATE_PPM` off its rate since `RATE_BASE` reads: continuous at the
+/// base, monotonic (|N| < 10^6: the added term moves by at most one cycle per cycle).
+fn with_rate_fault(raw: u64) -> u64 {
+    let ppm = RATE_PPM.load(Ordering::Relaxed);
+    // Signed: another CPU's reading may be a few cycles behind the base.
+    let elapsed = raw.wrapping_sub(RATE_BASE.load(Ordering::Relaxed)) as i64;
+    let extra = i128::from(elapsed) * i128::from(ppm) / 1_000_000;
+    raw.wrapping_add(extra as i64 as u64)
+}
+
+/// Whether the `tsc_rate_ppm` fault is injected.
+pub fn rate_faulted() -> bool {
+    RATE_PPM.load(Ordering::Relaxed) != 0
+}
+
+/// Fault injection (`tsc_rate_ppm=N`), once the TSC is calibrated: from now on the TSC as the
+/// clocksource and its watchdog read it runs N ppm off the rate it was calibrated at, as a TSC
+/// whose rate changed with the CPU's P-state would. Added in software, below the clocksource
+/// layer, for every CPU alike (their TSCs stay in step); CPU-local intervals (calibration,
+/// programming an event) read the plain TSC.
+pub fn configure_rate(ppm: i64) {
+    RATE_BASE.store(read_ordered(), Ordering::Relaxed);
+    RATE_PPM.store(ppm, Ordering::Release);
+    clocksource::tsc_rate_faulted();
+    log::warn!(
+        "tsc_rate_ppm: the TSC as the clocksource reads it now runs {ppm} ppm off its calibrated rate"
+    );
 }
 
 /// IA32_TIME_STAMP_COUNTER (Intel SDM vol. 4 table 2-2, MSR 0x10): writable, on hardware that

@@ -69,6 +69,20 @@ impl Refiner {
     }
 }
 
+/// The frequency of a counter that counted `ticks` while another counted `cycles` over the
+/// same window, given the other's frequency `cycles_hz`: how a counter that cannot be read
+/// over a long window (the LAPIC timer's count-down, in use by its events) follows another's
+/// refinement (`ticks` and `cycles` its and the other's boot frequencies, `cycles_hz` the
+/// other's refined one). Rounded up (a device then converts to more ticks: later, never earlier).
+/// `None` without cycles or beyond 64 bits.
+pub fn by_ratio(ticks: u64, cycles: u64, cycles_hz: u64) -> Option<u64> {
+    if cycles == 0 {
+        return None;
+    }
+    let hz = (u128::from(ticks) * u128::from(cycles_hz)).div_ceil(u128::from(cycles));
+    u64::try_from(hz).ok()
+}
+
 /// Signed difference of `measured` from `reference`, in ppm of `reference`.
 pub fn ppm(measured: u64, reference: u64) -> i64 {
     ppb(measured, reference) / 1_000
@@ -114,6 +128,21 @@ mod tests {
         for x in &results {
             assert!(ppm(x.hz, true_hz).abs() <= 1, "{} Hz over {} ns", x.hz, x.window_ns);
         }
+    }
+
+    /// The LAPIC timer at 62.5 MHz beside a 2.6 GHz TSC: the boot window's counts carry the
+    /// TSC's refined frequency over exactly, whatever the window's length was taken to be.
+    #[test]
+    fn a_ratio_carries_the_refined_frequency_over() {
+        let (lapic_hz, tsc_hz) = (62_500_000u64, 2_596_115_600u64);
+        // 30 ms of counting, as the boot windows do.
+        let (ticks, cycles) = (lapic_hz * 3 / 100, tsc_hz * 3 / 100);
+        assert_eq!(by_ratio(ticks, cycles, tsc_hz), Some(lapic_hz));
+        let refined = by_ratio(ticks, cycles, tsc_hz + tsc_hz / 1_000).unwrap(); // TSC +1000 ppm
+        assert_eq!(ppm(refined, lapic_hz), 1_000);
+        assert_eq!(by_ratio(ticks, 0, tsc_hz), None);
+        assert_eq!(by_ratio(u64::MAX, 1, u64::MAX), None);
+        assert_eq!(by_ratio(1, 3, 10), Some(4), "rounded up");
     }
 
     #[test]

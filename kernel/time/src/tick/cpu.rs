@@ -13,7 +13,7 @@
 
 use super::{ArmError, DeviceId, Service, TickMode};
 use crate::broadcast::Broadcast;
-use crate::clockevents::{ClockEventDevice, Features, ProgramError, State};
+use crate::clockevents::{ClockEventDevice, Features, FrequencyError, NsToTicks, ProgramError, State};
 use crate::hrtimer::{Cancel, Expired, TimerId, TimerQueue};
 use alloc::sync::Arc;
 use spin::Mutex;
@@ -435,6 +435,34 @@ impl<T> CpuTick<T> {
         }
         self.next_event_ns = u64::MAX;
         self.reprogram(now_ns, bc);
+    }
+
+    /// A better measurement of `device`'s frequency (this CPU's own device, in use or not:
+    /// only its CPU programs it). Every later programming converts at `hz`; if it is this
+    /// CPU's tick device now, what it is programmed for is programmed again at the new factor
+    /// (a periodic device restarts its period), as Linux's `clockevents_update_freq` does, so
+    /// that no event waits on the old factor. Within an expiry the programming waits for its
+    /// end, as always. An event already converted too short fires early: the tick runs nothing
+    /// before its deadline and programs the device again. Returns the conversion replaced.
+    pub fn set_device_frequency(
+        &mut self,
+        device: &ClockEventDevice,
+        hz: u64,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+    ) -> Result<NsToTicks, FrequencyError> {
+        let old = device.set_frequency(hz)?;
+        let in_use = self.local.as_ref().is_some_and(|d| core::ptr::eq(&**d, device));
+        if in_use && !self.handed_over && !self.suspended {
+            match device.state() {
+                State::Periodic => device
+                    .switch_state(State::Periodic, self.mode.period_ns())
+                    .expect("periodic -> periodic is legal"),
+                State::Oneshot => self.resync(now_ns, bc),
+                _ => {}
+            }
+        }
+        Ok(old)
     }
 
     /// The local device gave up programming since the last call: the registry must take it

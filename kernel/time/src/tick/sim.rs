@@ -608,6 +608,93 @@ fn device_is_programmed_once_per_interrupt_after_the_callbacks() {
     assert_eq!(*s.drivers[h0.0].fires_at.lock(), Some(now + 10_000 + 45_000));
 }
 
+/// A LAPIC-like device on CPU 0 whose registered frequency is `hz` (the simulated hardware
+/// runs at 100 MHz): a boot calibration that far off.
+fn misjudged_lapic(s: &mut Sim, hz: u64) -> DeviceId {
+    let spec = DeviceSpec {
+        name: "lapic0".into(),
+        features: Features::ONESHOT | Features::PERIODIC | Features::PER_CPU,
+        rating: LAPIC,
+        cpus: CpuSet::single(0),
+        frequency_hz: hz,
+        min_delta_ticks: 100,
+        max_delta_ticks: 1 << 31,
+    };
+    s.add_spec(spec, 0, 0)
+}
+
+/// Never early with a factor that is too low: the event comes 1 % early, the tick runs
+/// nothing before its deadline and programs the rest (twice: the rest is 1 % short too).
+#[test]
+fn an_event_early_by_the_conversion_runs_nothing_early_and_is_programmed_again() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let d = misjudged_lapic(&mut s, 99_000_000);
+    let now = s.now();
+    s.arm(0, now + 1_000_000);
+    assert_eq!(*s.drivers[d.0].fires_at.lock(), Some(now + 990_000), "1 % early by the factor");
+    s.run_until(now + 2_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!(s.fired(0), [now + 1_000_910], "the last try at the minimum delta, late by under it");
+    assert_eq!(s.cpus[0].events(), 3, "two early interrupts ran nothing");
+}
+
+/// A refined frequency applies to the event already pending: it is programmed again at the
+/// new factor and fires at its deadline, once.
+#[test]
+fn a_refined_frequency_reprograms_the_pending_event_at_the_new_factor() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let d = misjudged_lapic(&mut s, 99_000_000);
+    let now = s.now();
+    s.arm(0, now + 1_000_000);
+    let device = s.registry.device(d).clone();
+    let old = s.on(0, |t, now, bc| t.set_device_frequency(&device, 100_000_000, now, bc)).unwrap();
+    assert_eq!(old.frequency_hz, 99_000_000);
+    assert_eq!(device.frequency_hz(), 100_000_000);
+    assert_eq!(*s.drivers[d.0].fires_at.lock(), Some(now + 1_000_000), "programmed again");
+    s.run_until(now + 2_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!(s.fired(0), [now + 1_000_000]);
+    assert_eq!(s.cpus[0].events(), 1);
+}
+
+/// From a callback (the kernel delivers a refinement as one), the pending deadline is
+/// programmed once, when the expiry ends; a device the CPU does not use only changes factor.
+#[test]
+fn a_refined_frequency_waits_for_the_expiry_and_spares_a_device_not_in_use() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let d = misjudged_lapic(&mut s, 100_000_000);
+    let now = s.now();
+    s.arm(0, now + 10_000);
+    s.arm(0, now + 500_000);
+    s.set_now(now + 10_000);
+    assert!(s.on(0, |t, now, _| t.device_event(d, now)));
+    let device = s.registry.device(d).clone();
+    let programmed = device.programmed();
+    s.on(0, |t, now, bc| t.set_device_frequency(&device, 50_000_000, now, bc)).unwrap();
+    assert_eq!(device.programmed(), programmed, "nothing programmed inside the expiry");
+    s.run_expiry(0);
+    assert_eq!(device.programmed(), programmed + 1);
+    // 490 us at 50 MHz is 24 500 ticks, which the 100 MHz hardware counts in 245 us.
+    assert_eq!(*s.drivers[d.0].fires_at.lock(), Some(now + 10_000 + 245_000));
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    assert_eq!(s.cpus[0].service(), Service::Local(h0));
+    s.on(0, |t, now, bc| t.set_device_frequency(&device, 100_000_000, now, bc)).unwrap();
+    assert_eq!(device.state(), State::Detached);
+    assert_eq!(*s.drivers[d.0].fires_at.lock(), None, "a released device is not started");
+    assert_eq!(device.conversion().frequency_hz, 100_000_000);
+}
+
+/// A periodic device restarts its period at the new factor.
+#[test]
+fn a_refined_frequency_restarts_a_periodic_device_at_the_new_period() {
+    let mut s = Sim::new(TickMode::Periodic { hz: 1000 }, 1);
+    let d = misjudged_lapic(&mut s, 99_000_000);
+    assert_eq!(*s.drivers[d.0].period_ns.lock(), Some(990_000));
+    let device = s.registry.device(d).clone();
+    s.on(0, |t, now, bc| t.set_device_frequency(&device, 100_000_000, now, bc)).unwrap();
+    assert_eq!(*s.drivers[d.0].period_ns.lock(), Some(1_000_000));
+}
+
 #[test]
 fn periodic_tick_uses_hardware_periodic_mode_and_expires_timers_at_ticks() {
     let mut s = Sim::new(TickMode::Periodic { hz: 1000 }, 1);

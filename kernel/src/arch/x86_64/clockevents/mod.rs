@@ -15,6 +15,7 @@ mod cpu;
 pub mod hpet;
 mod hpet_bringup;
 pub mod lapic;
+pub mod lapic_refine;
 mod registry;
 mod report;
 pub mod suspend;
@@ -158,13 +159,15 @@ fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Optio
     if options.lapic_stops_in_idle && features.arat {
         log::info!("lapic_stops_in_idle: LAPIC timers stop in deep idle although the CPU has ARAT");
     }
-    Some(LapicTimerConfig {
+    let config = LapicTimerConfig {
         vector,
         timer_hz: calibration.lapic_timer_hz,
         tsc_hz: super::tsc::frequency_hz(),
         tsc_deadline: features.tsc_deadline,
         arat: features.arat && !options.lapic_stops_in_idle,
-    })
+    };
+    lapic_refine::registered(&config);
+    Some(config)
 }
 
 /// The HPET comparators, once every CPU is online; then every CPU has carried out its

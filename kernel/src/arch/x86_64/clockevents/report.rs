@@ -140,6 +140,16 @@ pub fn measure_programming(
 pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup) {
     use crate::timer_report::{TickDeviceReport, Verdict};
     let taken_out: Vec<(String, String)> = with_registry(|r| r.taken_out().to_vec()).unwrap_or_default();
+    if let (Some(l), Some((calibrated, refined, how))) =
+        (report.lapic.as_mut(), super::lapic_refine::figures())
+    {
+        use kernel_time::clocksource::refine;
+        l.calibrated_hz = calibrated;
+        l.refined_hz = refined;
+        l.refined_by = how.map(Into::into);
+        l.calibration_ppm = refined.map(|r| refine::ppm(calibrated, r));
+        l.calibration_ppb = refined.map(|r| refine::ppb(calibrated, r));
+    }
     if let Some(h) = report.hpet.as_mut() {
         for (c, o) in h.comparators.iter_mut().zip(&setup.comparators) {
             c.delivery = o.delivery.map_or("none", |d| d.kind()).into();
