@@ -379,3 +379,17 @@ impl Hpet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    /// The fault tests match the log's rejection line: wrapping the crate's error keeps its words.
+    #[test]
+    fn capability_errors_read_as_the_crate_words_them() {
+        let e = HpetError::from(CapabilityError::PeriodTooLong { period_fs: 100_000_001 });
+        assert_eq!(e, HpetError::Capabilities(CapabilityError::PeriodTooLong { period_fs: 100_000_001 }));
+        assert_eq!(e.to_string(), CapabilityError::PeriodTooLong { period_fs: 100_000_001 }.to_string());
+    }
+}
