@@ -157,8 +157,8 @@ fn parse_address(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hpet_regs::{Capabilities, CapabilityError, check_capabilities};
     use kernel::arch::x86_64::acpi::{AcpiProblem, HPET_TABLE_LEN, parse_hpet};
-    use kernel::arch::x86_64::hpet::{Capabilities, HpetError, check_capabilities};
 
     fn table(fault: HpetFault) -> HpetTable {
         HpetTable { fault, base: fault.default_base() }
@@ -228,23 +228,23 @@ mod tests {
     }
 
     /// What the capabilities register reads at each base under QEMU 7.2 (seen by booting), and
-    /// what the kernel's device checks make of it.
+    /// what the checks the kernel runs on it (`hpet-regs`) make of it.
     #[test]
     fn capabilities_read_at_the_fault_bases_are_rejected() {
         let unbacked = Capabilities(u64::MAX);
         let ioapic = Capabilities(0x3e); // IOREGSEL as the kernel last left it; offset 4 reads 0
         let e1000e_ra0 = Capabilities(0x8000_5634_1200_5452); // RAH0:RAL0 of 52:54:00:12:34:56
-        assert_eq!(check_capabilities(unbacked), Err(HpetError::ReadsAllOnes));
-        assert_eq!(check_capabilities(ioapic), Err(HpetError::PeriodZero));
+        assert_eq!(check_capabilities(unbacked), Err(CapabilityError::ReadsAllOnes));
+        assert_eq!(check_capabilities(ioapic), Err(CapabilityError::PeriodZero));
         assert_eq!(
             check_capabilities(e1000e_ra0),
-            Err(HpetError::PeriodTooLong { period_fs: 2_147_505_716 })
+            Err(CapabilityError::PeriodTooLong { period_fs: 2_147_505_716 })
         );
         // Just above the limit is too long; the limit itself and q35's HPET are fine.
         let period = |fs: u64| Capabilities(fs << 32 | 0x8086_a201);
         assert_eq!(
             check_capabilities(period(100_000_001)),
-            Err(HpetError::PeriodTooLong { period_fs: 100_000_001 })
+            Err(CapabilityError::PeriodTooLong { period_fs: 100_000_001 })
         );
         assert_eq!(check_capabilities(period(100_000_000)), Ok(()));
         assert_eq!(check_capabilities(period(10_000_000)), Ok(()));

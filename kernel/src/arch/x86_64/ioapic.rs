@@ -1,107 +1,20 @@
-//! I/O APICs (82093AA datasheet): redirection entries, GSI lookup, ISA overrides, masking,
-//! and a record of which GSIs are taken. (A line is sent to another CPU by routing it again:
-//! `route` rewrites the whole entry, as `HpetChannel::route_to` does.)
+//! I/O APICs (82093AA datasheet): the chips mapped and accessed (volatile), GSI lookup, ISA
+//! overrides, masking, and a record of which GSIs are taken. The register indices and the
+//! typed redirection entry are the crate `ioapic-regs` (`kernel/ioapic/`). (A line is sent to
+//! another CPU by routing it again: `route` rewrites the whole entry, as
+//! `HpetChannel::route_to` does.)
 
 use super::destination::{self, Unreachable};
 use super::{acpi, mmio};
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
+use ioapic_regs::registers::{self, IOAPICID, IOAPICVER, IOREGSEL, IOWIN, Id, Version, WINDOW_SIZE};
 use spin::Mutex;
 use volatile::VolatilePtr;
 
-/// IOREGSEL at offset 0x00 selects a register, IOWIN at 0x10 reads or writes it.
-const IOREGSEL: usize = 0x00;
-const IOWIN: usize = 0x10;
-const IOAPICID: u32 = 0x00;
-const IOAPICVER: u32 = 0x01;
-/// Redirection entry n: low half at 0x10 + 2n, high half at 0x11 + 2n.
-const IOREDTBL: u32 = 0x10;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryMode {
-    Fixed = 0b000,
-    LowestPriority = 0b001,
-    Smi = 0b010,
-    Nmi = 0b100,
-    Init = 0b101,
-    ExtInt = 0b111,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Polarity {
-    ActiveHigh,
-    ActiveLow,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Edge,
-    Level,
-}
-
-/// One redirection table entry, typed (datasheet 3.2.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RedirectionEntry {
-    pub vector: u8,
-    pub delivery: DeliveryMode,
-    /// Logical destination mode; we use physical (false).
-    pub logical: bool,
-    pub polarity: Polarity,
-    pub trigger: Trigger,
-    pub masked: bool,
-    /// Physical APIC id of the destination CPU (bits 63:56, and 55:49 where the platform has
-    /// extended destination ids: see `destination.rs`; `IoApics::route` refuses an id the
-    /// platform's format cannot name).
-    pub destination: u32,
-}
-
-impl RedirectionEntry {
-    pub fn masked() -> RedirectionEntry {
-        RedirectionEntry {
-            vector: 0,
-            delivery: DeliveryMode::Fixed,
-            logical: false,
-            polarity: Polarity::ActiveHigh,
-            trigger: Trigger::Edge,
-            masked: true,
-            destination: 0,
-        }
-    }
-
-    pub fn encode(self) -> u64 {
-        u64::from(self.vector)
-            | (self.delivery as u64) << 8
-            | u64::from(self.logical) << 11
-            | u64::from(self.polarity == Polarity::ActiveLow) << 13
-            | u64::from(self.trigger == Trigger::Level) << 15
-            | u64::from(self.masked) << 16
-            | (u64::from(self.destination) & 0xff) << 56
-            | (u64::from(self.destination) >> 8 & 0x7f) << 49
-    }
-
-    /// Decodes an entry; reserved delivery modes read as `Fixed`. Read-only status bits
-    /// (delivery status, remote IRR) are dropped.
-    pub fn decode(raw: u64) -> RedirectionEntry {
-        let delivery = match (raw >> 8) & 0b111 {
-            0b001 => DeliveryMode::LowestPriority,
-            0b010 => DeliveryMode::Smi,
-            0b100 => DeliveryMode::Nmi,
-            0b101 => DeliveryMode::Init,
-            0b111 => DeliveryMode::ExtInt,
-            _ => DeliveryMode::Fixed,
-        };
-        RedirectionEntry {
-            vector: raw as u8,
-            delivery,
-            logical: raw & (1 << 11) != 0,
-            polarity: if raw & (1 << 13) != 0 { Polarity::ActiveLow } else { Polarity::ActiveHigh },
-            trigger: if raw & (1 << 15) != 0 { Trigger::Level } else { Trigger::Edge },
-            masked: raw & (1 << 16) != 0,
-            destination: destination::apic_id_from_ioapic_bits(raw),
-        }
-    }
-}
+/// The redirection entry's types, from `ioapic-regs` (`kernel/ioapic/`).
+pub use ioapic_regs::{DeliveryMode, Polarity, RedirectionEntry, Trigger};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoApicError {
@@ -157,6 +70,9 @@ pub struct IoApic {
     regs: VolatilePtr<'static, [u32; 8]>,
 }
 
+/// The volatile window covers the chip's register window as `ioapic-regs` lays it out.
+const _: () = assert!(core::mem::size_of::<[u32; 8]>() == WINDOW_SIZE);
+
 // SAFETY: the register window is device memory mapped for the kernel's lifetime; every
 // select-then-access pair runs under the `IOAPICS` lock.
 unsafe impl Send for IoApic {}
@@ -181,17 +97,23 @@ impl IoApic {
         self.regs.map_index(IOWIN / 4).write(value);
     }
     fn entry(&mut self, pin: u32) -> RedirectionEntry {
-        let low = self.read(IOREDTBL + 2 * pin);
-        let high = self.read(IOREDTBL + 2 * pin + 1);
+        let pin = pin_index(pin);
+        let low = self.read(registers::redirection_low(pin));
+        let high = self.read(registers::redirection_high(pin));
         RedirectionEntry::decode(u64::from(high) << 32 | u64::from(low))
     }
     fn set_entry(&mut self, pin: u32, e: RedirectionEntry) {
-        let raw = e.encode();
-        // Mask first so the line never fires half-programmed, then write high, then low.
-        self.write(IOREDTBL + 2 * pin, (raw as u32) | 1 << 16);
-        self.write(IOREDTBL + 2 * pin + 1, (raw >> 32) as u32);
-        self.write(IOREDTBL + 2 * pin, raw as u32);
+        // Masked first so the line never fires half-programmed, then high, then low.
+        for (reg, value) in registers::redirection_writes(pin_index(pin), e) {
+            self.write(reg, value);
+        }
     }
+}
+
+/// A pin below the chip's count as the register index wants it (the version register's 8-bit
+/// field bounds `pins` to 256).
+fn pin_index(pin: u32) -> u8 {
+    u8::try_from(pin).expect("an IOAPIC has at most 256 pins")
 }
 
 /// The volatile crate's stable API has no array indexing; this is the one place we need it.
@@ -221,16 +143,16 @@ impl IoApics {
     /// Maps and adds the IOAPIC `id` at `phys` serving GSIs from `gsi_base`; masks all its pins.
     /// A chip whose GSI range would pass `u32::MAX` is masked and left out.
     pub fn add(&mut self, id: u8, phys: u64, gsi_base: u32) -> Result<&IoApic, IoApicError> {
-        let region = mmio::map(phys, 0x20).map_err(IoApicError::Mapping)?;
+        let region = mmio::map(phys, WINDOW_SIZE as u64).map_err(IoApicError::Mapping)?;
         let ptr = NonNull::new(region.virt.as_mut_ptr::<[u32; 8]>()).expect("MMIO window is not null");
         // SAFETY: `region` maps the IOAPIC's 32-byte register window uncached for good.
         let regs = unsafe { VolatilePtr::new(ptr) };
         let mut chip = IoApic { id, phys, gsi_base, pins: 0, version: 0, regs };
-        let ver = chip.read(IOAPICVER);
-        chip.version = ver as u8;
-        chip.pins = ((ver >> 16) & 0xff) + 1;
-        let hw_id = (chip.read(IOAPICID) >> 24) & 0xf;
-        if u32::from(id) & 0xf != hw_id {
+        let ver = Version(chip.read(IOAPICVER));
+        chip.version = ver.version();
+        chip.pins = ver.pins();
+        let hw_id = Id(chip.read(IOAPICID)).id();
+        if id & 0xf != hw_id {
             log::warn!("IOAPIC {id}: the chip says its id is {hw_id}; using the MADT's");
         }
         for pin in 0..chip.pins {
@@ -383,41 +305,6 @@ pub fn choose_free_gsi(capability: u32, is_free: impl Fn(u32) -> bool, isa_owned
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn entry_encoding_matches_the_datasheet() {
-        let e = RedirectionEntry {
-            vector: 0x31,
-            delivery: DeliveryMode::Fixed,
-            logical: false,
-            polarity: Polarity::ActiveLow,
-            trigger: Trigger::Level,
-            masked: false,
-            destination: 3,
-        };
-        assert_eq!(e.encode(), 0x0300_0000_0000_a031);
-        assert_eq!(RedirectionEntry::decode(e.encode()), e);
-        assert_eq!(RedirectionEntry::masked().encode(), 1 << 16);
-        let nmi = RedirectionEntry { delivery: DeliveryMode::Nmi, ..RedirectionEntry::masked() };
-        assert_eq!(RedirectionEntry::decode(nmi.encode()).delivery, DeliveryMode::Nmi);
-    }
-
-    #[test]
-    fn destination_is_an_apic_id_split_as_the_extended_format_says() {
-        let e = RedirectionEntry { destination: 0x1234, ..RedirectionEntry::masked() };
-        assert_eq!(e.encode() >> 49, 0x34 << 7 | 0x12, "bits 63:56 low byte, 55:49 bits 14:8");
-        assert_eq!(RedirectionEntry::decode(e.encode()).destination, 0x1234);
-        let e = RedirectionEntry { destination: 254, ..RedirectionEntry::masked() };
-        assert_eq!(e.encode() >> 49, 254 << 7, "an 8-bit id leaves the extended bits clear");
-    }
-
-    #[test]
-    fn decode_ignores_read_only_status_bits() {
-        // Delivery status (bit 12) and remote IRR (bit 14) set.
-        let e = RedirectionEntry::decode(0x5031);
-        assert_eq!(e.vector, 0x31);
-        assert_eq!(e.encode() & (1 << 12 | 1 << 14), 0);
-    }
 
     #[test]
     fn free_gsi_prefers_non_isa_lines() {
