@@ -5,8 +5,8 @@
 //! this CPU, another or a callback, let time pass and deliver the device interrupts and the
 //! inter-processor messages that fall due, hold messages back, a spurious or misrouted
 //! interrupt, a comparator that starts passing, a measurement that programs a device behind
-//! the layer's back, a CPU going into deep idle, a suspend of timekeeping, take a device out),
-//! on simulated devices and a simulated clock, as the host simulator `kernel/time/src/tick/sim.rs` does.
+//! the layer's back, a CPU going into deep idle, a suspend of timekeeping, take a device out,
+//! a refinement of per-CPU devices' frequency applied by each device's CPU), on simulated devices and a simulated clock, as the host simulator `kernel/time/src/tick/sim.rs` does.
 //!
 //! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry,timer}.rs`): a
 //! registry decision's broadcast change is applied at once by the deciding CPU; each CPU's
@@ -20,6 +20,13 @@
 //! lets time pass with every device shut down, and resumes them. The simulation says which
 //! CPU it runs code on: a per-CPU device driven from another CPU, or any device driven by the
 //! registry, fails the run.
+//!
+//! A refinement is the kernel's LAPIC timer one (`lapic_refine.rs`): a message to the CPU of
+//! each per-CPU device refined, which calls `CpuTick::set_device_frequency` there. It sets the
+//! layer's belief to the device's real rate (a calibration error corrected) or to within 1 %
+//! of it either way; the simulated counter keeps its real rate, so under a belief too high
+//! events come late and under one too low early (the layer must run nothing early and arm
+//! again).
 //!
 //! A simulated device is a counter at its own frequency (`floor(now * hz / 1e9)`) with a
 //! comparator: programmed `delta` ticks ahead it interrupts at the first nanosecond the counter
@@ -51,7 +58,12 @@
 //!   one is overdue) no later than `P + min delta + conversion error + 3 ticks` after the latest
 //!   of its deadline, its arming, its CPU's last change of device (deep idle and a resume
 //!   included) and its device's last programming (`P` the tick period; the conversion error is
-//!   what `NsToTicks` documents for deltas up to `MAX_PROGRAMMED_DELTA_NS`);
+//!   what `NsToTicks` documents for deltas up to `MAX_PROGRAMMED_DELTA_NS`); where the layer
+//!   believes a device faster than it is (now, or when it last wrote its comparator), that
+//!   bound and the delta last programmed (at most the device's maximum) stretch by
+//!   `believed / real` rate;
+//! - after a frequency change, the device's comparator, if armed, was written at the new
+//!   factor (no event waits on the old one);
 //!
 //! and at the end, once everything is delivered and time has run on: every periodic timer of a
 //! served CPU kept running (none overdue), and after a periodic tick, a grown minimum delta and
@@ -873,9 +885,10 @@ impl Sim {
         }
         let s = driver(device).inner.lock();
         assert_eq!(dev.frequency_hz(), s.belief_hz, "{dev:?}: conversion");
-        // No event waits on the old factor: whatever is armed was written at the new one.
+        // No event waits on the old factor: whatever is armed was written at the new one (a
+        // failed device, left alone until its CPU's new assignment arrives, excepted).
         assert!(
-            s.target.is_none() || s.programmed_belief_hz == s.belief_hz,
+            s.target.is_none() || s.programmed_belief_hz == s.belief_hz || dev.is_failed(),
             "{dev:?} still armed at {} Hz after the change to {} Hz",
             s.programmed_belief_hz,
             s.belief_hz
