@@ -46,7 +46,7 @@
 //!   neither per-CPU nor stops in deep idle); the broadcast installed is the one decided; a
 //!   CPU with no assignment in flight carries out its decision; the devices in use (a CPU's
 //!   local device, the broadcast) are in a running state (shut down for a CPU in deep idle),
-//!   the others detached and unarmed;
+//!   the others detached and unarmed; a stopped one-shot device unarmed;
 //! - deep idle is entered only when the CPU's device stops there, refused exactly when no
 //!   working broadcast device can take the deadline or the tick is hardware periodic, and a
 //!   CPU is handed over exactly while it sleeps;
@@ -1257,6 +1257,9 @@ impl Sim {
             } else {
                 assert_eq!(state, State::Detached, "{d:?} unused but {state} (failed: {})", dev.is_failed());
                 assert_eq!(driver(d.0).inner.lock().target, None, "unused {d:?} still armed");
+            }
+            if state == State::OneshotStopped {
+                assert_eq!(driver(d.0).inner.lock().target, None, "{d:?} stopped but armed");
             }
             if state == State::Periodic {
                 assert!(
