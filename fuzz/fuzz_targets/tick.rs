@@ -5,8 +5,8 @@
 //! this CPU, another or a callback, let time pass and deliver the device interrupts and the
 //! inter-processor messages that fall due, hold messages back, a spurious or misrouted
 //! interrupt, a comparator that starts passing, a measurement that programs a device behind
-//! the layer's back, a CPU going into deep idle, a suspend of timekeeping, take a device out),
-//! on simulated devices and a simulated clock, as the host simulator `kernel/time/src/tick/sim.rs` does.
+//! the layer's back, a CPU going into deep idle, a suspend of timekeeping, take a device out,
+//! a refinement of per-CPU devices' frequency applied by each device's CPU), on simulated devices and a simulated clock, as the host simulator `kernel/time/src/tick/sim.rs` does.
 //!
 //! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry,timer}.rs`): a
 //! registry decision's broadcast change is applied at once by the deciding CPU; each CPU's
@@ -20,6 +20,13 @@
 //! lets time pass with every device shut down, and resumes them. The simulation says which
 //! CPU it runs code on: a per-CPU device driven from another CPU, or any device driven by the
 //! registry, fails the run.
+//!
+//! A refinement is the kernel's LAPIC timer one (`lapic_refine.rs`): a message to the CPU of
+//! each per-CPU device refined, which calls `CpuTick::set_device_frequency` there. It sets the
+//! layer's belief to the device's real rate (a calibration error corrected) or to within 1 %
+//! of it either way; the simulated counter keeps its real rate, so under a belief too high
+//! events come late and under one too low early (the layer must run nothing early and arm
+//! again).
 //!
 //! A simulated device is a counter at its own frequency (`floor(now * hz / 1e9)`) with a
 //! comparator: programmed `delta` ticks ahead it interrupts at the first nanosecond the counter
@@ -39,7 +46,7 @@
 //!   neither per-CPU nor stops in deep idle); the broadcast installed is the one decided; a
 //!   CPU with no assignment in flight carries out its decision; the devices in use (a CPU's
 //!   local device, the broadcast) are in a running state (shut down for a CPU in deep idle),
-//!   the others detached and unarmed;
+//!   the others detached and unarmed; a stopped one-shot device unarmed;
 //! - deep idle is entered only when the CPU's device stops there, refused exactly when no
 //!   working broadcast device can take the deadline or the tick is hardware periodic, and a
 //!   CPU is handed over exactly while it sleeps;
@@ -51,7 +58,12 @@
 //!   one is overdue) no later than `P + min delta + conversion error + 3 ticks` after the latest
 //!   of its deadline, its arming, its CPU's last change of device (deep idle and a resume
 //!   included) and its device's last programming (`P` the tick period; the conversion error is
-//!   what `NsToTicks` documents for deltas up to `MAX_PROGRAMMED_DELTA_NS`);
+//!   what `NsToTicks` documents for deltas up to `MAX_PROGRAMMED_DELTA_NS`); where the layer
+//!   believes a device faster than it is (now, or when it last wrote its comparator), that
+//!   bound and the delta last programmed (at most the device's maximum) stretch by
+//!   `believed / real` rate;
+//! - after a frequency change, the device's comparator, if armed, was written at the new
+//!   factor (no event waits on the old one);
 //!
 //! and at the end, once everything is delivered and time has run on: every periodic timer of a
 //! served CPU kept running (none overdue), and after a periodic tick, a grown minimum delta and
@@ -113,7 +125,13 @@ struct SimDriver {
 
 #[derive(Default)]
 struct SimState {
+    /// The counter's real rate: what the hardware does, whatever the layer believes.
     hz: u64,
+    /// The rate the layer's conversion assumes (the spec's, then each refinement's), and the
+    /// one it assumed when it last wrote the comparator: the harness keeps these in step with
+    /// the layer, to bound how late a wrong belief makes an event.
+    belief_hz: u64,
+    programmed_belief_hz: u64,
     min_ticks: u64,
     max_ticks: u64,
     /// The CPU a per-CPU device belongs to: driven from there only.
@@ -173,6 +191,7 @@ impl EventDriver for SimDriver {
                 s.target = Some(s.counter(now()).saturating_add(period_ticks));
                 s.period_ticks = Some(period_ticks);
                 s.programmed_at = now();
+                s.programmed_belief_hz = s.belief_hz;
             }
             _ => {
                 s.target = None;
@@ -198,6 +217,7 @@ impl EventDriver for SimDriver {
         }
         s.target = Some(s.counter(now()).saturating_add(delta_ticks));
         s.programmed_at = now();
+        s.programmed_belief_hz = s.belief_hz;
         Ok(())
     }
 }
@@ -317,6 +337,15 @@ enum Op {
     Suspend {
         ns: u32,
     },
+    /// A refinement of per-CPU devices' frequency, as the kernel's LAPIC timer refinement: one
+    /// (`device`, among the per-CPU ones) or all of them, each set by a message to its CPU.
+    /// The layer's belief becomes the device's real rate (`error_ppm: None`, a calibration
+    /// error corrected), or wrong by `error_ppm % 10001` ppm (within 1 %, either way); the
+    /// counter keeps its real rate, so a belief too high makes events late, too low early.
+    Refine {
+        device: Option<u8>,
+        error_ppm: Option<i16>,
+    },
 }
 
 const FREQUENCIES: [u64; 8] =
@@ -365,6 +394,11 @@ enum Msg {
     Assign(Assignment),
     Arm(usize),
     Cancel(usize),
+    /// The device's conversion at this frequency (the kernel's `lapic_refine::apply_here`).
+    Frequency {
+        device: usize,
+        hz: u64,
+    },
 }
 
 struct Sim {
@@ -399,9 +433,10 @@ struct Sim {
 /// and programmed again), the conversion's documented error for the longest delta programmed
 /// (`ns >> shift` ticks: exact below 2^32 ns at shift 32, else within the
 /// `MAX_PROGRAMMED_DELTA_NS / 2^63` relative error its shift is chosen for, doubled here), and
-/// the counter's unknown phase and rounding (a tick each, one spare).
-fn slack(dev: &ClockEventDevice) -> u64 {
-    let hz = u128::from(dev.spec.frequency_hz.max(1));
+/// the counter's unknown phase and rounding (a tick each, one spare), in ns as the layer
+/// counts them; a tick is of the slowest of `tick_hz` (the real rate, the layer's beliefs).
+fn slack(dev: &ClockEventDevice, tick_hz: u64) -> u64 {
+    let hz = u128::from(tick_hz.max(1));
     let tick = u64::try_from(NS_PER_S.div_ceil(hz)).unwrap_or(u64::MAX);
     let longest = dev.max_delta_ns.min(MAX_PROGRAMMED_DELTA_NS);
     let relative = u64::try_from((u128::from(longest) * u128::from(MAX_PROGRAMMED_DELTA_NS)) >> 62).unwrap();
@@ -550,6 +585,8 @@ impl Sim {
             hz,
             min_ticks,
             max_ticks,
+            belief_hz: hz,
+            programmed_belief_hz: hz,
             owner: per_cpu.then_some(irq_cpu),
             passes_below_ticks: u64::from(passes_below_ticks) * u64::from(passes_below_ticks > 200),
             ..SimState::default()
@@ -701,6 +738,7 @@ impl Sim {
                 }
                 Msg::Arm(n) => self.arm_here(n),
                 Msg::Cancel(n) => self.cancel_here(n),
+                Msg::Frequency { device, hz } => self.set_frequency_here(cpu, device, hz),
             }
         }
         if !wake_first {
@@ -808,6 +846,57 @@ impl Sim {
         }
     }
 
+    /// A refinement of per-CPU devices' frequency, sent (as the kernel's CPU 0 does) to each
+    /// device's CPU: `device` (an index among the per-CPU devices) or all of them.
+    fn refine(&mut self, device: Option<u8>, error_ppm: Option<i16>) {
+        let per_cpu: Vec<(usize, usize)> =
+            self.drivers().filter_map(|(i, d)| d.inner.lock().owner.map(|cpu| (i, cpu))).collect();
+        if per_cpu.is_empty() {
+            return;
+        }
+        let chosen = match device {
+            Some(d) => vec![per_cpu[usize::from(d) % per_cpu.len()]],
+            None => per_cpu,
+        };
+        let ppm = error_ppm.map_or(0, |e| i128::from(e % 10_001));
+        for (i, cpu) in chosen {
+            // A CPU that is not online takes no calls (the kernel logs that it keeps its value).
+            if self.cpus[cpu].is_none() {
+                continue;
+            }
+            let real = i128::from(driver(i).inner.lock().hz);
+            let hz = u64::try_from(real + real * ppm / 1_000_000).expect("within 1 % of a real rate");
+            self.inbox[cpu].push_back((now(), Msg::Frequency { device: i, hz }));
+        }
+    }
+
+    /// On `cpu`, the owner of per-CPU device `device`: its conversion at `hz` from now on, and
+    /// what it is programmed for programmed again (`set_device_frequency`).
+    fn set_frequency_here(&mut self, cpu: usize, device: usize, hz: u64) {
+        run_on(cpu);
+        let dev = self.registry.device(DeviceId(device)).clone();
+        // The belief the layer programs with from here on (kept if it refuses the frequency).
+        let before = std::mem::replace(&mut driver(device).inner.lock().belief_hz, hz);
+        let bc = &self.bc;
+        let tick = self.cpus[cpu].as_mut().expect("messages go to online CPUs");
+        match tick.set_device_frequency(&dev, hz, now(), bc) {
+            Ok(old) => assert_eq!(old.frequency_hz, before, "{dev:?}: replaced another conversion"),
+            Err(_) => driver(device).inner.lock().belief_hz = before,
+        }
+        let s = driver(device).inner.lock();
+        assert_eq!(dev.frequency_hz(), s.belief_hz, "{dev:?}: conversion");
+        // No event waits on the old factor: whatever is armed was written at the new one (a
+        // failed device, left alone until its CPU's new assignment arrives, excepted).
+        assert!(
+            s.target.is_none() || s.programmed_belief_hz == s.belief_hz || dev.is_failed(),
+            "{dev:?} still armed at {} Hz after the change to {} Hz",
+            s.programmed_belief_hz,
+            s.belief_hz
+        );
+        drop(s);
+        self.settle(cpu);
+    }
+
     fn deliver_wake(&mut self, cpu: usize) {
         if let Some(sent) = self.wake[cpu].take() {
             if sent < now() {
@@ -855,9 +944,27 @@ impl Sim {
         if dev.is_failed() {
             return None;
         }
-        let programmed_at = driver(device.0).inner.lock().programmed_at;
+        let (programmed_at, real_hz, believed_hz, slowest_hz) = {
+            let s = driver(device.0).inner.lock();
+            let spec_hz = dev.spec.frequency_hz;
+            let believed = s.belief_hz.max(s.programmed_belief_hz).max(spec_hz);
+            let slowest = s.hz.min(s.belief_hz).min(s.programmed_belief_hz).min(spec_hz);
+            (s.programmed_at, s.hz, believed, slowest)
+        };
         let base = deadline.max(armed_at).max(self.disturbed_at[cpu]).max(programmed_at);
-        Some(base.saturating_add(self.mode.period_ns()).saturating_add(slack(dev)))
+        let late = self.mode.period_ns().saturating_add(slack(dev, slowest_hz));
+        // A belief of a faster device than it is (of the one in use now, or of the one the
+        // comparator was written with) stretches every delta by `believed / real`: the tick and
+        // slack after the base, and the delta programmed at `programmed_at` (at most the
+        // device's maximum; a longer wait is a hop that programs it again).
+        let stretch = |ns: u64| {
+            let ns = (u128::from(ns) * u128::from(believed_hz)).div_ceil(u128::from(real_hz.max(1)));
+            u64::try_from(ns).unwrap_or(u64::MAX)
+        };
+        let near = base.saturating_add(stretch(late));
+        let programmed_for = (base - programmed_at).min(dev.max_delta_ns);
+        let far = programmed_at.saturating_add(stretch(programmed_for.saturating_add(late)));
+        Some(near.max(far))
     }
 
     /// Runs `cpu`'s expiry (already started) as the kernel does: each due timer's callback
@@ -1151,6 +1258,9 @@ impl Sim {
                 assert_eq!(state, State::Detached, "{d:?} unused but {state} (failed: {})", dev.is_failed());
                 assert_eq!(driver(d.0).inner.lock().target, None, "unused {d:?} still armed");
             }
+            if state == State::OneshotStopped {
+                assert_eq!(driver(d.0).inner.lock().target, None, "{d:?} stopped but armed");
+            }
             if state == State::Periodic {
                 assert!(
                     matches!(self.mode, TickMode::Periodic { .. })
@@ -1281,6 +1391,7 @@ fn run(input: Input) {
             Op::Measure { cpu } => sim.measure(usize::from(cpu) % CPUS),
             Op::DeepIdle { cpu } => sim.deep_idle(usize::from(cpu) % CPUS),
             Op::Suspend { ns } => sim.suspend(u64::from(ns) % MAX_DELAY_NS),
+            Op::Refine { device, error_ppm } => sim.refine(device, error_ppm),
             _ => {}
         }
         sim.check_invariants();

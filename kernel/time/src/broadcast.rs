@@ -161,7 +161,7 @@ impl Broadcast {
     /// programmed it behind the layer's back).
     pub fn resync(&mut self, now_ns: u64) {
         if let Some((_, d)) = &self.device {
-            d.forget_event();
+            d.resync();
         }
         self.reprogram(now_ns);
     }

@@ -604,9 +604,19 @@ impl ClockEventDevice {
         self.next_event_ns.load(Ordering::Relaxed)
     }
     /// Forgets what the device is programmed for: its event was consumed, or something
-    /// programmed the hardware behind the layer's back.
+    /// programmed the hardware behind the layer's back (then [`resync`](Self::resync)).
     pub fn forget_event(&self) {
         self.next_event_ns.store(u64::MAX, Ordering::Relaxed);
+    }
+    /// Something programmed the hardware behind the layer's back (a measurement): forgets
+    /// what the device is programmed for and, if it is stopped, stops the hardware again, so
+    /// that what was programmed does not interrupt for nothing. Its user then programs what
+    /// it needs.
+    pub fn resync(&self) {
+        self.forget_event();
+        if self.state() == State::OneshotStopped {
+            self.driver.switch_state(DriverState::OneshotStopped);
+        }
     }
     /// Events programmed so far.
     pub fn programmed(&self) -> u64 {

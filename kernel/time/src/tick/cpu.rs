@@ -431,7 +431,7 @@ impl<T> CpuTick<T> {
     /// (after something programmed the hardware behind the layer's back, e.g. a measurement).
     pub fn resync(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
         if let Some(d) = &self.local {
-            d.forget_event();
+            d.resync();
         }
         self.next_event_ns = u64::MAX;
         self.reprogram(now_ns, bc);

@@ -537,6 +537,30 @@ fn resync_of_a_stopped_broadcast_device_keeps_it_usable() {
     s.assert_all_fired_once_never_early();
 }
 
+/// A measurement programs a stopped device behind the layer's back (the kernel's programming
+/// cost, 1 ms ahead); resynchronised with nothing pending, it is stopped again, not left to
+/// interrupt for nothing (found by the `tick` fuzz target).
+#[test]
+fn resync_with_nothing_pending_stops_what_a_measurement_programmed() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    assert_eq!(s.cpus[1].service(), Service::Broadcast(g));
+    for d in [h0, g] {
+        assert_eq!(s.device(d).state(), State::OneshotStopped);
+        s.on(0, |_, _, _| ()); // the measurement runs on CPU 0
+        s.device(d).driver().set_next_event(100_000).unwrap();
+        assert!(s.drivers[d.0].fires_at.lock().is_some());
+    }
+    s.on(0, |t, now, bc| t.resync(now, bc));
+    assert_eq!(*s.drivers[h0.0].fires_at.lock(), None, "CPU 0's device left armed");
+    let now = s.now();
+    s.bc.lock().resync(now);
+    assert_eq!(*s.drivers[g.0].fires_at.lock(), None, "the broadcast device left armed");
+    s.run_until(now + 10_000_000);
+    assert_eq!(s.cpus[0].events() + s.cpus[1].events(), 0, "no interrupt for nothing");
+}
+
 #[test]
 fn taken_out_devices_are_recorded_with_their_reason() {
     let mut s = Sim::new(TickMode::Oneshot, 1);
