@@ -124,6 +124,14 @@ macro_rules! qemu_test {
     (@only $only:literal) => { Some($only) };
 }
 
+/// The workload's promise: it armed timers, and every one fired exactly once, none early.
+pub fn assert_workload_clean(out: &kernel::workload::Outcome) {
+    assert!(out.armed > 0, "the workload armed nothing");
+    assert_eq!(out.lost(), 0, "{} of {} timers never fired", out.lost(), out.armed);
+    assert_eq!(out.early, 0, "{} timers fired before their deadline", out.early);
+    assert_eq!(out.fired, out.armed, "a timer fired twice");
+}
+
 /// No clock event interrupt reached a CPU whose tick its device does not serve, and every HPET
 /// comparator in service took its events on the CPU it is routed to and no other (a per-CPU
 /// comparator on its CPU, the global one on the CPU it interrupts), whatever the delivery

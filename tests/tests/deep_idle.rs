@@ -27,10 +27,7 @@ kernel_tests::qemu_test!(
 
 fn workload_loses_nothing_in_deep_idle(k: &Kernel) {
     let out = workload::run(k.options.duration_ms);
-    assert!(out.armed > 0, "the workload armed nothing");
-    assert_eq!(out.lost(), 0, "{} of {} timers never fired", out.lost(), out.armed);
-    assert_eq!(out.early, 0, "{} timers fired before their deadline", out.early);
-    assert_eq!(out.fired, out.armed, "a timer fired twice");
+    kernel_tests::assert_workload_clean(&out);
 }
 
 /// A CPU whose device stops in deep idle, with a broadcast device to take over, handed over

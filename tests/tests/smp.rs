@@ -176,7 +176,7 @@ fn ipi_to_all_others_reaches_each_other_cpu_once(_: &Kernel) {
 /// delivery, per-CPU or global).
 fn timer_interrupts_land_where_routed(k: &Kernel) {
     let out = kernel_tests::kernel::workload::run(100);
-    assert!(out.armed > 0 && out.lost() == 0 && out.early == 0, "the workload: {out:?}");
+    kernel_tests::assert_workload_clean(&out);
     let checked = kernel_tests::assert_interrupts_land_where_routed(k);
     assert!(checked > 0, "no comparator event was counted: the check checked nothing");
 }
