@@ -38,6 +38,7 @@ impl fmt::Display for CapabilityError {
 /// The specification's checks on a capabilities value: something answers at the address, and
 /// its counter period is within 1..=[`MAX_PERIOD_FS`]. Whether the counter counts needs the
 /// hardware and a second clock, so it is the driver's check.
+#[inline]
 pub fn check_capabilities(caps: Capabilities) -> Result<(), CapabilityError> {
     if caps.0 == u64::MAX {
         return Err(CapabilityError::ReadsAllOnes);

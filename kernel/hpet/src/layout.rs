@@ -30,6 +30,7 @@ pub const MAX_COMPARATORS: usize = 32;
 pub const REGISTER_SPACE: usize = 0x1000;
 
 /// Offset of comparator `n`'s registers (`n` below [`crate::Capabilities::comparators`]).
+#[inline]
 pub const fn comparator_offset(n: usize) -> usize {
     COMPARATORS_OFFSET + n * COMPARATOR_STRIDE
 }

@@ -9,39 +9,46 @@ pub struct Capabilities(pub u64);
 
 impl Capabilities {
     /// REV_ID (bits 7:0): the implemented revision of the specification's function.
+    #[inline]
     pub fn revision(self) -> u8 {
         self.0 as u8
     }
 
     /// How many comparators the block has: NUM_TIM_CAP (bits 12:8) holds the index of the
     /// last one.
+    #[inline]
     pub fn comparators(self) -> usize {
         ((self.0 >> 8) & 0x1f) as usize + 1
     }
 
     /// COUNT_SIZE_CAP (bit 13): the main counter is 64 bits wide (else 32).
+    #[inline]
     pub fn counter_64bit(self) -> bool {
         self.0 & (1 << 13) != 0
     }
 
     /// LEG_RT_CAP (bit 15): the block supports the legacy replacement route
     /// ([`GeneralConfig::LEGACY_ROUTE`]).
+    #[inline]
     pub fn legacy_route_capable(self) -> bool {
         self.0 & (1 << 15) != 0
     }
 
     /// VENDOR_ID (bits 31:16), a PCI vendor id.
+    #[inline]
     pub fn vendor_id(self) -> u16 {
         (self.0 >> 16) as u16
     }
 
     /// COUNTER_CLK_PERIOD (bits 63:32): the main counter's period in femtoseconds.
+    #[inline]
     pub fn period_fs(self) -> u32 {
         (self.0 >> 32) as u32
     }
 
     /// The main counter's frequency, 10^15 / period, rounded down; 0 for a period of 0 (which
     /// [`crate::check_capabilities`] rejects).
+    #[inline]
     pub fn frequency_hz(self) -> u64 {
         const FS_PER_SECOND: u64 = 1_000_000_000_000_000;
         FS_PER_SECOND.checked_div(u64::from(self.period_fs())).unwrap_or(0)
@@ -95,6 +102,7 @@ const ROUTE_MASK: u64 = 0x1f << ROUTE_SHIFT;
 impl ComparatorConfig {
     /// Tn_INT_ROUTE_CNF: the IOAPIC input this comparator drives (unless FSB or the legacy
     /// route delivers it).
+    #[inline]
     pub fn route(self) -> u8 {
         ((self.bits() & ROUTE_MASK) >> ROUTE_SHIFT) as u8
     }
@@ -102,6 +110,7 @@ impl ComparatorConfig {
     /// The same configuration driving IOAPIC input `gsi` (its low 5 bits; check it against
     /// [`ComparatorConfig::allows_route`] first: spec 2.3.8, a route the comparator does not
     /// support does not read back as written).
+    #[inline]
     pub fn with_route(self, gsi: u8) -> ComparatorConfig {
         ComparatorConfig::from_bits_retain(
             (self.bits() & !ROUTE_MASK) | (u64::from(gsi & 0x1f) << ROUTE_SHIFT),
@@ -109,11 +118,13 @@ impl ComparatorConfig {
     }
 
     /// Tn_INT_ROUTE_CAP (read-only): bit N set means IOAPIC input N is allowed.
+    #[inline]
     pub fn route_capability(self) -> u32 {
         (self.bits() >> 32) as u32
     }
 
     /// Whether the route capability allows IOAPIC input `gsi`.
+    #[inline]
     pub fn allows_route(self, gsi: u32) -> bool {
         gsi < 32 && self.route_capability() & (1 << gsi) != 0
     }
@@ -121,6 +132,7 @@ impl ComparatorConfig {
 
 /// The Tn_FSB_INT_ROUTE value (spec 2.3.10) that sends `data` to `address`: FSB_INT_ADDR in
 /// bits 63:32, FSB_INT_VAL in bits 31:0 (an MSI address and data).
+#[inline]
 pub const fn fsb_route(address: u32, data: u32) -> u64 {
     (address as u64) << 32 | data as u64
 }

@@ -56,6 +56,7 @@ const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
 
 impl DestinationFormat {
     /// How the format is named in messages (`8-bit`, `15-bit (extended destination id)`).
+    #[inline]
     pub fn name(self) -> &'static str {
         match self {
             DestinationFormat::Physical8 => "8-bit",
@@ -64,6 +65,7 @@ impl DestinationFormat {
     }
 
     /// The highest APIC id a message in this format can name alone.
+    #[inline]
     pub const fn max_apic_id(self) -> u32 {
         match self {
             // 0xff is "every CPU".
@@ -74,6 +76,7 @@ impl DestinationFormat {
     }
 
     /// Whether a message in this format can name `apic_id` alone.
+    #[inline]
     pub fn reaches(self, apic_id: u32) -> bool {
         apic_id <= self.max_apic_id()
     }
@@ -84,6 +87,7 @@ impl DestinationFormat {
 
     /// The destination bits of an IOAPIC redirection entry (its upper 32 bits' share of the
     /// 64-bit entry: bits 63:56 the id's low 8 bits, bits 55:49 bits 14:8 when extended).
+    #[inline]
     pub fn ioapic_bits(self, apic_id: u32) -> Result<u64, Unreachable> {
         let id = u64::from(self.check(apic_id)?);
         Ok((id & 0xff) << 56 | (id >> 8 & 0x7f) << 49)
@@ -91,6 +95,7 @@ impl DestinationFormat {
 
     /// The MSI address and data delivering `vector` to `apic_id`: fixed delivery, edge,
     /// physical destination (SDM 11.11.1-2); the HPET's FSB route takes them as they are.
+    #[inline]
     pub fn msi_message(self, apic_id: u32, vector: u8) -> Result<(u32, u32), Unreachable> {
         let id = self.check(apic_id)?;
         Ok((MSI_ADDRESS_BASE | (id & 0xff) << 12 | (id >> 8 & 0x7f) << 5, u32::from(vector)))
@@ -98,6 +103,7 @@ impl DestinationFormat {
 }
 
 /// The APIC id an IOAPIC entry's destination bits name (the inverse of `ioapic_bits`).
+#[inline]
 pub const fn apic_id_from_ioapic_bits(raw: u64) -> u32 {
     ((raw >> 56) & 0xff | ((raw >> 49) & 0x7f) << 8) as u32
 }

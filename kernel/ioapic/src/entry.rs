@@ -64,6 +64,7 @@ impl RedirectionEntry {
     pub const MASK_BIT: u32 = 1 << 16;
 
     /// A masked entry: vector 0, fixed, physical, active high, edge, APIC id 0.
+    #[inline]
     pub fn masked() -> RedirectionEntry {
         RedirectionEntry {
             vector: 0,
@@ -77,6 +78,7 @@ impl RedirectionEntry {
     }
 
     /// The entry's 64-bit value (low half at IOREDTBL + 2N, high half at + 1).
+    #[inline]
     pub fn encode(self) -> u64 {
         u64::from(self.vector)
             | (self.delivery as u64) << 8
@@ -90,6 +92,7 @@ impl RedirectionEntry {
 
     /// Decodes an entry; reserved delivery modes read as `Fixed`. The read-only status bits
     /// (delivery status, bit 12; remote IRR, bit 14) are dropped.
+    #[inline]
     pub fn decode(raw: u64) -> RedirectionEntry {
         let delivery = match (raw >> 8) & 0b111 {
             0b001 => DeliveryMode::LowestPriority,

@@ -26,11 +26,13 @@ pub const IOREDTBL: u32 = 0x10;
 pub const MAX_PINS: u32 = 256;
 
 /// The index of pin `pin`'s redirection entry, low half (vector, mode, polarity, trigger, mask).
+#[inline]
 pub const fn redirection_low(pin: u8) -> u32 {
     IOREDTBL + 2 * pin as u32
 }
 
 /// The index of pin `pin`'s redirection entry, high half (the destination).
+#[inline]
 pub const fn redirection_high(pin: u8) -> u32 {
     redirection_low(pin) + 1
 }
@@ -38,6 +40,7 @@ pub const fn redirection_high(pin: u8) -> u32 {
 /// The writes, (index, value) in order, that program pin `pin` with `entry` without the line
 /// ever firing half-programmed: the low half masked first, then the high half, then the low
 /// half as it should be.
+#[inline]
 pub fn redirection_writes(pin: u8, entry: RedirectionEntry) -> [(u32, u32); 3] {
     let raw = entry.encode();
     let low = raw as u32;
@@ -54,16 +57,19 @@ pub struct Version(pub u32);
 
 impl Version {
     /// The implementation's version (bits 7:0): 0x11 for the 82093AA, 0x20 for later chips.
+    #[inline]
     pub fn version(self) -> u8 {
         self.0 as u8
     }
 
     /// Maximum Redirection Entry (bits 23:16): the index of the last entry.
+    #[inline]
     pub fn max_redirection_entry(self) -> u8 {
         (self.0 >> 16) as u8
     }
 
     /// How many pins (redirection entries) the chip has: the last entry's index plus one.
+    #[inline]
     pub fn pins(self) -> u32 {
         u32::from(self.max_redirection_entry()) + 1
     }
@@ -75,6 +81,7 @@ pub struct Id(pub u32);
 
 impl Id {
     /// The chip's 4-bit id (bits 27:24); the MADT's 8-bit id should agree in its low 4 bits.
+    #[inline]
     pub fn id(self) -> u8 {
         ((self.0 >> 24) & 0xf) as u8
     }

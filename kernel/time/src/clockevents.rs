@@ -63,6 +63,7 @@ impl CpuSet {
         set
     }
     /// Whether `cpu` is in the set (never for an index beyond [`MAX_CPUS`]).
+    #[inline]
     pub fn contains(self, cpu: usize) -> bool {
         cpu < MAX_CPUS && self.0[cpu / 64] & (1 << (cpu % 64)) != 0
     }
@@ -90,18 +91,22 @@ impl CpuSet {
         }
     }
     /// Whether the set holds no CPU.
+    #[inline]
     pub fn is_empty(self) -> bool {
         self.0.iter().all(|&w| w == 0)
     }
     /// How many CPUs the set holds.
+    #[inline]
     pub fn len(self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
     /// The lowest CPU in the set.
+    #[inline]
     pub fn first_cpu(self) -> Option<usize> {
         self.0.iter().enumerate().find(|(_, w)| **w != 0).map(|(i, w)| i * 64 + w.trailing_zeros() as usize)
     }
     /// The only CPU in the set, if it has exactly one.
+    #[inline]
     pub fn only(self) -> Option<usize> {
         if self.len() == 1 { self.first_cpu() } else { None }
     }
@@ -176,6 +181,7 @@ impl State {
 
     /// Whether the layer may move a device from `self` to `next`. Only a shut-down device
     /// detaches or attaches; a stopped one-shot device only restarts or shuts down.
+    #[inline]
     pub fn can_switch_to(self, next: State) -> bool {
         use State::*;
         match (self, next) {
@@ -370,6 +376,7 @@ impl NsToTicks {
     }
 
     /// Ticks for `ns` (which must not exceed [`NsToTicks::max_ns`]).
+    #[inline]
     pub fn ticks(self, ns: u64) -> u64 {
         let estimate = ns.checked_mul(self.mult).expect("delta beyond the device's maximum") >> self.shift;
         let exact = u128::from(ns) * u128::from(self.frequency_hz);
@@ -547,6 +554,7 @@ impl ClockEventDevice {
     }
 
     /// Its current state.
+    #[inline]
     pub fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Relaxed))
     }
@@ -555,6 +563,7 @@ impl ClockEventDevice {
         self.driver
     }
     /// The ns -> ticks conversion in use.
+    #[inline]
     pub fn conversion(&self) -> NsToTicks {
         NsToTicks {
             mult: self.mult.load(Ordering::Relaxed),
@@ -564,6 +573,7 @@ impl ClockEventDevice {
         }
     }
     /// The frequency the conversion in use assumes (the spec's, until [`set_frequency`](Self::set_frequency)).
+    #[inline]
     pub fn frequency_hz(&self) -> u64 {
         self.frequency_hz.load(Ordering::Relaxed)
     }
@@ -592,14 +602,17 @@ impl ClockEventDevice {
         Ok(old)
     }
     /// Whether it belongs to one CPU ([`Features::PER_CPU`]).
+    #[inline]
     pub fn is_per_cpu(&self) -> bool {
         self.spec.features.contains(Features::PER_CPU)
     }
     /// The current minimum delta (grown if the counter kept passing its comparators).
+    #[inline]
     pub fn min_delta_ns(&self) -> u64 {
         self.min_delta_ns.load(Ordering::Relaxed)
     }
     /// The time the device is programmed for (`u64::MAX`: nothing programmed).
+    #[inline]
     pub fn next_event_ns(&self) -> u64 {
         self.next_event_ns.load(Ordering::Relaxed)
     }
@@ -631,6 +644,7 @@ impl ClockEventDevice {
         self.min_delta_increases.load(Ordering::Relaxed)
     }
     /// Taken out of service or refused: never selected again.
+    #[inline]
     pub fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)
     }
@@ -639,6 +653,7 @@ impl ClockEventDevice {
         self.failed.store(true, Ordering::Relaxed);
     }
     /// Whether the device would be used by the selection (not failed, not refused).
+    #[inline]
     pub fn is_usable(&self) -> bool {
         !self.is_failed()
     }

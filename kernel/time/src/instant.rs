@@ -14,21 +14,25 @@ impl Instant {
     pub const NEVER: Instant = Instant(u64::MAX);
 
     /// The instant `ns` nanoseconds after the origin.
+    #[inline]
     pub const fn from_nanos(ns: u64) -> Instant {
         Instant(ns)
     }
 
     /// Nanoseconds since the origin.
+    #[inline]
     pub const fn as_nanos(self) -> u64 {
         self.0
     }
 
     /// The span from `earlier` to `self`, zero if `earlier` is later.
+    #[inline]
     pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
     /// `self + span`, `None` beyond the end of time.
+    #[inline]
     pub fn checked_add(self, span: Duration) -> Option<Instant> {
         let ns = u64::try_from(span.as_nanos()).ok()?;
         self.0.checked_add(ns).map(Instant)

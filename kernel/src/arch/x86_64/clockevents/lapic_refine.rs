@@ -4,13 +4,13 @@
 //! event early (the pending event is programmed again at the new factor).
 //!
 //! Measured directly when the boot CPU's LAPIC timer is not in use (its CPU has another tick
-//! device, a per-CPU HPET comparator) and keeps counting in deep C-states (ARAT): its count-down then runs from its maximum, masked, for up
-//! to 51 s, read every 0.5 s between two reads of the reference (all CPUs' LAPIC timers run off
-//! one bus clock). A count-down in use cannot be read over a long window: every event it times
+//! device, a per-CPU HPET comparator) and keeps counting in deep C-states (ARAT): its
+//! count-down then runs from its maximum, masked, for up to 51 s, read every 0.5 s between two
+//! reads of the reference (all CPUs' LAPIC timers run off one bus clock). A count-down in use cannot be read over a long window: every event it times
 //! reloads it, and after an expiry it stands at 0 until programmed again (neither xAPIC nor
 //! x2APIC offers a free-running count). Then the TSC's refinement is carried over by the boot
-//! calibration's ratio: the LAPIC timer and the TSC were counted over the same windows, each read right after
-//! the other at both ends, so the part of the boot calibration's error that comes from the
+//! calibration's ratio: the LAPIC timer and the TSC were counted over the same windows, each
+//! read right after the other at both ends, so the part of the boot calibration's error that comes from the
 //! window's length as the reference's reads measured it (a PM timer tick is 279 ns, 28 ppm of
 //! a 10 ms window; a descheduled vCPU) is common to both and is what the TSC's refinement
 //! corrects: LAPIC Hz x refined TSC Hz / boot TSC Hz. What it cannot correct is the LAPIC
