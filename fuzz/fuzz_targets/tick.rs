@@ -76,13 +76,15 @@ use kernel_time::clockevents::{
     ClockEventDevice, CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features,
     MAX_PROGRAMMED_DELTA_NS, State,
 };
-use kernel_time::hrtimer::{Cancel, TimerId};
+use kernel_time::hrtimer::{Cancel, Expired, TimerId, forward};
+use kernel_time::tick::expiry::{self, ExpiryContext, Outcome};
 use kernel_time::tick::{
     Assignment, Changes, CpuTick, DeepIdleRefused, DeviceId, Handover, Registry, Service, TickMode,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use spin::Mutex;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -447,15 +449,29 @@ fn slack(dev: &ClockEventDevice, tick_hz: u64) -> u64 {
         .saturating_add(2)
 }
 
-/// A periodic timer's next deadline after a run at `now` for `deadline`: one period on, or the
-/// first point of its grid after `now` if periods were missed (the kernel's `next_deadline`).
-fn next_grid_point(deadline: u64, period: u64, now: u64) -> u64 {
-    let next = deadline.saturating_add(period);
-    if next > now {
-        return next;
+/// CPU `cpu` of the harness as the crate's expiry loop (the kernel's own) sees it: its tick
+/// behind a `RefCell` (re-entering it under the guard panics, as the kernel's guard does), the
+/// simulated clock, and a timer's run with every check of the oracle.
+struct FuzzCpu<'a> {
+    sim: RefCell<&'a mut Sim>,
+    cpu: usize,
+}
+
+impl ExpiryContext for FuzzCpu<'_> {
+    type Payload = Payload;
+    fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R) -> Option<R> {
+        let mut sim = self.sim.try_borrow_mut().expect("a CPU's tick re-entered while its guard is held");
+        run_on(self.cpu);
+        let sim = &mut **sim;
+        let tick = sim.cpus[self.cpu].as_mut()?;
+        Some(f(tick, &sim.bc))
     }
-    let missed = (now - deadline) / period;
-    deadline.saturating_add((missed + 1).saturating_mul(period))
+    fn now_ns(&self) -> u64 {
+        now()
+    }
+    fn run(&self, timer: Expired<Payload>, now_ns: u64) -> Option<(u64, Payload)> {
+        self.sim.borrow_mut().run_timer(self.cpu, timer, now_ns)
+    }
 }
 
 impl Sim {
@@ -922,9 +938,22 @@ impl Sim {
     fn wakeup(&mut self, cpu: usize) {
         run_on(cpu);
         let now = now();
-        if self.cpus[cpu].as_mut().is_some_and(|t| t.wakeup(now)) {
-            self.run_expiry(cpu);
+        self.expire(cpu, |cx| expiry::wakeup(cx, now));
+    }
+
+    /// Runs an interrupt's or a wake-up's expiry on `cpu` by the crate's loop, then what it
+    /// leaves to the platform: a device that failed is taken out, and the changes applied.
+    fn expire(&mut self, cpu: usize, f: impl FnOnce(&FuzzCpu) -> Outcome) -> Outcome {
+        let outcome = f(&FuzzCpu { sim: RefCell::new(self), cpu });
+        if let Outcome::Expired(e) = outcome {
+            assert!(e.hang.is_none(), "CPU {cpu}: an expiry could not catch up ({e:?})");
+            if let Some(f) = e.failure {
+                let changes = self.decide(|r| r.take_out(f.device, &format!("{}", f.error)));
+                self.apply(changes, cpu);
+            }
         }
+        self.settle(cpu);
+        outcome
     }
 
     /// The latest a timer on `cpu` queued for `deadline` at `armed_at` may run, if its CPU has
@@ -967,64 +996,50 @@ impl Sim {
         Some(near.max(far))
     }
 
-    /// Runs `cpu`'s expiry (already started) as the kernel does: each due timer's callback
-    /// outside the tick, a periodic timer re-armed at its next grid point, then the device
-    /// programmed once.
-    fn run_expiry(&mut self, cpu: usize) {
-        loop {
-            run_on(cpu);
-            let now = now();
-            let Some(e) = self.tick(cpu).pop_expired(now) else { break };
-            let n = e.payload.n;
-            let latest = self.latest_run(cpu, self.timers[n].deadline, self.timers[n].armed_at);
-            let t = &mut self.timers[n];
-            assert_eq!(t.cpu, cpu, "timer {n} armed on CPU {} ran on CPU {cpu}", t.cpu);
-            assert_eq!(
-                t.phase,
-                Phase::Pending,
-                "timer {n} ran while {:?} (twice, or after a cancel)",
-                t.phase
+    /// A due timer popped on `cpu` by the expiry loop: every check of the oracle, its callback,
+    /// and its next deadline if periodic (what the kernel's payload returns).
+    fn run_timer(&mut self, cpu: usize, e: Expired<Payload>, _pass_now: u64) -> Option<(u64, Payload)> {
+        let now = now();
+        let n = e.payload.n;
+        let latest = self.latest_run(cpu, self.timers[n].deadline, self.timers[n].armed_at);
+        let t = &mut self.timers[n];
+        assert_eq!(t.cpu, cpu, "timer {n} armed on CPU {} ran on CPU {cpu}", t.cpu);
+        assert_eq!(t.phase, Phase::Pending, "timer {n} ran while {:?} (twice, or after a cancel)", t.phase);
+        assert_eq!((Some(e.id), e.deadline_ns), (t.id, t.deadline), "timer {n} handed out wrongly");
+        assert_eq!(e.payload.period, t.period, "timer {n} handed out with another period");
+        assert!(now >= t.deadline, "timer {n} ran early: {now} < {}", t.deadline);
+        if let Some(latest) = latest {
+            assert!(
+                now <= latest,
+                "timer {n} on CPU {cpu} ran late: at {now}, deadline {}, bound {latest} ({} ns late)",
+                t.deadline,
+                now - t.deadline
             );
-            assert_eq!((Some(e.id), e.deadline_ns), (t.id, t.deadline), "timer {n} handed out wrongly");
-            assert_eq!(e.payload.period, t.period, "timer {n} handed out with another period");
-            assert!(now >= t.deadline, "timer {n} ran early: {now} < {}", t.deadline);
-            if let Some(latest) = latest {
-                assert!(
-                    now <= latest,
-                    "timer {n} on CPU {cpu} ran late: at {now}, deadline {}, bound {latest} ({} ns late)",
-                    t.deadline,
-                    now - t.deadline
-                );
-            }
-            t.phase = Phase::Running;
-            t.runs += 1;
-            self.runs += 1;
-            if let Some(cb) = t.callback
-                && t.runs == u32::from(cb.at_run % 4) + 1
-            {
-                self.callback(cpu, n, cb.act);
-            }
-            run_on(cpu);
-            let t = &self.timers[n];
-            let (period, cancelled) = (t.period, t.cancelled_running);
-            let next = next_grid_point(e.deadline_ns, period.max(1), now);
-            let again = (period > 0).then_some((next, e.payload));
-            let pending = self.tick(cpu).complete(e.id, again);
-            assert_eq!(pending, period > 0 && !cancelled, "timer {n}: complete re-armed it or not wrongly");
-            let t = &mut self.timers[n];
-            t.phase = match (pending, cancelled) {
-                (true, _) => Phase::Pending,
-                (false, true) => Phase::Cancelled,
-                (false, false) => Phase::Done,
-            };
-            if pending {
-                (t.deadline, t.armed_at) = (next, now);
-            }
+        }
+        t.phase = Phase::Running;
+        t.runs += 1;
+        self.runs += 1;
+        if let Some(cb) = t.callback
+            && t.runs == u32::from(cb.at_run % 4) + 1
+        {
+            self.callback(cpu, n, cb.act);
         }
         run_on(cpu);
-        let bc = &self.bc;
-        self.cpus[cpu].as_mut().expect("online").end_expiry(now(), bc);
-        self.settle(cpu);
+        // What the layer must do with it when the loop completes it: re-arm a periodic timer
+        // at its next grid point unless its callback cancelled it. A wrong re-arm shows later
+        // (a run while `Done` or `Cancelled`, or a timer that never fires again).
+        let t = &mut self.timers[n];
+        let (period, cancelled) = (t.period, t.cancelled_running);
+        let next = forward(e.deadline_ns, period.max(1), now);
+        t.phase = match (period > 0 && !cancelled, cancelled) {
+            (true, _) => Phase::Pending,
+            (false, true) => Phase::Cancelled,
+            (false, false) => Phase::Done,
+        };
+        if period > 0 && !cancelled {
+            (t.deadline, t.armed_at) = (next, now);
+        }
+        (period > 0).then_some((next, e.payload))
     }
 
     /// Timer `n`'s callback on `cpu`.
@@ -1064,12 +1079,10 @@ impl Sim {
                     self.send_wake(cpu);
                 }
             }
-        } else if let Some(tick) = self.cpus[here].as_mut() {
-            if tick.device_event(DeviceId(dev), now) {
-                self.run_expiry(here);
-            } else if let Some(owner) = self.registry.owner_of(DeviceId(dev)) {
-                self.send_wake(owner);
-            }
+        } else if self.expire(here, |cx| expiry::device_interrupt(cx, DeviceId(dev), now)) == Outcome::NotOurs
+            && let Some(owner) = self.registry.owner_of(DeviceId(dev))
+        {
+            self.send_wake(owner);
         }
         self.idle_exit(here);
     }

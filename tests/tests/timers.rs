@@ -31,6 +31,9 @@ kernel_tests::qemu_test!(
         a_timer_posted_from_a_callback_runs_on_its_cpu,
         dropping_a_handle_cancels_its_timer,
         cancelling_a_timer_from_its_own_callback_says_it_is_running,
+        a_cancelled_closure_owning_a_timer_is_dropped_outside_the_guard,
+        a_periodic_closure_cancelled_by_itself_is_dropped_outside_the_guard,
+        a_callback_rearming_itself_in_the_past_does_not_livelock_its_cpu,
     ],
 );
 
@@ -165,4 +168,86 @@ fn cancelling_a_timer_from_its_own_callback_says_it_is_running(_: &Kernel) {
         Some(kernel_tests::kernel_time::tick::ArmError::ZeroPeriod),
         "a zero period is refused"
     );
+}
+
+/// Timers pending on the calling CPU.
+fn pending_here() -> usize {
+    clockevents::with_tick(|t| t.pending()).expect("this CPU has a tick")
+}
+
+/// A cancelled timer's closure is dropped after the tick's guard is released: a closure that
+/// owns a `Timer` of the same CPU drops it, and that handle's drop cancels its own timer, which
+/// takes the tick again (under the guard that panicked: the tick re-entered).
+fn a_cancelled_closure_owning_a_timer_is_dropped_outside_the_guard(_: &Kernel) {
+    let before = pending_here();
+    let far = clockevents::now() + Duration::from_secs(3600);
+    let owned = Timer::at(0, far, |_: &TimerEvent| {}).expect("armed");
+    let owner = Timer::at(0, far, move |_: &TimerEvent| {
+        let _ = &owned;
+    })
+    .expect("armed");
+    assert_eq!(pending_here(), before + 2);
+    assert_eq!(owner.cancel(), Cancelled::Pending);
+    assert_eq!(pending_here(), before, "dropping the cancelled closure cancelled the timer it owned");
+}
+
+/// A periodic timer cancelled from its own callback is not re-armed: its closure is dropped
+/// once the callback has returned, after the guard, so a `Timer` the closure owns cancels
+/// itself on drop.
+fn a_periodic_closure_cancelled_by_itself_is_dropped_outside_the_guard(_: &Kernel) {
+    let before = pending_here();
+    let owned =
+        Timer::at(0, clockevents::now() + Duration::from_secs(3600), |_: &TimerEvent| {}).expect("armed");
+    let handle: Arc<spin::Mutex<Option<Timer>>> = Arc::new(spin::Mutex::new(None));
+    let inside = handle.clone();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let seen = cancelled.clone();
+    let ms = Duration::from_millis(1);
+    let timer = Timer::periodic(0, clockevents::now() + ms, ms, move |_: &TimerEvent| {
+        let _ = &owned;
+        if let Some(t) = inside.lock().as_ref() {
+            assert_eq!(t.cancel(), Cancelled::Running);
+            seen.store(true, Ordering::Relaxed);
+        }
+    })
+    .expect("armed");
+    *handle.lock() = Some(timer);
+    assert!(wait_for(|| cancelled.load(Ordering::Relaxed)), "the periodic timer never ran with its handle");
+    assert!(wait_for(|| pending_here() == before), "the closure's owned timer was not dropped and cancelled");
+    assert_eq!(handle.lock().take().expect("kept").cancel(), Cancelled::Inactive);
+}
+
+static ROGUE_RUNS: AtomicU64 = AtomicU64::new(0);
+static ROGUE_STOP: AtomicBool = AtomicBool::new(false);
+
+/// Re-arms itself at a deadline already passed, until told to stop.
+fn rogue(e: &TimerEvent) {
+    ROGUE_RUNS.fetch_add(1, Ordering::Relaxed);
+    if !ROGUE_STOP.load(Ordering::Relaxed) {
+        clockevents::arm_at(e.deadline_ns.saturating_sub(1), rogue, 0).expect("re-armed");
+    }
+}
+
+/// A callback re-arming itself in the past on this CPU (the one the test runs on) cannot keep
+/// it in its interrupt: the expiry gives up after its retries, holds the next event back and
+/// returns, so this test runs on, and counts the hangs; CPU 1's timer and a later one here
+/// still fire, once.
+fn a_callback_rearming_itself_in_the_past_does_not_livelock_its_cpu(_: &Kernel) {
+    let hangs = || clockevents::with_tick(|t| t.hangs().0).expect("this CPU has a tick");
+    let before = hangs();
+    let there = Arc::new(AtomicU64::new(0));
+    let seen = there.clone();
+    let other = Timer::after(1, Duration::from_millis(5), move |_: &TimerEvent| {
+        seen.fetch_add(1, Ordering::Relaxed);
+    })
+    .expect("armed on CPU 1");
+    clockevents::arm_after(MS, rogue, 0).expect("armed");
+    assert!(wait_for(|| hangs() >= before + 3), "the rogue callback never made this CPU give up an expiry");
+    ROGUE_STOP.store(true, Ordering::Relaxed);
+    assert!(ROGUE_RUNS.load(Ordering::Relaxed) > 3);
+    // This CPU's timers work again once the rogue stops.
+    clockevents::sleep_ns(MS).expect("slept");
+    assert!(wait_for(|| there.load(Ordering::Relaxed) > 0), "CPU 1's timer never ran");
+    assert_eq!(there.load(Ordering::Relaxed), 1);
+    drop(other);
 }

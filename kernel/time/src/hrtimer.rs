@@ -112,7 +112,7 @@ const NO_SLOT: u32 = u32::MAX;
 /// // A periodic timer: completed with its next deadline, on its grid.
 /// let second = queue.pop_expired(150).unwrap();
 /// assert_eq!(second.payload, "c");
-/// assert!(queue.complete(second.id, Some((second.deadline_ns + 1_000, "c"))));
+/// assert_eq!(queue.complete(second.id, Some((second.deadline_ns + 1_000, "c"))), Ok(true));
 /// assert_eq!(queue.earliest(), Some(1_100));
 /// // A stale id never reaches a reused slot.
 /// assert_eq!(queue.cancel(late), Cancel::Inactive);
@@ -269,10 +269,15 @@ impl<T> TimerQueue<T> {
 
     /// Ends a popped timer's run: with `again` (a new deadline and its payload) and no cancel
     /// during the callback it is pending again under the same id, ordered as newly armed;
-    /// otherwise its slot is freed. Returns whether it is pending again.
-    pub fn complete(&mut self, id: TimerId, again: Option<(u64, T)>) -> bool {
-        let Some(slot) = self.slot_of(id) else { return false };
-        let SlotState::Running { cancelled } = slot.state else { return false };
+    /// otherwise its slot is freed. Returns whether it is pending again, or, when a re-arm was
+    /// asked for and refused (cancelled during the callback, or an id not running), its payload
+    /// handed back: the caller drops it where dropping is safe (outside any lock, since
+    /// dropping a payload may run arbitrary code, such as cancelling another timer).
+    pub fn complete(&mut self, id: TimerId, again: Option<(u64, T)>) -> Result<bool, T> {
+        let Some(slot) = self.slot_of(id) else { return again.map_or(Ok(false), |(_, p)| Err(p)) };
+        let SlotState::Running { cancelled } = slot.state else {
+            return again.map_or(Ok(false), |(_, p)| Err(p));
+        };
         match again {
             Some((deadline_ns, payload)) if !cancelled => {
                 let heap_index = self.heap.len() as u32;
@@ -284,11 +289,11 @@ impl<T> TimerQueue<T> {
                 slot.state = SlotState::Pending { heap_index, payload };
                 self.heap.push(id.slot);
                 self.sift_up(heap_index as usize);
-                true
+                Ok(true)
             }
-            _ => {
+            again => {
                 self.release_slot(id.slot);
-                false
+                again.map_or(Ok(false), |(_, p)| Err(p))
             }
         }
     }
@@ -409,6 +414,26 @@ impl<T> Default for TimerQueue<T> {
     }
 }
 
+/// A periodic timer's next deadline on its grid (`deadline_ns + k * period_ns`): one period
+/// after `deadline_ns`, or, if periods were missed, the first grid point after `now_ns`, so a
+/// late timer catches up in one run instead of firing once per missed period (Linux's
+/// `hrtimer_forward`). Saturates at `u64::MAX`; a period of 0 is taken as 1 ns.
+///
+/// ```
+/// use kernel_time::hrtimer::forward;
+/// assert_eq!(forward(1_000, 100, 1_050), 1_100);
+/// assert_eq!(forward(1_000, 100, 1_250), 1_300); // two periods missed: not made up
+/// ```
+pub fn forward(deadline_ns: u64, period_ns: u64, now_ns: u64) -> u64 {
+    let period_ns = period_ns.max(1);
+    let next = deadline_ns.saturating_add(period_ns);
+    if next > now_ns {
+        return next;
+    }
+    let missed = (now_ns - deadline_ns) / period_ns;
+    deadline_ns.saturating_add((missed + 1).saturating_mul(period_ns))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,7 +445,10 @@ mod tests {
         let mut fired = Vec::new();
         while let Some(expired) = queue.pop_expired(now_ns) {
             assert!(expired.deadline_ns <= now_ns, "popped a timer before its deadline");
-            assert!(!queue.complete(expired.id, None), "a one-shot timer is not pending again");
+            assert!(
+                matches!(queue.complete(expired.id, None), Ok(false)),
+                "a one-shot timer is not pending again"
+            );
             fired.push(expired.payload);
         }
         fired
@@ -559,7 +587,7 @@ mod tests {
         queue.arm(150, "other");
         let e = queue.pop_expired(120).expect("due");
         assert!(queue.is_running(id));
-        assert!(queue.complete(e.id, Some((e.deadline_ns + 100, e.payload))));
+        assert_eq!(queue.complete(e.id, Some((e.deadline_ns + 100, e.payload))), Ok(true));
         assert_eq!(queue.deadline(id), Some(200), "next period from the deadline, not from now");
         assert_eq!(drain(&mut queue, 199), ["other"]);
         assert_eq!(queue.pop_expired(200).map(|e| e.id), Some(id));
@@ -571,7 +599,11 @@ mod tests {
         let id = queue.arm(10, 1);
         let e = queue.pop_expired(10).expect("due");
         assert_eq!(queue.cancel(id), Cancel::Running);
-        assert!(!queue.complete(e.id, Some((20, e.payload))), "a cancelled periodic timer stays cancelled");
+        assert_eq!(
+            queue.complete(e.id, Some((20, e.payload))),
+            Err(1),
+            "a cancelled periodic timer stays cancelled, its payload handed back"
+        );
         assert_eq!(queue.cancel(id), Cancel::Inactive);
         assert!(queue.is_empty());
     }
@@ -710,7 +742,7 @@ mod tests {
                         assert!(expired.deadline_ns <= now_ns, "step {step}: {id:?} popped early");
                         assert!(fired.insert(id), "step {step}: {id:?} popped twice");
                         assert!(!cancelled.contains(&id), "step {step}: cancelled {id:?} popped");
-                        assert!(!queue.complete(expired.id, None));
+                        assert_eq!(queue.complete(expired.id, None), Ok(false));
                         pops += 1;
                     }
                     assert!(

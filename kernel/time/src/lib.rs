@@ -79,14 +79,15 @@
 //! cpu0.arm(3_000, "first", now, &broadcast).unwrap();
 //! assert_eq!(COMPARATOR.delta_ticks.load(Ordering::Relaxed), 3);
 //!
-//! // The device interrupts at 3 us: run the expiry, as an interrupt handler would.
+//! // The device interrupts at 3 us: the expiry by hand, step by step (`tick::expiry` runs this
+//! // loop for a kernel, bounded, with the callbacks outside its guard).
 //! now = 3_000;
 //! assert!(cpu0.device_event(device, now));
 //! let mut ran = Vec::new();
 //! while let Some(timer) = cpu0.pop_expired(now) {
 //!     assert!(timer.deadline_ns <= now); // never early
 //!     ran.push(timer.payload); // a kernel calls the timer's callback here
-//!     cpu0.complete(timer.id, None);
+//!     assert_eq!(cpu0.complete(timer.id, None), Ok(false));
 //! }
 //! cpu0.end_expiry(now, &broadcast);
 //! assert_eq!(ran, ["first"]);

@@ -49,6 +49,15 @@ pub struct CpuTick<T> {
     former_locals: alloc::vec::Vec<DeviceId>,
     /// Between `device_event`/`wakeup` and `end_expiry`: arms only queue.
     expiring: bool,
+    /// Timers the current expiry pass may still pop: as many as were pending when the pass
+    /// began, so a callback re-arming a timer in the past cannot keep one pass going.
+    pass_budget: usize,
+    /// After a hang (an expiry that could not catch up): no event before this time, so the
+    /// CPU leaves its interrupt (Linux's `hang_detected`); 0: none.
+    hold_until_ns: u64,
+    /// Expiries that could not catch up, and the longest such interrupt in ns.
+    hangs: u64,
+    max_hang_ns: u64,
     failure: Option<DeviceFailure>,
     /// In deep idle with its local device stopped: the broadcast holds this CPU's deadline.
     handed_over: bool,
@@ -108,6 +117,10 @@ impl<T> CpuTick<T> {
             stale: 0,
             former_locals: alloc::vec::Vec::new(),
             expiring: false,
+            pass_budget: 0,
+            hold_until_ns: 0,
+            hangs: 0,
+            max_hang_ns: 0,
             failure: None,
             handed_over: false,
             suspended: false,
@@ -155,6 +168,11 @@ impl<T> CpuTick<T> {
     /// In deep idle with the broadcast holding this CPU's deadline.
     pub fn is_handed_over(&self) -> bool {
         self.handed_over
+    }
+    /// Expiries that could not catch up with their due timers (see [`super::expiry`]), and the
+    /// longest of those interrupts in ns.
+    pub fn hangs(&self) -> (u64, u64) {
+        (self.hangs, self.max_hang_ns)
     }
 
     /// Suspends this CPU's timekeeping (the seed's `timer_suspend`): its local device is shut
@@ -400,6 +418,14 @@ impl<T> CpuTick<T> {
         self.events += 1;
         self.next_event_ns = u64::MAX;
         self.expiring = true;
+        self.hold_until_ns = 0;
+        self.next_pass(now_ns);
+    }
+
+    /// Starts a pass of the expiry at `now_ns`: it may pop as many timers as are pending now,
+    /// and the periodic tick catches up with `now_ns`.
+    pub fn next_pass(&mut self, now_ns: u64) {
+        self.pass_budget = self.queue.len();
         let period = self.mode.period_ns();
         if period > 0 && now_ns >= self.next_tick_ns {
             let missed = (now_ns - self.next_tick_ns) / period;
@@ -408,15 +434,36 @@ impl<T> CpuTick<T> {
         }
     }
 
-    /// The next timer due at `now_ns`, in deadline order; it is running until
-    /// [`complete`](Self::complete).
+    /// The next timer due at `now_ns`, in deadline order, within this pass's budget; it is
+    /// running until [`complete`](Self::complete).
     pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
-        self.queue.pop_expired(now_ns)
+        if self.pass_budget == 0 {
+            return None;
+        }
+        let expired = self.queue.pop_expired(now_ns)?;
+        self.pass_budget -= 1;
+        Some(expired)
+    }
+
+    /// Whether what this CPU needs next (its earliest timer, or its next tick) is already due
+    /// at `now_ns`: the expiry has not caught up.
+    pub fn overdue(&self, now_ns: u64) -> bool {
+        self.needed() <= now_ns
+    }
+
+    /// An expiry that could not catch up (Linux's hang detection): nothing is programmed
+    /// before `until_ns`, so the CPU leaves its interrupt; the due timers run then, late.
+    /// `took_ns` is how long the interrupt ran.
+    pub fn hold_until(&mut self, until_ns: u64, took_ns: u64) {
+        self.hold_until_ns = until_ns;
+        self.hangs += 1;
+        self.max_hang_ns = self.max_hang_ns.max(took_ns);
     }
 
     /// Ends a popped timer's callback; `again` re-arms it under the same id (a periodic timer)
-    /// unless it was cancelled meanwhile. Returns whether it is pending again.
-    pub fn complete(&mut self, id: TimerId, again: Option<(u64, T)>) -> bool {
+    /// unless it was cancelled meanwhile. Returns whether it is pending again, or the payload
+    /// of a refused re-arm, for the caller to drop outside the guard.
+    pub fn complete(&mut self, id: TimerId, again: Option<(u64, T)>) -> Result<bool, T> {
         self.queue.complete(id, again)
     }
 
@@ -483,10 +530,11 @@ impl<T> CpuTick<T> {
 
     /// The deadline this CPU needs next: its earliest timer (tickless) or its next tick.
     fn needed(&self) -> u64 {
-        match self.mode {
+        let needed = match self.mode {
             TickMode::Oneshot => self.queue.earliest().unwrap_or(u64::MAX),
             TickMode::Periodic { .. } => self.next_tick_ns,
-        }
+        };
+        needed.max(self.hold_until_ns)
     }
 
     /// Makes this CPU's device (or the broadcast) interrupt at the deadline it needs.

@@ -6,11 +6,13 @@
 use super::*;
 use crate::broadcast::Broadcast;
 use crate::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State};
-use crate::hrtimer::{Cancel, TimerId};
+use crate::hrtimer::{Cancel, Expired, TimerId};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::RefCell;
+use expiry::{ExpiryContext, Hang, Outcome};
 use spin::Mutex;
 
 /// The simulated machine's clock and the CPU the simulator is running code on.
@@ -81,6 +83,71 @@ enum Message {
     Wake,
 }
 
+/// What a simulated timer's callback does besides recording when it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    /// Nothing else.
+    Plain,
+    /// Re-arms itself at a deadline already passed, this many more times.
+    RearmInPast(u32),
+    /// Takes this long (the simulated clock moves on while it runs).
+    Takes(u64),
+}
+
+/// A simulated timer: the CPU it was armed on, its deadline and period (0: one-shot), when it
+/// ran, and what its callback does.
+struct SimTimer {
+    cpu: usize,
+    deadline: u64,
+    period: u64,
+    fired: Vec<u64>,
+    behaviour: Behaviour,
+}
+
+/// The simulator's side of one CPU's expiry: the crate's expiry loop runs on it as on the
+/// kernel's, with the guard a `RefCell` borrow (re-entering the tick under it panics, as the
+/// kernel's does).
+struct SimCpu<'a> {
+    cpu: usize,
+    world: &'static World,
+    tick: RefCell<&'a mut Tick>,
+    bc: &'a Mutex<Broadcast>,
+    timers: RefCell<&'a mut BTreeMap<u32, SimTimer>>,
+}
+
+impl ExpiryContext for SimCpu<'_> {
+    type Payload = u32;
+    fn with_tick<R>(&self, f: impl FnOnce(&mut Tick, &Mutex<Broadcast>) -> R) -> Option<R> {
+        *self.world.running_on.lock() = self.cpu;
+        let mut tick = self.tick.try_borrow_mut().expect("a CPU's tick re-entered while its guard is held");
+        Some(f(&mut tick, self.bc))
+    }
+    fn now_ns(&self) -> u64 {
+        *self.world.clock.lock()
+    }
+    fn run(&self, e: Expired<u32>, now_ns: u64) -> Option<(u64, u32)> {
+        let now = self.now_ns();
+        let mut timers = self.timers.borrow_mut();
+        let timer = timers.get_mut(&e.payload).expect("known timer");
+        assert_eq!(
+            timer.cpu, self.cpu,
+            "timer {} ran on CPU {}, armed on CPU {}",
+            e.payload, self.cpu, timer.cpu
+        );
+        timer.fired.push(now);
+        match timer.behaviour {
+            Behaviour::Plain => {}
+            Behaviour::RearmInPast(0) => timer.behaviour = Behaviour::Plain,
+            Behaviour::RearmInPast(n) => {
+                timer.behaviour = Behaviour::RearmInPast(n - 1);
+                return Some((e.deadline_ns.saturating_sub(1), e.payload));
+            }
+            Behaviour::Takes(ns) => *self.world.clock.lock() = now + ns,
+        }
+        (timer.period > 0).then(|| (crate::hrtimer::forward(e.deadline_ns, timer.period, now_ns), e.payload))
+    }
+}
+
 struct Sim {
     world: &'static World,
     registry: Registry,
@@ -89,8 +156,12 @@ struct Sim {
     drivers: Vec<&'static SimDriver>,
     /// Which CPU each device's interrupt reaches.
     irq_cpu: Vec<usize>,
-    /// Timer number -> (cpu, deadline, period, fired at).
-    timers: BTreeMap<u32, (usize, u64, u64, Vec<u64>)>,
+    /// Timer number -> the timer.
+    timers: BTreeMap<u32, SimTimer>,
+    /// Expiries that could not catch up: the CPU and the hang.
+    hangs: Vec<(usize, Hang)>,
+    /// The most callbacks one expiry ran.
+    most_callbacks: u32,
     ids: BTreeMap<u32, TimerId>,
     cancelled: Vec<u32>,
     inbox: VecDeque<(usize, Message)>,
@@ -115,6 +186,8 @@ impl Sim {
             drivers: vec![],
             irq_cpu: vec![],
             timers: BTreeMap::new(),
+            hangs: vec![],
+            most_callbacks: 0,
             ids: BTreeMap::new(),
             cancelled: vec![],
             inbox: VecDeque::new(),
@@ -217,7 +290,7 @@ impl Sim {
         let n = self.next_timer;
         self.next_timer += 1;
         let id = self.on(cpu, |t, now, bc| t.arm(deadline, n, now, bc)).expect("armed");
-        self.timers.insert(n, (cpu, deadline, period, vec![]));
+        self.timers.insert(n, SimTimer { cpu, deadline, period, fired: vec![], behaviour: Behaviour::Plain });
         self.ids.insert(n, id);
         let changes = self.take_failures();
         self.apply(changes);
@@ -226,11 +299,18 @@ impl Sim {
     fn arm(&mut self, cpu: usize, deadline: u64) -> (u32, TimerId) {
         self.arm_periodic(cpu, deadline, 0)
     }
+    /// Gives timer `n`'s callback a behaviour.
+    fn behave(&mut self, n: u32, behaviour: Behaviour) {
+        self.timers.get_mut(&n).expect("known timer").behaviour = behaviour;
+    }
     /// Arms a timer on `target` from another CPU: queued to its owner.
     fn arm_remote(&mut self, target: usize, deadline: u64) -> u32 {
         let n = self.next_timer;
         self.next_timer += 1;
-        self.timers.insert(n, (target, deadline, 0, vec![]));
+        self.timers.insert(
+            n,
+            SimTimer { cpu: target, deadline, period: 0, fired: vec![], behaviour: Behaviour::Plain },
+        );
         self.inbox.push_back((target, Message::Arm { deadline, n }));
         n
     }
@@ -256,25 +336,35 @@ impl Sim {
         let changes = self.take_failures();
         self.apply(changes);
     }
-    /// Runs `cpu`'s expiry (already started) as the kernel does: each callback outside the
-    /// tick, a periodic timer re-armed from its deadline.
-    fn run_expiry(&mut self, cpu: usize) {
-        while let Some(e) = self.on(cpu, |t, now, _| t.pop_expired(now)) {
-            let now = self.now();
-            let timer = self.timers.get_mut(&e.payload).expect("known timer");
-            assert_eq!(timer.0, cpu, "timer {} ran on CPU {cpu}, armed on CPU {}", e.payload, timer.0);
-            timer.3.push(now);
-            let again = (timer.2 > 0).then(|| (e.deadline_ns + timer.2, e.payload));
-            self.on(cpu, |t, _, _| t.complete(e.id, again));
+    /// Runs `f` (an interrupt's or a wake-up's expiry, by the crate's loop) as `cpu`, then
+    /// carries out what it left: a device that failed is taken out, a hang recorded.
+    fn expire_on(&mut self, cpu: usize, f: impl FnOnce(&SimCpu) -> Outcome) -> Outcome {
+        let cx = SimCpu {
+            cpu,
+            world: self.world,
+            tick: RefCell::new(&mut self.cpus[cpu]),
+            bc: &self.bc,
+            timers: RefCell::new(&mut self.timers),
+        };
+        let outcome = f(&cx);
+        if let Outcome::Expired(e) = outcome {
+            self.most_callbacks = self.most_callbacks.max(e.callbacks);
+            if let Some(hang) = e.hang {
+                self.hangs.push((cpu, hang));
+            }
+            if let Some(f) = e.failure {
+                let changes = self.registry.take_out(f.device, &alloc::format!("{}", f.error));
+                self.apply(changes);
+            }
         }
-        self.on(cpu, |t, now, bc| t.end_expiry(now, bc));
         let changes = self.take_failures();
         self.apply(changes);
+        outcome
     }
+    /// `cpu` is woken (a broadcast wake-up, or its owner's misrouted event).
     fn wakeup(&mut self, cpu: usize) {
-        if self.on(cpu, |t, now, _| t.wakeup(now)) {
-            self.run_expiry(cpu);
-        }
+        let now = self.now();
+        self.expire_on(cpu, |cx| expiry::wakeup(cx, now));
         self.idle(cpu);
     }
     /// `cpu` returns from an interrupt to its idle loop: a deep sleeper wakes (leaves the
@@ -306,8 +396,7 @@ impl Sim {
             if !due.contains(cpu) {
                 self.idle(cpu);
             }
-        } else if self.on(cpu, |t, now, _| t.device_event(dev, now)) {
-            self.run_expiry(cpu);
+        } else if self.expire_on(cpu, |cx| expiry::device_interrupt(cx, dev, now)) != Outcome::NotOurs {
             self.idle(cpu);
         } else if let Some(owner) = self.registry.owner_of(dev) {
             self.wakeup(owner);
@@ -332,10 +421,10 @@ impl Sim {
         self.set_now(t.max(self.now()));
     }
     fn fired(&self, n: u32) -> &[u64] {
-        &self.timers[&n].3
+        &self.timers[&n].fired
     }
     fn assert_all_fired_once_never_early(&self) {
-        for (n, (_, deadline, period, fired)) in &self.timers {
+        for (n, SimTimer { deadline, period, fired, .. }) in &self.timers {
             if self.cancelled.contains(n) || *period > 0 {
                 continue;
             }
@@ -625,7 +714,7 @@ fn device_is_programmed_once_per_interrupt_after_the_callbacks() {
     for k in 1..=5u64 {
         s.on(0, |t, now, bc| t.arm(now + 50_000 - k * 1_000, 99, now, bc)).unwrap();
     }
-    s.on(0, |t, _, _| t.complete(e.id, None));
+    assert_eq!(s.on(0, |t, _, _| t.complete(e.id, None)), Ok(false));
     assert_eq!(s.device(h0).programmed(), before, "nothing programmed during the callbacks");
     s.on(0, |t, now, bc| t.end_expiry(now, bc));
     assert_eq!(s.device(h0).programmed(), before + 1);
@@ -634,6 +723,64 @@ fn device_is_programmed_once_per_interrupt_after_the_callbacks() {
 
 /// A LAPIC-like device on CPU 0 whose registered frequency is `hz` (the simulated hardware
 /// runs at 100 MHz): a boot calibration that far off.
+/// A callback that keeps re-arming its timer in the past cannot keep its CPU in the interrupt:
+/// each pass pops at most what was pending when it began, a few passes later the expiry is a
+/// hang and the CPU leaves it; the CPU's other timers and the other CPUs' still fire once,
+/// never early.
+#[test]
+fn a_callback_rearming_itself_in_the_past_cannot_livelock_its_cpu() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("hpet0", PERCPU_HPET, 0);
+    s.per_cpu("hpet1", PERCPU_HPET, 1);
+    let now = s.now();
+    let (rogue, _) = s.arm(0, now + 10_000);
+    s.behave(rogue, Behaviour::RearmInPast(1_000));
+    let (later_here, _) = s.arm(0, now + 50_000);
+    let (there, _) = s.arm(1, now + 20_000);
+    s.run_until(now + 1_000_000_000);
+    assert_eq!(s.fired(rogue).len(), 1_001, "the rogue ran every time it asked, in bounded interrupts");
+    let bound = expiry::MAX_PASSES * 2;
+    assert!(s.most_callbacks <= bound, "one interrupt ran {} callbacks (bound {bound})", s.most_callbacks);
+    assert!(!s.hangs.is_empty() && s.hangs.iter().all(|&(cpu, _)| cpu == 0), "hangs: {:?}", s.hangs);
+    for n in [later_here, there] {
+        let fired = s.fired(n);
+        assert_eq!(fired.len(), 1, "timer {n} fired {} times", fired.len());
+        assert!(fired[0] >= s.timers[&n].deadline, "timer {n} fired early");
+    }
+    assert_eq!(s.fired(there), [now + 20_000], "CPU 1's timer is not held back by CPU 0's hang");
+}
+
+/// A callback that runs for 50 ms every millisecond leaves its CPU's expiry behind: after
+/// the retries the CPU holds its next event back by the interrupt's duration (at most 100 ms)
+/// and leaves the interrupt; nothing is lost or early.
+#[test]
+fn a_slow_periodic_callback_is_a_hang_that_delays_but_loses_nothing() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("hpet0", PERCPU_HPET, 0);
+    s.per_cpu("hpet1", PERCPU_HPET, 1);
+    let now = s.now();
+    let (slow, id) = s.arm_periodic(0, now + 1_000_000, 1_000_000);
+    s.behave(slow, Behaviour::Takes(50_000_000));
+    let mut plain = vec![];
+    for k in 1..=20u64 {
+        plain.push(s.arm(0, now + k * 7_000_000).0);
+        plain.push(s.arm(1, now + k * 5_000_000).0);
+    }
+    s.run_until(now + 2_000_000_000);
+    assert_eq!(s.cancel(0, id), Cancel::Cancelled(slow));
+    let (cpu, hang) = *s.hangs.first().expect("the expiry could not catch up");
+    assert_eq!(cpu, 0);
+    assert!(hang.took_ns >= 150_000_000, "{hang:?}");
+    for &(_, h) in &s.hangs {
+        assert!(h.held_until_ns > 0 && h.took_ns > 0);
+    }
+    for n in plain {
+        let fired = s.fired(n);
+        assert_eq!(fired.len(), 1, "timer {n} fired {} times", fired.len());
+        assert!(fired[0] >= s.timers[&n].deadline, "timer {n} fired early");
+    }
+}
+
 fn misjudged_lapic(s: &mut Sim, hz: u64) -> DeviceId {
     let spec = DeviceSpec {
         name: "lapic0".into(),
@@ -696,7 +843,13 @@ fn a_refined_frequency_waits_for_the_expiry_and_spares_a_device_not_in_use() {
     let programmed = device.programmed();
     s.on(0, |t, now, bc| t.set_device_frequency(&device, 50_000_000, now, bc)).unwrap();
     assert_eq!(device.programmed(), programmed, "nothing programmed inside the expiry");
-    s.run_expiry(0);
+    // The expiry's end, as the expiry loop ends it.
+    s.on(0, |t, now, bc| {
+        let e = t.pop_expired(now).expect("due");
+        assert_eq!(t.complete(e.id, None), Ok(false));
+        assert!(t.pop_expired(now).is_none());
+        t.end_expiry(now, bc);
+    });
     assert_eq!(device.programmed(), programmed + 1);
     // 490 us at 50 MHz is 24 500 ticks, which the 100 MHz hardware counts in 245 us.
     assert_eq!(*s.drivers[d.0].fires_at.lock(), Some(now + 10_000 + 245_000));

@@ -1,7 +1,7 @@
 //! Each CPU's own timekeeping: its [`CpuTick`] in its per-CPU area, reached only through
 //! [`TickGuard`] (interrupts off for the guard's lifetime, so nothing on this CPU can interleave
 //! and no other CPU ever takes it), and the interrupt paths that feed it: a device interrupt,
-//! the broadcast wake-up IPI, and the expiry that runs the callbacks outside the guard.
+//! the broadcast wake-up IPI, and the crate's expiry loop run on this CPU ([`ThisCpu`]).
 
 use super::registry;
 use super::timer::{Payload, TimerEvent};
@@ -9,8 +9,10 @@ use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use kernel_time::broadcast::Broadcast;
 use kernel_time::hrtimer::Expired;
-use kernel_time::tick::{CpuTick, DeviceFailure, DeviceId};
+use kernel_time::tick::expiry::{self, Expiry, ExpiryContext, ExpiryPoint, Outcome};
+use kernel_time::tick::{CpuTick, DeviceId};
 use spin::{Mutex, MutexGuard};
 
 /// Timers each CPU has room for before arming allocates (the slab then doubles).
@@ -110,6 +112,17 @@ pub fn with_tick<R>(f: impl FnOnce(&mut CpuTick<Payload>) -> R) -> Option<R> {
     this_cpu_tick().map(|mut t| f(&mut t))
 }
 
+/// Runs `f` on the calling CPU's tick and the broadcast state (which the tick's guard lets it
+/// lock: interrupts are off); `None` before it has a tick.
+pub fn with_tick_and_broadcast<R>(
+    f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R,
+) -> Option<R> {
+    this_cpu_tick().map(|mut t| {
+        let bc = registry::broadcast(&t);
+        f(&mut t, bc)
+    })
+}
+
 /// Gives the calling CPU its tick (not yet served by any device).
 pub(super) fn create_tick(mode: kernel_time::tick::TickMode) {
     let cpu = percpu::this_cpu();
@@ -126,6 +139,50 @@ pub(super) fn report_failure(failure: Option<kernel_time::tick::DeviceFailure>) 
     }
 }
 
+/// This CPU as the crate's expiry loop sees it: its tick behind [`TickGuard`], the
+/// clocksource, and how a [`Payload`] runs.
+struct ThisCpu {
+    index: usize,
+}
+
+impl ExpiryContext for ThisCpu {
+    type Payload = Payload;
+
+    #[inline]
+    fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R) -> Option<R> {
+        with_tick_and_broadcast(f)
+    }
+
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        now_ns()
+    }
+
+    #[inline]
+    fn run(&self, timer: Expired<Payload>, now_ns: u64) -> Option<(u64, Payload)> {
+        let mut payload = timer.payload;
+        let event = TimerEvent {
+            cpu: self.index,
+            id: timer.id,
+            deadline_ns: timer.deadline_ns,
+            now_ns,
+            data: payload.data,
+        };
+        payload.callback.run(&event);
+        // A one-shot payload is dropped here, outside the guard.
+        payload.next_deadline(timer.deadline_ns, now_ns).map(|at| (at, payload))
+    }
+
+    #[inline]
+    fn trace(&self, point: ExpiryPoint) {
+        path_trace::stamp(match point {
+            ExpiryPoint::Popped => Stage::Popped,
+            ExpiryPoint::CallbacksDone => Stage::CallbacksDone,
+            ExpiryPoint::Reprogrammed => Stage::Reprogrammed,
+        });
+    }
+}
+
 /// A clock event device interrupted this CPU (called by the device drivers' handlers).
 pub(super) fn device_interrupt(device: DeviceId) {
     let now = now_ns();
@@ -136,12 +193,10 @@ pub(super) fn device_interrupt(device: DeviceId) {
         broadcast_interrupt(cpu.index, now);
         return;
     }
-    // One guard: the event taken and the first due timer popped (or, none due, the device
-    // programmed again).
-    match with_tick(|t| t.device_event(device, now).then(|| next_or_end(t, now))) {
-        Some(Some(step)) => run_expiry(cpu.index, now, step),
-        Some(None) => registry::wake_owner_of(device),
-        None => {}
+    match expiry::device_interrupt(&ThisCpu { index: cpu.index }, device, now) {
+        Outcome::Expired(e) => expiry_done(cpu.index, e),
+        Outcome::NotOurs => registry::wake_owner_of(device),
+        Outcome::Idle => {}
     }
 }
 
@@ -168,68 +223,37 @@ pub(super) fn wake_interrupt(_vector: u8) {
 }
 
 fn wakeup(now: u64) {
-    if let Some(Some(step)) = with_tick(|t| t.wakeup(now).then(|| next_or_end(t, now))) {
-        run_expiry(percpu::this_cpu().index, now, step);
+    let index = percpu::this_cpu().index;
+    if let Outcome::Expired(e) = expiry::wakeup(&ThisCpu { index }, now) {
+        expiry_done(index, e);
     }
 }
 
-/// One step of an expiry, decided under the CPU's guard.
-enum Step {
-    /// A due timer, popped: run its callback (outside the guard).
-    Run(Expired<Payload>),
-    /// None left: the expiry is ended and the next event programmed; a device that gave up
-    /// programming, if one did.
-    Done(Option<DeviceFailure>),
-}
-
-/// Under the guard: the next due timer, or, none being left, the end of the expiry (the next
-/// event programmed from a fresh clock read: the callbacks took time).
-fn next_or_end(t: &mut CpuTick<Payload>, now: u64) -> Step {
-    match t.pop_expired(now) {
-        Some(expired) => Step::Run(expired),
-        None => {
-            path_trace::stamp(Stage::CallbacksDone);
-            t.end_expiry(now_ns(), registry::broadcast());
-            path_trace::stamp(Stage::Reprogrammed);
-            Step::Done(t.take_failure())
+/// What an expiry left to the kernel: a device that gave up programming goes to the registry,
+/// a hang is logged.
+fn expiry_done(cpu: usize, e: Expiry) {
+    if let Some(hang) = e.hang {
+        // Logged the first time and at every power of two, as a storm of lines would only
+        // make the hang worse; the report has the count.
+        let (hangs, _) = with_tick(|t| t.hangs()).unwrap_or_default();
+        if hangs.is_power_of_two() {
+            log::warn!(
+                "CPU {cpu}: timer interrupt took {} ns and could not catch up ({} passes, {} callbacks); \
+                 next event held back to {} ns ({hangs} such interrupts so far)",
+                hang.took_ns,
+                e.passes,
+                e.callbacks,
+                hang.held_until_ns
+            );
         }
     }
-}
-
-/// Runs the due timers' callbacks one at a time outside the guard (a callback may arm or
-/// cancel timers), re-arms periodic ones from their deadline, then programs the next event
-/// once. One guard per callback (completing it and popping the next together); nothing here
-/// allocates.
-fn run_expiry(cpu: usize, now: u64, mut step: Step) {
-    if matches!(step, Step::Run(_)) {
-        path_trace::stamp(Stage::Popped);
-    }
-    while let Step::Run(expired) = step {
-        let mut payload = expired.payload;
-        let event = TimerEvent {
-            cpu,
-            id: expired.id,
-            deadline_ns: expired.deadline_ns,
-            now_ns: now,
-            data: payload.data,
-        };
-        payload.callback.run(&event);
-        let again = payload.next_deadline(expired.deadline_ns, now).map(|at| (at, payload));
-        step = with_tick(|t| {
-            t.complete(expired.id, again);
-            next_or_end(t, now)
-        })
-        .unwrap_or(Step::Done(None));
-    }
-    if let Step::Done(failure) = step {
-        report_failure(failure);
-    }
+    report_failure(e.failure);
 }
 
 /// Before deep idle (interrupts off): a CPU whose tick device stops there stops it and hands
 /// its next deadline to the broadcast; refused when no broadcast device can take it.
 pub fn deep_idle_enter() -> Result<kernel_time::tick::Handover, kernel_time::tick::DeepIdleRefused> {
-    let result = with_tick(|t| t.broadcast_enter(now_ns(), registry::broadcast()))
+    let result = with_tick_and_broadcast(|t, bc| t.broadcast_enter(now_ns(), bc))
         .unwrap_or(Ok(kernel_time::tick::Handover::NotNeeded));
     registry::report_broadcast_failure();
     result
@@ -237,8 +261,8 @@ pub fn deep_idle_enter() -> Result<kernel_time::tick::Handover, kernel_time::tic
 
 /// After deep idle (interrupts off): the CPU takes its deadline back from the broadcast.
 pub fn deep_idle_exit() {
-    let failure = with_tick(|t| {
-        t.broadcast_exit(now_ns(), registry::broadcast());
+    let failure = with_tick_and_broadcast(|t, bc| {
+        t.broadcast_exit(now_ns(), bc);
         t.take_failure()
     })
     .flatten();

@@ -190,8 +190,8 @@ fn refined(f: LapicFrequency, previous: u64, how: &str, reference: &str, window_
 /// is the CPU's tick device, is programmed again at the new factor.
 fn apply_here(hz: u64) {
     let Some(device) = this_cpus_lapic_timer() else { return };
-    let result = cpu::with_tick(|t| {
-        let r = t.set_device_frequency(&device, hz, now_ns(), registry::broadcast());
+    let result = cpu::with_tick_and_broadcast(|t, bc| {
+        let r = t.set_device_frequency(&device, hz, now_ns(), bc);
         (r, t.take_failure())
     });
     if let Some((r, failure)) = result {

@@ -21,8 +21,10 @@ mod report;
 pub mod suspend;
 mod timer;
 
-pub use cpu::{CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, with_tick};
-pub use registry::{WAKE_VECTOR, broadcast, take_out, with_registry};
+pub use cpu::{
+    CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, with_tick, with_tick_and_broadcast,
+};
+pub use registry::{WAKE_VECTOR, take_out, with_registry};
 pub use report::{
     ProgrammingCost, TickDeviceInfo, broadcast_device, fill_report, measure_programming, min_delta_ns,
     tick_devices,

@@ -7,7 +7,7 @@
 //! by that CPU: posted to it by function-call IPI while the registry's lock is held, so that
 //! assignments reach each CPU in the order they were decided.
 
-use super::cpu::{self, with_tick};
+use super::cpu;
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::lapic as apic;
 use crate::arch::x86_64::smp::{self, percpu};
@@ -26,9 +26,16 @@ static BROADCAST_DEVICE: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Vector of the broadcast wake-up IPI (a system vector, above the allocatable range).
 pub const WAKE_VECTOR: u8 = 0xf1;
 
-/// The broadcast state, for CPUs served by it.
-pub fn broadcast() -> &'static Mutex<Broadcast> {
+/// The broadcast state, for the CPU holding its tick's guard (which proves interrupts are off:
+/// the broadcast's interrupt takes this lock too, so holding it with interrupts on could
+/// deadlock against that interrupt on the same CPU).
+pub(super) fn broadcast(_proof: &cpu::TickGuard) -> &'static Mutex<Broadcast> {
     &BROADCAST
+}
+
+/// Runs `f` on the broadcast state with interrupts off (see [`broadcast`]).
+pub(super) fn with_broadcast<R>(f: impl FnOnce(&mut Broadcast) -> R) -> R {
+    without_interrupts(|| f(&mut BROADCAST.lock()))
 }
 
 pub(super) fn is_broadcast_device(device: DeviceId) -> bool {
@@ -46,10 +53,7 @@ pub fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> Option<R> {
 
 /// The broadcast device fired: the CPUs whose deadline passed.
 pub(super) fn broadcast_event(now: u64, here: usize) -> CpuSet {
-    let (due, failure) = {
-        let mut b = BROADCAST.lock();
-        (b.event(now, here), b.take_failure())
-    };
+    let (due, failure) = with_broadcast(|b| (b.event(now, here), b.take_failure()));
     if let Some((d, e)) = failure {
         take_out(d, &alloc::format!("{e}"));
     }
@@ -58,7 +62,7 @@ pub(super) fn broadcast_event(now: u64, here: usize) -> CpuSet {
 
 /// Takes the broadcast device out if it gave up programming (a CPU's deadline handed to it).
 pub(super) fn report_broadcast_failure() {
-    let failure = BROADCAST.lock().take_failure();
+    let failure = with_broadcast(|b| b.take_failure());
     if let Some((d, e)) = failure {
         take_out(d, &alloc::format!("{e}"));
     }
@@ -123,11 +127,7 @@ fn deliver(registry: &mut Registry, mut changes: Changes) {
     loop {
         if let Some(device) = changes.broadcast.take() {
             BROADCAST_DEVICE.store(device.as_ref().map_or(usize::MAX, |(id, _)| id.0), Ordering::Relaxed);
-            let (wake, failure) = {
-                let mut b = BROADCAST.lock();
-                let wake = b.set_device(device, now_ns());
-                (wake, b.take_failure())
-            };
+            let (wake, failure) = with_broadcast(|b| (b.set_device(device, now_ns()), b.take_failure()));
             // No broadcast device any more: whoever waited on it is woken to fend for itself.
             for cpu in wake.iter() {
                 send_wakeup(cpu);
@@ -163,8 +163,8 @@ fn deliver(registry: &mut Registry, mut changes: Changes) {
 
 /// Applies an assignment on the calling CPU (its own); returns a device that failed meanwhile.
 fn apply(a: Assignment) -> Option<kernel_time::tick::DeviceFailure> {
-    with_tick(|t| {
-        t.apply(a, now_ns(), &BROADCAST);
+    cpu::with_tick_and_broadcast(|t, bc| {
+        t.apply(a, now_ns(), bc);
         t.take_failure()
     })
     .flatten()

@@ -2,7 +2,7 @@
 //! (asked of that CPU), the broadcast device, the devices' figures, and the cost of
 //! programming one event.
 
-use super::cpu::with_tick;
+use super::cpu::{with_tick, with_tick_and_broadcast};
 use super::registry::{self, with_registry};
 use super::{ComparatorRole, Setup};
 use crate::arch::x86_64::clocksource::now_ns;
@@ -121,10 +121,10 @@ pub fn measure_programming(
         let register_accesses = (accesses() - before) / samples.max(1) as u64;
         let now = now_ns();
         if matches!(service, Service::Broadcast(_)) {
-            registry::broadcast().lock().resync(now);
+            registry::with_broadcast(|b| b.resync(now));
         }
-        let failure = with_tick(|t| {
-            t.resync(now, registry::broadcast());
+        let failure = with_tick_and_broadcast(|t, bc| {
+            t.resync(now, bc);
             t.take_failure()
         })
         .flatten();
@@ -202,7 +202,7 @@ pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup)
         })
         .collect();
     report.broadcast = broadcast_device();
-    let (events, wakeups_sent) = registry::broadcast().lock().stats();
+    let (events, wakeups_sent) = registry::with_broadcast(|b| b.stats());
     report.broadcast_stats = crate::timer_report::BroadcastReport { events, wakeups_sent };
     report.suspend = super::suspend::report();
     for c in report.cpus.iter_mut() {

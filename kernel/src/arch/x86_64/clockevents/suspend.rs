@@ -7,7 +7,7 @@
 //! CPU brings its own device back and programs its next deadline. The clocksource (the TSC)
 //! runs on, so timers that fell due meanwhile fire at once, late by at most the time suspended.
 
-use super::cpu::{report_failure, with_tick};
+use super::cpu::{report_failure, with_tick, with_tick_and_broadcast};
 use super::registry;
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::hpet::Hpet;
@@ -52,8 +52,8 @@ fn park(r: &Rendezvous) {
     while !r.release.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }
-    let failure = with_tick(|t| {
-        t.resume(now_ns(), registry::broadcast());
+    let failure = with_tick_and_broadcast(|t, bc| {
+        t.resume(now_ns(), bc);
         t.take_failure()
     })
     .flatten();
@@ -96,7 +96,7 @@ pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::st
         r.first_suspended_ns.fetch_min(now_ns(), Ordering::AcqRel);
         let pending = with_tick(|t| t.suspend()).unwrap_or(0);
         r.pending.fetch_add(pending as u64, Ordering::Relaxed);
-        registry::broadcast().lock().suspend();
+        registry::with_broadcast(|b| b.suspend());
         let saved = hpet.map(|h| {
             let saved = h.suspend();
             for ch in super::hpet::channels() {
@@ -119,9 +119,9 @@ pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::st
             }
         }
         let now = now_ns();
-        registry::broadcast().lock().resume(now);
-        let failure = with_tick(|t| {
-            t.resume(now, registry::broadcast());
+        registry::with_broadcast(|b| b.resume(now));
+        let failure = with_tick_and_broadcast(|t, bc| {
+            t.resume(now, bc);
             t.take_failure()
         })
         .flatten();

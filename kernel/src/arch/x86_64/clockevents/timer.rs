@@ -73,18 +73,9 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// A periodic timer's next deadline on its grid: one period after `deadline_ns`, or the
-    /// first grid point after `now_ns` if periods were missed (Linux's `hrtimer_forward`).
+    /// A periodic timer's next deadline on its grid (`kernel_time::hrtimer::forward`).
     pub(super) fn next_deadline(&self, deadline_ns: u64, now_ns: u64) -> Option<u64> {
-        if self.period_ns == 0 {
-            return None;
-        }
-        let next = deadline_ns.saturating_add(self.period_ns);
-        if next > now_ns {
-            return Some(next);
-        }
-        let missed = (now_ns - deadline_ns) / self.period_ns;
-        Some(deadline_ns.saturating_add((missed + 1).saturating_mul(self.period_ns)))
+        (self.period_ns != 0).then(|| kernel_time::hrtimer::forward(deadline_ns, self.period_ns, now_ns))
     }
 }
 
@@ -122,7 +113,8 @@ fn this_cpu() -> usize {
 fn arm_here(deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
     let cpu = this_cpu();
     let Some(mut tick) = this_cpu_tick() else { return Err(ArmError::NoTickDevice(cpu)) };
-    let result = tick.arm(deadline_ns, payload, now_ns(), registry::broadcast());
+    let bc = registry::broadcast(&tick);
+    let result = tick.arm(deadline_ns, payload, now_ns(), bc);
     let failure = tick.take_failure();
     drop(tick);
     super::cpu::report_failure(failure);
@@ -145,7 +137,9 @@ pub fn cancel(id: TimerId) -> bool {
 }
 
 fn cancel_here(id: TimerId) -> Cancelled {
-    with_tick(|t| t.cancel(id).into()).unwrap_or(Cancelled::Inactive)
+    // A cancelled payload is dropped after the guard: dropping a closure may run code that
+    // touches this CPU's timers (a `Timer` it owns cancels itself).
+    with_tick(|t| t.cancel(id)).map_or(Cancelled::Inactive, Cancelled::from)
 }
 
 /// Arms `payload` on CPU `cpu`: here directly, elsewhere by a call on that CPU (waiting for
