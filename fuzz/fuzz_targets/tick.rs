@@ -799,6 +799,11 @@ impl Sim {
             Ok(Handover::NotNeeded) => {
                 assert!(!stops, "CPU {cpu}: its device stops in deep idle, not handed over")
             }
+            Ok(Handover::EventDue) => {
+                // Its next event is due: it stays awake for its local device's interrupt.
+                assert!(stops && !periodic, "CPU {cpu} kept a deadline it could hand over");
+                assert!(!tick.is_handed_over());
+            }
             Ok(Handover::HandedOver) => {
                 assert!(stops && !periodic && usable, "CPU {cpu} handed over needlessly or to nothing");
                 assert!(tick.is_handed_over());

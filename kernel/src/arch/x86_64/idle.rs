@@ -12,6 +12,7 @@ use super::smp::percpu;
 use super::tsc;
 use crate::cmdline::IdleChoice;
 use core::sync::atomic::Ordering;
+use kernel_time::tick::Handover;
 use spin::Once;
 use x86_64::instructions::interrupts;
 
@@ -112,7 +113,13 @@ pub fn wait() {
         IdleChoice::Deep if clockevents::bringup_ns() == 0 => interrupts::enable_and_hlt(),
         IdleChoice::Deep => {
             let start = tsc::read();
-            if let Err(why) = clockevents::deep_idle_enter() {
+            let handover = clockevents::deep_idle_enter();
+            if handover == Ok(Handover::EventDue) {
+                // Its next event is due: take that interrupt awake.
+                interrupts::enable_and_hlt();
+                return;
+            }
+            if let Err(why) = handover {
                 // Asked again at every idle entry (a broadcast device may come), said once.
                 if !time.deep_idle_refused.swap(true, Ordering::Relaxed) {
                     clockevents::record_fallback(alloc::format!(

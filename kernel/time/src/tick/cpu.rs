@@ -77,6 +77,12 @@ pub enum Handover {
     NotNeeded,
     /// The local device is stopped and the broadcast holds the CPU's next deadline.
     HandedOver,
+    /// Nothing handed over: the CPU's next event is already due (it woke for it and leaves
+    /// deep idle before its interrupt handler runs, Linux's order), so it must not sleep deeply
+    /// but take the interrupt its local device is armed for. Handing a passed deadline to the
+    /// broadcast would make the broadcast wake the CPU at once, and the CPU hand it back, over
+    /// and over (Linux's `tick_broadcast_force_mask` guards the same).
+    EventDue,
 }
 
 /// Why a CPU must not sleep deeply (it would lose its wake-up).
@@ -231,6 +237,11 @@ impl<T> CpuTick<T> {
         let Some(d) = self.local.clone() else { return Ok(Handover::NotNeeded) };
         if d.state() == State::Periodic {
             return Err(DeepIdleRefused::PeriodicTick);
+        }
+        if self.needed() <= now_ns {
+            // Its local device is armed for it (a passed deadline at the minimum delta).
+            self.reprogram(now_ns, bc);
+            return Ok(Handover::EventDue);
         }
         let mut b = bc.lock();
         if !b.is_usable() {

@@ -1106,6 +1106,32 @@ fn a_sleeper_woken_early_takes_its_deadline_back() {
     assert_eq!(s.cpus[1].events(), 1, "its own device did");
 }
 
+/// A sleeper woken for its deadline leaves deep idle before its interrupt handler runs (Linux's
+/// order): going back to deep idle then must not hand the passed deadline to the broadcast
+/// again (which would wake it at once, over and over: the livelock an adopting kernel hit);
+/// it stays awake for its local device's interrupt, and the timer fires once.
+#[test]
+fn a_sleeper_leaving_idle_before_its_handler_does_not_hand_a_passed_deadline_back() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let l1 = stopping_local(&mut s, 1);
+    s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    let (n, _) = s.arm(1, now + 100_000);
+    assert_eq!(s.on(1, |t, now, bc| t.broadcast_enter(now, bc)), Ok(Handover::HandedOver));
+    s.set_now(now + 100_000);
+    // Woken (the broadcast's IPI is on its way), it leaves deep idle first ...
+    s.on(1, |t, now, bc| t.broadcast_exit(now, bc));
+    // ... and its idle loop asks for deep idle again before the handler has run.
+    for _ in 0..3 {
+        assert_eq!(s.on(1, |t, now, bc| t.broadcast_enter(now, bc)), Ok(Handover::EventDue));
+        assert_eq!(s.bc.lock().deadline(1), u64::MAX, "the passed deadline stays with CPU 1");
+    }
+    assert!(s.drivers[l1.0].fires_at.lock().is_some(), "its local device is armed for the due timer");
+    s.run_until(now + 1_000_000);
+    assert_eq!(s.fired(n).len(), 1);
+    s.assert_all_fired_once_never_early();
+}
+
 #[test]
 fn sleepers_are_woken_when_the_broadcast_device_fails() {
     let mut s = Sim::new(TickMode::Oneshot, 3);
