@@ -1,6 +1,7 @@
 //! The timer API across CPUs: a timer armed on another CPU runs there, a cancel from another
 //! CPU stops it, a timer posted from interrupt context arrives, a dropped handle cancels, and
-//! a cancel from a timer's own callback says it is running. Each variant is a device
+//! a cancel from a timer's own callback says it is running, and an id of one CPU cancels
+//! nothing on another. Each variant is a device
 //! arrangement the timers must work on: per-CPU HPET, a CPU served by broadcast, LAPIC only.
 #![no_std]
 #![no_main]
@@ -13,7 +14,8 @@ use core::time::Duration;
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
 use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
-use kernel_tests::kernel::arch::x86_64::smp::percpu;
+use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
+use kernel_tests::kernel_time::hrtimer::WrongCpu;
 use kernel_tests::kernel_time::instant::Instant;
 use kernel_tests::wait_for;
 
@@ -31,6 +33,7 @@ kernel_tests::qemu_test!(
         a_timer_posted_from_a_callback_runs_on_its_cpu,
         dropping_a_handle_cancels_its_timer,
         cancelling_a_timer_from_its_own_callback_says_it_is_running,
+        an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there,
     ],
 );
 
@@ -165,4 +168,40 @@ fn cancelling_a_timer_from_its_own_callback_says_it_is_running(_: &Kernel) {
         Some(kernel_tests::kernel_time::tick::ArmError::ZeroPeriod),
         "a zero period is refused"
     );
+}
+
+static CPU0_TIMER_RAN: AtomicU64 = AtomicU64::new(0);
+static CPU1_TIMER_RAN_ON: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn cpu0_timer(_: &TimerEvent) {
+    CPU0_TIMER_RAN.fetch_add(1, Ordering::Relaxed);
+}
+
+fn cpu1_timer(_: &TimerEvent) {
+    CPU1_TIMER_RAN_ON.store(percpu::this_cpu().index as u64, Ordering::Relaxed);
+}
+
+/// A timer id names its CPU: CPU 0's id given to `cancel` on CPU 1 is refused there, and CPU 1's
+/// own timer (which may sit in the same slot of its queue, with the same generation) still
+/// fires; CPU 0's timer is still pending afterwards.
+fn an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there(_: &Kernel) {
+    // Far enough that it is still pending at the end, however slow the host.
+    let id0 = clockevents::arm_after(60_000 * MS, cpu0_timer, 0).expect("armed on CPU 0");
+    assert_eq!(id0.cpu(), 0);
+    let (refused, id1) = smp::call_on(1, move || {
+        let id1 = clockevents::arm_after(MS, cpu1_timer, 0).expect("armed on CPU 1");
+        (clockevents::cancel(id0), id1)
+    })
+    .expect("ran on CPU 1");
+    assert_eq!(refused, Err(WrongCpu { id_cpu: 0, queue_cpu: 1 }), "CPU 0's id is refused on CPU 1");
+    assert_eq!(id1.cpu(), 1);
+    assert!(wait_for(|| CPU1_TIMER_RAN_ON.load(Ordering::Relaxed) != u64::MAX), "CPU 1's timer never ran");
+    assert_eq!(CPU1_TIMER_RAN_ON.load(Ordering::Relaxed), 1, "CPU 1's timer ran on another CPU");
+    assert_eq!(
+        clockevents::cancel(id1),
+        Err(WrongCpu { id_cpu: 1, queue_cpu: 0 }),
+        "CPU 1's id is refused on CPU 0"
+    );
+    assert_eq!(clockevents::cancel(id0), Ok(true), "CPU 0's timer was still pending on CPU 0");
+    assert_eq!(CPU0_TIMER_RAN.load(Ordering::Relaxed), 0);
 }

@@ -14,7 +14,7 @@ use crate::arch::x86_64::smp::{self, percpu};
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
-use kernel_time::hrtimer::{Cancel, TimerId};
+use kernel_time::hrtimer::{Cancel, TimerId, WrongCpu};
 use kernel_time::instant::Instant;
 use kernel_time::tick::ArmError;
 
@@ -139,13 +139,24 @@ pub fn arm_after(delay_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmErr
     arm_at(now_ns().saturating_add(delay_ns), f, data)
 }
 
-/// Cancels a timer of the calling CPU; true if it was pending (it never runs now).
-pub fn cancel(id: TimerId) -> bool {
-    cancel_here(id) == Cancelled::Pending
+/// Cancels a timer of the calling CPU: `Ok(true)` if it was pending (it never runs now). An id
+/// of another CPU is refused and touches nothing (cancel it on its CPU, or through its
+/// [`Timer`], which cancels from anywhere).
+pub fn cancel(id: TimerId) -> Result<bool, WrongCpu> {
+    Ok(cancel_here(id)? == Cancelled::Pending)
 }
 
-fn cancel_here(id: TimerId) -> Cancelled {
-    with_tick(|t| t.cancel(id).into()).unwrap_or(Cancelled::Inactive)
+fn cancel_here(id: TimerId) -> Result<Cancelled, WrongCpu> {
+    let here = this_cpu();
+    if id.cpu() != here {
+        return Err(WrongCpu { id_cpu: id.cpu(), queue_cpu: here });
+    }
+    with_tick(|t| t.cancel(id).map(Cancelled::from)).unwrap_or(Ok(Cancelled::Inactive))
+}
+
+/// Cancels a timer on its own CPU (where a [`Timer`]'s cancel runs).
+fn cancel_on_its_cpu(id: TimerId) -> Cancelled {
+    cancel_here(id).expect("a timer is cancelled on the CPU its id names")
 }
 
 /// Arms `payload` on CPU `cpu`: here directly, elsewhere by a call on that CPU (waiting for
@@ -177,7 +188,7 @@ pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<()
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
 #[derive(Debug)]
 pub struct Timer {
-    cpu: usize,
+    /// Names the timer's CPU too: where it runs and where its cancel runs.
     id: TimerId,
     cancel_on_drop: bool,
 }
@@ -219,16 +230,16 @@ impl Timer {
     /// A timer running a plain function (no allocation on this CPU).
     pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
         let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0 };
-        Ok(Timer { cpu, id: arm_on_cpu(cpu, deadline.as_nanos(), payload)?, cancel_on_drop: true })
+        Ok(Timer { id: arm_on_cpu(cpu, deadline.as_nanos(), payload)?, cancel_on_drop: true })
     }
 
     fn arm(cpu: usize, deadline_ns: u64, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
         let payload = Payload { callback, data: 0, period_ns };
-        Ok(Timer { cpu, id: arm_on_cpu(cpu, deadline_ns, payload)?, cancel_on_drop: true })
+        Ok(Timer { id: arm_on_cpu(cpu, deadline_ns, payload)?, cancel_on_drop: true })
     }
 
     pub fn cpu(&self) -> usize {
-        self.cpu
+        self.id.cpu()
     }
     pub fn id(&self) -> TimerId {
         self.id
@@ -237,15 +248,15 @@ impl Timer {
     /// Cancels it, from any CPU (another CPU's timer by a call on that CPU, which runs between
     /// its callbacks, so it never races one; interrupts must then be enabled).
     pub fn cancel(&self) -> Cancelled {
-        let (cpu, id) = (self.cpu, self.id);
+        let (cpu, id) = (self.id.cpu(), self.id);
         if cpu == this_cpu() {
-            return cancel_here(id);
+            return cancel_on_its_cpu(id);
         }
-        match smp::call_on(cpu, move || cancel_here(id)) {
+        match smp::call_on(cpu, move || cancel_on_its_cpu(id)) {
             Ok(c) => c,
             Err(smp::CallError::InterruptsDisabled) => {
                 let _ = smp::post(cpu, move || {
-                    cancel_here(id);
+                    cancel_on_its_cpu(id);
                 });
                 Cancelled::Queued
             }
