@@ -1,7 +1,7 @@
 //! The timer API across CPUs: a timer armed on another CPU runs there, a cancel from another
 //! CPU stops it, a timer posted from interrupt context arrives, a dropped handle cancels, and
-//! a cancel from a timer's own callback says it is running, and an id of one CPU cancels
-//! nothing on another. Each variant is a device
+//! a cancel from a timer's own callback says it is running, an id of one CPU cancels nothing
+//! on another, and each failure to arm says what happened. Each variant is a device
 //! arrangement the timers must work on: per-CPU HPET, a CPU served by broadcast, LAPIC only.
 #![no_std]
 #![no_main]
@@ -17,7 +17,9 @@ use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
 use kernel_tests::kernel_time::hrtimer::WrongCpu;
 use kernel_tests::kernel_time::instant::Instant;
+use kernel_tests::kernel_time::tick::ArmError;
 use kernel_tests::wait_for;
+use x86_64::instructions::interrupts::without_interrupts;
 
 kernel_tests::qemu_test!(
     variants: b"
@@ -34,6 +36,8 @@ kernel_tests::qemu_test!(
         dropping_a_handle_cancels_its_timer,
         cancelling_a_timer_from_its_own_callback_says_it_is_running,
         an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there,
+        each_failure_to_arm_says_what_happened,
+        an_arm_on_a_cpu_that_does_not_answer_times_out => "percpu_hpet",
     ],
 );
 
@@ -165,7 +169,7 @@ fn cancelling_a_timer_from_its_own_callback_says_it_is_running(_: &Kernel) {
     assert_eq!(timer.cancel(), Cancelled::Inactive);
     assert_eq!(
         Timer::periodic(0, clockevents::now(), Duration::ZERO, |_: &TimerEvent| {}).err(),
-        Some(kernel_tests::kernel_time::tick::ArmError::ZeroPeriod),
+        Some(ArmError::ZeroPeriod),
         "a zero period is refused"
     );
 }
@@ -204,4 +208,63 @@ fn an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there(_: &Kernel) {
     );
     assert_eq!(clockevents::cancel(id0), Ok(true), "CPU 0's timer was still pending on CPU 0");
     assert_eq!(CPU0_TIMER_RAN.load(Ordering::Relaxed), 0);
+}
+
+fn never(_: &TimerEvent) {
+    panic!("a timer that was refused ran");
+}
+
+/// A CPU that is not there, a cross-CPU arm with interrupts off, a zero period: each its own
+/// error, and nothing armed.
+fn each_failure_to_arm_says_what_happened(_: &Kernel) {
+    let absent = percpu::all().count() + 7;
+    let soon = clockevents::now() + Duration::from_millis(1);
+    assert_eq!(Timer::at(absent, soon, |_: &TimerEvent| {}).err(), Some(ArmError::CpuNotOnline(absent)));
+    assert_eq!(clockevents::post_on(absent, now_ns(), never, 0), Err(ArmError::CpuNotOnline(absent)));
+    let refused = without_interrupts(|| Timer::with_fn(1, soon, never, 0).err());
+    assert_eq!(refused, Some(ArmError::InterruptsDisabled), "waiting for CPU 1 with interrupts off");
+    assert_eq!(
+        Timer::periodic(1, soon, Duration::ZERO, |_: &TimerEvent| {}).err(),
+        Some(ArmError::ZeroPeriod)
+    );
+    clockevents::sleep_ns(5 * MS).unwrap();
+}
+
+static ORPHAN_RAN: AtomicU64 = AtomicU64::new(0);
+
+fn orphan(_: &TimerEvent) {
+    ORPHAN_RAN.fetch_add(1, Ordering::Relaxed);
+}
+
+static HOLD_CPU_1: AtomicBool = AtomicBool::new(false);
+static CPU_1_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Keeps CPU 1 busy with interrupts off (in its function-call interrupt) until
+/// [`release_cpu_1`], 10 s of its clock at most; returns once it is held.
+fn hold_cpu_1() {
+    HOLD_CPU_1.store(true, Ordering::SeqCst);
+    CPU_1_HELD.store(false, Ordering::SeqCst);
+    smp::post(1, || {
+        CPU_1_HELD.store(true, Ordering::SeqCst);
+        let start = now_ns();
+        while HOLD_CPU_1.load(Ordering::SeqCst) && now_ns() - start < 10_000 * MS {
+            core::hint::spin_loop();
+        }
+    })
+    .expect("CPU 1 is online");
+    assert!(wait_for(|| CPU_1_HELD.load(Ordering::SeqCst)), "CPU 1 never took the hold");
+}
+
+fn release_cpu_1() {
+    HOLD_CPU_1.store(false, Ordering::SeqCst);
+}
+
+/// CPU 1 busy with interrupts off past the 1 s wait: the arm times out, said as a timeout (not
+/// "not online").
+fn an_arm_on_a_cpu_that_does_not_answer_times_out(_: &Kernel) {
+    hold_cpu_1();
+    let deadline = clockevents::now() + Duration::from_millis(1);
+    let result = Timer::with_fn(1, deadline, orphan, 0).map(Timer::detach);
+    release_cpu_1();
+    assert_eq!(result, Err(ArmError::Timeout { cpu: 1 }));
 }

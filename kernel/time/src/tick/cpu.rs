@@ -90,6 +90,20 @@ impl core::fmt::Display for DeepIdleRefused {
     }
 }
 
+impl core::error::Error for DeepIdleRefused {}
+
+impl core::fmt::Display for DeviceFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "clock event device {} failed: {}", self.device.0, self.error)
+    }
+}
+
+impl core::error::Error for DeviceFailure {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 impl<T> CpuTick<T> {
     /// CPU `cpu`'s tick, not served by anything until its first assignment; room for
     /// `capacity` timers before arming allocates.

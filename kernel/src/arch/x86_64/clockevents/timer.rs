@@ -165,10 +165,17 @@ fn arm_on_cpu(cpu: usize, deadline_ns: u64, payload: Payload) -> Result<TimerId,
     if cpu == this_cpu() {
         return arm_here(deadline_ns, payload);
     }
-    match smp::call_on(cpu, move || arm_here(deadline_ns, payload)) {
-        Ok(result) => result,
-        Err(smp::CallError::InterruptsDisabled) => Err(ArmError::InterruptsDisabled),
-        Err(_) => Err(ArmError::CpuNotOnline(cpu)),
+    smp::call_on(cpu, move || arm_here(deadline_ns, payload))?
+}
+
+/// What a call that did not reach its CPU means for a timer armed there: each its own answer.
+impl From<smp::CallError> for ArmError {
+    fn from(e: smp::CallError) -> ArmError {
+        match e {
+            smp::CallError::NoSuchCpu(cpu) => ArmError::CpuNotOnline(cpu),
+            smp::CallError::Timeout { cpu } => ArmError::Timeout { cpu },
+            smp::CallError::InterruptsDisabled => ArmError::InterruptsDisabled,
+        }
     }
 }
 
@@ -182,7 +189,7 @@ pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<()
             log::warn!("a timer posted to CPU {cpu} could not be armed: {e}");
         }
     })
-    .map_err(|_| ArmError::CpuNotOnline(cpu))
+    .map_err(ArmError::from)
 }
 
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
