@@ -37,7 +37,8 @@ kernel_tests::qemu_test!(
         cancelling_a_timer_from_its_own_callback_says_it_is_running,
         an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there,
         each_failure_to_arm_says_what_happened,
-        an_arm_on_a_cpu_that_does_not_answer_times_out => "percpu_hpet",
+        an_arm_on_a_cpu_that_does_not_answer_times_out_and_never_runs => "percpu_hpet",
+        a_cancel_that_times_out_says_queued_and_still_lands => "percpu_hpet",
     ],
 );
 
@@ -260,11 +261,36 @@ fn release_cpu_1() {
 }
 
 /// CPU 1 busy with interrupts off past the 1 s wait: the arm times out, said as a timeout (not
-/// "not online").
-fn an_arm_on_a_cpu_that_does_not_answer_times_out(_: &Kernel) {
+/// "not online"), and the arm, which lands when CPU 1 takes its calls again, is abandoned:
+/// the timer never runs (it would be an orphan, with no id to cancel it).
+fn an_arm_on_a_cpu_that_does_not_answer_times_out_and_never_runs(_: &Kernel) {
     hold_cpu_1();
     let deadline = clockevents::now() + Duration::from_millis(1);
     let result = Timer::with_fn(1, deadline, orphan, 0).map(Timer::detach);
     release_cpu_1();
     assert_eq!(result, Err(ArmError::Timeout { cpu: 1 }));
+    // Calls run in order: once this one ran on CPU 1, so did the abandoned arm.
+    smp::call_on(1, || ()).expect("CPU 1 answers again");
+    clockevents::sleep_until(deadline + Duration::from_millis(10)).unwrap();
+    assert_eq!(ORPHAN_RAN.load(Ordering::Relaxed), 0, "the arm that timed out ran its timer");
+}
+
+/// CPU 1 busy past the 1 s wait of a cancel: the answer says the cancel is queued (not
+/// "inactive", as if the timer were gone), and it lands: the timer never runs.
+fn a_cancel_that_times_out_says_queued_and_still_lands(_: &Kernel) {
+    let ran = Arc::new(AtomicBool::new(false));
+    let seen = ran.clone();
+    // Due while CPU 1 is held or just after: the cancel, queued behind the hold, still comes
+    // first (CPU 1 runs its queued calls before it takes the timer interrupt).
+    let deadline = clockevents::now() + Duration::from_millis(1_200);
+    let timer =
+        Timer::at(1, deadline, move |_: &TimerEvent| seen.store(true, Ordering::Relaxed)).expect("armed");
+    hold_cpu_1();
+    let answer = timer.cancel();
+    release_cpu_1();
+    assert_eq!(answer, Cancelled::Queued, "a cancel CPU 1 did not answer is queued, not inactive");
+    smp::call_on(1, || ()).expect("CPU 1 answers again");
+    assert_eq!(timer.cancel(), Cancelled::Inactive, "the queued cancel landed");
+    clockevents::sleep_until(deadline + Duration::from_millis(10)).unwrap();
+    assert!(!ran.load(Ordering::Relaxed), "a timer whose cancel was queued ran");
 }

@@ -48,6 +48,16 @@ impl TimerId {
     pub fn cpu(self) -> usize {
         self.cpu as usize
     }
+
+    /// Its CPU, slot and generation, to be carried through atomics.
+    pub(crate) fn parts(self) -> (u32, u32, u32) {
+        (self.cpu, self.slot, self.generation)
+    }
+
+    /// The id [`parts`](Self::parts) took apart.
+    pub(crate) fn from_parts(cpu: u32, slot: u32, generation: u32) -> TimerId {
+        TimerId { cpu, slot, generation }
+    }
 }
 
 /// A timer id given to the queue of another CPU than the one that issued it: nothing was

@@ -98,7 +98,8 @@ pub enum ArmError {
     /// A periodic timer with a period of zero.
     ZeroPeriod,
     /// The timer's CPU is online but did not take the arm within the caller's wait (it is
-    /// busy with interrupts off, or stalled).
+    /// busy with interrupts off, or stalled). An owner that abandons the arm through a
+    /// [`RemoteArm`](crate::remote::RemoteArm) can promise it never runs.
     Timeout {
         /// The CPU that did not answer.
         cpu: usize,

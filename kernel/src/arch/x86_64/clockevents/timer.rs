@@ -12,10 +12,12 @@ use super::registry;
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
 use kernel_time::hrtimer::{Cancel, TimerId, WrongCpu};
 use kernel_time::instant::Instant;
+use kernel_time::remote::RemoteArm;
 use kernel_time::tick::ArmError;
 
 /// What a timer callback learns.
@@ -98,9 +100,10 @@ pub enum Cancelled {
     Running,
     /// It already ran (one-shot), was cancelled, or never existed.
     Inactive,
-    /// Asked from another CPU with interrupts disabled (where waiting could deadlock): the
-    /// cancel was queued to the timer's CPU, and it runs at most once more if it falls due
-    /// before the cancel arrives.
+    /// No answer in time: asked from another CPU with interrupts disabled (where waiting could
+    /// deadlock), or the timer's CPU did not take the cancel within 1 s. The cancel is queued
+    /// to the timer's CPU and takes effect when it lands; until then the timer may still run
+    /// (once, if it falls due first).
     Queued,
 }
 
@@ -159,13 +162,39 @@ fn cancel_on_its_cpu(id: TimerId) -> Cancelled {
     cancel_here(id).expect("a timer is cancelled on the CPU its id names")
 }
 
-/// Arms `payload` on CPU `cpu`: here directly, elsewhere by a call on that CPU (waiting for
-/// its timer id, so interrupts must be enabled).
+/// Arms `payload` on CPU `cpu`: here directly, elsewhere by a call on that CPU, waiting for
+/// its timer id (so interrupts must be enabled). A call that times out is abandoned: when it
+/// lands, its CPU does not arm it (or cancels it at once), so `Timeout` means it never runs;
+/// an arm that landed as the wait ended is kept and its id returned.
 fn arm_on_cpu(cpu: usize, deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
     if cpu == this_cpu() {
         return arm_here(deadline_ns, payload);
     }
-    smp::call_on(cpu, move || arm_here(deadline_ns, payload))?
+    let ticket = Arc::new(RemoteArm::new());
+    let owner = ticket.clone();
+    match smp::call_on(cpu, move || arm_for(&owner, deadline_ns, payload)) {
+        Ok(result) => result,
+        Err(smp::CallError::Timeout { cpu }) => ticket.abandon().ok_or(ArmError::Timeout { cpu }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// On the timer's CPU (in its function-call interrupt): arms a posted timer unless its caller
+/// gave up waiting, and cancels it at once if the caller gave up while it was being armed.
+fn arm_for(ticket: &RemoteArm, deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
+    if !ticket.wanted() {
+        // Nobody reads this answer: the caller was told the timer never runs.
+        return Err(ArmError::Timeout { cpu: this_cpu() });
+    }
+    let id = arm_here(deadline_ns, payload)?;
+    if !ticket.deliver(id) {
+        // Interrupts have been off since the arm: it cannot have run. Its payload is dropped
+        // here, outside the tick guard.
+        let payload = with_tick(|t| t.cancel(id).ok().and_then(Cancel::cancelled)).flatten();
+        debug_assert!(payload.is_some(), "an abandoned arm is still pending on its CPU");
+        drop(payload);
+    }
+    Ok(id)
 }
 
 /// What a call that did not reach its CPU means for a timer armed there: each its own answer.
@@ -253,7 +282,9 @@ impl Timer {
     }
 
     /// Cancels it, from any CPU (another CPU's timer by a call on that CPU, which runs between
-    /// its callbacks, so it never races one; interrupts must then be enabled).
+    /// its callbacks, so it never races one). From another CPU with interrupts disabled, or
+    /// when that CPU does not answer within 1 s, the answer is [`Cancelled::Queued`]: the
+    /// cancel still lands there, later.
     pub fn cancel(&self) -> Cancelled {
         let (cpu, id) = (self.id.cpu(), self.id);
         if cpu == this_cpu() {
@@ -267,7 +298,10 @@ impl Timer {
                 });
                 Cancelled::Queued
             }
-            Err(_) => Cancelled::Inactive,
+            // The call stays queued on the timer's CPU: the cancel lands when it runs.
+            Err(smp::CallError::Timeout { .. }) => Cancelled::Queued,
+            // A Timer's CPU was online when it was armed, and CPUs do not go offline.
+            Err(smp::CallError::NoSuchCpu(_)) => Cancelled::Inactive,
         }
     }
 
