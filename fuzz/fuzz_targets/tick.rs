@@ -703,7 +703,7 @@ impl Sim {
         let Some(id) = self.timers[n].id else { return }; // never armed: nothing to cancel
         let cpu = self.timers[n].cpu;
         run_on(cpu);
-        let got = self.tick(cpu).cancel(id);
+        let got = self.tick(cpu).cancel(id).expect("a timer is cancelled on its own CPU");
         let t = &mut self.timers[n];
         match got {
             Cancel::Cancelled(p) => {

@@ -179,7 +179,7 @@ fn cancel_slot(cpu: usize, s: &CpuState, slot: u32) {
         return;
     }
     let Some(id) = s.ids.lock()[slot as usize] else { return };
-    if clockevents::cancel(id) {
+    if clockevents::cancel(id).expect("a slot's timer is cancelled on its own CPU") {
         s.cancelled.fetch_add(1, Ordering::Relaxed);
         sl.live.store(false, Ordering::Release);
         // Invalidate the cancelled generation before anything else can run.

@@ -1,6 +1,7 @@
 //! The timer API across CPUs: a timer armed on another CPU runs there, a cancel from another
 //! CPU stops it, a timer posted from interrupt context arrives, a dropped handle cancels, and
-//! a cancel from a timer's own callback says it is running. Each variant is a device
+//! a cancel from a timer's own callback says it is running, an id of one CPU cancels nothing
+//! on another, and each failure to arm says what happened. Each variant is a device
 //! arrangement the timers must work on: per-CPU HPET, a CPU served by broadcast, LAPIC only.
 #![no_std]
 #![no_main]
@@ -13,9 +14,12 @@ use core::time::Duration;
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
 use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
-use kernel_tests::kernel::arch::x86_64::smp::percpu;
+use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
+use kernel_tests::kernel_time::hrtimer::WrongCpu;
 use kernel_tests::kernel_time::instant::Instant;
+use kernel_tests::kernel_time::tick::ArmError;
 use kernel_tests::wait_for;
+use x86_64::instructions::interrupts::without_interrupts;
 
 kernel_tests::qemu_test!(
     variants: b"
@@ -34,6 +38,10 @@ kernel_tests::qemu_test!(
         a_cancelled_closure_owning_a_timer_is_dropped_outside_the_guard,
         a_periodic_closure_cancelled_by_itself_is_dropped_outside_the_guard,
         a_callback_rearming_itself_in_the_past_does_not_livelock_its_cpu,
+        an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there,
+        each_failure_to_arm_says_what_happened,
+        an_arm_on_a_cpu_that_does_not_answer_times_out_and_never_runs => "percpu_hpet",
+        a_cancel_that_times_out_says_queued_and_still_lands => "percpu_hpet",
     ],
 );
 
@@ -165,7 +173,7 @@ fn cancelling_a_timer_from_its_own_callback_says_it_is_running(_: &Kernel) {
     assert_eq!(timer.cancel(), Cancelled::Inactive);
     assert_eq!(
         Timer::periodic(0, clockevents::now(), Duration::ZERO, |_: &TimerEvent| {}).err(),
-        Some(kernel_tests::kernel_time::tick::ArmError::ZeroPeriod),
+        Some(ArmError::ZeroPeriod),
         "a zero period is refused"
     );
 }
@@ -250,4 +258,124 @@ fn a_callback_rearming_itself_in_the_past_does_not_livelock_its_cpu(_: &Kernel) 
     assert!(wait_for(|| there.load(Ordering::Relaxed) > 0), "CPU 1's timer never ran");
     assert_eq!(there.load(Ordering::Relaxed), 1);
     drop(other);
+}
+
+static CPU0_TIMER_RAN: AtomicU64 = AtomicU64::new(0);
+static CPU1_TIMER_RAN_ON: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn cpu0_timer(_: &TimerEvent) {
+    CPU0_TIMER_RAN.fetch_add(1, Ordering::Relaxed);
+}
+
+fn cpu1_timer(_: &TimerEvent) {
+    CPU1_TIMER_RAN_ON.store(percpu::this_cpu().index as u64, Ordering::Relaxed);
+}
+
+/// A timer id names its CPU: CPU 0's id given to `cancel` on CPU 1 is refused there, and CPU 1's
+/// own timer (which may sit in the same slot of its queue, with the same generation) still
+/// fires; CPU 0's timer is still pending afterwards.
+fn an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there(_: &Kernel) {
+    // Far enough that it is still pending at the end, however slow the host.
+    let id0 = clockevents::arm_after(60_000 * MS, cpu0_timer, 0).expect("armed on CPU 0");
+    assert_eq!(id0.cpu(), 0);
+    let (refused, id1) = smp::call_on(1, move || {
+        let id1 = clockevents::arm_after(MS, cpu1_timer, 0).expect("armed on CPU 1");
+        (clockevents::cancel(id0), id1)
+    })
+    .expect("ran on CPU 1");
+    assert_eq!(refused, Err(WrongCpu { id_cpu: 0, queue_cpu: 1 }), "CPU 0's id is refused on CPU 1");
+    assert_eq!(id1.cpu(), 1);
+    assert!(wait_for(|| CPU1_TIMER_RAN_ON.load(Ordering::Relaxed) != u64::MAX), "CPU 1's timer never ran");
+    assert_eq!(CPU1_TIMER_RAN_ON.load(Ordering::Relaxed), 1, "CPU 1's timer ran on another CPU");
+    assert_eq!(
+        clockevents::cancel(id1),
+        Err(WrongCpu { id_cpu: 1, queue_cpu: 0 }),
+        "CPU 1's id is refused on CPU 0"
+    );
+    assert_eq!(clockevents::cancel(id0), Ok(true), "CPU 0's timer was still pending on CPU 0");
+    assert_eq!(CPU0_TIMER_RAN.load(Ordering::Relaxed), 0);
+}
+
+fn never(_: &TimerEvent) {
+    panic!("a timer that was refused ran");
+}
+
+/// A CPU that is not there, a cross-CPU arm with interrupts off, a zero period: each its own
+/// error, and nothing armed.
+fn each_failure_to_arm_says_what_happened(_: &Kernel) {
+    let absent = percpu::all().count() + 7;
+    let soon = clockevents::now() + Duration::from_millis(1);
+    assert_eq!(Timer::at(absent, soon, |_: &TimerEvent| {}).err(), Some(ArmError::CpuNotOnline(absent)));
+    assert_eq!(clockevents::post_on(absent, now_ns(), never, 0), Err(ArmError::CpuNotOnline(absent)));
+    let refused = without_interrupts(|| Timer::with_fn(1, soon, never, 0).err());
+    assert_eq!(refused, Some(ArmError::InterruptsDisabled), "waiting for CPU 1 with interrupts off");
+    assert_eq!(
+        Timer::periodic(1, soon, Duration::ZERO, |_: &TimerEvent| {}).err(),
+        Some(ArmError::ZeroPeriod)
+    );
+    clockevents::sleep_ns(5 * MS).unwrap();
+}
+
+static ORPHAN_RAN: AtomicU64 = AtomicU64::new(0);
+
+fn orphan(_: &TimerEvent) {
+    ORPHAN_RAN.fetch_add(1, Ordering::Relaxed);
+}
+
+static HOLD_CPU_1: AtomicBool = AtomicBool::new(false);
+static CPU_1_HELD: AtomicBool = AtomicBool::new(false);
+
+/// Keeps CPU 1 busy with interrupts off (in its function-call interrupt) until
+/// [`release_cpu_1`], 10 s of its clock at most; returns once it is held.
+fn hold_cpu_1() {
+    HOLD_CPU_1.store(true, Ordering::SeqCst);
+    CPU_1_HELD.store(false, Ordering::SeqCst);
+    smp::post(1, || {
+        CPU_1_HELD.store(true, Ordering::SeqCst);
+        let start = now_ns();
+        while HOLD_CPU_1.load(Ordering::SeqCst) && now_ns() - start < 10_000 * MS {
+            core::hint::spin_loop();
+        }
+    })
+    .expect("CPU 1 is online");
+    assert!(wait_for(|| CPU_1_HELD.load(Ordering::SeqCst)), "CPU 1 never took the hold");
+}
+
+fn release_cpu_1() {
+    HOLD_CPU_1.store(false, Ordering::SeqCst);
+}
+
+/// CPU 1 busy with interrupts off past the 1 s wait: the arm times out, said as a timeout (not
+/// "not online"), and the arm, which lands when CPU 1 takes its calls again, is abandoned:
+/// the timer never runs (it would be an orphan, with no id to cancel it).
+fn an_arm_on_a_cpu_that_does_not_answer_times_out_and_never_runs(_: &Kernel) {
+    hold_cpu_1();
+    let deadline = clockevents::now() + Duration::from_millis(1);
+    let result = Timer::with_fn(1, deadline, orphan, 0).map(Timer::detach);
+    release_cpu_1();
+    assert_eq!(result, Err(ArmError::Timeout { cpu: 1 }));
+    // Calls run in order: once this one ran on CPU 1, so did the abandoned arm.
+    smp::call_on(1, || ()).expect("CPU 1 answers again");
+    clockevents::sleep_until(deadline + Duration::from_millis(10)).unwrap();
+    assert_eq!(ORPHAN_RAN.load(Ordering::Relaxed), 0, "the arm that timed out ran its timer");
+}
+
+/// CPU 1 busy past the 1 s wait of a cancel: the answer says the cancel is queued (not
+/// "inactive", as if the timer were gone), and it lands: the timer never runs.
+fn a_cancel_that_times_out_says_queued_and_still_lands(_: &Kernel) {
+    let ran = Arc::new(AtomicBool::new(false));
+    let seen = ran.clone();
+    // Due while CPU 1 is held or just after: the cancel, queued behind the hold, still comes
+    // first (CPU 1 runs its queued calls before it takes the timer interrupt).
+    let deadline = clockevents::now() + Duration::from_millis(1_200);
+    let timer =
+        Timer::at(1, deadline, move |_: &TimerEvent| seen.store(true, Ordering::Relaxed)).expect("armed");
+    hold_cpu_1();
+    let answer = timer.cancel();
+    release_cpu_1();
+    assert_eq!(answer, Cancelled::Queued, "a cancel CPU 1 did not answer is queued, not inactive");
+    smp::call_on(1, || ()).expect("CPU 1 answers again");
+    assert_eq!(timer.cancel(), Cancelled::Inactive, "the queued cancel landed");
+    clockevents::sleep_until(deadline + Duration::from_millis(10)).unwrap();
+    assert!(!ran.load(Ordering::Relaxed), "a timer whose cancel was queued ran");
 }

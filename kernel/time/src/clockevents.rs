@@ -229,6 +229,14 @@ pub enum DriverState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventPassed;
 
+impl fmt::Display for EventPassed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the counter passed the event while it was programmed")
+    }
+}
+
+impl core::error::Error for EventPassed {}
+
 /// The hardware side of a clock event device: what a kernel implements for each device.
 ///
 /// The driver only carries out what the layer asks; the layer decides who uses the device,
@@ -422,6 +430,8 @@ impl fmt::Display for ProgramError {
     }
 }
 
+impl core::error::Error for ProgramError {}
+
 /// Why a device's frequency could not be changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrequencyError {
@@ -445,6 +455,8 @@ impl fmt::Display for FrequencyError {
     }
 }
 
+impl core::error::Error for FrequencyError {}
+
 /// An illegal state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IllegalTransition {
@@ -459,6 +471,8 @@ impl fmt::Display for IllegalTransition {
         write!(f, "illegal clock event state change {} -> {}", self.from, self.to)
     }
 }
+
+impl core::error::Error for IllegalTransition {}
 
 /// A registered device: its description, conversion, state and statistics.
 ///

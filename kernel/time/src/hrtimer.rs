@@ -22,18 +22,61 @@
 //! A popped timer stays *running* (its slot reserved) until the owner calls
 //! [`TimerQueue::complete`] after its callback, so a cancel during the callback can say so
 //! ([`Cancel::Running`]) and a periodic timer is re-armed under the same id.
+//!
+//! Each queue belongs to one CPU and its ids name that CPU: an id given to another CPU's queue
+//! is refused ([`WrongCpu`]), never taken for the timer that happens to sit in the same slot
+//! there.
 
 use alloc::vec::Vec;
+use core::fmt;
 
-/// Identifies an armed timer: its slot and the slot's generation, so an id whose timer has
-/// gone (fired, cancelled) never reaches a later timer in the same slot. A generation is a
+/// Identifies an armed timer: the CPU whose queue holds it, its slot and the slot's
+/// generation, so an id whose timer has gone (fired, cancelled) never reaches a later timer in
+/// the same slot, and an id of one CPU never reaches a timer of another. A generation is a
 /// u32 bumped on every reuse of its slot: an id could only be confused with a new timer after
 /// 2^32 reuses of one slot while the old id is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TimerId {
+    cpu: u32,
     slot: u32,
     generation: u32,
 }
+
+impl TimerId {
+    /// The CPU whose queue holds (or held) this timer: where it runs and where it is cancelled.
+    #[inline]
+    pub fn cpu(self) -> usize {
+        self.cpu as usize
+    }
+
+    /// Its CPU, slot and generation, to be carried through atomics.
+    pub(crate) fn parts(self) -> (u32, u32, u32) {
+        (self.cpu, self.slot, self.generation)
+    }
+
+    /// The id [`parts`](Self::parts) took apart.
+    pub(crate) fn from_parts(cpu: u32, slot: u32, generation: u32) -> TimerId {
+        TimerId { cpu, slot, generation }
+    }
+}
+
+/// A timer id given to the queue of another CPU than the one that issued it: nothing was
+/// touched there (the id's timer, if any, is on `id_cpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrongCpu {
+    /// The CPU the id belongs to.
+    pub id_cpu: usize,
+    /// The CPU of the queue it was given to.
+    pub queue_cpu: usize,
+}
+
+impl fmt::Display for WrongCpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a timer of CPU {} was given to CPU {}'s queue", self.id_cpu, self.queue_cpu)
+    }
+}
+
+impl core::error::Error for WrongCpu {}
 
 /// A timer taken out of the queue because its deadline has passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,14 +135,18 @@ const NO_SLOT: u32 = u32::MAX;
 /// Pending timers of one CPU, ordered by deadline; `T` is what each timer carries.
 ///
 /// ```
-/// use kernel_time::hrtimer::{Cancel, TimerQueue};
+/// use kernel_time::hrtimer::{Cancel, TimerQueue, WrongCpu};
 ///
-/// let mut queue = TimerQueue::with_capacity(8);
+/// let mut queue = TimerQueue::with_capacity(0, 8);
 /// let late = queue.arm(300, "late");
 /// let b = queue.arm(100, "b");
 /// queue.arm(100, "c");
 /// assert_eq!(queue.earliest(), Some(100));
-/// assert_eq!(queue.cancel(late), Cancel::Cancelled("late"));
+/// assert_eq!(queue.cancel(late), Ok(Cancel::Cancelled("late")));
+/// // An id names its CPU: another CPU's queue refuses it, whatever it holds in that slot.
+/// let mut other = TimerQueue::with_capacity(1, 8);
+/// other.arm(300, "other's");
+/// assert_eq!(other.cancel(b), Err(WrongCpu { id_cpu: 0, queue_cpu: 1 }));
 ///
 /// // Never early: at 99 ns nothing is due.
 /// assert!(queue.pop_expired(99).is_none());
@@ -107,7 +154,7 @@ const NO_SLOT: u32 = u32::MAX;
 /// let first = queue.pop_expired(150).unwrap();
 /// assert_eq!((first.id, first.payload), (b, "b"));
 /// // Running until completed: a cancel from its callback says so.
-/// assert_eq!(queue.cancel(b), Cancel::Running);
+/// assert_eq!(queue.cancel(b), Ok(Cancel::Running));
 /// queue.complete(first.id, None);
 /// // A periodic timer: completed with its next deadline, on its grid.
 /// let second = queue.pop_expired(150).unwrap();
@@ -115,10 +162,12 @@ const NO_SLOT: u32 = u32::MAX;
 /// assert_eq!(queue.complete(second.id, Some((second.deadline_ns + 1_000, "c"))), Ok(true));
 /// assert_eq!(queue.earliest(), Some(1_100));
 /// // A stale id never reaches a reused slot.
-/// assert_eq!(queue.cancel(late), Cancel::Inactive);
+/// assert_eq!(queue.cancel(late), Ok(Cancel::Inactive));
 /// ```
 #[derive(Debug)]
 pub struct TimerQueue<T> {
+    /// The CPU this queue belongs to, named by every id it issues.
+    cpu: u32,
     slots: Vec<Slot<T>>,
     /// Slot numbers of the pending timers, a binary min-heap by `(deadline, sequence)`.
     heap: Vec<u32>,
@@ -128,16 +177,30 @@ pub struct TimerQueue<T> {
 }
 
 impl<T> TimerQueue<T> {
-    /// An empty queue. `const` so a per-CPU queue can be a `static`.
-    pub const fn new() -> Self {
-        TimerQueue { slots: Vec::new(), heap: Vec::new(), free: NO_SLOT, next_sequence: 0 }
+    /// CPU `cpu`'s empty queue. `const` so a per-CPU queue can be a `static`.
+    ///
+    /// # Panics
+    /// If `cpu` does not fit in 32 bits.
+    pub const fn new(cpu: usize) -> Self {
+        assert!(cpu <= u32::MAX as usize, "CPU numbers fit in 32 bits");
+        TimerQueue { cpu: cpu as u32, slots: Vec::new(), heap: Vec::new(), free: NO_SLOT, next_sequence: 0 }
     }
 
-    /// An empty queue with room for `capacity` timers before it allocates again.
-    pub fn with_capacity(capacity: usize) -> Self {
-        let mut queue = TimerQueue::new();
+    /// CPU `cpu`'s empty queue with room for `capacity` timers before it allocates again.
+    pub fn with_capacity(cpu: usize, capacity: usize) -> Self {
+        let mut queue = TimerQueue::new(cpu);
         queue.reserve(capacity);
         queue
+    }
+
+    /// The CPU this queue belongs to.
+    pub fn cpu(&self) -> usize {
+        self.cpu as usize
+    }
+
+    /// This queue's id for slot `slot`.
+    fn id(&self, slot: u32, generation: u32) -> TimerId {
+        TimerId { cpu: self.cpu, slot, generation }
     }
 
     /// Makes room for `additional` more timers than are armed now, so that arming them does
@@ -197,7 +260,12 @@ impl<T> TimerQueue<T> {
         self.free = index;
     }
 
+    /// The slot an id of this queue names, while the id is current; never a slot for another
+    /// CPU's id.
     fn slot_of(&self, id: TimerId) -> Option<&Slot<T>> {
+        if id.cpu != self.cpu {
+            return None;
+        }
         self.slots.get(id.slot as usize).filter(|s| s.generation == id.generation)
     }
 
@@ -214,7 +282,8 @@ impl<T> TimerQueue<T> {
         slot.deadline_ns = deadline_ns;
         slot.sequence = sequence;
         slot.state = SlotState::Pending { heap_index, payload };
-        let id = TimerId { slot: index, generation: slot.generation };
+        let generation = slot.generation;
+        let id = self.id(index, generation);
         self.heap.push(index);
         self.sift_up(heap_index as usize);
         id
@@ -229,9 +298,14 @@ impl<T> TimerQueue<T> {
     /// Cancels a timer. A pending one hands back its payload; a running one (popped, its
     /// callback not yet completed) is marked so it is not re-armed; anything else is inactive,
     /// so a racing cancel and expiry hand the payload out only once. O(log n).
-    pub fn cancel(&mut self, id: TimerId) -> Cancel<T> {
-        let Some(slot) = self.slot_of(id) else { return Cancel::Inactive };
-        match slot.state {
+    ///
+    /// An id issued by another CPU's queue is refused and touches nothing here.
+    pub fn cancel(&mut self, id: TimerId) -> Result<Cancel<T>, WrongCpu> {
+        if id.cpu != self.cpu {
+            return Err(WrongCpu { id_cpu: id.cpu(), queue_cpu: self.cpu() });
+        }
+        let Some(slot) = self.slot_of(id) else { return Ok(Cancel::Inactive) };
+        Ok(match slot.state {
             SlotState::Free { .. } => Cancel::Inactive,
             SlotState::Running { .. } => {
                 self.slots[id.slot as usize].state = SlotState::Running { cancelled: true };
@@ -249,11 +323,12 @@ impl<T> TimerQueue<T> {
                     _ => unreachable!("checked pending above"),
                 }
             }
-        }
+        })
     }
 
     /// Moves a pending timer to `deadline_ns`, keeping its id and payload; `false` if it is not
-    /// pending. Among equal deadlines it keeps the place of its original arming. O(log n).
+    /// pending here (another CPU's id never is). Among equal deadlines it keeps the place of its
+    /// original arming. O(log n).
     pub fn rearm(&mut self, id: TimerId, deadline_ns: u64) -> bool {
         let Some(slot) = self.slot_of(id) else { return false };
         let SlotState::Pending { heap_index, .. } = slot.state else { return false };
@@ -326,13 +401,14 @@ impl<T> TimerQueue<T> {
             return None;
         }
         self.remove_from_heap(0);
-        let slot = &mut self.slots[index as usize];
-        let SlotState::Pending { payload, .. } =
-            core::mem::replace(&mut slot.state, SlotState::Running { cancelled: false })
-        else {
+        let id = self.id(index, self.slots[index as usize].generation);
+        let SlotState::Pending { payload, .. } = core::mem::replace(
+            &mut self.slots[index as usize].state,
+            SlotState::Running { cancelled: false },
+        ) else {
             unreachable!("the heap holds only pending slots")
         };
-        Some(Expired { id: TimerId { slot: index, generation: slot.generation }, deadline_ns, payload })
+        Some(Expired { id, deadline_ns, payload })
     }
 
     /// Number of pending timers.
@@ -408,12 +484,6 @@ impl<T> TimerQueue<T> {
     }
 }
 
-impl<T> Default for TimerQueue<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// A periodic timer's next deadline on its grid (`deadline_ns + k * period_ns`): one period
 /// after `deadline_ns`, or, if periods were missed, the first grid point after `now_ns`, so a
 /// late timer catches up in one run instead of firing once per missed period (Linux's
@@ -456,17 +526,18 @@ mod tests {
 
     #[test]
     fn new_queue_is_empty() {
-        static QUEUE: TimerQueue<u32> = TimerQueue::new();
+        static QUEUE: TimerQueue<u32> = TimerQueue::new(0);
         assert!(QUEUE.is_empty());
         assert_eq!(QUEUE.len(), 0);
         assert_eq!(QUEUE.earliest(), None);
-        let mut queue = TimerQueue::<u32>::default();
+        let mut queue = TimerQueue::<u32>::new(3);
+        assert_eq!(queue.cpu(), 3);
         assert_eq!(queue.pop_expired(u64::MAX).map(|e| e.payload), None);
     }
 
     #[test]
     fn timers_pop_in_deadline_order() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         for deadline in [50, 10, 40, 20, 30] {
             queue.arm(deadline, deadline);
         }
@@ -476,7 +547,7 @@ mod tests {
 
     #[test]
     fn equal_deadlines_fire_in_arming_order() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         queue.arm(7, 'a');
         queue.arm(3, 'x');
         queue.arm(7, 'b');
@@ -486,7 +557,7 @@ mod tests {
 
     #[test]
     fn nothing_pops_before_its_deadline() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let id = queue.arm(1_000, ());
         assert!(queue.pop_expired(0).is_none());
         assert!(queue.pop_expired(999).is_none());
@@ -498,37 +569,37 @@ mod tests {
 
     #[test]
     fn deadline_in_the_past_pops_at_once() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         queue.arm(5, "late");
         assert_eq!(drain(&mut queue, 500), ["late"]);
     }
 
     #[test]
     fn cancelled_timer_never_pops() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         queue.arm(10, 1);
         let cancelled = queue.arm(20, 2);
         queue.arm(30, 3);
-        assert_eq!(queue.cancel(cancelled), Cancel::Cancelled(2));
+        assert_eq!(queue.cancel(cancelled), Ok(Cancel::Cancelled(2)));
         assert_eq!(queue.len(), 2);
         assert_eq!(queue.deadline(cancelled), None);
-        assert_eq!(queue.cancel(cancelled), Cancel::Inactive, "a second cancel finds nothing");
+        assert_eq!(queue.cancel(cancelled), Ok(Cancel::Inactive), "a second cancel finds nothing");
         assert_eq!(drain(&mut queue, u64::MAX), [1, 3]);
     }
 
     #[test]
     fn cancel_after_fire_returns_none() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let id = queue.arm(10, "once");
         assert_eq!(drain(&mut queue, 10), ["once"]);
-        assert_eq!(queue.cancel(id), Cancel::Inactive);
+        assert_eq!(queue.cancel(id), Ok(Cancel::Inactive));
         assert!(!queue.rearm(id, 20), "a fired timer cannot be rearmed");
         assert!(queue.is_empty());
     }
 
     #[test]
     fn rearm_moves_the_deadline_and_keeps_the_id() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let moved = queue.arm(10, "moved");
         queue.arm(20, "stays");
         assert!(queue.rearm(moved, 30));
@@ -543,9 +614,9 @@ mod tests {
 
     #[test]
     fn ids_are_never_reused() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let first = queue.arm(1, ());
-        queue.cancel(first);
+        queue.cancel(first).unwrap();
         let second = queue.arm(1, ());
         drain(&mut queue, 1);
         let third = queue.arm(1, ());
@@ -554,14 +625,14 @@ mod tests {
 
     #[test]
     fn earliest_follows_arm_and_cancel() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let late = queue.arm(300, ());
         assert_eq!(queue.earliest(), Some(300));
         let early = queue.arm(100, ());
         assert_eq!(queue.earliest(), Some(100));
         queue.arm(200, ());
         assert_eq!(queue.earliest(), Some(100));
-        queue.cancel(early);
+        queue.cancel(early).unwrap();
         assert_eq!(queue.earliest(), Some(200));
         queue.rearm(late, 50);
         assert_eq!(queue.earliest(), Some(50));
@@ -571,7 +642,7 @@ mod tests {
 
     #[test]
     fn arm_after_saturates() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let soon = queue.arm_after(1_000, 500, ());
         assert_eq!(queue.deadline(soon), Some(1_500));
         let never = queue.arm_after(u64::MAX - 10, 100, ());
@@ -582,7 +653,7 @@ mod tests {
 
     #[test]
     fn periodic_timer_is_rearmed_under_its_id_from_its_deadline() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let id = queue.arm(100, "tick");
         queue.arm(150, "other");
         let e = queue.pop_expired(120).expect("due");
@@ -595,34 +666,56 @@ mod tests {
 
     #[test]
     fn cancelling_a_running_timer_says_so_and_stops_its_rearm() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let id = queue.arm(10, 1);
         let e = queue.pop_expired(10).expect("due");
-        assert_eq!(queue.cancel(id), Cancel::Running);
+        assert_eq!(queue.cancel(id), Ok(Cancel::Running));
         assert_eq!(
             queue.complete(e.id, Some((20, e.payload))),
             Err(1),
             "a cancelled periodic timer stays cancelled, its payload handed back"
         );
-        assert_eq!(queue.cancel(id), Cancel::Inactive);
+        assert_eq!(queue.cancel(id), Ok(Cancel::Inactive));
         assert!(queue.is_empty());
     }
 
     #[test]
     fn a_stale_id_never_reaches_the_timer_that_reuses_its_slot() {
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let old = queue.arm(10, "old");
-        assert_eq!(queue.cancel(old), Cancel::Cancelled("old"));
+        assert_eq!(queue.cancel(old), Ok(Cancel::Cancelled("old")));
         let new = queue.arm(20, "new");
         assert_ne!(old, new);
-        assert_eq!(queue.cancel(old), Cancel::Inactive);
+        assert_eq!(queue.cancel(old), Ok(Cancel::Inactive));
         assert!(!queue.rearm(old, 5));
         assert_eq!(queue.deadline(new), Some(20));
     }
 
     #[test]
+    fn an_id_of_another_cpu_is_refused_and_never_cancels_that_cpus_timer() {
+        // Two fresh queues hand out the same slot and generation first: only the CPU tells the
+        // ids apart.
+        let mut cpu0 = TimerQueue::new(0);
+        let mut cpu1 = TimerQueue::new(1);
+        let id0 = cpu0.arm(100, "cpu 0's");
+        let id1 = cpu1.arm(200, "cpu 1's");
+        assert_eq!((id0.cpu(), id1.cpu()), (0, 1));
+        assert_ne!(id0, id1);
+        assert_eq!(cpu1.cancel(id0), Err(WrongCpu { id_cpu: 0, queue_cpu: 1 }));
+        assert!(!cpu1.rearm(id0, 5), "another CPU's id moves nothing");
+        assert_eq!(cpu1.deadline(id0), None);
+        assert_eq!(cpu1.deadline(id1), Some(200), "CPU 1's timer is untouched");
+        let expired = cpu1.pop_expired(200).expect("CPU 1's timer still fires");
+        assert_eq!((expired.id, expired.payload), (id1, "cpu 1's"));
+        assert_eq!(cpu1.cancel(id0), Err(WrongCpu { id_cpu: 0, queue_cpu: 1 }), "not even while running");
+        assert_eq!(cpu1.complete(id0, None), Ok(false), "another CPU's id completes nothing");
+        assert!(cpu1.is_running(id1));
+        assert_eq!(cpu0.cancel(id0), Ok(Cancel::Cancelled("cpu 0's")));
+    }
+
+    #[test]
     fn reserved_capacity_is_used_before_growing() {
-        let mut queue = TimerQueue::with_capacity(100);
+        let mut queue = TimerQueue::with_capacity(0, 100);
         assert_eq!(queue.spare_capacity(), 100);
         let slots = queue.slots.capacity();
         for i in 0..100 {
@@ -660,7 +753,7 @@ mod tests {
     /// then one never issued.
     fn pick_id(rng: &mut XorShift, issued: &[TimerId], model: &Model) -> TimerId {
         if issued.is_empty() || rng.below(20) == 0 {
-            TimerId { slot: u32::MAX - 1 - rng.below(5) as u32, generation: 0 }
+            TimerId { cpu: 0, slot: u32::MAX - 1 - rng.below(5) as u32, generation: 0 }
         } else if !model.pending.is_empty() && rng.below(2) == 0 {
             model.pending[rng.below(model.pending.len() as u64) as usize].1
         } else {
@@ -671,7 +764,7 @@ mod tests {
     #[test]
     fn random_operations_agree_with_a_reference_model() {
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-        let mut queue = TimerQueue::new();
+        let mut queue = TimerQueue::new(0);
         let mut model = Model::default();
         let mut now_ns: u64 = 0;
         let mut issued: Vec<TimerId> = Vec::new();
@@ -711,7 +804,11 @@ mod tests {
                 4 | 5 => {
                     let id = pick_id(&mut rng, &issued, &model);
                     let expected = model.position(id).map(|i| model.pending.remove(i).2);
-                    assert_eq!(queue.cancel(id).cancelled(), expected, "step {step}: cancel {id:?}");
+                    assert_eq!(
+                        queue.cancel(id).expect("an id of this queue").cancelled(),
+                        expected,
+                        "step {step}: cancel {id:?}"
+                    );
                     if expected.is_some() {
                         cancelled.insert(id);
                         cancels_of_pending += 1;

@@ -24,6 +24,9 @@
 //!   already past is programmed at the device's minimum delta.
 //! - Ordering: timers run in deadline order, equal deadlines in the order they were armed; a
 //!   timer is handed out once (a periodic one once per period), never after its cancel.
+//! - Own CPU: a [`hrtimer::TimerId`] names its CPU, and another CPU's queue refuses it. An arm
+//!   posted to another CPU meets its caller in a [`remote::RemoteArm`]: a caller that gives up
+//!   waiting either gets the id after all or the timer never runs (no orphan).
 //!
 //! # Example: a device, a CPU, two timers on a fake clock
 //!
@@ -114,6 +117,7 @@ pub mod hrtimer;
 pub mod instant;
 #[cfg(test)]
 mod proptests;
+pub mod remote;
 #[cfg(test)]
 mod testing;
 pub mod tick;

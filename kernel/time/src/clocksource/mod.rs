@@ -168,6 +168,8 @@ impl fmt::Display for RegisterError {
     }
 }
 
+impl core::error::Error for RegisterError {}
+
 /// Most sources registered at once (TSC, HPET, ACPI PM timer, one spare).
 pub const MAX_SOURCES: usize = 4;
 /// A narrow counter must take at least this long to wrap: four times the 0.5 s at which the

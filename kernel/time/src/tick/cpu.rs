@@ -14,7 +14,7 @@
 use super::{ArmError, DeviceId, Service, TickMode};
 use crate::broadcast::Broadcast;
 use crate::clockevents::{ClockEventDevice, Features, FrequencyError, NsToTicks, ProgramError, State};
-use crate::hrtimer::{Cancel, Expired, TimerId, TimerQueue};
+use crate::hrtimer::{Cancel, Expired, TimerId, TimerQueue, WrongCpu};
 use alloc::sync::Arc;
 use spin::Mutex;
 
@@ -105,6 +105,20 @@ impl core::fmt::Display for DeepIdleRefused {
     }
 }
 
+impl core::error::Error for DeepIdleRefused {}
+
+impl core::fmt::Display for DeviceFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "clock event device {} failed: {}", self.device.0, self.error)
+    }
+}
+
+impl core::error::Error for DeviceFailure {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 impl<T> CpuTick<T> {
     /// CPU `cpu`'s tick, not served by anything until its first assignment; room for
     /// `capacity` timers before arming allocates.
@@ -114,7 +128,7 @@ impl<T> CpuTick<T> {
             mode,
             service: Service::None,
             local: None,
-            queue: TimerQueue::with_capacity(capacity),
+            queue: TimerQueue::with_capacity(cpu, capacity),
             next_event_ns: u64::MAX,
             next_tick_ns: now_ns.saturating_add(mode.period_ns()),
             ticks: 0,
@@ -386,8 +400,8 @@ impl<T> CpuTick<T> {
     }
 
     /// Cancels a timer of this CPU. The device keeps its programmed time: an interrupt with
-    /// nothing due just programs the next deadline.
-    pub fn cancel(&mut self, id: TimerId) -> Cancel<T> {
+    /// nothing due just programs the next deadline. Another CPU's id is refused.
+    pub fn cancel(&mut self, id: TimerId) -> Result<Cancel<T>, WrongCpu> {
         self.queue.cancel(id)
     }
 

@@ -82,10 +82,14 @@ pub enum Service {
     Broadcast(DeviceId),
 }
 
-/// Why a timer could not be armed.
+/// Why a timer could not be armed. Each says what happened: a CPU that is not there, one that
+/// did not answer in time and one that cannot be woken are three different answers.
+///
+/// [`NoTickDevice`](Self::NoTickDevice) comes from [`CpuTick::arm`]; the others from the
+/// owner's timer API around it (arming on another CPU, periodic timers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArmError {
-    /// The CPU is not online in the tick layer.
+    /// The CPU is not online in the tick layer (no such CPU, or not started).
     CpuNotOnline(usize),
     /// No device can interrupt this CPU.
     NoTickDevice(usize),
@@ -94,6 +98,13 @@ pub enum ArmError {
     InterruptsDisabled,
     /// A periodic timer with a period of zero.
     ZeroPeriod,
+    /// The timer's CPU is online but did not take the arm within the caller's wait (it is
+    /// busy with interrupts off, or stalled). An owner that abandons the arm through a
+    /// [`RemoteArm`](crate::remote::RemoteArm) can promise it never runs.
+    Timeout {
+        /// The CPU that did not answer.
+        cpu: usize,
+    },
 }
 
 impl fmt::Display for ArmError {
@@ -105,6 +116,51 @@ impl fmt::Display for ArmError {
                 write!(f, "a timer on another CPU cannot be armed with interrupts disabled")
             }
             ArmError::ZeroPeriod => write!(f, "a periodic timer needs a period above zero"),
+            ArmError::Timeout { cpu } => write!(f, "CPU {cpu} did not take the timer in time"),
         }
+    }
+}
+
+impl core::error::Error for ArmError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clockevents::{EventPassed, FrequencyError, IllegalTransition, ProgramError, State};
+    use crate::clocksource::RegisterError;
+    use crate::hrtimer::WrongCpu;
+    use alloc::string::ToString;
+    use core::error::Error;
+
+    #[test]
+    fn a_timeout_is_not_a_cpu_that_is_not_online() {
+        let timeout = ArmError::Timeout { cpu: 1 }.to_string();
+        let offline = ArmError::CpuNotOnline(1).to_string();
+        assert_ne!(timeout, offline);
+        assert!(timeout.contains("CPU 1") && timeout.contains("in time"), "{timeout}");
+        assert!(offline.contains("not online"), "{offline}");
+    }
+
+    #[test]
+    fn the_public_errors_are_errors() {
+        let errors: [&dyn Error; 9] = [
+            &ArmError::Timeout { cpu: 1 },
+            &DeepIdleRefused::NoBroadcast,
+            &ProgramError::GaveUp { min_delta_ns: 5_000 },
+            &FrequencyError::Zero,
+            &IllegalTransition { from: State::Detached, to: State::Oneshot },
+            &RegisterError::Full,
+            &WrongCpu { id_cpu: 0, queue_cpu: 1 },
+            &EventPassed,
+            &DeviceFailure { device: DeviceId(3), error: ProgramError::GaveUp { min_delta_ns: 5_000 } },
+        ];
+        for e in errors {
+            assert!(!e.to_string().is_empty());
+        }
+        let failure =
+            DeviceFailure { device: DeviceId(3), error: ProgramError::GaveUp { min_delta_ns: 5_000 } };
+        let source = failure.source().expect("a device failure says why");
+        assert_eq!(source.to_string(), failure.error.to_string());
+        assert!(failure.to_string().contains("device 3"), "{failure}");
     }
 }

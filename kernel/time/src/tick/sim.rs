@@ -315,7 +315,7 @@ impl Sim {
         n
     }
     fn cancel(&mut self, cpu: usize, id: TimerId) -> Cancel<u32> {
-        self.on(cpu, |t, _, _| t.cancel(id))
+        self.on(cpu, |t, _, _| t.cancel(id)).expect("a timer is cancelled on its own CPU")
     }
     /// Delivers the queued messages, each on its CPU.
     fn deliver(&mut self) {
@@ -326,7 +326,7 @@ impl Sim {
                     self.ids.insert(n, id);
                 }
                 Message::Cancel { id, n } => {
-                    if self.on(cpu, |t, _, _| t.cancel(id)).cancelled().is_some() {
+                    if self.cancel(cpu, id).cancelled().is_some() {
                         self.cancelled.push(n);
                     }
                 }

@@ -8,6 +8,7 @@ use super::timer::{Payload, TimerEvent};
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::hrtimer::Expired;
@@ -59,11 +60,26 @@ impl CpuTime {
 }
 
 /// The calling CPU's tick, with interrupts disabled until it is dropped (then restored as they
-/// were). Code holding it cannot be interrupted or moved, so "this CPU's state" is a type.
+/// were). Code holding it cannot be interrupted or moved, so "this CPU's state" is a type; it
+/// is `!Send`, so it cannot be handed to code running on another CPU either.
 pub struct TickGuard {
     tick: Option<MutexGuard<'static, Option<CpuTick<Payload>>>>,
     interrupts_were_enabled: bool,
+    /// `!Send` (and `!Sync`): the guard means "this CPU", and only on this CPU.
+    _this_cpu: PhantomData<*mut ()>,
 }
+
+/// A compile-time check that `TickGuard` is not `Send` (the `static_assertions` crate's
+/// `assert_not_impl_any`): were it `Send`, both impls below would apply and the name in the
+/// constant would be ambiguous, which fails the build.
+const _: fn() = || {
+    trait AmbiguousIfSend<A> {
+        fn some_item() {}
+    }
+    impl<T: ?Sized> AmbiguousIfSend<()> for T {}
+    impl<T: ?Sized + Send> AmbiguousIfSend<u8> for T {}
+    let _ = <TickGuard as AmbiguousIfSend<_>>::some_item;
+};
 
 impl core::ops::Deref for TickGuard {
     type Target = CpuTick<Payload>;
@@ -104,7 +120,7 @@ pub fn this_cpu_tick() -> Option<TickGuard> {
         }
         return None;
     }
-    Some(TickGuard { tick: Some(guard), interrupts_were_enabled })
+    Some(TickGuard { tick: Some(guard), interrupts_were_enabled, _this_cpu: PhantomData })
 }
 
 /// Runs `f` on the calling CPU's tick; `None` before it has one.

@@ -12,10 +12,12 @@ use super::registry;
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
-use kernel_time::hrtimer::{Cancel, TimerId};
+use kernel_time::hrtimer::{Cancel, TimerId, WrongCpu};
 use kernel_time::instant::Instant;
+use kernel_time::remote::RemoteArm;
 use kernel_time::tick::ArmError;
 
 /// What a timer callback learns.
@@ -89,9 +91,10 @@ pub enum Cancelled {
     Running,
     /// It already ran (one-shot), was cancelled, or never existed.
     Inactive,
-    /// Asked from another CPU with interrupts disabled (where waiting could deadlock): the
-    /// cancel was queued to the timer's CPU, and it runs at most once more if it falls due
-    /// before the cancel arrives.
+    /// No answer in time: asked from another CPU with interrupts disabled (where waiting could
+    /// deadlock), or the timer's CPU did not take the cancel within 1 s. The cancel is queued
+    /// to the timer's CPU and takes effect when it lands; until then the timer may still run
+    /// (once, if it falls due first).
     Queued,
 }
 
@@ -131,27 +134,74 @@ pub fn arm_after(delay_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmErr
     arm_at(now_ns().saturating_add(delay_ns), f, data)
 }
 
-/// Cancels a timer of the calling CPU; true if it was pending (it never runs now).
-pub fn cancel(id: TimerId) -> bool {
-    cancel_here(id) == Cancelled::Pending
+/// Cancels a timer of the calling CPU: `Ok(true)` if it was pending (it never runs now). An id
+/// of another CPU is refused and touches nothing (cancel it on its CPU, or through its
+/// [`Timer`], which cancels from anywhere).
+pub fn cancel(id: TimerId) -> Result<bool, WrongCpu> {
+    Ok(cancel_here(id)? == Cancelled::Pending)
 }
 
-fn cancel_here(id: TimerId) -> Cancelled {
+fn cancel_here(id: TimerId) -> Result<Cancelled, WrongCpu> {
+    let here = this_cpu();
+    if id.cpu() != here {
+        return Err(WrongCpu { id_cpu: id.cpu(), queue_cpu: here });
+    }
     // A cancelled payload is dropped after the guard: dropping a closure may run code that
     // touches this CPU's timers (a `Timer` it owns cancels itself).
-    with_tick(|t| t.cancel(id)).map_or(Cancelled::Inactive, Cancelled::from)
+    match with_tick(|t| t.cancel(id)) {
+        Some(found) => found.map(Cancelled::from),
+        None => Ok(Cancelled::Inactive),
+    }
 }
 
-/// Arms `payload` on CPU `cpu`: here directly, elsewhere by a call on that CPU (waiting for
-/// its timer id, so interrupts must be enabled).
+/// Cancels a timer on its own CPU (where a [`Timer`]'s cancel runs).
+fn cancel_on_its_cpu(id: TimerId) -> Cancelled {
+    cancel_here(id).expect("a timer is cancelled on the CPU its id names")
+}
+
+/// Arms `payload` on CPU `cpu`: here directly, elsewhere by a call on that CPU, waiting for
+/// its timer id (so interrupts must be enabled). A call that times out is abandoned: when it
+/// lands, its CPU does not arm it (or cancels it at once), so `Timeout` means it never runs;
+/// an arm that landed as the wait ended is kept and its id returned.
 fn arm_on_cpu(cpu: usize, deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
     if cpu == this_cpu() {
         return arm_here(deadline_ns, payload);
     }
-    match smp::call_on(cpu, move || arm_here(deadline_ns, payload)) {
+    let ticket = Arc::new(RemoteArm::new());
+    let owner = ticket.clone();
+    match smp::call_on(cpu, move || arm_for(&owner, deadline_ns, payload)) {
         Ok(result) => result,
-        Err(smp::CallError::InterruptsDisabled) => Err(ArmError::InterruptsDisabled),
-        Err(_) => Err(ArmError::CpuNotOnline(cpu)),
+        Err(smp::CallError::Timeout { cpu }) => ticket.abandon().ok_or(ArmError::Timeout { cpu }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// On the timer's CPU (in its function-call interrupt): arms a posted timer unless its caller
+/// gave up waiting, and cancels it at once if the caller gave up while it was being armed.
+fn arm_for(ticket: &RemoteArm, deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
+    if !ticket.wanted() {
+        // Nobody reads this answer: the caller was told the timer never runs.
+        return Err(ArmError::Timeout { cpu: this_cpu() });
+    }
+    let id = arm_here(deadline_ns, payload)?;
+    if !ticket.deliver(id) {
+        // Interrupts have been off since the arm: it cannot have run. Its payload is dropped
+        // here, outside the tick guard.
+        let payload = with_tick(|t| t.cancel(id).ok().and_then(Cancel::cancelled)).flatten();
+        debug_assert!(payload.is_some(), "an abandoned arm is still pending on its CPU");
+        drop(payload);
+    }
+    Ok(id)
+}
+
+/// What a call that did not reach its CPU means for a timer armed there: each its own answer.
+impl From<smp::CallError> for ArmError {
+    fn from(e: smp::CallError) -> ArmError {
+        match e {
+            smp::CallError::NoSuchCpu(cpu) => ArmError::CpuNotOnline(cpu),
+            smp::CallError::Timeout { cpu } => ArmError::Timeout { cpu },
+            smp::CallError::InterruptsDisabled => ArmError::InterruptsDisabled,
+        }
     }
 }
 
@@ -165,13 +215,13 @@ pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<()
             log::warn!("a timer posted to CPU {cpu} could not be armed: {e}");
         }
     })
-    .map_err(|_| ArmError::CpuNotOnline(cpu))
+    .map_err(ArmError::from)
 }
 
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
 #[derive(Debug)]
 pub struct Timer {
-    cpu: usize,
+    /// Names the timer's CPU too: where it runs and where its cancel runs.
     id: TimerId,
     cancel_on_drop: bool,
 }
@@ -213,37 +263,42 @@ impl Timer {
     /// A timer running a plain function (no allocation on this CPU).
     pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
         let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0 };
-        Ok(Timer { cpu, id: arm_on_cpu(cpu, deadline.as_nanos(), payload)?, cancel_on_drop: true })
+        Ok(Timer { id: arm_on_cpu(cpu, deadline.as_nanos(), payload)?, cancel_on_drop: true })
     }
 
     fn arm(cpu: usize, deadline_ns: u64, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
         let payload = Payload { callback, data: 0, period_ns };
-        Ok(Timer { cpu, id: arm_on_cpu(cpu, deadline_ns, payload)?, cancel_on_drop: true })
+        Ok(Timer { id: arm_on_cpu(cpu, deadline_ns, payload)?, cancel_on_drop: true })
     }
 
     pub fn cpu(&self) -> usize {
-        self.cpu
+        self.id.cpu()
     }
     pub fn id(&self) -> TimerId {
         self.id
     }
 
     /// Cancels it, from any CPU (another CPU's timer by a call on that CPU, which runs between
-    /// its callbacks, so it never races one; interrupts must then be enabled).
+    /// its callbacks, so it never races one). From another CPU with interrupts disabled, or
+    /// when that CPU does not answer within 1 s, the answer is [`Cancelled::Queued`]: the
+    /// cancel still lands there, later.
     pub fn cancel(&self) -> Cancelled {
-        let (cpu, id) = (self.cpu, self.id);
+        let (cpu, id) = (self.id.cpu(), self.id);
         if cpu == this_cpu() {
-            return cancel_here(id);
+            return cancel_on_its_cpu(id);
         }
-        match smp::call_on(cpu, move || cancel_here(id)) {
+        match smp::call_on(cpu, move || cancel_on_its_cpu(id)) {
             Ok(c) => c,
             Err(smp::CallError::InterruptsDisabled) => {
                 let _ = smp::post(cpu, move || {
-                    cancel_here(id);
+                    cancel_on_its_cpu(id);
                 });
                 Cancelled::Queued
             }
-            Err(_) => Cancelled::Inactive,
+            // The call stays queued on the timer's CPU: the cancel lands when it runs.
+            Err(smp::CallError::Timeout { .. }) => Cancelled::Queued,
+            // A Timer's CPU was online when it was armed, and CPUs do not go offline.
+            Err(smp::CallError::NoSuchCpu(_)) => Cancelled::Inactive,
         }
     }
 

@@ -66,6 +66,8 @@ impl fmt::Display for StartError {
     }
 }
 
+impl core::error::Error for StartError {}
+
 /// Sets up the boot CPU's per-CPU state (index 0, with the tables `gdt::init_bsp` loaded) and the
 /// function-call vector. Works without a usable LAPIC too (the APIC id then comes from CPUID), so
 /// that `percpu::this_cpu` always works on the boot CPU.
@@ -224,12 +226,14 @@ pub fn log_interrupt_table() {
     }
 }
 
+/// Why a call on another CPU did not return its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallError {
+    /// No CPU of that index is online.
     NoSuchCpu(usize),
-    Timeout {
-        cpu: usize,
-    },
+    /// The CPU did not run the call within the wait (1 s): it is still queued there and runs
+    /// when the CPU takes its calls again.
+    Timeout { cpu: usize },
     /// A synchronous call to another CPU with interrupts disabled could deadlock (two CPUs
     /// waiting for each other), as Linux forbids it.
     InterruptsDisabled,
@@ -244,6 +248,8 @@ impl fmt::Display for CallError {
         }
     }
 }
+
+impl core::error::Error for CallError {}
 
 /// Queues `f` to run on CPU `index` in its function-call interrupt, after every call posted
 /// to it before, and returns at once. Usable from any context (interrupt handlers included).
