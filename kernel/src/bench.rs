@@ -244,7 +244,9 @@ fn on_event(e: &TimerEvent) {
     if TRACING.load(Ordering::Relaxed) {
         record_path(e.deadline_ns, now, crate::arch::x86_64::tsc::read());
     }
-    let entry = clockevents::last_interrupt_entry_ns(e.cpu);
+    // The clock read the expiry popped this timer at: the interrupt's first (`handler`),
+    // or a retry pass's when the expiry went round again within the same interrupt.
+    let entry = e.now_ns;
     if now < e.deadline_ns || entry < e.deadline_ns {
         PHASE.early.fetch_add(1, Ordering::Relaxed);
     }

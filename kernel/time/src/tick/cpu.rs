@@ -410,6 +410,7 @@ impl<T> CpuTick<T> {
     /// False for a device that does not serve this CPU: stale (one it used before, whose
     /// interrupt was pending when it changed device) or misrouted (any other): the caller wakes
     /// the device's owner, which programs it again from its own CPU.
+    #[inline]
     pub fn device_event(&mut self, id: DeviceId, now_ns: u64) -> bool {
         if self.service != Service::Local(id) {
             if self.former_locals.contains(&id) {
@@ -439,6 +440,7 @@ impl<T> CpuTick<T> {
         true
     }
 
+    #[inline]
     fn begin_expiry(&mut self, now_ns: u64) {
         self.events += 1;
         self.next_event_ns = u64::MAX;
@@ -449,6 +451,7 @@ impl<T> CpuTick<T> {
 
     /// Starts a pass of the expiry at `now_ns`: it may pop as many timers as are pending now,
     /// and the periodic tick catches up with `now_ns`.
+    #[inline]
     pub fn next_pass(&mut self, now_ns: u64) {
         self.pass_budget = self.queue.len();
         let period = self.mode.period_ns();
@@ -461,6 +464,7 @@ impl<T> CpuTick<T> {
 
     /// The next timer due at `now_ns`, in deadline order, within this pass's budget; it is
     /// running until [`complete`](Self::complete).
+    #[inline]
     pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
         if self.pass_budget == 0 {
             return None;
@@ -470,10 +474,21 @@ impl<T> CpuTick<T> {
         Some(expired)
     }
 
-    /// Whether what this CPU needs next (its earliest timer, or its next tick) is already due
-    /// at `now_ns`: the expiry has not caught up.
-    pub fn overdue(&self, now_ns: u64) -> bool {
-        self.needed() <= now_ns
+    /// Ends a pass of the expiry at `now_ns`: if what this CPU needs next (its earliest timer,
+    /// or its next tick) is still ahead, the expiry ends and the device (or the broadcast) is
+    /// programmed for it, as [`end_expiry`](Self::end_expiry) does; if it is already due (the
+    /// expiry has not caught up), nothing is programmed and false says so: run another pass,
+    /// or [`hold_until`](Self::hold_until) and end the expiry.
+    pub fn end_pass(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) -> bool {
+        let needed = self.needed();
+        if needed <= now_ns {
+            return false;
+        }
+        self.expiring = false;
+        if !self.suspended {
+            self.program_for(needed, now_ns, bc);
+        }
+        true
     }
 
     /// An expiry that could not catch up (Linux's hang detection): nothing is programmed
@@ -488,6 +503,7 @@ impl<T> CpuTick<T> {
     /// Ends a popped timer's callback; `again` re-arms it under the same id (a periodic timer)
     /// unless it was cancelled meanwhile. Returns whether it is pending again, or the payload
     /// of a refused re-arm, for the caller to drop outside the guard.
+    #[inline]
     pub fn complete(&mut self, id: TimerId, again: Option<(u64, T)>) -> Result<bool, T> {
         self.queue.complete(id, again)
     }
@@ -567,7 +583,12 @@ impl<T> CpuTick<T> {
         if self.expiring || self.suspended {
             return;
         }
-        let needed = self.needed();
+        self.program_for(self.needed(), now_ns, bc);
+    }
+
+    /// Makes this CPU's device (or the broadcast) interrupt at `needed` (what [`Self::needed`]
+    /// says), if that changed.
+    fn program_for(&mut self, needed: u64, now_ns: u64, bc: &Mutex<Broadcast>) {
         if needed == self.next_event_ns && needed != u64::MAX {
             return;
         }

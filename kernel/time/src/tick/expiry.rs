@@ -103,7 +103,7 @@ pub fn device_interrupt<C: ExpiryContext>(cx: &C, device: DeviceId, now_ns: u64)
     match first {
         None => Outcome::Idle,
         Some(None) => Outcome::NotOurs,
-        Some(Some(step)) => Outcome::Expired(expire(cx, pass, step)),
+        Some(Some(step)) => Outcome::Expired(expire(cx, &mut pass, step)),
     }
 }
 
@@ -115,7 +115,7 @@ pub fn wakeup<C: ExpiryContext>(cx: &C, now_ns: u64) -> Outcome {
     let first = cx.with_tick(|t, bc| t.wakeup(now_ns).then(|| next_step(cx, t, bc, &mut pass)));
     match first.flatten() {
         None => Outcome::Idle,
-        Some(step) => Outcome::Expired(expire(cx, pass, step)),
+        Some(step) => Outcome::Expired(expire(cx, &mut pass, step)),
     }
 }
 
@@ -131,6 +131,7 @@ struct Pass {
 }
 
 impl Pass {
+    #[inline]
     fn new(now_ns: u64) -> Pass {
         Pass { entry_ns: now_ns, now_ns, passes: 1, callbacks: 0, hang: None }
     }
@@ -147,7 +148,7 @@ enum Step<T> {
 /// Under the guard: the next due timer of this pass; the pass over, another pass if something
 /// is due already (up to [`MAX_PASSES`], then a hang), else the end of the expiry (the next
 /// event programmed from a fresh clock read: the callbacks took time).
-#[inline]
+#[inline(always)]
 fn next_step<C: ExpiryContext>(
     cx: &C,
     t: &mut CpuTick<C::Payload>,
@@ -160,7 +161,7 @@ fn next_step<C: ExpiryContext>(
         }
         cx.trace(ExpiryPoint::CallbacksDone);
         let now_ns = cx.now_ns();
-        if t.overdue(now_ns) {
+        if !t.end_pass(now_ns, bc) {
             if pass.passes < MAX_PASSES {
                 pass.passes += 1;
                 pass.now_ns = now_ns;
@@ -171,8 +172,8 @@ fn next_step<C: ExpiryContext>(
             let held_until_ns = now_ns.saturating_add(took_ns.clamp(1, MAX_HANG_DELAY_NS));
             t.hold_until(held_until_ns, took_ns);
             pass.hang = Some(Hang { took_ns, held_until_ns });
+            t.end_expiry(now_ns, bc);
         }
-        t.end_expiry(now_ns, bc);
         cx.trace(ExpiryPoint::Reprogrammed);
         return Step::Done(t.take_failure());
     }
@@ -182,7 +183,7 @@ fn next_step<C: ExpiryContext>(
 /// periodic one re-armed, a refused re-arm's payload dropped outside the guard) and popping the
 /// next under one guard, until the expiry ends.
 #[inline]
-fn expire<C: ExpiryContext>(cx: &C, mut pass: Pass, mut step: Step<C::Payload>) -> Expiry {
+fn expire<C: ExpiryContext>(cx: &C, pass: &mut Pass, mut step: Step<C::Payload>) -> Expiry {
     if matches!(step, Step::Run(_)) {
         cx.trace(ExpiryPoint::Popped);
     }
@@ -194,7 +195,7 @@ fn expire<C: ExpiryContext>(cx: &C, mut pass: Pass, mut step: Step<C::Payload>) 
                 let again = cx.run(expired, pass.now_ns);
                 let next = cx.with_tick(|t, bc| {
                     let refused = t.complete(id, again).err();
-                    (refused, next_step(cx, t, bc, &mut pass))
+                    (refused, next_step(cx, t, bc, pass))
                 });
                 // A payload whose re-arm was refused (cancelled by its own callback) is
                 // dropped here, after the guard: its drop may touch this CPU's timers.

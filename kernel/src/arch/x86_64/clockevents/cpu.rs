@@ -166,7 +166,9 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R) -> Option<R> {
-        with_tick_and_broadcast(f)
+        let mut tick = this_cpu_tick()?;
+        let bc = registry::broadcast(&tick);
+        Some(f(&mut tick, bc))
     }
 
     #[inline]
