@@ -11,6 +11,7 @@ extern crate alloc;
 pub mod arch;
 pub mod bench;
 pub mod cmdline;
+pub mod log_ring;
 pub mod logger;
 pub mod timer_report;
 pub mod workload;
@@ -102,12 +103,14 @@ pub fn report(k: &Kernel) -> timer_report::TimerReport {
 
 /// Logs the verdict and leaves QEMU with it (halts on hardware without the exit device).
 pub fn exit(code: ExitCode) -> ! {
+    logger::drain_all();
     log::info!("exit: {code:?}");
     exit_qemu(code)
 }
 
 /// Logs the verdict, prints the report as the log's last line, and leaves QEMU.
 pub fn exit_with_report(code: ExitCode, report: &timer_report::TimerReport) -> ! {
+    logger::drain_all();
     log::info!("exit: {code:?}");
     serial::print(format_args!("{}\n", report.to_line()));
     exit_qemu(code)

@@ -23,7 +23,7 @@ use x86_64::instructions::interrupts::without_interrupts;
 
 kernel_tests::qemu_test!(
     variants: b"
-        percpu_hpet: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 --expect-report /verdict=ok
+        percpu_hpet: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 --expect-report /verdict=ok --expect-log 'a line logged by a timer callback' --expect-log 'in interrupt context on CPU 0 were dropped' 
         broadcast: --smp 2 --cmdline 'duration_ms=100 clockevents=global' --expect-report /tick_devices/0/via_broadcast=true --expect-report /tick_devices/1/via_broadcast=true
         lapic_only: --smp 2 --cmdline 'duration_ms=100 clockevents=lapic' --expect-report /tick_devices/1/device=lapic1
         x2apic: --x2apic on --smp 2 --cmdline duration_ms=100 --expect-report /lapic/mode=x2apic --expect-report /tick_devices/1/device=hpet1
@@ -38,6 +38,7 @@ kernel_tests::qemu_test!(
         a_cancelled_closure_owning_a_timer_is_dropped_outside_the_guard,
         a_periodic_closure_cancelled_by_itself_is_dropped_outside_the_guard,
         a_callback_rearming_itself_in_the_past_does_not_livelock_its_cpu,
+        a_line_logged_in_interrupt_context_waits_in_its_cpus_ring => "percpu_hpet",
         an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there,
         each_failure_to_arm_says_what_happened,
         an_arm_on_a_cpu_that_does_not_answer_times_out_and_never_runs => "percpu_hpet",
@@ -378,4 +379,33 @@ fn a_cancel_that_times_out_says_queued_and_still_lands(_: &Kernel) {
     assert_eq!(timer.cancel(), Cancelled::Inactive, "the queued cancel landed");
     clockevents::sleep_until(deadline + Duration::from_millis(10)).unwrap();
     assert!(!ran.load(Ordering::Relaxed), "a timer whose cancel was queued ran");
+}
+
+static LOGGED_LINES_HELD: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Logs from interrupt context (this callback): the lines go into this CPU's ring, not to the
+/// console's lock; more than the ring holds are dropped and counted.
+fn log_from_a_callback(_: &TimerEvent) {
+    let cpu = percpu::this_cpu().index;
+    let before = kernel_tests::kernel::logger::pending(cpu);
+    log::warn!("a line logged by a timer callback");
+    let held = kernel_tests::kernel::logger::pending(cpu) - before;
+    for n in 0..kernel_tests::kernel::log_ring::LINES + 2 {
+        log::warn!("filler line {n} from a timer callback");
+    }
+    LOGGED_LINES_HELD.store(held as u64, Ordering::Relaxed);
+}
+
+/// The variant's log shows the callback's line and the count of dropped ones: both were
+/// printed later, outside interrupt context, by this CPU.
+fn a_line_logged_in_interrupt_context_waits_in_its_cpus_ring(_: &Kernel) {
+    clockevents::arm_after(MS, log_from_a_callback, 0).expect("armed");
+    assert!(wait_for(|| LOGGED_LINES_HELD.load(Ordering::Relaxed) != u64::MAX), "the callback never ran");
+    assert_eq!(
+        LOGGED_LINES_HELD.load(Ordering::Relaxed),
+        1,
+        "the callback's line was held in its CPU's ring"
+    );
+    log::info!("a line from thread context prints what the callback logged first");
+    assert_eq!(kernel_tests::kernel::logger::pending(0), 0, "the ring was drained");
 }

@@ -100,6 +100,8 @@ pub fn state_of(cpu: usize) -> IdleChoice {
 /// to do; returns with interrupts enabled, after an interrupt (or at once, for `poll`).
 pub fn wait() {
     let cpu = percpu::this_cpu();
+    // What this CPU's handlers logged is printed here, outside interrupt context.
+    crate::logger::drain(cpu.index);
     let time = &cpu.time;
     time.idle_entries.store(time.idle_entries.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     let config = CONFIG.get().copied().unwrap_or(IdleConfig { choice: IdleChoice::Halt, mwait_hint: None });

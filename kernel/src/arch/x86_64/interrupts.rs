@@ -148,15 +148,21 @@ pub fn not_ours(what: fmt::Arguments) {
 fn dispatch(vector: u8) {
     path_trace::stamp(Stage::Entry);
     let v = usize::from(vector);
-    if percpu::ready() {
-        let count = &percpu::this_cpu().interrupts[v];
+    let cpu = percpu::ready().then(percpu::this_cpu);
+    if let Some(cpu) = cpu {
+        let count = &cpu.interrupts[v];
         count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // Only this CPU writes its depth, with interrupts off: a load and a store suffice.
+        cpu.irq_depth.store(cpu.irq_depth.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     } else {
         EARLY_COUNTS[v].fetch_add(1, Ordering::Relaxed);
     }
     match HANDLERS[v].get() {
         Some(h) => h(vector),
         None => spurious(format_args!("vector {vector:#04x} has no handler")),
+    }
+    if let Some(cpu) = cpu {
+        cpu.irq_depth.store(cpu.irq_depth.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     }
     if let Some(eoi) = END_OF_INTERRUPT.get() {
         eoi();

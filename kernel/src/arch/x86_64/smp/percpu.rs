@@ -10,7 +10,7 @@ use super::super::gdt::CpuTables;
 use super::super::path_trace::PathStamps;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::GsBase;
 
@@ -41,6 +41,8 @@ pub struct PerCpu {
     pub not_ours: AtomicU64,
     /// Nanoseconds from the BSP's start signal to this CPU reporting online (0 for the BSP).
     pub online_ns: AtomicU64,
+    /// Interrupt handlers running on this CPU (nested ones counted): only this CPU writes it.
+    pub irq_depth: AtomicU32,
     /// Calls posted to this CPU, run in order by its function-call interrupt. The lock is
     /// held only to push or pop one entry (never while a call runs).
     pub(super) mailbox: spin::Mutex<VecDeque<Call>>,
@@ -48,6 +50,14 @@ pub struct PerCpu {
     pub time: CpuTime,
     /// Stamps along the timer interrupt path, for the benchmark.
     pub path: PathStamps,
+}
+
+impl PerCpu {
+    /// Whether an interrupt handler is running on this CPU (call it on this CPU).
+    #[inline]
+    pub fn in_interrupt(&self) -> bool {
+        self.irq_depth.load(Ordering::Relaxed) > 0
+    }
 }
 
 // SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; `tables` is
@@ -72,6 +82,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         spurious: AtomicU64::new(0),
         not_ours: AtomicU64::new(0),
         online_ns: AtomicU64::new(0),
+        irq_depth: AtomicU32::new(0),
         mailbox: spin::Mutex::new(VecDeque::new()),
         time: CpuTime::new(),
         path: PathStamps::new(),
