@@ -213,6 +213,16 @@ impl<T> TimerQueue<T> {
         }
     }
 
+    /// Whether the next arm allocates (no free slot left); O(1).
+    pub fn is_full(&self) -> bool {
+        self.free == NO_SLOT
+    }
+
+    /// Timers it holds (pending and running) before an arm allocates.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Free slots left before an arm allocates.
     pub fn spare_capacity(&self) -> usize {
         self.slots.len() - self.heap.len() - self.running_count()

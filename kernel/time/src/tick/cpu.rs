@@ -27,6 +27,16 @@ pub struct DeviceFailure {
     pub error: ProgramError,
 }
 
+/// An arm refused, with its payload handed back: the caller drops it outside the CPU's guard
+/// (dropping a payload may run code that touches this CPU's timers).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused<T> {
+    /// Why.
+    pub error: ArmError,
+    /// What the timer would have carried.
+    pub payload: T,
+}
+
 /// One CPU's tick.
 pub struct CpuTick<T> {
     cpu: usize,
@@ -299,6 +309,10 @@ impl<T> CpuTick<T> {
     pub fn reserve(&mut self, additional: usize) {
         self.queue.reserve(additional);
     }
+    /// Timers the queue holds before arming allocates (outside an expiry it then grows).
+    pub fn capacity(&self) -> usize {
+        self.queue.capacity()
+    }
     /// How many more timers can be armed without allocating.
     pub fn spare_capacity(&self) -> usize {
         self.queue.spare_capacity()
@@ -388,9 +402,13 @@ impl<T> CpuTick<T> {
         payload: T,
         now_ns: u64,
         bc: &Mutex<Broadcast>,
-    ) -> Result<TimerId, ArmError> {
+    ) -> Result<TimerId, Refused<T>> {
         if self.service == Service::None {
-            return Err(ArmError::NoTickDevice(self.cpu));
+            return Err(Refused { error: ArmError::NoTickDevice(self.cpu), payload });
+        }
+        if self.expiring && self.queue.is_full() {
+            let error = ArmError::QueueFull { cpu: self.cpu, capacity: self.queue.capacity() };
+            return Err(Refused { error, payload });
         }
         let id = self.queue.arm(deadline_ns, payload);
         if deadline_ns < self.next_event_ns {

@@ -33,7 +33,7 @@ mod registry;
 mod sim;
 
 pub use super::clockevents::DeviceId;
-pub use cpu::{CpuTick, DeepIdleRefused, DeviceFailure, Handover};
+pub use cpu::{CpuTick, DeepIdleRefused, DeviceFailure, Handover, Refused};
 pub use registry::{Assignment, Changes, Registry};
 
 use core::fmt;
@@ -105,6 +105,14 @@ pub enum ArmError {
         /// The CPU that did not answer.
         cpu: usize,
     },
+    /// Armed during its CPU's expiry (from a timer callback: the timer interrupt path, which
+    /// never allocates) with the CPU's queue full. Outside an expiry the queue grows instead.
+    QueueFull {
+        /// The CPU whose queue is full.
+        cpu: usize,
+        /// The timers it holds.
+        capacity: usize,
+    },
 }
 
 impl fmt::Display for ArmError {
@@ -117,6 +125,10 @@ impl fmt::Display for ArmError {
             }
             ArmError::ZeroPeriod => write!(f, "a periodic timer needs a period above zero"),
             ArmError::Timeout { cpu } => write!(f, "CPU {cpu} did not take the timer in time"),
+            ArmError::QueueFull { cpu, capacity } => write!(
+                f,
+                "CPU {cpu}'s timer queue is full ({capacity} timers) and does not grow in its timer interrupt"
+            ),
         }
     }
 }

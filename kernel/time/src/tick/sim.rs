@@ -92,6 +92,8 @@ enum Behaviour {
     RearmInPast(u32),
     /// Takes this long (the simulated clock moves on while it runs).
     Takes(u64),
+    /// Arms this many timers on its CPU, 1 ms on (numbered from 1 000 000 up, not tracked).
+    Arms(u32),
 }
 
 /// A simulated timer: the CPU it was armed on, its deadline and period (0: one-shot), when it
@@ -113,6 +115,8 @@ struct SimCpu<'a> {
     tick: RefCell<&'a mut Tick>,
     bc: &'a Mutex<Broadcast>,
     timers: RefCell<&'a mut BTreeMap<u32, SimTimer>>,
+    armed_by_callbacks: &'a core::cell::Cell<u32>,
+    refused_in_callbacks: &'a RefCell<Vec<ArmError>>,
 }
 
 impl ExpiryContext for SimCpu<'_> {
@@ -143,6 +147,15 @@ impl ExpiryContext for SimCpu<'_> {
                 return Some((e.deadline_ns.saturating_sub(1), e.payload));
             }
             Behaviour::Takes(ns) => *self.world.clock.lock() = now + ns,
+            Behaviour::Arms(count) => {
+                let mut tick = self.tick.borrow_mut();
+                for k in 0..count {
+                    match tick.arm(now + 1_000_000, 1_000_000 + k, now, self.bc) {
+                        Ok(_) => self.armed_by_callbacks.set(self.armed_by_callbacks.get() + 1),
+                        Err(r) => self.refused_in_callbacks.borrow_mut().push(r.error),
+                    }
+                }
+            }
         }
         (timer.period > 0).then(|| (crate::hrtimer::forward(e.deadline_ns, timer.period, now_ns), e.payload))
     }
@@ -162,6 +175,9 @@ struct Sim {
     hangs: Vec<(usize, Hang)>,
     /// The most callbacks one expiry ran.
     most_callbacks: u32,
+    /// Untracked timers armed by callbacks, and the arms refused there.
+    armed_by_callbacks: core::cell::Cell<u32>,
+    refused_in_callbacks: RefCell<Vec<ArmError>>,
     ids: BTreeMap<u32, TimerId>,
     cancelled: Vec<u32>,
     inbox: VecDeque<(usize, Message)>,
@@ -188,6 +204,8 @@ impl Sim {
             timers: BTreeMap::new(),
             hangs: vec![],
             most_callbacks: 0,
+            armed_by_callbacks: core::cell::Cell::new(0),
+            refused_in_callbacks: RefCell::new(vec![]),
             ids: BTreeMap::new(),
             cancelled: vec![],
             inbox: VecDeque::new(),
@@ -345,6 +363,8 @@ impl Sim {
             tick: RefCell::new(&mut self.cpus[cpu]),
             bc: &self.bc,
             timers: RefCell::new(&mut self.timers),
+            armed_by_callbacks: &self.armed_by_callbacks,
+            refused_in_callbacks: &self.refused_in_callbacks,
         };
         let outcome = f(&cx);
         if let Outcome::Expired(e) = outcome {
@@ -781,6 +801,29 @@ fn a_slow_periodic_callback_is_a_hang_that_delays_but_loses_nothing() {
     }
 }
 
+/// Timers armed from a callback (the timer interrupt path) never make the queue allocate: past
+/// its capacity they are refused with `QueueFull`; outside an expiry the queue grows.
+#[test]
+fn a_full_queue_refuses_arms_from_callbacks_and_grows_outside_them() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let capacity = s.cpus[0].capacity();
+    let now = s.now();
+    let (n, _) = s.arm(0, now + 10_000);
+    s.behave(n, Behaviour::Arms(capacity as u32 + 5));
+    s.run_until(now + 20_000);
+    assert_eq!(s.cpus[0].capacity(), capacity, "nothing allocated in the expiry");
+    // One slot was the running callback's own.
+    assert_eq!(s.armed_by_callbacks.get() as usize, capacity - 1);
+    let refused = s.refused_in_callbacks.borrow().clone();
+    assert_eq!(refused.len(), 6);
+    assert!(refused.iter().all(|e| *e == ArmError::QueueFull { cpu: 0, capacity }), "{refused:?}");
+    // Outside an expiry, arming grows the queue (the callback's own slot is free again).
+    s.arm(0, now + 50_000);
+    s.arm(0, now + 50_000);
+    assert!(s.cpus[0].capacity() > capacity);
+}
+
 fn misjudged_lapic(s: &mut Sim, hz: u64) -> DeviceId {
     let spec = DeviceSpec {
         name: "lapic0".into(),
@@ -945,7 +988,11 @@ fn event_on_a_cpu_the_device_does_not_serve_is_misrouted() {
 #[test]
 fn no_device_means_arming_fails_loudly() {
     let mut s = Sim::new(TickMode::Oneshot, 1);
-    assert_eq!(s.on(0, |t, now, bc| t.arm(5, 0, now, bc)), Err(ArmError::NoTickDevice(0)));
+    assert_eq!(
+        s.on(0, |t, now, bc| t.arm(5, 7, now, bc)),
+        Err(Refused { error: ArmError::NoTickDevice(0), payload: 7 }),
+        "refused, its payload handed back"
+    );
 }
 
 #[test]

@@ -121,7 +121,8 @@ fn arm_here(deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
     let failure = tick.take_failure();
     drop(tick);
     super::cpu::report_failure(failure);
-    result
+    // A refused payload is dropped here, after the guard.
+    result.map_err(|refused| refused.error)
 }
 
 /// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
