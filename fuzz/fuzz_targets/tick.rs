@@ -77,9 +77,11 @@ use kernel_time::clockevents::{
     MAX_PROGRAMMED_DELTA_NS, State,
 };
 use kernel_time::hrtimer::{Cancel, Expired, TimerId, forward};
+use kernel_time::tick::deliver::{self, DeliveryContext};
 use kernel_time::tick::expiry::{self, ExpiryContext, Outcome};
 use kernel_time::tick::{
-    ArmError, Assignment, Changes, CpuTick, DeepIdleRefused, DeviceId, Handover, Refused, Registry, Service,
+    ArmError, Assignment, Changes, CpuTick, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Refused, Registry,
+    Service,
     TickMode,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -450,6 +452,41 @@ fn slack(dev: &ClockEventDevice, tick_hz: u64) -> u64 {
         .saturating_add(2)
 }
 
+/// CPU `here` of the harness carrying out the registry's decisions by the crate's `deliver`.
+struct FuzzDelivery<'a> {
+    sim: &'a mut Sim,
+    here: usize,
+}
+
+impl DeliveryContext for FuzzDelivery<'_> {
+    fn now_ns(&self) -> u64 {
+        now()
+    }
+    fn with_broadcast<R>(&mut self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+        run_on(self.here);
+        let r = f(&mut self.sim.bc.lock());
+        // A new broadcast device (or none) disturbs every CPU it serves.
+        for c in 0..CPUS {
+            if self.sim.cpus[c].as_ref().is_some_and(|t| matches!(t.service(), Service::Broadcast(_))) {
+                self.sim.disturbed_at[c] = now();
+            }
+        }
+        r
+    }
+    fn wake(&mut self, cpu: usize) {
+        self.sim.send_wake(cpu);
+    }
+    fn assign(&mut self, a: Assignment) -> Option<DeviceFailure> {
+        self.sim.inbox[a.cpu].push_back((now(), Msg::Assign(a)));
+        None
+    }
+    fn take_out(&mut self, device: DeviceId, reason: &str) -> Changes {
+        let changes = self.sim.decide(|r| r.take_out(device, reason));
+        run_on(self.here);
+        changes
+    }
+}
+
 /// CPU `cpu` of the harness as the crate's expiry loop (the kernel's own) sees it: its tick
 /// behind a `RefCell` (re-entering it under the guard panics, as the kernel's guard does), the
 /// simulated clock, and a timer's run with every check of the oracle.
@@ -500,39 +537,11 @@ impl Sim {
         r
     }
 
-    /// Carries out a decision as the kernel's `deliver` does, on CPU `here`: the broadcast
-    /// change at once (a broadcast device that fails meanwhile is taken out and the selection
-    /// runs again), each assignment as a message to its CPU.
-    fn apply(&mut self, mut changes: Changes, here: usize) {
-        loop {
-            if let Some(device) = changes.broadcast.take() {
-                run_on(here);
-                let (wake, failure) = {
-                    let mut b = self.bc.lock();
-                    let wake = b.set_device(device, now());
-                    (wake, b.take_failure())
-                };
-                // No broadcast device any more: whoever waited on it is woken.
-                for cpu in wake.iter() {
-                    self.send_wake(cpu);
-                }
-                for c in 0..CPUS {
-                    if self.cpus[c].as_ref().is_some_and(|t| matches!(t.service(), Service::Broadcast(_))) {
-                        self.disturbed_at[c] = now();
-                    }
-                }
-                if let Some((d, e)) = failure {
-                    let more = self.decide(|r| r.take_out(d, &format!("{e}")));
-                    changes.broadcast = more.broadcast;
-                    changes.assignments.extend(more.assignments);
-                    continue;
-                }
-            }
-            for a in changes.assignments.drain(..) {
-                self.inbox[a.cpu].push_back((now(), Msg::Assign(a)));
-            }
-            return;
-        }
+    /// Carries out a decision by the crate's `deliver` (the kernel's own), on CPU `here`: the
+    /// broadcast change at once (a broadcast device that fails meanwhile is taken out and the
+    /// selection runs again), each assignment as a message to its CPU.
+    fn apply(&mut self, changes: Changes, here: usize) {
+        deliver::deliver(&mut FuzzDelivery { sim: self, here }, changes);
     }
 
     /// After code ran on CPU `here`: a device that gave up programming (its local device, or

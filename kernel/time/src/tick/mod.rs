@@ -27,6 +27,7 @@
 //! them with fake devices and a fake clock (`sim.rs`).
 
 mod cpu;
+pub mod deliver;
 pub mod expiry;
 mod registry;
 #[cfg(test)]

@@ -161,6 +161,27 @@ impl ExpiryContext for SimCpu<'_> {
     }
 }
 
+impl deliver::DeliveryContext for Sim {
+    fn now_ns(&self) -> u64 {
+        self.now()
+    }
+    fn with_broadcast<R>(&mut self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+        f(&mut self.bc.lock())
+    }
+    fn wake(&mut self, cpu: usize) {
+        self.inbox.push_back((cpu, Message::Wake));
+    }
+    fn assign(&mut self, a: Assignment) -> Option<DeviceFailure> {
+        self.on(a.cpu, |t, now, bc| {
+            t.apply(a, now, bc);
+            t.take_failure()
+        })
+    }
+    fn take_out(&mut self, device: DeviceId, reason: &str) -> Changes {
+        self.registry.take_out(device, reason)
+    }
+}
+
 struct Sim {
     world: &'static World,
     registry: Registry,
@@ -230,22 +251,14 @@ impl Sim {
         let now = self.now();
         f(&mut self.cpus[cpu], now, &self.bc)
     }
-    /// Carries out a registry decision as the kernel does: the broadcast first, then each CPU
-    /// on itself; devices that fail meanwhile are taken out and the selection runs again.
-    fn apply(&mut self, mut changes: Changes) {
-        loop {
-            let now = self.now();
-            if let Some(device) = changes.broadcast.take() {
-                let wake = self.bc.lock().set_device(device, now);
-                self.inbox.extend(wake.iter().map(|c| (c, Message::Wake)));
-            }
-            for a in changes.assignments.drain(..) {
-                self.on(a.cpu, |t, now, bc| t.apply(a, now, bc));
-            }
-            changes = self.take_failures();
-            if changes.is_empty() {
-                return;
-            }
+    /// Carries out a registry decision by the crate's `deliver`, as the kernel does: the
+    /// broadcast first, then each CPU on itself (at once: the simulator delivers in order);
+    /// devices that fail meanwhile are taken out and the selection runs again.
+    fn apply(&mut self, changes: Changes) {
+        deliver::deliver(self, changes);
+        let changes = self.take_failures();
+        if !changes.is_empty() {
+            self.apply(changes);
         }
     }
     fn take_failures(&mut self) -> Changes {

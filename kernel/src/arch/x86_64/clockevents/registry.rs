@@ -14,7 +14,8 @@ use crate::arch::x86_64::smp::{self, percpu};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::clockevents::{CpuSet, DeviceSpec, EventDriver};
-use kernel_time::tick::{Assignment, Changes, DeviceId, Registry};
+use kernel_time::tick::deliver::DeliveryContext;
+use kernel_time::tick::{Assignment, Changes, DeviceFailure, DeviceId, Registry};
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
 
@@ -121,48 +122,49 @@ pub fn take_out(device: DeviceId, reason: &str) {
     });
 }
 
-/// Carries a decision out: the broadcast change here (under the broadcast's lock), each CPU's
-/// assignment on that CPU. Devices that fail meanwhile are taken out in turn.
-fn deliver(registry: &mut Registry, mut changes: Changes) {
-    loop {
-        if let Some(device) = changes.broadcast.take() {
-            BROADCAST_DEVICE.store(device.as_ref().map_or(usize::MAX, |(id, _)| id.0), Ordering::Relaxed);
-            let (wake, failure) = with_broadcast(|b| (b.set_device(device, now_ns()), b.take_failure()));
-            // No broadcast device any more: whoever waited on it is woken to fend for itself.
-            for cpu in wake.iter() {
-                send_wakeup(cpu);
-            }
-            if let Some((d, e)) = failure {
-                let more = registry.take_out(d, &alloc::format!("{e}"));
-                changes.broadcast = more.broadcast;
-                changes.assignments.extend(more.assignments);
-                continue;
-            }
+/// This CPU carrying out the registry's decisions (the crate's `deliver`), with the registry
+/// held: the broadcast under its lock, this CPU's assignment at once, another CPU's posted to
+/// it (by function-call IPI while the registry's lock is held, so in decision order).
+struct Delivery<'a> {
+    registry: &'a mut Registry,
+    here: usize,
+}
+
+impl DeliveryContext for Delivery<'_> {
+    fn now_ns(&self) -> u64 {
+        now_ns()
+    }
+    fn broadcast_device_changing(&mut self, device: Option<DeviceId>) {
+        BROADCAST_DEVICE.store(device.map_or(usize::MAX, |id| id.0), Ordering::Relaxed);
+    }
+    fn with_broadcast<R>(&mut self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+        with_broadcast(f)
+    }
+    fn wake(&mut self, cpu: usize) {
+        send_wakeup(cpu);
+    }
+    fn assign(&mut self, a: Assignment) -> Option<DeviceFailure> {
+        if a.cpu == self.here {
+            return apply(a);
         }
-        let here = percpu::this_cpu().index;
-        for a in core::mem::take(&mut changes.assignments) {
-            if a.cpu == here {
-                // This CPU's own: carried out now. Its failure (if any) is taken out below.
-                if let Some(f) = apply(a) {
-                    let more = registry.take_out(f.device, &alloc::format!("{}", f.error));
-                    changes.broadcast = more.broadcast;
-                    changes.assignments.extend(more.assignments);
-                }
-            } else {
-                let target = a.cpu;
-                if smp::post(target, move || cpu::report_failure(apply(a))).is_err() {
-                    log::error!("CPU {target} is gone: its tick assignment is lost");
-                }
-            }
+        let target = a.cpu;
+        if smp::post(target, move || cpu::report_failure(apply(a))).is_err() {
+            log::error!("CPU {target} is gone: its tick assignment is lost");
         }
-        if changes.is_empty() {
-            return;
-        }
+        None
+    }
+    fn take_out(&mut self, device: DeviceId, reason: &str) -> Changes {
+        self.registry.take_out(device, reason)
     }
 }
 
+/// Carries a decision out on this CPU (the registry held).
+fn deliver(registry: &mut Registry, changes: Changes) {
+    kernel_time::tick::deliver::deliver(&mut Delivery { registry, here: percpu::this_cpu().index }, changes);
+}
+
 /// Applies an assignment on the calling CPU (its own); returns a device that failed meanwhile.
-fn apply(a: Assignment) -> Option<kernel_time::tick::DeviceFailure> {
+fn apply(a: Assignment) -> Option<DeviceFailure> {
     cpu::with_tick_and_broadcast(|t, bc| {
         t.apply(a, now_ns(), bc);
         t.take_failure()
