@@ -368,6 +368,7 @@ fn summary(all: &Value) -> Value {
                     "arm_cancel_boxed_cycles": part["arm_cancel_boxed_cycles"],
                     "arm_cancel_boxed_splintered_cycles": part["arm_cancel_boxed_splintered_cycles"],
                     "arm_cancel_load": part["arm_cancel_load"],
+                    "arm_cancel_remote_cycles": part["arm_cancel_remote_cycles"],
                 }));
             }
             json!({ "clock": run["clock"], "profile": run["profile"], "kinds": kinds, "drift_ppm": run["drift_ppm"],
@@ -438,22 +439,32 @@ fn print_table(run: &Value) {
         "\narm + cancel under load, TSC cycles p50 / p99 (under icount: instructions): a plain timer, a boxed closure, a boxed closure with the heap splintered"
     );
     println!(
-        "{:<22} {:>16} {:>16} {:>16} {:>8} {:>12} {:>10}",
-        "kind", "plain", "boxed closure", "boxed splintered", "pending", "heap blocks", "splinters"
+        "{:<22} {:>16} {:>16} {:>16} {:>8} {:>12} {:>10} {:>18}",
+        "kind",
+        "plain",
+        "boxed closure",
+        "boxed splintered",
+        "pending",
+        "heap blocks",
+        "splinters",
+        "cross-CPU"
     );
     for (name, p) in run["kinds"].as_object().into_iter().flatten() {
         let cell =
             |c: &Value| format!("{} / {}", c["p50"].as_u64().unwrap_or(0), c["p99"].as_u64().unwrap_or(0));
         let load = &p["arm_cancel_load"];
+        let remote = &p["arm_cancel_remote_cycles"];
+        let remote = if remote["samples"].as_u64().unwrap_or(0) > 0 { cell(remote) } else { "-".into() };
         println!(
-            "{:<22} {:>16} {:>16} {:>16} {:>8} {:>12} {:>10}",
+            "{:<22} {:>16} {:>16} {:>16} {:>8} {:>12} {:>10} {:>18}",
             name,
             cell(&p["arm_cancel_cycles"]),
             cell(&p["arm_cancel_boxed_cycles"]),
             cell(&p["arm_cancel_boxed_splintered_cycles"]),
             load["pending_timers"].as_u64().unwrap_or(0),
             load["heap_blocks"].as_u64().unwrap_or(0),
-            load["splinters"].as_u64().unwrap_or(0)
+            load["splinters"].as_u64().unwrap_or(0),
+            remote
         );
     }
     if let Some(scaling) = run["scaling"].as_array().filter(|s| !s.is_empty()) {

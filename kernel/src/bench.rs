@@ -109,6 +109,9 @@ pub struct BenchPart {
     pub arm_cancel_boxed_splintered_cycles: Percentiles,
     /// The load they were measured under.
     pub arm_cancel_load: arm_cancel::Load,
+    /// `Timer::at` on the measured CPU + `Timer::cancel`, both from CPU 0 (another CPU), in TSC
+    /// cycles; no samples when the measured CPU is CPU 0.
+    pub arm_cancel_remote_cycles: Percentiles,
 }
 
 /// The delta of the traced phase, and its events.
@@ -394,6 +397,7 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
     part.arm_cancel_boxed_cycles = pairs.boxed;
     part.arm_cancel_boxed_splintered_cycles = pairs.boxed_splintered;
     part.arm_cancel_load = pairs.load;
+    part.arm_cancel_remote_cycles = pairs.remote;
     if drift_s > 0 {
         part.drift_ppm = if k.options.periodic_tick {
             Some(measure_drift(cpu, drift_s, k.options.hz))

@@ -9,7 +9,10 @@
 //!   free, where the allocator's cost shows;
 //! - the boxed pair again after the heap also got splinters: thousands of small holes, each
 //!   too small for the closure, between small blocks kept live (the worst case of a first-fit
-//!   allocator, which walks past every one of them; a binned one does not look at them).
+//!   allocator, which walks past every one of them; a binned one does not look at them);
+//! - where the measured CPU is not the calling one: `Timer::at` on it from the calling CPU and
+//!   the `Timer::cancel` from there too, each a cross-CPU message and a wait for its answer
+//!   (under icount the other vCPU's turn counts: QEMU runs vCPUs round-robin).
 
 use super::Percentiles;
 use crate::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
@@ -37,6 +40,8 @@ const SPLINTER_BYTES: usize = 24;
 /// CPU must finish within `smp::call_on`'s second).
 const PAIRS: usize = 2_000;
 const PAIRS_PER_CALL: usize = 250;
+/// Cross-CPU pairs measured.
+const REMOTE_PAIRS: usize = 500;
 /// The pending and measured timers' deadlines: far enough that none fires meanwhile.
 const FAR_NS: u64 = 1_000_000_000_000;
 const SPREAD_NS: u64 = 1_000_000_000;
@@ -61,6 +66,8 @@ pub struct ArmCancel {
     pub plain: Percentiles,
     pub boxed: Percentiles,
     pub boxed_splintered: Percentiles,
+    /// Cross-CPU arm + cancel (no samples when the measured CPU is the calling one).
+    pub remote: Percentiles,
 }
 
 /// xorshift64: the same sequence on every boot, so every allocator sees the same load.
@@ -179,6 +186,27 @@ fn boxed_pairs(deadlines: Vec<u64>) -> Vec<Option<u64>> {
     deadlines.into_iter().map(pair).collect()
 }
 
+/// `Timer::at` on CPU `cpu` + `Timer::cancel`, both from the calling CPU (another one): cycles
+/// of each pair that cancelled a pending timer, and the failures.
+fn remote_pairs(cpu: usize, rng: &mut Rng, base: u64) -> (Vec<u64>, u64) {
+    let (mut cycles, mut failed) = (Vec::with_capacity(REMOTE_PAIRS), 0);
+    for _ in 0..REMOTE_PAIRS {
+        let deadline = base + rng.next() % SPREAD_NS;
+        let start = tsc::read();
+        let cancelled = Timer::with_fn(cpu, Instant::from_nanos(deadline), never, 0).map(|t| {
+            let c = t.cancel();
+            t.detach(); // cancelled already: its drop must not cancel (another message) again
+            c
+        });
+        let end = tsc::read();
+        match cancelled {
+            Ok(Cancelled::Pending) => cycles.push(end - start),
+            _ => failed += 1,
+        }
+    }
+    (cycles, failed)
+}
+
 /// Runs `pairs` on `cpu` in calls of `PAIRS_PER_CALL`, at deadlines spread as the pending
 /// timers' from `base` (so each arm sifts through the queue alike, whenever it runs); returns
 /// the cycles and the failures.
@@ -216,11 +244,13 @@ pub fn run(cpu: usize) -> ArmCancel {
     let (mut boxed, boxed_failed) = measure(cpu, &mut rng, base, boxed_pairs);
     let splinters = splinter_heap();
     let (mut splintered, splintered_failed) = measure(cpu, &mut rng, base, boxed_pairs);
+    let (mut remote, remote_failed) =
+        if cpu == percpu::this_cpu().index { (Vec::new(), 0) } else { remote_pairs(cpu, &mut rng, base) };
     let load = Load {
         pending_timers: pending.len() as u64,
         heap_blocks: kept.len() as u64,
         splinters: SPLINTERS as u64,
-        failed: plain_failed + boxed_failed + splintered_failed,
+        failed: plain_failed + boxed_failed + splintered_failed + remote_failed,
     };
     drop(splinters);
     drop(kept);
@@ -232,5 +262,6 @@ pub fn run(cpu: usize) -> ArmCancel {
         plain: Percentiles::of(&mut plain),
         boxed: Percentiles::of(&mut boxed),
         boxed_splintered: Percentiles::of(&mut splintered),
+        remote: Percentiles::of(&mut remote),
     }
 }
