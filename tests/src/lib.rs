@@ -2,10 +2,13 @@
 //!
 //! Each file in `tests/tests/` is a kernel of its own. [`qemu_test!`] gives it an entry point
 //! that brings the kernel up, runs its test functions in order (printing libtest-style lines),
-//! and exits QEMU with success when all returned. A failing assertion panics, and the kernel's
-//! panic handler exits with failure. The macro also writes the test's QEMU variants into the
-//! ELF section `.kernel_test`, where the runner (`boot`) reads them: one `name: options` per
-//! line, options as for `scripts/run` plus `--expect` and `--expect-log`.
+//! and, when all returned, prints the TIMER-REPORT and exits QEMU as the main run does (failure
+//! when the verdict is `failed`). A failing assertion panics, and the kernel's panic handler
+//! exits with failure. The macro also writes the test's QEMU variants into the ELF section
+//! `.kernel_test`, where the runner (`boot`) reads them: one `name: options` per line, options
+//! as for `scripts/run` plus `--expect` (the verdict: `ok` unless the variant says `degraded`,
+//! `failed`, or `crash` for a kernel that stops before it reports), `--expect-log` and
+//! `--expect-report`.
 //!
 //! A test that applies to some variants only names them: `test => "smp2 msi"` runs on those
 //! variants and no other (the runner tells the kernel which variant it booted, by fw_cfg).
@@ -90,8 +93,16 @@ pub fn run(k: &kernel::Kernel, variants: &[u8], tests: &[Test]) -> ! {
         log::info!("test {} ... ok", t.name);
     }
     log::info!("test result: ok. {} passed; 0 failed", selected.len());
-    // Variants may check the report (`--expect-report`), as for the main run.
-    kernel::exit_with_report(kernel::ExitCode::Success, &kernel::report(k))
+    // As the main run: the exit status follows the verdict, which the runner checks against the
+    // variant's `--expect` (default `ok`), and variants may check more of the report.
+    let report = kernel::report(k);
+    let code = match report.verdict {
+        kernel::timer_report::Verdict::Failed => kernel::ExitCode::Failure,
+        kernel::timer_report::Verdict::Ok | kernel::timer_report::Verdict::Degraded => {
+            kernel::ExitCode::Success
+        }
+    };
+    kernel::exit_with_report(code, &report)
 }
 
 /// Declares a QEMU test kernel:
