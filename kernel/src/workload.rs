@@ -2,6 +2,12 @@
 //! delays for `duration_ms`; each callback measures its lateness against the clocksource and
 //! arms the chain's next timer. At the end every armed timer must have fired exactly once and
 //! none before its deadline; the numbers go into the TIMER-REPORT.
+//!
+//! Each timer carries its identity in its `data`: its chain and its sequence number in the
+//! chain. A chain has one timer pending at a time, so its slot (fixed, per CPU: nothing is
+//! allocated on the interrupt path) knows the one timer that may fire next: a timer that fires
+//! again, or a stale one, is counted `fired_twice` and does not arm anything, so a double fire
+//! cannot hide a lost timer behind a matching count.
 
 use crate::arch::x86_64::clockevents::{self, TimerEvent};
 use crate::arch::x86_64::clocksource::now_ns;
@@ -28,19 +34,42 @@ const GRACE_NS: u64 = 2_000_000_000;
 
 struct CpuCounts {
     armed: AtomicU64,
+    /// Timers that fired for the first time (a second firing is counted in `fired_twice`).
     fired: AtomicU64,
+    fired_twice: AtomicU64,
     early: AtomicU64,
     rng: AtomicU64,
+    chains: [Chain; CHAINS_PER_CPU as usize],
+}
+
+/// One chain's slot: the sequence numbers of its last armed and last fired timer (equal when
+/// nothing is pending; `fired + 1 == armed` while its one timer is pending).
+struct Chain {
+    armed_seq: AtomicU64,
+    fired_seq: AtomicU64,
 }
 
 static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
     CpuCounts {
         armed: AtomicU64::new(0),
         fired: AtomicU64::new(0),
+        fired_twice: AtomicU64::new(0),
         early: AtomicU64::new(0),
         rng: AtomicU64::new(0),
+        chains: [const { Chain { armed_seq: AtomicU64::new(0), fired_seq: AtomicU64::new(0) } };
+            CHAINS_PER_CPU as usize],
     }
 }; percpu::MAX_CPUS];
+
+/// A timer's `data`: its chain in the low byte, its sequence number in the chain above.
+const fn timer_data(chain: usize, seq: u64) -> u64 {
+    (seq << 8) | chain as u64
+}
+
+/// The chain and sequence number a timer's `data` names.
+const fn timer_identity(data: u64) -> (usize, u64) {
+    ((data & 0xff) as usize, data >> 8)
+}
 static LATENESS: [Mutex<Vec<u64>>; percpu::MAX_CPUS] = [const { Mutex::new(Vec::new()) }; percpu::MAX_CPUS];
 /// Deadline -> interrupt handler entry of the same events: what the emulator and the way in
 /// add, before the time layer runs.
@@ -65,10 +94,14 @@ fn next_delay(cpu: usize) -> u64 {
 
 /// Arms the chain's next timer. `armed` counts it first: another CPU deciding that every chain
 /// has run out compares `fired` with `armed`, and must never see this timer fired but not armed.
-fn arm_next(cpu: usize) {
+fn arm_next(cpu: usize, chain: usize) {
     let armed = &COUNTS[cpu].armed;
+    let slot = &COUNTS[cpu].chains[chain];
+    let seq = slot.armed_seq.load(Ordering::Relaxed) + 1;
+    slot.armed_seq.store(seq, Ordering::Relaxed);
     armed.fetch_add(1, Ordering::AcqRel);
-    if let Err(e) = clockevents::arm_after(next_delay(cpu), on_timer, 0) {
+    if let Err(e) = clockevents::arm_after(next_delay(cpu), on_timer, timer_data(chain, seq)) {
+        slot.armed_seq.store(seq - 1, Ordering::Relaxed);
         armed.fetch_sub(1, Ordering::AcqRel);
         if ARM_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
             log::error!("cannot arm a timer on CPU {cpu}: {e}");
@@ -80,6 +113,22 @@ fn on_timer(e: &TimerEvent) {
     let c = &COUNTS[e.cpu];
     // Lateness to the callback, on its own clock read (`e.now_ns` is the handler's).
     let now = now_ns();
+    let (chain, seq) = timer_identity(e.data);
+    // The chain's pending timer fires once: anything else (the same timer again, an older one,
+    // a chain or number that was never armed) is a timer firing twice.
+    let first = c.chains.get(chain).is_some_and(|slot| {
+        seq == slot.armed_seq.load(Ordering::Relaxed)
+            && slot
+                .fired_seq
+                .compare_exchange(seq.wrapping_sub(1), seq, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    });
+    if !first {
+        if c.fired_twice.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::error!("timer {seq} of chain {chain} fired again on CPU {}", e.cpu);
+        }
+        return;
+    }
     if now < e.deadline_ns {
         c.early.fetch_add(1, Ordering::Relaxed);
         log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - now, e.cpu);
@@ -92,7 +141,7 @@ fn on_timer(e: &TimerEvent) {
     }
     drop(samples);
     if e.now_ns < END_NS.load(Ordering::Relaxed) {
-        arm_next(e.cpu);
+        arm_next(e.cpu, chain);
     }
     c.fired.fetch_add(1, Ordering::Release);
 }
@@ -100,8 +149,8 @@ fn on_timer(e: &TimerEvent) {
 fn start_on_this_cpu(_: u64) -> u64 {
     let cpu = percpu::this_cpu().index;
     COUNTS[cpu].rng.store(0x9e37_79b9_7f4a_7c15 ^ (cpu as u64 + 1), Ordering::Relaxed);
-    for _ in 0..CHAINS_PER_CPU {
-        arm_next(cpu);
+    for chain in 0..CHAINS_PER_CPU as usize {
+        arm_next(cpu, chain);
     }
     0
 }
@@ -110,13 +159,18 @@ fn start_on_this_cpu(_: u64) -> u64 {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
     pub armed: u64,
+    /// Timers that fired (each counted once).
     pub fired: u64,
+    /// Firings of a timer that had fired already (or was never armed).
+    pub fired_twice: u64,
     pub early: u64,
     pub latency: LatencyReport,
     pub handler_latency: LatencyReport,
 }
 
 impl Outcome {
+    /// Armed timers that never fired: `fired` counts each timer once, so a double fire
+    /// cannot make up for a lost one.
     pub fn lost(&self) -> u64 {
         self.armed - self.fired.min(self.armed)
     }
@@ -169,18 +223,20 @@ pub fn run_with_suspend(
     let mut out = Outcome::default();
     for &c in &cpus {
         let counts = &COUNTS[c];
-        let (armed, fired, early) = x86_64::instructions::interrupts::without_interrupts(|| {
+        let (armed, fired, fired_twice, early) = x86_64::instructions::interrupts::without_interrupts(|| {
             samples.extend(LATENESS[c].lock().iter());
             handler_samples.extend(HANDLER_LATENESS[c].lock().iter());
             (
                 counts.armed.load(Ordering::Acquire),
                 counts.fired.load(Ordering::Acquire),
+                counts.fired_twice.load(Ordering::Acquire),
                 counts.early.load(Ordering::Acquire),
             )
         });
-        log::info!("CPU {c}: {armed} timers armed, {fired} fired, {early} early");
+        log::info!("CPU {c}: {armed} timers armed, {fired} fired, {fired_twice} fired twice, {early} early");
         out.armed += armed;
         out.fired += fired;
+        out.fired_twice += fired_twice;
         out.early += early;
     }
     out.latency = LatencyReport::from_samples(&mut samples);
@@ -188,13 +244,14 @@ pub fn run_with_suspend(
     *LAST.lock() = Some(out);
     let l = out.latency;
     log::info!(
-        "lateness over {} events: min {} ns, p50 {} ns, p99 {} ns, max {} ns; {} lost, {} early",
+        "lateness over {} events: min {} ns, p50 {} ns, p99 {} ns, max {} ns; {} lost, {} fired twice, {} early",
         l.samples,
         l.min,
         l.p50,
         l.p99,
         l.max,
         out.lost(),
+        out.fired_twice,
         out.early
     );
     out
@@ -205,14 +262,15 @@ pub fn last() -> Option<Outcome> {
     *LAST.lock()
 }
 
-/// Adds the run's figures to the report; lost or early events fail the verdict.
+/// Adds the run's figures to the report; lost, twice-fired or early events fail the verdict.
 pub fn fill_report(report: &mut TimerReport, out: &Outcome) {
     report.latency_ns = out.latency;
     report.handler_latency_ns = out.handler_latency;
     report.events_armed = out.armed;
     report.lost_events = out.lost();
+    report.fired_twice = out.fired_twice;
     report.early_events = out.early;
-    if out.lost() > 0 || out.early > 0 || out.armed == 0 {
+    if out.lost() > 0 || out.fired_twice > 0 || out.early > 0 || out.armed == 0 {
         report.verdict = Verdict::Failed;
     }
 }
