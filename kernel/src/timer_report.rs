@@ -13,8 +13,9 @@ use serde::Serialize;
 /// `suspend`); 4: clocksources (every source, the switches, the TSC's checks); 5: where
 /// interrupts landed (each CPU's `misrouted`, `stale`, `spurious`, `not_ours`; each comparator's
 /// `irqs_by_cpu`, `spurious` and `selftest`; `destinations`, `bringup_us`,
-/// `memory`); 6: the LAPIC timer's refinement; 7: the workload's `fired_twice` (a timer that
-/// fired again, counted apart from `lost_events`).
+/// `memory`); 6: the LAPIC timer's refinement; 7: the workload's own oracles: `fired_twice`
+/// (a timer that fired again, counted apart from `lost_events`), `early_independent` (early
+/// on a counter that is not the clocksource's).
 pub const SCHEMA_VERSION: u32 = 7;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -70,6 +71,9 @@ pub struct TimerReport {
     /// `lost_events` so that one cannot hide the other.
     pub fired_twice: u64,
     pub early_events: u64,
+    /// Fired before their deadline as a counter that is not the clocksource's measures it
+    /// (schema 7).
+    pub early_independent: u64,
     /// One sentence per fallback taken, saying what failed and what is used instead.
     pub fallbacks: Vec<String>,
     /// `ok`, `degraded` (a fallback was taken, the kernel works) or `failed`.

@@ -8,9 +8,14 @@
 //! allocated on the interrupt path) knows the one timer that may fire next: a timer that fires
 //! again, or a stale one, is counted `fired_twice` and does not arm anything, so a double fire
 //! cannot hide a lost timer behind a matching count.
+//!
+//! "Never early" is also judged by an independent oracle ([`oracle`]): the deadline on a
+//! counter that is not the clocksource's.
+
+pub mod oracle;
 
 use crate::arch::x86_64::clockevents::{self, TimerEvent};
-use crate::arch::x86_64::clocksource::now_ns;
+use crate::arch::x86_64::clocksource::{RawCounter, now_ns};
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::timer_report::{LatencyReport, TimerReport, Verdict};
 use alloc::vec::Vec;
@@ -38,6 +43,9 @@ struct CpuCounts {
     fired: AtomicU64,
     fired_twice: AtomicU64,
     early: AtomicU64,
+    /// Fired before their deadline on the independent counter, and timers judged on it.
+    early_independent: AtomicU64,
+    judged_independent: AtomicU64,
     rng: AtomicU64,
     chains: [Chain; CHAINS_PER_CPU as usize],
 }
@@ -47,6 +55,9 @@ struct CpuCounts {
 struct Chain {
     armed_seq: AtomicU64,
     fired_seq: AtomicU64,
+    /// Its pending timer's deadline on the other counter. Written on
+    /// its CPU before the timer is armed, read in its callback: never contended.
+    stamp: Mutex<oracle::Stamp>,
 }
 
 static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
@@ -55,9 +66,23 @@ static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
         fired: AtomicU64::new(0),
         fired_twice: AtomicU64::new(0),
         early: AtomicU64::new(0),
+        early_independent: AtomicU64::new(0),
+        judged_independent: AtomicU64::new(0),
         rng: AtomicU64::new(0),
-        chains: [const { Chain { armed_seq: AtomicU64::new(0), fired_seq: AtomicU64::new(0) } };
-            CHAINS_PER_CPU as usize],
+        chains: [const {
+            Chain {
+                armed_seq: AtomicU64::new(0),
+                fired_seq: AtomicU64::new(0),
+                stamp: Mutex::new(oracle::Stamp {
+                    reference: None,
+                    start: 0,
+                    min_ticks: 0,
+                    clock: kernel_time::clocksource::CounterId(0),
+                    armed_ns: 0,
+                    suspends: 0,
+                }),
+            }
+        }; CHAINS_PER_CPU as usize],
     }
 }; percpu::MAX_CPUS];
 
@@ -79,6 +104,8 @@ static END_NS: AtomicU64 = AtomicU64::new(0);
 /// The last run's outcome, for the report.
 static LAST: Mutex<Option<Outcome>> = Mutex::new(None);
 static ARM_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// The counters the oracle may judge on, read once per run (outside the interrupt path).
+static RAW_COUNTERS: Mutex<[Option<RawCounter>; 3]> = Mutex::new([None; 3]);
 
 /// A xorshift step per CPU (deterministic delays, no shared state between CPUs).
 fn next_delay(cpu: usize) -> u64 {
@@ -100,7 +127,10 @@ fn arm_next(cpu: usize, chain: usize) {
     let seq = slot.armed_seq.load(Ordering::Relaxed) + 1;
     slot.armed_seq.store(seq, Ordering::Relaxed);
     armed.fetch_add(1, Ordering::AcqRel);
-    if let Err(e) = clockevents::arm_after(next_delay(cpu), on_timer, timer_data(chain, seq)) {
+    let raw = *RAW_COUNTERS.lock();
+    let (deadline, stamp) = oracle::arm_stamp(next_delay(cpu), &raw);
+    *slot.stamp.lock() = stamp;
+    if let Err(e) = clockevents::arm_at(deadline, on_timer, timer_data(chain, seq)) {
         slot.armed_seq.store(seq - 1, Ordering::Relaxed);
         armed.fetch_sub(1, Ordering::AcqRel);
         if ARM_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -128,6 +158,23 @@ fn on_timer(e: &TimerEvent) {
             log::error!("timer {seq} of chain {chain} fired again on CPU {}", e.cpu);
         }
         return;
+    }
+    let stamp = *c.chains[chain].stamp.lock();
+    match oracle::judge(&stamp) {
+        oracle::Judgement::NotEarly => {
+            c.judged_independent.fetch_add(1, Ordering::Relaxed);
+        }
+        oracle::Judgement::Early { ticks_short, reference } => {
+            c.judged_independent.fetch_add(1, Ordering::Relaxed);
+            if c.early_independent.fetch_add(1, Ordering::Relaxed) == 0 {
+                log::error!(
+                    "timer {seq} of chain {chain} ran on CPU {} {ticks_short} ticks of counter {} before its deadline",
+                    e.cpu,
+                    reference.0
+                );
+            }
+        }
+        oracle::Judgement::Unjudged => {}
     }
     if now < e.deadline_ns {
         c.early.fetch_add(1, Ordering::Relaxed);
@@ -164,6 +211,10 @@ pub struct Outcome {
     /// Firings of a timer that had fired already (or was never armed).
     pub fired_twice: u64,
     pub early: u64,
+    /// Fired before their deadline on a counter that is not the clocksource's, and the timers
+    /// judged on one (see [`oracle`]).
+    pub early_independent: u64,
+    pub judged_independent: u64,
     pub latency: LatencyReport,
     pub handler_latency: LatencyReport,
 }
@@ -192,6 +243,7 @@ pub fn run_with_suspend(
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
     let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
     SAMPLES_PER_CPU.store(MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1)), Ordering::Relaxed);
+    *RAW_COUNTERS.lock() = crate::arch::x86_64::clocksource::raw_counters();
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
     for &cpu in &cpus {
@@ -233,11 +285,18 @@ pub fn run_with_suspend(
                 counts.early.load(Ordering::Acquire),
             )
         });
-        log::info!("CPU {c}: {armed} timers armed, {fired} fired, {fired_twice} fired twice, {early} early");
+        let early_independent = counts.early_independent.load(Ordering::Acquire);
+        let judged = counts.judged_independent.load(Ordering::Acquire);
+        log::info!(
+            "CPU {c}: {armed} timers armed, {fired} fired, {fired_twice} fired twice, {early} early; \
+             {judged} judged on another counter, {early_independent} early there"
+        );
         out.armed += armed;
         out.fired += fired;
         out.fired_twice += fired_twice;
         out.early += early;
+        out.early_independent += early_independent;
+        out.judged_independent += judged;
     }
     out.latency = LatencyReport::from_samples(&mut samples);
     out.handler_latency = LatencyReport::from_samples(&mut handler_samples);
@@ -270,7 +329,8 @@ pub fn fill_report(report: &mut TimerReport, out: &Outcome) {
     report.lost_events = out.lost();
     report.fired_twice = out.fired_twice;
     report.early_events = out.early;
-    if out.lost() > 0 || out.fired_twice > 0 || out.early > 0 || out.armed == 0 {
+    report.early_independent = out.early_independent;
+    if out.lost() > 0 || out.fired_twice > 0 || out.early > 0 || out.early_independent > 0 || out.armed == 0 {
         report.verdict = Verdict::Failed;
     }
 }

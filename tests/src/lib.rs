@@ -135,12 +135,19 @@ macro_rules! qemu_test {
     (@only $only:literal) => { Some($only) };
 }
 
-/// The workload's promise: it armed timers, and every one fired exactly once, none early.
+/// The workload's promise: it armed timers, and every one fired exactly once, none early (on
+/// the clocksource and on another counter).
 pub fn assert_workload_clean(out: &kernel::workload::Outcome) {
     assert!(out.armed > 0, "the workload armed nothing");
     assert_eq!(out.lost(), 0, "{} of {} timers never fired", out.lost(), out.armed);
     assert_eq!(out.fired_twice, 0, "{} timers fired a second time", out.fired_twice);
     assert_eq!(out.early, 0, "{} timers fired before their deadline", out.early);
+    assert!(out.judged_independent > 0, "no timer was judged on a counter other than the clocksource's");
+    assert_eq!(
+        out.early_independent, 0,
+        "{} timers fired before their deadline on a counter other than the clocksource's",
+        out.early_independent
+    );
     assert_eq!(out.fired, out.armed, "as many timers fired as were armed");
 }
 

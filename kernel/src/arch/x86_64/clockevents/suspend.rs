@@ -25,6 +25,14 @@ const PARK_LIMIT_NS: u64 = 1_000_000_000;
 static TOTALS: Mutex<SuspendReport> =
     Mutex::new(SuspendReport { count: 0, suspended_ns: 0, timers_resumed: 0 });
 
+/// Suspends begun so far (a counter a suspend stops, the HPET's, does not measure across one).
+static SUSPENDS: AtomicU64 = AtomicU64::new(0);
+
+/// How many suspends have begun (lock-free).
+pub fn suspends() -> u64 {
+    SUSPENDS.load(Ordering::Acquire)
+}
+
 /// The suspend tests done so far, for the report (`None` if none ran).
 pub fn report() -> Option<SuspendReport> {
     let totals = without_interrupts(|| TOTALS.lock().clone());
@@ -93,6 +101,7 @@ pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::st
         core::hint::spin_loop();
     }
     let halted_ns = without_interrupts(|| {
+        SUSPENDS.fetch_add(1, Ordering::AcqRel);
         r.first_suspended_ns.fetch_min(now_ns(), Ordering::AcqRel);
         let pending = with_tick(|t| t.suspend()).unwrap_or(0);
         r.pending.fetch_add(pending as u64, Ordering::Relaxed);
