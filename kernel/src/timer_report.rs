@@ -15,7 +15,7 @@ use serde::Serialize;
 /// `irqs_by_cpu`, `spurious` and `selftest`; `destinations`, `bringup_us`,
 /// `memory`); 6: the LAPIC timer's refinement; 7: the workload's own oracles: `fired_twice`
 /// (a timer that fired again, counted apart from `lost_events`), `early_independent` (early
-/// on a counter that is not the clocksource's).
+/// on a counter that is not the clocksource's), `wrong_cpu` (by the hardware's APIC id).
 pub const SCHEMA_VERSION: u32 = 7;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -74,6 +74,9 @@ pub struct TimerReport {
     /// Fired before their deadline as a counter that is not the clocksource's measures it
     /// (schema 7).
     pub early_independent: u64,
+    /// Callbacks that ran where the LAPIC's own APIC id is not that of the CPU the timer was
+    /// armed on (schema 7).
+    pub wrong_cpu: u64,
     /// One sentence per fallback taken, saying what failed and what is used instead.
     pub fallbacks: Vec<String>,
     /// `ok`, `degraded` (a fallback was taken, the kernel works) or `failed`.

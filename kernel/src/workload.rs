@@ -9,8 +9,9 @@
 //! again, or a stale one, is counted `fired_twice` and does not arm anything, so a double fire
 //! cannot hide a lost timer behind a matching count.
 //!
-//! "Never early" is also judged by an independent oracle ([`oracle`]): the deadline on a
-//! counter that is not the clocksource's.
+//! "Never early" and "on its CPU" are also judged by independent oracles ([`oracle`]): the
+//! deadline on a counter that is not the clocksource's, and the APIC id the hardware reports
+//! in the callback against the one of the CPU the timer was armed on.
 
 pub mod oracle;
 
@@ -46,6 +47,8 @@ struct CpuCounts {
     /// Fired before their deadline on the independent counter, and timers judged on it.
     early_independent: AtomicU64,
     judged_independent: AtomicU64,
+    /// Callbacks that ran where the hardware's APIC id is not the arming CPU's.
+    wrong_cpu: AtomicU64,
     rng: AtomicU64,
     chains: [Chain; CHAINS_PER_CPU as usize],
 }
@@ -55,7 +58,7 @@ struct CpuCounts {
 struct Chain {
     armed_seq: AtomicU64,
     fired_seq: AtomicU64,
-    /// Its pending timer's deadline on the other counter. Written on
+    /// Its pending timer's deadline on the other counter and its CPU's APIC id. Written on
     /// its CPU before the timer is armed, read in its callback: never contended.
     stamp: Mutex<oracle::Stamp>,
 }
@@ -68,6 +71,7 @@ static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
         early: AtomicU64::new(0),
         early_independent: AtomicU64::new(0),
         judged_independent: AtomicU64::new(0),
+        wrong_cpu: AtomicU64::new(0),
         rng: AtomicU64::new(0),
         chains: [const {
             Chain {
@@ -80,6 +84,7 @@ static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
                     clock: kernel_time::clocksource::CounterId(0),
                     armed_ns: 0,
                     suspends: 0,
+                    apic_id: 0,
                 }),
             }
         }; CHAINS_PER_CPU as usize],
@@ -128,7 +133,7 @@ fn arm_next(cpu: usize, chain: usize) {
     slot.armed_seq.store(seq, Ordering::Relaxed);
     armed.fetch_add(1, Ordering::AcqRel);
     let raw = *RAW_COUNTERS.lock();
-    let (deadline, stamp) = oracle::arm_stamp(next_delay(cpu), &raw);
+    let (deadline, stamp) = oracle::arm_stamp(next_delay(cpu), &raw, percpu::this_cpu().apic_id);
     *slot.stamp.lock() = stamp;
     if let Err(e) = clockevents::arm_at(deadline, on_timer, timer_data(chain, seq)) {
         slot.armed_seq.store(seq - 1, Ordering::Relaxed);
@@ -176,6 +181,13 @@ fn on_timer(e: &TimerEvent) {
         }
         oracle::Judgement::Unjudged => {}
     }
+    let apic_id = oracle::apic_id_here();
+    if apic_id != stamp.apic_id && c.wrong_cpu.fetch_add(1, Ordering::Relaxed) == 0 {
+        log::error!(
+            "timer {seq} of chain {chain}, armed on APIC id {}, ran on APIC id {apic_id}",
+            stamp.apic_id
+        );
+    }
     if now < e.deadline_ns {
         c.early.fetch_add(1, Ordering::Relaxed);
         log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - now, e.cpu);
@@ -215,6 +227,8 @@ pub struct Outcome {
     /// judged on one (see [`oracle`]).
     pub early_independent: u64,
     pub judged_independent: u64,
+    /// Ran on a CPU whose APIC id (from the hardware) is not the arming CPU's.
+    pub wrong_cpu: u64,
     pub latency: LatencyReport,
     pub handler_latency: LatencyReport,
 }
@@ -287,9 +301,10 @@ pub fn run_with_suspend(
         });
         let early_independent = counts.early_independent.load(Ordering::Acquire);
         let judged = counts.judged_independent.load(Ordering::Acquire);
+        let wrong_cpu = counts.wrong_cpu.load(Ordering::Acquire);
         log::info!(
             "CPU {c}: {armed} timers armed, {fired} fired, {fired_twice} fired twice, {early} early; \
-             {judged} judged on another counter, {early_independent} early there"
+             {judged} judged on another counter, {early_independent} early there; {wrong_cpu} on another APIC id"
         );
         out.armed += armed;
         out.fired += fired;
@@ -297,6 +312,7 @@ pub fn run_with_suspend(
         out.early += early;
         out.early_independent += early_independent;
         out.judged_independent += judged;
+        out.wrong_cpu += wrong_cpu;
     }
     out.latency = LatencyReport::from_samples(&mut samples);
     out.handler_latency = LatencyReport::from_samples(&mut handler_samples);
@@ -330,7 +346,14 @@ pub fn fill_report(report: &mut TimerReport, out: &Outcome) {
     report.fired_twice = out.fired_twice;
     report.early_events = out.early;
     report.early_independent = out.early_independent;
-    if out.lost() > 0 || out.fired_twice > 0 || out.early > 0 || out.early_independent > 0 || out.armed == 0 {
+    report.wrong_cpu = out.wrong_cpu;
+    if out.lost() > 0
+        || out.fired_twice > 0
+        || out.early > 0
+        || out.early_independent > 0
+        || out.wrong_cpu > 0
+        || out.armed == 0
+    {
         report.verdict = Verdict::Failed;
     }
 }

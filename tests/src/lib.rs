@@ -136,7 +136,7 @@ macro_rules! qemu_test {
 }
 
 /// The workload's promise: it armed timers, and every one fired exactly once, none early (on
-/// the clocksource and on another counter).
+/// the clocksource and on another counter), each on its CPU by the hardware's APIC id.
 pub fn assert_workload_clean(out: &kernel::workload::Outcome) {
     assert!(out.armed > 0, "the workload armed nothing");
     assert_eq!(out.lost(), 0, "{} of {} timers never fired", out.lost(), out.armed);
@@ -148,6 +148,7 @@ pub fn assert_workload_clean(out: &kernel::workload::Outcome) {
         "{} timers fired before their deadline on a counter other than the clocksource's",
         out.early_independent
     );
+    assert_eq!(out.wrong_cpu, 0, "{} callbacks ran where the APIC id is not their CPU's", out.wrong_cpu);
     assert_eq!(out.fired, out.armed, "as many timers fired as were armed");
 }
 

@@ -1,5 +1,6 @@
-//! The workload's independent oracle: "never early" judged on a counter that is not the
-//! clocksource's.
+//! The workload's independent oracles: "never early" judged on a counter that is not the
+//! clocksource's, and "on its CPU" judged from the APIC id the hardware reports in the
+//! callback, never from `this_cpu()`.
 //!
 //! At arm time the deadline is mapped onto the other counter by a bracketed pair of reads
 //! (the other counter, `now_ns`, the other counter again): the deadline is `now_ns + delay`,
@@ -13,6 +14,7 @@ use crate::arch::x86_64::clockevents::suspend;
 use crate::arch::x86_64::clocksource::{
     self, HPET, PM_TIMER, RawCounter, TSC, TSC_FAULTED, TSC_SKEWED, now_ns,
 };
+use crate::arch::x86_64::lapic;
 use kernel_time::clocksource::CounterId;
 
 /// Margin for the other counter's frequency against the clock's, in ppm: the HPET's period and
@@ -41,6 +43,8 @@ pub struct Stamp {
     pub clock: CounterId,
     pub armed_ns: u64,
     pub suspends: u64,
+    /// The APIC id of the CPU the timer is armed on (from its per-CPU record).
+    pub apic_id: u32,
 }
 
 /// What the callback's reading of the other counter says.
@@ -73,7 +77,7 @@ fn reference_for(clock: CounterId, raw: &[Option<RawCounter>; 3]) -> Option<RawC
 
 /// Reads the clock between two readings of the other counter; returns the deadline
 /// `delay_ns` from now and its stamp. `raw` is [`clocksource::raw_counters`], read once per run.
-pub fn arm_stamp(delay_ns: u64, raw: &[Option<RawCounter>; 3]) -> (u64, Stamp) {
+pub fn arm_stamp(delay_ns: u64, raw: &[Option<RawCounter>; 3], apic_id: u32) -> (u64, Stamp) {
     let clock = clocksource::current_counter();
     let reference = reference_for(clock, raw);
     let counter = reference.map_or(CounterId(0), |r| r.counter);
@@ -87,7 +91,8 @@ pub fn arm_stamp(delay_ns: u64, raw: &[Option<RawCounter>; 3]) -> (u64, Stamp) {
         let ticks = ticks * u128::from(1_000_000 - margin) / 1_000_000;
         (ticks as u64).saturating_sub(1)
     });
-    let stamp = Stamp { reference, start, min_ticks, clock, armed_ns, suspends: suspend::suspends() };
+    let stamp =
+        Stamp { reference, start, min_ticks, clock, armed_ns, suspends: suspend::suspends(), apic_id };
     (armed_ns.saturating_add(delay_ns), stamp)
 }
 
@@ -112,6 +117,12 @@ pub fn judge(stamp: &Stamp) -> Judgement {
     } else {
         Judgement::NotEarly
     }
+}
+
+/// The APIC id of the CPU running this, from the hardware: the LAPIC's ID register (xAPIC
+/// MMIO) or the x2APIC ID MSR.
+pub fn apic_id_here() -> u32 {
+    lapic::id()
 }
 
 #[cfg(test)]
