@@ -9,6 +9,10 @@
 //! again, or a stale one, is counted `fired_twice` and does not arm anything, so a double fire
 //! cannot hide a lost timer behind a matching count.
 //!
+//! With `suspend_test=`, the chains' timers pending when every tick is suspended are
+//! recorded; each must fire once after the resume (`Outcome::suspend_*`), and no workload timer
+//! may run while timekeeping is suspended.
+//!
 //! "Never early" and "on its CPU" are also judged by independent oracles ([`oracle`]): the
 //! deadline on a counter that is not the clocksource's, and the APIC id the hardware reports
 //! in the callback against the one of the CPU the timer was armed on.
@@ -20,7 +24,7 @@ use crate::arch::x86_64::clocksource::{RawCounter, now_ns};
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::timer_report::{LatencyReport, TimerReport, Verdict};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// Timer chains per CPU: several timers pending at once, so the queue really orders them.
@@ -61,6 +65,8 @@ struct Chain {
     /// Its pending timer's deadline on the other counter and its CPU's APIC id. Written on
     /// its CPU before the timer is armed, read in its callback: never contended.
     stamp: Mutex<oracle::Stamp>,
+    /// The sequence number of its timer that was pending at the suspend (0: none).
+    pending_at_suspend: AtomicU64,
 }
 
 static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
@@ -86,6 +92,7 @@ static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
                     suspends: 0,
                     apic_id: 0,
                 }),
+                pending_at_suspend: AtomicU64::new(0),
             }
         }; CHAINS_PER_CPU as usize],
     }
@@ -109,6 +116,13 @@ static END_NS: AtomicU64 = AtomicU64::new(0);
 /// The last run's outcome, for the report.
 static LAST: Mutex<Option<Outcome>> = Mutex::new(None);
 static ARM_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Set while timekeeping is suspended (`suspend_test=`): no workload timer may run then.
+static SUSPENDED: AtomicBool = AtomicBool::new(false);
+/// Workload timers pending at the suspend, those of them that fired after it, and workload
+/// timers that ran while timekeeping was suspended.
+static SUSPEND_PENDING: AtomicU64 = AtomicU64::new(0);
+static SUSPEND_FIRED_AFTER: AtomicU64 = AtomicU64::new(0);
+static FIRED_WHILE_SUSPENDED: AtomicU64 = AtomicU64::new(0);
 /// The counters the oracle may judge on, read once per run (outside the interrupt path).
 static RAW_COUNTERS: Mutex<[Option<RawCounter>; 3]> = Mutex::new([None; 3]);
 
@@ -164,6 +178,12 @@ fn on_timer(e: &TimerEvent) {
         }
         return;
     }
+    if SUSPENDED.load(Ordering::Acquire) && FIRED_WHILE_SUSPENDED.fetch_add(1, Ordering::Relaxed) == 0 {
+        log::error!("timer {seq} of chain {chain} ran on CPU {} while timekeeping was suspended", e.cpu);
+    }
+    if c.chains[chain].pending_at_suspend.load(Ordering::Acquire) == seq {
+        SUSPEND_FIRED_AFTER.fetch_add(1, Ordering::Relaxed);
+    }
     let stamp = *c.chains[chain].stamp.lock();
     match oracle::judge(&stamp) {
         oracle::Judgement::NotEarly => {
@@ -214,6 +234,23 @@ fn start_on_this_cpu(_: u64) -> u64 {
     0
 }
 
+/// While every CPU's tick is suspended (nothing runs a timer): records each chain's pending
+/// timer, which must then fire once after the resume.
+fn at_suspend(cpus: &[usize], halted: bool) {
+    if halted {
+        for &cpu in cpus {
+            for slot in &COUNTS[cpu].chains {
+                let armed = slot.armed_seq.load(Ordering::Acquire);
+                if armed > slot.fired_seq.load(Ordering::Acquire) {
+                    slot.pending_at_suspend.store(armed, Ordering::Release);
+                    SUSPEND_PENDING.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    SUSPENDED.store(halted, Ordering::Release);
+}
+
 /// What the run measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
@@ -229,6 +266,12 @@ pub struct Outcome {
     pub judged_independent: u64,
     /// Ran on a CPU whose APIC id (from the hardware) is not the arming CPU's.
     pub wrong_cpu: u64,
+    /// With `suspend_test=`: the workload's timers pending at the suspend, those of them that
+    /// fired after the resume (each once: a second firing is in `fired_twice`), and workload
+    /// timers that ran while timekeeping was suspended.
+    pub suspend_pending: u64,
+    pub suspend_fired_after: u64,
+    pub fired_while_suspended: u64,
     pub latency: LatencyReport,
     pub handler_latency: LatencyReport,
 }
@@ -276,7 +319,9 @@ pub fn run_with_suspend(
             && now_ns() >= at
         {
             suspend_at = None;
-            if let Err(e) = clockevents::suspend::suspend_for(ms, hpet) {
+            if let Err(e) =
+                clockevents::suspend::suspend_for(ms, hpet, &mut |halted| at_suspend(&cpus, halted))
+            {
                 clockevents::record_fallback(alloc::format!("suspend test: {e}"));
             }
         }
@@ -313,6 +358,17 @@ pub fn run_with_suspend(
         out.early_independent += early_independent;
         out.judged_independent += judged;
         out.wrong_cpu += wrong_cpu;
+    }
+    out.suspend_pending = SUSPEND_PENDING.load(Ordering::Acquire);
+    out.suspend_fired_after = SUSPEND_FIRED_AFTER.load(Ordering::Acquire);
+    out.fired_while_suspended = FIRED_WHILE_SUSPENDED.load(Ordering::Acquire);
+    if suspend_ms.is_some() {
+        log::info!(
+            "suspend: {} workload timers were pending, {} of them fired after the resume; {} ran while suspended",
+            out.suspend_pending,
+            out.suspend_fired_after,
+            out.fired_while_suspended
+        );
     }
     out.latency = LatencyReport::from_samples(&mut samples);
     out.handler_latency = LatencyReport::from_samples(&mut handler_samples);

@@ -152,6 +152,23 @@ pub fn assert_workload_clean(out: &kernel::workload::Outcome) {
     assert_eq!(out.fired, out.armed, "as many timers fired as were armed");
 }
 
+/// With `suspend_test=`: the workload had timers pending at the suspend, each of them fired
+/// after the resume (once: `assert_workload_clean` checks none fired twice), and none of its
+/// timers ran while timekeeping was suspended.
+pub fn assert_pending_timers_fire_once_after_the_suspend(out: &kernel::workload::Outcome) {
+    assert!(out.suspend_pending > 0, "no workload timer was pending at the suspend: it tested nothing");
+    assert_eq!(
+        out.suspend_fired_after, out.suspend_pending,
+        "of {} workload timers pending at the suspend, {} fired after it",
+        out.suspend_pending, out.suspend_fired_after
+    );
+    assert_eq!(
+        out.fired_while_suspended, 0,
+        "{} workload timers ran while suspended",
+        out.fired_while_suspended
+    );
+}
+
 /// No clock event interrupt reached a CPU whose tick its device does not serve, and every HPET
 /// comparator in service took its events on the CPU it is routed to and no other (a per-CPU
 /// comparator on its CPU, the global one on the CPU it interrupts), whatever the delivery

@@ -71,8 +71,14 @@ fn park(r: &Rendezvous) {
 }
 
 /// Suspends timekeeping on every CPU for `ms` ms of real time and resumes it; called on the
-/// boot CPU with interrupts enabled. Errors say which CPU did not park.
-pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::string::String> {
+/// boot CPU with interrupts enabled. `halted(true)` runs once every CPU's tick is suspended,
+/// before the halt, and `halted(false)` after it, before anything resumes (with interrupts
+/// off: no timer runs anywhere in between). Errors say which CPU did not park.
+pub fn suspend_for(
+    ms: u64,
+    hpet: Option<&'static Hpet>,
+    halted: &mut dyn FnMut(bool),
+) -> Result<(), alloc::string::String> {
     let others: alloc::vec::Vec<usize> =
         percpu::all().map(|c| c.index).filter(|&c| c != percpu::this_cpu().index).collect();
     let r = Arc::new(Rendezvous {
@@ -117,10 +123,12 @@ pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::st
             }
             saved
         });
+        halted(true);
         let suspended_at = now_ns();
         while now_ns() - suspended_at < ms * 1_000_000 {
             core::hint::spin_loop();
         }
+        halted(false);
         if let (Some(h), Some(saved)) = (hpet, saved) {
             h.resume(&saved);
             for ch in super::hpet::channels() {
