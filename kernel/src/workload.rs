@@ -20,7 +20,7 @@
 pub mod oracle;
 
 use crate::arch::x86_64::clockevents::{self, TimerEvent};
-use crate::arch::x86_64::clocksource::{RawCounter, now_ns};
+use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::timer_report::{LatencyReport, TimerReport, Verdict};
 use alloc::vec::Vec;
@@ -123,8 +123,6 @@ static SUSPENDED: AtomicBool = AtomicBool::new(false);
 static SUSPEND_PENDING: AtomicU64 = AtomicU64::new(0);
 static SUSPEND_FIRED_AFTER: AtomicU64 = AtomicU64::new(0);
 static FIRED_WHILE_SUSPENDED: AtomicU64 = AtomicU64::new(0);
-/// The counters the oracle may judge on, read once per run (outside the interrupt path).
-static RAW_COUNTERS: Mutex<[Option<RawCounter>; 3]> = Mutex::new([None; 3]);
 
 /// A xorshift step per CPU (deterministic delays, no shared state between CPUs).
 fn next_delay(cpu: usize) -> u64 {
@@ -146,8 +144,7 @@ fn arm_next(cpu: usize, chain: usize) {
     let seq = slot.armed_seq.load(Ordering::Relaxed) + 1;
     slot.armed_seq.store(seq, Ordering::Relaxed);
     armed.fetch_add(1, Ordering::AcqRel);
-    let raw = *RAW_COUNTERS.lock();
-    let (deadline, stamp) = oracle::arm_stamp(next_delay(cpu), &raw, percpu::this_cpu().apic_id);
+    let (deadline, stamp) = oracle::arm_stamp(next_delay(cpu), percpu::this_cpu().apic_id);
     *slot.stamp.lock() = stamp;
     if let Err(e) = clockevents::arm_at(deadline, on_timer, timer_data(chain, seq)) {
         slot.armed_seq.store(seq - 1, Ordering::Relaxed);
@@ -300,7 +297,7 @@ pub fn run_with_suspend(
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
     let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
     SAMPLES_PER_CPU.store(MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1)), Ordering::Relaxed);
-    *RAW_COUNTERS.lock() = crate::arch::x86_64::clocksource::raw_counters();
+    oracle::set_counters(crate::arch::x86_64::clocksource::raw_counters());
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
     for &cpu in &cpus {

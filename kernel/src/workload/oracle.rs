@@ -15,6 +15,7 @@ use crate::arch::x86_64::clocksource::{
     self, HPET, PM_TIMER, RawCounter, TSC, TSC_FAULTED, TSC_SKEWED, now_ns,
 };
 use crate::arch::x86_64::lapic;
+use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_time::clocksource::CounterId;
 
 /// Margin for the other counter's frequency against the clock's, in ppm: the HPET's period and
@@ -29,6 +30,32 @@ const TSC_MARGIN_PPM: u64 = 20_000;
 const HPET_REF: usize = 0;
 const PM_REF: usize = 1;
 const TSC_REF: usize = 2;
+
+/// The counters to judge on, by index: counter id, frequency (0: absent) and mask; set once
+/// per run, read lock-free on the interrupt path.
+static COUNTERS: [[AtomicU64; 3]; 3] = [const { [const { AtomicU64::new(0) }; 3] }; 3];
+
+/// Sets the counters to judge on ([`clocksource::raw_counters`]), before the run arms timers.
+pub fn set_counters(raw: [Option<RawCounter>; 3]) {
+    for (slot, r) in COUNTERS.iter().zip(raw) {
+        let (counter, hz, mask) = r.map_or((0, 0, 0), |r| (u64::from(r.counter.0), r.hz, r.mask));
+        slot[0].store(counter, Ordering::Relaxed);
+        slot[2].store(mask, Ordering::Relaxed);
+        slot[1].store(hz, Ordering::Release);
+    }
+}
+
+fn counters() -> [Option<RawCounter>; 3] {
+    core::array::from_fn(|i| {
+        let slot = &COUNTERS[i];
+        let hz = slot[1].load(Ordering::Acquire);
+        (hz != 0).then(|| RawCounter {
+            counter: CounterId(slot[0].load(Ordering::Relaxed) as u32),
+            hz,
+            mask: slot[2].load(Ordering::Relaxed),
+        })
+    })
+}
 
 /// How one timer's deadline stands on the other counter, recorded when it is armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +103,10 @@ fn reference_for(clock: CounterId, raw: &[Option<RawCounter>; 3]) -> Option<RawC
 }
 
 /// Reads the clock between two readings of the other counter; returns the deadline
-/// `delay_ns` from now and its stamp. `raw` is [`clocksource::raw_counters`], read once per run.
-pub fn arm_stamp(delay_ns: u64, raw: &[Option<RawCounter>; 3], apic_id: u32) -> (u64, Stamp) {
+/// `delay_ns` from now and its stamp (see [`set_counters`]).
+pub fn arm_stamp(delay_ns: u64, apic_id: u32) -> (u64, Stamp) {
     let clock = clocksource::current_counter();
-    let reference = reference_for(clock, raw);
+    let reference = reference_for(clock, &counters());
     let counter = reference.map_or(CounterId(0), |r| r.counter);
     let start = clocksource::read_raw(counter);
     let armed_ns = now_ns();
