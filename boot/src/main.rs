@@ -173,21 +173,52 @@ fn parse_variants(spec: &str) -> Result<Vec<Variant>, String> {
     Ok(variants)
 }
 
-/// Why a finished boot does not meet the variant's expectations, if it does not.
+/// Why a finished boot does not meet the variant's expectations, if it does not: its exit
+/// status and TIMER-REPORT verdict (`--expect`, default `ok`; a kernel that reports nothing
+/// passes only a variant that declares `--expect crash`), its log texts and report checks.
 fn verdict(v: &Variant, outcome: &Outcome, log: &str) -> Result<(), String> {
-    let wanted = match v.options.expect {
-        Expect::Success => Outcome::KernelSuccess,
-        Expect::Failure => Outcome::KernelFailure,
+    let expect = v.options.expect;
+    let wanted = match expect {
+        Expect::Ok | Expect::Degraded => Outcome::KernelSuccess,
+        Expect::Failed | Expect::Crash => Outcome::KernelFailure,
     };
     if *outcome != wanted {
         return Err(format!("expected: {}; got: {}", wanted.describe(), outcome.describe_with_log(log)));
+    }
+    let report = report::find(log);
+    match (expect.verdict(), &report) {
+        (None, Ok(_)) => {
+            return Err(format!(
+                "{}; but the variant expects a crash before any report, and the log has a TIMER-REPORT line",
+                outcome.describe()
+            ));
+        }
+        (None, Err(_)) => {}
+        (Some(_), Err(why)) => {
+            return Err(format!(
+                "{}; but {why} (a variant whose kernel does not report says --expect crash)",
+                outcome.describe()
+            ));
+        }
+        (Some(wanted), Ok(r)) => {
+            let got = r.get("verdict").and_then(|v| v.as_str()).unwrap_or("(none)");
+            if got != wanted {
+                let fallbacks = r.get("fallbacks").map(|f| f.to_string()).unwrap_or_default();
+                return Err(format!(
+                    "{}; but the TIMER-REPORT verdict is {got}, expected {wanted} (fallbacks: {fallbacks}; lost {}, early {})",
+                    outcome.describe(),
+                    r.get("lost_events").unwrap_or(&serde_json::Value::Null),
+                    r.get("early_events").unwrap_or(&serde_json::Value::Null),
+                ));
+            }
+        }
     }
     let missing: Vec<&String> = v.options.expect_log.iter().filter(|t| !log.contains(t.as_str())).collect();
     if !missing.is_empty() {
         return Err(format!("{}; but the serial log lacks {missing:?}", outcome.describe()));
     }
     if !v.options.expect_report.is_empty() {
-        let r = report::find(log)?;
+        let r = report?;
         let failures: Vec<String> =
             v.options.expect_report.iter().filter_map(|c| report::check(&r, c).err()).collect();
         if !failures.is_empty() {
@@ -287,12 +318,13 @@ mod tests {
 
     #[test]
     fn variants_parse_with_comments_and_padding() {
-        let v = parse_variants("# a comment\nbios: --smp 2\n\n uefi : --uefi --expect failure\0\0").unwrap();
+        let v = parse_variants("# a comment\nbios: --smp 2\n\n uefi : --uefi --expect crash\0\0").unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].name, "bios");
         assert_eq!(v[0].options.smp, 2);
         assert_eq!(v[1].name, "uefi");
-        assert_eq!(v[1].options.expect, Expect::Failure);
+        assert_eq!(v[1].options.expect, Expect::Crash);
+        assert_eq!(v[0].options.expect, Expect::Ok, "by default a variant expects verdict ok");
         assert_eq!(v[1].options.variant.as_deref(), Some("uefi"), "the kernel is told its variant");
     }
 
@@ -305,12 +337,38 @@ mod tests {
     }
 
     #[test]
-    fn expected_failure_needs_its_log_text() {
-        let v = &parse_variants("panic: --expect failure --expect-log 'panicked at'").unwrap()[0];
+    fn expected_crash_needs_its_log_text_and_no_report() {
+        let v = &parse_variants("panic: --expect crash --expect-log 'panicked at'").unwrap()[0];
         assert!(verdict(v, &Outcome::KernelFailure, "KERNEL panicked at x.rs:1").is_ok());
         assert!(verdict(v, &Outcome::KernelFailure, "page fault").is_err());
         assert!(verdict(v, &Outcome::KernelSuccess, "panicked at").is_err());
         assert!(verdict(v, &Outcome::NoVerdict, "panicked at").is_err());
+        let reported = "panicked at\nTIMER-REPORT {\"verdict\":\"failed\"}";
+        assert!(verdict(v, &Outcome::KernelFailure, reported).is_err(), "a crash does not report");
+    }
+
+    #[test]
+    fn every_variant_checks_its_verdict() {
+        let report = |verdict: &str| format!("TIMER-REPORT {{\"verdict\":\"{verdict}\"}}");
+        let plain = &parse_variants("plain:").unwrap()[0];
+        assert!(verdict(plain, &Outcome::KernelSuccess, &report("ok")).is_ok());
+        let why = verdict(plain, &Outcome::KernelSuccess, &report("degraded")).unwrap_err();
+        assert!(why.contains("verdict is degraded, expected ok"), "{why}");
+        let why = verdict(plain, &Outcome::KernelSuccess, "no report at all").unwrap_err();
+        assert!(why.contains("no TIMER-REPORT"), "{why}");
+        let degraded = &parse_variants("d: --expect degraded").unwrap()[0];
+        assert!(verdict(degraded, &Outcome::KernelSuccess, &report("degraded")).is_ok());
+        assert!(verdict(degraded, &Outcome::KernelSuccess, &report("ok")).is_err());
+        let failed = &parse_variants("f: --expect failed").unwrap()[0];
+        assert!(verdict(failed, &Outcome::KernelFailure, &report("failed")).is_ok());
+        assert!(
+            verdict(failed, &Outcome::KernelSuccess, &report("failed")).is_err(),
+            "failed exits with failure"
+        );
+        assert!(
+            verdict(failed, &Outcome::KernelFailure, "KERNEL PANIC: x").is_err(),
+            "a panic is not a verdict"
+        );
     }
 
     #[test]

@@ -34,11 +34,31 @@ pub enum X2Apic {
     Off,
 }
 
-/// What a test variant expects the kernel to report.
+/// What a test variant expects of the kernel: the verdict of its TIMER-REPORT line, and the exit
+/// status that goes with it, or a crash before any report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
-    Success,
-    Failure,
+    /// Exit with success, verdict `ok`: the default.
+    Ok,
+    /// Exit with success, verdict `degraded` (a fallback was taken).
+    Degraded,
+    /// Exit with failure, verdict `failed`.
+    Failed,
+    /// Exit with failure before any report (a panic, a fatal exception): the variant declares
+    /// that its kernel does not report, and a TIMER-REPORT line fails it.
+    Crash,
+}
+
+impl Expect {
+    /// The TIMER-REPORT verdict this expects, `None` for a crash (no report).
+    pub fn verdict(self) -> Option<&'static str> {
+        match self {
+            Expect::Ok => Some("ok"),
+            Expect::Degraded => Some("degraded"),
+            Expect::Failed => Some("failed"),
+            Expect::Crash => None,
+        }
+    }
 }
 
 /// Everything that decides one QEMU boot.
@@ -81,7 +101,7 @@ impl Default for RunOptions {
             gdb: false,
             hpet_table: None,
             qemu_args: Vec::new(),
-            expect: Expect::Success,
+            expect: Expect::Ok,
             expect_log: Vec::new(),
             expect_report: Vec::new(),
             variant: None,
@@ -133,7 +153,10 @@ Options (scripts/run, and each variant of a QEMU test):
                        period-too-long (0xfeb85400, the e1000e's RAH0: period 2147505716 fs);
                        truncated (44 bytes, checksum correct). @ADDR names another base.
                        (bad-checksum cannot be injected: QEMU recomputes table checksums.)
-  --expect success|failure   (tests) the verdict the kernel must report (default success)
+  --expect ok|degraded|failed|crash   (tests) the verdict the kernel's TIMER-REPORT must give
+                       (default ok; the exit status must match it: success for ok and degraded,
+                       failure for failed), or crash: it exits with failure and no report (a
+                       panic, a fatal exception)
   --expect-log TEXT    (tests) TEXT must appear in the serial log; repeatable
   --expect-report CHECK   (tests) a check on the TIMER-REPORT line: /json/pointer=VALUE,
                        /json/pointer#=LENGTH, /json/pointer>=N or /json/pointer<=N; repeatable
@@ -210,13 +233,15 @@ impl RunOptions {
                 "--expect" => {
                     let v = value(arg, &mut it)?;
                     self.expect = match v.as_str() {
-                        "success" => Expect::Success,
-                        "failure" => Expect::Failure,
+                        "ok" => Expect::Ok,
+                        "degraded" => Expect::Degraded,
+                        "failed" => Expect::Failed,
+                        "crash" => Expect::Crash,
                         _ => {
                             return Err(OptionError::BadValue {
                                 option: arg.clone(),
                                 value: v.clone(),
-                                why: "success or failure",
+                                why: "ok, degraded, failed or crash",
                             });
                         }
                     }
@@ -280,7 +305,7 @@ mod tests {
     #[test]
     fn defaults_are_one_cpu_bios_tcg() {
         let o = parse("").unwrap();
-        assert_eq!((o.smp, o.firmware, o.accel, o.expect), (1, Firmware::Bios, Accel::Tcg, Expect::Success));
+        assert_eq!((o.smp, o.firmware, o.accel, o.expect), (1, Firmware::Bios, Accel::Tcg, Expect::Ok));
     }
 
     #[test]
@@ -306,6 +331,14 @@ mod tests {
         assert!(matches!(parse("--accel hax"), Err(OptionError::BadValue { .. })));
         assert_eq!(parse("--timeout"), Err(OptionError::MissingValue("--timeout".into())));
         assert_eq!(parse("--smpp 2"), Err(OptionError::Unknown("--smpp".into())));
+    }
+
+    #[test]
+    fn expect_names_a_verdict_or_a_crash() {
+        assert_eq!(parse("--expect degraded").unwrap().expect, Expect::Degraded);
+        assert_eq!(parse("--expect failed").unwrap().expect.verdict(), Some("failed"));
+        assert_eq!(parse("--expect crash").unwrap().expect.verdict(), None);
+        assert!(matches!(parse("--expect success"), Err(OptionError::BadValue { .. })));
     }
 
     #[test]

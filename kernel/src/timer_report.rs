@@ -13,8 +13,10 @@ use serde::Serialize;
 /// `suspend`); 4: clocksources (every source, the switches, the TSC's checks); 5: where
 /// interrupts landed (each CPU's `misrouted`, `stale`, `spurious`, `not_ours`; each comparator's
 /// `irqs_by_cpu`, `spurious` and `selftest`; `destinations`, `bringup_us`,
-/// `memory`).
-pub const SCHEMA_VERSION: u32 = 6;
+/// `memory`); 6: the LAPIC timer's refinement; 7: the workload's own oracles: `fired_twice`
+/// (a timer that fired again, counted apart from `lost_events`), `early_independent` (early
+/// on a counter that is not the clocksource's), `wrong_cpu` (by the hardware's APIC id).
+pub const SCHEMA_VERSION: u32 = 7;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -65,7 +67,16 @@ pub struct TimerReport {
     /// Timers the main run armed; of those, never fired and fired before their deadline.
     pub events_armed: u64,
     pub lost_events: u64,
+    /// Firings of a timer that had fired already (schema 7): a double fire, counted apart from
+    /// `lost_events` so that one cannot hide the other.
+    pub fired_twice: u64,
     pub early_events: u64,
+    /// Fired before their deadline as a counter that is not the clocksource's measures it
+    /// (schema 7).
+    pub early_independent: u64,
+    /// Callbacks that ran where the LAPIC's own APIC id is not that of the CPU the timer was
+    /// armed on (schema 7).
+    pub wrong_cpu: u64,
     /// One sentence per fallback taken, saying what failed and what is used instead.
     pub fallbacks: Vec<String>,
     /// `ok`, `degraded` (a fallback was taken, the kernel works) or `failed`.
@@ -432,7 +443,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":6,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":7,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

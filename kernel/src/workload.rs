@@ -2,13 +2,29 @@
 //! delays for `duration_ms`; each callback measures its lateness against the clocksource and
 //! arms the chain's next timer. At the end every armed timer must have fired exactly once and
 //! none before its deadline; the numbers go into the TIMER-REPORT.
+//!
+//! Each timer carries its identity in its `data`: its chain and its sequence number in the
+//! chain. A chain has one timer pending at a time, so its slot (fixed, per CPU: nothing is
+//! allocated on the interrupt path) knows the one timer that may fire next: a timer that fires
+//! again, or a stale one, is counted `fired_twice` and does not arm anything, so a double fire
+//! cannot hide a lost timer behind a matching count.
+//!
+//! With `suspend_test=`, the chains' timers pending when every tick is suspended are
+//! recorded; each must fire once after the resume (`Outcome::suspend_*`), and no workload timer
+//! may run while timekeeping is suspended.
+//!
+//! "Never early" and "on its CPU" are also judged by independent oracles ([`oracle`]): the
+//! deadline on a counter that is not the clocksource's, and the APIC id the hardware reports
+//! in the callback against the one of the CPU the timer was armed on.
+
+pub mod oracle;
 
 use crate::arch::x86_64::clockevents::{self, TimerEvent};
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::timer_report::{LatencyReport, TimerReport, Verdict};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// Timer chains per CPU: several timers pending at once, so the queue really orders them.
@@ -28,19 +44,69 @@ const GRACE_NS: u64 = 2_000_000_000;
 
 struct CpuCounts {
     armed: AtomicU64,
+    /// Timers that fired for the first time (a second firing is counted in `fired_twice`).
     fired: AtomicU64,
+    fired_twice: AtomicU64,
     early: AtomicU64,
+    /// Fired before their deadline on the independent counter, and timers judged on it.
+    early_independent: AtomicU64,
+    judged_independent: AtomicU64,
+    /// Callbacks that ran where the hardware's APIC id is not the arming CPU's.
+    wrong_cpu: AtomicU64,
     rng: AtomicU64,
+    chains: [Chain; CHAINS_PER_CPU as usize],
+}
+
+/// One chain's slot: the sequence numbers of its last armed and last fired timer (equal when
+/// nothing is pending; `fired + 1 == armed` while its one timer is pending).
+struct Chain {
+    armed_seq: AtomicU64,
+    fired_seq: AtomicU64,
+    /// Its pending timer's deadline on the other counter and its CPU's APIC id. Written on
+    /// its CPU before the timer is armed, read in its callback: never contended.
+    stamp: Mutex<oracle::Stamp>,
+    /// The sequence number of its timer that was pending at the suspend (0: none).
+    pending_at_suspend: AtomicU64,
 }
 
 static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
     CpuCounts {
         armed: AtomicU64::new(0),
         fired: AtomicU64::new(0),
+        fired_twice: AtomicU64::new(0),
         early: AtomicU64::new(0),
+        early_independent: AtomicU64::new(0),
+        judged_independent: AtomicU64::new(0),
+        wrong_cpu: AtomicU64::new(0),
         rng: AtomicU64::new(0),
+        chains: [const {
+            Chain {
+                armed_seq: AtomicU64::new(0),
+                fired_seq: AtomicU64::new(0),
+                stamp: Mutex::new(oracle::Stamp {
+                    reference: None,
+                    start: 0,
+                    min_ticks: 0,
+                    clock: kernel_time::clocksource::CounterId(0),
+                    armed_ns: 0,
+                    suspends: 0,
+                    apic_id: 0,
+                }),
+                pending_at_suspend: AtomicU64::new(0),
+            }
+        }; CHAINS_PER_CPU as usize],
     }
 }; percpu::MAX_CPUS];
+
+/// A timer's `data`: its chain in the low byte, its sequence number in the chain above.
+const fn timer_data(chain: usize, seq: u64) -> u64 {
+    (seq << 8) | chain as u64
+}
+
+/// The chain and sequence number a timer's `data` names.
+const fn timer_identity(data: u64) -> (usize, u64) {
+    ((data & 0xff) as usize, data >> 8)
+}
 static LATENESS: [Mutex<Vec<u64>>; percpu::MAX_CPUS] = [const { Mutex::new(Vec::new()) }; percpu::MAX_CPUS];
 /// Deadline -> interrupt handler entry of the same events: what the emulator and the way in
 /// add, before the time layer runs.
@@ -50,6 +116,13 @@ static END_NS: AtomicU64 = AtomicU64::new(0);
 /// The last run's outcome, for the report.
 static LAST: Mutex<Option<Outcome>> = Mutex::new(None);
 static ARM_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// Set while timekeeping is suspended (`suspend_test=`): no workload timer may run then.
+static SUSPENDED: AtomicBool = AtomicBool::new(false);
+/// Workload timers pending at the suspend, those of them that fired after it, and workload
+/// timers that ran while timekeeping was suspended.
+static SUSPEND_PENDING: AtomicU64 = AtomicU64::new(0);
+static SUSPEND_FIRED_AFTER: AtomicU64 = AtomicU64::new(0);
+static FIRED_WHILE_SUSPENDED: AtomicU64 = AtomicU64::new(0);
 
 /// A xorshift step per CPU (deterministic delays, no shared state between CPUs).
 fn next_delay(cpu: usize) -> u64 {
@@ -65,10 +138,16 @@ fn next_delay(cpu: usize) -> u64 {
 
 /// Arms the chain's next timer. `armed` counts it first: another CPU deciding that every chain
 /// has run out compares `fired` with `armed`, and must never see this timer fired but not armed.
-fn arm_next(cpu: usize) {
+fn arm_next(cpu: usize, chain: usize) {
     let armed = &COUNTS[cpu].armed;
+    let slot = &COUNTS[cpu].chains[chain];
+    let seq = slot.armed_seq.load(Ordering::Relaxed) + 1;
+    slot.armed_seq.store(seq, Ordering::Relaxed);
     armed.fetch_add(1, Ordering::AcqRel);
-    if let Err(e) = clockevents::arm_after(next_delay(cpu), on_timer, 0) {
+    let (deadline, stamp) = oracle::arm_stamp(next_delay(cpu), percpu::this_cpu().apic_id);
+    *slot.stamp.lock() = stamp;
+    if let Err(e) = clockevents::arm_at(deadline, on_timer, timer_data(chain, seq)) {
+        slot.armed_seq.store(seq - 1, Ordering::Relaxed);
         armed.fetch_sub(1, Ordering::AcqRel);
         if ARM_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
             log::error!("cannot arm a timer on CPU {cpu}: {e}");
@@ -80,6 +159,52 @@ fn on_timer(e: &TimerEvent) {
     let c = &COUNTS[e.cpu];
     // Lateness to the callback, on its own clock read (`e.now_ns` is the handler's).
     let now = now_ns();
+    let (chain, seq) = timer_identity(e.data);
+    // The chain's pending timer fires once: anything else (the same timer again, an older one,
+    // a chain or number that was never armed) is a timer firing twice.
+    let first = c.chains.get(chain).is_some_and(|slot| {
+        seq == slot.armed_seq.load(Ordering::Relaxed)
+            && slot
+                .fired_seq
+                .compare_exchange(seq.wrapping_sub(1), seq, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    });
+    if !first {
+        if c.fired_twice.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::error!("timer {seq} of chain {chain} fired again on CPU {}", e.cpu);
+        }
+        return;
+    }
+    if SUSPENDED.load(Ordering::Acquire) && FIRED_WHILE_SUSPENDED.fetch_add(1, Ordering::Relaxed) == 0 {
+        log::error!("timer {seq} of chain {chain} ran on CPU {} while timekeeping was suspended", e.cpu);
+    }
+    if c.chains[chain].pending_at_suspend.load(Ordering::Acquire) == seq {
+        SUSPEND_FIRED_AFTER.fetch_add(1, Ordering::Relaxed);
+    }
+    let stamp = *c.chains[chain].stamp.lock();
+    match oracle::judge(&stamp) {
+        oracle::Judgement::NotEarly => {
+            c.judged_independent.fetch_add(1, Ordering::Relaxed);
+        }
+        oracle::Judgement::Early { ticks_short, reference } => {
+            c.judged_independent.fetch_add(1, Ordering::Relaxed);
+            if c.early_independent.fetch_add(1, Ordering::Relaxed) == 0 {
+                log::error!(
+                    "timer {seq} of chain {chain} ran on CPU {} {ticks_short} ticks of counter {} before its deadline",
+                    e.cpu,
+                    reference.0
+                );
+            }
+        }
+        oracle::Judgement::Unjudged => {}
+    }
+    let apic_id = oracle::apic_id_here();
+    if apic_id != stamp.apic_id && c.wrong_cpu.fetch_add(1, Ordering::Relaxed) == 0 {
+        log::error!(
+            "timer {seq} of chain {chain}, armed on APIC id {}, ran on APIC id {apic_id}",
+            stamp.apic_id
+        );
+    }
     if now < e.deadline_ns {
         c.early.fetch_add(1, Ordering::Relaxed);
         log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - now, e.cpu);
@@ -87,12 +212,12 @@ fn on_timer(e: &TimerEvent) {
     let mut samples = LATENESS[e.cpu].lock();
     if samples.len() < SAMPLES_PER_CPU.load(Ordering::Relaxed) {
         samples.push(now.saturating_sub(e.deadline_ns));
-        let entry = clockevents::last_interrupt_entry_ns(e.cpu);
-        HANDLER_LATENESS[e.cpu].lock().push(entry.saturating_sub(e.deadline_ns));
+        // The clock read the expiry popped it at: the interrupt's first, or a retry pass's.
+        HANDLER_LATENESS[e.cpu].lock().push(e.now_ns.saturating_sub(e.deadline_ns));
     }
     drop(samples);
     if e.now_ns < END_NS.load(Ordering::Relaxed) {
-        arm_next(e.cpu);
+        arm_next(e.cpu, chain);
     }
     c.fired.fetch_add(1, Ordering::Release);
 }
@@ -100,23 +225,57 @@ fn on_timer(e: &TimerEvent) {
 fn start_on_this_cpu(_: u64) -> u64 {
     let cpu = percpu::this_cpu().index;
     COUNTS[cpu].rng.store(0x9e37_79b9_7f4a_7c15 ^ (cpu as u64 + 1), Ordering::Relaxed);
-    for _ in 0..CHAINS_PER_CPU {
-        arm_next(cpu);
+    for chain in 0..CHAINS_PER_CPU as usize {
+        arm_next(cpu, chain);
     }
     0
+}
+
+/// While every CPU's tick is suspended (nothing runs a timer): records each chain's pending
+/// timer, which must then fire once after the resume.
+fn at_suspend(cpus: &[usize], halted: bool) {
+    if halted {
+        for &cpu in cpus {
+            for slot in &COUNTS[cpu].chains {
+                let armed = slot.armed_seq.load(Ordering::Acquire);
+                if armed > slot.fired_seq.load(Ordering::Acquire) {
+                    slot.pending_at_suspend.store(armed, Ordering::Release);
+                    SUSPEND_PENDING.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    SUSPENDED.store(halted, Ordering::Release);
 }
 
 /// What the run measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
     pub armed: u64,
+    /// Timers that fired (each counted once).
     pub fired: u64,
+    /// Firings of a timer that had fired already (or was never armed).
+    pub fired_twice: u64,
     pub early: u64,
+    /// Fired before their deadline on a counter that is not the clocksource's, and the timers
+    /// judged on one (see [`oracle`]).
+    pub early_independent: u64,
+    pub judged_independent: u64,
+    /// Ran on a CPU whose APIC id (from the hardware) is not the arming CPU's.
+    pub wrong_cpu: u64,
+    /// With `suspend_test=`: the workload's timers pending at the suspend, those of them that
+    /// fired after the resume (each once: a second firing is in `fired_twice`), and workload
+    /// timers that ran while timekeeping was suspended.
+    pub suspend_pending: u64,
+    pub suspend_fired_after: u64,
+    pub fired_while_suspended: u64,
     pub latency: LatencyReport,
     pub handler_latency: LatencyReport,
 }
 
 impl Outcome {
+    /// Armed timers that never fired: `fired` counts each timer once, so a double fire
+    /// cannot make up for a lost one.
     pub fn lost(&self) -> u64 {
         self.armed - self.fired.min(self.armed)
     }
@@ -138,6 +297,7 @@ pub fn run_with_suspend(
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
     let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
     SAMPLES_PER_CPU.store(MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1)), Ordering::Relaxed);
+    oracle::set_counters(crate::arch::x86_64::clocksource::raw_counters());
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
     for &cpu in &cpus {
@@ -156,7 +316,9 @@ pub fn run_with_suspend(
             && now_ns() >= at
         {
             suspend_at = None;
-            if let Err(e) = clockevents::suspend::suspend_for(ms, hpet) {
+            if let Err(e) =
+                clockevents::suspend::suspend_for(ms, hpet, &mut |halted| at_suspend(&cpus, halted))
+            {
                 clockevents::record_fallback(alloc::format!("suspend test: {e}"));
             }
         }
@@ -169,32 +331,55 @@ pub fn run_with_suspend(
     let mut out = Outcome::default();
     for &c in &cpus {
         let counts = &COUNTS[c];
-        let (armed, fired, early) = x86_64::instructions::interrupts::without_interrupts(|| {
+        let (armed, fired, fired_twice, early) = x86_64::instructions::interrupts::without_interrupts(|| {
             samples.extend(LATENESS[c].lock().iter());
             handler_samples.extend(HANDLER_LATENESS[c].lock().iter());
             (
                 counts.armed.load(Ordering::Acquire),
                 counts.fired.load(Ordering::Acquire),
+                counts.fired_twice.load(Ordering::Acquire),
                 counts.early.load(Ordering::Acquire),
             )
         });
-        log::info!("CPU {c}: {armed} timers armed, {fired} fired, {early} early");
+        let early_independent = counts.early_independent.load(Ordering::Acquire);
+        let judged = counts.judged_independent.load(Ordering::Acquire);
+        let wrong_cpu = counts.wrong_cpu.load(Ordering::Acquire);
+        log::info!(
+            "CPU {c}: {armed} timers armed, {fired} fired, {fired_twice} fired twice, {early} early; \
+             {judged} judged on another counter, {early_independent} early there; {wrong_cpu} on another APIC id"
+        );
         out.armed += armed;
         out.fired += fired;
+        out.fired_twice += fired_twice;
         out.early += early;
+        out.early_independent += early_independent;
+        out.judged_independent += judged;
+        out.wrong_cpu += wrong_cpu;
+    }
+    out.suspend_pending = SUSPEND_PENDING.load(Ordering::Acquire);
+    out.suspend_fired_after = SUSPEND_FIRED_AFTER.load(Ordering::Acquire);
+    out.fired_while_suspended = FIRED_WHILE_SUSPENDED.load(Ordering::Acquire);
+    if suspend_ms.is_some() {
+        log::info!(
+            "suspend: {} workload timers were pending, {} of them fired after the resume; {} ran while suspended",
+            out.suspend_pending,
+            out.suspend_fired_after,
+            out.fired_while_suspended
+        );
     }
     out.latency = LatencyReport::from_samples(&mut samples);
     out.handler_latency = LatencyReport::from_samples(&mut handler_samples);
     *LAST.lock() = Some(out);
     let l = out.latency;
     log::info!(
-        "lateness over {} events: min {} ns, p50 {} ns, p99 {} ns, max {} ns; {} lost, {} early",
+        "lateness over {} events: min {} ns, p50 {} ns, p99 {} ns, max {} ns; {} lost, {} fired twice, {} early",
         l.samples,
         l.min,
         l.p50,
         l.p99,
         l.max,
         out.lost(),
+        out.fired_twice,
         out.early
     );
     out
@@ -205,14 +390,23 @@ pub fn last() -> Option<Outcome> {
     *LAST.lock()
 }
 
-/// Adds the run's figures to the report; lost or early events fail the verdict.
+/// Adds the run's figures to the report; lost, twice-fired or early events fail the verdict.
 pub fn fill_report(report: &mut TimerReport, out: &Outcome) {
     report.latency_ns = out.latency;
     report.handler_latency_ns = out.handler_latency;
     report.events_armed = out.armed;
     report.lost_events = out.lost();
+    report.fired_twice = out.fired_twice;
     report.early_events = out.early;
-    if out.lost() > 0 || out.early > 0 || out.armed == 0 {
+    report.early_independent = out.early_independent;
+    report.wrong_cpu = out.wrong_cpu;
+    if out.lost() > 0
+        || out.fired_twice > 0
+        || out.early > 0
+        || out.early_independent > 0
+        || out.wrong_cpu > 0
+        || out.armed == 0
+    {
         report.verdict = Verdict::Failed;
     }
 }

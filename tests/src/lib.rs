@@ -2,10 +2,13 @@
 //!
 //! Each file in `tests/tests/` is a kernel of its own. [`qemu_test!`] gives it an entry point
 //! that brings the kernel up, runs its test functions in order (printing libtest-style lines),
-//! and exits QEMU with success when all returned. A failing assertion panics, and the kernel's
-//! panic handler exits with failure. The macro also writes the test's QEMU variants into the
-//! ELF section `.kernel_test`, where the runner (`boot`) reads them: one `name: options` per
-//! line, options as for `scripts/run` plus `--expect` and `--expect-log`.
+//! and, when all returned, prints the TIMER-REPORT and exits QEMU as the main run does (failure
+//! when the verdict is `failed`). A failing assertion panics, and the kernel's panic handler
+//! exits with failure. The macro also writes the test's QEMU variants into the ELF section
+//! `.kernel_test`, where the runner (`boot`) reads them: one `name: options` per line, options
+//! as for `scripts/run` plus `--expect` (the verdict: `ok` unless the variant says `degraded`,
+//! `failed`, or `crash` for a kernel that stops before it reports), `--expect-log` and
+//! `--expect-report`.
 //!
 //! A test that applies to some variants only names them: `test => "smp2 msi"` runs on those
 //! variants and no other (the runner tells the kernel which variant it booted, by fw_cfg).
@@ -90,8 +93,16 @@ pub fn run(k: &kernel::Kernel, variants: &[u8], tests: &[Test]) -> ! {
         log::info!("test {} ... ok", t.name);
     }
     log::info!("test result: ok. {} passed; 0 failed", selected.len());
-    // Variants may check the report (`--expect-report`), as for the main run.
-    kernel::exit_with_report(kernel::ExitCode::Success, &kernel::report(k))
+    // As the main run: the exit status follows the verdict, which the runner checks against the
+    // variant's `--expect` (default `ok`), and variants may check more of the report.
+    let report = kernel::report(k);
+    let code = match report.verdict {
+        kernel::timer_report::Verdict::Failed => kernel::ExitCode::Failure,
+        kernel::timer_report::Verdict::Ok | kernel::timer_report::Verdict::Degraded => {
+            kernel::ExitCode::Success
+        }
+    };
+    kernel::exit_with_report(code, &report)
 }
 
 /// Declares a QEMU test kernel:
@@ -124,12 +135,38 @@ macro_rules! qemu_test {
     (@only $only:literal) => { Some($only) };
 }
 
-/// The workload's promise: it armed timers, and every one fired exactly once, none early.
+/// The workload's promise: it armed timers, and every one fired exactly once, none early (on
+/// the clocksource and on another counter), each on its CPU by the hardware's APIC id.
 pub fn assert_workload_clean(out: &kernel::workload::Outcome) {
     assert!(out.armed > 0, "the workload armed nothing");
     assert_eq!(out.lost(), 0, "{} of {} timers never fired", out.lost(), out.armed);
+    assert_eq!(out.fired_twice, 0, "{} timers fired a second time", out.fired_twice);
     assert_eq!(out.early, 0, "{} timers fired before their deadline", out.early);
-    assert_eq!(out.fired, out.armed, "a timer fired twice");
+    assert!(out.judged_independent > 0, "no timer was judged on a counter other than the clocksource's");
+    assert_eq!(
+        out.early_independent, 0,
+        "{} timers fired before their deadline on a counter other than the clocksource's",
+        out.early_independent
+    );
+    assert_eq!(out.wrong_cpu, 0, "{} callbacks ran where the APIC id is not their CPU's", out.wrong_cpu);
+    assert_eq!(out.fired, out.armed, "as many timers fired as were armed");
+}
+
+/// With `suspend_test=`: the workload had timers pending at the suspend, each of them fired
+/// after the resume (once: `assert_workload_clean` checks none fired twice), and none of its
+/// timers ran while timekeeping was suspended.
+pub fn assert_pending_timers_fire_once_after_the_suspend(out: &kernel::workload::Outcome) {
+    assert!(out.suspend_pending > 0, "no workload timer was pending at the suspend: it tested nothing");
+    assert_eq!(
+        out.suspend_fired_after, out.suspend_pending,
+        "of {} workload timers pending at the suspend, {} fired after it",
+        out.suspend_pending, out.suspend_fired_after
+    );
+    assert_eq!(
+        out.fired_while_suspended, 0,
+        "{} workload timers ran while suspended",
+        out.fired_while_suspended
+    );
 }
 
 /// No clock event interrupt reached a CPU whose tick its device does not serve, and every HPET

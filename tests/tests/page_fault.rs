@@ -6,7 +6,7 @@ use kernel_tests::kernel::Kernel;
 
 kernel_tests::qemu_test!(
     variants: b"
-        bios: --expect failure --expect-log 'EXCEPTION: page fault (vector 14) error code 0x2' --expect-log 'cr2=0xdeadbeef000' --expect-log 'stack at rsp: 0x'
+        bios: --expect crash --expect-log 'EXCEPTION: page fault (vector 14) error code 0x2' --expect-log 'cr2=0xdeadbeef000' --expect-log 'stack at rsp: 0x'
     ",
     tests: [write_to_unmapped_page],
 );

@@ -6,7 +6,7 @@ use kernel_tests::kernel::Kernel;
 
 kernel_tests::qemu_test!(
     variants: b"
-        bios: --expect failure --expect-log 'KERNEL PANIC: panicked at tests/tests/panic.rs' --expect-log 'deliberate panic 42'
+        bios: --expect crash --expect-log 'KERNEL PANIC: panicked at tests/tests/panic.rs' --expect-log 'deliberate panic 42'
     ",
     tests: [deliberate_panic],
 );

@@ -19,7 +19,7 @@ use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(
     variants: b"
-        timers3: --expect-report /hpet/comparators#=3 --expect-report /hpet/comparators/0/route_cap=16711940 --expect-report /hpet/comparators/1/route_cap=16711940 --expect-report /hpet/comparators/2/route_cap=16711940 --expect-report /hpet/period_fs=10000000 --expect-report /hpet/counter_bits=64 --expect-report /ioapics/0/pins=24 --expect-report /lapic/calibrated_against=hpet --expect-report /verdict=ok
+        timers3: --expect-report /hpet/comparators#=3 --expect-report /hpet/comparators/0/route_cap=16711940 --expect-report /hpet/comparators/1/route_cap=16711940 --expect-report /hpet/comparators/2/route_cap=16711940 --expect-report /hpet/period_fs=10000000 --expect-report /hpet/counter_bits=64 --expect-report /ioapics/0/pins=24 --expect-report /lapic/calibrated_against=hpet
         timers8: --expect-report /hpet/comparators#=8 --expect-report /hpet/comparators/7/route_cap=16711940 -- -global hpet.timers=8
         timers32: --expect-report /hpet/comparators#=32 -- -global hpet.timers=32
         uefi: --uefi --expect-report /hpet/comparators#=3 --expect-report /ioapics#=1

@@ -7,7 +7,7 @@ use kernel_tests::kernel::Kernel;
 
 kernel_tests::qemu_test!(
     variants: b"
-        bios: --expect failure --expect-log 'EXCEPTION: double fault (vector 8)' --expect-log 'not mapped>'
+        bios: --expect crash --expect-log 'EXCEPTION: double fault (vector 8)' --expect-log 'not mapped>'
     ",
     tests: [overflow_the_stack],
 );

@@ -27,6 +27,7 @@ fn every_pending_timer_fires_once_after_the_resume(k: &Kernel) {
     assert_eq!(s.count, 1);
     assert!(s.timers_resumed > 0, "no timer was pending across the suspend: it tested nothing");
     assert!(s.suspended_ns >= 100_000_000, "suspended {} ns, less than asked", s.suspended_ns);
+    kernel_tests::assert_pending_timers_fire_once_after_the_suspend(&out);
     kernel_tests::assert_workload_clean(&out);
     for t in clockevents::tick_devices() {
         assert!(t.device.is_some(), "CPU {} lost its tick device in the suspend", t.cpu);

@@ -23,6 +23,7 @@ fn no_timer_is_later_than_the_suspend(k: &Kernel) {
     let out = workload::run_with_suspend(k.options.duration_ms, k.options.suspend_test_ms, k.platform.hpet);
     let s = clockevents::suspend::report().expect("the suspend test ran");
     assert!(s.timers_resumed > 0);
+    kernel_tests::assert_pending_timers_fire_once_after_the_suspend(&out);
     kernel_tests::assert_workload_clean(&out);
     assert!(
         out.latency.max <= s.suspended_ns + PATH_SLACK_NS,

@@ -480,6 +480,42 @@ fn record_fallback(reason: String) {
     without_interrupts(|| FALLBACKS.lock().push(reason));
 }
 
+/// A counter read raw, with its frequency and width: what the workload checks the clock
+/// against (see `workload::oracle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawCounter {
+    pub counter: CounterId,
+    pub hz: u64,
+    pub mask: u64,
+}
+
+/// The registered HPET main counter (its low 32 bits) and ACPI PM timer, and the plain TSC
+/// (this CPU's, without fault injection), each with the frequency the clocksources know it by.
+pub fn raw_counters() -> [Option<RawCounter>; 3] {
+    with_sources(|s| {
+        let raw = |name: &str, counter: CounterId| {
+            s.get(name).map(|c| RawCounter { counter, hz: c.hz, mask: c.conversion().mask })
+        };
+        [
+            raw("hpet", HPET),
+            raw("acpi_pm", PM_TIMER),
+            raw("tsc", TSC).map(|t| RawCounter { mask: u64::MAX, ..t }),
+        ]
+    })
+}
+
+/// Reads one of [`raw_counters`] (0 for one that is not registered).
+#[inline]
+pub fn read_raw(counter: CounterId) -> u64 {
+    Hardware.read(counter)
+}
+
+/// The counter behind `now_ns` now (lock-free).
+#[inline]
+pub fn current_counter() -> CounterId {
+    TIMEKEEPER.snapshot().conv.counter
+}
+
 /// Name of the clock behind `now_ns`.
 pub fn current_name() -> &'static str {
     with_sources(|s| s.current_name())

@@ -9,7 +9,7 @@ use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::hrtimer::Expired;
 use kernel_time::tick::expiry::{self, Expiry, ExpiryContext, ExpiryPoint, Outcome};
@@ -23,8 +23,6 @@ const TIMERS_PER_CPU: usize = 1024;
 pub struct CpuTime {
     /// Taken only by its own CPU, with interrupts off ([`TickGuard`]): never contended.
     tick: Mutex<Option<CpuTick<Payload>>>,
-    /// When this CPU last entered a clock event interrupt, for the benchmark.
-    pub interrupt_entry_ns: AtomicU64,
     /// Completed `sleep_ns` wake-ups.
     pub sleep_wakeups: AtomicU64,
     /// The time-layer id of this CPU's LAPIC timer (`usize::MAX`: none), for its vector.
@@ -48,7 +46,6 @@ impl CpuTime {
     pub const fn new() -> CpuTime {
         CpuTime {
             tick: Mutex::new(None),
-            interrupt_entry_ns: AtomicU64::new(0),
             sleep_wakeups: AtomicU64::new(0),
             lapic_device: AtomicUsize::new(usize::MAX),
             idle_entries: AtomicU64::new(0),
@@ -206,7 +203,6 @@ pub(super) fn device_interrupt(device: DeviceId) {
     let now = now_ns();
     path_trace::stamp(Stage::ClockRead);
     let cpu = percpu::this_cpu();
-    cpu.time.interrupt_entry_ns.store(now, Ordering::Relaxed);
     if registry::is_broadcast_device(device) {
         broadcast_interrupt(cpu.index, now);
         return;
@@ -236,7 +232,6 @@ pub(super) fn wake_interrupt(_vector: u8) {
     path_trace::stamp(Stage::Acked);
     let now = now_ns();
     path_trace::stamp(Stage::ClockRead);
-    percpu::this_cpu().time.interrupt_entry_ns.store(now, Ordering::Relaxed);
     wakeup(now);
 }
 

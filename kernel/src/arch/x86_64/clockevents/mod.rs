@@ -228,8 +228,3 @@ static BRINGUP_NS: AtomicU64 = AtomicU64::new(0);
 pub fn bringup_ns() -> u64 {
     BRINGUP_NS.load(Ordering::Relaxed)
 }
-
-/// The clocksource time at which `cpu` last entered a clock event interrupt.
-pub fn last_interrupt_entry_ns(cpu: usize) -> u64 {
-    percpu::cpu(cpu).map_or(0, |c| c.time.interrupt_entry_ns.load(Ordering::Relaxed))
-}

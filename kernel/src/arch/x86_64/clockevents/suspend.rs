@@ -25,6 +25,14 @@ const PARK_LIMIT_NS: u64 = 1_000_000_000;
 static TOTALS: Mutex<SuspendReport> =
     Mutex::new(SuspendReport { count: 0, suspended_ns: 0, timers_resumed: 0 });
 
+/// Suspends begun so far (a counter a suspend stops, the HPET's, does not measure across one).
+static SUSPENDS: AtomicU64 = AtomicU64::new(0);
+
+/// How many suspends have begun (lock-free).
+pub fn suspends() -> u64 {
+    SUSPENDS.load(Ordering::Acquire)
+}
+
 /// The suspend tests done so far, for the report (`None` if none ran).
 pub fn report() -> Option<SuspendReport> {
     let totals = without_interrupts(|| TOTALS.lock().clone());
@@ -63,8 +71,14 @@ fn park(r: &Rendezvous) {
 }
 
 /// Suspends timekeeping on every CPU for `ms` ms of real time and resumes it; called on the
-/// boot CPU with interrupts enabled. Errors say which CPU did not park.
-pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::string::String> {
+/// boot CPU with interrupts enabled. `halted(true)` runs once every CPU's tick is suspended,
+/// before the halt, and `halted(false)` after it, before anything resumes (with interrupts
+/// off: no timer runs anywhere in between). Errors say which CPU did not park.
+pub fn suspend_for(
+    ms: u64,
+    hpet: Option<&'static Hpet>,
+    halted: &mut dyn FnMut(bool),
+) -> Result<(), alloc::string::String> {
     let others: alloc::vec::Vec<usize> =
         percpu::all().map(|c| c.index).filter(|&c| c != percpu::this_cpu().index).collect();
     let r = Arc::new(Rendezvous {
@@ -93,6 +107,7 @@ pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::st
         core::hint::spin_loop();
     }
     let halted_ns = without_interrupts(|| {
+        SUSPENDS.fetch_add(1, Ordering::AcqRel);
         r.first_suspended_ns.fetch_min(now_ns(), Ordering::AcqRel);
         let pending = with_tick(|t| t.suspend()).unwrap_or(0);
         r.pending.fetch_add(pending as u64, Ordering::Relaxed);
@@ -108,10 +123,12 @@ pub fn suspend_for(ms: u64, hpet: Option<&'static Hpet>) -> Result<(), alloc::st
             }
             saved
         });
+        halted(true);
         let suspended_at = now_ns();
         while now_ns() - suspended_at < ms * 1_000_000 {
             core::hint::spin_loop();
         }
+        halted(false);
         if let (Some(h), Some(saved)) = (hpet, saved) {
             h.resume(&saved);
             for ch in super::hpet::channels() {
