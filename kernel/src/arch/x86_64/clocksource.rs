@@ -299,7 +299,12 @@ pub fn force(name: &'static str) {
 /// CPU 0), so narrow counters may be selected; the best source becomes current, and a
 /// `clocksource=` that could not be honoured is recorded as a fallback.
 pub fn init_late() {
-    without_interrupts(|| TSC_CHECKS.lock().boot_hz = tsc::frequency_hz());
+    let uncertainty_ppm = tsc::calibration_spread_ppm();
+    without_interrupts(|| {
+        let mut c = TSC_CHECKS.lock();
+        c.boot_hz = tsc::frequency_hz();
+        c.uncertainty_ppm = uncertainty_ppm;
+    });
     let period = core::time::Duration::from_nanos(watchdog::INTERVAL_NS);
     match clockevents::Timer::periodic(0, clockevents::now() + period, period, housekeeping) {
         Ok(t) => {
@@ -348,6 +353,9 @@ struct TscChecks {
     refiner: Refiner,
     /// The frequency before the first refinement (the boot calibration's).
     boot_hz: u64,
+    /// How far off the boot calibration may be (its windows' spread), until the first
+    /// refinement: the watchdog allows that much before calling the TSC's rate a fault.
+    uncertainty_ppm: u64,
     refined: Option<Refined>,
 }
 
@@ -358,6 +366,7 @@ static TSC_CHECKS: Mutex<TscChecks> = Mutex::new(TscChecks {
     watchdog_max_deviation_ns: 0,
     refiner: Refiner::new(),
     boot_hz: 0,
+    uncertainty_ppm: 0,
     refined: None,
 });
 
@@ -420,7 +429,8 @@ fn tsc_checks() {
         let Some(sample) = sample else {
             return (watchdog::Verdict::Skipped(watchdog::SkipReason::WideBracket), None);
         };
-        let verdict = c.watchdog.check(sample, &tsc_conv, &wd);
+        let uncertainty_ppm = c.uncertainty_ppm;
+        let verdict = c.watchdog.check_within(sample, &tsc_conv, &wd, uncertainty_ppm);
         if let watchdog::Verdict::Agrees { deviation_ns, .. } = verdict {
             c.watchdog_checks += 1;
             if deviation_ns.abs() > c.watchdog_max_deviation_ns.abs() {
@@ -432,15 +442,18 @@ fn tsc_checks() {
         if let Some(r) = refined {
             let previous = c.refined.map_or(c.boot_hz, |p| p.hz);
             c.refined = Some(r);
+            // Refined against the reference itself: its rate is known now.
+            c.uncertainty_ppm = 0;
             return (verdict, Some((r, previous)));
         }
         (verdict, None)
     });
     match verdict {
         watchdog::Verdict::Unstable { cs_ns, wd_ns } => {
+            let uncertainty_ppm = without_interrupts(|| TSC_CHECKS.lock().uncertainty_ppm);
             return tsc_unstable(alloc::format!(
                 "watchdog: over {wd_ns} ns of {name} the TSC counted {cs_ns} ns (threshold {} ns)",
-                watchdog::threshold_ns(wd_ns)
+                watchdog::threshold_ns_within(wd_ns, uncertainty_ppm)
             ));
         }
         watchdog::Verdict::Agrees { interval_ns, deviation_ns } => {
@@ -450,7 +463,7 @@ fn tsc_checks() {
     }
     if let Some((r, previous)) = refined {
         let boot_hz = without_interrupts(|| TSC_CHECKS.lock().boot_hz);
-        tsc::set_frequency(r.hz);
+        tsc::set_frequency(r.hz, 0);
         let ppb = |a: u64, b: u64| refine::ppb(a, b);
         log::info!(
             "tsc: {} Hz, refined against {name} over {}.{:03} s (boot calibration off by {}, {} since the last value)",

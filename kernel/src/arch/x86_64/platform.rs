@@ -179,7 +179,7 @@ pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool) -> Platform {
                         c.reference
                     ));
                 }
-                tsc::set_frequency(c.tsc_hz);
+                tsc::set_frequency(c.tsc_hz, c.tsc_spread_ppm);
                 log::info!(
                     "calibrated against the {}: LAPIC timer {} Hz (bus / {}), spread {} ppm; TSC {} Hz, spread {} ppm",
                     c.reference,

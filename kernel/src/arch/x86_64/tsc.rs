@@ -207,6 +207,9 @@ impl fmt::Display for EarlyFallback {
 
 /// The TSC frequency in use (the clocksource's conversion follows it).
 static HZ: AtomicU64 = AtomicU64::new(0);
+/// How far off the frequency may be: the spread of the windows it was measured over, in ppm
+/// (0: not measured, e.g. from CPUID).
+static SPREAD_PPM: AtomicU64 = AtomicU64::new(0);
 static CALIBRATION: spin::Once<Calibration> = spin::Once::new();
 
 /// Cycles the TSC advances during one PIT window, or `None` if the PIT never expired.
@@ -276,15 +279,24 @@ pub fn init_early() {
         (FALLBACK_HZ, Calibration::Assumed)
     };
     HZ.store(hz, Ordering::Relaxed);
+    if let Calibration::Pit { spread_ppm } = calibration {
+        SPREAD_PPM.store(spread_ppm, Ordering::Relaxed);
+    }
     CALIBRATION.call_once(|| calibration);
     clocksource::register_tsc(hz);
 }
 
-/// Changes the frequency (after a better calibration). Time continues from the current
-/// reading, at the new rate.
-pub fn set_frequency(hz: u64) {
+/// Changes the frequency (after a better calibration, whose windows spread `spread_ppm`).
+/// Time continues from the current reading, at the new rate.
+pub fn set_frequency(hz: u64, spread_ppm: u64) {
     HZ.store(hz, Ordering::Relaxed);
+    SPREAD_PPM.store(spread_ppm, Ordering::Relaxed);
     clocksource::set_tsc_frequency(hz);
+}
+
+/// How far off the last calibration may be: its windows' spread, in ppm.
+pub fn calibration_spread_ppm() -> u64 {
+    SPREAD_PPM.load(Ordering::Relaxed)
 }
 
 pub fn frequency_hz() -> u64 {

@@ -21,7 +21,17 @@ pub const MAX_BRACKET_NS: u64 = 50_000;
 
 /// The largest disagreement allowed over an interval of `interval_ns`.
 pub fn threshold_ns(interval_ns: u64) -> u64 {
-    THRESHOLD_FLOOR_NS + (u128::from(interval_ns) * u128::from(THRESHOLD_PPM) / 1_000_000) as u64
+    threshold_ns_within(interval_ns, 0)
+}
+
+/// The largest disagreement allowed over `interval_ns` for a counter whose rate is known only
+/// to within `uncertainty_ppm` (a boot calibration's spread, until a refinement replaces it):
+/// the larger of [`THRESHOLD_PPM`] and that, plus the floor. A rate the calibration could not
+/// pin down is not a rate fault; a counter off by more than its calibration allows still is.
+pub fn threshold_ns_within(interval_ns: u64, uncertainty_ppm: u64) -> u64 {
+    let ppm = THRESHOLD_PPM.max(uncertainty_ppm);
+    let allowed = u128::from(interval_ns) * u128::from(ppm) / 1_000_000;
+    THRESHOLD_FLOOR_NS.saturating_add(u64::try_from(allowed).unwrap_or(u64::MAX))
 }
 
 /// Readings taken together: the watchdog's counter before and after the verified one's.
@@ -91,6 +101,18 @@ impl Watchdog {
 
     /// Compares the interval since the last sample on both counters.
     pub fn check(&mut self, sample: Sample, cs: &Conversion, wd: &Conversion) -> Verdict {
+        self.check_within(sample, cs, wd, 0)
+    }
+
+    /// [`check`](Self::check) for a verified counter whose rate is known only to within
+    /// `uncertainty_ppm` ([`threshold_ns_within`]).
+    pub fn check_within(
+        &mut self,
+        sample: Sample,
+        cs: &Conversion,
+        wd: &Conversion,
+        uncertainty_ppm: u64,
+    ) -> Verdict {
         let Some(wd_now) = sample.paired(wd) else { return Verdict::Skipped(SkipReason::WideBracket) };
         let Some((cs_last, wd_last)) = self.last.replace((sample.cs, wd_now)) else {
             return Verdict::Started;
@@ -103,7 +125,7 @@ impl Watchdog {
             return Verdict::Skipped(SkipReason::IntervalTooLong);
         }
         let deviation_ns = cs_ns as i64 - wd_ns as i64;
-        if deviation_ns.unsigned_abs() > threshold_ns(wd_ns) {
+        if deviation_ns.unsigned_abs() > threshold_ns_within(wd_ns, uncertainty_ppm) {
             return Verdict::Unstable { cs_ns, wd_ns };
         }
         Verdict::Agrees { interval_ns: wd_ns, deviation_ns }
@@ -211,5 +233,29 @@ mod tests {
         // 4.5 s and 5.0 s straddle the PM timer's wrap at 4.69 s.
         w.check(at(4_500_000_000, 0), &cs, &wd);
         assert!(matches!(w.check(at(5_000_000_000, 0), &cs, &wd), Verdict::Agrees { .. }));
+    }
+
+    #[test]
+    fn a_rate_within_its_calibrations_uncertainty_is_not_a_fault_until_refined() {
+        let (tsc, pm) = (conv(TSC_HZ, 64), conv(PM_HZ, 24));
+        // Calibrated 1 255 ppm off (a loaded host's PIT windows), within a 150 000 ppm spread.
+        let mut lenient = Watchdog::new();
+        let mut strict = Watchdog::new();
+        for w in [&mut lenient, &mut strict] {
+            assert_eq!(w.check(at(0, 1_255), &tsc, &pm), Verdict::Started);
+        }
+        assert!(matches!(
+            lenient.check_within(at(INTERVAL_NS, 1_255), &tsc, &pm, 150_000),
+            Verdict::Agrees { .. }
+        ));
+        assert!(matches!(strict.check(at(INTERVAL_NS, 1_255), &tsc, &pm), Verdict::Unstable { .. }));
+        // A fault beyond the uncertainty is still caught.
+        let mut faulty = Watchdog::new();
+        faulty.check(at(0, 5_000), &tsc, &pm);
+        assert!(matches!(
+            faulty.check_within(at(INTERVAL_NS, 5_000), &tsc, &pm, 2_000),
+            Verdict::Unstable { .. }
+        ));
+        assert_eq!(threshold_ns_within(INTERVAL_NS, 0), threshold_ns(INTERVAL_NS));
     }
 }
