@@ -47,6 +47,14 @@ pub const SELFTEST_WAIT_NS: u64 = 1_000_000_000;
 /// Delay of each self-test event.
 const SELFTEST_DELTA_TICKS: u64 = 10_000;
 
+/// How many ticks of a `frequency_hz` counter the self-test waits for each event. The
+/// frequency comes from firmware (10^15 / the period in fs): computed in 128 bits and
+/// saturated, since 10^9 ns x a counter above 18.4 GHz overflows a u64.
+fn selftest_wait_ticks(frequency_hz: u64) -> u64 {
+    let ticks = u128::from(SELFTEST_WAIT_NS) * u128::from(frequency_hz) / 1_000_000_000;
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(SELFTEST_DELTA_TICKS)
+}
+
 /// A reference is trusted for this long after the counter read it came from: the TSC and the
 /// HPET are calibrated against each other to a few hundred ppm at worst (TCG), so 100 us of
 /// TSC time drifts by well under [`ESTIMATE_BIAS_TICKS`].
@@ -512,7 +520,7 @@ impl HpetChannel {
         self.selftest_irqs.store(0, Ordering::Relaxed);
         self.in_selftest.store(true, Ordering::Release);
         self.switch_state(DriverState::Oneshot);
-        let wait_ticks = SELFTEST_WAIT_NS * self.hpet.frequency_hz() / 1_000_000_000 + SELFTEST_DELTA_TICKS;
+        let wait_ticks = selftest_wait_ticks(self.hpet.frequency_hz());
         let started = now_ns();
         for expected in 1..=SELFTEST_IRQS {
             // A comparator passed while written (a vCPU descheduled in between) would fire only
@@ -756,6 +764,20 @@ mod tests {
         let r = CounterReference { counter: 1_000, tsc: 10_000 };
         assert_eq!(r.estimate(260_001, tsc_to_ticks, 250_000), None, "older than fresh");
         assert_eq!(r.estimate(9_999, tsc_to_ticks, 250_000), None, "a TSC behind the reference");
+    }
+
+    #[test]
+    fn selftest_wait_of_a_fast_counter_does_not_overflow() {
+        // 100 MHz (q35): 1 s of ticks plus the event's delay.
+        assert_eq!(selftest_wait_ticks(100_000_000), 100_000_000 + SELFTEST_DELTA_TICKS);
+        // A period of 50 000 fs (20 GHz, legal: the specification bounds it only above):
+        // 10^9 ns x 2 x 10^10 Hz overflowed a u64.
+        let hz = hpet_regs::Capabilities(50_000 << 32).frequency_hz();
+        assert_eq!(selftest_wait_ticks(hz), 20_000_000_000 + SELFTEST_DELTA_TICKS);
+        // The fastest period believed (100 fs, 10 THz), and beyond, saturate rather than wrap.
+        let hz = hpet_regs::Capabilities(u64::from(hpet_regs::MIN_PERIOD_FS) << 32).frequency_hz();
+        assert_eq!(selftest_wait_ticks(hz), 10_000_000_000_000 + SELFTEST_DELTA_TICKS);
+        assert_eq!(selftest_wait_ticks(u64::MAX), u64::MAX);
     }
 
     #[test]
