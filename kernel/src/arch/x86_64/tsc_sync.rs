@@ -8,7 +8,8 @@
 //! passed between the two CPUs [`MIN_HANDOVERS`] times (under `-icount` the vCPUs run one
 //! after the other in slices, not side by side). The rendezvous is bounded on both sides by
 //! each CPU's own TSC: an AP whose boot CPU never answers (or the other way round) goes on
-//! without a check and says so.
+//! without a check, and the check fails closed: an unjudged TSC (no answer, or fewer than
+//! `MIN_JUDGED_HANDOVERS` handovers) is marked unstable and the clocksource falls back.
 
 use super::{clocksource, tsc};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -88,7 +89,8 @@ pub fn check_on_ap(index: usize) {
     if !wait(WAIT_NS, || GO.load(Ordering::Acquire)) {
         // The boot CPU did not come: withdraw (it may still come, and then finds no one).
         if ARRIVED.compare_exchange(index + 1, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            log::warn!("CPU {index}: the boot CPU did not take part in the TSC sync check; not checked");
+            // Fails closed: a TSC nobody compared is not trusted (the clocksource falls back).
+            clocksource::tsc_unchecked(index, "the boot CPU did not take part");
             return;
         }
         // It came at the last moment: take part after all.
@@ -125,7 +127,7 @@ pub fn serve() {
     });
     match result {
         Some(r) => record(cpu, r),
-        None => log::warn!("CPU {cpu} did not finish the TSC sync check; not checked"),
+        None => clocksource::tsc_unchecked(cpu, "it did not finish the check"),
     }
 }
 
@@ -135,13 +137,7 @@ fn record(cpu: usize, r: SyncResult) {
         r.warp_ns,
         r.steps,
         r.handovers,
-        if r.handovers < 2 {
-            "too few handovers to judge"
-        } else if r.synchronized {
-            "synchronized"
-        } else {
-            "beyond the threshold"
-        }
+        r.verdict
     );
     clocksource::tsc_warp(cpu, r);
 }
