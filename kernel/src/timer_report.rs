@@ -281,7 +281,7 @@ pub struct SelftestReport {
     pub irqs_by_cpu: BTreeMap<String, u64>,
     /// From programming the first event to the last arrival (or to giving up), in us.
     pub us: u64,
-    /// Every interrupt arrived, all on `cpu`.
+    /// Every event was answered by an interrupt, and every interrupt landed on `cpu`.
     pub passed: bool,
 }
 

@@ -12,7 +12,10 @@ use super::super::destination::{self, Unreachable};
 use super::super::hpet::{ComparatorConfig, Hpet};
 use super::super::ioapic::{DeliveryMode, IOAPICS, IsaRoute, Polarity, RedirectionEntry, Trigger};
 use super::super::path_trace::{self, Stage};
-use super::super::smp::percpu::{self, PerCpuCounter};
+use super::super::smp::{
+    self,
+    percpu::{self, PerCpuCounter},
+};
 use super::super::{interrupts, tsc};
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::cmdline::ClockeventsChoice;
@@ -37,13 +40,23 @@ pub const MIN_DELTA_TICKS: u64 = 192;
 /// Deltas stay below 2^31 ticks so that signed 32-bit differences order times across the
 /// counter's wrap (the comparators run in 32-bit mode).
 pub const MAX_DELTA_TICKS: u64 = 0x7fff_ffff;
-/// The self-test wants this many interrupts (the patch's "expect 5"; Linux's timer_irq_works).
+/// The self-test fires this many events and wants an interrupt for each (the patch's "expect
+/// 5"; Linux's timer_irq_works). More interrupts than events on the target CPU are no failure:
+/// a comparator written again after a "passed" answer can fire for both writes.
 pub const SELFTEST_IRQS: u64 = 5;
-/// Each self-test interrupt must arrive within this many ns of HPET time after it was due.
-/// Generous: a working comparator's interrupt takes microseconds, but a host that deschedules the
-/// target vCPU (two cores, several guests) has delayed one past 100 ms; only a failing
-/// comparator pays the wait.
+/// Each self-test event's interrupt is awaited this many ns of HPET time after it was due
+/// before the target CPU is asked whether it is running at all. Generous: a working
+/// comparator's interrupt takes microseconds, but a host that deschedules the target vCPU (two
+/// cores, several guests) has delayed one past 100 ms; only a failing comparator pays the wait.
 pub const SELFTEST_WAIT_NS: u64 = 1_000_000_000;
+/// A target CPU that does not answer a call within its 1 s (its vCPU descheduled: the host,
+/// not the comparator, is slow) earns another [`SELFTEST_WAIT_NS`], up to this many in all;
+/// only a target that answers while the interrupt stays missing fails the comparator.
+const SELFTEST_MAX_WAITS: u32 = 10;
+/// Calls answered by the target before a missing interrupt counts as lost: the call's vector
+/// outranks the comparator's, so an interrupt pending behind the first call is taken before
+/// the second can be answered.
+const SELFTEST_PINGS: u32 = 2;
 /// Delay of each self-test event.
 const SELFTEST_DELTA_TICKS: u64 = 10_000;
 
@@ -174,7 +187,9 @@ impl fmt::Display for Delivery {
 pub struct SelftestOutcome {
     /// The CPU its interrupt was routed to.
     pub target: usize,
-    /// Interrupts that arrived (of [`SELFTEST_IRQS`]).
+    /// Events that were answered by an interrupt (of [`SELFTEST_IRQS`]).
+    pub events: u64,
+    /// Interrupts that arrived (at least one per answered event; more are no failure).
     pub irqs: u64,
     /// (CPU, interrupts that landed there), by CPU, non-zero only.
     pub by_cpu: Vec<(usize, u64)>,
@@ -184,9 +199,10 @@ pub struct SelftestOutcome {
 }
 
 impl SelftestOutcome {
-    /// Every interrupt arrived, and on the CPU it was routed to only.
+    /// Every event was answered, and every interrupt landed on the CPU it was routed to
+    /// (however many there were, and however late).
     pub fn passed(&self) -> bool {
-        self.irqs == SELFTEST_IRQS && self.by_cpu.iter().all(|&(cpu, _)| cpu == self.target)
+        self.events == SELFTEST_IRQS && self.elsewhere() == 0
     }
 
     /// Interrupts that landed on a CPU other than the target.
@@ -197,7 +213,7 @@ impl SelftestOutcome {
 
 impl fmt::Display for SelftestOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} of {SELFTEST_IRQS} interrupts", self.irqs)?;
+        write!(f, "{} of {SELFTEST_IRQS} events answered by {} interrupts", self.events, self.irqs)?;
         if self.irqs > 0 {
             let landed: Vec<String> = self.by_cpu.iter().map(|(c, n)| format!("{n} on CPU {c}")).collect();
             write!(f, " ({})", landed.join(", "))?;
@@ -511,10 +527,15 @@ impl HpetChannel {
         self.device.store(device.0 + 1, Ordering::Release);
     }
 
-    /// Fires [`SELFTEST_IRQS`] one-shot events, one after the other, waiting for each on the
-    /// main counter (at most [`SELFTEST_WAIT_NS`] of HPET time), and records what arrived, on
-    /// which CPU, and how long the whole test took. It passes when every event arrived, all on
-    /// `target`, the CPU the comparator is routed to.
+    /// Fires [`SELFTEST_IRQS`] one-shot events, one after the other, waiting for an interrupt
+    /// after each (see [`SELFTEST_WAIT_NS`], [`SELFTEST_MAX_WAITS`]), and records what arrived,
+    /// on which CPU, and how long the whole test took. It passes when every event was answered
+    /// and every interrupt landed on `target`, the CPU the comparator is routed to.
+    ///
+    /// Late is not lost: the wait is judged on HPET time, and when it runs out the target CPU
+    /// is called; one that does not answer (descheduled by a busy host) earns another wait,
+    /// and only one that answers [`SELFTEST_PINGS`] calls with the interrupt still missing
+    /// fails the comparator.
     pub fn selftest(&self, target: usize) -> SelftestOutcome {
         self.selftest_by_cpu.clear();
         self.selftest_irqs.store(0, Ordering::Relaxed);
@@ -522,25 +543,20 @@ impl HpetChannel {
         self.switch_state(DriverState::Oneshot);
         let wait_ticks = selftest_wait_ticks(self.hpet.frequency_hz());
         let started = now_ns();
-        for expected in 1..=SELFTEST_IRQS {
+        let mut events = 0;
+        for _ in 0..SELFTEST_IRQS {
+            let before = self.selftest_irqs.load(Ordering::Acquire);
             // A comparator passed while written (a vCPU descheduled in between) would fire only
             // after a counter wrap: write it again, further ahead, rather than fail a good one.
             let mut delta = SELFTEST_DELTA_TICKS;
             while self.set_next_event(delta).is_err() && delta < MAX_DELTA_TICKS / 2 {
                 delta *= 2;
             }
-            let start = self.hpet.counter();
-            let mut arrived = true;
-            while self.selftest_irqs.load(Ordering::Acquire) < expected {
-                if self.hpet.counter().wrapping_sub(start) > wait_ticks {
-                    arrived = false;
-                    break;
-                }
-                core::hint::spin_loop();
-            }
-            if !arrived {
+            let arrived = || self.selftest_irqs.load(Ordering::Acquire) > before;
+            if !self.await_interrupt(target, wait_ticks, arrived) {
                 break;
             }
+            events += 1;
         }
         self.switch_state(DriverState::Shutdown);
         self.in_selftest.store(false, Ordering::Release);
@@ -548,10 +564,47 @@ impl HpetChannel {
         let last = self.selftest_last_ns.load(Ordering::Relaxed);
         SelftestOutcome {
             target,
+            events,
             irqs,
             by_cpu: self.selftest_by_cpu.nonzero().collect(),
             ns: if irqs > 0 { last.saturating_sub(started) } else { now_ns().saturating_sub(started) },
         }
+    }
+
+    /// Waits until `arrived`: up to `wait_ticks` of HPET time, then (see
+    /// [`selftest`](Self::selftest)) as long as the target CPU gives no proof that it runs.
+    fn await_interrupt(&self, target: usize, wait_ticks: u64, arrived: impl Fn() -> bool) -> bool {
+        for _ in 0..SELFTEST_MAX_WAITS {
+            let start = self.hpet.counter();
+            while !arrived() {
+                if self.hpet.counter().wrapping_sub(start) > wait_ticks {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            if arrived() {
+                return true;
+            }
+            let on_this_cpu = percpu::this_cpu().index == target;
+            let mut answered = 0;
+            while answered < SELFTEST_PINGS && !arrived() {
+                // On the target itself, this loop ran with interrupts enabled: that is the
+                // proof. Elsewhere, a call the target runs in its interrupt.
+                match if on_this_cpu { Ok(()) } else { smp::call_on(target, || ()) } {
+                    Ok(()) => answered += 1,
+                    Err(smp::CallError::Timeout { .. }) => break,
+                    // No call possible (interrupts off here): HPET time alone judges.
+                    Err(_) => answered = SELFTEST_PINGS,
+                }
+            }
+            if arrived() {
+                return true;
+            }
+            if answered == SELFTEST_PINGS {
+                return false;
+            }
+        }
+        false
     }
 
     fn write_config(&self, extra: ComparatorConfig) {
@@ -781,20 +834,32 @@ mod tests {
     }
 
     #[test]
-    fn selftest_passes_only_with_every_interrupt_on_its_target() {
-        let on = |by_cpu: Vec<(usize, u64)>| SelftestOutcome {
-            target: 1,
-            irqs: by_cpu.iter().map(|&(_, n)| n).sum(),
-            by_cpu,
-            ns: 1_000,
+    fn selftest_passes_only_with_every_event_answered_on_its_target() {
+        let on = |by_cpu: Vec<(usize, u64)>| {
+            let irqs: u64 = by_cpu.iter().map(|&(_, n)| n).sum();
+            SelftestOutcome { target: 1, events: irqs.min(SELFTEST_IRQS), irqs, by_cpu, ns: 1_000 }
         };
         assert!(on(vec![(1, 5)]).passed());
         assert!(!on(vec![(1, 4)]).passed(), "one missing");
         let misrouted = on(vec![(0, 2), (1, 3)]);
         assert!(!misrouted.passed(), "all arrived, but two on CPU 0");
         assert_eq!(misrouted.elsewhere(), 2);
-        assert_eq!(misrouted.to_string(), "5 of 5 interrupts (2 on CPU 0, 3 on CPU 1) in 1 us");
-        assert_eq!(on(vec![]).to_string(), "0 of 5 interrupts in 1 us");
+        assert_eq!(
+            misrouted.to_string(),
+            "5 of 5 events answered by 5 interrupts (2 on CPU 0, 3 on CPU 1) in 1 us"
+        );
+        assert_eq!(on(vec![]).to_string(), "0 of 5 events answered by 0 interrupts in 1 us");
+    }
+
+    #[test]
+    fn extra_interrupts_on_the_target_are_no_failure_but_one_elsewhere_is() {
+        // A loaded host: "10 of 5 interrupts" took healthy comparators out.
+        let healthy = SelftestOutcome { target: 1, events: 5, irqs: 10, by_cpu: vec![(1, 10)], ns: 1_000 };
+        assert!(healthy.passed(), "{healthy}");
+        let stray = SelftestOutcome { target: 1, events: 5, irqs: 11, by_cpu: vec![(0, 1), (1, 10)], ns: 1 };
+        assert!(!stray.passed(), "one interrupt on CPU 0");
+        let short = SelftestOutcome { target: 1, events: 4, irqs: 10, by_cpu: vec![(1, 10)], ns: 1 };
+        assert!(!short.passed(), "an event never answered, whatever the count");
     }
 
     #[test]
