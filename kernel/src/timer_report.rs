@@ -260,7 +260,7 @@ pub struct ComparatorReport {
     pub cpu: Option<u32>,
     /// `percpu`, `global`, `unused` or `failed`.
     pub role: String,
-    /// Interrupts its self-test saw (5 to pass).
+    /// Interrupts its self-test saw (at least 5 to pass: one per event, extras allowed).
     pub selftest_irqs: u64,
     /// Its events taken in service, by the CPU each landed on (decimal key, e.g. "1"); only
     /// non-zero. A per-CPU comparator's land on its `cpu` only.
