@@ -239,9 +239,27 @@ fn test_name(elf: &Path) -> String {
     }
 }
 
+/// `TEST_TIMEOUT_SCALE=N` (set by `scripts/test --load`): every variant's wall-clock limit
+/// times N, for a loaded host, where QEMU itself runs slower (a 10 s icount variant took over
+/// 90 s beside two busy processes per core); the kernel's verdicts do not depend on it.
+fn timeout_scale(value: Option<&str>) -> Result<u32, String> {
+    match value {
+        None | Some("") => Ok(1),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n @ 1..=100) => Ok(n),
+            _ => Err(format!("TEST_TIMEOUT_SCALE={v}: expected a whole number from 1 to 100")),
+        },
+    }
+}
+
 fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
     let binary = test_name(elf);
-    let variants = match parse_variants(spec) {
+    let scaled = timeout_scale(std::env::var("TEST_TIMEOUT_SCALE").ok().as_deref()).and_then(|n| {
+        let mut variants = parse_variants(spec)?;
+        variants.iter_mut().for_each(|v| v.options.timeout *= n);
+        Ok(variants)
+    });
+    let variants = match scaled {
         Ok(v) => v,
         Err(e) => {
             eprintln!("boot: {}: {e}", elf.display());
@@ -331,6 +349,10 @@ mod tests {
     #[test]
     fn empty_or_malformed_spec_is_an_error() {
         assert!(parse_variants("").is_err());
+        assert_eq!(timeout_scale(None), Ok(1));
+        assert_eq!(timeout_scale(Some("4")), Ok(4));
+        assert!(timeout_scale(Some("0")).is_err());
+        assert!(timeout_scale(Some("four")).is_err());
         assert!(parse_variants("no colon here").is_err());
         assert!(parse_variants("a: --smp").is_err());
         assert!(parse_variants("Bad-Name: --smp 2").is_err(), "names are a-z, 0-9 and _");

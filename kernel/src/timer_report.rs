@@ -271,7 +271,7 @@ pub struct ComparatorReport {
     pub cpu: Option<u32>,
     /// `percpu`, `global`, `unused` or `failed`.
     pub role: String,
-    /// Interrupts its self-test saw (5 to pass).
+    /// Interrupts its self-test saw (at least 5 to pass: one per event, extras allowed).
     pub selftest_irqs: u64,
     /// Its events taken in service, by the CPU each landed on (decimal key, e.g. "1"); only
     /// non-zero. A per-CPU comparator's land on its `cpu` only.
@@ -292,7 +292,7 @@ pub struct SelftestReport {
     pub irqs_by_cpu: BTreeMap<String, u64>,
     /// From programming the first event to the last arrival (or to giving up), in us.
     pub us: u64,
-    /// Every interrupt arrived, all on `cpu`.
+    /// Every event was answered by an interrupt, and every interrupt landed on `cpu`.
     pub passed: bool,
 }
 

@@ -60,7 +60,7 @@ mod gsi_list;
 pub mod layout;
 mod registers;
 
-pub use check::{CapabilityError, MAX_PERIOD_FS, check_capabilities};
+pub use check::{CapabilityError, MAX_PERIOD_FS, MIN_PERIOD_FS, check_capabilities};
 pub use gsi_list::GsiList;
 pub use layout::MAX_COMPARATORS;
 pub use registers::{Capabilities, ComparatorConfig, GeneralConfig, fsb_route};

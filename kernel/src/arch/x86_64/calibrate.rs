@@ -75,7 +75,7 @@ type Sample = (u64, u64, u64);
 
 fn window_hpet(hpet: &Hpet) -> Option<Sample> {
     let ticks = hpet.frequency_hz() / WINDOW_HZ;
-    let limit = tsc::frequency_hz() / WINDOW_HZ * WINDOW_SLACK;
+    let limit = (tsc::frequency_hz() / WINDOW_HZ).saturating_mul(WINDOW_SLACK);
     lapic::timer_oneshot(u32::MAX, 0, true);
     let start = hpet.counter();
     let tsc_start = tsc::read();
@@ -95,7 +95,7 @@ fn window_hpet(hpet: &Hpet) -> Option<Sample> {
 
 fn window_pm(pm: &PmTimer) -> Option<Sample> {
     let ticks = (pm.frequency_hz() / WINDOW_HZ) as u32;
-    let limit = tsc::frequency_hz() / WINDOW_HZ * WINDOW_SLACK;
+    let limit = (tsc::frequency_hz() / WINDOW_HZ).saturating_mul(WINDOW_SLACK);
     lapic::timer_oneshot(u32::MAX, 0, true);
     let start = pm.read();
     let tsc_start = tsc::read();
@@ -115,7 +115,7 @@ fn window_pm(pm: &PmTimer) -> Option<Sample> {
 
 fn window_pit() -> Option<Sample> {
     let ticks = (pit::PIT_HZ / WINDOW_HZ) as u16;
-    let limit = tsc::frequency_hz() / WINDOW_HZ * WINDOW_SLACK;
+    let limit = (tsc::frequency_hz() / WINDOW_HZ).saturating_mul(WINDOW_SLACK);
     lapic::timer_oneshot(u32::MAX, 0, true);
     pit::start_channel2(ticks);
     let tsc_start = tsc::read();

@@ -12,7 +12,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
 use kernel_time::clocksource::refine::{self, Refined, Refiner};
-use kernel_time::clocksource::sync::{self, SyncResult};
+use kernel_time::clocksource::sync::{self, SyncResult, SyncVerdict};
 use kernel_time::clocksource::watchdog::{self, Sample, Watchdog};
 use kernel_time::clocksource::{
     Clocksources, CounterId, ReadCounter, RegisterError, SourceDesc, SourceFlags, Switch, Timekeeper,
@@ -371,21 +371,36 @@ static TSC_CHECKS: Mutex<TscChecks> = Mutex::new(TscChecks {
 });
 
 /// The result of the sync check with AP `cpu`: the warp is recorded (a switch away from the
-/// TSC then starts that far ahead, so that no CPU sees time go back); beyond the threshold the
-/// TSC is marked unstable.
+/// TSC then starts that far ahead, so that no CPU sees time go back); beyond the threshold, or
+/// with too few handovers to judge, the TSC is marked unstable (the check fails closed).
 pub fn tsc_warp(cpu: usize, r: SyncResult) {
     without_interrupts(|| {
         let mut c = TSC_CHECKS.lock();
         c.warp_ns = c.warp_ns.max(r.warp_ns);
     });
     with_sources(|s| s.record_warp("tsc", r.warp_ns));
-    if !r.synchronized {
-        tsc_unstable(alloc::format!(
+    match r.verdict {
+        SyncVerdict::Synchronized => {}
+        SyncVerdict::Warped => tsc_unstable(alloc::format!(
             "TSCs unsynchronized: CPU {cpu} is {} ns off CPU 0 (threshold {} ns)",
             r.warp_ns,
             sync::SYNC_THRESHOLD_NS
-        ));
+        )),
+        SyncVerdict::Unjudged => tsc_unchecked(
+            cpu,
+            &alloc::format!(
+                "{} handovers, fewer than the {} needed to judge",
+                r.handovers,
+                sync::MIN_JUDGED_HANDOVERS
+            ),
+        ),
     }
+}
+
+/// The sync check with AP `cpu` could not judge its TSC (`why`): an unjudged TSC is not
+/// trusted as synchronized, so it is marked unstable and the clocksource falls back.
+pub fn tsc_unchecked(cpu: usize, why: &str) {
+    tsc_unstable(alloc::format!("TSC sync with CPU {cpu} not judged ({why}): not trusted as synchronized"));
 }
 
 /// Marks the TSC unstable (once): it is no longer selected; if it was the clocksource, the

@@ -175,7 +175,7 @@ impl Hpet {
         const WAIT_US: u64 = 100;
         let before = self.counter();
         let start = tsc::read();
-        let wait_cycles = tsc::frequency_hz() / 1_000_000 * WAIT_US;
+        let wait_cycles = (tsc::frequency_hz() / 1_000_000).saturating_mul(WAIT_US);
         while tsc::read() - start < wait_cycles {
             core::hint::spin_loop();
         }

@@ -8,18 +8,25 @@
 //! passed between the two CPUs [`MIN_HANDOVERS`] times (under `-icount` the vCPUs run one
 //! after the other in slices, not side by side). The rendezvous is bounded on both sides by
 //! each CPU's own TSC: an AP whose boot CPU never answers (or the other way round) goes on
-//! without a check and says so.
+//! without a check, and the check fails closed: an unjudged TSC (no answer, or fewer than
+//! `MIN_JUDGED_HANDOVERS` handovers) is marked unstable and the clocksource falls back.
 
 use super::{clocksource, tsc};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use kernel_time::clocksource::sync::{SyncResult, WarpMeter};
+use kernel_time::clocksource::sync::{self, SyncResult, WarpMeter};
 use spin::Mutex;
 
 /// How long each CPU takes turns (Linux: 2 ms, 20 ms at boot): thousands of turns under TCG.
 const LOOP_NS: u64 = 2_000_000;
-/// How long either side waits for the other, and the longest a check takes (a vCPU may be
-/// descheduled: on a loaded 2-core host handovers come milliseconds apart).
+/// How long the boot CPU takes turns once the check could judge (a vCPU may be descheduled:
+/// on a loaded 2-core host handovers come milliseconds apart).
 const WAIT_NS: u64 = 100_000_000;
+/// How long either side waits for the other (to start, to stop), and the longest the boot CPU
+/// takes turns while too few handovers were seen to judge: an unjudged check fails closed (the
+/// TSC is not trusted), so a vCPU descheduled for a while (over 100 ms seen beside 8 vCPUs on
+/// a loaded 2-core host) must make the check late, not unjudged. Half the AP's time to come
+/// online (`smp::ONLINE_TIMEOUT_NS`), so that a withdrawal comes first.
+const RENDEZVOUS_NS: u64 = 5_000_000_000;
 /// The check compares the CPUs only where the turn passes from one to the other: the warp it
 /// finds is the offset between them minus the time the handover took, a lower bound. More
 /// handovers make a quick one, and so a close bound, likelier.
@@ -56,13 +63,13 @@ fn wait(ns: u64, done: impl Fn() -> bool) -> bool {
 }
 
 /// CPU `cpu` takes turns until `stop` says so (given the time it has taken turns, by its own
-/// TSC, and the meter), or for at most [`WAIT_NS`]. After each turn it leaves the next to the
+/// TSC, and the meter), or for at most [`RENDEZVOUS_NS`]. After each turn it leaves the next to the
 /// other CPU for up to [`YIELD_NS`] (the lock alone is unfair: under TCG one CPU retakes it a
 /// million times in a row), then takes another itself, so that its last reading is fresh when
 /// the other CPU does come (under `-icount` they run one after the other).
 fn take_turns(cpu: usize, stop: impl Fn(u64, &WarpMeter) -> bool) {
     // Intervals on this CPU's own TSC; the meter compares the readings as other CPUs see them.
-    let (start, limit, yield_cycles) = (tsc::read(), cycles(WAIT_NS), cycles(YIELD_NS));
+    let (start, limit, yield_cycles) = (tsc::read(), cycles(RENDEZVOUS_NS), cycles(YIELD_NS));
     loop {
         let (now, done) = {
             let mut meter = METER.lock();
@@ -85,14 +92,15 @@ fn take_turns(cpu: usize, stop: impl Fn(u64, &WarpMeter) -> bool) {
 pub fn check_on_ap(index: usize) {
     tsc::apply_skew();
     ARRIVED.store(index + 1, Ordering::Release);
-    if !wait(WAIT_NS, || GO.load(Ordering::Acquire)) {
+    if !wait(RENDEZVOUS_NS, || GO.load(Ordering::Acquire)) {
         // The boot CPU did not come: withdraw (it may still come, and then finds no one).
         if ARRIVED.compare_exchange(index + 1, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            log::warn!("CPU {index}: the boot CPU did not take part in the TSC sync check; not checked");
+            // Fails closed: a TSC nobody compared is not trusted (the clocksource falls back).
+            clocksource::tsc_unchecked(index, "the boot CPU did not take part");
             return;
         }
         // It came at the last moment: take part after all.
-        wait(WAIT_NS, || GO.load(Ordering::Acquire));
+        wait(RENDEZVOUS_NS, || GO.load(Ordering::Acquire));
     }
     take_turns(index, |_, _| STOP.load(Ordering::Acquire));
     DONE.store(true, Ordering::Release);
@@ -111,22 +119,28 @@ pub fn serve() {
     let result = x86_64::instructions::interrupts::without_interrupts(|| {
         *METER.lock() = WarpMeter::new();
         LAST_CPU.store(usize::MAX, Ordering::Release);
+        // A straggler of an earlier check may have set it after that check gave up on it.
+        DONE.store(false, Ordering::Release);
         GO.store(true, Ordering::Release);
-        let loop_cycles = cycles(LOOP_NS);
-        take_turns(0, |elapsed, m| elapsed > loop_cycles && m.handovers >= MIN_HANDOVERS);
+        let (loop_cycles, wait_cycles) = (cycles(LOOP_NS), cycles(WAIT_NS));
+        take_turns(0, |elapsed, m| {
+            (elapsed > loop_cycles && m.handovers >= MIN_HANDOVERS)
+                || (elapsed > wait_cycles && m.handovers >= sync::MIN_JUDGED_HANDOVERS)
+        });
         STOP.store(true, Ordering::Release);
-        let done = wait(WAIT_NS, || DONE.load(Ordering::Acquire));
+        let done = wait(RENDEZVOUS_NS, || DONE.load(Ordering::Acquire));
+        // The readings taken are valid whether or not the AP saw STOP in time.
         let result = METER.lock().result(tsc::frequency_hz());
         for flag in [&GO, &STOP, &DONE] {
             flag.store(false, Ordering::Release);
         }
         ARRIVED.store(0, Ordering::Release);
-        done.then_some(result)
+        (done, result)
     });
-    match result {
-        Some(r) => record(cpu, r),
-        None => log::warn!("CPU {cpu} did not finish the TSC sync check; not checked"),
+    if !result.0 {
+        log::warn!("CPU {cpu} did not stop its TSC sync check turns in time; judged on the readings taken");
     }
+    record(cpu, result.1);
 }
 
 fn record(cpu: usize, r: SyncResult) {
@@ -135,13 +149,7 @@ fn record(cpu: usize, r: SyncResult) {
         r.warp_ns,
         r.steps,
         r.handovers,
-        if r.handovers < 2 {
-            "too few handovers to judge"
-        } else if r.synchronized {
-            "synchronized"
-        } else {
-            "beyond the threshold"
-        }
+        r.verdict
     );
     clocksource::tsc_warp(cpu, r);
 }

@@ -12,6 +12,11 @@ use super::MultShift;
 /// meaningful on hosts whose counters differ by a cache miss.
 pub const SYNC_THRESHOLD_NS: u64 = 1_000;
 
+/// A check whose turn passed between the CPUs fewer times than this compared too little to
+/// say the counters agree: its verdict is [`SyncVerdict::Unjudged`], which is not trusted as
+/// synchronized (the check fails closed).
+pub const MIN_JUDGED_HANDOVERS: u64 = 2;
+
 /// The shared state of one check: the last reading stored by either CPU and which CPU took
 /// it, the largest backward step seen so far, and how often the turn passed from one CPU to
 /// the other (a check in which it never did compared nothing).
@@ -62,12 +67,37 @@ impl WarpMeter {
             let ns = MultShift::ticks_to_ns(hz.max(1)).apply(self.max_warp);
             ns.max(1)
         };
-        SyncResult {
-            warp_ns,
-            steps: self.steps,
-            handovers: self.handovers,
-            synchronized: warp_ns <= SYNC_THRESHOLD_NS,
-        }
+        // A backward step beyond the threshold is evidence however few handovers showed it;
+        // no such step is evidence of agreement only if the CPUs really took turns.
+        let verdict = if warp_ns > SYNC_THRESHOLD_NS {
+            SyncVerdict::Warped
+        } else if self.handovers < MIN_JUDGED_HANDOVERS {
+            SyncVerdict::Unjudged
+        } else {
+            SyncVerdict::Synchronized
+        };
+        SyncResult { warp_ns, steps: self.steps, handovers: self.handovers, verdict }
+    }
+}
+
+/// What a check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncVerdict {
+    /// The CPUs took turns often enough and no backward step exceeded [`SYNC_THRESHOLD_NS`].
+    Synchronized,
+    /// A backward step exceeded [`SYNC_THRESHOLD_NS`].
+    Warped,
+    /// Fewer than [`MIN_JUDGED_HANDOVERS`] handovers: nothing to trust either way.
+    Unjudged,
+}
+
+impl core::fmt::Display for SyncVerdict {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SyncVerdict::Synchronized => "synchronized",
+            SyncVerdict::Warped => "beyond the threshold",
+            SyncVerdict::Unjudged => "too few handovers to judge",
+        })
     }
 }
 
@@ -80,8 +110,16 @@ pub struct SyncResult {
     pub steps: u64,
     /// Times the turn passed from one CPU to the other.
     pub handovers: u64,
-    /// Whether the warp is within [`SYNC_THRESHOLD_NS`].
-    pub synchronized: bool,
+    /// What it concluded.
+    pub verdict: SyncVerdict,
+}
+
+impl SyncResult {
+    /// Whether the counters can be trusted as synchronized: only a judged check within the
+    /// threshold says so (an [`Unjudged`](SyncVerdict::Unjudged) one does not).
+    pub fn synchronized(&self) -> bool {
+        self.verdict == SyncVerdict::Synchronized
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +144,7 @@ mod tests {
         assert_eq!(m.backward_steps, 0);
         assert_eq!(
             m.result(2_000_000_000),
-            SyncResult { warp_ns: 0, steps: 1000, handovers: 999, synchronized: true }
+            SyncResult { warp_ns: 0, steps: 1000, handovers: 999, verdict: SyncVerdict::Synchronized }
         );
     }
 
@@ -132,13 +170,15 @@ mod tests {
         m.step(1, 10_000 - 2_000); // 2000 cycles at 1 GHz: 2 us back
         let r = m.result(1_000_000_000);
         assert_eq!(r.warp_ns, 2_000);
-        assert!(!r.synchronized, "2 us is beyond {SYNC_THRESHOLD_NS} ns");
+        assert_eq!(r.verdict, SyncVerdict::Warped, "2 us is beyond {SYNC_THRESHOLD_NS} ns");
+        assert!(!r.synchronized());
         let mut m = WarpMeter::new();
         m.step(0, 10);
         m.step(1, 9); // one cycle of a 3 GHz TSC: 0.33 ns, rounded up to 1
+        m.step(0, 11);
         assert_eq!(
             m.result(3_000_000_000),
-            SyncResult { warp_ns: 1, steps: 2, handovers: 1, synchronized: true }
+            SyncResult { warp_ns: 1, steps: 3, handovers: 2, verdict: SyncVerdict::Synchronized }
         );
     }
 
@@ -147,6 +187,32 @@ mod tests {
         let mut m = WarpMeter::new();
         assert_eq!(m.step(1, 5), None);
         assert_eq!(m.step(0, 3), Some(2));
+    }
+
+    #[test]
+    fn too_few_handovers_are_not_trusted_as_synchronized() {
+        // The other CPU never took a turn: nothing was compared.
+        let mut m = WarpMeter::new();
+        for t in 0..1000 {
+            m.step(0, t);
+        }
+        let r = m.result(1_000_000_000);
+        assert_eq!(r.verdict, SyncVerdict::Unjudged, "no handover");
+        assert!(!r.synchronized(), "an unjudged check is not trusted as synchronized");
+        assert_eq!(r.verdict.to_string(), "too few handovers to judge");
+        // One handover: a single comparison, not enough either.
+        let mut m = WarpMeter::new();
+        m.step(0, 10);
+        m.step(1, 11);
+        assert!(!m.result(1_000_000_000).synchronized(), "one handover: unjudged");
+        // Two are: the minimum judged.
+        m.step(0, 12);
+        assert_eq!(m.result(1_000_000_000).verdict, SyncVerdict::Synchronized);
+        // A warp beyond the threshold is a warp even with one handover.
+        let mut m = WarpMeter::new();
+        m.step(0, 10_000);
+        m.step(1, 5_000);
+        assert_eq!(m.result(1_000_000_000).verdict, SyncVerdict::Warped);
     }
 
     #[test]

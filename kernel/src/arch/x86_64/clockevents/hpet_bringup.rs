@@ -124,8 +124,11 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
             if outcome.passed() {
                 log::info!("HPET comparator {index}: self-test on CPU {target}: {outcome}, passed");
             } else {
-                let why = if outcome.irqs < hpet::SELFTEST_IRQS {
-                    format!("within {} ms of HPET time each", hpet::SELFTEST_WAIT_NS / 1_000_000)
+                let why = if outcome.events < hpet::SELFTEST_IRQS {
+                    format!(
+                        "an event unanswered {} ms of HPET time after it was due, though CPU {target} was running",
+                        hpet::SELFTEST_WAIT_NS / 1_000_000
+                    )
                 } else {
                     format!("{} landed on another CPU", outcome.elsewhere())
                 };
