@@ -30,8 +30,8 @@ pub use report::{
     tick_devices,
 };
 pub use timer::{
-    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, cancel, now, post_on, sleep_ns,
-    sleep_until,
+    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, cancel, now, post_on, reserve,
+    sleep_ns, sleep_until,
 };
 
 use super::interrupts;

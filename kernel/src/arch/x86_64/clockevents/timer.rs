@@ -125,6 +125,14 @@ fn arm_here(deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
     result.map_err(|refused| refused.error)
 }
 
+/// Makes room for `timers` more on the calling CPU's queue (allocating now), so that its
+/// callbacks can arm that many: an arm from a callback never grows the queue (the timer
+/// interrupt path allocates nothing) and fails with `ArmError::QueueFull` past its room. Each
+/// CPU starts with room for 1 024; arms outside its callbacks grow it as needed.
+pub fn reserve(timers: usize) {
+    with_tick(|t| t.reserve(timers));
+}
+
 /// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
 pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
     arm_here(deadline_ns, Payload { callback: Callback::Fn(f), data, period_ns: 0 })
