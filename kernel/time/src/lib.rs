@@ -27,6 +27,9 @@
 //! - Own CPU: a [`hrtimer::TimerId`] names its CPU, and another CPU's queue refuses it. An arm
 //!   posted to another CPU meets its caller in a [`remote::RemoteArm`]: a caller that gives up
 //!   waiting either gets the id after all or the timer never runs (no orphan).
+//! - Cross-CPU messages: each CPU's [`inbox::Inbox`] is bounded and lock-free, with a defined
+//!   answer when full ([`inbox::Full`] hands the message back); a message arrives once, whole,
+//!   in its sender's order.
 //!
 //! # Example: a device, a CPU, two timers on a fake clock
 //!
@@ -114,10 +117,14 @@ pub mod broadcast;
 pub mod clockevents;
 pub mod clocksource;
 pub mod hrtimer;
+pub mod inbox;
 pub mod instant;
+#[cfg(all(test, loom))]
+mod models;
 #[cfg(test)]
 mod proptests;
 pub mod remote;
+mod sync;
 #[cfg(test)]
 mod testing;
 pub mod tick;
