@@ -127,13 +127,13 @@ pub fn with_tick<R>(f: impl FnOnce(&mut CpuTick<Payload>) -> R) -> Option<R> {
 
 /// Runs `f` on the calling CPU's tick and the broadcast state (which the tick's guard lets it
 /// lock: interrupts are off); `None` before it has a tick.
+#[inline]
 pub fn with_tick_and_broadcast<R>(
     f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R,
 ) -> Option<R> {
-    this_cpu_tick().map(|mut t| {
-        let bc = registry::broadcast(&t);
-        f(&mut t, bc)
-    })
+    let mut tick = this_cpu_tick()?;
+    let bc = registry::broadcast(&tick);
+    Some(f(&mut tick, bc))
 }
 
 /// Gives the calling CPU its tick (not yet served by any device).
@@ -163,9 +163,7 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R) -> Option<R> {
-        let mut tick = this_cpu_tick()?;
-        let bc = registry::broadcast(&tick);
-        Some(f(&mut tick, bc))
+        with_tick_and_broadcast(f)
     }
 
     #[inline]
