@@ -41,8 +41,8 @@ kernel_tests::qemu_test!(
         a_line_logged_in_interrupt_context_waits_in_its_cpus_ring => "percpu_hpet",
         an_id_of_cpu_0_is_refused_on_cpu_1_and_cancels_nothing_there,
         each_failure_to_arm_says_what_happened,
-        an_arm_on_a_cpu_that_does_not_answer_times_out_and_never_runs => "percpu_hpet",
-        a_cancel_that_times_out_says_queued_and_still_lands => "percpu_hpet",
+        an_arm_on_a_busy_cpu_returns_at_once_and_runs_there_once_it_is_free => "percpu_hpet",
+        a_cancel_while_its_cpu_is_busy_answers_at_once_and_the_timer_never_runs => "percpu_hpet",
     ],
 );
 
@@ -301,15 +301,18 @@ fn never(_: &TimerEvent) {
     panic!("a timer that was refused ran");
 }
 
-/// A CPU that is not there, a cross-CPU arm with interrupts off, a zero period: each its own
-/// error, and nothing armed.
+/// A CPU that is not there, a zero period: each its own error, and nothing armed. A
+/// cross-CPU arm and its cancel with interrupts off are no failure: neither waits.
 fn each_failure_to_arm_says_what_happened(_: &Kernel) {
     let absent = percpu::all().count() + 7;
     let soon = clockevents::now() + Duration::from_millis(1);
     assert_eq!(Timer::at(absent, soon, |_: &TimerEvent| {}).err(), Some(ArmError::CpuNotOnline(absent)));
     assert_eq!(clockevents::post_on(absent, now_ns(), never, 0), Err(ArmError::CpuNotOnline(absent)));
-    let refused = without_interrupts(|| Timer::with_fn(1, soon, never, 0).err());
-    assert_eq!(refused, Some(ArmError::InterruptsDisabled), "waiting for CPU 1 with interrupts off");
+    let answer = without_interrupts(|| {
+        let timer = Timer::with_fn(1, soon + Duration::from_millis(50), never, 0).expect("posted to CPU 1");
+        timer.cancel()
+    });
+    assert_eq!(answer, Cancelled::Pending, "armed and cancelled on CPU 1 with interrupts off");
     assert_eq!(
         Timer::periodic(1, soon, Duration::ZERO, |_: &TimerEvent| {}).err(),
         Some(ArmError::ZeroPeriod)
@@ -319,7 +322,10 @@ fn each_failure_to_arm_says_what_happened(_: &Kernel) {
 
 static ORPHAN_RAN: AtomicU64 = AtomicU64::new(0);
 
+static ORPHAN_RAN_ON: AtomicU64 = AtomicU64::new(u64::MAX);
+
 fn orphan(_: &TimerEvent) {
+    ORPHAN_RAN_ON.store(percpu::this_cpu().index as u64, Ordering::Relaxed);
     ORPHAN_RAN.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -346,39 +352,54 @@ fn release_cpu_1() {
     HOLD_CPU_1.store(false, Ordering::SeqCst);
 }
 
-/// CPU 1 busy with interrupts off past the 1 s wait: the arm times out, said as a timeout (not
-/// "not online"), and the arm, which lands when CPU 1 takes its calls again, is abandoned:
-/// the timer never runs (it would be an orphan, with no id to cancel it).
-fn an_arm_on_a_cpu_that_does_not_answer_times_out_and_never_runs(_: &Kernel) {
+/// CPU 1 busy with interrupts off: an arm on it returns its handle at once (CPU 1 still
+/// held), and the timer runs once, on CPU 1, when CPU 1 takes interrupts again.
+fn an_arm_on_a_busy_cpu_returns_at_once_and_runs_there_once_it_is_free(_: &Kernel) {
     hold_cpu_1();
     let deadline = clockevents::now() + Duration::from_millis(1);
-    let result = Timer::with_fn(1, deadline, orphan, 0).map(Timer::detach);
+    let timer = Timer::with_fn(1, deadline, orphan, 0).expect("posted while CPU 1 is busy");
+    let answered_while_held = CPU_1_HELD.load(Ordering::SeqCst) && HOLD_CPU_1.load(Ordering::SeqCst);
+    assert_eq!(timer.cpu(), 1);
     release_cpu_1();
-    assert_eq!(result, Err(ArmError::Timeout { cpu: 1 }));
-    // Calls run in order: once this one ran on CPU 1, so did the abandoned arm.
-    smp::call_on(1, || ()).expect("CPU 1 answers again");
-    clockevents::sleep_until(deadline + Duration::from_millis(10)).unwrap();
-    assert_eq!(ORPHAN_RAN.load(Ordering::Relaxed), 0, "the arm that timed out ran its timer");
+    assert!(answered_while_held, "the arm waited for CPU 1");
+    assert!(wait_for(|| ORPHAN_RAN.load(Ordering::Relaxed) != 0), "the posted timer never ran");
+    clockevents::sleep_until(deadline + Duration::from_millis(20)).unwrap();
+    assert_eq!(ORPHAN_RAN.load(Ordering::Relaxed), 1, "ran once");
+    assert_eq!(ORPHAN_RAN_ON.load(Ordering::Relaxed), 1, "ran on CPU 1");
+    assert_eq!(timer.cancel(), Cancelled::Inactive, "it already ran");
 }
 
-/// CPU 1 busy past the 1 s wait of a cancel: the answer says the cancel is queued (not
-/// "inactive", as if the timer were gone), and it lands: the timer never runs.
-fn a_cancel_that_times_out_says_queued_and_still_lands(_: &Kernel) {
-    let ran = Arc::new(AtomicBool::new(false));
+/// CPU 1 busy with interrupts off while timers due meanwhile are cancelled: one armed before
+/// the hold (in CPU 1's queue, its deadline passing while CPU 1 cannot take its interrupt) and
+/// one armed during it (the cancel overtakes the arm in CPU 1's inbox). Each cancel answers
+/// at once that the timer was pending, and neither ever runs.
+fn a_cancel_while_its_cpu_is_busy_answers_at_once_and_the_timer_never_runs(_: &Kernel) {
+    let ran = Arc::new(AtomicU64::new(0));
+    let deadline = clockevents::now() + Duration::from_millis(5);
     let seen = ran.clone();
-    // Due while CPU 1 is held or just after: the cancel, queued behind the hold, still comes
-    // first (CPU 1 runs its queued calls before it takes the timer interrupt).
-    let deadline = clockevents::now() + Duration::from_millis(1_200);
-    let timer =
-        Timer::at(1, deadline, move |_: &TimerEvent| seen.store(true, Ordering::Relaxed)).expect("armed");
+    let queued = Timer::at(1, deadline, move |_: &TimerEvent| {
+        seen.fetch_add(1, Ordering::Relaxed);
+    })
+    .expect("armed");
+    // Most likely armed in CPU 1's queue before the hold (its wake-up IPI went first); if not,
+    // this is the other case again.
+    smp::call_on(1, || ()).expect("CPU 1 answers");
     hold_cpu_1();
-    let answer = timer.cancel();
+    let seen = ran.clone();
+    let in_inbox = Timer::at(1, deadline, move |_: &TimerEvent| {
+        seen.fetch_add(1, Ordering::Relaxed);
+    })
+    .expect("posted while CPU 1 is busy");
+    clockevents::sleep_until(deadline + Duration::from_millis(5)).unwrap();
+    let answers = (queued.cancel(), in_inbox.cancel());
+    let answered_while_held = HOLD_CPU_1.load(Ordering::SeqCst);
     release_cpu_1();
-    assert_eq!(answer, Cancelled::Queued, "a cancel CPU 1 did not answer is queued, not inactive");
+    assert!(answered_while_held);
+    assert_eq!(answers, (Cancelled::Pending, Cancelled::Pending), "both were pending, past their deadline");
     smp::call_on(1, || ()).expect("CPU 1 answers again");
-    assert_eq!(timer.cancel(), Cancelled::Inactive, "the queued cancel landed");
-    clockevents::sleep_until(deadline + Duration::from_millis(10)).unwrap();
-    assert!(!ran.load(Ordering::Relaxed), "a timer whose cancel was queued ran");
+    clockevents::sleep_until(deadline + Duration::from_millis(20)).unwrap();
+    assert_eq!(ran.load(Ordering::Relaxed), 0, "a timer whose cancel answered pending ran");
+    assert_eq!((queued.cancel(), in_inbox.cancel()), (Cancelled::Inactive, Cancelled::Inactive));
 }
 
 static LOGGED_LINES_HELD: AtomicU64 = AtomicU64::new(u64::MAX);

@@ -172,6 +172,8 @@ pub struct TimerQueue<T> {
     /// Slot numbers of the pending timers, a binary min-heap by `(deadline, sequence)`.
     heap: Vec<u32>,
     free: u32,
+    /// Slots on the free list.
+    free_count: usize,
     /// The sequence number the next armed timer gets (one per arm: does not wrap in practice).
     next_sequence: u64,
 }
@@ -183,7 +185,14 @@ impl<T> TimerQueue<T> {
     /// If `cpu` does not fit in 32 bits.
     pub const fn new(cpu: usize) -> Self {
         assert!(cpu <= u32::MAX as usize, "CPU numbers fit in 32 bits");
-        TimerQueue { cpu: cpu as u32, slots: Vec::new(), heap: Vec::new(), free: NO_SLOT, next_sequence: 0 }
+        TimerQueue {
+            cpu: cpu as u32,
+            slots: Vec::new(),
+            heap: Vec::new(),
+            free: NO_SLOT,
+            free_count: 0,
+            next_sequence: 0,
+        }
     }
 
     /// CPU `cpu`'s empty queue with room for `capacity` timers before it allocates again.
@@ -223,14 +232,10 @@ impl<T> TimerQueue<T> {
         self.slots.len()
     }
 
-    /// Free slots left before an arm allocates.
+    /// Free slots left before an arm allocates; O(1).
+    #[inline]
     pub fn spare_capacity(&self) -> usize {
-        self.slots.len() - self.heap.len() - self.running_count()
-    }
-
-    fn running_count(&self) -> usize {
-        // Running slots are few (the callbacks of one interrupt); counted only on demand.
-        self.slots.iter().filter(|s| matches!(s.state, SlotState::Running { .. })).count()
+        self.free_count
     }
 
     fn push_free_slot(&mut self) {
@@ -243,6 +248,7 @@ impl<T> TimerQueue<T> {
             state: SlotState::Free { next: self.free },
         });
         self.free = index;
+        self.free_count += 1;
     }
 
     fn take_free_slot(&mut self) -> u32 {
@@ -260,6 +266,7 @@ impl<T> TimerQueue<T> {
             unreachable!("the free list holds only free slots")
         };
         self.free = next;
+        self.free_count -= 1;
         index
     }
 
@@ -268,6 +275,7 @@ impl<T> TimerQueue<T> {
         slot.generation = slot.generation.wrapping_add(1);
         slot.state = SlotState::Free { next: self.free };
         self.free = index;
+        self.free_count += 1;
     }
 
     /// The slot an id of this queue names, while the id is current; never a slot for another

@@ -126,15 +126,18 @@ impl Message for [u64; 3] {
     }
 }
 
-/// What one CPU asks of another's time core. Payloads that are not plain data (a closure,
-/// a [`crate::remote::RemoteArm`] ticket) wait in a slot of a table the sender and the owner
-/// share; the message carries the slot.
+/// What one CPU asks of another's time core. Payloads that are not plain data (a timer's
+/// callback) wait in a slot of a table the sender and the owner share
+/// ([`crate::remote::Handles`]); the message carries the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeMessage {
-    /// Arm a timer at `deadline_ns` whose payload waits in table slot `slot`.
+    /// Arm the timer at `deadline_ns` whose payload waits in slot `slot` (generation
+    /// `generation`) of the owner's [`crate::remote::Handles`].
     Arm {
         /// The payload's slot.
         slot: u32,
+        /// The slot's generation when the arm was posted.
+        generation: u32,
         /// The deadline, in ns on the clocksource's timeline.
         deadline_ns: u64,
     },
@@ -166,11 +169,13 @@ const ASSIGNMENT: u64 = 4;
 const CALL: u64 = 5;
 
 impl Message for TimeMessage {
-    const WORDS: usize = 2;
+    const WORDS: usize = 3;
 
     fn encode(&self) -> [u64; MAX_WORDS] {
         let (kind, high, second) = match *self {
-            TimeMessage::Arm { slot, deadline_ns } => (ARM, slot, deadline_ns),
+            TimeMessage::Arm { slot, generation, deadline_ns } => {
+                return [u64::from(slot) << 32 | ARM, deadline_ns, u64::from(generation)];
+            }
             TimeMessage::Cancel { id } => {
                 let (cpu, slot, generation) = id.parts();
                 (CANCEL, cpu, u64::from(slot) << 32 | u64::from(generation))
@@ -183,10 +188,10 @@ impl Message for TimeMessage {
     }
 
     fn decode(words: [u64; MAX_WORDS]) -> TimeMessage {
-        let [first, second, _] = words;
+        let [first, second, third] = words;
         let high = (first >> 32) as u32;
         match first & 0xff {
-            ARM => TimeMessage::Arm { slot: high, deadline_ns: second },
+            ARM => TimeMessage::Arm { slot: high, generation: third as u32, deadline_ns: second },
             CANCEL => {
                 TimeMessage::Cancel { id: TimerId::from_parts(high, (second >> 32) as u32, second as u32) }
             }
@@ -488,7 +493,7 @@ mod tests {
     fn every_time_message_comes_out_as_it_went_in() {
         let inbox = Inbox::new(8);
         let messages = [
-            TimeMessage::Arm { slot: u32::MAX, deadline_ns: u64::MAX },
+            TimeMessage::Arm { slot: u32::MAX, generation: u32::MAX, deadline_ns: u64::MAX },
             TimeMessage::Cancel { id: TimerId::from_parts(3, u32::MAX, 7) },
             TimeMessage::Wake,
             TimeMessage::Assignment { sequence: 1 << 63 },
@@ -505,8 +510,11 @@ mod tests {
 
     fn time_message() -> impl Strategy<Value = TimeMessage> {
         prop_oneof![
-            (any::<u32>(), any::<u64>())
-                .prop_map(|(slot, deadline_ns)| TimeMessage::Arm { slot, deadline_ns }),
+            (any::<u32>(), any::<u64>()).prop_map(|(slot, deadline_ns)| TimeMessage::Arm {
+                slot,
+                generation: slot.rotate_left(7),
+                deadline_ns
+            }),
             (any::<u32>(), any::<u32>(), any::<u32>())
                 .prop_map(|(c, s, g)| TimeMessage::Cancel { id: TimerId::from_parts(c, s, g) }),
             Just(TimeMessage::Wake),

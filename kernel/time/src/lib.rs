@@ -24,9 +24,10 @@
 //!   already past is programmed at the device's minimum delta.
 //! - Ordering: timers run in deadline order, equal deadlines in the order they were armed; a
 //!   timer is handed out once (a periodic one once per period), never after its cancel.
-//! - Own CPU: a [`hrtimer::TimerId`] names its CPU, and another CPU's queue refuses it. An arm
-//!   posted to another CPU meets its caller in a [`remote::RemoteArm`]: a caller that gives up
-//!   waiting either gets the id after all or the timer never runs (no orphan).
+//! - Own CPU: a [`hrtimer::TimerId`] names its CPU, and another CPU's queue refuses it. Any
+//!   CPU arms a timer on any CPU through that CPU's [`remote::Handles`] and gets its handle at
+//!   once; a cancel from anywhere answers at once, truthfully (it will not run, it is running
+//!   now, it already ran), even when it overtakes its own arm.
 //! - Cross-CPU messages: each CPU's [`inbox::Inbox`] is bounded and lock-free, with a defined
 //!   answer when full ([`inbox::Full`] hands the message back); a message arrives once, whole,
 //!   in its sender's order.

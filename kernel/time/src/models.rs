@@ -5,7 +5,8 @@
 
 use crate::hrtimer::TimerId;
 use crate::inbox::{Full, Inbox};
-use crate::remote::RemoteArm;
+use crate::remote::harness::{Owner, Pay};
+use crate::remote::{Cancelled, Handles};
 use loom::sync::Arc;
 use loom::thread;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -158,48 +159,64 @@ fn inbox_two_senders_race_for_the_last_slot() {
     });
 }
 
-/// What the owner did with a posted arm.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Owner {
-    /// Saw it abandoned before arming: not armed.
-    NotArmed,
-    /// Armed it and delivered the id.
-    Delivered,
-    /// Armed it, then learned it was abandoned: cancelled at once.
-    Cancelled,
-}
-
-/// The owner arms and delivers while the caller looks once and gives up: in every
-/// interleaving exactly one of {the caller holds the id, the owner saw it abandoned}, and the
-/// id the caller holds is the one delivered, whole.
+/// A timer posted to CPU 1 through its handles, then, at once, the owner draining its inbox
+/// and running its expiry past the deadline while another CPU cancels it: in every
+/// interleaving the cancel's answer is the truth (pending: it never ran; running or inactive:
+/// it ran once) and after one more turn of the owner nothing is left in use.
 #[test]
-fn remote_arm_deliver_against_abandon() {
-    explore("remote_arm_deliver_against_abandon", None, || {
-        let ticket = Arc::new(RemoteArm::new());
-        let id = TimerId::from_parts(1, 0xdead, 0xbeef);
-        let owner = {
-            let ticket = ticket.clone();
+fn handle_cancel_against_drain_and_expiry() {
+    explore("handle_cancel_against_drain_and_expiry", Some(3), || {
+        let cpu1 = Owner::new(2, 4);
+        let id = cpu1.post(100, 7, 0).ok().expect("posted");
+        let canceller = {
+            let cpu1 = cpu1.clone();
             thread::spawn(move || {
-                if !ticket.wanted() {
-                    Owner::NotArmed
-                } else if ticket.deliver(id) {
-                    Owner::Delivered
-                } else {
-                    Owner::Cancelled
+                let answer = cpu1.handles.cancel(id).unwrap();
+                if answer == Cancelled::Pending {
+                    let _ = cpu1.inbox.try_send(Handles::<Pay>::cancel_message(id));
                 }
+                answer
             })
         };
-        let seen = ticket.armed();
-        let kept = ticket.abandon();
-        let owner = owner.join().unwrap();
-        if let Some(seen) = seen {
-            assert_eq!(seen, id, "a torn id");
-            assert_eq!(kept, Some(seen), "an id seen is kept");
+        cpu1.turn(200);
+        let answer = canceller.join().unwrap();
+        cpu1.turn(300);
+        let runs = cpu1.tags_ran().len();
+        match answer {
+            Cancelled::Pending => assert_eq!(runs, 0, "ran after a cancel answered pending"),
+            Cancelled::Running | Cancelled::Inactive => assert_eq!(runs, 1, "answered {answer:?}"),
         }
-        match (kept, owner) {
-            (Some(kept), Owner::Delivered) => assert_eq!(kept, id, "a torn id"),
-            (None, Owner::NotArmed | Owner::Cancelled) => {}
-            (kept, owner) => panic!("caller kept {kept:?} but the owner {owner:?}: orphan or lost id"),
-        }
+        assert_eq!(
+            cpu1.handles.in_use(),
+            0,
+            "a slot left in use: answer {answer:?}, runs {:?}, {:?}, pending {}",
+            cpu1.ran.lock().unwrap(),
+            cpu1.handles.states(),
+            cpu1.tick.lock().pending()
+        );
+        assert_eq!(cpu1.tick.lock().pending(), 0, "a timer left queued");
+    });
+}
+
+/// Two CPUs post to CPU 1 while it drains: each gets its handle, each timer runs once, and the
+/// slots' payloads never mix.
+#[test]
+fn two_posts_against_the_drain() {
+    explore("two_posts_against_the_drain", Some(3), || {
+        let cpu1 = Owner::new(2, 4);
+        let posters: Vec<_> = (0..2u64)
+            .map(|tag| {
+                let cpu1 = cpu1.clone();
+                thread::spawn(move || cpu1.post(100, tag, 0).ok().expect("room for both"))
+            })
+            .collect();
+        cpu1.turn(50);
+        let ids: Vec<TimerId> = posters.into_iter().map(|p| p.join().unwrap()).collect();
+        assert_ne!(ids[0], ids[1]);
+        cpu1.turn(200);
+        let mut ran = cpu1.tags_ran();
+        ran.sort_unstable();
+        assert_eq!(ran, [0, 1], "each once");
+        assert_eq!(cpu1.handles.in_use(), 0);
     });
 }

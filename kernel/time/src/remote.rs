@@ -1,228 +1,746 @@
-//! The handshake of a timer armed on another CPU: the caller posts the arm to the timer's CPU
-//! and waits for its id; if it gives up waiting, the arm must not go on to run a timer nobody
-//! can cancel. [`RemoteArm`] is where the two meet, one atomic state that exactly one side
-//! settles:
+//! Timers any CPU can arm on any CPU and cancel from anywhere, without waiting and without a
+//! lock the owner's timer path takes: each CPU's table of [`Handles`].
+//!
+//! A timer armed through a handle lives in a slot of its CPU's table. The slot's state word
+//! (its generation and its state) is the one place where the arm, the cancel and the owner's
+//! expiry meet; whoever moves it first wins, and everyone else reads the outcome:
 //!
 //! ```text
-//!            owner: deliver(id)
-//!   Waiting ----------------------> Armed(id)       the caller gets the id (now or on giving up)
-//!      |
-//!      |     caller: abandon()
-//!      +--------------------------> Abandoned       the owner does not arm it, or, if it armed
-//!                                                   it meanwhile, cancels it at once
+//!   Free(g) --sender claims--> Claimed(g) --payload stored, published--> Pending(g)
+//!   Pending(g)  --owner's expiry begins the callback--> Running(g)
+//!   Running(g)  --periodic, re-armed--> Pending(g)     one-shot, done --> Free(g + 1)
+//!   Pending(g)  --cancel (any CPU)--> Cancelled(g)     --owner reclaims--> Free(g + 1)
+//!   Running(g)  --cancel (any CPU)--> RunningCancelled(g) --callback returns--> Free(g + 1)
 //! ```
 //!
-//! So a caller that gave up either learns the id after all (the arm landed as it gave up) or
-//! can promise that the timer never runs: the abandon overtakes the arm, whichever reaches the
-//! state first. The owner runs on the timer's CPU, so a timer it armed and then cancels at
-//! once cannot have run in between if it arms with interrupts off (as a function-call
-//! interrupt does).
+//! - **An arm returns at once.** The sender claims a free slot, stores the payload, publishes
+//!   the slot as pending and sends [`TimeMessage::Arm`] to the owner's inbox; the handle (a
+//!   [`TimerId`] naming the CPU, the slot and its generation) is the caller's before the owner
+//!   has seen anything. The owner arms it in its queue when it drains its inbox.
+//! - **A cancel answers at once and tells the truth.** Pending -> cancelled: it never runs
+//!   (the owner's expiry checks the word before each callback, so a cancel that overtakes its
+//!   own arm in the inbox, or lands after the owner armed it, both stop it). Running: the
+//!   callback in progress finishes and a periodic timer is not re-armed. Anything else (a
+//!   later generation, free, cancelled already): it already ran or was cancelled. The cancel
+//!   also sends [`TimeMessage::Cancel`] so the owner takes the timer out of its queue early; if
+//!   the owner's inbox is full, the owner finds it cancelled at its deadline instead.
+//! - **Bounded, with a defined answer when full.** A table has a fixed number of slots,
+//!   allocated when it is made; no slot free answers [`ArmError::HandlesFull`], an inbox that
+//!   refuses the message [`ArmError::InboxFull`]: the payload comes back and nothing was armed.
+//! - A slot's generation is 32 bits, bumped each time the slot is freed: a handle kept across
+//!   2^32 reuses of one slot could be taken for a later timer.
+//!
+//! The payload waits in the slot between the sender and the owner behind a lock of its own
+//! (the crate has no `unsafe`); the state word hands it over, so that lock is never contended:
+//! the sender holds it only while the slot is claimed (nobody else knows the slot), the owner
+//! only after the state says the sender is done.
 
 use crate::hrtimer::TimerId;
-use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use crate::inbox::{Inbox, TimeMessage};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, PayloadCell};
+use crate::tick::expiry::ExpiryContext;
+use crate::tick::{ArmError, CpuTick, Refused};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt;
 
-const WAITING: u8 = 0;
-const ARMED: u8 = 1;
-const ABANDONED: u8 = 2;
+/// The bit of a [`TimerId`]'s slot that says it is a handle's slot (in its CPU's [`Handles`]),
+/// not a slot of its CPU's queue.
+const HANDLE_BIT: u32 = 1 << 31;
 
-/// One arm posted to another CPU, shared (e.g. in an `Arc`) by the caller and the timer's CPU.
-///
-/// ```
-/// use kernel_time::hrtimer::TimerQueue;
-/// use kernel_time::remote::RemoteArm;
-///
-/// // The owner's side, on the timer's CPU.
-/// fn arm_for(ticket: &RemoteArm, queue: &mut TimerQueue<&'static str>) {
-///     if !ticket.wanted() {
-///         return; // the caller gave up: not armed
-///     }
-///     let id = queue.arm(100, "posted");
-///     if !ticket.deliver(id) {
-///         queue.cancel(id).unwrap(); // the caller gave up meanwhile: never runs
-///     }
-/// }
-///
-/// let mut cpu1 = TimerQueue::new(1);
-/// // The caller waited in vain and gave up before the arm landed: it is never armed.
-/// let late = RemoteArm::new();
-/// assert_eq!(late.abandon(), None);
-/// arm_for(&late, &mut cpu1);
-/// assert!(cpu1.is_empty());
-/// // The arm landed first: the caller has its id, even if it gives up just after.
-/// let landed = RemoteArm::new();
-/// arm_for(&landed, &mut cpu1);
-/// let id = landed.armed().expect("delivered");
-/// assert_eq!(landed.abandon(), Some(id));
-/// assert_eq!(cpu1.deadline(id), Some(100));
-/// ```
-#[derive(Debug, Default)]
-pub struct RemoteArm {
-    state: AtomicU8,
-    /// The id's CPU, and its slot and generation: written by the owner before it settles the
-    /// state as armed (release), read only after seeing it so (acquire). No lock: the owner
-    /// runs in interrupt context.
-    cpu: AtomicU32,
-    slot_generation: AtomicU64,
+/// The largest table [`Handles::new`] makes.
+pub const MAX_HANDLES: usize = 1 << 16;
+
+const FREE: u64 = 0;
+const CLAIMED: u64 = 1;
+const PENDING: u64 = 2;
+const RUNNING: u64 = 3;
+const CANCELLED: u64 = 4;
+const RUNNING_CANCELLED: u64 = 5;
+
+/// A state word: the slot's generation above, its state in the low byte.
+#[inline]
+fn word(generation: u32, state: u64) -> u64 {
+    u64::from(generation) << 8 | state
 }
 
-impl RemoteArm {
-    /// A posted arm, waiting for its CPU.
-    #[cfg(not(loom))]
-    pub const fn new() -> RemoteArm {
-        RemoteArm {
-            state: AtomicU8::new(WAITING),
-            cpu: AtomicU32::new(0),
-            slot_generation: AtomicU64::new(0),
+/// The generation of a state word.
+#[inline]
+fn generation_of(w: u64) -> u32 {
+    (w >> 8) as u32
+}
+
+/// What a cancel through a handle found. It never waits for the timer's CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was pending and never runs now (wherever its arm was: still in its CPU's inbox, or
+    /// in its queue).
+    Pending,
+    /// Its callback is running at this moment on its CPU: that run finishes, and a periodic
+    /// timer is not re-armed.
+    Running,
+    /// It already ran (one-shot), was cancelled before, or never existed.
+    Inactive,
+}
+
+/// One slot: its state word, the owner's queue id for it once armed there (owner only), the
+/// payload between the sender and the owner.
+struct Slot<P> {
+    state: AtomicU64,
+    /// The queue id's slot and generation, or `NOT_QUEUED`. Written and read by the owner only.
+    queued: AtomicU64,
+    payload: PayloadCell<P>,
+}
+
+const NOT_QUEUED: u64 = u64::MAX;
+
+/// One CPU's table of handle slots: any CPU arms into it ([`post`](Self::post)) and cancels
+/// through it ([`cancel`](Self::cancel)); its owner drains its inbox ([`drain`]) and its expiry
+/// checks each handle's timer before running it.
+pub struct Handles<P> {
+    cpu: u32,
+    /// Where the next claim starts looking (spreads senders over the table).
+    next: AtomicU32,
+    slots: Box<[Slot<P>]>,
+}
+
+impl<P> fmt::Debug for Handles<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handles").field("cpu", &self.cpu).field("capacity", &self.slots.len()).finish()
+    }
+}
+
+impl<P> Handles<P> {
+    /// CPU `cpu`'s table with `capacity` slots (1 to [`MAX_HANDLES`]), allocated now; nothing
+    /// allocates afterwards.
+    pub fn new(cpu: usize, capacity: usize) -> Handles<P> {
+        let capacity = capacity.clamp(1, MAX_HANDLES);
+        Handles {
+            cpu: cpu as u32,
+            next: AtomicU32::new(0),
+            slots: (0..capacity)
+                .map(|_| Slot {
+                    state: AtomicU64::new(word(0, FREE)),
+                    queued: AtomicU64::new(NOT_QUEUED),
+                    payload: PayloadCell::new(),
+                })
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
         }
     }
 
-    /// A posted arm, waiting for its CPU (loom's atomics have no `const` constructor).
-    #[cfg(loom)]
-    pub fn new() -> RemoteArm {
-        RemoteArm {
-            state: AtomicU8::new(WAITING),
-            cpu: AtomicU32::new(0),
-            slot_generation: AtomicU64::new(0),
-        }
+    /// The CPU whose timers these are.
+    pub fn cpu(&self) -> usize {
+        self.cpu as usize
     }
 
-    /// On the timer's CPU, before arming: whether the caller still waits for it (false: it
-    /// gave up, do not arm).
-    pub fn wanted(&self) -> bool {
-        self.state.load(Ordering::Acquire) == WAITING
+    /// How many handles it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
-    /// On the timer's CPU, after arming it as `id`: true if the caller gets the id; false if
-    /// the caller gave up meanwhile, and was told the timer never runs: cancel it at once.
-    pub fn deliver(&self, id: TimerId) -> bool {
+    /// Whether `id` is a handle (of any CPU), not a queue's own id.
+    pub fn is_handle(id: TimerId) -> bool {
+        id.parts().1 & HANDLE_BIT != 0
+    }
+
+    /// The slot of one of this table's handles.
+    fn slot_of(&self, id: TimerId) -> Option<(&Slot<P>, u32)> {
         let (cpu, slot, generation) = id.parts();
-        self.cpu.store(cpu, Ordering::Relaxed);
-        self.slot_generation.store(u64::from(slot) << 32 | u64::from(generation), Ordering::Relaxed);
-        self.state.compare_exchange(WAITING, ARMED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        if cpu != self.cpu || slot & HANDLE_BIT == 0 {
+            return None;
+        }
+        self.slots.get((slot & !HANDLE_BIT) as usize).map(|s| (s, generation))
     }
 
-    /// The id, once the timer's CPU delivered it.
-    pub fn armed(&self) -> Option<TimerId> {
-        (self.state.load(Ordering::Acquire) == ARMED).then(|| self.delivered_id())
+    /// Arms a timer on this table's CPU at `deadline_ns`, from any CPU and any context:
+    /// claims a slot, stores the payload `make` builds for the handle, and sends the arm to the
+    /// owner's `inbox`. The caller then wakes the owner (an IPI) unless it is the owner.
+    /// Refused with the payload back: no slot free ([`ArmError::HandlesFull`]) or the inbox
+    /// full ([`ArmError::InboxFull`]).
+    pub fn post(
+        &self,
+        inbox: &Inbox<TimeMessage>,
+        deadline_ns: u64,
+        make: impl FnOnce(TimerId) -> P,
+    ) -> Result<TimerId, Refused<P>> {
+        let (index, generation) = match self.claim() {
+            Some(claimed) => claimed,
+            None => {
+                let error = ArmError::HandlesFull { cpu: self.cpu(), capacity: self.capacity() };
+                let id = TimerId::from_parts(self.cpu, HANDLE_BIT, 0);
+                return Err(Refused { error, payload: make(id) });
+            }
+        };
+        let id = TimerId::from_parts(self.cpu, index as u32 | HANDLE_BIT, generation);
+        let slot = &self.slots[index];
+        slot.payload.put(make(id));
+        // Published before the message, so the owner that receives it sees the payload.
+        slot.state.store(word(generation, PENDING), Ordering::Release);
+        let message = TimeMessage::Arm { slot: index as u32, generation, deadline_ns };
+        if inbox.try_send(message).is_err() {
+            // Nobody has the handle yet and the owner never heard of the slot: take it back.
+            let payload = slot.payload.take().expect("stored above");
+            slot.state.store(word(generation, FREE), Ordering::Release);
+            return Err(Refused { error: ArmError::InboxFull { cpu: self.cpu() }, payload });
+        }
+        Ok(id)
     }
 
-    /// The id the owner stored; only after the state was seen armed (acquire).
-    fn delivered_id(&self) -> TimerId {
-        let slot_generation = self.slot_generation.load(Ordering::Relaxed);
-        TimerId::from_parts(
-            self.cpu.load(Ordering::Relaxed),
-            (slot_generation >> 32) as u32,
-            slot_generation as u32,
-        )
+    /// A free slot, claimed: its index and generation.
+    fn claim(&self) -> Option<(usize, u32)> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) as usize;
+        for i in 0..n {
+            let index = (start + i) % n;
+            let state = &self.slots[index].state;
+            let w = state.load(Ordering::Relaxed);
+            if w & 0xff != FREE {
+                continue;
+            }
+            let generation = generation_of(w);
+            // Acquire: the owner's last use of the slot (taking the payload) is done.
+            if state
+                .compare_exchange(w, word(generation, CLAIMED), Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some((index, generation));
+            }
+        }
+        None
     }
 
-    /// The caller gives up waiting. `None`: abandoned, the timer never runs (it is not armed,
-    /// or cancelled at once by its CPU). `Some(id)`: the arm landed first, the timer is armed
-    /// under `id` and the caller owns it after all.
-    pub fn abandon(&self) -> Option<TimerId> {
-        match self.state.compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => None,
-            Err(ARMED) => Some(self.delivered_id()),
-            Err(_) => None,
+    /// Cancels handle `id`'s timer from any CPU, at once (see [`Cancelled`]). On
+    /// [`Cancelled::Pending`] the caller sends [`TimeMessage::Cancel`] to the owner so it
+    /// reclaims the slot early ([`cancel_message`](Self::cancel_message)); without it the owner
+    /// reclaims it at the timer's deadline. A handle of another CPU or no handle at all is
+    /// refused.
+    pub fn cancel(&self, id: TimerId) -> Result<Cancelled, crate::hrtimer::WrongCpu> {
+        let Some((slot, generation)) = self.slot_of(id) else {
+            return Err(crate::hrtimer::WrongCpu { id_cpu: id.cpu(), queue_cpu: self.cpu() });
+        };
+        let mut w = slot.state.load(Ordering::Acquire);
+        loop {
+            if generation_of(w) != generation {
+                return Ok(Cancelled::Inactive);
+            }
+            let (to, answer) = match w & 0xff {
+                PENDING => (CANCELLED, Cancelled::Pending),
+                RUNNING => (RUNNING_CANCELLED, Cancelled::Running),
+                _ => return Ok(Cancelled::Inactive),
+            };
+            match slot.state.compare_exchange(w, word(generation, to), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(answer),
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// The message that has the owner reclaim a cancelled handle's slot early.
+    pub fn cancel_message(id: TimerId) -> TimeMessage {
+        TimeMessage::Cancel { id }
+    }
+
+    /// The owner, before running handle `id`'s callback: true if it runs (pending -> running);
+    /// false if it was cancelled, and the slot is free again (the caller drops the payload).
+    #[inline]
+    pub fn begin_run(&self, id: TimerId) -> bool {
+        let Some((slot, generation)) = self.slot_of(id) else { return true };
+        match slot.state.compare_exchange(
+            word(generation, PENDING),
+            word(generation, RUNNING),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(_) => {
+                self.free(slot, generation);
+                false
+            }
+        }
+    }
+
+    /// The owner, after handle `id`'s callback: true if a periodic timer (`again`) is re-armed
+    /// (running -> pending); false if it is done (one-shot, or cancelled while it ran), and the
+    /// slot is free again.
+    #[inline]
+    pub fn end_run(&self, id: TimerId, again: bool) -> bool {
+        let Some((slot, generation)) = self.slot_of(id) else { return again };
+        if again
+            && slot
+                .state
+                .compare_exchange(
+                    word(generation, RUNNING),
+                    word(generation, PENDING),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return true;
+        }
+        self.free(slot, generation);
+        false
+    }
+
+    /// The owner frees a slot it is done with: the next generation, free for a claim.
+    fn free(&self, slot: &Slot<P>, generation: u32) {
+        slot.queued.store(NOT_QUEUED, Ordering::Relaxed);
+        // A swap, not a store: the same in the memory model, as a cancel racing with it reads
+        // the latest value either way; loom (0.7) lets a plain store slip between the read
+        // and the write of a concurrent compare-and-swap (tokio-rs/loom#254), which would
+        // show the models a history the hardware cannot make.
+        slot.state.swap(word(generation.wrapping_add(1), FREE), Ordering::AcqRel);
+    }
+
+    /// Each slot's state word (tests).
+    #[cfg(test)]
+    #[allow(dead_code)]
+    pub(crate) fn states(&self) -> Vec<(u64, u64)> {
+        self.slots
+            .iter()
+            .map(|s| (s.state.load(Ordering::Relaxed), s.queued.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// How many slots are not free (pending, running, or waiting for the owner to reclaim).
+    pub fn in_use(&self) -> usize {
+        self.slots.iter().filter(|s| s.state.load(Ordering::Relaxed) & 0xff != FREE).count()
+    }
+}
+
+/// What the owner's [`drain`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drained {
+    /// Posted timers armed in the queue.
+    pub armed: u32,
+    /// Posted timers found cancelled (before or after they were armed) and reclaimed.
+    pub reclaimed: u32,
+    /// Other messages, handed to the platform.
+    pub other: u32,
+}
+
+/// What one message came to under the owner's guard.
+enum Received<P> {
+    Armed,
+    Reclaimed(Option<P>),
+    Nothing,
+}
+
+impl<P> Handles<P> {
+    /// The owner, under its guard: arms posted timer `index` (generation `generation`) unless
+    /// it was cancelled meanwhile, then its payload comes back to be dropped outside the guard.
+    fn arm_posted(
+        &self,
+        t: &mut CpuTick<P>,
+        index: u32,
+        generation: u32,
+        deadline_ns: u64,
+        now_ns: u64,
+        bc: &spin::Mutex<crate::broadcast::Broadcast>,
+    ) -> Received<P> {
+        let Some(slot) = self.slots.get(index as usize) else { return Received::Nothing };
+        let w = slot.state.load(Ordering::Acquire);
+        if generation_of(w) != generation || slot.queued.load(Ordering::Relaxed) != NOT_QUEUED {
+            // Reclaimed already (its cancel overtook it), or armed already.
+            return Received::Nothing;
+        }
+        match w & 0xff {
+            PENDING => {
+                let Some(payload) = slot.payload.take() else { return Received::Nothing };
+                // A cancel from now on is caught by the expiry's check, and its message
+                // takes the timer out of the queue.
+                let id = t.arm_reserved(deadline_ns, payload, now_ns, bc);
+                let (_, queue_slot, queue_generation) = id.parts();
+                slot.queued
+                    .store(u64::from(queue_slot) << 32 | u64::from(queue_generation), Ordering::Relaxed);
+                Received::Armed
+            }
+            CANCELLED => {
+                let payload = slot.payload.take();
+                self.free(slot, generation);
+                Received::Reclaimed(payload)
+            }
+            _ => Received::Nothing,
+        }
+    }
+
+    /// The owner, under its guard: a cancelled handle's timer leaves the queue (or, if its arm
+    /// has not been received yet, the slot) and the slot is freed; its payload comes back.
+    fn reclaim(&self, t: &mut CpuTick<P>, id: TimerId) -> Received<P> {
+        let Some((slot, generation)) = self.slot_of(id) else { return Received::Nothing };
+        let w = slot.state.load(Ordering::Acquire);
+        if w != word(generation, CANCELLED) {
+            // Not cancelled (a stale message), or reclaimed already (at its deadline).
+            return Received::Nothing;
+        }
+        let queued = slot.queued.load(Ordering::Relaxed);
+        let payload = if queued == NOT_QUEUED {
+            // The cancel overtook its arm: the payload is still in the slot.
+            slot.payload.take()
+        } else {
+            let queue_id = TimerId::from_parts(self.cpu, (queued >> 32) as u32, queued as u32);
+            t.cancel(queue_id).ok().and_then(crate::hrtimer::Cancel::cancelled)
+        };
+        self.free(slot, generation);
+        Received::Reclaimed(payload)
+    }
+}
+
+/// The owner drains its inbox `inbox` (on its CPU, with the expiry's context `cx`): a posted
+/// arm is armed in its queue unless it was cancelled meanwhile; a cancel takes its timer out
+/// of the queue and frees its slot; every other message goes to `other`. One message per
+/// guard, payloads dropped outside it (a payload's drop may arm or cancel timers). At most the
+/// inbox's capacity of messages, so senders that keep sending cannot keep the owner here.
+/// `None`: a drain is already in progress on this CPU (this call comes from inside it: a
+/// payload's drop, or an interrupt), which may have passed the newest message already: the
+/// caller wakes this CPU again (an IPI to itself) so that no message is stranded.
+///
+/// A posted arm does not grow the queue: each CPU's queue keeps room for its table's handles
+/// ([`CpuTick::reserve_for_handles`]). Nor does it need a device: on a CPU not served yet it
+/// waits in the queue for one.
+pub fn drain<C: ExpiryContext>(
+    cx: &C,
+    inbox: &Inbox<TimeMessage>,
+    mut other: impl FnMut(TimeMessage),
+) -> Option<Drained> {
+    let mut drained = Drained::default();
+    let Some(handles) = cx.handles() else { return Some(drained) };
+    let mut receiver = inbox.receiver()?;
+    for _ in 0..inbox.capacity() {
+        let Some(message) = receiver.recv() else { break };
+        let received = match message {
+            TimeMessage::Arm { slot, generation, deadline_ns } => {
+                cx.with_tick(|t, bc| handles.arm_posted(t, slot, generation, deadline_ns, cx.now_ns(), bc))
+            }
+            TimeMessage::Cancel { id } => cx.with_tick(|t, _| handles.reclaim(t, id)),
+            message => {
+                drained.other += 1;
+                other(message);
+                continue;
+            }
+        };
+        match received {
+            Some(Received::Armed) => drained.armed += 1,
+            Some(Received::Reclaimed(payload)) => {
+                drained.reclaimed += 1;
+                // Dropped here, outside the guard.
+                drop(payload);
+            }
+            Some(Received::Nothing) | None => {}
+        }
+    }
+    Some(drained)
+}
+
+/// A CPU that owns a table of handles, for the host tests and the loom models.
+#[cfg(test)]
+pub(crate) mod harness {
+    use super::*;
+    use crate::broadcast::Broadcast;
+    use crate::clockevents::fake::{FakeDriver, spec};
+    use crate::clockevents::{ClockEventDevice, CpuSet, Features};
+    use crate::hrtimer::Expired;
+    use crate::tick::expiry;
+    use crate::tick::{DeviceId, Service, TickMode};
+    use alloc::sync::Arc;
+    use std::sync::Mutex as StdMutex;
+
+    /// A test timer: its tag (what the oracle records), its period, its handle.
+    pub(crate) struct Pay {
+        pub(crate) tag: u64,
+        pub(crate) period_ns: u64,
+        pub(crate) handle: Option<TimerId>,
+    }
+
+    /// CPU 1 as the owner sees it: its tick behind a lock only its thread takes, a clock the
+    /// test moves, its handles and inbox, and the oracle's record of every callback.
+    pub(crate) struct Owner {
+        pub(crate) tick: spin::Mutex<CpuTick<Pay>>,
+        pub(crate) bc: spin::Mutex<Broadcast>,
+        pub(crate) clock: AtomicU64,
+        pub(crate) handles: Handles<Pay>,
+        pub(crate) inbox: Inbox<TimeMessage>,
+        /// (tag, deadline, clock at the callback).
+        pub(crate) ran: StdMutex<Vec<(u64, u64, u64)>>,
+        /// What a callback does besides being recorded (a cancel of its own handle).
+        pub(crate) during_run: StdMutex<Option<TimerId>>,
+        pub(crate) cancels_during_run: StdMutex<Vec<Result<Cancelled, crate::hrtimer::WrongCpu>>>,
+    }
+
+    impl Owner {
+        pub(crate) fn new(handles: usize, inbox: usize) -> Arc<Owner> {
+            let driver = FakeDriver::leak();
+            let device = Arc::new(ClockEventDevice::new(
+                spec("local", 100, CpuSet::single(1), Features::PER_CPU),
+                driver,
+            ));
+            let bc = spin::Mutex::new(Broadcast::new());
+            let mut tick = CpuTick::new(1, TickMode::Oneshot, 0, 4);
+            tick.reserve_for_handles(handles);
+            tick.assign(Service::Local(DeviceId(1)), Some(device), 0, &bc);
+            Arc::new(Owner {
+                tick: spin::Mutex::new(tick),
+                bc,
+                clock: AtomicU64::new(0),
+                handles: Handles::new(1, handles),
+                inbox: Inbox::new(inbox),
+                ran: StdMutex::new(Vec::new()),
+                during_run: StdMutex::new(None),
+                cancels_during_run: StdMutex::new(Vec::new()),
+            })
+        }
+
+        pub(crate) fn post(
+            &self,
+            deadline_ns: u64,
+            tag: u64,
+            period_ns: u64,
+        ) -> Result<TimerId, Refused<Pay>> {
+            self.handles.post(&self.inbox, deadline_ns, |handle| Pay { tag, period_ns, handle: Some(handle) })
+        }
+
+        /// The owner's turn at `now`: drain the inbox, then the expiry a wake-up starts.
+        pub(crate) fn turn(&self, now: u64) -> Drained {
+            self.clock.store(now, Ordering::Relaxed);
+            let drained =
+                drain(self, &self.inbox, |m| panic!("no other messages here: {m:?}")).expect("not nested");
+            let _ = expiry::wakeup(self, now);
+            drained
+        }
+
+        pub(crate) fn tags_ran(&self) -> Vec<u64> {
+            self.ran.lock().unwrap().iter().map(|r| r.0).collect()
+        }
+    }
+
+    impl ExpiryContext for Owner {
+        type Payload = Pay;
+        fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Pay>, &spin::Mutex<Broadcast>) -> R) -> Option<R> {
+            let mut tick = self.tick.try_lock().expect("only the owner takes its tick, never nested");
+            Some(f(&mut tick, &self.bc))
+        }
+        fn now_ns(&self) -> u64 {
+            self.clock.load(Ordering::Relaxed)
+        }
+        fn run(&self, timer: Expired<Pay>, now_ns: u64) -> Option<(u64, Pay)> {
+            self.ran.lock().unwrap().push((timer.payload.tag, timer.deadline_ns, now_ns));
+            if let Some(id) = self.during_run.lock().unwrap().take() {
+                self.cancels_during_run.lock().unwrap().push(self.handles.cancel(id));
+            }
+            let period = timer.payload.period_ns;
+            (period != 0).then(|| (crate::hrtimer::forward(timer.deadline_ns, period, now_ns), timer.payload))
+        }
+        fn handle_of(&self, payload: &Pay) -> Option<TimerId> {
+            payload.handle
+        }
+        fn handles(&self) -> Option<&Handles<Pay>> {
+            Some(&self.handles)
         }
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use super::harness::{Owner, Pay};
     use super::*;
-    use crate::hrtimer::{Cancel, TimerQueue};
     use crate::testing::XorShift;
     use alloc::sync::Arc;
-    use std::sync::Mutex as StdMutex;
-
-    /// The owner's side, as a kernel runs it on the timer's CPU.
-    fn arm_for(ticket: &RemoteArm, queue: &mut TimerQueue<u32>, deadline_ns: u64) {
-        if !ticket.wanted() {
-            return;
-        }
-        let id = queue.arm(deadline_ns, 7);
-        if !ticket.deliver(id) {
-            assert_eq!(queue.cancel(id), Ok(Cancel::Cancelled(7)), "cancelled before it could run");
-        }
-    }
+    use std::vec;
 
     #[test]
-    fn an_arm_that_lands_first_is_delivered_and_kept() {
-        let mut queue = TimerQueue::new(1);
-        let ticket = RemoteArm::new();
-        arm_for(&ticket, &mut queue, 50);
-        let id = ticket.armed().expect("delivered");
+    fn a_posted_timer_has_its_handle_at_once_and_runs_once_on_its_cpu_never_early() {
+        let cpu1 = Owner::new(8, 8);
+        let id = cpu1.post(1_000, 7, 0).ok().expect("posted");
         assert_eq!(id.cpu(), 1);
-        assert!(!ticket.wanted(), "settled");
-        assert_eq!(ticket.abandon(), Some(id), "giving up after it landed still yields the id");
-        assert_eq!(queue.deadline(id), Some(50));
+        assert!(Handles::<Pay>::is_handle(id));
+        assert_eq!(cpu1.turn(500), Drained { armed: 1, reclaimed: 0, other: 0 });
+        assert!(cpu1.tags_ran().is_empty(), "not before its deadline");
+        cpu1.turn(1_000);
+        cpu1.turn(5_000);
+        assert_eq!(cpu1.tags_ran(), vec![7], "once");
+        assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Inactive), "it already ran");
+        assert_eq!(cpu1.handles.in_use(), 0, "its slot is free again");
     }
 
     #[test]
-    fn an_abandon_that_overtakes_its_arm_stops_it() {
-        let mut queue = TimerQueue::new(1);
-        let ticket = RemoteArm::new();
-        assert_eq!(ticket.abandon(), None);
-        assert_eq!(ticket.abandon(), None, "abandoned stays abandoned");
-        arm_for(&ticket, &mut queue, 50);
-        assert!(queue.is_empty(), "an abandoned arm is not armed");
-        assert_eq!(ticket.armed(), None);
+    fn a_cancel_that_overtakes_its_arm_stops_it() {
+        let cpu1 = Owner::new(8, 8);
+        let id = cpu1.post(1_000, 7, 0).ok().unwrap();
+        assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Pending));
+        cpu1.inbox.try_send(Handles::<Pay>::cancel_message(id)).unwrap();
+        assert_eq!(cpu1.turn(2_000), Drained { armed: 0, reclaimed: 1, other: 0 });
+        assert!(cpu1.tags_ran().is_empty());
+        assert_eq!(cpu1.tick.lock().pending(), 0, "never queued");
+        assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Inactive), "cancelled once");
+        assert_eq!(cpu1.handles.in_use(), 0);
     }
 
     #[test]
-    fn an_abandon_between_the_check_and_the_delivery_cancels_at_once() {
-        let mut queue = TimerQueue::new(1);
-        let ticket = RemoteArm::new();
-        assert!(ticket.wanted());
-        let id = queue.arm(50, 7);
-        assert_eq!(ticket.abandon(), None, "the caller gave up before the delivery");
-        assert!(!ticket.deliver(id), "the owner learns it must cancel");
-        assert_eq!(queue.cancel(id), Ok(Cancel::Cancelled(7)));
-        assert!(queue.pop_expired(u64::MAX).is_none(), "the abandoned timer never runs");
-        assert_eq!(ticket.armed(), None);
+    fn a_cancel_message_that_comes_before_its_arm_message_reclaims_it_and_the_arm_is_ignored() {
+        // Delivered out of order (a platform whose messages can be reordered).
+        let cpu1 = Owner::new(8, 8);
+        let id = cpu1.post(1_000, 7, 0).ok().unwrap();
+        let arm = cpu1.inbox.receiver().unwrap().recv().expect("the arm");
+        assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Pending));
+        cpu1.inbox.try_send(Handles::<Pay>::cancel_message(id)).unwrap();
+        cpu1.inbox.try_send(arm).unwrap();
+        assert_eq!(cpu1.turn(2_000), Drained { armed: 0, reclaimed: 1, other: 0 });
+        assert!(cpu1.tags_ran().is_empty());
+        assert_eq!(cpu1.tick.lock().pending(), 0, "the late arm armed nothing");
     }
 
-    /// The owner and the caller on two threads, the caller giving up after a random spin: in
-    /// every run, either the caller holds the id of a pending timer, or no timer is pending.
     #[test]
-    fn random_schedules_of_owner_and_caller_leave_no_orphan_and_lose_no_id() {
-        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
-        let (mut delivered, mut abandoned) = (0, 0);
-        for _ in 0..2_000 {
-            let ticket = Arc::new(RemoteArm::new());
-            let queue = Arc::new(StdMutex::new(TimerQueue::new(1)));
-            let (owner_spin, caller_spin) = (rng.below(200), rng.below(200));
+    fn a_cancel_after_the_arm_landed_stops_it_even_if_its_message_is_lost() {
+        let cpu1 = Owner::new(8, 8);
+        let id = cpu1.post(1_000, 7, 0).ok().unwrap();
+        cpu1.turn(10);
+        assert_eq!(cpu1.tick.lock().pending(), 1);
+        assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Pending));
+        // No cancel message (the owner's inbox was full): found cancelled at the deadline.
+        cpu1.turn(2_000);
+        assert!(cpu1.tags_ran().is_empty(), "a timer answered cancelled never runs");
+        assert_eq!(cpu1.handles.in_use(), 0, "reclaimed at its deadline");
+        assert_eq!(cpu1.tick.lock().pending(), 0);
+    }
+
+    #[test]
+    fn a_cancel_while_it_runs_answers_running_and_a_periodic_timer_is_not_rearmed() {
+        let cpu1 = Owner::new(8, 8);
+        let id = cpu1.post(1_000, 7, 1_000).ok().unwrap();
+        cpu1.turn(1_000);
+        cpu1.turn(2_000);
+        assert_eq!(cpu1.tags_ran(), vec![7, 7], "periodic");
+        *cpu1.during_run.lock().unwrap() = Some(id);
+        cpu1.turn(3_000);
+        assert_eq!(*cpu1.cancels_during_run.lock().unwrap(), vec![Ok(Cancelled::Running)]);
+        cpu1.turn(10_000);
+        assert_eq!(cpu1.tags_ran(), vec![7, 7, 7], "not re-armed after the cancel");
+        assert_eq!(cpu1.handles.in_use(), 0);
+        assert_eq!(cpu1.tick.lock().pending(), 0);
+    }
+
+    #[test]
+    fn an_old_handle_never_reaches_a_later_timer_in_its_slot() {
+        let cpu1 = Owner::new(1, 8);
+        let old = cpu1.post(100, 1, 0).ok().unwrap();
+        cpu1.turn(200);
+        let new = cpu1.post(1_000, 2, 0).ok().unwrap();
+        assert_eq!(old.parts().1, new.parts().1, "the same slot");
+        assert_eq!(cpu1.handles.cancel(old), Ok(Cancelled::Inactive));
+        cpu1.turn(300);
+        cpu1.turn(1_000);
+        assert_eq!(cpu1.tags_ran(), vec![1, 2], "the new timer was not cancelled by the old handle");
+    }
+
+    #[test]
+    fn full_tables_and_inboxes_refuse_with_the_payload_back_and_arm_nothing() {
+        let cpu1 = Owner::new(2, 2);
+        cpu1.post(100, 1, 0).ok().unwrap();
+        cpu1.post(100, 2, 0).ok().unwrap();
+        let refused = cpu1.post(100, 3, 0).expect_err("no handle left");
+        assert_eq!(refused.error, ArmError::HandlesFull { cpu: 1, capacity: 2 });
+        assert_eq!(refused.payload.tag, 3);
+        cpu1.turn(200);
+        assert_eq!(cpu1.tags_ran(), vec![1, 2]);
+        // A table with room, an inbox without.
+        let cpu1 = Owner::new(8, 2);
+        cpu1.post(100, 1, 0).ok().unwrap();
+        cpu1.post(100, 2, 0).ok().unwrap();
+        let refused = cpu1.post(100, 3, 0).expect_err("the inbox is full");
+        assert_eq!(refused.error, ArmError::InboxFull { cpu: 1 });
+        assert_eq!(cpu1.handles.in_use(), 2, "the refused arm's slot is free");
+        cpu1.turn(200);
+        assert_eq!(cpu1.tags_ran(), vec![1, 2]);
+    }
+
+    #[test]
+    fn another_cpus_handle_or_a_queue_id_is_refused() {
+        let cpu1 = Owner::new(8, 8);
+        let cpu2 = Handles::<Pay>::new(2, 8);
+        let theirs =
+            cpu2.post(&Inbox::new(4), 100, |h| Pay { tag: 0, period_ns: 0, handle: Some(h) }).ok().unwrap();
+        assert_eq!(cpu1.handles.cancel(theirs), Err(crate::hrtimer::WrongCpu { id_cpu: 2, queue_cpu: 1 }));
+        let queue_id = TimerId::from_parts(1, 0, 0);
+        assert!(cpu1.handles.cancel(queue_id).is_err(), "a queue's id is no handle");
+    }
+
+    /// The owner on its thread (draining, expiring on a clock it moves), two senders arming
+    /// timers on it and cancelling some at random moments: every timer whose cancel did not
+    /// answer `Pending` runs exactly once, never early; none that did runs; nothing is left.
+    #[test]
+    fn senders_and_the_owner_on_threads_lose_nothing_and_run_nothing_cancelled() {
+        for seed in 1..=20u64 {
+            let cpu1 = Owner::new(64, 64);
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let owner = {
-                let (ticket, queue) = (ticket.clone(), queue.clone());
+                let (cpu1, stop) = (cpu1.clone(), stop.clone());
                 std::thread::spawn(move || {
-                    for _ in 0..owner_spin {
-                        core::hint::spin_loop();
+                    let mut now = 0;
+                    while !stop.load(Ordering::Acquire) {
+                        now += 37;
+                        cpu1.turn(now);
                     }
-                    arm_for(&ticket, &mut queue.lock().unwrap(), 50);
+                    now
                 })
             };
-            for _ in 0..caller_spin {
-                core::hint::spin_loop();
+            let senders: Vec<_> = (0..2u64)
+                .map(|s| {
+                    let cpu1 = cpu1.clone();
+                    std::thread::spawn(move || {
+                        let mut rng = XorShift(seed * 7919 + s);
+                        let mut outcomes = Vec::new();
+                        let mut live: Vec<(u64, TimerId)> = Vec::new();
+                        for n in 0..400u64 {
+                            let tag = s << 32 | n;
+                            let now = cpu1.clock.load(Ordering::Relaxed);
+                            match cpu1.post(now + rng.below(3_000), tag, 0) {
+                                Ok(id) => live.push((tag, id)),
+                                Err(r) => outcomes.push((r.payload.tag, None)),
+                            }
+                            if rng.below(3) == 0 && !live.is_empty() {
+                                let (tag, id) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                                let answer = cpu1.handles.cancel(id).unwrap();
+                                if answer == Cancelled::Pending {
+                                    let _ = cpu1.inbox.try_send(Handles::<Pay>::cancel_message(id));
+                                }
+                                outcomes.push((tag, Some(answer)));
+                            }
+                            for _ in 0..rng.below(50) {
+                                core::hint::spin_loop();
+                            }
+                        }
+                        outcomes.extend(live.into_iter().map(|(tag, _)| (tag, Some(Cancelled::Inactive))));
+                        outcomes
+                    })
+                })
+                .collect();
+            let outcomes: Vec<(u64, Option<Cancelled>)> =
+                senders.into_iter().flat_map(|s| s.join().unwrap()).collect();
+            stop.store(true, Ordering::Release);
+            let now = owner.join().unwrap();
+            cpu1.turn(now + 10_000);
+            cpu1.turn(now + 20_000);
+            let ran = cpu1.ran.lock().unwrap();
+            for &(tag, deadline, at) in ran.iter() {
+                assert!(
+                    at >= deadline,
+                    "seed {seed}: timer {tag:#x} ran at {at}, before its deadline {deadline}"
+                );
             }
-            let kept = ticket.abandon();
-            owner.join().unwrap();
-            let mut queue = queue.lock().unwrap();
-            match kept {
-                Some(id) => {
-                    assert_eq!(queue.deadline(id), Some(50), "the caller's id names a pending timer");
-                    assert_eq!(queue.len(), 1);
-                    delivered += 1;
-                }
-                None => {
-                    assert!(queue.pop_expired(u64::MAX).is_none(), "an abandoned arm left a timer");
-                    abandoned += 1;
+            for (tag, outcome) in outcomes {
+                let runs = ran.iter().filter(|r| r.0 == tag).count();
+                match outcome {
+                    None => assert_eq!(runs, 0, "seed {seed}: a refused arm ran"),
+                    Some(Cancelled::Pending) => {
+                        assert_eq!(runs, 0, "seed {seed}: {tag:#x} ran after its cancel")
+                    }
+                    // Running, or never cancelled / cancelled after it ran.
+                    Some(_) => assert_eq!(runs, 1, "seed {seed}: timer {tag:#x} ran {runs} times"),
                 }
             }
+            assert_eq!(cpu1.handles.in_use(), 0, "seed {seed}: slots left in use");
+            assert_eq!(cpu1.tick.lock().pending(), 0, "seed {seed}: timers left queued");
         }
-        assert!(
-            delivered > 0 && abandoned > 0,
-            "both orders seen: {delivered} delivered, {abandoned} abandoned"
-        );
     }
 }

@@ -78,6 +78,9 @@ pub struct CpuTick<T> {
     /// The sequence number of the last assignment applied (older ones arriving late are
     /// stale).
     last_assignment: u64,
+    /// Room the queue keeps for timers posted through this CPU's handles
+    /// ([`reserve_for_handles`](Self::reserve_for_handles)).
+    handle_reserve: usize,
 }
 
 /// What [`CpuTick::broadcast_enter`] did before deep idle.
@@ -156,6 +159,7 @@ impl<T> CpuTick<T> {
             suspended: false,
             handovers: 0,
             last_assignment: 0,
+            handle_reserve: 0,
         }
     }
 
@@ -309,6 +313,15 @@ impl<T> CpuTick<T> {
     pub fn reserve(&mut self, additional: usize) {
         self.queue.reserve(additional);
     }
+    /// Keeps room in the queue for `handles` timers posted from other CPUs
+    /// ([`crate::remote::Handles`] of that capacity), allocating it now: a timer armed here
+    /// directly never takes that room (outside an expiry the queue grows first; in one the arm
+    /// is refused, [`ArmError::QueueFull`]), so a posted timer always fits without allocating
+    /// ([`arm_reserved`](Self::arm_reserved)).
+    pub fn reserve_for_handles(&mut self, handles: usize) {
+        self.handle_reserve = handles;
+        self.queue.reserve(handles + 1);
+    }
     /// Timers the queue holds before arming allocates (outside an expiry it then grows).
     pub fn capacity(&self) -> usize {
         self.queue.capacity()
@@ -406,15 +419,33 @@ impl<T> CpuTick<T> {
         if self.service == Service::None {
             return Err(Refused { error: ArmError::NoTickDevice(self.cpu), payload });
         }
-        if self.expiring && self.queue.is_full() {
-            let error = ArmError::QueueFull { cpu: self.cpu, capacity: self.queue.capacity() };
-            return Err(Refused { error, payload });
+        if self.queue.spare_capacity() <= self.handle_reserve {
+            if self.expiring {
+                let error = ArmError::QueueFull { cpu: self.cpu, capacity: self.queue.capacity() };
+                return Err(Refused { error, payload });
+            }
+            // Doubling, so that arming stays amortised O(1).
+            self.queue.reserve(self.queue.capacity().max(self.handle_reserve + 1));
         }
+        Ok(self.arm_reserved(deadline_ns, payload, now_ns, bc))
+    }
+
+    /// Arms a timer posted through this CPU's handles ([`crate::remote::drain`]): it takes
+    /// the room kept for them, so it does not allocate; and it is queued even while no device
+    /// serves this CPU (the sender was told it is armed: it waits for a device).
+    #[inline]
+    pub fn arm_reserved(
+        &mut self,
+        deadline_ns: u64,
+        payload: T,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+    ) -> TimerId {
         let id = self.queue.arm(deadline_ns, payload);
-        if deadline_ns < self.next_event_ns {
+        if deadline_ns < self.next_event_ns && self.service != Service::None {
             self.reprogram(now_ns, bc);
         }
-        Ok(id)
+        id
     }
 
     /// Cancels a timer of this CPU. The device keeps its programmed time: an interrupt with

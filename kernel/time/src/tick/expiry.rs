@@ -16,7 +16,8 @@
 
 use super::{CpuTick, DeviceFailure, DeviceId};
 use crate::broadcast::Broadcast;
-use crate::hrtimer::Expired;
+use crate::hrtimer::{Expired, TimerId};
+use crate::remote::Handles;
 use spin::Mutex;
 
 /// Passes of one expiry before it is judged a hang: the first and three retries, as Linux's
@@ -52,6 +53,18 @@ pub trait ExpiryContext {
     /// Returns the next deadline and the payload of a periodic timer to re-arm; a one-shot
     /// timer's payload is dropped here, outside the guard.
     fn run(&self, timer: Expired<Self::Payload>, now_ns: u64) -> Option<(u64, Self::Payload)>;
+    /// The handle a payload was armed through ([`crate::remote::Handles::post`]), if any: its
+    /// timer runs only if no cancel got there first. None by default (no handles).
+    #[inline]
+    fn handle_of(&self, payload: &Self::Payload) -> Option<TimerId> {
+        let _ = payload;
+        None
+    }
+    /// This CPU's table of handles, if it has one (none by default).
+    #[inline]
+    fn handles(&self) -> Option<&Handles<Self::Payload>> {
+        None
+    }
     /// A point of the path reached (no-op by default).
     #[inline]
     fn trace(&self, point: ExpiryPoint) {
@@ -179,6 +192,26 @@ fn next_step<C: ExpiryContext>(
     }
 }
 
+/// A handle's timer runs only if no cancel got there first (from any CPU: the handle's state
+/// says), and a periodic one is re-armed only if no cancel came while it ran. A payload not
+/// run or not re-armed is dropped here, outside the guard.
+#[inline(never)]
+fn run_handle<C: ExpiryContext>(
+    cx: &C,
+    handle: TimerId,
+    expired: Expired<C::Payload>,
+    pass: &mut Pass,
+) -> Option<(u64, C::Payload)> {
+    let Some(handles) = cx.handles() else { return cx.run(expired, pass.now_ns) };
+    if !handles.begin_run(handle) {
+        drop(expired);
+        return None;
+    }
+    pass.callbacks += 1;
+    let again = cx.run(expired, pass.now_ns);
+    if handles.end_run(handle, again.is_some()) { again } else { None }
+}
+
 /// Runs the popped timers' callbacks one at a time outside the guard, completing each (a
 /// periodic one re-armed, a refused re-arm's payload dropped outside the guard) and popping the
 /// next under one guard, until the expiry ends.
@@ -191,8 +224,13 @@ fn expire<C: ExpiryContext>(cx: &C, pass: &mut Pass, mut step: Step<C::Payload>)
         match step {
             Step::Run(expired) => {
                 let id = expired.id;
-                pass.callbacks += 1;
-                let again = cx.run(expired, pass.now_ns);
+                let again = match cx.handle_of(&expired.payload) {
+                    None => {
+                        pass.callbacks += 1;
+                        cx.run(expired, pass.now_ns)
+                    }
+                    Some(handle) => run_handle(cx, handle, expired, pass),
+                };
                 let next = cx.with_tick(|t, bc| {
                     let refused = t.complete(id, again).err();
                     (refused, next_step(cx, t, bc, pass))

@@ -99,11 +99,22 @@ pub enum ArmError {
     InterruptsDisabled,
     /// A periodic timer with a period of zero.
     ZeroPeriod,
-    /// The timer's CPU is online but did not take the arm within the caller's wait (it is
-    /// busy with interrupts off, or stalled). An owner that abandons the arm through a
-    /// [`RemoteArm`](crate::remote::RemoteArm) can promise it never runs.
+    /// The timer's CPU is online but did not take a request within the caller's wait (it is
+    /// busy with interrupts off, or stalled).
     Timeout {
         /// The CPU that did not answer.
+        cpu: usize,
+    },
+    /// Every handle of the timer's CPU is in use ([`crate::remote::Handles`]): nothing armed.
+    HandlesFull {
+        /// The CPU.
+        cpu: usize,
+        /// Its handles.
+        capacity: usize,
+    },
+    /// The timer's CPU's inbox is full (it has not drained its messages): nothing armed.
+    InboxFull {
+        /// The CPU.
         cpu: usize,
     },
     /// Armed during its CPU's expiry (from a timer callback: the timer interrupt path, which
@@ -126,6 +137,10 @@ impl fmt::Display for ArmError {
             }
             ArmError::ZeroPeriod => write!(f, "a periodic timer needs a period above zero"),
             ArmError::Timeout { cpu } => write!(f, "CPU {cpu} did not take the timer in time"),
+            ArmError::HandlesFull { cpu, capacity } => {
+                write!(f, "all {capacity} timer handles of CPU {cpu} are in use")
+            }
+            ArmError::InboxFull { cpu } => write!(f, "CPU {cpu}'s inbox is full"),
             ArmError::QueueFull { cpu, capacity } => write!(
                 f,
                 "CPU {cpu}'s timer queue is full ({capacity} timers) and does not grow in its timer interrupt"

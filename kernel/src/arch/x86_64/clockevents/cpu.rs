@@ -11,7 +11,9 @@ use crate::arch::x86_64::smp::percpu;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use kernel_time::broadcast::Broadcast;
-use kernel_time::hrtimer::Expired;
+use kernel_time::hrtimer::{Expired, TimerId};
+use kernel_time::inbox::{Inbox, TimeMessage};
+use kernel_time::remote::{self, Handles};
 use kernel_time::tick::expiry::{self, Expiry, ExpiryContext, ExpiryPoint, Outcome};
 use kernel_time::tick::{CpuTick, DeviceId};
 use spin::{Mutex, MutexGuard};
@@ -19,10 +21,19 @@ use spin::{Mutex, MutexGuard};
 /// Timers each CPU has room for before arming allocates (the slab then doubles).
 const TIMERS_PER_CPU: usize = 1024;
 
+/// [`super::Timer`]s each CPU holds at once (its handles), and the messages its inbox holds.
+/// Past either, an arm is refused (`ArmError::HandlesFull`, `ArmError::InboxFull`).
+pub const HANDLES_PER_CPU: usize = 256;
+const INBOX_PER_CPU: usize = 256;
+
 /// A CPU's timekeeping state, in its `PerCpu`.
 pub struct CpuTime {
     /// Taken only by its own CPU, with interrupts off ([`TickGuard`]): never contended.
     tick: Mutex<Option<CpuTick<Payload>>>,
+    /// Timers armed here through handles, by any CPU (lock-free; made with the tick).
+    pub handles: spin::Once<Handles<Payload>>,
+    /// What other CPUs ask of this one (lock-free; made with the tick).
+    pub inbox: spin::Once<Inbox<TimeMessage>>,
     /// Completed `sleep_ns` wake-ups.
     pub sleep_wakeups: AtomicU64,
     /// The time-layer id of this CPU's LAPIC timer (`usize::MAX`: none), for its vector.
@@ -46,6 +57,8 @@ impl CpuTime {
     pub const fn new() -> CpuTime {
         CpuTime {
             tick: Mutex::new(None),
+            handles: spin::Once::new(),
+            inbox: spin::Once::new(),
             sleep_wakeups: AtomicU64::new(0),
             lapic_device: AtomicUsize::new(usize::MAX),
             idle_entries: AtomicU64::new(0),
@@ -139,8 +152,12 @@ pub fn with_tick_and_broadcast<R>(
 /// Gives the calling CPU its tick (not yet served by any device).
 pub(super) fn create_tick(mode: kernel_time::tick::TickMode) {
     let cpu = percpu::this_cpu();
+    cpu.time.handles.call_once(|| Handles::new(cpu.index, HANDLES_PER_CPU));
+    cpu.time.inbox.call_once(|| Inbox::new(INBOX_PER_CPU));
     x86_64::instructions::interrupts::without_interrupts(|| {
-        *cpu.time.tick.lock() = Some(CpuTick::new(cpu.index, mode, now_ns(), TIMERS_PER_CPU));
+        let mut tick = CpuTick::new(cpu.index, mode, now_ns(), TIMERS_PER_CPU);
+        tick.reserve_for_handles(HANDLES_PER_CPU);
+        *cpu.time.tick.lock() = Some(tick);
     });
 }
 
@@ -176,7 +193,7 @@ impl ExpiryContext for ThisCpu {
         let mut payload = timer.payload;
         let event = TimerEvent {
             cpu: self.index,
-            id: timer.id,
+            id: payload.handle.unwrap_or(timer.id),
             deadline_ns: timer.deadline_ns,
             now_ns,
             data: payload.data,
@@ -184,6 +201,16 @@ impl ExpiryContext for ThisCpu {
         payload.callback.run(&event);
         // A one-shot payload is dropped here, outside the guard.
         payload.next_deadline(timer.deadline_ns, now_ns).map(|at| (at, payload))
+    }
+
+    #[inline]
+    fn handle_of(&self, payload: &Payload) -> Option<TimerId> {
+        payload.handle
+    }
+
+    #[inline]
+    fn handles(&self) -> Option<&Handles<Payload>> {
+        percpu::this_cpu().time.handles.get()
     }
 
     #[inline]
@@ -225,9 +252,28 @@ fn broadcast_interrupt(here: usize, now: u64) {
     }
 }
 
-/// The broadcast wake-up IPI (or a wake-up for a misrouted event of this CPU's device).
+/// Drains the calling CPU's inbox with interrupts off: timers posted to it through its
+/// handles are armed, cancelled ones reclaimed (`kernel_time::remote::drain`). Called from
+/// inside a drain (a payload's drop arming a timer here), it wakes this CPU by an IPI, which
+/// lands when the drain in progress has ended, so nothing is stranded.
+pub(super) fn drain_inbox() {
+    let cpu = percpu::this_cpu();
+    let Some(inbox) = cpu.time.inbox.get() else { return };
+    let drained = x86_64::instructions::interrupts::without_interrupts(|| {
+        remote::drain(&ThisCpu { index: cpu.index }, inbox, |m| {
+            debug_assert!(matches!(m, TimeMessage::Wake), "no other message is sent here: {m:?}");
+        })
+    });
+    if drained.is_none() {
+        registry::send_wakeup(cpu.index);
+    }
+}
+
+/// The wake-up IPI: another CPU posted to this one's inbox, the broadcast woke it, or a
+/// misrouted event of its device.
 pub(super) fn wake_interrupt(_vector: u8) {
     path_trace::stamp(Stage::Acked);
+    drain_inbox();
     let now = now_ns();
     path_trace::stamp(Stage::ClockRead);
     wakeup(now);

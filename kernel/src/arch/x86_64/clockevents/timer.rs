@@ -3,21 +3,23 @@
 //! handle that cancels on drop, and `sleep_ns`.
 //!
 //! Callbacks run in interrupt context (interrupts disabled) on the CPU the timer was armed
-//! on, never before their deadline. Arming and cancelling on the calling CPU touch only its
-//! own tick and allocate nothing for a plain function callback; a timer on another CPU is
-//! queued to its owner by a function-call IPI.
+//! on, never before their deadline. `arm_at`/`cancel` on the calling CPU touch only its own
+//! tick and allocate nothing for a plain function callback. A [`Timer`] (any CPU, from any
+//! CPU) goes through its CPU's handles and inbox (`kernel_time::remote`): the arm returns its
+//! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
+//! anywhere answers at once and never waits for the timer's CPU.
 
 use super::cpu::{this_cpu_tick, with_tick};
 use super::registry;
 use crate::arch::x86_64::clocksource::now_ns;
-use crate::arch::x86_64::smp::{self, percpu};
+use crate::arch::x86_64::smp::percpu;
 use alloc::boxed::Box;
-use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
 use kernel_time::hrtimer::{Cancel, TimerId, WrongCpu};
 use kernel_time::instant::Instant;
-use kernel_time::remote::RemoteArm;
+pub use kernel_time::remote::Cancelled;
+use kernel_time::remote::Handles;
 use kernel_time::tick::ArmError;
 
 /// What a timer callback learns.
@@ -72,6 +74,8 @@ pub struct Payload {
     pub(super) data: u64,
     /// 0: one-shot; else re-armed every `period_ns` from its deadline.
     period_ns: u64,
+    /// The handle it was armed through (a [`Timer`]), if any.
+    pub(super) handle: Option<TimerId>,
 }
 
 impl Payload {
@@ -81,30 +85,11 @@ impl Payload {
     }
 }
 
-/// What a cancel found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cancelled {
-    /// It was pending and never runs now.
-    Pending,
-    /// Its callback is running at this moment (a cancel from its own callback): it is not
-    /// re-armed, and the running callback finishes.
-    Running,
-    /// It already ran (one-shot), was cancelled, or never existed.
-    Inactive,
-    /// No answer in time: asked from another CPU with interrupts disabled (where waiting could
-    /// deadlock), or the timer's CPU did not take the cancel within 1 s. The cancel is queued
-    /// to the timer's CPU and takes effect when it lands; until then the timer may still run
-    /// (once, if it falls due first).
-    Queued,
-}
-
-impl<T> From<Cancel<T>> for Cancelled {
-    fn from(c: Cancel<T>) -> Cancelled {
-        match c {
-            Cancel::Cancelled(_) => Cancelled::Pending,
-            Cancel::Running => Cancelled::Running,
-            Cancel::Inactive => Cancelled::Inactive,
-        }
+fn from_queue<T>(c: Cancel<T>) -> Cancelled {
+    match c {
+        Cancel::Cancelled(_) => Cancelled::Pending,
+        Cancel::Running => Cancelled::Running,
+        Cancel::Inactive => Cancelled::Inactive,
     }
 }
 
@@ -135,7 +120,7 @@ pub fn reserve(timers: usize) {
 
 /// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
 pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
-    arm_here(deadline_ns, Payload { callback: Callback::Fn(f), data, period_ns: 0 })
+    arm_here(deadline_ns, Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None })
 }
 
 /// Arms a timer on the calling CPU `delay_ns` from now.
@@ -145,8 +130,11 @@ pub fn arm_after(delay_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmErr
 
 /// Cancels a timer of the calling CPU: `Ok(true)` if it was pending (it never runs now). An id
 /// of another CPU is refused and touches nothing (cancel it on its CPU, or through its
-/// [`Timer`], which cancels from anywhere).
+/// [`Timer`], which cancels from anywhere); a [`Timer`]'s id is cancelled as its `cancel` does.
 pub fn cancel(id: TimerId) -> Result<bool, WrongCpu> {
+    if Handles::<Payload>::is_handle(id) {
+        return Ok(cancel_handle(id) == Cancelled::Pending);
+    }
     Ok(cancel_here(id)? == Cancelled::Pending)
 }
 
@@ -158,73 +146,68 @@ fn cancel_here(id: TimerId) -> Result<Cancelled, WrongCpu> {
     // A cancelled payload is dropped after the guard: dropping a closure may run code that
     // touches this CPU's timers (a `Timer` it owns cancels itself).
     match with_tick(|t| t.cancel(id)) {
-        Some(found) => found.map(Cancelled::from),
+        Some(found) => found.map(from_queue),
         None => Ok(Cancelled::Inactive),
     }
 }
 
-/// Cancels a timer on its own CPU (where a [`Timer`]'s cancel runs).
-fn cancel_on_its_cpu(id: TimerId) -> Cancelled {
-    cancel_here(id).expect("a timer is cancelled on the CPU its id names")
-}
-
-/// Arms `payload` on CPU `cpu`: here directly, elsewhere by a call on that CPU, waiting for
-/// its timer id (so interrupts must be enabled). A call that times out is abandoned: when it
-/// lands, its CPU does not arm it (or cancels it at once), so `Timeout` means it never runs;
-/// an arm that landed as the wait ended is kept and its id returned.
-fn arm_on_cpu(cpu: usize, deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
-    if cpu == this_cpu() {
-        return arm_here(deadline_ns, payload);
-    }
-    let ticket = Arc::new(RemoteArm::new());
-    let owner = ticket.clone();
-    match smp::call_on(cpu, move || arm_for(&owner, deadline_ns, payload)) {
-        Ok(result) => result,
-        Err(smp::CallError::Timeout { cpu }) => ticket.abandon().ok_or(ArmError::Timeout { cpu }),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// On the timer's CPU (in its function-call interrupt): arms a posted timer unless its caller
-/// gave up waiting, and cancels it at once if the caller gave up while it was being armed.
-fn arm_for(ticket: &RemoteArm, deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
-    if !ticket.wanted() {
-        // Nobody reads this answer: the caller was told the timer never runs.
-        return Err(ArmError::Timeout { cpu: this_cpu() });
-    }
-    let id = arm_here(deadline_ns, payload)?;
-    if !ticket.deliver(id) {
-        // Interrupts have been off since the arm: it cannot have run. Its payload is dropped
-        // here, outside the tick guard.
-        let payload = with_tick(|t| t.cancel(id).ok().and_then(Cancel::cancelled)).flatten();
-        debug_assert!(payload.is_some(), "an abandoned arm is still pending on its CPU");
-        drop(payload);
-    }
+/// Arms `payload` on CPU `cpu` through its handles, from any CPU and any context (interrupts
+/// are off meanwhile, so the sender's window in the inbox is a few instructions): the handle
+/// comes back at once. On the calling CPU the inbox is drained now (the timer is armed when
+/// this returns); another CPU is woken by an IPI and arms it then.
+fn post(
+    cpu: usize,
+    deadline_ns: u64,
+    callback: Callback,
+    data: u64,
+    period_ns: u64,
+) -> Result<TimerId, ArmError> {
+    let target = percpu::cpu(cpu).ok_or(ArmError::CpuNotOnline(cpu))?;
+    let (Some(handles), Some(inbox)) = (target.time.handles.get(), target.time.inbox.get()) else {
+        return Err(ArmError::CpuNotOnline(cpu));
+    };
+    let posted = x86_64::instructions::interrupts::without_interrupts(|| {
+        handles.post(inbox, deadline_ns, |handle| Payload { callback, data, period_ns, handle: Some(handle) })
+    });
+    // A refused payload is dropped here, with interrupts as the caller had them.
+    let id = posted.map_err(|refused| refused.error)?;
+    deliver(cpu);
     Ok(id)
 }
 
-/// What a call that did not reach its CPU means for a timer armed there: each its own answer.
-impl From<smp::CallError> for ArmError {
-    fn from(e: smp::CallError) -> ArmError {
-        match e {
-            smp::CallError::NoSuchCpu(cpu) => ArmError::CpuNotOnline(cpu),
-            smp::CallError::Timeout { cpu } => ArmError::Timeout { cpu },
-            smp::CallError::InterruptsDisabled => ArmError::InterruptsDisabled,
-        }
+/// Has CPU `cpu` drain its inbox: now on the calling CPU, else by the wake-up IPI.
+fn deliver(cpu: usize) {
+    if cpu == this_cpu() {
+        super::cpu::drain_inbox();
+    } else {
+        registry::send_wakeup(cpu);
     }
 }
 
-/// Arms a timer on CPU `cpu` from any CPU, without waiting: usable in interrupt context (a
-/// callback), where waiting for another CPU could deadlock. Its owner arms it when the
-/// function-call IPI arrives; it cannot be cancelled (no id comes back).
-pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<(), ArmError> {
-    let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0 };
-    smp::post(cpu, move || {
-        if let Err(e) = arm_here(deadline_ns, payload) {
-            log::warn!("a timer posted to CPU {cpu} could not be armed: {e}");
+/// Cancels a [`Timer`]'s handle from any CPU, at once (see [`Cancelled`]); the timer's CPU
+/// then takes it out of its queue (now, if that is the calling CPU).
+fn cancel_handle(id: TimerId) -> Cancelled {
+    let Some(target) = percpu::cpu(id.cpu()) else { return Cancelled::Inactive };
+    let (Some(handles), Some(inbox)) = (target.time.handles.get(), target.time.inbox.get()) else {
+        return Cancelled::Inactive;
+    };
+    let answer = handles.cancel(id).unwrap_or(Cancelled::Inactive);
+    if answer == Cancelled::Pending {
+        // Best effort: if the inbox is full, the owner finds it cancelled at its deadline.
+        let sent = x86_64::instructions::interrupts::without_interrupts(|| {
+            inbox.try_send(Handles::<Payload>::cancel_message(id)).is_ok()
+        });
+        if sent {
+            deliver(id.cpu());
         }
-    })
-    .map_err(ArmError::from)
+    }
+    answer
+}
+
+/// Arms a timer on CPU `cpu` from any CPU and any context (a callback included), without
+/// waiting; it cannot be cancelled (use [`Timer::with_fn`] and keep the [`Timer`] for that).
+pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<(), ArmError> {
+    post(cpu, deadline_ns, Callback::Fn(f), data, 0).map(drop)
 }
 
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
@@ -269,15 +252,13 @@ impl Timer {
         Timer::arm(cpu, first.as_nanos(), period_ns, Callback::Closure(Box::new(callback)))
     }
 
-    /// A timer running a plain function (no allocation on this CPU).
+    /// A timer running a plain function (no allocation).
     pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
-        let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0 };
-        Ok(Timer { id: arm_on_cpu(cpu, deadline.as_nanos(), payload)?, cancel_on_drop: true })
+        Ok(Timer { id: post(cpu, deadline.as_nanos(), Callback::Fn(f), data, 0)?, cancel_on_drop: true })
     }
 
     fn arm(cpu: usize, deadline_ns: u64, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
-        let payload = Payload { callback, data: 0, period_ns };
-        Ok(Timer { id: arm_on_cpu(cpu, deadline_ns, payload)?, cancel_on_drop: true })
+        Ok(Timer { id: post(cpu, deadline_ns, callback, 0, period_ns)?, cancel_on_drop: true })
     }
 
     pub fn cpu(&self) -> usize {
@@ -287,28 +268,11 @@ impl Timer {
         self.id
     }
 
-    /// Cancels it, from any CPU (another CPU's timer by a call on that CPU, which runs between
-    /// its callbacks, so it never races one). From another CPU with interrupts disabled, or
-    /// when that CPU does not answer within 1 s, the answer is [`Cancelled::Queued`]: the
-    /// cancel still lands there, later.
+    /// Cancels it, from any CPU and any context, at once: it was pending and never runs now,
+    /// its callback is running now on its CPU (a periodic one is not re-armed), or it already
+    /// ran or was cancelled. Never waits for the timer's CPU.
     pub fn cancel(&self) -> Cancelled {
-        let (cpu, id) = (self.id.cpu(), self.id);
-        if cpu == this_cpu() {
-            return cancel_on_its_cpu(id);
-        }
-        match smp::call_on(cpu, move || cancel_on_its_cpu(id)) {
-            Ok(c) => c,
-            Err(smp::CallError::InterruptsDisabled) => {
-                let _ = smp::post(cpu, move || {
-                    cancel_on_its_cpu(id);
-                });
-                Cancelled::Queued
-            }
-            // The call stays queued on the timer's CPU: the cancel lands when it runs.
-            Err(smp::CallError::Timeout { .. }) => Cancelled::Queued,
-            // A Timer's CPU was online when it was armed, and CPUs do not go offline.
-            Err(smp::CallError::NoSuchCpu(_)) => Cancelled::Inactive,
-        }
+        cancel_handle(self.id)
     }
 
     /// Lets the timer live on after the handle is dropped.
