@@ -43,6 +43,7 @@ use crate::tick::{ArmError, CpuTick, Refused};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
+use core::num::NonZeroU64;
 
 /// The bit of a [`TimerId`]'s slot that says it is a handle's slot (in its CPU's [`Handles`]),
 /// not a slot of its CPU's queue.
@@ -137,6 +138,23 @@ impl<P> Handles<P> {
     /// How many handles it holds at most.
     pub fn capacity(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Handle `id` in one word without its CPU, for a payload kept on its own CPU (which
+    /// [`unpack`](Self::unpack) adds back): a smaller payload is copied faster on the timer
+    /// path.
+    #[inline]
+    pub fn pack(id: TimerId) -> NonZeroU64 {
+        let (_, slot, generation) = id.parts();
+        // A handle's slot has HANDLE_BIT set: never zero.
+        NonZeroU64::new(u64::from(slot | HANDLE_BIT) << 32 | u64::from(generation)).unwrap_or(NonZeroU64::MIN)
+    }
+
+    /// The handle [`pack`](Self::pack) made `packed` of, on CPU `cpu`.
+    #[inline]
+    pub fn unpack(cpu: usize, packed: NonZeroU64) -> TimerId {
+        let packed = packed.get();
+        TimerId::from_parts(cpu as u32, (packed >> 32) as u32, packed as u32)
     }
 
     /// Whether `id` is a handle (of any CPU), not a queue's own id.
@@ -652,6 +670,13 @@ mod tests {
         assert_eq!(cpu1.handles.in_use(), 2, "the refused arm's slot is free");
         cpu1.turn(200);
         assert_eq!(cpu1.tags_ran(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_packed_handle_unpacks_to_itself_on_its_cpu() {
+        let cpu1 = Owner::new(8, 8);
+        let id = cpu1.post(100, 1, 0).ok().unwrap();
+        assert_eq!(Handles::<Pay>::unpack(1, Handles::<Pay>::pack(id)), id);
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl ExpiryContext for ThisCpu {
         let mut payload = timer.payload;
         let event = TimerEvent {
             cpu: self.index,
-            id: payload.handle.unwrap_or(timer.id),
+            id: payload.handle.map_or(timer.id, |h| Handles::<Payload>::unpack(self.index, h)),
             deadline_ns: timer.deadline_ns,
             now_ns,
             data: payload.data,
@@ -205,7 +205,7 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn handle_of(&self, payload: &Payload) -> Option<TimerId> {
-        payload.handle
+        payload.handle.map(|h| Handles::<Payload>::unpack(self.index, h))
     }
 
     #[inline]

@@ -74,8 +74,9 @@ pub struct Payload {
     pub(super) data: u64,
     /// 0: one-shot; else re-armed every `period_ns` from its deadline.
     period_ns: u64,
-    /// The handle it was armed through (a [`Timer`]), if any.
-    pub(super) handle: Option<TimerId>,
+    /// The handle it was armed through (a [`Timer`]), if any, packed without its CPU
+    /// (`Handles::pack`): the payload stays small on the timer path.
+    pub(super) handle: Option<core::num::NonZeroU64>,
 }
 
 impl Payload {
@@ -167,7 +168,12 @@ fn post(
         return Err(ArmError::CpuNotOnline(cpu));
     };
     let posted = x86_64::instructions::interrupts::without_interrupts(|| {
-        handles.post(inbox, deadline_ns, |handle| Payload { callback, data, period_ns, handle: Some(handle) })
+        handles.post(inbox, deadline_ns, |handle| Payload {
+            callback,
+            data,
+            period_ns,
+            handle: Some(Handles::<Payload>::pack(handle)),
+        })
     });
     // A refused payload is dropped here, with interrupts as the caller had them.
     let id = posted.map_err(|refused| refused.error)?;
