@@ -9,13 +9,13 @@ use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::hrtimer::{Expired, TimerId};
 use kernel_time::inbox::{Inbox, TimeMessage};
 use kernel_time::remote::{self, Handles};
 use kernel_time::tick::expiry::{self, Expiry, ExpiryContext, ExpiryPoint, Outcome};
-use kernel_time::tick::{CpuTick, DeviceId};
+use kernel_time::tick::{Assignment, CpuTick, DeviceId};
 use spin::{Mutex, MutexGuard};
 
 /// Timers each CPU has room for before arming allocates (the slab then doubles).
@@ -34,6 +34,12 @@ pub struct CpuTime {
     pub handles: spin::Once<Handles<Payload>>,
     /// What other CPUs ask of this one (lock-free; made with the tick).
     pub inbox: spin::Once<Inbox<TimeMessage>>,
+    /// The registry's latest assignment for this CPU, waiting for it (a newer one replaces an
+    /// older one: each says all of this CPU's service), and whether one waits. Taken by the
+    /// CPU carrying out a registry decision and by this CPU's drain, each briefly, with
+    /// interrupts off; never on the arm, cancel or expiry path.
+    assignment: Mutex<Option<Assignment>>,
+    assignment_waiting: AtomicBool,
     /// Completed `sleep_ns` wake-ups.
     pub sleep_wakeups: AtomicU64,
     /// The time-layer id of this CPU's LAPIC timer (`usize::MAX`: none), for its vector.
@@ -59,6 +65,8 @@ impl CpuTime {
             tick: Mutex::new(None),
             handles: spin::Once::new(),
             inbox: spin::Once::new(),
+            assignment: Mutex::new(None),
+            assignment_waiting: AtomicBool::new(false),
             sleep_wakeups: AtomicU64::new(0),
             lapic_device: AtomicUsize::new(usize::MAX),
             idle_entries: AtomicU64::new(0),
@@ -261,11 +269,45 @@ pub(super) fn drain_inbox() {
     let Some(inbox) = cpu.time.inbox.get() else { return };
     let drained = x86_64::instructions::interrupts::without_interrupts(|| {
         remote::drain(&ThisCpu { index: cpu.index }, inbox, |m| {
-            debug_assert!(matches!(m, TimeMessage::Wake), "no other message is sent here: {m:?}");
+            debug_assert!(
+                matches!(m, TimeMessage::Wake | TimeMessage::Assignment { .. }),
+                "no other message is sent here: {m:?}"
+            );
         })
     });
     if drained.is_none() {
         registry::send_wakeup(cpu.index);
+    }
+    // Whether or not its message fit in the inbox.
+    if cpu.time.assignment_waiting.load(Ordering::Acquire) {
+        take_assignment();
+    }
+}
+
+/// Leaves the registry's assignment for CPU `a.cpu` (another one) in its per-CPU slot and has
+/// it carried out there: an `Assignment` message (if its inbox has room: the slot's flag
+/// covers a full inbox) and the wake-up IPI. Called with interrupts off.
+pub(super) fn send_assignment(a: Assignment) -> bool {
+    let Some(target) = percpu::cpu(a.cpu) else { return false };
+    let sequence = a.sequence;
+    *target.time.assignment.lock() = Some(a);
+    target.time.assignment_waiting.store(true, Ordering::Release);
+    if let Some(inbox) = target.time.inbox.get() {
+        let _ = inbox.try_send(TimeMessage::Assignment { sequence });
+    }
+    registry::send_wakeup(target.index);
+    true
+}
+
+/// Carries out the assignment waiting for the calling CPU, if any (in its drain).
+fn take_assignment() {
+    let cpu = percpu::this_cpu();
+    let waiting = x86_64::instructions::interrupts::without_interrupts(|| {
+        cpu.time.assignment_waiting.store(false, Ordering::Relaxed);
+        cpu.time.assignment.lock().take()
+    });
+    if let Some(a) = waiting {
+        report_failure(registry::apply(a));
     }
 }
 

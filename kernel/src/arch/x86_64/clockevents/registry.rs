@@ -10,7 +10,7 @@
 use super::cpu;
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::lapic as apic;
-use crate::arch::x86_64::smp::{self, percpu};
+use crate::arch::x86_64::smp::percpu;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::clockevents::{CpuSet, DeviceSpec, EventDriver};
@@ -123,8 +123,8 @@ pub fn take_out(device: DeviceId, reason: &str) {
 }
 
 /// This CPU carrying out the registry's decisions (the crate's `deliver`), with the registry
-/// held: the broadcast under its lock, this CPU's assignment at once, another CPU's posted to
-/// it (by function-call IPI while the registry's lock is held, so in decision order).
+/// held: the broadcast under its lock, this CPU's assignment at once, another CPU's left in its
+/// per-CPU slot (the latest replacing an older one) and its inbox told.
 struct Delivery<'a> {
     registry: &'a mut Registry,
     here: usize,
@@ -148,7 +148,7 @@ impl DeliveryContext for Delivery<'_> {
             return apply(a);
         }
         let target = a.cpu;
-        if smp::post(target, move || cpu::report_failure(apply(a))).is_err() {
+        if !cpu::send_assignment(a) {
             log::error!("CPU {target} is gone: its tick assignment is lost");
         }
         None
@@ -164,7 +164,7 @@ fn deliver(registry: &mut Registry, changes: Changes) {
 }
 
 /// Applies an assignment on the calling CPU (its own); returns a device that failed meanwhile.
-fn apply(a: Assignment) -> Option<DeviceFailure> {
+pub(super) fn apply(a: Assignment) -> Option<DeviceFailure> {
     cpu::with_tick_and_broadcast(|t, bc| {
         t.apply(a, now_ns(), bc);
         t.take_failure()
