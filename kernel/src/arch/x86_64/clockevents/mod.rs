@@ -125,10 +125,13 @@ fn init_this_cpu() {
     let bring_up = BRING_UP.get().expect("init_on_bsp ran");
     cpu::create_tick(bring_up.mode);
     registry::cpu_online(percpu::this_cpu().index);
-    if let Some(config) = bring_up.lapic
-        && lapic::register_this_cpu(config).is_none()
-    {
-        record_fallback(format!("LAPIC timer of CPU {} not registered", percpu::this_cpu().index));
+    if let Some(config) = bring_up.lapic {
+        match lapic::register_this_cpu(config) {
+            Some(device) => lapic_refine::device_registered(device),
+            None => {
+                record_fallback(format!("LAPIC timer of CPU {} not registered", percpu::this_cpu().index))
+            }
+        }
     }
 }
 
