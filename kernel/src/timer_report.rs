@@ -16,7 +16,7 @@ use serde::Serialize;
 /// `memory`); 6: the LAPIC timer's refinement; 7: the workload's own oracles: `fired_twice`
 /// (a timer that fired again, counted apart from `lost_events`), `early_independent` (early
 /// on a counter that is not the clocksource's), `wrong_cpu` (by the hardware's APIC id); 8:
-/// deferred work (each CPU's `deferred_runs`, `housekeeping`).
+/// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`).
 pub const SCHEMA_VERSION: u32 = 8;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -44,6 +44,8 @@ pub struct TimerReport {
     pub tsc: TscReport,
     /// The clocksources' housekeeping on CPU 0 (schema 8).
     pub housekeeping: HousekeepingReport,
+    /// Clock event devices taken out of service (schema 8).
+    pub take_outs: TakeOutsReport,
     /// The rule that arranged the HPET comparators (e.g. "per-CPU: 3 usable comparators >= 2 CPUs").
     pub clockevents_rule: String,
     /// `oneshot` (tickless) or `periodic`.
@@ -192,6 +194,15 @@ pub struct CpuReport {
     pub not_ours: u64,
     /// Passes of this CPU's deferred work that found work to run (schema 8).
     pub deferred_runs: u64,
+}
+
+/// Clock event devices taken out of service, at bring-up or at run time (schema 8).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TakeOutsReport {
+    pub count: u64,
+    /// Those taken out inside a hard interrupt (a failure found there is taken out by its CPU's
+    /// deferred work, at the interrupt's exit: 0).
+    pub in_hard_irq: u64,
 }
 
 /// The clocksources' housekeeping (schema 8).

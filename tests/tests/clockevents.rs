@@ -52,8 +52,8 @@ kernel_tests::qemu_test!(
         misrouted: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=1' --expect-report /hpet/comparators/1/role=percpu --expect failed --expect-log 'hpet_misroute=1: comparator 1 serves CPU 1 but its interrupt now goes to CPU 0'
         misrouted_msi: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=0' --expect-report /hpet/comparators/0/delivery=fsb --expect failed -- -global hpet.msi=on
         misrouted_legacy: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=1' --expect-report /hpet/comparators/1/delivery=legacy --expect failed -- -machine pc,hpet=on
-        storm: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect degraded --expect-log 'interrupt storm on GSI 16'
-        storm_icount: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect degraded --expect-log 'interrupt storm on GSI 16' -- -icount shift=6,sleep=off
+        storm: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect degraded --expect-log 'interrupt storm on GSI 16' --expect-report /take_outs/count=1 --expect-report /take_outs/in_hard_irq=0
+        storm_icount: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect degraded --expect-log 'interrupt storm on GSI 16' --expect-report /take_outs/count=1 --expect-report /take_outs/in_hard_irq=0 -- -icount shift=6,sleep=off
         icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 --expect-report /lapic/mode=xapic -- -icount shift=0,sleep=off
         icount_hpet_off: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off -icount shift=0,sleep=off
         icount_pc_legacy: --smp 2 --cmdline duration_ms=100 --expect-report /hpet/comparators/1/delivery=legacy -- -machine pc,hpet=on -icount shift=0,sleep=off

@@ -12,6 +12,7 @@
 //! then [`init_hpet`] once every CPU is online (the comparator plan depends on how many are).
 
 mod cpu;
+mod failures;
 pub mod hpet;
 mod hpet_bringup;
 pub mod lapic;
@@ -105,6 +106,7 @@ static BRING_UP: Once<BringUp> = Once::new();
 pub fn init_on_bsp(platform: &mut Platform, options: &KernelOptions) {
     let mode = if options.periodic_tick { TickMode::Periodic { hz: options.hz } } else { TickMode::Oneshot };
     registry::init();
+    failures::init();
     if let Err(e) = interrupts::register(WAKE_VECTOR, cpu::wake_interrupt) {
         platform.fall_back(format!("broadcast wake-up vector unavailable ({e}): broadcast cannot wake CPUs"));
     }
