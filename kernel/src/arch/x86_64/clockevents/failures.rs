@@ -115,8 +115,8 @@ pub(super) fn count_take_out() {
     }
 }
 
-/// (take-outs, those inside a hard interrupt).
-pub(super) fn take_outs() -> (u64, u64) {
+/// Devices taken out of service so far: (all, those taken out inside a hard interrupt).
+pub fn take_outs() -> (u64, u64) {
     (TAKE_OUTS.load(Ordering::Relaxed), TAKE_OUTS_IN_HARD_IRQ.load(Ordering::Relaxed))
 }
 
@@ -130,9 +130,10 @@ pub(super) fn init() {
     deferred::register(Kind::TakeOutFailedDevices, take_out_held);
 }
 
-/// A device failed on this CPU: in interrupt context it is held and the take-out raised on
-/// this CPU (it runs at the interrupt's exit); elsewhere it is taken out at once.
-pub(super) fn report(f: DeviceFailure) {
+/// A device failed on this CPU (found by the time layer, or by a driver or a test injecting
+/// the fault): in interrupt context it is held and the take-out raised on this CPU (it runs at
+/// the interrupt's exit); elsewhere it is taken out at once.
+pub fn report(f: DeviceFailure) {
     let cpu = percpu::this_cpu();
     if !cpu.in_interrupt() {
         return take_out(f);

@@ -25,6 +25,7 @@ mod timer;
 pub use cpu::{
     CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, with_tick, with_tick_and_broadcast,
 };
+pub use failures::{report as device_failed, take_outs};
 pub use registry::{WAKE_VECTOR, take_out, with_registry};
 pub use report::{
     ProgrammingCost, TickDeviceInfo, broadcast_device, fill_report, measure_programming, min_delta_ns,
