@@ -15,8 +15,9 @@ use serde::Serialize;
 /// `irqs_by_cpu`, `spurious` and `selftest`; `destinations`, `bringup_us`,
 /// `memory`); 6: the LAPIC timer's refinement; 7: the workload's own oracles: `fired_twice`
 /// (a timer that fired again, counted apart from `lost_events`), `early_independent` (early
-/// on a counter that is not the clocksource's), `wrong_cpu` (by the hardware's APIC id).
-pub const SCHEMA_VERSION: u32 = 7;
+/// on a counter that is not the clocksource's), `wrong_cpu` (by the hardware's APIC id); 8:
+/// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`).
+pub const SCHEMA_VERSION: u32 = 8;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -41,6 +42,10 @@ pub struct TimerReport {
     pub clocksource_switches: Vec<SwitchReport>,
     /// What the TSC checks found.
     pub tsc: TscReport,
+    /// The clocksources' housekeeping on CPU 0 (schema 8).
+    pub housekeeping: HousekeepingReport,
+    /// Clock event devices taken out of service (schema 8).
+    pub take_outs: TakeOutsReport,
     /// The rule that arranged the HPET comparators (e.g. "per-CPU: 3 usable comparators >= 2 CPUs").
     pub clockevents_rule: String,
     /// `oneshot` (tickless) or `periodic`.
@@ -187,6 +192,27 @@ pub struct CpuReport {
     pub spurious: u64,
     /// Level-triggered interrupts on this CPU whose device's status bit was clear.
     pub not_ours: u64,
+    /// Passes of this CPU's deferred work that found work to run (schema 8).
+    pub deferred_runs: u64,
+}
+
+/// Clock event devices taken out of service, at bring-up or at run time (schema 8).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TakeOutsReport {
+    pub count: u64,
+    /// Those taken out inside a hard interrupt (a failure found there is taken out by its CPU's
+    /// deferred work, at the interrupt's exit: 0).
+    pub in_hard_irq: u64,
+}
+
+/// The clocksources' housekeeping (schema 8).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HousekeepingReport {
+    /// Times it ran.
+    pub runs: u64,
+    /// Times it ran inside a hard interrupt or with interrupts disabled (it runs as CPU 0's
+    /// deferred work, outside the timer interrupt that raises it: 0).
+    pub in_hard_irq: u64,
 }
 
 /// One CPU's idle figures.
@@ -443,7 +469,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":7,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":8,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

@@ -1,6 +1,7 @@
 //! Clock events on every machine shape the issue names: which device serves each CPU (per-CPU
 //! HPET comparators, a global HPET device by broadcast, the LAPIC timer), how comparators are
-//! delivered (IOAPIC, legacy replacement, FSB), the self-test's fallback, and the timer API:
+//! delivered (IOAPIC, legacy replacement, FSB), the self-test's fallback, a device failing in its
+//! own interrupt (taken out after it, by the CPU's deferred work), and the timer API:
 //! every timer fires once, never early, on the CPU that armed it; cancelled ones never.
 #![no_std]
 #![no_main]
@@ -14,6 +15,8 @@ use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
 use kernel_tests::kernel::workload;
 use kernel_tests::wait_for;
+use kernel_time::clockevents::ProgramError;
+use kernel_time::tick::{DeviceFailure, DeviceId};
 use x86_64::instructions::interrupts::without_interrupts;
 
 kernel_tests::qemu_test!(
@@ -52,8 +55,9 @@ kernel_tests::qemu_test!(
         misrouted: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=1' --expect-report /hpet/comparators/1/role=percpu --expect failed --expect-log 'hpet_misroute=1: comparator 1 serves CPU 1 but its interrupt now goes to CPU 0'
         misrouted_msi: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=0' --expect-report /hpet/comparators/0/delivery=fsb --expect failed -- -global hpet.msi=on
         misrouted_legacy: --smp 2 --cmdline 'duration_ms=200 hpet_misroute=1' --expect-report /hpet/comparators/1/delivery=legacy --expect failed -- -machine pc,hpet=on
-        storm: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect degraded --expect-log 'interrupt storm on GSI 16'
-        storm_icount: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect degraded --expect-log 'interrupt storm on GSI 16' -- -icount shift=6,sleep=off
+        fails_in_interrupt: --smp 2 --cmdline duration_ms=200 --expect-report /hpet/comparators/1/role=failed --expect-report /tick_devices/1/device=lapic1 --expect-report /take_outs/count=1 --expect-report /take_outs/in_hard_irq=0 --expect degraded
+        storm: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect degraded --expect-log 'interrupt storm on GSI 16' --expect-report /take_outs/count=1 --expect-report /take_outs/in_hard_irq=0
+        storm_icount: --smp 1 --cmdline 'duration_ms=200 hpet_storm=0' --expect-report /hpet/comparators/0/role=failed --expect-report /tick_devices/0/device=lapic0 --expect degraded --expect-log 'interrupt storm on GSI 16' --expect-report /take_outs/count=1 --expect-report /take_outs/in_hard_irq=0 -- -icount shift=6,sleep=off
         icount: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=hpet1 --expect-report /lapic/mode=xapic -- -icount shift=0,sleep=off
         icount_hpet_off: --smp 2 --cmdline duration_ms=100 --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off -icount shift=0,sleep=off
         icount_pc_legacy: --smp 2 --cmdline duration_ms=100 --expect-report /hpet/comparators/1/delivery=legacy -- -machine pc,hpet=on -icount shift=0,sleep=off
@@ -70,6 +74,7 @@ kernel_tests::qemu_test!(
         workload_fires_every_timer_once_never_early,
         interrupts_land_on_the_cpu_they_are_routed_to => "smp1 smp2 smp4_partial smp4_broadcast smp4_timers8 smp8_timers8 pc_legacy pc_smp1 pc_smp4 pc_smp8 msi msi_smp1 msi_smp4 msi_smp8 forced_global global_smp1 global_smp4 global_smp8 x2apic_smp2 x2apic_msi_smp4 x2apic_pc_smp2 x2apic_global_smp4 x2apic_unreachable_cpu x2apic_unreachable_cpu_broadcast xapic_smp2 forced_percpu selftest_fails icount icount_pc_legacy icount_msi_global icount_broadcast smp4_partial periodic selftest_fails_retarget",
         a_wrong_destination_is_counted_and_fails_the_verdict => "misrouted misrouted_msi misrouted_legacy",
+        a_device_failing_in_its_interrupt_is_taken_out_after_it => "fails_in_interrupt",
         legacy_route_carries_the_firmware_s_line_properties => "pc_legacy pc_smp1 pc_smp4 pc_smp8 x2apic_pc_smp2 icount_pc_legacy",
     ],
 );
@@ -152,6 +157,54 @@ fn timers_run_on_the_cpu_that_armed_them(_: &Kernel) {
         let n = &ON_CPU[cpu.index];
         assert!(wait_for(|| n.load(Ordering::Relaxed) == 3), "CPU {}'s timers did not all run", cpu.index);
     }
+}
+
+static FAILED_DEVICE: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Take-outs counted right after the failure was reported, inside the timer interrupt.
+static TAKE_OUTS_IN_CALLBACK: AtomicU64 = AtomicU64::new(u64::MAX);
+static AFTER_FAILURE: AtomicU64 = AtomicU64::new(0);
+
+/// In CPU 1's timer interrupt: its own tick device reports a failure, as the time layer does
+/// for a comparator that kept being passed.
+fn fail_own_device(e: &TimerEvent) {
+    let failure = DeviceFailure {
+        device: DeviceId(e.data as usize),
+        error: ProgramError::GaveUp { min_delta_ns: 10_000_000 },
+    };
+    clockevents::device_failed(failure);
+    TAKE_OUTS_IN_CALLBACK.store(clockevents::take_outs().0, Ordering::Relaxed);
+}
+
+fn after_failure(_: &TimerEvent) {
+    AFTER_FAILURE.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A device failure found in interrupt context is taken out by that CPU's deferred work, after
+/// the interrupt (not inside it: nothing is taken out by the time the callback returns); the
+/// CPU moves to its next best device (its LAPIC timer) and its timers keep firing.
+fn a_device_failing_in_its_interrupt_is_taken_out_after_it(_: &Kernel) {
+    let hpet1 =
+        clockevents::with_registry(|r| r.devices().find(|(_, d)| d.spec.name == "hpet1").map(|(id, _)| id))
+            .flatten()
+            .expect("CPU 1 has hpet1");
+    assert_eq!(clockevents::take_outs(), (0, 0), "nothing taken out before");
+    FAILED_DEVICE.store(hpet1.0 as u64, Ordering::Relaxed);
+    smp::call_on(1, move || clockevents::arm_after(1_000_000, fail_own_device, hpet1.0 as u64))
+        .unwrap()
+        .expect("armed on CPU 1");
+    assert!(wait_for(|| clockevents::take_outs().0 == 1), "hpet1 was never taken out");
+    assert_eq!(
+        TAKE_OUTS_IN_CALLBACK.load(Ordering::Relaxed),
+        0,
+        "hpet1 was taken out inside the interrupt that found it failing"
+    );
+    assert_eq!(clockevents::take_outs(), (1, 0));
+    assert!(wait_for(|| clockevents::tick_devices()[1].device.as_deref() == Some("lapic1")));
+    smp::call_on(1, || clockevents::arm_after(1_000_000, after_failure, 0)).unwrap().expect("armed on CPU 1");
+    assert!(
+        wait_for(|| AFTER_FAILURE.load(Ordering::Relaxed) == 1),
+        "CPU 1's timer did not fire on its new device"
+    );
 }
 
 fn workload_fires_every_timer_once_never_early(k: &Kernel) {

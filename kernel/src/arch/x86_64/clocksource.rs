@@ -5,12 +5,14 @@
 
 use super::clockevents::{self, TimerEvent};
 use super::pm_timer::{self, PmTimer};
-use super::{hpet::Hpet, tsc};
-use crate::timer_report::{ClocksourceReport, SwitchReport, TimerReport, TscReport, Verdict};
+use super::{deferred, hpet::Hpet, tsc};
+use crate::timer_report::{
+    ClocksourceReport, HousekeepingReport, SwitchReport, TimerReport, TscReport, Verdict,
+};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicPtr, AtomicU16, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicU64, Ordering};
 use kernel_time::clocksource::refine::{self, Refined, Refiner};
 use kernel_time::clocksource::sync::{self, SyncResult, SyncVerdict};
 use kernel_time::clocksource::watchdog::{self, Sample, Watchdog};
@@ -306,7 +308,8 @@ pub fn init_late() {
         c.uncertainty_ppm = uncertainty_ppm;
     });
     let period = core::time::Duration::from_nanos(watchdog::INTERVAL_NS);
-    match clockevents::Timer::periodic(0, clockevents::now() + period, period, housekeeping) {
+    deferred::register(deferred::Kind::Housekeeping, housekeeping);
+    match clockevents::Timer::periodic(0, clockevents::now() + period, period, raise_housekeeping) {
         Ok(t) => {
             t.detach();
             with_sources(|s| s.allow_narrow());
@@ -323,9 +326,29 @@ pub fn init_late() {
     log::info!("clocksource {}", current_name());
 }
 
-/// Every [`watchdog::INTERVAL_NS`] on CPU 0, in its timer interrupt: a wrapping counter's
-/// base is moved to now, well within half its wrap.
-fn housekeeping(_: &TimerEvent) {
+/// Every [`watchdog::INTERVAL_NS`] on CPU 0, in its timer interrupt: the housekeeping is
+/// raised, to run at that interrupt's exit, outside it.
+fn raise_housekeeping(_: &TimerEvent) {
+    deferred::raise(0, deferred::Kind::Housekeeping);
+}
+
+/// Housekeeping passes run, and those that ran inside a hard interrupt or with interrupts off
+/// (none should: it runs as CPU 0's deferred work), for the report.
+static HOUSEKEEPING_RUNS: AtomicU64 = AtomicU64::new(0);
+static HOUSEKEEPING_IN_HARD_IRQ: AtomicU64 = AtomicU64::new(0);
+
+/// The housekeeping, on CPU 0 as its deferred work (interrupts enabled, outside the timer
+/// interrupt that raised it, which ends a few instructions earlier): a wrapping counter's base
+/// is moved to now, well within half its wrap (the 24-bit PM timer's half wrap is 2.3 s, the
+/// period 0.5 s); the TSC's checks; the LAPIC timer's refinement. It takes the clocksources',
+/// the TSC checks' and the LAPIC refinement's locks (each with interrupts off), which no
+/// interrupt path takes, and posts nothing to other CPUs: a refinement is raised on each.
+fn housekeeping() {
+    let cpu = super::smp::percpu::this_cpu();
+    HOUSEKEEPING_RUNS.fetch_add(1, Ordering::Relaxed);
+    if cpu.in_interrupt() || !x86_64::instructions::interrupts::are_enabled() {
+        HOUSEKEEPING_IN_HARD_IRQ.fetch_add(1, Ordering::Relaxed);
+    }
     with_sources(|s| s.rebase_narrow(&TIMEKEEPER, &Hardware));
     tsc_checks();
     if let Some((name, conversion, hz)) = reference() {
@@ -586,6 +609,10 @@ pub fn fill_report(report: &mut TimerReport) {
             watchdog_max_deviation_ns: c.watchdog_max_deviation_ns,
         }
     });
+    report.housekeeping = HousekeepingReport {
+        runs: HOUSEKEEPING_RUNS.load(Ordering::Relaxed),
+        in_hard_irq: HOUSEKEEPING_IN_HARD_IRQ.load(Ordering::Relaxed),
+    };
     let fallbacks = without_interrupts(|| FALLBACKS.lock().clone());
     if !fallbacks.is_empty() && report.verdict == Verdict::Ok {
         report.verdict = Verdict::Degraded;

@@ -8,6 +8,7 @@
 //! over (no broadcast device) halts instead, says so once, and records a fallback.
 
 use super::clockevents;
+use super::deferred;
 use super::smp::percpu;
 use super::tsc;
 use crate::cmdline::IdleChoice;
@@ -97,9 +98,17 @@ pub fn state_of(cpu: usize) -> IdleChoice {
 }
 
 /// Waits for an interrupt. Called with interrupts disabled, once the caller has found nothing
-/// to do; returns with interrupts enabled, after an interrupt (or at once, for `poll`).
+/// to do; returns with interrupts enabled, after an interrupt (or at once, for `poll`, or
+/// after running this CPU's pending deferred work).
 pub fn wait() {
     let cpu = percpu::this_cpu();
+    // Work raised for later (`deferred`) runs before the CPU waits: checked with interrupts
+    // off, so a raise after the check comes with an IPI that ends the wait below. When some
+    // ran, the caller looks at its condition again before waiting.
+    if deferred::run_pending(cpu) {
+        interrupts::enable();
+        return;
+    }
     // What this CPU's handlers logged is printed here, outside interrupt context.
     crate::logger::drain(cpu.index);
     let time = &cpu.time;

@@ -8,7 +8,7 @@
 
 use super::path_trace::{self, Stage};
 use super::smp::percpu;
-use super::{gdt, memory, qemu, serial};
+use super::{deferred, gdt, memory, qemu, serial};
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use seq_macro::seq;
@@ -144,7 +144,8 @@ pub fn not_ours(what: fmt::Arguments) {
 }
 
 /// Every device vector's way in: counted on the CPU that took it (a counter only that CPU
-/// writes), its handler called, the interrupt ended. No lock, nothing shared written.
+/// writes), its handler called, the interrupt ended. No lock, nothing shared written. At the
+/// outermost interrupt's exit, the CPU's deferred work runs (`deferred`), outside the handler.
 fn dispatch(vector: u8) {
     path_trace::stamp(Stage::Entry);
     let v = usize::from(vector);
@@ -168,6 +169,13 @@ fn dispatch(vector: u8) {
         eoi();
     }
     path_trace::stamp(Stage::Eoi);
+    // The outermost interrupt's exit: work raised for later runs now, with interrupts enabled
+    // (one run at a time on this CPU; an interrupt taken during a run leaves its work to it).
+    if let Some(cpu) = cpu
+        && cpu.irq_depth.load(Ordering::Relaxed) == 0
+    {
+        deferred::run_pending(cpu);
+    }
 }
 
 seq!(V in 32..=255 {

@@ -3,6 +3,7 @@ pub mod acpi;
 pub mod calibrate;
 pub mod clockevents;
 pub mod clocksource;
+pub mod deferred;
 pub mod destination;
 pub mod fw_cfg;
 pub mod gdt;

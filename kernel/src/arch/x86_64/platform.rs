@@ -6,7 +6,7 @@ use super::calibrate::{self, Calibration};
 use super::hpet::{ComparatorConfig, Hpet};
 use super::ioapic::{IOAPICS, IsaRoute};
 use super::pm_timer::PmTimer;
-use super::{acpi, clocksource, destination, lapic, memory, pic, smp, tsc};
+use super::{acpi, clocksource, deferred, destination, lapic, memory, pic, smp, tsc};
 use crate::timer_report::{
     ComparatorReport, CpuReport, DestinationsReport, HpetReport, IoApicReport, LapicReport, MemoryReport,
     SCHEMA_VERSION, TimerReport, Verdict,
@@ -128,6 +128,7 @@ pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool) -> Platform {
     };
     // The boot CPU's per-CPU state exists with or without a LAPIC (`this_cpu` must work).
     smp::init_bsp();
+    deferred::init_bsp();
     let mut p = Platform { firmware, hpet: None, lapic, calibration: None, fallbacks, memory_per_ap: 0 };
     if let Some(early) = tsc::early_fallback() {
         p.fall_back(early.to_string());
@@ -300,6 +301,7 @@ impl Platform {
                     idle: Default::default(),
                     spurious: c.spurious.load(Ordering::Relaxed),
                     not_ours: c.not_ours.load(Ordering::Relaxed),
+                    deferred_runs: c.deferred.runs.load(Ordering::Relaxed),
                     // Filled in by the clockevents (it lives in each CPU's tick).
                     misrouted: 0,
                     stale: 0,

@@ -170,10 +170,11 @@ pub(super) fn create_tick(mode: kernel_time::tick::TickMode) {
 }
 
 /// Reports a local device that gave up programming to the registry, which takes it out and
-/// reassigns this CPU (and any other it served). Called with the guard released.
+/// reassigns this CPU (and any other it served): from interrupt context in this CPU's deferred
+/// work, at the interrupt's exit (`failures`). Called with the guard released.
 pub(super) fn report_failure(failure: Option<kernel_time::tick::DeviceFailure>) {
     if let Some(f) = failure {
-        registry::take_out(f.device, &alloc::format!("{}", f.error));
+        super::failures::report(f);
     }
 }
 

@@ -16,7 +16,7 @@ use super::super::smp::{
     self,
     percpu::{self, PerCpuCounter},
 };
-use super::super::{interrupts, tsc};
+use super::super::{deferred, interrupts, tsc};
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::cmdline::ClockeventsChoice;
 use alloc::format;
@@ -382,6 +382,8 @@ pub struct HpetChannel {
     storm: StormMeter,
     /// The line was masked because of a storm.
     pub storm_masked: AtomicBool,
+    /// The storm's comparator was taken out (by the deferred work of the CPU that masked it).
+    storm_taken_out: AtomicBool,
     /// While set, interrupts only count (the self-test); else they go to the time layer.
     in_selftest: AtomicBool,
     /// The time layer's device index + 1 (0: not registered).
@@ -452,6 +454,7 @@ impl HpetChannel {
             spurious: AtomicU64::new(0),
             storm: StormMeter::new(),
             storm_masked: AtomicBool::new(false),
+            storm_taken_out: AtomicBool::new(false),
             in_selftest: AtomicBool::new(false),
             device: AtomicUsize::new(0),
             reference_counter: AtomicU64::new(0),
@@ -781,9 +784,10 @@ impl StormMeter {
 }
 
 impl HpetChannel {
-    /// Masks the line of a storm and takes the comparator out of service. Runs in the storm's
-    /// interrupt: the IOAPIC lock is only tried (the interrupted code may hold it); a busy lock
-    /// leaves the work to the storm's next interrupt.
+    /// Masks the line of a storm; the comparator is taken out of service by this CPU's deferred
+    /// work, at the interrupt's exit ([`take_out_stormed`]). Runs in the storm's interrupt: the
+    /// IOAPIC lock is only tried (the interrupted code may hold it); a busy lock leaves the
+    /// work to the storm's next interrupt.
     fn stop_storm(&self) {
         let Some(gsi) = self.delivery.gsi() else { return };
         if self.storm_masked.load(Ordering::Relaxed) {
@@ -792,9 +796,18 @@ impl HpetChannel {
         let Some(mut io) = IOAPICS.try_lock() else { return };
         let masked = io.mask(gsi, true).is_ok();
         drop(io);
-        if !masked || self.storm_masked.swap(true, Ordering::Relaxed) {
+        if !masked || self.storm_masked.swap(true, Ordering::Release) {
             return;
         }
+        deferred::raise(percpu::this_cpu().index, deferred::Kind::TakeOutFailedDevices);
+    }
+
+    /// Takes the comparator out of service once its stormed line is masked (once).
+    fn take_out_storm(&self) {
+        if !self.storm_masked.load(Ordering::Acquire) || self.storm_taken_out.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let gsi = self.delivery.gsi().unwrap_or(0);
         let (strays, events) = self.storm.run();
         let reason = format!(
             "interrupt storm on GSI {gsi} ({strays} interrupts without HPET comparator {}'s status bit against {events} of its events): line masked, comparator taken out",
@@ -804,6 +817,14 @@ impl HpetChannel {
             0 => super::runtime_fallback(reason),
             d => super::registry::take_out(DeviceId(d - 1), &reason),
         }
+    }
+}
+
+/// Every comparator whose line a storm masked is taken out of service (deferred work of the
+/// CPU that masked it, outside the interrupt).
+pub(super) fn take_out_stormed() {
+    for ch in channels() {
+        ch.take_out_storm();
     }
 }
 

@@ -19,20 +19,28 @@
 //! instruction count; under TCG the TSC is the host's and the LAPIC timer follows QEMU's
 //! virtual clock). In TSC-deadline mode the device counts TSC cycles: its frequency is the
 //! TSC's.
+//!
+//! Both run in CPU 0's housekeeping, its deferred work (outside the timer interrupt); a new
+//! frequency is published in an atomic and raised on every CPU as deferred work
+//! ([`deferred::Kind::ApplyLapicRefinement`]), which each applies to its own device. The
+//! devices are found without the registry's lock (each CPU's is kept here when it registers).
 
 use super::super::clocksource::Ppb;
+use super::super::deferred;
 use super::super::lapic;
-use super::super::smp::{self, percpu};
+use super::super::smp::percpu;
 use super::cpu;
 use super::lapic::LapicTimerConfig;
 use super::registry;
 use crate::arch::x86_64::clocksource::{Hardware, now_ns};
-use core::sync::atomic::Ordering;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
+use kernel_time::clockevents::ClockEventDevice;
 use kernel_time::clocksource::refine::{self, Refiner};
 use kernel_time::clocksource::watchdog::Sample;
 use kernel_time::clocksource::{Conversion, ReadCounter};
 use kernel_time::tick::DeviceId;
-use spin::Mutex;
+use spin::{Mutex, Once};
 use x86_64::instructions::interrupts::without_interrupts;
 
 /// What the refinement starts from and has found.
@@ -68,6 +76,14 @@ const MEASURE_FLOOR: u32 = u32::MAX / 4;
 
 static FREQUENCY: Mutex<Option<LapicFrequency>> = Mutex::new(None);
 
+/// The latest refined frequency (0: none yet), which every CPU's deferred work applies to its
+/// own LAPIC timer device.
+static REFINED_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// Each CPU's LAPIC timer device, by CPU index, kept when it registers: the housekeeping and
+/// each CPU's deferred work reach it without the registry's lock (which interrupt paths take).
+static DEVICES: [Once<Arc<ClockEventDevice>>; percpu::MAX_CPUS] = [const { Once::new() }; percpu::MAX_CPUS];
+
 /// The LAPIC timers are registered with `config` (the boot calibration's frequencies).
 pub(super) fn registered(config: &LapicTimerConfig) {
     let calibrated_hz = if config.tsc_deadline { config.tsc_hz } else { config.timer_hz };
@@ -81,11 +97,20 @@ pub(super) fn registered(config: &LapicTimerConfig) {
         vector: config.vector,
     };
     without_interrupts(|| *FREQUENCY.lock() = Some(f));
+    deferred::register(deferred::Kind::ApplyLapicRefinement, apply_here);
+}
+
+/// The calling CPU registered its LAPIC timer as `device` (on its start-up path).
+pub(super) fn device_registered(device: DeviceId) {
+    let index = percpu::this_cpu().index;
+    if let Some(d) = registry::with_registry(|r| r.device(device).clone()) {
+        DEVICES[index].call_once(|| d);
+    }
 }
 
 /// The TSC's frequency was refined to `tsc_hz` against `reference` over `window_ns`: every
 /// CPU's LAPIC timer device converts at the frequency that follows, from now on. Called on
-/// CPU 0 in its housekeeping timer; each CPU applies it itself (a function-call IPI).
+/// CPU 0 in its housekeeping; each CPU applies it itself (its deferred work).
 pub fn tsc_refined(tsc_hz: u64, reference: &str, window_ns: u64) {
     let Some((f, previous)) = without_interrupts(|| {
         let mut guard = FREQUENCY.lock();
@@ -161,12 +186,8 @@ pub fn reference_stopped() {
 }
 
 /// This CPU's LAPIC timer device, if it has one.
-fn this_cpus_lapic_timer() -> Option<alloc::sync::Arc<kernel_time::clockevents::ClockEventDevice>> {
-    let id = percpu::this_cpu().time.lapic_device.load(Ordering::Acquire);
-    if id == usize::MAX {
-        return None;
-    }
-    registry::with_registry(|r| r.device(DeviceId(id)).clone())
+fn this_cpus_lapic_timer() -> Option<&'static Arc<ClockEventDevice>> {
+    DEVICES[percpu::this_cpu().index].get()
 }
 
 /// Logs a refinement and has every CPU apply it.
@@ -179,19 +200,23 @@ fn refined(f: LapicFrequency, previous: u64, how: &str, reference: &str, window_
         Ppb(refine::ppb(f.calibrated_hz, hz)),
         Ppb(refine::ppb(previous.max(1), hz))
     );
+    REFINED_HZ.store(hz, Ordering::Release);
     for c in percpu::all() {
-        if smp::post(c.index, move || apply_here(hz)).is_err() {
-            log::warn!("lapic: CPU {}'s LAPIC timer keeps {previous} Hz: it takes no calls", c.index);
-        }
+        deferred::raise(c.index, deferred::Kind::ApplyLapicRefinement);
     }
 }
 
-/// On each CPU: its own LAPIC timer device converts at `hz`; what it is programmed for, if it
-/// is the CPU's tick device, is programmed again at the new factor.
-fn apply_here(hz: u64) {
+/// On each CPU, as its deferred work: its own LAPIC timer device converts at the latest
+/// refined frequency; what it is programmed for, if it is the CPU's tick device, is programmed
+/// again at the new factor.
+fn apply_here() {
+    let hz = REFINED_HZ.load(Ordering::Acquire);
     let Some(device) = this_cpus_lapic_timer() else { return };
+    if hz == 0 {
+        return;
+    }
     let result = cpu::with_tick_and_broadcast(|t, bc| {
-        let r = t.set_device_frequency(&device, hz, now_ns(), bc);
+        let r = t.set_device_frequency(device, hz, now_ns(), bc);
         (r, t.take_failure())
     });
     if let Some((r, failure)) = result {

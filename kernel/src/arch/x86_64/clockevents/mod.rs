@@ -12,6 +12,7 @@
 //! then [`init_hpet`] once every CPU is online (the comparator plan depends on how many are).
 
 mod cpu;
+mod failures;
 pub mod hpet;
 mod hpet_bringup;
 pub mod lapic;
@@ -24,6 +25,7 @@ mod timer;
 pub use cpu::{
     CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, with_tick, with_tick_and_broadcast,
 };
+pub use failures::{report as device_failed, take_outs};
 pub use registry::{WAKE_VECTOR, take_out, with_registry};
 pub use report::{
     ProgrammingCost, TickDeviceInfo, broadcast_device, fill_report, measure_programming, min_delta_ns,
@@ -105,6 +107,7 @@ static BRING_UP: Once<BringUp> = Once::new();
 pub fn init_on_bsp(platform: &mut Platform, options: &KernelOptions) {
     let mode = if options.periodic_tick { TickMode::Periodic { hz: options.hz } } else { TickMode::Oneshot };
     registry::init();
+    failures::init();
     if let Err(e) = interrupts::register(WAKE_VECTOR, cpu::wake_interrupt) {
         platform.fall_back(format!("broadcast wake-up vector unavailable ({e}): broadcast cannot wake CPUs"));
     }
@@ -125,10 +128,13 @@ fn init_this_cpu() {
     let bring_up = BRING_UP.get().expect("init_on_bsp ran");
     cpu::create_tick(bring_up.mode);
     registry::cpu_online(percpu::this_cpu().index);
-    if let Some(config) = bring_up.lapic
-        && lapic::register_this_cpu(config).is_none()
-    {
-        record_fallback(format!("LAPIC timer of CPU {} not registered", percpu::this_cpu().index));
+    if let Some(config) = bring_up.lapic {
+        match lapic::register_this_cpu(config) {
+            Some(device) => lapic_refine::device_registered(device),
+            None => {
+                record_fallback(format!("LAPIC timer of CPU {} not registered", percpu::this_cpu().index))
+            }
+        }
     }
 }
 

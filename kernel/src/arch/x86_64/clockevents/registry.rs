@@ -52,12 +52,11 @@ pub fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> Option<R> {
     without_interrupts(|| REGISTRY.lock().as_mut().map(f))
 }
 
-/// The broadcast device fired: the CPUs whose deadline passed.
+/// The broadcast device fired: the CPUs whose deadline passed (a device that gave up is taken
+/// out by this CPU's deferred work).
 pub(super) fn broadcast_event(now: u64, here: usize) -> CpuSet {
     let (due, failure) = with_broadcast(|b| (b.event(now, here), b.take_failure()));
-    if let Some((d, e)) = failure {
-        take_out(d, &alloc::format!("{e}"));
-    }
+    cpu::report_failure(failure.map(|(device, error)| DeviceFailure { device, error }));
     due
 }
 
@@ -114,6 +113,7 @@ pub(super) fn cpu_online(cpu: usize) {
 /// Takes a device out of service for good; the CPUs it served move to the next best device
 /// with their pending events.
 pub fn take_out(device: DeviceId, reason: &str) {
+    super::failures::count_take_out();
     without_interrupts(|| {
         if let Some(registry) = REGISTRY.lock().as_mut() {
             let changes = registry.take_out(device, reason);

@@ -177,6 +177,8 @@ pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup)
         }
     }
     report.clockevents_rule = setup.rule.clone();
+    let (count, in_hard_irq) = super::failures::take_outs();
+    report.take_outs = crate::timer_report::TakeOutsReport { count, in_hard_irq };
     report.bringup_us = super::bringup_ns() / 1000;
     report.tick_mode = match super::BRING_UP.get().map(|b| b.mode) {
         Some(kernel_time::tick::TickMode::Periodic { .. }) => "periodic",

@@ -6,6 +6,7 @@
 //! handlers run on the CPU they interrupt and return to it.
 
 use super::super::clockevents::CpuTime;
+use super::super::deferred::CpuDeferred;
 use super::super::gdt::CpuTables;
 use super::super::path_trace::PathStamps;
 use alloc::boxed::Box;
@@ -43,6 +44,8 @@ pub struct PerCpu {
     pub online_ns: AtomicU64,
     /// Interrupt handlers running on this CPU (nested ones counted): only this CPU writes it.
     pub irq_depth: AtomicU32,
+    /// Work raised on this CPU to run outside the hard interrupt (`deferred`).
+    pub deferred: CpuDeferred,
     /// Calls posted to this CPU, run in order by its function-call interrupt. The lock is
     /// held only to push or pop one entry (never while a call runs).
     pub(super) mailbox: spin::Mutex<VecDeque<Call>>,
@@ -83,6 +86,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         not_ours: AtomicU64::new(0),
         online_ns: AtomicU64::new(0),
         irq_depth: AtomicU32::new(0),
+        deferred: CpuDeferred::new(),
         mailbox: spin::Mutex::new(VecDeque::new()),
         time: CpuTime::new(),
         path: PathStamps::new(),
