@@ -13,8 +13,11 @@
 //! pending never fires after the cancel; and every CPU drains its timers within a bounded
 //! number of steps (no livelock, no lost wake-up).
 //!
-//! `THREADS_ITERATIONS` sets the number of schedules (default [`DEFAULT_ITERATIONS`]);
-//! `THREADS_SEED` replays one (`shuttle` prints the failing schedule too).
+//! `THREADS_ITERATIONS` sets the number of random schedules (default [`DEFAULT_ITERATIONS`];
+//! a tenth as many PCT schedules follow); `THREADS_SEED` replays a failure (with
+//! `THREADS_ITERATIONS=1`: shuttle prints the failing seed). Diagnostics added to replay one
+//! must not touch shuttle's atomics or locks: each such access is a scheduling point and
+//! changes the schedule.
 //!
 //! What shuttle schedules: a thread can be preempted at each shuttle operation (the tick's
 //! guard, the IPI flags, a yield in every idle loop), so CPUs interleave between the core's
@@ -44,9 +47,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const DEFAULT_ITERATIONS: usize = 3_000;
 /// Workload steps per CPU per schedule (arm, cancel, send, sleep...).
 const STEPS: usize = 120;
-/// Loop turns a CPU may take, after the workload, to see every CPU's timers fire: far more
-/// than the latest deadline needs (the clock moves at least 1 us a turn on average).
-const DRAIN_LIMIT: usize = 2_000;
+/// Loop turns a CPU may take with timers of its own pending, after the workload, before it
+/// is judged to have lost a wake-up (or livelocked): far more than the latest deadline needs
+/// (the clock moves about 1 us a turn; PCT schedules, which starve a CPU for long stretches,
+/// took up to about 650).
+const DRAIN_LIMIT: usize = 3_000;
 /// Turns a sleeping CPU waits without a wake-up before it is judged lost.
 const SLEEP_LIMIT: usize = 50_000;
 /// Timers are armed up to this far ahead, and up to a fifth of it in the past.
@@ -173,11 +178,12 @@ struct CpuState {
     inbox: Inbox<[u64; 2]>,
     /// Its local device, if it has one.
     local: Option<(DeviceId, &'static Driver)>,
-    /// Its timers pending, as it last saw them, and messages sent to it not yet handled
-    /// (each handled only after the timer it arms is counted): the run ends when every CPU's
-    /// are zero.
-    pending: AtomicUsize,
-    in_flight: AtomicUsize,
+    /// Its timers pending (as it last counted them) plus the messages sent to it and not yet
+    /// handled, in one atomic: a sender adds its message before sending it, the owner counts
+    /// what a message armed before it takes the message off, so no reader sees zero while
+    /// work is left. Once every CPU's workload is over nothing is sent any more, so a CPU at
+    /// zero stays there: the run ends when all are.
+    outstanding: AtomicUsize,
 }
 
 /// The machine: the clock, the broadcast, the CPUs.
@@ -269,8 +275,7 @@ fn machine(cpus: usize, mode: TickMode) -> Arc<Machine> {
             message_ipi: AtomicBool::new(false),
             inbox: Inbox::new(8),
             local,
-            pending: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
+            outstanding: AtomicUsize::new(0),
         })
         .collect::<Vec<_>>();
     Arc::new(Machine {
@@ -311,7 +316,8 @@ struct Record {
     handovers: u64,
     exits_first: u64,
     handlers_first: u64,
-    /// Idle turns it took after its workload until every CPU's timers had fired.
+    /// Idle turns it took, with timers of its own pending, after its workload until every
+    /// CPU's timers had fired.
     drain_turns: usize,
 }
 
@@ -332,6 +338,8 @@ struct Cpu {
     ids: RefCell<Vec<(TimerId, u64)>>,
     /// Callbacks run by the interrupt in progress.
     callbacks: Cell<u32>,
+    /// Its pending timers as last counted into its `outstanding`.
+    published: Cell<usize>,
 }
 
 impl ExpiryContext for Cpu {
@@ -475,9 +483,9 @@ impl Cpu {
     fn send(&self, cpu: usize, message: Message) -> bool {
         let target = &self.m.cpus[cpu];
         self.record.borrow_mut().ops += 1;
-        target.in_flight.fetch_add(1, Ordering::AcqRel);
+        target.outstanding.fetch_add(1, Ordering::AcqRel);
         if target.inbox.try_send(message.encode()).is_err() {
-            target.in_flight.fetch_sub(1, Ordering::AcqRel);
+            target.outstanding.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         target.message_ipi.store(true, Ordering::Release);
@@ -496,7 +504,7 @@ impl Cpu {
                 Message::Arm { n, deadline } => self.arm_payload(n, deadline),
             }
             self.publish_pending();
-            self.me().in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.me().outstanding.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -627,16 +635,18 @@ impl Cpu {
 
     fn all_done(&self) -> bool {
         self.m.working.load(Ordering::Acquire) == 0
-            && self
-                .m
-                .cpus
-                .iter()
-                .all(|c| c.pending.load(Ordering::Acquire) == 0 && c.in_flight.load(Ordering::Acquire) == 0)
+            && self.m.cpus.iter().all(|c| c.outstanding.load(Ordering::Acquire) == 0)
     }
 
+    /// Counts this CPU's pending timers into its `outstanding`.
     fn publish_pending(&self) {
         let pending = self.with_tick(|t, _| t.pending()).expect("a tick");
-        self.me().pending.store(pending, Ordering::Release);
+        let published = self.published.replace(pending);
+        if pending > published {
+            self.me().outstanding.fetch_add(pending - published, Ordering::AcqRel);
+        } else if pending < published {
+            self.me().outstanding.fetch_sub(published - pending, Ordering::AcqRel);
+        }
     }
 
     /// The CPU's life: the workload, then idle until every CPU's timers have fired.
@@ -680,12 +690,14 @@ impl Cpu {
             if self.all_done() {
                 break;
             }
-            turns += 1;
+            if self.published.get() > 0 {
+                turns += 1;
+            }
             if turns >= DRAIN_LIMIT {
-                let pending: Vec<_> = m.cpus.iter().map(|c| c.pending.load(Ordering::Relaxed)).collect();
+                let pending: Vec<_> = m.cpus.iter().map(|c| c.outstanding.load(Ordering::Relaxed)).collect();
                 panic!(
-                    "CPU {}: timers still pending after {DRAIN_LIMIT} turns of idle (clock {}), per CPU \
-                     {pending:?}: a lost wake-up or a livelock",
+                    "CPU {}: timers still pending after {DRAIN_LIMIT} turns of idle (clock {}), timers \
+                     and messages outstanding per CPU {pending:?}: a lost wake-up or a livelock",
                     self.index,
                     self.now()
                 );
@@ -779,6 +791,7 @@ fn one_run(totals: &std::sync::Mutex<[u64; 6]>) {
                 next_seq: Cell::new(0),
                 ids: RefCell::new(Vec::new()),
                 callbacks: Cell::new(0),
+                published: Cell::new(0),
             };
             shuttle::thread::spawn(move || cpu.main())
         })
@@ -794,25 +807,42 @@ fn one_run(totals: &std::sync::Mutex<[u64; 6]>) {
     t[5] = t[5].max(records.iter().map(|r| r.drain_turns as u64).max().unwrap_or(0));
 }
 
-#[test]
-fn cpus_as_threads_fire_every_timer_once_never_early_on_its_cpu() {
-    let iterations =
-        std::env::var("THREADS_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_ITERATIONS);
+/// Runs `iterations` schedules of [`one_run`] under `scheduler`; prints the figures.
+fn run_schedules(scheduler: impl shuttle::scheduler::Scheduler + 'static, iterations: usize, name: &str) {
     let totals: &'static std::sync::Mutex<[u64; 6]> = Box::leak(Box::new(std::sync::Mutex::new([0; 6])));
     let mut config = shuttle::Config::new();
     config.stack_size = 1 << 20;
     config.max_steps = shuttle::MaxSteps::FailAfter(10_000_000);
-    let scheduler = match std::env::var("THREADS_SEED").ok().and_then(|v| v.parse().ok()) {
-        Some(seed) => shuttle::scheduler::RandomScheduler::new_from_seed(seed, iterations),
-        None => shuttle::scheduler::RandomScheduler::new(iterations),
-    };
     shuttle::Runner::new(scheduler, config).run(move || one_run(totals));
     let [runs, ops, handovers, exits_first, handlers_first, drain_turns] = *totals.lock().unwrap();
     println!(
-        "{runs} schedules, {ops} operations on the core, {handovers} deep-idle handovers \
+        "{name}: {runs} schedules, {ops} operations on the core, {handovers} deep-idle handovers \
          ({exits_first} left before the handler, {handlers_first} after), at most {drain_turns} \
          idle turns to drain (limit {DRAIN_LIMIT})"
     );
     assert_eq!(runs, iterations as u64);
     assert!(exits_first > 0 && handlers_first > 0, "both idle-exit orders ran");
+}
+
+fn env(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Random schedules, then PCT schedules (priorities that change at a few random points: a CPU
+/// runs long stretches alone, as one whose neighbours are stalled), a tenth as many. One test,
+/// run one after the other: shuttle's panic hook is the process's.
+#[test]
+fn cpus_as_threads_fire_every_timer_once_never_early_on_its_cpu() {
+    let iterations = env("THREADS_ITERATIONS").map_or(DEFAULT_ITERATIONS, |n| n as usize);
+    let seed = env("THREADS_SEED");
+    let random = match seed {
+        Some(seed) => shuttle::scheduler::RandomScheduler::new_from_seed(seed, iterations),
+        None => shuttle::scheduler::RandomScheduler::new(iterations),
+    };
+    run_schedules(random, iterations, "random");
+    let pct = match seed {
+        Some(seed) => shuttle::scheduler::PctScheduler::new_from_seed(seed, 3, iterations / 10),
+        None => shuttle::scheduler::PctScheduler::new(3, iterations / 10),
+    };
+    run_schedules(pct, iterations / 10, "PCT");
 }
