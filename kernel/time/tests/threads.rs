@@ -23,7 +23,9 @@
 //! guard, the IPI flags, a yield in every idle loop), so CPUs interleave between the core's
 //! calls. The broadcast lock is the crate's `spin::Mutex` and the clock and devices are plain
 //! atomics: no preemption falls inside them (a spinning waiter could never yield to the
-//! holder), as none falls inside an interrupts-off section on one CPU of the kernel.
+//! holder), as none falls inside an interrupts-off section on one CPU of the kernel. The
+//! inbox's atomics are the crate's plain ones too, so a send or a receive is one step here:
+//! the inbox's own interleavings are its loom models' work (`models.rs`).
 
 #![cfg(not(any(loom, miri)))]
 
@@ -50,7 +52,7 @@ const STEPS: usize = 120;
 /// Loop turns a CPU may take with timers of its own pending, after the workload, before it
 /// is judged to have lost a wake-up (or livelocked): far more than the latest deadline needs
 /// (the clock moves about 1 us a turn; PCT schedules, which starve a CPU for long stretches,
-/// took up to about 650).
+/// took up to about 750).
 const DRAIN_LIMIT: usize = 3_000;
 /// Turns a sleeping CPU waits without a wake-up before it is judged lost.
 const SLEEP_LIMIT: usize = 50_000;
