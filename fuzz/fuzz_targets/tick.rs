@@ -11,12 +11,14 @@
 //! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry,timer}.rs`): a
 //! registry decision's broadcast change is applied at once by the deciding CPU; each CPU's
 //! assignment is a message to that CPU, as are arms and cancels asked from another CPU and
-//! wake-up IPIs. Messages reach each CPU in order, when delivered (a `DeliverIpis` step, or
-//! before time moves on, unless an `Advance` holds them back); device failures are reported
-//! by the CPU that met them, taken out and their changes applied. A CPU in deep idle (its
-//! deadline handed to the broadcast) is woken by whatever interrupt reaches it and leaves deep
-//! idle after handling it, as the kernel's idle loop does; one that runs code of an operation
-//! leaves it first. A suspend parks every CPU with its tick suspended, then the broadcast,
+//! wake-up IPIs. Messages reach each CPU when delivered (a `DeliverIpis` step, or before time
+//! moves on, unless an `Advance` holds them back): one sender's in the order sent, different
+//! senders' in the order the input picks (a late assignment is stale: `CpuTick::apply` drops
+//! it); device failures are reported by the CPU that met them, taken out and their changes
+//! applied. A CPU in deep idle (its deadline handed to the broadcast) is woken by whatever
+//! interrupt reaches it and leaves deep idle before the interrupt's handler runs (Linux's
+//! order) or after it, as its `DeepIdle` step chose; one that runs code of an operation leaves
+//! it first. A suspend parks every CPU with its tick suspended, then the broadcast,
 //! lets time pass with every device shut down, and resumes them. The simulation says which
 //! CPU it runs code on: a per-CPU device driven from another CPU, or any device driven by the
 //! registry, fails the run.
@@ -308,7 +310,10 @@ enum Op {
         ns: u32,
         hold_ipis: bool,
     },
-    /// Deliver the messages and wake-ups in flight to one CPU (or all), now.
+    /// Deliver the messages and wake-ups in flight to one CPU (or all), now. `cpu / 4`
+    /// above 0 delivers one thing only: the wake-up if `wake_first`, else the `cpu / 4 - 1`th
+    /// (cyclically) of the messages that may arrive next (each sender's oldest): messages of
+    /// different senders overtake each other, held back as long as the input likes.
     DeliverIpis {
         cpu: Option<u8>,
         wake_first: bool,
@@ -333,8 +338,9 @@ enum Op {
     Measure {
         cpu: u8,
     },
-    /// A CPU goes into deep idle (its device, if it stops there, handed over to the broadcast)
-    /// until an interrupt reaches it.
+    /// A CPU (`cpu % 4`) goes into deep idle (its device, if it stops there, handed over to
+    /// the broadcast) until an interrupt reaches it; it leaves deep idle before that
+    /// interrupt's handler runs if `cpu & 4` (Linux's order), else after it.
     DeepIdle {
         cpu: u8,
     },
@@ -394,7 +400,15 @@ struct Payload {
     period: u64,
 }
 
-/// A message to a CPU (the kernel's function-call IPI), carried out there in order.
+/// A message in flight: when it was sent, by which CPU, and what it asks.
+struct Sent {
+    at: u64,
+    from: usize,
+    msg: Msg,
+}
+
+/// A message to a CPU (the kernel's function-call IPI, or its inbox): one sender's messages
+/// to a CPU arrive in the order sent; different senders' in any order (`DeliverIpis` picks).
 enum Msg {
     Assign(Assignment),
     Arm(usize),
@@ -415,12 +429,15 @@ struct Sim {
     /// Per device: the CPU its interrupt reaches.
     irq_cpu: Vec<usize>,
     timers: Vec<Timer>,
-    /// Per CPU: the messages in flight to it, with when they were sent.
-    inbox: Vec<VecDeque<(u64, Msg)>>,
+    /// Per CPU: the messages in flight to it, with when they were sent and by which CPU.
+    inbox: Vec<VecDeque<Sent>>,
     /// Per CPU: a wake-up IPI in flight since then (several coalesce).
     wake: [Option<u64>; CPUS],
     /// Per CPU: asleep in deep idle, its deadline handed to the broadcast.
     asleep: [bool; CPUS],
+    /// Per CPU asleep: whether it leaves deep idle before the handler of the interrupt that
+    /// woke it runs (Linux's order), or after (chosen by its `DeepIdle` step).
+    exit_first: [bool; CPUS],
     /// Per CPU: when its device last changed (an assignment carried out, a new broadcast
     /// device for a CPU on broadcast) or a message held back reached it.
     disturbed_at: [u64; CPUS],
@@ -477,7 +494,7 @@ impl DeliveryContext for FuzzDelivery<'_> {
         self.sim.send_wake(cpu);
     }
     fn assign(&mut self, a: Assignment) -> Option<DeviceFailure> {
-        self.sim.inbox[a.cpu].push_back((now(), Msg::Assign(a)));
+        self.sim.send(a.cpu, self.here, Msg::Assign(a));
         None
     }
     fn take_out(&mut self, device: DeviceId, reason: &str) -> Changes {
@@ -522,7 +539,7 @@ impl Sim {
     }
 
     fn assignment_in_flight(&self, cpu: usize) -> bool {
-        self.inbox[cpu].iter().any(|(_, m)| matches!(m, Msg::Assign(_)))
+        self.inbox[cpu].iter().any(|s| matches!(s.msg, Msg::Assign(_)))
     }
 
     fn all_delivered(&self) -> bool {
@@ -665,7 +682,7 @@ impl Sim {
         if from == cpu {
             self.arm_here(n);
         } else {
-            self.inbox[cpu].push_back((now(), Msg::Arm(n)));
+            self.send(cpu, from, Msg::Arm(n));
         }
     }
 
@@ -744,38 +761,84 @@ impl Sim {
         if from == cpu {
             self.cancel_here(n);
         } else {
-            self.inbox[cpu].push_back((now(), Msg::Cancel(n)));
+            self.send(cpu, from, Msg::Cancel(n));
         }
     }
 
-    /// Delivers what is in flight to `cpu`: its messages in order, and its wake-up.
+    /// `from` sends `msg` to `cpu`.
+    fn send(&mut self, cpu: usize, from: usize, msg: Msg) {
+        self.inbox[cpu].push_back(Sent { at: now(), from, msg });
+    }
+
+    /// Delivers what is in flight to `cpu`: its messages in the order sent, and its wake-up.
     fn deliver_to(&mut self, cpu: usize, wake_first: bool) {
         let interrupted = !self.inbox[cpu].is_empty() || self.wake[cpu].is_some();
+        if interrupted {
+            self.woken(cpu);
+        }
         if wake_first {
             self.deliver_wake(cpu);
         }
-        while let Some((sent, msg)) = self.inbox[cpu].pop_front() {
-            match msg {
-                Msg::Assign(a) => {
-                    run_on(cpu);
-                    let before = self.tick(cpu).service();
-                    let bc = &self.bc;
-                    let tick = self.cpus[cpu].as_mut().expect("assignments go to online CPUs");
-                    tick.assign(a.service, a.local, now(), bc);
-                    if sent < now() || tick.service() != before {
-                        self.disturbed_at[cpu] = now();
-                    }
-                    self.settle(cpu);
-                }
-                Msg::Arm(n) => self.arm_here(n),
-                Msg::Cancel(n) => self.cancel_here(n),
-                Msg::Frequency { device, hz } => self.set_frequency_here(cpu, device, hz),
-            }
+        while let Some(sent) = self.inbox[cpu].pop_front() {
+            self.handle(cpu, sent);
         }
         if !wake_first {
             self.deliver_wake(cpu);
         }
         if interrupted {
+            self.idle_exit(cpu);
+        }
+    }
+
+    /// Delivers one thing in flight to `cpu`: its wake-up (`wake_first`, or nothing else is in
+    /// flight), else the `pick`th of the messages it may take next: each sender's oldest, so
+    /// one sender's messages keep their order and different senders' are reordered at will.
+    fn deliver_one(&mut self, cpu: usize, pick: usize, wake_first: bool) {
+        if self.inbox[cpu].is_empty() && self.wake[cpu].is_none() {
+            return;
+        }
+        self.woken(cpu);
+        if wake_first || self.inbox[cpu].is_empty() {
+            self.deliver_wake(cpu);
+        } else {
+            let mut heads: Vec<usize> = Vec::new();
+            for (i, sent) in self.inbox[cpu].iter().enumerate() {
+                if heads.iter().all(|&h| self.inbox[cpu][h].from != sent.from) {
+                    heads.push(i);
+                }
+            }
+            let sent = self.inbox[cpu].remove(heads[pick % heads.len()]).expect("a message in flight");
+            self.handle(cpu, sent);
+        }
+        self.idle_exit(cpu);
+    }
+
+    /// A message carried out on `cpu`.
+    fn handle(&mut self, cpu: usize, sent: Sent) {
+        match sent.msg {
+            Msg::Assign(a) => {
+                run_on(cpu);
+                let before = self.tick(cpu).service();
+                let bc = &self.bc;
+                let tick = self.cpus[cpu].as_mut().expect("assignments go to online CPUs");
+                // Numbered: one overtaken by a later decision's (another sender's) is stale.
+                tick.apply(a, now(), bc);
+                if sent.at < now() || tick.service() != before {
+                    self.disturbed_at[cpu] = now();
+                }
+                self.settle(cpu);
+            }
+            Msg::Arm(n) => self.arm_here(n),
+            Msg::Cancel(n) => self.cancel_here(n),
+            Msg::Frequency { device, hz } => self.set_frequency_here(cpu, device, hz),
+        }
+    }
+
+    /// An interrupt reaches `cpu`: asleep in deep idle and leaving it before the handler runs
+    /// (Linux's order), it takes its deadline back from the broadcast now; otherwise after the
+    /// handler ([`Self::idle_exit`]).
+    fn woken(&mut self, cpu: usize) {
+        if self.asleep[cpu] && self.exit_first[cpu] {
             self.idle_exit(cpu);
         }
     }
@@ -798,11 +861,13 @@ impl Sim {
         self.idle_exit(cpu);
     }
 
-    /// The idle loop on `cpu` goes into deep idle.
-    fn deep_idle(&mut self, cpu: usize) {
+    /// The idle loop on `cpu` goes into deep idle; `exit_first`: the interrupt that wakes it
+    /// finds it leaving deep idle before its handler runs.
+    fn deep_idle(&mut self, cpu: usize, exit_first: bool) {
         if self.cpus[cpu].is_none() || self.asleep[cpu] {
             return;
         }
+        self.exit_first[cpu] = exit_first;
         run_on(cpu);
         let usable = self.bc.lock().is_usable();
         let bc = &self.bc;
@@ -902,7 +967,7 @@ impl Sim {
             }
             let real = i128::from(driver(i).inner.lock().hz);
             let hz = u64::try_from(real + real * ppm / 1_000_000).expect("within 1 % of a real rate");
-            self.inbox[cpu].push_back((now(), Msg::Frequency { device: i, hz }));
+            self.send(cpu, 0, Msg::Frequency { device: i, hz });
         }
     }
 
@@ -1086,6 +1151,7 @@ impl Sim {
             self.events,
             self.runs
         );
+        self.woken(here);
         run_on(here);
         let now = now();
         if self.bc.lock().device() == Some(DeviceId(dev)) {
@@ -1371,6 +1437,7 @@ fn run(input: Input) {
         inbox: (0..CPUS).map(|_| VecDeque::new()).collect(),
         wake: [None; CPUS],
         asleep: [false; CPUS],
+        exit_first: [false; CPUS],
         disturbed_at: [0; CPUS],
         events: 0,
         runs: 0,
@@ -1393,9 +1460,10 @@ fn run(input: Input) {
             }
             Op::Advance { ns, hold_ipis } => sim.run_until(now() + u64::from(ns) % MAX_DELAY_NS, hold_ipis),
             Op::DeliverIpis { cpu: None, wake_first } => sim.deliver_all(wake_first),
-            Op::DeliverIpis { cpu: Some(cpu), wake_first } => {
-                sim.deliver_to(usize::from(cpu) % CPUS, wake_first)
-            }
+            Op::DeliverIpis { cpu: Some(cpu), wake_first } => match usize::from(cpu) / CPUS {
+                0 => sim.deliver_to(usize::from(cpu) % CPUS, wake_first),
+                pick => sim.deliver_one(usize::from(cpu) % CPUS, pick - 1, wake_first),
+            },
             Op::Spurious { device, misrouted_to } if !sim.irq_cpu.is_empty() => {
                 let dev = usize::from(device) % sim.irq_cpu.len();
                 match misrouted_to.map(|c| usize::from(c) % CPUS) {
@@ -1422,7 +1490,7 @@ fn run(input: Input) {
                     u64::from(passes_below_ticks);
             }
             Op::Measure { cpu } => sim.measure(usize::from(cpu) % CPUS),
-            Op::DeepIdle { cpu } => sim.deep_idle(usize::from(cpu) % CPUS),
+            Op::DeepIdle { cpu } => sim.deep_idle(usize::from(cpu) % CPUS, cpu & 4 != 0),
             Op::Suspend { ns } => sim.suspend(u64::from(ns) % MAX_DELAY_NS),
             Op::Refine { device, error_ppm } => sim.refine(device, error_ppm),
             _ => {}
