@@ -12,7 +12,8 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use expiry::{ExpiryContext, Hang, Outcome};
+use expiry::{Expiry, ExpiryContext, Hang, Outcome};
+use glue::Platform;
 use spin::Mutex;
 
 /// The simulated machine's clock and the CPU the simulator is running code on.
@@ -117,6 +118,30 @@ struct SimCpu<'a> {
     timers: RefCell<&'a mut BTreeMap<u32, SimTimer>>,
     armed_by_callbacks: &'a core::cell::Cell<u32>,
     refused_in_callbacks: &'a RefCell<Vec<ArmError>>,
+    /// Messages it sends (wake-up IPIs), delivered by the simulator.
+    inbox: RefCell<&'a mut VecDeque<(usize, Message)>>,
+    /// Devices it reports as failed, taken out by the simulator when it returns.
+    failures: RefCell<Vec<DeviceFailure>>,
+    hangs: RefCell<&'a mut Vec<(usize, Hang)>>,
+}
+
+impl Platform for SimCpu<'_> {
+    fn cpu(&self) -> usize {
+        self.cpu
+    }
+    fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+        *self.world.running_on.lock() = self.cpu;
+        f(&mut self.bc.lock())
+    }
+    fn send_wakeup(&self, cpu: usize) {
+        self.inbox.borrow_mut().push_back((cpu, Message::Wake));
+    }
+    fn take_out(&self, failure: DeviceFailure) {
+        self.failures.borrow_mut().push(failure);
+    }
+    fn hang(&self, _expiry: &Expiry, hang: Hang) {
+        self.hangs.borrow_mut().push((self.cpu, hang));
+    }
 }
 
 impl ExpiryContext for SimCpu<'_> {
@@ -367,9 +392,9 @@ impl Sim {
         let changes = self.take_failures();
         self.apply(changes);
     }
-    /// Runs `f` (an interrupt's or a wake-up's expiry, by the crate's loop) as `cpu`, then
-    /// carries out what it left: a device that failed is taken out, a hang recorded.
-    fn expire_on(&mut self, cpu: usize, f: impl FnOnce(&SimCpu) -> Outcome) -> Outcome {
+    /// Runs `f` (the crate's glue: an interrupt, a wake-up, deep idle, suspend) as `cpu`, then
+    /// carries out what it left: a device it reported failed is taken out.
+    fn as_cpu<R>(&mut self, cpu: usize, f: impl FnOnce(&SimCpu) -> R) -> R {
         let cx = SimCpu {
             cpu,
             world: self.world,
@@ -378,61 +403,110 @@ impl Sim {
             timers: RefCell::new(&mut self.timers),
             armed_by_callbacks: &self.armed_by_callbacks,
             refused_in_callbacks: &self.refused_in_callbacks,
+            inbox: RefCell::new(&mut self.inbox),
+            failures: RefCell::new(Vec::new()),
+            hangs: RefCell::new(&mut self.hangs),
         };
-        let outcome = f(&cx);
-        if let Outcome::Expired(e) = outcome {
-            self.most_callbacks = self.most_callbacks.max(e.callbacks);
-            if let Some(hang) = e.hang {
-                self.hangs.push((cpu, hang));
-            }
-            if let Some(f) = e.failure {
-                let changes = self.registry.take_out(f.device, &alloc::format!("{}", f.error));
-                self.apply(changes);
-            }
+        let r = f(&cx);
+        let failures = cx.failures.into_inner();
+        for f in failures {
+            let changes = self.registry.take_out(f.device, &alloc::format!("{}", f.error));
+            self.apply(changes);
         }
         let changes = self.take_failures();
         self.apply(changes);
+        r
+    }
+    /// Records what an expiry came to.
+    fn record(&mut self, outcome: Outcome) -> Outcome {
+        if let Outcome::Expired(e) = outcome {
+            self.most_callbacks = self.most_callbacks.max(e.callbacks);
+        }
         outcome
     }
     /// `cpu` is woken (a broadcast wake-up, or its owner's misrouted event).
     fn wakeup(&mut self, cpu: usize) {
         let now = self.now();
-        self.expire_on(cpu, |cx| expiry::wakeup(cx, now));
+        let outcome = self.as_cpu(cpu, |cx| glue::wakeup(cx, now));
+        self.record(outcome);
         self.idle(cpu);
     }
     /// `cpu` returns from an interrupt to its idle loop: a deep sleeper wakes (leaves the
     /// broadcast) and goes back to deep idle (hands over again).
     fn idle(&mut self, cpu: usize) {
         if self.deep_sleepers.contains(cpu) {
-            self.on(cpu, |t, now, bc| t.broadcast_exit(now, bc));
-            let _ = self.on(cpu, |t, now, bc| t.broadcast_enter(now, bc));
-            let changes = self.take_failures();
-            self.apply(changes);
+            self.as_cpu(cpu, |cx| {
+                glue::idle_exit(cx);
+                let _ = glue::idle_enter(cx);
+            });
         }
     }
     /// `cpu`'s idle loop sleeps deeply from now on.
     fn sleep_deeply(&mut self, cpu: usize) -> Result<Handover, DeepIdleRefused> {
         self.deep_sleepers.insert(cpu);
-        self.on(cpu, |t, now, bc| t.broadcast_enter(now, bc))
+        self.as_cpu(cpu, |cx| glue::idle_enter(cx))
     }
-    /// Device `dev` interrupts `cpu` now.
+    /// Device `dev` interrupts `cpu` now. The broadcast's wake-up IPIs are delivered at once
+    /// (other messages in flight stay where they are).
     fn device_event(&mut self, dev: DeviceId, cpu: usize) {
         let now = self.now();
         if self.bc.lock().device() == Some(dev) {
-            *self.world.running_on.lock() = cpu;
-            let due = self.bc.lock().event(now, cpu);
-            let changes = self.take_failures();
-            self.apply(changes);
-            for c in due.iter() {
+            let sent = self.inbox.len();
+            let due = self.as_cpu(cpu, |cx| glue::broadcast_event(cx, now));
+            self.idle(cpu);
+            let woken: Vec<(usize, Message)> = self.inbox.drain(sent..).collect();
+            for (c, m) in woken {
+                assert!(
+                    matches!(m, Message::Wake) && c != cpu && due.contains(c),
+                    "only due CPUs are sent IPIs"
+                );
                 self.wakeup(c);
             }
-            if !due.contains(cpu) {
-                self.idle(cpu);
+            return;
+        }
+        let outcome = self.as_cpu(cpu, |cx| {
+            let outcome = expiry::device_interrupt(cx, dev, now);
+            if let Outcome::Expired(e) = outcome {
+                glue::expiry_done(cx, e);
             }
-        } else if self.expire_on(cpu, |cx| expiry::device_interrupt(cx, dev, now)) != Outcome::NotOurs {
+            outcome
+        });
+        if self.record(outcome) != Outcome::NotOurs {
             self.idle(cpu);
         } else if let Some(owner) = self.registry.owner_of(dev) {
             self.wakeup(owner);
+        }
+    }
+    /// `cpu` goes offline and hands its timers to `to`: the registry first (no assignment for
+    /// it after), then its tick on it, then `to` adopts them (the simulator's bookkeeping
+    /// follows each timer to its new CPU and id). Returns the devices released and the ids.
+    fn offline(&mut self, cpu: usize, to: usize) -> (Vec<DeviceId>, Moved) {
+        let (changes, released) = self.registry.cpu_offline(cpu);
+        self.apply(changes);
+        let timers = self.as_cpu(cpu, |cx| glue::go_offline(cx));
+        let moved = match self.as_cpu(to, |cx| glue::adopt(cx, timers)) {
+            Ok(moved) => moved,
+            Err(r) => panic!("CPU {to} refused CPU {cpu}'s timers: {}", r.error),
+        };
+        for &(old, new) in &moved {
+            let n = *self.ids.iter().find(|&(_, &id)| id == old).expect("a tracked timer").0;
+            self.ids.insert(n, new);
+            self.timers.get_mut(&n).expect("known timer").cpu = to;
+        }
+        (released, moved)
+    }
+    /// Suspends every CPU's tick, then the broadcast; the timers pending.
+    fn suspend(&mut self) -> usize {
+        let pending = (0..self.cpus.len()).map(|c| self.as_cpu(c, |cx| glue::suspend(cx))).sum();
+        self.as_cpu(0, |cx| glue::suspend_broadcast(cx));
+        pending
+    }
+    /// Resumes the broadcast, then every CPU's tick.
+    fn resume(&mut self) {
+        let now = self.now();
+        self.as_cpu(0, |cx| glue::resume_broadcast(cx, now));
+        for c in 0..self.cpus.len() {
+            self.as_cpu(c, |cx| glue::resume(cx, now));
         }
     }
     /// Advances to the next device interrupt and delivers it; false when none is armed.
@@ -1261,18 +1335,14 @@ fn suspended_timekeeping_resumes_with_every_pending_timer() {
     s.arm(2, now + 5_000_000);
     assert_eq!(s.sleep_deeply(1), Ok(Handover::HandedOver));
     // Suspend: every device shut down, the timers stay queued.
-    let pending: usize = (0..3).map(|c| s.on(c, |t, _, _| t.suspend())).sum();
-    s.bc.lock().suspend();
+    let pending = s.suspend();
     assert_eq!(pending, 4);
     for d in [h0, l1, g] {
         assert_eq!(*s.drivers[d.0].fires_at.lock(), None, "{d:?} runs while suspended");
     }
     // 1 ms later (the first three deadlines passed meanwhile), resume.
     s.set_now(now + 1_000_000);
-    s.bc.lock().resume(s.now());
-    for c in 0..3 {
-        s.on(c, |t, now, bc| t.resume(now, bc));
-    }
+    s.resume();
     s.run_until(now + 10_000_000);
     s.assert_all_fired_once_never_early();
     for n in 0..3 {
@@ -1314,4 +1384,80 @@ fn a_broadcast_device_giving_up_on_a_cpus_deadline_is_reported() {
     let failure = s.on(1, |t, _, _| t.take_failure()).expect("CPU 1 reports the broadcast's failure");
     assert_eq!(failure.device, g);
     let _ = now;
+}
+
+/// A CPU going offline hands every pending timer (one-shot and periodic, on a local device and
+/// on the broadcast) to another CPU: each keeps its deadline (a periodic one its grid), runs
+/// once there and never early, under a new id the returned map gives; its devices are
+/// released and it takes no more timers.
+#[test]
+fn a_cpu_going_offline_hands_its_timers_to_another_each_run_once_never_early() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    s.per_cpu("lapic0", LAPIC, 0);
+    let l1 = s.per_cpu("lapic1", LAPIC, 1);
+    s.add("global", GLOBAL_HPET, CpuSet::first(3), Features::empty(), 0);
+    assert!(matches!(s.cpus[2].service(), Service::Broadcast(_)));
+    let now = s.now();
+    let early = s.arm(1, now + 30_000).0;
+    let later: Vec<(u32, TimerId)> =
+        [70_000, 250_000, 250_000, 900_000].iter().map(|&d| s.arm(1, now + d)).collect();
+    let (periodic, _) = s.arm_periodic(1, now + 50_000, 100_000);
+    let (on2, _) = s.arm(2, now + 400_000);
+    s.arm(0, now + 300_000);
+    s.run_until(now + 120_000);
+    assert_eq!((s.fired(early).len(), s.fired(periodic).len(), s.fired(later[0].0).len()), (1, 1, 1));
+    assert_eq!(s.bc.lock().deadline(2), now + 400_000);
+
+    let (released, moved) = s.offline(1, 0);
+    assert_eq!(released, vec![l1], "CPU 1's own device is released");
+    assert_eq!(moved.len(), 4, "the pending timers: three one-shots and the periodic one");
+    assert_eq!(s.registry.owner_of(l1), None);
+    assert!(!s.registry.online().contains(1));
+    assert_eq!(s.device(l1).state(), State::Detached);
+    assert_eq!(*s.drivers[l1.0].fires_at.lock(), None, "the released device is unarmed");
+    for &(was, new) in &moved {
+        assert_eq!((was.cpu(), new.cpu()), (1, 0), "ids follow their timers from CPU 1 to CPU 0");
+        assert_eq!(
+            s.on(0, |t, _, _| t.cancel(was)).err().map(|e| e.id_cpu),
+            Some(1),
+            "the old id is refused"
+        );
+    }
+    // The new id reaches its timer: one of the two at 250 us is cancelled by it.
+    let (n, was) = later[2];
+    let new = moved.iter().find(|&&(w, _)| w == was).expect("moved").1;
+    assert!(s.cancel(0, new).cancelled() == Some(n));
+    s.cancelled.push(n);
+    assert_eq!(
+        s.on(1, |t, now, bc| t.arm(now + 1_000, 99, now, bc)).err().map(|r| r.error),
+        Some(ArmError::CpuNotOnline(1))
+    );
+    // CPU 2, on the broadcast, goes too: it leaves the broadcast's set.
+    let (released, moved) = s.offline(2, 0);
+    assert!(released.is_empty() && moved.len() == 1);
+    assert_eq!(s.bc.lock().deadline(2), u64::MAX);
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!(s.fired(on2), &[now + 400_000][..]);
+    // The periodic timer kept its grid: 50 us + k * 100 us.
+    let runs = s.fired(periodic);
+    assert_eq!(runs.len(), 10);
+    for (k, &at) in runs.iter().enumerate() {
+        assert_eq!(at, now + 50_000 + k as u64 * 100_000, "run {k} off its grid");
+    }
+}
+
+/// A CPU that cannot take the timers (nothing serves it) hands them back whole.
+#[test]
+fn timers_a_cpu_cannot_adopt_are_handed_back_whole() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic1", LAPIC, 1);
+    let now = s.now();
+    s.arm(1, now + 10_000);
+    s.arm(1, now + 20_000);
+    let timers = s.on(1, |t, _, bc| t.go_offline(bc));
+    let refused = s.on(0, |t, now, bc| t.adopt(timers, now, bc)).expect_err("CPU 0 has no device");
+    assert_eq!(refused.error, ArmError::NoTickDevice(0));
+    let deadlines: Vec<u64> = refused.payload.iter().map(|m| m.deadline_ns).collect();
+    assert_eq!(deadlines, vec![now + 10_000, now + 20_000], "in deadline order, none lost");
 }
