@@ -393,7 +393,8 @@ impl Sim {
         self.apply(changes);
     }
     /// Runs `f` (the crate's glue: an interrupt, a wake-up, deep idle, suspend) as `cpu`, then
-    /// carries out what it left: a device it reported failed is taken out.
+    /// carries out what it left: a device it reported failed is taken out (and none it did not
+    /// report may be left failed behind it).
     fn as_cpu<R>(&mut self, cpu: usize, f: impl FnOnce(&SimCpu) -> R) -> R {
         let cx = SimCpu {
             cpu,
@@ -409,12 +410,13 @@ impl Sim {
         };
         let r = f(&cx);
         let failures = cx.failures.into_inner();
+        // The glue reports every device that gave up: none is left behind for a sweep to find.
+        let left = (self.cpus[cpu].take_failure(), self.bc.lock().take_failure());
+        assert_eq!(left, (None, None), "CPU {cpu}: a failure the glue did not report");
         for f in failures {
             let changes = self.registry.take_out(f.device, &alloc::format!("{}", f.error));
             self.apply(changes);
         }
-        let changes = self.take_failures();
-        self.apply(changes);
         r
     }
     /// Records what an expiry came to.
@@ -1460,4 +1462,30 @@ fn timers_a_cpu_cannot_adopt_are_handed_back_whole() {
     assert_eq!(refused.error, ArmError::NoTickDevice(0));
     let deadlines: Vec<u64> = refused.payload.iter().map(|m| m.deadline_ns).collect();
     assert_eq!(deadlines, vec![now + 10_000, now + 20_000], "in deadline order, none lost");
+}
+
+/// Entering deep idle, the broadcast device gives up on the deadline handed to it, and the
+/// CPU's own device, taking the deadline back, gives up too: both are taken out at once and
+/// the CPU moves to the next broadcast device with its timer. (The kernel's copy of this glue
+/// reported only the broadcast device: the CPU stayed on its failed local device, its timer
+/// lost until some other interrupt came.)
+#[test]
+fn both_devices_giving_up_at_deep_idle_entry_are_taken_out_and_the_timer_still_fires() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let l1 = stopping_local(&mut s, 1);
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    let g2 = s.add("global2", GLOBAL_HPET - 10, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    let (n, _) = s.arm(1, now + 100_000);
+    *s.drivers[l1.0].passes_below_ticks.lock() = u64::MAX;
+    *s.drivers[g.0].passes_below_ticks.lock() = u64::MAX;
+    assert_eq!(s.sleep_deeply(1), Err(DeepIdleRefused::NoBroadcast));
+    let taken: Vec<&str> = s.registry.taken_out().iter().map(|(name, _)| name.as_str()).collect();
+    assert!(taken.contains(&"global") && taken.contains(&"lapic1"), "taken out: {taken:?}");
+    assert_eq!(s.cpus[1].service(), Service::Broadcast(g2));
+    assert_eq!(s.bc.lock().deadline(1), now + 100_000, "the deadline went to the next broadcast device");
+    s.deep_sleepers = CpuSet::EMPTY;
+    s.run_until(now + 1_000_000);
+    assert_eq!(s.fired(n).len(), 1);
+    s.assert_all_fired_once_never_early();
 }
