@@ -483,6 +483,7 @@ impl Sim {
     /// it after), then its tick on it, then `to` adopts them (the simulator's bookkeeping
     /// follows each timer to its new CPU and id). Returns the devices released and the ids.
     fn offline(&mut self, cpu: usize, to: usize) -> (Vec<DeviceId>, Moved) {
+        self.deep_sleepers.remove(cpu);
         let (changes, released) = self.registry.cpu_offline(cpu);
         self.apply(changes);
         let timers = self.as_cpu(cpu, |cx| glue::go_offline(cx));
@@ -1488,4 +1489,87 @@ fn both_devices_giving_up_at_deep_idle_entry_are_taken_out_and_the_timer_still_f
     s.run_until(now + 1_000_000);
     assert_eq!(s.fired(n).len(), 1);
     s.assert_all_fired_once_never_early();
+}
+
+/// Random one-shot and periodic timers on four CPUs (per-CPU devices, a deep sleeper, one on
+/// the broadcast) while two CPUs go offline in turn, each handing its timers to a random CPU
+/// still online: every one-shot timer runs once, never early, on the CPU holding it then (the
+/// simulator checks it in the callback); every periodic one stays on its grid, no point
+/// skipped or run twice.
+#[test]
+fn random_timers_survive_cpus_going_offline() {
+    for seed in [3, 5, 9] {
+        let mut s = Sim::new(TickMode::Oneshot, 4);
+        s.per_cpu("hpet0", PERCPU_HPET, 0);
+        stopping_local(&mut s, 1);
+        s.per_cpu("lapic2", LAPIC, 2);
+        s.add("global", GLOBAL_HPET, CpuSet::first(4), Features::empty(), 0);
+        assert_eq!(s.sleep_deeply(1), Ok(Handover::HandedOver));
+        let mut rng = crate::testing::XorShift(seed);
+        let mut online: Vec<usize> = vec![0, 1, 2, 3];
+        let mut live: Vec<u32> = Vec::new();
+        let mut periodic: Vec<u32> = Vec::new();
+        for step in 0..3_000 {
+            if step == 1_000 || step == 2_000 {
+                let gone = if step == 1_000 { 2 } else { 1 };
+                online.retain(|&c| c != gone);
+                let to = online[(rng.next() % online.len() as u64) as usize];
+                s.deliver();
+                let pending = s.cpus[gone].pending();
+                let (_, moved) = s.offline(gone, to);
+                assert_eq!(moved.len(), pending, "every pending timer of CPU {gone} moved");
+                assert!(moved.iter().all(|&(old, new)| old.cpu() == gone && new.cpu() == to));
+            }
+            let cpu = online[(rng.next() % online.len() as u64) as usize];
+            let now = s.now();
+            match rng.next() % 12 {
+                0..=4 => live.push(s.arm(cpu, now + rng.next() % 20_000_000).0),
+                5 if periodic.len() < 40 => {
+                    let period = 100_000 + rng.next() % 2_000_000;
+                    periodic.push(s.arm_periodic(cpu, now + rng.next() % 1_000_000, period).0);
+                }
+                6 => {
+                    s.arm_remote(cpu, now + rng.next() % 20_000_000);
+                }
+                7 if !live.is_empty() => {
+                    let n = live.swap_remove((rng.next() % live.len() as u64) as usize);
+                    let (cpu, id) = (s.timers[&n].cpu, s.ids[&n]);
+                    if s.cancel(cpu, id).cancelled().is_some() {
+                        s.cancelled.push(n);
+                    }
+                }
+                _ => {
+                    s.deliver();
+                    s.run_until(now + rng.next() % 300_000);
+                }
+            }
+        }
+        s.deliver();
+        let end = s.now() + 50_000_000;
+        s.run_until(end);
+        for n in &s.cancelled {
+            assert!(s.fired(*n).is_empty(), "cancelled timer {n} ran");
+        }
+        s.assert_all_fired_once_never_early();
+        for &n in &periodic {
+            let SimTimer { deadline: first, period, ref fired, .. } = s.timers[&n];
+            let points: Vec<u64> = fired
+                .iter()
+                .map(|&at| {
+                    assert!(at >= first, "periodic timer {n} ran early");
+                    let k = (at - first) / period;
+                    assert!(at - (first + k * period) < 2_000, "periodic timer {n} off its grid at {at}");
+                    k
+                })
+                .collect();
+            let expected: Vec<u64> = (0..points.len() as u64).collect();
+            assert_eq!(points, expected, "periodic timer {n}: a point skipped or run twice");
+            assert!((end - first) / period <= points.len() as u64, "periodic timer {n} stopped");
+        }
+        let counts = (s.timers.len(), s.cancelled.len(), periodic.len());
+        assert!(
+            counts.0 > 1_000 && counts.1 > 20 && counts.2 == 40,
+            "timers, cancelled, periodic: {counts:?}"
+        );
+    }
 }
