@@ -82,7 +82,7 @@ use kernel_time::clockevents::{
 };
 use kernel_time::hrtimer::{Cancel, Expired, TimerId, forward};
 use kernel_time::tick::deliver::{self, DeliveryContext};
-use kernel_time::tick::expiry::{self, Expiry, ExpiryContext, Hang, Outcome};
+use kernel_time::tick::expiry::{Expiry, ExpiryContext, Hang};
 use kernel_time::tick::glue::{self, Platform};
 use kernel_time::tick::{
     ArmError, Assignment, Changes, CpuTick, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Refused, Registry,
@@ -528,8 +528,17 @@ impl Platform for FuzzCpu<'_> {
         let sim = self.sim.borrow();
         f(&mut sim.bc.lock())
     }
+    fn is_broadcast_device(&self, device: DeviceId) -> bool {
+        self.sim.borrow().bc.lock().device() == Some(device)
+    }
     fn send_wakeup(&self, cpu: usize) {
         self.sim.borrow_mut().send_wake(cpu);
+    }
+    fn wake_owner_of(&self, device: DeviceId) {
+        let mut sim = self.sim.borrow_mut();
+        if let Some(owner) = sim.registry.owner_of(device) {
+            sim.send_wake(owner);
+        }
     }
     fn take_out(&self, failure: DeviceFailure) {
         let mut sim = self.sim.borrow_mut();
@@ -1107,28 +1116,13 @@ impl Sim {
             self.events,
             self.runs
         );
-        run_on(here);
         let now = now();
-        if self.bc.lock().device() == Some(DeviceId(dev)) {
-            // The broadcast's interrupt, by the crate's glue (`here` may not be online).
-            let due = self.on_cpu(here, |cx| glue::broadcast_event(cx, now));
-            self.settle(here);
+        // By the crate's glue, as the kernel's handler (`here` may not be online).
+        let event = self.on_cpu(here, |cx| glue::device_interrupt(cx, DeviceId(dev), now));
+        self.settle(here);
+        if let glue::DeviceEvent::Broadcast(due) = event {
             for cpu in due.iter() {
                 assert!(self.cpus[cpu].is_some(), "the broadcast woke CPU {cpu}, which is not online");
-            }
-        } else {
-            let outcome = self.on_cpu(here, |cx| {
-                let outcome = expiry::device_interrupt(cx, DeviceId(dev), now);
-                if let Outcome::Expired(e) = outcome {
-                    glue::expiry_done(cx, e);
-                }
-                outcome
-            });
-            self.settle(here);
-            if outcome == Outcome::NotOurs
-                && let Some(owner) = self.registry.owner_of(DeviceId(dev))
-            {
-                self.send_wake(owner);
             }
         }
         self.idle_exit(here);

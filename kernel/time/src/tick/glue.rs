@@ -1,17 +1,19 @@
 //! One CPU's glue around the expiry loop, written once for every platform (the kernel, the host
-//! simulator, the fuzz target): the broadcast device's interrupt (which CPUs are due, each
+//! simulator, the fuzz target): a device's interrupt (the broadcast device's, this CPU's own, or
+//! another CPU's misrouted), the broadcast device's interrupt (which CPUs are due, each
 //! woken by IPI, this one directly), a wake-up, what an expiry leaves behind (a device that gave
 //! up programming goes to the registry), deep idle's handover to the broadcast and back, and the
 //! suspend and resume of a CPU's tick and of the broadcast, and a CPU going offline (its
 //! devices released, its timers handed to another CPU).
 //!
 //! The platform provides what only it can ([`Platform`], on top of [`ExpiryContext`]): this
-//! CPU's number, the broadcast state under its lock, the wake-up IPI, and a device's take-out
+//! CPU's number, the broadcast state under its lock and its device's id, the wake-up IPI (to a
+//! CPU, or to a device's owner), and a device's take-out
 //! by the registry (whose decisions [`deliver`](super::deliver) carries out). Every function
 //! here runs on the CPU `p` stands for, with no guard of its tick held by the caller.
 
 use super::expiry::{self, Expiry, ExpiryContext, Hang, Outcome};
-use super::{ArmError, DeepIdleRefused, DeviceFailure, Handover, Migrating, Moved, Refused};
+use super::{ArmError, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Migrating, Moved, Refused};
 use crate::broadcast::Broadcast;
 use crate::clockevents::CpuSet;
 use alloc::vec::Vec;
@@ -23,8 +25,15 @@ pub trait Platform: ExpiryContext {
     /// Runs `f` on the broadcast state (in a kernel: under its lock, with interrupts off: the
     /// broadcast's interrupt takes it too).
     fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R;
+    /// Whether `device` is the broadcast device now (read on every device interrupt: a kernel
+    /// keeps its id in an atomic).
+    fn is_broadcast_device(&self, device: DeviceId) -> bool;
     /// Sends CPU `cpu` the wake-up IPI; its handler calls [`wakeup`] there.
     fn send_wakeup(&self, cpu: usize);
+    /// `device`'s event reached this CPU, which it does not serve: its owner (the registry's
+    /// `owner_of`), if any, is sent the wake-up IPI, to look at its queue and program its
+    /// device again from its own CPU.
+    fn wake_owner_of(&self, device: DeviceId);
     /// A device gave up programming: the registry takes it out and its decision is carried
     /// out (the kernel: `Registry::take_out`, then [`deliver`](super::deliver::deliver)).
     /// Called with no tick guard held; a platform may also queue it to be done later.
@@ -45,6 +54,35 @@ pub fn expiry_done<P: Platform>(p: &P, e: Expiry) {
     if let Some(failure) = e.failure {
         p.take_out(failure);
     }
+}
+
+/// What a device interrupt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceEvent {
+    /// The broadcast device's: these CPUs were due (this one woken directly, the others by
+    /// IPI).
+    Broadcast(CpuSet),
+    /// A device local to a CPU: what the expiry came to on this CPU (`NotOurs`: its owner was
+    /// woken).
+    Local(Outcome),
+}
+
+/// Device `device` interrupted this CPU, whose clock read `now_ns` (called by the device's
+/// interrupt handler): the broadcast device's event ([`broadcast_event`]), or this CPU's
+/// expiry ([`expiry::device_interrupt`], then [`expiry_done`]); the event of a device this CPU
+/// does not serve wakes the device's owner.
+#[inline]
+pub fn device_interrupt<P: Platform>(p: &P, device: DeviceId, now_ns: u64) -> DeviceEvent {
+    if p.is_broadcast_device(device) {
+        return DeviceEvent::Broadcast(broadcast_event(p, now_ns));
+    }
+    let outcome = expiry::device_interrupt(p, device, now_ns);
+    match outcome {
+        Outcome::Expired(e) => expiry_done(p, e),
+        Outcome::NotOurs => p.wake_owner_of(device),
+        Outcome::Idle => {}
+    }
+    DeviceEvent::Local(outcome)
 }
 
 /// This CPU was woken (the broadcast's IPI, or for a misrouted event of its own device) at

@@ -118,6 +118,7 @@ struct SimCpu<'a> {
     timers: RefCell<&'a mut BTreeMap<u32, SimTimer>>,
     armed_by_callbacks: &'a core::cell::Cell<u32>,
     refused_in_callbacks: &'a RefCell<Vec<ArmError>>,
+    registry: &'a Registry,
     /// Messages it sends (wake-up IPIs), delivered by the simulator.
     inbox: RefCell<&'a mut VecDeque<(usize, Message)>>,
     /// Devices it reports as failed, taken out by the simulator when it returns.
@@ -133,8 +134,16 @@ impl Platform for SimCpu<'_> {
         *self.world.running_on.lock() = self.cpu;
         f(&mut self.bc.lock())
     }
+    fn is_broadcast_device(&self, device: DeviceId) -> bool {
+        self.bc.lock().device() == Some(device)
+    }
     fn send_wakeup(&self, cpu: usize) {
         self.inbox.borrow_mut().push_back((cpu, Message::Wake));
+    }
+    fn wake_owner_of(&self, device: DeviceId) {
+        if let Some(owner) = self.registry.owner_of(device) {
+            self.send_wakeup(owner);
+        }
     }
     fn take_out(&self, failure: DeviceFailure) {
         self.failures.borrow_mut().push(failure);
@@ -404,6 +413,7 @@ impl Sim {
             timers: RefCell::new(&mut self.timers),
             armed_by_callbacks: &self.armed_by_callbacks,
             refused_in_callbacks: &self.refused_in_callbacks,
+            registry: &self.registry,
             inbox: RefCell::new(&mut self.inbox),
             failures: RefCell::new(Vec::new()),
             hangs: RefCell::new(&mut self.hangs),
@@ -448,35 +458,27 @@ impl Sim {
         self.deep_sleepers.insert(cpu);
         self.as_cpu(cpu, |cx| glue::idle_enter(cx))
     }
-    /// Device `dev` interrupts `cpu` now. The broadcast's wake-up IPIs are delivered at once
-    /// (other messages in flight stay where they are).
+    /// Device `dev` interrupts `cpu` now, by the crate's glue. The wake-up IPIs it sends (the
+    /// broadcast's to the CPUs due, a misrouted event's to the device's owner) are delivered at
+    /// once; other messages in flight stay where they are.
     fn device_event(&mut self, dev: DeviceId, cpu: usize) {
         let now = self.now();
-        if self.bc.lock().device() == Some(dev) {
-            let sent = self.inbox.len();
-            let due = self.as_cpu(cpu, |cx| glue::broadcast_event(cx, now));
-            self.idle(cpu);
-            let woken: Vec<(usize, Message)> = self.inbox.drain(sent..).collect();
-            for (c, m) in woken {
-                assert!(
-                    matches!(m, Message::Wake) && c != cpu && due.contains(c),
-                    "only due CPUs are sent IPIs"
-                );
-                self.wakeup(c);
-            }
-            return;
+        let sent = self.inbox.len();
+        let event = self.as_cpu(cpu, |cx| glue::device_interrupt(cx, dev, now));
+        if let glue::DeviceEvent::Local(outcome) = event {
+            self.record(outcome);
         }
-        let outcome = self.as_cpu(cpu, |cx| {
-            let outcome = expiry::device_interrupt(cx, dev, now);
-            if let Outcome::Expired(e) = outcome {
-                glue::expiry_done(cx, e);
-            }
-            outcome
-        });
-        if self.record(outcome) != Outcome::NotOurs {
+        if event != glue::DeviceEvent::Local(Outcome::NotOurs) {
             self.idle(cpu);
-        } else if let Some(owner) = self.registry.owner_of(dev) {
-            self.wakeup(owner);
+        }
+        let woken: Vec<(usize, Message)> = self.inbox.drain(sent..).collect();
+        for (c, m) in woken {
+            let expected = match event {
+                glue::DeviceEvent::Broadcast(due) => due.contains(c) && c != cpu,
+                glue::DeviceEvent::Local(_) => self.registry.owner_of(dev) == Some(c),
+            };
+            assert!(matches!(m, Message::Wake) && expected, "CPU {c} sent a wake-up it should not get");
+            self.wakeup(c);
         }
     }
     /// `cpu` goes offline and hands its timers to `to`: the registry first (no assignment for

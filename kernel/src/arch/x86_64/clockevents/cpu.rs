@@ -13,7 +13,7 @@ use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::hrtimer::Expired;
-use kernel_time::tick::expiry::{self, Expiry, ExpiryContext, ExpiryPoint, Hang, Outcome};
+use kernel_time::tick::expiry::{Expiry, ExpiryContext, ExpiryPoint, Hang};
 use kernel_time::tick::glue::{self, Platform};
 use kernel_time::tick::{CpuTick, DeviceId};
 use spin::{Mutex, MutexGuard};
@@ -198,8 +198,8 @@ impl ExpiryContext for ThisCpu {
     }
 }
 
-/// This CPU as the crate's glue sees it: its number, the broadcast under its lock, the
-/// wake-up IPI, and the registry's take-out of a device that gave up.
+/// This CPU as the crate's glue sees it: its number, the broadcast under its lock and its
+/// device's id, the wake-up IPI, and the registry's take-out of a device that gave up.
 impl Platform for ThisCpu {
     #[inline]
     fn cpu(&self) -> usize {
@@ -210,8 +210,17 @@ impl Platform for ThisCpu {
         registry::with_broadcast(f)
     }
 
+    #[inline]
+    fn is_broadcast_device(&self, device: DeviceId) -> bool {
+        registry::is_broadcast_device(device)
+    }
+
     fn send_wakeup(&self, cpu: usize) {
         registry::send_wakeup(cpu);
+    }
+
+    fn wake_owner_of(&self, device: DeviceId) {
+        registry::wake_owner_of(device);
     }
 
     fn take_out(&self, failure: kernel_time::tick::DeviceFailure) {
@@ -246,16 +255,7 @@ fn this_cpu() -> ThisCpu {
 pub(super) fn device_interrupt(device: DeviceId) {
     let now = now_ns();
     path_trace::stamp(Stage::ClockRead);
-    let cx = this_cpu();
-    if registry::is_broadcast_device(device) {
-        glue::broadcast_event(&cx, now);
-        return;
-    }
-    match expiry::device_interrupt(&cx, device, now) {
-        Outcome::Expired(e) => glue::expiry_done(&cx, e),
-        Outcome::NotOurs => registry::wake_owner_of(device),
-        Outcome::Idle => {}
-    }
+    glue::device_interrupt(&this_cpu(), device, now);
 }
 
 /// The broadcast wake-up IPI (or a wake-up for a misrouted event of this CPU's device).
