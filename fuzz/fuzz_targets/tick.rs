@@ -8,7 +8,11 @@
 //! the layer's back, a CPU going into deep idle, a suspend of timekeeping, take a device out,
 //! a refinement of per-CPU devices' frequency applied by each device's CPU), on simulated devices and a simulated clock, as the host simulator `kernel/time/src/tick/sim.rs` does.
 //!
-//! The harness plays the kernel glue (`arch/x86_64/clockevents/{cpu,registry,timer}.rs`): a
+//! The harness runs the crate's own glue, as the kernel does: the expiry loop
+//! (`tick::expiry`), the registry decisions' delivery (`tick::deliver`), and the broadcast's
+//! interrupt, wake-ups, deep idle enter/exit and suspend/resume (`tick::glue`, through
+//! `FuzzCpu`'s `Platform`); it plays only the platform (what the kernel's
+//! `arch/x86_64/clockevents/{cpu,registry,timer}.rs` provide): a
 //! registry decision's broadcast change is applied at once by the deciding CPU; each CPU's
 //! assignment is a message to that CPU, as are arms and cancels asked from another CPU and
 //! wake-up IPIs. Messages reach each CPU when delivered (a `DeliverIpis` step, or before time
@@ -80,7 +84,8 @@ use kernel_time::clockevents::{
 };
 use kernel_time::hrtimer::{Cancel, Expired, TimerId, forward};
 use kernel_time::tick::deliver::{self, DeliveryContext};
-use kernel_time::tick::expiry::{self, ExpiryContext, Outcome};
+use kernel_time::tick::expiry::{Expiry, ExpiryContext, Hang};
+use kernel_time::tick::glue::{self, Platform};
 use kernel_time::tick::{
     ArmError, Assignment, Changes, CpuTick, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Refused, Registry,
     Service,
@@ -529,6 +534,39 @@ impl ExpiryContext for FuzzCpu<'_> {
     }
 }
 
+/// The same CPU as the crate's glue sees it: the broadcast, wake-up IPIs (messages to their
+/// CPU), and a failed device taken out by the registry at once, its changes applied.
+impl Platform for FuzzCpu<'_> {
+    fn cpu(&self) -> usize {
+        self.cpu
+    }
+    fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+        run_on(self.cpu);
+        let sim = self.sim.borrow();
+        f(&mut sim.bc.lock())
+    }
+    fn is_broadcast_device(&self, device: DeviceId) -> bool {
+        self.sim.borrow().bc.lock().device() == Some(device)
+    }
+    fn send_wakeup(&self, cpu: usize) {
+        self.sim.borrow_mut().send_wake(cpu);
+    }
+    fn wake_owner_of(&self, device: DeviceId) {
+        let mut sim = self.sim.borrow_mut();
+        if let Some(owner) = sim.registry.owner_of(device) {
+            sim.send_wake(owner);
+        }
+    }
+    fn take_out(&self, failure: DeviceFailure) {
+        let mut sim = self.sim.borrow_mut();
+        let changes = sim.decide(|r| r.take_out(failure.device, &format!("{}", failure.error)));
+        sim.apply(changes, self.cpu);
+    }
+    fn hang(&self, e: &Expiry, _hang: Hang) {
+        panic!("CPU {}: an expiry could not catch up ({e:?})", self.cpu);
+    }
+}
+
 impl Sim {
     fn drivers(&self) -> impl Iterator<Item = (usize, &'static SimDriver)> + '_ {
         (0..self.irq_cpu.len()).map(|i| (i, driver(i)))
@@ -849,9 +887,8 @@ impl Sim {
         if !std::mem::take(&mut self.asleep[cpu]) {
             return;
         }
-        run_on(cpu);
-        let bc = &self.bc;
-        self.cpus[cpu].as_mut().expect("an online CPU sleeps").broadcast_exit(now(), bc);
+        assert!(self.cpus[cpu].is_some(), "an online CPU sleeps");
+        self.on_cpu(cpu, |cx| glue::idle_exit(cx));
         self.disturbed_at[cpu] = now();
         self.settle(cpu);
     }
@@ -869,12 +906,15 @@ impl Sim {
         }
         self.exit_first[cpu] = exit_first;
         run_on(cpu);
-        let usable = self.bc.lock().is_usable();
-        let bc = &self.bc;
-        let tick = self.cpus[cpu].as_mut().expect("online");
+        let (usable, broadcast) = {
+            let b = self.bc.lock();
+            (b.is_usable(), b.device())
+        };
+        let tick = self.cpus[cpu].as_ref().expect("online");
         let stops = tick.device_stops_in_idle();
         let periodic = tick.local_device().is_some_and(|d| d.state() == State::Periodic);
-        let result = tick.broadcast_enter(now(), bc);
+        let result = self.on_cpu(cpu, |cx| glue::idle_enter(cx));
+        let tick = self.cpus[cpu].as_ref().expect("online");
         match result {
             Ok(Handover::NotNeeded) => {
                 assert!(!stops, "CPU {cpu}: its device stops in deep idle, not handed over")
@@ -895,8 +935,8 @@ impl Sim {
             }
             Err(DeepIdleRefused::NoBroadcast) => {
                 // Refused up front, or the broadcast device gave up on the deadline (then the
-                // CPU took it back).
-                let gave_up = self.bc.lock().device().is_some_and(|b| self.registry.device(b).is_failed());
+                // CPU took it back, and the glue had the device taken out).
+                let gave_up = broadcast.is_some_and(|b| self.registry.device(b).is_failed());
                 assert!(
                     stops && !periodic && (!usable || gave_up),
                     "CPU {cpu} refused with a working broadcast"
@@ -916,28 +956,25 @@ impl Sim {
         self.awake(0);
         self.deliver_all(false);
         for cpu in 0..CPUS {
-            if let Some(tick) = self.cpus[cpu].as_mut() {
-                run_on(cpu);
-                let pending = tick.suspend();
+            if self.cpus[cpu].is_some() {
+                let pending = self.on_cpu(cpu, |cx| glue::suspend(cx));
                 assert_eq!(
                     pending,
                     self.timers.iter().filter(|t| t.cpu == cpu && t.phase == Phase::Pending).count()
                 );
             }
         }
-        run_on(0);
-        self.bc.lock().suspend();
+        self.on_cpu(0, |cx| glue::suspend_broadcast(cx));
         for (i, d) in self.drivers() {
             assert_eq!(d.inner.lock().target, None, "dev{i} armed while timekeeping is suspended");
         }
         NOW.store(now() + ns, Ordering::Relaxed);
-        run_on(0);
-        self.bc.lock().resume(now());
+        let at = now();
+        self.on_cpu(0, |cx| glue::resume_broadcast(cx, at));
+        self.settle(0);
         for cpu in 0..CPUS {
-            run_on(cpu);
-            let bc = &self.bc;
-            if let Some(tick) = self.cpus[cpu].as_mut() {
-                tick.resume(now(), bc);
+            if self.cpus[cpu].is_some() {
+                self.on_cpu(cpu, |cx| glue::resume(cx, at));
                 self.disturbed_at[cpu] = now();
                 self.settle(cpu);
             }
@@ -1021,24 +1058,17 @@ impl Sim {
 
     /// The broadcast wake-up (or one for a misrouted event of the CPU's device) on `cpu`.
     fn wakeup(&mut self, cpu: usize) {
-        run_on(cpu);
         let now = now();
-        self.expire(cpu, |cx| expiry::wakeup(cx, now));
+        self.on_cpu(cpu, |cx| glue::wakeup(cx, now));
+        self.settle(cpu);
     }
 
-    /// Runs an interrupt's or a wake-up's expiry on `cpu` by the crate's loop, then what it
-    /// leaves to the platform: a device that failed is taken out, and the changes applied.
-    fn expire(&mut self, cpu: usize, f: impl FnOnce(&FuzzCpu) -> Outcome) -> Outcome {
-        let outcome = f(&FuzzCpu { sim: RefCell::new(self), cpu });
-        if let Outcome::Expired(e) = outcome {
-            assert!(e.hang.is_none(), "CPU {cpu}: an expiry could not catch up ({e:?})");
-            if let Some(f) = e.failure {
-                let changes = self.decide(|r| r.take_out(f.device, &format!("{}", f.error)));
-                self.apply(changes, cpu);
-            }
-        }
-        self.settle(cpu);
-        outcome
+    /// Runs `f` (the crate's glue or expiry loop, the kernel's own) as CPU `cpu`; what it
+    /// leaves to the platform (a device that failed taken out, wake-ups sent) is done through
+    /// [`FuzzCpu`]'s `Platform`.
+    fn on_cpu<R>(&mut self, cpu: usize, f: impl FnOnce(&FuzzCpu) -> R) -> R {
+        run_on(cpu);
+        f(&FuzzCpu { sim: RefCell::new(self), cpu })
     }
 
     /// The latest a timer on `cpu` queued for `deadline` at `armed_at` may run, if its CPU has
@@ -1154,33 +1184,15 @@ impl Sim {
         self.woken(here);
         run_on(here);
         let now = now();
-        if self.bc.lock().device() == Some(DeviceId(dev)) {
-            let due = self.bc.lock().event(now, here);
-            self.settle_broadcast(here);
+        // By the crate's glue, as the kernel's handler (`here` may not be online).
+        let event = self.on_cpu(here, |cx| glue::device_interrupt(cx, DeviceId(dev), now));
+        self.settle(here);
+        if let glue::DeviceEvent::Broadcast(due) = event {
             for cpu in due.iter() {
                 assert!(self.cpus[cpu].is_some(), "the broadcast woke CPU {cpu}, which is not online");
-                if cpu == here {
-                    self.wakeup(cpu);
-                } else {
-                    self.send_wake(cpu);
-                }
             }
-        } else if self.expire(here, |cx| expiry::device_interrupt(cx, DeviceId(dev), now)) == Outcome::NotOurs
-            && let Some(owner) = self.registry.owner_of(DeviceId(dev))
-        {
-            self.send_wake(owner);
         }
         self.idle_exit(here);
-    }
-
-    /// After a broadcast interrupt on `here` (which may not be online).
-    fn settle_broadcast(&mut self, here: usize) {
-        loop {
-            let failure = self.bc.lock().take_failure();
-            let Some((d, e)) = failure else { return };
-            let changes = self.decide(|r| r.take_out(d, &format!("{e}")));
-            self.apply(changes, here);
-        }
     }
 
     /// The next device interrupt at or before `until`.

@@ -37,6 +37,22 @@ pub struct Refused<T> {
     pub payload: T,
 }
 
+/// A pending timer of a CPU going offline, on its way to another CPU
+/// ([`CpuTick::go_offline`], then [`CpuTick::adopt`] there).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Migrating<T> {
+    /// Its id on the CPU it leaves (refused by every other CPU's queue).
+    pub id: TimerId,
+    /// Its deadline, which it keeps (a periodic payload carries its period, so it keeps its
+    /// grid too).
+    pub deadline_ns: u64,
+    /// What it carries.
+    pub payload: T,
+}
+
+/// Each timer [`CpuTick::adopt`] took: its old id, then its new one.
+pub type Moved = alloc::vec::Vec<(TimerId, TimerId)>;
+
 /// One CPU's tick.
 pub struct CpuTick<T> {
     cpu: usize,
@@ -81,6 +97,9 @@ pub struct CpuTick<T> {
     /// Room the queue keeps for timers posted through this CPU's handles
     /// ([`reserve_for_handles`](Self::reserve_for_handles)).
     handle_reserve: usize,
+    /// Gone offline ([`CpuTick::go_offline`]): serves nothing, takes no timer, ignores
+    /// assignments still in flight.
+    offline: bool,
 }
 
 /// What [`CpuTick::broadcast_enter`] did before deep idle.
@@ -160,6 +179,7 @@ impl<T> CpuTick<T> {
             handovers: 0,
             last_assignment: 0,
             handle_reserve: 0,
+            offline: false,
         }
     }
 
@@ -348,7 +368,7 @@ impl<T> CpuTick<T> {
     /// the last applied (delivered out of order) is stale and ignored. True if applied.
     pub fn apply(&mut self, a: super::Assignment, now_ns: u64, bc: &Mutex<Broadcast>) -> bool {
         debug_assert_eq!(a.cpu, self.cpu, "an assignment is carried out on its own CPU");
-        if a.sequence <= self.last_assignment {
+        if a.sequence <= self.last_assignment || self.offline {
             return false;
         }
         self.last_assignment = a.sequence;
@@ -416,6 +436,9 @@ impl<T> CpuTick<T> {
         now_ns: u64,
         bc: &Mutex<Broadcast>,
     ) -> Result<TimerId, Refused<T>> {
+        if self.offline {
+            return Err(Refused { error: ArmError::CpuNotOnline(self.cpu), payload });
+        }
         if self.service == Service::None {
             return Err(Refused { error: ArmError::NoTickDevice(self.cpu), payload });
         }
@@ -606,6 +629,75 @@ impl<T> CpuTick<T> {
     /// out, and this CPU then applies its new assignment.
     pub fn take_failure(&mut self) -> Option<DeviceFailure> {
         self.failure.take()
+    }
+
+    /// This CPU goes offline (called on it, outside an expiry, after the registry took it out
+    /// of its selection with [`Registry::cpu_offline`](super::Registry::cpu_offline), so no
+    /// new assignment comes): it leaves the broadcast, releases its local device (detached,
+    /// unarmed: free for the registry to hand out again), serves nothing from now on, refuses
+    /// arms ([`ArmError::CpuNotOnline`]) and ignores assignments still in flight. Returns its
+    /// pending timers in the order they would have run (deadline, then arming order), for
+    /// another CPU to [`adopt`](Self::adopt); a timer popped but not completed (only possible
+    /// when called from a callback, which it must not be) is not among them.
+    pub fn go_offline(&mut self, bc: &Mutex<Broadcast>) -> alloc::vec::Vec<Migrating<T>> {
+        debug_assert!(!self.expiring, "a CPU goes offline outside its expiry");
+        self.offline = true;
+        if self.handed_over || matches!(self.service, Service::Broadcast(_)) {
+            bc.lock().leave(self.cpu);
+        }
+        self.handed_over = false;
+        if let Service::Local(old) = self.service
+            && !self.former_locals.contains(&old)
+        {
+            self.former_locals.push(old);
+        }
+        if let Some(old) = self.local.take() {
+            old.detach();
+        }
+        self.service = Service::None;
+        self.next_event_ns = u64::MAX;
+        let mut timers = alloc::vec::Vec::with_capacity(self.queue.len());
+        while let Some(e) = self.queue.pop_expired(u64::MAX) {
+            let _ = self.queue.complete(e.id, None);
+            timers.push(Migrating { id: e.id, deadline_ns: e.deadline_ns, payload: e.payload });
+        }
+        timers
+    }
+
+    /// Takes the pending timers of a CPU gone offline ([`go_offline`](Self::go_offline)) onto
+    /// this CPU's queue (called on this CPU), each at its own deadline and in its order, and
+    /// programs the device once for the earliest. The timers get new ids: returns each old id
+    /// with its new one, in the order given, so that whoever holds a handle can follow it.
+    /// Refused whole, with the timers handed back, when nothing serves this CPU (or it is
+    /// offline itself), or in an expiry (a callback: the interrupt path) when the queue has no
+    /// room for them all; outside an expiry the queue grows.
+    pub fn adopt(
+        &mut self,
+        timers: alloc::vec::Vec<Migrating<T>>,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+    ) -> Result<Moved, Refused<alloc::vec::Vec<Migrating<T>>>> {
+        let error = if self.offline {
+            Some(ArmError::CpuNotOnline(self.cpu))
+        } else if self.service == Service::None {
+            Some(ArmError::NoTickDevice(self.cpu))
+        } else if self.expiring && self.queue.spare_capacity() < timers.len() {
+            Some(ArmError::QueueFull { cpu: self.cpu, capacity: self.queue.capacity() })
+        } else {
+            None
+        };
+        if let Some(error) = error {
+            return Err(Refused { error, payload: timers });
+        }
+        self.queue.reserve(timers.len());
+        let ids = timers.into_iter().map(|m| (m.id, self.queue.arm(m.deadline_ns, m.payload))).collect();
+        self.reprogram(now_ns, bc);
+        Ok(ids)
+    }
+
+    /// Whether this CPU went offline ([`go_offline`](Self::go_offline)).
+    pub fn is_offline(&self) -> bool {
+        self.offline
     }
 
     /// Gives the broadcast this CPU's deadline; a broadcast device that gives up on it is this

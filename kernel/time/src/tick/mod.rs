@@ -29,12 +29,13 @@
 mod cpu;
 pub mod deliver;
 pub mod expiry;
+pub mod glue;
 mod registry;
 #[cfg(test)]
 mod sim;
 
 pub use super::clockevents::DeviceId;
-pub use cpu::{CpuTick, DeepIdleRefused, DeviceFailure, Handover, Refused};
+pub use cpu::{CpuTick, DeepIdleRefused, DeviceFailure, Handover, Migrating, Moved, Refused};
 pub use registry::{Assignment, Changes, Registry};
 
 use core::fmt;

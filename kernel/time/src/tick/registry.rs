@@ -139,6 +139,31 @@ impl Registry {
         self.reselect()
     }
 
+    /// Takes `cpu` out of the selection as it goes offline (before its tick's
+    /// [`go_offline`](super::CpuTick::go_offline), so no assignment for it is decided after):
+    /// it gets no more assignments, and owns nothing. Its local devices are released: retired
+    /// from the selection (not failed) and returned, so that a platform that can aim one at
+    /// another CPU (an HPET comparator re-routed) registers it again with that CPU's set, and
+    /// one that cannot (a LAPIC timer) registers its own again when the CPU comes back. No
+    /// other CPU's service changes (a CPU's local devices serve only it, and the broadcast
+    /// device is never local); the changes are returned all the same, to be delivered.
+    pub fn cpu_offline(&mut self, cpu: usize) -> (Changes, Vec<DeviceId>) {
+        self.online.remove(cpu);
+        if let Some(s) = self.services.get_mut(cpu) {
+            *s = Service::None;
+        }
+        let released: Vec<DeviceId> = self
+            .devices()
+            .filter(|&(id, d)| !self.retired[id.0] && d.is_per_cpu() && d.spec.cpus.only() == Some(cpu))
+            .map(|(id, _)| id)
+            .collect();
+        for &id in &released {
+            self.retired[id.0] = true;
+            log::info!("{} released: CPU {cpu} went offline", self.devices[id.0].spec.name);
+        }
+        (self.reselect(), released)
+    }
+
     /// Takes a device out of service for good (failed self-test, gave up programming, an
     /// interrupt storm) and moves the CPUs it served to the next best device; each of them
     /// hands its pending deadline over when it applies its assignment.

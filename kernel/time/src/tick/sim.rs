@@ -12,7 +12,8 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use expiry::{ExpiryContext, Hang, Outcome};
+use expiry::{Expiry, ExpiryContext, Hang, Outcome};
+use glue::Platform;
 use spin::Mutex;
 
 /// The simulated machine's clock and the CPU the simulator is running code on.
@@ -117,6 +118,39 @@ struct SimCpu<'a> {
     timers: RefCell<&'a mut BTreeMap<u32, SimTimer>>,
     armed_by_callbacks: &'a core::cell::Cell<u32>,
     refused_in_callbacks: &'a RefCell<Vec<ArmError>>,
+    registry: &'a Registry,
+    /// Messages it sends (wake-up IPIs), delivered by the simulator.
+    inbox: RefCell<&'a mut VecDeque<(usize, Message)>>,
+    /// Devices it reports as failed, taken out by the simulator when it returns.
+    failures: RefCell<Vec<DeviceFailure>>,
+    hangs: RefCell<&'a mut Vec<(usize, Hang)>>,
+}
+
+impl Platform for SimCpu<'_> {
+    fn cpu(&self) -> usize {
+        self.cpu
+    }
+    fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+        *self.world.running_on.lock() = self.cpu;
+        f(&mut self.bc.lock())
+    }
+    fn is_broadcast_device(&self, device: DeviceId) -> bool {
+        self.bc.lock().device() == Some(device)
+    }
+    fn send_wakeup(&self, cpu: usize) {
+        self.inbox.borrow_mut().push_back((cpu, Message::Wake));
+    }
+    fn wake_owner_of(&self, device: DeviceId) {
+        if let Some(owner) = self.registry.owner_of(device) {
+            self.send_wakeup(owner);
+        }
+    }
+    fn take_out(&self, failure: DeviceFailure) {
+        self.failures.borrow_mut().push(failure);
+    }
+    fn hang(&self, _expiry: &Expiry, hang: Hang) {
+        self.hangs.borrow_mut().push((self.cpu, hang));
+    }
 }
 
 impl ExpiryContext for SimCpu<'_> {
@@ -367,9 +401,10 @@ impl Sim {
         let changes = self.take_failures();
         self.apply(changes);
     }
-    /// Runs `f` (an interrupt's or a wake-up's expiry, by the crate's loop) as `cpu`, then
-    /// carries out what it left: a device that failed is taken out, a hang recorded.
-    fn expire_on(&mut self, cpu: usize, f: impl FnOnce(&SimCpu) -> Outcome) -> Outcome {
+    /// Runs `f` (the crate's glue: an interrupt, a wake-up, deep idle, suspend) as `cpu`, then
+    /// carries out what it left: a device it reported failed is taken out (and none it did not
+    /// report may be left failed behind it).
+    fn as_cpu<R>(&mut self, cpu: usize, f: impl FnOnce(&SimCpu) -> R) -> R {
         let cx = SimCpu {
             cpu,
             world: self.world,
@@ -378,61 +413,105 @@ impl Sim {
             timers: RefCell::new(&mut self.timers),
             armed_by_callbacks: &self.armed_by_callbacks,
             refused_in_callbacks: &self.refused_in_callbacks,
+            registry: &self.registry,
+            inbox: RefCell::new(&mut self.inbox),
+            failures: RefCell::new(Vec::new()),
+            hangs: RefCell::new(&mut self.hangs),
         };
-        let outcome = f(&cx);
+        let r = f(&cx);
+        let failures = cx.failures.into_inner();
+        // The glue reports every device that gave up: none is left behind for a sweep to find.
+        let left = (self.cpus[cpu].take_failure(), self.bc.lock().take_failure());
+        assert_eq!(left, (None, None), "CPU {cpu}: a failure the glue did not report");
+        for f in failures {
+            let changes = self.registry.take_out(f.device, &alloc::format!("{}", f.error));
+            self.apply(changes);
+        }
+        r
+    }
+    /// Records what an expiry came to.
+    fn record(&mut self, outcome: Outcome) -> Outcome {
         if let Outcome::Expired(e) = outcome {
             self.most_callbacks = self.most_callbacks.max(e.callbacks);
-            if let Some(hang) = e.hang {
-                self.hangs.push((cpu, hang));
-            }
-            if let Some(f) = e.failure {
-                let changes = self.registry.take_out(f.device, &alloc::format!("{}", f.error));
-                self.apply(changes);
-            }
         }
-        let changes = self.take_failures();
-        self.apply(changes);
         outcome
     }
     /// `cpu` is woken (a broadcast wake-up, or its owner's misrouted event).
     fn wakeup(&mut self, cpu: usize) {
         let now = self.now();
-        self.expire_on(cpu, |cx| expiry::wakeup(cx, now));
+        let outcome = self.as_cpu(cpu, |cx| glue::wakeup(cx, now));
+        self.record(outcome);
         self.idle(cpu);
     }
     /// `cpu` returns from an interrupt to its idle loop: a deep sleeper wakes (leaves the
     /// broadcast) and goes back to deep idle (hands over again).
     fn idle(&mut self, cpu: usize) {
         if self.deep_sleepers.contains(cpu) {
-            self.on(cpu, |t, now, bc| t.broadcast_exit(now, bc));
-            let _ = self.on(cpu, |t, now, bc| t.broadcast_enter(now, bc));
-            let changes = self.take_failures();
-            self.apply(changes);
+            self.as_cpu(cpu, |cx| {
+                glue::idle_exit(cx);
+                let _ = glue::idle_enter(cx);
+            });
         }
     }
     /// `cpu`'s idle loop sleeps deeply from now on.
     fn sleep_deeply(&mut self, cpu: usize) -> Result<Handover, DeepIdleRefused> {
         self.deep_sleepers.insert(cpu);
-        self.on(cpu, |t, now, bc| t.broadcast_enter(now, bc))
+        self.as_cpu(cpu, |cx| glue::idle_enter(cx))
     }
-    /// Device `dev` interrupts `cpu` now.
+    /// Device `dev` interrupts `cpu` now, by the crate's glue. The wake-up IPIs it sends (the
+    /// broadcast's to the CPUs due, a misrouted event's to the device's owner) are delivered at
+    /// once; other messages in flight stay where they are.
     fn device_event(&mut self, dev: DeviceId, cpu: usize) {
         let now = self.now();
-        if self.bc.lock().device() == Some(dev) {
-            *self.world.running_on.lock() = cpu;
-            let due = self.bc.lock().event(now, cpu);
-            let changes = self.take_failures();
-            self.apply(changes);
-            for c in due.iter() {
-                self.wakeup(c);
-            }
-            if !due.contains(cpu) {
-                self.idle(cpu);
-            }
-        } else if self.expire_on(cpu, |cx| expiry::device_interrupt(cx, dev, now)) != Outcome::NotOurs {
+        let sent = self.inbox.len();
+        let event = self.as_cpu(cpu, |cx| glue::device_interrupt(cx, dev, now));
+        if let glue::DeviceEvent::Local(outcome) = event {
+            self.record(outcome);
+        }
+        if event != glue::DeviceEvent::Local(Outcome::NotOurs) {
             self.idle(cpu);
-        } else if let Some(owner) = self.registry.owner_of(dev) {
-            self.wakeup(owner);
+        }
+        let woken: Vec<(usize, Message)> = self.inbox.drain(sent..).collect();
+        for (c, m) in woken {
+            let expected = match event {
+                glue::DeviceEvent::Broadcast(due) => due.contains(c) && c != cpu,
+                glue::DeviceEvent::Local(_) => self.registry.owner_of(dev) == Some(c),
+            };
+            assert!(matches!(m, Message::Wake) && expected, "CPU {c} sent a wake-up it should not get");
+            self.wakeup(c);
+        }
+    }
+    /// `cpu` goes offline and hands its timers to `to`: the registry first (no assignment for
+    /// it after), then its tick on it, then `to` adopts them (the simulator's bookkeeping
+    /// follows each timer to its new CPU and id). Returns the devices released and the ids.
+    fn offline(&mut self, cpu: usize, to: usize) -> (Vec<DeviceId>, Moved) {
+        self.deep_sleepers.remove(cpu);
+        let (changes, released) = self.registry.cpu_offline(cpu);
+        self.apply(changes);
+        let timers = self.as_cpu(cpu, |cx| glue::go_offline(cx));
+        let moved = match self.as_cpu(to, |cx| glue::adopt(cx, timers)) {
+            Ok(moved) => moved,
+            Err(r) => panic!("CPU {to} refused CPU {cpu}'s timers: {}", r.error),
+        };
+        for &(old, new) in &moved {
+            let n = *self.ids.iter().find(|&(_, &id)| id == old).expect("a tracked timer").0;
+            self.ids.insert(n, new);
+            self.timers.get_mut(&n).expect("known timer").cpu = to;
+        }
+        (released, moved)
+    }
+    /// Suspends every CPU's tick, then the broadcast; the timers pending.
+    fn suspend(&mut self) -> usize {
+        let pending = (0..self.cpus.len()).map(|c| self.as_cpu(c, |cx| glue::suspend(cx))).sum();
+        self.as_cpu(0, |cx| glue::suspend_broadcast(cx));
+        pending
+    }
+    /// Resumes the broadcast, then every CPU's tick.
+    fn resume(&mut self) {
+        let now = self.now();
+        self.as_cpu(0, |cx| glue::resume_broadcast(cx, now));
+        for c in 0..self.cpus.len() {
+            self.as_cpu(c, |cx| glue::resume(cx, now));
         }
     }
     /// Advances to the next device interrupt and delivers it; false when none is armed.
@@ -1261,18 +1340,14 @@ fn suspended_timekeeping_resumes_with_every_pending_timer() {
     s.arm(2, now + 5_000_000);
     assert_eq!(s.sleep_deeply(1), Ok(Handover::HandedOver));
     // Suspend: every device shut down, the timers stay queued.
-    let pending: usize = (0..3).map(|c| s.on(c, |t, _, _| t.suspend())).sum();
-    s.bc.lock().suspend();
+    let pending = s.suspend();
     assert_eq!(pending, 4);
     for d in [h0, l1, g] {
         assert_eq!(*s.drivers[d.0].fires_at.lock(), None, "{d:?} runs while suspended");
     }
     // 1 ms later (the first three deadlines passed meanwhile), resume.
     s.set_now(now + 1_000_000);
-    s.bc.lock().resume(s.now());
-    for c in 0..3 {
-        s.on(c, |t, now, bc| t.resume(now, bc));
-    }
+    s.resume();
     s.run_until(now + 10_000_000);
     s.assert_all_fired_once_never_early();
     for n in 0..3 {
@@ -1314,4 +1389,189 @@ fn a_broadcast_device_giving_up_on_a_cpus_deadline_is_reported() {
     let failure = s.on(1, |t, _, _| t.take_failure()).expect("CPU 1 reports the broadcast's failure");
     assert_eq!(failure.device, g);
     let _ = now;
+}
+
+/// A CPU going offline hands every pending timer (one-shot and periodic, on a local device and
+/// on the broadcast) to another CPU: each keeps its deadline (a periodic one its grid), runs
+/// once there and never early, under a new id the returned map gives; its devices are
+/// released and it takes no more timers.
+#[test]
+fn a_cpu_going_offline_hands_its_timers_to_another_each_run_once_never_early() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    s.per_cpu("lapic0", LAPIC, 0);
+    let l1 = s.per_cpu("lapic1", LAPIC, 1);
+    s.add("global", GLOBAL_HPET, CpuSet::first(3), Features::empty(), 0);
+    assert!(matches!(s.cpus[2].service(), Service::Broadcast(_)));
+    let now = s.now();
+    let early = s.arm(1, now + 30_000).0;
+    let later: Vec<(u32, TimerId)> =
+        [70_000, 250_000, 250_000, 900_000].iter().map(|&d| s.arm(1, now + d)).collect();
+    let (periodic, _) = s.arm_periodic(1, now + 50_000, 100_000);
+    let (on2, _) = s.arm(2, now + 400_000);
+    s.arm(0, now + 300_000);
+    s.run_until(now + 120_000);
+    assert_eq!((s.fired(early).len(), s.fired(periodic).len(), s.fired(later[0].0).len()), (1, 1, 1));
+    assert_eq!(s.bc.lock().deadline(2), now + 400_000);
+
+    let (released, moved) = s.offline(1, 0);
+    assert_eq!(released, vec![l1], "CPU 1's own device is released");
+    assert_eq!(moved.len(), 4, "the pending timers: three one-shots and the periodic one");
+    assert_eq!(s.registry.owner_of(l1), None);
+    assert!(!s.registry.online().contains(1));
+    assert_eq!(s.device(l1).state(), State::Detached);
+    assert_eq!(*s.drivers[l1.0].fires_at.lock(), None, "the released device is unarmed");
+    for &(was, new) in &moved {
+        assert_eq!((was.cpu(), new.cpu()), (1, 0), "ids follow their timers from CPU 1 to CPU 0");
+        assert_eq!(
+            s.on(0, |t, _, _| t.cancel(was)).err().map(|e| e.id_cpu),
+            Some(1),
+            "the old id is refused"
+        );
+    }
+    // The new id reaches its timer: one of the two at 250 us is cancelled by it.
+    let (n, was) = later[2];
+    let new = moved.iter().find(|&&(w, _)| w == was).expect("moved").1;
+    assert!(s.cancel(0, new).cancelled() == Some(n));
+    s.cancelled.push(n);
+    assert_eq!(
+        s.on(1, |t, now, bc| t.arm(now + 1_000, 99, now, bc)).err().map(|r| r.error),
+        Some(ArmError::CpuNotOnline(1))
+    );
+    // CPU 2, on the broadcast, goes too: it leaves the broadcast's set.
+    let (released, moved) = s.offline(2, 0);
+    assert!(released.is_empty() && moved.len() == 1);
+    assert_eq!(s.bc.lock().deadline(2), u64::MAX);
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!(s.fired(on2), &[now + 400_000][..]);
+    // The periodic timer kept its grid: 50 us + k * 100 us.
+    let runs = s.fired(periodic);
+    assert_eq!(runs.len(), 10);
+    for (k, &at) in runs.iter().enumerate() {
+        assert_eq!(at, now + 50_000 + k as u64 * 100_000, "run {k} off its grid");
+    }
+}
+
+/// A CPU that cannot take the timers (nothing serves it) hands them back whole.
+#[test]
+fn timers_a_cpu_cannot_adopt_are_handed_back_whole() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic1", LAPIC, 1);
+    let now = s.now();
+    s.arm(1, now + 10_000);
+    s.arm(1, now + 20_000);
+    let timers = s.on(1, |t, _, bc| t.go_offline(bc));
+    let refused = s.on(0, |t, now, bc| t.adopt(timers, now, bc)).expect_err("CPU 0 has no device");
+    assert_eq!(refused.error, ArmError::NoTickDevice(0));
+    let deadlines: Vec<u64> = refused.payload.iter().map(|m| m.deadline_ns).collect();
+    assert_eq!(deadlines, vec![now + 10_000, now + 20_000], "in deadline order, none lost");
+}
+
+/// Entering deep idle, the broadcast device gives up on the deadline handed to it, and the
+/// CPU's own device, taking the deadline back, gives up too: both are taken out at once and
+/// the CPU moves to the next broadcast device with its timer. (The kernel's copy of this glue
+/// reported only the broadcast device: the CPU stayed on its failed local device, its timer
+/// lost until some other interrupt came.)
+#[test]
+fn both_devices_giving_up_at_deep_idle_entry_are_taken_out_and_the_timer_still_fires() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let l1 = stopping_local(&mut s, 1);
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(2), Features::empty(), 0);
+    let g2 = s.add("global2", GLOBAL_HPET - 10, CpuSet::first(2), Features::empty(), 0);
+    let now = s.now();
+    let (n, _) = s.arm(1, now + 100_000);
+    *s.drivers[l1.0].passes_below_ticks.lock() = u64::MAX;
+    *s.drivers[g.0].passes_below_ticks.lock() = u64::MAX;
+    assert_eq!(s.sleep_deeply(1), Err(DeepIdleRefused::NoBroadcast));
+    let taken: Vec<&str> = s.registry.taken_out().iter().map(|(name, _)| name.as_str()).collect();
+    assert!(taken.contains(&"global") && taken.contains(&"lapic1"), "taken out: {taken:?}");
+    assert_eq!(s.cpus[1].service(), Service::Broadcast(g2));
+    assert_eq!(s.bc.lock().deadline(1), now + 100_000, "the deadline went to the next broadcast device");
+    s.deep_sleepers = CpuSet::EMPTY;
+    s.run_until(now + 1_000_000);
+    assert_eq!(s.fired(n).len(), 1);
+    s.assert_all_fired_once_never_early();
+}
+
+/// Random one-shot and periodic timers on four CPUs (per-CPU devices, a deep sleeper, one on
+/// the broadcast) while two CPUs go offline in turn, each handing its timers to a random CPU
+/// still online: every one-shot timer runs once, never early, on the CPU holding it then (the
+/// simulator checks it in the callback); every periodic one stays on its grid, no point
+/// skipped or run twice.
+#[test]
+fn random_timers_survive_cpus_going_offline() {
+    for seed in [3, 5, 9] {
+        let mut s = Sim::new(TickMode::Oneshot, 4);
+        s.per_cpu("hpet0", PERCPU_HPET, 0);
+        stopping_local(&mut s, 1);
+        s.per_cpu("lapic2", LAPIC, 2);
+        s.add("global", GLOBAL_HPET, CpuSet::first(4), Features::empty(), 0);
+        assert_eq!(s.sleep_deeply(1), Ok(Handover::HandedOver));
+        let mut rng = crate::testing::XorShift(seed);
+        let mut online: Vec<usize> = vec![0, 1, 2, 3];
+        let mut live: Vec<u32> = Vec::new();
+        let mut periodic: Vec<u32> = Vec::new();
+        for step in 0..3_000 {
+            if step == 1_000 || step == 2_000 {
+                let gone = if step == 1_000 { 2 } else { 1 };
+                online.retain(|&c| c != gone);
+                let to = online[(rng.next() % online.len() as u64) as usize];
+                s.deliver();
+                let pending = s.cpus[gone].pending();
+                let (_, moved) = s.offline(gone, to);
+                assert_eq!(moved.len(), pending, "every pending timer of CPU {gone} moved");
+                assert!(moved.iter().all(|&(old, new)| old.cpu() == gone && new.cpu() == to));
+            }
+            let cpu = online[(rng.next() % online.len() as u64) as usize];
+            let now = s.now();
+            match rng.next() % 12 {
+                0..=4 => live.push(s.arm(cpu, now + rng.next() % 20_000_000).0),
+                5 if periodic.len() < 40 => {
+                    let period = 100_000 + rng.next() % 2_000_000;
+                    periodic.push(s.arm_periodic(cpu, now + rng.next() % 1_000_000, period).0);
+                }
+                6 => {
+                    s.arm_remote(cpu, now + rng.next() % 20_000_000);
+                }
+                7 if !live.is_empty() => {
+                    let n = live.swap_remove((rng.next() % live.len() as u64) as usize);
+                    let (cpu, id) = (s.timers[&n].cpu, s.ids[&n]);
+                    if s.cancel(cpu, id).cancelled().is_some() {
+                        s.cancelled.push(n);
+                    }
+                }
+                _ => {
+                    s.deliver();
+                    s.run_until(now + rng.next() % 300_000);
+                }
+            }
+        }
+        s.deliver();
+        let end = s.now() + 50_000_000;
+        s.run_until(end);
+        for n in &s.cancelled {
+            assert!(s.fired(*n).is_empty(), "cancelled timer {n} ran");
+        }
+        s.assert_all_fired_once_never_early();
+        for &n in &periodic {
+            let SimTimer { deadline: first, period, ref fired, .. } = s.timers[&n];
+            let points: Vec<u64> = fired
+                .iter()
+                .map(|&at| {
+                    assert!(at >= first, "periodic timer {n} ran early");
+                    let k = (at - first) / period;
+                    assert!(at - (first + k * period) < 2_000, "periodic timer {n} off its grid at {at}");
+                    k
+                })
+                .collect();
+            let expected: Vec<u64> = (0..points.len() as u64).collect();
+            assert_eq!(points, expected, "periodic timer {n}: a point skipped or run twice");
+            assert!((end - first) / period <= points.len() as u64, "periodic timer {n} stopped");
+        }
+        let counts = (s.timers.len(), s.cancelled.len(), periodic.len());
+        assert!(
+            counts.0 > 1_000 && counts.1 > 20 && counts.2 == 40,
+            "timers, cancelled, periodic: {counts:?}"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! Each CPU's own timekeeping: its [`CpuTick`] in its per-CPU area, reached only through
 //! [`TickGuard`] (interrupts off for the guard's lifetime, so nothing on this CPU can interleave
 //! and no other CPU ever takes it), and the interrupt paths that feed it: a device interrupt,
-//! the broadcast wake-up IPI, and the crate's expiry loop run on this CPU ([`ThisCpu`]).
+//! the broadcast wake-up IPI, deep idle's handover and suspend/resume, each the crate's expiry
+//! loop or glue run on this CPU ([`ThisCpu`], the kernel's `Platform`).
 
 use super::registry;
 use super::timer::{Payload, TimerEvent};
@@ -14,7 +15,8 @@ use kernel_time::broadcast::Broadcast;
 use kernel_time::hrtimer::{Expired, TimerId};
 use kernel_time::inbox::{Inbox, TimeMessage};
 use kernel_time::remote::{self, Handles};
-use kernel_time::tick::expiry::{self, Expiry, ExpiryContext, ExpiryPoint, Outcome};
+use kernel_time::tick::expiry::{Expiry, ExpiryContext, ExpiryPoint, Hang};
+use kernel_time::tick::glue::{self, Platform};
 use kernel_time::tick::{Assignment, CpuTick, DeviceId};
 use spin::{Mutex, MutexGuard};
 
@@ -232,31 +234,49 @@ impl ExpiryContext for ThisCpu {
     }
 }
 
-/// A clock event device interrupted this CPU (called by the device drivers' handlers).
-pub(super) fn device_interrupt(device: DeviceId) {
-    let now = now_ns();
-    path_trace::stamp(Stage::ClockRead);
-    let cpu = percpu::this_cpu();
-    if registry::is_broadcast_device(device) {
-        broadcast_interrupt(cpu.index, now);
-        return;
+/// This CPU as the crate's glue sees it: its number, the broadcast under its lock and its
+/// device's id, the wake-up IPI, and the registry's take-out of a device that gave up.
+impl Platform for ThisCpu {
+    #[inline]
+    fn cpu(&self) -> usize {
+        self.index
     }
-    match expiry::device_interrupt(&ThisCpu { index: cpu.index }, device, now) {
-        Outcome::Expired(e) => expiry_done(cpu.index, e),
-        Outcome::NotOurs => registry::wake_owner_of(device),
-        Outcome::Idle => {}
-    }
-}
 
-/// The broadcast device fired on this CPU: every CPU whose deadline passed is woken, this one
-/// directly.
-fn broadcast_interrupt(here: usize, now: u64) {
-    let due = registry::broadcast_event(now, here);
-    for cpu in due.iter() {
-        if cpu == here {
-            wakeup(now);
-        } else {
-            registry::send_wakeup(cpu);
+    fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+        registry::with_broadcast(f)
+    }
+
+    #[inline]
+    fn is_broadcast_device(&self, device: DeviceId) -> bool {
+        registry::is_broadcast_device(device)
+    }
+
+    fn send_wakeup(&self, cpu: usize) {
+        registry::send_wakeup(cpu);
+    }
+
+    fn wake_owner_of(&self, device: DeviceId) {
+        registry::wake_owner_of(device);
+    }
+
+    fn take_out(&self, failure: kernel_time::tick::DeviceFailure) {
+        report_failure(Some(failure));
+    }
+
+    fn hang(&self, e: &Expiry, hang: Hang) {
+        // Logged the first time and at every power of two, as a storm of lines would only
+        // make the hang worse; the report has the count.
+        let (hangs, _) = with_tick(|t| t.hangs()).unwrap_or_default();
+        if hangs.is_power_of_two() {
+            log::warn!(
+                "CPU {}: timer interrupt took {} ns and could not catch up ({} passes, {} callbacks); \
+                 next event held back to {} ns ({hangs} such interrupts so far)",
+                self.index,
+                hang.took_ns,
+                e.passes,
+                e.callbacks,
+                hang.held_until_ns
+            );
         }
     }
 }
@@ -312,6 +332,19 @@ fn take_assignment() {
     }
 }
 
+/// The calling CPU as the crate's expiry loop and glue see it.
+#[inline]
+fn this_cpu() -> ThisCpu {
+    ThisCpu { index: percpu::this_cpu().index }
+}
+
+/// A clock event device interrupted this CPU (called by the device drivers' handlers).
+pub(super) fn device_interrupt(device: DeviceId) {
+    let now = now_ns();
+    path_trace::stamp(Stage::ClockRead);
+    glue::device_interrupt(&this_cpu(), device, now);
+}
+
 /// The wake-up IPI: another CPU posted to this one's inbox, the broadcast woke it, or a
 /// misrouted event of its device.
 pub(super) fn wake_interrupt(_vector: u8) {
@@ -319,52 +352,36 @@ pub(super) fn wake_interrupt(_vector: u8) {
     drain_inbox();
     let now = now_ns();
     path_trace::stamp(Stage::ClockRead);
-    wakeup(now);
-}
-
-fn wakeup(now: u64) {
-    let index = percpu::this_cpu().index;
-    if let Outcome::Expired(e) = expiry::wakeup(&ThisCpu { index }, now) {
-        expiry_done(index, e);
-    }
-}
-
-/// What an expiry left to the kernel: a device that gave up programming goes to the registry,
-/// a hang is logged.
-fn expiry_done(cpu: usize, e: Expiry) {
-    if let Some(hang) = e.hang {
-        // Logged the first time and at every power of two, as a storm of lines would only
-        // make the hang worse; the report has the count.
-        let (hangs, _) = with_tick(|t| t.hangs()).unwrap_or_default();
-        if hangs.is_power_of_two() {
-            log::warn!(
-                "CPU {cpu}: timer interrupt took {} ns and could not catch up ({} passes, {} callbacks); \
-                 next event held back to {} ns ({hangs} such interrupts so far)",
-                hang.took_ns,
-                e.passes,
-                e.callbacks,
-                hang.held_until_ns
-            );
-        }
-    }
-    report_failure(e.failure);
+    glue::wakeup(&this_cpu(), now);
 }
 
 /// Before deep idle (interrupts off): a CPU whose tick device stops there stops it and hands
 /// its next deadline to the broadcast; refused when no broadcast device can take it.
 pub fn deep_idle_enter() -> Result<kernel_time::tick::Handover, kernel_time::tick::DeepIdleRefused> {
-    let result = with_tick_and_broadcast(|t, bc| t.broadcast_enter(now_ns(), bc))
-        .unwrap_or(Ok(kernel_time::tick::Handover::NotNeeded));
-    registry::report_broadcast_failure();
-    result
+    glue::idle_enter(&this_cpu())
 }
 
 /// After deep idle (interrupts off): the CPU takes its deadline back from the broadcast.
 pub fn deep_idle_exit() {
-    let failure = with_tick_and_broadcast(|t, bc| {
-        t.broadcast_exit(now_ns(), bc);
-        t.take_failure()
-    })
-    .flatten();
-    report_failure(failure);
+    glue::idle_exit(&this_cpu());
+}
+
+/// Suspends the calling CPU's tick (local device shut down, timers kept); how many are pending.
+pub(super) fn suspend_tick() -> usize {
+    glue::suspend(&this_cpu())
+}
+
+/// Resumes the calling CPU's tick at `now`: its device programmed for the next deadline.
+pub(super) fn resume_tick(now: u64) {
+    glue::resume(&this_cpu(), now);
+}
+
+/// Suspends the broadcast (after every CPU's tick).
+pub(super) fn suspend_broadcast() {
+    glue::suspend_broadcast(&this_cpu());
+}
+
+/// Resumes the broadcast at `now` (before the CPUs' ticks).
+pub(super) fn resume_broadcast(now: u64) {
+    glue::resume_broadcast(&this_cpu(), now);
 }

@@ -13,7 +13,7 @@ use crate::arch::x86_64::lapic as apic;
 use crate::arch::x86_64::smp::percpu;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel_time::broadcast::Broadcast;
-use kernel_time::clockevents::{CpuSet, DeviceSpec, EventDriver};
+use kernel_time::clockevents::{DeviceSpec, EventDriver};
 use kernel_time::tick::deliver::DeliveryContext;
 use kernel_time::tick::{Assignment, Changes, DeviceFailure, DeviceId, Registry};
 use spin::Mutex;
@@ -50,14 +50,6 @@ pub(super) fn init() {
 /// Runs `f` on the registry (interrupts off).
 pub fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> Option<R> {
     without_interrupts(|| REGISTRY.lock().as_mut().map(f))
-}
-
-/// The broadcast device fired: the CPUs whose deadline passed (a device that gave up is taken
-/// out by this CPU's deferred work).
-pub(super) fn broadcast_event(now: u64, here: usize) -> CpuSet {
-    let (due, failure) = with_broadcast(|b| (b.event(now, here), b.take_failure()));
-    cpu::report_failure(failure.map(|(device, error)| DeviceFailure { device, error }));
-    due
 }
 
 /// Takes the broadcast device out if it gave up programming (a CPU's deadline handed to it).

@@ -4,11 +4,11 @@
 //! device is shut down; the HPET's counter is stopped and its configuration saved, then every
 //! comparator and its route is cleared as a power loss would; the machine waits MS ms of real
 //! time; then the HPET is restored and restarted, each comparator's route rewritten, and every
-//! CPU brings its own device back and programs its next deadline. The clocksource (the TSC)
+//! CPU brings its own device back and programs its next deadline (each step the crate's glue,
+//! `kernel_time::tick::glue`, on that CPU). The clocksource (the TSC)
 //! runs on, so timers that fell due meanwhile fire at once, late by at most the time suspended.
 
-use super::cpu::{report_failure, with_tick, with_tick_and_broadcast};
-use super::registry;
+use super::cpu;
 use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::hpet::Hpet;
 use crate::arch::x86_64::smp::{self, percpu};
@@ -54,18 +54,13 @@ struct Rendezvous {
 /// Parks the calling CPU with its tick suspended until released, then resumes its tick.
 fn park(r: &Rendezvous) {
     r.first_suspended_ns.fetch_min(now_ns(), Ordering::AcqRel);
-    let pending = with_tick(|t| t.suspend()).unwrap_or(0);
+    let pending = cpu::suspend_tick();
     r.pending.fetch_add(pending as u64, Ordering::Relaxed);
     r.parked.fetch_add(1, Ordering::AcqRel);
     while !r.release.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }
-    let failure = with_tick_and_broadcast(|t, bc| {
-        t.resume(now_ns(), bc);
-        t.take_failure()
-    })
-    .flatten();
-    report_failure(failure);
+    cpu::resume_tick(now_ns());
     r.last_resumed_ns.fetch_max(now_ns(), Ordering::AcqRel);
     r.resumed.fetch_add(1, Ordering::AcqRel);
 }
@@ -109,9 +104,9 @@ pub fn suspend_for(
     let halted_ns = without_interrupts(|| {
         SUSPENDS.fetch_add(1, Ordering::AcqRel);
         r.first_suspended_ns.fetch_min(now_ns(), Ordering::AcqRel);
-        let pending = with_tick(|t| t.suspend()).unwrap_or(0);
+        let pending = cpu::suspend_tick();
         r.pending.fetch_add(pending as u64, Ordering::Relaxed);
-        registry::with_broadcast(|b| b.suspend());
+        cpu::suspend_broadcast();
         let saved = hpet.map(|h| {
             let saved = h.suspend();
             for ch in super::hpet::channels() {
@@ -136,13 +131,8 @@ pub fn suspend_for(
             }
         }
         let now = now_ns();
-        registry::with_broadcast(|b| b.resume(now));
-        let failure = with_tick_and_broadcast(|t, bc| {
-            t.resume(now, bc);
-            t.take_failure()
-        })
-        .flatten();
-        report_failure(failure);
+        cpu::resume_broadcast(now);
+        cpu::resume_tick(now);
         r.last_resumed_ns.fetch_max(now_ns(), Ordering::AcqRel);
         now - suspended_at
     });
@@ -158,7 +148,6 @@ pub fn suspend_for(
         }
         core::hint::spin_loop();
     }
-    registry::report_broadcast_failure();
     let pending = r.pending.load(Ordering::Relaxed);
     // From the first CPU's tick suspended to the last one's resumed (the halt included).
     let suspended_ns =
