@@ -13,10 +13,15 @@
 //! here runs on the CPU `p` stands for, with no guard of its tick held by the caller.
 
 use super::expiry::{self, Expiry, ExpiryContext, Hang, Outcome};
-use super::{ArmError, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Migrating, Moved, Refused};
+use super::{
+    ArmError, Assignment, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Migrating, Moved, Refused,
+};
 use crate::broadcast::Broadcast;
 use crate::clockevents::CpuSet;
+use crate::inbox::{Inbox, TimeMessage};
+use crate::remote::{self, Drained};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// What the glue needs from the platform besides the expiry's needs, on one CPU.
 pub trait Platform: ExpiryContext {
@@ -42,6 +47,86 @@ pub trait Platform: ExpiryContext {
     fn hang(&self, expiry: &Expiry, hang: Hang) {
         let _ = (expiry, hang);
     }
+    /// This CPU's inbox, which other CPUs post timers, cancels and assignments to ([`drain`];
+    /// none by default: a platform whose CPUs never message each other).
+    fn inbox(&self) -> Option<&Inbox<TimeMessage>> {
+        None
+    }
+    /// Where the registry leaves this CPU's newest assignment ([`AssignmentSlot`]; none by
+    /// default).
+    fn assignment_slot(&self) -> Option<&AssignmentSlot> {
+        None
+    }
+}
+
+/// Where the registry's newest decision for one CPU waits for that CPU: a newer one replaces
+/// an older (each says all of the CPU's service, and [`CpuTick::apply`](super::CpuTick::apply)
+/// ignores a stale one anyway), and a flag says one waits, so that an inbox too full for the
+/// [`TimeMessage::Assignment`] note loses nothing. The lock is taken by the CPU carrying out a
+/// registry decision and by the owner's [`drain`], each briefly; never on the arm, cancel or
+/// expiry path.
+#[derive(Debug, Default)]
+pub struct AssignmentSlot {
+    newest: spin::Mutex<Option<Assignment>>,
+    waiting: AtomicBool,
+}
+
+impl AssignmentSlot {
+    /// An empty slot.
+    pub const fn new() -> AssignmentSlot {
+        AssignmentSlot { newest: spin::Mutex::new(None), waiting: AtomicBool::new(false) }
+    }
+
+    /// From the CPU carrying out a registry decision (interrupts off in a kernel): leaves `a`
+    /// for its CPU and notes it in that CPU's `inbox`. The caller then sends it the wake-up IPI.
+    pub fn post(&self, a: Assignment, inbox: &Inbox<TimeMessage>) {
+        let sequence = a.sequence;
+        *self.newest.lock() = Some(a);
+        self.waiting.store(true, Ordering::Release);
+        // A full inbox loses only the note: the flag is the record.
+        let _ = inbox.try_send(TimeMessage::Assignment { sequence });
+    }
+
+    /// The owner takes the newest assignment, if one waits.
+    pub fn take(&self) -> Option<Assignment> {
+        if !self.waiting.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.newest.lock().take()
+    }
+}
+
+/// The wake-up IPI's first half, on the CPU it woke: its inbox drained (timers posted to it
+/// through its [`Handles`](crate::remote::Handles) armed, cancelled ones reclaimed:
+/// [`remote::drain`]), then the registry's newest assignment for it carried out. Called from
+/// inside a drain (a payload's drop arming a timer here), it sends this CPU the wake-up IPI,
+/// which lands after the drain in progress, so nothing is stranded. Returns what the drain did
+/// (none: nested, or no inbox).
+pub fn drain<P: Platform>(p: &P) -> Option<Drained> {
+    let drained = match p.inbox() {
+        Some(inbox) => {
+            let drained = remote::drain(p, inbox, |m| {
+                debug_assert!(
+                    matches!(m, TimeMessage::Wake | TimeMessage::Assignment { .. }),
+                    "no other message is sent to a CPU's time core: {m:?}"
+                );
+            });
+            if drained.is_none() {
+                p.send_wakeup(p.cpu());
+            }
+            drained
+        }
+        None => None,
+    };
+    if let Some(a) = p.assignment_slot().and_then(AssignmentSlot::take) {
+        let now = p.now_ns();
+        let failure = p.with_tick(|t, bc| {
+            t.apply(a, now, bc);
+            t.take_failure()
+        });
+        report(p, failure.flatten());
+    }
+    drained
 }
 
 /// What an expiry left to the platform: a hang reported, a device that gave up programming
@@ -220,4 +305,36 @@ pub fn adopt<P: Platform>(
     };
     report(p, failure);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tick::Service;
+
+    fn assignment(sequence: u64) -> Assignment {
+        Assignment { cpu: 1, sequence, service: Service::None, local: None }
+    }
+
+    #[test]
+    fn the_newest_assignment_waits_and_is_taken_once() {
+        let slot = AssignmentSlot::new();
+        let inbox = Inbox::new(4);
+        assert!(slot.take().is_none(), "nothing waits at first");
+        slot.post(assignment(1), &inbox);
+        slot.post(assignment(2), &inbox);
+        assert_eq!(slot.take().map(|a| a.sequence), Some(2), "the newer replaced the older");
+        assert!(slot.take().is_none(), "taken once");
+    }
+
+    #[test]
+    fn an_assignment_is_not_lost_when_its_note_does_not_fit_in_the_inbox() {
+        let slot = AssignmentSlot::new();
+        let inbox = Inbox::new(2);
+        inbox.try_send(TimeMessage::Wake).unwrap();
+        inbox.try_send(TimeMessage::Wake).unwrap();
+        slot.post(assignment(3), &inbox);
+        assert_eq!(inbox.refused(), 1, "the note was refused");
+        assert_eq!(slot.take().map(|a| a.sequence), Some(3), "the flag still says it waits");
+    }
 }

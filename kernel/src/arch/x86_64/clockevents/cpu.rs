@@ -10,13 +10,13 @@ use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::hrtimer::{Expired, TimerId};
 use kernel_time::inbox::{Inbox, TimeMessage};
-use kernel_time::remote::{self, Handles};
+use kernel_time::remote::Handles;
 use kernel_time::tick::expiry::{Expiry, ExpiryContext, ExpiryPoint, Hang};
-use kernel_time::tick::glue::{self, Platform};
+use kernel_time::tick::glue::{self, AssignmentSlot, Platform};
 use kernel_time::tick::{Assignment, CpuTick, DeviceId};
 use spin::{Mutex, MutexGuard};
 
@@ -36,12 +36,8 @@ pub struct CpuTime {
     pub handles: spin::Once<Handles<Payload>>,
     /// What other CPUs ask of this one (lock-free; made with the tick).
     pub inbox: spin::Once<Inbox<TimeMessage>>,
-    /// The registry's latest assignment for this CPU, waiting for it (a newer one replaces an
-    /// older one: each says all of this CPU's service), and whether one waits. Taken by the
-    /// CPU carrying out a registry decision and by this CPU's drain, each briefly, with
-    /// interrupts off; never on the arm, cancel or expiry path.
-    assignment: Mutex<Option<Assignment>>,
-    assignment_waiting: AtomicBool,
+    /// The registry's newest assignment for this CPU, waiting for it.
+    assignment: AssignmentSlot,
     /// Completed `sleep_ns` wake-ups.
     pub sleep_wakeups: AtomicU64,
     /// The time-layer id of this CPU's LAPIC timer (`usize::MAX`: none), for its vector.
@@ -67,8 +63,7 @@ impl CpuTime {
             tick: Mutex::new(None),
             handles: spin::Once::new(),
             inbox: spin::Once::new(),
-            assignment: Mutex::new(None),
-            assignment_waiting: AtomicBool::new(false),
+            assignment: AssignmentSlot::new(),
             sleep_wakeups: AtomicU64::new(0),
             lapic_device: AtomicUsize::new(usize::MAX),
             idle_entries: AtomicU64::new(0),
@@ -263,6 +258,16 @@ impl Platform for ThisCpu {
         report_failure(Some(failure));
     }
 
+    #[inline]
+    fn inbox(&self) -> Option<&Inbox<TimeMessage>> {
+        percpu::this_cpu().time.inbox.get()
+    }
+
+    #[inline]
+    fn assignment_slot(&self) -> Option<&AssignmentSlot> {
+        Some(&percpu::this_cpu().time.assignment)
+    }
+
     fn hang(&self, e: &Expiry, hang: Hang) {
         // Logged the first time and at every power of two, as a storm of lines would only
         // make the hang worse; the report has the count.
@@ -281,55 +286,20 @@ impl Platform for ThisCpu {
     }
 }
 
-/// Drains the calling CPU's inbox with interrupts off: timers posted to it through its
-/// handles are armed, cancelled ones reclaimed (`kernel_time::remote::drain`). Called from
-/// inside a drain (a payload's drop arming a timer here), it wakes this CPU by an IPI, which
-/// lands when the drain in progress has ended, so nothing is stranded.
+/// Drains the calling CPU's inbox with interrupts off, then carries out the registry's newest
+/// assignment for it (`kernel_time::tick::glue::drain`).
 pub(super) fn drain_inbox() {
-    let cpu = percpu::this_cpu();
-    let Some(inbox) = cpu.time.inbox.get() else { return };
-    let drained = x86_64::instructions::interrupts::without_interrupts(|| {
-        remote::drain(&ThisCpu { index: cpu.index }, inbox, |m| {
-            debug_assert!(
-                matches!(m, TimeMessage::Wake | TimeMessage::Assignment { .. }),
-                "no other message is sent here: {m:?}"
-            );
-        })
-    });
-    if drained.is_none() {
-        registry::send_wakeup(cpu.index);
-    }
-    // Whether or not its message fit in the inbox.
-    if cpu.time.assignment_waiting.load(Ordering::Acquire) {
-        take_assignment();
-    }
+    x86_64::instructions::interrupts::without_interrupts(|| glue::drain(&this_cpu()));
 }
 
-/// Leaves the registry's assignment for CPU `a.cpu` (another one) in its per-CPU slot and has
-/// it carried out there: an `Assignment` message (if its inbox has room: the slot's flag
-/// covers a full inbox) and the wake-up IPI. Called with interrupts off.
+/// Leaves the registry's assignment for CPU `a.cpu` (another one) in its slot, noted in its
+/// inbox, and wakes it to carry it out. Called with interrupts off.
 pub(super) fn send_assignment(a: Assignment) -> bool {
     let Some(target) = percpu::cpu(a.cpu) else { return false };
-    let sequence = a.sequence;
-    *target.time.assignment.lock() = Some(a);
-    target.time.assignment_waiting.store(true, Ordering::Release);
-    if let Some(inbox) = target.time.inbox.get() {
-        let _ = inbox.try_send(TimeMessage::Assignment { sequence });
-    }
+    let Some(inbox) = target.time.inbox.get() else { return false };
+    target.time.assignment.post(a, inbox);
     registry::send_wakeup(target.index);
     true
-}
-
-/// Carries out the assignment waiting for the calling CPU, if any (in its drain).
-fn take_assignment() {
-    let cpu = percpu::this_cpu();
-    let waiting = x86_64::instructions::interrupts::without_interrupts(|| {
-        cpu.time.assignment_waiting.store(false, Ordering::Relaxed);
-        cpu.time.assignment.lock().take()
-    });
-    if let Some(a) = waiting {
-        report_failure(registry::apply(a));
-    }
 }
 
 /// The calling CPU as the crate's expiry loop and glue see it.
