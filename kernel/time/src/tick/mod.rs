@@ -84,8 +84,8 @@ pub enum Service {
     Broadcast(DeviceId),
 }
 
-/// Why a timer could not be armed. Each says what happened: a CPU that is not there, one that
-/// did not answer in time and one that cannot be woken are three different answers.
+/// Why a timer could not be armed. Each says what happened: a CPU that is not there, one whose
+/// inbox or handles are full and one that cannot be woken are different answers.
 ///
 /// [`NoTickDevice`](Self::NoTickDevice) comes from [`CpuTick::arm`]; the others from the
 /// owner's timer API around it (arming on another CPU, periodic timers).
@@ -95,17 +95,8 @@ pub enum ArmError {
     CpuNotOnline(usize),
     /// No device can interrupt this CPU.
     NoTickDevice(usize),
-    /// A timer on another CPU was asked for with interrupts disabled, where waiting for that
-    /// CPU could deadlock (as Linux forbids synchronous cross-calls there).
-    InterruptsDisabled,
     /// A periodic timer with a period of zero.
     ZeroPeriod,
-    /// The timer's CPU is online but did not take a request within the caller's wait (it is
-    /// busy with interrupts off, or stalled).
-    Timeout {
-        /// The CPU that did not answer.
-        cpu: usize,
-    },
     /// Every handle of the timer's CPU is in use ([`crate::remote::Handles`]): nothing armed.
     HandlesFull {
         /// The CPU.
@@ -133,11 +124,7 @@ impl fmt::Display for ArmError {
         match self {
             ArmError::CpuNotOnline(c) => write!(f, "CPU {c} is not online in the tick layer"),
             ArmError::NoTickDevice(c) => write!(f, "no clock event device serves CPU {c}"),
-            ArmError::InterruptsDisabled => {
-                write!(f, "a timer on another CPU cannot be armed with interrupts disabled")
-            }
             ArmError::ZeroPeriod => write!(f, "a periodic timer needs a period above zero"),
-            ArmError::Timeout { cpu } => write!(f, "CPU {cpu} did not take the timer in time"),
             ArmError::HandlesFull { cpu, capacity } => {
                 write!(f, "all {capacity} timer handles of CPU {cpu} are in use")
             }
@@ -162,18 +149,18 @@ mod tests {
     use core::error::Error;
 
     #[test]
-    fn a_timeout_is_not_a_cpu_that_is_not_online() {
-        let timeout = ArmError::Timeout { cpu: 1 }.to_string();
+    fn a_full_inbox_is_not_a_cpu_that_is_not_online() {
+        let full = ArmError::InboxFull { cpu: 1 }.to_string();
         let offline = ArmError::CpuNotOnline(1).to_string();
-        assert_ne!(timeout, offline);
-        assert!(timeout.contains("CPU 1") && timeout.contains("in time"), "{timeout}");
+        assert_ne!(full, offline);
+        assert!(full.contains("CPU 1") && full.contains("full"), "{full}");
         assert!(offline.contains("not online"), "{offline}");
     }
 
     #[test]
     fn the_public_errors_are_errors() {
         let errors: [&dyn Error; 9] = [
-            &ArmError::Timeout { cpu: 1 },
+            &ArmError::HandlesFull { cpu: 1, capacity: 256 },
             &DeepIdleRefused::NoBroadcast,
             &ProgramError::GaveUp { min_delta_ns: 5_000 },
             &FrequencyError::Zero,
