@@ -1,11 +1,12 @@
 //! The shared side of clock events: the device registry and the broadcast, each behind its own
 //! lock, and the delivery of the registry's decisions. The registry's lock is taken only on
-//! slow paths (registration, a CPU coming online, a device taken out, a misrouted event); the
-//! broadcast's only by CPUs the broadcast serves and by the CPU taking its interrupt.
+//! slow paths (registration, a CPU coming online, a device taken out), never in a timer
+//! interrupt (a misrouted event finds its device's owner in a lock-free table); the broadcast's
+//! only by CPUs the broadcast serves and by the CPU taking its interrupt.
 //!
-//! Lock order: registry, then broadcast or a CPU's mailbox. A CPU's assignment is carried out
-//! by that CPU: posted to it by function-call IPI while the registry's lock is held, so that
-//! assignments reach each CPU in the order they were decided.
+//! Lock order: registry, then broadcast or a CPU's assignment slot. A CPU's assignment is
+//! carried out by that CPU: left in its slot (the newest replacing an older) and noted in its
+//! inbox while the registry's lock is held, then the wake-up IPI.
 
 use super::cpu;
 use crate::arch::x86_64::clocksource::now_ns;
@@ -23,6 +24,32 @@ static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 static BROADCAST: Mutex<Broadcast> = Mutex::new(Broadcast::new());
 /// The broadcast device's id (`usize::MAX`: none), read by every device interrupt.
 static BROADCAST_DEVICE: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Each device's owner (the CPU it serves as a local device; `usize::MAX`: none), for the
+/// devices numbered below [`OWNED_DEVICES`], and each CPU's local device: kept by the delivery
+/// of the registry's decisions (registry held), read lock-free by a misrouted event's handler.
+const OWNED_DEVICES: usize = 1024;
+static OWNER: [AtomicUsize; OWNED_DEVICES] = [const { AtomicUsize::new(usize::MAX) }; OWNED_DEVICES];
+static LOCAL_OF: [AtomicUsize; percpu::MAX_CPUS] = [const { AtomicUsize::new(usize::MAX) }; percpu::MAX_CPUS];
+
+/// Records `a`'s local device as owned by its CPU (and the CPU's former one as no longer).
+fn record_owner(a: &Assignment) {
+    let Some(local_of) = LOCAL_OF.get(a.cpu) else { return };
+    let former = local_of.load(Ordering::Relaxed);
+    if let Some(owner) = OWNER.get(former)
+        && owner.load(Ordering::Relaxed) == a.cpu
+    {
+        owner.store(usize::MAX, Ordering::Release);
+    }
+    let now = match a.service {
+        kernel_time::tick::Service::Local(id) => id.0,
+        _ => usize::MAX,
+    };
+    local_of.store(now, Ordering::Relaxed);
+    if let Some(owner) = OWNER.get(now) {
+        owner.store(a.cpu, Ordering::Release);
+    }
+}
 
 /// Vector of the broadcast wake-up IPI (a system vector, above the allocatable range).
 pub const WAKE_VECTOR: u8 = 0xf1;
@@ -70,7 +97,13 @@ pub(super) fn send_wakeup(cpu: usize) {
 /// woken to look at its queue and program its device again from its own CPU (FreeBSD re-arms
 /// a per-CPU timer that fired on the wrong CPU).
 pub(super) fn wake_owner_of(device: DeviceId) {
-    if let Some(owner) = with_registry(|r| r.owner_of(device)).flatten() {
+    let owner = match OWNER.get(device.0) {
+        // Lock-free: no lock another CPU holds on this interrupt path.
+        Some(owner) => Some(owner.load(Ordering::Acquire)).filter(|&c| c != usize::MAX),
+        // A device numbered past the table (many re-registrations): the registry's answer.
+        None => with_registry(|r| r.owner_of(device)).flatten(),
+    };
+    if let Some(owner) = owner {
         send_wakeup(owner);
     }
 }
@@ -136,6 +169,7 @@ impl DeliveryContext for Delivery<'_> {
         send_wakeup(cpu);
     }
     fn assign(&mut self, a: Assignment) -> Option<DeviceFailure> {
+        record_owner(&a);
         if a.cpu == self.here {
             return apply(a);
         }
