@@ -16,8 +16,9 @@ use serde::Serialize;
 /// `memory`); 6: the LAPIC timer's refinement; 7: the workload's own oracles: `fired_twice`
 /// (a timer that fired again, counted apart from `lost_events`), `early_independent` (early
 /// on a counter that is not the clocksource's), `wrong_cpu` (by the hardware's APIC id); 8:
-/// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`).
-pub const SCHEMA_VERSION: u32 = 8;
+/// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`); 9: each CPU's
+/// `interrupt_allocations` and `interrupt_frees`.
+pub const SCHEMA_VERSION: u32 = 9;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -194,6 +195,10 @@ pub struct CpuReport {
     pub not_ours: u64,
     /// Passes of this CPU's deferred work that found work to run (schema 8).
     pub deferred_runs: u64,
+    /// Heap allocations (and reallocations) and frees made inside an interrupt handler on
+    /// this CPU, each under the heap's lock that every CPU takes (schema 9).
+    pub interrupt_allocations: u64,
+    pub interrupt_frees: u64,
 }
 
 /// Clock event devices taken out of service, at bring-up or at run time (schema 8).
@@ -469,7 +474,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":8,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":9,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

@@ -296,7 +296,19 @@ pub fn run_with_suspend(
     let start = now_ns();
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
     let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
-    SAMPLES_PER_CPU.store(MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1)), Ordering::Relaxed);
+    let samples_per_cpu = MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1));
+    SAMPLES_PER_CPU.store(samples_per_cpu, Ordering::Relaxed);
+    // Room for every sample now: the callbacks push without allocating, so the report's
+    // `interrupt_allocations` measures the time layer's own (none), not this workload's.
+    for &cpu in &cpus {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            for samples in [&LATENESS[cpu], &HANDLER_LATENESS[cpu]] {
+                let mut samples = samples.lock();
+                let room = samples_per_cpu.saturating_sub(samples.len());
+                samples.reserve_exact(room);
+            }
+        });
+    }
     oracle::set_counters(crate::arch::x86_64::clocksource::raw_counters());
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());

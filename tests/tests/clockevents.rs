@@ -207,11 +207,24 @@ fn a_device_failing_in_its_interrupt_is_taken_out_after_it(_: &Kernel) {
     );
 }
 
+/// The workload (plain-function timers) on every CPU: every timer fires once, never early, and
+/// the timer path allocates and frees nothing on any CPU (the heap's lock, which every CPU
+/// takes, is never taken in a timer interrupt, a wake-up or the inbox's drain).
 fn workload_fires_every_timer_once_never_early(k: &Kernel) {
+    let heap_use = || {
+        percpu::all()
+            .map(|c| (c.irq_heap_allocs.load(Ordering::Relaxed), c.irq_heap_frees.load(Ordering::Relaxed)))
+            .collect::<alloc::vec::Vec<_>>()
+    };
+    let before = heap_use();
     let out = workload::run(k.options.duration_ms);
+    let after = heap_use();
     kernel_tests::assert_workload_clean(&out);
     for t in clockevents::tick_devices() {
         assert!(t.events > 0, "CPU {} handled no timer event", t.cpu);
+    }
+    for (cpu, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(a, b, "CPU {cpu}: heap allocations / frees in interrupt context during the workload");
     }
 }
 

@@ -58,6 +58,22 @@ static ALLOCATOR: IrqSafeHeap = IrqSafeHeap(talc::TalcLock::new(talc::source::Ma
 #[cfg(target_os = "none")]
 struct IrqSafeHeap(talc::TalcLock<spin::Mutex<()>, talc::source::Manual>);
 
+/// Counts a heap allocation or free made inside an interrupt handler on this CPU (the report's
+/// `interrupt_allocations` / `interrupt_frees`: what the timer path promises not to do).
+#[cfg(target_os = "none")]
+#[inline]
+fn count_in_interrupt(counter: fn(&super::smp::percpu::PerCpu) -> &core::sync::atomic::AtomicU64) {
+    use super::smp::percpu;
+    if percpu::ready() {
+        let cpu = percpu::this_cpu();
+        if cpu.in_interrupt() && !cpu.in_call.load(Ordering::Relaxed) {
+            let c = counter(cpu);
+            // Only this CPU writes it, and an interrupt on it finishes before this resumes.
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(target_os = "none")]
 // SAFETY: `alloc` and `dealloc` forward to `TalcLock`'s `GlobalAlloc`, which is sound;
 // `realloc` resizes in place through the same lock or falls back to `alloc`, copy and
@@ -65,10 +81,12 @@ struct IrqSafeHeap(talc::TalcLock<spin::Mutex<()>, talc::source::Manual>);
 // the allocator relies on.
 unsafe impl core::alloc::GlobalAlloc for IrqSafeHeap {
     unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        count_in_interrupt(|c| &c.irq_heap_allocs);
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
         x86_64::instructions::interrupts::without_interrupts(|| unsafe { self.0.alloc(layout) })
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        count_in_interrupt(|c| &c.irq_heap_frees);
         // SAFETY: as for `alloc`: `ptr` and `layout` come from this allocator.
         x86_64::instructions::interrupts::without_interrupts(|| unsafe { self.0.dealloc(ptr, layout) })
     }
@@ -79,6 +97,7 @@ unsafe impl core::alloc::GlobalAlloc for IrqSafeHeap {
         use x86_64::instructions::interrupts::without_interrupts;
         // SAFETY: the caller guarantees `ptr` was allocated here with `layout` and that
         // `new_size` is nonzero, which is what `try_realloc_in_place` asks.
+        count_in_interrupt(|c| &c.irq_heap_allocs);
         if without_interrupts(|| unsafe { self.0.lock().try_realloc_in_place(ptr, layout, new_size) }) {
             return ptr;
         }

@@ -302,6 +302,8 @@ impl Platform {
                     spurious: c.spurious.load(Ordering::Relaxed),
                     not_ours: c.not_ours.load(Ordering::Relaxed),
                     deferred_runs: c.deferred.runs.load(Ordering::Relaxed),
+                    interrupt_allocations: c.irq_heap_allocs.load(Ordering::Relaxed),
+                    interrupt_frees: c.irq_heap_frees.load(Ordering::Relaxed),
                     // Filled in by the clockevents (it lives in each CPU's tick).
                     misrouted: 0,
                     stale: 0,

@@ -53,6 +53,36 @@ pub struct Migrating<T> {
 /// Each timer [`CpuTick::adopt`] took: its old id, then its new one.
 pub type Moved = alloc::vec::Vec<(TimerId, TimerId)>;
 
+/// The last few local devices a CPU used before its current one, whose interrupts still
+/// pending at the change are stale, not misrouted. A fixed ring, so a reassignment (carried out
+/// in the wake-up IPI) allocates nothing; an event of a device older than these is counted
+/// misrouted (its owner, if any, is woken: harmless).
+#[derive(Debug, Clone, Copy)]
+struct FormerLocals {
+    ids: [Option<DeviceId>; FormerLocals::KEPT],
+    next: usize,
+}
+
+impl FormerLocals {
+    const KEPT: usize = 4;
+
+    const fn new() -> FormerLocals {
+        FormerLocals { ids: [None; FormerLocals::KEPT], next: 0 }
+    }
+
+    fn remember(&mut self, id: DeviceId) {
+        if !self.contains(id) {
+            self.ids[self.next] = Some(id);
+            self.next = (self.next + 1) % FormerLocals::KEPT;
+        }
+    }
+
+    #[inline]
+    fn contains(&self, id: DeviceId) -> bool {
+        self.ids.contains(&Some(id))
+    }
+}
+
 /// One CPU's tick.
 pub struct CpuTick<T> {
     cpu: usize,
@@ -72,7 +102,7 @@ pub struct CpuTick<T> {
     /// Events of a device that served this CPU before its current one (a pending interrupt
     /// of the old device that arrived after the change), and those devices.
     stale: u64,
-    former_locals: alloc::vec::Vec<DeviceId>,
+    former_locals: FormerLocals,
     /// Between `device_event`/`wakeup` and `end_expiry`: arms only queue.
     expiring: bool,
     /// Timers the current expiry pass may still pop: as many as were pending when the pass
@@ -167,7 +197,7 @@ impl<T> CpuTick<T> {
             events: 0,
             misrouted: 0,
             stale: 0,
-            former_locals: alloc::vec::Vec::new(),
+            former_locals: FormerLocals::new(),
             expiring: false,
             pass_budget: 0,
             hold_until_ns: 0,
@@ -394,10 +424,8 @@ impl<T> CpuTick<T> {
             bc.lock().leave(self.cpu);
         }
         let was_broadcast = matches!(self.service, Service::Broadcast(_));
-        if let Service::Local(old) = self.service
-            && !self.former_locals.contains(&old)
-        {
-            self.former_locals.push(old);
+        if let Service::Local(old) = self.service {
+            self.former_locals.remember(old);
         }
         self.service = service;
         if was_broadcast && matches!(service, Service::Broadcast(_)) {
@@ -485,7 +513,7 @@ impl<T> CpuTick<T> {
     #[inline]
     pub fn device_event(&mut self, id: DeviceId, now_ns: u64) -> bool {
         if self.service != Service::Local(id) {
-            if self.former_locals.contains(&id) {
+            if self.former_locals.contains(id) {
                 self.stale += 1;
             } else {
                 self.misrouted += 1;
@@ -646,10 +674,8 @@ impl<T> CpuTick<T> {
             bc.lock().leave(self.cpu);
         }
         self.handed_over = false;
-        if let Service::Local(old) = self.service
-            && !self.former_locals.contains(&old)
-        {
-            self.former_locals.push(old);
+        if let Service::Local(old) = self.service {
+            self.former_locals.remember(old);
         }
         if let Some(old) = self.local.take() {
             old.detach();

@@ -296,6 +296,8 @@ fn call_interrupt(_vector: u8) {
     let cpu = percpu::this_cpu();
     loop {
         let Some(call) = cpu.mailbox.lock().pop_front() else { return };
+        cpu.in_call.store(true, Ordering::Relaxed);
         call();
+        cpu.in_call.store(false, Ordering::Relaxed);
     }
 }

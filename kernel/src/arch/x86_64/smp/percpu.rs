@@ -11,7 +11,7 @@ use super::super::gdt::CpuTables;
 use super::super::path_trace::PathStamps;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::GsBase;
 
@@ -44,6 +44,13 @@ pub struct PerCpu {
     pub online_ns: AtomicU64,
     /// Interrupt handlers running on this CPU (nested ones counted): only this CPU writes it.
     pub irq_depth: AtomicU32,
+    /// Heap allocations and frees made on this CPU inside an interrupt handler (each takes
+    /// the heap's lock, which every CPU takes): only this CPU writes them.
+    pub irq_heap_allocs: AtomicU64,
+    pub irq_heap_frees: AtomicU64,
+    /// Running a function call posted by another CPU (`smp::post`, `call_on`), which may
+    /// allocate: not counted in `irq_heap_*` (it is not the timer path).
+    pub in_call: AtomicBool,
     /// Work raised on this CPU to run outside the hard interrupt (`deferred`).
     pub deferred: CpuDeferred,
     /// Calls posted to this CPU, run in order by its function-call interrupt. The lock is
@@ -86,6 +93,9 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         not_ours: AtomicU64::new(0),
         online_ns: AtomicU64::new(0),
         irq_depth: AtomicU32::new(0),
+        irq_heap_allocs: AtomicU64::new(0),
+        irq_heap_frees: AtomicU64::new(0),
+        in_call: AtomicBool::new(false),
         deferred: CpuDeferred::new(),
         mailbox: spin::Mutex::new(VecDeque::new()),
         time: CpuTime::new(),
