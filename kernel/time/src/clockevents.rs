@@ -247,9 +247,13 @@ impl core::error::Error for EventPassed {}
 ///
 /// ```
 /// use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+/// use kernel_time::broadcast::Broadcast;
 /// use kernel_time::clockevents::{
-///     ClockEventDevice, CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State,
+///     ClockEventDevice, CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features,
 /// };
+/// use kernel_time::tick::{CpuTick, DeviceId, Service, TickMode};
+/// use spin::Mutex;
+/// use std::sync::Arc;
 ///
 /// /// A 1 MHz comparator whose counter runs past the first two writes.
 /// struct Racy {
@@ -280,11 +284,15 @@ impl core::error::Error for EventPassed {}
 ///     min_delta_ticks: 5,
 ///     max_delta_ticks: 0xffff_ffff,
 /// };
-/// let device = ClockEventDevice::new(spec, &RACY);
-/// device.attach(State::Oneshot, 0);
+/// // A device is programmed only through the tick of the CPU it serves (or the broadcast).
+/// let device = Arc::new(ClockEventDevice::new(spec, &RACY));
+/// let bc = Mutex::new(Broadcast::new());
+/// let mut cpu0 = CpuTick::new(0, TickMode::Oneshot, 2_000, 4);
+/// cpu0.assign(Service::Local(DeviceId(0)), Some(device.clone()), 2_000, &bc);
 /// // A deadline already past (1 us, now 2 us) is programmed at the minimum delta, not
 /// // dropped; the two passed writes are retried.
-/// assert_eq!(device.program(1_000, 2_000), Ok(7_000));
+/// cpu0.arm(1_000, "late", 2_000, &bc).ok().expect("armed");
+/// assert_eq!(cpu0.next_event_ns(), 1_000);
 /// assert_eq!(RACY.delta_ticks.load(Ordering::Relaxed), 5);
 /// assert_eq!(device.retries(), 2);
 /// ```
@@ -732,7 +740,10 @@ impl ClockEventDevice {
     /// while it was written, the event is retried at the minimum delta, and after
     /// [`RETRIES_BEFORE_GROWING`] failures the minimum delta grows. Returns the time the device
     /// was programmed for.
-    pub fn program(&self, deadline_ns: u64, now_ns: u64) -> Result<u64, ProgramError> {
+    ///
+    /// Crate-private: a device is programmed only by the tick of the CPU it serves, behind
+    /// that CPU's guard ([`crate::tick::CpuTick`]), or by the broadcast, behind its lock.
+    pub(crate) fn program(&self, deadline_ns: u64, now_ns: u64) -> Result<u64, ProgramError> {
         match self.state() {
             State::Oneshot => {}
             State::OneshotStopped => {
