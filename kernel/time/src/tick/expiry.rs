@@ -60,6 +60,12 @@ pub trait ExpiryContext {
         let _ = payload;
         None
     }
+    /// Whether a payload was armed through a handle: [`handle_of`](Self::handle_of)`.is_some()`,
+    /// which a platform may answer more cheaply (it is asked before every callback).
+    #[inline]
+    fn has_handle(&self, payload: &Self::Payload) -> bool {
+        self.handle_of(payload).is_some()
+    }
     /// This CPU's table of handles, if it has one (none by default).
     #[inline]
     fn handles(&self) -> Option<&Handles<Self::Payload>> {
@@ -198,11 +204,13 @@ fn next_step<C: ExpiryContext>(
 #[inline(never)]
 fn run_handle<C: ExpiryContext>(
     cx: &C,
-    handle: TimerId,
     expired: Expired<C::Payload>,
     pass: &mut Pass,
 ) -> Option<(u64, C::Payload)> {
-    let Some(handles) = cx.handles() else { return cx.run(expired, pass.now_ns) };
+    let (Some(handle), Some(handles)) = (cx.handle_of(&expired.payload), cx.handles()) else {
+        pass.callbacks += 1;
+        return cx.run(expired, pass.now_ns);
+    };
     if !handles.begin_run(handle) {
         drop(expired);
         return None;
@@ -224,12 +232,11 @@ fn expire<C: ExpiryContext>(cx: &C, pass: &mut Pass, mut step: Step<C::Payload>)
         match step {
             Step::Run(expired) => {
                 let id = expired.id;
-                let again = match cx.handle_of(&expired.payload) {
-                    None => {
-                        pass.callbacks += 1;
-                        cx.run(expired, pass.now_ns)
-                    }
-                    Some(handle) => run_handle(cx, handle, expired, pass),
+                let again = if cx.has_handle(&expired.payload) {
+                    run_handle(cx, expired, pass)
+                } else {
+                    pass.callbacks += 1;
+                    cx.run(expired, pass.now_ns)
                 };
                 let next = cx.with_tick(|t, bc| {
                     let refused = t.complete(id, again).err();

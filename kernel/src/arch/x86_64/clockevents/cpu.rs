@@ -199,7 +199,10 @@ impl ExpiryContext for ThisCpu {
         let mut payload = timer.payload;
         let event = TimerEvent {
             cpu: self.index,
-            id: payload.handle.map_or(timer.id, |h| Handles::<Payload>::unpack(self.index, h)),
+            id: match payload.handle {
+                None => timer.id,
+                Some(h) => Handles::<Payload>::unpack(self.index, h),
+            },
             deadline_ns: timer.deadline_ns,
             now_ns,
             data: payload.data,
@@ -207,6 +210,11 @@ impl ExpiryContext for ThisCpu {
         payload.callback.run(&event);
         // A one-shot payload is dropped here, outside the guard.
         payload.next_deadline(timer.deadline_ns, now_ns).map(|at| (at, payload))
+    }
+
+    #[inline(always)]
+    fn has_handle(&self, payload: &Payload) -> bool {
+        payload.handle.is_some()
     }
 
     #[inline]
