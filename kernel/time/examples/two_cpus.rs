@@ -399,8 +399,13 @@ fn check() -> bool {
             ok = false;
         }
         for (run, (_, on, at)) in runs.iter().enumerate() {
-            if *on != format!("cpu{}", plan.cpu) || *at < deadline(plan, run as u32) {
-                say!("FAIL: {} run {run} on {on} at {at} ns: armed on cpu{}", plan.name, plan.cpu);
+            let deadline = deadline(plan, run as u32);
+            if *on != format!("cpu{}", plan.cpu) || *at < deadline {
+                say!(
+                    "FAIL: {} run {run} on {on} at {at} ns: armed on cpu{} for {deadline} ns",
+                    plan.name,
+                    plan.cpu
+                );
                 ok = false;
             }
         }
