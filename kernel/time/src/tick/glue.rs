@@ -51,7 +51,8 @@ pub trait Platform: ExpiryContext {
     /// device again from its own CPU.
     fn wake_owner_of(&self, device: DeviceId);
     /// A device gave up programming: the registry takes it out and its decision is carried
-    /// out (the kernel: `Registry::take_out`, then [`deliver`](super::deliver::deliver)).
+    /// out (`Registry::take_out`, then [`deliver::deliver`](super::deliver::deliver); with the
+    /// registry at hand, [`take_out`] does both).
     /// Called with no tick guard held; a platform may also queue it to be done later.
     fn take_out(&self, failure: DeviceFailure);
     /// An expiry on this CPU could not catch up (logged by a kernel; no-op by default).
