@@ -3,8 +3,9 @@
 //! another CPU's misrouted), the broadcast device's interrupt (which CPUs are due, each
 //! woken by IPI, this one directly), a wake-up, what an expiry leaves behind (a device that gave
 //! up programming goes to the registry), deep idle's handover to the broadcast and back, and the
-//! suspend and resume of a CPU's tick and of the broadcast, and a CPU going offline (its
-//! devices released, its timers handed to another CPU).
+//! suspend and resume of a CPU's tick and of the broadcast, a CPU going offline (its
+//! devices released, its timers handed to another CPU), and the registry's decisions carried
+//! out by a CPU ([`deliver`], [`take_out`]).
 //!
 //! The platform provides what only it can ([`Platform`], on top of [`ExpiryContext`]): this
 //! CPU's number, the broadcast state under its lock and its device's id, the wake-up IPI (to a
@@ -12,12 +13,14 @@
 //! by the registry (whose decisions [`deliver`](super::deliver) carries out). Every function
 //! here runs on the CPU `p` stands for, with no guard of its tick held by the caller.
 
+use super::deliver::DeliveryContext;
 use super::expiry::{self, Expiry, ExpiryContext, Hang, Outcome};
 use super::{
-    ArmError, Assignment, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Migrating, Moved, Refused,
+    ArmError, Assignment, Changes, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Migrating, Moved,
+    Refused, Registry,
 };
 use crate::broadcast::Broadcast;
-use crate::clockevents::CpuSet;
+use crate::clockevents::{CpuSet, DeviceSpec, EventDriver};
 use crate::inbox::{Inbox, TimeMessage};
 use crate::remote::{self, Drained};
 use alloc::vec::Vec;
@@ -30,9 +33,17 @@ pub trait Platform: ExpiryContext {
     /// Runs `f` on the broadcast state (in a kernel: under its lock, with interrupts off: the
     /// broadcast's interrupt takes it too).
     fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R;
-    /// Whether `device` is the broadcast device now (read on every device interrupt: a kernel
-    /// keeps its id in an atomic).
-    fn is_broadcast_device(&self, device: DeviceId) -> bool;
+    /// Whether `device` is the broadcast device now (read on every device interrupt). By
+    /// default the broadcast state says, under its lock; a kernel keeps the id in an atomic,
+    /// set in [`broadcast_device_changing`](Self::broadcast_device_changing).
+    fn is_broadcast_device(&self, device: DeviceId) -> bool {
+        self.with_broadcast(|b| b.device() == Some(device))
+    }
+    /// The broadcast device is about to change to `device` (`None`: none), as [`deliver`]
+    /// carries a registry decision out (no-op by default).
+    fn broadcast_device_changing(&self, device: Option<DeviceId>) {
+        let _ = device;
+    }
     /// Sends CPU `cpu` the wake-up IPI; its handler calls [`wakeup`] there.
     fn send_wakeup(&self, cpu: usize);
     /// `device`'s event reached this CPU, which it does not serve: its owner (the registry's
@@ -40,21 +51,30 @@ pub trait Platform: ExpiryContext {
     /// device again from its own CPU.
     fn wake_owner_of(&self, device: DeviceId);
     /// A device gave up programming: the registry takes it out and its decision is carried
-    /// out (the kernel: `Registry::take_out`, then [`deliver`](super::deliver::deliver)).
+    /// out (`Registry::take_out`, then [`deliver::deliver`](super::deliver::deliver); with the
+    /// registry at hand, [`take_out`] does both).
     /// Called with no tick guard held; a platform may also queue it to be done later.
     fn take_out(&self, failure: DeviceFailure);
     /// An expiry on this CPU could not catch up (logged by a kernel; no-op by default).
     fn hang(&self, expiry: &Expiry, hang: Hang) {
         let _ = (expiry, hang);
     }
-    /// This CPU's inbox, which other CPUs post timers, cancels and assignments to ([`drain`];
-    /// none by default: a platform whose CPUs never message each other).
+    /// This CPU's inbox, which other CPUs post timers, cancels and assignments to ([`drain`]);
+    /// by default its [`mailbox`](Self::mailbox)'s (none: a platform whose CPUs never message
+    /// each other).
     fn inbox(&self) -> Option<&Inbox<TimeMessage>> {
-        None
+        self.mailbox(self.cpu()).map(|(inbox, _)| inbox)
     }
-    /// Where the registry leaves this CPU's newest assignment ([`AssignmentSlot`]; none by
-    /// default).
+    /// Where the registry leaves this CPU's newest assignment ([`AssignmentSlot`]); by default
+    /// its [`mailbox`](Self::mailbox)'s.
     fn assignment_slot(&self) -> Option<&AssignmentSlot> {
+        self.mailbox(self.cpu()).map(|(_, slot)| slot)
+    }
+    /// CPU `cpu`'s inbox and assignment slot (any CPU's, this one's too): where [`deliver`]
+    /// leaves the registry's decisions for another CPU (none by default: such an assignment
+    /// is lost, and logged).
+    fn mailbox(&self, cpu: usize) -> Option<(&Inbox<TimeMessage>, &AssignmentSlot)> {
+        let _ = cpu;
         None
     }
 }
@@ -119,14 +139,97 @@ pub fn drain<P: Platform>(p: &P) -> Option<Drained> {
         None => None,
     };
     if let Some(a) = p.assignment_slot().and_then(AssignmentSlot::take) {
-        let now = p.now_ns();
-        let failure = p.with_tick(|t, bc| {
-            t.apply(a, now, bc);
-            t.take_failure()
-        });
-        report(p, failure.flatten());
+        report(p, apply(p, a));
     }
     drained
+}
+
+/// Carries assignment `a` out on this CPU, its own; returns a device that gave up meanwhile.
+fn apply<P: Platform>(p: &P, a: Assignment) -> Option<DeviceFailure> {
+    let now = p.now_ns();
+    p.with_tick(|t, bc| {
+        t.apply(a, now, bc);
+        t.take_failure()
+    })
+    .flatten()
+}
+
+/// Carries the registry's decision `changes` out on this CPU, with `registry` held
+/// ([`deliver::deliver`](super::deliver::deliver) on top of [`Platform`]): the broadcast change
+/// under its lock, this CPU's assignment at once, another CPU's left in its
+/// [`AssignmentSlot`] ([`Platform::mailbox`]) and that CPU woken to carry it out in its
+/// [`drain`]; a device that gives up meanwhile is taken out of `registry` and that decision
+/// carried out in turn. Call it with this CPU's interrupts off in a kernel (the broadcast's
+/// lock is taken), and keep `registry` held, so that each CPU's assignments are posted in the
+/// order they were decided.
+pub fn deliver<P: Platform>(p: &P, registry: &mut Registry, changes: Changes) {
+    super::deliver::deliver(&mut OnPlatform { p, registry }, changes);
+}
+
+/// Device `failure.device` gave up programming: `registry` takes it out and its decision is
+/// carried out on this CPU ([`deliver`]). What [`Platform::take_out`] does with the registry at
+/// hand.
+pub fn take_out<P: Platform>(p: &P, registry: &mut Registry, failure: DeviceFailure) {
+    let changes = registry.take_out(failure.device, &alloc::format!("{}", failure.error));
+    deliver(p, registry, changes);
+}
+
+/// Registers a device from this CPU (`registry` held) and carries the decision out
+/// ([`deliver`]); its id.
+pub fn register<P: Platform>(
+    p: &P,
+    registry: &mut Registry,
+    spec: DeviceSpec,
+    driver: &'static dyn EventDriver,
+) -> DeviceId {
+    let (id, changes) = registry.register(spec, driver);
+    deliver(p, registry, changes);
+    id
+}
+
+/// Brings this CPU online in `registry` (its tick exists) and carries the decision out
+/// ([`deliver`]): it gets its device.
+pub fn cpu_online<P: Platform>(p: &P, registry: &mut Registry) {
+    let changes = registry.cpu_online(p.cpu());
+    deliver(p, registry, changes);
+}
+
+/// The registry's decisions carried out by the CPU `p` stands for ([`deliver`]).
+struct OnPlatform<'a, P> {
+    p: &'a P,
+    registry: &'a mut Registry,
+}
+
+impl<P: Platform> DeliveryContext for OnPlatform<'_, P> {
+    fn now_ns(&self) -> u64 {
+        self.p.now_ns()
+    }
+    fn broadcast_device_changing(&mut self, device: Option<DeviceId>) {
+        self.p.broadcast_device_changing(device);
+    }
+    fn with_broadcast<R>(&mut self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+        self.p.with_broadcast(f)
+    }
+    fn wake(&mut self, cpu: usize) {
+        self.p.send_wakeup(cpu);
+    }
+    fn assign(&mut self, a: Assignment) -> Option<DeviceFailure> {
+        let cpu = a.cpu;
+        if cpu == self.p.cpu() {
+            return apply(self.p, a);
+        }
+        match self.p.mailbox(cpu) {
+            Some((inbox, slot)) => {
+                slot.post(a, inbox);
+                self.p.send_wakeup(cpu);
+            }
+            None => log::error!("CPU {cpu} has no assignment slot: its tick assignment is lost"),
+        }
+        None
+    }
+    fn take_out(&mut self, device: DeviceId, reason: &str) -> Changes {
+        self.registry.take_out(device, reason)
+    }
 }
 
 /// What an expiry left to the platform: a hang reported, a device that gave up programming
@@ -243,6 +346,22 @@ pub fn idle_exit<P: Platform>(p: &P) {
     report(p, failure);
 }
 
+/// One idle period of this CPU around the platform's `sleep` (which returns at its next
+/// interrupt): [`idle_enter`], and if the deadline was handed to the broadcast, `sleep(true)`
+/// (deep: the local device stopped, the broadcast's IPI wakes it) then [`idle_exit`]; otherwise
+/// `sleep(false)` (shallow: its tick device runs; a deadline already due has its interrupt
+/// pending, deep idle refused or not needed). Returns what [`idle_enter`] answered.
+pub fn idle<P: Platform>(p: &P, sleep: impl FnOnce(bool)) -> Result<Handover, DeepIdleRefused> {
+    let entered = idle_enter(p);
+    if entered == Ok(Handover::HandedOver) {
+        sleep(true);
+        idle_exit(p);
+    } else {
+        sleep(false);
+    }
+    entered
+}
+
 /// Suspends this CPU's tick: its local device shut down, its timers kept. Returns how many
 /// are pending (0 for a CPU with no tick).
 pub fn suspend<P: Platform>(p: &P) -> usize {
@@ -310,7 +429,7 @@ pub fn adopt<P: Platform>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tick::Service;
+    use crate::tick::{CpuTick, Service, TickMode};
 
     fn assignment(sequence: u64) -> Assignment {
         Assignment { cpu: 1, sequence, service: Service::None, local: None }
@@ -336,5 +455,141 @@ mod tests {
         slot.post(assignment(3), &inbox);
         assert_eq!(inbox.refused(), 1, "the note was refused");
         assert_eq!(slot.take().map(|a| a.sequence), Some(3), "the flag still says it waits");
+    }
+
+    /// CPU `cpu` of a two-CPU machine, as the glue sees it: its tick, the shared broadcast, the
+    /// other CPU's inbox and slot, and the wake-ups it sent.
+    struct TestCpu<'a> {
+        cpu: usize,
+        tick: core::cell::RefCell<CpuTick<u32>>,
+        bc: &'a spin::Mutex<Broadcast>,
+        peer: (&'a Inbox<TimeMessage>, &'a AssignmentSlot),
+        woken: core::cell::RefCell<Vec<usize>>,
+        now: u64,
+    }
+
+    impl ExpiryContext for TestCpu<'_> {
+        type Payload = u32;
+        fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<u32>, &spin::Mutex<Broadcast>) -> R) -> Option<R> {
+            Some(f(&mut self.tick.borrow_mut(), self.bc))
+        }
+        fn now_ns(&self) -> u64 {
+            self.now
+        }
+        fn run(&self, _: crate::hrtimer::Expired<u32>, _: u64) -> Option<(u64, u32)> {
+            None
+        }
+    }
+
+    impl Platform for TestCpu<'_> {
+        fn cpu(&self) -> usize {
+            self.cpu
+        }
+        fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+            f(&mut self.bc.lock())
+        }
+        fn send_wakeup(&self, cpu: usize) {
+            self.woken.borrow_mut().push(cpu);
+        }
+        fn wake_owner_of(&self, _: DeviceId) {}
+        fn take_out(&self, failure: DeviceFailure) {
+            panic!("no device fails here: {failure:?}");
+        }
+        fn mailbox(&self, cpu: usize) -> Option<(&Inbox<TimeMessage>, &AssignmentSlot)> {
+            (cpu != self.cpu).then_some(self.peer)
+        }
+    }
+
+    /// CPU 0 of two, both online, with a global device (the broadcast) and CPU 0's own
+    /// device that stops in deep idle, registered on CPU 0; CPU 1's inbox and slot.
+    fn machine<'a>(
+        bc: &'a spin::Mutex<Broadcast>,
+        peer: (&'a Inbox<TimeMessage>, &'a AssignmentSlot),
+        registry: &mut Registry,
+        with_broadcast: bool,
+    ) -> (TestCpu<'a>, Option<DeviceId>, DeviceId) {
+        use crate::clockevents::Features;
+        use crate::clockevents::fake::{FakeDriver, spec};
+        let now = 1_000_000;
+        let tick = core::cell::RefCell::new(CpuTick::new(0, TickMode::Oneshot, now, 8));
+        let p = TestCpu { cpu: 0, tick, bc, peer, woken: Default::default(), now };
+        cpu_online(&p, registry);
+        let cpu1 = registry.cpu_online(1); // CPU 1's own doing: nothing serves it yet
+        assert!(cpu1.is_empty());
+        let global = with_broadcast.then(|| {
+            register(
+                &p,
+                registry,
+                spec("global", 50, CpuSet::first(2), Features::empty()),
+                FakeDriver::leak(),
+            )
+        });
+        let features = Features::PER_CPU | Features::STOPS_IN_DEEP_IDLE;
+        let local =
+            register(&p, registry, spec("local0", 100, CpuSet::single(0), features), FakeDriver::leak());
+        (p, global, local)
+    }
+
+    #[test]
+    fn deliver_carries_out_this_cpus_assignment_and_leaves_anothers_in_its_slot() {
+        let (bc, inbox, slot, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Inbox::new(4), AssignmentSlot::new(), Registry::new());
+        let (p, global, local) = machine(&bc, (&inbox, &slot), &mut registry, true);
+        let global = global.unwrap();
+        assert_eq!(p.tick.borrow().service(), Service::Local(local), "CPU 0's own assignment, carried out");
+        assert_eq!(bc.lock().device(), Some(global), "the broadcast change, installed");
+        assert!(
+            p.is_broadcast_device(global) && !p.is_broadcast_device(local),
+            "the default asks the broadcast"
+        );
+        let a = slot.take().expect("CPU 1's assignment waits in its slot");
+        assert_eq!((a.cpu, a.service), (1, Service::Broadcast(global)));
+        assert_eq!(*p.woken.borrow(), [1], "CPU 1 woken to carry it out");
+        let mut rx = inbox.receiver().unwrap();
+        assert!(matches!(rx.recv(), Some(TimeMessage::Assignment { .. })), "and told in its inbox");
+    }
+
+    #[test]
+    fn take_out_moves_this_cpu_to_the_broadcast_with_its_deadline() {
+        let (bc, inbox, slot, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Inbox::new(4), AssignmentSlot::new(), Registry::new());
+        let (p, global, local) = machine(&bc, (&inbox, &slot), &mut registry, true);
+        p.tick.borrow_mut().arm(p.now + 5_000, 7, p.now, &bc).unwrap();
+        let error = crate::clockevents::ProgramError::GaveUp { min_delta_ns: 10_000_000 };
+        take_out(&p, &mut registry, DeviceFailure { device: local, error });
+        assert_eq!(p.tick.borrow().service(), Service::Broadcast(global.unwrap()));
+        assert_eq!(registry.taken_out().len(), 1, "the registry took it out");
+        assert_eq!(bc.lock().deadline(0), p.now + 5_000, "its deadline went with it");
+    }
+
+    #[test]
+    fn idle_sleeps_deeply_only_with_the_deadline_handed_over_and_takes_it_back() {
+        let (bc, inbox, slot, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Inbox::new(4), AssignmentSlot::new(), Registry::new());
+        let (p, _, _) = machine(&bc, (&inbox, &slot), &mut registry, true);
+        p.tick.borrow_mut().arm(p.now + 5_000, 7, p.now, &bc).unwrap();
+        let mut slept = Vec::new();
+        assert_eq!(
+            idle(&p, |deep| slept.push((deep, p.tick.borrow().is_handed_over()))),
+            Ok(Handover::HandedOver)
+        );
+        assert_eq!(slept, [(true, true)], "deep, with the deadline at the broadcast");
+        assert!(!p.tick.borrow().is_handed_over(), "taken back after the sleep");
+        // A deadline already due: no handover, a shallow sleep (its interrupt is pending).
+        p.tick.borrow_mut().arm(p.now - 1, 8, p.now, &bc).unwrap();
+        let mut slept = Vec::new();
+        assert_eq!(idle(&p, |deep| slept.push(deep)), Ok(Handover::EventDue));
+        assert_eq!(slept, [false]);
+    }
+
+    #[test]
+    fn idle_sleeps_shallowly_when_no_broadcast_can_take_the_deadline() {
+        let (bc, inbox, slot, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Inbox::new(4), AssignmentSlot::new(), Registry::new());
+        let (p, _, _) = machine(&bc, (&inbox, &slot), &mut registry, false);
+        p.tick.borrow_mut().arm(p.now + 5_000, 7, p.now, &bc).unwrap();
+        let mut slept = Vec::new();
+        assert_eq!(idle(&p, |deep| slept.push(deep)), Err(DeepIdleRefused::NoBroadcast));
+        assert_eq!(slept, [false]);
     }
 }
