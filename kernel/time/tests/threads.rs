@@ -647,6 +647,7 @@ impl Cpu {
             wakes += 1;
         })
         .expect("no drain runs inside another here");
+        assert_eq!(drained.failure, None, "no device fails here");
         self.record.borrow_mut().ops += u64::from(drained.armed + drained.reclaimed + drained.other);
         if !in_callback {
             // The timers it queued are counted before their handles can be freed.
