@@ -336,6 +336,10 @@ pub struct Drained {
     pub reclaimed: u32,
     /// Other messages, handed to the platform.
     pub other: u32,
+    /// A device that gave up programming while a posted timer was armed (its CPU's local
+    /// device, or the broadcast it handed the deadline to): the caller takes it out, as after
+    /// any other arm ([`CpuTick::take_failure`]); nothing else on this CPU may report it.
+    pub failure: Option<crate::tick::DeviceFailure>,
 }
 
 /// What one message came to under the owner's guard.
@@ -406,8 +410,9 @@ impl<P> Handles<P> {
 }
 
 /// The owner drains its inbox `inbox` (on its CPU, with the expiry's context `cx`): a posted
-/// arm is armed in its queue unless it was cancelled meanwhile; a cancel takes its timer out
-/// of the queue and frees its slot; every other message goes to `other`. One message per
+/// arm is armed in its queue unless it was cancelled meanwhile (a device that gives up on its
+/// deadline comes back in [`Drained::failure`], for the caller to take out); a cancel takes its
+/// timer out of the queue and frees its slot; every other message goes to `other`. One message per
 /// guard, payloads dropped outside it (a payload's drop may arm or cancel timers). At most the
 /// inbox's capacity of messages, so senders that keep sending cannot keep the owner here.
 /// `None`: a drain is already in progress on this CPU (this call comes from inside it: a
@@ -428,9 +433,11 @@ pub fn drain<C: ExpiryContext>(
     for _ in 0..inbox.capacity() {
         let Some(message) = receiver.recv() else { break };
         let received = match message {
-            TimeMessage::Arm { slot, generation, deadline_ns } => {
-                cx.with_tick(|t, bc| handles.arm_posted(t, slot, generation, deadline_ns, cx.now_ns(), bc))
-            }
+            TimeMessage::Arm { slot, generation, deadline_ns } => cx.with_tick(|t, bc| {
+                let received = handles.arm_posted(t, slot, generation, deadline_ns, cx.now_ns(), bc);
+                drained.failure = drained.failure.or(t.take_failure());
+                received
+            }),
             TimeMessage::Cancel { id } => cx.with_tick(|t, _| handles.reclaim(t, id)),
             message => {
                 drained.other += 1;
@@ -484,6 +491,8 @@ pub(crate) mod harness {
         /// What a callback does besides being recorded (a cancel of its own handle).
         pub(crate) during_run: StdMutex<Option<TimerId>>,
         pub(crate) cancels_during_run: StdMutex<Vec<Result<Cancelled, crate::hrtimer::WrongCpu>>>,
+        /// Its local device's driver (to make it refuse deadlines).
+        pub(crate) driver: &'static FakeDriver,
     }
 
     impl Owner {
@@ -506,6 +515,7 @@ pub(crate) mod harness {
                 ran: StdMutex::new(Vec::new()),
                 during_run: StdMutex::new(None),
                 cancels_during_run: StdMutex::new(Vec::new()),
+                driver,
             })
         }
 
@@ -572,7 +582,7 @@ mod tests {
         let id = cpu1.post(1_000, 7, 0).ok().expect("posted");
         assert_eq!(id.cpu(), 1);
         assert!(Handles::<Pay>::is_handle(id));
-        assert_eq!(cpu1.turn(500), Drained { armed: 1, reclaimed: 0, other: 0 });
+        assert_eq!(cpu1.turn(500), Drained { armed: 1, ..Drained::default() });
         assert!(cpu1.tags_ran().is_empty(), "not before its deadline");
         cpu1.turn(1_000);
         cpu1.turn(5_000);
@@ -587,7 +597,7 @@ mod tests {
         let id = cpu1.post(1_000, 7, 0).ok().unwrap();
         assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Pending));
         cpu1.inbox.try_send(Handles::<Pay>::cancel_message(id)).unwrap();
-        assert_eq!(cpu1.turn(2_000), Drained { armed: 0, reclaimed: 1, other: 0 });
+        assert_eq!(cpu1.turn(2_000), Drained { reclaimed: 1, ..Drained::default() });
         assert!(cpu1.tags_ran().is_empty());
         assert_eq!(cpu1.tick.lock().pending(), 0, "never queued");
         assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Inactive), "cancelled once");
@@ -603,7 +613,7 @@ mod tests {
         assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Pending));
         cpu1.inbox.try_send(Handles::<Pay>::cancel_message(id)).unwrap();
         cpu1.inbox.try_send(arm).unwrap();
-        assert_eq!(cpu1.turn(2_000), Drained { armed: 0, reclaimed: 1, other: 0 });
+        assert_eq!(cpu1.turn(2_000), Drained { reclaimed: 1, ..Drained::default() });
         assert!(cpu1.tags_ran().is_empty());
         assert_eq!(cpu1.tick.lock().pending(), 0, "the late arm armed nothing");
     }
@@ -670,6 +680,21 @@ mod tests {
         assert_eq!(cpu1.handles.in_use(), 2, "the refused arm's slot is free");
         cpu1.turn(200);
         assert_eq!(cpu1.tags_ran(), vec![1, 2]);
+    }
+
+    /// A device that gives up on a posted timer's deadline when the drain arms it is handed
+    /// back by the drain (`Drained::failure`), for the platform to take out: a CPU that posted
+    /// to itself drains at once and runs no expiry after, so nothing else would report it, and
+    /// its timers would wait on a failed device with nothing armed.
+    #[test]
+    fn a_device_failure_met_arming_a_posted_timer_comes_back_from_the_drain() {
+        let cpu1 = Owner::new(8, 8);
+        *cpu1.driver.passes_below_ticks.lock() = u64::MAX;
+        cpu1.post(1_000, 7, 0).ok().expect("posted");
+        let drained = drain(&*cpu1, &cpu1.inbox, |m| panic!("{m:?}")).expect("not nested");
+        assert_eq!(drained.armed, 1);
+        assert_eq!(cpu1.tick.lock().take_failure(), None, "the failure left in the tick, unreported");
+        assert_eq!(drained.failure.map(|f| f.device), Some(crate::tick::DeviceId(1)));
     }
 
     #[test]
