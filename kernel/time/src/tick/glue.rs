@@ -120,8 +120,9 @@ impl AssignmentSlot {
 /// through its [`Handles`](crate::remote::Handles) armed, cancelled ones reclaimed:
 /// [`remote::drain`]), then the registry's newest assignment for it carried out. Called from
 /// inside a drain (a payload's drop arming a timer here), it sends this CPU the wake-up IPI,
-/// which lands after the drain in progress, so nothing is stranded. Returns what the drain did
-/// (none: nested, or no inbox).
+/// which lands after the drain in progress, so nothing is stranded. A device that gave up
+/// programming on a posted timer's deadline is taken out ([`Platform::take_out`]). Returns
+/// what the drain did (none: nested, or no inbox).
 pub fn drain<P: Platform>(p: &P) -> Option<Drained> {
     let drained = match p.inbox() {
         Some(inbox) => {
@@ -131,8 +132,11 @@ pub fn drain<P: Platform>(p: &P) -> Option<Drained> {
                     "no other message is sent to a CPU's time core: {m:?}"
                 );
             });
-            if drained.is_none() {
-                p.send_wakeup(p.cpu());
+            match drained {
+                // A device that gave up on a posted timer's deadline: nothing else reports it
+                // (a drain on the posting CPU has no expiry after it).
+                Some(d) => report(p, d.failure),
+                None => p.send_wakeup(p.cpu()),
             }
             drained
         }
