@@ -13,13 +13,15 @@ pub mod bench;
 pub mod cmdline;
 pub mod log_ring;
 pub mod logger;
+pub mod time;
 pub mod timer_report;
 pub mod workload;
 
-use arch::x86_64::{clockevents, clocksource, fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
+use arch::x86_64::{fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 pub use qemu::{ExitCode, exit_qemu};
+use time::{clockevents, clocksource};
 
 /// Where the bootloader may place its own mappings (kernel image, stack, boot info, the map of
 /// all physical memory); the rest of the upper half is the kernel's, see `memory.rs`.
@@ -42,7 +44,7 @@ pub struct Kernel {
     pub rsdp_addr: Option<u64>,
     pub platform: arch::x86_64::platform::Platform,
     /// What the clockevents bring-up decided (HPET comparators' delivery, role, self-test).
-    pub clockevents: arch::x86_64::clockevents::Setup,
+    pub clockevents: time::clockevents::Setup,
 }
 
 /// Brings up the boot CPU's base: serial log, GDT/IDT, TSC timestamps, memory and heap, kernel

@@ -19,9 +19,9 @@
 
 pub mod oracle;
 
-use crate::arch::x86_64::clockevents::{self, TimerEvent};
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clockevents::{self, TimerEvent};
+use crate::time::clocksource::now_ns;
 use crate::timer_report::{LatencyReport, TimerReport, Verdict};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -297,7 +297,7 @@ pub fn run_with_suspend(
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
     let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
     SAMPLES_PER_CPU.store(MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1)), Ordering::Relaxed);
-    oracle::set_counters(crate::arch::x86_64::clocksource::raw_counters());
+    oracle::set_counters(crate::time::clocksource::raw_counters());
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
     for &cpu in &cpus {

@@ -247,12 +247,12 @@ impl Hpet {
             GeneralConfig::from_bits_retain(self.regs.configuration().read()).contains(GeneralConfig::ENABLE);
         let enable = config.contains(GeneralConfig::ENABLE);
         if running && !enable {
-            super::clocksource::hpet_stopping(self);
+            crate::time::clocksource::hpet_stopping(self);
         }
         self.counted();
         self.regs.configuration().write(config.bits());
         if !running && enable {
-            super::clocksource::hpet_started(self);
+            crate::time::clocksource::hpet_started(self);
         }
     }
 

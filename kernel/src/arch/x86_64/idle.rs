@@ -7,11 +7,11 @@
 //! after their CPU handed its next deadline to the broadcast device; a CPU that cannot hand
 //! over (no broadcast device) halts instead, says so once, and records a fallback.
 
-use super::clockevents;
 use super::deferred;
 use super::smp::percpu;
 use super::tsc;
 use crate::cmdline::IdleChoice;
+use crate::time::clockevents;
 use core::sync::atomic::Ordering;
 use kernel_time::tick::Handover;
 use spin::Once;

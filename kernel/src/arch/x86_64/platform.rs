@@ -6,7 +6,8 @@ use super::calibrate::{self, Calibration};
 use super::hpet::{ComparatorConfig, Hpet};
 use super::ioapic::{IOAPICS, IsaRoute};
 use super::pm_timer::PmTimer;
-use super::{acpi, clocksource, deferred, destination, lapic, memory, pic, smp, tsc};
+use super::{acpi, deferred, destination, lapic, memory, pic, smp, tsc};
+use crate::time::clocksource;
 use crate::timer_report::{
     ComparatorReport, CpuReport, DestinationsReport, HpetReport, IoApicReport, LapicReport, MemoryReport,
     SCHEMA_VERSION, TimerReport, Verdict,

@@ -2,8 +2,9 @@
 //! log has real timestamps from its first line; the platform bring-up recalibrates it against
 //! the HPET once that is up.
 
+use super::pit;
 use super::smp::percpu;
-use super::{clocksource, pit};
+use crate::time::clocksource;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 

@@ -6,7 +6,7 @@ pub mod percpu;
 mod trampoline;
 
 use super::{gdt, interrupts, lapic, memory};
-use crate::arch::x86_64::clocksource::now_ns;
+use crate::time::clocksource::now_ns;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -159,7 +159,7 @@ fn start_one(
     let wait_until = |deadline: u64| {
         while now_ns() < deadline && !online() {
             // The AP checks its TSC against ours on its way online.
-            super::tsc_sync::serve();
+            crate::time::tsc_sync::serve();
             core::hint::spin_loop();
         }
     };
@@ -190,9 +190,9 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // Enables this CPU's APIC in the boot CPU's mode (x2APIC needs EXTD set on every CPU).
     lapic::init_ap();
     // Its TSC checked against the boot CPU's, before its timekeeping starts.
-    super::tsc_sync::check_on_ap(cpu.index);
+    crate::time::tsc_sync::check_on_ap(cpu.index);
     // Its own tick and LAPIC timer, set up by itself (the boot CPU cannot reach its LAPIC).
-    super::clockevents::init_on_ap();
+    crate::time::clockevents::init_on_ap();
     let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
     cpu.online_ns.store(online, Ordering::Release);
     // Its idle loop: everything it does from now on comes by interrupt.

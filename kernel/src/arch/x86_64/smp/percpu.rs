@@ -5,10 +5,10 @@
 //! obtained on a CPU stays that CPU's for as long as the code holding it runs there: interrupt
 //! handlers run on the CPU they interrupt and return to it.
 
-use super::super::clockevents::CpuTime;
 use super::super::deferred::CpuDeferred;
 use super::super::gdt::CpuTables;
 use super::super::path_trace::PathStamps;
+use crate::time::clockevents::CpuTime;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};

@@ -11,8 +11,8 @@
 
 use super::cpu::{this_cpu_tick, with_tick};
 use super::registry;
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::percpu;
+use crate::time::clocksource::now_ns;
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
 use core::time::Duration;

@@ -36,11 +36,11 @@ pub use timer::{
     sleep_ns, sleep_until,
 };
 
-use super::interrupts;
-use super::platform::Platform;
-use super::smp::{self, percpu};
-use crate::arch::x86_64::clocksource::now_ns;
+use crate::arch::x86_64::interrupts;
+use crate::arch::x86_64::platform::Platform;
+use crate::arch::x86_64::smp::{self, percpu};
 use crate::cmdline::{ClockeventsChoice, KernelOptions};
+use crate::time::clocksource::now_ns;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -160,9 +160,9 @@ fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Optio
             return None;
         }
     };
-    let features = super::lapic::features();
+    let features = crate::arch::x86_64::lapic::features();
     if features.tsc_deadline {
-        log::info!("LAPIC timers in TSC-deadline mode ({} Hz)", super::tsc::frequency_hz());
+        log::info!("LAPIC timers in TSC-deadline mode ({} Hz)", crate::arch::x86_64::tsc::frequency_hz());
     }
     if options.lapic_stops_in_idle && features.arat {
         log::info!("lapic_stops_in_idle: LAPIC timers stop in deep idle although the CPU has ARAT");
@@ -170,7 +170,7 @@ fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Optio
     let config = LapicTimerConfig {
         vector,
         timer_hz: calibration.lapic_timer_hz,
-        tsc_hz: super::tsc::frequency_hz(),
+        tsc_hz: crate::arch::x86_64::tsc::frequency_hz(),
         tsc_deadline: features.tsc_deadline,
         arat: features.arat && !options.lapic_stops_in_idle,
     };

@@ -5,8 +5,8 @@
 use super::cpu::{with_tick, with_tick_and_broadcast};
 use super::registry::{self, with_registry};
 use super::{ComparatorRole, Setup};
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clocksource::now_ns;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use kernel_time::clockevents::State;

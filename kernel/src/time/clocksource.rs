@@ -4,8 +4,8 @@
 //! the `clocksource=` choice, and the report's clocksource part.
 
 use super::clockevents::{self, TimerEvent};
-use super::pm_timer::{self, PmTimer};
-use super::{deferred, hpet::Hpet, tsc};
+use crate::arch::x86_64::pm_timer::{self, PmTimer};
+use crate::arch::x86_64::{deferred, hpet::Hpet, tsc};
 use crate::timer_report::{
     ClocksourceReport, HousekeepingReport, SwitchReport, TimerReport, TscReport, Verdict,
 };
@@ -344,7 +344,7 @@ static HOUSEKEEPING_IN_HARD_IRQ: AtomicU64 = AtomicU64::new(0);
 /// the TSC checks' and the LAPIC refinement's locks (each with interrupts off), which no
 /// interrupt path takes, and posts nothing to other CPUs: a refinement is raised on each.
 fn housekeeping() {
-    let cpu = super::smp::percpu::this_cpu();
+    let cpu = crate::arch::x86_64::smp::percpu::this_cpu();
     HOUSEKEEPING_RUNS.fetch_add(1, Ordering::Relaxed);
     if cpu.in_interrupt() || !x86_64::instructions::interrupts::are_enabled() {
         HOUSEKEEPING_IN_HARD_IRQ.fetch_add(1, Ordering::Relaxed);

@@ -8,17 +8,17 @@
 //! (level-triggered, the status bit cleared by writing 1); legacy replacement (comparator 0 ->
 //! IRQ0, 1 -> IRQ8, edge) when comparator 0 has neither, as on `-machine pc`.
 
-use super::super::destination::{self, Unreachable};
-use super::super::hpet::{ComparatorConfig, Hpet};
-use super::super::ioapic::{DeliveryMode, IOAPICS, IsaRoute, Polarity, RedirectionEntry, Trigger};
-use super::super::path_trace::{self, Stage};
-use super::super::smp::{
+use crate::arch::x86_64::destination::{self, Unreachable};
+use crate::arch::x86_64::hpet::{ComparatorConfig, Hpet};
+use crate::arch::x86_64::ioapic::{DeliveryMode, IOAPICS, IsaRoute, Polarity, RedirectionEntry, Trigger};
+use crate::arch::x86_64::path_trace::{self, Stage};
+use crate::arch::x86_64::smp::{
     self,
     percpu::{self, PerCpuCounter},
 };
-use super::super::{deferred, interrupts, tsc};
-use crate::arch::x86_64::clocksource::now_ns;
+use crate::arch::x86_64::{deferred, interrupts, tsc};
 use crate::cmdline::ClockeventsChoice;
+use crate::time::clocksource::now_ns;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;

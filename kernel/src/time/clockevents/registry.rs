@@ -8,9 +8,9 @@
 //! assignments reach each CPU in the order they were decided.
 
 use super::cpu;
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::lapic as apic;
 use crate::arch::x86_64::smp::percpu;
+use crate::time::clocksource::now_ns;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::clockevents::{DeviceSpec, EventDriver};

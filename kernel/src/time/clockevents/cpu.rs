@@ -6,9 +6,9 @@
 
 use super::registry;
 use super::timer::{Payload, TimerEvent};
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
+use crate::time::clocksource::now_ns;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use kernel_time::broadcast::Broadcast;

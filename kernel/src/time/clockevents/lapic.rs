@@ -8,9 +8,9 @@
 //! start-up path (`init_on_bsp` / `init_on_ap`), and only that CPU ever programs it: the time
 //! layer carries a CPU's device changes out on that CPU.
 
-use super::super::path_trace::{self, Stage};
-use super::super::smp::percpu;
-use super::super::{interrupts, lapic, tsc};
+use crate::arch::x86_64::path_trace::{self, Stage};
+use crate::arch::x86_64::smp::percpu;
+use crate::arch::x86_64::{interrupts, lapic, tsc};
 use alloc::format;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features};

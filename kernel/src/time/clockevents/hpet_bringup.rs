@@ -3,14 +3,14 @@
 //! interrupt self-test on each target CPU with re-planning around failures, registration, and
 //! the `hpet_storm=` fault injection.
 
-use super::super::destination;
-use super::super::hpet::{ComparatorConfig, Hpet};
-use super::super::ioapic::IOAPICS;
-use super::super::platform::Platform;
-use super::super::smp::percpu;
 use super::hpet::{self, Delivery, HpetChannel, Role};
 use super::registry;
 use super::{ComparatorOutcome, ComparatorRole, Setup};
+use crate::arch::x86_64::destination;
+use crate::arch::x86_64::hpet::{ComparatorConfig, Hpet};
+use crate::arch::x86_64::ioapic::IOAPICS;
+use crate::arch::x86_64::platform::Platform;
+use crate::arch::x86_64::smp::percpu;
 use crate::cmdline::{ClockeventsChoice, KernelOptions};
 use alloc::format;
 use alloc::vec::Vec;
