@@ -50,13 +50,18 @@ pub struct Kernel {
 /// Brings up the boot CPU's base: serial log, GDT/IDT, TSC timestamps, memory and heap, kernel
 /// options. Everything after this may allocate and log.
 pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
+    // The drivers bound their waits by the system clock, handed to them (they never import
+    // the time code).
+    arch::x86_64::clock::set(clocksource::now_ns);
     serial::init();
     gdt::init_bsp();
     interrupts::init_bsp();
     tsc::init_early();
+    clocksource::register_tsc(tsc::frequency_hz());
     logger::init(log::LevelFilter::Info);
     log::info!("timer kernel {} starting on the boot CPU", env!("CARGO_PKG_VERSION"));
     tsc::log_calibration();
+    clocksource::log_tsc();
 
     let boot_info: &'static BootInfo = boot_info;
     memory::init(boot_info);
@@ -72,7 +77,8 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
         clocksource::force(c.name());
     }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
-    let mut platform = platform::init_bsp(rsdp_addr, options.hpet_counter_stopped);
+    let mut platform =
+        platform::init_bsp(rsdp_addr, options.hpet_counter_stopped, clocksource::register_counter);
     // Fault injection, once the TSC is calibrated: the boot CPU's skew now, an AP's as it starts.
     if let Some(skew) = options.tsc_skew {
         tsc::configure_skew(skew.cpu as usize, skew.ns);
@@ -82,7 +88,8 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     }
     // Each CPU sets up its own tick: the boot CPU now, every AP on its start-up path.
     clockevents::init_on_bsp(&mut platform, &options);
-    arch::x86_64::idle::init(options.idle);
+    time::idle::init(options.idle);
+    arch::x86_64::smp::set_hooks(time::ap_hooks());
     for left_out in platform.start_application_processors() {
         platform.fall_back(left_out);
     }

@@ -4,12 +4,15 @@
 //! the `clocksource=` choice, and the report's clocksource part.
 
 use super::clockevents::{self, TimerEvent};
+use crate::arch::x86_64::deferred;
+use crate::arch::x86_64::hpet::{CounterChange, Hpet};
+use crate::arch::x86_64::platform::Counter;
 use crate::arch::x86_64::pm_timer::{self, PmTimer};
-use crate::arch::x86_64::{deferred, hpet::Hpet, tsc};
+use crate::arch::x86_64::tsc::{self, TscChange};
 use crate::timer_report::{
     ClocksourceReport, HousekeepingReport, SwitchReport, TimerReport, TscReport, Verdict,
 };
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicU64, Ordering};
@@ -159,6 +162,16 @@ fn log_switch(switch: Option<&Switch>) {
 /// [`log_tsc`] says it later).
 pub fn register_tsc(hz: u64) {
     register(tsc_desc(hz));
+    tsc::set_listener(tsc_changed);
+}
+
+/// What the TSC driver tells its clock: the `tsc` clocksource follows.
+fn tsc_changed(change: TscChange) {
+    match change {
+        TscChange::Frequency(hz) => set_tsc_frequency(hz),
+        TscChange::RateFaulted => tsc_rate_faulted(),
+        TscChange::SkewedInSoftware => tsc_skewed_in_software(),
+    }
 }
 
 fn tsc_desc(hz: u64) -> SourceDesc {
@@ -205,6 +218,17 @@ pub fn set_tsc_frequency(hz: u64) {
     with_sources(|s| s.set_frequency(&TIMEKEEPER, &Hardware, "tsc", hz));
 }
 
+/// Registers a counter the platform's bring-up found (`platform::init_bsp`'s counter sink).
+pub fn register_counter(counter: Counter) -> Result<(), String> {
+    match counter {
+        Counter::Hpet(hpet) => {
+            register_hpet(hpet);
+            Ok(())
+        }
+        Counter::PmTimer(pm) => register_pm_timer(pm).map_err(|e| e.to_string()),
+    }
+}
+
 /// The HPET main counter as the `hpet` clocksource.
 pub fn register_hpet(hpet: &'static Hpet) {
     HPET_COUNTER.store(hpet.main_counter_ptr().cast::<u32>().cast_mut(), Ordering::Relaxed);
@@ -218,6 +242,15 @@ pub fn register_hpet(hpet: &'static Hpet) {
         flags: SourceFlags::CONTINUOUS | SourceFlags::CPU_CONSISTENT,
         counter: HPET,
     });
+    crate::arch::x86_64::hpet::set_counter_listener(hpet_counter_changed);
+}
+
+/// What the HPET tells its clock of its main counter.
+fn hpet_counter_changed(hpet: &Hpet, change: CounterChange) {
+    match change {
+        CounterChange::Stopping => hpet_stopping(hpet),
+        CounterChange::Started => hpet_started(hpet),
+    }
 }
 
 /// The `tsc_skew` fault is added to the TSC in software: the `tsc` clocksource reads it so.

@@ -7,4 +7,18 @@
 //! driver is handed its callback when it is attached.
 pub mod clockevents;
 pub mod clocksource;
+pub mod idle;
 pub mod tsc_sync;
+
+/// What each AP runs on its way online, handed to `smp` before the APs start: its TSC checked
+/// against the boot CPU's before its timekeeping starts, then its own tick and LAPIC timer.
+pub fn ap_hooks() -> crate::arch::x86_64::smp::ApHooks {
+    crate::arch::x86_64::smp::ApHooks {
+        while_waiting: tsc_sync::serve,
+        on_ap: |cpu| {
+            tsc_sync::check_on_ap(cpu);
+            clockevents::init_on_ap();
+        },
+        idle: idle::wait,
+    }
+}

@@ -1,6 +1,7 @@
 //! x86_64 platform: one module per device or CPU facility.
 pub mod acpi;
 pub mod calibrate;
+pub mod clock;
 pub mod deferred;
 pub mod destination;
 pub mod fw_cfg;

@@ -28,7 +28,8 @@ const TIMERS_PER_CPU: usize = 1024;
 pub const HANDLES_PER_CPU: usize = 256;
 const INBOX_PER_CPU: usize = 256;
 
-/// A CPU's timekeeping state, in its `PerCpu`.
+/// A CPU's timekeeping state, in the time room's own per-CPU storage ([`time_of`]): the
+/// drivers' `PerCpu` does not know it.
 pub struct CpuTime {
     /// Taken only by its own CPU, with interrupts off ([`TickGuard`]): never contended.
     tick: Mutex<Option<CpuTick<Payload>>>,
@@ -53,6 +54,21 @@ pub struct CpuTime {
     pub deep_entries: AtomicU64,
     pub idle_overhead_cycles: AtomicU64,
     pub deep_idle_refused: AtomicBool,
+}
+
+/// Each CPU's [`CpuTime`], by its dense index (`PerCpu::index`, below `MAX_CPUS`).
+static CPU_TIME: [CpuTime; percpu::MAX_CPUS] = [const { CpuTime::new() }; percpu::MAX_CPUS];
+
+/// CPU `cpu`'s timekeeping state.
+#[inline]
+pub fn time_of(cpu: &percpu::PerCpu) -> &'static CpuTime {
+    &CPU_TIME[cpu.index]
+}
+
+/// The calling CPU's timekeeping state.
+#[inline]
+pub fn this_cpu_time() -> &'static CpuTime {
+    time_of(percpu::this_cpu())
 }
 
 impl Default for CpuTime {
@@ -129,7 +145,7 @@ pub fn this_cpu_tick() -> Option<TickGuard> {
     use x86_64::instructions::interrupts;
     let interrupts_were_enabled = interrupts::are_enabled();
     interrupts::disable();
-    let guard = percpu::this_cpu().time.tick.try_lock();
+    let guard = this_cpu_time().tick.try_lock();
     // Only this CPU takes it, with interrupts off: a busy lock means the code holding the
     // guard re-entered the tick (e.g. a callback run inside it), a bug in this module.
     let guard = guard.expect("a CPU's tick re-entered while its guard is held");
@@ -162,12 +178,12 @@ pub fn with_tick_and_broadcast<R>(
 /// Gives the calling CPU its tick (not yet served by any device).
 pub(super) fn create_tick(mode: kernel_time::tick::TickMode) {
     let cpu = percpu::this_cpu();
-    cpu.time.handles.call_once(|| Handles::new(cpu.index, HANDLES_PER_CPU));
-    cpu.time.inbox.call_once(|| Inbox::new(INBOX_PER_CPU));
+    time_of(cpu).handles.call_once(|| Handles::new(cpu.index, HANDLES_PER_CPU));
+    time_of(cpu).inbox.call_once(|| Inbox::new(INBOX_PER_CPU));
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut tick = CpuTick::new(cpu.index, mode, now_ns(), TIMERS_PER_CPU);
         tick.reserve_for_handles(HANDLES_PER_CPU);
-        *cpu.time.tick.lock() = Some(tick);
+        *time_of(cpu).tick.lock() = Some(tick);
     });
 }
 
@@ -221,7 +237,7 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn handles(&self) -> Option<&Handles<Payload>> {
-        percpu::this_cpu().time.handles.get()
+        this_cpu_time().handles.get()
     }
 
     #[inline]
@@ -287,7 +303,7 @@ impl Platform for ThisCpu {
 /// lands when the drain in progress has ended, so nothing is stranded.
 pub(super) fn drain_inbox() {
     let cpu = percpu::this_cpu();
-    let Some(inbox) = cpu.time.inbox.get() else { return };
+    let Some(inbox) = time_of(cpu).inbox.get() else { return };
     let drained = x86_64::instructions::interrupts::without_interrupts(|| {
         remote::drain(&ThisCpu { index: cpu.index }, inbox, |m| {
             debug_assert!(
@@ -300,7 +316,7 @@ pub(super) fn drain_inbox() {
         registry::send_wakeup(cpu.index);
     }
     // Whether or not its message fit in the inbox.
-    if cpu.time.assignment_waiting.load(Ordering::Acquire) {
+    if time_of(cpu).assignment_waiting.load(Ordering::Acquire) {
         take_assignment();
     }
 }
@@ -311,9 +327,9 @@ pub(super) fn drain_inbox() {
 pub(super) fn send_assignment(a: Assignment) -> bool {
     let Some(target) = percpu::cpu(a.cpu) else { return false };
     let sequence = a.sequence;
-    *target.time.assignment.lock() = Some(a);
-    target.time.assignment_waiting.store(true, Ordering::Release);
-    if let Some(inbox) = target.time.inbox.get() {
+    *time_of(target).assignment.lock() = Some(a);
+    time_of(target).assignment_waiting.store(true, Ordering::Release);
+    if let Some(inbox) = time_of(target).inbox.get() {
         let _ = inbox.try_send(TimeMessage::Assignment { sequence });
     }
     registry::send_wakeup(target.index);
@@ -324,8 +340,8 @@ pub(super) fn send_assignment(a: Assignment) -> bool {
 fn take_assignment() {
     let cpu = percpu::this_cpu();
     let waiting = x86_64::instructions::interrupts::without_interrupts(|| {
-        cpu.time.assignment_waiting.store(false, Ordering::Relaxed);
-        cpu.time.assignment.lock().take()
+        time_of(cpu).assignment_waiting.store(false, Ordering::Relaxed);
+        time_of(cpu).assignment.lock().take()
     });
     if let Some(a) = waiting {
         report_failure(registry::apply(a));

@@ -23,7 +23,8 @@ pub mod suspend;
 mod timer;
 
 pub use cpu::{
-    CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, with_tick, with_tick_and_broadcast,
+    CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, this_cpu_time, time_of, with_tick,
+    with_tick_and_broadcast,
 };
 pub use failures::{report as device_failed, take_outs};
 pub use registry::{WAKE_VECTOR, take_out, with_registry};

@@ -8,7 +8,6 @@
 use super::super::deferred::CpuDeferred;
 use super::super::gdt::CpuTables;
 use super::super::path_trace::PathStamps;
-use crate::time::clockevents::CpuTime;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -49,8 +48,6 @@ pub struct PerCpu {
     /// Calls posted to this CPU, run in order by its function-call interrupt. The lock is
     /// held only to push or pop one entry (never while a call runs).
     pub(super) mailbox: spin::Mutex<VecDeque<Call>>,
-    /// This CPU's timekeeping (its tick, behind an interrupts-off guard).
-    pub time: CpuTime,
     /// Stamps along the timer interrupt path, for the benchmark.
     pub path: PathStamps,
 }
@@ -88,7 +85,6 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         irq_depth: AtomicU32::new(0),
         deferred: CpuDeferred::new(),
         mailbox: spin::Mutex::new(VecDeque::new()),
-        time: CpuTime::new(),
         path: PathStamps::new(),
     }));
     let self_ptr: *const PerCpu = cpu;
