@@ -292,7 +292,7 @@ fn a_wrong_destination_is_counted_and_fails_the_verdict(k: &Kernel) {
 /// GSI 2 override's polarity and trigger on `-machine pc`), not a constant.
 fn legacy_route_carries_the_firmware_s_line_properties(k: &Kernel) {
     use kernel_tests::kernel::arch::x86_64::ioapic::IOAPICS;
-    use kernel_tests::kernel::time::clockevents::hpet::Delivery;
+    use kernel_tests::kernel::time::clockevents::hpet_plan::Delivery;
     let mut legacy = 0;
     for c in &k.clockevents.comparators {
         let (Some(Delivery::Legacy { route }), Some(ch)) = (c.delivery, c.channel) else { continue };

@@ -4,8 +4,10 @@
 //!
 //! Rooms: `cpu` (a CPU's tick behind its guard, the interrupt and expiry paths), `registry`
 //! (the shared registry and broadcast, and how decisions reach each CPU), `timer` (the API),
-//! `lapic` and `hpet` (the drivers), `hpet_bringup` (delivery, plan and self-test of the
-//! comparators), `report` (what the report and the benchmark read).
+//! `lapic` and `hpet` (the clock event devices over the drivers of `arch::x86_64`),
+//! `hpet_plan` (each comparator's delivery and role, decided), `hpet_bringup` (the plan
+//! carried out: routing, self-tests, re-planning, registration), `report` (what the report and
+//! the benchmark read).
 //!
 //! Bring-up by hooks: [`init_on_bsp`] (before the APs start: registry, the boot CPU's tick
 //! and LAPIC timer), [`init_on_ap`] (on each AP's own start-up path: its tick and LAPIC timer),
@@ -15,6 +17,7 @@ mod cpu;
 mod failures;
 pub mod hpet;
 mod hpet_bringup;
+pub mod hpet_plan;
 pub mod lapic;
 pub mod lapic_refine;
 mod registry;
@@ -47,7 +50,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
-use hpet::Delivery;
+use hpet_plan::Delivery;
 use kernel_time::tick::TickMode;
 use lapic::LapicTimerConfig;
 use spin::{Mutex, Once};
