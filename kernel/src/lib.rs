@@ -74,7 +74,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
         log::warn!("{problem}; using the default");
     }
     if let Some(c) = options.clocksource {
-        clocksource::force(c.name());
+        clocksource::force(c.into());
     }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
     let mut platform =
