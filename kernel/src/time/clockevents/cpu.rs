@@ -56,13 +56,22 @@ pub struct CpuTime {
     pub deep_idle_refused: AtomicBool,
 }
 
-/// Each CPU's [`CpuTime`], by its dense index (`PerCpu::index`, below `MAX_CPUS`).
-static CPU_TIME: [CpuTime; percpu::MAX_CPUS] = [const { CpuTime::new() }; percpu::MAX_CPUS];
+/// Each CPU's [`CpuTime`], by its dense index (`PerCpu::index`, below `MAX_CPUS`). A power of
+/// two long, so that the index is masked instead of bounds-checked on the interrupt path.
+static CPU_TIME: [CpuTime; CPU_TIME_SLOTS] = [const { CpuTime::new() }; CPU_TIME_SLOTS];
+const CPU_TIME_SLOTS: usize = percpu::MAX_CPUS.next_power_of_two();
 
 /// CPU `cpu`'s timekeeping state.
 #[inline]
 pub fn time_of(cpu: &percpu::PerCpu) -> &'static CpuTime {
-    &CPU_TIME[cpu.index]
+    time_at(cpu.index)
+}
+
+/// The timekeeping state of the CPU whose index is `index`.
+#[inline]
+fn time_at(index: usize) -> &'static CpuTime {
+    // `percpu::create` refuses an index at or past MAX_CPUS: the mask changes nothing.
+    &CPU_TIME[index & (CPU_TIME_SLOTS - 1)]
 }
 
 /// The calling CPU's timekeeping state.
@@ -237,7 +246,7 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn handles(&self) -> Option<&Handles<Payload>> {
-        this_cpu_time().handles.get()
+        time_at(self.index).handles.get()
     }
 
     #[inline]
