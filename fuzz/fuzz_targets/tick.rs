@@ -12,7 +12,7 @@
 //! (`tick::expiry`), the registry decisions' delivery (`tick::deliver`), and the broadcast's
 //! interrupt, wake-ups, deep idle enter/exit and suspend/resume (`tick::glue`, through
 //! `FuzzCpu`'s `Platform`); it plays only the platform (what the kernel's
-//! `arch/x86_64/clockevents/{cpu,registry,timer}.rs` provide): a
+//! `time/clockevents/{cpu,registry,timer}.rs` provide): a
 //! registry decision's broadcast change is applied at once by the deciding CPU; each CPU's
 //! assignment is a message to that CPU, as are wake-up IPIs. Messages reach each CPU when
 //! delivered (a `DeliverIpis` step, or before time moves on, unless an `Advance` holds them

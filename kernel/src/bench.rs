@@ -15,9 +15,9 @@
 //! every device kind, in both clocks, and builds the table, `BENCH {json}` and the plots.
 //! Numbers are printed, never asserted.
 
-use crate::arch::x86_64::clockevents::{self, TimerEvent};
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clockevents::{self, TimerEvent};
+use crate::time::clocksource::now_ns;
 use crate::timer_report::{LatencyReport, nearest_rank};
 use alloc::collections::BTreeMap;
 use alloc::string::String;

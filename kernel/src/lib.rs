@@ -13,13 +13,15 @@ pub mod bench;
 pub mod cmdline;
 pub mod log_ring;
 pub mod logger;
+pub mod time;
 pub mod timer_report;
 pub mod workload;
 
-use arch::x86_64::{clockevents, clocksource, fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
+use arch::x86_64::{fw_cfg, gdt, interrupts, memory, platform, qemu, serial, tsc};
 use bootloader_api::BootInfo;
 use bootloader_api::config::{BootloaderConfig, Mapping};
 pub use qemu::{ExitCode, exit_qemu};
+use time::{clockevents, clocksource};
 
 /// Where the bootloader may place its own mappings (kernel image, stack, boot info, the map of
 /// all physical memory); the rest of the upper half is the kernel's, see `memory.rs`.
@@ -42,19 +44,24 @@ pub struct Kernel {
     pub rsdp_addr: Option<u64>,
     pub platform: arch::x86_64::platform::Platform,
     /// What the clockevents bring-up decided (HPET comparators' delivery, role, self-test).
-    pub clockevents: arch::x86_64::clockevents::Setup,
+    pub clockevents: time::clockevents::Setup,
 }
 
 /// Brings up the boot CPU's base: serial log, GDT/IDT, TSC timestamps, memory and heap, kernel
 /// options. Everything after this may allocate and log.
 pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
+    // The drivers bound their waits by the system clock, handed to them (they never import
+    // the time code).
+    arch::x86_64::clock::set(clocksource::now_ns);
     serial::init();
     gdt::init_bsp();
     interrupts::init_bsp();
     tsc::init_early();
+    clocksource::register_tsc(tsc::frequency_hz());
     logger::init(log::LevelFilter::Info);
     log::info!("timer kernel {} starting on the boot CPU", env!("CARGO_PKG_VERSION"));
     tsc::log_calibration();
+    clocksource::log_tsc();
 
     let boot_info: &'static BootInfo = boot_info;
     memory::init(boot_info);
@@ -67,10 +74,11 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
         log::warn!("{problem}; using the default");
     }
     if let Some(c) = options.clocksource {
-        clocksource::force(c.name());
+        clocksource::force(c.into());
     }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
-    let mut platform = platform::init_bsp(rsdp_addr, options.hpet_counter_stopped);
+    let mut platform =
+        platform::init_bsp(rsdp_addr, options.hpet_counter_stopped, clocksource::register_counter);
     // Fault injection, once the TSC is calibrated: the boot CPU's skew now, an AP's as it starts.
     if let Some(skew) = options.tsc_skew {
         tsc::configure_skew(skew.cpu as usize, skew.ns);
@@ -80,7 +88,8 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     }
     // Each CPU sets up its own tick: the boot CPU now, every AP on its start-up path.
     clockevents::init_on_bsp(&mut platform, &options);
-    arch::x86_64::idle::init(options.idle);
+    time::idle::init(options.idle);
+    arch::x86_64::smp::set_hooks(time::ap_hooks());
     for left_out in platform.start_application_processors() {
         platform.fall_back(left_out);
     }

@@ -1,14 +1,15 @@
 //! The `log` facade on the serial console: `[seconds.micros] LEVEL module: message`.
 //!
-//! Timestamps come from the current clocksource (`arch::x86_64::clocksource::now_ns`): the TSC
+//! Timestamps come from the current clocksource (`time::clocksource::now_ns`): the TSC
 //! at first, the best-rated one as soon as it is registered. A line logged in interrupt context
 //! never waits on the console's lock: it goes into its CPU's [`LogRing`], stamped with the time
 //! it was logged, and that CPU prints it (in order, before its next line) once it is outside
 //! interrupt context again: its next log line, its idle loop, or the exit.
 
+use crate::arch::x86_64::serial;
 use crate::arch::x86_64::smp::percpu::{self, MAX_CPUS};
-use crate::arch::x86_64::{clocksource, serial};
 use crate::log_ring::LogRing;
+use crate::time::clocksource;
 use log::{LevelFilter, Log, Metadata, Record};
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;

@@ -19,9 +19,9 @@
 
 pub mod oracle;
 
-use crate::arch::x86_64::clockevents::{self, TimerEvent};
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clockevents::{self, TimerEvent};
+use crate::time::clocksource::now_ns;
 use crate::timer_report::{LatencyReport, TimerReport, Verdict};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -309,7 +309,7 @@ pub fn run_with_suspend(
             }
         });
     }
-    oracle::set_counters(crate::arch::x86_64::clocksource::raw_counters());
+    oracle::set_counters(crate::time::clocksource::raw_counters());
     END_NS.store(now_ns() + duration_ms * 1_000_000, Ordering::Relaxed);
     log::info!("{CHAINS_PER_CPU} timer chains on each of {} CPUs for {duration_ms} ms", cpus.len());
     for &cpu in &cpus {

@@ -28,7 +28,7 @@ pub const WAIT_LIMIT_NS: u64 = 5_000_000_000;
 
 /// Spins until `done` or [`WAIT_LIMIT_NS`] of the kernel's clocksource pass; true if `done`.
 pub fn wait_for(done: impl Fn() -> bool) -> bool {
-    let now = kernel::arch::x86_64::clocksource::now_ns;
+    let now = kernel::time::clocksource::now_ns;
     let start = now();
     while now() - start < WAIT_LIMIT_NS {
         if done() {
@@ -175,7 +175,7 @@ pub fn assert_pending_timers_fire_once_after_the_suspend(out: &kernel::workload:
 /// (IOAPIC, FSB, legacy). Returns the comparators' events it checked (call it after the
 /// workload, and insist on some where comparators serve).
 pub fn assert_interrupts_land_where_routed(k: &kernel::Kernel) -> u64 {
-    use kernel::arch::x86_64::clockevents::{self, ComparatorRole};
+    use kernel::time::clockevents::{self, ComparatorRole};
     for t in clockevents::tick_devices() {
         assert_eq!(
             t.misrouted, 0,

@@ -17,8 +17,8 @@ kernel_tests::qemu_test!(
 );
 
 fn log_has_a_clock(_: &Kernel) {
-    let a = kernel_tests::kernel::arch::x86_64::clocksource::now_ns();
-    let b = kernel_tests::kernel::arch::x86_64::clocksource::now_ns();
+    let a = kernel_tests::kernel::time::clocksource::now_ns();
+    let b = kernel_tests::kernel::time::clocksource::now_ns();
     assert!(a > 0, "the clocksource reads 0 after bring-up");
     assert!(b >= a, "the clocksource went backwards: {a} then {b}");
 }

@@ -10,9 +10,9 @@ extern crate alloc;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clockevents::{self, TimerEvent};
-use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
+use kernel_tests::kernel::time::clockevents::{self, TimerEvent};
+use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::kernel::workload;
 use kernel_tests::wait_for;
 use kernel_time::clockevents::ProgramError;
@@ -304,8 +304,8 @@ fn a_wrong_destination_is_counted_and_fails_the_verdict(k: &Kernel) {
 /// The legacy route's IOAPIC entries carry what the MADT says of IRQ0 and IRQ8 (the IRQ0 ->
 /// GSI 2 override's polarity and trigger on `-machine pc`), not a constant.
 fn legacy_route_carries_the_firmware_s_line_properties(k: &Kernel) {
-    use kernel_tests::kernel::arch::x86_64::clockevents::hpet::Delivery;
     use kernel_tests::kernel::arch::x86_64::ioapic::IOAPICS;
+    use kernel_tests::kernel::time::clockevents::hpet_plan::Delivery;
     let mut legacy = 0;
     for c in &k.clockevents.comparators {
         let (Some(Delivery::Legacy { route }), Some(ch)) = (c.delivery, c.channel) else { continue };

@@ -13,8 +13,8 @@
 extern crate alloc;
 
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
+use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::kernel::workload;
 
 kernel_tests::qemu_test!(

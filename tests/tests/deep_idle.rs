@@ -7,7 +7,7 @@
 #![no_main]
 
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clockevents;
+use kernel_tests::kernel::time::clockevents;
 use kernel_tests::kernel::workload;
 
 kernel_tests::qemu_test!(

@@ -10,8 +10,8 @@
 
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::calibrate::Reference;
-use kernel_tests::kernel::arch::x86_64::clockevents;
-use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
+use kernel_tests::kernel::time::clockevents;
+use kernel_tests::kernel::time::clocksource::now_ns;
 
 kernel_tests::qemu_test!(
     variants: b"

@@ -9,9 +9,9 @@ extern crate alloc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
-use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
+use kernel_tests::kernel::time::clockevents::{self, Cancelled, Timer, TimerEvent};
+use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(

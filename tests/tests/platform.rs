@@ -6,14 +6,14 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clockevents::{self, ComparatorRole};
-use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::hpet::{ComparatorConfig, Hpet};
 use kernel_tests::kernel::arch::x86_64::ioapic::{
     DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger,
 };
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
 use kernel_tests::kernel::arch::x86_64::{destination, interrupts, lapic, tsc};
+use kernel_tests::kernel::time::clockevents::{self, ComparatorRole};
+use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::kernel_time::clockevents::State;
 use kernel_tests::wait_for;
 

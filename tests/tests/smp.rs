@@ -5,13 +5,13 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clockevents::ComparatorRole;
 use kernel_tests::kernel::arch::x86_64::hpet::ComparatorConfig;
 use kernel_tests::kernel::arch::x86_64::ioapic::{
     DeliveryMode, IOAPICS, Polarity, RedirectionEntry, Trigger,
 };
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
 use kernel_tests::kernel::arch::x86_64::{interrupts, lapic};
+use kernel_tests::kernel::time::clockevents::ComparatorRole;
 use kernel_tests::wait_for;
 
 kernel_tests::qemu_test!(

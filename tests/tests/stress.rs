@@ -13,9 +13,9 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel_tests::kernel::Kernel;
-use kernel_tests::kernel::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
-use kernel_tests::kernel::arch::x86_64::clocksource::now_ns;
 use kernel_tests::kernel::arch::x86_64::smp::{self, percpu};
+use kernel_tests::kernel::time::clockevents::{self, Cancelled, Timer, TimerEvent};
+use kernel_tests::kernel::time::clocksource::now_ns;
 use kernel_tests::kernel_time::hrtimer::TimerId;
 use spin::Mutex;
 

@@ -15,10 +15,10 @@
 //!   (under icount the other vCPU's turn counts: QEMU runs vCPUs round-robin).
 
 use super::Percentiles;
-use crate::arch::x86_64::clockevents::{self, Cancelled, Timer, TimerEvent};
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::arch::x86_64::tsc;
+use crate::time::clockevents::{self, Cancelled, Timer, TimerEvent};
+use crate::time::clocksource::now_ns;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};

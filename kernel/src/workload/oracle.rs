@@ -10,11 +10,9 @@
 //! at the other counter's known frequency less a margin for the two frequencies' error, and
 //! one tick for rounding, so that an on-time timer is never judged early.
 
-use crate::arch::x86_64::clockevents::suspend;
-use crate::arch::x86_64::clocksource::{
-    self, HPET, PM_TIMER, RawCounter, TSC, TSC_FAULTED, TSC_SKEWED, now_ns,
-};
 use crate::arch::x86_64::lapic;
+use crate::time::clockevents::suspend;
+use crate::time::clocksource::{self, HPET, PM_TIMER, RawCounter, TSC, TSC_FAULTED, TSC_SKEWED, now_ns};
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_time::clocksource::CounterId;
 

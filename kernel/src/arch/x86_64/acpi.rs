@@ -500,7 +500,7 @@ impl acpi::Handler for PhysMapHandler {
     fn write_pci_u16(&self, _: acpi::PciAddress, _: u16, _: u16) {}
     fn write_pci_u32(&self, _: acpi::PciAddress, _: u16, _: u32) {}
     fn nanos_since_boot(&self) -> u64 {
-        crate::arch::x86_64::clocksource::now_ns()
+        super::clock::now_ns()
     }
     fn stall(&self, _: u64) {}
     fn sleep(&self, _: u64) {}

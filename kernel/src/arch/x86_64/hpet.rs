@@ -15,6 +15,29 @@ use hpet_regs::{CapabilityError, GsiList, check_capabilities, layout};
 use volatile::access::ReadOnly;
 use volatile::{VolatileFieldAccess, VolatilePtr};
 
+/// The main counter stops or runs again (a suspend, a test writing it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CounterChange {
+    /// About to stop: told before the write.
+    Stopping,
+    /// Runs again (from whatever value it was given): told after the write.
+    Started,
+}
+
+static COUNTER_LISTENER: spin::Once<fn(&Hpet, CounterChange)> = spin::Once::new();
+
+/// Hands the HPET the function it tells its main counter's stops and starts to (the
+/// clocksource's, which keeps time on the TSC meanwhile). The first call wins.
+pub fn set_counter_listener(listener: fn(&Hpet, CounterChange)) {
+    COUNTER_LISTENER.call_once(|| listener);
+}
+
+fn tell(hpet: &Hpet, change: CounterChange) {
+    if let Some(listener) = COUNTER_LISTENER.get() {
+        listener(hpet, change);
+    }
+}
+
 /// The register types the driver's methods take and return.
 pub use hpet_regs::{Capabilities, ComparatorConfig, GeneralConfig};
 
@@ -240,19 +263,20 @@ impl Hpet {
         GeneralConfig::from_bits_retain(self.regs.configuration().read())
     }
 
-    /// Writes the general configuration; the clocksource is told before the main counter
-    /// stops and after it starts (it keeps time on the TSC meanwhile, if the HPET is it).
+    /// Writes the general configuration; the counter's listener ([`set_counter_listener`]: the
+    /// clocksource) is told before the main counter stops and after it starts (it keeps time on
+    /// the TSC meanwhile, if the HPET is it).
     fn set_config(&self, config: GeneralConfig) {
         let running =
             GeneralConfig::from_bits_retain(self.regs.configuration().read()).contains(GeneralConfig::ENABLE);
         let enable = config.contains(GeneralConfig::ENABLE);
         if running && !enable {
-            super::clocksource::hpet_stopping(self);
+            tell(self, CounterChange::Stopping);
         }
         self.counted();
         self.regs.configuration().write(config.bits());
         if !running && enable {
-            super::clocksource::hpet_started(self);
+            tell(self, CounterChange::Started);
         }
     }
 

@@ -1,8 +1,7 @@
 //! x86_64 platform: one module per device or CPU facility.
 pub mod acpi;
 pub mod calibrate;
-pub mod clockevents;
-pub mod clocksource;
+pub mod clock;
 pub mod deferred;
 pub mod destination;
 pub mod fw_cfg;
@@ -23,4 +22,3 @@ pub mod qemu;
 pub mod serial;
 pub mod smp;
 pub mod tsc;
-pub mod tsc_sync;

@@ -6,7 +6,7 @@ use super::calibrate::{self, Calibration};
 use super::hpet::{ComparatorConfig, Hpet};
 use super::ioapic::{IOAPICS, IsaRoute};
 use super::pm_timer::PmTimer;
-use super::{acpi, clocksource, deferred, destination, lapic, memory, pic, smp, tsc};
+use super::{acpi, deferred, destination, lapic, memory, pic, smp, tsc};
 use crate::timer_report::{
     ComparatorReport, CpuReport, DestinationsReport, HpetReport, IoApicReport, LapicReport, MemoryReport,
     SCHEMA_VERSION, TimerReport, Verdict,
@@ -113,7 +113,20 @@ impl Platform {
 
 /// Brings up the platform from what the ACPI tables at `rsdp` say (possibly nothing).
 /// `hpet_counter_stopped`: fault injection, the HPET's counter is left halted at its probe.
-pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool) -> Platform {
+/// A free-running counter the bring-up found, handed to whoever keeps time as soon as it is
+/// probed (the `counters` argument of [`init_bsp`]: the clocksource's registration), so that
+/// the calibration after it already runs on the best clock.
+pub enum Counter {
+    /// The HPET's main counter.
+    Hpet(&'static Hpet),
+    /// The ACPI PM timer.
+    PmTimer(PmTimer),
+}
+
+/// Takes a [`Counter`] into use; an error says why it is not used.
+pub type CounterSink = fn(Counter) -> Result<(), String>;
+
+pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool, counters: CounterSink) -> Platform {
     let mut fallbacks = Vec::new();
     let firmware = FirmwareInfo::read(rsdp, &mut fallbacks);
     pic::remap_and_mask();
@@ -154,15 +167,16 @@ pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool) -> Platform {
                 let h: &'static Hpet = Box::leak(Box::new(h));
                 h.log_summary();
                 p.hpet = Some(h);
-                clocksource::register_hpet(h);
+                if let Err(e) = counters(Counter::Hpet(h)) {
+                    p.fall_back(format!("HPET main counter not used as a clock: {e}"));
+                }
             }
             Err(e) => p.fall_back(format!("HPET at {base:#x} rejected: {e}")),
         }
     }
     let pm_timer = p.firmware.pm_timer.and_then(|info| {
         let probed = PmTimer::probe(info).map_err(|e| e.to_string());
-        match probed.and_then(|pm| clocksource::register_pm_timer(pm).map(|()| pm).map_err(|e| e.to_string()))
-        {
+        match probed.and_then(|pm| counters(Counter::PmTimer(pm)).map(|()| pm)) {
             Ok(pm) => Some(pm),
             Err(e) => {
                 p.fall_back(format!("ACPI PM timer at I/O port {:#x} not used: {e}", info.port));

@@ -2,10 +2,37 @@
 //! log has real timestamps from its first line; the platform bring-up recalibrates it against
 //! the HPET once that is up.
 
+use super::pit;
 use super::smp::percpu;
-use super::{clocksource, pit};
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use spin::Once;
+
+/// What changes in the TSC as a clock reads it, told to whoever keeps time on it (the
+/// listener handed over by [`set_listener`]; nobody is told before that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TscChange {
+    /// A better measurement of the frequency ([`set_frequency`]): time continues at it.
+    Frequency(u64),
+    /// The `tsc_rate_ppm` fault is injected: read the TSC through [`read_ordered_faulted`].
+    RateFaulted,
+    /// The `tsc_skew` fault is added in software: read the TSC through
+    /// [`read_ordered_skewed`] (or [`read_ordered_faulted`] if the rate is faulted too).
+    SkewedInSoftware,
+}
+
+static LISTENER: Once<fn(TscChange)> = Once::new();
+
+/// Hands the TSC the function it tells its changes to (the clocksource's). The first call wins.
+pub fn set_listener(listener: fn(TscChange)) {
+    LISTENER.call_once(|| listener);
+}
+
+fn tell(change: TscChange) {
+    if let Some(listener) = LISTENER.get() {
+        listener(change);
+    }
+}
 
 /// This CPU's TSC, for intervals measured on one CPU (a constant `tsc_skew` does not change
 /// them: see [`read_skewed`] for readings compared across CPUs).
@@ -82,7 +109,7 @@ pub fn rate_faulted() -> bool {
 pub fn configure_rate(ppm: i64) {
     RATE_BASE.store(read_ordered(), Ordering::Relaxed);
     RATE_PPM.store(ppm, Ordering::Release);
-    clocksource::tsc_rate_faulted();
+    tell(TscChange::RateFaulted);
     log::warn!(
         "tsc_rate_ppm: the TSC as the clocksource reads it now runs {ppm} ppm off its calibrated rate"
     );
@@ -142,7 +169,7 @@ pub fn apply_skew() {
         return;
     }
     SKEW_IN_SOFTWARE.store(true, Ordering::Release);
-    clocksource::tsc_skewed_in_software();
+    tell(TscChange::SkewedInSoftware);
     log::warn!(
         "tsc_skew: this machine ignores IA32_TIME_STAMP_COUNTER writes (RDTSC moved {moved} cycles): CPU {cpu}'s TSC reads lead by {cycles} cycles, added in software"
     );
@@ -254,8 +281,8 @@ fn cpuid_base_hz() -> Option<u64> {
     (mhz != 0).then_some(u64::from(mhz) * 1_000_000)
 }
 
-/// Measures the TSC frequency and installs the TSC as the first clocksource; its origin (0 ns)
-/// is now.
+/// Measures the TSC frequency (the time room then installs the TSC as the first clocksource,
+/// whose origin, 0 ns, is then).
 pub fn init_early() {
     let mut samples = [0u64; WINDOWS];
     let mut ok = true;
@@ -283,7 +310,6 @@ pub fn init_early() {
         SPREAD_PPM.store(spread_ppm, Ordering::Relaxed);
     }
     CALIBRATION.call_once(|| calibration);
-    clocksource::register_tsc(hz);
 }
 
 /// Changes the frequency (after a better calibration, whose windows spread `spread_ppm`).
@@ -291,7 +317,7 @@ pub fn init_early() {
 pub fn set_frequency(hz: u64, spread_ppm: u64) {
     HZ.store(hz, Ordering::Relaxed);
     SPREAD_PPM.store(spread_ppm, Ordering::Relaxed);
-    clocksource::set_tsc_frequency(hz);
+    tell(TscChange::Frequency(hz));
 }
 
 /// How far off the last calibration may be: its windows' spread, in ppm.
@@ -328,7 +354,6 @@ pub fn log_calibration() {
         }
         _ => log::info!("TSC frequency unknown (no PIT, no CPUID 0x16): assuming {} MHz", hz / 1_000_000),
     }
-    clocksource::log_tsc();
 }
 
 #[cfg(test)]

@@ -5,12 +5,13 @@
 pub mod percpu;
 mod trampoline;
 
+use super::clock::now_ns;
 use super::{gdt, interrupts, lapic, memory};
-use crate::arch::x86_64::clocksource::now_ns;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use percpu::PerCpu;
+use spin::Once;
 use trampoline::Trampoline;
 use x86_64::VirtAddr;
 use x86_64::registers::control::Cr3;
@@ -78,6 +79,36 @@ pub fn init_bsp() {
     percpu::publish(bsp);
     interrupts::register(CALL_VECTOR, call_interrupt).expect("the call vector is reserved for SMP");
     log::info!("CPU 0 online: APIC id {apic_id} (boot CPU)");
+}
+
+/// What the kernel above the drivers runs on a CPU's start-up path, handed over once before
+/// the APs start ([`set_hooks`]): `smp` starts CPUs and does not know what runs on them
+/// (Asterinas' `init_on_ap`).
+#[derive(Clone, Copy)]
+pub struct ApHooks {
+    /// Run by the boot CPU again and again while it waits for an AP to come online (the TSC
+    /// synchronisation check's boot side).
+    pub while_waiting: fn(),
+    /// Run by each AP (its dense index) on its own start-up path, with its per-CPU state,
+    /// GDT, IDT and LAPIC set up, before it reports online (its TSC check, its timekeeping).
+    pub on_ap: fn(usize),
+    /// The AP's idle loop body, called with interrupts disabled, forever.
+    pub idle: fn(),
+}
+
+/// Without hooks an AP only comes online and halts.
+const NO_HOOKS: ApHooks =
+    ApHooks { while_waiting: || {}, on_ap: |_| {}, idle: x86_64::instructions::interrupts::enable_and_hlt };
+
+static HOOKS: Once<ApHooks> = Once::new();
+
+/// Hands `smp` what each AP runs on its way online (before [`start_aps`]; the first call wins).
+pub fn set_hooks(hooks: ApHooks) {
+    HOOKS.call_once(|| hooks);
+}
+
+fn hooks() -> &'static ApHooks {
+    HOOKS.get().unwrap_or(&NO_HOOKS)
 }
 
 /// Time of the current AP's start signal, for its `online_ns`.
@@ -158,8 +189,8 @@ fn start_one(
     let online = || cpu.online_ns.load(Ordering::Acquire) != 0;
     let wait_until = |deadline: u64| {
         while now_ns() < deadline && !online() {
-            // The AP checks its TSC against ours on its way online.
-            super::tsc_sync::serve();
+            // The AP may need us on its way online (its TSC checked against ours).
+            (hooks().while_waiting)();
             core::hint::spin_loop();
         }
     };
@@ -189,16 +220,15 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     interrupts::load_idt();
     // Enables this CPU's APIC in the boot CPU's mode (x2APIC needs EXTD set on every CPU).
     lapic::init_ap();
-    // Its TSC checked against the boot CPU's, before its timekeeping starts.
-    super::tsc_sync::check_on_ap(cpu.index);
-    // Its own tick and LAPIC timer, set up by itself (the boot CPU cannot reach its LAPIC).
-    super::clockevents::init_on_ap();
+    // What the kernel runs on each CPU's own start-up path (its TSC check, then its own tick
+    // and LAPIC timer: the boot CPU cannot reach its LAPIC).
+    (hooks().on_ap)(cpu.index);
     let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
     cpu.online_ns.store(online, Ordering::Release);
     // Its idle loop: everything it does from now on comes by interrupt.
     loop {
         x86_64::instructions::interrupts::disable();
-        super::idle::wait();
+        (hooks().idle)();
     }
 }
 

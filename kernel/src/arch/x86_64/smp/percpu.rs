@@ -5,7 +5,6 @@
 //! obtained on a CPU stays that CPU's for as long as the code holding it runs there: interrupt
 //! handlers run on the CPU they interrupt and return to it.
 
-use super::super::clockevents::CpuTime;
 use super::super::deferred::CpuDeferred;
 use super::super::gdt::CpuTables;
 use super::super::path_trace::PathStamps;
@@ -56,8 +55,6 @@ pub struct PerCpu {
     /// Calls posted to this CPU, run in order by its function-call interrupt. The lock is
     /// held only to push or pop one entry (never while a call runs).
     pub(super) mailbox: spin::Mutex<VecDeque<Call>>,
-    /// This CPU's timekeeping (its tick, behind an interrupts-off guard).
-    pub time: CpuTime,
     /// Stamps along the timer interrupt path, for the benchmark.
     pub path: PathStamps,
 }
@@ -98,7 +95,6 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         in_call: AtomicBool::new(false),
         deferred: CpuDeferred::new(),
         mailbox: spin::Mutex::new(VecDeque::new()),
-        time: CpuTime::new(),
         path: PathStamps::new(),
     }));
     let self_ptr: *const PerCpu = cpu;

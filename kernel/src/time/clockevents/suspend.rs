@@ -9,9 +9,9 @@
 //! runs on, so timers that fell due meanwhile fire at once, late by at most the time suspended.
 
 use super::cpu;
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::hpet::Hpet;
 use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clocksource::now_ns;
 use crate::timer_report::SuspendReport;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -2,11 +2,11 @@
 //! (asked of that CPU), the broadcast device, the devices' figures, and the cost of
 //! programming one event.
 
-use super::cpu::{with_tick, with_tick_and_broadcast};
+use super::cpu::{time_of, with_tick, with_tick_and_broadcast};
 use super::registry::{self, with_registry};
 use super::{ComparatorRole, Setup};
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::{self, percpu};
+use crate::time::clocksource::now_ns;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use kernel_time::clockevents::State;
@@ -212,12 +212,12 @@ pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup)
         let handovers = ticks.iter().find(|t| t.cpu == index).map_or(0, |t| t.handovers);
         let Some(cpu) = percpu::cpu(index) else { continue };
         c.idle = crate::timer_report::IdleReport {
-            state: crate::arch::x86_64::idle::state_of(index).to_string(),
-            entries: cpu.time.idle_entries.load(core::sync::atomic::Ordering::Relaxed),
-            deep_entries: cpu.time.deep_entries.load(core::sync::atomic::Ordering::Relaxed),
+            state: crate::time::idle::state_of(index).to_string(),
+            entries: time_of(cpu).idle_entries.load(core::sync::atomic::Ordering::Relaxed),
+            deep_entries: time_of(cpu).deep_entries.load(core::sync::atomic::Ordering::Relaxed),
             handovers,
             transition_ns: crate::arch::x86_64::path_trace::cycles_to_ns(
-                cpu.time.idle_overhead_cycles.load(core::sync::atomic::Ordering::Relaxed),
+                time_of(cpu).idle_overhead_cycles.load(core::sync::atomic::Ordering::Relaxed),
             ),
         };
     }

@@ -11,7 +11,8 @@
 //! without a check, and the check fails closed: an unjudged TSC (no answer, or fewer than
 //! `MIN_JUDGED_HANDOVERS` handovers) is marked unstable and the clocksource falls back.
 
-use super::{clocksource, tsc};
+use super::clocksource;
+use crate::arch::x86_64::tsc;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kernel_time::clocksource::sync::{self, SyncResult, WarpMeter};
 use spin::Mutex;

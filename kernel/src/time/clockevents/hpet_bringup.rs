@@ -3,14 +3,15 @@
 //! interrupt self-test on each target CPU with re-planning around failures, registration, and
 //! the `hpet_storm=` fault injection.
 
-use super::super::destination;
-use super::super::hpet::{ComparatorConfig, Hpet};
-use super::super::ioapic::IOAPICS;
-use super::super::platform::Platform;
-use super::super::smp::percpu;
-use super::hpet::{self, Delivery, HpetChannel, Role};
+use super::hpet::{self, HpetChannel};
+use super::hpet_plan::{self, ComparatorCaps, Delivery, Role};
 use super::registry;
 use super::{ComparatorOutcome, ComparatorRole, Setup};
+use crate::arch::x86_64::destination;
+use crate::arch::x86_64::hpet::{ComparatorConfig, Hpet};
+use crate::arch::x86_64::ioapic::IOAPICS;
+use crate::arch::x86_64::platform::Platform;
+use crate::arch::x86_64::smp::percpu;
 use crate::cmdline::{ClockeventsChoice, KernelOptions};
 use alloc::format;
 use alloc::vec::Vec;
@@ -18,10 +19,10 @@ use kernel_time::clockevents::{CpuSet, DeviceSpec, Features};
 
 pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &KernelOptions) -> Setup {
     hpet::set_read_counter(options.hpet_counter_read);
-    let caps: Vec<hpet::ComparatorCaps> = (0..h.comparators())
+    let caps: Vec<ComparatorCaps> = (0..h.comparators())
         .map(|index| {
             let c = h.comparator_config(index);
-            hpet::ComparatorCaps {
+            ComparatorCaps {
                 index,
                 route_cap: c.route_capability(),
                 fsb: c.contains(ComparatorConfig::FSB_CAPABLE),
@@ -40,13 +41,16 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
         })
         .collect();
     if options.clockevents == ClockeventsChoice::Lapic {
-        return Setup { rule: hpet::plan(&[], &[], ClockeventsChoice::Lapic).rule, comparators: outcomes };
+        return Setup {
+            rule: hpet_plan::plan(&[], &[], ClockeventsChoice::Lapic).rule,
+            comparators: outcomes,
+        };
     }
 
     let isa = platform.firmware.isa_gsis.clone();
     let routes = &platform.firmware.isa_routes;
     let legacy_routes = h.capabilities().legacy_route_capable().then(|| (routes[0], routes[8]));
-    let deliveries = hpet::choose_deliveries(&caps, legacy_routes, |cap| {
+    let deliveries = hpet_plan::choose_deliveries(&caps, legacy_routes, |cap| {
         let mut io = IOAPICS.lock();
         let gsi = io.find_free(cap, &isa)?;
         io.claim(gsi, "HPET comparator").ok()?;
@@ -85,7 +89,7 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     let (usable, plan) = loop {
         let usable: Vec<usize> =
             (0..caps.len()).filter(|&i| deliveries[i].is_some() && !failed.contains(&i)).collect();
-        let plan = hpet::plan(&usable, &reachable, options.clockevents);
+        let plan = hpet_plan::plan(&usable, &reachable, options.clockevents);
         let mut new_failure = false;
         for (&index, &role) in usable.iter().zip(&plan.roles) {
             let target = match role {

@@ -9,9 +9,9 @@
 //! inbox while the registry's lock is held, then the wake-up IPI.
 
 use super::cpu;
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::lapic as apic;
 use crate::arch::x86_64::smp::percpu;
+use crate::time::clocksource::now_ns;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel_time::broadcast::Broadcast;
 use kernel_time::clockevents::{DeviceSpec, EventDriver};

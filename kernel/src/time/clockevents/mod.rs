@@ -4,8 +4,10 @@
 //!
 //! Rooms: `cpu` (a CPU's tick behind its guard, the interrupt and expiry paths), `registry`
 //! (the shared registry and broadcast, and how decisions reach each CPU), `timer` (the API),
-//! `lapic` and `hpet` (the drivers), `hpet_bringup` (delivery, plan and self-test of the
-//! comparators), `report` (what the report and the benchmark read).
+//! `lapic` and `hpet` (the clock event devices over the drivers of `arch::x86_64`),
+//! `hpet_plan` (each comparator's delivery and role, decided), `hpet_bringup` (the plan
+//! carried out: routing, self-tests, re-planning, registration), `report` (what the report and
+//! the benchmark read).
 //!
 //! Bring-up by hooks: [`init_on_bsp`] (before the APs start: registry, the boot CPU's tick
 //! and LAPIC timer), [`init_on_ap`] (on each AP's own start-up path: its tick and LAPIC timer),
@@ -15,6 +17,7 @@ mod cpu;
 mod failures;
 pub mod hpet;
 mod hpet_bringup;
+pub mod hpet_plan;
 pub mod lapic;
 pub mod lapic_refine;
 mod registry;
@@ -23,7 +26,8 @@ pub mod suspend;
 mod timer;
 
 pub use cpu::{
-    CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, with_tick, with_tick_and_broadcast,
+    CpuTime, TickGuard, deep_idle_enter, deep_idle_exit, this_cpu_tick, this_cpu_time, time_of, with_tick,
+    with_tick_and_broadcast,
 };
 pub use failures::{report as device_failed, take_outs};
 pub use registry::{WAKE_VECTOR, take_out, with_registry};
@@ -36,17 +40,17 @@ pub use timer::{
     sleep_ns, sleep_until,
 };
 
-use super::interrupts;
-use super::platform::Platform;
-use super::smp::{self, percpu};
-use crate::arch::x86_64::clocksource::now_ns;
+use crate::arch::x86_64::interrupts;
+use crate::arch::x86_64::platform::Platform;
+use crate::arch::x86_64::smp::{self, percpu};
 use crate::cmdline::{ClockeventsChoice, KernelOptions};
+use crate::time::clocksource::now_ns;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
-use hpet::Delivery;
+use hpet_plan::Delivery;
 use kernel_time::tick::TickMode;
 use lapic::LapicTimerConfig;
 use spin::{Mutex, Once};
@@ -160,9 +164,9 @@ fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Optio
             return None;
         }
     };
-    let features = super::lapic::features();
+    let features = crate::arch::x86_64::lapic::features();
     if features.tsc_deadline {
-        log::info!("LAPIC timers in TSC-deadline mode ({} Hz)", super::tsc::frequency_hz());
+        log::info!("LAPIC timers in TSC-deadline mode ({} Hz)", crate::arch::x86_64::tsc::frequency_hz());
     }
     if options.lapic_stops_in_idle && features.arat {
         log::info!("lapic_stops_in_idle: LAPIC timers stop in deep idle although the CPU has ARAT");
@@ -170,7 +174,7 @@ fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Optio
     let config = LapicTimerConfig {
         vector,
         timer_hz: calibration.lapic_timer_hz,
-        tsc_hz: super::tsc::frequency_hz(),
+        tsc_hz: crate::arch::x86_64::tsc::frequency_hz(),
         tsc_deadline: features.tsc_deadline,
         arat: features.arat && !options.lapic_stops_in_idle,
     };

@@ -8,9 +8,10 @@
 //! start-up path (`init_on_bsp` / `init_on_ap`), and only that CPU ever programs it: the time
 //! layer carries a CPU's device changes out on that CPU.
 
-use super::super::path_trace::{self, Stage};
-use super::super::smp::percpu;
-use super::super::{interrupts, lapic, tsc};
+use super::cpu::this_cpu_time;
+use crate::arch::x86_64::path_trace::{self, Stage};
+use crate::arch::x86_64::smp::percpu;
+use crate::arch::x86_64::{interrupts, lapic, tsc};
 use alloc::format;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features};
@@ -81,7 +82,7 @@ impl LapicTimer {
 
     /// Links this CPU's timer vector to its time-layer device.
     pub fn attach(&self, device: DeviceId) {
-        percpu::this_cpu().time.lapic_device.store(device.0, Ordering::Release);
+        this_cpu_time().lapic_device.store(device.0, Ordering::Release);
     }
 
     /// The time layer programs a local device from its own CPU only (it carries device changes
@@ -137,7 +138,7 @@ impl EventDriver for LapicTimer {
 /// The LAPIC timer interrupt, on whichever CPU it fires (its own).
 pub fn timer_interrupt(_vector: u8) {
     path_trace::stamp(Stage::Acked);
-    match percpu::this_cpu().time.lapic_device.load(Ordering::Acquire) {
+    match this_cpu_time().lapic_device.load(Ordering::Acquire) {
         usize::MAX => {
             interrupts::spurious(format_args!("a LAPIC timer interrupt with no LAPIC timer device here"))
         }

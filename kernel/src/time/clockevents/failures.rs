@@ -9,9 +9,9 @@
 //! deferred run the interrupt interrupted). A failure found outside interrupt context is taken
 //! out at once, as before.
 
-use super::super::deferred::{self, Kind};
-use super::super::smp::percpu::{self, MAX_CPUS};
 use super::registry;
+use crate::arch::x86_64::deferred::{self, Kind};
+use crate::arch::x86_64::smp::percpu::{self, MAX_CPUS};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel_time::clockevents::{ProgramError, State};
 use kernel_time::tick::{DeviceFailure, DeviceId};

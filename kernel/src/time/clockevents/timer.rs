@@ -9,10 +9,10 @@
 //! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
 //! anywhere answers at once and never waits for the timer's CPU.
 
-use super::cpu::{this_cpu_tick, with_tick};
+use super::cpu::{this_cpu_tick, this_cpu_time, time_of, with_tick};
 use super::registry;
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::smp::percpu;
+use crate::time::clocksource::now_ns;
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
@@ -164,7 +164,7 @@ fn post(
     period_ns: u64,
 ) -> Result<TimerId, ArmError> {
     let target = percpu::cpu(cpu).ok_or(ArmError::CpuNotOnline(cpu))?;
-    let (Some(handles), Some(inbox)) = (target.time.handles.get(), target.time.inbox.get()) else {
+    let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Err(ArmError::CpuNotOnline(cpu));
     };
     let posted = x86_64::instructions::interrupts::without_interrupts(|| {
@@ -194,7 +194,7 @@ fn deliver(cpu: usize) {
 /// then takes it out of its queue (now, if that is the calling CPU).
 fn cancel_handle(id: TimerId) -> Cancelled {
     let Some(target) = percpu::cpu(id.cpu()) else { return Cancelled::Inactive };
-    let (Some(handles), Some(inbox)) = (target.time.handles.get(), target.time.inbox.get()) else {
+    let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Cancelled::Inactive;
     };
     let answer = handles.cancel(id).unwrap_or(Cancelled::Inactive);
@@ -297,7 +297,7 @@ impl Drop for Timer {
 }
 
 fn sleep_done(e: &TimerEvent) {
-    percpu::this_cpu().time.sleep_wakeups.fetch_add(1, Ordering::Release);
+    this_cpu_time().sleep_wakeups.fetch_add(1, Ordering::Release);
     let _ = e;
 }
 
@@ -313,7 +313,7 @@ pub fn sleep_until(deadline: Instant) -> Result<(), ArmError> {
 
 fn sleep_until_ns(deadline_ns: u64) -> Result<(), ArmError> {
     use x86_64::instructions::interrupts;
-    let wakeups = &percpu::this_cpu().time.sleep_wakeups;
+    let wakeups = &this_cpu_time().sleep_wakeups;
     let before = wakeups.load(Ordering::Acquire);
     arm_at(deadline_ns, sleep_done, 0)?;
     loop {
@@ -326,6 +326,6 @@ fn sleep_until_ns(deadline_ns: u64) -> Result<(), ArmError> {
             interrupts::enable();
             return Ok(());
         }
-        crate::arch::x86_64::idle::wait();
+        crate::time::idle::wait();
     }
 }

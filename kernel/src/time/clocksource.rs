@@ -4,12 +4,15 @@
 //! the `clocksource=` choice, and the report's clocksource part.
 
 use super::clockevents::{self, TimerEvent};
-use super::pm_timer::{self, PmTimer};
-use super::{deferred, hpet::Hpet, tsc};
+use crate::arch::x86_64::deferred;
+use crate::arch::x86_64::hpet::{CounterChange, Hpet};
+use crate::arch::x86_64::platform::Counter;
+use crate::arch::x86_64::pm_timer::{self, PmTimer};
+use crate::arch::x86_64::tsc::{self, TscChange};
 use crate::timer_report::{
     ClocksourceReport, HousekeepingReport, SwitchReport, TimerReport, TscReport, Verdict,
 };
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicU64, Ordering};
@@ -39,6 +42,41 @@ pub fn now_ns() -> u64 {
 pub struct Hardware;
 
 /// The counters `now_ns` can read.
+/// This machine's clocksources. The time crate knows them by name: [`Clock::name`] is that
+/// name, used only where the crate's API or the report asks for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Tsc,
+    Hpet,
+    AcpiPm,
+}
+
+impl Clock {
+    /// The name the clocksource is registered under (and the report shows).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Clock::Tsc => "tsc",
+            Clock::Hpet => "hpet",
+            Clock::AcpiPm => "acpi_pm",
+        }
+    }
+}
+
+impl From<crate::cmdline::ClocksourceChoice> for Clock {
+    fn from(choice: crate::cmdline::ClocksourceChoice) -> Clock {
+        use crate::cmdline::ClocksourceChoice as C;
+        match choice {
+            C::Tsc => Clock::Tsc,
+            C::Hpet => Clock::Hpet,
+            C::AcpiPm => Clock::AcpiPm,
+        }
+    }
+}
+
+/// The clocks the TSC is checked against and the LAPIC timer refined against, best first
+/// (while stable).
+const REFERENCES: [Clock; 2] = [Clock::Hpet, Clock::AcpiPm];
+
 pub const TSC: CounterId = CounterId(1);
 pub const HPET: CounterId = CounterId(2);
 /// The TSC with the `tsc_skew` fault added in software (only once that fault is injected).
@@ -159,12 +197,22 @@ fn log_switch(switch: Option<&Switch>) {
 /// [`log_tsc`] says it later).
 pub fn register_tsc(hz: u64) {
     register(tsc_desc(hz));
+    tsc::set_listener(tsc_changed);
+}
+
+/// What the TSC driver tells its clock: the `tsc` clocksource follows.
+fn tsc_changed(change: TscChange) {
+    match change {
+        TscChange::Frequency(hz) => set_tsc_frequency(hz),
+        TscChange::RateFaulted => tsc_rate_faulted(),
+        TscChange::SkewedInSoftware => tsc_skewed_in_software(),
+    }
 }
 
 fn tsc_desc(hz: u64) -> SourceDesc {
     let invariant = tsc::invariant();
     SourceDesc {
-        name: "tsc",
+        name: Clock::Tsc.name(),
         rating: if invariant { TSC_RATING } else { TSC_NOT_INVARIANT_RATING },
         hz,
         bits: 64,
@@ -202,14 +250,25 @@ pub fn log_tsc() {
 
 /// A better measurement of the TSC's frequency: time continues at the new rate from now.
 pub fn set_tsc_frequency(hz: u64) {
-    with_sources(|s| s.set_frequency(&TIMEKEEPER, &Hardware, "tsc", hz));
+    with_sources(|s| s.set_frequency(&TIMEKEEPER, &Hardware, Clock::Tsc.name(), hz));
+}
+
+/// Registers a counter the platform's bring-up found (`platform::init_bsp`'s counter sink).
+pub fn register_counter(counter: Counter) -> Result<(), String> {
+    match counter {
+        Counter::Hpet(hpet) => {
+            register_hpet(hpet);
+            Ok(())
+        }
+        Counter::PmTimer(pm) => register_pm_timer(pm).map_err(|e| e.to_string()),
+    }
 }
 
 /// The HPET main counter as the `hpet` clocksource.
 pub fn register_hpet(hpet: &'static Hpet) {
     HPET_COUNTER.store(hpet.main_counter_ptr().cast::<u32>().cast_mut(), Ordering::Relaxed);
     register(SourceDesc {
-        name: "hpet",
+        name: Clock::Hpet.name(),
         rating: HPET_RATING,
         hz: hpet.frequency_hz(),
         // Read as 32 bits (see `HPET_COUNTER`): it wraps every 43 s at 100 MHz, and is rebased
@@ -218,26 +277,35 @@ pub fn register_hpet(hpet: &'static Hpet) {
         flags: SourceFlags::CONTINUOUS | SourceFlags::CPU_CONSISTENT,
         counter: HPET,
     });
+    crate::arch::x86_64::hpet::set_counter_listener(hpet_counter_changed);
+}
+
+/// What the HPET tells its clock of its main counter.
+fn hpet_counter_changed(hpet: &Hpet, change: CounterChange) {
+    match change {
+        CounterChange::Stopping => hpet_stopping(hpet),
+        CounterChange::Started => hpet_started(hpet),
+    }
 }
 
 /// The `tsc_skew` fault is added to the TSC in software: the `tsc` clocksource reads it so.
 pub fn tsc_skewed_in_software() {
     let counter = if tsc::rate_faulted() { TSC_FAULTED } else { TSC_SKEWED };
-    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", counter));
+    with_sources(|s| s.set_counter(&TIMEKEEPER, Clock::Tsc.name(), counter));
 }
 
 /// The `tsc_rate_ppm` fault is injected: the `tsc` clocksource, and the watchdog comparing it,
 /// read the TSC so (a software `tsc_skew` included).
 pub fn tsc_rate_faulted() {
-    with_sources(|s| s.set_counter(&TIMEKEEPER, "tsc", TSC_FAULTED));
+    with_sources(|s| s.set_counter(&TIMEKEEPER, Clock::Tsc.name(), TSC_FAULTED));
 }
 
 /// The HPET's main counter is about to stop (a suspend, a test writing it): if it is the
 /// clocksource, the TSC keeps time meanwhile (even a TSC not preferred runs on).
 pub fn hpet_stopping(hpet: &Hpet) {
-    reference_stopping("hpet");
+    reference_stopping(Clock::Hpet);
     if HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
-        && with_sources(|s| s.counter_stopping(&TIMEKEEPER, &Hardware, "hpet", "tsc"))
+        && with_sources(|s| s.counter_stopping(&TIMEKEEPER, &Hardware, Clock::Hpet.name(), Clock::Tsc.name()))
     {
         log::debug!("the HPET counter stops: the TSC keeps time until it runs again");
     }
@@ -246,10 +314,10 @@ pub fn hpet_stopping(hpet: &Hpet) {
 /// The counter `name` stops: the TSC checks and the LAPIC timer's measurement against it
 /// cannot span the stop (the TSC and the LAPIC timer count on): the watchdog starts its
 /// comparisons again, and the refinements their windows (keeping the frequencies refined so far).
-fn reference_stopping(name: &str) {
+fn reference_stopping(clock: Clock) {
     let against =
-        with_sources(|s| ["hpet", "acpi_pm"].into_iter().find(|n| s.get(n).is_some_and(|r| r.stable())));
-    if against != Some(name) {
+        with_sources(|s| REFERENCES.into_iter().find(|c| s.get(c.name()).is_some_and(|r| r.stable())));
+    if against != Some(clock) {
         return;
     }
     without_interrupts(|| {
@@ -264,7 +332,7 @@ fn reference_stopping(name: &str) {
 /// on it.
 pub fn hpet_started(hpet: &Hpet) {
     if HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
-        && with_sources(|s| s.counter_restarted(&TIMEKEEPER, &Hardware, "hpet"))
+        && with_sources(|s| s.counter_restarted(&TIMEKEEPER, &Hardware, Clock::Hpet.name()))
     {
         log::debug!("the HPET counter runs again: the clock continues on it");
     }
@@ -275,7 +343,7 @@ pub fn hpet_started(hpet: &Hpet) {
 pub fn register_pm_timer(pm: PmTimer) -> Result<(), RegisterError> {
     PM_TIMER_PORT.store(pm.port, Ordering::Relaxed);
     let desc = SourceDesc {
-        name: "acpi_pm",
+        name: Clock::AcpiPm.name(),
         rating: PM_TIMER_RATING,
         hz: pm.frequency_hz(),
         bits: pm.bits,
@@ -292,9 +360,9 @@ pub fn register_pm_timer(pm: PmTimer) -> Result<(), RegisterError> {
 }
 
 /// `clocksource=NAME`: preferred while usable (applied at the next selection).
-pub fn force(name: &'static str) {
-    with_sources(|s| s.force(name));
-    log::info!("clocksource={name} asked for");
+pub fn force(clock: Clock) {
+    with_sources(|s| s.force(clock.name()));
+    log::info!("clocksource={} asked for", clock.name());
 }
 
 /// After bring-up, once CPU 0 has a tick device: the housekeeping timer starts (every 0.5 s on
@@ -344,7 +412,7 @@ static HOUSEKEEPING_IN_HARD_IRQ: AtomicU64 = AtomicU64::new(0);
 /// the TSC checks' and the LAPIC refinement's locks (each with interrupts off), which no
 /// interrupt path takes, and posts nothing to other CPUs: a refinement is raised on each.
 fn housekeeping() {
-    let cpu = super::smp::percpu::this_cpu();
+    let cpu = crate::arch::x86_64::smp::percpu::this_cpu();
     HOUSEKEEPING_RUNS.fetch_add(1, Ordering::Relaxed);
     if cpu.in_interrupt() || !x86_64::instructions::interrupts::are_enabled() {
         HOUSEKEEPING_IN_HARD_IRQ.fetch_add(1, Ordering::Relaxed);
@@ -352,16 +420,17 @@ fn housekeeping() {
     with_sources(|s| s.rebase_narrow(&TIMEKEEPER, &Hardware));
     tsc_checks();
     if let Some((name, conversion, hz)) = reference() {
-        clockevents::lapic_refine::sample(name, &conversion, hz);
+        clockevents::lapic_refine::sample(name.name(), &conversion, hz);
     }
 }
 
 /// The counter the TSC checks and the LAPIC timer's refinement measure against: the HPET, else
 /// the ACPI PM timer (while stable): its name, conversion and frequency.
-fn reference() -> Option<(&'static str, kernel_time::clocksource::Conversion, u64)> {
+fn reference() -> Option<(Clock, kernel_time::clocksource::Conversion, u64)> {
     with_sources(|s| {
-        let r = ["hpet", "acpi_pm"].iter().find_map(|n| s.get(n).filter(|r| r.stable()))?;
-        Some((r.name(), r.conversion(), r.hz))
+        REFERENCES
+            .into_iter()
+            .find_map(|c| s.get(c.name()).filter(|r| r.stable()).map(|r| (c, r.conversion(), r.hz)))
     })
 }
 
@@ -401,7 +470,7 @@ pub fn tsc_warp(cpu: usize, r: SyncResult) {
         let mut c = TSC_CHECKS.lock();
         c.warp_ns = c.warp_ns.max(r.warp_ns);
     });
-    with_sources(|s| s.record_warp("tsc", r.warp_ns));
+    with_sources(|s| s.record_warp(Clock::Tsc.name(), r.warp_ns));
     match r.verdict {
         SyncVerdict::Synchronized => {}
         SyncVerdict::Warped => tsc_unstable(alloc::format!(
@@ -431,7 +500,7 @@ pub fn tsc_unchecked(cpu: usize, why: &str) {
 /// the housekeeping starts).
 fn tsc_unstable(reason: String) {
     let (newly, switch) = with_sources(|s| {
-        let newly = s.mark_unstable("tsc", reason.clone());
+        let newly = s.mark_unstable(Clock::Tsc.name(), reason.clone());
         (newly, if newly { s.select(&TIMEKEEPER, &Hardware) } else { None })
     });
     if newly {
@@ -447,12 +516,15 @@ fn tsc_unstable(reason: String) {
 /// and the refinement measures the TSC's frequency over the whole window since bring-up.
 fn tsc_checks() {
     let Some((tsc_conv, name, wd)) = with_sources(|s| {
-        let tsc = s.get("tsc").filter(|t| t.stable())?.conversion();
-        let reference = ["hpet", "acpi_pm"].iter().find_map(|n| s.get(n).filter(|r| r.stable()))?;
-        Some((tsc, reference.name(), reference.conversion()))
+        let tsc = s.get(Clock::Tsc.name()).filter(|t| t.stable())?.conversion();
+        let (clock, reference) =
+            REFERENCES.into_iter().find_map(|c| s.get(c.name()).filter(|r| r.stable()).map(|r| (c, r)))?;
+        Some((tsc, clock, reference.conversion()))
     }) else {
         return;
     };
+    // Named from here on: for the log, and the crate's lookup.
+    let name = name.name();
     let ref_hz = with_sources(|s| s.get(name).map_or(0, |r| r.hz));
     let (verdict, refined) = without_interrupts(|| {
         let mut c = TSC_CHECKS.lock();
@@ -544,13 +616,13 @@ pub struct RawCounter {
 /// (this CPU's, without fault injection), each with the frequency the clocksources know it by.
 pub fn raw_counters() -> [Option<RawCounter>; 3] {
     with_sources(|s| {
-        let raw = |name: &str, counter: CounterId| {
-            s.get(name).map(|c| RawCounter { counter, hz: c.hz, mask: c.conversion().mask })
+        let raw = |clock: Clock, counter: CounterId| {
+            s.get(clock.name()).map(|c| RawCounter { counter, hz: c.hz, mask: c.conversion().mask })
         };
         [
-            raw("hpet", HPET),
-            raw("acpi_pm", PM_TIMER),
-            raw("tsc", TSC).map(|t| RawCounter { mask: u64::MAX, ..t }),
+            raw(Clock::Hpet, HPET),
+            raw(Clock::AcpiPm, PM_TIMER),
+            raw(Clock::Tsc, TSC).map(|t| RawCounter { mask: u64::MAX, ..t }),
         ]
     })
 }
@@ -618,4 +690,17 @@ pub fn fill_report(report: &mut TimerReport) {
         report.verdict = Verdict::Degraded;
     }
     report.fallbacks.extend(fallbacks);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clock;
+    use crate::cmdline::ClocksourceChoice;
+
+    #[test]
+    fn clocksource_option_names_the_clock_it_chooses() {
+        for choice in [ClocksourceChoice::Tsc, ClocksourceChoice::Hpet, ClocksourceChoice::AcpiPm] {
+            assert_eq!(Clock::from(choice).name(), choice.name());
+        }
+    }
 }

@@ -6,9 +6,9 @@
 
 use super::registry;
 use super::timer::{Payload, TimerEvent};
-use crate::arch::x86_64::clocksource::now_ns;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
+use crate::time::clocksource::now_ns;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use kernel_time::broadcast::Broadcast;
@@ -28,7 +28,8 @@ const TIMERS_PER_CPU: usize = 1024;
 pub const HANDLES_PER_CPU: usize = 256;
 const INBOX_PER_CPU: usize = 256;
 
-/// A CPU's timekeeping state, in its `PerCpu`.
+/// A CPU's timekeeping state, in the time room's own per-CPU storage ([`time_of`]): the
+/// drivers' `PerCpu` does not know it.
 pub struct CpuTime {
     /// Taken only by its own CPU, with interrupts off ([`TickGuard`]): never contended.
     tick: Mutex<Option<CpuTick<Payload>>>,
@@ -49,6 +50,30 @@ pub struct CpuTime {
     pub deep_entries: AtomicU64,
     pub idle_overhead_cycles: AtomicU64,
     pub deep_idle_refused: AtomicBool,
+}
+
+/// Each CPU's [`CpuTime`], by its dense index (`PerCpu::index`, below `MAX_CPUS`). A power of
+/// two long, so that the index is masked instead of bounds-checked on the interrupt path.
+static CPU_TIME: [CpuTime; CPU_TIME_SLOTS] = [const { CpuTime::new() }; CPU_TIME_SLOTS];
+const CPU_TIME_SLOTS: usize = percpu::MAX_CPUS.next_power_of_two();
+
+/// CPU `cpu`'s timekeeping state.
+#[inline]
+pub fn time_of(cpu: &percpu::PerCpu) -> &'static CpuTime {
+    time_at(cpu.index)
+}
+
+/// The timekeeping state of the CPU whose index is `index`.
+#[inline]
+fn time_at(index: usize) -> &'static CpuTime {
+    // `percpu::create` refuses an index at or past MAX_CPUS: the mask changes nothing.
+    &CPU_TIME[index & (CPU_TIME_SLOTS - 1)]
+}
+
+/// The calling CPU's timekeeping state.
+#[inline]
+pub fn this_cpu_time() -> &'static CpuTime {
+    time_of(percpu::this_cpu())
 }
 
 impl Default for CpuTime {
@@ -124,7 +149,7 @@ pub fn this_cpu_tick() -> Option<TickGuard> {
     use x86_64::instructions::interrupts;
     let interrupts_were_enabled = interrupts::are_enabled();
     interrupts::disable();
-    let guard = percpu::this_cpu().time.tick.try_lock();
+    let guard = this_cpu_time().tick.try_lock();
     // Only this CPU takes it, with interrupts off: a busy lock means the code holding the
     // guard re-entered the tick (e.g. a callback run inside it), a bug in this module.
     let guard = guard.expect("a CPU's tick re-entered while its guard is held");
@@ -157,12 +182,12 @@ pub fn with_tick_and_broadcast<R>(
 /// Gives the calling CPU its tick (not yet served by any device).
 pub(super) fn create_tick(mode: kernel_time::tick::TickMode) {
     let cpu = percpu::this_cpu();
-    cpu.time.handles.call_once(|| Handles::new(cpu.index, HANDLES_PER_CPU));
-    cpu.time.inbox.call_once(|| Inbox::new(INBOX_PER_CPU));
+    time_of(cpu).handles.call_once(|| Handles::new(cpu.index, HANDLES_PER_CPU));
+    time_of(cpu).inbox.call_once(|| Inbox::new(INBOX_PER_CPU));
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut tick = CpuTick::new(cpu.index, mode, now_ns(), TIMERS_PER_CPU);
         tick.reserve_for_handles(HANDLES_PER_CPU);
-        *cpu.time.tick.lock() = Some(tick);
+        *time_of(cpu).tick.lock() = Some(tick);
     });
 }
 
@@ -224,7 +249,7 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn handles(&self) -> Option<&Handles<Payload>> {
-        percpu::this_cpu().time.handles.get()
+        time_at(self.index).handles.get()
     }
 
     #[inline]
@@ -268,12 +293,12 @@ impl Platform for ThisCpu {
 
     #[inline]
     fn inbox(&self) -> Option<&Inbox<TimeMessage>> {
-        percpu::this_cpu().time.inbox.get()
+        time_at(self.index).inbox.get()
     }
 
     #[inline]
     fn assignment_slot(&self) -> Option<&AssignmentSlot> {
-        Some(&percpu::this_cpu().time.assignment)
+        Some(&time_at(self.index).assignment)
     }
 
     fn hang(&self, e: &Expiry, hang: Hang) {
@@ -304,8 +329,8 @@ pub(super) fn drain_inbox() {
 /// inbox, and wakes it to carry it out. Called with interrupts off.
 pub(super) fn send_assignment(a: Assignment) -> bool {
     let Some(target) = percpu::cpu(a.cpu) else { return false };
-    let Some(inbox) = target.time.inbox.get() else { return false };
-    target.time.assignment.post(a, inbox);
+    let Some(inbox) = time_of(target).inbox.get() else { return false };
+    time_of(target).assignment.post(a, inbox);
     registry::send_wakeup(target.index);
     true
 }

@@ -26,13 +26,13 @@
 //! devices are found without the registry's lock (each CPU's is kept here when it registers).
 
 use super::super::clocksource::Ppb;
-use super::super::deferred;
-use super::super::lapic;
-use super::super::smp::percpu;
 use super::cpu;
 use super::lapic::LapicTimerConfig;
 use super::registry;
-use crate::arch::x86_64::clocksource::{Hardware, now_ns};
+use crate::arch::x86_64::deferred;
+use crate::arch::x86_64::lapic;
+use crate::arch::x86_64::smp::percpu;
+use crate::time::clocksource::{Hardware, now_ns};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_time::clockevents::ClockEventDevice;
