@@ -146,10 +146,17 @@ impl Drop for TickGuard {
 
 /// The calling CPU's tick, or `None` before its `init_on_*` made one.
 pub fn this_cpu_tick() -> Option<TickGuard> {
+    tick_guard(this_cpu_time())
+}
+
+/// The tick of `time`, which must be the calling CPU's ([`this_cpu_tick`], or a [`ThisCpu`]
+/// made on this CPU for the interrupt it handles).
+#[inline]
+fn tick_guard(time: &'static CpuTime) -> Option<TickGuard> {
     use x86_64::instructions::interrupts;
     let interrupts_were_enabled = interrupts::are_enabled();
     interrupts::disable();
-    let guard = this_cpu_time().tick.try_lock();
+    let guard = time.tick.try_lock();
     // Only this CPU takes it, with interrupts off: a busy lock means the code holding the
     // guard re-entered the tick (e.g. a callback run inside it), a bug in this module.
     let guard = guard.expect("a CPU's tick re-entered while its guard is held");
@@ -204,6 +211,8 @@ pub(super) fn report_failure(failure: Option<kernel_time::tick::DeviceFailure>) 
 /// clocksource, and how a [`Payload`] runs.
 struct ThisCpu {
     index: usize,
+    /// This CPU's timekeeping state, looked up once per interrupt.
+    time: &'static CpuTime,
 }
 
 impl ExpiryContext for ThisCpu {
@@ -211,7 +220,9 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R) -> Option<R> {
-        with_tick_and_broadcast(f)
+        let mut tick = tick_guard(self.time)?;
+        let bc = registry::broadcast(&tick);
+        Some(f(&mut tick, bc))
     }
 
     #[inline]
@@ -249,7 +260,7 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn handles(&self) -> Option<&Handles<Payload>> {
-        time_at(self.index).handles.get()
+        self.time.handles.get()
     }
 
     #[inline]
@@ -293,12 +304,12 @@ impl Platform for ThisCpu {
 
     #[inline]
     fn inbox(&self) -> Option<&Inbox<TimeMessage>> {
-        time_at(self.index).inbox.get()
+        self.time.inbox.get()
     }
 
     #[inline]
     fn assignment_slot(&self) -> Option<&AssignmentSlot> {
-        Some(&time_at(self.index).assignment)
+        Some(&self.time.assignment)
     }
 
     fn hang(&self, e: &Expiry, hang: Hang) {
@@ -338,7 +349,8 @@ pub(super) fn send_assignment(a: Assignment) -> bool {
 /// The calling CPU as the crate's expiry loop and glue see it.
 #[inline]
 fn this_cpu() -> ThisCpu {
-    ThisCpu { index: percpu::this_cpu().index }
+    let index = percpu::this_cpu().index;
+    ThisCpu { index, time: time_at(index) }
 }
 
 /// A clock event device interrupted this CPU (called by the device drivers' handlers).
