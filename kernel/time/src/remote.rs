@@ -719,7 +719,7 @@ mod tests {
     /// timers on it and cancelling some at random moments: every timer whose cancel did not
     /// answer `Pending` runs exactly once, never early; none that did runs; nothing is left.
     #[test]
-    fn senders_and_the_owner_on_threads_lose_nothing_and_run_nothing_cancelled() {
+    fn random_senders_and_the_owner_on_threads_lose_nothing_and_run_nothing_cancelled() {
         for seed in 1..=20u64 {
             let cpu1 = Owner::new(64, 64);
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
