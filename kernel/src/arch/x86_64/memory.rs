@@ -95,9 +95,9 @@ unsafe impl core::alloc::GlobalAlloc for IrqSafeHeap {
     /// interrupts off for its copy).
     unsafe fn realloc(&self, ptr: *mut u8, layout: core::alloc::Layout, new_size: usize) -> *mut u8 {
         use x86_64::instructions::interrupts::without_interrupts;
+        count_in_interrupt(|c| &c.irq_heap_allocs);
         // SAFETY: the caller guarantees `ptr` was allocated here with `layout` and that
         // `new_size` is nonzero, which is what `try_realloc_in_place` asks.
-        count_in_interrupt(|c| &c.irq_heap_allocs);
         if without_interrupts(|| unsafe { self.0.lock().try_realloc_in_place(ptr, layout, new_size) }) {
             return ptr;
         }
