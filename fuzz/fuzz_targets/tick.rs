@@ -28,7 +28,7 @@
 //!
 //! Timers are armed as the kernel's `Timer` arms them: posted from any CPU (that one included)
 //! through the timer CPU's `remote::Handles`, the arm a `TimeMessage` in that CPU's
-//! `Inbox<TimeMessage>` (the crate's, FIFO), drained there by the crate's `remote::drain` at
+//! `Inbox<TimeMessage>` (the crate's, FIFO), drained there by the crate's `glue::drain` at
 //! once when the CPU posted to itself, else in the handler of the wake-up IPI the post sends
 //! (before the wake-up's expiry, as the kernel's `wake_interrupt`); the crate's expiry checks
 //! each handle's state before its callback. Delay and reordering as the kernel can see them:
@@ -108,7 +108,7 @@ use kernel_time::clockevents::{
 };
 use kernel_time::hrtimer::{Cancel, Expired, TimerId, forward};
 use kernel_time::inbox::{Inbox, TimeMessage};
-use kernel_time::remote::{self, Cancelled, Drained, Handles};
+use kernel_time::remote::{Cancelled, Drained, Handles};
 use kernel_time::tick::deliver::{self, DeliveryContext};
 use kernel_time::tick::expiry::{Expiry, ExpiryContext, Hang};
 use kernel_time::tick::glue::{self, Platform};
@@ -469,7 +469,7 @@ enum Posted {
 }
 
 /// Each CPU's handles and inbox: any CPU posts and cancels through them; the crate's
-/// `remote::drain` and expiry (as the owner) read them through `FuzzCpu`.
+/// `glue::drain` and expiry (as the owner) read them through `FuzzCpu`.
 struct Remote {
     handles: Vec<Handles<Payload>>,
     inboxes: Vec<Inbox<TimeMessage>>,
@@ -625,6 +625,9 @@ impl ExpiryContext for FuzzCpu<'_> {
 impl Platform for FuzzCpu<'_> {
     fn cpu(&self) -> usize {
         self.cpu
+    }
+    fn inbox(&self) -> Option<&Inbox<TimeMessage>> {
+        Some(&self.remote.inboxes[self.cpu])
     }
     fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
         run_on(self.cpu);
@@ -901,9 +904,9 @@ impl Sim {
         }
     }
 
-    /// CPU `cpu` drains its inbox by the crate's `remote::drain` (the kernel's `drain_inbox`),
-    /// reporting the device failure it hands back (and nothing else: no `settle`, as the
-    /// kernel's), checked against the harness's record of what the inbox holds, in order: each arm of a
+    /// CPU `cpu` drains its inbox by the crate's `glue::drain`, as the kernel's wake-up IPI
+    /// does (a device failure it meets taken out through `Platform::take_out`; no `settle`),
+    /// checked against the harness's record of what the inbox holds, in order: each arm of a
     /// timer not cancelled meanwhile is queued; each cancelled timer's slot is reclaimed by
     /// whichever of its arm and its cancel message comes first (unless its CPU found it
     /// cancelled at its deadline already), its payload dropped then and there; nothing else.
@@ -930,23 +933,16 @@ impl Sim {
                 _ => {}
             }
         }
-        let remote = self.remote.clone();
-        let drained = self.on_cpu(cpu, |cx| {
-            remote::drain(cx, &remote.inboxes[cpu], |m| panic!("CPU {cpu}: {m:?} in its inbox, never sent"))
-        });
+        let drained = self.on_cpu(cpu, |cx| glue::drain(cx));
         let mut drained = drained.expect("no drain inside a drain here");
-        // A device that gave up on an arm's deadline: reported as the kernel's platform does
-        // (nothing else here takes it: on a CPU that posted to itself no expiry follows).
-        let failure = drained.failure.take();
+        // A device that gave up on an arm's deadline was taken out by the glue's drain
+        // (`Platform::take_out`), as on the kernel.
+        drained.failure = None;
         assert_eq!(drained, expected, "CPU {cpu}'s drain");
         let mut dropped = self.collect_drops();
         dropped.sort_unstable();
         reclaimed.sort_unstable();
         assert_eq!(dropped, reclaimed, "CPU {cpu}'s drain dropped these payloads, not those reclaimed");
-        if let Some(f) = failure {
-            let changes = self.decide(|r| r.take_out(f.device, &format!("{}", f.error)));
-            self.apply(changes, cpu);
-        }
     }
 
     /// The timers whose payloads the layer dropped since the last look (each at most once).

@@ -6,16 +6,18 @@
 //! crate's own decisions come through the `log` facade), checks its own record and exits
 //! non-zero if a timer ran early, twice, on the wrong CPU, or after its cancel.
 //!
-//! Platform code, between the `platform` markers (the simulated comparators, each CPU's
-//! state, the two trait impls, the bring-up and the CPU loop): 142 lines, counted without
-//! blank lines, comments and print-only lines (`say!`, `print_interrupt`, `print_sleep`):
+//! Platform code, between the `platform` markers (the comparators' driver, each CPU's state,
+//! the two trait impls, the bring-up and the CPU loop that takes its interrupts): 96 lines,
+//! counted without blank lines, comments and print-only lines (`say!`, `print_interrupt`,
+//! `print_sleep`):
 //! `awk '/^\/\/ ---- platform: begin/{on=1}/^\/\/ ---- platform: end/{on=0}on' two_cpus.rs |
 //! grep -v '^\s*$' | grep -v '^\s*//' | grep -v '^\s*say!\|print_interrupt\|print_sleep' | wc -l`.
-//! Not under 100: the two traits' 11 methods take 38 as rustfmt lays them out, the comparators
-//! and their descriptions 34, the per-CPU state, clock and IPI 27, the CPU loop and its sleep
-//! 42. The crate's `glue::deliver`, `take_out`, `register`, `cpu_online` and `idle` took about
-//! 60 lines (a `DeliveryContext`, an idle `match`, bring-up) out of here. The demo's timers,
-//! the printing and the check follow the platform.
+//! The crate gives the rest: the glue (`glue::register`, `cpu_online`, `drain`, `wakeup`,
+//! `device_interrupt`, `idle`), each CPU's `Mailbox` (handles, inbox, assignment slot), and the
+//! registry's take-out and misrouted-event wake-up once `Platform::registry` names it. Before
+//! that, the simulated machine (47 lines the same way): what real hardware does (a counter,
+//! comparators, the IPI, `hlt`); it never calls the crate. The demo's timers, the printing and
+//! the check follow the platform.
 //!
 //! The clock is real time (`std::time::Instant`): the CPUs are threads that really sleep
 //! (`thread::park_timeout`) until their comparator's time or an IPI, so no scheduler has to
@@ -27,11 +29,10 @@ use kernel_time::clockevents::{
     CpuSet, DeviceId, DeviceSpec, DriverState, EventDriver, EventPassed, Features,
 };
 use kernel_time::hrtimer::{Expired, TimerId};
-use kernel_time::inbox::{Inbox, TimeMessage};
 use kernel_time::remote::{Cancelled, Handles};
 use kernel_time::tick::expiry::ExpiryContext;
-use kernel_time::tick::glue::{self, AssignmentSlot, Platform};
-use kernel_time::tick::{CpuTick, DeviceFailure, Registry, TickMode};
+use kernel_time::tick::glue::{self, Mailbox, Platform};
+use kernel_time::tick::{CpuTick, Registry, TickMode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::{Barrier, LazyLock, Mutex, OnceLock};
 use std::thread::{self, Thread};
@@ -42,10 +43,18 @@ macro_rules! say {
     ($($arg:tt)*) => { print_line(format_args!($($arg)*)) };
 }
 
-// ---- platform: begin ----
+// ---- the simulated machine: begin ----
+// What a real machine's hardware does: a counter, comparators that raise an interrupt on a
+// CPU, an IPI, and `hlt`, which sleeps until an interrupt. Nothing here calls the crate.
 
-/// A comparator on the example's clock, counting at 1 GHz (a tick is a ns): the time it fires
-/// at (`u64::MAX`: not armed), the CPU its interrupt reaches, whether it is that CPU's own.
+/// The counter, at 1 GHz (a tick is a ns).
+fn now() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_nanos() as u64
+}
+
+/// A comparator: the time it fires at (`u64::MAX`: not armed), the CPU its interrupt
+/// reaches, whether it is that CPU's own (stopped in deep idle).
 struct Comparator {
     irq_cpu: usize,
     local: bool,
@@ -54,18 +63,16 @@ struct Comparator {
     refuses: AtomicBool,
 }
 
-impl EventDriver for Comparator {
-    fn switch_state(&self, _: DriverState) {
-        self.fires_at.store(u64::MAX, Relaxed);
-    }
-    fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
-        if self.refuses.load(Relaxed) {
-            return Err(EventPassed);
+impl Comparator {
+    /// Its register written: fires at `at` (`u64::MAX`: stopped); false if the write found
+    /// the counter already past (then it does not fire).
+    fn write(&self, at: u64) -> bool {
+        if self.refuses.load(Relaxed) && at != u64::MAX {
+            return false;
         }
-        self.fires_at.store(now() + delta_ticks, Relaxed);
-        // The CPU it interrupts may be asleep with an older time in mind.
-        CPUS[self.irq_cpu].thread.get().map(Thread::unpark);
-        Ok(())
+        self.fires_at.store(at, Relaxed);
+        WIRES[self.irq_cpu].thread.get().map(Thread::unpark); // may be asleep with an older time
+        true
     }
 }
 
@@ -73,44 +80,75 @@ const fn comparator(irq_cpu: usize, local: bool) -> Comparator {
     Comparator { irq_cpu, local, fires_at: AtomicU64::new(u64::MAX), refuses: AtomicBool::new(false) }
 }
 
-/// Registered in this order, so `DeviceId(i)` is `COMPARATORS[i]`: hpet (its interrupt
-/// reaches CPU 0), lapic0, lapic1.
+/// `DeviceId(i)` is `COMPARATORS[i]` (registered in this order): hpet (its interrupt reaches
+/// CPU 0), lapic0, lapic1.
 static COMPARATORS: [Comparator; 3] = [comparator(0, false), comparator(0, true), comparator(1, true)];
 
-/// One CPU's state: its tick (only its own thread takes the guard: the guard's scope is
-/// "interrupts off"), its IPI flag, the inbox, handles and assignment slot other CPUs post
-/// to, and its thread (woken by an IPI or a comparator programmed from elsewhere).
-struct CpuState {
-    tick: Mutex<CpuTick<Timer>>,
+/// A CPU's wires: its pending IPI, and the thread that is the CPU.
+struct Wires {
     ipi: AtomicBool,
-    inbox: Inbox<TimeMessage>,
-    handles: Handles<Timer>,
-    slot: AssignmentSlot,
     thread: OnceLock<Thread>,
 }
 
-static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
+static WIRES: [Wires; 2] = [const { Wires { ipi: AtomicBool::new(false), thread: OnceLock::new() } }; 2];
+
+/// Raises the IPI on `cpu`.
+fn ipi(cpu: usize) {
+    WIRES[cpu].ipi.store(true, Release);
+    WIRES[cpu].thread.get().map(Thread::unpark);
+}
+
+/// The first comparator aimed at CPU `c` that has fired by `now`, its interrupt taken.
+fn fired(c: usize, now: u64) -> Option<DeviceId> {
+    let take = |d: &Comparator| d.fires_at.try_update(Relaxed, Relaxed, |at| (at <= now).then_some(u64::MAX));
+    COMPARATORS.iter().position(|d| d.irq_cpu == c && take(d).is_ok()).map(DeviceId)
+}
+
+/// `hlt` on CPU `c`: until an IPI or the time of a comparator aimed at it (in deep idle its
+/// own has stopped: only the others count).
+fn hlt(c: usize, deep: bool) {
+    print_sleep(c, deep, true);
+    loop {
+        let aimed = COMPARATORS.iter().filter(|d| d.irq_cpu == c && !(deep && d.local));
+        let (at, now) = (aimed.map(|d| d.fires_at.load(Relaxed)).min().unwrap_or(u64::MAX), now());
+        if WIRES[c].ipi.load(Acquire) || at <= now {
+            break;
+        }
+        thread::park_timeout(Duration::from_nanos(at - now));
+    }
+    print_sleep(c, deep, false);
+}
+
+// ---- the simulated machine: end ----
+
+// ---- platform: begin ----
+
+/// The comparators' driver, as the crate programs them.
+impl EventDriver for Comparator {
+    fn switch_state(&self, _: DriverState) {
+        self.write(u64::MAX);
+    }
+    fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
+        self.write(now() + delta_ticks).then_some(()).ok_or(EventPassed)
+    }
+}
+
+/// One CPU's time state: its tick (taken by its own thread only: the guard's scope is
+/// "interrupts off") and the mailbox other CPUs post to.
+struct CpuState {
+    tick: spin::Mutex<CpuTick<Timer>>,
+    mailbox: Mailbox<Timer>,
+}
+
+static REGISTRY: LazyLock<spin::Mutex<Registry>> = LazyLock::new(Default::default);
 static BROADCAST: spin::Mutex<Broadcast> = spin::Mutex::new(Broadcast::new());
 static CPUS: LazyLock<[CpuState; 2]> = LazyLock::new(|| {
     [0, 1].map(|c| {
         let mut tick = CpuTick::new(c, TickMode::Oneshot, now(), 16);
         tick.reserve_for_handles(8);
-        let (tick, ipi, slot, thread) =
-            (Mutex::new(tick), AtomicBool::new(false), Default::default(), OnceLock::new());
-        CpuState { tick, ipi, inbox: Inbox::new(8), handles: Handles::new(c, 8), slot, thread }
+        CpuState { tick: spin::Mutex::new(tick), mailbox: Mailbox::new(c, 8) }
     })
 });
-
-fn now() -> u64 {
-    START.elapsed().as_nanos() as u64
-}
-
-/// Raises the IPI on `cpu`: its flag set, its thread woken.
-fn ipi(cpu: usize) {
-    CPUS[cpu].ipi.store(true, Release);
-    CPUS[cpu].thread.get().map(Thread::unpark);
-}
 
 /// A CPU, as the crate's expiry loop and glue see it.
 struct Cpu(usize);
@@ -130,7 +168,7 @@ impl ExpiryContext for Cpu {
         timer.handle
     }
     fn handles(&self) -> Option<&Handles<Timer>> {
-        Some(&CPUS[self.0].handles)
+        Some(&CPUS[self.0].mailbox.handles)
     }
 }
 
@@ -144,14 +182,11 @@ impl Platform for Cpu {
     fn send_wakeup(&self, cpu: usize) {
         ipi(cpu);
     }
-    fn wake_owner_of(&self, device: DeviceId) {
-        REGISTRY.lock().unwrap().owner_of(device).into_iter().for_each(ipi);
+    fn registry(&self) -> Option<&spin::Mutex<Registry>> {
+        Some(&REGISTRY)
     }
-    fn take_out(&self, failure: DeviceFailure) {
-        glue::take_out(self, &mut REGISTRY.lock().unwrap(), failure);
-    }
-    fn mailbox(&self, cpu: usize) -> Option<(&Inbox<TimeMessage>, &AssignmentSlot)> {
-        Some((&CPUS[cpu].inbox, &CPUS[cpu].slot))
+    fn mailbox(&self, cpu: usize) -> Option<&Mailbox<Timer>> {
+        Some(&CPUS[cpu].mailbox)
     }
 }
 
@@ -165,29 +200,8 @@ fn register_devices(cpu: &Cpu) {
             (name.into(), 1_000_000_000, 1_000, 1 << 32);
         let spec =
             DeviceSpec { name, features, rating, cpus, frequency_hz, min_delta_ticks, max_delta_ticks };
-        glue::register(cpu, &mut REGISTRY.lock().unwrap(), spec, driver);
+        glue::register(cpu, &mut REGISTRY.lock(), spec, driver);
     }
-}
-
-/// The first comparator aimed at CPU `c` that has fired by `now`, its interrupt taken.
-fn fired(c: usize, now: u64) -> Option<DeviceId> {
-    let take = |d: &Comparator| d.fires_at.try_update(Relaxed, Relaxed, |at| (at <= now).then_some(u64::MAX));
-    COMPARATORS.iter().position(|d| d.irq_cpu == c && take(d).is_ok()).map(DeviceId)
-}
-
-/// Sleeps until an IPI or the time of a comparator aimed at CPU `c` (in deep idle its own has
-/// stopped: only the others count).
-fn sleep(c: usize, deep: bool) {
-    print_sleep(c, deep, true);
-    loop {
-        let aimed = COMPARATORS.iter().filter(|d| d.irq_cpu == c && !(deep && d.local));
-        let (at, now) = (aimed.map(|d| d.fires_at.load(Relaxed)).min().unwrap_or(u64::MAX), now());
-        if CPUS[c].ipi.load(Acquire) || at <= now {
-            break;
-        }
-        thread::park_timeout(Duration::from_nanos(at - now));
-    }
-    print_sleep(c, deep, false);
 }
 
 static ONLINE: Barrier = Barrier::new(2);
@@ -196,15 +210,15 @@ static ONLINE: Barrier = Barrier::new(2);
 /// until the demo is over and its queue is empty.
 fn cpu_main(c: usize) {
     let cpu = Cpu(c);
-    CPUS[c].thread.set(thread::current()).unwrap();
-    glue::cpu_online(&cpu, &mut REGISTRY.lock().unwrap());
+    WIRES[c].thread.set(thread::current()).unwrap();
+    glue::cpu_online(&cpu, &mut REGISTRY.lock());
     ONLINE.wait();
     if c == 0 {
         register_devices(&cpu);
         demo_start(&cpu);
     }
     loop {
-        if CPUS[c].ipi.swap(false, AcqRel) {
+        if WIRES[c].ipi.swap(false, AcqRel) {
             print_drained(glue::drain(&cpu));
             glue::wakeup(&cpu, now());
         }
@@ -216,8 +230,8 @@ fn cpu_main(c: usize) {
             break;
         }
         match c {
-            0 => sleep(c, false),
-            _ => drop(glue::idle(&cpu, |deep| sleep(c, deep))),
+            0 => hlt(c, false),
+            _ => drop(glue::idle(&cpu, |deep| hlt(c, deep))),
         }
     }
 }
@@ -336,11 +350,10 @@ fn run_timer(mut timer: Expired<Timer>) -> Option<(u64, Timer)> {
     match plan.action {
         Action::Nothing => {}
         Action::PostToCpu1 => {
-            let cpu1 = &CPUS[1];
             for plan in PLANS.iter().filter(|p| p.cpu == 1) {
-                let handle = cpu1
-                    .handles
-                    .post(&cpu1.inbox, deadline(plan, 0), |h| Timer { plan, run: 0, handle: Some(h) })
+                let handle = CPUS[1]
+                    .mailbox
+                    .post(deadline(plan, 0), |h| Timer { plan, run: 0, handle: Some(h) })
                     .map_err(|r| r.error)
                     .expect("room in CPU 1's handles and inbox");
                 say!(
@@ -358,13 +371,12 @@ fn run_timer(mut timer: Expired<Timer>) -> Option<(u64, Timer)> {
         }
         Action::CancelTwo => {
             let id = TWO.lock().unwrap().expect("posted");
-            let answer = CPUS[1].handles.cancel(id).expect("CPU 1's handle");
+            let answer = CPUS[1].mailbox.cancel(id).expect("CPU 1's handle");
             say!("  cancelled \"two\" on CPU 1: {answer:?}");
             *TWO_CANCEL.lock().unwrap() = Some(answer);
             if answer == Cancelled::Pending {
                 // Not needed for correctness (CPU 1 would find it cancelled at its deadline):
-                // CPU 1 takes it out of its queue now.
-                let _ = CPUS[1].inbox.try_send(Handles::<Timer>::cancel_message(id));
+                // CPU 1 reclaims its slot now, from the note the cancel left in its inbox.
                 ipi(1);
             }
         }

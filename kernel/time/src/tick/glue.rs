@@ -21,13 +21,14 @@ use super::{
 };
 use crate::broadcast::Broadcast;
 use crate::clockevents::{CpuSet, DeviceSpec, EventDriver};
+use crate::hrtimer::{TimerId, WrongCpu};
 use crate::inbox::{Inbox, TimeMessage};
-use crate::remote::{self, Drained};
+use crate::remote::{self, Cancelled, Drained, Handles};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// What the glue needs from the platform besides the expiry's needs, on one CPU.
-pub trait Platform: ExpiryContext {
+pub trait Platform: ExpiryContext + Sized {
     /// The CPU this is.
     fn cpu(&self) -> usize;
     /// Runs `f` on the broadcast state (in a kernel: under its lock, with interrupts off: the
@@ -48,13 +49,31 @@ pub trait Platform: ExpiryContext {
     fn send_wakeup(&self, cpu: usize);
     /// `device`'s event reached this CPU, which it does not serve: its owner (the registry's
     /// `owner_of`), if any, is sent the wake-up IPI, to look at its queue and program its
-    /// device again from its own CPU.
-    fn wake_owner_of(&self, device: DeviceId);
+    /// device again from its own CPU. By default the [`registry`](Self::registry) says who.
+    fn wake_owner_of(&self, device: DeviceId) {
+        if let Some(owner) = self.registry().and_then(|r| r.lock().owner_of(device)) {
+            self.send_wakeup(owner);
+        }
+    }
     /// A device gave up programming: the registry takes it out and its decision is carried
     /// out (`Registry::take_out`, then [`deliver::deliver`](super::deliver::deliver); with the
-    /// registry at hand, [`take_out`] does both).
-    /// Called with no tick guard held; a platform may also queue it to be done later.
-    fn take_out(&self, failure: DeviceFailure);
+    /// registry at hand, [`take_out`] does both). By default the [`registry`](Self::registry)
+    /// does it at once; a kernel may queue it to be done outside the interrupt.
+    /// Called with no tick guard held.
+    fn take_out(&self, failure: DeviceFailure) {
+        match self.registry() {
+            Some(registry) => take_out(self, &mut registry.lock(), failure),
+            None => {
+                log::error!("{:?} gave up, and no registry takes it out: {}", failure.device, failure.error)
+            }
+        }
+    }
+    /// The registry, for the defaults of [`wake_owner_of`](Self::wake_owner_of) and
+    /// [`take_out`](Self::take_out) (none by default). Its lock is then taken on those paths
+    /// (a misrouted event, a failed device), never on an arm, cancel or expiry.
+    fn registry(&self) -> Option<&spin::Mutex<Registry>> {
+        None
+    }
     /// An expiry on this CPU could not catch up (logged by a kernel; no-op by default).
     fn hang(&self, expiry: &Expiry, hang: Hang) {
         let _ = (expiry, hang);
@@ -63,19 +82,61 @@ pub trait Platform: ExpiryContext {
     /// by default its [`mailbox`](Self::mailbox)'s (none: a platform whose CPUs never message
     /// each other).
     fn inbox(&self) -> Option<&Inbox<TimeMessage>> {
-        self.mailbox(self.cpu()).map(|(inbox, _)| inbox)
+        self.mailbox(self.cpu()).map(|m| &m.inbox)
     }
     /// Where the registry leaves this CPU's newest assignment ([`AssignmentSlot`]); by default
     /// its [`mailbox`](Self::mailbox)'s.
     fn assignment_slot(&self) -> Option<&AssignmentSlot> {
-        self.mailbox(self.cpu()).map(|(_, slot)| slot)
+        self.mailbox(self.cpu()).map(|m| &m.slot)
     }
-    /// CPU `cpu`'s inbox and assignment slot (any CPU's, this one's too): where [`deliver`]
-    /// leaves the registry's decisions for another CPU (none by default: such an assignment
-    /// is lost, and logged).
-    fn mailbox(&self, cpu: usize) -> Option<(&Inbox<TimeMessage>, &AssignmentSlot)> {
+    /// CPU `cpu`'s [`Mailbox`] (any CPU's, this one's too): where [`deliver`] leaves the
+    /// registry's decisions for another CPU (none by default: such an assignment is lost, and
+    /// logged), and this CPU's inbox and slot by default.
+    fn mailbox(&self, cpu: usize) -> Option<&Mailbox<Self::Payload>> {
         let _ = cpu;
         None
+    }
+}
+
+/// What other CPUs reach one CPU's time core through, allocated once: its timer
+/// [`Handles`] (any CPU arms and cancels through them), its [`Inbox`] (the arms, cancels and
+/// notes it drains) and its [`AssignmentSlot`].
+#[derive(Debug)]
+pub struct Mailbox<P> {
+    /// The CPU's timer handles (also what its [`ExpiryContext::handles`] gives).
+    pub handles: Handles<P>,
+    /// The CPU's inbox.
+    pub inbox: Inbox<TimeMessage>,
+    /// The registry's newest assignment for the CPU.
+    pub slot: AssignmentSlot,
+}
+
+impl<P> Mailbox<P> {
+    /// CPU `cpu`'s mailbox: `capacity` handles and as many inbox messages. Its tick keeps room
+    /// for the handles ([`CpuTick::reserve_for_handles`](super::CpuTick::reserve_for_handles)).
+    pub fn new(cpu: usize, capacity: usize) -> Mailbox<P> {
+        Mailbox {
+            handles: Handles::new(cpu, capacity),
+            inbox: Inbox::new(capacity),
+            slot: AssignmentSlot::new(),
+        }
+    }
+
+    /// Arms a timer on this mailbox's CPU from any CPU ([`Handles::post`]); the caller then
+    /// sends that CPU the wake-up IPI.
+    pub fn post(&self, deadline_ns: u64, make: impl FnOnce(TimerId) -> P) -> Result<TimerId, Refused<P>> {
+        self.handles.post(&self.inbox, deadline_ns, make)
+    }
+
+    /// Cancels handle `id`'s timer from any CPU, at once ([`Handles::cancel`]). A pending one's
+    /// slot is also noted in the inbox, for the owner to reclaim at its next drain rather than
+    /// at its deadline (a full inbox refuses the note: nothing is lost, the slot waits).
+    pub fn cancel(&self, id: TimerId) -> Result<Cancelled, WrongCpu> {
+        let answer = self.handles.cancel(id)?;
+        if answer == Cancelled::Pending {
+            let _ = self.inbox.try_send(Handles::<P>::cancel_message(id));
+        }
+        Ok(answer)
     }
 }
 
@@ -223,8 +284,8 @@ impl<P: Platform> DeliveryContext for OnPlatform<'_, P> {
             return apply(self.p, a);
         }
         match self.p.mailbox(cpu) {
-            Some((inbox, slot)) => {
-                slot.post(a, inbox);
+            Some(m) => {
+                m.slot.post(a, &m.inbox);
                 self.p.send_wakeup(cpu);
             }
             None => log::error!("CPU {cpu} has no assignment slot: its tick assignment is lost"),
@@ -467,7 +528,7 @@ mod tests {
         cpu: usize,
         tick: core::cell::RefCell<CpuTick<u32>>,
         bc: &'a spin::Mutex<Broadcast>,
-        peer: (&'a Inbox<TimeMessage>, &'a AssignmentSlot),
+        peer: &'a Mailbox<u32>,
         woken: core::cell::RefCell<Vec<usize>>,
         now: u64,
     }
@@ -499,7 +560,7 @@ mod tests {
         fn take_out(&self, failure: DeviceFailure) {
             panic!("no device fails here: {failure:?}");
         }
-        fn mailbox(&self, cpu: usize) -> Option<(&Inbox<TimeMessage>, &AssignmentSlot)> {
+        fn mailbox(&self, cpu: usize) -> Option<&Mailbox<u32>> {
             (cpu != self.cpu).then_some(self.peer)
         }
     }
@@ -508,7 +569,7 @@ mod tests {
     /// device that stops in deep idle, registered on CPU 0; CPU 1's inbox and slot.
     fn machine<'a>(
         bc: &'a spin::Mutex<Broadcast>,
-        peer: (&'a Inbox<TimeMessage>, &'a AssignmentSlot),
+        peer: &'a Mailbox<u32>,
         registry: &mut Registry,
         with_broadcast: bool,
     ) -> (TestCpu<'a>, Option<DeviceId>, DeviceId) {
@@ -536,9 +597,9 @@ mod tests {
 
     #[test]
     fn deliver_carries_out_this_cpus_assignment_and_leaves_anothers_in_its_slot() {
-        let (bc, inbox, slot, mut registry) =
-            (spin::Mutex::new(Broadcast::new()), Inbox::new(4), AssignmentSlot::new(), Registry::new());
-        let (p, global, local) = machine(&bc, (&inbox, &slot), &mut registry, true);
+        let (bc, peer, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Mailbox::new(1, 4), Registry::new());
+        let (p, global, local) = machine(&bc, &peer, &mut registry, true);
         let global = global.unwrap();
         assert_eq!(p.tick.borrow().service(), Service::Local(local), "CPU 0's own assignment, carried out");
         assert_eq!(bc.lock().device(), Some(global), "the broadcast change, installed");
@@ -546,18 +607,18 @@ mod tests {
             p.is_broadcast_device(global) && !p.is_broadcast_device(local),
             "the default asks the broadcast"
         );
-        let a = slot.take().expect("CPU 1's assignment waits in its slot");
+        let a = peer.slot.take().expect("CPU 1's assignment waits in its slot");
         assert_eq!((a.cpu, a.service), (1, Service::Broadcast(global)));
         assert_eq!(*p.woken.borrow(), [1], "CPU 1 woken to carry it out");
-        let mut rx = inbox.receiver().unwrap();
+        let mut rx = peer.inbox.receiver().unwrap();
         assert!(matches!(rx.recv(), Some(TimeMessage::Assignment { .. })), "and told in its inbox");
     }
 
     #[test]
     fn take_out_moves_this_cpu_to_the_broadcast_with_its_deadline() {
-        let (bc, inbox, slot, mut registry) =
-            (spin::Mutex::new(Broadcast::new()), Inbox::new(4), AssignmentSlot::new(), Registry::new());
-        let (p, global, local) = machine(&bc, (&inbox, &slot), &mut registry, true);
+        let (bc, peer, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Mailbox::new(1, 4), Registry::new());
+        let (p, global, local) = machine(&bc, &peer, &mut registry, true);
         p.tick.borrow_mut().arm(p.now + 5_000, 7, p.now, &bc).unwrap();
         let error = crate::clockevents::ProgramError::GaveUp { min_delta_ns: 10_000_000 };
         take_out(&p, &mut registry, DeviceFailure { device: local, error });
@@ -568,9 +629,9 @@ mod tests {
 
     #[test]
     fn idle_sleeps_deeply_only_with_the_deadline_handed_over_and_takes_it_back() {
-        let (bc, inbox, slot, mut registry) =
-            (spin::Mutex::new(Broadcast::new()), Inbox::new(4), AssignmentSlot::new(), Registry::new());
-        let (p, _, _) = machine(&bc, (&inbox, &slot), &mut registry, true);
+        let (bc, peer, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Mailbox::new(1, 4), Registry::new());
+        let (p, _, _) = machine(&bc, &peer, &mut registry, true);
         p.tick.borrow_mut().arm(p.now + 5_000, 7, p.now, &bc).unwrap();
         let mut slept = Vec::new();
         assert_eq!(
@@ -588,12 +649,94 @@ mod tests {
 
     #[test]
     fn idle_sleeps_shallowly_when_no_broadcast_can_take_the_deadline() {
-        let (bc, inbox, slot, mut registry) =
-            (spin::Mutex::new(Broadcast::new()), Inbox::new(4), AssignmentSlot::new(), Registry::new());
-        let (p, _, _) = machine(&bc, (&inbox, &slot), &mut registry, false);
+        let (bc, peer, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Mailbox::new(1, 4), Registry::new());
+        let (p, _, _) = machine(&bc, &peer, &mut registry, false);
         p.tick.borrow_mut().arm(p.now + 5_000, 7, p.now, &bc).unwrap();
         let mut slept = Vec::new();
         assert_eq!(idle(&p, |deep| slept.push(deep)), Err(DeepIdleRefused::NoBroadcast));
         assert_eq!(slept, [false]);
+    }
+
+    #[test]
+    fn a_mailbox_cancel_answers_at_once_and_notes_a_pending_slot_for_its_owner() {
+        let mailbox = Mailbox::<u32>::new(1, 4);
+        let id = mailbox.post(5_000, |_| 7).unwrap();
+        assert_eq!(id.cpu(), 1, "the handle names its CPU");
+        assert_eq!(mailbox.cancel(id), Ok(Cancelled::Pending));
+        assert_eq!(mailbox.cancel(id), Ok(Cancelled::Inactive), "cancelled once");
+        let mut rx = mailbox.inbox.receiver().unwrap();
+        assert!(matches!(rx.recv(), Some(TimeMessage::Arm { .. })));
+        assert!(matches!(rx.recv(), Some(TimeMessage::Cancel { id: c }) if c == id), "the reclaim note");
+        assert!(rx.recv().is_none(), "one note, for the one pending cancel");
+        let other = Mailbox::<u32>::new(0, 4).post(5_000, |_| 8).unwrap();
+        assert!(mailbox.cancel(other).is_err(), "another CPU's handle is refused");
+    }
+
+    /// CPU 0 alone, whose platform names its registry and nothing else of it: the defaults
+    /// take a failed device out and wake a misrouted event's owner through it.
+    struct RegistryCpu<'a> {
+        tick: core::cell::RefCell<CpuTick<u32>>,
+        bc: &'a spin::Mutex<Broadcast>,
+        registry: &'a spin::Mutex<Registry>,
+        woken: core::cell::RefCell<Vec<usize>>,
+    }
+
+    impl ExpiryContext for RegistryCpu<'_> {
+        type Payload = u32;
+        fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<u32>, &spin::Mutex<Broadcast>) -> R) -> Option<R> {
+            Some(f(&mut self.tick.borrow_mut(), self.bc))
+        }
+        fn now_ns(&self) -> u64 {
+            1_000_000
+        }
+        fn run(&self, _: crate::hrtimer::Expired<u32>, _: u64) -> Option<(u64, u32)> {
+            None
+        }
+    }
+
+    impl Platform for RegistryCpu<'_> {
+        fn cpu(&self) -> usize {
+            0
+        }
+        fn with_broadcast<R>(&self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
+            f(&mut self.bc.lock())
+        }
+        fn send_wakeup(&self, cpu: usize) {
+            self.woken.borrow_mut().push(cpu);
+        }
+        fn registry(&self) -> Option<&spin::Mutex<Registry>> {
+            Some(self.registry)
+        }
+    }
+
+    #[test]
+    fn with_its_registry_named_the_defaults_take_out_and_wake_the_owner() {
+        use crate::clockevents::Features;
+        use crate::clockevents::fake::{FakeDriver, spec};
+        let (bc, registry) = (spin::Mutex::new(Broadcast::new()), spin::Mutex::new(Registry::new()));
+        let tick = core::cell::RefCell::new(CpuTick::new(0, TickMode::Oneshot, 1_000_000, 8));
+        let p = RegistryCpu { tick, bc: &bc, registry: &registry, woken: Default::default() };
+        cpu_online(&p, &mut registry.lock());
+        let global = register(
+            &p,
+            &mut registry.lock(),
+            spec("global", 50, CpuSet::first(1), Features::empty()),
+            FakeDriver::leak(),
+        );
+        let features = Features::PER_CPU | Features::STOPS_IN_DEEP_IDLE;
+        let local = register(
+            &p,
+            &mut registry.lock(),
+            spec("local0", 100, CpuSet::single(0), features),
+            FakeDriver::leak(),
+        );
+        assert_eq!(p.tick.borrow().service(), Service::Local(local));
+        p.wake_owner_of(local);
+        assert_eq!(*p.woken.borrow(), [0], "the registry named the owner");
+        let error = crate::clockevents::ProgramError::GaveUp { min_delta_ns: 10_000_000 };
+        p.take_out(DeviceFailure { device: local, error });
+        assert_eq!(registry.lock().taken_out().len(), 1, "taken out through the registry");
+        assert_eq!(p.tick.borrow().service(), Service::Broadcast(global), "and the decision carried out");
     }
 }
