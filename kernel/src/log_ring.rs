@@ -16,13 +16,20 @@ pub const LINE_BYTES: usize = 160;
 pub struct Line {
     /// The clocksource when it was logged.
     pub at_ns: u64,
-    pub level: log::Level,
+    /// None only in an empty slot: so the rings are all zeros and live in `.bss`, not in the
+    /// kernel's image.
+    level: Option<log::Level>,
     len: u8,
     text: [u8; LINE_BYTES],
 }
 
 impl Line {
-    const EMPTY: Line = Line { at_ns: 0, level: log::Level::Info, len: 0, text: [0; LINE_BYTES] };
+    const EMPTY: Line = Line { at_ns: 0, level: None, len: 0, text: [0; LINE_BYTES] };
+
+    /// Its level.
+    pub fn level(&self) -> log::Level {
+        self.level.unwrap_or(log::Level::Info)
+    }
 
     /// Its text (`module: message`), cut at a character boundary if it was too long.
     pub fn text(&self) -> &str {
@@ -84,7 +91,7 @@ impl LogRing {
         }
         let slot = &mut self.lines[(self.head + self.held) % LINES];
         slot.at_ns = at_ns;
-        slot.level = level;
+        slot.level = Some(level);
         let mut w = SlotWriter { text: &mut slot.text, len: 0, cut: false };
         let _ = w.write_fmt(args);
         if w.cut {
@@ -144,7 +151,7 @@ mod tests {
         assert!(r.push(5, log::Level::Warn, format_args!("hpet: {}", 1)));
         assert!(r.push(7, log::Level::Error, format_args!("tick: {}", 2)));
         let first = r.pop().unwrap();
-        assert_eq!((first.at_ns, first.level, first.text()), (5, log::Level::Warn, "hpet: 1"));
+        assert_eq!((first.at_ns, first.level(), first.text()), (5, log::Level::Warn, "hpet: 1"));
         assert_eq!(drain(&mut r), ["tick: 2"]);
         assert!(r.is_empty());
     }

@@ -63,7 +63,7 @@ pub fn drain(cpu: usize) {
         });
         match taken {
             None => return,
-            Some(Ok(line)) => print_line(line.at_ns, line.level, format_args!("{}", line.text())),
+            Some(Ok(line)) => print_line(line.at_ns, line.level(), format_args!("{}", line.text())),
             Some(Err(dropped)) => print_line(
                 clocksource::now_ns(),
                 log::Level::Warn,

@@ -41,7 +41,8 @@ pub struct CpuTime {
     assignment: AssignmentSlot,
     /// Completed `sleep_ns` wake-ups.
     pub sleep_wakeups: AtomicU64,
-    /// The time-layer id of this CPU's LAPIC timer (`usize::MAX`: none), for its vector.
+    /// The time-layer id of this CPU's LAPIC timer plus one (0: none, so that the array is
+    /// all zeros and lives in `.bss`), for its vector.
     pub lapic_device: AtomicUsize,
     /// Times this CPU went idle, how many of those were deep, the TSC cycles its deep sleeps
     /// spent entering and leaving (the handover included), and whether deep idle was refused
@@ -90,7 +91,7 @@ impl CpuTime {
             inbox: spin::Once::new(),
             assignment: AssignmentSlot::new(),
             sleep_wakeups: AtomicU64::new(0),
-            lapic_device: AtomicUsize::new(usize::MAX),
+            lapic_device: AtomicUsize::new(0),
             idle_entries: AtomicU64::new(0),
             deep_entries: AtomicU64::new(0),
             idle_overhead_cycles: AtomicU64::new(0),

@@ -82,7 +82,7 @@ impl LapicTimer {
 
     /// Links this CPU's timer vector to its time-layer device.
     pub fn attach(&self, device: DeviceId) {
-        this_cpu_time().lapic_device.store(device.0, Ordering::Release);
+        this_cpu_time().lapic_device.store(device.0 + 1, Ordering::Release);
     }
 
     /// The time layer programs a local device from its own CPU only (it carries device changes
@@ -139,10 +139,8 @@ impl EventDriver for LapicTimer {
 pub fn timer_interrupt(_vector: u8) {
     path_trace::stamp(Stage::Acked);
     match this_cpu_time().lapic_device.load(Ordering::Acquire) {
-        usize::MAX => {
-            interrupts::spurious(format_args!("a LAPIC timer interrupt with no LAPIC timer device here"))
-        }
-        d => super::cpu::device_interrupt(DeviceId(d)),
+        0 => interrupts::spurious(format_args!("a LAPIC timer interrupt with no LAPIC timer device here")),
+        d => super::cpu::device_interrupt(DeviceId(d - 1)),
     }
 }
 
