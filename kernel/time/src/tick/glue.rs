@@ -673,12 +673,14 @@ mod tests {
         assert!(mailbox.cancel(other).is_err(), "another CPU's handle is refused");
     }
 
-    /// CPU 0 alone, whose platform names its registry and nothing else of it: the defaults
-    /// take a failed device out and wake a misrouted event's owner through it.
+    /// CPU 0 alone, whose platform names its registry and its mailbox and nothing else of
+    /// them: the defaults take a failed device out and wake a misrouted event's owner through
+    /// the registry, and reach the inbox, slot and handles through the mailbox.
     struct RegistryCpu<'a> {
         tick: core::cell::RefCell<CpuTick<u32>>,
         bc: &'a spin::Mutex<Broadcast>,
         registry: &'a spin::Mutex<Registry>,
+        own: Mailbox<u32>,
         woken: core::cell::RefCell<Vec<usize>>,
     }
 
@@ -692,6 +694,12 @@ mod tests {
         }
         fn run(&self, _: crate::hrtimer::Expired<u32>, _: u64) -> Option<(u64, u32)> {
             None
+        }
+        fn handle_of(&self, _: &u32) -> Option<TimerId> {
+            None // the test's posted timers never reach their deadline
+        }
+        fn handles(&self) -> Option<&Handles<u32>> {
+            Some(&self.own.handles)
         }
     }
 
@@ -708,35 +716,57 @@ mod tests {
         fn registry(&self) -> Option<&spin::Mutex<Registry>> {
             Some(self.registry)
         }
+        fn mailbox(&self, cpu: usize) -> Option<&Mailbox<u32>> {
+            (cpu == 0).then_some(&self.own)
+        }
+    }
+
+    /// CPU 0 online with a global device (the broadcast) and its own device, registered.
+    fn registry_cpu<'a>(
+        bc: &'a spin::Mutex<Broadcast>,
+        registry: &'a spin::Mutex<Registry>,
+        local_driver: &'static crate::clockevents::fake::FakeDriver,
+    ) -> (RegistryCpu<'a>, DeviceId, DeviceId) {
+        use crate::clockevents::Features;
+        use crate::clockevents::fake::{FakeDriver, spec};
+        let mut tick = CpuTick::new(0, TickMode::Oneshot, 1_000_000, 8);
+        tick.reserve_for_handles(4);
+        let tick = core::cell::RefCell::new(tick);
+        let p = RegistryCpu { tick, bc, registry, own: Mailbox::new(0, 4), woken: Default::default() };
+        cpu_online(&p, &mut registry.lock());
+        let global_spec = spec("global", 50, CpuSet::first(1), Features::empty());
+        let global = register(&p, &mut registry.lock(), global_spec, FakeDriver::leak());
+        let features = Features::PER_CPU | Features::STOPS_IN_DEEP_IDLE;
+        let local_spec = spec("local0", 100, CpuSet::single(0), features);
+        let local = register(&p, &mut registry.lock(), local_spec, local_driver);
+        assert_eq!(p.tick.borrow().service(), Service::Local(local));
+        (p, global, local)
     }
 
     #[test]
     fn with_its_registry_named_the_defaults_take_out_and_wake_the_owner() {
-        use crate::clockevents::Features;
-        use crate::clockevents::fake::{FakeDriver, spec};
         let (bc, registry) = (spin::Mutex::new(Broadcast::new()), spin::Mutex::new(Registry::new()));
-        let tick = core::cell::RefCell::new(CpuTick::new(0, TickMode::Oneshot, 1_000_000, 8));
-        let p = RegistryCpu { tick, bc: &bc, registry: &registry, woken: Default::default() };
-        cpu_online(&p, &mut registry.lock());
-        let global = register(
-            &p,
-            &mut registry.lock(),
-            spec("global", 50, CpuSet::first(1), Features::empty()),
-            FakeDriver::leak(),
-        );
-        let features = Features::PER_CPU | Features::STOPS_IN_DEEP_IDLE;
-        let local = register(
-            &p,
-            &mut registry.lock(),
-            spec("local0", 100, CpuSet::single(0), features),
-            FakeDriver::leak(),
-        );
-        assert_eq!(p.tick.borrow().service(), Service::Local(local));
+        let (p, global, local) = registry_cpu(&bc, &registry, crate::clockevents::fake::FakeDriver::leak());
         p.wake_owner_of(local);
         assert_eq!(*p.woken.borrow(), [0], "the registry named the owner");
         let error = crate::clockevents::ProgramError::GaveUp { min_delta_ns: 10_000_000 };
         p.take_out(DeviceFailure { device: local, error });
         assert_eq!(registry.lock().taken_out().len(), 1, "taken out through the registry");
         assert_eq!(p.tick.borrow().service(), Service::Broadcast(global), "and the decision carried out");
+    }
+
+    #[test]
+    fn drain_takes_out_a_device_that_gives_up_on_a_posted_timers_deadline() {
+        let (bc, registry) = (spin::Mutex::new(Broadcast::new()), spin::Mutex::new(Registry::new()));
+        let driver = crate::clockevents::fake::FakeDriver::leak();
+        let (p, global, _) = registry_cpu(&bc, &registry, driver);
+        *driver.passes_below_ticks.lock() = u64::MAX; // from now on every deadline is passed
+        p.own.post(p.now_ns() + 5_000, |_| 7).unwrap();
+        let drained = drain(&p).expect("not nested");
+        assert_eq!(drained.armed, 1, "the posted timer is queued");
+        assert!(drained.failure.is_some(), "its device gave up on its deadline");
+        assert_eq!(registry.lock().taken_out().len(), 1, "and drain took it out");
+        assert_eq!(p.tick.borrow().service(), Service::Broadcast(global), "CPU 0 moved on");
+        assert_eq!(bc.lock().deadline(0), p.now_ns() + 5_000, "with the posted timer's deadline");
     }
 }

@@ -1078,6 +1078,22 @@ fn event_on_a_cpu_the_device_does_not_serve_is_misrouted() {
 }
 
 #[test]
+fn a_misrouted_event_through_the_glue_wakes_the_owner_which_runs_its_timer() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    s.per_cpu("hpet1", PERCPU_HPET, 1);
+    let now = s.now();
+    s.arm(0, now);
+    s.set_now(now + 5_000);
+    // CPU 0's device's event on CPU 1, by `glue::device_interrupt`: nothing else runs CPU 0
+    // here (no run_until, no wakeup by hand), so its timer runs only if the glue woke it.
+    s.device_event(h0, 1);
+    assert_eq!(s.cpus[1].misrouted(), 1);
+    assert_eq!(s.cpus[0].events(), 1, "the owner, woken by the glue, ran its expiry");
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
 fn no_device_means_arming_fails_loudly() {
     let mut s = Sim::new(TickMode::Oneshot, 1);
     assert_eq!(
