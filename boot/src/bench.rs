@@ -513,14 +513,15 @@ fn print_table(run: &Value) {
     println!("profile: {}", run["profile"].as_str().unwrap_or("?"));
 }
 
-/// Lateness histograms (log2 buckets of deadline -> callback), one panel per delta, one line per
-/// device kind.
+/// Lateness CDFs (deadline -> callback, linear in ns), one panel per delta, one line per device
+/// kind: the share of events at most x ns late. Each panel's axis runs to its largest p99
+/// (the tail past it is in the table), so a 100 ns difference between kinds shows.
 fn plot(run: &Value, file: &Path) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let root = SVGBackend::new(file, (1200, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let title = format!(
-        "timer lateness, clock {} (share of events per log2 bucket)",
+        "timer lateness, clock {}: deadline -> callback CDF (share of events at most x ns late)",
         run["clock"].as_str().unwrap_or("?")
     );
     let root = root.titled(&title, ("sans-serif", 22)).map_err(|e| err(&e))?;
@@ -528,40 +529,35 @@ fn plot(run: &Value, file: &Path) -> Result<(), String> {
     let kinds: Vec<(String, Value)> =
         run["kinds"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (panel, delta) in panels.iter().zip(DELTAS) {
+        let cdfs: Vec<(&String, Vec<f64>)> =
+            kinds.iter().map(|(name, part)| (name, cdf_points(&part["lateness_ns"][delta]))).collect();
+        let (lo, hi) = cdf_range(cdfs.iter().map(|(_, c)| c.as_slice()));
         let caption = format!("delta {} us", delta.parse::<f64>().unwrap_or(0.0) / 1000.0);
         let mut chart = ChartBuilder::on(panel)
             .caption(caption, ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(45)
-            .build_cartesian_2d(8u32..26u32, 0f64..1f64)
+            .build_cartesian_2d(lo..hi, 0f64..1f64)
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
-            .x_desc("lateness (log2 ns: 10 = 1 us, 20 = 1 ms)")
+            .x_desc("lateness, ns (to the largest p99)")
             .y_desc("share of events")
             .draw()
             .map_err(|e| err(&e))?;
-        for (i, (name, part)) in kinds.iter().enumerate() {
-            let counts: Vec<f64> = part["lateness_ns"][delta]["histogram"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|v| v.as_f64().unwrap_or(0.0))
-                .collect();
-            let total: f64 = counts.iter().sum::<f64>().max(1.0);
+        for (i, (name, points)) in cdfs.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
+            let line = points.iter().enumerate().map(|(p, &x)| (x.min(hi), p as f64 / 100.0));
             chart
-                .draw_series(LineSeries::new(
-                    counts.iter().enumerate().map(|(b, c)| (b as u32, c / total)),
-                    color.stroke_width(2),
-                ))
+                .draw_series(LineSeries::new(line, color.stroke_width(2)))
                 .map_err(|e| err(&e))?
-                .label(name.clone())
+                .label((*name).clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
@@ -569,6 +565,26 @@ fn plot(run: &Value, file: &Path) -> Result<(), String> {
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// One delta's CDF: the lateness in ns at p0..p100 (the report's `cdf`), empty if none.
+fn cdf_points(delta: &Value) -> Vec<f64> {
+    delta["cdf"].as_array().into_iter().flatten().filter_map(Value::as_f64).collect()
+}
+
+/// The x range of a panel: from just below the smallest p0 to just above the largest p99 of its
+/// CDFs (at least 100 ns wide).
+fn cdf_range<'a>(cdfs: impl Iterator<Item = &'a [f64]>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::MAX, 0f64);
+    for c in cdfs.filter(|c| c.len() == 101) {
+        lo = lo.min(c[0]);
+        hi = hi.max(c[99]);
+    }
+    if lo > hi {
+        return (0.0, 1000.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(50.0);
+    ((lo - pad).max(0.0), hi + pad)
 }
 
 /// The idle figures as bars: lateness p50 and p99 (us) and handovers and wake-up IPIs per
@@ -676,6 +692,16 @@ mod tests {
     }
 
     #[test]
+    fn the_cdf_axis_spans_the_kinds_p0_to_their_largest_p99_so_100_ns_shows() {
+        let a: Vec<f64> = (0..=100).map(|p| 400.0 + p as f64).collect(); // p50 450
+        let b: Vec<f64> = (0..=100).map(|p| 500.0 + p as f64).collect(); // p50 550
+        let (lo, hi) = cdf_range([a.as_slice(), b.as_slice()].into_iter());
+        assert!(lo <= 400.0 && hi >= 599.0, "both curves up to p99 are inside: {lo}..{hi}");
+        assert!(hi - lo < 400.0, "the axis is not stretched by a tail: {lo}..{hi}");
+        assert_eq!(cdf_range([[1.0; 3].as_slice()].into_iter()), (0.0, 1000.0), "no CDF: a default axis");
+    }
+
+    #[test]
     fn idle_plot_writes_an_svg() {
         let v = json!({"latency_ns": {"p50": 900, "p99": 3000}, "handovers_per_event": 0.9, "wakeup_ipis_per_event": 0.7});
         let run = json!({"clock": "icount", "idle": {"lapic-handover": v, "percpu-hpet": v}});
@@ -688,7 +714,8 @@ mod tests {
 
     #[test]
     fn plot_writes_an_svg() {
-        let run = json!({"clock": "tcg", "kinds": {"percpu-hpet": {"lateness_ns": {"1000": {"histogram": [0, 3, 1]}}}}});
+        let cdf: Vec<u64> = (0..=100).map(|p| 800 + p * 4).collect();
+        let run = json!({"clock": "tcg", "kinds": {"percpu-hpet": {"lateness_ns": {"1000": {"cdf": cdf}}}}});
         let file = std::env::temp_dir().join(format!("bench-plot-{}.svg", std::process::id()));
         plot(&run, &file).unwrap();
         let svg = std::fs::read_to_string(&file).unwrap();

@@ -70,12 +70,23 @@ pub fn log2_histogram(samples: &[u64]) -> Vec<u64> {
     buckets
 }
 
+/// The callback lateness at every percentile, p0 (the minimum) to p100 (the maximum),
+/// nearest-rank, for the benchmark's CDF plot; empty without samples.
+pub fn cdf(sorted: &[u64]) -> Vec<u64> {
+    if sorted.is_empty() {
+        return Vec::new();
+    }
+    (0..=100).map(|p| if p == 0 { sorted[0] } else { nearest_rank(sorted, p * 10) }).collect()
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DeltaResult {
     pub handler: Percentiles,
     pub callback: Percentiles,
     /// Callback lateness per log2 bucket.
     pub histogram: Vec<u64>,
+    /// Callback lateness at p0, p1, ..., p100 ([`cdf`]).
+    pub cdf: Vec<u64>,
     pub early: u64,
     pub lost: u64,
 }
@@ -335,10 +346,13 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
     };
     for (delta, count) in DELTAS {
         let (mut handler, mut callback, early, lost) = run_phase(cpu, delta, count as u64, 0);
+        let histogram = log2_histogram(&callback);
+        let callback_percentiles = Percentiles::of(&mut callback); // sorts it
         let result = DeltaResult {
-            histogram: log2_histogram(&callback),
+            histogram,
+            cdf: cdf(&callback),
             handler: Percentiles::of(&mut handler),
-            callback: Percentiles::of(&mut callback),
+            callback: callback_percentiles,
             early,
             lost,
         };
@@ -442,6 +456,16 @@ mod tests {
         let mut s: Vec<u64> = (1..=2000).collect();
         let p = Percentiles::of(&mut s);
         assert_eq!((p.min, p.p50, p.p99, p.p999, p.max), (1, 1000, 1980, 1998, 2000));
+    }
+
+    #[test]
+    fn cdf_runs_from_the_minimum_to_the_maximum_by_nearest_rank() {
+        let sorted: Vec<u64> = (1..=200).collect();
+        let c = cdf(&sorted);
+        assert_eq!(c.len(), 101);
+        assert_eq!((c[0], c[1], c[50], c[99], c[100]), (1, 2, 100, 198, 200));
+        assert!(c.windows(2).all(|w| w[0] <= w[1]), "never decreasing");
+        assert!(cdf(&[]).is_empty());
     }
 
     #[test]
