@@ -66,6 +66,15 @@ const IDLE: &[(&str, &str, &[&str])] = &[
     ("percpu-hpet", "idle=deep lapic_stops_in_idle", &["-global", "hpet.timers=8"]),
 ];
 
+/// The tails experiment (issue 18): the same boots as [`SCALING`] at 8 and 64 CPUs, with the
+/// workload on CPU 0 only and the other CPUs idle (`workload_cpus=1`). Set against the entry
+/// with every CPU busy, it separates what the emulator's round-robin of busy vCPUs adds to
+/// CPU 0's tail from what the kernel adds as CPUs come online.
+const TAILS: &[(u32, &[&str])] = &[
+    (8, &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
+    (64, &["-global", "hpet.timers=24", "-global", "hpet.msi=on"]),
+];
+
 /// How long each scaling boot runs its workload.
 const SCALING_DURATION_MS: u64 = 1000;
 
@@ -139,8 +148,18 @@ fn measure(
 }
 
 /// The main run's workload on `smp` CPUs: its lateness and throughput from the TIMER-REPORT.
-fn measure_scaling(elf: &Path, a: &Args, clock: &str, smp: u32, qemu_args: &[&str]) -> Result<Value, String> {
-    let cmdline = format!("duration_ms={SCALING_DURATION_MS}");
+fn measure_scaling(
+    elf: &Path,
+    a: &Args,
+    clock: &str,
+    smp: u32,
+    workload_cpus: Option<u32>,
+    qemu_args: &[&str],
+) -> Result<Value, String> {
+    let mut cmdline = format!("duration_ms={SCALING_DURATION_MS}");
+    if let Some(n) = workload_cpus {
+        cmdline += &format!(" workload_cpus={n}");
+    }
     let log = boot_log(elf, a, clock, smp, &cmdline, qemu_args)?;
     let report = crate::report::find(&log)?;
     let events = report["events_armed"].as_u64().unwrap_or(0);
@@ -156,6 +175,8 @@ fn measure_scaling(elf: &Path, a: &Args, clock: &str, smp: u32, qemu_args: &[&st
         "smp": smp,
         "latency_ns": report["latency_ns"],
         "handler_latency_ns": report["handler_latency_ns"],
+        "handler_to_callback_ns": report["handler_to_callback_ns"],
+        "workload_cpus": report["workload_cpus"],
         "events": events,
         "events_per_s": events * 1000 / SCALING_DURATION_MS,
         "lost": report["lost_events"],
@@ -283,9 +304,14 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
         }
         let mut scaling = Vec::new();
         if a.scaling {
-            for &(smp, qemu_args) in SCALING {
-                eprint!("bench:   scaling: workload on {smp} CPU(s) ... ");
-                match measure_scaling(elf, &a, clock, smp, qemu_args) {
+            let all = SCALING.iter().map(|&(smp, q)| (smp, None, q));
+            let tails = TAILS.iter().map(|&(smp, q)| (smp, Some(1), q));
+            for (smp, workload_cpus, qemu_args) in all.chain(tails) {
+                match workload_cpus {
+                    None => eprint!("bench:   scaling: workload on {smp} CPU(s) ... "),
+                    Some(n) => eprint!("bench:   scaling: {smp} CPU(s), workload on {n} ... "),
+                }
+                match measure_scaling(elf, &a, clock, smp, workload_cpus, qemu_args) {
                     Ok(s) => {
                         eprintln!("{} events", s["events"]);
                         scaling.push(s);
@@ -468,19 +494,29 @@ fn print_table(run: &Value) {
         );
     }
     if let Some(scaling) = run["scaling"].as_array().filter(|s| !s.is_empty()) {
-        println!("\nscaling: the main run's workload (lateness p50 / p99 / max in us, events/s)");
+        println!(
+            "\nscaling: the main run's workload (lateness p50 / p99 / max in us, handler -> callback p50 / p99 / max in ns, events/s)"
+        );
         for s in scaling {
             let l = &s["latency_ns"];
             let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
             let h = &s["handler_latency_ns"];
+            let k = &s["handler_to_callback_ns"];
+            let on = match s["workload_cpus"].as_u64() {
+                Some(n) if Some(n) != s["smp"].as_u64() => format!(" (busy {n})"),
+                _ => String::new(),
+            };
             println!(
-                "  smp {:<2} {:.1} / {:.1} / {:.1}   (to handler {:.1} / {:.1})   {:>7} events/s   lost {} early {}   {} CPUs on per-CPU HPET   bring-up {:.0} ms   {} KiB per CPU",
+                "  smp {:<2}{on} {:.1} / {:.1} / {:.1}   (to handler {:.1} / {:.1}; handler -> callback {} / {} / {})   {:>7} events/s   lost {} early {}   {} CPUs on per-CPU HPET   bring-up {:.0} ms   {} KiB per CPU",
                 s["smp"],
                 us(&l["p50"]),
                 us(&l["p99"]),
                 us(&l["max"]),
                 us(&h["p50"]),
                 us(&h["p99"]),
+                k["p50"],
+                k["p99"],
+                k["max"],
                 s["events_per_s"],
                 s["lost"],
                 s["early"],

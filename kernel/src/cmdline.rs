@@ -24,6 +24,9 @@ pub struct KernelOptions {
     pub hz: u32,
     /// `duration_ms=N`: how long the main run arms timers on every CPU (default 1000).
     pub duration_ms: u64,
+    /// `workload_cpus=N`: the main run arms timers on the first N online CPUs only, the others
+    /// stay idle (default: every CPU). For the benchmark's experiment on tails.
+    pub workload_cpus: Option<usize>,
     /// `hpet_irq_masked=N`: fault injection, comparator N's interrupt line is left masked so
     /// that its self-test fails (default none).
     pub hpet_irq_masked: Option<u32>,
@@ -159,6 +162,7 @@ impl Default for KernelOptions {
             periodic_tick: false,
             hz: 250,
             duration_ms: 1000,
+            workload_cpus: None,
             hpet_irq_masked: None,
             hpet_storm: None,
             hpet_misroute: None,
@@ -293,6 +297,11 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 1..=600_000));
                 options.duration_ms = ms.unwrap_or(options.duration_ms);
             }
+            "workload_cpus" => {
+                let n = take("workload_cpus", "a CPU count from 1 to 255")
+                    .parse(&mut problems, |v| in_range(v, 1usize..=255));
+                options.workload_cpus = n.or(options.workload_cpus);
+            }
             "hpet_irq_masked" => {
                 let n = take("hpet_irq_masked", "a comparator number from 0 to 31")
                     .parse(&mut problems, |v| in_range(v, 0..=31));
@@ -418,6 +427,9 @@ mod tests {
         assert_eq!(o.clockevents, ClockeventsChoice::Global);
         assert!(o.no_apic_timer && o.periodic_tick);
         assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
+        assert_eq!(parse("workload_cpus=1").0.workload_cpus, Some(1));
+        let (o, problems) = parse("workload_cpus=0");
+        assert_eq!((o.workload_cpus, problems.len()), (None, 1), "0 CPUs is refused, all kept");
         assert_eq!(parse("hpet_storm=0").0.hpet_storm, Some(0));
         assert_eq!(parse("hpet_misroute=1").0.hpet_misroute, Some(1));
         assert!(parse("hpet_counter_stopped").0.hpet_counter_stopped);

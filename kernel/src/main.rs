@@ -20,6 +20,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         let part = kernel::bench::run(&k, k.options.bench_cpu as usize, k.options.bench_drift_s);
         kernel::bench::print(&part);
     } else {
+        workload::limit_cpus(k.options.workload_cpus);
         workload::run_with_suspend(k.options.duration_ms, k.options.suspend_test_ms, k.platform.hpet);
     }
     smp::log_interrupt_table();

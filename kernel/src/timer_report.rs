@@ -17,8 +17,9 @@ use serde::Serialize;
 /// (a timer that fired again, counted apart from `lost_events`), `early_independent` (early
 /// on a counter that is not the clocksource's), `wrong_cpu` (by the hardware's APIC id); 8:
 /// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`); 9: each CPU's
-/// `interrupt_allocations` and `interrupt_frees`.
-pub const SCHEMA_VERSION: u32 = 9;
+/// `interrupt_allocations` and `interrupt_frees`; 10: `handler_to_callback_ns` (the time
+/// layer's own part of each event's path) and `workload_cpus`.
+pub const SCHEMA_VERSION: u32 = 10;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -70,6 +71,12 @@ pub struct TimerReport {
     /// The same events' deadline -> interrupt handler entry (schema 3): the way in, before the
     /// time layer runs.
     pub handler_latency_ns: LatencyReport,
+    /// The same events' handler -> callback (schema 10): each callback's lateness minus its
+    /// handler's, the time layer's own part.
+    pub handler_to_callback_ns: LatencyReport,
+    /// The CPUs the main run's workload ran on (schema 10): every online CPU unless
+    /// `workload_cpus=` says fewer.
+    pub workload_cpus: usize,
     /// Timers the main run armed; of those, never fired and fired before their deadline.
     pub events_armed: u64,
     pub lost_events: u64,
@@ -474,7 +481,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":9,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":10,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

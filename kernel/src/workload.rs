@@ -42,6 +42,9 @@ static SAMPLES_PER_CPU: core::sync::atomic::AtomicUsize =
 /// After the run ends, how long the last timers get to fire before they count as lost.
 const GRACE_NS: u64 = 2_000_000_000;
 
+/// One CPU's counters, on cache lines of their own: each CPU writes only its own, and on a
+/// real machine two CPUs writing one line would pass it back and forth on every event.
+#[repr(align(64))]
 struct CpuCounts {
     armed: AtomicU64,
     /// Timers that fired for the first time (a second firing is counted in `fired_twice`).
@@ -107,11 +110,19 @@ const fn timer_data(chain: usize, seq: u64) -> u64 {
 const fn timer_identity(data: u64) -> (usize, u64) {
     ((data & 0xff) as usize, data >> 8)
 }
-static LATENESS: [Mutex<Vec<u64>>; percpu::MAX_CPUS] = [const { Mutex::new(Vec::new()) }; percpu::MAX_CPUS];
-/// Deadline -> interrupt handler entry of the same events: what the emulator and the way in
-/// add, before the time layer runs.
-static HANDLER_LATENESS: [Mutex<Vec<u64>>; percpu::MAX_CPUS] =
-    [const { Mutex::new(Vec::new()) }; percpu::MAX_CPUS];
+/// One CPU's samples, pushed by its callbacks only, on cache lines of their own.
+#[repr(align(64))]
+struct Samples {
+    /// Deadline -> the callback's own clock read.
+    callback: Vec<u64>,
+    /// Deadline -> interrupt handler entry of the same events (index for index): what the
+    /// emulator and the way in add, before the time layer runs.
+    handler: Vec<u64>,
+}
+static SAMPLES: [Mutex<Samples>; percpu::MAX_CPUS] =
+    [const { Mutex::new(Samples { callback: Vec::new(), handler: Vec::new() }) }; percpu::MAX_CPUS];
+/// How many CPUs (the first, by index) run the workload (`workload_cpus=`; `usize::MAX`: all).
+static WORKLOAD_CPUS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(usize::MAX);
 static END_NS: AtomicU64 = AtomicU64::new(0);
 /// The last run's outcome, for the report.
 static LAST: Mutex<Option<Outcome>> = Mutex::new(None);
@@ -209,11 +220,11 @@ fn on_timer(e: &TimerEvent) {
         c.early.fetch_add(1, Ordering::Relaxed);
         log::error!("timer fired {} ns early on CPU {}", e.deadline_ns - now, e.cpu);
     }
-    let mut samples = LATENESS[e.cpu].lock();
-    if samples.len() < SAMPLES_PER_CPU.load(Ordering::Relaxed) {
-        samples.push(now.saturating_sub(e.deadline_ns));
+    let mut samples = SAMPLES[e.cpu].lock();
+    if samples.callback.len() < SAMPLES_PER_CPU.load(Ordering::Relaxed) {
+        samples.callback.push(now.saturating_sub(e.deadline_ns));
         // The clock read the expiry popped it at: the interrupt's first, or a retry pass's.
-        HANDLER_LATENESS[e.cpu].lock().push(e.now_ns.saturating_sub(e.deadline_ns));
+        samples.handler.push(e.now_ns.saturating_sub(e.deadline_ns));
     }
     drop(samples);
     if e.now_ns < END_NS.load(Ordering::Relaxed) {
@@ -271,6 +282,11 @@ pub struct Outcome {
     pub fired_while_suspended: u64,
     pub latency: LatencyReport,
     pub handler_latency: LatencyReport,
+    /// The same events' handler -> callback (each event's callback lateness minus its handler
+    /// lateness): the time layer's own part of the path.
+    pub handler_to_callback: LatencyReport,
+    /// The CPUs the workload ran on.
+    pub cpus: usize,
 }
 
 impl Outcome {
@@ -281,7 +297,13 @@ impl Outcome {
     }
 }
 
-/// Runs the workload on every online CPU for `duration_ms`, then waits for the last timers.
+/// Runs the workload on the first `cpus` online CPUs only from now on (`None`: every CPU).
+pub fn limit_cpus(cpus: Option<usize>) {
+    WORKLOAD_CPUS.store(cpus.unwrap_or(usize::MAX), Ordering::Relaxed);
+}
+
+/// Runs the workload on every online CPU (or those [`limit_cpus`] leaves) for `duration_ms`,
+/// then waits for the last timers.
 pub fn run(duration_ms: u64) -> Outcome {
     run_with_suspend(duration_ms, None, None)
 }
@@ -295,15 +317,17 @@ pub fn run_with_suspend(
 ) -> Outcome {
     let start = now_ns();
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
-    let cpus: Vec<usize> = percpu::all().map(|c| c.index).collect();
+    let cpus: Vec<usize> =
+        percpu::all().map(|c| c.index).take(WORKLOAD_CPUS.load(Ordering::Relaxed)).collect();
     let samples_per_cpu = MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1));
     SAMPLES_PER_CPU.store(samples_per_cpu, Ordering::Relaxed);
     // Room for every sample now: the callbacks push without allocating, so the report's
     // `interrupt_allocations` measures the time layer's own (none), not this workload's.
     for &cpu in &cpus {
         x86_64::instructions::interrupts::without_interrupts(|| {
-            for samples in [&LATENESS[cpu], &HANDLER_LATENESS[cpu]] {
-                let mut samples = samples.lock();
+            let mut guard = SAMPLES[cpu].lock();
+            let Samples { callback, handler } = &mut *guard;
+            for samples in [callback, handler] {
                 let room = samples_per_cpu.saturating_sub(samples.len());
                 samples.reserve_exact(room);
             }
@@ -340,12 +364,16 @@ pub fn run_with_suspend(
     }
     let mut samples: Vec<u64> = Vec::new();
     let mut handler_samples: Vec<u64> = Vec::new();
+    let mut handler_to_callback: Vec<u64> = Vec::new();
     let mut out = Outcome::default();
     for &c in &cpus {
         let counts = &COUNTS[c];
         let (armed, fired, fired_twice, early) = x86_64::instructions::interrupts::without_interrupts(|| {
-            samples.extend(LATENESS[c].lock().iter());
-            handler_samples.extend(HANDLER_LATENESS[c].lock().iter());
+            let s = SAMPLES[c].lock();
+            samples.extend(s.callback.iter());
+            handler_samples.extend(s.handler.iter());
+            handler_to_callback.extend(s.callback.iter().zip(&s.handler).map(|(c, h)| c.saturating_sub(*h)));
+            drop(s);
             (
                 counts.armed.load(Ordering::Acquire),
                 counts.fired.load(Ordering::Acquire),
@@ -381,6 +409,8 @@ pub fn run_with_suspend(
     }
     out.latency = LatencyReport::from_samples(&mut samples);
     out.handler_latency = LatencyReport::from_samples(&mut handler_samples);
+    out.handler_to_callback = LatencyReport::from_samples(&mut handler_to_callback);
+    out.cpus = cpus.len();
     *LAST.lock() = Some(out);
     let l = out.latency;
     log::info!(
@@ -406,6 +436,8 @@ pub fn last() -> Option<Outcome> {
 pub fn fill_report(report: &mut TimerReport, out: &Outcome) {
     report.latency_ns = out.latency;
     report.handler_latency_ns = out.handler_latency;
+    report.handler_to_callback_ns = out.handler_to_callback;
+    report.workload_cpus = out.cpus;
     report.events_armed = out.armed;
     report.lost_events = out.lost();
     report.fired_twice = out.fired_twice;

@@ -26,6 +26,7 @@ kernel_tests::qemu_test!(
         smp4_partial: --smp 4 --cmdline duration_ms=200 --expect-report /hpet/comparators/2/role=global --expect-report /broadcast=hpet2 --expect-report /tick_devices/1/device=hpet1 --expect-report /tick_devices/3/device=lapic3 --expect-report /tick_devices#=4
         smp4_broadcast: --smp 4 --cmdline 'duration_ms=200 noapictimer' --expect-report /tick_devices/2/device=hpet2 --expect-report /tick_devices/2/via_broadcast=true --expect-report /tick_devices/3/via_broadcast=true --expect-report /tick_devices/0/via_broadcast=false
         smp4_timers8: --smp 4 --cmdline duration_ms=200 --expect-report /tick_devices/3/device=hpet3 --expect-report /broadcast=null -- -global hpet.timers=8
+        workload_cpu0_smp4: --smp 4 --cmdline 'duration_ms=200 workload_cpus=1' --expect-report /workload_cpus=1 --expect-report /handler_to_callback_ns/samples>=100 --expect-report /tick_devices/3/device=lapic3
         smp8_timers8: --smp 8 --cmdline duration_ms=200 --expect-report /tick_devices/7/device=hpet7 --expect-report /hpet/comparators/7/delivery=ioapic --expect-report /hpet/comparators/7/gsi=23 --expect-report /broadcast=null -- -global hpet.timers=8
         hpet_off: --smp 2 --cmdline duration_ms=200 --expect-report /hpet=null --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off
         pc_legacy: --smp 2 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=legacy --expect-report /hpet/comparators/1/delivery=legacy --expect-report /hpet/comparators/1/gsi=8 --expect-report /tick_devices/1/device=hpet1 -- -machine pc,hpet=on
@@ -217,10 +218,21 @@ fn workload_fires_every_timer_once_never_early(k: &Kernel) {
             .collect::<alloc::vec::Vec<_>>()
     };
     let before = heap_use();
+    workload::limit_cpus(k.options.workload_cpus);
     let out = workload::run(k.options.duration_ms);
     let after = heap_use();
     kernel_tests::assert_workload_clean(&out);
-    for t in clockevents::tick_devices() {
+    let online = percpu::all().count();
+    assert_eq!(
+        out.cpus,
+        k.options.workload_cpus.unwrap_or(online).min(online),
+        "the CPUs the workload ran on"
+    );
+    assert_eq!(
+        out.handler_to_callback.samples, out.latency.samples,
+        "one handler -> callback figure per event"
+    );
+    for t in clockevents::tick_devices().into_iter().filter(|t| t.cpu < out.cpus) {
         assert!(t.events > 0, "CPU {} handled no timer event", t.cpu);
     }
     for (cpu, (b, a)) in before.iter().zip(&after).enumerate() {
