@@ -252,6 +252,12 @@ pub fn arguments(
     if opts.gdb {
         push(&["-s", "-S"]);
     }
+    // Under icount the RTC follows guest time (else it runs on the host's, and a second of the
+    // RTC's passes in a fraction of the guest's nanoseconds, or many), unless the caller says.
+    let given = |x: &str| opts.qemu_args.iter().any(|a| a == x);
+    if given("-icount") && !given("-rtc") {
+        push(&["-rtc", "clock=vm"]);
+    }
     a.extend(opts.qemu_args.iter().cloned());
     Ok(a)
 }
@@ -462,6 +468,15 @@ mod tests {
         o.variant = Some("smp4_partial".into());
         let a = args(&o);
         assert!(has_pair(&a, "-fw_cfg", "name=opt/timerkernel/variant,string=smp4_partial"));
+    }
+
+    #[test]
+    fn under_icount_the_rtc_follows_guest_time_unless_the_caller_says() {
+        let a = args_for("-- -icount shift=0,sleep=off");
+        assert!(has_pair(&a, "-rtc", "clock=vm"));
+        let a = args_for("-- -icount shift=0,sleep=off -rtc base=2031-05-17T10:00:00,clock=vm");
+        assert_eq!(a.iter().filter(|x| *x == "-rtc").count(), 1, "the caller's -rtc alone");
+        assert!(!args_for("--smp 2").iter().any(|x| x == "-rtc"), "TCG: the host's clock, QEMU's default");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Fuzzes the validation that turns raw ACPI table bytes into the kernel's structs
-//! (`kernel::arch::x86_64::acpi::{parse_hpet, parse_madt, parse_fadt_pm_timer}`): firmware
+//! (`kernel::arch::x86_64::acpi::{parse_hpet, parse_madt, parse_fadt_pm_timer, parse_fadt_rtc}`): firmware
 //! tables are untrusted input.
 //!
 //! The first input byte says how to doctor the rest so the fuzzer gets past the header checks:
@@ -39,6 +39,14 @@ fn check(bytes: &[u8]) {
     let hpet = acpi::parse_hpet(bytes);
     let madt = acpi::parse_madt(bytes);
     let pm_timer = acpi::parse_fadt_pm_timer(bytes);
+    let rtc = acpi::parse_fadt_rtc(bytes);
+    if let Ok(r) = &rtc {
+        let l = r.layout;
+        for index in [l.century, l.day_alarm, l.month_alarm].into_iter().flatten() {
+            assert!((0x0e..=0x7f).contains(&index), "accepted RTC register {index:#x} is not CMOS RAM");
+        }
+        acpi::validate_table(bytes, "FACP", acpi::FADT_MIN_LEN).expect("accepted, so valid");
+    }
     if let Ok(pm) = &pm_timer {
         assert!(pm.port != 0 && (pm.bits == 24 || pm.bits == 32), "accepted PM timer {pm:?}");
         acpi::validate_table(bytes, "FACP", acpi::FADT_MIN_LEN).expect("accepted, so valid");
@@ -74,6 +82,7 @@ fn check(bytes: &[u8]) {
             assert_eq!(acpi::parse_hpet(table), hpet, "HPET verdict depends on bytes past the table");
             assert_eq!(acpi::parse_madt(table), madt, "MADT verdict depends on bytes past the table");
             assert_eq!(acpi::parse_fadt_pm_timer(table), pm_timer, "FADT verdict depends on bytes past the table");
+            assert_eq!(acpi::parse_fadt_rtc(table), rtc, "FADT RTC verdict depends on bytes past the table");
         }
     }
     // A rejected table says why in terms of its own fields.

@@ -51,6 +51,8 @@ pub struct KernelOptions {
     pub bench_cpu: u32,
     /// `bench_drift_s=N`: also measure the periodic tick's drift over N s (default 0: not).
     pub bench_drift_s: u64,
+    /// `rtc=utc|local`: what the CMOS RTC holds (default utc).
+    pub rtc_local: bool,
     /// `idle=poll|halt|deep`: how an idle CPU waits (default halt).
     pub idle: IdleChoice,
     /// `lapic_stops_in_idle`: LAPIC timers stop in deep idle even where the CPU has ARAT (so
@@ -172,6 +174,7 @@ impl Default for KernelOptions {
             bench_cpu: 0,
             bench_drift_s: 0,
             idle: IdleChoice::Halt,
+            rtc_local: false,
             lapic_stops_in_idle: false,
             suspend_test_ms: None,
             clocksource: None,
@@ -296,6 +299,14 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                 let ms = take("duration_ms", "milliseconds from 1 to 600000")
                     .parse(&mut problems, |v| in_range(v, 1..=600_000));
                 options.duration_ms = ms.unwrap_or(options.duration_ms);
+            }
+            "rtc" => {
+                let local = take("rtc", "utc or local").parse(&mut problems, |v| match v {
+                    "utc" => Some(false),
+                    "local" => Some(true),
+                    _ => None,
+                });
+                options.rtc_local = local.unwrap_or(options.rtc_local);
             }
             "workload_cpus" => {
                 let n = take("workload_cpus", "a CPU count from 1 to 255")
@@ -428,6 +439,9 @@ mod tests {
         assert!(o.no_apic_timer && o.periodic_tick);
         assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
         assert_eq!(parse("workload_cpus=1").0.workload_cpus, Some(1));
+        assert!(parse("rtc=local").0.rtc_local && !parse("rtc=utc").0.rtc_local);
+        let (o, problems) = parse("rtc=gmt");
+        assert_eq!((o.rtc_local, problems.len()), (false, 1), "an unknown value keeps utc");
         let (o, problems) = parse("workload_cpus=0");
         assert_eq!((o.workload_cpus, problems.len()), (None, 1), "0 CPUs is refused, all kept");
         assert_eq!(parse("hpet_storm=0").0.hpet_storm, Some(0));

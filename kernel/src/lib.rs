@@ -95,6 +95,9 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     }
     let clockevents = clockevents::init_hpet(&mut platform, &options);
     clocksource::init_late();
+    if let Some(reason) = time::wallclock::init(platform.firmware.rtc.as_ref(), options.rtc_local) {
+        platform.fall_back(reason);
+    }
     Kernel { options, cmdline, option_problems, rsdp_addr, platform, clockevents }
 }
 
@@ -104,6 +107,7 @@ pub fn report(k: &Kernel) -> timer_report::TimerReport {
     let mut report = k.platform.report();
     clocksource::fill_report(&mut report);
     clockevents::fill_report(&mut report, &k.clockevents);
+    report.clocks = time::wallclock::report();
     if let Some(outcome) = workload::last() {
         workload::fill_report(&mut report, &outcome);
     }

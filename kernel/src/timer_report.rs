@@ -18,10 +18,26 @@ use serde::Serialize;
 /// on a counter that is not the clocksource's), `wrong_cpu` (by the hardware's APIC id); 8:
 /// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`); 9: each CPU's
 /// `interrupt_allocations` and `interrupt_frees`; 10: `handler_to_callback_ns` (the time
-/// layer's own part of each event's path) and `workload_cpus`.
+/// layer's own part of each event's path), `workload_cpus` and `clocks` (the RTC and the
+/// wall clock).
 pub const SCHEMA_VERSION: u32 = 10;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
+
+/// The clocks when the report was made (schema 10).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ClocksReport {
+    /// What the CMOS RTC holds now, ISO 8601 (`Z` when it holds UTC); null if unreadable.
+    pub rtc: Option<alloc::string::String>,
+    /// `utc` or `local` (`rtc=`).
+    pub rtc_holds: &'static str,
+    /// REALTIME: ns since 1970-01-01T00:00:00, set from the RTC at boot.
+    pub realtime_ns: u64,
+    /// BOOTTIME: MONOTONIC plus time spent suspended (none is accounted yet).
+    pub boottime_ns: u64,
+    /// MONOTONIC: ns since the clocksource started.
+    pub monotonic_ns: u64,
+}
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct TimerReport {
@@ -77,6 +93,8 @@ pub struct TimerReport {
     /// The CPUs the main run's workload ran on (schema 10): every online CPU unless
     /// `workload_cpus=` says fewer.
     pub workload_cpus: usize,
+    /// The clocks at the report (schema 10).
+    pub clocks: ClocksReport,
     /// Timers the main run armed; of those, never fired and fired before their deadline.
     pub events_armed: u64,
     pub lost_events: u64,

@@ -9,6 +9,7 @@ pub mod clockevents;
 pub mod clocksource;
 pub mod idle;
 pub mod tsc_sync;
+pub mod wallclock;
 
 /// What each AP runs on its way online, handed to `smp` before the APs start: its TSC checked
 /// against the boot CPU's before its timekeeping starts, then its own tick and LAPIC timer.

@@ -115,6 +115,7 @@
 extern crate alloc;
 
 pub mod broadcast;
+pub mod calendar;
 pub mod clockevents;
 pub mod clocksource;
 pub mod hrtimer;

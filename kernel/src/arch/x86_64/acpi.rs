@@ -282,6 +282,47 @@ pub fn parse_hpet(bytes: &[u8]) -> Result<HpetTable, AcpiProblem> {
     })
 }
 
+/// The FADT's offsets of the RTC's CMOS RAM indices (ACPI 6.5 table 5.9): DAY_ALRM, MON_ALRM,
+/// CENTURY, then IAPC_BOOT_ARCH (2 bytes) whose bit 5 says "CMOS RTC not present".
+const FADT_DAY_ALRM: usize = 106;
+const FADT_MON_ALRM: usize = 107;
+const FADT_CENTURY: usize = 108;
+const FADT_IAPC_BOOT_ARCH: usize = 109;
+const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+/// CMOS RAM past the RTC's own registers (0x00-0x0d), in the first bank.
+const CMOS_RAM: core::ops::RangeInclusive<u8> = 0x0e..=0x7f;
+
+/// What the FADT says of the CMOS RTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FadtRtc {
+    /// The century, day-alarm and month-alarm registers it names (0: none).
+    pub layout: super::rtc::RtcLayout,
+    /// IAPC_BOOT_ARCH says there is no CMOS RTC.
+    pub not_present: bool,
+    /// Fields naming a byte that is not CMOS RAM (its name and value), ignored.
+    pub ignored: [Option<(&'static str, u8)>; 3],
+}
+
+/// Reads the FADT's RTC fields; the table is validated as for the PM timer. A field naming a
+/// byte outside CMOS RAM (0x0e-0x7f) is ignored and listed.
+pub fn parse_fadt_rtc(bytes: &[u8]) -> Result<FadtRtc, AcpiProblem> {
+    let t = validate_table(bytes, "FACP", FADT_MIN_LEN)?;
+    let mut rtc = FadtRtc::default();
+    let fields = [("CENTURY", FADT_CENTURY), ("DAY_ALRM", FADT_DAY_ALRM), ("MON_ALRM", FADT_MON_ALRM)];
+    let mut found = [None; 3];
+    for (i, (name, offset)) in fields.into_iter().enumerate() {
+        match t[offset] {
+            0 => {}
+            index if CMOS_RAM.contains(&index) => found[i] = Some(index),
+            index => rtc.ignored[i] = Some((name, index)),
+        }
+    }
+    rtc.layout = super::rtc::RtcLayout { century: found[0], day_alarm: found[1], month_alarm: found[2] };
+    let boot_arch = u16::from_le_bytes([t[FADT_IAPC_BOOT_ARCH], t[FADT_IAPC_BOOT_ARCH + 1]]);
+    rtc.not_present = boot_arch & IAPC_CMOS_RTC_NOT_PRESENT != 0;
+    Ok(rtc)
+}
+
 /// The ACPI power management timer, as the FADT describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PmTimerInfo {
@@ -429,6 +470,7 @@ pub struct PlatformTables {
     pub hpet: Result<HpetTable, AcpiProblem>,
     pub madt: Result<Madt, AcpiProblem>,
     pub pm_timer: Result<PmTimerInfo, AcpiProblem>,
+    pub rtc: Result<FadtRtc, AcpiProblem>,
 }
 
 /// `acpi::Handler` over the bootloader's map of all physical memory: mapping is an offset.
@@ -520,7 +562,7 @@ fn table_bytes(tables: &acpi::AcpiTables<PhysMapHandler>, signature: &str) -> Op
 
 /// Reads the HPET table and the MADT from the RSDP at `rsdp` (physical).
 pub fn read_platform_tables(rsdp: Option<u64>) -> PlatformTables {
-    let none = |p: AcpiProblem| PlatformTables { hpet: Err(p), madt: Err(p), pm_timer: Err(p) };
+    let none = |p: AcpiProblem| PlatformTables { hpet: Err(p), madt: Err(p), pm_timer: Err(p), rtc: Err(p) };
     let Some(rsdp) = rsdp else { return none(AcpiProblem::NoRsdp) };
     // SAFETY: the bootloader found the RSDP at this physical address; the handler maps it.
     let Ok(tables) = (unsafe { acpi::AcpiTables::from_rsdp(PhysMapHandler, rsdp as usize) }) else {
@@ -528,9 +570,10 @@ pub fn read_platform_tables(rsdp: Option<u64>) -> PlatformTables {
     };
     let hpet = table_bytes(&tables, "HPET").ok_or(AcpiProblem::TableNotFound("HPET")).and_then(parse_hpet);
     let madt = table_bytes(&tables, "APIC").ok_or(AcpiProblem::TableNotFound("MADT")).and_then(parse_madt);
-    let pm_timer =
-        table_bytes(&tables, "FACP").ok_or(AcpiProblem::TableNotFound("FADT")).and_then(parse_fadt_pm_timer);
-    PlatformTables { hpet, madt, pm_timer }
+    let fadt = table_bytes(&tables, "FACP").ok_or(AcpiProblem::TableNotFound("FADT"));
+    let pm_timer = fadt.and_then(parse_fadt_pm_timer);
+    let rtc = fadt.and_then(parse_fadt_rtc);
+    PlatformTables { hpet, madt, pm_timer, rtc }
 }
 
 impl HpetTable {

@@ -19,6 +19,7 @@ pub mod pit;
 pub mod platform;
 pub mod pm_timer;
 pub mod qemu;
+pub mod rtc;
 pub mod serial;
 pub mod smp;
 pub mod tsc;

@@ -33,6 +33,8 @@ pub struct FirmwareInfo {
     pub apic_ids: Vec<u32>,
     /// The ACPI PM timer from the FADT.
     pub pm_timer: Option<acpi::PmTimerInfo>,
+    /// The FADT's CMOS RTC fields (none without a usable FADT).
+    pub rtc: Option<acpi::FadtRtc>,
 }
 
 impl FirmwareInfo {
@@ -73,6 +75,7 @@ impl FirmwareInfo {
                 fallbacks.push(reason);
             }
         }
+        info.rtc = tables.rtc.ok();
         match tables.pm_timer {
             Ok(pm) => {
                 log::info!("FADT: ACPI PM timer at I/O port {:#x}, {}-bit", pm.port, pm.bits);

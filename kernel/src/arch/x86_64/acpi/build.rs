@@ -140,11 +140,23 @@ pub struct FadtSpec {
     pub flags: u32,
     /// X_PM_TMR_BLK: (address space, address); written only from revision 2 on.
     pub x_pm_tmr_blk: (u8, u64),
+    /// DAY_ALRM, MON_ALRM, CENTURY: CMOS RAM indices (0: none).
+    pub rtc: [u8; 3],
+    /// IAPC_BOOT_ARCH.
+    pub boot_arch: u16,
 }
 
 impl Default for FadtSpec {
     fn default() -> Self {
-        FadtSpec { revision: 3, pm_tmr_blk: 0x608, pm_tmr_len: 4, flags: 0, x_pm_tmr_blk: (1, 0x608) }
+        FadtSpec {
+            revision: 3,
+            pm_tmr_blk: 0x608,
+            pm_tmr_len: 4,
+            flags: 0,
+            x_pm_tmr_blk: (1, 0x608),
+            rtc: [0, 0, 0x32],
+            boot_arch: 0,
+        }
     }
 }
 
@@ -157,6 +169,8 @@ impl FadtSpec {
         let at = |offset: usize| offset - 36;
         t[at(76)..at(80)].copy_from_slice(&self.pm_tmr_blk.to_le_bytes());
         t[at(91)] = self.pm_tmr_len;
+        t[at(106)..at(109)].copy_from_slice(&self.rtc);
+        t[at(109)..at(111)].copy_from_slice(&self.boot_arch.to_le_bytes());
         t[at(112)..at(116)].copy_from_slice(&self.flags.to_le_bytes());
         if self.revision >= 2 {
             let (space, address) = self.x_pm_tmr_blk;

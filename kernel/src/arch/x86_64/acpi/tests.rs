@@ -180,6 +180,32 @@ mod fadt {
     }
 
     #[test]
+    fn q35s_rtc_has_its_century_in_cmos_byte_0x32_and_no_date_alarms() {
+        let rtc = parse_fadt_rtc(&FadtSpec::default().bytes()).unwrap();
+        let layout =
+            crate::arch::x86_64::rtc::RtcLayout { century: Some(0x32), day_alarm: None, month_alarm: None };
+        assert_eq!(rtc, FadtRtc { layout, not_present: false, ignored: [None; 3] });
+    }
+
+    #[test]
+    fn rtc_registers_outside_cmos_ram_are_ignored_and_named_and_an_absent_rtc_is_said() {
+        let spec = FadtSpec { rtc: [0x0d, 0x7f, 0x80], boot_arch: 1 << 5, ..FadtSpec::default() };
+        let rtc = parse_fadt_rtc(&spec.bytes()).unwrap();
+        assert_eq!(
+            (rtc.layout.century, rtc.layout.day_alarm, rtc.layout.month_alarm),
+            (None, None, Some(0x7f))
+        );
+        assert_eq!(rtc.ignored, [Some(("CENTURY", 0x80)), Some(("DAY_ALRM", 0x0d)), None]);
+        assert!(rtc.not_present);
+        let mut t = FadtSpec::default().bytes();
+        t[100] ^= 1;
+        assert!(
+            matches!(parse_fadt_rtc(&t), Err(AcpiProblem::BadChecksum { .. })),
+            "validated as the PM timer's"
+        );
+    }
+
+    #[test]
     fn a_short_or_corrupt_fadt_is_refused_before_the_crate_reads_it() {
         let mut t = FadtSpec::default().bytes();
         t.truncate(150);
