@@ -429,6 +429,45 @@ mod tests {
     /// their trace lines, and the sleeper's first warm-up timers (deadlines it did not print).
     const LINUX_SMP2: &str = include_str!("../../scripts/testdata/linux-6.1-icount-smp2.log");
 
+    /// This kernel's serial log (`scripts/run --smp 2 -- -icount shift=0,sleep=off`, the same
+    /// sitting as LINUX_SMP2, dev profile), as recorded.
+    const KERNEL_SMP2: &str = include_str!("../../scripts/testdata/kernel-icount-smp2.log");
+
+    #[test]
+    fn kernel_report_gives_each_cpus_device_and_the_handler_lateness() {
+        let run = parse_kernel(KERNEL_SMP2).unwrap();
+        assert_eq!(run.clockevents, vec![(0, "hpet0".to_string()), (1, "hpet1".to_string())]);
+        assert_eq!((run.broadcast, run.clocksource.as_str(), run.verdict.as_str()), (None, "hpet", "ok"));
+        assert_eq!(run.handler, Some(Lateness { samples: 10349, p50: 395, p99: 1524, max: 4666 }));
+        assert_eq!(run.callback, Some(Lateness { samples: 10349, p50: 936, p99: 2453, max: 5206 }));
+        assert!(parse_kernel("no report").is_err());
+    }
+
+    #[test]
+    fn the_table_pairs_the_handler_figures_and_says_what_differs() {
+        let (linux, kernel) = (parse_linux(LINUX_SMP2).unwrap(), parse_kernel(KERNEL_SMP2).unwrap());
+        let t = table("--smp 2", &linux, &kernel);
+        let row = |what: &str| {
+            t.lines()
+                .find(|l| l.trim_start().starts_with(what))
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(row("CPU 1 clock event device"), "CPU 1 clock event device lapic hpet1");
+        assert_eq!(row("clocksource"), "clocksource hpet hpet");
+        assert_eq!(row("p50"), "p50 640 395");
+        assert_eq!(row("p99"), "p99 2090 1524");
+        assert!(t.contains("different kinds of clock event device"), "{t}");
+        let j = summary("--smp 2", &linux, &kernel);
+        assert_eq!(j.pointer("/linux/handler_latency_ns/p99"), Some(&json!(2090)));
+        assert_eq!(j.pointer("/kernel/handler_latency_ns/p99"), Some(&json!(1524)));
+        // The same kind (lapic vs lapic0) is no difference.
+        let lapic = KernelRun { clockevents: vec![(0, "lapic0".into()), (1, "lapic1".into())], ..kernel };
+        assert!(!table("", &linux, &lapic).contains("different kinds"));
+    }
+
     #[test]
     fn linux_log_gives_each_cpus_device_the_broadcast_and_the_clocksource() {
         let run = parse_linux(LINUX_SMP2).unwrap();
