@@ -260,7 +260,7 @@ pub fn table(config: &str, linux: &LinuxRun, kernel: &KernelRun) -> String {
     let mut s = String::new();
     let linux_name = format!("Linux {}", linux.release);
     let row = |s: &mut String, what: &str, l: &str, k: &str| {
-        let _ = writeln!(s, "  {what:<34} {l:<26} {k}");
+        let _ = writeln!(s, "  {what:<34} {l:<30} {k}");
     };
     let _ = writeln!(s, "compare-linux: {config}");
     row(&mut s, "", &linux_name, "this kernel");
@@ -332,7 +332,7 @@ pub fn table(config: &str, linux: &LinuxRun, kernel: &KernelRun) -> String {
     if kinds_differ {
         let _ = writeln!(
             s,
-            "  note: the two chose different kinds of clock event device: the lateness rows compare two\n  interrupt paths (this kernel's `clockevents=lapic`, `--kernel-cmdline clockevents=lapic`, takes the LAPIC timer)"
+            "  note: the two chose different kinds of clock event device: the lateness rows compare two\n  interrupt paths (`--kernel-cmdline clockevents=lapic` puts this kernel on the LAPIC timer;\n  `-- -cpu max,-x2apic,-arat -global hpet.msi=on` and enough channels put Linux on a per-CPU HPET)"
         );
     }
     if linux.unmatched > 0 || linux.early > 0 || linux.trace_lost > 0 {
