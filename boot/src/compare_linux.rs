@@ -335,6 +335,9 @@ pub fn table(config: &str, linux: &LinuxRun, kernel: &KernelRun) -> String {
             "  note: the two chose different kinds of clock event device: the lateness rows compare two\n  interrupt paths (`--kernel-cmdline clockevents=lapic` puts this kernel on the LAPIC timer;\n  `-- -cpu max,-x2apic,-arat -global hpet.msi=on` and enough channels put Linux on a per-CPU HPET)"
         );
     }
+    if kernel.verdict != "ok" {
+        let _ = writeln!(s, "  note: this kernel's verdict is `{}` (see its log)", kernel.verdict);
+    }
     if linux.unmatched > 0 || linux.early > 0 || linux.trace_lost > 0 {
         let _ = writeln!(
             s,
@@ -466,6 +469,9 @@ mod tests {
         // The same kind (lapic vs lapic0) is no difference.
         let lapic = KernelRun { clockevents: vec![(0, "lapic0".into()), (1, "lapic1".into())], ..kernel };
         assert!(!table("", &linux, &lapic).contains("different kinds"));
+        assert!(!t.contains("verdict"), "{t}");
+        let failed = KernelRun { verdict: "failed".into(), ..lapic };
+        assert!(table("", &linux, &failed).contains("this kernel's verdict is `failed`"));
     }
 
     #[test]
