@@ -427,9 +427,10 @@ fn usage(why: &str) -> ExitCode {
 mod tests {
     use super::*;
 
-    /// Debian's Linux 6.1.192 at `--smp 2` under icount (QEMU 10.0.2, 2026-12-06), trimmed by
-    /// hand: 30 sleeps per CPU and every sleep whose lateness was not the usual 630/640 ns, with
-    /// their trace lines, and the sleeper's first warm-up timers (deadlines it did not print).
+    /// Debian's Linux 6.1.192 at `--smp 2` under icount (QEMU 10.0.2, 2026-12-06), trimmed by a
+    /// one-off script: 30 sleeps per CPU and every sleep whose lateness was not the usual 630 or
+    /// 640 ns, with their trace lines, the sleeper's first warm-up timers (deadlines it did not
+    /// print) and the dmesg lines on clocks.
     const LINUX_SMP2: &str = include_str!("../../scripts/testdata/linux-6.1-icount-smp2.log");
 
     /// This kernel's serial log (`scripts/run --smp 2 -- -icount shift=0,sleep=off`, the same
