@@ -10,6 +10,7 @@
 //! - any other ELF is booted once with ARGS as run options, its serial log streamed to stdout.
 
 mod bench;
+mod compare_linux;
 mod elf;
 mod hpet_table;
 mod image;
@@ -36,6 +37,7 @@ const USAGE: &str = "\
 usage: cargo run -- [OPTIONS] [-- QEMU-ARGS]       (at the repository root)
        boot [KERNEL-ELF] [OPTIONS] [-- QEMU-ARGS]
        boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]
+       boot compare-linux LINUX-LOG KERNEL-LOG [--config TEXT]    (scripts/compare-linux)
 Without KERNEL-ELF: the kernel built with this runner.
 ";
 
@@ -52,12 +54,15 @@ enum Command<'a> {
         elf: PathBuf,
         args: &'a [String],
     },
+    /// Linux's and this kernel's serial logs side by side (`scripts/compare-linux`).
+    CompareLinux(&'a [String]),
 }
 
 /// Reads a command line.
 fn command(args: &[String]) -> Command<'_> {
     match args.first().map(String::as_str) {
         Some("-h" | "--help") => Command::Help,
+        Some("compare-linux") => Command::CompareLinux(&args[1..]),
         Some("bench") => {
             let (elf, args) = split_elf(&args[1..]);
             Command::Bench { elf, args }
@@ -87,6 +92,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bench { elf, args } => bench::run(&elf, args),
+        Command::CompareLinux(args) => compare_linux::run(args),
         Command::Boot { elf, args } => {
             let bytes = match std::fs::read(&elf) {
                 Ok(b) => b,
@@ -435,6 +441,8 @@ mod tests {
         assert_eq!(command(&args), Command::Bench { elf: PathBuf::from("/t/kernel"), args: &args[2..] });
         assert_eq!(command(&words("--help --smp 2")), Command::Help);
         assert_eq!(command(&words("-h")), Command::Help);
+        let args = words("compare-linux linux.log kernel.log");
+        assert_eq!(command(&args), Command::CompareLinux(&args[1..]));
     }
 
     #[test]
