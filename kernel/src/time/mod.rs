@@ -8,6 +8,7 @@
 pub mod clockevents;
 pub mod clocksource;
 pub mod idle;
+pub mod sleep;
 pub mod tsc_sync;
 pub mod wallclock;
 

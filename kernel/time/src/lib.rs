@@ -126,6 +126,7 @@ mod models;
 #[cfg(test)]
 mod proptests;
 pub mod remote;
+pub mod sleep;
 mod sync;
 #[cfg(test)]
 mod testing;
