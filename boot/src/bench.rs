@@ -66,13 +66,15 @@ const IDLE: &[(&str, &str, &[&str])] = &[
     ("percpu-hpet", "idle=deep lapic_stops_in_idle", &["-global", "hpet.timers=8"]),
 ];
 
-/// The tails experiment (issue 18): the same boots as [`SCALING`] at 8 and 64 CPUs, with the
-/// workload on CPU 0 only and the other CPUs idle (`workload_cpus=1`). Set against the entry
-/// with every CPU busy, it separates what the emulator's round-robin of busy vCPUs adds to
-/// CPU 0's tail from what the kernel adds as CPUs come online.
-const TAILS: &[(u32, &[&str])] = &[
-    (8, &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
-    (64, &["-global", "hpet.timers=24", "-global", "hpet.msi=on"]),
+/// The tails experiment (issue 18): the same boots as [`SCALING`] at 8 and 64 CPUs with the
+/// workload on CPU 0 only, the other CPUs halted (`workload_cpus=1`), and at 8 with them
+/// spinning instead (`idle=poll`: always runnable, but arming no timers). Set against the
+/// entries with every CPU busy, they separate what the kernel adds as CPUs come online from
+/// what the emulator's round-robin of vCPUs adds.
+const TAILS: &[(u32, &str, &[&str])] = &[
+    (8, "workload_cpus=1", &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
+    (8, "workload_cpus=1 idle=poll", &["-global", "hpet.timers=12", "-global", "hpet.msi=on"]),
+    (64, "workload_cpus=1", &["-global", "hpet.timers=24", "-global", "hpet.msi=on"]),
 ];
 
 /// How long each scaling boot runs its workload.
@@ -153,13 +155,10 @@ fn measure_scaling(
     a: &Args,
     clock: &str,
     smp: u32,
-    workload_cpus: Option<u32>,
+    options: &str,
     qemu_args: &[&str],
 ) -> Result<Value, String> {
-    let mut cmdline = format!("duration_ms={SCALING_DURATION_MS}");
-    if let Some(n) = workload_cpus {
-        cmdline += &format!(" workload_cpus={n}");
-    }
+    let cmdline = format!("duration_ms={SCALING_DURATION_MS} {options}");
     let log = boot_log(elf, a, clock, smp, &cmdline, qemu_args)?;
     let report = crate::report::find(&log)?;
     let events = report["events_armed"].as_u64().unwrap_or(0);
@@ -177,6 +176,7 @@ fn measure_scaling(
         "handler_latency_ns": report["handler_latency_ns"],
         "handler_to_callback_ns": report["handler_to_callback_ns"],
         "workload_cpus": report["workload_cpus"],
+        "options": options,
         "events": events,
         "events_per_s": events * 1000 / SCALING_DURATION_MS,
         "lost": report["lost_events"],
@@ -305,14 +305,13 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
         }
         let mut scaling = Vec::new();
         if a.scaling {
-            let all = SCALING.iter().map(|&(smp, q)| (smp, None, q));
-            let tails = TAILS.iter().map(|&(smp, q)| (smp, Some(1), q));
-            for (smp, workload_cpus, qemu_args) in all.chain(tails) {
-                match workload_cpus {
-                    None => eprint!("bench:   scaling: workload on {smp} CPU(s) ... "),
-                    Some(n) => eprint!("bench:   scaling: {smp} CPU(s), workload on {n} ... "),
+            let all = SCALING.iter().map(|&(smp, q)| (smp, "", q));
+            for (smp, options, qemu_args) in all.chain(TAILS.iter().copied()) {
+                match options {
+                    "" => eprint!("bench:   scaling: workload on {smp} CPU(s) ... "),
+                    o => eprint!("bench:   scaling: {smp} CPU(s), {o} ... "),
                 }
-                match measure_scaling(elf, &a, clock, smp, workload_cpus, qemu_args) {
+                match measure_scaling(elf, &a, clock, smp, options, qemu_args) {
                     Ok(s) => {
                         eprintln!("{} events", s["events"]);
                         scaling.push(s);
@@ -503,8 +502,8 @@ fn print_table(run: &Value) {
             let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
             let h = &s["handler_latency_ns"];
             let k = &s["handler_to_callback_ns"];
-            let on = match s["workload_cpus"].as_u64() {
-                Some(n) if Some(n) != s["smp"].as_u64() => format!(" (busy {n})"),
+            let on = match s["options"].as_str() {
+                Some(o) if !o.is_empty() => format!(" ({o})"),
                 _ => String::new(),
             };
             println!(
