@@ -20,6 +20,7 @@ kernel_tests::qemu_test!(
     ",
     tests: [
         realtime_agrees_with_the_rtc,
+        a_step_moves_realtime_alone,
         // Under icount the 2 s of guest time the alarm waits are 2e9 instructions of polling.
         a_written_date_reads_back_and_the_alarm_matches => "utc_2031 local pc",
     ],
@@ -37,6 +38,33 @@ fn realtime_agrees_with_the_rtc(k: &Kernel) {
     let real_s = wallclock::realtime_ns() / 1_000_000_000;
     assert!(rtc_s.abs_diff(real_s) <= 2, "REALTIME says {real_s} s, the RTC {rtc_s} s");
     assert!(rtc_s >= 1_936_778_400, "the variants start the RTC at 2031-05-17T10:00:00Z");
+}
+
+/// REALTIME stepped back a minute and forward again: it moves by each step, MONOTONIC and
+/// BOOTTIME do not step, and all three come from one snapshot (REALTIME - MONOTONIC is the
+/// offset before and after, never between).
+fn a_step_moves_realtime_alone(_: &Kernel) {
+    use kernel_tests::kernel::time::clocksource::{clocks, set_realtime};
+    use kernel_time::clocks::WallTime;
+    let minute = 60_000_000_000u64;
+    let before = clocks();
+    let step = set_realtime(WallTime::from_nanos(before.realtime.as_nanos() - minute));
+    let after = clocks();
+    // The step is the minute back less the time between the two reads.
+    let m = minute as i64;
+    assert!((-m - 1_000_000_000..=-m).contains(&step), "a step of {step} ns");
+    assert!(after.monotonic >= before.monotonic && after.boottime >= before.boottime, "only REALTIME steps");
+    let real_back = after.realtime.as_nanos() as i128 - after.monotonic.as_nanos() as i128;
+    let real_before = before.realtime.as_nanos() as i128 - before.monotonic.as_nanos() as i128;
+    assert_eq!(real_back, real_before + i128::from(step), "the offset moved by the step, whole");
+    let again = set_realtime(WallTime::from_nanos(clocks().realtime.as_nanos() + minute));
+    assert!((m - 1_000_000_000..=m).contains(&again), "forward again by {again} ns");
+    let end = clocks();
+    let real_end = end.realtime.as_nanos() as i128 - end.monotonic.as_nanos() as i128;
+    assert!(
+        (real_end - real_before).abs() < 1_000_000_000,
+        "back where it was, give or take the reads between"
+    );
 }
 
 /// Writes a date just before a leap day's end, reads it back, sets the alarm 2 s after it and

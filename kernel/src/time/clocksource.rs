@@ -35,6 +35,17 @@ pub fn now_ns() -> u64 {
     TIMEKEEPER.now(&Hardware)
 }
 
+/// MONOTONIC, REALTIME and BOOTTIME now, from one snapshot (`kernel_time::clocks`).
+pub fn clocks() -> kernel_time::clocks::Clocks {
+    TIMEKEEPER.clocks(&Hardware)
+}
+
+/// Steps REALTIME to read `to` now (serialised with the other writers of the snapshot);
+/// returns the step in ns.
+pub fn set_realtime(to: kernel_time::clocks::WallTime) -> i64 {
+    with_sources(|_| TIMEKEEPER.set_realtime(&Hardware, to))
+}
+
 /// This machine's counters, as the time layer reads them: a unit type whose [`ReadCounter`]
 /// implementation is a `match` of direct reads, so [`now_ns`] compiles to a direct call, not a
 /// dynamic one.

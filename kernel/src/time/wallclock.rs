@@ -1,6 +1,7 @@
-//! Wall-clock time: the CMOS RTC, read once at boot, sets REALTIME's offset from MONOTONIC
-//! (Linux's `read_persistent_clock64` in `timekeeping_init`). REALTIME is then MONOTONIC plus
-//! that offset, read without a lock; the RTC is not read again on the way.
+//! Wall-clock time: the CMOS RTC, read once at boot, sets REALTIME (Linux's
+//! `read_persistent_clock64` in `timekeeping_init`): the timekeeper's REALTIME offset from
+//! MONOTONIC, read with the other clocks from one snapshot without a lock
+//! (`clocksource::clocks`); the RTC is not read again on the way.
 //!
 //! `rtc=utc` (the default) says the RTC holds UTC; `rtc=local` that it holds local time, in
 //! which case the kernel, which knows no time zone, keeps REALTIME on the RTC's local time and
@@ -9,15 +10,14 @@
 
 use crate::arch::x86_64::acpi::FadtRtc;
 use crate::arch::x86_64::rtc::{self, RtcLayout};
-use crate::time::clocksource::now_ns;
+use crate::time::clocksource;
 use crate::timer_report::ClocksReport;
 use alloc::format;
 use alloc::string::String;
-use core::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel_time::calendar::DateTime;
+use kernel_time::clocks::WallTime;
 
-/// REALTIME minus MONOTONIC, in ns.
-static OFFSET_NS: AtomicI64 = AtomicI64::new(0);
 /// The RTC holds local time (`rtc=local`).
 static LOCAL: AtomicBool = AtomicBool::new(false);
 /// Where the FADT says the century and alarm registers are.
@@ -42,9 +42,7 @@ pub fn init(fadt: Option<&FadtRtc>, rtc_local: bool) -> Option<String> {
     }
     match rtc::read(&layout) {
         Ok(dt) => {
-            let at = now_ns();
-            let wall_ns = dt.to_unix_seconds() as i64 * 1_000_000_000;
-            OFFSET_NS.store(wall_ns - at as i64, Ordering::Relaxed);
+            clocksource::set_realtime(WallTime::from_unix_seconds(dt.to_unix_seconds()));
             log::info!("wall clock: {} (RTC, {})", stamp(&dt), if rtc_local { "local time" } else { "UTC" });
             None
         }
@@ -59,20 +57,19 @@ fn stamp(dt: &DateTime) -> String {
 
 /// REALTIME: ns since 1970-01-01T00:00:00 (UTC, or the RTC's local time with `rtc=local`).
 pub fn realtime_ns() -> u64 {
-    (now_ns() as i64).saturating_add(OFFSET_NS.load(Ordering::Relaxed)).max(0) as u64
+    clocksource::clocks().realtime.as_nanos()
 }
 
 /// The clocks now, and what the RTC holds now (read again: the report shows both side by side).
 pub fn report() -> ClocksReport {
     let layout = LAYOUT.get().copied().unwrap_or_default();
     let rtc = rtc::read(&layout).ok().map(|dt| stamp(&dt));
-    let monotonic_ns = now_ns();
+    let c = clocksource::clocks();
     ClocksReport {
         rtc,
         rtc_holds: if LOCAL.load(Ordering::Relaxed) { "local" } else { "utc" },
-        realtime_ns: (monotonic_ns as i64).saturating_add(OFFSET_NS.load(Ordering::Relaxed)).max(0) as u64,
-        // No suspend is accounted yet: BOOTTIME is MONOTONIC until then.
-        boottime_ns: monotonic_ns,
-        monotonic_ns,
+        realtime_ns: c.realtime.as_nanos(),
+        boottime_ns: c.boottime.as_nanos(),
+        monotonic_ns: c.monotonic.as_nanos(),
     }
 }

@@ -117,6 +117,7 @@ extern crate alloc;
 pub mod broadcast;
 pub mod calendar;
 pub mod clockevents;
+pub mod clocks;
 pub mod clocksource;
 pub mod hrtimer;
 pub mod inbox;

@@ -13,7 +13,9 @@
 //! where it was, never stepping back, and pauses at most for the length of one counter read.
 
 use super::MultShift;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use crate::clocks::{Clocks, Offsets, WallTime};
+use crate::instant::Instant;
+use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering, fence};
 
 /// Which hardware counter a snapshot reads: an opaque number the architecture code assigns
 /// and [`ReadCounter`] understands. [`CounterId::NONE`] reads 0 (before any source exists).
@@ -91,6 +93,10 @@ pub struct Timekeeper {
     max_delta: AtomicU64,
     base_cycles: AtomicU64,
     base_ns: AtomicU64,
+    /// REALTIME minus MONOTONIC, and the time suspended ([`Offsets`]): read only by
+    /// [`clocks`](Timekeeper::clocks), under the same sequence number as the rest.
+    offs_real: AtomicI64,
+    offs_suspended: AtomicU64,
 }
 
 impl Default for Timekeeper {
@@ -111,6 +117,8 @@ impl Timekeeper {
             max_delta: AtomicU64::new(0),
             base_cycles: AtomicU64::new(0),
             base_ns: AtomicU64::new(0),
+            offs_real: AtomicI64::new(0),
+            offs_suspended: AtomicU64::new(0),
         }
     }
 
@@ -195,6 +203,79 @@ impl Timekeeper {
 }
 
 impl Timekeeper {
+    /// MONOTONIC, REALTIME and BOOTTIME now, from one snapshot and one counter read (a step
+    /// of REALTIME is seen whole or not at all). [`now`](Self::now) alone does not load the
+    /// offsets.
+    pub fn clocks<H: ReadCounter>(&self, hw: &H) -> Clocks {
+        loop {
+            let seq = self.seq.load(Ordering::Acquire);
+            if seq & 1 == 0 {
+                let snap = self.load();
+                let offsets = Offsets {
+                    realtime_ns: self.offs_real.load(Ordering::Relaxed),
+                    suspended_ns: self.offs_suspended.load(Ordering::Relaxed),
+                };
+                let cycles = hw.read(snap.conv.counter);
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == seq {
+                    return offsets.at(Instant::from_nanos(snap.ns_at(cycles)));
+                }
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// The offsets as published (consistent with each other).
+    pub fn offsets(&self) -> Offsets {
+        loop {
+            let seq = self.seq.load(Ordering::Acquire);
+            let o = Offsets {
+                realtime_ns: self.offs_real.load(Ordering::Relaxed),
+                suspended_ns: self.offs_suspended.load(Ordering::Relaxed),
+            };
+            fence(Ordering::Acquire);
+            if seq & 1 == 0 && self.seq.load(Ordering::Relaxed) == seq {
+                return o;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Steps REALTIME to read `to` now (MONOTONIC and BOOTTIME do not move); returns the step,
+    /// in ns (negative: backwards). Callers serialise writes as for [`rebase`](Self::rebase).
+    pub fn set_realtime<H: ReadCounter>(&self, hw: &H, to: WallTime) -> i64 {
+        self.write(|tk| {
+            let snap = tk.load();
+            let now = snap.ns_at(hw.read(snap.conv.counter));
+            let offset =
+                (i128::from(to.as_nanos()) - i128::from(now)).clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+            let old = tk.offs_real.swap(offset, Ordering::Relaxed);
+            offset.saturating_sub(old)
+        })
+    }
+
+    /// Time spent suspended, `ns`, is added: BOOTTIME and REALTIME move on by it, MONOTONIC
+    /// does not (the caller has kept MONOTONIC from counting it). Serialised as
+    /// [`rebase`](Self::rebase).
+    pub fn add_suspended(&self, ns: u64) {
+        self.write(|tk| {
+            let s = tk.offs_suspended.load(Ordering::Relaxed);
+            tk.offs_suspended.store(s.saturating_add(ns), Ordering::Relaxed);
+            let r = tk.offs_real.load(Ordering::Relaxed);
+            tk.offs_real.store(r.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX)), Ordering::Relaxed);
+        })
+    }
+
+    /// Runs `f` as a writer: the sequence number odd around it.
+    fn write<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        let r = f(self);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+        r
+    }
+
     /// Reads the same counter through `counter` from now on, keeping the base: for a counter
     /// read another way that gives the same values (the TSC with the `tsc_skew` fault added,
     /// which differs only on the skewed CPU, where the skew then shows). Callers serialise
@@ -319,6 +400,45 @@ mod tests {
         let after = tk.snapshot();
         assert_eq!((after.base_cycles, after.base_ns), (before.base_cycles, before.base_ns));
         assert_eq!(tk.now(&hw), 500, "the skew shows as a lead");
+    }
+
+    #[test]
+    fn the_three_clocks_come_from_one_snapshot_and_a_step_moves_realtime_alone() {
+        let hw = Fake { values: Default::default(), steps: [0; 3], masks: [0, u64::MAX, u64::MAX] };
+        let tk = Timekeeper::new();
+        tk.rebase(&hw, Some(conv(1, 1_000_000_000, 64)), 0);
+        hw.values[1].set(5_000);
+        let c = tk.clocks(&hw);
+        assert_eq!(
+            (c.monotonic.as_nanos(), c.realtime.as_nanos(), c.boottime.as_nanos()),
+            (5_000, 5_000, 5_000)
+        );
+        let wall = WallTime::from_unix_seconds(1_936_778_400);
+        assert_eq!(tk.set_realtime(&hw, wall), wall.as_nanos() as i64 - 5_000, "the step");
+        hw.values[1].set(6_000);
+        let c = tk.clocks(&hw);
+        assert_eq!(
+            c.realtime,
+            WallTime::from_nanos(wall.as_nanos() + 1_000),
+            "REALTIME runs on from the step"
+        );
+        assert_eq!(
+            (c.monotonic.as_nanos(), c.boottime.as_nanos()),
+            (6_000, 6_000),
+            "the others did not move"
+        );
+        assert_eq!(tk.now(&hw), 6_000);
+        // Back by a minute: REALTIME alone steps back.
+        let back = WallTime::from_nanos(c.realtime.as_nanos() - 60_000_000_000);
+        assert_eq!(tk.set_realtime(&hw, back), -60_000_000_000);
+        assert_eq!(tk.clocks(&hw).realtime, back);
+        // A suspend of 2 s: BOOTTIME and REALTIME move on, MONOTONIC does not.
+        tk.add_suspended(2_000_000_000);
+        let c = tk.clocks(&hw);
+        assert_eq!(c.monotonic.as_nanos(), 6_000);
+        assert_eq!(c.boottime.as_nanos(), 2_000_006_000);
+        assert_eq!(c.realtime.as_nanos(), back.as_nanos() + 2_000_000_000);
+        assert_eq!(tk.offsets().suspended_ns, 2_000_000_000);
     }
 
     #[test]

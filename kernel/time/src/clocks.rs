@@ -1,0 +1,161 @@
+//! The three clocks a kernel's users ask for, as types that do not mix (Linux's
+//! `CLOCK_MONOTONIC`, `CLOCK_REALTIME`, `CLOCK_BOOTTIME`):
+//!
+//! - MONOTONIC: [`Instant`](crate::instant::Instant), ns since the clocksource's origin; never
+//!   steps, does not count time suspended.
+//! - REALTIME: [`WallTime`], ns since 1970-01-01T00:00:00Z: MONOTONIC plus an offset, set from
+//!   the RTC at boot and settable at run time (a step forwards or backwards); it counts time
+//!   suspended.
+//! - BOOTTIME: [`BootInstant`], MONOTONIC plus the time spent suspended; never steps.
+//!
+//! All three are read from one snapshot of the [`Timekeeper`](crate::clocksource::Timekeeper)
+//! ([`Timekeeper::clocks`](crate::clocksource::Timekeeper::clocks)), lock-free: a reader sees
+//! the three consistent with each other, before or after a step, never half of one.
+
+use crate::instant::Instant;
+use core::fmt;
+use core::time::Duration;
+
+/// Which clock a deadline or a reading is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClockId {
+    /// [`Instant`].
+    Monotonic,
+    /// [`WallTime`].
+    Realtime,
+    /// [`BootInstant`].
+    Boottime,
+}
+
+impl fmt::Display for ClockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClockId::Monotonic => "monotonic",
+            ClockId::Realtime => "realtime",
+            ClockId::Boottime => "boottime",
+        })
+    }
+}
+
+/// A point on REALTIME: ns since 1970-01-01T00:00:00Z (saturating at 0 and at `u64::MAX`,
+/// about the year 2554).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct WallTime(u64);
+
+impl WallTime {
+    /// The epoch.
+    pub const EPOCH: WallTime = WallTime(0);
+
+    /// `ns` after the epoch.
+    pub const fn from_nanos(ns: u64) -> WallTime {
+        WallTime(ns)
+    }
+
+    /// Whole `seconds` after the epoch.
+    pub const fn from_unix_seconds(seconds: u64) -> WallTime {
+        WallTime(seconds.saturating_mul(1_000_000_000))
+    }
+
+    /// ns since the epoch.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// Whole seconds since the epoch.
+    pub const fn unix_seconds(self) -> u64 {
+        self.0 / 1_000_000_000
+    }
+
+    /// `self + span`, saturating.
+    pub fn saturating_add(self, span: Duration) -> WallTime {
+        WallTime(self.0.saturating_add(u64::try_from(span.as_nanos()).unwrap_or(u64::MAX)))
+    }
+}
+
+/// A point on BOOTTIME: ns since the clocksource's origin, time suspended included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BootInstant(u64);
+
+impl BootInstant {
+    /// `ns` after the origin.
+    pub const fn from_nanos(ns: u64) -> BootInstant {
+        BootInstant(ns)
+    }
+
+    /// ns since the origin.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+}
+
+/// The offsets that make REALTIME and BOOTTIME from MONOTONIC, as one snapshot holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offsets {
+    /// REALTIME minus MONOTONIC, ns.
+    pub realtime_ns: i64,
+    /// Time spent suspended: BOOTTIME minus MONOTONIC, ns.
+    pub suspended_ns: u64,
+}
+
+impl Offsets {
+    /// The three clocks at MONOTONIC `now`.
+    pub fn at(&self, now: Instant) -> Clocks {
+        let ns = now.as_nanos();
+        let real = if self.realtime_ns >= 0 {
+            ns.saturating_add(self.realtime_ns as u64)
+        } else {
+            ns.saturating_sub(self.realtime_ns.unsigned_abs())
+        };
+        Clocks {
+            monotonic: now,
+            realtime: WallTime(real),
+            boottime: BootInstant(ns.saturating_add(self.suspended_ns)),
+        }
+    }
+
+    /// The MONOTONIC instant at which REALTIME reads `t` (the epoch's side saturates at 0):
+    /// where a REALTIME deadline is queued, until the next step.
+    pub fn monotonic_at(&self, t: WallTime) -> Instant {
+        let ns = t.as_nanos();
+        Instant::from_nanos(if self.realtime_ns >= 0 {
+            ns.saturating_sub(self.realtime_ns as u64)
+        } else {
+            ns.saturating_add(self.realtime_ns.unsigned_abs())
+        })
+    }
+}
+
+/// The three clocks read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clocks {
+    /// MONOTONIC.
+    pub monotonic: Instant,
+    /// REALTIME.
+    pub realtime: WallTime,
+    /// BOOTTIME.
+    pub boottime: BootInstant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_make_each_clock_and_map_a_wall_deadline_back() {
+        let o = Offsets { realtime_ns: 1_000_000_000_000, suspended_ns: 7 };
+        let c = o.at(Instant::from_nanos(500));
+        assert_eq!(c.realtime, WallTime::from_nanos(1_000_000_000_500));
+        assert_eq!(c.boottime, BootInstant::from_nanos(507));
+        assert_eq!(o.monotonic_at(WallTime::from_nanos(1_000_000_000_900)), Instant::from_nanos(900));
+        // A wall clock set before the monotonic origin's wall time: negative offset.
+        let back = Offsets { realtime_ns: -300, suspended_ns: 0 };
+        assert_eq!(back.at(Instant::from_nanos(200)).realtime, WallTime::EPOCH, "saturates at the epoch");
+        assert_eq!(back.monotonic_at(WallTime::from_nanos(100)), Instant::from_nanos(400));
+    }
+
+    #[test]
+    fn wall_time_in_seconds() {
+        assert_eq!(WallTime::from_unix_seconds(1_936_778_400).unix_seconds(), 1_936_778_400);
+        assert_eq!(WallTime::from_unix_seconds(u64::MAX).as_nanos(), u64::MAX, "saturates");
+    }
+}
