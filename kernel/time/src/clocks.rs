@@ -1,7 +1,7 @@
 //! The three clocks a kernel's users ask for, as types that do not mix (Linux's
 //! `CLOCK_MONOTONIC`, `CLOCK_REALTIME`, `CLOCK_BOOTTIME`):
 //!
-//! - MONOTONIC: [`Instant`](crate::instant::Instant), ns since the clocksource's origin; never
+//! - MONOTONIC: [`Instant`], ns since the clocksource's origin; never
 //!   steps, does not count time suspended.
 //! - REALTIME: [`WallTime`], ns since 1970-01-01T00:00:00Z: MONOTONIC plus an offset, set from
 //!   the RTC at boot and settable at run time (a step forwards or backwards); it counts time

@@ -178,7 +178,7 @@ impl AssignmentSlot {
 }
 
 /// The wake-up IPI's first half, on the CPU it woke: its inbox drained (timers posted to it
-/// through its [`Handles`](crate::remote::Handles) armed, cancelled ones reclaimed:
+/// through its [`Handles`] armed, cancelled ones reclaimed:
 /// [`remote::drain`]), then the registry's newest assignment for it carried out. Called from
 /// inside a drain (a payload's drop arming a timer here), it sends this CPU the wake-up IPI,
 /// which lands after the drain in progress, so nothing is stranded. A device that gave up
