@@ -21,4 +21,5 @@ pub mod pm_timer;
 pub mod qemu;
 pub mod serial;
 pub mod smp;
+pub mod trace;
 pub mod tsc;
