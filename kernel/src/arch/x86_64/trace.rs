@@ -132,7 +132,9 @@ mod imp {
 
     #[inline]
     pub fn record(kind: Kind, small: u64, arg: u64) {
-        if !ENABLED.load(Relaxed) || !percpu::ready() {
+        // Recording starts after the boot CPU has its per-CPU state, and an AP installs its
+        // own before anything else: no `percpu::ready` check is needed.
+        if !ENABLED.load(Relaxed) {
             return;
         }
         let Some(ring) = RINGS.get().and_then(|r| r.get(percpu::this_cpu().index)) else { return };
@@ -140,11 +142,11 @@ mod imp {
         // timestamp, so a ring's order is its CPU's time order.
         x86_64::instructions::interrupts::without_interrupts(|| {
             let head = ring.head.load(Relaxed);
-            let slot = &ring.slots[head as usize & (ring.slots.len() - 1)];
+            let slot = &ring.slots[head as usize & ring.slots.len().wrapping_sub(1)];
             slot.0[0].store(tsc::read(), Relaxed);
             slot.0[1].store(kind as u64 | small << 8, Relaxed);
             slot.0[2].store(arg, Relaxed);
-            ring.head.store(head + 1, Relaxed);
+            ring.head.store(head.wrapping_add(1), Relaxed);
         });
     }
 
