@@ -26,6 +26,8 @@ pub enum TraceError {
     Truncated,
     /// A line that does not read as the kernel writes it.
     BadLine(String),
+    /// The kernel printed `printed` event lines (`TRACE-END`), the log holds `read`.
+    LostLines { printed: u64, read: u64 },
 }
 
 impl fmt::Display for TraceError {
@@ -41,6 +43,9 @@ impl fmt::Display for TraceError {
             }
             TraceError::Truncated => write!(f, "the trace ends without TRACE-END (the run was cut short)"),
             TraceError::BadLine(l) => write!(f, "unreadable trace line: {l}"),
+            TraceError::LostLines { printed, read } => {
+                write!(f, "the kernel printed {printed} trace lines, the serial log holds {read}")
+            }
         }
     }
 }
@@ -154,8 +159,14 @@ impl Header {
         (self.ns(tsc) - i128::from(self.start.1)) as f64 / 1000.0
     }
 
+    /// A device id's name; `NONE` is a device not registered yet (an HPET comparator's
+    /// self-test programs it before the registry gives it an id).
     fn device(&self, id: u64) -> String {
-        self.devices.get(&id).cloned().unwrap_or_else(|| format!("device {id}"))
+        match self.devices.get(&id) {
+            Some(name) => name.clone(),
+            None if id == NONE => "unregistered device".into(),
+            None => format!("device {id}"),
+        }
     }
 }
 
@@ -201,22 +212,26 @@ struct Track {
 /// Reads the trace out of a serial log: the Chrome / Perfetto JSON and its summary.
 pub fn convert(log: &str) -> Result<(Value, Summary), TraceError> {
     let mut header = None;
-    let mut ended = false;
+    let mut ended = None;
     let mut events = Vec::new();
     for line in log.lines() {
         if line.starts_with("TRACE-UNAVAILABLE") {
             return Err(TraceError::KernelWithoutTrace);
         } else if let Some(json) = line.strip_prefix("TRACE-BEGIN ") {
             header = Some(Header::parse(json)?);
-        } else if line.starts_with("TRACE-END") {
-            ended = true;
+        } else if let Some(count) = line.strip_prefix("TRACE-END") {
+            ended = Some(count.trim().parse::<u64>().map_err(|_| TraceError::BadLine(line.to_string()))?);
         } else if line.starts_with("TRACE ") {
             events.push(parse_event(line)?);
         }
     }
     let header = header.ok_or(TraceError::NoTrace)?;
-    if !ended {
-        return Err(TraceError::Truncated);
+    match ended {
+        None => return Err(TraceError::Truncated),
+        Some(printed) if printed != events.len() as u64 => {
+            return Err(TraceError::LostLines { printed, read: events.len() as u64 });
+        }
+        Some(_) => {}
     }
     let mut out =
         vec![json!({"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "timer kernel"}})];
@@ -347,10 +362,11 @@ mod tests {
     /// overwritten) and stops inside idle.
     const LOG: &str = "\
 [0.1] INFO main: ordinary log line
-TRACE-BEGIN {\"version\":1,\"cpus\":2,\"events_per_cpu\":16384,\"tsc_hz\":1000000000,\"start\":[1000,5000],\"end\":[101000,105000],\"ns_per_event\":30,\"recorded\":[9,20],\"overwritten\":[0,17],\"devices\":{\"0\":\"lapic0\",\"3\":\"hpet1\"}}
+TRACE-BEGIN {\"version\":1,\"cpus\":2,\"events_per_cpu\":16384,\"tsc_hz\":1000000000,\"start\":[1000,5000],\"end\":[101000,105000],\"ns_per_event\":30,\"recorded\":[10,20],\"overwritten\":[0,17],\"devices\":{\"0\":\"lapic0\",\"3\":\"hpet1\"}}
 TRACE 0 c 3e8 0 3
 TRACE 0 1 7d0 ffffffffffffff 1388
 TRACE 0 2 7d0 3 bb8
+TRACE 0 2 7d0 ffffffffffffff bb8
 TRACE 0 8 bb8 0 0
 TRACE 0 3 1194 31 0
 TRACE 0 5 12c0 0 1a2c
@@ -360,7 +376,7 @@ TRACE 0 9 13ec 0 0
 TRACE 1 4 1388 f1 0
 TRACE 1 7 1400 0 0
 TRACE 1 8 1500 0 0
-TRACE-END 12
+TRACE-END 13
 TIMER-REPORT {\"verdict\":\"ok\"}
 ";
 
@@ -373,7 +389,7 @@ TIMER-REPORT {\"verdict\":\"ok\"}
         let (v, summary) = convert(LOG).unwrap();
         let cpu0 = events_of(&v, 0);
         let phases: Vec<&str> = cpu0.iter().map(|e| e["ph"].as_str().unwrap()).collect();
-        assert_eq!(phases, ["i", "i", "i", "B", "B", "B", "E", "E", "E"]);
+        assert_eq!(phases, ["i", "i", "i", "i", "B", "B", "B", "E", "E", "E"]);
         let names: Vec<&str> = cpu0.iter().map(|e| e["name"].as_str().unwrap()).collect();
         assert_eq!(
             names,
@@ -381,6 +397,7 @@ TIMER-REPORT {\"verdict\":\"ok\"}
                 "tick device hpet1 for CPU 0",
                 "timer armed",
                 "program hpet1",
+                "program unregistered device",
                 "idle",
                 "irq 0x31",
                 "callback",
@@ -394,8 +411,8 @@ TIMER-REPORT {\"verdict\":\"ok\"}
         assert_eq!(cpu0[1]["args"]["deadline_ns"], 5000);
         assert_eq!(cpu0[2]["args"], json!({"device": "hpet1", "delta_ns": 3000}));
         // The callback at TSC 0x12c0 = 4800 is clock ns 8800; its deadline 0x1a2c = 6700.
-        assert_eq!(cpu0[5]["args"]["lateness_ns"], 2100);
-        assert_eq!(cpu0[4]["args"]["vector"], 0x31);
+        assert_eq!(cpu0[6]["args"]["lateness_ns"], 2100);
+        assert_eq!(cpu0[5]["args"]["vector"], 0x31);
         // CPU 1: the exit whose entry was overwritten is dropped, the open idle closed.
         let cpu1 = events_of(&v, 1);
         let shape: Vec<(&str, &str)> =
@@ -406,12 +423,12 @@ TIMER-REPORT {\"verdict\":\"ok\"}
             v["traceEvents"].as_array().unwrap().iter().filter(|e| e["name"] == "thread_name").collect();
         assert_eq!(threads.len(), 2);
         assert_eq!(threads[1]["args"]["name"], "CPU 1");
-        assert_eq!(summary.kept, [9, 3]);
+        assert_eq!(summary.kept, [10, 3]);
         assert_eq!(summary.overwritten, [0, 17]);
         assert_eq!((summary.unmatched_ends, summary.closed_inside, summary.closed_at_end), (1, 0, 1));
         assert_eq!(v["metadata"]["closed_at_end"], 1);
         // A lost interrupt exit: its slice is closed with the idle slice around it, and counted.
-        let lost_exit = LOG.replace("TRACE 0 4 1388 31 0\n", "");
+        let lost_exit = LOG.replace("TRACE 0 4 1388 31 0\n", "").replace("TRACE-END 13", "TRACE-END 12");
         assert_eq!(convert(&lost_exit).unwrap().1.closed_inside, 1);
         assert!(summary.to_string().contains("CPU 1: 3 (17 overwritten)"), "{summary}");
     }
@@ -422,8 +439,10 @@ TIMER-REPORT {\"verdict\":\"ok\"}
         let without = "TRACE-UNAVAILABLE built without the cargo feature trace\n";
         assert_eq!(convert(without).unwrap_err(), TraceError::KernelWithoutTrace);
         assert!(TraceError::KernelWithoutTrace.to_string().contains("scripts/run --trace FILE"));
-        let cut = LOG.replace("TRACE-END 12\n", "");
+        let cut = LOG.replace("TRACE-END 13\n", "");
         assert_eq!(convert(&cut).unwrap_err(), TraceError::Truncated);
+        let lost = LOG.replace("TRACE 1 8 1500 0 0\n", "");
+        assert_eq!(convert(&lost).unwrap_err(), TraceError::LostLines { printed: 13, read: 12 });
         let bad = LOG.replace("TRACE 1 8 1500 0 0", "TRACE 1 8 zz");
         assert!(matches!(convert(&bad), Err(TraceError::BadLine(_))));
     }
