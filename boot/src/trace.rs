@@ -340,7 +340,7 @@ pub fn convert(log: &str) -> Result<(Value, Summary), TraceError> {
     let file = json!({
         "traceEvents": out,
         "displayTimeUnit": "ns",
-        "metadata": {
+        "otherData": {
             "source": "timer kernel TRACE lines",
             "recorded": header.recorded,
             "overwritten": header.overwritten,
@@ -426,7 +426,7 @@ TIMER-REPORT {\"verdict\":\"ok\"}
         assert_eq!(summary.kept, [10, 3]);
         assert_eq!(summary.overwritten, [0, 17]);
         assert_eq!((summary.unmatched_ends, summary.closed_inside, summary.closed_at_end), (1, 0, 1));
-        assert_eq!(v["metadata"]["closed_at_end"], 1);
+        assert_eq!(v["otherData"]["closed_at_end"], 1);
         // A lost interrupt exit: its slice is closed with the idle slice around it, and counted.
         let lost_exit = LOG.replace("TRACE 0 4 1388 31 0\n", "").replace("TRACE-END 13", "TRACE-END 12");
         assert_eq!(convert(&lost_exit).unwrap().1.closed_inside, 1);

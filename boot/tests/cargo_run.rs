@@ -95,7 +95,7 @@ fn trace_writes_a_perfetto_timeline_of_both_cpus() {
     }
     // The converter closed no slice for the kernel: every end was recorded (a few slices cut
     // by the ring's start or by the stop of recording aside).
-    let meta = &json["metadata"];
+    let meta = &json["otherData"];
     assert_eq!(meta["closed_inside"], 0, "slices whose end was never recorded: {meta}");
     assert!(
         meta["unmatched_ends"].as_u64() <= Some(8) && meta["closed_at_end"].as_u64() <= Some(8),
