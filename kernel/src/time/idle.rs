@@ -73,7 +73,7 @@ pub fn wait() {
     let time = time_of(cpu);
     time.idle_entries.store(time.idle_entries.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     let config = CONFIG.get().copied().unwrap_or(IdleConfig { choice: IdleChoice::Halt, mwait_hint: None });
-    let _trace = crate::arch::x86_64::trace::idle(false);
+    let _trace = (config.choice != IdleChoice::Poll).then(|| crate::arch::x86_64::trace::idle(false));
     match config.choice {
         IdleChoice::Poll => {
             interrupts::enable();
