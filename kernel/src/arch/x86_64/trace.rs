@@ -73,7 +73,9 @@ mod imp {
     use crate::arch::x86_64::{clock, serial, tsc};
     use alloc::boxed::Box;
     use alloc::vec::Vec;
-    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use core::sync::atomic::{
+        AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    };
 
     /// One recorded event: TSC, `kind | small << 8`, `arg`.
     struct Slot([AtomicU64; 3]);
@@ -146,7 +148,8 @@ mod imp {
             slot.0[0].store(tsc::read(), Relaxed);
             slot.0[1].store(kind as u64 | small << 8, Relaxed);
             slot.0[2].store(arg, Relaxed);
-            ring.head.store(head.wrapping_add(1), Relaxed);
+            // Release: a reader that sees the new head sees the slot (a plain store on x86).
+            ring.head.store(head.wrapping_add(1), Release);
         });
     }
 
@@ -155,14 +158,12 @@ mod imp {
             return;
         }
         let Some(rings) = RINGS.get() else { return };
-        // A CPU that was recording as it stopped finishes its event (a few instructions).
-        let stop = clock::now_ns();
-        while clock::now_ns() - stop < 10_000 {
-            core::hint::spin_loop();
-        }
+        // Another CPU may be inside a record that began before the stop (and a vCPU can be held
+        // there for milliseconds): it writes the slot at its head, which is past the events
+        // read below, or, once its ring has wrapped, the oldest one, which is not read.
         let (end_tsc, end_ns) = (tsc::read(), clock::now_ns());
-        let recorded: Vec<u64> = rings.iter().map(|r| r.head.load(Relaxed)).collect();
-        let kept = |r: &Ring, n: u64| n.min(r.slots.len() as u64);
+        let recorded: Vec<u64> = rings.iter().map(|r| r.head.load(Acquire)).collect();
+        let kept = |r: &Ring, n: u64| if n < r.slots.len() as u64 { n } else { r.slots.len() as u64 - 1 };
         let overwritten: Vec<u64> = rings.iter().zip(&recorded).map(|(r, &n)| n - kept(r, n)).collect();
         let mut names = alloc::string::String::new();
         for (i, (id, name)) in devices.iter().enumerate() {
