@@ -116,11 +116,12 @@ mod imp {
         }
         let ns = (clock::now_ns() - t0) / COST_RUNS;
         NS_PER_EVENT.store(ns, Relaxed);
+        // The start pair first: every event kept is stamped after it.
+        START[0].store(tsc::read(), Relaxed);
+        START[1].store(clock::now_ns(), Relaxed);
         if let Some(ring) = RINGS.get().and_then(|r| r.get(percpu::this_cpu().index)) {
             ring.head.store(0, Relaxed);
         }
-        START[0].store(tsc::read(), Relaxed);
-        START[1].store(clock::now_ns(), Relaxed);
         log::info!(
             "trace: recording, {per_cpu} events per CPU for {cpus} CPUs ({} KiB each); {ns} ns per event",
             per_cpu * super::EVENT_BYTES / 1024
