@@ -478,6 +478,15 @@ mod tests {
     }
 
     #[test]
+    fn the_built_kernel_records_a_trace_only_with_the_feature() {
+        // The recorder prints TRACE-BEGIN; without the feature only its empty stand-in is built
+        // (the benchmark's builds: README, "Trace timeline").
+        let bytes = std::fs::read(BUILT_KERNEL).expect("the artifact dependency's kernel ELF");
+        let recorder = bytes.windows(b"TRACE-BEGIN".len()).any(|w| w == b"TRACE-BEGIN");
+        assert_eq!(recorder, cfg!(feature = "trace"));
+    }
+
+    #[test]
     fn cargo_hash_is_stripped_from_test_names() {
         assert_eq!(test_name(Path::new("/t/deps/heap-0123456789abcdef")), "heap");
         assert_eq!(test_name(Path::new("/t/debug/kernel")), "kernel");
