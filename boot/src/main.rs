@@ -17,6 +17,7 @@ mod image;
 mod options;
 mod qemu;
 mod report;
+mod trace;
 
 use options::{Expect, RunOptions, split_words};
 use qemu::Outcome;
@@ -110,21 +111,43 @@ fn main() -> ExitCode {
 }
 
 fn run_once(elf: &Path, args: &[String]) -> ExitCode {
-    let opts = match RunOptions::default().parse(args) {
+    let mut opts = match RunOptions::default().parse(args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("boot: {e}\n\n{USAGE}\n{}", options::HELP);
             return ExitCode::from(2);
         }
     };
+    if let Some(file) = &opts.trace {
+        if !cfg!(feature = "trace") {
+            eprintln!(
+                "boot: --trace needs the kernel's trace points, and this runner was built without them: \
+                 run `scripts/run --trace {0}` (or `cargo run --features trace -- --trace {0}`)",
+                file.display()
+            );
+            return ExitCode::from(2);
+        }
+        opts.cmdline = format!("{} {}", opts.cmdline, trace::KERNEL_OPTION).trim_start().to_string();
+    }
     if opts.gdb {
         // The ELF `cargo run` boots sits deep in the target directory; say where.
         eprintln!("boot: QEMU waits for a debugger: gdb {} -ex 'target remote :1234'", elf.display());
     }
-    let result =
-        image::disk_image(elf, opts.firmware).and_then(|img| qemu::boot(&opts, &img, |l| println!("{l}")));
+    // The trace's lines (thousands) are kept out of the echoed log.
+    let echo = |l: &str| {
+        if !trace::is_trace_line(l) {
+            println!("{l}")
+        }
+    };
+    let result = image::disk_image(elf, opts.firmware).and_then(|img| qemu::boot(&opts, &img, echo));
     match result {
         Ok(boot) => {
+            // A trace that cannot be written fails a run that otherwise succeeded.
+            let trace_failed = opts.trace.as_deref().is_some_and(|file| {
+                write_trace(file, &boot.log)
+                    .map_err(|e| eprintln!("boot: --trace {}: {e}", file.display()))
+                    .is_err()
+            });
             let hint = boot.outcome.kvm_hint(opts.accel).map(|h| format!("; {h}")).unwrap_or_default();
             eprintln!(
                 "boot: {}{hint} ({:.1} s)",
@@ -132,6 +155,7 @@ fn run_once(elf: &Path, args: &[String]) -> ExitCode {
                 boot.elapsed.as_secs_f64()
             );
             match boot.outcome {
+                Outcome::KernelSuccess if trace_failed => ExitCode::from(2),
                 Outcome::KernelSuccess => ExitCode::SUCCESS,
                 Outcome::KernelFailure => ExitCode::from(1),
                 Outcome::Timeout(_) => ExitCode::from(124),
@@ -143,6 +167,15 @@ fn run_once(elf: &Path, args: &[String]) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Converts the trace in `log` and writes it to `file`, saying what it holds.
+fn write_trace(file: &Path, log: &str) -> Result<(), String> {
+    let (json, summary) = trace::convert(log).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string(&json).map_err(|e| e.to_string())?;
+    std::fs::write(file, text).map_err(|e| format!("cannot write it: {e}"))?;
+    eprintln!("boot: trace written to {} ({summary}); open it in ui.perfetto.dev", file.display());
+    Ok(())
 }
 
 /// One test variant as declared by a test kernel.
@@ -450,6 +483,15 @@ mod tests {
         let bytes = std::fs::read(BUILT_KERNEL).expect("the artifact dependency's kernel ELF");
         assert_eq!(&bytes[..4], b"\x7fELF");
         assert!(elf::section(&bytes, TEST_SECTION).is_none(), "the main kernel is no test kernel");
+    }
+
+    #[test]
+    fn the_built_kernel_records_a_trace_only_with_the_feature() {
+        // The recorder prints TRACE-BEGIN; without the feature only its empty stand-in is built
+        // (the benchmark's builds: README, "Trace timeline").
+        let bytes = std::fs::read(BUILT_KERNEL).expect("the artifact dependency's kernel ELF");
+        let recorder = bytes.windows(b"TRACE-BEGIN".len()).any(|w| w == b"TRACE-BEGIN");
+        assert_eq!(recorder, cfg!(feature = "trace"));
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct RunOptions {
     /// The test variant being booted (set by the test runner, not an option): handed to the
     /// kernel as the fw_cfg file `opt/timerkernel/variant`.
     pub variant: Option<String>,
+    /// `--trace FILE`: the per-CPU trace timeline written to FILE (a runner built with the
+    /// feature `trace`, which `scripts/run --trace` adds).
+    pub trace: Option<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -105,6 +108,7 @@ impl Default for RunOptions {
             expect_log: Vec::new(),
             expect_report: Vec::new(),
             variant: None,
+            trace: None,
         }
     }
 }
@@ -144,6 +148,11 @@ Options (scripts/run, and each variant of a QEMU test):
                        asks for it on an older QEMU is reported ignored)
   --timeout SECONDS    kill QEMU and fail after this long (default 120)
   --cmdline \"...\"      kernel options, handed over through fw_cfg (see README, Kernel options)
+  --trace FILE         write the run's per-CPU trace timeline to FILE (Chrome / Perfetto
+                       trace-event JSON: open it in ui.perfetto.dev): timer arms, device
+                       programming, interrupts, callbacks, wake-up IPIs, idle, device changes.
+                       scripts/run builds the kernel with its trace points for it (cargo
+                       feature trace); the TRACE lines stay out of the echoed log
   --gdb                QEMU waits for a debugger on tcp::1234 before the first instruction
   --hpet-table FAULT[@ADDR]   fault injection: boot -machine q35,hpet=off (no HPET device, no
                        HPET table of QEMU's) with a malformed HPET table of ours (-acpitable),
@@ -221,6 +230,7 @@ impl RunOptions {
                 }
                 "--cmdline" => self.cmdline = value(arg, &mut it)?.clone(),
                 "--gdb" => self.gdb = true,
+                "--trace" => self.trace = Some(value(arg, &mut it)?.into()),
                 "--hpet-table" => {
                     let v = value(arg, &mut it)?;
                     let table = HpetTable::parse(v).map_err(|why| OptionError::BadValue {
@@ -365,6 +375,13 @@ mod tests {
         assert!(matches!(parse("--hpet-table bogus"), Err(OptionError::BadValue { .. })));
         assert!(matches!(parse("--hpet-table bad-checksum"), Err(OptionError::BadValue { .. })));
         assert_eq!(parse("--hpet-table"), Err(OptionError::MissingValue("--hpet-table".into())));
+    }
+
+    #[test]
+    fn trace_names_a_file() {
+        assert_eq!(parse("").unwrap().trace, None);
+        assert_eq!(parse("--trace t.json").unwrap().trace, Some("t.json".into()));
+        assert_eq!(parse("--trace"), Err(OptionError::MissingValue("--trace".into())));
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct KernelOptions {
     /// `tsc_rate_ppm=N`: fault injection, the TSC as the clocksource reads it runs N ppm off
     /// its calibrated rate from the end of the platform bring-up (default none).
     pub tsc_rate_ppm: Option<i64>,
+    /// `trace`: record the per-CPU trace timeline and print it at exit (a kernel built with
+    /// the cargo feature `trace`; `scripts/run --trace FILE`).
+    pub trace: bool,
 }
 
 /// The `tsc_skew=` fault: which CPU's TSC leads, and by how much.
@@ -180,6 +183,7 @@ impl Default for KernelOptions {
             clocksource: None,
             tsc_skew: None,
             tsc_rate_ppm: None,
+            trace: false,
         }
     }
 }
@@ -388,6 +392,7 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
             "hpet_counter_stopped" if value.is_none() => options.hpet_counter_stopped = true,
             "bench" if value.is_none() => options.bench = true,
+            "trace" if value.is_none() => options.trace = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
         }
     }
@@ -401,6 +406,15 @@ mod tests {
     #[test]
     fn empty_line_gives_defaults_and_no_problems() {
         assert_eq!(parse("   "), (KernelOptions::default(), Vec::new()));
+    }
+
+    #[test]
+    fn trace_is_a_flag() {
+        assert!(parse("trace").0.trace);
+        assert!(!parse("").0.trace);
+        let (o, p) = parse("trace=1");
+        assert!(!o.trace);
+        assert_eq!(p, vec![OptionProblem::Unknown("trace=1".into())]);
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     let rsdp_addr = boot_info.rsdp_addr.into_option();
     let mut platform =
         platform::init_bsp(rsdp_addr, options.hpet_counter_stopped, clocksource::register_counter);
+    arch::x86_64::trace::init(platform.firmware.cpus_enabled.max(1) as usize, options.trace);
     // Fault injection, once the TSC is calibrated: the boot CPU's skew now, an AP's as it starts.
     if let Some(skew) = options.tsc_skew {
         tsc::configure_skew(skew.cpu as usize, skew.ns);
@@ -123,6 +124,7 @@ pub fn exit(code: ExitCode) -> ! {
 
 /// Logs the verdict, prints the report as the log's last line, and leaves QEMU.
 pub fn exit_with_report(code: ExitCode, report: &timer_report::TimerReport) -> ! {
+    arch::x86_64::trace::drain(&clockevents::device_names());
     logger::drain_all();
     log::info!("exit: {code:?}");
     serial::print(format_args!("{}\n", report.to_line()));

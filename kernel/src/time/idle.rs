@@ -73,6 +73,7 @@ pub fn wait() {
     let time = time_of(cpu);
     time.idle_entries.store(time.idle_entries.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     let config = CONFIG.get().copied().unwrap_or(IdleConfig { choice: IdleChoice::Halt, mwait_hint: None });
+    let _trace = (config.choice != IdleChoice::Poll).then(|| crate::arch::x86_64::trace::idle(false));
     match config.choice {
         IdleChoice::Poll => {
             interrupts::enable();
@@ -101,6 +102,7 @@ pub fn wait() {
                 return;
             }
             time.deep_entries.store(time.deep_entries.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            let _deep = crate::arch::x86_64::trace::idle(true);
             let entered = tsc::read();
             match config.mwait_hint {
                 Some(hint) => mwait(hint, &time.sleep_wakeups as *const _ as u64),

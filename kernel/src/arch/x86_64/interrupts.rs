@@ -148,6 +148,7 @@ pub fn not_ours(what: fmt::Arguments) {
 /// outermost interrupt's exit, the CPU's deferred work runs (`deferred`), outside the handler.
 fn dispatch(vector: u8) {
     path_trace::stamp(Stage::Entry);
+    super::trace::irq_enter(vector);
     let v = usize::from(vector);
     let cpu = percpu::ready().then(percpu::this_cpu);
     if let Some(cpu) = cpu {
@@ -169,6 +170,7 @@ fn dispatch(vector: u8) {
         eoi();
     }
     path_trace::stamp(Stage::Eoi);
+    super::trace::irq_exit(vector);
     // The outermost interrupt's exit: work raised for later runs now, with interrupts enabled
     // (one run at a time on this CPU; an interrupt taken during a run leaves its work to it).
     if let Some(cpu) = cpu

@@ -22,4 +22,5 @@ pub mod qemu;
 pub mod rtc;
 pub mod serial;
 pub mod smp;
+pub mod trace;
 pub mod tsc;

@@ -390,6 +390,11 @@ impl HpetChannel {
         false
     }
 
+    /// Its time-layer device id, for the trace (`usize::MAX` before it is registered).
+    fn trace_id(&self) -> usize {
+        self.device.load(Ordering::Relaxed).wrapping_sub(1)
+    }
+
     fn write_config(&self, extra: ComparatorConfig) {
         self.hpet.set_comparator_config(self.index, self.base_config | extra);
     }
@@ -425,6 +430,7 @@ impl EventDriver for HpetChannel {
     /// the estimate put the event later than asked by more than its bias, it is written again
     /// from the counter just read.
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
+        crate::arch::x86_64::trace::program(delta_ticks, || (self.trace_id(), self.hpet.frequency_hz()));
         let delta = delta_ticks.clamp(MIN_DELTA_TICKS, MAX_DELTA_TICKS) as u32;
         let reference = CounterReference {
             counter: self.reference_counter.load(Ordering::Relaxed) as u32,

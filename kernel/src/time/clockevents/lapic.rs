@@ -80,6 +80,11 @@ impl LapicTimer {
         (timer, spec)
     }
 
+    /// Its time-layer device id, for the trace (`usize::MAX` before it is attached).
+    fn trace_id(&self) -> usize {
+        this_cpu_time().lapic_device.load(Ordering::Relaxed).wrapping_sub(1)
+    }
+
     /// Links this CPU's timer vector to its time-layer device.
     pub fn attach(&self, device: DeviceId) {
         this_cpu_time().lapic_device.store(device.0 + 1, Ordering::Release);
@@ -123,6 +128,7 @@ impl EventDriver for LapicTimer {
         if !self.on_own_cpu() {
             return Ok(());
         }
+        crate::arch::x86_64::trace::program(delta_ticks, || (self.trace_id(), self.config.timer_hz));
         if self.config.tsc_deadline {
             // A deadline already reached when written fires at once (SDM 11.5.4.1).
             lapic::timer_tsc_deadline(tsc::read() + delta_ticks.max(MIN_DELTA_TICKS), self.config.vector);

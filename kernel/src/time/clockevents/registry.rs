@@ -88,6 +88,7 @@ pub(super) fn report_broadcast_failure() {
 }
 
 pub(super) fn send_wakeup(cpu: usize) {
+    crate::arch::x86_64::trace::wakeup_ipi(cpu);
     if let Some(c) = percpu::cpu(cpu) {
         apic::send_ipi(c.apic_id, WAKE_VECTOR);
     }
@@ -138,6 +139,7 @@ pub(super) fn cpu_online(cpu: usize) {
 /// Takes a device out of service for good; the CPUs it served move to the next best device
 /// with their pending events.
 pub fn take_out(device: DeviceId, reason: &str) {
+    crate::arch::x86_64::trace::take_out(device.0);
     super::failures::count_take_out();
     without_interrupts(|| {
         if let Some(registry) = REGISTRY.lock().as_mut() {
@@ -161,6 +163,7 @@ impl DeliveryContext for Delivery<'_> {
     }
     fn broadcast_device_changing(&mut self, device: Option<DeviceId>) {
         BROADCAST_DEVICE.store(device.map_or(usize::MAX, |id| id.0), Ordering::Relaxed);
+        crate::arch::x86_64::trace::broadcast_device(device.map(|id| id.0));
     }
     fn with_broadcast<R>(&mut self, f: impl FnOnce(&mut Broadcast) -> R) -> R {
         with_broadcast(f)
@@ -170,6 +173,11 @@ impl DeliveryContext for Delivery<'_> {
     }
     fn assign(&mut self, a: Assignment) -> Option<DeviceFailure> {
         record_owner(&a);
+        crate::arch::x86_64::trace::tick_device(a.cpu, || match a.service {
+            kernel_time::tick::Service::Local(d) => (Some(d.0), None),
+            kernel_time::tick::Service::Broadcast(b) => (None, Some(b.0)),
+            kernel_time::tick::Service::None => (None, None),
+        });
         if a.cpu == self.here {
             return apply(a);
         }

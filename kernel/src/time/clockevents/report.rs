@@ -71,6 +71,11 @@ pub fn tick_devices() -> Vec<TickDeviceInfo> {
     percpu::all().filter_map(|c| smp::call_on(c.index, this_cpu_info).ok().flatten()).collect()
 }
 
+/// Every registered device's id and name (the trace's header names the ids its events carry).
+pub fn device_names() -> Vec<(usize, String)> {
+    with_registry(|r| r.devices().map(|(id, d)| (id.0, d.spec.name.clone())).collect()).unwrap_or_default()
+}
+
 /// Name of the broadcast device, if any.
 pub fn broadcast_device() -> Option<String> {
     with_registry(|r| r.broadcast_device().map(|b| r.device(b).spec.name.clone())).flatten()

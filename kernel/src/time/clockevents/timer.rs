@@ -61,6 +61,7 @@ pub enum Callback {
 
 impl Callback {
     pub(super) fn run(&mut self, event: &TimerEvent) {
+        let _trace = crate::arch::x86_64::trace::callback(event.deadline_ns);
         match self {
             Callback::Fn(f) => f(event),
             Callback::Closure(f) => f(event),
@@ -102,6 +103,7 @@ fn this_cpu() -> usize {
 fn arm_here(deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
     let cpu = this_cpu();
     let Some(mut tick) = this_cpu_tick() else { return Err(ArmError::NoTickDevice(cpu)) };
+    crate::arch::x86_64::trace::arm(deadline_ns, None);
     let bc = registry::broadcast(&tick);
     let result = tick.arm(deadline_ns, payload, now_ns(), bc);
     let failure = tick.take_failure();
@@ -164,6 +166,7 @@ fn post(
     period_ns: u64,
 ) -> Result<TimerId, ArmError> {
     let target = percpu::cpu(cpu).ok_or(ArmError::CpuNotOnline(cpu))?;
+    crate::arch::x86_64::trace::arm(deadline_ns, Some(cpu));
     let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Err(ArmError::CpuNotOnline(cpu));
     };
