@@ -35,7 +35,7 @@ const BUILT_KERNEL: &str = env!("CARGO_BIN_FILE_KERNEL_kernel");
 const USAGE: &str = "\
 usage: cargo run -- [OPTIONS] [-- QEMU-ARGS]       (at the repository root)
        boot [KERNEL-ELF] [OPTIONS] [-- QEMU-ARGS]
-       boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]
+       boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--kinds K,..] [--accel kvm] [--out DIR]
 Without KERNEL-ELF: the kernel built with this runner.
 ";
 
