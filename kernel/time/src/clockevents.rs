@@ -169,6 +169,7 @@ pub enum State {
 }
 
 impl State {
+    #[inline]
     fn from_u8(value: u8) -> State {
         match value {
             0 => State::Detached,
@@ -640,6 +641,7 @@ impl ClockEventDevice {
     }
     /// Forgets what the device is programmed for: its event was consumed, or something
     /// programmed the hardware behind the layer's back (then [`resync`](Self::resync)).
+    #[inline]
     pub fn forget_event(&self) {
         self.next_event_ns.store(u64::MAX, Ordering::Relaxed);
     }
