@@ -149,7 +149,7 @@ pub fn not_ours(what: fmt::Arguments) {
 fn dispatch(vector: u8) {
     path_trace::stamp(Stage::Entry);
     let v = usize::from(vector);
-    let cpu = percpu::ready().then(percpu::this_cpu);
+    let cpu = percpu::try_this_cpu();
     if let Some(cpu) = cpu {
         let count = &cpu.interrupts[v];
         count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);

@@ -495,8 +495,9 @@ fn channel_interrupt(vector: u8) {
             interrupts::spurious(format_args!("HPET comparator {} serves nobody", ch.index));
         }
         d => {
-            ch.irqs_by_cpu.bump_on(percpu::this_cpu().index);
-            super::cpu::device_interrupt(DeviceId(d - 1))
+            let cpu = percpu::this_cpu();
+            ch.irqs_by_cpu.bump_on(cpu.index);
+            super::cpu::device_interrupt(DeviceId(d - 1), cpu)
         }
     }
 }
