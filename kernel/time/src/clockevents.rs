@@ -732,6 +732,7 @@ impl ClockEventDevice {
         self.forget_event();
     }
 
+    #[inline]
     fn delta_ticks(&self, ns: u64) -> u64 {
         self.conversion().ticks(ns).clamp(self.min_delta_ticks, self.max_delta_ticks)
     }

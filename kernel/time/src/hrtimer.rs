@@ -435,6 +435,7 @@ impl<T> TimerQueue<T> {
 
     /// Deadline of the earliest pending timer: what the event device must be programmed for.
     /// `None` means no alarm is needed.
+    #[inline]
     pub fn earliest(&self) -> Option<u64> {
         if !self.hole {
             return self.heap.first().map(|&i| self.slots[i as usize].deadline_ns);
