@@ -496,8 +496,9 @@ fn channel_interrupt(vector: u8) {
         }
         d => {
             let cpu = percpu::this_cpu();
+            super::cpu::device_interrupt(DeviceId(d - 1), cpu);
+            // Counted after the expiry: a statistic, nothing the callbacks wait for.
             ch.irqs_by_cpu.bump_on(cpu.index);
-            super::cpu::device_interrupt(DeviceId(d - 1), cpu)
         }
     }
 }
