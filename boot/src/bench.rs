@@ -1,4 +1,4 @@
-//! `boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]`:
+//! `boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--kinds K,..] [--accel kvm] [--out DIR]`:
 //! the timer benchmark's host side. Boots the kernel with its `bench` option once per device
 //! kind the machine offers, in each clock, collects every `BENCH-PART {json}` line, prints a
 //! table per clock, writes `bench.json` and one lateness plot per clock (`lateness-CLOCK.svg`)
@@ -86,8 +86,15 @@ struct Args {
     scaling: bool,
     /// `--scaling-only`: no device kinds, drift or idle boots.
     only_scaling: bool,
+    /// `--kinds a,b`: only these device kinds (all when empty).
+    kinds: Vec<String>,
     accel: Accel,
     out: PathBuf,
+}
+
+/// The device kinds' names, comma-separated.
+fn kind_names() -> String {
+    KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -96,6 +103,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         drift_s: 10,
         scaling: true,
         only_scaling: false,
+        kinds: Vec::new(),
         accel: Accel::Tcg,
         out: PathBuf::from("target/bench"),
     };
@@ -121,6 +129,15 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             }
             "--out" => a.out = PathBuf::from(value()?),
             "--no-scaling" => a.scaling = false,
+            "--kinds" => {
+                let list = value()?;
+                for k in list.split(',') {
+                    if !KINDS.iter().any(|kind| kind.name == k) {
+                        return Err(format!("--kinds {k}: not a device kind (one of {})", kind_names()));
+                    }
+                    a.kinds.push(k.to_string());
+                }
+            }
             "--scaling-only" => {
                 a.only_scaling = true;
                 a.scaling = true;
@@ -279,7 +296,9 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
     for &clock in &a.clocks {
         eprintln!("bench: clock {clock}");
         let mut kinds = serde_json::Map::new();
-        for k in KINDS.iter().filter(|_| !a.only_scaling) {
+        let wanted =
+            |k: &&Kind| !a.only_scaling && (a.kinds.is_empty() || a.kinds.iter().any(|n| n == k.name));
+        for k in KINDS.iter().filter(wanted) {
             eprint!("bench:   {} ... ", k.name);
             match measure(elf, &a, clock, k.smp, k.cmdline, k.qemu) {
                 Ok(part) => {
@@ -700,6 +719,9 @@ mod tests {
         let a = parse_args(&["--clock".into(), "icount".into(), "--drift-s".into(), "0".into()]).unwrap();
         assert_eq!((a.clocks, a.drift_s, a.scaling), (vec!["icount"], 0, true));
         assert!(!parse_args(&["--no-scaling".into()]).unwrap().scaling);
+        let kinds = parse_args(&["--kinds".into(), "percpu-hpet,lapic".into()]).unwrap();
+        assert_eq!(kinds.kinds, ["percpu-hpet", "lapic"]);
+        assert!(parse_args(&["--kinds".into(), "percpu-hpet,pit".into()]).is_err());
         let only = parse_args(&["--scaling-only".into()]).unwrap();
         assert!(only.scaling && only.only_scaling);
         assert_eq!(profile_of(Path::new("target/x86_64-unknown-none/release/kernel")), "release");

@@ -37,7 +37,7 @@ const BUILT_KERNEL: &str = env!("CARGO_BIN_FILE_KERNEL_kernel");
 const USAGE: &str = "\
 usage: cargo run -- [OPTIONS] [-- QEMU-ARGS]       (at the repository root)
        boot [KERNEL-ELF] [OPTIONS] [-- QEMU-ARGS]
-       boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--accel kvm] [--out DIR]
+       boot bench [KERNEL-ELF] [--clock tcg|icount|both] [--drift-s N] [--kinds K,..] [--accel kvm] [--out DIR]
        boot compare-linux LINUX-LOG KERNEL-LOG [--config TEXT]    (scripts/compare-linux)
 Without KERNEL-ELF: the kernel built with this runner.
 ";

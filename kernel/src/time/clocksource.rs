@@ -46,6 +46,14 @@ pub fn set_realtime(to: kernel_time::clocks::WallTime) -> i64 {
     with_sources(|_| TIMEKEEPER.set_realtime(&Hardware, to))
 }
 
+/// The HPET main counter's reading at which the system clock reads `ns` or later, while the
+/// clock runs on the HPET (`None` on any other counter): what a comparator is set to for an
+/// event at `ns`, with no counter read of its own and no lean.
+#[inline]
+pub fn hpet_counter_at(ns: u64) -> Option<u64> {
+    TIMEKEEPER.cycles_at(ns).filter(|&(counter, _)| counter == HPET).map(|(_, cycles)| cycles)
+}
+
 /// This machine's counters, as the time layer reads them: a unit type whose [`ReadCounter`]
 /// implementation is a `match` of direct reads, so [`now_ns`] compiles to a direct call, not a
 /// dynamic one.

@@ -169,6 +169,7 @@ pub enum State {
 }
 
 impl State {
+    #[inline]
     fn from_u8(value: u8) -> State {
         match value {
             0 => State::Detached,
@@ -302,6 +303,17 @@ pub trait EventDriver: Send + Sync {
     fn switch_state(&self, state: DriverState);
     /// Interrupts `delta_ticks` device ticks from now (within the spec's min/max delta).
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed>;
+    /// Interrupts at `at_ns` on the clocksource, which is `delta_ticks` after the clock read
+    /// the layer took it from. A driver whose counter is the clocksource's own may program
+    /// the counter value at which the clock reads `at_ns` (at it or after it, never before),
+    /// so that the event does not fire late by the instructions between that clock read and
+    /// its own counter read; the default counts `delta_ticks` from now
+    /// ([`set_next_event`](Self::set_next_event)).
+    #[inline]
+    fn set_next_event_at(&self, at_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
+        let _ = at_ns;
+        self.set_next_event(delta_ticks)
+    }
 }
 
 /// How a driver describes its device.
@@ -640,6 +652,7 @@ impl ClockEventDevice {
     }
     /// Forgets what the device is programmed for: its event was consumed, or something
     /// programmed the hardware behind the layer's back (then [`resync`](Self::resync)).
+    #[inline]
     pub fn forget_event(&self) {
         self.next_event_ns.store(u64::MAX, Ordering::Relaxed);
     }
@@ -730,6 +743,7 @@ impl ClockEventDevice {
         self.forget_event();
     }
 
+    #[inline]
     fn delta_ticks(&self, ns: u64) -> u64 {
         self.conversion().ticks(ns).clamp(self.min_delta_ticks, self.max_delta_ticks)
     }
@@ -753,7 +767,7 @@ impl ClockEventDevice {
         }
         let delta = deadline_ns.saturating_sub(now_ns).clamp(self.min_delta_ns(), self.max_delta_ns);
         bump(&self.programmed);
-        if self.driver.set_next_event(self.delta_ticks(delta)).is_ok() {
+        if self.driver.set_next_event_at(now_ns + delta, self.delta_ticks(delta)).is_ok() {
             self.next_event_ns.store(now_ns + delta, Ordering::Relaxed);
             return Ok(now_ns + delta);
         }

@@ -19,6 +19,13 @@
 //! when full (amortised, and never on the pop path), and [`TimerQueue::with_capacity`]
 //! pre-sizes it.
 //!
+//! Popping the earliest timer is O(1): its heap entry is left in place as a hole at the root,
+//! and the heap is repaired (the last entry moved into the hole and sifted down) by the next
+//! operation that touches the heap, the popped timer's [`TimerQueue::complete`] at the
+//! latest, which puts a periodic timer re-armed there straight into the hole. So the work
+//! between an interrupt and the first callback is the pop alone; the repair runs after it.
+//! While a hole is open, the earliest pending timer is the earlier of the root's two children.
+//!
 //! A popped timer stays *running* (its slot reserved) until the owner calls
 //! [`TimerQueue::complete`] after its callback, so a cancel during the callback can say so
 //! ([`Cancel::Running`]) and a periodic timer is re-armed under the same id.
@@ -169,8 +176,12 @@ pub struct TimerQueue<T> {
     /// The CPU this queue belongs to, named by every id it issues.
     cpu: u32,
     slots: Vec<Slot<T>>,
-    /// Slot numbers of the pending timers, a binary min-heap by `(deadline, sequence)`.
+    /// Slot numbers of the pending timers, a binary min-heap by `(deadline, sequence)`; with
+    /// `hole`, its root is the slot of the timer just popped (running, not pending), and the
+    /// pending timers are the rest, two heaps under the root.
     heap: Vec<u32>,
+    /// The root of `heap` was popped and not yet repaired ([`Self::settle`]).
+    hole: bool,
     free: u32,
     /// Slots on the free list.
     free_count: usize,
@@ -189,6 +200,7 @@ impl<T> TimerQueue<T> {
             cpu: cpu as u32,
             slots: Vec::new(),
             heap: Vec::new(),
+            hole: false,
             free: NO_SLOT,
             free_count: 0,
             next_sequence: 0,
@@ -215,7 +227,7 @@ impl<T> TimerQueue<T> {
     /// Makes room for `additional` more timers than are armed now, so that arming them does
     /// not allocate (e.g. before interrupt-context code arms timers).
     pub fn reserve(&mut self, additional: usize) {
-        let wanted = self.heap.len() + additional;
+        let wanted = self.len() + additional;
         self.heap.reserve(wanted.saturating_sub(self.heap.len()));
         while self.slots.len() < wanted {
             self.push_free_slot();
@@ -292,6 +304,7 @@ impl<T> TimerQueue<T> {
     /// Timers with equal deadlines fire in arming order. A deadline already in the past is
     /// allowed: the timer pops at the next [`pop_expired`](Self::pop_expired).
     pub fn arm(&mut self, deadline_ns: u64, payload: T) -> TimerId {
+        self.settle();
         let index = self.take_free_slot();
         let heap_index = self.heap.len() as u32;
         let sequence = self.next_sequence;
@@ -329,7 +342,11 @@ impl<T> TimerQueue<T> {
                 self.slots[id.slot as usize].state = SlotState::Running { cancelled: true };
                 Cancel::Running
             }
-            SlotState::Pending { heap_index, .. } => {
+            SlotState::Pending { .. } => {
+                self.settle();
+                let SlotState::Pending { heap_index, .. } = self.slots[id.slot as usize].state else {
+                    unreachable!("checked pending above; settling moves no slot out of the heap")
+                };
                 self.remove_from_heap(heap_index as usize);
                 let state = core::mem::replace(
                     &mut self.slots[id.slot as usize].state,
@@ -348,6 +365,7 @@ impl<T> TimerQueue<T> {
     /// pending here (another CPU's id never is). Among equal deadlines it keeps the place of its
     /// original arming. O(log n).
     pub fn rearm(&mut self, id: TimerId, deadline_ns: u64) -> bool {
+        self.settle();
         let Some(slot) = self.slot_of(id) else { return false };
         let SlotState::Pending { heap_index, .. } = slot.state else { return false };
         let old = slot.deadline_ns;
@@ -367,24 +385,38 @@ impl<T> TimerQueue<T> {
     /// handed back: the caller drops it where dropping is safe (outside any lock, since
     /// dropping a payload may run arbitrary code, such as cancelling another timer).
     pub fn complete(&mut self, id: TimerId, again: Option<(u64, T)>) -> Result<bool, T> {
-        let Some(slot) = self.slot_of(id) else { return again.map_or(Ok(false), |(_, p)| Err(p)) };
+        let Some(slot) = self.slot_of(id) else {
+            self.settle();
+            return again.map_or(Ok(false), |(_, p)| Err(p));
+        };
         let SlotState::Running { cancelled } = slot.state else {
+            self.settle();
             return again.map_or(Ok(false), |(_, p)| Err(p));
         };
         match again {
             Some((deadline_ns, payload)) if !cancelled => {
-                let heap_index = self.heap.len() as u32;
                 let sequence = self.next_sequence;
                 self.next_sequence += 1;
                 let slot = &mut self.slots[id.slot as usize];
                 slot.deadline_ns = deadline_ns;
                 slot.sequence = sequence;
-                slot.state = SlotState::Pending { heap_index, payload };
-                self.heap.push(id.slot);
-                self.sift_up(heap_index as usize);
+                if self.hole {
+                    // Into the hole the pop left (whichever timer left it: the heap under the
+                    // root is whole), then down to its place.
+                    slot.state = SlotState::Pending { heap_index: 0, payload };
+                    self.hole = false;
+                    self.heap[0] = id.slot;
+                    self.sift_down(0);
+                } else {
+                    let heap_index = self.heap.len() as u32;
+                    slot.state = SlotState::Pending { heap_index, payload };
+                    self.heap.push(id.slot);
+                    self.sift_up(heap_index as usize);
+                }
                 Ok(true)
             }
             again => {
+                self.settle();
                 self.release_slot(id.slot);
                 again.map_or(Ok(false), |(_, p)| Err(p))
             }
@@ -403,8 +435,21 @@ impl<T> TimerQueue<T> {
 
     /// Deadline of the earliest pending timer: what the event device must be programmed for.
     /// `None` means no alarm is needed.
+    #[inline]
     pub fn earliest(&self) -> Option<u64> {
-        self.heap.first().map(|&i| self.slots[i as usize].deadline_ns)
+        if !self.hole {
+            return self.heap.first().map(|&i| self.slots[i as usize].deadline_ns);
+        }
+        // The earlier of the root's children: each heads one of the heaps under the hole.
+        let child = |i: usize| self.heap.get(i).map(|&s| &self.slots[s as usize]);
+        match (child(1), child(2)) {
+            (Some(l), Some(r)) => Some(if (r.deadline_ns, r.sequence) < (l.deadline_ns, l.sequence) {
+                r.deadline_ns
+            } else {
+                l.deadline_ns
+            }),
+            (l, r) => l.or(r).map(|s| s.deadline_ns),
+        }
     }
 
     /// Removes and returns the earliest timer if its deadline is at or before `now_ns`; it is
@@ -412,31 +457,45 @@ impl<T> TimerQueue<T> {
     ///
     /// Never returns a timer whose deadline is still in the future, so an early or spurious
     /// interrupt fires nothing. Call it in a loop until `None` to run everything that is due.
+    #[inline]
     pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
+        self.settle();
         let &index = self.heap.first()?;
-        let deadline_ns = self.slots[index as usize].deadline_ns;
-        if deadline_ns > now_ns {
+        let slot = &mut self.slots[index as usize];
+        if slot.deadline_ns > now_ns {
             return None;
         }
-        self.remove_from_heap(0);
-        let id = self.id(index, self.slots[index as usize].generation);
-        let SlotState::Pending { payload, .. } = core::mem::replace(
-            &mut self.slots[index as usize].state,
-            SlotState::Running { cancelled: false },
-        ) else {
+        let SlotState::Pending { payload, .. } =
+            core::mem::replace(&mut slot.state, SlotState::Running { cancelled: false })
+        else {
             unreachable!("the heap holds only pending slots")
         };
-        Some(Expired { id, deadline_ns, payload })
+        // Its entry stays at the root as a hole, repaired by the next heap operation.
+        self.hole = true;
+        let id = TimerId { cpu: self.cpu, slot: index, generation: slot.generation };
+        Some(Expired { id, deadline_ns: slot.deadline_ns, payload })
     }
 
     /// Number of pending timers.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.heap.len() - usize::from(self.hole)
     }
 
     /// Whether no timer is pending.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len() == 0
+    }
+
+    /// Repairs the hole a pop left at the root, if any: the last entry moves into it and sifts
+    /// down (Linux's dequeue, done after the callback instead of before it).
+    #[inline]
+    fn settle(&mut self) {
+        if self.hole {
+            self.hole = false;
+            self.remove_from_heap(0);
+        }
     }
 
     fn key(&self, heap_index: usize) -> (u64, u64) {
@@ -639,6 +698,33 @@ mod tests {
         drain(&mut queue, 1);
         let third = queue.arm(1, ());
         assert!(first != second && second != third && first != third);
+    }
+
+    #[test]
+    fn a_popped_timers_hole_changes_nothing_seen_from_outside() {
+        // While the pop's hole is open (the callback running), the queue answers as if the
+        // timer had left the heap at once: length, earliest, cancels and arms of others, and
+        // the popped timer's own re-arm into the hole.
+        let mut queue = TimerQueue::new(0);
+        for deadline in [10, 30, 20, 50, 40] {
+            queue.arm(deadline, deadline);
+        }
+        let first = queue.pop_expired(10).unwrap();
+        assert_eq!((queue.len(), queue.earliest()), (4, Some(20)));
+        let twenty = queue.pop_expired(25).unwrap();
+        assert_eq!(twenty.payload, 20);
+        assert_eq!((queue.len(), queue.earliest()), (3, Some(30)));
+        assert!(matches!(queue.complete(first.id, Some((35, 10))), Ok(true)));
+        assert_eq!((queue.len(), queue.earliest()), (4, Some(30)));
+        let thirty = queue.pop_expired(30).unwrap();
+        let early = queue.arm(5, 5);
+        assert_eq!(queue.earliest(), Some(5));
+        assert_eq!(queue.cancel(early), Ok(Cancel::Cancelled(5)));
+        assert_eq!(queue.cancel(thirty.id), Ok(Cancel::Running));
+        assert_eq!(queue.complete(thirty.id, Some((60, 30))), Err(30));
+        assert!(matches!(queue.complete(twenty.id, None), Ok(false)));
+        assert_eq!(drain(&mut queue, u64::MAX), [10, 40, 50]);
+        assert_eq!((queue.len(), queue.earliest()), (0, None));
     }
 
     #[test]

@@ -150,7 +150,7 @@ fn dispatch(vector: u8) {
     path_trace::stamp(Stage::Entry);
     super::trace::irq_enter(vector);
     let v = usize::from(vector);
-    let cpu = percpu::ready().then(percpu::this_cpu);
+    let cpu = percpu::try_this_cpu();
     if let Some(cpu) = cpu {
         let count = &cpu.interrupts[v];
         count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);

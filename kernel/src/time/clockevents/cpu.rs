@@ -354,11 +354,13 @@ fn this_cpu() -> ThisCpu {
     ThisCpu { index, time: time_at(index) }
 }
 
-/// A clock event device interrupted this CPU (called by the device drivers' handlers).
-pub(super) fn device_interrupt(device: DeviceId) {
+/// A clock event device interrupted this CPU, `cpu` (called by the device drivers' handlers,
+/// which looked it up already: the path after the clock read looks up nothing).
+#[inline]
+pub(super) fn device_interrupt(device: DeviceId, cpu: &'static percpu::PerCpu) {
     let now = now_ns();
     path_trace::stamp(Stage::ClockRead);
-    glue::device_interrupt(&this_cpu(), device, now);
+    glue::device_interrupt(&ThisCpu { index: cpu.index, time: time_of(cpu) }, device, now);
 }
 
 /// The wake-up IPI: another CPU posted to this one's inbox, the broadcast woke it, or a

@@ -8,7 +8,7 @@
 //! start-up path (`init_on_bsp` / `init_on_ap`), and only that CPU ever programs it: the time
 //! layer carries a CPU's device changes out on that CPU.
 
-use super::cpu::this_cpu_time;
+use super::cpu::{this_cpu_time, time_of};
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use crate::arch::x86_64::{interrupts, lapic, tsc};
@@ -144,9 +144,10 @@ impl EventDriver for LapicTimer {
 /// The LAPIC timer interrupt, on whichever CPU it fires (its own).
 pub fn timer_interrupt(_vector: u8) {
     path_trace::stamp(Stage::Acked);
-    match this_cpu_time().lapic_device.load(Ordering::Acquire) {
+    let cpu = percpu::this_cpu();
+    match time_of(cpu).lapic_device.load(Ordering::Acquire) {
         0 => interrupts::spurious(format_args!("a LAPIC timer interrupt with no LAPIC timer device here")),
-        d => super::cpu::device_interrupt(DeviceId(d - 1)),
+        d => super::cpu::device_interrupt(DeviceId(d - 1), cpu),
     }
 }
 

@@ -80,6 +80,23 @@ impl Snapshot {
     pub fn ns_at(&self, cycles: u64) -> u64 {
         self.base_ns.saturating_add(self.conv.rate.apply(self.conv.delta(self.base_cycles, cycles)))
     }
+
+    /// The first counter reading at which the clock reads `ns` or later ([`ns_at`](Self::ns_at)
+    /// of it is at least `ns`): what a comparator on this counter is set to for an event at
+    /// `ns`, never early. `None` for a time before the base, beyond the readings the snapshot
+    /// converts (`max_delta`), or without a counter.
+    #[inline]
+    pub fn cycles_at(&self, ns: u64) -> Option<u64> {
+        let since = ns.checked_sub(self.base_ns)?;
+        let mult = u128::from(self.conv.rate.mult);
+        if mult == 0 {
+            return None;
+        }
+        // ns_at(base + t) = base_ns + floor(t * mult >> shift) >= ns once t * mult >= since << shift.
+        let ticks = (u128::from(since) << (self.conv.rate.shift & 63)).div_ceil(mult);
+        let ticks = u64::try_from(ticks).ok().filter(|&t| t <= self.conv.max_delta)?;
+        Some(self.base_cycles.wrapping_add(ticks) & self.conv.mask)
+    }
 }
 
 /// The published snapshot. Its fields are atomics so that a torn read is a defined one; the
@@ -161,6 +178,23 @@ impl Timekeeper {
                 fence(Ordering::Acquire);
                 if self.seq.load(Ordering::Relaxed) == seq {
                     return snap.ns_at(cycles);
+                }
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// The counter the clock reads and its reading at which the clock reads `ns` or later
+    /// ([`Snapshot::cycles_at`]), from one consistent snapshot.
+    #[inline]
+    pub fn cycles_at(&self, ns: u64) -> Option<(CounterId, u64)> {
+        loop {
+            let seq = self.seq.load(Ordering::Acquire);
+            if seq & 1 == 0 {
+                let snap = self.load();
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == seq {
+                    return snap.cycles_at(ns).map(|c| (snap.conv.counter, c));
                 }
             }
             core::hint::spin_loop();
@@ -331,6 +365,29 @@ mod tests {
     fn conv(counter: u32, hz: u64, bits: u32) -> Conversion {
         let mask = mask_of(bits);
         Conversion { counter: CounterId(counter), rate: MultShift::ticks_to_ns(hz), mask, max_delta: mask }
+    }
+
+    #[test]
+    fn cycles_at_is_the_first_reading_at_or_after_the_time() {
+        // The comparator value for an event at `ns`: the clock reads `ns` or later there, and
+        // before `ns` one tick earlier (never early, and no later than needed), across a wrap.
+        for (hz, bits) in
+            [(1_000_000_000, 64), (100_000_000, 64), (14_318_180, 32), (3_579_545, 24), (32_768, 32)]
+        {
+            let conv = conv(2, hz, bits);
+            let snap = Snapshot { conv, base_cycles: conv.mask - 1_000, base_ns: 5_000_000 };
+            for since in [0, 1, 7, 999, 10_000, 123_456_789, 4_000_000_000] {
+                let ns = snap.base_ns + since;
+                let c = snap.cycles_at(ns).expect("within the counter's range");
+                assert!(snap.ns_at(c) >= ns, "{hz} Hz: reading {c} is at {} < {ns}", snap.ns_at(c));
+                if c != snap.base_cycles {
+                    let before = c.wrapping_sub(1) & conv.mask;
+                    assert!(snap.ns_at(before) < ns, "{hz} Hz: {before} reads {ns} already");
+                }
+            }
+            assert_eq!(snap.cycles_at(snap.base_ns - 1), None, "before the base");
+        }
+        assert_eq!(Snapshot { conv: Conversion::NONE, base_cycles: 0, base_ns: 0 }.cycles_at(5), None);
     }
 
     #[test]

@@ -579,6 +579,7 @@ impl<T> CpuTick<T> {
     /// programmed for it, as [`end_expiry`](Self::end_expiry) does; if it is already due (the
     /// expiry has not caught up), nothing is programmed and false says so: run another pass,
     /// or [`hold_until`](Self::hold_until) and end the expiry.
+    #[inline]
     pub fn end_pass(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) -> bool {
         let needed = self.needed();
         if needed <= now_ns {
@@ -737,6 +738,7 @@ impl<T> CpuTick<T> {
     }
 
     /// The deadline this CPU needs next: its earliest timer (tickless) or its next tick.
+    #[inline]
     fn needed(&self) -> u64 {
         let needed = match self.mode {
             TickMode::Oneshot => self.queue.earliest().unwrap_or(u64::MAX),
@@ -755,6 +757,7 @@ impl<T> CpuTick<T> {
 
     /// Makes this CPU's device (or the broadcast) interrupt at `needed` (what [`Self::needed`]
     /// says), if that changed.
+    #[inline]
     fn program_for(&mut self, needed: u64, now_ns: u64, bc: &Mutex<Broadcast>) {
         if needed == self.next_event_ns && needed != u64::MAX {
             return;

@@ -223,7 +223,7 @@ fn run_handle<C: ExpiryContext>(
 /// Runs the popped timers' callbacks one at a time outside the guard, completing each (a
 /// periodic one re-armed, a refused re-arm's payload dropped outside the guard) and popping the
 /// next under one guard, until the expiry ends.
-#[inline]
+#[inline(always)]
 fn expire<C: ExpiryContext>(cx: &C, pass: &mut Pass, mut step: Step<C::Payload>) -> Expiry {
     if matches!(step, Step::Run(_)) {
         cx.trace(ExpiryPoint::Popped);

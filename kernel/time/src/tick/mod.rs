@@ -56,6 +56,7 @@ pub enum TickMode {
 
 impl TickMode {
     /// The tick period in ns (0 when tickless).
+    #[inline]
     pub fn period_ns(self) -> u64 {
         match self {
             TickMode::Periodic { hz } => super::clocksource::NS_PER_S / u64::from(hz.max(1)),

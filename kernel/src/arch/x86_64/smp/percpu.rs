@@ -129,6 +129,21 @@ pub fn ready() -> bool {
     GsBase::read().as_u64() != 0
 }
 
+/// The calling CPU's state, `None` before `install` ran on this CPU: [`ready`] and
+/// [`this_cpu`] in one read of the GS base (an MSR read, a VM exit under virtualisation).
+#[inline]
+pub fn try_this_cpu() -> Option<&'static PerCpu> {
+    if GsBase::read().as_u64() == 0 {
+        return None;
+    }
+    let ptr: *const PerCpu;
+    // SAFETY: GS base points to a live PerCpu (checked non-zero above; only `install` writes
+    // it), whose first field is its own address.
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) ptr, options(nostack, readonly, preserves_flags)) };
+    // SAFETY: PerCpu values are leaked, so the reference is valid for 'static.
+    Some(unsafe { &*ptr })
+}
+
 /// CPU `index`, if it exists.
 pub fn cpu(index: usize) -> Option<&'static PerCpu> {
     let p = CPUS.get(index)?.load(Ordering::Acquire);
