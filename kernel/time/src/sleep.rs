@@ -7,7 +7,9 @@
 //! It may be polled on one CPU and then on another: the timer stays where it was armed, and
 //! its expiry wakes whatever waker the last poll left, from that CPU. A poll that finds the
 //! deadline passed completes whether or not the timer has fired yet (never early: the
-//! deadline is checked on the clock, not on the timer).
+//! deadline is checked on the clock, not on the timer). So a wake may be spurious, as any
+//! future's may: a poll that finds the deadline passed completes while its timer may still
+//! fire (and wake) before the sleep's drop cancels it.
 //!
 //! ```
 //! use core::future::Future;
