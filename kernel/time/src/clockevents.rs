@@ -303,15 +303,16 @@ pub trait EventDriver: Send + Sync {
     fn switch_state(&self, state: DriverState);
     /// Interrupts `delta_ticks` device ticks from now (within the spec's min/max delta).
     fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed>;
-    /// Interrupts at `at_ns` on the clocksource, which is `delta_ticks` after the clock read
-    /// the layer took it from. A driver whose counter is the clocksource's own may program
-    /// the counter value at which the clock reads `at_ns` (at it or after it, never before),
-    /// so that the event does not fire late by the instructions between that clock read and
-    /// its own counter read; the default counts `delta_ticks` from now
-    /// ([`set_next_event`](Self::set_next_event)).
+    /// Interrupts at `at_ns` on the clocksource, which is `delta_ticks` after the layer's clock
+    /// read `now_ns`. A driver whose counter is the clocksource's own may program the counter
+    /// value at which the clock reads `at_ns` (at it or after it, never before); one that
+    /// counts down from its programming may read the clock afresh and count only what is left
+    /// of `delta_ticks` (see [`remaining_ticks`]): either way the event does not fire late by
+    /// the instructions between the layer's clock read and the device's write. The default
+    /// counts `delta_ticks` from now ([`set_next_event`](Self::set_next_event)).
     #[inline]
-    fn set_next_event_at(&self, at_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
-        let _ = at_ns;
+    fn set_next_event_at(&self, at_ns: u64, now_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
+        let _ = (at_ns, now_ns);
         self.set_next_event(delta_ticks)
     }
 }
@@ -409,6 +410,26 @@ impl NsToTicks {
         let estimate = ns.checked_mul(self.mult).expect("delta beyond the device's maximum") >> self.shift;
         let exact = u128::from(ns) * u128::from(self.frequency_hz);
         if u128::from(estimate) * u128::from(NS_PER_S) >= exact { estimate } else { estimate + 1 }
+    }
+}
+
+/// What is left of `delta_ticks` (the layer's conversion of `at_ns - now_ns`) at a fresher
+/// clock read `fresh_ns`: the same conversion scaled to `at_ns - fresh_ns`, rounded up, so a
+/// device counting it from now fires no earlier than the layer's own conversion of the time
+/// left would (0 once `at_ns` has passed). For a count-down device's
+/// [`EventDriver::set_next_event_at`].
+pub fn remaining_ticks(at_ns: u64, now_ns: u64, fresh_ns: u64, delta_ticks: u64) -> u64 {
+    let (whole, left) = (at_ns.saturating_sub(now_ns), at_ns.saturating_sub(fresh_ns));
+    if left >= whole {
+        return delta_ticks;
+    }
+    if left == 0 {
+        return 0;
+    }
+    match delta_ticks.checked_mul(left) {
+        Some(p) => p.div_ceil(whole),
+        None => u64::try_from((u128::from(delta_ticks) * u128::from(left)).div_ceil(u128::from(whole)))
+            .unwrap_or(delta_ticks),
     }
 }
 
@@ -767,7 +788,7 @@ impl ClockEventDevice {
         }
         let delta = deadline_ns.saturating_sub(now_ns).clamp(self.min_delta_ns(), self.max_delta_ns);
         bump(&self.programmed);
-        if self.driver.set_next_event_at(now_ns + delta, self.delta_ticks(delta)).is_ok() {
+        if self.driver.set_next_event_at(now_ns + delta, now_ns, self.delta_ticks(delta)).is_ok() {
             self.next_event_ns.store(now_ns + delta, Ordering::Relaxed);
             return Ok(now_ns + delta);
         }
@@ -1031,6 +1052,38 @@ mod tests {
         let _ = d.program(1_000, 0);
         assert!(d.min_delta_ns() <= d.max_delta_ns, "{} > {}", d.min_delta_ns(), d.max_delta_ns);
         let _ = d.program(1_000, 0); // panicked on an inverted clamp before
+    }
+
+    #[test]
+    fn remaining_ticks_scale_the_layers_conversion_to_what_is_left_rounding_up() {
+        assert_eq!(remaining_ticks(1_000, 0, 0, 100), 100, "nothing elapsed: all of it");
+        assert_eq!(remaining_ticks(1_000, 0, 400, 100), 60);
+        assert_eq!(remaining_ticks(1_000, 0, 401, 100), 60, "59.9 rounds up");
+        assert_eq!(remaining_ticks(1_000, 0, 1_000, 100), 0, "at the deadline: nothing left");
+        assert_eq!(remaining_ticks(1_000, 0, 5_000, 100), 0, "past it: nothing left");
+        assert_eq!(
+            remaining_ticks(1_000, 500, 100, 100),
+            100,
+            "a fresh read behind the layer's changes nothing"
+        );
+        // A product past 64 bits is taken in 128.
+        assert_eq!(remaining_ticks(u64::MAX, 0, u64::MAX / 2, u64::MAX / 4), u64::MAX / 8 + 1);
+        // Never below the exact conversion of what is left, whenever the layer's delta was not
+        // below the exact conversion of the whole (an independent oracle: ceil(left * hz / 1e9)).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let hz = 1_000_000 + x % 4_000_000_000;
+            let whole = 1 + (x >> 20) % 35_000_000_000;
+            let elapsed = (x >> 7) % (whole + 1000);
+            let exact = |ns: u64| (u128::from(ns) * u128::from(hz)).div_ceil(1_000_000_000) as u64;
+            let delta_ticks = exact(whole);
+            let r = remaining_ticks(whole, 0, elapsed, delta_ticks);
+            assert!(r >= exact(whole.saturating_sub(elapsed)), "{hz} Hz, {whole} ns, {elapsed} elapsed: {r}");
+            assert!(r <= delta_ticks);
+        }
     }
 
     #[test]

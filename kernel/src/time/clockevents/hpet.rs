@@ -461,7 +461,7 @@ impl EventDriver for HpetChannel {
     /// the clock reads `at_ns` (two accesses: the write and the read back), so the event fires
     /// at its time instead of late by the path from the layer's clock read to a counter read
     /// here (about 160 instructions in the dev profile); else as [`set_next_event`].
-    fn set_next_event_at(&self, at_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
+    fn set_next_event_at(&self, at_ns: u64, _now_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
         let Some(target) = hpet_counter_at(at_ns) else { return self.set_next_event(delta_ticks) };
         let target = target as u32;
         self.hpet.set_comparator(self.index, u64::from(target));
