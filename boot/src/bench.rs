@@ -90,6 +90,10 @@ struct Args {
     kinds: Vec<String>,
     accel: Accel,
     out: PathBuf,
+    /// `--trace-kernel ELF --trace DIR`: after each kind's measured boot, one more with `ELF`
+    /// (built with the `trace` feature) and the `trace` option, whose trace goes to
+    /// `DIR/CLOCK-KIND.json`; the figures come from the measured boots only.
+    trace: Option<(PathBuf, PathBuf)>,
 }
 
 /// The device kinds' names, comma-separated.
@@ -106,7 +110,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         kinds: Vec::new(),
         accel: Accel::Tcg,
         out: PathBuf::from("target/bench"),
+        trace: None,
     };
+    let (mut trace_kernel, mut trace_dir) = (None, None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -128,6 +134,8 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 }
             }
             "--out" => a.out = PathBuf::from(value()?),
+            "--trace-kernel" => trace_kernel = Some(PathBuf::from(value()?)),
+            "--trace" => trace_dir = Some(PathBuf::from(value()?)),
             "--no-scaling" => a.scaling = false,
             "--kinds" => {
                 let list = value()?;
@@ -145,7 +153,35 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             other => return Err(format!("unknown bench option {other}")),
         }
     }
+    a.trace = match (trace_kernel, trace_dir) {
+        (Some(elf), Some(dir)) => Some((elf, dir)),
+        (None, None) => None,
+        _ => {
+            return Err("--trace DIR needs --trace-kernel ELF, a kernel built with the trace feature \
+                         (scripts/bench --trace DIR builds it)"
+                .into());
+        }
+    };
     Ok(a)
+}
+
+/// One more boot of a device kind, with the traced kernel: its trace timeline written to
+/// `DIR/CLOCK-KIND.json`. Says what it wrote or why not; the measured figures are not touched.
+fn trace_kind(a: &Args, clock: &str, kind: &str, smp: u32, cmdline: &str, qemu_args: &[&str]) {
+    let Some((elf, dir)) = &a.trace else { return };
+    let file = dir.join(format!("{clock}-{kind}.json"));
+    let cmdline = format!("{cmdline} {}", crate::trace::KERNEL_OPTION);
+    let written = boot_log(elf, a, clock, smp, &cmdline, qemu_args).and_then(|log| {
+        let (json, summary) = crate::trace::convert(&log).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let text = serde_json::to_string(&json).map_err(|e| e.to_string())?;
+        std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(summary)
+    });
+    match written {
+        Ok(summary) => eprintln!("bench:   {kind}: trace {} ({summary})", file.display()),
+        Err(e) => eprintln!("bench:   {kind}: no trace: {e}"),
+    }
 }
 
 /// Boots one configuration and returns its BENCH-PART object.
@@ -307,6 +343,7 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
                 }
                 Err(e) => eprintln!("not measured: {e}"),
             }
+            trace_kind(&a, clock, k.name, k.smp, k.cmdline, k.qemu);
         }
         let mut drift = serde_json::Map::new();
         if a.drift_s > 0 && !a.only_scaling {
@@ -724,6 +761,11 @@ mod tests {
         assert!(parse_args(&["--kinds".into(), "percpu-hpet,pit".into()]).is_err());
         let only = parse_args(&["--scaling-only".into()]).unwrap();
         assert!(only.scaling && only.only_scaling);
+        assert!(parse_args(&["--trace".into(), "t".into()]).is_err(), "a trace needs its traced kernel");
+        let traced =
+            parse_args(&["--trace-kernel".into(), "k".into(), "--trace".into(), "t".into()]).unwrap();
+        assert_eq!(traced.trace, Some((PathBuf::from("k"), PathBuf::from("t"))));
+        assert_eq!(parse_args(&[]).unwrap().trace, None);
         assert_eq!(profile_of(Path::new("target/x86_64-unknown-none/release/kernel")), "release");
         let built = "target/x86_64-unknown-none/debug/build/kernel/0123/artifact/bin/kernel";
         assert_eq!(profile_of(Path::new(built)), "dev");
