@@ -111,8 +111,10 @@ fn post_to_another_cpu(cpu: usize, s: &CpuState) {
 }
 
 /// From the boot CPU: a timer on every other CPU, 1 ms ahead, cancelled from here. A cancel
-/// that finds it pending means it never runs; one that finds it inactive means it ran (how
-/// long the two calls take under a loaded host decides which, and either is right).
+/// that finds it pending means it never runs; one that finds it inactive means it ran, one
+/// that finds it running means its callback runs at that moment (how long the two calls take
+/// under a loaded host decides which: a vCPU stalled for milliseconds, on either side, makes
+/// the last two happen; each is right).
 fn arm_and_cancel_from_afar(cpus: usize) {
     for target in 1..cpus {
         let n = FAR_ARMED.load(Ordering::Relaxed) as usize;
@@ -127,8 +129,7 @@ fn arm_and_cancel_from_afar(cpus: usize) {
                     Cancelled::Pending => {
                         FAR_CANCELLED[n / 64].fetch_or(1 << (n % 64), Ordering::Relaxed);
                     }
-                    Cancelled::Inactive => {}
-                    other => panic!("a timer on CPU {target} cancelled from CPU 0: {other:?}"),
+                    Cancelled::Inactive | Cancelled::Running => {}
                 }
             }
             Err(_) => {
