@@ -125,6 +125,82 @@ impl Offsets {
     }
 }
 
+/// A deadline on one of the three clocks: what a timer is armed for
+/// (Linux's `hrtimer_init(.., clock_id, HRTIMER_MODE_ABS)`).
+///
+/// The timer queue counts on MONOTONIC ([`monotonic`](Self::monotonic) says where, with the
+/// offsets of the moment). A REALTIME or BOOTTIME deadline moves on MONOTONIC when the offsets
+/// change (a step of REALTIME, a resume), so such a timer is queued again then
+/// (`CpuTick::retime`, Linux's `clock_was_set`), and [`reached`](Self::reached) is asked
+/// again when it falls due: a timer whose clock was stepped back meanwhile is queued again,
+/// never run early by the clock it was armed on.
+///
+/// ```
+/// use kernel_time::clocks::{ClockDeadline, Offsets, WallTime};
+/// use kernel_time::instant::Instant;
+///
+/// let at = ClockDeadline::Realtime(WallTime::from_nanos(5_000));
+/// let offsets = Offsets { realtime_ns: 1_000, suspended_ns: 0 };
+/// assert_eq!(at.monotonic(&offsets), Instant::from_nanos(4_000));
+/// assert!(at.reached(&offsets, Instant::from_nanos(4_000)));
+/// // REALTIME stepped back by a second: not due at the old place any more.
+/// let back = Offsets { realtime_ns: 1_000 - 1_000_000_000, ..offsets };
+/// assert!(!at.reached(&back, Instant::from_nanos(4_000)));
+/// assert_eq!(at.monotonic(&back), Instant::from_nanos(1_000_004_000));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClockDeadline {
+    /// On MONOTONIC.
+    Monotonic(Instant),
+    /// On REALTIME.
+    Realtime(WallTime),
+    /// On BOOTTIME.
+    Boottime(BootInstant),
+}
+
+impl ClockDeadline {
+    /// The clock it is on.
+    pub fn clock(&self) -> ClockId {
+        match self {
+            ClockDeadline::Monotonic(_) => ClockId::Monotonic,
+            ClockDeadline::Realtime(_) => ClockId::Realtime,
+            ClockDeadline::Boottime(_) => ClockId::Boottime,
+        }
+    }
+
+    /// ns on its own clock.
+    pub fn as_nanos(&self) -> u64 {
+        match *self {
+            ClockDeadline::Monotonic(t) => t.as_nanos(),
+            ClockDeadline::Realtime(t) => t.as_nanos(),
+            ClockDeadline::Boottime(t) => t.as_nanos(),
+        }
+    }
+
+    /// The MONOTONIC instant at which its clock reads it, with `offsets` (the first such
+    /// instant: the clock reads the deadline or later from there on, until the offsets
+    /// change; a deadline before MONOTONIC's origin maps to the origin).
+    pub fn monotonic(&self, offsets: &Offsets) -> Instant {
+        match *self {
+            ClockDeadline::Monotonic(t) => t,
+            ClockDeadline::Realtime(t) => offsets.monotonic_at(t),
+            ClockDeadline::Boottime(t) => {
+                Instant::from_nanos(t.as_nanos().saturating_sub(offsets.suspended_ns))
+            }
+        }
+    }
+
+    /// Whether its clock reads it or later at MONOTONIC `now`, with `offsets`.
+    pub fn reached(&self, offsets: &Offsets, now: Instant) -> bool {
+        let c = offsets.at(now);
+        match *self {
+            ClockDeadline::Monotonic(t) => now >= t,
+            ClockDeadline::Realtime(t) => c.realtime >= t,
+            ClockDeadline::Boottime(t) => c.boottime >= t,
+        }
+    }
+}
+
 /// The three clocks read at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clocks {
@@ -151,6 +227,41 @@ mod tests {
         let back = Offsets { realtime_ns: -300, suspended_ns: 0 };
         assert_eq!(back.at(Instant::from_nanos(200)).realtime, WallTime::EPOCH, "saturates at the epoch");
         assert_eq!(back.monotonic_at(WallTime::from_nanos(100)), Instant::from_nanos(400));
+    }
+
+    #[test]
+    fn a_deadline_maps_to_the_first_monotonic_instant_its_clock_reads_it() {
+        // Checked against the clock itself: at the mapped instant the clock reads the deadline
+        // or later, one ns before it reads less (away from the saturating edges).
+        let offsets = [
+            Offsets { realtime_ns: 1_936_778_400_000_000_000, suspended_ns: 0 },
+            Offsets { realtime_ns: -5_000, suspended_ns: 3_000 },
+            Offsets { realtime_ns: 7, suspended_ns: 1_000_000 },
+        ];
+        for o in offsets {
+            for ns in [10_000_000u64, 1_936_778_400_123_456_789] {
+                for d in [
+                    ClockDeadline::Monotonic(Instant::from_nanos(ns)),
+                    ClockDeadline::Realtime(WallTime::from_nanos(ns)),
+                    ClockDeadline::Boottime(BootInstant::from_nanos(ns)),
+                ] {
+                    let m = d.monotonic(&o);
+                    let reads = |at: Instant| match d.clock() {
+                        ClockId::Monotonic => at.as_nanos(),
+                        ClockId::Realtime => o.at(at).realtime.as_nanos(),
+                        ClockId::Boottime => o.at(at).boottime.as_nanos(),
+                    };
+                    if m.as_nanos() == 0 {
+                        assert!(reads(m) >= ns || d.clock() == ClockId::Realtime, "{d:?} {o:?}");
+                        continue;
+                    }
+                    assert!(reads(m) >= ns && d.reached(&o, m), "{d:?} {o:?}: early at {m:?}");
+                    let before = Instant::from_nanos(m.as_nanos() - 1);
+                    assert!(reads(before) < ns && !d.reached(&o, before), "{d:?} {o:?}: late");
+                    assert_eq!(d.as_nanos(), ns);
+                }
+            }
+        }
     }
 
     #[test]

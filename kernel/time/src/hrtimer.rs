@@ -476,6 +476,37 @@ impl<T> TimerQueue<T> {
         Some(Expired { id, deadline_ns: slot.deadline_ns, payload })
     }
 
+    /// Moves pending timers: `new_deadline` gives a timer its new deadline (`None`: it stays
+    /// where it is), and the queue is put in order again, O(n). Each keeps its id and its
+    /// place among equal deadlines (arming order). Returns how many moved. For timers whose
+    /// deadline is on another clock than the queue's, when that clock's offset changes
+    /// (`CpuTick::clock_was_set`); a running timer is not pending and does not move.
+    pub fn retime(&mut self, mut new_deadline: impl FnMut(&T) -> Option<u64>) -> usize {
+        self.settle();
+        let mut moved = 0;
+        for &index in &self.heap {
+            let slot = &mut self.slots[index as usize];
+            let SlotState::Pending { payload, .. } = &slot.state else {
+                unreachable!("the heap holds only pending slots")
+            };
+            if let Some(deadline_ns) = new_deadline(payload)
+                && deadline_ns != slot.deadline_ns
+            {
+                slot.deadline_ns = deadline_ns;
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            for i in (0..self.heap.len() / 2).rev() {
+                self.sift_down(i);
+            }
+            for i in 0..self.heap.len() {
+                self.place(i);
+            }
+        }
+        moved
+    }
+
     /// Number of pending timers.
     #[inline]
     pub fn len(&self) -> usize {

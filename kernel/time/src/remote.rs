@@ -352,13 +352,13 @@ enum Received<P> {
 impl<P> Handles<P> {
     /// The owner, under its guard: arms posted timer `index` (generation `generation`) unless
     /// it was cancelled meanwhile, then its payload comes back to be dropped outside the guard.
-    fn arm_posted(
+    fn arm_posted<C: ExpiryContext<Payload = P>>(
         &self,
+        cx: &C,
         t: &mut CpuTick<P>,
         index: u32,
         generation: u32,
         deadline_ns: u64,
-        now_ns: u64,
         bc: &spin::Mutex<crate::broadcast::Broadcast>,
     ) -> Received<P> {
         let Some(slot) = self.slots.get(index as usize) else { return Received::Nothing };
@@ -372,7 +372,12 @@ impl<P> Handles<P> {
                 let Some(payload) = slot.payload.take() else { return Received::Nothing };
                 // A cancel from now on is caught by the expiry's check, and its message
                 // takes the timer out of the queue.
-                let id = t.arm_reserved(deadline_ns, payload, now_ns, bc);
+                // A deadline on REALTIME or BOOTTIME is placed with this CPU's offsets, under
+                // its guard (`CpuTick::offsets`), not the sender's.
+                let deadline_ns = cx
+                    .clock_deadline(&payload)
+                    .map_or(deadline_ns, |at| at.monotonic(&t.offsets()).as_nanos());
+                let id = t.arm_reserved(deadline_ns, payload, cx.now_ns(), bc);
                 let (_, queue_slot, queue_generation) = id.parts();
                 slot.queued
                     .store(u64::from(queue_slot) << 32 | u64::from(queue_generation), Ordering::Relaxed);
@@ -434,7 +439,7 @@ pub fn drain<C: ExpiryContext>(
         let Some(message) = receiver.recv() else { break };
         let received = match message {
             TimeMessage::Arm { slot, generation, deadline_ns } => cx.with_tick(|t, bc| {
-                let received = handles.arm_posted(t, slot, generation, deadline_ns, cx.now_ns(), bc);
+                let received = handles.arm_posted(cx, t, slot, generation, deadline_ns, bc);
                 drained.failure = drained.failure.or(t.take_failure());
                 received
             }),

@@ -14,6 +14,7 @@
 use super::{ArmError, DeviceId, Service, TickMode};
 use crate::broadcast::Broadcast;
 use crate::clockevents::{ClockEventDevice, Features, FrequencyError, NsToTicks, ProgramError, State};
+use crate::clocks::{ClockDeadline, Offsets};
 use crate::hrtimer::{Cancel, Expired, TimerId, TimerQueue, WrongCpu};
 use alloc::sync::Arc;
 use spin::Mutex;
@@ -130,6 +131,9 @@ pub struct CpuTick<T> {
     /// Gone offline ([`CpuTick::go_offline`]): serves nothing, takes no timer, ignores
     /// assignments still in flight.
     offline: bool,
+    /// The clocks' offsets this CPU's queue places REALTIME and BOOTTIME deadlines with, as
+    /// of its last [`clock_was_set`](Self::clock_was_set).
+    offsets: Offsets,
 }
 
 /// What [`CpuTick::broadcast_enter`] did before deep idle.
@@ -210,6 +214,7 @@ impl<T> CpuTick<T> {
             last_assignment: 0,
             handle_reserve: 0,
             offline: false,
+            offsets: Offsets { realtime_ns: 0, suspended_ns: 0 },
         }
     }
 
@@ -497,6 +502,34 @@ impl<T> CpuTick<T> {
             self.reprogram(now_ns, bc);
         }
         id
+    }
+
+    /// The offsets this CPU's queue places deadlines of REALTIME and BOOTTIME with
+    /// ([`ClockDeadline::monotonic`]): arm such a timer at the place they give, under the
+    /// guard, so that a [`clock_was_set`](Self::clock_was_set) cannot fall between the two.
+    #[inline]
+    pub fn offsets(&self) -> Offsets {
+        self.offsets
+    }
+
+    /// The clocks' offsets changed (REALTIME stepped, time suspended added: Linux's
+    /// `clock_was_set`): every pending timer on another clock than MONOTONIC (`clock_of` says
+    /// which, and its deadline there) is queued again where `offsets` place it, and the device
+    /// is programmed for the new earliest. A timer stepped into the past falls due now; one
+    /// stepped back waits. Returns how many moved.
+    pub fn clock_was_set(
+        &mut self,
+        offsets: Offsets,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+        mut clock_of: impl FnMut(&T) -> Option<ClockDeadline>,
+    ) -> usize {
+        self.offsets = offsets;
+        let moved = self.queue.retime(|p| clock_of(p).map(|at| at.monotonic(&offsets).as_nanos()));
+        if moved > 0 {
+            self.reprogram(now_ns, bc);
+        }
+        moved
     }
 
     /// Cancels a timer of this CPU. The device keeps its programmed time: an interrupt with

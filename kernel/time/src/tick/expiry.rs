@@ -16,7 +16,9 @@
 
 use super::{CpuTick, DeviceFailure, DeviceId};
 use crate::broadcast::Broadcast;
+use crate::clocks::{ClockDeadline, Offsets};
 use crate::hrtimer::{Expired, TimerId};
+use crate::instant::Instant;
 use crate::remote::Handles;
 use spin::Mutex;
 
@@ -70,6 +72,21 @@ pub trait ExpiryContext {
     #[inline]
     fn handles(&self) -> Option<&Handles<Self::Payload>> {
         None
+    }
+    /// The clock a payload's timer was armed on and its deadline there, for a timer not on
+    /// MONOTONIC (none by default: every timer is on MONOTONIC). Such a timer is asked again
+    /// whether its clock has reached its deadline when it falls due ([`offsets`](Self::offsets)
+    /// fresh), and queued again if not (its clock was stepped back), never run early.
+    #[inline]
+    fn clock_deadline(&self, payload: &Self::Payload) -> Option<ClockDeadline> {
+        let _ = payload;
+        None
+    }
+    /// The clocks' offsets now (the timekeeper's, read afresh), for timers on REALTIME and
+    /// BOOTTIME ([`clock_deadline`](Self::clock_deadline)); read only when such a timer is due.
+    #[inline]
+    fn offsets(&self) -> Offsets {
+        Offsets::default()
     }
     /// A point of the path reached (no-op by default).
     #[inline]
@@ -176,7 +193,13 @@ fn next_step<C: ExpiryContext>(
 ) -> Step<C::Payload> {
     loop {
         if let Some(expired) = t.pop_expired(pass.now_ns) {
-            return Step::Run(expired);
+            match cx.clock_deadline(&expired.payload) {
+                None => return Step::Run(expired),
+                Some(at) => match not_yet(cx, t, expired, at, pass.now_ns) {
+                    Some(due) => return Step::Run(due),
+                    None => continue,
+                },
+            }
         }
         cx.trace(ExpiryPoint::CallbacksDone);
         let now_ns = cx.now_ns();
@@ -196,6 +219,28 @@ fn next_step<C: ExpiryContext>(
         cx.trace(ExpiryPoint::Reprogrammed);
         return Step::Done(t.take_failure());
     }
+}
+
+/// A timer on REALTIME or BOOTTIME fell due on MONOTONIC: if its clock has not reached its
+/// deadline (stepped back since it was queued, and this CPU not told yet), it is queued again
+/// where the fresh offsets place it (same id) and `None` says so; else it runs.
+#[inline(never)]
+fn not_yet<C: ExpiryContext>(
+    cx: &C,
+    t: &mut CpuTick<C::Payload>,
+    expired: Expired<C::Payload>,
+    at: ClockDeadline,
+    now_ns: u64,
+) -> Option<Expired<C::Payload>> {
+    let offsets = cx.offsets();
+    if at.reached(&offsets, Instant::from_nanos(now_ns)) {
+        return Some(expired);
+    }
+    // Later than `now_ns` on MONOTONIC (its clock has not reached it): not due in this pass.
+    let again = at.monotonic(&offsets).as_nanos().max(now_ns + 1);
+    // Never refused: it is running, and nothing cancels it under this guard.
+    let _ = t.complete(expired.id, Some((again, expired.payload)));
+    None
 }
 
 /// A handle's timer runs only if no cancel got there first (from any CPU: the handle's state

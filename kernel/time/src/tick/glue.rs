@@ -369,6 +369,24 @@ pub fn broadcast_event<P: Platform>(p: &P, now_ns: u64) -> CpuSet {
 
 /// Takes out a device that gave up programming on this CPU meanwhile.
 #[inline]
+/// The clocks' offsets changed (REALTIME stepped, time suspended added; Linux's
+/// `clock_was_set`, on each CPU): this CPU's timers on REALTIME and BOOTTIME are queued again
+/// where the fresh offsets ([`ExpiryContext::offsets`]) place them, and its device programmed
+/// for the earliest; a device that gives up meanwhile is taken out. Run it on every CPU after
+/// the change (a CPU not told yet runs nothing early: a timer due on MONOTONIC is asked
+/// again whether its clock has reached it). Returns how many timers moved.
+pub fn clock_was_set<P: Platform>(p: &P) -> usize {
+    let offsets = p.offsets();
+    let now = p.now_ns();
+    let done = p.with_tick(|t, bc| {
+        let moved = t.clock_was_set(offsets, now, bc, |payload| p.clock_deadline(payload));
+        (moved, t.take_failure())
+    });
+    let Some((moved, failure)) = done else { return 0 };
+    report(p, failure);
+    moved
+}
+
 fn report<P: Platform>(p: &P, failure: Option<DeviceFailure>) {
     if let Some(f) = failure {
         p.take_out(f);

@@ -6,6 +6,7 @@
 use super::*;
 use crate::broadcast::Broadcast;
 use crate::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, State};
+use crate::clocks::{BootInstant, ClockDeadline, Offsets, WallTime};
 use crate::hrtimer::{Cancel, Expired, TimerId};
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -20,6 +21,8 @@ use spin::Mutex;
 struct World {
     clock: Mutex<u64>,
     running_on: Mutex<usize>,
+    /// The timekeeper's offsets (REALTIME and BOOTTIME from the clock, which is MONOTONIC).
+    offsets: Mutex<Offsets>,
 }
 
 /// A 100 MHz device on the simulated clock: remembers the absolute time it would fire at.
@@ -105,6 +108,8 @@ struct SimTimer {
     period: u64,
     fired: Vec<u64>,
     behaviour: Behaviour,
+    /// Armed on REALTIME or BOOTTIME: its deadline there (`deadline` is where it was queued).
+    clock: Option<ClockDeadline>,
 }
 
 /// The simulator's side of one CPU's expiry: the crate's expiry loop runs on it as on the
@@ -162,6 +167,12 @@ impl ExpiryContext for SimCpu<'_> {
     }
     fn now_ns(&self) -> u64 {
         *self.world.clock.lock()
+    }
+    fn clock_deadline(&self, n: &u32) -> Option<ClockDeadline> {
+        self.timers.borrow().get(n).and_then(|t| t.clock)
+    }
+    fn offsets(&self) -> Offsets {
+        *self.world.offsets.lock()
     }
     fn run(&self, e: Expired<u32>, now_ns: u64) -> Option<(u64, u32)> {
         let now = self.now_ns();
@@ -247,8 +258,11 @@ const GLOBAL_HPET: u32 = 90;
 
 impl Sim {
     fn new(mode: TickMode, cpus: usize) -> Sim {
-        let world: &'static World =
-            Box::leak(Box::new(World { clock: Mutex::new(1_000_000), running_on: Mutex::new(0) }));
+        let world: &'static World = Box::leak(Box::new(World {
+            clock: Mutex::new(1_000_000),
+            running_on: Mutex::new(0),
+            offsets: Mutex::new(Offsets::default()),
+        }));
         let mut s = Sim {
             world,
             registry: Registry::new(),
@@ -355,11 +369,43 @@ impl Sim {
         let n = self.next_timer;
         self.next_timer += 1;
         let id = self.on(cpu, |t, now, bc| t.arm(deadline, n, now, bc)).expect("armed");
-        self.timers.insert(n, SimTimer { cpu, deadline, period, fired: vec![], behaviour: Behaviour::Plain });
+        self.timers.insert(
+            n,
+            SimTimer { cpu, deadline, period, fired: vec![], behaviour: Behaviour::Plain, clock: None },
+        );
         self.ids.insert(n, id);
         let changes = self.take_failures();
         self.apply(changes);
         (n, id)
+    }
+    /// Arms a timer on `cpu` at `at` on its clock, placed with the CPU's offsets under its
+    /// guard as the kernel does.
+    fn arm_on_clock(&mut self, cpu: usize, at: ClockDeadline) -> u32 {
+        let n = self.next_timer;
+        self.next_timer += 1;
+        let (id, deadline) = self.on(cpu, |t, now, bc| {
+            let deadline = at.monotonic(&t.offsets()).as_nanos();
+            (t.arm(deadline, n, now, bc).expect("armed"), deadline)
+        });
+        let timer = SimTimer {
+            cpu,
+            deadline,
+            period: 0,
+            fired: vec![],
+            behaviour: Behaviour::Plain,
+            clock: Some(at),
+        };
+        self.timers.insert(n, timer);
+        self.ids.insert(n, id);
+        n
+    }
+    /// The timekeeper's offsets change (a step of REALTIME, time suspended); no CPU is told.
+    fn set_offsets(&mut self, o: Offsets) {
+        *self.world.offsets.lock() = o;
+    }
+    /// `cpu` is told the offsets changed; how many of its timers moved.
+    fn clock_was_set(&mut self, cpu: usize) -> usize {
+        self.as_cpu(cpu, |cx| glue::clock_was_set(cx))
     }
     fn arm(&mut self, cpu: usize, deadline: u64) -> (u32, TimerId) {
         self.arm_periodic(cpu, deadline, 0)
@@ -374,7 +420,14 @@ impl Sim {
         self.next_timer += 1;
         self.timers.insert(
             n,
-            SimTimer { cpu: target, deadline, period: 0, fired: vec![], behaviour: Behaviour::Plain },
+            SimTimer {
+                cpu: target,
+                deadline,
+                period: 0,
+                fired: vec![],
+                behaviour: Behaviour::Plain,
+                clock: None,
+            },
         );
         self.inbox.push_back((target, Message::Arm { deadline, n }));
         n
@@ -1589,5 +1642,85 @@ fn random_timers_survive_cpus_going_offline() {
             counts.0 > 1_000 && counts.1 > 20 && counts.2 == 40,
             "timers, cancelled, periodic: {counts:?}"
         );
+    }
+}
+
+/// Timers on REALTIME and BOOTTIME across steps of REALTIME and time suspended: a CPU told
+/// (`clock_was_set`) queues them again where the new offsets place them (a step forwards past a
+/// deadline: due at once; a step back: later); a CPU not told yet runs nothing early either (the
+/// expiry asks each such timer whether its own clock has reached it); each runs once, and
+/// MONOTONIC timers stay where they were.
+#[test]
+fn timers_on_realtime_and_boottime_follow_steps_never_early_on_their_clock() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic0", LAPIC, 0);
+    s.per_cpu("lapic1", LAPIC, 1);
+    let wall0 = 1_936_778_400_000_000_000i64;
+    s.set_offsets(Offsets { realtime_ns: wall0, suspended_ns: 0 });
+    for c in 0..2 {
+        s.clock_was_set(c);
+    }
+    let now = s.now();
+    let wall = |mono: u64| WallTime::from_nanos((wall0 + mono as i64) as u64);
+    // On each CPU: a REALTIME timer 1 ms and 10 ms ahead, a BOOTTIME one 2 ms ahead, a
+    // MONOTONIC one 3 ms ahead.
+    let mut real_soon = vec![];
+    let mut real_late = vec![];
+    let mut boot = vec![];
+    let mut mono = vec![];
+    for c in 0..2 {
+        real_soon.push(s.arm_on_clock(c, ClockDeadline::Realtime(wall(now + 1_000_000))));
+        real_late.push(s.arm_on_clock(c, ClockDeadline::Realtime(wall(now + 10_000_000))));
+        boot.push(s.arm_on_clock(c, ClockDeadline::Boottime(BootInstant::from_nanos(now + 2_000_000))));
+        mono.push(s.arm(c, now + 3_000_000).0);
+    }
+    // REALTIME steps back 5 ms; CPU 0 is told, CPU 1 not (yet).
+    let back = Offsets { realtime_ns: wall0 - 5_000_000, suspended_ns: 0 };
+    s.set_offsets(back);
+    assert_eq!(s.clock_was_set(0), 2, "CPU 0's two REALTIME timers move");
+    s.run_until(now + 4_000_000);
+    for c in 0..2 {
+        assert!(s.fired(real_soon[c]).is_empty(), "CPU {c}: a REALTIME timer ran early after a step back");
+        assert_eq!(s.fired(boot[c]), &[now + 2_000_000][..], "BOOTTIME does not step");
+        assert_eq!(s.fired(mono[c]), &[now + 3_000_000][..], "MONOTONIC does not step");
+    }
+    // CPU 1 is told now: its timer, queued again by its expiry, stays where the check put it.
+    assert_eq!(
+        s.clock_was_set(1),
+        1,
+        "only CPU 1's later timer moves: its expiry queued the early one again"
+    );
+    s.run_until(now + 6_000_000);
+    for (c, &n) in real_soon.iter().enumerate() {
+        assert_eq!(s.fired(n), &[now + 6_000_000][..], "CPU {c}: 1 ms + the 5 ms step");
+    }
+    // REALTIME steps forwards 20 ms past the later timers' deadlines; both CPUs are told: due now.
+    let at = s.now();
+    s.set_offsets(Offsets { realtime_ns: wall0 + 15_000_000, suspended_ns: 0 });
+    for c in 0..2 {
+        assert_eq!(s.clock_was_set(c), 1);
+    }
+    s.run_until(at + 100_000);
+    for (c, &n) in real_late.iter().enumerate() {
+        let f = s.fired(n);
+        // Its old place was 9 ms ahead: now is the device's minimum delta from `at`.
+        assert!(
+            f.len() == 1 && f[0] < at + 100_000,
+            "CPU {c}: stepped past its deadline, it ran at {f:?}, not now ({at})"
+        );
+    }
+    // Time suspended moves BOOTTIME (and REALTIME): a BOOTTIME timer 10 ms ahead falls due at
+    // once on a CPU told about 20 ms suspended; one armed 50 ms ahead comes 20 ms sooner.
+    let at = s.now();
+    let offs = Offsets { realtime_ns: wall0 + 15_000_000, suspended_ns: 0 };
+    let near = s.arm_on_clock(0, ClockDeadline::Boottime(BootInstant::from_nanos(at + 10_000_000)));
+    let far = s.arm_on_clock(1, ClockDeadline::Boottime(BootInstant::from_nanos(at + 50_000_000)));
+    s.set_offsets(Offsets { realtime_ns: offs.realtime_ns + 20_000_000, suspended_ns: 20_000_000 });
+    assert_eq!((s.clock_was_set(0), s.clock_was_set(1)), (1, 1));
+    s.run_until(at + 40_000_000);
+    assert!(s.fired(near).len() == 1 && s.fired(near)[0] < at + 100_000, "due at once: {:?}", s.fired(near));
+    assert_eq!(s.fired(far), &[at + 30_000_000][..]);
+    for (n, t) in &s.timers {
+        assert_eq!(t.fired.len(), 1, "timer {n} ran {} times", t.fired.len());
     }
 }
