@@ -61,6 +61,9 @@ pub struct KernelOptions {
     /// `suspend_test=MS`: suspend timekeeping for MS ms in the middle of the main run, then
     /// resume it (default none).
     pub suspend_test_ms: Option<u64>,
+    /// `clock_step_test=SECONDS`: step REALTIME by SECONDS (-86400..=86400, not 0) in the
+    /// middle of the main run, with timers on REALTIME pending on every CPU (default none).
+    pub clock_step_test_s: Option<i64>,
     /// `clocksource=tsc|hpet|acpi_pm`: the clocksource to use while it is usable (default: the
     /// best-rated usable one).
     pub clocksource: Option<ClocksourceChoice>,
@@ -180,6 +183,7 @@ impl Default for KernelOptions {
             rtc_local: false,
             lapic_stops_in_idle: false,
             suspend_test_ms: None,
+            clock_step_test_s: None,
             clocksource: None,
             tsc_skew: None,
             tsc_rate_ppm: None,
@@ -364,6 +368,11 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 1..=60_000));
                 options.suspend_test_ms = ms.or(options.suspend_test_ms);
             }
+            "clock_step_test" => {
+                let s = take("clock_step_test", "seconds from -86400 to 86400, not 0")
+                    .parse(&mut problems, |v| in_range(v, -86_400i64..=86_400).filter(|&s| s != 0));
+                options.clock_step_test_s = s.or(options.clock_step_test_s);
+            }
             "lapic_stops_in_idle" if value.is_none() => options.lapic_stops_in_idle = true,
             "clocksource" => {
                 let choice = take("clocksource", "tsc, hpet or acpi_pm").parse(&mut problems, |v| match v {
@@ -472,6 +481,12 @@ mod tests {
         assert_eq!(parse("idle=poll").0.idle, IdleChoice::Poll);
         assert_eq!(parse("idle=c6").0.idle, IdleChoice::Halt, "a bad value keeps the default");
         assert_eq!(parse("suspend_test=0").0.suspend_test_ms, None);
+        assert_eq!(parse("clock_step_test=-5").0.clock_step_test_s, Some(-5));
+        assert_eq!(parse("clock_step_test=3600").0.clock_step_test_s, Some(3600));
+        for bad in ["clock_step_test=0", "clock_step_test=86401", "clock_step_test=+-1", "clock_step_test"] {
+            let (o, problems) = parse(bad);
+            assert_eq!((o.clock_step_test_s, problems.len()), (None, 1), "{bad}");
+        }
         let (b, p) = parse("bench bench_cpu=1 bench_drift_s=10");
         assert!(p.is_empty() && b.bench && b.bench_cpu == 1 && b.bench_drift_s == 10);
     }

@@ -109,6 +109,13 @@ pub fn report(k: &Kernel) -> timer_report::TimerReport {
     clocksource::fill_report(&mut report);
     clockevents::fill_report(&mut report, &k.clockevents);
     report.clocks = time::wallclock::report();
+    if let Some(step) = time::clock_step::report() {
+        let failed = step.fired < step.armed || step.fired_twice > 0 || step.early > 0 || step.wrong_cpu > 0;
+        report.clock_step = Some(step);
+        if failed {
+            report.verdict = timer_report::Verdict::Failed;
+        }
+    }
     if let Some(outcome) = workload::last() {
         workload::fill_report(&mut report, &outcome);
     }

@@ -20,7 +20,7 @@ use serde::Serialize;
 /// `interrupt_allocations` and `interrupt_frees`; 10: `handler_to_callback_ns` (the time
 /// layer's own part of each event's path), `workload_cpus` and `clocks` (the RTC and the
 /// wall clock).
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -33,10 +33,15 @@ pub struct ClocksReport {
     pub rtc_holds: &'static str,
     /// REALTIME: ns since 1970-01-01T00:00:00, set from the RTC at boot.
     pub realtime_ns: u64,
-    /// BOOTTIME: MONOTONIC plus time spent suspended (none is accounted yet).
+    /// BOOTTIME: MONOTONIC plus time spent suspended (`suspend_test=`'s halts).
     pub boottime_ns: u64,
-    /// MONOTONIC: ns since the clocksource started.
+    /// MONOTONIC: ns since the clocksource started, time suspended not counted.
     pub monotonic_ns: u64,
+    /// Times the offsets of REALTIME or BOOTTIME changed (steps of REALTIME, the one from the
+    /// RTC at boot included; resumes), and the timers on those clocks every CPU placed again
+    /// then (schema 11).
+    pub clock_was_set: u64,
+    pub timers_requeued: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -76,6 +81,8 @@ pub struct TimerReport {
     pub broadcast_stats: BroadcastReport,
     /// The suspend test, if it ran (schema 3).
     pub suspend: Option<SuspendReport>,
+    /// The clock step test, if it ran (schema 11).
+    pub clock_step: Option<ClockStepReport>,
     /// How interrupt messages name CPUs, and the CPUs they cannot name (schema 4).
     pub destinations: DestinationsReport,
     /// Clocksource time at which every CPU had its tick device, self-tests included (schema 4).
@@ -289,6 +296,22 @@ pub struct MemoryReport {
     pub per_cpu_bytes: u64,
 }
 
+/// `clock_step_test=`'s figures (schema 11): REALTIME stepped by `step_ns` with `armed`
+/// timers on REALTIME pending on every CPU; of those, how many ran, ran twice, ran before
+/// REALTIME read their deadline (judged on MONOTONIC), ran on another CPU than their own, and
+/// ran before the MONOTONIC instant they had been placed at before the step (a step forwards
+/// past them: queued again, not left at their old place).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ClockStepReport {
+    pub step_ns: i64,
+    pub armed: u64,
+    pub fired: u64,
+    pub fired_twice: u64,
+    pub early: u64,
+    pub wrong_cpu: u64,
+    pub pulled_in: u64,
+}
+
 /// The suspend test's figures (schema 3).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SuspendReport {
@@ -297,6 +320,9 @@ pub struct SuspendReport {
     pub count: u64,
     pub suspended_ns: u64,
     pub timers_resumed: u64,
+    /// Of `suspended_ns`, the time the machine was halted (schema 11): what MONOTONIC did not
+    /// count and BOOTTIME and REALTIME did.
+    pub asleep_ns: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -499,7 +525,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":10,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":11,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

@@ -297,6 +297,16 @@ impl Outcome {
     }
 }
 
+/// `clock_step_test=`: REALTIME is stepped by this many seconds halfway through the run (0:
+/// not).
+static CLOCK_STEP_S: core::sync::atomic::AtomicI64 = core::sync::atomic::AtomicI64::new(0);
+
+/// Steps REALTIME by `seconds` halfway through the next run, with timers on REALTIME pending
+/// on its CPUs (`time::clock_step`); `None`: no step.
+pub fn step_clock_midway(seconds: Option<i64>) {
+    CLOCK_STEP_S.store(seconds.unwrap_or(0), Ordering::Relaxed);
+}
+
 /// Runs the workload on the first `cpus` online CPUs only from now on (`None`: every CPU).
 pub fn limit_cpus(cpus: Option<usize>) {
     WORKLOAD_CPUS.store(cpus.unwrap_or(usize::MAX), Ordering::Relaxed);
@@ -317,6 +327,8 @@ pub fn run_with_suspend(
 ) -> Outcome {
     let start = now_ns();
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
+    let step = CLOCK_STEP_S.swap(0, Ordering::Relaxed);
+    let mut step_at = (step != 0).then_some(start + duration_ms * 1_000_000 / 2);
     let cpus: Vec<usize> =
         percpu::all().map(|c| c.index).take(WORKLOAD_CPUS.load(Ordering::Relaxed)).collect();
     let samples_per_cpu = MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1));
@@ -358,9 +370,16 @@ pub fn run_with_suspend(
                 clockevents::record_fallback(alloc::format!("suspend test: {e}"));
             }
         }
+        if step_at.is_some_and(|at| now_ns() >= at) {
+            step_at = None;
+            crate::time::clock_step::step(step, &cpus);
+        }
         if clockevents::sleep_ns(1_000_000).is_err() {
             core::hint::spin_loop();
         }
+    }
+    if step != 0 {
+        crate::time::clock_step::finish();
     }
     let mut samples: Vec<u64> = Vec::new();
     let mut handler_samples: Vec<u64> = Vec::new();

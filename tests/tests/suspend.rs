@@ -2,7 +2,7 @@
 //! timers pending on every CPU: every pending timer fires once after the resume, none early,
 //! none lost; the HPET's routes are rewritten (IOAPIC, FSB, legacy) and every CPU's device comes
 //! back, in every arrangement (per-CPU HPET, partial + global broadcast, legacy, FSB, deep
-//! idle with LAPIC timers handing over).
+//! idle with LAPIC timers handing over). MONOTONIC stops for the halt and BOOTTIME counts it.
 #![no_std]
 #![no_main]
 
@@ -27,6 +27,14 @@ fn every_pending_timer_fires_once_after_the_resume(k: &Kernel) {
     assert_eq!(s.count, 1);
     assert!(s.timers_resumed > 0, "no timer was pending across the suspend: it tested nothing");
     assert!(s.suspended_ns >= 100_000_000, "suspended {} ns, less than asked", s.suspended_ns);
+    // MONOTONIC stopped for the halt, as Linux's: BOOTTIME counted it, and nothing else.
+    assert!(s.asleep_ns >= 100_000_000 && s.asleep_ns <= s.suspended_ns, "{s:?}");
+    let c = kernel_tests::kernel::time::clocksource::clocks();
+    assert_eq!(
+        c.boottime.as_nanos() - c.monotonic.as_nanos(),
+        s.asleep_ns,
+        "BOOTTIME - MONOTONIC after {s:?}"
+    );
     kernel_tests::assert_pending_timers_fire_once_after_the_suspend(&out);
     kernel_tests::assert_workload_clean(&out);
     for t in clockevents::tick_devices() {

@@ -41,9 +41,34 @@ pub fn clocks() -> kernel_time::clocks::Clocks {
 }
 
 /// Steps REALTIME to read `to` now (serialised with the other writers of the snapshot);
-/// returns the step in ns.
+/// returns the step in ns. Every CPU then places its timers on REALTIME again
+/// (`clockevents::clock_was_set`: Linux's `clock_was_set` after `do_settimeofday64`).
 pub fn set_realtime(to: kernel_time::clocks::WallTime) -> i64 {
-    with_sources(|_| TIMEKEEPER.set_realtime(&Hardware, to))
+    let step = with_sources(|_| TIMEKEEPER.set_realtime(&Hardware, to));
+    clockevents::clock_was_set();
+    step
+}
+
+/// Steps REALTIME by `delta_ns` exactly (negative: back); returns the step made. Every CPU then
+/// places its timers on REALTIME again, as after [`set_realtime`].
+pub fn step_realtime(delta_ns: i64) -> i64 {
+    let step = with_sources(|_| TIMEKEEPER.step_realtime(delta_ns));
+    clockevents::clock_was_set();
+    step
+}
+
+/// The offsets that make REALTIME and BOOTTIME from MONOTONIC, now (lock-free).
+#[inline]
+pub fn offsets() -> kernel_time::clocks::Offsets {
+    TIMEKEEPER.offsets()
+}
+
+/// The machine was asleep for the last `asleep_ns` (nobody read the clock meanwhile):
+/// MONOTONIC takes them back and BOOTTIME and REALTIME count them
+/// (`Timekeeper::resume_after`); the caller then has every CPU place its timers on those
+/// clocks again (`clockevents::clock_was_set`). Returns MONOTONIC now.
+pub fn resume_after(asleep_ns: u64) -> u64 {
+    with_sources(|_| TIMEKEEPER.resume_after(&Hardware, asleep_ns))
 }
 
 /// The HPET main counter's reading at which the system clock reads `ns` or later, while the

@@ -5,6 +5,7 @@
 //! Imports run one way: this room imports the drivers (`arch::x86_64`), never the other way
 //! (ARCHITECTURE.md, "Layers"; `scripts/check-layers` fails on a driver that imports it). A
 //! driver is handed its callback when it is attached.
+pub mod clock_step;
 pub mod clockevents;
 pub mod clocksource;
 pub mod idle;

@@ -65,11 +65,14 @@ pub fn report() -> ClocksReport {
     let layout = LAYOUT.get().copied().unwrap_or_default();
     let rtc = rtc::read(&layout).ok().map(|dt| stamp(&dt));
     let c = clocksource::clocks();
+    let (clock_was_set, timers_requeued) = crate::time::clockevents::clock_changes();
     ClocksReport {
         rtc,
         rtc_holds: if LOCAL.load(Ordering::Relaxed) { "local" } else { "utc" },
         realtime_ns: c.realtime.as_nanos(),
         boottime_ns: c.boottime.as_nanos(),
         monotonic_ns: c.monotonic.as_nanos(),
+        clock_was_set,
+        timers_requeued,
     }
 }

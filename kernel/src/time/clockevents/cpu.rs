@@ -12,6 +12,7 @@ use crate::time::clocksource::now_ns;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use kernel_time::broadcast::Broadcast;
+use kernel_time::clocks::{ClockDeadline, Offsets};
 use kernel_time::hrtimer::{Expired, TimerId};
 use kernel_time::inbox::{Inbox, TimeMessage};
 use kernel_time::remote::Handles;
@@ -250,6 +251,16 @@ impl ExpiryContext for ThisCpu {
     }
 
     #[inline(always)]
+    fn clock_deadline(&self, payload: &Payload) -> Option<ClockDeadline> {
+        payload.clock
+    }
+
+    #[inline]
+    fn offsets(&self) -> Offsets {
+        crate::time::clocksource::offsets()
+    }
+
+    #[inline(always)]
     fn has_handle(&self, payload: &Payload) -> bool {
         payload.handle.is_some()
     }
@@ -382,6 +393,12 @@ pub fn deep_idle_enter() -> Result<kernel_time::tick::Handover, kernel_time::tic
 /// After deep idle (interrupts off): the CPU takes its deadline back from the broadcast.
 pub fn deep_idle_exit() {
     glue::idle_exit(&this_cpu());
+}
+
+/// The clocks' offsets changed: the calling CPU's timers on REALTIME and BOOTTIME are placed
+/// again (`kernel_time::tick::glue::clock_was_set`); how many moved.
+pub(super) fn clock_was_set_here() -> usize {
+    x86_64::instructions::interrupts::without_interrupts(|| glue::clock_was_set(&this_cpu()))
 }
 
 /// Suspends the calling CPU's tick (local device shut down, timers kept); how many are pending.

@@ -36,8 +36,8 @@ pub use report::{
     min_delta_ns, tick_devices,
 };
 pub use timer::{
-    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, cancel, now, post_on, reserve,
-    sleep_ns, sleep_until,
+    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, arm_on_clock, cancel, now, post_on,
+    reserve, sleep_ns, sleep_until,
 };
 
 use crate::arch::x86_64::interrupts;
@@ -230,6 +230,39 @@ pub(super) fn runtime_fallback(reason: String) {
 /// Every fallback recorded outside the bring-up's reach so far.
 pub(super) fn recorded_fallbacks() -> Vec<String> {
     without_interrupts(|| FALLBACKS.lock().clone())
+}
+
+/// Times the clocks' offsets changed (REALTIME stepped, a resume), and the timers on REALTIME
+/// and BOOTTIME that every CPU placed again then.
+static CLOCK_WAS_SET: AtomicU64 = AtomicU64::new(0);
+static REQUEUED: AtomicU64 = AtomicU64::new(0);
+
+/// The clocks' offsets changed (REALTIME stepped, time asleep added; Linux's `clock_was_set`):
+/// every online CPU places its timers on REALTIME and BOOTTIME again where the new offsets put
+/// them, this one now, the others by a call IPI, without waiting (a CPU not told yet runs
+/// nothing early: its expiry asks each such timer whether its own clock has reached it).
+pub fn clock_was_set() {
+    CLOCK_WAS_SET.fetch_add(1, Ordering::Relaxed);
+    if !percpu::ready() {
+        return;
+    }
+    let here = percpu::this_cpu().index;
+    for other in percpu::all().map(|c| c.index).filter(|&c| c != here) {
+        let told = smp::post(other, || {
+            REQUEUED.fetch_add(cpu::clock_was_set_here() as u64, Ordering::Relaxed);
+        });
+        if let Err(e) = told {
+            log::warn!(
+                "clock was set: CPU {other} not told ({e}); its timers on REALTIME wait for their old place"
+            );
+        }
+    }
+    REQUEUED.fetch_add(cpu::clock_was_set_here() as u64, Ordering::Relaxed);
+}
+
+/// How many times the clocks' offsets changed, and the timers placed again then (so far).
+pub fn clock_changes() -> (u64, u64) {
+    (CLOCK_WAS_SET.load(Ordering::Relaxed), REQUEUED.load(Ordering::Relaxed))
 }
 
 /// Clocksource time when every CPU had its tick device (the self-tests included).

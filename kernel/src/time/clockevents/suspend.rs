@@ -5,8 +5,12 @@
 //! comparator and its route is cleared as a power loss would; the machine waits MS ms of real
 //! time; then the HPET is restored and restarted, each comparator's route rewritten, and every
 //! CPU brings its own device back and programs its next deadline (each step the crate's glue,
-//! `kernel_time::tick::glue`, on that CPU). The clocksource (the TSC)
-//! runs on, so timers that fell due meanwhile fire at once, late by at most the time suspended.
+//! `kernel_time::tick::glue`, on that CPU). MONOTONIC stops for the halt, as
+//! Linux's does while a machine sleeps: the clocksource's counter runs on, and the timekeeper
+//! takes the halt back (`clocksource::resume_after`), adding it to BOOTTIME and REALTIME; then
+//! every CPU places its timers on those two clocks again (`clockevents::clock_was_set`). A
+//! timer on MONOTONIC waits the halt out (it is no later on MONOTONIC than the ticks'
+//! suspension around the halt); one on BOOTTIME or REALTIME that fell due meanwhile runs at once.
 
 use super::cpu;
 use crate::arch::x86_64::hpet::Hpet;
@@ -23,7 +27,7 @@ use x86_64::instructions::interrupts::without_interrupts;
 const PARK_LIMIT_NS: u64 = 1_000_000_000;
 
 static TOTALS: Mutex<SuspendReport> =
-    Mutex::new(SuspendReport { count: 0, suspended_ns: 0, timers_resumed: 0 });
+    Mutex::new(SuspendReport { count: 0, suspended_ns: 0, timers_resumed: 0, asleep_ns: 0 });
 
 /// Suspends begun so far (a counter a suspend stops, the HPET's, does not measure across one).
 static SUSPENDS: AtomicU64 = AtomicU64::new(0);
@@ -123,6 +127,11 @@ pub fn suspend_for(
         while now_ns() - suspended_at < ms * 1_000_000 {
             core::hint::spin_loop();
         }
+        // MONOTONIC stops while the machine sleeps, as Linux's: it takes the halt back (no
+        // one read it meanwhile: every CPU is parked, this one spins above), and BOOTTIME and
+        // REALTIME count it.
+        let asleep_ns = now_ns() - suspended_at;
+        crate::time::clocksource::resume_after(asleep_ns);
         halted(false);
         if let (Some(h), Some(saved)) = (hpet, saved) {
             h.resume(&saved);
@@ -134,7 +143,7 @@ pub fn suspend_for(
         cpu::resume_broadcast(now);
         cpu::resume_tick(now);
         r.last_resumed_ns.fetch_max(now_ns(), Ordering::AcqRel);
-        now - suspended_at
+        asleep_ns
     });
     r.release.store(true, Ordering::Release);
     let start = now_ns();
@@ -148,10 +157,13 @@ pub fn suspend_for(
         }
         core::hint::spin_loop();
     }
+    // REALTIME and BOOTTIME moved on by the sleep: every CPU places its timers on them again.
+    super::clock_was_set();
     let pending = r.pending.load(Ordering::Relaxed);
-    // From the first CPU's tick suspended to the last one's resumed (the halt included).
+    // From the first CPU's tick suspended to the last one's resumed: on MONOTONIC, which did
+    // not count the halt, plus the halt.
     let suspended_ns =
-        r.last_resumed_ns.load(Ordering::Acquire) - r.first_suspended_ns.load(Ordering::Acquire);
+        r.last_resumed_ns.load(Ordering::Acquire) - r.first_suspended_ns.load(Ordering::Acquire) + halted_ns;
     log::info!(
         "resume: timekeeping resumed; halted {} us, ticks suspended {} us in all; {pending} timers were pending",
         halted_ns / 1000,
@@ -162,6 +174,7 @@ pub fn suspend_for(
         t.count += 1;
         t.suspended_ns += suspended_ns;
         t.timers_resumed += pending;
+        t.asleep_ns += halted_ns;
     });
     Ok(())
 }

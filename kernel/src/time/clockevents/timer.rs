@@ -16,6 +16,7 @@ use crate::time::clocksource::now_ns;
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
 use core::time::Duration;
+use kernel_time::clocks::{ClockDeadline, ClockId};
 use kernel_time::hrtimer::{Cancel, TimerId, WrongCpu};
 use kernel_time::instant::Instant;
 pub use kernel_time::remote::Cancelled;
@@ -78,6 +79,9 @@ pub struct Payload {
     /// The handle it was armed through (a [`Timer`]), if any, packed without its CPU
     /// (`Handles::pack`): the payload stays small on the timer path.
     pub(super) handle: Option<core::num::NonZeroU64>,
+    /// Armed on REALTIME or BOOTTIME: its deadline there (the queue holds where MONOTONIC
+    /// reaches it, placed again when the clocks' offsets change: `clock_was_set`).
+    pub(super) clock: Option<ClockDeadline>,
 }
 
 impl Payload {
@@ -99,10 +103,12 @@ fn this_cpu() -> usize {
     percpu::this_cpu().index
 }
 
-/// Arms `payload` at `deadline_ns` on the calling CPU.
+/// Arms `payload` at `deadline_ns` on the calling CPU (a payload on REALTIME or BOOTTIME where
+/// this CPU's offsets place its deadline, under the guard: `CpuTick::offsets`).
 fn arm_here(deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
     let cpu = this_cpu();
     let Some(mut tick) = this_cpu_tick() else { return Err(ArmError::NoTickDevice(cpu)) };
+    let deadline_ns = payload.clock.map_or(deadline_ns, |at| at.monotonic(&tick.offsets()).as_nanos());
     crate::arch::x86_64::trace::arm(deadline_ns, None);
     let bc = registry::broadcast(&tick);
     let result = tick.arm(deadline_ns, payload, now_ns(), bc);
@@ -123,7 +129,19 @@ pub fn reserve(timers: usize) {
 
 /// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
 pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
-    arm_here(deadline_ns, Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None })
+    arm_here(
+        deadline_ns,
+        Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None, clock: None },
+    )
+}
+
+/// Arms a timer on the calling CPU at `at` on its clock (MONOTONIC, REALTIME or BOOTTIME):
+/// it runs once that clock reads `at` or later, never before, whatever steps the clock takes
+/// meanwhile (a REALTIME step forwards past it runs it at once, a step back delays it).
+pub fn arm_on_clock(at: ClockDeadline, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
+    let clock = (at.clock() != ClockId::Monotonic).then_some(at);
+    let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None, clock };
+    arm_here(at.as_nanos(), payload)
 }
 
 /// Arms a timer on the calling CPU `delay_ns` from now.
@@ -160,12 +178,19 @@ fn cancel_here(id: TimerId) -> Result<Cancelled, WrongCpu> {
 /// this returns); another CPU is woken by an IPI and arms it then.
 fn post(
     cpu: usize,
-    deadline_ns: u64,
+    at: ClockDeadline,
     callback: Callback,
     data: u64,
     period_ns: u64,
 ) -> Result<TimerId, ArmError> {
     let target = percpu::cpu(cpu).ok_or(ArmError::CpuNotOnline(cpu))?;
+    // The owner places a deadline on REALTIME or BOOTTIME again with its own offsets when it
+    // takes the timer (`kernel_time::remote::drain`); this is where it goes meanwhile.
+    let clock = (at.clock() != ClockId::Monotonic).then_some(at);
+    let deadline_ns = match clock {
+        None => at.as_nanos(),
+        Some(at) => at.monotonic(&crate::time::clocksource::offsets()).as_nanos(),
+    };
     crate::arch::x86_64::trace::arm(deadline_ns, Some(cpu));
     let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Err(ArmError::CpuNotOnline(cpu));
@@ -176,6 +201,7 @@ fn post(
             data,
             period_ns,
             handle: Some(Handles::<Payload>::pack(handle)),
+            clock,
         })
     });
     // A refused payload is dropped here, with interrupts as the caller had them.
@@ -216,7 +242,7 @@ fn cancel_handle(id: TimerId) -> Cancelled {
 /// Arms a timer on CPU `cpu` from any CPU and any context (a callback included), without
 /// waiting; it cannot be cancelled (use [`Timer::with_fn`] and keep the [`Timer`] for that).
 pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<(), ArmError> {
-    post(cpu, deadline_ns, Callback::Fn(f), data, 0).map(drop)
+    post(cpu, ClockDeadline::Monotonic(Instant::from_nanos(deadline_ns)), Callback::Fn(f), data, 0).map(drop)
 }
 
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
@@ -234,7 +260,19 @@ impl Timer {
         deadline: Instant,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
-        Timer::arm(cpu, deadline.as_nanos(), 0, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, ClockDeadline::Monotonic(deadline), 0, Callback::Closure(Box::new(callback)))
+    }
+
+    /// A one-shot timer on CPU `cpu` at `at` on its clock (MONOTONIC, REALTIME or BOOTTIME),
+    /// running `callback` there once that clock reads `at` or later: never before, whatever
+    /// steps the clock takes meanwhile (a REALTIME step forwards past `at` runs it at once, a
+    /// step back delays it; a resume moves REALTIME and BOOTTIME by the time asleep).
+    pub fn on_clock(
+        cpu: usize,
+        at: ClockDeadline,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        Timer::arm(cpu, at, 0, Callback::Closure(Box::new(callback)))
     }
 
     /// A one-shot timer on CPU `cpu`, `delay` from now.
@@ -258,16 +296,19 @@ impl Timer {
         if period_ns == 0 {
             return Err(ArmError::ZeroPeriod);
         }
-        Timer::arm(cpu, first.as_nanos(), period_ns, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, ClockDeadline::Monotonic(first), period_ns, Callback::Closure(Box::new(callback)))
     }
 
     /// A timer running a plain function (no allocation).
     pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
-        Ok(Timer { id: post(cpu, deadline.as_nanos(), Callback::Fn(f), data, 0)?, cancel_on_drop: true })
+        Ok(Timer {
+            id: post(cpu, ClockDeadline::Monotonic(deadline), Callback::Fn(f), data, 0)?,
+            cancel_on_drop: true,
+        })
     }
 
-    fn arm(cpu: usize, deadline_ns: u64, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
-        Ok(Timer { id: post(cpu, deadline_ns, callback, 0, period_ns)?, cancel_on_drop: true })
+    fn arm(cpu: usize, at: ClockDeadline, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
+        Ok(Timer { id: post(cpu, at, callback, 0, period_ns)?, cancel_on_drop: true })
     }
 
     pub fn cpu(&self) -> usize {

@@ -288,6 +288,17 @@ impl Timekeeper {
         })
     }
 
+    /// Steps REALTIME by `delta_ns` (negative: backwards), exactly (MONOTONIC and BOOTTIME do
+    /// not move); returns the step made (saturating). Serialised as [`rebase`](Self::rebase).
+    pub fn step_realtime(&self, delta_ns: i64) -> i64 {
+        self.write(|tk| {
+            let old = tk.offs_real.load(Ordering::Relaxed);
+            let new = old.saturating_add(delta_ns);
+            tk.offs_real.store(new, Ordering::Relaxed);
+            new - old
+        })
+    }
+
     /// Time spent suspended, `ns`, is added: BOOTTIME and REALTIME move on by it, MONOTONIC
     /// does not (the caller has kept MONOTONIC from counting it). Serialised as
     /// [`rebase`](Self::rebase).
@@ -297,6 +308,29 @@ impl Timekeeper {
             tk.offs_suspended.store(s.saturating_add(ns), Ordering::Relaxed);
             let r = tk.offs_real.load(Ordering::Relaxed);
             tk.offs_real.store(r.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX)), Ordering::Relaxed);
+        })
+    }
+
+    /// The machine was asleep for the last `asleep_ns` (by a clock that ran meanwhile, the
+    /// clocksource included): MONOTONIC takes them back, continuing from where it stood when
+    /// the sleep began, and BOOTTIME and REALTIME count them (Linux's
+    /// `timekeeping_resume`/`__timekeeping_inject_sleeptime`). The caller guarantees nobody
+    /// read MONOTONIC during the sleep, so nobody sees it go back. Returns MONOTONIC now.
+    /// Serialised as [`rebase`](Self::rebase).
+    pub fn resume_after<H: ReadCounter>(&self, hw: &H, asleep_ns: u64) -> u64 {
+        self.write(|tk| {
+            let snap = tk.load();
+            let cycles = hw.read(snap.conv.counter);
+            let now = snap.ns_at(cycles);
+            let asleep = asleep_ns.min(now.saturating_sub(snap.base_ns));
+            let base_ns = now - asleep;
+            tk.store(&Snapshot { conv: snap.conv, base_cycles: cycles, base_ns });
+            let s = tk.offs_suspended.load(Ordering::Relaxed);
+            tk.offs_suspended.store(s.saturating_add(asleep), Ordering::Relaxed);
+            let r = tk.offs_real.load(Ordering::Relaxed);
+            tk.offs_real
+                .store(r.saturating_add(i64::try_from(asleep).unwrap_or(i64::MAX)), Ordering::Relaxed);
+            base_ns
         })
     }
 
@@ -472,6 +506,7 @@ mod tests {
         );
         let wall = WallTime::from_unix_seconds(1_936_778_400);
         assert_eq!(tk.set_realtime(&hw, wall), wall.as_nanos() as i64 - 5_000, "the step");
+        assert_eq!((tk.step_realtime(-7), tk.step_realtime(7)), (-7, 7), "a step by, exactly");
         hw.values[1].set(6_000);
         let c = tk.clocks(&hw);
         assert_eq!(
@@ -496,6 +531,32 @@ mod tests {
         assert_eq!(c.boottime.as_nanos(), 2_000_006_000);
         assert_eq!(c.realtime.as_nanos(), back.as_nanos() + 2_000_000_000);
         assert_eq!(tk.offsets().suspended_ns, 2_000_000_000);
+    }
+
+    #[test]
+    fn a_resume_takes_the_sleep_out_of_monotonic_and_puts_it_in_boottime_and_realtime() {
+        let hw = Fake { values: Default::default(), steps: [0; 3], masks: [0, u64::MAX, u64::MAX] };
+        let tk = Timekeeper::new();
+        tk.rebase(&hw, Some(conv(1, 1_000_000_000, 64)), 0);
+        hw.values[1].set(1_000);
+        tk.set_realtime(&hw, WallTime::from_nanos(5_000_000));
+        let before = tk.clocks(&hw);
+        // 700 ns awake after the read, then 10 000 ns asleep.
+        hw.values[1].set(1_000 + 700 + 10_000);
+        let mono = tk.resume_after(&hw, 10_000);
+        let after = tk.clocks(&hw);
+        assert_eq!(mono, 1_700);
+        assert_eq!(after.monotonic.as_nanos(), before.monotonic.as_nanos() + 700, "MONOTONIC stopped asleep");
+        assert_eq!(
+            after.boottime.as_nanos(),
+            before.boottime.as_nanos() + 10_700,
+            "BOOTTIME counts the sleep"
+        );
+        assert_eq!(after.realtime.as_nanos(), before.realtime.as_nanos() + 10_700, "so does REALTIME");
+        hw.values[1].set(1_000 + 700 + 10_000 + 50);
+        assert_eq!(tk.now(&hw), 1_750, "and runs on from there");
+        // A sleep longer than the clock has run since its base is cut to that, never below.
+        assert_eq!(tk.resume_after(&hw, u64::MAX), 1_750 - 50);
     }
 
     #[test]
