@@ -252,7 +252,7 @@ impl ExpiryContext for ThisCpu {
 
     #[inline(always)]
     fn clock_deadline(&self, payload: &Payload) -> Option<ClockDeadline> {
-        payload.clock
+        payload.schedule.clock()
     }
 
     #[inline]
