@@ -75,6 +75,9 @@ pub struct RunOptions {
     /// A malformed HPET table to inject (`--hpet-table`): the machine becomes q35 without
     /// QEMU's HPET, and QEMU gets the table with `-acpitable`.
     pub hpet_table: Option<HpetTable>,
+    /// Kernel options that inject faults into the MADT and FADT (`--madt-table`,
+    /// `--fadt-table`), added to the kernel's command line.
+    pub table_faults: Vec<String>,
     /// Passed to QEMU verbatim, after our own arguments.
     pub qemu_args: Vec<String>,
     pub expect: Expect,
@@ -103,6 +106,7 @@ impl Default for RunOptions {
             cmdline: String::new(),
             gdb: false,
             hpet_table: None,
+            table_faults: Vec::new(),
             qemu_args: Vec::new(),
             expect: Expect::Ok,
             expect_log: Vec::new(),
@@ -162,6 +166,14 @@ Options (scripts/run, and each variant of a QEMU test):
                        period-too-long (0xfeb85400, the e1000e's RAH0: period 2147505716 fs);
                        truncated (44 bytes, checksum correct). @ADDR names another base.
                        (bad-checksum cannot be injected: QEMU recomputes table checksums.)
+  --madt-table FAULT   fault injection: the kernel replaces QEMU's MADT by a copy with FAULT
+                       (kernel option madt_fault=FAULT: QEMU always supplies its own MADT).
+                       FAULT: ioapic-at-zero, ioapic-over-hpet, gsi-overlap,
+                       override-unknown-gsi, duplicate-processor, x2apic-id-invalid,
+                       truncated, no-ioapic
+  --fadt-table FAULT   the same for the FADT (fadt_fault=FAULT). FAULT: pm-timer-port-zero,
+                       pm-timer-width-wrong, pm1a-cnt-zero, firmware-ctrl-zero,
+                       century-out-of-range, truncated
   --expect ok|degraded|failed|crash   (tests) the verdict the kernel's TIMER-REPORT must give
                        (default ok; the exit status must match it: success for ok and degraded,
                        failure for failed), or crash: it exits with failure and no report (a
@@ -188,6 +200,19 @@ fn number(option: &str, value: &str, min: u64, max: u64) -> Result<u64, OptionEr
 impl RunOptions {
     /// Parses `args` on top of `self` (so a test variant can start from the defaults, and the
     /// command line can override nothing it did not name).
+    /// The kernel options handed over: `--cmdline`'s, then the fault injections that are
+    /// kernel options (`--madt-table`, `--fadt-table`).
+    pub fn kernel_cmdline(&self) -> String {
+        let mut line = self.cmdline.clone();
+        for f in &self.table_faults {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(f);
+        }
+        line
+    }
+
     pub fn parse(mut self, args: &[String]) -> Result<Self, OptionError> {
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -239,6 +264,20 @@ impl RunOptions {
                         why,
                     })?;
                     self.hpet_table = Some(table);
+                }
+                "--madt-table" | "--fadt-table" => {
+                    use kernel::arch::x86_64::acpi::faults::{FadtFault, MadtFault};
+                    let v = value(arg, &mut it)?;
+                    let (known, option) = if arg == "--madt-table" {
+                        (MadtFault::from_name(v).is_some(), "madt_fault")
+                    } else {
+                        (FadtFault::from_name(v).is_some(), "fadt_fault")
+                    };
+                    if !known {
+                        let why = "not a fault the kernel can inject (see --help)";
+                        return Err(OptionError::BadValue { option: arg.clone(), value: v.clone(), why });
+                    }
+                    self.table_faults.push(format!("{option}={v}"));
                 }
                 "--expect" => {
                     let v = value(arg, &mut it)?;
@@ -310,6 +349,15 @@ mod tests {
 
     fn parse(line: &str) -> Result<RunOptions, OptionError> {
         RunOptions::default().parse(&split_words(line).unwrap())
+    }
+
+    #[test]
+    fn table_faults_become_kernel_options_and_unknown_ones_are_refused() {
+        let o = parse("--cmdline duration_ms=100 --madt-table no-ioapic --fadt-table pm1a-cnt-zero").unwrap();
+        assert_eq!(o.kernel_cmdline(), "duration_ms=100 madt_fault=no-ioapic fadt_fault=pm1a-cnt-zero");
+        assert_eq!(parse("--madt-table truncated").unwrap().kernel_cmdline(), "madt_fault=truncated");
+        assert!(matches!(parse("--madt-table pm1a-cnt-zero"), Err(OptionError::BadValue { .. })));
+        assert!(matches!(parse("--fadt-table bogus"), Err(OptionError::BadValue { .. })));
     }
 
     #[test]

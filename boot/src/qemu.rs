@@ -272,7 +272,12 @@ pub struct Boot {
 /// Boots `image`; every serial line is passed to `echo` as it arrives.
 pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'static) -> Result<Boot, String> {
     let cmdline_file = image.with_extension(format!("cmdline.{}", std::process::id()));
-    std::fs::write(&cmdline_file, opts.cmdline.as_bytes())
+    for f in &opts.table_faults {
+        eprintln!(
+            "runner: fault injection handed to the kernel as {f} (QEMU's own table cannot be replaced)"
+        );
+    }
+    std::fs::write(&cmdline_file, opts.kernel_cmdline().as_bytes())
         .map_err(|e| format!("writing {}: {e}", cmdline_file.display()))?;
     let hpet_table_file = opts.hpet_table.map(|t| write_hpet_table(&t, image)).transpose()?;
     if opts.accel == Accel::Kvm {

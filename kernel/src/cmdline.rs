@@ -64,6 +64,10 @@ pub struct KernelOptions {
     /// `clock_step_test=SECONDS`: step REALTIME by SECONDS (-86400..=86400, not 0) in the
     /// middle of the main run, with timers on REALTIME pending on every CPU (default none).
     pub clock_step_test_s: Option<i64>,
+    /// `madt_fault=NAME`, `fadt_fault=NAME`: fault injection, the firmware's MADT or FADT
+    /// replaced by a copy with the fault (`arch::x86_64::acpi::faults`; the runner's
+    /// `--madt-table` / `--fadt-table`).
+    pub table_faults: crate::arch::x86_64::acpi::TableFaults,
     /// `clocksource=tsc|hpet|acpi_pm`: the clocksource to use while it is usable (default: the
     /// best-rated usable one).
     pub clocksource: Option<ClocksourceChoice>,
@@ -184,6 +188,7 @@ impl Default for KernelOptions {
             lapic_stops_in_idle: false,
             suspend_test_ms: None,
             clock_step_test_s: None,
+            table_faults: crate::arch::x86_64::acpi::TableFaults { madt: None, fadt: None },
             clocksource: None,
             tsc_skew: None,
             tsc_rate_ppm: None,
@@ -368,6 +373,22 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 1..=60_000));
                 options.suspend_test_ms = ms.or(options.suspend_test_ms);
             }
+            "madt_fault" => {
+                let f = take(
+                    "madt_fault",
+                    "ioapic-at-zero, ioapic-over-hpet, gsi-overlap, override-unknown-gsi, duplicate-processor, x2apic-id-invalid, truncated or no-ioapic",
+                )
+                .parse(&mut problems, crate::arch::x86_64::acpi::faults::MadtFault::from_name);
+                options.table_faults.madt = f.or(options.table_faults.madt);
+            }
+            "fadt_fault" => {
+                let f = take(
+                    "fadt_fault",
+                    "pm-timer-port-zero, pm-timer-width-wrong, pm1a-cnt-zero, firmware-ctrl-zero, century-out-of-range or truncated",
+                )
+                .parse(&mut problems, crate::arch::x86_64::acpi::faults::FadtFault::from_name);
+                options.table_faults.fadt = f.or(options.table_faults.fadt);
+            }
             "clock_step_test" => {
                 let s = take("clock_step_test", "seconds from -86400 to 86400, not 0")
                     .parse(&mut problems, |v| in_range(v, -86_400i64..=86_400).filter(|&s| s != 0));
@@ -482,6 +503,11 @@ mod tests {
         assert_eq!(parse("idle=c6").0.idle, IdleChoice::Halt, "a bad value keeps the default");
         assert_eq!(parse("suspend_test=0").0.suspend_test_ms, None);
         assert_eq!(parse("clock_step_test=-5").0.clock_step_test_s, Some(-5));
+        use crate::arch::x86_64::acpi::faults::{FadtFault, MadtFault};
+        let f = parse("madt_fault=no-ioapic fadt_fault=pm1a-cnt-zero").0.table_faults;
+        assert_eq!((f.madt, f.fadt), (Some(MadtFault::NoIoapic), Some(FadtFault::Pm1aCntZero)));
+        let (o, problems) = parse("madt_fault=bogus");
+        assert_eq!((o.table_faults.madt, problems.len()), (None, 1));
         assert_eq!(parse("clock_step_test=3600").0.clock_step_test_s, Some(3600));
         for bad in ["clock_step_test=0", "clock_step_test=86401", "clock_step_test=+-1", "clock_step_test"] {
             let (o, problems) = parse(bad);

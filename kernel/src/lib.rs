@@ -77,8 +77,12 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
         clocksource::force(c.into());
     }
     let rsdp_addr = boot_info.rsdp_addr.into_option();
-    let mut platform =
-        platform::init_bsp(rsdp_addr, options.hpet_counter_stopped, clocksource::register_counter);
+    let mut platform = platform::init_bsp(
+        rsdp_addr,
+        options.table_faults,
+        options.hpet_counter_stopped,
+        clocksource::register_counter,
+    );
     arch::x86_64::trace::init(platform.firmware.cpus_enabled.max(1) as usize, options.trace);
     // Fault injection, once the TSC is calibrated: the boot CPU's skew now, an AP's as it starts.
     if let Some(skew) = options.tsc_skew {

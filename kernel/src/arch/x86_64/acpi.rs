@@ -70,6 +70,14 @@ pub enum AcpiProblem {
     PmTimerNotIo {
         space_id: u8,
     },
+    /// PM_TMR_LEN is not 4 (ACPI 6.5 table 5.9: 4 when there is a PM timer).
+    PmTimerLength {
+        length: u8,
+    },
+    /// The FADT has no PM1a control block (PM1a_CNT_BLK and X_PM1a_CNT_BLK are 0).
+    NoPm1aControl,
+    /// The FADT names no FACS (FIRMWARE_CTRL and X_FIRMWARE_CTRL are 0).
+    NoFacs,
 }
 
 impl fmt::Display for AcpiProblem {
@@ -100,6 +108,11 @@ impl fmt::Display for AcpiProblem {
             AcpiProblem::PmTimerNotIo { space_id } => {
                 write!(f, "the PM timer is in address space {space_id}, not I/O space")
             }
+            AcpiProblem::PmTimerLength { length } => {
+                write!(f, "the FADT's PM_TMR_LEN is {length}, not 4")
+            }
+            AcpiProblem::NoPm1aControl => write!(f, "the FADT has no PM1a control block (PM1a_CNT_BLK is 0)"),
+            AcpiProblem::NoFacs => write!(f, "the FADT names no FACS (FIRMWARE_CTRL is 0)"),
         }
     }
 }
@@ -196,6 +209,12 @@ pub struct Madt {
     pub ioapics: Vec<IoApicEntry>,
     pub overrides: Vec<InterruptOverride>,
     pub nmis: Vec<LapicNmi>,
+    /// A malformed entry ended the parse: the entries before it are kept (as Linux's
+    /// `acpi_parse_entries`), this says where it stopped.
+    pub malformed: Option<AcpiProblem>,
+    /// Entries left out, one sentence each: a processor listed twice (the first is kept), an
+    /// x2APIC id of 0xffffffff.
+    pub ignored: Vec<alloc::string::String>,
 }
 
 impl Madt {
@@ -323,6 +342,40 @@ pub fn parse_fadt_rtc(bytes: &[u8]) -> Result<FadtRtc, AcpiProblem> {
     Ok(rtc)
 }
 
+/// FADT offsets (ACPI 6.5 table 5.9): FIRMWARE_CTRL (the FACS, 32-bit), PM1a_CNT_BLK (an I/O
+/// port), PM_TMR_LEN, and from revision 2 X_FIRMWARE_CTRL (64-bit) and X_PM1a_CNT_BLK (a
+/// Generic Address Structure, its address at +4).
+const FADT_FIRMWARE_CTRL: usize = 36;
+const FADT_PM1A_CNT_BLK: usize = 64;
+const FADT_PM_TMR_LEN: usize = 91;
+const FADT_X_FIRMWARE_CTRL: usize = 132;
+const FADT_X_PM1A_CNT_BLK: usize = 172;
+
+/// What a sleep state (S3) needs from the FADT: where PM1a_CNT is and where the FACS (the
+/// waking vector) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FadtSleep {
+    /// PM1a_CNT's address (an I/O port where the GAS says so).
+    pub pm1a_cnt: u64,
+    /// The FACS's physical address.
+    pub facs: u64,
+}
+
+/// Reads the FADT's PM1a control block and FACS address (the extended fields where the
+/// revision has them and they are set, else the 32-bit ones); either missing is an error that
+/// says which.
+pub fn parse_fadt_sleep(bytes: &[u8]) -> Result<FadtSleep, AcpiProblem> {
+    let t = validate_table(bytes, "FACP", FADT_MIN_LEN)?;
+    let extended = |at: usize| (t[8] >= 2 && t.len() >= at + 8).then(|| le64(t, at)).filter(|&a| a != 0);
+    let pm1a_cnt = extended(FADT_X_PM1A_CNT_BLK + 4)
+        .or_else(|| Some(u64::from(le32(t, FADT_PM1A_CNT_BLK))).filter(|&a| a != 0))
+        .ok_or(AcpiProblem::NoPm1aControl)?;
+    let facs = extended(FADT_X_FIRMWARE_CTRL)
+        .or_else(|| Some(u64::from(le32(t, FADT_FIRMWARE_CTRL))).filter(|&a| a != 0))
+        .ok_or(AcpiProblem::NoFacs)?;
+    Ok(FadtSleep { pm1a_cnt, facs })
+}
+
 /// The ACPI power management timer, as the FADT describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PmTimerInfo {
@@ -341,6 +394,10 @@ pub fn parse_fadt_pm_timer(bytes: &[u8]) -> Result<PmTimerInfo, AcpiProblem> {
     use ::acpi::address::AddressSpace;
     use ::acpi::sdt::fadt::Fadt;
     let t = validate_table(bytes, "FACP", FADT_MIN_LEN)?;
+    let pm_tmr_len = t[FADT_PM_TMR_LEN];
+    if pm_tmr_len != 4 && pm_tmr_len != 0 {
+        return Err(AcpiProblem::PmTimerLength { length: pm_tmr_len });
+    }
     // The crate reads X_PM_TMR_BLK from revision 2 on.
     if t[8] >= 2 && t.len() < FADT_X_PM_TMR_END {
         return Err(AcpiProblem::Truncated { table: "FACP", length: t.len(), needed: FADT_X_PM_TMR_END });
@@ -388,6 +445,36 @@ pub fn parse_madt(bytes: &[u8]) -> Result<Madt, AcpiProblem> {
     };
     let mut at = MADT_FIXED_LEN;
     while at + 2 <= t.len() {
+        match parse_madt_entry(t, at, &mut madt) {
+            Ok(length) => at += length,
+            Err(bad) => {
+                madt.malformed = Some(bad);
+                break;
+            }
+        }
+    }
+    // A processor listed twice would be started twice; an x2APIC id of all ones names none.
+    let mut seen: Vec<u32> = Vec::new();
+    let mut ignored = Vec::new();
+    madt.processors.retain(|p| {
+        if p.x2apic && p.apic_id == u32::MAX {
+            ignored.push(alloc::format!("processor {} has the invalid x2APIC id 0xffffffff", p.uid));
+            return false;
+        }
+        if seen.contains(&p.apic_id) {
+            ignored.push(alloc::format!("APIC id {} is listed twice: the first entry is used", p.apic_id));
+            return false;
+        }
+        seen.push(p.apic_id);
+        true
+    });
+    madt.ignored = ignored;
+    Ok(madt)
+}
+
+/// Parses the MADT entry at `at` of the validated table `t` into `madt`; returns its length.
+fn parse_madt_entry(t: &[u8], at: usize, madt: &mut Madt) -> Result<usize, AcpiProblem> {
+    {
         let (kind, length) = (t[at], t[at + 1]);
         let bad = AcpiProblem::MadtEntry { offset: at, kind, length };
         if length < 2 || at + usize::from(length) > t.len() {
@@ -460,9 +547,8 @@ pub fn parse_madt(bytes: &[u8]) -> Result<Madt, AcpiProblem> {
             }
             _ => {} // other entry types (SAPIC, GIC, wake-up mailbox) do not concern x86 timers
         }
-        at += usize::from(length);
+        Ok(usize::from(length))
     }
-    Ok(madt)
 }
 
 /// What the firmware tables said: each table, or why it was not used.
@@ -471,6 +557,7 @@ pub struct PlatformTables {
     pub madt: Result<Madt, AcpiProblem>,
     pub pm_timer: Result<PmTimerInfo, AcpiProblem>,
     pub rtc: Result<FadtRtc, AcpiProblem>,
+    pub sleep: Result<FadtSleep, AcpiProblem>,
 }
 
 /// `acpi::Handler` over the bootloader's map of all physical memory: mapping is an offset.
@@ -560,20 +647,54 @@ fn table_bytes(tables: &acpi::AcpiTables<PhysMapHandler>, signature: &str) -> Op
     Some(unsafe { core::slice::from_raw_parts(PhysMapHandler::ptr::<u8>(phys), len) })
 }
 
-/// Reads the HPET table and the MADT from the RSDP at `rsdp` (physical).
-pub fn read_platform_tables(rsdp: Option<u64>) -> PlatformTables {
-    let none = |p: AcpiProblem| PlatformTables { hpet: Err(p), madt: Err(p), pm_timer: Err(p), rtc: Err(p) };
+/// Faults to inject into the firmware's tables as they are read (`madt_fault=`, `fadt_fault=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableFaults {
+    pub madt: Option<faults::MadtFault>,
+    pub fadt: Option<faults::FadtFault>,
+}
+
+/// `table`'s bytes with `fault` applied (a copy the kernel keeps), logged; as they are without.
+fn with_fault<F: Copy + core::fmt::Display>(
+    table: Option<&'static [u8]>,
+    name: &str,
+    fault: Option<F>,
+    apply: fn(F, &[u8]) -> Vec<u8>,
+) -> Option<&'static [u8]> {
+    match (table, fault) {
+        (Some(t), Some(f)) => {
+            log::warn!("fault injection: the firmware's {name} replaced by a copy with the fault {f}");
+            Some(alloc::boxed::Box::leak(apply(f, t).into_boxed_slice()))
+        }
+        (t, _) => t,
+    }
+}
+
+/// Reads the HPET table and the MADT from the RSDP at `rsdp` (physical), with `faults`
+/// injected into the MADT and FADT.
+pub fn read_platform_tables(rsdp: Option<u64>, faults: TableFaults) -> PlatformTables {
+    let none = |p: AcpiProblem| PlatformTables {
+        hpet: Err(p),
+        madt: Err(p),
+        pm_timer: Err(p),
+        rtc: Err(p),
+        sleep: Err(p),
+    };
     let Some(rsdp) = rsdp else { return none(AcpiProblem::NoRsdp) };
     // SAFETY: the bootloader found the RSDP at this physical address; the handler maps it.
     let Ok(tables) = (unsafe { acpi::AcpiTables::from_rsdp(PhysMapHandler, rsdp as usize) }) else {
         return none(AcpiProblem::RootTables);
     };
     let hpet = table_bytes(&tables, "HPET").ok_or(AcpiProblem::TableNotFound("HPET")).and_then(parse_hpet);
-    let madt = table_bytes(&tables, "APIC").ok_or(AcpiProblem::TableNotFound("MADT")).and_then(parse_madt);
-    let fadt = table_bytes(&tables, "FACP").ok_or(AcpiProblem::TableNotFound("FADT"));
+    let madt = with_fault(table_bytes(&tables, "APIC"), "MADT", faults.madt, faults::MadtFault::apply)
+        .ok_or(AcpiProblem::TableNotFound("MADT"))
+        .and_then(parse_madt);
+    let fadt = with_fault(table_bytes(&tables, "FACP"), "FADT", faults.fadt, faults::FadtFault::apply)
+        .ok_or(AcpiProblem::TableNotFound("FADT"));
     let pm_timer = fadt.and_then(parse_fadt_pm_timer);
     let rtc = fadt.and_then(parse_fadt_rtc);
-    PlatformTables { hpet, madt, pm_timer, rtc }
+    let sleep = fadt.and_then(parse_fadt_sleep);
+    PlatformTables { hpet, madt, pm_timer, rtc, sleep }
 }
 
 impl HpetTable {
@@ -643,6 +764,7 @@ impl Madt {
 }
 
 pub mod build;
+pub mod faults;
 
 #[cfg(test)]
 mod tests;

@@ -84,7 +84,7 @@ impl IoApic {
     }
 
     /// Whether `gsi` is one of this chip's (no overflow for any `gsi_base`).
-    fn serves(&self, gsi: u32) -> bool {
+    pub fn serves(&self, gsi: u32) -> bool {
         gsi >= self.gsi_base && gsi - self.gsi_base < self.pins
     }
 

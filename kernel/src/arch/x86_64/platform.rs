@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 /// What the platform bring-up needs from the firmware's tables.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FirmwareInfo {
     /// Physical address of the HPET block from a valid HPET table.
     pub hpet_base: Option<u64>,
@@ -35,17 +35,49 @@ pub struct FirmwareInfo {
     pub pm_timer: Option<acpi::PmTimerInfo>,
     /// The FADT's CMOS RTC fields (none without a usable FADT).
     pub rtc: Option<acpi::FadtRtc>,
+    /// The FADT's PM1a control block and FACS (what S3 needs), or why there are none.
+    pub sleep: Result<acpi::FadtSleep, acpi::AcpiProblem>,
+    /// The MADT's interrupt source overrides (checked against the IOAPICs once they are up).
+    pub overrides: Vec<acpi::InterruptOverride>,
+}
+
+impl Default for FirmwareInfo {
+    fn default() -> Self {
+        FirmwareInfo {
+            hpet_base: None,
+            cpus_enabled: 0,
+            ioapics: Vec::new(),
+            isa_gsis: Vec::new(),
+            isa_routes: Vec::new(),
+            apic_ids: Vec::new(),
+            pm_timer: None,
+            rtc: None,
+            sleep: Err(acpi::AcpiProblem::TableNotFound("FADT")),
+            overrides: Vec::new(),
+        }
+    }
 }
 
 impl FirmwareInfo {
     /// Reads the ACPI tables; a missing HPET table is a configuration (no HPET), any other
     /// problem is a fallback with its reason.
-    fn read(rsdp: Option<u64>, fallbacks: &mut Vec<String>) -> FirmwareInfo {
-        let tables = acpi::read_platform_tables(rsdp);
+    fn read(rsdp: Option<u64>, faults: acpi::TableFaults, fallbacks: &mut Vec<String>) -> FirmwareInfo {
+        let tables = acpi::read_platform_tables(rsdp, faults);
         let mut info = FirmwareInfo::default();
+        let mut fall_back = |reason: String| {
+            log::warn!("fallback: {reason}");
+            fallbacks.push(reason);
+        };
         match tables.madt {
             Ok(madt) => {
                 madt.log();
+                if let Some(e) = madt.malformed {
+                    fall_back(format!("{e}: the MADT's entries before it are used, the rest ignored"));
+                }
+                for why in &madt.ignored {
+                    fall_back(format!("MADT: {why}"));
+                }
+                info.overrides = madt.overrides.clone();
                 info.cpus_enabled = madt.enabled_processors().count() as u32;
                 info.apic_ids = madt.enabled_processors().map(|p| p.apic_id).collect();
                 info.ioapics = madt.ioapics.iter().map(|io| (io.id, io.address, io.gsi_base)).collect();
@@ -53,9 +85,7 @@ impl FirmwareInfo {
                 info.isa_routes = IsaRoute::all(&madt.overrides);
             }
             Err(e) => {
-                let reason = format!("MADT unusable ({e}): only the boot CPU runs, no IOAPIC routing");
-                log::warn!("fallback: {reason}");
-                fallbacks.push(reason);
+                fall_back(format!("MADT unusable ({e}): only the boot CPU runs, no IOAPIC routing"));
                 // Without overrides, assume the ISA identity mapping so no ISA line is handed out.
                 info.isa_gsis = (0..16).collect();
                 info.isa_routes = IsaRoute::all(&[]);
@@ -69,13 +99,15 @@ impl FirmwareInfo {
             Err(acpi::AcpiProblem::TableNotFound(_)) => {
                 log::info!("no HPET table: this machine has no HPET")
             }
-            Err(e) => {
-                let reason = format!("HPET table rejected ({e}): no HPET");
-                log::warn!("fallback: {reason}");
-                fallbacks.push(reason);
-            }
+            Err(e) => fall_back(format!("HPET table rejected ({e}): no HPET")),
         }
         info.rtc = tables.rtc.ok();
+        match tables.sleep {
+            Ok(s) => log::info!("FADT: PM1a_CNT at {:#x}, FACS at {:#x}", s.pm1a_cnt, s.facs),
+            Err(e @ acpi::AcpiProblem::TableNotFound(_)) => log::info!("no sleep states: {e}"),
+            Err(e) => fall_back(format!("{e}: no sleep states (S3) on this machine")),
+        }
+        info.sleep = tables.sleep;
         match tables.pm_timer {
             Ok(pm) => {
                 log::info!("FADT: ACPI PM timer at I/O port {:#x}, {}-bit", pm.port, pm.bits);
@@ -84,11 +116,7 @@ impl FirmwareInfo {
             Err(e @ (acpi::AcpiProblem::TableNotFound(_) | acpi::AcpiProblem::NoPmTimer)) => {
                 log::info!("no ACPI PM timer: {e}")
             }
-            Err(e) => {
-                let reason = format!("ACPI PM timer not used: {e}");
-                log::warn!("fallback: {reason}");
-                fallbacks.push(reason);
-            }
+            Err(e) => fall_back(format!("ACPI PM timer not used: {e}")),
         }
         info
     }
@@ -114,6 +142,47 @@ impl Platform {
     }
 }
 
+/// Why the MADT's IOAPIC at `phys` serving from `gsi_base` cannot be used without touching it:
+/// address 0, a window over the HPET's block or the local APIC's page (what would be written
+/// there as redirection entries would land in those devices' registers), or a first GSI that
+/// an IOAPIC already taken serves (two chips claiming one GSI: the first keeps it).
+fn ioapic_conflict(phys: u64, gsi_base: u32, hpet_base: Option<u64>) -> Option<String> {
+    const IOAPIC_WINDOW: u64 = 0x20;
+    let overlaps = |base: u64, len: u64| phys < base + len && base < phys + IOAPIC_WINDOW;
+    if phys == 0 {
+        return Some("the MADT gives it address 0".into());
+    }
+    if let Some(h) = hpet_base.filter(|&h| overlaps(h, 0x400)) {
+        return Some(format!("its registers would overlap the HPET block at {h:#x}"));
+    }
+    // The local APIC's architectural base (IA32_APIC_BASE's reset value).
+    const LAPIC_BASE: u64 = 0xfee0_0000;
+    if overlaps(LAPIC_BASE, 0x1000) {
+        return Some(format!("its registers would overlap the local APIC at {LAPIC_BASE:#x}"));
+    }
+    let owner = IOAPICS.lock().chips().iter().find(|c| c.serves(gsi_base)).map(|c| c.id);
+    owner.map(|other| format!("its first GSI {gsi_base} is served by IOAPIC {other} already"))
+}
+
+/// Interrupt source overrides that send an ISA IRQ to a GSI no IOAPIC serves are ignored (the
+/// IRQ keeps its identity GSI), each with its reason, and the ISA routes recomputed.
+fn check_overrides(p: &mut Platform) {
+    let overrides = core::mem::take(&mut p.firmware.overrides);
+    let (kept, unserved): (Vec<_>, Vec<_>) =
+        overrides.into_iter().partition(|o| IOAPICS.lock().lookup(o.gsi).is_ok());
+    for o in &unserved {
+        p.fall_back(format!(
+            "MADT: the override of ISA IRQ {} to GSI {} is ignored: no IOAPIC serves GSI {}",
+            o.source_irq, o.gsi, o.gsi
+        ));
+    }
+    if !unserved.is_empty() {
+        p.firmware.isa_routes = IsaRoute::all(&kept);
+        p.firmware.isa_gsis = p.firmware.isa_routes.iter().map(|r| r.gsi).collect();
+    }
+    p.firmware.overrides = kept;
+}
+
 /// Brings up the platform from what the ACPI tables at `rsdp` say (possibly nothing).
 /// `hpet_counter_stopped`: fault injection, the HPET's counter is left halted at its probe.
 /// A free-running counter the bring-up found, handed to whoever keeps time as soon as it is
@@ -129,9 +198,14 @@ pub enum Counter {
 /// Takes a [`Counter`] into use; an error says why it is not used.
 pub type CounterSink = fn(Counter) -> Result<(), String>;
 
-pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool, counters: CounterSink) -> Platform {
+pub fn init_bsp(
+    rsdp: Option<u64>,
+    faults: acpi::TableFaults,
+    hpet_counter_stopped: bool,
+    counters: CounterSink,
+) -> Platform {
     let mut fallbacks = Vec::new();
-    let firmware = FirmwareInfo::read(rsdp, &mut fallbacks);
+    let firmware = FirmwareInfo::read(rsdp, faults, &mut fallbacks);
     pic::remap_and_mask();
     let lapic = match lapic::init_bsp() {
         Ok(mode) => Some(mode),
@@ -151,6 +225,10 @@ pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool, counters: Counter
     }
 
     for (id, phys, gsi_base) in p.firmware.ioapics.clone() {
+        if let Some(why) = ioapic_conflict(phys, gsi_base, p.firmware.hpet_base) {
+            p.fall_back(format!("IOAPIC {id} at {phys:#x} skipped: {why}"));
+            continue;
+        }
         let added =
             IOAPICS.lock().add(id, phys, gsi_base).map(|chip| (chip.version, chip.pins, chip.last_gsi()));
         match added {
@@ -162,6 +240,8 @@ pub fn init_bsp(rsdp: Option<u64>, hpet_counter_stopped: bool, counters: Counter
     }
     if IOAPICS.lock().chips().is_empty() {
         p.fall_back("no usable IOAPIC: device interrupts cannot be routed; timers use the LAPIC".to_string());
+    } else {
+        check_overrides(&mut p);
     }
 
     if let Some(base) = p.firmware.hpet_base {

@@ -49,7 +49,12 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
 
     let isa = platform.firmware.isa_gsis.clone();
     let routes = &platform.firmware.isa_routes;
-    let legacy_routes = h.capabilities().legacy_route_capable().then(|| (routes[0], routes[8]));
+    // The legacy route reaches the CPUs through the IOAPIC pins of IRQ0 and IRQ8: none without
+    // an IOAPIC serving them (a MADT with no IOAPIC, or one rejected).
+    let served = |gsi: u32| IOAPICS.lock().lookup(gsi).is_ok();
+    let legacy_routes =
+        (h.capabilities().legacy_route_capable() && served(routes[0].gsi) && served(routes[8].gsi))
+            .then(|| (routes[0], routes[8]));
     let deliveries = hpet_plan::choose_deliveries(&caps, legacy_routes, |cap| {
         let mut io = IOAPICS.lock();
         let gsi = io.find_free(cap, &isa)?;

@@ -144,6 +144,9 @@ pub struct FadtSpec {
     pub rtc: [u8; 3],
     /// IAPC_BOOT_ARCH.
     pub boot_arch: u16,
+    /// FIRMWARE_CTRL (the FACS) and PM1a_CNT_BLK, 32-bit fields (the extended ones left 0).
+    pub firmware_ctrl: u32,
+    pub pm1a_cnt_blk: u32,
 }
 
 impl Default for FadtSpec {
@@ -156,6 +159,8 @@ impl Default for FadtSpec {
             x_pm_tmr_blk: (1, 0x608),
             rtc: [0, 0, 0x32],
             boot_arch: 0,
+            firmware_ctrl: 0x7ffe_0000,
+            pm1a_cnt_blk: 0x604,
         }
     }
 }
@@ -167,6 +172,8 @@ impl FadtSpec {
         let len = if self.revision >= 2 { FADT_X_PM_TMR_END } else { super::FADT_MIN_LEN };
         let mut t = alloc::vec![0u8; len - 36];
         let at = |offset: usize| offset - 36;
+        t[at(36)..at(40)].copy_from_slice(&self.firmware_ctrl.to_le_bytes());
+        t[at(64)..at(68)].copy_from_slice(&self.pm1a_cnt_blk.to_le_bytes());
         t[at(76)..at(80)].copy_from_slice(&self.pm_tmr_blk.to_le_bytes());
         t[at(91)] = self.pm_tmr_len;
         t[at(106)..at(109)].copy_from_slice(&self.rtc);

@@ -89,23 +89,105 @@ fn x2apic_and_disabled_processors_are_reported() {
 }
 
 #[test]
-fn madt_entry_running_past_the_table_is_rejected() {
+fn madt_entry_running_past_the_table_ends_the_parse_keeping_what_came_before() {
     let mut entry = build::io_apic(0, 0xfec0_0000, 0);
     entry[1] = 40; // claims 40 bytes, 12 exist
-    let b = build::madt(0xfee0_0000, 0, &[entry]);
-    assert!(matches!(parse_madt(&b), Err(AcpiProblem::MadtEntry { offset: 44, kind: 1, length: 40 })));
+    let b = build::madt(0xfee0_0000, 0, &[build::local_apic(0, 0, 1), entry]);
+    let m = parse_madt(&b).unwrap();
+    assert_eq!(m.malformed, Some(AcpiProblem::MadtEntry { offset: 52, kind: 1, length: 40 }));
+    assert_eq!((m.processors.len(), m.ioapics.len()), (1, 0), "the entry before it kept, none after");
 }
 
 #[test]
 fn madt_zero_length_entry_is_rejected_not_looped_on() {
     let b = build::madt(0xfee0_0000, 0, &[alloc::vec![0, 0, 0, 0]]);
-    assert!(matches!(parse_madt(&b), Err(AcpiProblem::MadtEntry { length: 0, .. })));
+    assert!(matches!(parse_madt(&b).unwrap().malformed, Some(AcpiProblem::MadtEntry { length: 0, .. })));
 }
 
 #[test]
 fn madt_entry_shorter_than_its_type_is_rejected() {
     let b = build::madt(0xfee0_0000, 0, &[alloc::vec![1, 4, 0, 0]]);
-    assert!(matches!(parse_madt(&b), Err(AcpiProblem::MadtEntry { kind: 1, length: 4, .. })));
+    let m = parse_madt(&b).unwrap();
+    assert!(matches!(m.malformed, Some(AcpiProblem::MadtEntry { kind: 1, length: 4, .. })));
+    assert!(m.ioapics.is_empty());
+}
+
+/// Each MADT fault the runner can inject, applied to QEMU's q35 MADT, parses to what the
+/// bring-up then rejects or repairs: the parser itself drops a duplicate processor and an
+/// invalid x2APIC id and keeps the entries before a truncation; the IOAPIC and override faults
+/// reach the bring-up's checks (`platform::ioapic_conflict`, `check_overrides`) as described.
+#[test]
+fn every_injected_madt_fault_parses_to_what_the_bring_up_handles() {
+    use super::faults::MadtFault;
+    let q35 = build::q35_madt(2);
+    let base = parse_madt(&q35).unwrap();
+    assert_eq!((base.processors.len(), base.ioapics.len(), base.malformed), (2, 1, None));
+    for (name, fault) in MadtFault::ALL {
+        let m = parse_madt(&fault.apply(&q35)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(MadtFault::from_name(name), Some(fault));
+        let (cpus, ioapics) = (m.enabled_processors().count(), m.ioapics.len());
+        match fault {
+            MadtFault::IoapicAtZero => assert_eq!(m.ioapics[0].address, 0, "{name}"),
+            MadtFault::IoapicOverHpet => assert_eq!(m.ioapics[0].address, 0xfed0_0000, "{name}"),
+            MadtFault::GsiOverlap => {
+                assert_eq!(ioapics, 2, "{name}");
+                assert_eq!(m.ioapics[0].gsi_base, m.ioapics[1].gsi_base, "{name}");
+            }
+            MadtFault::OverrideUnknownGsi => {
+                assert!(m.overrides.iter().any(|o| o.source_irq == 3 && o.gsi == 200), "{name}")
+            }
+            MadtFault::DuplicateProcessor => {
+                assert_eq!(cpus, 2, "{name}: the copy is left out");
+                assert!(m.ignored[0].contains("listed twice"), "{name}: {:?}", m.ignored);
+            }
+            MadtFault::X2apicIdInvalid => {
+                assert_eq!(cpus, 2, "{name}: the invalid id is left out");
+                assert!(m.ignored[0].contains("0xffffffff"), "{name}: {:?}", m.ignored);
+            }
+            MadtFault::Truncated => {
+                assert!(matches!(m.malformed, Some(AcpiProblem::MadtEntry { .. })), "{name}");
+                assert_eq!((cpus, ioapics), (2, 1), "{name}: only the last entry is lost");
+                assert!(m.nmis.is_empty(), "{name}");
+            }
+            MadtFault::NoIoapic => assert_eq!((cpus, ioapics), (2, 0), "{name}"),
+        }
+    }
+}
+
+/// Each FADT fault the runner can inject, applied to a q35-like FADT: the parser that reads the
+/// field says what is wrong, the others are unaffected.
+#[test]
+fn every_injected_fadt_fault_is_reported_by_the_parser_of_its_field() {
+    use super::faults::FadtFault;
+    let fadt = build::FadtSpec::default().bytes();
+    assert!(parse_fadt_pm_timer(&fadt).is_ok() && parse_fadt_sleep(&fadt).is_ok());
+    assert_eq!(parse_fadt_rtc(&fadt).unwrap().layout.century, Some(0x32));
+    for (name, fault) in FadtFault::ALL {
+        let t = fault.apply(&fadt);
+        assert_eq!(FadtFault::from_name(name), Some(fault));
+        let (pm, sleep, rtc) = (parse_fadt_pm_timer(&t), parse_fadt_sleep(&t), parse_fadt_rtc(&t));
+        match fault {
+            FadtFault::PmTimerPortZero => assert_eq!(pm, Err(AcpiProblem::NoPmTimer), "{name}"),
+            FadtFault::PmTimerWidthWrong => {
+                assert_eq!(pm, Err(AcpiProblem::PmTimerLength { length: 3 }), "{name}")
+            }
+            FadtFault::Pm1aCntZero => assert_eq!(sleep, Err(AcpiProblem::NoPm1aControl), "{name}"),
+            FadtFault::FirmwareCtrlZero => assert_eq!(sleep, Err(AcpiProblem::NoFacs), "{name}"),
+            FadtFault::CenturyOutOfRange => {
+                let r = rtc.unwrap();
+                assert_eq!((r.layout.century, r.ignored[0]), (None, Some(("CENTURY", 0x90))), "{name}");
+            }
+            FadtFault::Truncated => {
+                assert!(matches!(pm, Err(AcpiProblem::Truncated { .. })), "{name}");
+                assert!(matches!(sleep, Err(AcpiProblem::Truncated { .. })) && rtc.is_err(), "{name}");
+            }
+        }
+        let untouched = !matches!(
+            fault,
+            FadtFault::Truncated | FadtFault::PmTimerPortZero | FadtFault::PmTimerWidthWrong
+        );
+        assert!(!untouched || pm.is_ok(), "{name}: the PM timer is not this fault's field");
+    }
 }
 
 /// xorshift64*: deterministic pseudo-random bytes for the corruption sweep.
