@@ -238,7 +238,7 @@ impl ExpiryContext for ThisCpu {
             cpu: self.index,
             id: match payload.handle {
                 None => timer.id,
-                Some(h) => Handles::<Payload>::unpack(self.index, h),
+                Some(h) => Handles::<Payload>::unpack(h),
             },
             deadline_ns: timer.deadline_ns,
             now_ns,
@@ -256,12 +256,18 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn handle_of(&self, payload: &Payload) -> Option<TimerId> {
-        payload.handle.map(|h| Handles::<Payload>::unpack(self.index, h))
+        payload.handle.map(Handles::<Payload>::unpack)
     }
 
     #[inline]
     fn handles(&self) -> Option<&Handles<Payload>> {
         self.time.handles.get()
+    }
+
+    /// A timer adopted from a CPU gone offline keeps its handle in that CPU's table.
+    #[inline]
+    fn handles_of(&self, cpu: usize) -> Option<&Handles<Payload>> {
+        time_at(cpu).handles.get()
     }
 
     #[inline]

@@ -75,8 +75,9 @@ pub struct Payload {
     pub(super) data: u64,
     /// 0: one-shot; else re-armed every `period_ns` from its deadline.
     period_ns: u64,
-    /// The handle it was armed through (a [`Timer`]), if any, packed without its CPU
-    /// (`Handles::pack`): the payload stays small on the timer path.
+    /// The handle it was armed through (a [`Timer`]), if any, packed in one word with its CPU
+    /// (`Handles::pack`): the payload stays small on the timer path, and a timer adopted from
+    /// a CPU gone offline still names its handle's table.
     pub(super) handle: Option<core::num::NonZeroU64>,
 }
 
