@@ -19,8 +19,8 @@ use serde::Serialize;
 /// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`); 9: each CPU's
 /// `interrupt_allocations` and `interrupt_frees`; 10: `handler_to_callback_ns` (the time
 /// layer's own part of each event's path), `workload_cpus` and `clocks` (the RTC and the
-/// wall clock).
-pub const SCHEMA_VERSION: u32 = 10;
+/// wall clock); 11: `hotplug` (each CPU offline/online cycle).
+pub const SCHEMA_VERSION: u32 = 11;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -76,6 +76,9 @@ pub struct TimerReport {
     pub broadcast_stats: BroadcastReport,
     /// The suspend test, if it ran (schema 3).
     pub suspend: Option<SuspendReport>,
+    /// Each CPU taken offline and brought back (`hotplug_test=`), in order; empty when none
+    /// was (schema 11).
+    pub hotplug: Vec<HotplugRecord>,
     /// How interrupt messages name CPUs, and the CPUs they cannot name (schema 4).
     pub destinations: DestinationsReport,
     /// Clocksource time at which every CPU had its tick device, self-tests included (schema 4).
@@ -289,6 +292,23 @@ pub struct MemoryReport {
     pub per_cpu_bytes: u64,
 }
 
+/// One CPU taken offline and brought back (schema 11).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HotplugRecord {
+    pub cpu: usize,
+    /// Clocksource time when it began its offline path, and when it was back online with its
+    /// tick device (`null`: still offline).
+    pub offline_at_ns: u64,
+    pub online_at_ns: Option<u64>,
+    /// Its pending timers handed to another CPU, and that CPU.
+    pub timers_migrated: u64,
+    pub timers_to_cpu: usize,
+    /// The per-CPU comparator it released (`null`: it had none), and the CPU that took it
+    /// (`null`: none, every other CPU had one).
+    pub comparator_released: Option<String>,
+    pub comparator_to_cpu: Option<usize>,
+}
+
 /// The suspend test's figures (schema 3).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SuspendReport {
@@ -395,7 +415,8 @@ pub enum Verdict {
 impl TimerReport {
     /// One sentence per per-CPU comparator whose events landed on a CPU other than its own
     /// (a wrong IOAPIC or FSB destination: the layer rescued them by wake-up IPI, but the
-    /// device is not what it claims to be).
+    /// device is not what it claims to be). A comparator that a CPU going offline handed to
+    /// another ([`HotplugRecord`]) owned each of them in turn.
     pub fn percpu_interrupts_elsewhere(&self) -> Vec<String> {
         let Some(hpet) = &self.hpet else { return Vec::new() };
         hpet.comparators
@@ -403,10 +424,18 @@ impl TimerReport {
             .filter(|c| c.role == "percpu")
             .filter_map(|c| {
                 let own = c.cpu.map(|cpu| alloc::format!("{cpu}"));
+                let name = alloc::format!("hpet{}", c.index);
+                let owners: Vec<String> = self
+                    .hotplug
+                    .iter()
+                    .filter(|r| r.comparator_released.as_deref() == Some(name.as_str()))
+                    .flat_map(|r| core::iter::once(r.cpu).chain(r.comparator_to_cpu))
+                    .map(|cpu| alloc::format!("{cpu}"))
+                    .collect();
                 let elsewhere: Vec<String> = c
                     .irqs_by_cpu
                     .iter()
-                    .filter(|(cpu, _)| Some(*cpu) != own.as_ref())
+                    .filter(|(cpu, _)| Some(*cpu) != own.as_ref() && !owners.contains(cpu))
                     .map(|(cpu, n)| alloc::format!("{n} on CPU {cpu}"))
                     .collect();
                 (!elsewhere.is_empty()).then(|| {
@@ -499,7 +528,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":10,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":11,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));
@@ -547,6 +576,15 @@ mod tests {
             r.percpu_interrupts_elsewhere(),
             vec!["per-CPU HPET comparator 0 for CPU 0: interrupts landed elsewhere (3 on CPU 1)".to_string()]
         );
+        // Handed to CPU 1 when CPU 0... went offline: CPU 1's interrupts are its own.
+        r.hotplug.push(HotplugRecord {
+            cpu: 0,
+            comparator_released: Some("hpet0".to_string()),
+            comparator_to_cpu: Some(1),
+            ..HotplugRecord::default()
+        });
+        assert!(r.percpu_interrupts_elsewhere().is_empty(), "CPU 1 owned it after the hotplug");
+        r.hotplug.clear();
         // A global comparator may be taken anywhere.
         r.hpet.as_mut().unwrap().comparators[0].role = "global".to_string();
         assert!(r.percpu_interrupts_elsewhere().is_empty());

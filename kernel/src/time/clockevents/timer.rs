@@ -197,7 +197,9 @@ fn deliver(cpu: usize) {
 /// Cancels a [`Timer`]'s handle from any CPU, at once (see [`Cancelled`]); the timer's CPU
 /// then takes it out of its queue (now, if that is the calling CPU).
 fn cancel_handle(id: TimerId) -> Cancelled {
-    let Some(target) = percpu::cpu(id.cpu()) else { return Cancelled::Inactive };
+    // Offline CPUs too: a timer that left a CPU gone offline keeps its handle in that CPU's
+    // table, whose state word its new CPU's expiry checks.
+    let Some(target) = percpu::any(id.cpu()) else { return Cancelled::Inactive };
     let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Cancelled::Inactive;
     };
