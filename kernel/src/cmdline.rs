@@ -61,6 +61,9 @@ pub struct KernelOptions {
     /// `suspend_test=MS`: suspend timekeeping for MS ms in the middle of the main run, then
     /// resume it (default none).
     pub suspend_test_ms: Option<u64>,
+    /// `hotplug_test=CPU[:MS]`: take CPU offline for MS ms (default 100) in the middle of the
+    /// main run, then bring it back (default none).
+    pub hotplug_test: Option<HotplugTest>,
     /// `clocksource=tsc|hpet|acpi_pm`: the clocksource to use while it is usable (default: the
     /// best-rated usable one).
     pub clocksource: Option<ClocksourceChoice>,
@@ -73,6 +76,16 @@ pub struct KernelOptions {
     /// the cargo feature `trace`; `scripts/run --trace FILE`).
     pub trace: bool,
 }
+
+/// The `hotplug_test=` run: which CPU goes offline, for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotplugTest {
+    pub cpu: u32,
+    pub ms: u64,
+}
+
+/// How long a `hotplug_test=` CPU stays offline unless told.
+pub const DEFAULT_HOTPLUG_MS: u64 = 100;
 
 /// The `tsc_skew=` fault: which CPU's TSC leads, and by how much.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +193,7 @@ impl Default for KernelOptions {
             rtc_local: false,
             lapic_stops_in_idle: false,
             suspend_test_ms: None,
+            hotplug_test: None,
             clocksource: None,
             tsc_skew: None,
             tsc_rate_ppm: None,
@@ -364,6 +378,23 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 1..=60_000));
                 options.suspend_test_ms = ms.or(options.suspend_test_ms);
             }
+            "hotplug_test" => {
+                // CPU 0 parses: it is refused with its reason when the test would run, as a CPU
+                // that is not online is (only then is it known).
+                let test = take("hotplug_test", "CPU[:MS], a CPU index from 0 to 254 and 1 to 60000 ms")
+                    .parse(&mut problems, |v| {
+                        let (cpu, ms) = match v.split_once(':') {
+                            Some((cpu, ms)) => (cpu, Some(ms)),
+                            None => (v, None),
+                        };
+                        let ms = match ms {
+                            Some(ms) => in_range(ms, 1..=60_000)?,
+                            None => DEFAULT_HOTPLUG_MS,
+                        };
+                        Some(HotplugTest { cpu: in_range(cpu, 0..=254)?, ms })
+                    });
+                options.hotplug_test = test.or(options.hotplug_test);
+            }
             "lapic_stops_in_idle" if value.is_none() => options.lapic_stops_in_idle = true,
             "clocksource" => {
                 let choice = take("clocksource", "tsc, hpet or acpi_pm").parse(&mut problems, |v| match v {
@@ -484,6 +515,33 @@ mod tests {
         let (o, p) = parse("clocksource=tsc clocksource=jiffies");
         assert_eq!(o.clocksource, Some(ClocksourceChoice::Tsc), "a bad value keeps the earlier choice");
         assert_eq!(p[0].to_string(), "kernel option clocksource=jiffies: expected tsc, hpet or acpi_pm");
+    }
+
+    #[test]
+    fn hotplug_test_names_a_cpu_and_how_long_it_stays_offline() {
+        assert_eq!(
+            parse("hotplug_test=1").0.hotplug_test,
+            Some(HotplugTest { cpu: 1, ms: DEFAULT_HOTPLUG_MS })
+        );
+        assert_eq!(parse("hotplug_test=3:250").0.hotplug_test, Some(HotplugTest { cpu: 3, ms: 250 }));
+        assert_eq!(
+            parse("hotplug_test=0").0.hotplug_test,
+            Some(HotplugTest { cpu: 0, ms: 100 }),
+            "refused later"
+        );
+        for bad in [
+            "hotplug_test",
+            "hotplug_test=",
+            "hotplug_test=x",
+            "hotplug_test=1:0",
+            "hotplug_test=1:60001",
+            "hotplug_test=255",
+            "hotplug_test=1:",
+            "hotplug_test=-1",
+        ] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.hotplug_test, p.len()), (None, 1), "{bad}");
+        }
     }
 
     #[test]

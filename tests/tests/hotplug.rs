@@ -16,6 +16,7 @@ use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
 use kernel_tests::kernel::time::clockevents::{self, Cancelled, Timer, TimerEvent, hotplug};
 use kernel_tests::kernel::time::clocksource::now_ns;
+use kernel_tests::kernel::workload;
 use kernel_tests::kernel::workload::oracle::{self, Judgement};
 use kernel_tests::kernel_time::tick::ArmError;
 use kernel_tests::wait_for;
@@ -27,9 +28,34 @@ kernel_tests::qemu_test!(
         percpu: --smp 4 --cmdline duration_ms=100 --expect-report /broadcast=hpet2 --expect-report /hotplug/0/comparator_released=hpet1 --expect-report /hotplug/0/comparator_to_cpu=2 --expect-report /tick_devices/2/device=hpet1 --expect-report /tick_devices/1/device=lapic1
         fsb: --smp 4 --cmdline duration_ms=100 --expect-report /hpet/comparators/1/delivery=fsb --expect-report /hotplug/0/comparator_released=hpet1 -- -global hpet.msi=on
         global: --smp 2 --cmdline 'duration_ms=100 clockevents=global' --expect-report /tick_devices/1/via_broadcast=true --expect-report /hotplug/0/cpu=1
+        option: --smp 4 --cmdline 'hotplug_test=1:100 duration_ms=400' --expect-report /hotplug/0/comparator_to_cpu=2 --expect-report /hotplug/0/timers_to_cpu=2 --expect-log 'hotplug: CPU 1 offline and parked'
+        option_icount: --smp 2 --cmdline 'hotplug_test=1:50 duration_ms=300' --expect-report /hotplug/0/cpu=1 --expect-report /hotplug/0/timers_to_cpu=0 -- -icount shift=0,sleep=off
+        option_cpu0: --smp 2 --cmdline 'hotplug_test=0 duration_ms=100' --expect degraded --expect-report /hotplug#=0 --expect-log 'hotplug test: CPU 0 not taken offline: CPU 0 is the boot CPU and stays online'
     ",
-    tests: [timers_of_an_offline_cpu_run_once_on_their_new_cpu_and_it_comes_back],
+    tests: [
+        timers_of_an_offline_cpu_run_once_on_their_new_cpu_and_it_comes_back => "percpu fsb global",
+        the_main_run_loses_nothing_when_a_cpu_goes_offline_halfway => "option option_icount option_cpu0",
+    ],
 );
+
+/// `hotplug_test=`: the main run's workload, with the CPU offline halfway: none of its timers
+/// lost, early, fired twice or run on a CPU that is neither theirs nor their adopter.
+fn the_main_run_loses_nothing_when_a_cpu_goes_offline_halfway(k: &Kernel) {
+    let test = k.options.hotplug_test.expect("the variant names hotplug_test");
+    workload::hotplug_halfway(Some((test.cpu as usize, test.ms)));
+    let out = workload::run(k.options.duration_ms);
+    kernel_tests::assert_workload_clean(&out);
+    let records = hotplug::report();
+    if test.cpu == 0 {
+        assert!(records.is_empty(), "CPU 0 went offline: {records:?}");
+        return;
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert!(r.timers_migrated > 0, "no workload timer was pending on CPU {}: it tested nothing", r.cpu);
+    assert!(r.online_at_ns.is_some(), "CPU {} did not come back", r.cpu);
+    assert!(device_of(test.cpu as usize).is_some(), "CPU {} has no tick device", test.cpu);
+}
 
 const MS: u64 = 1_000_000;
 

@@ -35,6 +35,18 @@ use x86_64::instructions::interrupts::without_interrupts;
 /// that does not answer is an error, never a hang).
 const LIMIT_NS: u64 = 2_000_000_000;
 
+/// For each APIC id of a CPU gone offline, the APIC id of the CPU that adopted its timers
+/// plus one (0: none), read lock-free by an "on its CPU" check in a callback.
+static ADOPTER_APIC: [core::sync::atomic::AtomicU32; 256] =
+    [const { core::sync::atomic::AtomicU32::new(0) }; 256];
+
+/// The APIC id of the CPU that adopted the timers of the CPU whose APIC id is `apic` when it
+/// went offline (the last time), if it ever did: where a timer armed there may run now.
+pub fn adopter_apic_of(apic: u32) -> Option<u32> {
+    let v = ADOPTER_APIC.get(apic as usize)?.load(core::sync::atomic::Ordering::Acquire);
+    v.checked_sub(1)
+}
+
 /// Every offline/online cycle so far, for the report.
 static RECORDS: Mutex<Vec<HotplugRecord>> = Mutex::new(Vec::new());
 
@@ -215,6 +227,9 @@ fn go_offline_here() -> Outcome {
                 }
             }
         }
+    }
+    if let (Some(to), Some(slot)) = (percpu::cpu(adopter), ADOPTER_APIC.get(me.apic_id as usize)) {
+        slot.store(to.apic_id + 1, core::sync::atomic::Ordering::Release);
     }
     if !timers.is_empty() {
         let n = timers.len();
