@@ -37,7 +37,7 @@
 
 use crate::hrtimer::TimerId;
 use crate::inbox::{Inbox, TimeMessage};
-use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, PayloadCell};
+use crate::sync::{AtomicU32, AtomicU64, Ordering, PayloadCell};
 use crate::tick::expiry::ExpiryContext;
 use crate::tick::{ArmError, CpuTick, Refused};
 use alloc::boxed::Box;
@@ -112,12 +112,16 @@ pub struct Handles<P> {
     /// Where the next claim starts looking (spreads senders over the table).
     next: AtomicU32,
     slots: Box<[Slot<P>]>,
-    /// Its CPU went offline ([`close`](Self::close)): every post is refused.
-    closed: AtomicBool,
-    /// Senders between their check of `closed` and the end of their post: a close waits
-    /// for them, so no arm reaches the inbox after the CPU's last drain.
-    posting: AtomicU32,
+    /// [`GATE_CLOSED`] once its CPU went offline ([`close`](Self::close): every post is
+    /// refused), and below it the senders in the middle of a post, which a close waits for,
+    /// so that no arm reaches the inbox after the CPU's last drain. One word, moved by
+    /// read-modify-writes only: their single order decides, for each post, whether it came
+    /// before the close (waited for) or after (refused).
+    gate: AtomicU32,
 }
+
+/// The bit of [`Handles`]' gate that says its table is closed.
+const GATE_CLOSED: u32 = 1 << 31;
 
 impl<P> fmt::Debug for Handles<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -141,8 +145,7 @@ impl<P> Handles<P> {
                 })
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
-            closed: AtomicBool::new(false),
-            posting: AtomicU32::new(0),
+            gate: AtomicU32::new(0),
         }
     }
 
@@ -150,22 +153,21 @@ impl<P> Handles<P> {
     /// ([`ArmError::CpuNotOnline`]); returns once every post already past that check has
     /// sent its arm, so the CPU's next drain of its inbox is its last. Cancels still work.
     pub fn close(&self) {
-        // SeqCst on both sides (here and in `post`): either the sender sees `closed`, or
-        // this sees the sender's count and waits for its message.
-        self.closed.store(true, Ordering::SeqCst);
-        while self.posting.load(Ordering::SeqCst) != 0 {
-            core::hint::spin_loop();
+        self.gate.fetch_or(GATE_CLOSED, Ordering::AcqRel);
+        // Acquire: each sender's message, sent before it left the gate, is visible after.
+        while self.gate.load(Ordering::Acquire) & !GATE_CLOSED != 0 {
+            crate::sync::spin_wait();
         }
     }
 
     /// Its CPU is online again: posts are taken.
     pub fn reopen(&self) {
-        self.closed.store(false, Ordering::SeqCst);
+        self.gate.fetch_and(!GATE_CLOSED, Ordering::AcqRel);
     }
 
     /// Whether it is [`close`](Self::close)d.
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
+        self.gate.load(Ordering::Acquire) & GATE_CLOSED != 0
     }
 
     /// The CPU whose timers these are.
@@ -226,14 +228,15 @@ impl<P> Handles<P> {
         deadline_ns: u64,
         make: impl FnOnce(TimerId) -> P,
     ) -> Result<TimerId, Refused<P>> {
-        self.posting.fetch_add(1, Ordering::SeqCst);
-        let posted = if self.closed.load(Ordering::SeqCst) {
+        // Entering the gate and reading whether it is closed in one step (see `gate`).
+        let posted = if self.gate.fetch_add(1, Ordering::AcqRel) & GATE_CLOSED != 0 {
             let id = TimerId::from_parts(self.cpu, HANDLE_BIT, 0);
             Err(Refused { error: ArmError::CpuNotOnline(self.cpu()), payload: make(id) })
         } else {
             self.post_open(inbox, deadline_ns, make)
         };
-        self.posting.fetch_sub(1, Ordering::SeqCst);
+        // Release: the message sent is visible to a close that sees this sender gone.
+        self.gate.fetch_sub(1, Ordering::AcqRel);
         posted
     }
 
