@@ -221,7 +221,9 @@ fn go_offline_here() -> Outcome {
     if let Some(to) = percpu::cpu(adopter) {
         for ch in channels.iter().filter(|ch| ch.device().is_some() && ch.target_apic() == me.apic_id) {
             match ch.route_to(to.apic_id) {
-                Ok(()) => log::info!("hotplug: HPET comparator {}'s interrupt -> CPU {adopter}", ch.index),
+                Ok(()) => {
+                    log::info!("hotplug: HPET comparator {} interrupt moved to CPU {adopter}", ch.index)
+                }
                 Err(e) => {
                     log::warn!("hotplug: HPET comparator {} stays aimed at CPU {}: {e}", ch.index, me.index)
                 }
