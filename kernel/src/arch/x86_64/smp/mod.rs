@@ -47,6 +47,8 @@ pub enum StartError {
         waited_ms: u64,
     },
     TooManyCpus,
+    /// A restart of a CPU that is online, the boot CPU, or one never started.
+    NotParked,
 }
 
 impl fmt::Display for StartError {
@@ -63,6 +65,7 @@ impl fmt::Display for StartError {
             }
             StartError::NoAnswer { waited_ms } => write!(f, "did not come online within {waited_ms} ms"),
             StartError::TooManyCpus => write!(f, "more CPUs than the kernel supports ({})", percpu::MAX_CPUS),
+            StartError::NotParked => write!(f, "not a parked application processor"),
         }
     }
 }
@@ -247,7 +250,9 @@ pub fn park(index: usize, limit_ns: u64) -> bool {
 /// marked busy), running the start-up hooks again (its TSC check, its tick); published online
 /// when it reports online.
 pub fn restart(index: usize) -> Result<(), StartError> {
-    let cpu = percpu::any(index).filter(|c| index != 0 && !c.is_online()).ok_or(StartError::TooManyCpus)?;
+    let cpu = percpu::any(index)
+        .filter(|c| index != 0 && !c.is_online() && c.parked.load(Ordering::Acquire))
+        .ok_or(StartError::NotParked)?;
     let phys = TRAMPOLINE_PHYS.load(Ordering::Relaxed);
     if phys == 0 {
         return Err(StartError::NoLowPage);
