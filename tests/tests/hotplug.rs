@@ -98,8 +98,9 @@ fn timers_of_an_offline_cpu_run_once_on_their_new_cpu_and_it_comes_back(_: &Kern
     let cpu1_apic = apic_of(1);
     let had_comparator =
         device_of(1).is_some_and(|d| d.starts_with("hpet") && !clockevents::tick_devices()[1].via_broadcast);
-    // Armed on CPU 1 through handles, far enough ahead to be pending when it goes offline.
-    let (a_at, a_stamp) = oracle::arm_stamp(400 * MS, cpu1_apic);
+    // Armed on CPU 1 through handles, far enough ahead to be pending when it goes offline (a
+    // vCPU stalled for a while on a busy host included).
+    let (a_at, a_stamp) = oracle::arm_stamp(1_000 * MS, cpu1_apic);
     let a = Timer::at(1, kernel_tests::kernel_time::instant::Instant::from_nanos(a_at), move |e| {
         record(1, e, &a_stamp)
     })
@@ -111,7 +112,7 @@ fn timers_of_an_offline_cpu_run_once_on_their_new_cpu_and_it_comes_back(_: &Kern
             record(2, e, &b_stamp)
         })
         .expect("periodic armed on CPU 1");
-    let (c_at, c_stamp) = oracle::arm_stamp(600 * MS, cpu1_apic);
+    let (c_at, c_stamp) = oracle::arm_stamp(1_500 * MS, cpu1_apic);
     let c = Timer::at(1, kernel_tests::kernel_time::instant::Instant::from_nanos(c_at), move |e| {
         record(3, e, &c_stamp)
     })
