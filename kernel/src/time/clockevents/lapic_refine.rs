@@ -107,8 +107,14 @@ pub(super) fn registered(config: &LapicTimerConfig) {
 pub(super) fn device_registered(device: DeviceId) {
     let index = percpu::this_cpu().index;
     if let Some(d) = registry::with_registry(|r| r.device(device).clone()) {
+        let name = d.spec.name.clone();
         without_interrupts(|| *DEVICES[index].lock() = Some(d));
-        apply_here();
+        let hz = REFINED_HZ.load(Ordering::Acquire);
+        if hz != 0 {
+            // A CPU back online after going offline (hotplug).
+            log::info!("lapic: {name} registered after the refinement: converts at the refined {hz} Hz");
+            apply_here();
+        }
     }
 }
 
