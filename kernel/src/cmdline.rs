@@ -68,6 +68,9 @@ pub struct KernelOptions {
     /// replaced by a copy with the fault (`arch::x86_64::acpi::faults`; the runner's
     /// `--madt-table` / `--fadt-table`).
     pub table_faults: crate::arch::x86_64::acpi::TableFaults,
+    /// `hotplug_test=CPU[:MS]`: take CPU offline for MS ms (default 100) in the middle of the
+    /// main run, then bring it back (default none).
+    pub hotplug_test: Option<HotplugTest>,
     /// `clocksource=tsc|hpet|acpi_pm`: the clocksource to use while it is usable (default: the
     /// best-rated usable one).
     pub clocksource: Option<ClocksourceChoice>,
@@ -80,6 +83,16 @@ pub struct KernelOptions {
     /// the cargo feature `trace`; `scripts/run --trace FILE`).
     pub trace: bool,
 }
+
+/// The `hotplug_test=` run: which CPU goes offline, for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotplugTest {
+    pub cpu: u32,
+    pub ms: u64,
+}
+
+/// How long a `hotplug_test=` CPU stays offline unless told.
+pub const DEFAULT_HOTPLUG_MS: u64 = 100;
 
 /// The `tsc_skew=` fault: which CPU's TSC leads, and by how much.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +202,7 @@ impl Default for KernelOptions {
             suspend_test_ms: None,
             clock_step_test_s: None,
             table_faults: crate::arch::x86_64::acpi::TableFaults { madt: None, fadt: None },
+            hotplug_test: None,
             clocksource: None,
             tsc_skew: None,
             tsc_rate_ppm: None,
@@ -394,6 +408,23 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, -86_400i64..=86_400).filter(|&s| s != 0));
                 options.clock_step_test_s = s.or(options.clock_step_test_s);
             }
+            "hotplug_test" => {
+                // CPU 0 parses: it is refused with its reason when the test would run, as a CPU
+                // that is not online is (only then is it known).
+                let test = take("hotplug_test", "CPU[:MS], a CPU index from 0 to 254 and 1 to 60000 ms")
+                    .parse(&mut problems, |v| {
+                        let (cpu, ms) = match v.split_once(':') {
+                            Some((cpu, ms)) => (cpu, Some(ms)),
+                            None => (v, None),
+                        };
+                        let ms = match ms {
+                            Some(ms) => in_range(ms, 1..=60_000)?,
+                            None => DEFAULT_HOTPLUG_MS,
+                        };
+                        Some(HotplugTest { cpu: in_range(cpu, 0..=254)?, ms })
+                    });
+                options.hotplug_test = test.or(options.hotplug_test);
+            }
             "lapic_stops_in_idle" if value.is_none() => options.lapic_stops_in_idle = true,
             "clocksource" => {
                 let choice = take("clocksource", "tsc, hpet or acpi_pm").parse(&mut problems, |v| match v {
@@ -525,6 +556,33 @@ mod tests {
         let (o, p) = parse("clocksource=tsc clocksource=jiffies");
         assert_eq!(o.clocksource, Some(ClocksourceChoice::Tsc), "a bad value keeps the earlier choice");
         assert_eq!(p[0].to_string(), "kernel option clocksource=jiffies: expected tsc, hpet or acpi_pm");
+    }
+
+    #[test]
+    fn hotplug_test_names_a_cpu_and_how_long_it_stays_offline() {
+        assert_eq!(
+            parse("hotplug_test=1").0.hotplug_test,
+            Some(HotplugTest { cpu: 1, ms: DEFAULT_HOTPLUG_MS })
+        );
+        assert_eq!(parse("hotplug_test=3:250").0.hotplug_test, Some(HotplugTest { cpu: 3, ms: 250 }));
+        assert_eq!(
+            parse("hotplug_test=0").0.hotplug_test,
+            Some(HotplugTest { cpu: 0, ms: 100 }),
+            "refused later"
+        );
+        for bad in [
+            "hotplug_test",
+            "hotplug_test=",
+            "hotplug_test=x",
+            "hotplug_test=1:0",
+            "hotplug_test=1:60001",
+            "hotplug_test=255",
+            "hotplug_test=1:",
+            "hotplug_test=-1",
+        ] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.hotplug_test, p.len()), (None, 1), "{bad}");
+        }
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
     clocksource::log_tsc();
 
     let boot_info: &'static BootInfo = boot_info;
+    // Where the bootloader put the (position-independent) image: what a debugger adds to the
+    // ELF's addresses (`add-symbol-file ELF -o OFFSET`, README "Debugging").
+    log::info!("kernel image at offset {:#x}", boot_info.kernel_image_offset);
     memory::init(boot_info);
 
     let cmdline = fw_cfg::kernel_cmdline().unwrap_or_default();

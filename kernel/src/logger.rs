@@ -82,7 +82,7 @@ pub fn pending(cpu: usize) -> usize {
 
 /// Prints every CPU's pending interrupt-context lines (before the exit).
 pub fn drain_all() {
-    for cpu in percpu::all() {
+    for cpu in percpu::every() {
         drain(cpu.index);
     }
 }

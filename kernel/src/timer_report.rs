@@ -19,7 +19,8 @@ use serde::Serialize;
 /// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`); 9: each CPU's
 /// `interrupt_allocations` and `interrupt_frees`; 10: `handler_to_callback_ns` (the time
 /// layer's own part of each event's path), `workload_cpus` and `clocks` (the RTC and the
-/// wall clock).
+/// wall clock); 11: `hotplug` (each CPU offline/online cycle), `clock_step`, the clocks'
+/// `clock_was_set` and `timers_requeued`, `suspend.asleep_ns`.
 pub const SCHEMA_VERSION: u32 = 11;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -83,6 +84,9 @@ pub struct TimerReport {
     pub suspend: Option<SuspendReport>,
     /// The clock step test, if it ran (schema 11).
     pub clock_step: Option<ClockStepReport>,
+    /// Each CPU taken offline and brought back (`hotplug_test=`), in order; empty when none
+    /// was (schema 11).
+    pub hotplug: Vec<HotplugRecord>,
     /// How interrupt messages name CPUs, and the CPUs they cannot name (schema 4).
     pub destinations: DestinationsReport,
     /// Clocksource time at which every CPU had its tick device, self-tests included (schema 4).
@@ -312,6 +316,23 @@ pub struct ClockStepReport {
     pub pulled_in: u64,
 }
 
+/// One CPU taken offline and brought back (schema 11).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HotplugRecord {
+    pub cpu: usize,
+    /// Clocksource time when it began its offline path, and when it was back online with its
+    /// tick device (`null`: still offline).
+    pub offline_at_ns: u64,
+    pub online_at_ns: Option<u64>,
+    /// Its pending timers handed to another CPU, and that CPU.
+    pub timers_migrated: u64,
+    pub timers_to_cpu: usize,
+    /// The per-CPU comparator it released (`null`: it had none), and the CPU that took it
+    /// (`null`: none, every other CPU had one).
+    pub comparator_released: Option<String>,
+    pub comparator_to_cpu: Option<usize>,
+}
+
 /// The suspend test's figures (schema 3).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SuspendReport {
@@ -421,7 +442,8 @@ pub enum Verdict {
 impl TimerReport {
     /// One sentence per per-CPU comparator whose events landed on a CPU other than its own
     /// (a wrong IOAPIC or FSB destination: the layer rescued them by wake-up IPI, but the
-    /// device is not what it claims to be).
+    /// device is not what it claims to be). A comparator that a CPU going offline handed to
+    /// another ([`HotplugRecord`]) owned each of them in turn.
     pub fn percpu_interrupts_elsewhere(&self) -> Vec<String> {
         let Some(hpet) = &self.hpet else { return Vec::new() };
         hpet.comparators
@@ -429,10 +451,18 @@ impl TimerReport {
             .filter(|c| c.role == "percpu")
             .filter_map(|c| {
                 let own = c.cpu.map(|cpu| alloc::format!("{cpu}"));
+                let name = alloc::format!("hpet{}", c.index);
+                let owners: Vec<String> = self
+                    .hotplug
+                    .iter()
+                    .filter(|r| r.comparator_released.as_deref() == Some(name.as_str()))
+                    .flat_map(|r| core::iter::once(r.cpu).chain(r.comparator_to_cpu))
+                    .map(|cpu| alloc::format!("{cpu}"))
+                    .collect();
                 let elsewhere: Vec<String> = c
                     .irqs_by_cpu
                     .iter()
-                    .filter(|(cpu, _)| Some(*cpu) != own.as_ref())
+                    .filter(|(cpu, _)| Some(*cpu) != own.as_ref() && !owners.contains(cpu))
                     .map(|(cpu, n)| alloc::format!("{n} on CPU {cpu}"))
                     .collect();
                 (!elsewhere.is_empty()).then(|| {
@@ -573,6 +603,15 @@ mod tests {
             r.percpu_interrupts_elsewhere(),
             vec!["per-CPU HPET comparator 0 for CPU 0: interrupts landed elsewhere (3 on CPU 1)".to_string()]
         );
+        // Handed to CPU 1 when CPU 0... went offline: CPU 1's interrupts are its own.
+        r.hotplug.push(HotplugRecord {
+            cpu: 0,
+            comparator_released: Some("hpet0".to_string()),
+            comparator_to_cpu: Some(1),
+            ..HotplugRecord::default()
+        });
+        assert!(r.percpu_interrupts_elsewhere().is_empty(), "CPU 1 owned it after the hotplug");
+        r.hotplug.clear();
         // A global comparator may be taken anywhere.
         r.hpet.as_mut().unwrap().comparators[0].role = "global".to_string();
         assert!(r.percpu_interrupts_elsewhere().is_empty());

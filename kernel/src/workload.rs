@@ -102,13 +102,14 @@ static COUNTS: [CpuCounts; percpu::MAX_CPUS] = [const {
 }; percpu::MAX_CPUS];
 
 /// A timer's `data`: its chain in the low byte, its sequence number in the chain above.
-const fn timer_data(chain: usize, seq: u64) -> u64 {
-    (seq << 8) | chain as u64
+const fn timer_data(home: usize, chain: usize, seq: u64) -> u64 {
+    (seq << 16) | ((home as u64 & 0xff) << 8) | chain as u64
 }
 
-/// The chain and sequence number a timer's `data` names.
-const fn timer_identity(data: u64) -> (usize, u64) {
-    ((data & 0xff) as usize, data >> 8)
+/// The home CPU (whose counters it counts in: the CPU it started on, wherever a CPU going
+/// offline sent it since), the chain and the sequence number a timer's `data` names.
+const fn timer_identity(data: u64) -> (usize, usize, u64) {
+    (((data >> 8) & 0xff) as usize, (data & 0xff) as usize, data >> 16)
 }
 /// One CPU's samples, pushed by its callbacks only, on cache lines of their own.
 #[repr(align(64))]
@@ -157,7 +158,7 @@ fn arm_next(cpu: usize, chain: usize) {
     armed.fetch_add(1, Ordering::AcqRel);
     let (deadline, stamp) = oracle::arm_stamp(next_delay(cpu), percpu::this_cpu().apic_id);
     *slot.stamp.lock() = stamp;
-    if let Err(e) = clockevents::arm_at(deadline, on_timer, timer_data(chain, seq)) {
+    if let Err(e) = clockevents::arm_at(deadline, on_timer, timer_data(cpu, chain, seq)) {
         slot.armed_seq.store(seq - 1, Ordering::Relaxed);
         armed.fetch_sub(1, Ordering::AcqRel);
         if ARM_FAILURES.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -167,10 +168,10 @@ fn arm_next(cpu: usize, chain: usize) {
 }
 
 fn on_timer(e: &TimerEvent) {
-    let c = &COUNTS[e.cpu];
+    let (home, chain, seq) = timer_identity(e.data);
+    let c = &COUNTS[home];
     // Lateness to the callback, on its own clock read (`e.now_ns` is the handler's).
     let now = now_ns();
-    let (chain, seq) = timer_identity(e.data);
     // The chain's pending timer fires once: anything else (the same timer again, an older one,
     // a chain or number that was never armed) is a timer firing twice.
     let first = c.chains.get(chain).is_some_and(|slot| {
@@ -210,7 +211,9 @@ fn on_timer(e: &TimerEvent) {
         oracle::Judgement::Unjudged => {}
     }
     let apic_id = oracle::apic_id_here();
-    if apic_id != stamp.apic_id && c.wrong_cpu.fetch_add(1, Ordering::Relaxed) == 0 {
+    // Its CPU, or the CPU that adopted the timers of its CPU gone offline (`hotplug_test=`).
+    let adopted = clockevents::hotplug::adopter_apic_of(stamp.apic_id) == Some(apic_id);
+    if apic_id != stamp.apic_id && !adopted && c.wrong_cpu.fetch_add(1, Ordering::Relaxed) == 0 {
         log::error!(
             "timer {seq} of chain {chain}, armed on APIC id {}, ran on APIC id {apic_id}",
             stamp.apic_id
@@ -228,7 +231,7 @@ fn on_timer(e: &TimerEvent) {
     }
     drop(samples);
     if e.now_ns < END_NS.load(Ordering::Relaxed) {
-        arm_next(e.cpu, chain);
+        arm_next(home, chain);
     }
     c.fired.fetch_add(1, Ordering::Release);
 }
@@ -312,6 +315,32 @@ pub fn limit_cpus(cpus: Option<usize>) {
     WORKLOAD_CPUS.store(cpus.unwrap_or(usize::MAX), Ordering::Relaxed);
 }
 
+/// `hotplug_test=CPU:MS`: halfway through the run, CPU goes offline for MS ms, then comes back.
+static HOTPLUG_TEST: spin::Mutex<Option<(usize, u64)>> = spin::Mutex::new(None);
+
+/// Takes CPU `cpu` offline for `ms` ms halfway through the run (`hotplug_test=`; `None`: not).
+pub fn hotplug_halfway(test: Option<(usize, u64)>) {
+    x86_64::instructions::interrupts::without_interrupts(|| *HOTPLUG_TEST.lock() = test);
+}
+
+/// The hotplug test, on the boot CPU (interrupts enabled): a refusal or failure is logged and
+/// recorded as a fallback, and the run goes on.
+fn hotplug_test(cpu: usize, ms: u64) {
+    if let Err(e) = clockevents::hotplug::offline(cpu) {
+        clockevents::record_fallback(alloc::format!("hotplug test: CPU {cpu} not taken offline: {e}"));
+        return;
+    }
+    let back_at = now_ns() + ms * 1_000_000;
+    while now_ns() < back_at {
+        if clockevents::sleep_ns(1_000_000).is_err() {
+            core::hint::spin_loop();
+        }
+    }
+    if let Err(e) = clockevents::hotplug::online(cpu) {
+        clockevents::record_fallback(alloc::format!("hotplug test: CPU {cpu} not back online: {e}"));
+    }
+}
+
 /// Runs the workload on every online CPU (or those [`limit_cpus`] leaves) for `duration_ms`,
 /// then waits for the last timers.
 pub fn run(duration_ms: u64) -> Outcome {
@@ -329,6 +358,8 @@ pub fn run_with_suspend(
     let mut suspend_at = suspend_ms.map(|ms| (start + duration_ms * 1_000_000 / 2, ms));
     let step = CLOCK_STEP_S.swap(0, Ordering::Relaxed);
     let mut step_at = (step != 0).then_some(start + duration_ms * 1_000_000 / 2);
+    let hotplug = x86_64::instructions::interrupts::without_interrupts(|| *HOTPLUG_TEST.lock());
+    let mut hotplug_at = hotplug.map(|(cpu, ms)| (start + duration_ms * 1_000_000 / 2, cpu, ms));
     let cpus: Vec<usize> =
         percpu::all().map(|c| c.index).take(WORKLOAD_CPUS.load(Ordering::Relaxed)).collect();
     let samples_per_cpu = MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1));
@@ -373,6 +404,12 @@ pub fn run_with_suspend(
         if step_at.is_some_and(|at| now_ns() >= at) {
             step_at = None;
             crate::time::clock_step::step(step, &cpus);
+        }
+        if let Some((at, cpu, ms)) = hotplug_at
+            && now_ns() >= at
+        {
+            hotplug_at = None;
+            hotplug_test(cpu, ms);
         }
         if clockevents::sleep_ns(1_000_000).is_err() {
             core::hint::spin_loop();

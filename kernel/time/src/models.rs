@@ -220,3 +220,27 @@ fn two_posts_against_the_drain() {
         assert_eq!(cpu1.handles.in_use(), 0);
     });
 }
+
+/// A post racing with its CPU going offline ([`crate::remote::leave`]: the table closed, the
+/// last drain): either the post is refused (`CpuNotOnline`) and nothing left, or it was
+/// accepted and its timer is among those that left; never an arm stranded in the inbox.
+#[test]
+fn a_post_against_its_cpu_going_offline() {
+    explore("a_post_against_its_cpu_going_offline", Some(3), || {
+        let cpu1 = Owner::new(2, 4);
+        let poster = {
+            let cpu1 = cpu1.clone();
+            thread::spawn(move || cpu1.post(100, 7, 0).map_err(|r| r.error))
+        };
+        let left = crate::remote::leave(&*cpu1, Some(&cpu1.inbox), |m| panic!("no other message: {m:?}"));
+        let posted = poster.join().unwrap();
+        match posted {
+            Ok(_) => assert_eq!(left.len(), 1, "an accepted post did not leave with its CPU"),
+            Err(e) => {
+                assert_eq!(e, crate::tick::ArmError::CpuNotOnline(1));
+                assert!(left.is_empty());
+            }
+        }
+        assert!(cpu1.inbox.receiver().unwrap().recv().is_none(), "an arm stranded in the inbox");
+    });
+}

@@ -94,6 +94,15 @@ struct Slot<P> {
 }
 
 const NOT_QUEUED: u64 = u64::MAX;
+/// A slot's `queued` word once its timer left with its CPU going offline ([`leave`]): it is
+/// in another CPU's queue now, which alone frees the slot (at its deadline, or when its
+/// callback is done), so a late cancel note reaching this CPU reclaims nothing.
+const MIGRATED: u64 = u64::MAX - 1;
+
+/// Bits of a packed handle's slot word that carry its CPU ([`Handles::pack`]): above the
+/// slot index (below [`MAX_HANDLES`]) and below [`HANDLE_BIT`].
+const PACKED_CPU_SHIFT: u32 = 16;
+const PACKED_CPU_MASK: u32 = 0x7fff;
 
 /// One CPU's table of handle slots: any CPU arms into it ([`post`](Self::post)) and cancels
 /// through it ([`cancel`](Self::cancel)); its owner drains its inbox ([`drain`]) and its expiry
@@ -103,7 +112,16 @@ pub struct Handles<P> {
     /// Where the next claim starts looking (spreads senders over the table).
     next: AtomicU32,
     slots: Box<[Slot<P>]>,
+    /// [`GATE_CLOSED`] once its CPU went offline ([`close`](Self::close): every post is
+    /// refused), and below it the senders in the middle of a post, which a close waits for,
+    /// so that no arm reaches the inbox after the CPU's last drain. One word, moved by
+    /// read-modify-writes only: their single order decides, for each post, whether it came
+    /// before the close (waited for) or after (refused).
+    gate: AtomicU32,
 }
+
+/// The bit of [`Handles`]' gate that says its table is closed.
+const GATE_CLOSED: u32 = 1 << 31;
 
 impl<P> fmt::Debug for Handles<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,7 +145,29 @@ impl<P> Handles<P> {
                 })
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
+            gate: AtomicU32::new(0),
         }
+    }
+
+    /// Its CPU is going offline: from now on every [`post`](Self::post) is refused
+    /// ([`ArmError::CpuNotOnline`]); returns once every post already past that check has
+    /// sent its arm, so the CPU's next drain of its inbox is its last. Cancels still work.
+    pub fn close(&self) {
+        self.gate.fetch_or(GATE_CLOSED, Ordering::AcqRel);
+        // Acquire: each sender's message, sent before it left the gate, is visible after.
+        while self.gate.load(Ordering::Acquire) & !GATE_CLOSED != 0 {
+            crate::sync::spin_wait();
+        }
+    }
+
+    /// Its CPU is online again: posts are taken.
+    pub fn reopen(&self) {
+        self.gate.fetch_and(!GATE_CLOSED, Ordering::AcqRel);
+    }
+
+    /// Whether it is [`close`](Self::close)d.
+    pub fn is_closed(&self) -> bool {
+        self.gate.load(Ordering::Acquire) & GATE_CLOSED != 0
     }
 
     /// The CPU whose timers these are.
@@ -140,21 +180,26 @@ impl<P> Handles<P> {
         self.slots.len()
     }
 
-    /// Handle `id` in one word without its CPU, for a payload kept on its own CPU (which
-    /// [`unpack`](Self::unpack) adds back): a smaller payload is copied faster on the timer
-    /// path.
+    /// Handle `id` in one word, its CPU included (a smaller payload is copied faster on the
+    /// timer path): a timer that moved to another CPU ([`leave`]) still names the table its
+    /// handle lives in. [`unpack`](Self::unpack) takes it apart.
     #[inline]
     pub fn pack(id: TimerId) -> NonZeroU64 {
-        let (_, slot, generation) = id.parts();
+        let (cpu, slot, generation) = id.parts();
+        debug_assert!(cpu <= PACKED_CPU_MASK && slot & !HANDLE_BIT < 1 << PACKED_CPU_SHIFT);
+        let slot = slot | HANDLE_BIT | (cpu & PACKED_CPU_MASK) << PACKED_CPU_SHIFT;
         // A handle's slot has HANDLE_BIT set: never zero.
-        NonZeroU64::new(u64::from(slot | HANDLE_BIT) << 32 | u64::from(generation)).unwrap_or(NonZeroU64::MIN)
+        NonZeroU64::new(u64::from(slot) << 32 | u64::from(generation)).unwrap_or(NonZeroU64::MIN)
     }
 
-    /// The handle [`pack`](Self::pack) made `packed` of, on CPU `cpu`.
+    /// The handle [`pack`](Self::pack) made `packed` of.
     #[inline]
-    pub fn unpack(cpu: usize, packed: NonZeroU64) -> TimerId {
+    pub fn unpack(packed: NonZeroU64) -> TimerId {
         let packed = packed.get();
-        TimerId::from_parts(cpu as u32, (packed >> 32) as u32, packed as u32)
+        let word = (packed >> 32) as u32;
+        let cpu = word >> PACKED_CPU_SHIFT & PACKED_CPU_MASK;
+        let slot = word & !(PACKED_CPU_MASK << PACKED_CPU_SHIFT);
+        TimerId::from_parts(cpu, slot, packed as u32)
     }
 
     /// Whether `id` is a handle (of any CPU), not a queue's own id.
@@ -174,9 +219,28 @@ impl<P> Handles<P> {
     /// Arms a timer on this table's CPU at `deadline_ns`, from any CPU and any context:
     /// claims a slot, stores the payload `make` builds for the handle, and sends the arm to the
     /// owner's `inbox`. The caller then wakes the owner (an IPI) unless it is the owner.
-    /// Refused with the payload back: no slot free ([`ArmError::HandlesFull`]) or the inbox
-    /// full ([`ArmError::InboxFull`]).
+    /// Refused with the payload back: no slot free ([`ArmError::HandlesFull`]), the inbox
+    /// full ([`ArmError::InboxFull`]) or the CPU offline ([`ArmError::CpuNotOnline`]: the table
+    /// is [`close`](Self::close)d).
     pub fn post(
+        &self,
+        inbox: &Inbox<TimeMessage>,
+        deadline_ns: u64,
+        make: impl FnOnce(TimerId) -> P,
+    ) -> Result<TimerId, Refused<P>> {
+        // Entering the gate and reading whether it is closed in one step (see `gate`).
+        let posted = if self.gate.fetch_add(1, Ordering::AcqRel) & GATE_CLOSED != 0 {
+            let id = TimerId::from_parts(self.cpu, HANDLE_BIT, 0);
+            Err(Refused { error: ArmError::CpuNotOnline(self.cpu()), payload: make(id) })
+        } else {
+            self.post_open(inbox, deadline_ns, make)
+        };
+        // Release: the message sent is visible to a close that sees this sender gone.
+        self.gate.fetch_sub(1, Ordering::AcqRel);
+        posted
+    }
+
+    fn post_open(
         &self,
         inbox: &Inbox<TimeMessage>,
         deadline_ns: u64,
@@ -251,6 +315,17 @@ impl<P> Handles<P> {
                 Ok(_) => return Ok(answer),
                 Err(now) => w = now,
             }
+        }
+    }
+
+    /// Handle `id`'s timer left this table's CPU for another CPU's queue ([`leave`]): only
+    /// that CPU's expiry frees its slot from now on (a cancel note reaching this CPU, which
+    /// no longer has it queued, reclaims nothing).
+    pub fn migrated(&self, id: TimerId) {
+        if let Some((slot, generation)) = self.slot_of(id)
+            && generation_of(slot.state.load(Ordering::Acquire)) == generation
+        {
+            slot.queued.store(MIGRATED, Ordering::Relaxed);
         }
     }
 
@@ -402,6 +477,10 @@ impl<P> Handles<P> {
             return Received::Nothing;
         }
         let queued = slot.queued.load(Ordering::Relaxed);
+        if queued == MIGRATED {
+            // Its timer is another CPU's now, whose expiry frees the slot at its deadline.
+            return Received::Nothing;
+        }
         let payload = if queued == NOT_QUEUED {
             // The cancel overtook its arm: the payload is still in the slot.
             slot.payload.take()
@@ -463,6 +542,37 @@ pub fn drain<C: ExpiryContext>(
     Some(drained)
 }
 
+/// This CPU goes offline (on it, outside any expiry, after the registry took it out of its
+/// selection): its table of handles is [`close`](Handles::close)d (every post from now on is
+/// refused with [`ArmError::CpuNotOnline`]), its inbox drained one last time (timers posted
+/// before the close are armed and leave with the rest; other messages go to `other`), then its
+/// tick goes offline ([`CpuTick::go_offline`]) and its pending timers come back, for another
+/// CPU to adopt; each one armed through a handle is marked [`migrated`](Handles::migrated) in
+/// its handle's table, so that the handle still cancels it on its new CPU (whose expiry asks
+/// that table, [`ExpiryContext::handles_of`]) and no late cancel note frees its slot here.
+pub fn leave<C: ExpiryContext>(
+    cx: &C,
+    inbox: Option<&Inbox<TimeMessage>>,
+    other: impl FnMut(TimeMessage),
+) -> Vec<crate::tick::Migrating<C::Payload>> {
+    if let Some(handles) = cx.handles() {
+        handles.close();
+    }
+    if let Some(inbox) = inbox {
+        // Not nested: a CPU goes offline from its own call, outside any drain.
+        let _ = drain(cx, inbox, other);
+    }
+    let timers = cx.with_tick(|t, bc| t.go_offline(bc)).unwrap_or_default();
+    for m in &timers {
+        if let Some(handle) = cx.handle_of(&m.payload)
+            && let Some(table) = cx.handles_of(handle.cpu())
+        {
+            table.migrated(handle);
+        }
+    }
+    timers
+}
+
 /// A CPU that owns a table of handles, for the host tests and the loom models.
 #[cfg(test)]
 pub(crate) mod harness {
@@ -498,30 +608,51 @@ pub(crate) mod harness {
         pub(crate) cancels_during_run: StdMutex<Vec<Result<Cancelled, crate::hrtimer::WrongCpu>>>,
         /// Its local device's driver (to make it refuse deadlines).
         pub(crate) driver: &'static FakeDriver,
+        /// The CPU whose timers it adopted, whose handles table its expiry asks for them.
+        pub(crate) peer: std::sync::OnceLock<Arc<Owner>>,
     }
 
     impl Owner {
         pub(crate) fn new(handles: usize, inbox: usize) -> Arc<Owner> {
+            Owner::on(1, handles, inbox)
+        }
+
+        /// CPU `cpu`, with its own local device.
+        pub(crate) fn on(cpu: usize, handles: usize, inbox: usize) -> Arc<Owner> {
             let driver = FakeDriver::leak();
             let device = Arc::new(ClockEventDevice::new(
-                spec("local", 100, CpuSet::single(1), Features::PER_CPU),
+                spec("local", 100, CpuSet::single(cpu), Features::PER_CPU),
                 driver,
             ));
             let bc = spin::Mutex::new(Broadcast::new());
-            let mut tick = CpuTick::new(1, TickMode::Oneshot, 0, 4);
+            let mut tick = CpuTick::new(cpu, TickMode::Oneshot, 0, 4);
             tick.reserve_for_handles(handles);
-            tick.assign(Service::Local(DeviceId(1)), Some(device), 0, &bc);
+            tick.assign(Service::Local(DeviceId(cpu)), Some(device), 0, &bc);
             Arc::new(Owner {
+                peer: std::sync::OnceLock::new(),
                 tick: spin::Mutex::new(tick),
                 bc,
                 clock: AtomicU64::new(0),
-                handles: Handles::new(1, handles),
+                handles: Handles::new(cpu, handles),
                 inbox: Inbox::new(inbox),
                 ran: StdMutex::new(Vec::new()),
                 during_run: StdMutex::new(None),
                 cancels_during_run: StdMutex::new(Vec::new()),
                 driver,
             })
+        }
+
+        /// Back online at `now` after [`leave`]: a fresh tick on a fresh local device, its
+        /// handles open again (as a kernel brings a CPU back).
+        pub(crate) fn back_online(&self, now: u64) {
+            let cpu = self.handles.cpu();
+            let spec = spec("local", 100, CpuSet::single(cpu), Features::PER_CPU);
+            let device = Arc::new(ClockEventDevice::new(spec, self.driver));
+            let mut tick = CpuTick::new(cpu, TickMode::Oneshot, now, 4);
+            tick.reserve_for_handles(self.handles.capacity());
+            tick.assign(Service::Local(DeviceId(cpu)), Some(device), now, &self.bc);
+            *self.tick.lock() = tick;
+            self.handles.reopen();
         }
 
         pub(crate) fn post(
@@ -569,6 +700,12 @@ pub(crate) mod harness {
         }
         fn handles(&self) -> Option<&Handles<Pay>> {
             Some(&self.handles)
+        }
+        fn handles_of(&self, cpu: usize) -> Option<&Handles<Pay>> {
+            if cpu == self.handles.cpu() {
+                return Some(&self.handles);
+            }
+            self.peer.get().filter(|p| p.handles.cpu() == cpu).map(|p| &p.handles)
         }
     }
 }
@@ -706,7 +843,79 @@ mod tests {
     fn a_packed_handle_unpacks_to_itself_on_its_cpu() {
         let cpu1 = Owner::new(8, 8);
         let id = cpu1.post(100, 1, 0).ok().unwrap();
-        assert_eq!(Handles::<Pay>::unpack(1, Handles::<Pay>::pack(id)), id);
+        assert_eq!(Handles::<Pay>::unpack(Handles::<Pay>::pack(id)), id);
+        let far = TimerId::from_parts(255, HANDLE_BIT | (MAX_HANDLES as u32 - 1), u32::MAX);
+        assert_eq!(Handles::<Pay>::unpack(Handles::<Pay>::pack(far)), far, "its CPU travels with it");
+    }
+
+    /// CPU 1 goes offline ([`leave`]) and CPU 2 adopts its timers: `cpu2` knows CPU 1's
+    /// handles. Returns the handles armed on CPU 1 before: a one-shot (tag 1, at 1 000), a
+    /// periodic (tag 2, at 1 000 every 500), a one-shot (tag 3, at 3 000), and one posted but
+    /// still in CPU 1's inbox when it left (tag 4, at 2 000).
+    fn offline_with_timers() -> (Arc<Owner>, Arc<Owner>, [TimerId; 4]) {
+        let cpu1 = Owner::new(8, 8);
+        let cpu2 = Owner::on(2, 8, 8);
+        cpu2.peer.set(cpu1.clone()).ok().unwrap();
+        let a = cpu1.post(1_000, 1, 0).ok().unwrap();
+        let b = cpu1.post(1_000, 2, 500).ok().unwrap();
+        let c = cpu1.post(3_000, 3, 0).ok().unwrap();
+        cpu1.turn(10);
+        let d = cpu1.post(2_000, 4, 0).ok().unwrap();
+        let timers = leave(&*cpu1, Some(&cpu1.inbox), |m| panic!("no other message: {m:?}"));
+        assert_eq!(timers.len(), 4, "the one still in its inbox left too");
+        let refused = cpu1.post(1_500, 5, 0).expect_err("CPU 1 is offline");
+        assert_eq!(refused.error, ArmError::CpuNotOnline(1));
+        let moved = cpu2.tick.lock().adopt(timers, 10, &cpu2.bc).ok().expect("adopted");
+        assert_eq!(moved.len(), 4);
+        (cpu1, cpu2, [a, b, c, d])
+    }
+
+    #[test]
+    fn timers_of_a_cpu_gone_offline_run_once_on_their_new_cpu_never_early_and_keep_their_grid() {
+        let (cpu1, cpu2, [a, _, c, _]) = offline_with_timers();
+        assert_eq!(cpu1.handles.cancel(c), Ok(Cancelled::Pending), "its handle still cancels it");
+        for now in [999, 1_000, 1_700, 2_000, 2_600, 3_000, 3_100] {
+            cpu2.turn(now);
+        }
+        let ran = cpu2.ran.lock().unwrap().clone();
+        assert!(cpu1.tags_ran().is_empty(), "nothing ran on the CPU gone offline");
+        assert!(ran.iter().all(|&(_, deadline, now)| now >= deadline), "never early: {ran:?}");
+        let count = |tag| ran.iter().filter(|r| r.0 == tag).count();
+        assert_eq!((count(1), count(3), count(4)), (1, 0, 1), "once each, the cancelled one never: {ran:?}");
+        let grid: Vec<u64> = ran.iter().filter(|r| r.0 == 2).map(|r| r.1).collect();
+        assert_eq!(grid, vec![1_000, 1_500, 2_000, 2_500, 3_000], "the periodic one on its grid");
+        assert_eq!(cpu1.handles.cancel(a), Ok(Cancelled::Inactive), "the one-shot already ran");
+        assert_eq!(cpu1.handles.in_use(), 1, "the periodic one's slot, the others freed on CPU 2");
+    }
+
+    #[test]
+    fn a_migrated_periodic_timer_cancelled_through_its_handle_stops_and_frees_its_slot() {
+        let (cpu1, cpu2, [_, b, _, _]) = offline_with_timers();
+        cpu2.turn(1_000);
+        assert_eq!(cpu1.handles.cancel(b), Ok(Cancelled::Pending));
+        cpu2.turn(1_500);
+        cpu2.turn(2_000);
+        let periodic = cpu2.tags_ran().iter().filter(|&&t| t == 2).count();
+        assert_eq!(periodic, 1, "not re-armed after the cancel");
+    }
+
+    #[test]
+    fn a_late_cancel_note_on_the_cpu_gone_offline_frees_no_slot_its_timer_still_uses() {
+        // The cancel note of a migrated timer lands in CPU 1's inbox, drained when CPU 1 is
+        // back: the slot stays with the timer on CPU 2, so a later post on CPU 1 cannot be
+        // given that slot and then lose its timer when CPU 2 frees it at the deadline.
+        let (cpu1, cpu2, [_, _, c, _]) = offline_with_timers();
+        assert_eq!(cpu1.handles.cancel(c), Ok(Cancelled::Pending));
+        cpu1.inbox.try_send(Handles::<Pay>::cancel_message(c)).unwrap();
+        cpu1.back_online(20);
+        assert_eq!(cpu1.turn(20).reclaimed, 0, "nothing to reclaim on CPU 1");
+        // Every slot CPU 1 has free (4 of 8: the migrated timers keep theirs).
+        let later: Vec<TimerId> = (0..8).filter_map(|n| cpu1.post(4_000, 10 + n, 0).ok()).collect();
+        assert_eq!(later.len(), 4, "the migrated timers' slots stay theirs");
+        cpu1.turn(30);
+        cpu2.turn(3_500);
+        cpu1.turn(4_000);
+        assert_eq!(cpu1.tags_ran().len(), later.len(), "every later timer ran: {:?}", cpu1.tags_ran());
     }
 
     #[test]

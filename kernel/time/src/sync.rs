@@ -8,6 +8,16 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+/// One turn of a wait for another thread: a spin-loop hint, or under loom a yield (so that the
+/// model lets the awaited thread run).
+#[inline]
+pub(crate) fn spin_wait() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
+
 /// A value handed from one thread to another behind a lock that the hand-over protocol
 /// around it keeps uncontended ([`crate::remote`]'s payload slots): spin's lock, or loom's
 /// under `--cfg loom` so the models see it.

@@ -96,13 +96,13 @@ pub fn set_end_of_interrupt(eoi: fn()) {
 pub fn count(vector: u8) -> u64 {
     let v = usize::from(vector);
     EARLY_COUNTS[v].load(Ordering::Relaxed)
-        + percpu::all().map(|c| c.interrupts[v].load(Ordering::Relaxed)).sum::<u64>()
+        + percpu::every().map(|c| c.interrupts[v].load(Ordering::Relaxed)).sum::<u64>()
 }
 
 /// How many interrupts nothing claimed, on every CPU (see [`spurious`]).
 pub fn spurious_count() -> u64 {
     EARLY_SPURIOUS.load(Ordering::Relaxed)
-        + percpu::all().map(|c| c.spurious.load(Ordering::Relaxed)).sum::<u64>()
+        + percpu::every().map(|c| c.spurious.load(Ordering::Relaxed)).sum::<u64>()
 }
 
 /// Whether the `n`th event of a kind on one CPU is logged: the first ten, then every

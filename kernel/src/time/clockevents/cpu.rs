@@ -191,7 +191,8 @@ pub fn with_tick_and_broadcast<R>(
 /// Gives the calling CPU its tick (not yet served by any device).
 pub(super) fn create_tick(mode: kernel_time::tick::TickMode) {
     let cpu = percpu::this_cpu();
-    time_of(cpu).handles.call_once(|| Handles::new(cpu.index, HANDLES_PER_CPU));
+    // Back online after going offline: its table (closed then) takes posts again.
+    time_of(cpu).handles.call_once(|| Handles::new(cpu.index, HANDLES_PER_CPU)).reopen();
     time_of(cpu).inbox.call_once(|| Inbox::new(INBOX_PER_CPU));
     x86_64::instructions::interrupts::without_interrupts(|| {
         let mut tick = CpuTick::new(cpu.index, mode, now_ns(), TIMERS_PER_CPU);
@@ -239,7 +240,7 @@ impl ExpiryContext for ThisCpu {
             cpu: self.index,
             id: match payload.handle {
                 None => timer.id,
-                Some(h) => Handles::<Payload>::unpack(self.index, h),
+                Some(h) => Handles::<Payload>::unpack(h),
             },
             deadline_ns: timer.deadline_ns,
             now_ns,
@@ -267,12 +268,18 @@ impl ExpiryContext for ThisCpu {
 
     #[inline]
     fn handle_of(&self, payload: &Payload) -> Option<TimerId> {
-        payload.handle.map(|h| Handles::<Payload>::unpack(self.index, h))
+        payload.handle.map(Handles::<Payload>::unpack)
     }
 
     #[inline]
     fn handles(&self) -> Option<&Handles<Payload>> {
         self.time.handles.get()
+    }
+
+    /// A timer adopted from a CPU gone offline keeps its handle in that CPU's table.
+    #[inline]
+    fn handles_of(&self, cpu: usize) -> Option<&Handles<Payload>> {
+        time_at(cpu).handles.get()
     }
 
     #[inline]
@@ -399,6 +406,24 @@ pub fn deep_idle_exit() {
 /// again (`kernel_time::tick::glue::clock_was_set`); how many moved.
 pub(super) fn clock_was_set_here() -> usize {
     x86_64::instructions::interrupts::without_interrupts(|| glue::clock_was_set(&this_cpu()))
+}
+
+/// The calling CPU goes offline (interrupts off, after the registry took it out): its handles
+/// closed, its inbox drained, its devices detached; its pending timers, for another CPU to
+/// [`adopt`] (`glue::go_offline`).
+pub(super) fn go_offline() -> alloc::vec::Vec<kernel_time::tick::Migrating<Payload>> {
+    glue::go_offline(&this_cpu())
+}
+
+/// The calling CPU takes the timers of a CPU gone offline, each at its own deadline
+/// (`glue::adopt`).
+pub(super) fn adopt(
+    timers: alloc::vec::Vec<kernel_time::tick::Migrating<Payload>>,
+) -> Result<
+    kernel_time::tick::Moved,
+    kernel_time::tick::Refused<alloc::vec::Vec<kernel_time::tick::Migrating<Payload>>>,
+> {
+    x86_64::instructions::interrupts::without_interrupts(|| glue::adopt(&this_cpu(), timers))
 }
 
 /// Suspends the calling CPU's tick (local device shut down, timers kept); how many are pending.

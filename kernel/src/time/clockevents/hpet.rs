@@ -305,6 +305,16 @@ impl HpetChannel {
         }
     }
 
+    /// The APIC id its interrupt goes to.
+    pub fn target_apic(&self) -> u32 {
+        self.target_apic.load(Ordering::Relaxed)
+    }
+
+    /// Its time-layer device, once registered.
+    pub fn device(&self) -> Option<DeviceId> {
+        self.device.load(Ordering::Acquire).checked_sub(1).map(DeviceId)
+    }
+
     /// Links the channel to its time-layer device; its interrupts go there from now on.
     pub fn attach(&self, device: DeviceId) {
         self.device.store(device.0 + 1, Ordering::Release);

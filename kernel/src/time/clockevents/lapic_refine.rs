@@ -40,7 +40,7 @@ use kernel_time::clocksource::refine::{self, Refiner};
 use kernel_time::clocksource::watchdog::Sample;
 use kernel_time::clocksource::{Conversion, ReadCounter};
 use kernel_time::tick::DeviceId;
-use spin::{Mutex, Once};
+use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
 
 /// What the refinement starts from and has found.
@@ -82,7 +82,9 @@ static REFINED_HZ: AtomicU64 = AtomicU64::new(0);
 
 /// Each CPU's LAPIC timer device, by CPU index, kept when it registers: the housekeeping and
 /// each CPU's deferred work reach it without the registry's lock (which interrupt paths take).
-static DEVICES: [Once<Arc<ClockEventDevice>>; percpu::MAX_CPUS] = [const { Once::new() }; percpu::MAX_CPUS];
+/// A CPU back online after going offline registers a new one, which replaces the old.
+static DEVICES: [Mutex<Option<Arc<ClockEventDevice>>>; percpu::MAX_CPUS] =
+    [const { Mutex::new(None) }; percpu::MAX_CPUS];
 
 /// The LAPIC timers are registered with `config` (the boot calibration's frequencies).
 pub(super) fn registered(config: &LapicTimerConfig) {
@@ -100,11 +102,19 @@ pub(super) fn registered(config: &LapicTimerConfig) {
     deferred::register(deferred::Kind::ApplyLapicRefinement, apply_here);
 }
 
-/// The calling CPU registered its LAPIC timer as `device` (on its start-up path).
+/// The calling CPU registered its LAPIC timer as `device` (on its start-up path, at boot or
+/// back online): the refinement found so far, if any, is applied to it at once.
 pub(super) fn device_registered(device: DeviceId) {
     let index = percpu::this_cpu().index;
     if let Some(d) = registry::with_registry(|r| r.device(device).clone()) {
-        DEVICES[index].call_once(|| d);
+        let name = d.spec.name.clone();
+        without_interrupts(|| *DEVICES[index].lock() = Some(d));
+        let hz = REFINED_HZ.load(Ordering::Acquire);
+        if hz != 0 {
+            // A CPU back online after going offline (hotplug).
+            log::info!("lapic: {name} registered after the refinement: converts at the refined {hz} Hz");
+            apply_here();
+        }
     }
 }
 
@@ -186,8 +196,8 @@ pub fn reference_stopped() {
 }
 
 /// This CPU's LAPIC timer device, if it has one.
-fn this_cpus_lapic_timer() -> Option<&'static Arc<ClockEventDevice>> {
-    DEVICES[percpu::this_cpu().index].get()
+fn this_cpus_lapic_timer() -> Option<Arc<ClockEventDevice>> {
+    without_interrupts(|| DEVICES[percpu::this_cpu().index].lock().clone())
 }
 
 /// Logs a refinement and has every CPU apply it.
@@ -216,7 +226,7 @@ fn apply_here() {
         return;
     }
     let result = cpu::with_tick_and_broadcast(|t, bc| {
-        let r = t.set_device_frequency(device, hz, now_ns(), bc);
+        let r = t.set_device_frequency(&device, hz, now_ns(), bc);
         (r, t.take_failure())
     });
     if let Some((r, failure)) = result {

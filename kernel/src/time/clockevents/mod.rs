@@ -15,6 +15,7 @@
 
 mod cpu;
 mod failures;
+pub mod hotplug;
 pub mod hpet;
 mod hpet_bringup;
 pub mod hpet_plan;

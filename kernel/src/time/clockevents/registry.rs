@@ -136,6 +136,29 @@ pub(super) fn cpu_online(cpu: usize) {
     });
 }
 
+/// Takes the calling CPU out of the registry's selection as it goes offline
+/// (`Registry::cpu_offline`) and delivers what that changed; returns the devices it released
+/// (its per-CPU devices, retired: a comparator may be registered again for another CPU), with
+/// their specs. Nobody owns them any more (a late event of theirs wakes nobody).
+pub(super) fn cpu_offline(cpu: usize) -> alloc::vec::Vec<(DeviceId, DeviceSpec)> {
+    without_interrupts(|| {
+        let mut guard = REGISTRY.lock();
+        let Some(registry) = guard.as_mut() else { return alloc::vec::Vec::new() };
+        let (changes, released) = registry.cpu_offline(cpu);
+        for id in &released {
+            if let Some(owner) = OWNER.get(id.0) {
+                owner.store(usize::MAX, Ordering::Release);
+            }
+        }
+        if let Some(local_of) = LOCAL_OF.get(cpu) {
+            local_of.store(usize::MAX, Ordering::Relaxed);
+        }
+        let specs = released.iter().map(|&id| (id, registry.device(id).spec.clone())).collect();
+        deliver(registry, changes);
+        specs
+    })
+}
+
 /// Takes a device out of service for good; the CPUs it served move to the next best device
 /// with their pending events.
 pub fn take_out(device: DeviceId, reason: &str) {

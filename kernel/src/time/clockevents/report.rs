@@ -212,6 +212,17 @@ pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup)
     let (events, wakeups_sent) = registry::with_broadcast(|b| b.stats());
     report.broadcast_stats = crate::timer_report::BroadcastReport { events, wakeups_sent };
     report.suspend = super::suspend::report();
+    report.hotplug = super::hotplug::report();
+    // A comparator a CPU going offline handed over serves its new CPU now.
+    if let Some(h) = report.hpet.as_mut() {
+        for r in &report.hotplug {
+            if let (Some(name), Some(to)) = (&r.comparator_released, r.comparator_to_cpu)
+                && let Some(c) = h.comparators.iter_mut().find(|c| alloc::format!("hpet{}", c.index) == *name)
+            {
+                c.cpu = Some(to as u32);
+            }
+        }
+    }
     for c in report.cpus.iter_mut() {
         let index = c.index as usize;
         let handovers = ticks.iter().find(|t| t.cpu == index).map_or(0, |t| t.handovers);

@@ -76,8 +76,9 @@ pub struct Payload {
     pub(super) data: u64,
     /// One-shot or periodic, and the clock it is on.
     pub(super) schedule: Schedule,
-    /// The handle it was armed through (a [`Timer`]), if any, packed without its CPU
-    /// (`Handles::pack`): the payload stays small on the timer path.
+    /// The handle it was armed through (a [`Timer`]), if any, packed in one word with its CPU
+    /// (`Handles::pack`): the payload stays small on the timer path, and a timer adopted from
+    /// a CPU gone offline still names its handle's table.
     pub(super) handle: Option<core::num::NonZeroU64>,
 }
 
@@ -264,7 +265,9 @@ fn deliver(cpu: usize) {
 /// Cancels a [`Timer`]'s handle from any CPU, at once (see [`Cancelled`]); the timer's CPU
 /// then takes it out of its queue (now, if that is the calling CPU).
 fn cancel_handle(id: TimerId) -> Cancelled {
-    let Some(target) = percpu::cpu(id.cpu()) else { return Cancelled::Inactive };
+    // Offline CPUs too: a timer that left a CPU gone offline keeps its handle in that CPU's
+    // table, whose state word its new CPU's expiry checks.
+    let Some(target) = percpu::any(id.cpu()) else { return Cancelled::Inactive };
     let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Cancelled::Inactive;
     };

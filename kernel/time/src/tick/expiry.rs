@@ -88,6 +88,13 @@ pub trait ExpiryContext {
     fn offsets(&self) -> Offsets {
         Offsets::default()
     }
+    /// CPU `cpu`'s table of handles: a timer that came from a CPU gone offline
+    /// ([`crate::remote::leave`]) keeps its handle in that CPU's table, which its expiry here
+    /// asks before its callback. By default only this CPU's own ([`handles`](Self::handles)).
+    #[inline]
+    fn handles_of(&self, cpu: usize) -> Option<&Handles<Self::Payload>> {
+        self.handles().filter(|h| h.cpu() == cpu)
+    }
     /// A point of the path reached (no-op by default).
     #[inline]
     fn trace(&self, point: ExpiryPoint) {
@@ -252,7 +259,16 @@ fn run_handle<C: ExpiryContext>(
     expired: Expired<C::Payload>,
     pass: &mut Pass,
 ) -> Option<(u64, C::Payload)> {
-    let (Some(handle), Some(handles)) = (cx.handle_of(&expired.payload), cx.handles()) else {
+    let Some(handle) = cx.handle_of(&expired.payload) else {
+        pass.callbacks += 1;
+        return cx.run(expired, pass.now_ns);
+    };
+    // Its own CPU's table, or the table of the CPU it came from (gone offline).
+    let handles = match cx.handles() {
+        Some(own) if own.cpu() == handle.cpu() => Some(own),
+        _ => cx.handles_of(handle.cpu()),
+    };
+    let Some(handles) = handles else {
         pass.callbacks += 1;
         return cx.run(expired, pass.now_ns);
     };

@@ -480,10 +480,17 @@ pub fn resume_broadcast<P: Platform>(p: &P, now_ns: u64) {
 }
 
 /// This CPU goes offline (after `Registry::cpu_offline` for it, outside any expiry): its
-/// devices released, its pending timers returned for another CPU to [`adopt`]
-/// ([`CpuTick::go_offline`](super::CpuTick::go_offline)). None for a CPU with no tick.
+/// handles closed to new posts and its inbox drained one last time, an assignment still
+/// waiting in its slot dropped (the registry decides nothing for it any more), its devices
+/// released, its pending timers returned for another CPU to [`adopt`], those armed through
+/// handles marked as moved in their handles' table ([`remote::leave`], then
+/// [`CpuTick::go_offline`](super::CpuTick::go_offline)). None for a CPU with no tick.
 pub fn go_offline<P: Platform>(p: &P) -> Vec<Migrating<P::Payload>> {
-    p.with_tick(|t, bc| t.go_offline(bc)).unwrap_or_default()
+    let timers = remote::leave(p, p.inbox(), |_| {});
+    if let Some(slot) = p.assignment_slot() {
+        let _ = slot.take();
+    }
+    timers
 }
 
 /// Takes the timers of a CPU gone offline onto this CPU's queue, each at its own deadline;

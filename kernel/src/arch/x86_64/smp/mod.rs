@@ -47,6 +47,8 @@ pub enum StartError {
         waited_ms: u64,
     },
     TooManyCpus,
+    /// A restart of a CPU that is online, the boot CPU, or one never started.
+    NotParked,
 }
 
 impl fmt::Display for StartError {
@@ -63,6 +65,7 @@ impl fmt::Display for StartError {
             }
             StartError::NoAnswer { waited_ms } => write!(f, "did not come online within {waited_ms} ms"),
             StartError::TooManyCpus => write!(f, "more CPUs than the kernel supports ({})", percpu::MAX_CPUS),
+            StartError::NotParked => write!(f, "not a parked application processor"),
         }
     }
 }
@@ -126,11 +129,12 @@ pub fn start_aps(apic_ids: &[u32]) -> Vec<(u32, Result<usize, StartError>)> {
         Ok(t) => t,
         Err(e) => return apic_ids.iter().map(|&id| (id, Err(e))).collect(),
     };
+    TRAMPOLINE_PHYS.store(trampoline.phys(), Ordering::Relaxed);
     let cr3 = Cr3::read().0.start_address().as_u64();
     // Stack slots are not reused: a CPU that failed to start may still own its stack.
-    let mut slot = percpu::all().count();
+    let mut slot = percpu::created();
     for &apic_id in apic_ids {
-        let index = percpu::all().count();
+        let index = percpu::created();
         slot += 1;
         let result = if index >= percpu::MAX_CPUS {
             Err(StartError::TooManyCpus)
@@ -183,6 +187,16 @@ fn start_one(
 ) -> Result<usize, StartError> {
     let cpu = percpu::create(index, apic_id, gdt::CpuTables::for_ap());
     let stack_top = map_stack(stack_slot)?;
+    STACK_TOPS[index].store(stack_top, Ordering::Relaxed);
+    signal(trampoline, cr3, cpu, stack_top)?;
+    percpu::publish(cpu);
+    Ok(index)
+}
+
+/// Sends `cpu` INIT / STARTUP / STARTUP into the trampoline with its stack at `stack_top`
+/// and waits until it reports online (serving the boot side of its start-up meanwhile).
+fn signal(trampoline: &Trampoline, cr3: u64, cpu: &'static PerCpu, stack_top: u64) -> Result<(), StartError> {
+    let apic_id = cpu.apic_id;
     trampoline.prepare(cr3, stack_top, ap_entry, cpu as *const PerCpu as u64)?;
     let start = now_ns();
     START_SIGNAL_NS.store(start, Ordering::Relaxed);
@@ -207,8 +221,61 @@ fn start_one(
         lapic::send_init(apic_id);
         return Err(StartError::NoAnswer { waited_ms: (now_ns() - start) / 1_000_000 });
     }
+    Ok(())
+}
+
+/// The start-up page's physical address (0: none installed), kept for a restart.
+static TRAMPOLINE_PHYS: AtomicU64 = AtomicU64::new(0);
+/// Each AP's stack top, kept for a restart (the stack is reused: a parked CPU owns nothing on it).
+static STACK_TOPS: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+
+/// Asks AP `index` to park: its idle loop stops it for good (`cli; hlt`) once its current
+/// interrupt is over; true once it says it parked (bounded by `limit_ns` of the clock).
+pub fn park(index: usize, limit_ns: u64) -> bool {
+    let Some(cpu) = percpu::any(index) else { return false };
+    cpu.park.store(true, Ordering::Release);
+    lapic::send_ipi(cpu.apic_id, CALL_VECTOR);
+    let start = now_ns();
+    while !cpu.parked.load(Ordering::Acquire) {
+        if now_ns() - start > limit_ns {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// Brings parked AP `index` online again as at boot (INIT / STARTUP / STARTUP into the same
+/// start-up code, its stack and per-CPU area reused, new descriptor tables: its old TSS is
+/// marked busy), running the start-up hooks again (its TSC check, its tick); published online
+/// when it reports online.
+pub fn restart(index: usize) -> Result<(), StartError> {
+    let cpu = percpu::any(index)
+        .filter(|c| index != 0 && !c.is_online() && c.parked.load(Ordering::Acquire))
+        .ok_or(StartError::NotParked)?;
+    let phys = TRAMPOLINE_PHYS.load(Ordering::Relaxed);
+    if phys == 0 {
+        return Err(StartError::NoLowPage);
+    }
+    // SAFETY: the page was reserved for the start-up code at boot (`install_trampoline`),
+    // stays identity-mapped, and no other CPU runs it now (APs start one at a time and the
+    // others are past it).
+    let trampoline = unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) };
+    cpu.set_tables(gdt::CpuTables::for_ap());
+    cpu.online_ns.store(0, Ordering::Release);
+    cpu.irq_depth.store(0, Ordering::Relaxed);
+    cpu.in_call.store(false, Ordering::Relaxed);
+    cpu.park.store(false, Ordering::Relaxed);
+    cpu.parked.store(false, Ordering::Relaxed);
+    let cr3 = Cr3::read().0.start_address().as_u64();
+    signal(&trampoline, cr3, cpu, STACK_TOPS[index].load(Ordering::Relaxed))?;
     percpu::publish(cpu);
-    Ok(index)
+    log::info!(
+        "CPU {index} online again: APIC id {}, {} us after its INIT",
+        cpu.apic_id,
+        cpu.online_ns.load(Ordering::Relaxed) / 1000
+    );
+    Ok(())
 }
 
 /// Where an AP arrives from the trampoline, on its own stack, with its `PerCpu`.
@@ -216,7 +283,7 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
     let cpu: &'static PerCpu = unsafe { &*(cpu as *const PerCpu) };
     percpu::install(cpu);
-    cpu.tables.load();
+    cpu.tables().load();
     interrupts::load_idt();
     // Enables this CPU's APIC in the boot CPU's mode (x2APIC needs EXTD set on every CPU).
     lapic::init_ap();
@@ -225,10 +292,24 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     (hooks().on_ap)(cpu.index);
     let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
     cpu.online_ns.store(online, Ordering::Release);
-    // Its idle loop: everything it does from now on comes by interrupt.
+    // Its idle loop: everything it does from now on comes by interrupt, until it is parked.
     loop {
         x86_64::instructions::interrupts::disable();
+        if cpu.park.load(Ordering::Acquire) {
+            park_here(cpu);
+        }
         (hooks().idle)();
+    }
+}
+
+/// Parks the calling AP for good: interrupts off, its LAPIC timer stopped, `hlt` forever
+/// (only INIT, from `restart`, brings it back).
+fn park_here(cpu: &PerCpu) -> ! {
+    x86_64::instructions::interrupts::disable();
+    lapic::timer_stop();
+    cpu.parked.store(true, Ordering::Release);
+    loop {
+        x86_64::instructions::hlt();
     }
 }
 
@@ -237,7 +318,7 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
 pub fn log_interrupt_table() {
     use alloc::string::String;
     use core::fmt::Write;
-    let cpus: Vec<&PerCpu> = percpu::all().collect();
+    let cpus: Vec<&PerCpu> = percpu::every().collect();
     let mut header = String::from("vector");
     for c in &cpus {
         let _ = write!(header, " {:>8}", alloc::format!("CPU{}", c.index));

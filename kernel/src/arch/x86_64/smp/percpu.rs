@@ -29,8 +29,16 @@ pub struct PerCpu {
     /// Dense index, 0 = boot CPU, in the order CPUs came online.
     pub index: usize,
     pub apic_id: u32,
-    /// This CPU's GDT and TSS (loaded by the CPU itself; the TSS holds its IST stacks).
-    pub tables: &'static CpuTables,
+    /// This CPU's GDT and TSS (loaded by the CPU itself; the TSS holds its IST stacks): new
+    /// ones each time it comes online (a TSS once loaded is marked busy in its GDT).
+    tables: AtomicPtr<CpuTables>,
+    /// Online: listed by [`cpu`] and [`all`]. Cleared by the CPU itself as it goes offline
+    /// ([`set_offline`]), set again by [`publish`] when it is back.
+    online: AtomicBool,
+    /// Asked to park: its idle loop stops it (`smp::park_requested`), and it says so in
+    /// `parked`.
+    pub park: AtomicBool,
+    pub parked: AtomicBool,
     /// Interrupts taken on this CPU, per vector.
     pub interrupts: [AtomicU64; 256],
     /// Interrupts nothing claimed on this CPU (a vector without a handler, the LAPIC's
@@ -60,6 +68,22 @@ pub struct PerCpu {
 }
 
 impl PerCpu {
+    /// Its descriptor tables.
+    pub fn tables(&self) -> &'static CpuTables {
+        // SAFETY: only `create` and `set_tables` store it, each a leaked 'static CpuTables.
+        unsafe { &*self.tables.load(Ordering::Acquire) }
+    }
+
+    /// Gives it new descriptor tables (before it comes online again: its old TSS is busy).
+    pub fn set_tables(&self, tables: &'static CpuTables) {
+        self.tables.store(tables as *const CpuTables as *mut CpuTables, Ordering::Release);
+    }
+
+    /// Whether it is online.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
     /// Whether an interrupt handler is running on this CPU (call it on this CPU).
     #[inline]
     pub fn in_interrupt(&self) -> bool {
@@ -84,7 +108,10 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         self_ptr: core::ptr::null(),
         index,
         apic_id,
-        tables,
+        tables: AtomicPtr::new(tables as *const CpuTables as *mut CpuTables),
+        online: AtomicBool::new(false),
+        park: AtomicBool::new(false),
+        parked: AtomicBool::new(false),
         interrupts: [const { AtomicU64::new(0) }; 256],
         spurious: AtomicU64::new(0),
         not_ours: AtomicU64::new(0),
@@ -102,9 +129,16 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
     cpu
 }
 
-/// Adds `cpu` to the table of online CPUs.
+/// Adds `cpu` to the table of online CPUs (again, when it comes back online).
 pub fn publish(cpu: &'static PerCpu) {
     CPUS[cpu.index].store(cpu as *const PerCpu as *mut PerCpu, Ordering::Release);
+    cpu.online.store(true, Ordering::Release);
+}
+
+/// Takes `cpu` out of the online CPUs (it is going offline): [`cpu`] and [`all`] skip it
+/// from now on; [`any`] still finds it, to bring it back.
+pub fn set_offline(cpu: &PerCpu) {
+    cpu.online.store(false, Ordering::Release);
 }
 
 /// Makes `cpu` the calling CPU's per-CPU state.
@@ -144,16 +178,32 @@ pub fn try_this_cpu() -> Option<&'static PerCpu> {
     Some(unsafe { &*ptr })
 }
 
-/// CPU `index`, if it exists.
+/// CPU `index`, if it exists and is online.
 pub fn cpu(index: usize) -> Option<&'static PerCpu> {
+    any(index).filter(|c| c.is_online())
+}
+
+/// CPU `index`, if it was ever published, online or not (to bring it back online).
+pub fn any(index: usize) -> Option<&'static PerCpu> {
     let p = CPUS.get(index)?.load(Ordering::Acquire);
     // SAFETY: non-null entries point to leaked PerCpu values published by `create`.
     (!p.is_null()).then(|| unsafe { &*p })
 }
 
-/// All CPUs created so far, by index.
+/// Every CPU online now, by index (a CPU gone offline is skipped).
 pub fn all() -> impl Iterator<Item = &'static PerCpu> {
-    (0..MAX_CPUS).map_while(cpu)
+    (0..created()).filter_map(cpu)
+}
+
+/// Every CPU ever published, online or not, by index (counters that outlive a CPU's
+/// offline period).
+pub fn every() -> impl Iterator<Item = &'static PerCpu> {
+    (0..MAX_CPUS).map_while(any)
+}
+
+/// How many CPUs were published (the next CPU's index).
+pub fn created() -> usize {
+    (0..MAX_CPUS).take_while(|&i| any(i).is_some()).count()
 }
 
 /// Adds one to a counter that only the calling CPU writes: a load and a store, no locked

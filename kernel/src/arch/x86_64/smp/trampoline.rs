@@ -173,6 +173,11 @@ impl Trampoline {
     }
 
     /// The STARTUP IPI's vector: the page number.
+    /// The page's physical address.
+    pub fn phys(&self) -> u64 {
+        self.phys
+    }
+
     pub fn startup_page(&self) -> u8 {
         (self.phys >> 12) as u8
     }
