@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::time::clock_step;
 use kernel_tests::kernel::time::clocksource::clocks;
@@ -19,8 +21,54 @@ kernel_tests::qemu_test!(
         forward_global: --smp 4 --cmdline 'clock_step_test=2 duration_ms=200 noapictimer' --expect-report /broadcast=hpet2 --expect-report /clock_step/pulled_in>=1 -- -rtc base=2031-05-17T10:00:00
         back_icount: --smp 2 --cmdline 'clock_step_test=-1 duration_ms=100' -- -icount shift=0,sleep=off -rtc base=2031-05-17T10:00:00,clock=vm
     ",
-    tests: [timers_on_realtime_follow_the_step],
+    tests: [timers_on_each_clock_run_on_every_cpu, timers_on_realtime_follow_the_step],
 );
+
+/// Before any step: a timer on REALTIME and one on BOOTTIME, 20 ms ahead, on every CPU (the
+/// APs came online after REALTIME was set from the RTC): each runs once, on its CPU, and not
+/// before MONOTONIC has advanced the 20 ms from the snapshot they were armed from.
+fn timers_on_each_clock_run_on_every_cpu(_: &Kernel) {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    use kernel_tests::kernel::time::clockevents::Timer;
+    use kernel_tests::kernel::time::clocksource::now_ns;
+    use kernel_time::clocks::{BootInstant, ClockDeadline, WallTime};
+    static RAN_AT: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
+    static RAN_ON: [AtomicU64; 16] = [const { AtomicU64::new(u64::MAX) }; 16];
+    let cpus: alloc::vec::Vec<usize> =
+        kernel_tests::kernel::arch::x86_64::smp::percpu::all().map(|c| c.index).take(8).collect();
+    let c = clocks();
+    let ahead = 20_000_000;
+    let mut timers = alloc::vec::Vec::new();
+    for (i, &cpu) in cpus.iter().enumerate() {
+        let at = [
+            ClockDeadline::Realtime(WallTime::from_nanos(c.realtime.as_nanos() + ahead)),
+            ClockDeadline::Boottime(BootInstant::from_nanos(c.boottime.as_nanos() + ahead)),
+        ];
+        for (k, at) in at.into_iter().enumerate() {
+            let slot = 2 * i + k;
+            let t = Timer::on_clock(cpu, at, move |e| {
+                RAN_AT[slot].store(now_ns(), Ordering::Release);
+                RAN_ON[slot].store(e.cpu as u64, Ordering::Release);
+            });
+            timers.push(t.expect("armed"));
+        }
+    }
+    let n = 2 * cpus.len();
+    let limit = now_ns() + 5_000_000_000;
+    while (0..n).any(|s| RAN_AT[s].load(Ordering::Acquire) == 0) && now_ns() < limit {
+        core::hint::spin_loop();
+    }
+    for (i, &cpu) in cpus.iter().enumerate() {
+        for k in 0..2 {
+            let at = RAN_AT[2 * i + k].load(Ordering::Acquire);
+            let clock = ["REALTIME", "BOOTTIME"][k];
+            assert!(at != 0, "the timer on {clock} on CPU {cpu} never ran (placed with the wrong offsets?)");
+            assert!(at >= c.monotonic.as_nanos() + ahead, "the timer on {clock} on CPU {cpu} ran early");
+            assert_eq!(RAN_ON[2 * i + k].load(Ordering::Acquire), cpu as u64, "{clock} on CPU {cpu}");
+        }
+    }
+    drop(timers);
+}
 
 fn timers_on_realtime_follow_the_step(k: &Kernel) {
     let seconds = k.options.clock_step_test_s.expect("every variant steps the clock");

@@ -185,6 +185,20 @@ fn timers_of_an_offline_cpu_run_once_on_their_new_cpu_and_it_comes_back(_: &Kern
     assert_eq!(d_ran[0].apic_id, cpu1_apic, "CPU 1's timer ran elsewhere");
     assert!(!d_ran[0].early && d_ran[0].now_ns >= d_ran[0].deadline_ns);
     drop(d);
+    // A timer on REALTIME there too: the CPU's fresh tick places it with the clocks' offsets
+    // as they are now (a tick left with none would put it decades away).
+    // (The oracle's stamp first: the deadline is then at least 20 ms after it.)
+    let e_stamp = oracle::arm_stamp(20 * MS, cpu1_apic).1;
+    let wall = kernel_tests::kernel::time::clocksource::clocks();
+    let e_at = kernel_time::clocks::ClockDeadline::Realtime(kernel_time::clocks::WallTime::from_nanos(
+        wall.realtime.as_nanos() + 20 * MS,
+    ));
+    let e = Timer::on_clock(1, e_at, move |e| record(5, e, &e_stamp)).expect("armed on REALTIME on CPU 1");
+    assert!(wait_for(|| !ran(5).is_empty()), "CPU 1's timer on REALTIME never ran after it came back");
+    let e_ran = ran(5);
+    assert_eq!((e_ran.len(), e_ran[0].apic_id), (1, cpu1_apic));
+    assert!(!e_ran[0].early && e_ran[0].now_ns >= wall.monotonic.as_nanos() + 20 * MS);
+    drop(e);
     let rec = hotplug::report()[index].clone();
     assert!(rec.online_at_ns.is_some_and(|t| t > rec.offline_at_ns));
 }

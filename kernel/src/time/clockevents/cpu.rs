@@ -198,6 +198,10 @@ pub(super) fn create_tick(mode: kernel_time::tick::TickMode) {
         let mut tick = CpuTick::new(cpu.index, mode, now_ns(), TIMERS_PER_CPU);
         tick.reserve_for_handles(HANDLES_PER_CPU);
         *time_of(cpu).tick.lock() = Some(tick);
+        // The clocks' offsets as they are now (REALTIME was set from the RTC before the APs
+        // came online): read once the tick is in place, so that a step after this read
+        // reaches it by `clockevents::clock_was_set`, as every other CPU's.
+        glue::clock_was_set(&this_cpu());
     });
 }
 
