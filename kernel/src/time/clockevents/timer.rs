@@ -3,7 +3,21 @@
 //! handle that cancels on drop, and `sleep_ns`.
 //!
 //! Callbacks run in interrupt context (interrupts disabled) on the CPU the timer was armed
-//! on, never before their deadline. `arm_at`/`cancel` on the calling CPU touch only its own
+//! on, never before their deadline. A *deferred* timer ([`arm_deferred_at`],
+//! [`Timer::deferred_at`], [`Timer::deferred_periodic`]; Linux's `HRTIMER_MODE_SOFT`) runs
+//! its callback outside the hard interrupt instead: its CPU's timer interrupt pops it (never
+//! early, as any timer) and leaves it in the CPU's deferred list (`kernel_time`'s
+//! `CpuTick::defer`), and the CPU runs it on the way out of that interrupt, after the EOI and
+//! after every hard callback of that interrupt, with interrupts enabled, as deferred work
+//! (`arch::x86_64::deferred`, `Kind::Timers`: one run at a time per CPU). Such a callback may
+//! run long and take interrupts: a hard timer due meanwhile on the same CPU runs in the middle
+//! of it, on time. It is later than a hard one by the rest of that interrupt (the other hard
+//! callbacks, programming the device, the EOI) and by the deferred callbacks before it; an
+//! interrupt that comes during a deferred run leaves its deferred timers to that run, which
+//! takes them after the ones it began with. A cancel while it waits answers `Pending` (it never
+//! runs), one during its callback `Running`; a periodic one is re-armed on its grid after
+//! each callback. The callback must not halt waiting for an interrupt's *deferred* work (that
+//! work waits for it) but may wait on the clock or a hard timer. `arm_at`/`cancel` on the calling CPU touch only its own
 //! tick and allocate nothing for a plain function callback. A [`Timer`] (any CPU, from any
 //! CPU) goes through its CPU's handles and inbox (`kernel_time::remote`): the arm returns its
 //! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
@@ -31,6 +45,9 @@ pub struct TimerEvent {
     /// The clocksource as the interrupt read it (once, on entry).
     pub now_ns: u64,
     pub data: u64,
+    /// It ran deferred: outside the hard interrupt, interrupts enabled; `now_ns` is then the
+    /// clock read just before the callback, in the deferred run.
+    pub deferred: bool,
 }
 
 impl TimerEvent {
@@ -78,6 +95,8 @@ pub struct Payload {
     /// The handle it was armed through (a [`Timer`]), if any, packed without its CPU
     /// (`Handles::pack`): the payload stays small on the timer path.
     pub(super) handle: Option<core::num::NonZeroU64>,
+    /// Its callback runs deferred, outside the hard interrupt (the one flag the expiry reads).
+    pub(super) deferred: bool,
 }
 
 impl Payload {
@@ -123,7 +142,20 @@ pub fn reserve(timers: usize) {
 
 /// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
 pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
-    arm_here(deadline_ns, Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None })
+    arm_here(
+        deadline_ns,
+        Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None, deferred: false },
+    )
+}
+
+/// Arms a deferred timer on the calling CPU at `deadline_ns`: its callback runs outside the
+/// hard interrupt, with interrupts enabled, after the interrupt that found it due (see the
+/// module's documentation).
+pub fn arm_deferred_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
+    arm_here(
+        deadline_ns,
+        Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None, deferred: true },
+    )
 }
 
 /// Arms a timer on the calling CPU `delay_ns` from now.
@@ -164,6 +196,7 @@ fn post(
     callback: Callback,
     data: u64,
     period_ns: u64,
+    deferred: bool,
 ) -> Result<TimerId, ArmError> {
     let target = percpu::cpu(cpu).ok_or(ArmError::CpuNotOnline(cpu))?;
     crate::arch::x86_64::trace::arm(deadline_ns, Some(cpu));
@@ -176,6 +209,7 @@ fn post(
             data,
             period_ns,
             handle: Some(Handles::<Payload>::pack(handle)),
+            deferred,
         })
     });
     // A refused payload is dropped here, with interrupts as the caller had them.
@@ -216,7 +250,7 @@ fn cancel_handle(id: TimerId) -> Cancelled {
 /// Arms a timer on CPU `cpu` from any CPU and any context (a callback included), without
 /// waiting; it cannot be cancelled (use [`Timer::with_fn`] and keep the [`Timer`] for that).
 pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<(), ArmError> {
-    post(cpu, deadline_ns, Callback::Fn(f), data, 0).map(drop)
+    post(cpu, deadline_ns, Callback::Fn(f), data, 0, false).map(drop)
 }
 
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
@@ -234,7 +268,18 @@ impl Timer {
         deadline: Instant,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
-        Timer::arm(cpu, deadline.as_nanos(), 0, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, deadline.as_nanos(), 0, Callback::Closure(Box::new(callback)), false)
+    }
+
+    /// A one-shot deferred timer on CPU `cpu` at `deadline`: `callback` runs there outside
+    /// the hard interrupt, interrupts enabled, after the interrupt that found it due (see the
+    /// module's documentation); it may run long and take interrupts.
+    pub fn deferred_at(
+        cpu: usize,
+        deadline: Instant,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        Timer::arm(cpu, deadline.as_nanos(), 0, Callback::Closure(Box::new(callback)), true)
     }
 
     /// A one-shot timer on CPU `cpu`, `delay` from now.
@@ -258,16 +303,40 @@ impl Timer {
         if period_ns == 0 {
             return Err(ArmError::ZeroPeriod);
         }
-        Timer::arm(cpu, first.as_nanos(), period_ns, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, first.as_nanos(), period_ns, Callback::Closure(Box::new(callback)), false)
+    }
+
+    /// A periodic deferred timer on CPU `cpu` (see [`Timer::periodic`] and
+    /// [`Timer::deferred_at`]): re-armed on its grid after each callback, once.
+    pub fn deferred_periodic(
+        cpu: usize,
+        first: Instant,
+        period: Duration,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        if period_ns == 0 {
+            return Err(ArmError::ZeroPeriod);
+        }
+        Timer::arm(cpu, first.as_nanos(), period_ns, Callback::Closure(Box::new(callback)), true)
     }
 
     /// A timer running a plain function (no allocation).
     pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
-        Ok(Timer { id: post(cpu, deadline.as_nanos(), Callback::Fn(f), data, 0)?, cancel_on_drop: true })
+        Ok(Timer {
+            id: post(cpu, deadline.as_nanos(), Callback::Fn(f), data, 0, false)?,
+            cancel_on_drop: true,
+        })
     }
 
-    fn arm(cpu: usize, deadline_ns: u64, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
-        Ok(Timer { id: post(cpu, deadline_ns, callback, 0, period_ns)?, cancel_on_drop: true })
+    fn arm(
+        cpu: usize,
+        deadline_ns: u64,
+        period_ns: u64,
+        callback: Callback,
+        deferred: bool,
+    ) -> Result<Timer, ArmError> {
+        Ok(Timer { id: post(cpu, deadline_ns, callback, 0, period_ns, deferred)?, cancel_on_drop: true })
     }
 
     pub fn cpu(&self) -> usize {
