@@ -130,25 +130,48 @@ impl<T> Cancel<T> {
 enum SlotState<T> {
     /// On the free list; `next` is the next free slot (`u32::MAX`: none).
     Free { next: u32 },
-    /// In the heap at `heap_index`.
+    /// In the heap at `heap_index`; or, with `heap_index` [`DEFERRED`], popped and waiting in
+    /// the deferred list for its CPU's deferred run (its neighbours there in the slot's
+    /// `sequence`, [`Slot::links`], which only a timer in the heap needs). One variant for
+    /// both, so that the state's shape (and every match and drop of it on the timer path) is
+    /// what it was before deferred timers.
     Pending { heap_index: u32, payload: T },
     /// Popped, its callback running; `cancelled` stops a periodic re-arm.
     Running { cancelled: bool },
-    /// Popped and deferred: waiting in the deferred list (`prev`, `next`: its neighbours there,
-    /// `NO_SLOT` at the ends) for its CPU's deferred run.
-    Deferred { payload: T, prev: u32, next: u32 },
 }
+
+/// The `heap_index` of a pending slot that waits in the deferred list, not in the heap (the
+/// heap holds fewer than 2^32 - 1 entries).
+const DEFERRED: u32 = u32::MAX;
 
 #[derive(Debug)]
 struct Slot<T> {
     deadline_ns: u64,
-    /// Arming order, for equal deadlines.
+    /// Arming order, for equal deadlines, while pending; while deferred, its neighbours in the
+    /// deferred list ([`Slot::links`]).
     sequence: u64,
     generation: u32,
     state: SlotState<T>,
 }
 
 const NO_SLOT: u32 = u32::MAX;
+
+impl<T> Slot<T> {
+    /// Whether it is pending in the heap (not free, running or deferred).
+    fn is_in_heap(&self) -> bool {
+        matches!(self.state, SlotState::Pending { heap_index, .. } if heap_index != DEFERRED)
+    }
+
+    /// A deferred slot's previous and next slot in the deferred list (`NO_SLOT` at the ends),
+    /// kept in `sequence`.
+    fn links(&self) -> (u32, u32) {
+        ((self.sequence >> 32) as u32, self.sequence as u32)
+    }
+
+    fn set_links(&mut self, prev: u32, next: u32) {
+        self.sequence = u64::from(prev) << 32 | u64::from(next);
+    }
+}
 
 /// Pending timers of one CPU, ordered by deadline; `T` is what each timer carries.
 ///
@@ -202,6 +225,11 @@ pub struct TimerQueue<T> {
     deferred_head: u32,
     deferred_tail: u32,
     deferred_len: usize,
+    /// The most timers the deferred list held at once.
+    deferred_max: usize,
+    /// Timers [`pop_expired_or_defer`](Self::pop_expired_or_defer) deferred since
+    /// [`take_deferred_popped`](Self::take_deferred_popped).
+    deferred_popped: u32,
 }
 
 impl<T> TimerQueue<T> {
@@ -222,6 +250,8 @@ impl<T> TimerQueue<T> {
             deferred_head: NO_SLOT,
             deferred_tail: NO_SLOT,
             deferred_len: 0,
+            deferred_max: 0,
+            deferred_popped: 0,
         }
     }
 
@@ -360,18 +390,7 @@ impl<T> TimerQueue<T> {
                 self.slots[id.slot as usize].state = SlotState::Running { cancelled: true };
                 Cancel::Running
             }
-            SlotState::Deferred { .. } => {
-                self.unlink_deferred(id.slot);
-                let state = core::mem::replace(
-                    &mut self.slots[id.slot as usize].state,
-                    SlotState::Running { cancelled: true },
-                );
-                self.release_slot(id.slot);
-                match state {
-                    SlotState::Deferred { payload, .. } => Cancel::Cancelled(payload),
-                    _ => unreachable!("checked deferred above"),
-                }
-            }
+            SlotState::Pending { heap_index: DEFERRED, .. } => self.cancel_deferred(id.slot),
             SlotState::Pending { .. } => {
                 self.settle();
                 let SlotState::Pending { heap_index, .. } = self.slots[id.slot as usize].state else {
@@ -398,6 +417,9 @@ impl<T> TimerQueue<T> {
         self.settle();
         let Some(slot) = self.slot_of(id) else { return false };
         let SlotState::Pending { heap_index, .. } = slot.state else { return false };
+        if heap_index == DEFERRED {
+            return false;
+        }
         let old = slot.deadline_ns;
         self.slots[id.slot as usize].deadline_ns = deadline_ns;
         if deadline_ns < old {
@@ -455,7 +477,7 @@ impl<T> TimerQueue<T> {
 
     /// Deadline of a pending timer, `None` if it is not pending.
     pub fn deadline(&self, id: TimerId) -> Option<u64> {
-        self.slot_of(id).filter(|s| matches!(s.state, SlotState::Pending { .. })).map(|s| s.deadline_ns)
+        self.slot_of(id).filter(|s| s.is_in_heap()).map(|s| s.deadline_ns)
     }
 
     /// Whether the timer is popped and its callback not yet completed.
@@ -521,17 +543,72 @@ impl<T> TimerQueue<T> {
         if !ok {
             return Err(expired.payload);
         }
-        let index = expired.id.slot;
-        let tail = self.deferred_tail;
-        self.slots[index as usize].state =
-            SlotState::Deferred { payload: expired.payload, prev: tail, next: NO_SLOT };
-        match tail {
+        self.slots[expired.id.slot as usize].state =
+            SlotState::Pending { heap_index: DEFERRED, payload: expired.payload };
+        self.link_deferred(expired.id.slot);
+        Ok(())
+    }
+
+    /// [`pop_expired`](Self::pop_expired) that hands each due timer whose payload `defer`
+    /// picks straight to the deferred list (as [`defer`](Self::defer) would), counting it
+    /// ([`take_deferred_popped`](Self::take_deferred_popped)), and looks at the next; returns the first due
+    /// timer it does not pick. At most `budget` timers are taken, each counted off it. A
+    /// timer not picked costs the call of `defer` on its payload, in its slot.
+    #[inline(always)]
+    pub fn pop_expired_or_defer(
+        &mut self,
+        now_ns: u64,
+        budget: &mut usize,
+        defer: impl Fn(&T) -> bool,
+    ) -> Option<Expired<T>> {
+        loop {
+            if *budget == 0 {
+                return None;
+            }
+            self.settle();
+            let &index = self.heap.first()?;
+            let slot = &mut self.slots[index as usize];
+            if slot.deadline_ns > now_ns {
+                return None;
+            }
+            *budget -= 1;
+            let SlotState::Pending { payload, .. } =
+                core::mem::replace(&mut slot.state, SlotState::Running { cancelled: false })
+            else {
+                unreachable!("the heap holds only pending slots")
+            };
+            // Its entry stays at the root as a hole, repaired by the next heap operation.
+            self.hole = true;
+            if defer(&payload) {
+                self.defer_popped(index, payload);
+                continue;
+            }
+            let slot = &self.slots[index as usize];
+            let id = TimerId { cpu: self.cpu, slot: index, generation: slot.generation };
+            return Some(Expired { id, deadline_ns: slot.deadline_ns, payload });
+        }
+    }
+
+    /// Slot `index`, just popped (running), goes to the end of the deferred list with its
+    /// payload.
+    #[cold]
+    #[inline(never)]
+    fn defer_popped(&mut self, index: u32, payload: T) {
+        self.slots[index as usize].state = SlotState::Pending { heap_index: DEFERRED, payload };
+        self.link_deferred(index);
+        self.deferred_popped += 1;
+    }
+
+    /// Links deferred slot `index` at the end of the list.
+    fn link_deferred(&mut self, index: u32) {
+        self.slots[index as usize].set_links(self.deferred_tail, NO_SLOT);
+        match self.deferred_tail {
             NO_SLOT => self.deferred_head = index,
-            _ => self.set_deferred_next(tail, index),
+            tail => self.set_deferred_next(tail, index),
         }
         self.deferred_tail = index;
         self.deferred_len += 1;
-        Ok(())
+        self.deferred_max = self.deferred_max.max(self.deferred_len);
     }
 
     /// Takes the first timer of the deferred list (the one deferred first), running until
@@ -543,7 +620,7 @@ impl<T> TimerQueue<T> {
         }
         self.unlink_deferred(index);
         let slot = &mut self.slots[index as usize];
-        let SlotState::Deferred { payload, .. } =
+        let SlotState::Pending { payload, .. } =
             core::mem::replace(&mut slot.state, SlotState::Running { cancelled: false })
         else {
             unreachable!("the deferred list holds only deferred slots")
@@ -552,34 +629,62 @@ impl<T> TimerQueue<T> {
         Some(Expired { id, deadline_ns: slot.deadline_ns, payload })
     }
 
+    /// A cancel of deferred slot `index`: out of the list, its slot freed, its payload back.
+    #[cold]
+    #[inline(never)]
+    fn cancel_deferred(&mut self, index: u32) -> Cancel<T> {
+        self.unlink_deferred(index);
+        let state =
+            core::mem::replace(&mut self.slots[index as usize].state, SlotState::Running { cancelled: true });
+        self.release_slot(index);
+        match state {
+            SlotState::Pending { payload, .. } => Cancel::Cancelled(payload),
+            _ => unreachable!("only a deferred slot is cancelled here"),
+        }
+    }
+
     /// Timers waiting in the deferred list.
     #[inline]
     pub fn deferred_len(&self) -> usize {
         self.deferred_len
     }
 
+    /// How many timers [`pop_expired_or_defer`](Self::pop_expired_or_defer) deferred since the
+    /// last call (the count starts again at 0).
+    #[inline]
+    pub fn take_deferred_popped(&mut self) -> u32 {
+        core::mem::take(&mut self.deferred_popped)
+    }
+
+    /// The most timers that waited in the deferred list at once.
+    pub fn deferred_max(&self) -> usize {
+        self.deferred_max
+    }
+
     /// Whether the timer waits in the deferred list.
     pub fn is_deferred(&self, id: TimerId) -> bool {
-        self.slot_of(id).is_some_and(|s| matches!(s.state, SlotState::Deferred { .. }))
+        self.slot_of(id).is_some_and(|s| matches!(s.state, SlotState::Pending { heap_index: DEFERRED, .. }))
     }
 
     fn set_deferred_next(&mut self, index: u32, to: u32) {
-        if let SlotState::Deferred { next, .. } = &mut self.slots[index as usize].state {
-            *next = to;
-        }
+        let slot = &mut self.slots[index as usize];
+        let (prev, _) = slot.links();
+        slot.set_links(prev, to);
     }
 
     fn set_deferred_prev(&mut self, index: u32, to: u32) {
-        if let SlotState::Deferred { prev, .. } = &mut self.slots[index as usize].state {
-            *prev = to;
-        }
+        let slot = &mut self.slots[index as usize];
+        let (_, next) = slot.links();
+        slot.set_links(to, next);
     }
 
     /// Takes deferred slot `index` out of the list (its state is left to the caller).
     fn unlink_deferred(&mut self, index: u32) {
-        let SlotState::Deferred { prev, next, .. } = self.slots[index as usize].state else {
-            unreachable!("only a deferred slot is unlinked")
-        };
+        debug_assert!(matches!(
+            self.slots[index as usize].state,
+            SlotState::Pending { heap_index: DEFERRED, .. }
+        ));
+        let (prev, next) = self.slots[index as usize].links();
         match prev {
             NO_SLOT => self.deferred_head = next,
             _ => self.set_deferred_next(prev, next),
@@ -1188,5 +1293,57 @@ mod tests {
         assert_eq!(queue.defer(e), Err(1), "its payload back, nothing waits");
         assert_eq!(queue.deferred_len(), 0);
         assert_eq!(queue.complete(id, None), Ok(false));
+    }
+
+    #[test]
+    fn pop_or_defer_defers_the_picked_and_pops_the_rest_in_order_within_its_budget() {
+        let mut queue = TimerQueue::with_capacity(0, 8);
+        for (deadline, payload) in [(10, 1u32), (20, 2), (30, 3), (40, 4), (100, 5)] {
+            queue.arm(deadline, payload);
+        }
+        let odd = |p: &u32| p % 2 == 1;
+        let mut budget = usize::MAX;
+        let e = queue.pop_expired_or_defer(50, &mut budget, odd).unwrap();
+        assert_eq!((e.payload, queue.take_deferred_popped()), (2, 1), "1 deferred on the way to 2");
+        queue.complete(e.id, None).unwrap();
+        let mut small = 2;
+        let e = queue.pop_expired_or_defer(50, &mut small, odd).unwrap();
+        assert_eq!(
+            (e.payload, queue.take_deferred_popped(), small),
+            (4, 1, 0),
+            "3 deferred, 4 popped: no budget left"
+        );
+        queue.complete(e.id, None).unwrap();
+        assert!(queue.pop_expired_or_defer(1_000, &mut small, odd).is_none(), "no budget left");
+        assert!(queue.pop_expired_or_defer(50, &mut budget, odd).is_none(), "never early: 100");
+        assert_eq!(queue.take_deferred_popped(), 0);
+        let taken: Vec<u32> = core::iter::from_fn(|| {
+            let e = queue.take_deferred()?;
+            queue.complete(e.id, None).unwrap();
+            Some(e.payload)
+        })
+        .collect();
+        assert_eq!(taken, [1, 3]);
+        assert_eq!(queue.deferred_max(), 2);
+        assert_eq!(queue.earliest(), Some(100));
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn a_deferred_slot_is_no_larger_than_a_pending_one() {
+        // A payload laid out as the kernel's (40 bytes, a niche in its callback).
+        enum Callback {
+            _Fn(fn(&u64)),
+            _Closure(alloc::boxed::Box<dyn FnMut(&u64) + Send>),
+        }
+        struct Payload {
+            _callback: Callback,
+            _data: u64,
+            _schedule: u64,
+            _handle: Option<core::num::NonZeroU64>,
+        }
+        // As before deferred timers: the deferred list's links live in the slot's sequence.
+        assert_eq!(core::mem::size_of::<SlotState<Payload>>(), 48);
+        assert_eq!(core::mem::size_of::<Slot<Payload>>(), 72);
     }
 }

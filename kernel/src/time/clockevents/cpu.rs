@@ -250,7 +250,7 @@ impl ExpiryContext for ThisCpu {
             deadline_ns: timer.deadline_ns,
             now_ns,
             data: payload.data,
-            deferred: payload.deferred,
+            deferred: payload.schedule.deferred(),
         };
         payload.callback.run(&event);
         // A one-shot payload is dropped here, outside the guard.
@@ -259,7 +259,7 @@ impl ExpiryContext for ThisCpu {
 
     #[inline(always)]
     fn is_deferred(&self, payload: &Payload) -> bool {
-        payload.deferred
+        payload.schedule.deferred()
     }
 
     #[inline(always)]

@@ -90,19 +90,52 @@ impl Callback {
 pub struct Payload {
     pub(super) callback: Callback,
     pub(super) data: u64,
-    /// 0: one-shot; else re-armed every `period_ns` from its deadline.
-    period_ns: u64,
+    /// Its period (0: one-shot) and whether it runs deferred.
+    pub(super) schedule: Schedule,
     /// The handle it was armed through (a [`Timer`]), if any, packed without its CPU
     /// (`Handles::pack`): the payload stays small on the timer path.
     pub(super) handle: Option<core::num::NonZeroU64>,
+}
+
+// Deferred timers made the payload no larger: it is moved on every arm and pop.
+const _: () = assert!(core::mem::size_of::<Payload>() == 40);
+
+/// A timer's period and whether its callback runs deferred, in one word, so that the payload
+/// is no larger than it was before deferred timers (every arm and pop moves it): the period
+/// in the low 63 bits (0: one-shot; at most 2^63 - 1 ns, 292 years), the flag in the top one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Schedule(u64);
+
+impl Schedule {
+    const DEFERRED: u64 = 1 << 63;
+
+    /// A one-shot hard timer's.
+    const HARD_ONESHOT: Schedule = Schedule(0);
+
+    /// `period_ns` (saturated at 2^63 - 1), deferred or not.
+    pub(super) const fn new(period_ns: u64, deferred: bool) -> Schedule {
+        let period = if period_ns > !Self::DEFERRED { !Self::DEFERRED } else { period_ns };
+        Schedule(period | if deferred { Self::DEFERRED } else { 0 })
+    }
+
+    /// Re-armed every this many ns from its deadline; 0: one-shot.
+    #[inline]
+    pub(super) const fn period_ns(self) -> u64 {
+        self.0 & !Self::DEFERRED
+    }
+
     /// Its callback runs deferred, outside the hard interrupt (the one flag the expiry reads).
-    pub(super) deferred: bool,
+    #[inline(always)]
+    pub(super) const fn deferred(self) -> bool {
+        self.0 & Self::DEFERRED != 0
+    }
 }
 
 impl Payload {
     /// A periodic timer's next deadline on its grid (`kernel_time::hrtimer::forward`).
     pub(super) fn next_deadline(&self, deadline_ns: u64, now_ns: u64) -> Option<u64> {
-        (self.period_ns != 0).then(|| kernel_time::hrtimer::forward(deadline_ns, self.period_ns, now_ns))
+        let period_ns = self.schedule.period_ns();
+        (period_ns != 0).then(|| kernel_time::hrtimer::forward(deadline_ns, period_ns, now_ns))
     }
 }
 
@@ -144,7 +177,7 @@ pub fn reserve(timers: usize) {
 pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
     arm_here(
         deadline_ns,
-        Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None, deferred: false },
+        Payload { callback: Callback::Fn(f), data, schedule: Schedule::HARD_ONESHOT, handle: None },
     )
 }
 
@@ -154,7 +187,7 @@ pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmErr
 pub fn arm_deferred_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
     arm_here(
         deadline_ns,
-        Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None, deferred: true },
+        Payload { callback: Callback::Fn(f), data, schedule: Schedule::new(0, true), handle: None },
     )
 }
 
@@ -207,9 +240,8 @@ fn post(
         handles.post(inbox, deadline_ns, |handle| Payload {
             callback,
             data,
-            period_ns,
+            schedule: Schedule::new(period_ns, deferred),
             handle: Some(Handles::<Payload>::pack(handle)),
-            deferred,
         })
     });
     // A refused payload is dropped here, with interrupts as the caller had them.

@@ -130,8 +130,6 @@ pub struct CpuTick<T> {
     /// Gone offline ([`CpuTick::go_offline`]): serves nothing, takes no timer, ignores
     /// assignments still in flight.
     offline: bool,
-    /// The most timers that waited in the deferred list at once.
-    max_deferred: usize,
 }
 
 /// What [`CpuTick::broadcast_enter`] did before deep idle.
@@ -212,7 +210,6 @@ impl<T> CpuTick<T> {
             last_assignment: 0,
             handle_reserve: 0,
             offline: false,
-            max_deferred: 0,
         }
     }
 
@@ -619,9 +616,23 @@ impl<T> CpuTick<T> {
     /// a timer cancelled since its pop is refused, its payload handed back.
     #[inline]
     pub fn defer(&mut self, expired: Expired<T>) -> Result<(), T> {
-        self.queue.defer(expired)?;
-        self.max_deferred = self.max_deferred.max(self.queue.deferred_len());
-        Ok(())
+        self.queue.defer(expired)
+    }
+
+    /// [`pop_expired`](Self::pop_expired), handing each due timer whose payload `defer` picks
+    /// to the deferred list on the way (as [`defer`](Self::defer) does), counted
+    /// ([`take_deferred_popped`](Self::take_deferred_popped)) and in this pass's budget: the
+    /// expiry's pop, one call of `defer` per timer.
+    #[inline(always)]
+    pub fn pop_expired_or_defer(&mut self, now_ns: u64, defer: impl Fn(&T) -> bool) -> Option<Expired<T>> {
+        self.queue.pop_expired_or_defer(now_ns, &mut self.pass_budget, defer)
+    }
+
+    /// How many timers [`pop_expired_or_defer`](Self::pop_expired_or_defer) deferred since the
+    /// last call.
+    #[inline]
+    pub fn take_deferred_popped(&mut self) -> u32 {
+        self.queue.take_deferred_popped()
     }
 
     /// The first timer waiting in the deferred list, running from now until
@@ -639,7 +650,7 @@ impl<T> CpuTick<T> {
 
     /// The most timers that waited in the deferred list at once, since this tick was made.
     pub fn max_deferred_waiting(&self) -> usize {
-        self.max_deferred
+        self.queue.deferred_max()
     }
 
     /// Ends a deferred timer's run (outside any expiry): [`complete`](Self::complete), and

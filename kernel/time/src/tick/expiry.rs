@@ -201,13 +201,8 @@ fn next_step<C: ExpiryContext>(
     pass: &mut Pass,
 ) -> Step<C::Payload> {
     loop {
-        if let Some(expired) = t.pop_expired(pass.now_ns) {
-            if cx.is_deferred(&expired.payload) {
-                // Just popped under this guard: no cancel can have come, so it is accepted.
-                let _ = t.defer(expired);
-                pass.deferred += 1;
-                continue;
-            }
+        // Deferred timers go to the CPU's deferred list on the way (their flag read in place).
+        if let Some(expired) = t.pop_expired_or_defer(pass.now_ns, |p| cx.is_deferred(p)) {
             return Step::Run(expired);
         }
         cx.trace(ExpiryPoint::CallbacksDone);
@@ -226,6 +221,7 @@ fn next_step<C: ExpiryContext>(
             t.end_expiry(now_ns, bc);
         }
         cx.trace(ExpiryPoint::Reprogrammed);
+        pass.deferred = t.take_deferred_popped();
         return Step::Done(t.take_failure());
     }
 }
