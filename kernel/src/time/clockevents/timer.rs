@@ -3,25 +3,27 @@
 //! handle that cancels on drop, and `sleep_ns`.
 //!
 //! Callbacks run in interrupt context (interrupts disabled) on the CPU the timer was armed
-//! on, never before their deadline. A *deferred* timer ([`arm_deferred_at`],
-//! [`Timer::deferred_at`], [`Timer::deferred_periodic`]; Linux's `HRTIMER_MODE_SOFT`) runs
-//! its callback outside the hard interrupt instead: its CPU's timer interrupt pops it (never
-//! early, as any timer) and leaves it in the CPU's deferred list (`kernel_time`'s
-//! `CpuTick::defer`), and the CPU runs it on the way out of that interrupt, after the EOI and
-//! after every hard callback of that interrupt, with interrupts enabled, as deferred work
+//! on, never before their deadline. `arm_at`/`cancel` on the calling CPU touch only its own
+//! tick and allocate nothing for a plain function callback. A [`Timer`] (any CPU, from any
+//! CPU) goes through its CPU's handles and inbox (`kernel_time::remote`): the arm returns its
+//! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
+//! anywhere answers at once and never waits for the timer's CPU.
+//!
+//! A *deferred* timer ([`arm_deferred_at`], [`Timer::deferred_at`],
+//! [`Timer::deferred_periodic`]; Linux's `HRTIMER_MODE_SOFT`) runs its callback outside the
+//! hard interrupt instead: its CPU's timer interrupt pops it (never early, as any timer) and
+//! leaves it in the CPU's deferred list (`kernel_time`'s `CpuTick::pop_expired_or_defer`),
+//! and the CPU runs it on the way out of that interrupt, after the EOI and after every hard
+//! callback of that interrupt, with interrupts enabled, as deferred work
 //! (`arch::x86_64::deferred`, `Kind::Timers`: one run at a time per CPU). Such a callback may
 //! run long and take interrupts: a hard timer due meanwhile on the same CPU runs in the middle
 //! of it, on time. It is later than a hard one by the rest of that interrupt (the other hard
 //! callbacks, programming the device, the EOI) and by the deferred callbacks before it; an
 //! interrupt that comes during a deferred run leaves its deferred timers to that run, which
-//! takes them after the ones it began with. A cancel while it waits answers `Pending` (it never
-//! runs), one during its callback `Running`; a periodic one is re-armed on its grid after
-//! each callback. The callback must not halt waiting for an interrupt's *deferred* work (that
-//! work waits for it) but may wait on the clock or a hard timer. `arm_at`/`cancel` on the calling CPU touch only its own
-//! tick and allocate nothing for a plain function callback. A [`Timer`] (any CPU, from any
-//! CPU) goes through its CPU's handles and inbox (`kernel_time::remote`): the arm returns its
-//! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
-//! anywhere answers at once and never waits for the timer's CPU.
+//! takes them after the ones it began with. A cancel while it waits answers `Pending` (it
+//! never runs), one during its callback `Running`; a periodic one is re-armed on its grid
+//! after each callback. The callback must not wait for another deferred callback of its CPU
+//! (that one runs after it) but may wait on the clock or a hard timer.
 
 use super::cpu::{this_cpu_tick, this_cpu_time, time_of, with_tick};
 use super::registry;

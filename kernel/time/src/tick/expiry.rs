@@ -17,10 +17,10 @@
 //! **Deferred timers** (Linux's `HRTIMER_MODE_SOFT`): a timer whose payload asks for it
 //! ([`ExpiryContext::is_deferred`]) is popped by the expiry as any other, never early, but its
 //! callback does not run here: it is handed to the CPU's deferred list
-//! ([`CpuTick::defer`]), the expiry counts it ([`Expiry::deferred`]) and the platform has the
-//! CPU's deferred run ([`run_deferred`]) come soon, outside the interrupt (the kernel: at the
-//! exit of its outermost interrupt, after the EOI, with interrupts enabled). That run takes the
-//! waiting timers in the order they were popped, runs each callback and completes it in the
+//! ([`CpuTick::pop_expired_or_defer`]), the expiry counts it ([`Expiry::deferred`]) and the
+//! platform has the CPU's deferred run ([`run_deferred`]) come soon, outside the interrupt
+//! (the kernel: at the exit of its outermost interrupt, after the EOI, with interrupts
+//! enabled). That run takes the waiting timers in the order they were popped, runs each callback and completes it in the
 //! queue (a cancel during the callback answers running and stops a periodic re-arm; a periodic
 //! timer is re-armed on its grid after its callback, once). It is bounded as a pass is: it
 //! takes at most the timers waiting when it began, and says whether others are left
