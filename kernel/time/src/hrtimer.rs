@@ -551,9 +551,9 @@ impl<T> TimerQueue<T> {
 
     /// [`pop_expired`](Self::pop_expired) that hands each due timer whose payload `defer`
     /// picks straight to the deferred list (as [`defer`](Self::defer) would), counting it
-    /// ([`take_deferred_popped`](Self::take_deferred_popped)), and looks at the next; returns the first due
-    /// timer it does not pick. At most `budget` timers are taken, each counted off it. A
-    /// timer not picked costs the call of `defer` on its payload, in its slot.
+    /// ([`take_deferred_popped`](Self::take_deferred_popped)), and looks at the next; returns
+    /// the first due timer it does not pick. At most `budget` timers are taken, each counted
+    /// off it. A timer not picked costs the call of `defer` on its payload.
     #[inline(always)]
     pub fn pop_expired_or_defer(
         &mut self,

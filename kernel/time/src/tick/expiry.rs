@@ -22,9 +22,9 @@
 //! (the kernel: at the exit of its outermost interrupt, after the EOI, with interrupts
 //! enabled). That run takes the waiting timers in the order they were popped, runs each
 //! callback and completes it in the queue (a cancel during the callback answers running and
-//! stops a periodic re-arm; a periodic timer is re-armed on its grid after its callback, once). It is bounded as a pass is: it
-//! takes at most the timers waiting when it began, and says whether others are left
-//! ([`DeferredRun::left`]) for the platform to run again soon. A cancel while a timer waits
+//! stops a periodic re-arm; a periodic timer is re-armed on its grid after its callback,
+//! once). It is bounded as a pass is: it takes at most the timers waiting when it began, and
+//! says whether others are left ([`DeferredRun::left`]) for the platform to run again soon. A cancel while a timer waits
 //! answers pending and it never runs ([`crate::hrtimer::TimerQueue::defer`]); the list lives in
 //! the queue's slots, so it is never full and allocates nothing.
 
