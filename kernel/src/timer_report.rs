@@ -20,7 +20,8 @@ use serde::Serialize;
 /// `interrupt_allocations` and `interrupt_frees`; 10: `handler_to_callback_ns` (the time
 /// layer's own part of each event's path), `workload_cpus` and `clocks` (the RTC and the
 /// wall clock); 11: `hotplug` (each CPU offline/online cycle), `clock_step`, the clocks'
-/// `clock_was_set` and `timers_requeued`, `suspend.asleep_ns`.
+/// `clock_was_set` and `timers_requeued`, `suspend.asleep_ns`, each CPU's `deferred_timers`
+/// (deferred timer callbacks run, the most waiting at once).
 pub const SCHEMA_VERSION: u32 = 11;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -235,6 +236,18 @@ pub struct CpuReport {
     /// this CPU, each under the heap's lock that every CPU takes (schema 9).
     pub interrupt_allocations: u64,
     pub interrupt_frees: u64,
+    /// Its deferred timers (schema 11).
+    pub deferred_timers: DeferredTimersReport,
+}
+
+/// One CPU's deferred timers: callbacks run outside the hard interrupt (schema 11).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DeferredTimersReport {
+    /// Deferred callbacks run on this CPU.
+    pub callbacks: u64,
+    /// The most deferred timers that waited at once for this CPU's deferred run (popped by
+    /// its timer interrupt, not yet run), as of its last deferred run.
+    pub max_waiting: u64,
 }
 
 /// Clock event devices taken out of service, at bring-up or at run time (schema 8).
@@ -555,7 +568,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":11,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":11,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0,\"deferred_timers\":{\"callbacks\":0,\"max_waiting\":0}}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

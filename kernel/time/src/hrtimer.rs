@@ -30,6 +30,14 @@
 //! [`TimerQueue::complete`] after its callback, so a cancel during the callback can say so
 //! ([`Cancel::Running`]) and a periodic timer is re-armed under the same id.
 //!
+//! A popped timer may instead be *deferred* ([`TimerQueue::defer`]): its payload goes back into
+//! its slot, which joins the queue's deferred list (first in, first out: the order they were
+//! popped in, so deadline order), until its CPU's deferred run takes it
+//! ([`TimerQueue::take_deferred`]), which makes it running as a pop does. The list is threaded
+//! through the slots (each waiting timer keeps the slot it had), so it needs no storage of its
+//! own, never allocates and is never full. A cancel while it waits hands its payload back
+//! ([`Cancel::Cancelled`]: it was never run and never runs now), as for a pending timer.
+//!
 //! Each queue belongs to one CPU and its ids name that CPU: an id given to another CPU's queue
 //! is refused ([`WrongCpu`]), never taken for the timer that happens to sit in the same slot
 //! there.
@@ -122,22 +130,48 @@ impl<T> Cancel<T> {
 enum SlotState<T> {
     /// On the free list; `next` is the next free slot (`u32::MAX`: none).
     Free { next: u32 },
-    /// In the heap at `heap_index`.
+    /// In the heap at `heap_index`; or, with `heap_index` [`DEFERRED`], popped and waiting in
+    /// the deferred list for its CPU's deferred run (its neighbours there in the slot's
+    /// `sequence`, [`Slot::links`], which only a timer in the heap needs). One variant for
+    /// both, so that the state's shape (and every match and drop of it on the timer path) is
+    /// what it was before deferred timers.
     Pending { heap_index: u32, payload: T },
     /// Popped, its callback running; `cancelled` stops a periodic re-arm.
     Running { cancelled: bool },
 }
 
+/// The `heap_index` of a pending slot that waits in the deferred list, not in the heap (the
+/// heap holds fewer than 2^32 - 1 entries).
+const DEFERRED: u32 = u32::MAX;
+
 #[derive(Debug)]
 struct Slot<T> {
     deadline_ns: u64,
-    /// Arming order, for equal deadlines.
+    /// Arming order, for equal deadlines, while pending; while deferred, its neighbours in the
+    /// deferred list ([`Slot::links`]).
     sequence: u64,
     generation: u32,
     state: SlotState<T>,
 }
 
 const NO_SLOT: u32 = u32::MAX;
+
+impl<T> Slot<T> {
+    /// Whether it is pending in the heap (not free, running or deferred).
+    fn is_in_heap(&self) -> bool {
+        matches!(self.state, SlotState::Pending { heap_index, .. } if heap_index != DEFERRED)
+    }
+
+    /// A deferred slot's previous and next slot in the deferred list (`NO_SLOT` at the ends),
+    /// kept in `sequence`.
+    fn links(&self) -> (u32, u32) {
+        ((self.sequence >> 32) as u32, self.sequence as u32)
+    }
+
+    fn set_links(&mut self, prev: u32, next: u32) {
+        self.sequence = u64::from(prev) << 32 | u64::from(next);
+    }
+}
 
 /// Pending timers of one CPU, ordered by deadline; `T` is what each timer carries.
 ///
@@ -187,6 +221,15 @@ pub struct TimerQueue<T> {
     free_count: usize,
     /// The sequence number the next armed timer gets (one per arm: does not wrap in practice).
     next_sequence: u64,
+    /// The deferred list: its first and last slot (`NO_SLOT` when empty) and its length.
+    deferred_head: u32,
+    deferred_tail: u32,
+    deferred_len: usize,
+    /// The most timers the deferred list held at once.
+    deferred_max: usize,
+    /// Timers [`pop_expired_or_defer`](Self::pop_expired_or_defer) deferred since
+    /// [`take_deferred_popped`](Self::take_deferred_popped).
+    deferred_popped: u32,
 }
 
 impl<T> TimerQueue<T> {
@@ -204,6 +247,11 @@ impl<T> TimerQueue<T> {
             free: NO_SLOT,
             free_count: 0,
             next_sequence: 0,
+            deferred_head: NO_SLOT,
+            deferred_tail: NO_SLOT,
+            deferred_len: 0,
+            deferred_max: 0,
+            deferred_popped: 0,
         }
     }
 
@@ -227,7 +275,7 @@ impl<T> TimerQueue<T> {
     /// Makes room for `additional` more timers than are armed now, so that arming them does
     /// not allocate (e.g. before interrupt-context code arms timers).
     pub fn reserve(&mut self, additional: usize) {
-        let wanted = self.len() + additional;
+        let wanted = self.len() + self.deferred_len + additional;
         self.heap.reserve(wanted.saturating_sub(self.heap.len()));
         while self.slots.len() < wanted {
             self.push_free_slot();
@@ -342,6 +390,7 @@ impl<T> TimerQueue<T> {
                 self.slots[id.slot as usize].state = SlotState::Running { cancelled: true };
                 Cancel::Running
             }
+            SlotState::Pending { heap_index: DEFERRED, .. } => self.cancel_deferred(id.slot),
             SlotState::Pending { .. } => {
                 self.settle();
                 let SlotState::Pending { heap_index, .. } = self.slots[id.slot as usize].state else {
@@ -368,6 +417,9 @@ impl<T> TimerQueue<T> {
         self.settle();
         let Some(slot) = self.slot_of(id) else { return false };
         let SlotState::Pending { heap_index, .. } = slot.state else { return false };
+        if heap_index == DEFERRED {
+            return false;
+        }
         let old = slot.deadline_ns;
         self.slots[id.slot as usize].deadline_ns = deadline_ns;
         if deadline_ns < old {
@@ -425,7 +477,7 @@ impl<T> TimerQueue<T> {
 
     /// Deadline of a pending timer, `None` if it is not pending.
     pub fn deadline(&self, id: TimerId) -> Option<u64> {
-        self.slot_of(id).filter(|s| matches!(s.state, SlotState::Pending { .. })).map(|s| s.deadline_ns)
+        self.slot_of(id).filter(|s| s.is_in_heap()).map(|s| s.deadline_ns)
     }
 
     /// Whether the timer is popped and its callback not yet completed.
@@ -505,6 +557,174 @@ impl<T> TimerQueue<T> {
             }
         }
         moved
+    }
+
+    /// Hands a timer just popped ([`pop_expired`](Self::pop_expired), not completed) to the
+    /// deferred list, at its end: it waits there, keeping its id and its slot, until
+    /// [`take_deferred`](Self::take_deferred) hands it out (running then, as a pop makes it).
+    /// A cancel meanwhile hands its payload back ([`Cancel::Cancelled`]); it is no longer
+    /// counted by [`len`](Self::len). O(1), never allocates (the list lives in the slots).
+    ///
+    /// A timer that is not running here, or whose cancel came since its pop, is refused: its
+    /// payload comes back for the caller to drop (and it must still be completed).
+    pub fn defer(&mut self, expired: Expired<T>) -> Result<(), T> {
+        let ok = self
+            .slot_of(expired.id)
+            .is_some_and(|s| matches!(s.state, SlotState::Running { cancelled: false }));
+        if !ok {
+            return Err(expired.payload);
+        }
+        self.slots[expired.id.slot as usize].state =
+            SlotState::Pending { heap_index: DEFERRED, payload: expired.payload };
+        self.link_deferred(expired.id.slot);
+        Ok(())
+    }
+
+    /// [`pop_expired`](Self::pop_expired) that hands each due timer whose payload `defer`
+    /// picks straight to the deferred list (as [`defer`](Self::defer) would), counting it
+    /// ([`take_deferred_popped`](Self::take_deferred_popped)), and looks at the next; returns
+    /// the first due timer it does not pick. At most `budget` timers are taken, each counted
+    /// off it. A timer not picked costs the call of `defer` on its payload.
+    #[inline(always)]
+    pub fn pop_expired_or_defer(
+        &mut self,
+        now_ns: u64,
+        budget: &mut usize,
+        defer: impl Fn(&T) -> bool,
+    ) -> Option<Expired<T>> {
+        loop {
+            if *budget == 0 {
+                return None;
+            }
+            self.settle();
+            let &index = self.heap.first()?;
+            let slot = &mut self.slots[index as usize];
+            if slot.deadline_ns > now_ns {
+                return None;
+            }
+            *budget -= 1;
+            let SlotState::Pending { payload, .. } =
+                core::mem::replace(&mut slot.state, SlotState::Running { cancelled: false })
+            else {
+                unreachable!("the heap holds only pending slots")
+            };
+            // Its entry stays at the root as a hole, repaired by the next heap operation.
+            self.hole = true;
+            if defer(&payload) {
+                self.defer_popped(index, payload);
+                continue;
+            }
+            let slot = &self.slots[index as usize];
+            let id = TimerId { cpu: self.cpu, slot: index, generation: slot.generation };
+            return Some(Expired { id, deadline_ns: slot.deadline_ns, payload });
+        }
+    }
+
+    /// Slot `index`, just popped (running), goes to the end of the deferred list with its
+    /// payload.
+    #[cold]
+    #[inline(never)]
+    fn defer_popped(&mut self, index: u32, payload: T) {
+        self.slots[index as usize].state = SlotState::Pending { heap_index: DEFERRED, payload };
+        self.link_deferred(index);
+        self.deferred_popped += 1;
+    }
+
+    /// Links deferred slot `index` at the end of the list.
+    fn link_deferred(&mut self, index: u32) {
+        self.slots[index as usize].set_links(self.deferred_tail, NO_SLOT);
+        match self.deferred_tail {
+            NO_SLOT => self.deferred_head = index,
+            tail => self.set_deferred_next(tail, index),
+        }
+        self.deferred_tail = index;
+        self.deferred_len += 1;
+        self.deferred_max = self.deferred_max.max(self.deferred_len);
+    }
+
+    /// Takes the first timer of the deferred list (the one deferred first), running until
+    /// [`complete`](Self::complete) as a popped timer is; `None` when none waits. O(1).
+    pub fn take_deferred(&mut self) -> Option<Expired<T>> {
+        let index = self.deferred_head;
+        if index == NO_SLOT {
+            return None;
+        }
+        self.unlink_deferred(index);
+        let slot = &mut self.slots[index as usize];
+        let SlotState::Pending { payload, .. } =
+            core::mem::replace(&mut slot.state, SlotState::Running { cancelled: false })
+        else {
+            unreachable!("the deferred list holds only deferred slots")
+        };
+        let id = TimerId { cpu: self.cpu, slot: index, generation: slot.generation };
+        Some(Expired { id, deadline_ns: slot.deadline_ns, payload })
+    }
+
+    /// A cancel of deferred slot `index`: out of the list, its slot freed, its payload back.
+    #[cold]
+    #[inline(never)]
+    fn cancel_deferred(&mut self, index: u32) -> Cancel<T> {
+        self.unlink_deferred(index);
+        let state =
+            core::mem::replace(&mut self.slots[index as usize].state, SlotState::Running { cancelled: true });
+        self.release_slot(index);
+        match state {
+            SlotState::Pending { payload, .. } => Cancel::Cancelled(payload),
+            _ => unreachable!("only a deferred slot is cancelled here"),
+        }
+    }
+
+    /// Timers waiting in the deferred list.
+    #[inline]
+    pub fn deferred_len(&self) -> usize {
+        self.deferred_len
+    }
+
+    /// How many timers [`pop_expired_or_defer`](Self::pop_expired_or_defer) deferred since the
+    /// last call (the count starts again at 0).
+    #[inline]
+    pub fn take_deferred_popped(&mut self) -> u32 {
+        core::mem::take(&mut self.deferred_popped)
+    }
+
+    /// The most timers that waited in the deferred list at once.
+    pub fn deferred_max(&self) -> usize {
+        self.deferred_max
+    }
+
+    /// Whether the timer waits in the deferred list.
+    pub fn is_deferred(&self, id: TimerId) -> bool {
+        self.slot_of(id).is_some_and(|s| matches!(s.state, SlotState::Pending { heap_index: DEFERRED, .. }))
+    }
+
+    fn set_deferred_next(&mut self, index: u32, to: u32) {
+        let slot = &mut self.slots[index as usize];
+        let (prev, _) = slot.links();
+        slot.set_links(prev, to);
+    }
+
+    fn set_deferred_prev(&mut self, index: u32, to: u32) {
+        let slot = &mut self.slots[index as usize];
+        let (_, next) = slot.links();
+        slot.set_links(to, next);
+    }
+
+    /// Takes deferred slot `index` out of the list (its state is left to the caller).
+    fn unlink_deferred(&mut self, index: u32) {
+        debug_assert!(matches!(
+            self.slots[index as usize].state,
+            SlotState::Pending { heap_index: DEFERRED, .. }
+        ));
+        let (prev, next) = self.slots[index as usize].links();
+        match prev {
+            NO_SLOT => self.deferred_head = next,
+            _ => self.set_deferred_next(prev, next),
+        }
+        match next {
+            NO_SLOT => self.deferred_tail = prev,
+            _ => self.set_deferred_prev(next, prev),
+        }
+        self.deferred_len -= 1;
     }
 
     /// Number of pending timers.
@@ -995,5 +1215,166 @@ mod tests {
 
         // The run must have exercised each path, or agreement proves little.
         assert!(arms > 1_000 && cancels_of_pending > 500 && rearms_of_pending > 500 && pops > 1_000);
+    }
+
+    /// Pops everything due at `now_ns` and defers it, as a hard expiry does for deferred timers.
+    fn defer_due<T: core::fmt::Debug>(queue: &mut TimerQueue<T>, now_ns: u64) -> usize {
+        let mut n = 0;
+        while let Some(expired) = queue.pop_expired(now_ns) {
+            queue.defer(expired).expect("just popped");
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_deferred_timer_waits_in_pop_order_and_runs_once_when_taken() {
+        let mut queue = TimerQueue::with_capacity(0, 8);
+        let c = queue.arm(30, "c");
+        let a = queue.arm(10, "a");
+        let b = queue.arm(20, "b");
+        let later = queue.arm(100, "later");
+        assert_eq!(defer_due(&mut queue, 9), 0, "never early: nothing due, nothing deferred");
+        assert_eq!(defer_due(&mut queue, 50), 3);
+        assert_eq!(queue.deferred_len(), 3);
+        assert_eq!(queue.len(), 1, "waiting timers are not pending");
+        assert_eq!(queue.earliest(), Some(100), "nor do they ask for the device");
+        assert!(queue.is_deferred(a) && queue.is_deferred(b) && queue.is_deferred(c));
+        for (id, payload, deadline) in [(a, "a", 10), (b, "b", 20), (c, "c", 30)] {
+            let e = queue.take_deferred().expect("waiting");
+            assert_eq!((e.id, e.payload, e.deadline_ns), (id, payload, deadline), "deadline order");
+            assert!(queue.is_running(id) && !queue.is_deferred(id));
+            assert_eq!(queue.cancel(id), Ok(Cancel::Running), "taken: its callback runs");
+            assert_eq!(queue.complete(id, None), Ok(false));
+            assert_eq!(queue.cancel(id), Ok(Cancel::Inactive), "ran once");
+        }
+        assert!(queue.take_deferred().is_none());
+        assert_eq!(queue.deferred_len(), 0);
+        assert_eq!(queue.deadline(later), Some(100));
+    }
+
+    #[test]
+    fn a_cancel_while_deferred_hands_the_payload_back_and_it_is_never_taken() {
+        // First, middle and last of the list, each unlinked on its own.
+        for victim in 0..3 {
+            let mut queue = TimerQueue::with_capacity(0, 8);
+            let ids: Vec<TimerId> = (0..3).map(|i| queue.arm(10 + i, i)).collect();
+            defer_due(&mut queue, 100);
+            assert_eq!(queue.cancel(ids[victim as usize]), Ok(Cancel::Cancelled(victim)), "it never ran");
+            assert_eq!(queue.cancel(ids[victim as usize]), Ok(Cancel::Inactive), "cancelled once");
+            assert_eq!(queue.deferred_len(), 2);
+            let mut taken = Vec::new();
+            while let Some(e) = queue.take_deferred() {
+                assert_eq!(queue.complete(e.id, None), Ok(false));
+                taken.push(e.payload);
+            }
+            let expected: Vec<u64> = (0..3).filter(|&i| i != victim).collect();
+            assert_eq!(taken, expected, "the others in order, the cancelled one never");
+            // The list is whole again: a new deferral lands alone.
+            let id = queue.arm(5, 9);
+            defer_due(&mut queue, 100);
+            assert_eq!(queue.take_deferred().map(|e| e.id), Some(id));
+            assert!(queue.take_deferred().is_none());
+        }
+    }
+
+    #[test]
+    fn a_periodic_deferred_timer_is_rearmed_on_its_grid_once_after_its_run_unless_cancelled() {
+        let mut queue = TimerQueue::with_capacity(0, 8);
+        let id = queue.arm(1_000, "tick");
+        defer_due(&mut queue, 1_050);
+        // The deferred run comes late (2 periods missed): re-armed on the grid, after now.
+        let e = queue.take_deferred().unwrap();
+        assert_eq!(queue.complete(e.id, Some((forward(e.deadline_ns, 100, 1_250), e.payload))), Ok(true));
+        assert_eq!(queue.deadline(id), Some(1_300), "same id, next grid point");
+        assert!(queue.take_deferred().is_none(), "re-armed once, pending, not waiting");
+        defer_due(&mut queue, 1_300);
+        let e = queue.take_deferred().unwrap();
+        assert_eq!(queue.cancel(id), Ok(Cancel::Running), "a cancel during its run");
+        assert_eq!(queue.complete(e.id, Some((1_400, e.payload))), Err("tick"), "no re-arm");
+        assert!(queue.is_empty() && queue.deferred_len() == 0);
+    }
+
+    #[test]
+    fn the_deferred_list_is_never_full_and_allocates_nothing() {
+        let mut queue = TimerQueue::with_capacity(0, 1_000);
+        let capacity = queue.capacity();
+        for i in 0..1_000u64 {
+            queue.arm(i, i);
+        }
+        assert_eq!(defer_due(&mut queue, u64::MAX), 1_000);
+        assert_eq!(queue.capacity(), capacity, "each waits in the slot it had");
+        queue.reserve(1);
+        assert!(queue.spare_capacity() >= 1, "reserve counts the waiting timers as taken");
+        let mut n = 0;
+        while let Some(e) = queue.take_deferred() {
+            assert_eq!(e.payload, n, "in order, none lost");
+            queue.complete(e.id, None).unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 1_000);
+    }
+
+    #[test]
+    fn a_timer_cancelled_between_pop_and_defer_is_refused() {
+        let mut queue = TimerQueue::with_capacity(0, 4);
+        let id = queue.arm(10, 1u32);
+        let e = queue.pop_expired(10).unwrap();
+        assert_eq!(queue.cancel(id), Ok(Cancel::Running));
+        assert_eq!(queue.defer(e), Err(1), "its payload back, nothing waits");
+        assert_eq!(queue.deferred_len(), 0);
+        assert_eq!(queue.complete(id, None), Ok(false));
+    }
+
+    #[test]
+    fn pop_or_defer_defers_the_picked_and_pops_the_rest_in_order_within_its_budget() {
+        let mut queue = TimerQueue::with_capacity(0, 8);
+        for (deadline, payload) in [(10, 1u32), (20, 2), (30, 3), (40, 4), (100, 5)] {
+            queue.arm(deadline, payload);
+        }
+        let odd = |p: &u32| p % 2 == 1;
+        let mut budget = usize::MAX;
+        let e = queue.pop_expired_or_defer(50, &mut budget, odd).unwrap();
+        assert_eq!((e.payload, queue.take_deferred_popped()), (2, 1), "1 deferred on the way to 2");
+        queue.complete(e.id, None).unwrap();
+        let mut small = 2;
+        let e = queue.pop_expired_or_defer(50, &mut small, odd).unwrap();
+        assert_eq!(
+            (e.payload, queue.take_deferred_popped(), small),
+            (4, 1, 0),
+            "3 deferred, 4 popped: no budget left"
+        );
+        queue.complete(e.id, None).unwrap();
+        assert!(queue.pop_expired_or_defer(1_000, &mut small, odd).is_none(), "no budget left");
+        assert!(queue.pop_expired_or_defer(50, &mut budget, odd).is_none(), "never early: 100");
+        assert_eq!(queue.take_deferred_popped(), 0);
+        let taken: Vec<u32> = core::iter::from_fn(|| {
+            let e = queue.take_deferred()?;
+            queue.complete(e.id, None).unwrap();
+            Some(e.payload)
+        })
+        .collect();
+        assert_eq!(taken, [1, 3]);
+        assert_eq!(queue.deferred_max(), 2);
+        assert_eq!(queue.earliest(), Some(100));
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[test]
+    fn a_deferred_slot_is_no_larger_than_a_pending_one() {
+        // A payload laid out as the kernel's (40 bytes, a niche in its callback).
+        enum Callback {
+            _Fn(fn(&u64)),
+            _Closure(alloc::boxed::Box<dyn FnMut(&u64) + Send>),
+        }
+        struct Payload {
+            _callback: Callback,
+            _data: u64,
+            _schedule: u64,
+            _handle: Option<core::num::NonZeroU64>,
+        }
+        // As before deferred timers: the deferred list's links live in the slot's sequence.
+        assert_eq!(core::mem::size_of::<SlotState<Payload>>(), 48);
+        assert_eq!(core::mem::size_of::<Slot<Payload>>(), 72);
     }
 }

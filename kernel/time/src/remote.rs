@@ -586,6 +586,10 @@ pub(crate) mod harness {
     use alloc::sync::Arc;
     use std::sync::Mutex as StdMutex;
 
+    /// A tag with this bit asks for its callback to run deferred
+    /// ([`ExpiryContext::is_deferred`]).
+    pub(crate) const DEFERRED: u64 = 1 << 63;
+
     /// A test timer: its tag (what the oracle records), its period, its handle.
     pub(crate) struct Pay {
         pub(crate) tag: u64,
@@ -606,6 +610,13 @@ pub(crate) mod harness {
         /// What a callback does besides being recorded (a cancel of its own handle).
         pub(crate) during_run: StdMutex<Option<TimerId>>,
         pub(crate) cancels_during_run: StdMutex<Vec<Result<Cancelled, crate::hrtimer::WrongCpu>>>,
+        /// An interrupt taken during the next deferred callback: the wake-up's expiry at this
+        /// clock, run from inside the callback (set back to `None` when taken).
+        pub(crate) interrupt_during_deferred: StdMutex<Option<u64>>,
+        /// Tags of the callbacks running now (a deferred one stays while a nested expiry
+        /// runs), and for each callback run the tags that were running when it began.
+        pub(crate) running: StdMutex<Vec<u64>>,
+        pub(crate) ran_during: StdMutex<Vec<(u64, Vec<u64>)>>,
         /// Its local device's driver (to make it refuse deadlines).
         pub(crate) driver: &'static FakeDriver,
         /// The CPU whose timers it adopted, whose handles table its expiry asks for them.
@@ -638,6 +649,9 @@ pub(crate) mod harness {
                 ran: StdMutex::new(Vec::new()),
                 during_run: StdMutex::new(None),
                 cancels_during_run: StdMutex::new(Vec::new()),
+                interrupt_during_deferred: StdMutex::new(None),
+                running: StdMutex::new(Vec::new()),
+                ran_during: StdMutex::new(Vec::new()),
                 driver,
             })
         }
@@ -688,10 +702,23 @@ pub(crate) mod harness {
             self.clock.load(Ordering::Relaxed)
         }
         fn run(&self, timer: Expired<Pay>, now_ns: u64) -> Option<(u64, Pay)> {
-            self.ran.lock().unwrap().push((timer.payload.tag, timer.deadline_ns, now_ns));
+            let tag = timer.payload.tag;
+            self.ran.lock().unwrap().push((tag, timer.deadline_ns, now_ns));
+            let running_before = self.running.lock().unwrap().clone();
+            self.ran_during.lock().unwrap().push((tag, running_before));
+            self.running.lock().unwrap().push(tag);
             if let Some(id) = self.during_run.lock().unwrap().take() {
                 self.cancels_during_run.lock().unwrap().push(self.handles.cancel(id));
             }
+            if tag & DEFERRED != 0 {
+                let nested = self.interrupt_during_deferred.lock().unwrap().take();
+                if let Some(at) = nested {
+                    // An interrupt in the middle of the deferred callback (interrupts enabled).
+                    self.clock.store(at, Ordering::Relaxed);
+                    let _ = expiry::wakeup(self, at);
+                }
+            }
+            self.running.lock().unwrap().retain(|&t| t != tag);
             let period = timer.payload.period_ns;
             (period != 0).then(|| (crate::hrtimer::forward(timer.deadline_ns, period, now_ns), timer.payload))
         }
@@ -706,6 +733,9 @@ pub(crate) mod harness {
                 return Some(&self.handles);
             }
             self.peer.get().filter(|p| p.handles.cpu() == cpu).map(|p| &p.handles)
+        }
+        fn is_deferred(&self, payload: &Pay) -> bool {
+            payload.tag & DEFERRED != 0
         }
     }
 }

@@ -45,15 +45,18 @@ pub enum Kind {
     /// The clocksources' housekeeping (CPU 0): narrow counters rebased, the TSC's checks, the
     /// refinements.
     Housekeeping = 2,
+    /// Timer callbacks that asked to run outside the hard interrupt (deferred timers, Linux's
+    /// soft hrtimers): the timer interrupt popped them and left them in this CPU's list.
+    Timers = 3,
 }
 
 /// How many kinds there are.
-pub const KINDS: usize = 3;
+pub const KINDS: usize = 4;
 
 impl Kind {
     /// Every kind, in run order.
     pub const ALL: [Kind; KINDS] =
-        [Kind::TakeOutFailedDevices, Kind::ApplyLapicRefinement, Kind::Housekeeping];
+        [Kind::TakeOutFailedDevices, Kind::ApplyLapicRefinement, Kind::Housekeeping, Kind::Timers];
 
     /// Its bit in the pending word.
     pub const fn bit(self) -> u32 {

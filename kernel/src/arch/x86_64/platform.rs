@@ -404,6 +404,7 @@ impl Platform {
                     // Filled in by the clockevents (it lives in each CPU's tick).
                     misrouted: 0,
                     stale: 0,
+                    deferred_timers: Default::default(),
                 })
                 .collect(),
             hpet,

@@ -6,6 +6,7 @@
 
 use super::registry;
 use super::timer::{Payload, TimerEvent};
+use crate::arch::x86_64::deferred;
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use crate::time::clocksource::now_ns;
@@ -52,6 +53,10 @@ pub struct CpuTime {
     pub deep_entries: AtomicU64,
     pub idle_overhead_cycles: AtomicU64,
     pub deep_idle_refused: AtomicBool,
+    /// Deferred timer callbacks run on this CPU, and the most deferred timers that waited at
+    /// once (as of the last deferred run); only this CPU writes them.
+    pub deferred_callbacks: AtomicU64,
+    pub deferred_max_waiting: AtomicU64,
 }
 
 /// Each CPU's [`CpuTime`], by its dense index (`PerCpu::index`, below `MAX_CPUS`). A power of
@@ -97,6 +102,8 @@ impl CpuTime {
             deep_entries: AtomicU64::new(0),
             idle_overhead_cycles: AtomicU64::new(0),
             deep_idle_refused: AtomicBool::new(false),
+            deferred_callbacks: AtomicU64::new(0),
+            deferred_max_waiting: AtomicU64::new(0),
         }
     }
 }
@@ -249,6 +256,7 @@ impl ExpiryContext for ThisCpu {
             deadline_ns: timer.deadline_ns,
             now_ns,
             data: payload.data,
+            deferred: payload.schedule.deferred(),
         };
         payload.callback.run(&event);
         // A one-shot payload is dropped here, outside the guard.
@@ -263,6 +271,11 @@ impl ExpiryContext for ThisCpu {
     #[inline]
     fn offsets(&self) -> Offsets {
         crate::time::clocksource::offsets()
+    }
+
+    #[inline(always)]
+    fn is_deferred(&self, payload: &Payload) -> bool {
+        payload.schedule.deferred()
     }
 
     #[inline(always)]
@@ -335,6 +348,12 @@ impl Platform for ThisCpu {
         Some(&self.time.assignment)
     }
 
+    fn deferred_waiting(&self) {
+        // On this CPU in interrupt context (or in its deferred run): a bit set, the run comes
+        // at the outermost interrupt's exit, after the EOI.
+        deferred::raise(self.index, deferred::Kind::Timers);
+    }
+
     fn hang(&self, e: &Expiry, hang: Hang) {
         // Logged the first time and at every power of two, as a storm of lines would only
         // make the hang worse; the report has the count.
@@ -350,6 +369,28 @@ impl Platform for ThisCpu {
                 hang.held_until_ns
             );
         }
+    }
+}
+
+/// Registers the deferred timers' run as deferred work (on the boot CPU, before any timer).
+pub(super) fn init_deferred_timers() {
+    deferred::register(deferred::Kind::Timers, run_deferred_timers);
+}
+
+/// This CPU's deferred timers (deferred work, `Kind::Timers`: outside any interrupt handler,
+/// interrupts enabled, one run at a time on this CPU): their callbacks, in the order their
+/// interrupts popped them, at most those waiting when the run began (the rest raise the kind
+/// again: the next pass of the deferred work, or the next interrupt's exit).
+fn run_deferred_timers() {
+    use core::sync::atomic::Ordering::Relaxed;
+    let cpu = this_cpu();
+    let run = glue::run_deferred(&cpu);
+    let time = cpu.time;
+    // Only this CPU's deferred run writes them (one at a time): a load and a store suffice.
+    let ran = &time.deferred_callbacks;
+    ran.store(ran.load(Relaxed) + u64::from(run.callbacks), Relaxed);
+    if let Some(max) = with_tick(|t| t.max_deferred_waiting() as u64) {
+        time.deferred_max_waiting.store(max, Relaxed);
     }
 }
 

@@ -37,8 +37,8 @@ pub use report::{
     min_delta_ns, tick_devices,
 };
 pub use timer::{
-    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, arm_on_clock, cancel, now, post_on,
-    reserve, sleep_ns, sleep_until,
+    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, arm_deferred_at, arm_on_clock,
+    cancel, now, post_on, reserve, sleep_ns, sleep_until,
 };
 
 use crate::arch::x86_64::interrupts;
@@ -113,6 +113,7 @@ pub fn init_on_bsp(platform: &mut Platform, options: &KernelOptions) {
     let mode = if options.periodic_tick { TickMode::Periodic { hz: options.hz } } else { TickMode::Oneshot };
     registry::init();
     failures::init();
+    cpu::init_deferred_timers();
     if let Err(e) = interrupts::register(WAKE_VECTOR, cpu::wake_interrupt) {
         platform.fall_back(format!("broadcast wake-up vector unavailable ({e}): broadcast cannot wake CPUs"));
     }

@@ -236,6 +236,10 @@ pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup)
                 time_of(cpu).idle_overhead_cycles.load(core::sync::atomic::Ordering::Relaxed),
             ),
         };
+        c.deferred_timers = crate::timer_report::DeferredTimersReport {
+            callbacks: time_of(cpu).deferred_callbacks.load(core::sync::atomic::Ordering::Relaxed),
+            max_waiting: time_of(cpu).deferred_max_waiting.load(core::sync::atomic::Ordering::Relaxed),
+        };
     }
     let mut runtime = super::recorded_fallbacks();
     runtime.extend(taken_out.iter().map(|(name, why)| alloc::format!("{name} taken out of service: {why}")));

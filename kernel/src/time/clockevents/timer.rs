@@ -8,6 +8,22 @@
 //! CPU) goes through its CPU's handles and inbox (`kernel_time::remote`): the arm returns its
 //! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
 //! anywhere answers at once and never waits for the timer's CPU.
+//!
+//! A *deferred* timer ([`arm_deferred_at`], [`Timer::deferred_at`],
+//! [`Timer::deferred_periodic`]; Linux's `HRTIMER_MODE_SOFT`) runs its callback outside the
+//! hard interrupt instead: its CPU's timer interrupt pops it (never early, as any timer) and
+//! leaves it in the CPU's deferred list (`kernel_time`'s `CpuTick::pop_expired_or_defer`),
+//! and the CPU runs it on the way out of that interrupt, after the EOI and after every hard
+//! callback of that interrupt, with interrupts enabled, as deferred work
+//! (`arch::x86_64::deferred`, `Kind::Timers`: one run at a time per CPU). Such a callback may
+//! run long and take interrupts: a hard timer due meanwhile on the same CPU runs in the middle
+//! of it, on time. It is later than a hard one by the rest of that interrupt (the other hard
+//! callbacks, programming the device, the EOI) and by the deferred callbacks before it; an
+//! interrupt that comes during a deferred run leaves its deferred timers to that run, which
+//! takes them after the ones it began with. A cancel while it waits answers `Pending` (it
+//! never runs), one during its callback `Running`; a periodic one is re-armed on its grid
+//! after each callback. The callback must not wait for another deferred callback of its CPU
+//! (that one runs after it) but may wait on the clock or a hard timer.
 
 use super::cpu::{this_cpu_tick, this_cpu_time, time_of, with_tick};
 use super::registry;
@@ -32,6 +48,9 @@ pub struct TimerEvent {
     /// The clocksource as the interrupt read it (once, on entry).
     pub now_ns: u64,
     pub data: u64,
+    /// It ran deferred: outside the hard interrupt, interrupts enabled; `now_ns` is then the
+    /// clock read just before the callback, in the deferred run.
+    pub deferred: bool,
 }
 
 impl TimerEvent {
@@ -74,7 +93,7 @@ impl Callback {
 pub struct Payload {
     pub(super) callback: Callback,
     pub(super) data: u64,
-    /// One-shot or periodic, and the clock it is on.
+    /// Its period (0: one-shot), whether it runs deferred, and the clock it is on.
     pub(super) schedule: Schedule,
     /// The handle it was armed through (a [`Timer`]), if any, packed in one word with its CPU
     /// (`Handles::pack`): the payload stays small on the timer path, and a timer adopted from
@@ -82,59 +101,79 @@ pub struct Payload {
     pub(super) handle: Option<core::num::NonZeroU64>,
 }
 
-impl Payload {
-    /// A periodic timer's next deadline on its grid (`kernel_time::hrtimer::forward`).
-    pub(super) fn next_deadline(&self, deadline_ns: u64, now_ns: u64) -> Option<u64> {
-        let period_ns = self.schedule.period_ns();
-        (period_ns != 0).then(|| kernel_time::hrtimer::forward(deadline_ns, period_ns, now_ns))
-    }
-}
+// Deferred timers made the payload no larger: it is moved on every arm and pop.
+const _: () = assert!(core::mem::size_of::<Payload>() == 40);
 
-/// How a timer repeats and which clock its deadline is on, in one word, so that the payload
-/// stays 40 bytes: the expiry moves a popped timer (payload, id and deadline) whole, and on
-/// this target (no SSE) a move over 64 bytes is a call to `memcpy`, which cost the interrupt
-/// path about 100 instructions when the clock was a field of its own (measured under icount,
-/// `scripts/bench`, pop stage 197 -> 294 ns).
+/// How a timer repeats, whether it runs deferred, and which clock its deadline is on, in one
+/// word, so that the payload stays 40 bytes: the expiry moves a popped timer (payload, id and
+/// deadline) whole, and on this target (no SSE) a move over 64 bytes is a call to `memcpy`,
+/// which cost the interrupt path about 100 instructions when the clock was a field of its own
+/// (measured under icount, `scripts/bench`: pop stage 197 -> 294 ns).
 ///
-/// 0: once, on MONOTONIC. Bit 63 clear: every that many ns, on MONOTONIC. Bit 63 set: once, on
-/// REALTIME (bit 62 set) or BOOTTIME, at the low 62 bits in ns (a deadline past 2^62 ns, the
-/// year 2116 on REALTIME, is held there: it never comes).
+/// The top two bits say which: 00 a hard timer on MONOTONIC, 01 a deferred one, the low 62
+/// bits its period (0: one-shot; at most 2^62 - 1 ns, 146 years); 10 a one-shot hard timer on
+/// REALTIME, 11 on BOOTTIME, the low 62 bits its deadline there in ns (a deadline past 2^62 ns,
+/// the year 2116 on REALTIME, is held there: it never comes). Timers on REALTIME and BOOTTIME
+/// are one-shot and hard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule(u64);
 
 impl Schedule {
-    const ON_CLOCK: u64 = 1 << 63;
-    const REALTIME: u64 = 1 << 62;
-    const NS: u64 = (1 << 62) - 1;
+    const KIND: u64 = 0b11 << 62;
+    const DEFERRED: u64 = 0b01 << 62;
+    const REALTIME: u64 = 0b10 << 62;
+    const BOOTTIME: u64 = 0b11 << 62;
+    const LOW: u64 = (1 << 62) - 1;
 
-    /// A timer at `at`, repeating every `period_ns` (0: once; only on MONOTONIC).
-    pub fn new(at: ClockDeadline, period_ns: u64) -> Schedule {
+    /// A one-shot hard timer's on MONOTONIC.
+    pub const HARD_ONESHOT: Schedule = Schedule(0);
+
+    /// A timer on MONOTONIC every `period_ns` (0: one-shot; saturated at 2^62 - 1), deferred
+    /// or not.
+    pub const fn new(period_ns: u64, deferred: bool) -> Schedule {
+        let period = if period_ns > Self::LOW { Self::LOW } else { period_ns };
+        Schedule(period | if deferred { Self::DEFERRED } else { 0 })
+    }
+
+    /// A timer at `at`: on MONOTONIC as [`new`](Self::new) says; on REALTIME or BOOTTIME a
+    /// one-shot hard timer (the period and `deferred` are not taken there).
+    pub fn of(at: ClockDeadline, period_ns: u64, deferred: bool) -> Schedule {
         match at {
-            ClockDeadline::Monotonic(_) => Schedule(period_ns.min(Self::ON_CLOCK - 1)),
-            ClockDeadline::Realtime(t) => {
-                Schedule(Self::ON_CLOCK | Self::REALTIME | t.as_nanos().min(Self::NS))
-            }
-            ClockDeadline::Boottime(t) => Schedule(Self::ON_CLOCK | t.as_nanos().min(Self::NS)),
+            ClockDeadline::Monotonic(_) => Schedule::new(period_ns, deferred),
+            ClockDeadline::Realtime(t) => Schedule(Self::REALTIME | t.as_nanos().min(Self::LOW)),
+            ClockDeadline::Boottime(t) => Schedule(Self::BOOTTIME | t.as_nanos().min(Self::LOW)),
         }
     }
 
-    /// Its period (0: once).
+    /// Re-armed every this many ns from its deadline; 0: one-shot.
+    #[inline]
     pub fn period_ns(self) -> u64 {
-        if self.0 & Self::ON_CLOCK != 0 { 0 } else { self.0 }
+        if self.0 & Self::REALTIME != 0 { 0 } else { self.0 & Self::LOW }
+    }
+
+    /// Its callback runs deferred, outside the hard interrupt (the one flag the expiry reads).
+    #[inline(always)]
+    pub const fn deferred(self) -> bool {
+        self.0 & Self::KIND == Self::DEFERRED
     }
 
     /// Its deadline on REALTIME or BOOTTIME; `None` on MONOTONIC.
     #[inline(always)]
     pub fn clock(self) -> Option<ClockDeadline> {
-        if self.0 & Self::ON_CLOCK == 0 {
-            return None;
+        let ns = self.0 & Self::LOW;
+        match self.0 & Self::KIND {
+            Self::REALTIME => Some(ClockDeadline::Realtime(WallTime::from_nanos(ns))),
+            Self::BOOTTIME => Some(ClockDeadline::Boottime(BootInstant::from_nanos(ns))),
+            _ => None,
         }
-        let ns = self.0 & Self::NS;
-        Some(if self.0 & Self::REALTIME != 0 {
-            ClockDeadline::Realtime(WallTime::from_nanos(ns))
-        } else {
-            ClockDeadline::Boottime(BootInstant::from_nanos(ns))
-        })
+    }
+}
+
+impl Payload {
+    /// A periodic timer's next deadline on its grid (`kernel_time::hrtimer::forward`).
+    pub(super) fn next_deadline(&self, deadline_ns: u64, now_ns: u64) -> Option<u64> {
+        let period_ns = self.schedule.period_ns();
+        (period_ns != 0).then(|| kernel_time::hrtimer::forward(deadline_ns, period_ns, now_ns))
     }
 }
 
@@ -177,14 +216,28 @@ pub fn reserve(timers: usize) {
 
 /// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
 pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
-    arm_here(deadline_ns, Payload { callback: Callback::Fn(f), data, schedule: Schedule(0), handle: None })
+    arm_here(
+        deadline_ns,
+        Payload { callback: Callback::Fn(f), data, schedule: Schedule::HARD_ONESHOT, handle: None },
+    )
+}
+
+/// Arms a deferred timer on the calling CPU at `deadline_ns`: its callback runs outside the
+/// hard interrupt, with interrupts enabled, after the interrupt that found it due (see the
+/// module's documentation).
+pub fn arm_deferred_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
+    arm_here(
+        deadline_ns,
+        Payload { callback: Callback::Fn(f), data, schedule: Schedule::new(0, true), handle: None },
+    )
 }
 
 /// Arms a timer on the calling CPU at `at` on its clock (MONOTONIC, REALTIME or BOOTTIME):
 /// it runs once that clock reads `at` or later, never before, whatever steps the clock takes
 /// meanwhile (a REALTIME step forwards past it runs it at once, a step back delays it).
 pub fn arm_on_clock(at: ClockDeadline, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
-    let payload = Payload { callback: Callback::Fn(f), data, schedule: Schedule::new(at, 0), handle: None };
+    let payload =
+        Payload { callback: Callback::Fn(f), data, schedule: Schedule::of(at, 0, false), handle: None };
     arm_here(at.as_nanos(), payload)
 }
 
@@ -226,11 +279,12 @@ fn post(
     callback: Callback,
     data: u64,
     period_ns: u64,
+    deferred: bool,
 ) -> Result<TimerId, ArmError> {
     let target = percpu::cpu(cpu).ok_or(ArmError::CpuNotOnline(cpu))?;
     // The owner places a deadline on REALTIME or BOOTTIME again with its own offsets when it
     // takes the timer (`kernel_time::remote::drain`); this is where it goes meanwhile.
-    let schedule = Schedule::new(at, period_ns);
+    let schedule = Schedule::of(at, period_ns, deferred);
     let deadline_ns = match schedule.clock() {
         None => at.as_nanos(),
         Some(at) => at.monotonic(&crate::time::clocksource::offsets()).as_nanos(),
@@ -287,7 +341,8 @@ fn cancel_handle(id: TimerId) -> Cancelled {
 /// Arms a timer on CPU `cpu` from any CPU and any context (a callback included), without
 /// waiting; it cannot be cancelled (use [`Timer::with_fn`] and keep the [`Timer`] for that).
 pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<(), ArmError> {
-    post(cpu, ClockDeadline::Monotonic(Instant::from_nanos(deadline_ns)), Callback::Fn(f), data, 0).map(drop)
+    post(cpu, ClockDeadline::Monotonic(Instant::from_nanos(deadline_ns)), Callback::Fn(f), data, 0, false)
+        .map(drop)
 }
 
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
@@ -305,7 +360,7 @@ impl Timer {
         deadline: Instant,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
-        Timer::arm(cpu, ClockDeadline::Monotonic(deadline), 0, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, ClockDeadline::Monotonic(deadline), 0, Callback::Closure(Box::new(callback)), false)
     }
 
     /// A one-shot timer on CPU `cpu` at `at` on its clock (MONOTONIC, REALTIME or BOOTTIME),
@@ -317,7 +372,18 @@ impl Timer {
         at: ClockDeadline,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
-        Timer::arm(cpu, at, 0, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, at, 0, Callback::Closure(Box::new(callback)), false)
+    }
+
+    /// A one-shot deferred timer on CPU `cpu` at `deadline`: `callback` runs there outside
+    /// the hard interrupt, interrupts enabled, after the interrupt that found it due (see the
+    /// module's documentation); it may run long and take interrupts.
+    pub fn deferred_at(
+        cpu: usize,
+        deadline: Instant,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        Timer::arm(cpu, ClockDeadline::Monotonic(deadline), 0, Callback::Closure(Box::new(callback)), true)
     }
 
     /// A one-shot timer on CPU `cpu`, `delay` from now.
@@ -341,19 +407,52 @@ impl Timer {
         if period_ns == 0 {
             return Err(ArmError::ZeroPeriod);
         }
-        Timer::arm(cpu, ClockDeadline::Monotonic(first), period_ns, Callback::Closure(Box::new(callback)))
+        Timer::arm(
+            cpu,
+            ClockDeadline::Monotonic(first),
+            period_ns,
+            Callback::Closure(Box::new(callback)),
+            false,
+        )
+    }
+
+    /// A periodic deferred timer on CPU `cpu` (see [`Timer::periodic`] and
+    /// [`Timer::deferred_at`]): re-armed on its grid after each callback, once.
+    pub fn deferred_periodic(
+        cpu: usize,
+        first: Instant,
+        period: Duration,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        if period_ns == 0 {
+            return Err(ArmError::ZeroPeriod);
+        }
+        Timer::arm(
+            cpu,
+            ClockDeadline::Monotonic(first),
+            period_ns,
+            Callback::Closure(Box::new(callback)),
+            true,
+        )
     }
 
     /// A timer running a plain function (no allocation).
     pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
         Ok(Timer {
-            id: post(cpu, ClockDeadline::Monotonic(deadline), Callback::Fn(f), data, 0)?,
+            id: post(cpu, ClockDeadline::Monotonic(deadline), Callback::Fn(f), data, 0, false)?,
             cancel_on_drop: true,
         })
     }
 
-    fn arm(cpu: usize, at: ClockDeadline, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
-        Ok(Timer { id: post(cpu, at, callback, 0, period_ns)?, cancel_on_drop: true })
+    fn arm(
+        cpu: usize,
+        at: ClockDeadline,
+        period_ns: u64,
+        callback: Callback,
+        deferred: bool,
+    ) -> Result<Timer, ArmError> {
+        Ok(Timer { id: post(cpu, at, callback, 0, period_ns, deferred)?, cancel_on_drop: true })
     }
 
     pub fn cpu(&self) -> usize {
@@ -424,20 +523,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_schedule_gives_back_its_clock_and_period() {
+    fn a_schedule_gives_back_its_clock_period_and_flag() {
         let mono = ClockDeadline::Monotonic(Instant::from_nanos(5));
-        assert_eq!((Schedule::new(mono, 0).clock(), Schedule::new(mono, 0).period_ns()), (None, 0));
-        assert_eq!(Schedule::new(mono, 1_000).period_ns(), 1_000);
-        assert_eq!(Schedule::new(mono, u64::MAX).clock(), None, "a huge period is no clock");
+        let once = Schedule::of(mono, 0, false);
+        assert_eq!(
+            (once, once.clock(), once.period_ns(), once.deferred()),
+            (Schedule::HARD_ONESHOT, None, 0, false)
+        );
+        let every = Schedule::of(mono, 1_000, true);
+        assert_eq!((every.period_ns(), every.deferred(), every.clock()), (1_000, true, None));
+        assert_eq!(Schedule::new(u64::MAX, false).period_ns(), (1 << 62) - 1, "a huge period saturates");
+        assert_eq!(Schedule::new(u64::MAX, false).clock(), None, "and is no clock");
         let wall = ClockDeadline::Realtime(WallTime::from_nanos(1_936_778_400_123_456_789));
         let boot = ClockDeadline::Boottime(BootInstant::from_nanos(42));
         for at in [wall, boot] {
-            assert_eq!(Schedule::new(at, 7).clock(), Some(at));
-            assert_eq!(Schedule::new(at, 7).period_ns(), 0, "a timer on a clock runs once");
+            let s = Schedule::of(at, 7, true);
+            assert_eq!(s.clock(), Some(at));
+            assert_eq!((s.period_ns(), s.deferred()), (0, false), "a timer on a clock runs once, hard");
         }
         let far = ClockDeadline::Realtime(WallTime::from_nanos(u64::MAX));
         let held = ClockDeadline::Realtime(WallTime::from_nanos((1 << 62) - 1));
-        assert_eq!(Schedule::new(far, 0).clock(), Some(held));
+        assert_eq!(Schedule::of(far, 0, false).clock(), Some(held));
         assert_eq!(core::mem::size_of::<Payload>(), 40, "the payload's size is on the timer path");
     }
 }

@@ -642,6 +642,67 @@ impl<T> CpuTick<T> {
         self.queue.complete(id, again)
     }
 
+    /// Hands a timer just popped by this expiry ([`pop_expired`](Self::pop_expired)) to this
+    /// CPU's deferred list instead of running its callback here: it waits, in the order popped,
+    /// for [`take_deferred`](Self::take_deferred) (the deferred run, outside the interrupt).
+    /// Never allocates, never full (see [`TimerQueue::defer`](crate::hrtimer::TimerQueue::defer));
+    /// a timer cancelled since its pop is refused, its payload handed back.
+    #[inline]
+    pub fn defer(&mut self, expired: Expired<T>) -> Result<(), T> {
+        self.queue.defer(expired)
+    }
+
+    /// [`pop_expired`](Self::pop_expired), handing each due timer whose payload `defer` picks
+    /// to the deferred list on the way (as [`defer`](Self::defer) does), counted
+    /// ([`take_deferred_popped`](Self::take_deferred_popped)) and in this pass's budget: the
+    /// expiry's pop, one call of `defer` per timer.
+    #[inline(always)]
+    pub fn pop_expired_or_defer(&mut self, now_ns: u64, defer: impl Fn(&T) -> bool) -> Option<Expired<T>> {
+        self.queue.pop_expired_or_defer(now_ns, &mut self.pass_budget, defer)
+    }
+
+    /// How many timers [`pop_expired_or_defer`](Self::pop_expired_or_defer) deferred since the
+    /// last call.
+    #[inline]
+    pub fn take_deferred_popped(&mut self) -> u32 {
+        self.queue.take_deferred_popped()
+    }
+
+    /// The first timer waiting in the deferred list, running from now until
+    /// [`complete_deferred`](Self::complete_deferred); `None` when none waits.
+    #[inline]
+    pub fn take_deferred(&mut self) -> Option<Expired<T>> {
+        self.queue.take_deferred()
+    }
+
+    /// Timers waiting in the deferred list.
+    #[inline]
+    pub fn deferred_waiting(&self) -> usize {
+        self.queue.deferred_len()
+    }
+
+    /// The most timers that waited in the deferred list at once, since this tick was made.
+    pub fn max_deferred_waiting(&self) -> usize {
+        self.queue.deferred_max()
+    }
+
+    /// Ends a deferred timer's run (outside any expiry): [`complete`](Self::complete), and
+    /// when it is pending again (a periodic timer), the device is programmed for it if it is
+    /// now the earliest (no expiry will do it: the interrupt that popped it ended long ago).
+    pub fn complete_deferred(
+        &mut self,
+        id: TimerId,
+        again: Option<(u64, T)>,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+    ) -> Result<bool, T> {
+        let rearmed = self.queue.complete(id, again)?;
+        if rearmed {
+            self.reprogram(now_ns, bc);
+        }
+        Ok(rearmed)
+    }
+
     /// Ends the expiry: programs the device (or hands the broadcast) the next deadline, only
     /// if it changed.
     pub fn end_expiry(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
@@ -699,8 +760,10 @@ impl<T> CpuTick<T> {
     /// unarmed: free for the registry to hand out again), serves nothing from now on, refuses
     /// arms ([`ArmError::CpuNotOnline`]) and ignores assignments still in flight. Returns its
     /// pending timers in the order they would have run (deadline, then arming order), for
-    /// another CPU to [`adopt`](Self::adopt); a timer popped but not completed (only possible
-    /// when called from a callback, which it must not be) is not among them.
+    /// another CPU to [`adopt`](Self::adopt), the timers waiting in the deferred list first
+    /// (due already: they run, deferred, on the CPU that adopts them); a timer popped but not
+    /// completed (only possible when called from a callback, which it must not be) is not
+    /// among them.
     pub fn go_offline(&mut self, bc: &Mutex<Broadcast>) -> alloc::vec::Vec<Migrating<T>> {
         debug_assert!(!self.expiring, "a CPU goes offline outside its expiry");
         self.offline = true;
@@ -716,7 +779,11 @@ impl<T> CpuTick<T> {
         }
         self.service = Service::None;
         self.next_event_ns = u64::MAX;
-        let mut timers = alloc::vec::Vec::with_capacity(self.queue.len());
+        let mut timers = alloc::vec::Vec::with_capacity(self.queue.deferred_len() + self.queue.len());
+        while let Some(e) = self.queue.take_deferred() {
+            let _ = self.queue.complete(e.id, None);
+            timers.push(Migrating { id: e.id, deadline_ns: e.deadline_ns, payload: e.payload });
+        }
         while let Some(e) = self.queue.pop_expired(u64::MAX) {
             let _ = self.queue.complete(e.id, None);
             timers.push(Migrating { id: e.id, deadline_ns: e.deadline_ns, payload: e.payload });

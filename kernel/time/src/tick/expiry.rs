@@ -13,6 +13,20 @@
 //! (a hang): the device is programmed no earlier than the interrupt's own duration from now,
 //! at most [`MAX_HANG_DELAY_NS`], so the CPU leaves its interrupt and the due timers run then,
 //! late but never lost. Otherwise the next event is programmed once, from the fresh read.
+//!
+//! **Deferred timers** (Linux's `HRTIMER_MODE_SOFT`): a timer whose payload asks for it
+//! ([`ExpiryContext::is_deferred`]) is popped by the expiry as any other, never early, but its
+//! callback does not run here: it is handed to the CPU's deferred list
+//! ([`CpuTick::pop_expired_or_defer`]), the expiry counts it ([`Expiry::deferred`]) and the
+//! platform has the CPU's deferred run ([`run_deferred`]) come soon, outside the interrupt
+//! (the kernel: at the exit of its outermost interrupt, after the EOI, with interrupts
+//! enabled). That run takes the waiting timers in the order they were popped, runs each
+//! callback and completes it in the queue (a cancel during the callback answers running and
+//! stops a periodic re-arm; a periodic timer is re-armed on its grid after its callback,
+//! once). It is bounded as a pass is: it takes at most the timers waiting when it began, and
+//! says whether others are left ([`DeferredRun::left`]) for the platform to run again soon. A cancel while a timer waits
+//! answers pending and it never runs ([`crate::hrtimer::TimerQueue::defer`]); the list lives in
+//! the queue's slots, so it is never full and allocates nothing.
 
 use super::{CpuTick, DeviceFailure, DeviceId};
 use crate::broadcast::Broadcast;
@@ -76,7 +90,9 @@ pub trait ExpiryContext {
     /// The clock a payload's timer was armed on and its deadline there, for a timer not on
     /// MONOTONIC (none by default: every timer is on MONOTONIC). Such a timer is asked again
     /// whether its clock has reached its deadline when it falls due ([`offsets`](Self::offsets)
-    /// fresh), and queued again if not (its clock was stepped back), never run early.
+    /// fresh), and queued again if not (its clock was stepped back), never run early. Only hard
+    /// timers are asked: a timer [`is_deferred`](Self::is_deferred) goes to the deferred list
+    /// unasked, so keep timers on REALTIME and BOOTTIME hard (the kernel's are).
     #[inline]
     fn clock_deadline(&self, payload: &Self::Payload) -> Option<ClockDeadline> {
         let _ = payload;
@@ -94,6 +110,14 @@ pub trait ExpiryContext {
     #[inline]
     fn handles_of(&self, cpu: usize) -> Option<&Handles<Self::Payload>> {
         self.handles().filter(|h| h.cpu() == cpu)
+    }
+    /// Whether a payload asks for its callback to run deferred, outside the hard interrupt
+    /// (see the module's documentation); false by default. Asked of every timer popped: one
+    /// load and a branch.
+    #[inline(always)]
+    fn is_deferred(&self, payload: &Self::Payload) -> bool {
+        let _ = payload;
+        false
     }
     /// A point of the path reached (no-op by default).
     #[inline]
@@ -116,6 +140,9 @@ pub struct Hang {
 pub struct Expiry {
     /// Callbacks run.
     pub callbacks: u32,
+    /// Timers popped and handed to the CPU's deferred list instead of run here: the platform
+    /// has [`run_deferred`] come soon when this is not 0.
+    pub deferred: u32,
     /// Passes run (at least 1).
     pub passes: u32,
     /// Set when the expiry could not catch up (see the module's documentation).
@@ -170,13 +197,14 @@ struct Pass {
     now_ns: u64,
     passes: u32,
     callbacks: u32,
+    deferred: u32,
     hang: Option<Hang>,
 }
 
 impl Pass {
     #[inline]
     fn new(now_ns: u64) -> Pass {
-        Pass { entry_ns: now_ns, now_ns, passes: 1, callbacks: 0, hang: None }
+        Pass { entry_ns: now_ns, now_ns, passes: 1, callbacks: 0, deferred: 0, hang: None }
     }
 }
 
@@ -199,7 +227,8 @@ fn next_step<C: ExpiryContext>(
     pass: &mut Pass,
 ) -> Step<C::Payload> {
     loop {
-        if let Some(expired) = t.pop_expired(pass.now_ns) {
+        // Deferred timers go to the CPU's deferred list on the way (their flag read in place).
+        if let Some(expired) = t.pop_expired_or_defer(pass.now_ns, |p| cx.is_deferred(p)) {
             match cx.clock_deadline(&expired.payload) {
                 None => return Step::Run(expired),
                 Some(at) => match not_yet(cx, t, expired, at, pass.now_ns) {
@@ -224,6 +253,7 @@ fn next_step<C: ExpiryContext>(
             t.end_expiry(now_ns, bc);
         }
         cx.trace(ExpiryPoint::Reprogrammed);
+        pass.deferred = t.take_deferred_popped();
         return Step::Done(t.take_failure());
     }
 }
@@ -314,8 +344,242 @@ fn expire<C: ExpiryContext>(cx: &C, pass: &mut Pass, mut step: Step<C::Payload>)
                 };
             }
             Step::Done(failure) => {
-                return Expiry { callbacks: pass.callbacks, passes: pass.passes, hang: pass.hang, failure };
+                return Expiry {
+                    callbacks: pass.callbacks,
+                    deferred: pass.deferred,
+                    passes: pass.passes,
+                    hang: pass.hang,
+                    failure,
+                };
             }
         }
+    }
+}
+
+/// What a deferred run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeferredRun {
+    /// Deferred callbacks run.
+    pub callbacks: u32,
+    /// Timers taken but not run: cancelled through their handle while they waited.
+    pub cancelled: u32,
+    /// Timers still waiting (deferred by interrupts during this run): the platform runs the
+    /// deferred list again soon.
+    pub left: bool,
+    /// Completing a periodic timer reprogrammed the device, which gave up: the platform
+    /// reports it to the registry, as after an expiry.
+    pub failure: Option<DeviceFailure>,
+}
+
+/// The CPU's deferred run (on its CPU, outside any expiry and any interrupt handler, never
+/// nested in another run of its own: the platform keeps one run at a time per CPU): takes the
+/// timers waiting in its deferred list, at most as many as were waiting when it began, in the
+/// order they were popped; runs each callback outside the guard (a handle's only if no cancel
+/// came first), with the clock read just before it as `now_ns`, and completes it in the queue
+/// (a periodic timer re-armed on its grid, the device programmed for it). Payloads are dropped
+/// outside the guard.
+pub fn run_deferred<C: ExpiryContext>(cx: &C) -> DeferredRun {
+    let mut run = DeferredRun::default();
+    let budget = cx.with_tick(|t, _| t.deferred_waiting()).unwrap_or(0);
+    for _ in 0..budget {
+        let Some(expired) = cx.with_tick(|t, _| t.take_deferred()).flatten() else { break };
+        let id = expired.id;
+        let mut pass = Pass::new(cx.now_ns());
+        let again = if cx.has_handle(&expired.payload) {
+            run_handle(cx, expired, &mut pass)
+        } else {
+            pass.callbacks += 1;
+            cx.run(expired, pass.now_ns)
+        };
+        if pass.callbacks == 0 {
+            run.cancelled += 1;
+        }
+        run.callbacks += pass.callbacks;
+        let refused = cx.with_tick(|t, bc| {
+            let refused = t.complete_deferred(id, again, cx.now_ns(), bc).err();
+            run.failure = run.failure.or(t.take_failure());
+            refused
+        });
+        // A refused re-arm's payload (cancelled during its callback) is dropped after the guard.
+        drop(refused);
+    }
+    run.left = cx.with_tick(|t, _| t.deferred_waiting() > 0).unwrap_or(false);
+    run
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::remote::harness::{DEFERRED, Owner};
+    use crate::remote::{Cancelled, Handles};
+    use core::sync::atomic::Ordering;
+    use std::vec;
+    use std::vec::Vec;
+
+    const SOFT: u64 = DEFERRED | 1;
+    const HARD: u64 = 2;
+
+    /// The owner's expiry at `now` (after draining its inbox), as its device's interrupt.
+    fn interrupt(cpu1: &Owner, now: u64) -> Expiry {
+        cpu1.clock.store(now, Ordering::Relaxed);
+        crate::remote::drain(cpu1, &cpu1.inbox, |m| panic!("no other messages here: {m:?}"))
+            .expect("not nested");
+        match wakeup(cpu1, now) {
+            Outcome::Expired(e) => e,
+            other => panic!("no expiry: {other:?}"),
+        }
+    }
+
+    fn deferred_run(cpu1: &Owner, now: u64) -> DeferredRun {
+        cpu1.clock.store(now, Ordering::Relaxed);
+        run_deferred(cpu1)
+    }
+
+    #[test]
+    fn a_deferred_timer_is_popped_never_early_and_runs_only_in_the_deferred_run_once() {
+        let cpu1 = Owner::new(8, 8);
+        let id = cpu1.post(1_000, SOFT, 0).ok().unwrap();
+        assert_eq!(interrupt(&cpu1, 999).deferred, 0, "never early");
+        let e = interrupt(&cpu1, 1_000);
+        assert_eq!((e.deferred, e.callbacks), (1, 0), "popped and handed over, not run in the interrupt");
+        assert!(cpu1.tags_ran().is_empty());
+        assert_eq!(cpu1.tick.lock().deferred_waiting(), 1);
+        let run = deferred_run(&cpu1, 1_200);
+        assert_eq!(run, DeferredRun { callbacks: 1, ..DeferredRun::default() });
+        assert_eq!(*cpu1.ran.lock().unwrap(), vec![(SOFT, 1_000, 1_200)], "once, its now the deferred run's");
+        assert_eq!(deferred_run(&cpu1, 1_300), DeferredRun::default(), "nothing left");
+        assert_eq!(interrupt(&cpu1, 5_000).deferred, 0);
+        assert_eq!(cpu1.tags_ran(), vec![SOFT], "once");
+        assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Inactive));
+        assert_eq!(cpu1.handles.in_use(), 0);
+    }
+
+    #[test]
+    fn a_hard_timer_due_during_a_long_deferred_callback_runs_inside_it_never_early() {
+        let cpu1 = Owner::new(8, 8);
+        cpu1.post(1_000, SOFT, 0).ok().unwrap();
+        cpu1.post(1_100, HARD, 0).ok().unwrap();
+        assert_eq!(interrupt(&cpu1, 1_000).deferred, 1);
+        // The deferred callback runs long: the hard timer's interrupt comes in the middle.
+        *cpu1.interrupt_during_deferred.lock().unwrap() = Some(1_100);
+        assert_eq!(deferred_run(&cpu1, 1_000).callbacks, 1);
+        assert_eq!(*cpu1.ran.lock().unwrap(), vec![(SOFT, 1_000, 1_000), (HARD, 1_100, 1_100)]);
+        assert_eq!(
+            *cpu1.ran_during.lock().unwrap(),
+            vec![(SOFT, vec![]), (HARD, vec![SOFT])],
+            "the hard callback ran while the deferred one was running"
+        );
+        assert_eq!(cpu1.handles.in_use(), 0);
+    }
+
+    #[test]
+    fn a_cancel_while_it_waits_answers_pending_and_it_never_runs() {
+        // Reclaimed by its cancel message before the deferred run, or found cancelled by it.
+        for message in [true, false] {
+            let cpu1 = Owner::new(8, 8);
+            let id = cpu1.post(1_000, SOFT, 0).ok().unwrap();
+            interrupt(&cpu1, 1_000);
+            assert_eq!(
+                cpu1.handles.cancel(id),
+                Ok(Cancelled::Pending),
+                "it has not run: pending, truthfully"
+            );
+            if message {
+                cpu1.inbox.try_send(Handles::<crate::remote::harness::Pay>::cancel_message(id)).unwrap();
+                cpu1.turn(1_001);
+                assert_eq!(cpu1.tick.lock().deferred_waiting(), 0, "taken out of the list");
+                assert_eq!(deferred_run(&cpu1, 1_002), DeferredRun::default());
+            } else {
+                assert_eq!(
+                    deferred_run(&cpu1, 1_002),
+                    DeferredRun { cancelled: 1, ..DeferredRun::default() }
+                );
+            }
+            assert!(cpu1.tags_ran().is_empty(), "a cancel answered pending: it never runs");
+            assert_eq!(cpu1.handles.cancel(id), Ok(Cancelled::Inactive));
+            assert_eq!(cpu1.handles.in_use(), 0);
+        }
+        // A timer of the queue itself, cancelled on its CPU while it waits.
+        let cpu1 = Owner::new(8, 8);
+        let id = {
+            let pay = crate::remote::harness::Pay { tag: SOFT, period_ns: 0, handle: None };
+            let mut t = cpu1.tick.lock();
+            t.arm(1_000, pay, 0, &cpu1.bc).ok().unwrap()
+        };
+        interrupt(&cpu1, 1_000);
+        let cancelled = cpu1.tick.lock().cancel(id);
+        assert!(matches!(cancelled, Ok(crate::hrtimer::Cancel::Cancelled(_))), "pending, its payload back");
+        assert_eq!(deferred_run(&cpu1, 1_002), DeferredRun::default());
+        assert!(cpu1.tags_ran().is_empty());
+    }
+
+    #[test]
+    fn a_cancel_during_the_deferred_callback_answers_running_and_stops_a_periodic_rearm() {
+        let cpu1 = Owner::new(8, 8);
+        let id = cpu1.post(1_000, SOFT, 1_000).ok().unwrap();
+        interrupt(&cpu1, 1_000);
+        *cpu1.during_run.lock().unwrap() = Some(id);
+        assert_eq!(deferred_run(&cpu1, 1_000).callbacks, 1);
+        assert_eq!(*cpu1.cancels_during_run.lock().unwrap(), vec![Ok(Cancelled::Running)]);
+        assert_eq!(interrupt(&cpu1, 10_000).deferred, 0, "not re-armed");
+        assert_eq!(cpu1.tags_ran(), vec![SOFT]);
+        assert_eq!(cpu1.handles.in_use(), 0);
+        assert_eq!(cpu1.tick.lock().pending(), 0);
+    }
+
+    #[test]
+    fn a_periodic_deferred_timer_is_rearmed_on_its_grid_after_each_callback_once() {
+        let cpu1 = Owner::new(8, 8);
+        cpu1.post(1_000, SOFT, 1_000).ok().unwrap();
+        interrupt(&cpu1, 1_000);
+        assert_eq!(
+            cpu1.tick.lock().pending(),
+            0,
+            "waiting, not pending: nothing re-armed before its callback"
+        );
+        // The deferred run comes late, past the next grid point: the one after now.
+        assert_eq!(deferred_run(&cpu1, 2_500).callbacks, 1);
+        assert_eq!(cpu1.tick.lock().pending(), 1, "re-armed once");
+        assert_eq!(cpu1.tick.lock().next_event_ns(), 3_000, "on its grid, the device programmed for it");
+        assert_eq!(interrupt(&cpu1, 2_999).deferred, 0, "never early");
+        assert_eq!(interrupt(&cpu1, 3_000).deferred, 1);
+        assert_eq!(deferred_run(&cpu1, 3_000).callbacks, 1);
+        let ran: Vec<(u64, u64)> = cpu1.ran.lock().unwrap().iter().map(|r| (r.1, r.2)).collect();
+        assert_eq!(ran, vec![(1_000, 2_500), (3_000, 3_000)]);
+    }
+
+    #[test]
+    fn a_deferred_run_takes_only_the_timers_waiting_when_it_began() {
+        let cpu1 = Owner::new(8, 8);
+        cpu1.post(1_000, SOFT, 0).ok().unwrap();
+        cpu1.post(1_500, DEFERRED | 2, 0).ok().unwrap();
+        interrupt(&cpu1, 1_000);
+        // An interrupt during the first callback defers the second: left for the next run.
+        *cpu1.interrupt_during_deferred.lock().unwrap() = Some(1_500);
+        let run = deferred_run(&cpu1, 1_000);
+        assert_eq!((run.callbacks, run.left), (1, true));
+        assert_eq!(cpu1.tick.lock().max_deferred_waiting(), 1);
+        assert_eq!(deferred_run(&cpu1, 1_600), DeferredRun { callbacks: 1, ..DeferredRun::default() });
+        assert_eq!(cpu1.tags_ran(), vec![SOFT, DEFERRED | 2]);
+    }
+
+    #[test]
+    fn waiting_timers_leave_with_a_cpu_going_offline_first_and_none_is_lost() {
+        let cpu1 = Owner::new(8, 8);
+        let (hard, soft) = {
+            let mut t = cpu1.tick.lock();
+            let pay = |tag| crate::remote::harness::Pay { tag, period_ns: 0, handle: None };
+            (
+                t.arm(5_000, pay(HARD), 0, &cpu1.bc).ok().unwrap(),
+                t.arm(1_000, pay(SOFT), 0, &cpu1.bc).ok().unwrap(),
+            )
+        };
+        interrupt(&cpu1, 1_000);
+        assert_eq!(cpu1.tick.lock().deferred_waiting(), 1);
+        let timers = cpu1.tick.lock().go_offline(&cpu1.bc);
+        let left: Vec<_> = timers.iter().map(|m| (m.id, m.deadline_ns, m.payload.tag)).collect();
+        assert_eq!(left, vec![(soft, 1_000, SOFT), (hard, 5_000, HARD)], "the waiting one first");
+        assert_eq!(cpu1.tick.lock().deferred_waiting(), 0);
+        assert!(cpu1.tags_ran().is_empty());
     }
 }

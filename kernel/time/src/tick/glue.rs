@@ -14,7 +14,7 @@
 //! here runs on the CPU `p` stands for, with no guard of its tick held by the caller.
 
 use super::deliver::DeliveryContext;
-use super::expiry::{self, Expiry, ExpiryContext, Hang, Outcome};
+use super::expiry::{self, DeferredRun, Expiry, ExpiryContext, Hang, Outcome};
 use super::{
     ArmError, Assignment, Changes, DeepIdleRefused, DeviceFailure, DeviceId, Handover, Migrating, Moved,
     Refused, Registry,
@@ -74,6 +74,11 @@ pub trait Platform: ExpiryContext + Sized {
     fn registry(&self) -> Option<&spin::Mutex<Registry>> {
         None
     }
+    /// An expiry on this CPU handed timers to its deferred list: the platform has this CPU
+    /// call [`run_deferred`] soon, outside the interrupt and after it (a kernel: at the exit
+    /// of its outermost interrupt, with interrupts enabled). No-op by default: the platform
+    /// then calls [`run_deferred`] when it likes. Called from interrupt context, on this CPU.
+    fn deferred_waiting(&self) {}
     /// An expiry on this CPU could not catch up (logged by a kernel; no-op by default).
     fn hang(&self, expiry: &Expiry, hang: Hang) {
         let _ = (expiry, hang);
@@ -301,12 +306,28 @@ impl<P: Platform> DeliveryContext for OnPlatform<'_, P> {
 /// taken out. Called after every expiry ([`wakeup`] does it itself).
 #[inline]
 pub fn expiry_done<P: Platform>(p: &P, e: Expiry) {
+    if e.deferred != 0 {
+        p.deferred_waiting();
+    }
     if let Some(hang) = e.hang {
         p.hang(&e, hang);
     }
     if let Some(failure) = e.failure {
         p.take_out(failure);
     }
+}
+
+/// This CPU's deferred run ([`expiry::run_deferred`]: the timers waiting in its deferred list
+/// run, outside any interrupt handler); a device that gave up when a periodic timer was
+/// re-armed is taken out, and timers still waiting are announced again
+/// ([`Platform::deferred_waiting`]).
+pub fn run_deferred<P: Platform>(p: &P) -> DeferredRun {
+    let run = expiry::run_deferred(p);
+    report(p, run.failure);
+    if run.left {
+        p.deferred_waiting();
+    }
+    run
 }
 
 /// What a device interrupt came to.

@@ -110,6 +110,9 @@ struct SimTimer {
     behaviour: Behaviour,
     /// Armed on REALTIME or BOOTTIME: its deadline there (`deadline` is where it was queued).
     clock: Option<ClockDeadline>,
+    /// Its callback runs deferred: after the interrupt that popped it (the simulator runs the
+    /// CPU's deferred run on the way out of each interrupt).
+    deferred: bool,
 }
 
 /// The simulator's side of one CPU's expiry: the crate's expiry loop runs on it as on the
@@ -129,6 +132,8 @@ struct SimCpu<'a> {
     /// Devices it reports as failed, taken out by the simulator when it returns.
     failures: RefCell<Vec<DeviceFailure>>,
     hangs: RefCell<&'a mut Vec<(usize, Hang)>>,
+    /// CPUs whose deferred run was asked for (`Platform::deferred_waiting`).
+    deferred_raised: RefCell<&'a mut CpuSet>,
 }
 
 impl Platform for SimCpu<'_> {
@@ -156,6 +161,9 @@ impl Platform for SimCpu<'_> {
     fn hang(&self, _expiry: &Expiry, hang: Hang) {
         self.hangs.borrow_mut().push((self.cpu, hang));
     }
+    fn deferred_waiting(&self) {
+        self.deferred_raised.borrow_mut().insert(self.cpu);
+    }
 }
 
 impl ExpiryContext for SimCpu<'_> {
@@ -173,6 +181,9 @@ impl ExpiryContext for SimCpu<'_> {
     }
     fn offsets(&self) -> Offsets {
         *self.world.offsets.lock()
+    }
+    fn is_deferred(&self, payload: &u32) -> bool {
+        self.timers.borrow().get(payload).is_some_and(|t| t.deferred)
     }
     fn run(&self, e: Expired<u32>, now_ns: u64) -> Option<(u64, u32)> {
         let now = self.now_ns();
@@ -250,6 +261,12 @@ struct Sim {
     next_timer: u32,
     /// CPUs whose idle loop sleeps deeply: after every interrupt they go back to deep idle.
     deep_sleepers: CpuSet,
+    /// CPUs whose deferred run is due (on the way out of their interrupt), and whether the
+    /// simulator holds those runs back (a test's window with timers waiting in the list).
+    deferred_raised: CpuSet,
+    hold_deferred: bool,
+    /// Deferred callbacks run.
+    deferred_ran: u32,
 }
 
 const LAPIC: u32 = 100;
@@ -280,6 +297,9 @@ impl Sim {
             inbox: VecDeque::new(),
             next_timer: 0,
             deep_sleepers: CpuSet::EMPTY,
+            deferred_raised: CpuSet::EMPTY,
+            hold_deferred: false,
+            deferred_ran: 0,
         };
         for c in 0..cpus {
             let changes = s.registry.cpu_online(c);
@@ -371,7 +391,15 @@ impl Sim {
         let id = self.on(cpu, |t, now, bc| t.arm(deadline, n, now, bc)).expect("armed");
         self.timers.insert(
             n,
-            SimTimer { cpu, deadline, period, fired: vec![], behaviour: Behaviour::Plain, clock: None },
+            SimTimer {
+                cpu,
+                deadline,
+                period,
+                fired: vec![],
+                behaviour: Behaviour::Plain,
+                clock: None,
+                deferred: false,
+            },
         );
         self.ids.insert(n, id);
         let changes = self.take_failures();
@@ -394,6 +422,7 @@ impl Sim {
             fired: vec![],
             behaviour: Behaviour::Plain,
             clock: Some(at),
+            deferred: false,
         };
         self.timers.insert(n, timer);
         self.ids.insert(n, id);
@@ -409,6 +438,13 @@ impl Sim {
     }
     fn arm(&mut self, cpu: usize, deadline: u64) -> (u32, TimerId) {
         self.arm_periodic(cpu, deadline, 0)
+    }
+    /// Arms a deferred timer (see [`SimTimer::deferred`]; the expiry reads the flag when it
+    /// pops the timer).
+    fn arm_deferred(&mut self, cpu: usize, deadline: u64, period: u64) -> (u32, TimerId) {
+        let (n, id) = self.arm_periodic(cpu, deadline, period);
+        self.timers.get_mut(&n).expect("just armed").deferred = true;
+        (n, id)
     }
     /// Gives timer `n`'s callback a behaviour.
     fn behave(&mut self, n: u32, behaviour: Behaviour) {
@@ -427,6 +463,7 @@ impl Sim {
                 fired: vec![],
                 behaviour: Behaviour::Plain,
                 clock: None,
+                deferred: false,
             },
         );
         self.inbox.push_back((target, Message::Arm { deadline, n }));
@@ -470,6 +507,7 @@ impl Sim {
             inbox: RefCell::new(&mut self.inbox),
             failures: RefCell::new(Vec::new()),
             hangs: RefCell::new(&mut self.hangs),
+            deferred_raised: RefCell::new(&mut self.deferred_raised),
         };
         let r = f(&cx);
         let failures = cx.failures.into_inner();
@@ -494,7 +532,21 @@ impl Sim {
         let now = self.now();
         let outcome = self.as_cpu(cpu, |cx| glue::wakeup(cx, now));
         self.record(outcome);
+        self.interrupt_exit(cpu);
         self.idle(cpu);
+    }
+    /// `cpu` leaves its interrupt (after its EOI, in a kernel): its deferred run, if one was
+    /// asked for, again while it leaves timers waiting (at most 10 runs, as the kernel's
+    /// deferred work's passes; the rest waits for its next interrupt).
+    fn interrupt_exit(&mut self, cpu: usize) {
+        for _ in 0..10 {
+            if self.hold_deferred || !self.deferred_raised.contains(cpu) {
+                return;
+            }
+            self.deferred_raised.remove(cpu);
+            let run = self.as_cpu(cpu, |cx| glue::run_deferred(cx));
+            self.deferred_ran += run.callbacks;
+        }
     }
     /// `cpu` returns from an interrupt to its idle loop: a deep sleeper wakes (leaves the
     /// broadcast) and goes back to deep idle (hands over again).
@@ -521,6 +573,7 @@ impl Sim {
         if let glue::DeviceEvent::Local(outcome) = event {
             self.record(outcome);
         }
+        self.interrupt_exit(cpu);
         if event != glue::DeviceEvent::Local(Outcome::NotOurs) {
             self.idle(cpu);
         }
@@ -1723,4 +1776,58 @@ fn timers_on_realtime_and_boottime_follow_steps_never_early_on_their_clock() {
     for (n, t) in &s.timers {
         assert_eq!(t.fired.len(), 1, "timer {n} ran {} times", t.fired.len());
     }
+}
+
+#[test]
+fn deferred_timers_run_on_their_cpu_after_the_hard_callbacks_of_their_interrupt_once_never_early() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic0", LAPIC, 0);
+    s.per_cpu("lapic1", LAPIC, 1);
+    let t0 = s.now();
+    let (soft1, _) = s.arm_deferred(1, t0 + 3_000_000, 0);
+    let (periodic, periodic_id) = s.arm_deferred(1, t0 + 1_000_000, 1_000_000);
+    s.run_until(t0 + 9_500_000);
+    assert_eq!(s.fired(soft1), [t0 + 3_000_000]);
+    let grid: Vec<u64> = (1..=9).map(|k| t0 + k * 1_000_000).collect();
+    assert_eq!(s.fired(periodic), grid, "on its grid, once per period");
+    assert!(matches!(s.cancel(1, periodic_id), Cancel::Cancelled(_)), "pending again after its run");
+    s.timers.remove(&periodic);
+    // Armed first, same deadline as the hard one: popped first, run after it all the same.
+    let (soft, _) = s.arm_deferred(0, t0 + 10_000_000, 0);
+    let (hard, _) = s.arm(0, t0 + 10_000_000);
+    s.behave(hard, Behaviour::Takes(1_000_000));
+    s.run_until(t0 + 20_000_000);
+    assert_eq!(s.fired(hard), [t0 + 10_000_000]);
+    assert_eq!(
+        s.fired(soft),
+        [t0 + 11_000_000],
+        "after the hard callback of its interrupt (which took 1 ms)"
+    );
+    assert_eq!(s.deferred_ran, 11);
+    assert!(s.cpus.iter().all(|t| t.deferred_waiting() == 0));
+    s.assert_all_fired_once_never_early();
+}
+
+#[test]
+fn a_cpu_going_offline_hands_its_waiting_deferred_timers_over_and_each_runs_once_there() {
+    let mut s = Sim::new(TickMode::Oneshot, 2);
+    s.per_cpu("lapic0", LAPIC, 0);
+    s.per_cpu("lapic1", LAPIC, 1);
+    let t0 = s.now();
+    let (soft, _) = s.arm_deferred(1, t0 + 1_000_000, 0);
+    let (later, _) = s.arm(1, t0 + 9_000_000);
+    // CPU 1's interrupt pops it; it goes offline before its deferred run.
+    s.hold_deferred = true;
+    s.run_until(t0 + 1_000_000);
+    assert_eq!(s.cpus[1].deferred_waiting(), 1);
+    assert!(s.fired(soft).is_empty());
+    s.hold_deferred = false;
+    s.deferred_raised = CpuSet::EMPTY;
+    s.offline(1, 0);
+    assert_eq!(s.cpus[1].deferred_waiting(), 0);
+    s.run_until(t0 + 10_000_000);
+    assert_eq!(s.fired(soft).len(), 1, "run once, on CPU 0 (the simulator checks the CPU)");
+    assert_eq!(s.fired(later), [t0 + 9_000_000]);
+    assert_eq!(s.deferred_ran, 1);
+    s.assert_all_fired_once_never_early();
 }
