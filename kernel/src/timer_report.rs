@@ -19,8 +19,8 @@ use serde::Serialize;
 /// deferred work (each CPU's `deferred_runs`, `housekeeping`, `take_outs`); 9: each CPU's
 /// `interrupt_allocations` and `interrupt_frees`; 10: `handler_to_callback_ns` (the time
 /// layer's own part of each event's path), `workload_cpus` and `clocks` (the RTC and the
-/// wall clock).
-pub const SCHEMA_VERSION: u32 = 10;
+/// wall clock); 11: `timer_slack_ns` (each CPU's default timer slack).
+pub const SCHEMA_VERSION: u32 = 11;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -68,6 +68,9 @@ pub struct TimerReport {
     pub clockevents_rule: String,
     /// `oneshot` (tickless) or `periodic`.
     pub tick_mode: String,
+    /// Each CPU's default timer slack in ns (`timer_slack_ns=`; schema 11): how long after its
+    /// deadline a timer armed without a slack of its own may run.
+    pub timer_slack_ns: u64,
     /// One per online CPU: what interrupts it for its timers.
     pub tick_devices: Vec<TickDeviceReport>,
     /// Name of the broadcast device (`null` when there is none).
@@ -499,10 +502,16 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":10,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":11,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));
+    }
+
+    #[test]
+    fn the_default_timer_slack_follows_the_tick_mode() {
+        let r = TimerReport { tick_mode: "oneshot".into(), timer_slack_ns: 50_000, ..TimerReport::default() };
+        assert!(r.to_line().contains("\"tick_mode\":\"oneshot\",\"timer_slack_ns\":50000,"));
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! handle that cancels on drop, and `sleep_ns`.
 //!
 //! Callbacks run in interrupt context (interrupts disabled) on the CPU the timer was armed
-//! on, never before their deadline. `arm_at`/`cancel` on the calling CPU touch only its own
+//! on, never before their deadline. A timer may carry slack (`arm_at_range`,
+//! [`Timer::at_range`]): it runs anywhere in `[deadline, deadline + slack]` (plus the path's
+//! own latency), so timers whose ranges overlap share one interrupt; one armed without slack
+//! gets its CPU's default ([`default_slack_ns`], `timer_slack_ns=`, 0 unless asked). `arm_at`/`cancel` on the calling CPU touch only its own
 //! tick and allocate nothing for a plain function callback. A [`Timer`] (any CPU, from any
 //! CPU) goes through its CPU's handles and inbox (`kernel_time::remote`): the arm returns its
 //! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
@@ -28,6 +31,8 @@ pub struct TimerEvent {
     pub cpu: usize,
     pub id: TimerId,
     pub deadline_ns: u64,
+    /// The end of its range: `deadline_ns` plus its slack (`deadline_ns` without slack).
+    pub latest_ns: u64,
     /// The clocksource as the interrupt read it (once, on entry).
     pub now_ns: u64,
     pub data: u64,
@@ -99,13 +104,26 @@ fn this_cpu() -> usize {
     percpu::this_cpu().index
 }
 
-/// Arms `payload` at `deadline_ns` on the calling CPU.
-fn arm_here(deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
+/// The calling CPU's default timer slack: what a timer armed here without a slack of its own
+/// gets (`timer_slack_ns=` at boot).
+pub fn default_slack_ns() -> u64 {
+    this_cpu_time().default_slack_ns.load(Ordering::Relaxed)
+}
+
+/// Sets the calling CPU's default timer slack (for timers armed on it from now on).
+pub fn set_default_slack_ns(slack_ns: u64) {
+    this_cpu_time().default_slack_ns.store(slack_ns, Ordering::Relaxed);
+}
+
+/// Arms `payload` at `deadline_ns` on the calling CPU, with `slack_ns` (`None`: this CPU's
+/// default).
+fn arm_here(deadline_ns: u64, slack_ns: Option<u64>, payload: Payload) -> Result<TimerId, ArmError> {
     let cpu = this_cpu();
+    let slack_ns = slack_ns.unwrap_or_else(default_slack_ns);
     let Some(mut tick) = this_cpu_tick() else { return Err(ArmError::NoTickDevice(cpu)) };
     crate::arch::x86_64::trace::arm(deadline_ns, None);
     let bc = registry::broadcast(&tick);
-    let result = tick.arm(deadline_ns, payload, now_ns(), bc);
+    let result = tick.arm_range(deadline_ns, slack_ns, payload, now_ns(), bc);
     let failure = tick.take_failure();
     drop(tick);
     super::cpu::report_failure(failure);
@@ -121,9 +139,18 @@ pub fn reserve(timers: usize) {
     with_tick(|t| t.reserve(timers));
 }
 
-/// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
+/// Arms a timer on the calling CPU at `deadline_ns` of the clocksource, with the CPU's default
+/// slack ([`default_slack_ns`]).
 pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
-    arm_here(deadline_ns, Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None })
+    arm_here(deadline_ns, None, Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None })
+}
+
+/// Arms a timer on the calling CPU that runs anywhere in `[deadline_ns, deadline_ns +
+/// slack_ns]` of the clocksource (plus the path's latency), never before `deadline_ns`; the
+/// CPU's default slack does not apply (0 here means exact).
+pub fn arm_at_range(deadline_ns: u64, slack_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
+    let payload = Payload { callback: Callback::Fn(f), data, period_ns: 0, handle: None };
+    arm_here(deadline_ns, Some(slack_ns), payload)
 }
 
 /// Arms a timer on the calling CPU `delay_ns` from now.
@@ -157,21 +184,23 @@ fn cancel_here(id: TimerId) -> Result<Cancelled, WrongCpu> {
 /// Arms `payload` on CPU `cpu` through its handles, from any CPU and any context (interrupts
 /// are off meanwhile, so the sender's window in the inbox is a few instructions): the handle
 /// comes back at once. On the calling CPU the inbox is drained now (the timer is armed when
-/// this returns); another CPU is woken by an IPI and arms it then.
+/// this returns); another CPU is woken by an IPI and arms it then. `slack_ns` `None`: the
+/// target CPU's default.
 fn post(
     cpu: usize,
-    deadline_ns: u64,
+    (deadline_ns, slack_ns): (u64, Option<u64>),
     callback: Callback,
     data: u64,
     period_ns: u64,
 ) -> Result<TimerId, ArmError> {
     let target = percpu::cpu(cpu).ok_or(ArmError::CpuNotOnline(cpu))?;
     crate::arch::x86_64::trace::arm(deadline_ns, Some(cpu));
+    let slack_ns = slack_ns.unwrap_or_else(|| time_of(target).default_slack_ns.load(Ordering::Relaxed));
     let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Err(ArmError::CpuNotOnline(cpu));
     };
     let posted = x86_64::instructions::interrupts::without_interrupts(|| {
-        handles.post(inbox, deadline_ns, |handle| Payload {
+        handles.post_range(inbox, deadline_ns, slack_ns, |handle| Payload {
             callback,
             data,
             period_ns,
@@ -216,7 +245,7 @@ fn cancel_handle(id: TimerId) -> Cancelled {
 /// Arms a timer on CPU `cpu` from any CPU and any context (a callback included), without
 /// waiting; it cannot be cancelled (use [`Timer::with_fn`] and keep the [`Timer`] for that).
 pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<(), ArmError> {
-    post(cpu, deadline_ns, Callback::Fn(f), data, 0).map(drop)
+    post(cpu, (deadline_ns, None), Callback::Fn(f), data, 0).map(drop)
 }
 
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
@@ -234,7 +263,21 @@ impl Timer {
         deadline: Instant,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
-        Timer::arm(cpu, deadline.as_nanos(), 0, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, (deadline.as_nanos(), None), 0, Callback::Closure(Box::new(callback)))
+    }
+
+    /// A one-shot timer on CPU `cpu` that runs anywhere in `[deadline, deadline + slack]` (plus
+    /// the path's latency), never before `deadline`, so that it can share an interrupt with
+    /// timers whose ranges overlap; the CPU's default slack does not apply. A slack above
+    /// 4.29 s is narrowed to that (it travels in 32 bits).
+    pub fn at_range(
+        cpu: usize,
+        deadline: Instant,
+        slack: Duration,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        let slack_ns = u64::try_from(slack.as_nanos()).unwrap_or(u64::MAX);
+        Timer::arm(cpu, (deadline.as_nanos(), Some(slack_ns)), 0, Callback::Closure(Box::new(callback)))
     }
 
     /// A one-shot timer on CPU `cpu`, `delay` from now.
@@ -258,16 +301,37 @@ impl Timer {
         if period_ns == 0 {
             return Err(ArmError::ZeroPeriod);
         }
-        Timer::arm(cpu, first.as_nanos(), period_ns, Callback::Closure(Box::new(callback)))
+        Timer::arm(cpu, (first.as_nanos(), None), period_ns, Callback::Closure(Box::new(callback)))
     }
 
     /// A timer running a plain function (no allocation).
     pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
-        Ok(Timer { id: post(cpu, deadline.as_nanos(), Callback::Fn(f), data, 0)?, cancel_on_drop: true })
+        Ok(Timer {
+            id: post(cpu, (deadline.as_nanos(), None), Callback::Fn(f), data, 0)?,
+            cancel_on_drop: true,
+        })
     }
 
-    fn arm(cpu: usize, deadline_ns: u64, period_ns: u64, callback: Callback) -> Result<Timer, ArmError> {
-        Ok(Timer { id: post(cpu, deadline_ns, callback, 0, period_ns)?, cancel_on_drop: true })
+    /// A timer running a plain function (no allocation) anywhere in `[deadline, deadline +
+    /// slack_ns]`, as [`at_range`](Self::at_range).
+    pub fn with_fn_range(
+        cpu: usize,
+        deadline: Instant,
+        slack_ns: u64,
+        f: TimerFn,
+        data: u64,
+    ) -> Result<Timer, ArmError> {
+        let id = post(cpu, (deadline.as_nanos(), Some(slack_ns)), Callback::Fn(f), data, 0)?;
+        Ok(Timer { id, cancel_on_drop: true })
+    }
+
+    fn arm(
+        cpu: usize,
+        range: (u64, Option<u64>),
+        period_ns: u64,
+        callback: Callback,
+    ) -> Result<Timer, ArmError> {
+        Ok(Timer { id: post(cpu, range, callback, 0, period_ns)?, cancel_on_drop: true })
     }
 
     pub fn cpu(&self) -> usize {
