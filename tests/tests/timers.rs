@@ -493,10 +493,10 @@ fn timers_with_slack_share_interrupts_never_early_each_once(_: &Kernel) {
     let cpu1_apic_id = percpu::cpu(1).expect("CPU 1 is online").apic_id;
     let first = now_ns() + SLACK_LEAD_NS;
     let mut timers = alloc::vec::Vec::new();
-    for k in 0..SLACK_TIMERS {
+    for (k, slot) in SLACK_STAMPS.iter().enumerate() {
         let deadline_ns = first + k as u64 * SLACK_SPACING_NS;
         let (deadline_ns, stamp) = oracle::arm_stamp(deadline_ns.saturating_sub(now_ns()), cpu1_apic_id);
-        *SLACK_STAMPS[k].lock() = Some(stamp);
+        *slot.lock() = Some(stamp);
         let deadline = Instant::from_nanos(deadline_ns);
         timers.push(
             Timer::with_fn_range(1, deadline, SLACK_NS, slack_timer, k as u64).expect("posted to CPU 1"),
