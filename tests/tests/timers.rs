@@ -467,9 +467,7 @@ fn slack_timer(e: &TimerEvent) {
     {
         SLACK_EARLY_INDEPENDENT.fetch_add(1, Ordering::Relaxed);
     }
-    if e.latest_ns != e.deadline_ns + SLACK_NS
-        || oracle::apic_id_here() != percpu::cpu(1).map_or(0, |c| c.apic_id)
-    {
+    if oracle::apic_id_here() != percpu::cpu(1).map_or(0, |c| c.apic_id) {
         SLACK_WRONG.fetch_add(1, Ordering::Relaxed);
     }
     let events = clockevents::with_tick(|t| t.events()).unwrap_or(0);
@@ -481,7 +479,7 @@ fn slack_timer(e: &TimerEvent) {
 /// apart (63 ms in all), each with 100 ms of slack: every range has begun when the first ends,
 /// so the queue programs one interrupt there and it runs them all. Each runs once, never
 /// before its deadline (on the clock the callback reads, and on a counter that is not the
-/// clocksource's), on CPU 1, with its range; and the device interrupts (or broadcast
+/// clocksource's), on CPU 1 (by its APIC id); and the device interrupts (or broadcast
 /// wake-ups) that ran them, told apart by CPU 1's event count read in each callback, are far
 /// fewer than the timers. A stalled vCPU only makes more of them due at once: it can lower
 /// that count, never raise it. Without the rule (the queue ordered by deadline and the device
@@ -520,7 +518,7 @@ fn timers_with_slack_share_interrupts_never_early_each_once(_: &Kernel) {
         0,
         "a timer with slack ran before its deadline on the other counter"
     );
-    assert_eq!(SLACK_WRONG.load(Ordering::Relaxed), 0, "a timer ran off CPU 1 or without its range");
+    assert_eq!(SLACK_WRONG.load(Ordering::Relaxed), 0, "a timer ran off CPU 1 (by its APIC id)");
     let mut interrupts: alloc::vec::Vec<u64> =
         SLACK_EVENT.iter().map(|e| e.load(Ordering::Relaxed)).collect();
     interrupts.sort_unstable();

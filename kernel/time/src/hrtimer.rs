@@ -105,11 +105,10 @@ pub struct Expired<T> {
     /// The id [`TimerQueue::arm`] returned for it; running until [`TimerQueue::complete`].
     pub id: TimerId,
     /// The deadline it was armed for (at or before the `now_ns` it was popped at): its
-    /// lateness is measured from here.
+    /// lateness is measured from here. (The end of its range, while it runs:
+    /// [`TimerQueue::latest`]; kept out of here, so a pop copies no more than it did before
+    /// slack.)
     pub deadline_ns: u64,
-    /// The end of its range, `deadline_ns` + its slack (saturating); `deadline_ns` for a timer
-    /// without slack.
-    pub latest_ns: u64,
     /// What the owner stored with it, typically a callback and its data.
     pub payload: T,
 }
@@ -202,7 +201,7 @@ const NO_SLOT: u32 = u32::MAX;
 /// assert_eq!(queue.earliest(), Some(800));
 /// assert!(queue.pop_expired(250).is_none(), "the head (b) has not begun: nothing runs");
 /// let b = queue.pop_expired(800).unwrap();
-/// assert_eq!((b.payload, b.deadline_ns, b.latest_ns), ("b", 300, 800));
+/// assert_eq!((b.payload, b.deadline_ns, queue.latest(b.id)), ("b", 300, Some(800)));
 /// assert_eq!(queue.pop_expired(800).map(|e| e.payload), Some("a"));
 /// assert!(queue.pop_expired(800).is_none(), "never early: c's deadline is 900");
 /// assert_eq!(queue.earliest(), Some(1_900));
@@ -479,10 +478,11 @@ impl<T> TimerQueue<T> {
         self.slot_of(id).filter(|s| matches!(s.state, SlotState::Pending { .. })).map(|s| s.deadline_ns)
     }
 
-    /// The end of a pending timer's range (its deadline plus its slack, saturating), `None` if
-    /// it is not pending.
+    /// The end of a timer's range (its deadline plus its slack, saturating), while it is
+    /// pending or running (popped, not yet completed: the range it was popped with); `None`
+    /// otherwise.
     pub fn latest(&self, id: TimerId) -> Option<u64> {
-        self.slot_of(id).filter(|s| matches!(s.state, SlotState::Pending { .. })).map(|s| s.latest_ns)
+        self.slot_of(id).filter(|s| !matches!(s.state, SlotState::Free { .. })).map(|s| s.latest_ns)
     }
 
     /// Whether the timer is popped and its callback not yet completed.
@@ -532,7 +532,7 @@ impl<T> TimerQueue<T> {
         // Its entry stays at the root as a hole, repaired by the next heap operation.
         self.hole = true;
         let id = TimerId { cpu: self.cpu, slot: index, generation: slot.generation };
-        Some(Expired { id, deadline_ns: slot.deadline_ns, latest_ns: slot.latest_ns, payload })
+        Some(Expired { id, deadline_ns: slot.deadline_ns, payload })
     }
 
     /// Number of pending timers.
@@ -1073,8 +1073,8 @@ mod tests {
             model.sorted.remove(0);
             let (latest_ns, _, deadline_ns, id, period_ns) = front;
             assert_eq!(
-                (e.id, e.deadline_ns, e.latest_ns),
-                (id, deadline_ns, latest_ns),
+                (e.id, e.deadline_ns, queue.latest(e.id)),
+                (id, deadline_ns, Some(latest_ns)),
                 "step {step}: wrong timer"
             );
             assert!(e.deadline_ns <= now_ns, "step {step}: {id:?} popped before its deadline");
@@ -1195,7 +1195,8 @@ mod tests {
         while let Some(at) = queue.earliest() {
             interrupts += 1;
             while let Some(e) = queue.pop_expired(at) {
-                assert!(e.deadline_ns <= at && at <= e.latest_ns, "ran outside [deadline, deadline + slack]");
+                let latest = queue.latest(e.id).expect("running");
+                assert!(e.deadline_ns <= at && at <= latest, "ran outside [deadline, deadline + slack]");
                 worst = worst.max(at - e.deadline_ns);
                 queue.complete(e.id, None).unwrap();
             }

@@ -244,7 +244,6 @@ impl ExpiryContext for ThisCpu {
                 Some(h) => Handles::<Payload>::unpack(self.index, h),
             },
             deadline_ns: timer.deadline_ns,
-            latest_ns: timer.latest_ns,
             now_ns,
             data: payload.data,
         };

@@ -31,8 +31,6 @@ pub struct TimerEvent {
     pub cpu: usize,
     pub id: TimerId,
     pub deadline_ns: u64,
-    /// The end of its range: `deadline_ns` plus its slack (`deadline_ns` without slack).
-    pub latest_ns: u64,
     /// The clocksource as the interrupt read it (once, on entry).
     pub now_ns: u64,
     pub data: u64,

@@ -518,6 +518,11 @@ impl<T> CpuTick<T> {
         id
     }
 
+    /// The end of a pending or running timer's range ([`TimerQueue::latest`]).
+    pub fn latest(&self, id: TimerId) -> Option<u64> {
+        self.queue.latest(id)
+    }
+
     /// Cancels a timer of this CPU. The device keeps its programmed time: an interrupt with
     /// nothing due just programs the next deadline. Another CPU's id is refused.
     pub fn cancel(&mut self, id: TimerId) -> Result<Cancel<T>, WrongCpu> {
@@ -705,13 +710,9 @@ impl<T> CpuTick<T> {
         self.next_event_ns = u64::MAX;
         let mut timers = alloc::vec::Vec::with_capacity(self.queue.len());
         while let Some(e) = self.queue.pop_expired(u64::MAX) {
+            let latest_ns = self.queue.latest(e.id).unwrap_or(e.deadline_ns);
             let _ = self.queue.complete(e.id, None);
-            timers.push(Migrating {
-                id: e.id,
-                deadline_ns: e.deadline_ns,
-                latest_ns: e.latest_ns,
-                payload: e.payload,
-            });
+            timers.push(Migrating { id: e.id, deadline_ns: e.deadline_ns, latest_ns, payload: e.payload });
         }
         timers
     }
