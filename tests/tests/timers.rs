@@ -46,6 +46,7 @@ kernel_tests::qemu_test!(
         an_arm_on_a_busy_cpu_returns_at_once_and_runs_there_once_it_is_free => "percpu_hpet",
         a_cancel_while_its_cpu_is_busy_answers_at_once_and_the_timer_never_runs => "percpu_hpet",
         timers_with_slack_share_interrupts_never_early_each_once,
+        a_cpus_default_slack_applies_to_timers_armed_without_one,
     ],
 );
 
@@ -487,6 +488,31 @@ fn slack_timer(e: &TimerEvent) {
 /// more than TCG's path latency on a busy host (tens of us, a few hundred at p99), so that
 /// they do not bunch up by themselves (at 100 us apart they did).
 fn timers_with_slack_share_interrupts_never_early_each_once(_: &Kernel) {
+    slack_phase("explicit", |deadline, k| {
+        Timer::with_fn_range(1, deadline, SLACK_NS, slack_timer, k).expect("posted to CPU 1")
+    });
+}
+
+/// The same timers armed without a slack of their own (`Timer::with_fn`) while CPU 1's
+/// default slack is 100 ms (`set_default_slack_ns`, as `timer_slack_ns=` sets it at boot):
+/// they take it, and share interrupts the same way. CPU 1's default is 0 again afterwards.
+fn a_cpus_default_slack_applies_to_timers_armed_without_one(_: &Kernel) {
+    smp::call_on(1, || clockevents::set_default_slack_ns(SLACK_NS)).expect("CPU 1 answers");
+    assert_eq!(smp::call_on(1, clockevents::default_slack_ns).expect("CPU 1 answers"), SLACK_NS);
+    assert_eq!(clockevents::default_slack_ns(), 0, "CPU 0's default is its own");
+    slack_phase("CPU 1's default", |deadline, k| {
+        Timer::with_fn(1, deadline, slack_timer, k).expect("posted to CPU 1")
+    });
+    smp::call_on(1, || clockevents::set_default_slack_ns(0)).expect("CPU 1 answers");
+}
+
+/// Arms the slack test's timers on CPU 1 with `arm` (a deadline, the timer's number) and
+/// checks what [`timers_with_slack_share_interrupts_never_early_each_once`] says.
+fn slack_phase(what: &str, arm: impl Fn(Instant, u64) -> Timer) {
+    for (runs, event) in SLACK_RUNS.iter().zip(&SLACK_EVENT) {
+        runs.store(0, Ordering::Relaxed);
+        event.store(0, Ordering::Relaxed);
+    }
     oracle::set_counters(kernel_tests::kernel::time::clocksource::raw_counters());
     let cpu1_apic_id = percpu::cpu(1).expect("CPU 1 is online").apic_id;
     let first = now_ns() + SLACK_LEAD_NS;
@@ -495,10 +521,7 @@ fn timers_with_slack_share_interrupts_never_early_each_once(_: &Kernel) {
         let deadline_ns = first + k as u64 * SLACK_SPACING_NS;
         let (deadline_ns, stamp) = oracle::arm_stamp(deadline_ns.saturating_sub(now_ns()), cpu1_apic_id);
         *slot.lock() = Some(stamp);
-        let deadline = Instant::from_nanos(deadline_ns);
-        timers.push(
-            Timer::with_fn_range(1, deadline, SLACK_NS, slack_timer, k as u64).expect("posted to CPU 1"),
-        );
+        timers.push(arm(Instant::from_nanos(deadline_ns), k as u64));
     }
     // CPU 0 sleeps past the last range (long enough for a second run to show) rather than
     // spinning on the clock: under TCG a loop of clock reads holds QEMU's lock and delays CPU
@@ -524,7 +547,7 @@ fn timers_with_slack_share_interrupts_never_early_each_once(_: &Kernel) {
     interrupts.sort_unstable();
     interrupts.dedup();
     log::info!(
-        "{SLACK_TIMERS} timers with {SLACK_NS} ns of slack ran in {} interrupt(s) of CPU 1",
+        "{SLACK_TIMERS} timers with {SLACK_NS} ns of slack ({what}) ran in {} interrupt(s) of CPU 1",
         interrupts.len()
     );
     assert!(

@@ -41,8 +41,6 @@ pub struct CpuTime {
     assignment: AssignmentSlot,
     /// Completed `sleep_ns` wake-ups.
     pub sleep_wakeups: AtomicU64,
-    /// The slack of a timer armed here without one of its own (`timer_slack_ns=`; 0: exact).
-    pub default_slack_ns: AtomicU64,
     /// The time-layer id of this CPU's LAPIC timer plus one (0: none, so that the array is
     /// all zeros and lives in `.bss`), for its vector.
     pub lapic_device: AtomicUsize,
@@ -93,7 +91,6 @@ impl CpuTime {
             inbox: spin::Once::new(),
             assignment: AssignmentSlot::new(),
             sleep_wakeups: AtomicU64::new(0),
-            default_slack_ns: AtomicU64::new(0),
             lapic_device: AtomicUsize::new(0),
             idle_entries: AtomicU64::new(0),
             deep_entries: AtomicU64::new(0),

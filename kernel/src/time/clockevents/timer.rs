@@ -6,8 +6,9 @@
 //! on, never before their deadline. A timer may carry slack (`arm_at_range`,
 //! [`Timer::at_range`]): it runs anywhere in `[deadline, deadline + slack]` (plus the path's
 //! own latency), so timers whose ranges overlap share one interrupt; one armed without slack
-//! gets its CPU's default ([`default_slack_ns`], `timer_slack_ns=`, 0 unless asked). `arm_at`/`cancel` on the calling CPU touch only its own
-//! tick and allocate nothing for a plain function callback. A [`Timer`] (any CPU, from any
+//! gets its CPU's default ([`default_slack_ns`], `timer_slack_ns=`, 0 unless asked).
+//! `arm_at`/`cancel` on the calling CPU touch only its own tick and allocate nothing for a
+//! plain function callback. A [`Timer`] (any CPU, from any
 //! CPU) goes through its CPU's handles and inbox (`kernel_time::remote`): the arm returns its
 //! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
 //! anywhere answers at once and never waits for the timer's CPU.
@@ -17,7 +18,7 @@ use super::registry;
 use crate::arch::x86_64::smp::percpu;
 use crate::time::clocksource::now_ns;
 use alloc::boxed::Box;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 use kernel_time::hrtimer::{Cancel, TimerId, WrongCpu};
 use kernel_time::instant::Instant;
@@ -105,12 +106,22 @@ fn this_cpu() -> usize {
 /// The calling CPU's default timer slack: what a timer armed here without a slack of its own
 /// gets (`timer_slack_ns=` at boot).
 pub fn default_slack_ns() -> u64 {
-    this_cpu_time().default_slack_ns.load(Ordering::Relaxed)
+    default_slack_of(this_cpu())
+}
+
+/// Each CPU's default slack, by CPU index (apart from `CpuTime`, which the interrupt path
+/// reads: its layout stays as it was).
+static DEFAULT_SLACK_NS: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+
+fn default_slack_of(cpu: usize) -> u64 {
+    DEFAULT_SLACK_NS.get(cpu).map_or(0, |s| s.load(Ordering::Relaxed))
 }
 
 /// Sets the calling CPU's default timer slack (for timers armed on it from now on).
 pub fn set_default_slack_ns(slack_ns: u64) {
-    this_cpu_time().default_slack_ns.store(slack_ns, Ordering::Relaxed);
+    if let Some(s) = DEFAULT_SLACK_NS.get(this_cpu()) {
+        s.store(slack_ns, Ordering::Relaxed);
+    }
 }
 
 /// Arms `payload` at `deadline_ns` on the calling CPU, with `slack_ns` (`None`: this CPU's
@@ -193,7 +204,7 @@ fn post(
 ) -> Result<TimerId, ArmError> {
     let target = percpu::cpu(cpu).ok_or(ArmError::CpuNotOnline(cpu))?;
     crate::arch::x86_64::trace::arm(deadline_ns, Some(cpu));
-    let slack_ns = slack_ns.unwrap_or_else(|| time_of(target).default_slack_ns.load(Ordering::Relaxed));
+    let slack_ns = slack_ns.unwrap_or_else(|| default_slack_of(target.index));
     let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Err(ArmError::CpuNotOnline(cpu));
     };
