@@ -451,6 +451,7 @@ fn summary(all: &Value) -> Value {
                     "arm_cancel_boxed_splintered_cycles": part["arm_cancel_boxed_splintered_cycles"],
                     "arm_cancel_load": part["arm_cancel_load"],
                     "arm_cancel_remote_cycles": part["arm_cancel_remote_cycles"],
+                    "slack": slack_summary(&part["slack"]),
                 }));
             }
             json!({ "clock": run["clock"], "profile": run["profile"], "kinds": kinds, "drift_ppm": run["drift_ppm"],
@@ -458,6 +459,34 @@ fn summary(all: &Value) -> Value {
         })
         .collect();
     json!({ "runs": runs })
+}
+
+/// The slack phase's figures per slack in ns: device interrupts per timer that ran (those that
+/// ran at least one of them), their lateness from the deadline, and the counts behind them.
+fn slack_summary(slack: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for (slack_ns, r) in slack.as_object().into_iter().flatten() {
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        let ran = n("timers").saturating_sub(n("lost"));
+        let per_timer = if ran == 0 {
+            Value::Null
+        } else {
+            json!((n("interrupts") as f64 / ran as f64 * 1e4).round() / 1e4)
+        };
+        out.insert(
+            slack_ns.clone(),
+            json!({
+                "interrupts_per_timer": per_timer,
+                "lateness_ns": r["lateness_ns"],
+                "timers": r["timers"],
+                "interrupts": r["interrupts"],
+                "early": r["early"],
+                "past_range": r["past_range"],
+                "lost": r["lost"],
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 fn print_table(run: &Value) {
@@ -548,6 +577,27 @@ fn print_table(run: &Value) {
             load["splinters"].as_u64().unwrap_or(0),
             remote
         );
+    }
+    println!(
+        "\nslack: 256 timers 10 us apart on the measured CPU, per slack: device interrupts per timer; lateness from the deadline p50 / p99 / max in us; early, past the range, lost"
+    );
+    for (name, p) in run["kinds"].as_object().into_iter().flatten() {
+        for (slack_ns, r) in slack_summary(&p["slack"]).as_object().into_iter().flatten() {
+            let l = &r["lateness_ns"];
+            let us = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
+            println!(
+                "  {:<22} slack {:>8} ns  {:>7} interrupts/timer  {:.1} / {:.1} / {:.1}  early {} past {} lost {}",
+                name,
+                slack_ns,
+                r["interrupts_per_timer"],
+                us(&l["p50"]),
+                us(&l["p99"]),
+                us(&l["max"]),
+                r["early"],
+                r["past_range"],
+                r["lost"]
+            );
+        }
     }
     if let Some(scaling) = run["scaling"].as_array().filter(|s| !s.is_empty()) {
         println!(
@@ -779,7 +829,9 @@ mod tests {
         let part = json!({"device": "hpet0", "via_broadcast": false, "program_cycles": 9000, "program_mmio": 3,
             "max_events_per_s": 8000, "min_delta_ns": 5000,
             "arm_cancel_cycles": {"p50": 400, "p99": 900}, "arm_cancel_boxed_cycles": {"p50": 700, "p99": 2000},
-            "lateness_ns": {"1000": {"handler": {"p50": 1}, "callback": {"p50": 2}, "histogram": [1, 2]}}});
+            "lateness_ns": {"1000": {"handler": {"p50": 1}, "callback": {"p50": 2}, "histogram": [1, 2]}},
+            "slack": {"0": {"timers": 256, "interrupts": 256, "lost": 0, "lateness_ns": {"p50": 900}},
+                      "50000": {"timers": 256, "interrupts": 52, "lost": 6, "lateness_ns": {"p50": 30000}}}});
         let all = json!({"runs": [{"clock": "tcg", "kinds": {"percpu-hpet": part}, "drift_ppm": {"lapic": 3}, "bringup_us": 90000}]});
         let s = summary(&all);
         let k = &s["runs"][0]["kinds"]["percpu-hpet"];
@@ -788,6 +840,9 @@ mod tests {
         assert_eq!(k["arm_cancel_cycles"]["p99"], 900);
         assert_eq!(k["arm_cancel_boxed_cycles"]["p50"], 700);
         assert!(k["lateness_ns"]["1000"].get("histogram").is_none());
+        assert_eq!(k["slack"]["0"]["interrupts_per_timer"], 1.0);
+        assert_eq!(k["slack"]["50000"]["interrupts_per_timer"], 0.208, "per timer that ran: 52 / 250");
+        assert_eq!(k["slack"]["50000"]["lateness_ns"]["p50"], 30000);
         assert_eq!(s["runs"][0]["drift_ppm"]["lapic"], 3);
     }
 

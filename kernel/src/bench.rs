@@ -9,7 +9,9 @@
 //! - the bring-up time (from the clocksource's start, right after the TSC's first calibration
 //!   at kernel entry, to every CPU having its tick device);
 //! - what arming and cancelling one timer costs under the stress test's load, many timers
-//!   pending and the heap fragmented ([`arm_cancel`]).
+//!   pending and the heap fragmented ([`arm_cancel`]);
+//! - device interrupts per timer and lateness for many timers armed with slack 0, 50 us and
+//!   1 ms ([`slack`]).
 //!
 //! It prints one `BENCH-PART {json}` line; the host (`boot bench`, `scripts/bench`) runs it on
 //! every device kind, in both clocks, and builds the table, `BENCH {json}` and the plots.
@@ -27,6 +29,7 @@ use serde::Serialize;
 use spin::Mutex;
 
 pub mod arm_cancel;
+pub mod slack;
 
 /// The deltas measured, and how many events each.
 const DELTAS: [(u64, usize); 4] = [(1_000, 2_000), (10_000, 2_000), (100_000, 1_000), (1_000_000, 300)];
@@ -123,6 +126,8 @@ pub struct BenchPart {
     /// `Timer::at` on the measured CPU + `Timer::cancel`, both from CPU 0 (another CPU), in TSC
     /// cycles; no samples when the measured CPU is CPU 0.
     pub arm_cancel_remote_cycles: Percentiles,
+    /// Per slack in ns: many timers with that slack, their interrupts and lateness ([`slack`]).
+    pub slack: BTreeMap<u64, slack::SlackResult>,
 }
 
 /// The delta of the traced phase, and its events.
@@ -382,6 +387,20 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
     part.max_events_per_s = callback.len() as u64 * 1_000_000_000 / elapsed;
     log::info!("back to back: {} events/s ({early} early, {lost} lost)", part.max_events_per_s);
     part.min_delta_ns = info.device.as_deref().and_then(clockevents::min_delta_ns).unwrap_or(0);
+    part.slack = slack::run(cpu);
+    for (slack_ns, r) in &part.slack {
+        log::info!(
+            "slack {slack_ns} ns: {} timers ran in {} interrupts; lateness p50 {} p99 {} max {} ns; {} early, {} past their range, {} lost",
+            r.timers - r.lost,
+            r.interrupts,
+            r.lateness_ns.p50,
+            r.lateness_ns.p99,
+            r.lateness_ns.max,
+            r.early,
+            r.past_range,
+            r.lost
+        );
+    }
     if smp::call_on(cpu, || measure_cost_here(0)).is_ok()
         && let Some(cost) = *COST.lock()
     {

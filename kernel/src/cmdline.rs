@@ -82,6 +82,10 @@ pub struct KernelOptions {
     /// `trace`: record the per-CPU trace timeline and print it at exit (a kernel built with
     /// the cargo feature `trace`; `scripts/run --trace FILE`).
     pub trace: bool,
+    /// `timer_slack_ns=N`: every CPU's default slack, 0..=[`MAX_TIMER_SLACK_NS`]: a timer armed
+    /// without a slack of its own may run up to N ns after its deadline, so that timers share
+    /// interrupts (default 0: exact deadlines).
+    pub timer_slack_ns: u64,
 }
 
 /// The `hotplug_test=` run: which CPU goes offline, for how long.
@@ -93,6 +97,8 @@ pub struct HotplugTest {
 
 /// How long a `hotplug_test=` CPU stays offline unless told.
 pub const DEFAULT_HOTPLUG_MS: u64 = 100;
+/// Most default slack `timer_slack_ns=` takes (1 s).
+pub const MAX_TIMER_SLACK_NS: u64 = 1_000_000_000;
 
 /// The `tsc_skew=` fault: which CPU's TSC leads, and by how much.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +213,7 @@ impl Default for KernelOptions {
             tsc_skew: None,
             tsc_rate_ppm: None,
             trace: false,
+            timer_slack_ns: 0,
         }
     }
 }
@@ -450,6 +457,11 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     });
                 options.tsc_rate_ppm = ppm.or(options.tsc_rate_ppm);
             }
+            "timer_slack_ns" => {
+                let ns = take("timer_slack_ns", "ns from 0 to 1000000000")
+                    .parse(&mut problems, |v| in_range(v, 0..=MAX_TIMER_SLACK_NS));
+                options.timer_slack_ns = ns.unwrap_or(options.timer_slack_ns);
+            }
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
             "hpet_counter_stopped" if value.is_none() => options.hpet_counter_stopped = true,
             "bench" if value.is_none() => options.bench = true,
@@ -615,6 +627,23 @@ mod tests {
             let (o, p) = parse(bad);
             assert_eq!((o.tsc_rate_ppm, p.len()), (None, 1), "{bad}");
         }
+    }
+
+    #[test]
+    fn timer_slack_ns_is_a_default_slack_in_ns_and_a_bad_one_keeps_0() {
+        assert_eq!(parse("").0.timer_slack_ns, 0);
+        assert_eq!(parse("timer_slack_ns=50000").0.timer_slack_ns, 50_000);
+        assert_eq!(parse("timer_slack_ns=0").0.timer_slack_ns, 0);
+        assert_eq!(parse("timer_slack_ns=1000000000").0.timer_slack_ns, MAX_TIMER_SLACK_NS);
+        for bad in ["timer_slack_ns=1000000001", "timer_slack_ns=-1", "timer_slack_ns=1ms", "timer_slack_ns"]
+        {
+            let (o, p) = parse(bad);
+            assert_eq!((o.timer_slack_ns, p.len()), (0, 1), "{bad}");
+        }
+        assert_eq!(
+            parse("timer_slack_ns=fast").1[0].to_string(),
+            "kernel option timer_slack_ns=fast: expected ns from 0 to 1000000000"
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ use serde::Serialize;
 /// layer's own part of each event's path), `workload_cpus` and `clocks` (the RTC and the
 /// wall clock); 11: `hotplug` (each CPU offline/online cycle), `clock_step`, the clocks'
 /// `clock_was_set` and `timers_requeued`, `suspend.asleep_ns`, each CPU's `deferred_timers`
-/// (deferred timer callbacks run, the most waiting at once).
+/// (deferred timer callbacks run, the most waiting at once), `timer_slack_ns` (each CPU's
+/// default timer slack).
 pub const SCHEMA_VERSION: u32 = 11;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -75,6 +76,9 @@ pub struct TimerReport {
     pub clockevents_rule: String,
     /// `oneshot` (tickless) or `periodic`.
     pub tick_mode: String,
+    /// Each CPU's default timer slack in ns (`timer_slack_ns=`; schema 11): how long after its
+    /// deadline a timer armed without a slack of its own may run.
+    pub timer_slack_ns: u64,
     /// One per online CPU: what interrupts it for its timers.
     pub tick_devices: Vec<TickDeviceReport>,
     /// Name of the broadcast device (`null` when there is none).
@@ -572,6 +576,12 @@ mod tests {
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));
+    }
+
+    #[test]
+    fn the_default_timer_slack_follows_the_tick_mode() {
+        let r = TimerReport { tick_mode: "oneshot".into(), timer_slack_ns: 50_000, ..TimerReport::default() };
+        assert!(r.to_line().contains("\"tick_mode\":\"oneshot\",\"timer_slack_ns\":50000,"));
     }
 
     #[test]

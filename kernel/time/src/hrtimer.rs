@@ -6,14 +6,28 @@
 //! [`TimerQueue::pop_expired`] with the current clocksource time. Keeping the alarm out of here
 //! is what lets the ordering rules below be tested on the host with a fake clock.
 //!
+//! A timer may carry *slack* ([`TimerQueue::arm_range`]): it may run anywhere in `[deadline,
+//! deadline + slack]` (the end saturating at `u64::MAX`), so that timers whose ranges overlap
+//! share one interrupt (Linux's `hrtimer_set_expires_range`). The queue is ordered by each
+//! timer's *latest* allowed time (`deadline + slack`); [`TimerQueue::earliest`] is the first of
+//! those, what the device is programmed for; and [`TimerQueue::pop_expired`] hands out the
+//! timer at the head while its *deadline* has come, stopping at the first whose deadline has
+//! not (Linux's `__hrtimer_run_queues` against `_softexpires`), without a scan of the queue.
+//! A timer armed with [`TimerQueue::arm`] has slack 0: its deadline is its latest time, and
+//! everything below reads as it did before slack existed.
+//!
 //! Ordering rules the rest of the kernel relies on:
-//! - timers run in deadline order, and equal deadlines run in the order they were armed;
+//! - timers run in the order of their latest allowed time, and equal ones run in the order they
+//!   were armed (with slack 0 everywhere: deadline order);
 //! - no timer is ever handed out before its deadline (an interrupt that comes early pops nothing);
+//! - after the pops at `now`, no timer whose latest allowed time is at or before `now` is left
+//!   pending: a device programmed for [`TimerQueue::earliest`] that fires at or after it runs
+//!   each timer in its range, late only by the path's own latency;
 //! - a cancelled timer is never handed out, and an expired one is handed out exactly once (a
-//!   periodic one once per period, re-armed by [`TimerQueue::complete`]).
+//!   periodic one once per period, re-armed by [`TimerQueue::complete`] with its slack).
 //!
 //! Storage is a slab of slots (reused through a free list) and a binary min-heap of slot
-//! numbers ordered by `(deadline, arming sequence)`; each slot knows its place in the heap, so
+//! numbers ordered by `(latest, arming sequence)`; each slot knows its place in the heap, so
 //! cancel and rearm find their entry without a search. Arm, cancel, rearm and pop are
 //! O(log n) and allocate nothing while the slab has a free slot: the slab grows by doubling
 //! when full (amortised, and never on the pop path), and [`TimerQueue::with_capacity`]
@@ -98,7 +112,10 @@ impl core::error::Error for WrongCpu {}
 pub struct Expired<T> {
     /// The id [`TimerQueue::arm`] returned for it; running until [`TimerQueue::complete`].
     pub id: TimerId,
-    /// The deadline it was armed for (at or before the `now_ns` it was popped at).
+    /// The deadline it was armed for (at or before the `now_ns` it was popped at): its
+    /// lateness is measured from here. (The end of its range, while it runs:
+    /// [`TimerQueue::latest`]; kept out of here, so a pop copies no more than it did before
+    /// slack.)
     pub deadline_ns: u64,
     /// What the owner stored with it, typically a callback and its data.
     pub payload: T,
@@ -146,9 +163,12 @@ const DEFERRED: u32 = u32::MAX;
 
 #[derive(Debug)]
 struct Slot<T> {
+    /// Never run before this.
     deadline_ns: u64,
-    /// Arming order, for equal deadlines, while pending; while deferred, its neighbours in the
-    /// deferred list ([`Slot::links`]).
+    /// Run by this (plus the path's latency): `deadline_ns` + slack, saturating; the heap's key.
+    latest_ns: u64,
+    /// Arming order, for equal latest times, while pending; while deferred, its neighbours in
+    /// the deferred list ([`Slot::links`]).
     sequence: u64,
     generation: u32,
     state: SlotState<T>,
@@ -173,7 +193,8 @@ impl<T> Slot<T> {
     }
 }
 
-/// Pending timers of one CPU, ordered by deadline; `T` is what each timer carries.
+/// Pending timers of one CPU, ordered by latest allowed time (the deadline, for a timer
+/// without slack); `T` is what each timer carries.
 ///
 /// ```
 /// use kernel_time::hrtimer::{Cancel, TimerQueue, WrongCpu};
@@ -204,13 +225,27 @@ impl<T> Slot<T> {
 /// assert_eq!(queue.earliest(), Some(1_100));
 /// // A stale id never reaches a reused slot.
 /// assert_eq!(queue.cancel(late), Ok(Cancel::Inactive));
+///
+/// // Slack: each may run in [deadline, deadline + slack]. The device is programmed for the
+/// // earliest end of a range; there, every timer whose range has begun runs in one pass.
+/// let mut queue = TimerQueue::new(0);
+/// queue.arm_range(100, 1_000, "a"); // [100, 1_100]
+/// queue.arm_range(300, 500, "b"); // [300, 800]
+/// queue.arm_range(900, 1_000, "c"); // [900, 1_900]: not begun at 800
+/// assert_eq!(queue.earliest(), Some(800));
+/// assert!(queue.pop_expired(250).is_none(), "the head (b) has not begun: nothing runs");
+/// let b = queue.pop_expired(800).unwrap();
+/// assert_eq!((b.payload, b.deadline_ns, queue.latest(b.id)), ("b", 300, Some(800)));
+/// assert_eq!(queue.pop_expired(800).map(|e| e.payload), Some("a"));
+/// assert!(queue.pop_expired(800).is_none(), "never early: c's deadline is 900");
+/// assert_eq!(queue.earliest(), Some(1_900));
 /// ```
 #[derive(Debug)]
 pub struct TimerQueue<T> {
     /// The CPU this queue belongs to, named by every id it issues.
     cpu: u32,
     slots: Vec<Slot<T>>,
-    /// Slot numbers of the pending timers, a binary min-heap by `(deadline, sequence)`; with
+    /// Slot numbers of the pending timers, a binary min-heap by `(latest, sequence)`; with
     /// `hole`, its root is the slot of the timer just popped (running, not pending), and the
     /// pending timers are the rest, two heaps under the root.
     heap: Vec<u32>,
@@ -303,6 +338,7 @@ impl<T> TimerQueue<T> {
         assert!(index != NO_SLOT, "fewer than 2^32 - 1 timers per queue");
         self.slots.push(Slot {
             deadline_ns: 0,
+            latest_ns: 0,
             sequence: 0,
             generation: 0,
             state: SlotState::Free { next: self.free },
@@ -347,11 +383,20 @@ impl<T> TimerQueue<T> {
         self.slots.get(id.slot as usize).filter(|s| s.generation == id.generation)
     }
 
-    /// Arms a timer at absolute monotonic `deadline_ns`. O(log n).
+    /// Arms a timer at absolute monotonic `deadline_ns`, without slack. O(log n).
     ///
     /// Timers with equal deadlines fire in arming order. A deadline already in the past is
     /// allowed: the timer pops at the next [`pop_expired`](Self::pop_expired).
+    #[inline]
     pub fn arm(&mut self, deadline_ns: u64, payload: T) -> TimerId {
+        self.arm_range(deadline_ns, 0, payload)
+    }
+
+    /// Arms a timer that may run anywhere in `[deadline_ns, deadline_ns + slack_ns]` (the end
+    /// saturating at `u64::MAX`): never before `deadline_ns`, and popped by the first
+    /// [`pop_expired`](Self::pop_expired) at or after the end of its range. It is ordered by
+    /// that end, so [`earliest`](Self::earliest) may be later than its deadline. O(log n).
+    pub fn arm_range(&mut self, deadline_ns: u64, slack_ns: u64, payload: T) -> TimerId {
         self.settle();
         let index = self.take_free_slot();
         let heap_index = self.heap.len() as u32;
@@ -359,6 +404,7 @@ impl<T> TimerQueue<T> {
         self.next_sequence += 1;
         let slot = &mut self.slots[index as usize];
         slot.deadline_ns = deadline_ns;
+        slot.latest_ns = deadline_ns.saturating_add(slack_ns);
         slot.sequence = sequence;
         slot.state = SlotState::Pending { heap_index, payload };
         let generation = slot.generation;
@@ -410,9 +456,9 @@ impl<T> TimerQueue<T> {
         })
     }
 
-    /// Moves a pending timer to `deadline_ns`, keeping its id and payload; `false` if it is not
-    /// pending here (another CPU's id never is). Among equal deadlines it keeps the place of its
-    /// original arming. O(log n).
+    /// Moves a pending timer to `deadline_ns`, keeping its id, payload and slack; `false` if it
+    /// is not pending here (another CPU's id never is). Among equal latest times it keeps the
+    /// place of its original arming. O(log n).
     pub fn rearm(&mut self, id: TimerId, deadline_ns: u64) -> bool {
         self.settle();
         let Some(slot) = self.slot_of(id) else { return false };
@@ -420,9 +466,12 @@ impl<T> TimerQueue<T> {
         if heap_index == DEFERRED {
             return false;
         }
-        let old = slot.deadline_ns;
-        self.slots[id.slot as usize].deadline_ns = deadline_ns;
-        if deadline_ns < old {
+        let old = slot.latest_ns;
+        let latest_ns = deadline_ns.saturating_add(slot.latest_ns - slot.deadline_ns);
+        let slot = &mut self.slots[id.slot as usize];
+        slot.deadline_ns = deadline_ns;
+        slot.latest_ns = latest_ns;
+        if latest_ns < old {
             self.sift_up(heap_index as usize);
         } else {
             self.sift_down(heap_index as usize);
@@ -431,8 +480,8 @@ impl<T> TimerQueue<T> {
     }
 
     /// Ends a popped timer's run: with `again` (a new deadline and its payload) and no cancel
-    /// during the callback it is pending again under the same id, ordered as newly armed;
-    /// otherwise its slot is freed. Returns whether it is pending again, or, when a re-arm was
+    /// during the callback it is pending again under the same id, with the slack it had, ordered
+    /// as newly armed; otherwise its slot is freed. Returns whether it is pending again, or, when a re-arm was
     /// asked for and refused (cancelled during the callback, or an id not running), its payload
     /// handed back: the caller drops it where dropping is safe (outside any lock, since
     /// dropping a payload may run arbitrary code, such as cancelling another timer).
@@ -450,6 +499,7 @@ impl<T> TimerQueue<T> {
                 let sequence = self.next_sequence;
                 self.next_sequence += 1;
                 let slot = &mut self.slots[id.slot as usize];
+                slot.latest_ns = deadline_ns.saturating_add(slot.latest_ns - slot.deadline_ns);
                 slot.deadline_ns = deadline_ns;
                 slot.sequence = sequence;
                 if self.hole {
@@ -480,35 +530,44 @@ impl<T> TimerQueue<T> {
         self.slot_of(id).filter(|s| s.is_in_heap()).map(|s| s.deadline_ns)
     }
 
+    /// The end of a timer's range (its deadline plus its slack, saturating), while it is
+    /// pending or running (popped, not yet completed: the range it was popped with); `None`
+    /// otherwise.
+    pub fn latest(&self, id: TimerId) -> Option<u64> {
+        self.slot_of(id).filter(|s| !matches!(s.state, SlotState::Free { .. })).map(|s| s.latest_ns)
+    }
+
     /// Whether the timer is popped and its callback not yet completed.
     pub fn is_running(&self, id: TimerId) -> bool {
         self.slot_of(id).is_some_and(|s| matches!(s.state, SlotState::Running { .. }))
     }
 
-    /// Deadline of the earliest pending timer: what the event device must be programmed for.
-    /// `None` means no alarm is needed.
+    /// The earliest *latest allowed time* among the pending timers (their deadline when none
+    /// has slack): what the event device must be programmed for. `None` means no alarm is
+    /// needed.
     #[inline]
     pub fn earliest(&self) -> Option<u64> {
         if !self.hole {
-            return self.heap.first().map(|&i| self.slots[i as usize].deadline_ns);
+            return self.heap.first().map(|&i| self.slots[i as usize].latest_ns);
         }
         // The earlier of the root's children: each heads one of the heaps under the hole.
         let child = |i: usize| self.heap.get(i).map(|&s| &self.slots[s as usize]);
         match (child(1), child(2)) {
-            (Some(l), Some(r)) => Some(if (r.deadline_ns, r.sequence) < (l.deadline_ns, l.sequence) {
-                r.deadline_ns
-            } else {
-                l.deadline_ns
-            }),
-            (l, r) => l.or(r).map(|s| s.deadline_ns),
+            (Some(l), Some(r)) => Some(l.latest_ns.min(r.latest_ns)),
+            (l, r) => l.or(r).map(|s| s.latest_ns),
         }
     }
 
-    /// Removes and returns the earliest timer if its deadline is at or before `now_ns`; it is
-    /// running until [`complete`](Self::complete) is called for it.
+    /// Removes and returns the timer at the head of the queue (the earliest latest allowed
+    /// time) if its deadline is at or before `now_ns`; it is running until
+    /// [`complete`](Self::complete) is called for it.
     ///
     /// Never returns a timer whose deadline is still in the future, so an early or spurious
-    /// interrupt fires nothing. Call it in a loop until `None` to run everything that is due.
+    /// interrupt fires nothing. Call it in a loop until `None` to run everything that is due:
+    /// that runs every timer whose range has ended by `now_ns`, and with them those after them
+    /// in the queue whose ranges have begun, up to the first whose deadline has not come (a
+    /// timer further on whose range has begun waits for a later pass, at most until its
+    /// range ends).
     #[inline]
     pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
         self.settle();
@@ -529,8 +588,8 @@ impl<T> TimerQueue<T> {
     }
 
     /// Moves pending timers: `new_deadline` gives a timer its new deadline (`None`: it stays
-    /// where it is), and the queue is put in order again, O(n). Each keeps its id and its
-    /// place among equal deadlines (arming order). Returns how many moved. For timers whose
+    /// where it is), and the queue is put in order again, O(n). Each keeps its id, its slack
+    /// and its place among equal latest times (arming order). Returns how many moved. For timers whose
     /// deadline is on another clock than the queue's, when that clock's offset changes
     /// (`CpuTick::clock_was_set`); a running timer is not pending and does not move.
     pub fn retime(&mut self, mut new_deadline: impl FnMut(&T) -> Option<u64>) -> usize {
@@ -544,6 +603,8 @@ impl<T> TimerQueue<T> {
             if let Some(deadline_ns) = new_deadline(payload)
                 && deadline_ns != slot.deadline_ns
             {
+                // It keeps its slack.
+                slot.latest_ns = deadline_ns.saturating_add(slot.latest_ns - slot.deadline_ns);
                 slot.deadline_ns = deadline_ns;
                 moved += 1;
             }
@@ -751,7 +812,7 @@ impl<T> TimerQueue<T> {
 
     fn key(&self, heap_index: usize) -> (u64, u64) {
         let s = &self.slots[self.heap[heap_index] as usize];
-        (s.deadline_ns, s.sequence)
+        (s.latest_ns, s.sequence)
     }
 
     fn place(&mut self, heap_index: usize) {
@@ -1375,6 +1436,239 @@ mod tests {
         }
         // As before deferred timers: the deferred list's links live in the slot's sequence.
         assert_eq!(core::mem::size_of::<SlotState<Payload>>(), 48);
-        assert_eq!(core::mem::size_of::<Slot<Payload>>(), 72);
+        assert_eq!(core::mem::size_of::<Slot<Payload>>(), 80);
+    }
+
+    /// The slack rule from a list kept sorted by `(latest, arming order)`: the device is
+    /// programmed for the first entry's latest time, and an interrupt at `now` takes entries
+    /// from the front while the front's deadline is at or before `now`. Entries are
+    /// `(latest, order, deadline, id, period)`.
+    #[derive(Default)]
+    struct RangeModel {
+        sorted: Vec<(u64, u64, u64, TimerId, u64)>,
+        order: u64,
+    }
+
+    impl RangeModel {
+        fn insert(&mut self, deadline_ns: u64, latest_ns: u64, id: TimerId, period_ns: u64) {
+            let entry = (latest_ns, self.order, deadline_ns, id, period_ns);
+            self.order += 1;
+            let at = self.sorted.partition_point(|e| (e.0, e.1) < (entry.0, entry.1));
+            self.sorted.insert(at, entry);
+        }
+
+        fn remove(&mut self, id: TimerId) -> Option<(u64, u64, u64, TimerId, u64)> {
+            let at = self.sorted.iter().position(|e| e.3 == id)?;
+            Some(self.sorted.remove(at))
+        }
+
+        fn earliest(&self) -> Option<u64> {
+            self.sorted.first().map(|e| e.0)
+        }
+    }
+
+    /// Pops everything due at `now_ns` from both, checking each pop against the model (same
+    /// timer, never early, its range intact), completing periodic timers with their next
+    /// deadline on their grid (their slack kept); returns how many were popped.
+    fn interrupt_both(
+        queue: &mut TimerQueue<u64>,
+        model: &mut RangeModel,
+        now_ns: u64,
+        step: usize,
+    ) -> usize {
+        let mut popped = 0;
+        while let Some(e) = queue.pop_expired(now_ns) {
+            let front = model.sorted.first().copied().expect("the queue popped a timer the model lacks");
+            assert!(
+                front.2 <= now_ns,
+                "step {step}: popped {:?} although the model's front is not due",
+                e.id
+            );
+            model.sorted.remove(0);
+            let (latest_ns, _, deadline_ns, id, period_ns) = front;
+            assert_eq!(
+                (e.id, e.deadline_ns, queue.latest(e.id)),
+                (id, deadline_ns, Some(latest_ns)),
+                "step {step}: wrong timer"
+            );
+            assert!(e.deadline_ns <= now_ns, "step {step}: {id:?} popped before its deadline");
+            if period_ns > 0 {
+                let next = e.deadline_ns + period_ns;
+                assert_eq!(queue.complete(e.id, Some((next, e.payload))), Ok(true));
+                model.insert(next, next.saturating_add(latest_ns - deadline_ns), id, period_ns);
+                assert_eq!(
+                    queue.latest(id),
+                    Some(next.saturating_add(latest_ns - deadline_ns)),
+                    "slack kept"
+                );
+            } else {
+                assert_eq!(queue.complete(e.id, None), Ok(false));
+            }
+            popped += 1;
+        }
+        assert!(
+            model.sorted.first().is_none_or(|front| front.2 > now_ns),
+            "step {step}: the model's front is due at {now_ns} but the queue stopped"
+        );
+        popped
+    }
+
+    #[test]
+    fn slack_follows_the_latest_time_order_of_a_sorted_model() {
+        let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+        let mut queue = TimerQueue::new(0);
+        let mut model = RangeModel::default();
+        let mut now_ns: u64 = 1_000_000;
+        let mut issued: Vec<TimerId> = Vec::new();
+        let (mut device_interrupts, mut popped_total, mut shared, mut early_interrupts) = (0, 0, 0, 0);
+
+        for step in 0..10_000 {
+            match rng.below(12) {
+                // Arm with slack: none, small, large, or one whose end saturates.
+                0..=3 => {
+                    let deadline_ns = now_ns.saturating_sub(rng.below(50)) + rng.below(20_000);
+                    let slack_ns = match rng.below(8) {
+                        0 | 1 => 0,
+                        2 => u64::MAX - rng.below(3),
+                        3 => rng.below(100),
+                        _ => rng.below(30_000),
+                    };
+                    let period_ns = if rng.below(6) == 0 { 2_000 + rng.below(10_000) } else { 0 };
+                    let id = queue.arm_range(deadline_ns, slack_ns, period_ns);
+                    issued.push(id);
+                    model.insert(deadline_ns, deadline_ns.saturating_add(slack_ns), id, period_ns);
+                }
+                // Cancel any id ever issued.
+                4 => {
+                    if let Some(&id) = issued.get(rng.below(issued.len() as u64 + 1) as usize) {
+                        let expected = model.remove(id).map(|e| e.4);
+                        assert_eq!(queue.cancel(id).unwrap().cancelled(), expected, "step {step}: cancel");
+                    }
+                }
+                // Rearm keeps the slack.
+                5 => {
+                    if let Some(&id) = issued.get(rng.below(issued.len() as u64 + 1) as usize) {
+                        let deadline_ns = now_ns + rng.below(20_000);
+                        let found = model.remove(id);
+                        if let Some((latest, order, deadline, _, period)) = found {
+                            // A rearm keeps its place among equal ends: its arming order.
+                            let entry = (
+                                deadline_ns.saturating_add(latest - deadline),
+                                order,
+                                deadline_ns,
+                                id,
+                                period,
+                            );
+                            let at = model.sorted.partition_point(|e| (e.0, e.1) < (entry.0, entry.1));
+                            model.sorted.insert(at, entry);
+                        }
+                        assert_eq!(queue.rearm(id, deadline_ns), found.is_some(), "step {step}: rearm");
+                    }
+                }
+                // An interrupt at some time before the programmed one (early or spurious):
+                // nothing before its deadline.
+                6 => {
+                    now_ns += rng.below(2_000);
+                    early_interrupts += 1;
+                    popped_total += interrupt_both(&mut queue, &mut model, now_ns, step);
+                }
+                // The device programmed for `earliest()` fires, on time or late.
+                _ => {
+                    let Some(programmed) = queue.earliest() else { continue };
+                    now_ns = now_ns.max(programmed) + rng.below(3) * rng.below(5_000);
+                    device_interrupts += 1;
+                    let popped = interrupt_both(&mut queue, &mut model, now_ns, step);
+                    assert!(popped >= 1, "step {step}: the device fired for nothing");
+                    shared += usize::from(popped > 1);
+                    popped_total += popped;
+                    // Never later than its range: nothing whose range ended by now is left.
+                    assert!(
+                        model.sorted.iter().all(|e| e.0 > now_ns),
+                        "step {step}: a timer whose range ended at or before {now_ns} is still pending"
+                    );
+                    assert!(queue.earliest().is_none_or(|latest| latest > now_ns), "step {step}");
+                }
+            }
+            assert_eq!(queue.earliest(), model.earliest(), "step {step}: earliest");
+            assert_eq!(queue.len(), model.sorted.len(), "step {step}: len");
+            if let Some(&id) = issued.get(rng.below(issued.len() as u64 + 1) as usize) {
+                let found = model.sorted.iter().find(|e| e.3 == id);
+                assert_eq!(queue.deadline(id), found.map(|e| e.2), "step {step}: deadline");
+                assert_eq!(queue.latest(id), found.map(|e| e.0), "step {step}: latest");
+            }
+        }
+        assert!(device_interrupts > 1_500 && early_interrupts > 500 && popped_total > 3_000);
+        assert!(shared > 300, "ranges overlapped often enough to share interrupts ({shared})");
+    }
+
+    /// Runs `queue` as a device programmed for its `earliest()` would, firing exactly then,
+    /// until it is empty: returns how many interrupts it took and the largest lateness seen
+    /// past a timer's deadline (checked within its range).
+    fn run_as_a_device(queue: &mut TimerQueue<u64>) -> (usize, u64) {
+        let (mut interrupts, mut worst) = (0, 0);
+        while let Some(at) = queue.earliest() {
+            interrupts += 1;
+            while let Some(e) = queue.pop_expired(at) {
+                let latest = queue.latest(e.id).expect("running");
+                assert!(e.deadline_ns <= at && at <= latest, "ran outside [deadline, deadline + slack]");
+                worst = worst.max(at - e.deadline_ns);
+                queue.complete(e.id, None).unwrap();
+            }
+        }
+        (interrupts, worst)
+    }
+
+    #[test]
+    fn slack_lets_many_timers_share_one_interrupt() {
+        // 64 timers 3.125 us apart (200 us in all): without slack, one interrupt each; with
+        // 1 ms each, all ranges overlap at the first end of range, and one interrupt runs all.
+        let mut exact = TimerQueue::new(0);
+        let mut ranged = TimerQueue::new(0);
+        for k in 0..64u64 {
+            exact.arm(10_000 + k * 3_125, k);
+            ranged.arm_range(10_000 + k * 3_125, 1_000_000, k);
+        }
+        assert_eq!(run_as_a_device(&mut exact), (64, 0));
+        let (interrupts, worst) = run_as_a_device(&mut ranged);
+        assert_eq!(interrupts, 1, "one interrupt at the first end of range runs every begun range");
+        assert_eq!(worst, 1_000_000, "the first timer ran at the end of its range, not after");
+
+        // 50 us of slack: the 200 us spread needs about 200 / 50 interrupts, not 64.
+        let mut some = TimerQueue::new(0);
+        for k in 0..64u64 {
+            some.arm_range(10_000 + k * 3_125, 50_000, k);
+        }
+        let (interrupts, worst) = run_as_a_device(&mut some);
+        assert!((4..=5).contains(&interrupts), "{interrupts} interrupts for 64 timers with 50 us of slack");
+        assert!(worst <= 50_000);
+    }
+
+    #[test]
+    fn a_head_whose_range_has_not_begun_stops_the_pass_and_runs_by_its_end() {
+        // Never early, even for the head: a later timer whose range has begun waits for it.
+        let mut queue = TimerQueue::new(0);
+        let head = queue.arm_range(500, 100, "head"); // [500, 600]
+        queue.arm_range(100, 10_000, "behind"); // [100, 10_100]
+        assert_eq!(queue.earliest(), Some(600));
+        assert!(queue.pop_expired(499).is_none(), "behind's range has begun, but the head's has not");
+        let e = queue.pop_expired(600).unwrap();
+        assert_eq!((e.id, e.payload), (head, "head"));
+        assert_eq!(queue.pop_expired(600).map(|e| e.payload), Some("behind"), "its range has begun");
+    }
+
+    #[test]
+    fn slack_zero_behaves_as_before_and_a_saturated_end_never_wraps() {
+        let mut queue = TimerQueue::new(0);
+        let a = queue.arm_range(100, 0, 'a');
+        assert_eq!((queue.deadline(a), queue.latest(a)), (Some(100), Some(100)));
+        let never = queue.arm_range(u64::MAX - 5, 100, 'n');
+        assert_eq!(queue.latest(never), Some(u64::MAX));
+        let forever = queue.arm_range(200, u64::MAX, 'f');
+        assert_eq!(queue.latest(forever), Some(u64::MAX));
+        assert_eq!(queue.earliest(), Some(100));
+        assert_eq!(drain(&mut queue, 250), ['a']);
+        // Its end is u64::MAX, behind `never` in arming order: the head (`never`) is not due.
+        assert!(queue.pop_expired(u64::MAX - 6).is_none());
+        assert_eq!(drain(&mut queue, u64::MAX), ['n', 'f']);
     }
 }

@@ -131,8 +131,8 @@ impl Message for [u64; 3] {
 /// ([`crate::remote::Handles`]); the message carries the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeMessage {
-    /// Arm the timer at `deadline_ns` whose payload waits in slot `slot` (generation
-    /// `generation`) of the owner's [`crate::remote::Handles`].
+    /// Arm the timer at `deadline_ns` (with `slack_ns`) whose payload waits in slot `slot`
+    /// (generation `generation`) of the owner's [`crate::remote::Handles`].
     Arm {
         /// The payload's slot.
         slot: u32,
@@ -140,6 +140,8 @@ pub enum TimeMessage {
         generation: u32,
         /// The deadline, in ns on the clocksource's timeline.
         deadline_ns: u64,
+        /// The slack: it may run until `deadline_ns + slack_ns` (32 bits, up to 4.29 s).
+        slack_ns: u32,
     },
     /// Cancel the owner's timer `id` (an id of another CPU is refused there, `WrongCpu`).
     Cancel {
@@ -161,7 +163,8 @@ pub enum TimeMessage {
 }
 
 // Word 0: the kind in its low byte, a 32-bit field (slot, CPU) in its high half. Word 1: a
-// 64-bit field (deadline, sequence, slot and generation). Kind 0 is no message.
+// 64-bit field (deadline, sequence, slot and generation). Word 2 (an arm's): its generation
+// in the low half, its slack in the high half. Kind 0 is no message.
 const ARM: u64 = 1;
 const CANCEL: u64 = 2;
 const WAKE: u64 = 3;
@@ -173,8 +176,12 @@ impl Message for TimeMessage {
 
     fn encode(&self) -> [u64; MAX_WORDS] {
         let (kind, high, second) = match *self {
-            TimeMessage::Arm { slot, generation, deadline_ns } => {
-                return [u64::from(slot) << 32 | ARM, deadline_ns, u64::from(generation)];
+            TimeMessage::Arm { slot, generation, deadline_ns, slack_ns } => {
+                return [
+                    u64::from(slot) << 32 | ARM,
+                    deadline_ns,
+                    u64::from(slack_ns) << 32 | u64::from(generation),
+                ];
             }
             TimeMessage::Cancel { id } => {
                 let (cpu, slot, generation) = id.parts();
@@ -191,7 +198,12 @@ impl Message for TimeMessage {
         let [first, second, third] = words;
         let high = (first >> 32) as u32;
         match first & 0xff {
-            ARM => TimeMessage::Arm { slot: high, generation: third as u32, deadline_ns: second },
+            ARM => TimeMessage::Arm {
+                slot: high,
+                generation: third as u32,
+                deadline_ns: second,
+                slack_ns: (third >> 32) as u32,
+            },
             CANCEL => {
                 TimeMessage::Cancel { id: TimerId::from_parts(high, (second >> 32) as u32, second as u32) }
             }
@@ -493,7 +505,13 @@ mod tests {
     fn every_time_message_comes_out_as_it_went_in() {
         let inbox = Inbox::new(8);
         let messages = [
-            TimeMessage::Arm { slot: u32::MAX, generation: u32::MAX, deadline_ns: u64::MAX },
+            TimeMessage::Arm {
+                slot: u32::MAX,
+                generation: u32::MAX,
+                deadline_ns: u64::MAX,
+                slack_ns: u32::MAX,
+            },
+            TimeMessage::Arm { slot: 0, generation: 1, deadline_ns: 2, slack_ns: 0 },
             TimeMessage::Cancel { id: TimerId::from_parts(3, u32::MAX, 7) },
             TimeMessage::Wake,
             TimeMessage::Assignment { sequence: 1 << 63 },
@@ -510,10 +528,8 @@ mod tests {
 
     fn time_message() -> impl Strategy<Value = TimeMessage> {
         prop_oneof![
-            (any::<u32>(), any::<u64>()).prop_map(|(slot, deadline_ns)| TimeMessage::Arm {
-                slot,
-                generation: slot.rotate_left(7),
-                deadline_ns
+            (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(slot, deadline_ns, slack_ns)| {
+                TimeMessage::Arm { slot, generation: slot.rotate_left(7), deadline_ns, slack_ns }
             }),
             (any::<u32>(), any::<u32>(), any::<u32>())
                 .prop_map(|(c, s, g)| TimeMessage::Cancel { id: TimerId::from_parts(c, s, g) }),

@@ -222,10 +222,25 @@ impl<P> Handles<P> {
     /// Refused with the payload back: no slot free ([`ArmError::HandlesFull`]), the inbox
     /// full ([`ArmError::InboxFull`]) or the CPU offline ([`ArmError::CpuNotOnline`]: the table
     /// is [`close`](Self::close)d).
+    #[inline]
     pub fn post(
         &self,
         inbox: &Inbox<TimeMessage>,
         deadline_ns: u64,
+        make: impl FnOnce(TimerId) -> P,
+    ) -> Result<TimerId, Refused<P>> {
+        self.post_range(inbox, deadline_ns, 0, make)
+    }
+
+    /// As [`post`](Self::post), for a timer that may run anywhere in `[deadline_ns,
+    /// deadline_ns + slack_ns]` ([`CpuTick::arm_range`]). The message carries the slack in 32
+    /// bits: a slack above `u32::MAX` ns (4.29 s) is narrowed to it, which only narrows the
+    /// range (never early, never later than asked).
+    pub fn post_range(
+        &self,
+        inbox: &Inbox<TimeMessage>,
+        deadline_ns: u64,
+        slack_ns: u64,
         make: impl FnOnce(TimerId) -> P,
     ) -> Result<TimerId, Refused<P>> {
         // Entering the gate and reading whether it is closed in one step (see `gate`).
@@ -233,7 +248,7 @@ impl<P> Handles<P> {
             let id = TimerId::from_parts(self.cpu, HANDLE_BIT, 0);
             Err(Refused { error: ArmError::CpuNotOnline(self.cpu()), payload: make(id) })
         } else {
-            self.post_open(inbox, deadline_ns, make)
+            self.post_open(inbox, deadline_ns, slack_ns, make)
         };
         // Release: the message sent is visible to a close that sees this sender gone.
         self.gate.fetch_sub(1, Ordering::AcqRel);
@@ -244,8 +259,10 @@ impl<P> Handles<P> {
         &self,
         inbox: &Inbox<TimeMessage>,
         deadline_ns: u64,
+        slack_ns: u64,
         make: impl FnOnce(TimerId) -> P,
     ) -> Result<TimerId, Refused<P>> {
+        let slack_ns = u32::try_from(slack_ns).unwrap_or(u32::MAX);
         let (index, generation) = match self.claim() {
             Some(claimed) => claimed,
             None => {
@@ -259,7 +276,7 @@ impl<P> Handles<P> {
         slot.payload.put(make(id));
         // Published before the message, so the owner that receives it sees the payload.
         slot.state.store(word(generation, PENDING), Ordering::Release);
-        let message = TimeMessage::Arm { slot: index as u32, generation, deadline_ns };
+        let message = TimeMessage::Arm { slot: index as u32, generation, deadline_ns, slack_ns };
         if inbox.try_send(message).is_err() {
             // Nobody has the handle yet and the owner never heard of the slot: take it back.
             let payload = slot.payload.take().expect("stored above");
@@ -433,7 +450,7 @@ impl<P> Handles<P> {
         t: &mut CpuTick<P>,
         index: u32,
         generation: u32,
-        deadline_ns: u64,
+        (deadline_ns, slack_ns): (u64, u64),
         bc: &spin::Mutex<crate::broadcast::Broadcast>,
     ) -> Received<P> {
         let Some(slot) = self.slots.get(index as usize) else { return Received::Nothing };
@@ -452,7 +469,7 @@ impl<P> Handles<P> {
                 let deadline_ns = cx
                     .clock_deadline(&payload)
                     .map_or(deadline_ns, |at| at.monotonic(&t.offsets()).as_nanos());
-                let id = t.arm_reserved(deadline_ns, payload, cx.now_ns(), bc);
+                let id = t.arm_reserved(deadline_ns, slack_ns, payload, cx.now_ns(), bc);
                 let (_, queue_slot, queue_generation) = id.parts();
                 slot.queued
                     .store(u64::from(queue_slot) << 32 | u64::from(queue_generation), Ordering::Relaxed);
@@ -517,8 +534,9 @@ pub fn drain<C: ExpiryContext>(
     for _ in 0..inbox.capacity() {
         let Some(message) = receiver.recv() else { break };
         let received = match message {
-            TimeMessage::Arm { slot, generation, deadline_ns } => cx.with_tick(|t, bc| {
-                let received = handles.arm_posted(cx, t, slot, generation, deadline_ns, bc);
+            TimeMessage::Arm { slot, generation, deadline_ns, slack_ns } => cx.with_tick(|t, bc| {
+                let range = (deadline_ns, u64::from(slack_ns));
+                let received = handles.arm_posted(cx, t, slot, generation, range, bc);
                 drained.failure = drained.failure.or(t.take_failure());
                 received
             }),

@@ -37,8 +37,9 @@ pub use report::{
     min_delta_ns, tick_devices,
 };
 pub use timer::{
-    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, arm_deferred_at, arm_on_clock,
-    cancel, now, post_on, reserve, sleep_ns, sleep_until,
+    Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, arm_at_range, arm_deferred_at,
+    arm_on_clock, cancel, default_slack_ns, now, post_on, reserve, set_default_slack_ns, sleep_ns,
+    sleep_until,
 };
 
 use crate::arch::x86_64::interrupts;
@@ -101,6 +102,8 @@ pub struct Setup {
 /// start (they read it on their start-up path).
 struct BringUp {
     mode: TickMode,
+    /// Each CPU's default timer slack when it comes online (`timer_slack_ns=`).
+    slack_ns: u64,
     /// `None`: LAPIC timers are left out (noapictimer, clockevents=global, uncalibrated).
     lapic: Option<LapicTimerConfig>,
 }
@@ -118,8 +121,18 @@ pub fn init_on_bsp(platform: &mut Platform, options: &KernelOptions) {
         platform.fall_back(format!("broadcast wake-up vector unavailable ({e}): broadcast cannot wake CPUs"));
     }
     log::info!("tick {mode}, clockevents={}", options.clockevents);
+    if options.timer_slack_ns == 0 {
+        log::info!(
+            "timer slack: 0 ns by default on every CPU (exact deadlines; timer_slack_ns=N to let timers share interrupts)"
+        );
+    } else {
+        log::info!(
+            "timer slack: {} ns by default on every CPU (timer_slack_ns=): a timer armed without its own may run up to that after its deadline, never before",
+            options.timer_slack_ns
+        );
+    }
     let lapic = lapic_timer_config(platform, options);
-    BRING_UP.call_once(|| BringUp { mode, lapic });
+    BRING_UP.call_once(|| BringUp { mode, slack_ns: options.timer_slack_ns, lapic });
     init_this_cpu();
 }
 
@@ -133,6 +146,7 @@ pub fn init_on_ap() {
 fn init_this_cpu() {
     let bring_up = BRING_UP.get().expect("init_on_bsp ran");
     cpu::create_tick(bring_up.mode);
+    set_default_slack_ns(bring_up.slack_ns);
     registry::cpu_online(percpu::this_cpu().index);
     if let Some(config) = bring_up.lapic {
         match lapic::register_this_cpu(config) {

@@ -191,6 +191,7 @@ pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup)
         None => "none",
     }
     .into();
+    report.timer_slack_ns = super::BRING_UP.get().map_or(0, |b| b.slack_ns);
     let ticks = tick_devices();
     for t in &ticks {
         if let Some(c) = report.cpus.iter_mut().find(|c| c.index as usize == t.cpu) {

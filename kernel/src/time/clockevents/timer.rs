@@ -3,8 +3,12 @@
 //! handle that cancels on drop, and `sleep_ns`.
 //!
 //! Callbacks run in interrupt context (interrupts disabled) on the CPU the timer was armed
-//! on, never before their deadline. `arm_at`/`cancel` on the calling CPU touch only its own
-//! tick and allocate nothing for a plain function callback. A [`Timer`] (any CPU, from any
+//! on, never before their deadline. A timer may carry slack (`arm_at_range`,
+//! [`Timer::at_range`]): it runs anywhere in `[deadline, deadline + slack]` (plus the path's
+//! own latency), so timers whose ranges overlap share one interrupt; one armed without slack
+//! gets its CPU's default ([`default_slack_ns`], `timer_slack_ns=`, 0 unless asked).
+//! `arm_at`/`cancel` on the calling CPU touch only its own tick and allocate nothing for a
+//! plain function callback. A [`Timer`] (any CPU, from any
 //! CPU) goes through its CPU's handles and inbox (`kernel_time::remote`): the arm returns its
 //! handle at once and the owner arms it when the wake-up IPI drains its inbox; a cancel from
 //! anywhere answers at once and never waits for the timer's CPU.
@@ -30,7 +34,7 @@ use super::registry;
 use crate::arch::x86_64::smp::percpu;
 use crate::time::clocksource::now_ns;
 use alloc::boxed::Box;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 use kernel_time::clocks::{BootInstant, ClockDeadline, WallTime};
 use kernel_time::hrtimer::{Cancel, TimerId, WrongCpu};
@@ -189,16 +193,39 @@ fn this_cpu() -> usize {
     percpu::this_cpu().index
 }
 
-/// Arms `payload` at `deadline_ns` on the calling CPU (a payload on REALTIME or BOOTTIME where
-/// this CPU's offsets place its deadline, under the guard: `CpuTick::offsets`).
-fn arm_here(deadline_ns: u64, payload: Payload) -> Result<TimerId, ArmError> {
+/// The calling CPU's default timer slack: what a timer armed here without a slack of its own
+/// gets (`timer_slack_ns=` at boot).
+pub fn default_slack_ns() -> u64 {
+    default_slack_of(this_cpu())
+}
+
+/// Each CPU's default slack, by CPU index (apart from `CpuTime`, which the interrupt path
+/// reads: its layout stays as it was).
+static DEFAULT_SLACK_NS: [AtomicU64; percpu::MAX_CPUS] = [const { AtomicU64::new(0) }; percpu::MAX_CPUS];
+
+fn default_slack_of(cpu: usize) -> u64 {
+    DEFAULT_SLACK_NS.get(cpu).map_or(0, |s| s.load(Ordering::Relaxed))
+}
+
+/// Sets the calling CPU's default timer slack (for timers armed on it from now on).
+pub fn set_default_slack_ns(slack_ns: u64) {
+    if let Some(s) = DEFAULT_SLACK_NS.get(this_cpu()) {
+        s.store(slack_ns, Ordering::Relaxed);
+    }
+}
+
+/// Arms `payload` at `deadline_ns` on the calling CPU, with `slack_ns` (`None`: this CPU's
+/// default); a payload on REALTIME or BOOTTIME where this CPU's offsets place its deadline,
+/// under the guard (`CpuTick::offsets`).
+fn arm_here(deadline_ns: u64, slack_ns: Option<u64>, payload: Payload) -> Result<TimerId, ArmError> {
     let cpu = this_cpu();
+    let slack_ns = slack_ns.unwrap_or_else(default_slack_ns);
     let Some(mut tick) = this_cpu_tick() else { return Err(ArmError::NoTickDevice(cpu)) };
     let deadline_ns =
         payload.schedule.clock().map_or(deadline_ns, |at| at.monotonic(&tick.offsets()).as_nanos());
     crate::arch::x86_64::trace::arm(deadline_ns, None);
     let bc = registry::broadcast(&tick);
-    let result = tick.arm(deadline_ns, payload, now_ns(), bc);
+    let result = tick.arm_range(deadline_ns, slack_ns, payload, now_ns(), bc);
     let failure = tick.take_failure();
     drop(tick);
     super::cpu::report_failure(failure);
@@ -214,12 +241,22 @@ pub fn reserve(timers: usize) {
     with_tick(|t| t.reserve(timers));
 }
 
-/// Arms a timer on the calling CPU at `deadline_ns` of the clocksource.
+/// Arms a timer on the calling CPU at `deadline_ns` of the clocksource, with the CPU's default
+/// slack ([`default_slack_ns`]).
 pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
     arm_here(
         deadline_ns,
+        None,
         Payload { callback: Callback::Fn(f), data, schedule: Schedule::HARD_ONESHOT, handle: None },
     )
+}
+
+/// Arms a timer on the calling CPU that runs anywhere in `[deadline_ns, deadline_ns +
+/// slack_ns]` of the clocksource (plus the path's latency), never before `deadline_ns`; the
+/// CPU's default slack does not apply (0 here means exact).
+pub fn arm_at_range(deadline_ns: u64, slack_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
+    let payload = Payload { callback: Callback::Fn(f), data, schedule: Schedule::HARD_ONESHOT, handle: None };
+    arm_here(deadline_ns, Some(slack_ns), payload)
 }
 
 /// Arms a deferred timer on the calling CPU at `deadline_ns`: its callback runs outside the
@@ -228,6 +265,7 @@ pub fn arm_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmErr
 pub fn arm_deferred_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
     arm_here(
         deadline_ns,
+        None,
         Payload { callback: Callback::Fn(f), data, schedule: Schedule::new(0, true), handle: None },
     )
 }
@@ -238,7 +276,7 @@ pub fn arm_deferred_at(deadline_ns: u64, f: TimerFn, data: u64) -> Result<TimerI
 pub fn arm_on_clock(at: ClockDeadline, f: TimerFn, data: u64) -> Result<TimerId, ArmError> {
     let payload =
         Payload { callback: Callback::Fn(f), data, schedule: Schedule::of(at, 0, false), handle: None };
-    arm_here(at.as_nanos(), payload)
+    arm_here(at.as_nanos(), None, payload)
 }
 
 /// Arms a timer on the calling CPU `delay_ns` from now.
@@ -272,10 +310,12 @@ fn cancel_here(id: TimerId) -> Result<Cancelled, WrongCpu> {
 /// Arms `payload` on CPU `cpu` through its handles, from any CPU and any context (interrupts
 /// are off meanwhile, so the sender's window in the inbox is a few instructions): the handle
 /// comes back at once. On the calling CPU the inbox is drained now (the timer is armed when
-/// this returns); another CPU is woken by an IPI and arms it then.
+/// this returns); another CPU is woken by an IPI and arms it then. `slack_ns` `None`: the
+/// target CPU's default.
 fn post(
     cpu: usize,
     at: ClockDeadline,
+    slack_ns: Option<u64>,
     callback: Callback,
     data: u64,
     period_ns: u64,
@@ -290,11 +330,12 @@ fn post(
         Some(at) => at.monotonic(&crate::time::clocksource::offsets()).as_nanos(),
     };
     crate::arch::x86_64::trace::arm(deadline_ns, Some(cpu));
+    let slack_ns = slack_ns.unwrap_or_else(|| default_slack_of(target.index));
     let (Some(handles), Some(inbox)) = (time_of(target).handles.get(), time_of(target).inbox.get()) else {
         return Err(ArmError::CpuNotOnline(cpu));
     };
     let posted = x86_64::instructions::interrupts::without_interrupts(|| {
-        handles.post(inbox, deadline_ns, |handle| Payload {
+        handles.post_range(inbox, deadline_ns, slack_ns, |handle| Payload {
             callback,
             data,
             schedule,
@@ -341,8 +382,16 @@ fn cancel_handle(id: TimerId) -> Cancelled {
 /// Arms a timer on CPU `cpu` from any CPU and any context (a callback included), without
 /// waiting; it cannot be cancelled (use [`Timer::with_fn`] and keep the [`Timer`] for that).
 pub fn post_on(cpu: usize, deadline_ns: u64, f: TimerFn, data: u64) -> Result<(), ArmError> {
-    post(cpu, ClockDeadline::Monotonic(Instant::from_nanos(deadline_ns)), Callback::Fn(f), data, 0, false)
-        .map(drop)
+    post(
+        cpu,
+        ClockDeadline::Monotonic(Instant::from_nanos(deadline_ns)),
+        None,
+        Callback::Fn(f),
+        data,
+        0,
+        false,
+    )
+    .map(drop)
 }
 
 /// A timer armed through the typed API: cancelled when dropped (unless [`Timer::detach`]ed).
@@ -373,6 +422,21 @@ impl Timer {
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
         Timer::arm(cpu, at, 0, Callback::Closure(Box::new(callback)), false)
+    }
+
+    /// A one-shot timer on CPU `cpu` that runs anywhere in `[deadline, deadline + slack]` (plus
+    /// the path's latency), never before `deadline`, so that it can share an interrupt with
+    /// timers whose ranges overlap; the CPU's default slack does not apply. A slack above
+    /// 4.29 s is narrowed to that (it travels in 32 bits).
+    pub fn at_range(
+        cpu: usize,
+        deadline: Instant,
+        slack: Duration,
+        callback: impl FnMut(&TimerEvent) + Send + 'static,
+    ) -> Result<Timer, ArmError> {
+        let slack_ns = u64::try_from(slack.as_nanos()).unwrap_or(u64::MAX);
+        let at = (ClockDeadline::Monotonic(deadline), Some(slack_ns));
+        Timer::arm_with(cpu, at, 0, Callback::Closure(Box::new(callback)), false)
     }
 
     /// A one-shot deferred timer on CPU `cpu` at `deadline`: `callback` runs there outside
@@ -440,9 +504,35 @@ impl Timer {
     /// A timer running a plain function (no allocation).
     pub fn with_fn(cpu: usize, deadline: Instant, f: TimerFn, data: u64) -> Result<Timer, ArmError> {
         Ok(Timer {
-            id: post(cpu, ClockDeadline::Monotonic(deadline), Callback::Fn(f), data, 0, false)?,
+            id: post(cpu, ClockDeadline::Monotonic(deadline), None, Callback::Fn(f), data, 0, false)?,
             cancel_on_drop: true,
         })
+    }
+
+    /// A timer running a plain function (no allocation) anywhere in `[deadline, deadline +
+    /// slack_ns]`, as [`at_range`](Self::at_range).
+    pub fn with_fn_range(
+        cpu: usize,
+        deadline: Instant,
+        slack_ns: u64,
+        f: TimerFn,
+        data: u64,
+    ) -> Result<Timer, ArmError> {
+        let at = ClockDeadline::Monotonic(deadline);
+        let id = post(cpu, at, Some(slack_ns), Callback::Fn(f), data, 0, false)?;
+        Ok(Timer { id, cancel_on_drop: true })
+    }
+
+    /// A timer at `at` with `slack_ns` (`None`: the CPU's default), every `period_ns`, deferred
+    /// or not.
+    fn arm_with(
+        cpu: usize,
+        (at, slack_ns): (ClockDeadline, Option<u64>),
+        period_ns: u64,
+        callback: Callback,
+        deferred: bool,
+    ) -> Result<Timer, ArmError> {
+        Ok(Timer { id: post(cpu, at, slack_ns, callback, 0, period_ns, deferred)?, cancel_on_drop: true })
     }
 
     fn arm(
@@ -452,7 +542,7 @@ impl Timer {
         callback: Callback,
         deferred: bool,
     ) -> Result<Timer, ArmError> {
-        Ok(Timer { id: post(cpu, at, callback, 0, period_ns, deferred)?, cancel_on_drop: true })
+        Timer::arm_with(cpu, (at, None), period_ns, callback, deferred)
     }
 
     pub fn cpu(&self) -> usize {

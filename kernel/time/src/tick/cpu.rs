@@ -47,6 +47,8 @@ pub struct Migrating<T> {
     /// Its deadline, which it keeps (a periodic payload carries its period, so it keeps its
     /// grid too).
     pub deadline_ns: u64,
+    /// The end of its range (its deadline plus its slack), which it keeps too.
+    pub latest_ns: u64,
     /// What it carries.
     pub payload: T,
 }
@@ -461,10 +463,25 @@ impl<T> CpuTick<T> {
             && (d.min_delta_ns()..=d.max_delta_ns).contains(&self.mode.period_ns())
     }
 
-    /// Arms a timer at `deadline_ns` on this CPU.
+    /// Arms a timer at `deadline_ns` on this CPU, without slack.
+    #[inline]
     pub fn arm(
         &mut self,
         deadline_ns: u64,
+        payload: T,
+        now_ns: u64,
+        bc: &Mutex<Broadcast>,
+    ) -> Result<TimerId, Refused<T>> {
+        self.arm_range(deadline_ns, 0, payload, now_ns, bc)
+    }
+
+    /// Arms a timer on this CPU that may run anywhere in `[deadline_ns, deadline_ns +
+    /// slack_ns]` ([`TimerQueue::arm_range`]): the device is programmed for the earliest end
+    /// of a range, and there every timer whose range has begun runs.
+    pub fn arm_range(
+        &mut self,
+        deadline_ns: u64,
+        slack_ns: u64,
         payload: T,
         now_ns: u64,
         bc: &Mutex<Broadcast>,
@@ -483,22 +500,24 @@ impl<T> CpuTick<T> {
             // Doubling, so that arming stays amortised O(1).
             self.queue.reserve(self.queue.capacity().max(self.handle_reserve + 1));
         }
-        Ok(self.arm_reserved(deadline_ns, payload, now_ns, bc))
+        Ok(self.arm_reserved(deadline_ns, slack_ns, payload, now_ns, bc))
     }
 
     /// Arms a timer posted through this CPU's handles ([`crate::remote::drain`]): it takes
     /// the room kept for them, so it does not allocate; and it is queued even while no device
     /// serves this CPU (the sender was told it is armed: it waits for a device).
+    /// With `slack_ns`, as [`arm_range`](Self::arm_range).
     #[inline]
     pub fn arm_reserved(
         &mut self,
         deadline_ns: u64,
+        slack_ns: u64,
         payload: T,
         now_ns: u64,
         bc: &Mutex<Broadcast>,
     ) -> TimerId {
-        let id = self.queue.arm(deadline_ns, payload);
-        if deadline_ns < self.next_event_ns && self.service != Service::None {
+        let id = self.queue.arm_range(deadline_ns, slack_ns, payload);
+        if deadline_ns.saturating_add(slack_ns) < self.next_event_ns && self.service != Service::None {
             self.reprogram(now_ns, bc);
         }
         id
@@ -530,6 +549,11 @@ impl<T> CpuTick<T> {
             self.reprogram(now_ns, bc);
         }
         moved
+    }
+
+    /// The end of a pending or running timer's range ([`TimerQueue::latest`]).
+    pub fn latest(&self, id: TimerId) -> Option<u64> {
+        self.queue.latest(id)
     }
 
     /// Cancels a timer of this CPU. The device keeps its programmed time: an interrupt with
@@ -595,7 +619,8 @@ impl<T> CpuTick<T> {
         }
     }
 
-    /// The next timer due at `now_ns`, in deadline order, within this pass's budget; it is
+    /// The next timer due at `now_ns` ([`TimerQueue::pop_expired`]: in the order of the ends
+    /// of their ranges, while the head's deadline has come), within this pass's budget; it is
     /// running until [`complete`](Self::complete).
     #[inline]
     pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
@@ -759,7 +784,7 @@ impl<T> CpuTick<T> {
     /// new assignment comes): it leaves the broadcast, releases its local device (detached,
     /// unarmed: free for the registry to hand out again), serves nothing from now on, refuses
     /// arms ([`ArmError::CpuNotOnline`]) and ignores assignments still in flight. Returns its
-    /// pending timers in the order they would have run (deadline, then arming order), for
+    /// pending timers in the order they would have run (end of range, then arming order), for
     /// another CPU to [`adopt`](Self::adopt), the timers waiting in the deferred list first
     /// (due already: they run, deferred, on the CPU that adopts them); a timer popped but not
     /// completed (only possible when called from a callback, which it must not be) is not
@@ -781,12 +806,14 @@ impl<T> CpuTick<T> {
         self.next_event_ns = u64::MAX;
         let mut timers = alloc::vec::Vec::with_capacity(self.queue.deferred_len() + self.queue.len());
         while let Some(e) = self.queue.take_deferred() {
+            let latest_ns = self.queue.latest(e.id).unwrap_or(e.deadline_ns);
             let _ = self.queue.complete(e.id, None);
-            timers.push(Migrating { id: e.id, deadline_ns: e.deadline_ns, payload: e.payload });
+            timers.push(Migrating { id: e.id, deadline_ns: e.deadline_ns, latest_ns, payload: e.payload });
         }
         while let Some(e) = self.queue.pop_expired(u64::MAX) {
+            let latest_ns = self.queue.latest(e.id).unwrap_or(e.deadline_ns);
             let _ = self.queue.complete(e.id, None);
-            timers.push(Migrating { id: e.id, deadline_ns: e.deadline_ns, payload: e.payload });
+            timers.push(Migrating { id: e.id, deadline_ns: e.deadline_ns, latest_ns, payload: e.payload });
         }
         timers
     }
@@ -817,7 +844,10 @@ impl<T> CpuTick<T> {
             return Err(Refused { error, payload: timers });
         }
         self.queue.reserve(timers.len());
-        let ids = timers.into_iter().map(|m| (m.id, self.queue.arm(m.deadline_ns, m.payload))).collect();
+        let ids = timers
+            .into_iter()
+            .map(|m| (m.id, self.queue.arm_range(m.deadline_ns, m.latest_ns - m.deadline_ns, m.payload)))
+            .collect();
         self.reprogram(now_ns, bc);
         Ok(ids)
     }
@@ -837,7 +867,8 @@ impl<T> CpuTick<T> {
         }
     }
 
-    /// The deadline this CPU needs next: its earliest timer (tickless) or its next tick.
+    /// The deadline this CPU needs next: its earliest timer's latest allowed time (tickless) or
+    /// its next tick.
     #[inline]
     fn needed(&self) -> u64 {
         let needed = match self.mode {

@@ -133,6 +133,16 @@ impl<P> Mailbox<P> {
         self.handles.post(&self.inbox, deadline_ns, make)
     }
 
+    /// As [`post`](Self::post), with slack ([`Handles::post_range`]).
+    pub fn post_range(
+        &self,
+        deadline_ns: u64,
+        slack_ns: u64,
+        make: impl FnOnce(TimerId) -> P,
+    ) -> Result<TimerId, Refused<P>> {
+        self.handles.post_range(&self.inbox, deadline_ns, slack_ns, make)
+    }
+
     /// Cancels handle `id`'s timer from any CPU, at once ([`Handles::cancel`]). A pending one's
     /// slot is also noted in the inbox, for the owner to reclaim at its next drain rather than
     /// at its deadline (a full inbox refuses the note: nothing is lost, the slot waits).
@@ -814,5 +824,30 @@ mod tests {
         assert_eq!(registry.lock().taken_out().len(), 1, "and drain took it out");
         assert_eq!(p.tick.borrow().service(), Service::Broadcast(global), "CPU 0 moved on");
         assert_eq!(bc.lock().deadline(0), p.now_ns() + 5_000, "with the posted timer's deadline");
+    }
+
+    #[test]
+    fn a_posted_timer_keeps_its_slack_and_so_does_a_migrating_one() {
+        let (bc, registry) = (spin::Mutex::new(Broadcast::new()), spin::Mutex::new(Registry::new()));
+        let (p, global, _) = registry_cpu(&bc, &registry, crate::clockevents::fake::FakeDriver::leak());
+        let now = p.now_ns();
+        p.own.post_range(now + 5_000, 20_000, |_| 7).unwrap();
+        // Over 32 bits of slack: narrowed to u32::MAX, never widened.
+        p.own.post_range(now + 6_000, u64::MAX, |_| 8).unwrap();
+        assert_eq!(drain(&p).expect("not nested").armed, 2);
+        assert_eq!(p.tick.borrow().next_event_ns(), now + 25_000, "programmed for the end of its range");
+        let migrating = p.tick.borrow_mut().go_offline(&bc);
+        let ranges: Vec<_> = migrating.iter().map(|m| (m.deadline_ns, m.latest_ns, m.payload)).collect();
+        assert_eq!(
+            ranges,
+            [(now + 5_000, now + 25_000, 7), (now + 6_000, now + 6_000 + u64::from(u32::MAX), 8)]
+        );
+        let mut other = CpuTick::new(1, TickMode::Oneshot, now, 8);
+        other.assign(Service::Broadcast(global), None, now, &bc);
+        other.adopt(migrating, now, &bc).unwrap();
+        assert_eq!(other.next_event_ns(), now + 25_000, "the adopted timer kept its range");
+        assert!(other.wakeup(now + 4_999) && other.pop_expired(now + 4_999).is_none(), "and its deadline");
+        let e = other.pop_expired(now + 6_000).expect("both ranges have begun");
+        assert_eq!((e.deadline_ns, other.latest(e.id)), (now + 5_000, Some(now + 25_000)));
     }
 }

@@ -446,6 +446,28 @@ impl Sim {
         self.timers.get_mut(&n).expect("just armed").deferred = true;
         (n, id)
     }
+    /// Arms a one-shot timer that may run in `[deadline, deadline + slack]`.
+    fn arm_range(&mut self, cpu: usize, deadline: u64, slack: u64) -> u32 {
+        let n = self.next_timer;
+        self.next_timer += 1;
+        let id = self.on(cpu, |t, now, bc| t.arm_range(deadline, slack, n, now, bc)).expect("armed");
+        self.timers.insert(
+            n,
+            SimTimer {
+                cpu,
+                deadline,
+                period: 0,
+                fired: vec![],
+                behaviour: Behaviour::Plain,
+                clock: None,
+                deferred: false,
+            },
+        );
+        self.ids.insert(n, id);
+        let changes = self.take_failures();
+        self.apply(changes);
+        n
+    }
     /// Gives timer `n`'s callback a behaviour.
     fn behave(&mut self, n: u32, behaviour: Behaviour) {
         self.timers.get_mut(&n).expect("known timer").behaviour = behaviour;
@@ -692,6 +714,32 @@ fn cpu_without_local_device_is_served_by_broadcast() {
     s.assert_all_fired_once_never_early();
     assert_eq!(s.cpus[2].events(), 2);
     assert_eq!(s.bc.lock().stats(), (2, 2), "two broadcast events on CPU 0, each waking CPU 2 by IPI");
+}
+
+#[test]
+fn timers_with_slack_share_interrupts_on_a_local_device_and_through_broadcast() {
+    // CPU 0 on its own device, CPU 2 on the broadcast: 20 timers each, 10 us apart, 1 ms of
+    // slack. The expiry loop programs each for the first end of a range and runs every begun
+    // range there: one interrupt (or wake-up) per CPU, each timer in its range.
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    s.per_cpu("hpet0", PERCPU_HPET, 0);
+    s.per_cpu("hpet1", PERCPU_HPET, 1);
+    s.add("hpet2", GLOBAL_HPET, CpuSet::first(3), Features::empty(), 0);
+    let now = s.now();
+    let mut ranged = Vec::new();
+    for k in 0..20u64 {
+        for cpu in [0, 2] {
+            ranged.push(s.arm_range(cpu, now + 100_000 + k * 10_000, 1_000_000));
+        }
+    }
+    s.run_until(now + 5_000_000);
+    s.assert_all_fired_once_never_early();
+    for n in ranged {
+        let t = &s.timers[&n];
+        // The device fires at the first end of a range, rounded up to its 10 ns ticks.
+        assert!(t.fired[0] <= t.deadline + 1_000_000 + 10, "timer {n} ran past its range");
+    }
+    assert_eq!((s.cpus[0].events(), s.cpus[2].events()), (1, 1), "one interrupt for each CPU's 20");
 }
 
 #[test]
