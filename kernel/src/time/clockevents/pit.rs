@@ -3,7 +3,8 @@
 //! rated below every other device, global (not per-CPU) and running in deep idle, so that the
 //! registry takes it as the broadcast device when no global HPET comparator exists, and so as
 //! the device of every CPU nothing else serves. Its IRQ0 reaches one CPU (the boot CPU)
-//! through the IOAPIC, on the GSI the MADT's interrupt source override gives IRQ0.
+//! through the IOAPIC, on the GSI the MADT's interrupt source override gives IRQ0, or through
+//! the 8259 on a CPU without a local APIC (the one CPU then).
 //!
 //! Registered only when IRQ0 is free: the HPET's legacy replacement route takes it over (and
 //! disconnects the PIT), and `pit=off` leaves it out. One line in the log says which.
@@ -12,7 +13,7 @@ use crate::arch::x86_64::ioapic::{IOAPICS, Polarity, Trigger};
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::platform::Platform;
 use crate::arch::x86_64::smp::percpu;
-use crate::arch::x86_64::{interrupts, pit};
+use crate::arch::x86_64::{interrupts, pic, pit};
 use crate::cmdline::KernelOptions;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -85,6 +86,38 @@ impl EventDriver for PitTimer {
     }
 }
 
+/// Without a local APIC: IRQ0 through the 8259 (its vector fixed by the remapping), the only
+/// CPU's.
+fn register_on_8259() -> Result<alloc::string::String, Skipped> {
+    let vector = pic::vector(pit::IRQ);
+    interrupts::register(vector, pit_interrupt)
+        .map_err(|e| Skipped::Failed(alloc::format!("IRQ0's 8259 vector {vector:#04x}: {e}")))?;
+    pit::channel0_stop();
+    let spec = spec();
+    if super::registry::register(spec, &PIT, |id| PIT.attach(id)).is_none() {
+        return Err(Skipped::Failed("no registry".into()));
+    }
+    pic::unmask(pit::IRQ);
+    Ok(alloc::format!(
+        "PIT channel 0: IRQ0 through the 8259 (no local APIC) -> CPU 0 vector {vector:#04x}, rating {RATING}, {}..{} ticks at {} Hz: registered as the device of last resort",
+        pit::MIN_COUNT,
+        pit::MAX_COUNT,
+        pit::PIT_HZ
+    ))
+}
+
+fn spec() -> DeviceSpec {
+    DeviceSpec {
+        name: "pit".into(),
+        features: Features::ONESHOT | Features::PERIODIC,
+        rating: RATING,
+        cpus: CpuSet::first(percpu::all().count()),
+        frequency_hz: pit::PIT_HZ,
+        min_delta_ticks: u64::from(pit::MIN_COUNT),
+        max_delta_ticks: u64::from(pit::MAX_COUNT),
+    }
+}
+
 /// IRQ0 from channel 0, on the CPU its route names.
 fn pit_interrupt(_vector: u8) {
     path_trace::stamp(Stage::Acked);
@@ -110,7 +143,6 @@ pub fn counts() -> (u64, u64) {
 #[derive(Debug)]
 enum Skipped {
     Off,
-    NoLapic,
     IrqTaken { gsi: u32, owner: &'static str },
     NoIoapic { gsi: u32 },
     Failed(alloc::string::String),
@@ -120,7 +152,6 @@ impl core::fmt::Display for Skipped {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Skipped::Off => f.write_str("pit=off"),
-            Skipped::NoLapic => f.write_str("no local APIC for IRQ0 to reach through the IOAPIC"),
             Skipped::IrqTaken { gsi, owner } => write!(f, "IRQ0 (GSI {gsi}) is taken by the {owner}"),
             Skipped::NoIoapic { gsi } => write!(f, "no IOAPIC serves IRQ0's GSI {gsi}"),
             Skipped::Failed(why) => f.write_str(why),
@@ -144,7 +175,7 @@ fn try_register(platform: &Platform, options: &KernelOptions) -> Result<alloc::s
         return Err(Skipped::Off);
     }
     if platform.lapic.is_none() {
-        return Err(Skipped::NoLapic);
+        return register_on_8259();
     }
     let route = platform
         .firmware
@@ -175,16 +206,7 @@ fn try_register(platform: &Platform, options: &KernelOptions) -> Result<alloc::s
             return Err(Skipped::Failed(alloc::format!("cannot route GSI {gsi}: {e}")));
         }
     }
-    let spec = DeviceSpec {
-        name: "pit".into(),
-        features: Features::ONESHOT | Features::PERIODIC,
-        rating: RATING,
-        cpus: CpuSet::first(percpu::all().count()),
-        frequency_hz: pit::PIT_HZ,
-        min_delta_ticks: u64::from(pit::MIN_COUNT),
-        max_delta_ticks: u64::from(pit::MAX_COUNT),
-    };
-    if super::registry::register(spec, &PIT, |id| PIT.attach(id)).is_none() {
+    if super::registry::register(spec(), &PIT, |id| PIT.attach(id)).is_none() {
         let _ = IOAPICS.lock().release(gsi);
         return Err(Skipped::Failed("no registry".into()));
     }
