@@ -50,12 +50,17 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     let isa = platform.firmware.isa_gsis.clone();
     let routes = &platform.firmware.isa_routes;
     let legacy_routes = h.capabilities().legacy_route_capable().then(|| (routes[0], routes[8]));
-    let deliveries = hpet_plan::choose_deliveries(&caps, legacy_routes, |cap| {
-        let mut io = IOAPICS.lock();
-        let gsi = io.find_free(cap, &isa)?;
-        io.claim(gsi, "HPET comparator").ok()?;
-        Some(gsi)
-    });
+    let deliveries = if platform.lapic.is_none() {
+        // No IOAPIC route or FSB message reaches a CPU without a local APIC: the 8259 only.
+        hpet_plan::pic_deliveries(caps.len(), legacy_routes.is_some())
+    } else {
+        hpet_plan::choose_deliveries(&caps, legacy_routes, |cap| {
+            let mut io = IOAPICS.lock();
+            let gsi = io.find_free(cap, &isa)?;
+            io.claim(gsi, "HPET comparator").ok()?;
+            Some(gsi)
+        })
+    };
     for (o, d) in outcomes.iter_mut().zip(&deliveries) {
         o.delivery = *d;
         match d {
@@ -67,6 +72,10 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                 log::info!("HPET comparator {}: {legacy}", o.index);
             }
             Some(d) => log::info!("HPET comparator {}: {d}", o.index),
+            None if platform.lapic.is_none() => log::info!(
+                "HPET comparator {}: no usable route (no local APIC: only the legacy route through the 8259)",
+                o.index
+            ),
             None => log::info!("HPET comparator {}: no usable route (no FSB, no free IOAPIC pin)", o.index),
         }
     }

@@ -190,11 +190,6 @@ fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Optio
 /// assignments (a call to each, behind them in its queue) and the outcome is logged.
 pub fn init_hpet(platform: &mut Platform, options: &KernelOptions) -> Setup {
     let setup = match platform.hpet {
-        // No IOAPIC route or FSB message reaches a CPU without a local APIC.
-        Some(_) if platform.lapic.is_none() => Setup {
-            rule: "no local APIC: HPET comparators not used (IOAPIC and FSB deliveries reach no CPU; the legacy route through the 8259 is not implemented)".into(),
-            comparators: Vec::new(),
-        },
         Some(h) => hpet_bringup::init_hpet(h, platform, options),
         None => Setup { rule: "no HPET: LAPIC timer only".into(), comparators: Vec::new() },
     };

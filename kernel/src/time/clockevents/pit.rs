@@ -90,8 +90,11 @@ impl EventDriver for PitTimer {
 /// CPU's.
 fn register_on_8259() -> Result<alloc::string::String, Skipped> {
     let vector = pic::vector(pit::IRQ);
-    interrupts::register(vector, pit_interrupt)
-        .map_err(|e| Skipped::Failed(alloc::format!("IRQ0's 8259 vector {vector:#04x}: {e}")))?;
+    interrupts::register(vector, pit_interrupt).map_err(|e| match e {
+        // The HPET's legacy route through the 8259 took IRQ0 (and disconnected the PIT).
+        interrupts::RegisterError::InUse(_) => Skipped::IrqTaken { gsi: None, owner: "HPET legacy route" },
+        e => Skipped::Failed(alloc::format!("IRQ0's 8259 vector {vector:#04x}: {e}")),
+    })?;
     pit::channel0_stop();
     let spec = spec();
     if super::registry::register(spec, &PIT, |id| PIT.attach(id)).is_none() {
@@ -143,8 +146,14 @@ pub fn counts() -> (u64, u64) {
 #[derive(Debug)]
 enum Skipped {
     Off,
-    IrqTaken { gsi: u32, owner: &'static str },
-    NoIoapic { gsi: u32 },
+    /// IRQ0 is taken (at the IOAPIC's GSI, or at the 8259: `None`).
+    IrqTaken {
+        gsi: Option<u32>,
+        owner: &'static str,
+    },
+    NoIoapic {
+        gsi: u32,
+    },
     Failed(alloc::string::String),
 }
 
@@ -152,7 +161,10 @@ impl core::fmt::Display for Skipped {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Skipped::Off => f.write_str("pit=off"),
-            Skipped::IrqTaken { gsi, owner } => write!(f, "IRQ0 (GSI {gsi}) is taken by the {owner}"),
+            Skipped::IrqTaken { gsi: Some(gsi), owner } => {
+                write!(f, "IRQ0 (GSI {gsi}) is taken by the {owner}")
+            }
+            Skipped::IrqTaken { gsi: None, owner } => write!(f, "IRQ0 (8259) is taken by the {owner}"),
             Skipped::NoIoapic { gsi } => write!(f, "no IOAPIC serves IRQ0's GSI {gsi}"),
             Skipped::Failed(why) => f.write_str(why),
         }
@@ -190,7 +202,7 @@ fn try_register(platform: &Platform, options: &KernelOptions) -> Result<alloc::s
             return Err(Skipped::NoIoapic { gsi });
         }
         if let Some(owner) = io.owner(gsi) {
-            return Err(Skipped::IrqTaken { gsi, owner });
+            return Err(Skipped::IrqTaken { gsi: Some(gsi), owner });
         }
     }
     let vector = interrupts::allocate(pit_interrupt)
