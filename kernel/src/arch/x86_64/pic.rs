@@ -30,6 +30,10 @@ const OCW2_EOI: u8 = 0x20;
 const OCW3_READ_ISR: u8 = 0x0b;
 /// The master's input the slave is cascaded on.
 const CASCADE_IRQ: u8 = 2;
+/// The edge/level control registers (ELCR) of the master and the slave (PIIX/ICH): bit n set =
+/// IRQ n level-triggered (PCI's shared lines); IRQ 0, 1, 2, 8 and 13 are always edge.
+const ELCR_MASTER: u16 = 0x4d0;
+const ELCR_SLAVE: u16 = 0x4d1;
 /// The lowest-priority input of each 8259, where it reports a spurious interrupt.
 const SPURIOUS_IRQS: [u8; 2] = [7, 15];
 
@@ -82,10 +86,36 @@ pub fn deliver_interrupts() {
         }
     }
     log::info!(
-        "8259 PICs deliver device interrupts (no local APIC): vectors {:#x}..{:#x}, EOI at the 8259, spurious IRQ 7 and 15 recognised",
+        "8259 PICs deliver device interrupts (no local APIC): vectors {:#x}..{:#x}, EOI at the 8259, spurious IRQ 7 and 15 recognised, level-triggered (ELCR): {}",
         PIC_VECTOR_BASE,
-        PIC_VECTOR_BASE + 16
+        PIC_VECTOR_BASE + 16,
+        LevelLines(level_triggered())
     );
+}
+
+/// The lines the ELCR marks level-triggered (bit n = IRQ n).
+pub fn level_triggered() -> u16 {
+    let (mut master, mut slave) = (port(ELCR_MASTER), port(ELCR_SLAVE));
+    // SAFETY: reading the ELCR (ports 0x4d0/0x4d1 on PIIX/ICH chipsets, QEMU's pc and q35)
+    // has no side effect; where it is absent the bus reads all ones, which `LevelLines` shows.
+    unsafe { u16::from(master.read()) | (u16::from(slave.read()) << 8) }
+}
+
+/// An ELCR value as the IRQ list it marks level-triggered.
+struct LevelLines(u16);
+
+impl core::fmt::Display for LevelLines {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut any = false;
+        for irq in (0..16).filter(|i| self.0 & (1 << i) != 0) {
+            write!(f, "{}IRQ {irq}", if any { ", " } else { "" })?;
+            any = true;
+        }
+        if !any {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
 }
 
 /// Unmasks ISA IRQ `irq` (and the cascade for the slave's lines).
@@ -172,6 +202,12 @@ mod tests {
         assert_eq!(eoi_targets(7, true), (false, true));
         assert_eq!(eoi_targets(8, true), (true, true));
         assert_eq!(eoi_targets(15, true), (true, true));
+    }
+
+    #[test]
+    fn level_lines_are_listed_by_irq() {
+        assert_eq!(alloc::format!("{}", LevelLines(0)), "none");
+        assert_eq!(alloc::format!("{}", LevelLines(0x0e20)), "IRQ 5, IRQ 9, IRQ 10, IRQ 11");
     }
 
     #[test]
