@@ -23,7 +23,7 @@ use kernel_time::clockevents::{
 use kernel_time::tick::DeviceId;
 
 /// Below the global HPET device (90) and the LAPIC timer (100): the PIT serves only where
-/// nothing else can (Linux's `i8253` leaves its rating at 0 for the same reason).
+/// nothing else can, as the device of last resort (Linux's `i8253`).
 pub const RATING: u32 = 10;
 
 /// Channel 0 of the one 8254.
