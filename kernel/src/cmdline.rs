@@ -18,6 +18,9 @@ pub struct KernelOptions {
     pub clockevents: ClockeventsChoice,
     /// `noapictimer`: leave the LAPIC timer out of the clock event devices (as in Linux).
     pub no_apic_timer: bool,
+    /// `pit=on|off`: whether the 8254 PIT's channel 0 is registered as the clock event device
+    /// of last resort (when IRQ0 is free; default on).
+    pub pit: bool,
     /// `tick=oneshot|periodic`: tickless one-shot (default) or a periodic tick at `hz`.
     pub periodic_tick: bool,
     /// `hz=N`: the periodic tick's frequency, 1..=10000 (default 250).
@@ -190,6 +193,7 @@ impl Default for KernelOptions {
             loglevel: LevelFilter::Info,
             clockevents: ClockeventsChoice::Auto,
             no_apic_timer: false,
+            pit: true,
             periodic_tick: false,
             hz: 250,
             duration_ms: 1000,
@@ -333,6 +337,14 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                 let ms = take("duration_ms", "milliseconds from 1 to 600000")
                     .parse(&mut problems, |v| in_range(v, 1..=600_000));
                 options.duration_ms = ms.unwrap_or(options.duration_ms);
+            }
+            "pit" => {
+                let on = take("pit", "on or off").parse(&mut problems, |v| match v {
+                    "on" => Some(true),
+                    "off" => Some(false),
+                    _ => None,
+                });
+                options.pit = on.unwrap_or(options.pit);
             }
             "rtc" => {
                 let local = take("rtc", "utc or local").parse(&mut problems, |v| match v {
@@ -479,6 +491,22 @@ mod tests {
     #[test]
     fn empty_line_gives_defaults_and_no_problems() {
         assert_eq!(parse("   "), (KernelOptions::default(), Vec::new()));
+    }
+
+    #[test]
+    fn pit_is_on_unless_switched_off() {
+        assert!(parse("").0.pit);
+        assert!(!parse("pit=off").0.pit);
+        assert!(parse("pit=off pit=on").0.pit);
+        let (o, p) = parse("pit=no pit");
+        assert!(o.pit, "a bad value keeps the default");
+        assert_eq!(
+            p,
+            vec![
+                OptionProblem::BadValue { name: "pit", value: "no".into(), expected: "on or off" },
+                OptionProblem::MissingValue { name: "pit", expected: "on or off" },
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Clock events on every machine shape the issue names: which device serves each CPU (per-CPU
-//! HPET comparators, a global HPET device by broadcast, the LAPIC timer), how comparators are
-//! delivered (IOAPIC, legacy replacement, FSB), the self-test's fallback, a device failing in its
-//! own interrupt (taken out after it, by the CPU's deferred work), and the timer API:
+//! HPET comparators, a global HPET device by broadcast, the LAPIC timer, the PIT as the device
+//! of last resort), how comparators are delivered (IOAPIC, legacy replacement, FSB), the
+//! self-test's fallback, a device failing in its own interrupt (taken out after it, by the CPU's deferred work), and the timer API:
 //! every timer fires once, never early, on the CPU that armed it; cancelled ones never.
 #![no_std]
 #![no_main]
@@ -22,13 +22,20 @@ use x86_64::instructions::interrupts::without_interrupts;
 kernel_tests::qemu_test!(
     variants: b"
         smp1: --smp 1 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /hpet/comparators/0/role=percpu --expect-report /hpet/comparators/0/selftest_irqs>=5 --expect-report /hpet/comparators/0/selftest/passed=true
-        smp2: --smp 2 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /tick_devices/1/device=hpet1 --expect-report /hpet/comparators/1/cpu=1 --expect-report /hpet/comparators/1/delivery=ioapic --expect-report /hpet/comparators/1/selftest/irqs_by_cpu/1>=5 --expect-report /broadcast=null
+        smp2: --smp 2 --cmdline duration_ms=200 --expect-report /tick_devices/0/device=hpet0 --expect-report /tick_devices/1/device=hpet1 --expect-report /hpet/comparators/1/cpu=1 --expect-report /hpet/comparators/1/delivery=ioapic --expect-report /hpet/comparators/1/selftest/irqs_by_cpu/1>=5 --expect-report /broadcast=pit
         smp4_partial: --smp 4 --cmdline duration_ms=200 --expect-report /hpet/comparators/2/role=global --expect-report /broadcast=hpet2 --expect-report /tick_devices/1/device=hpet1 --expect-report /tick_devices/3/device=lapic3 --expect-report /tick_devices#=4
         smp4_broadcast: --smp 4 --cmdline 'duration_ms=200 noapictimer' --expect-report /tick_devices/2/device=hpet2 --expect-report /tick_devices/2/via_broadcast=true --expect-report /tick_devices/3/via_broadcast=true --expect-report /tick_devices/0/via_broadcast=false
-        smp4_timers8: --smp 4 --cmdline duration_ms=200 --expect-report /tick_devices/3/device=hpet3 --expect-report /broadcast=null -- -global hpet.timers=8
+        smp4_timers8: --smp 4 --cmdline duration_ms=200 --expect-report /tick_devices/3/device=hpet3 --expect-report /broadcast=pit -- -global hpet.timers=8
         workload_cpu0_smp4: --smp 4 --cmdline 'duration_ms=200 workload_cpus=1' --expect-report /workload_cpus=1 --expect-report /handler_to_callback_ns/samples>=100 --expect-report /tick_devices/3/device=lapic3
-        smp8_timers8: --smp 8 --cmdline duration_ms=200 --expect-report /tick_devices/7/device=hpet7 --expect-report /hpet/comparators/7/delivery=ioapic --expect-report /hpet/comparators/7/gsi=23 --expect-report /broadcast=null -- -global hpet.timers=8
+        smp8_timers8: --smp 8 --cmdline duration_ms=200 --expect-report /tick_devices/7/device=hpet7 --expect-report /hpet/comparators/7/delivery=ioapic --expect-report /hpet/comparators/7/gsi=23 --expect-report /broadcast=pit -- -global hpet.timers=8
         hpet_off: --smp 2 --cmdline duration_ms=200 --expect-report /hpet=null --expect-report /tick_devices/1/device=lapic1 -- -machine q35,hpet=off
+        hpet_off_noapictimer_smp4: --smp 4 --cmdline 'duration_ms=200 noapictimer' --expect-report /hpet=null --expect-report /broadcast=pit --expect-report /tick_devices/0/device=pit --expect-report /tick_devices/3/device=pit --expect-report /tick_devices/3/via_broadcast=true -- -machine q35,hpet=off
+        pc_hpet_off_noapictimer_smp2: --smp 2 --cmdline 'duration_ms=200 noapictimer' --expect-report /hpet=null --expect-report /broadcast=pit --expect-report /tick_devices/0/device=pit --expect-report /tick_devices/1/device=pit --expect-report /tick_devices/1/via_broadcast=true -- -machine pc,hpet=off
+        pc_hpet_off_noapictimer_periodic: --smp 2 --cmdline 'duration_ms=200 noapictimer tick=periodic hz=250' --expect-report /broadcast=pit --expect-report /tick_devices/1/device=pit -- -machine pc,hpet=off
+        no_apic: --smp 1 --cmdline duration_ms=200 --expect degraded --expect-report /lapic=null --expect-report /hpet/comparators/0/delivery=legacy_8259 --expect-report /tick_devices/0/device=hpet0 --expect-report /cpus/0/interrupts/0x20>=1 --expect-log 'this CPU has no local APIC' --expect-log 'PIT not registered: IRQ0 (8259) is taken by the HPET legacy route' -- -cpu qemu64,-apic
+        no_apic_pc_legacy: --smp 1 --cmdline duration_ms=200 --expect degraded --expect-report /lapic=null --expect-report /hpet/comparators/0/delivery=legacy_8259 --expect-report /tick_devices/0/device=hpet0 -- -cpu qemu64,-apic -machine pc,hpet=on
+        no_apic_hpet_off: --smp 1 --cmdline duration_ms=200 --expect degraded --expect-report /lapic=null --expect-report /hpet=null --expect-report /tick_devices/0/device=pit --expect-report /broadcast=pit --expect-report /cpus/0/interrupts/0x20>=1 --expect-log 'IRQ0 through the 8259' -- -cpu qemu64,-apic -machine q35,hpet=off
+        no_apic_pc: --smp 1 --cmdline duration_ms=200 --expect degraded --expect-report /lapic=null --expect-report /tick_devices/0/device=pit -- -cpu qemu64,-apic -machine pc,hpet=off
         pc_legacy: --smp 2 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=legacy --expect-report /hpet/comparators/1/delivery=legacy --expect-report /hpet/comparators/1/gsi=8 --expect-report /tick_devices/1/device=hpet1 -- -machine pc,hpet=on
         pc_smp1: --smp 1 --cmdline duration_ms=200 --expect-report /hpet/comparators/0/delivery=legacy --expect-report /tick_devices/0/device=hpet0 -- -machine pc,hpet=on
         pc_smp4: --smp 4 --cmdline 'duration_ms=200 noapictimer' --expect-report /hpet/comparators/1/delivery=legacy --expect-report /hpet/comparators/1/role=global --expect-report /tick_devices/3/via_broadcast=true -- -machine pc,hpet=on
@@ -48,7 +55,7 @@ kernel_tests::qemu_test!(
         global_smp1: --smp 1 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /tick_devices/0/via_broadcast=true
         global_smp4: --smp 4 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /tick_devices/3/via_broadcast=true --expect-report /broadcast=hpet0
         global_smp8: --smp 8 --cmdline 'duration_ms=200 clockevents=global' --expect-report /hpet/comparators/0/role=global --expect-report /tick_devices/7/via_broadcast=true --expect-report /broadcast=hpet0
-        forced_percpu: --smp 4 --cmdline 'duration_ms=200 clockevents=percpu' --expect-report /hpet/comparators/2/role=percpu --expect-report /broadcast=null --expect-report /tick_devices/3/device=lapic3
+        forced_percpu: --smp 4 --cmdline 'duration_ms=200 clockevents=percpu' --expect-report /hpet/comparators/2/role=percpu --expect-report /broadcast=pit --expect-report /tick_devices/3/device=lapic3
         forced_lapic: --smp 2 --cmdline 'duration_ms=200 clockevents=lapic' --expect-report /hpet/comparators/0/role=unused --expect-report /tick_devices/0/device=lapic0
         periodic: --smp 2 --cmdline 'duration_ms=200 tick=periodic hz=1000' --expect-report /tick_mode=periodic --expect-report /tick_devices/1/mode=periodic
         selftest_fails: --smp 2 --cmdline 'duration_ms=200 hpet_irq_masked=1' --expect-report /hpet/comparators/1/role=failed --expect-report /hpet/comparators/1/selftest/passed=false --expect-report /tick_devices/1/device=hpet2 --expect degraded --expect-log 'HPET comparator 1 failed its interrupt self-test'

@@ -1,8 +1,9 @@
 //! Deep idle (`idle=deep lapic_stops_in_idle`): a CPU whose tick device stops in deep idle
 //! hands its deadline to the broadcast device before every deep sleep and takes it back on
 //! waking; one whose device keeps running (a per-CPU HPET comparator) never hands over; without
-//! a broadcast device deep idle is refused (halt, a fallback). In each arrangement the workload
-//! loses no timer and fires none early.
+//! an HPET the PIT is the broadcast device (`q35` and `pc` with `hpet=off`); without any
+//! broadcast device (`pit=off` too) deep idle is refused (halt, a fallback). In each
+//! arrangement the workload loses no timer and fires none early.
 #![no_std]
 #![no_main]
 
@@ -17,8 +18,10 @@ kernel_tests::qemu_test!(
         partial_smp4: --smp 4 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /broadcast=hpet2 --expect-report /tick_devices/3/device=lapic3 --expect-report /cpus/0/idle/handovers=0
         lapic_broadcast_smp2: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /broadcast=hpet0 --expect-report /tick_devices/1/device=lapic1 --expect-report /cpus/1/idle/state=deep
         lapic_broadcast_smp4: --smp 4 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /broadcast=hpet0 --expect-report /tick_devices/3/device=lapic3
-        hpet_off_refused: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /hpet=null --expect-report /cpus/1/idle/state=halt --expect degraded --expect-log 'deep idle refused' -- -machine q35,hpet=off
-        pc_legacy: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /hpet/comparators/0/delivery=legacy --expect-report /broadcast=hpet0 -- -machine pc,hpet=on
+        hpet_off_pit_broadcast_smp4: --smp 4 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /hpet=null --expect-report /broadcast=pit --expect-report /tick_devices/3/device=lapic3 --expect-report /cpus/1/idle/deep_entries>=1 --expect-report /cpus/2/idle/deep_entries>=1 --expect-report /cpus/3/idle/deep_entries>=1 --expect-report /cpus/3/idle/handovers>=1 --expect-log 'PIT channel 0: IRQ0 -> GSI 2' -- -machine q35,hpet=off
+        hpet_off_pit_off_refused: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200 pit=off' --expect-report /hpet=null --expect-report /broadcast=null --expect-report /cpus/1/idle/state=halt --expect degraded --expect-log 'PIT not registered: pit=off' --expect-log 'deep idle refused' -- -machine q35,hpet=off
+        pc_hpet_off_pit_broadcast: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /broadcast=pit --expect-report /cpus/1/idle/deep_entries>=1 --expect-report /cpus/1/idle/handovers>=1 -- -machine pc,hpet=off
+        pc_legacy: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /hpet/comparators/0/delivery=legacy --expect-report /broadcast=hpet0 --expect-log 'PIT not registered: IRQ0 (GSI 2) is taken by the HPET legacy route' -- -machine pc,hpet=on
         icount_lapic_broadcast: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=100' --expect-report /broadcast=hpet0 -- -icount shift=0,sleep=off
         icount_percpu: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=100' --expect-report /cpus/1/idle/handovers=0 -- -icount shift=0,sleep=off
     ",

@@ -21,7 +21,7 @@ kernel_tests::qemu_test!(
         smp3: --smp 3 --expect-report /cpus_enabled=3 --expect-report /cpus_online=3 --expect-report /tick_devices/2/device=hpet2 -- -global hpet.timers=4
         smp4: --smp 4 --expect-report /cpus_enabled=4 --expect-report /cpus_online=4 --expect-report /cpus#=4 --expect-report /tick_devices/3/device=hpet3 -- -global hpet.timers=5
         smp8: --smp 8 --expect-report /cpus_enabled=8 --expect-report /cpus_online=8 --expect-log 'CPU 7 online: APIC id 7' --expect-report /hpet/comparators/7/delivery=fsb --expect-report /tick_devices/7/device=hpet7 -- -global hpet.timers=9 -global hpet.msi=on
-        smp16: --smp 16 --expect-report /cpus_online=16 --expect-report /hpet/comparators#=24 --expect-report /tick_devices/15/device=hpet15 --expect-report /broadcast=null -- -global hpet.timers=24 -global hpet.msi=on
+        smp16: --smp 16 --expect-report /cpus_online=16 --expect-report /hpet/comparators#=24 --expect-report /tick_devices/15/device=hpet15 --expect-report /broadcast=pit -- -global hpet.timers=24 -global hpet.msi=on
         smp64: --smp 64 --expect-report /cpus_online=64 --expect-log 'CPU 63 online: APIC id 63' --expect-report /tick_devices/22/device=hpet22 --expect-report /broadcast=hpet23 --expect-report /tick_devices/63/device=lapic63 -- -global hpet.timers=24 -global hpet.msi=on
         x2apic_smp4: --x2apic on --smp 4 --expect-report /lapic/mode=x2apic --expect-report /cpus_online=4 --expect-report /tick_devices/3/device=hpet3 -- -global hpet.timers=5
         x2apic_smp64: --x2apic on --smp 64 --expect-report /lapic/mode=x2apic --expect-report /cpus_online=64 --expect-report /broadcast=hpet23 -- -global hpet.timers=24 -global hpet.msi=on

@@ -16,6 +16,7 @@ kernel_tests::qemu_test!(
         partial_global: --smp 4 --cmdline 'suspend_test=100 duration_ms=300 noapictimer' --expect-report /broadcast=hpet2 --expect-report /tick_devices/3/via_broadcast=true --expect-report /suspend/count=1
         legacy: --smp 2 --cmdline 'suspend_test=100 duration_ms=300' --expect-report /hpet/comparators/0/delivery=legacy --expect-report /suspend/count=1 -- -machine pc,hpet=on
         fsb: --smp 2 --cmdline 'suspend_test=100 duration_ms=300' --expect-report /hpet/comparators/1/delivery=fsb --expect-report /suspend/count=1 -- -global hpet.msi=on
+        pit_broadcast: --smp 2 --cmdline 'suspend_test=100 duration_ms=300 noapictimer' --expect-report /broadcast=pit --expect-report /tick_devices/1/via_broadcast=true --expect-report /suspend/count=1 -- -machine q35,hpet=off
         deep_idle: --smp 2 --cmdline 'suspend_test=100 duration_ms=300 idle=deep lapic_stops_in_idle clockevents=broadcast' --expect-report /broadcast=hpet0 --expect-report /suspend/count=1
     ",
     tests: [every_pending_timer_fires_once_after_the_resume],

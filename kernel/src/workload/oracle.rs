@@ -145,9 +145,9 @@ pub fn judge(stamp: &Stamp) -> Judgement {
 }
 
 /// The APIC id of the CPU running this, from the hardware: the LAPIC's ID register (xAPIC
-/// MMIO) or the x2APIC ID MSR.
+/// MMIO) or the x2APIC ID MSR; without a local APIC, CPUID's initial APIC id.
 pub fn apic_id_here() -> u32 {
-    lapic::id()
+    if lapic::mode().is_some() { lapic::id() } else { lapic::initial_id() }
 }
 
 #[cfg(test)]

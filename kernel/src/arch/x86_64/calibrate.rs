@@ -73,13 +73,34 @@ pub struct Calibration {
 /// One window: (LAPIC ticks, TSC cycles, window length in ns by the reference).
 type Sample = (u64, u64, u64);
 
-fn window_hpet(hpet: &Hpet) -> Option<Sample> {
+/// The LAPIC timer counted beside the TSC, or nothing (a CPU without a local APIC: the TSC
+/// alone is calibrated, the LAPIC timer's rate reads 0).
+#[derive(Debug, Clone, Copy)]
+struct LapicTimer(bool);
+
+impl LapicTimer {
+    fn start(self) {
+        if self.0 {
+            lapic::timer_oneshot(u32::MAX, 0, true);
+        }
+    }
+    fn count(self) -> u32 {
+        if self.0 { lapic::timer_current_count() } else { 0 }
+    }
+    fn stop(self) {
+        if self.0 {
+            lapic::timer_stop();
+        }
+    }
+}
+
+fn window_hpet(hpet: &Hpet, lapic: LapicTimer) -> Option<Sample> {
     let ticks = hpet.frequency_hz() / WINDOW_HZ;
     let limit = (tsc::frequency_hz() / WINDOW_HZ).saturating_mul(WINDOW_SLACK);
-    lapic::timer_oneshot(u32::MAX, 0, true);
+    lapic.start();
     let start = hpet.counter();
     let tsc_start = tsc::read();
-    let lapic_start = lapic::timer_current_count();
+    let lapic_start = lapic.count();
     let mut now = start;
     while now.wrapping_sub(start) < ticks {
         if tsc::read() - tsc_start > limit {
@@ -88,18 +109,18 @@ fn window_hpet(hpet: &Hpet) -> Option<Sample> {
         now = hpet.counter();
     }
     let tsc_cycles = tsc::read() - tsc_start;
-    let lapic_ticks = u64::from(lapic_start - lapic::timer_current_count());
+    let lapic_ticks = u64::from(lapic_start - lapic.count());
     let ns = u128::from(now.wrapping_sub(start)) * u128::from(hpet.period_fs()) / 1_000_000;
     Some((lapic_ticks, tsc_cycles, ns as u64))
 }
 
-fn window_pm(pm: &PmTimer) -> Option<Sample> {
+fn window_pm(pm: &PmTimer, lapic: LapicTimer) -> Option<Sample> {
     let ticks = (pm.frequency_hz() / WINDOW_HZ) as u32;
     let limit = (tsc::frequency_hz() / WINDOW_HZ).saturating_mul(WINDOW_SLACK);
-    lapic::timer_oneshot(u32::MAX, 0, true);
+    lapic.start();
     let start = pm.read();
     let tsc_start = tsc::read();
-    let lapic_start = lapic::timer_current_count();
+    let lapic_start = lapic.count();
     let mut now = start;
     while pm.elapsed(start, now) < ticks {
         if tsc::read() - tsc_start > limit {
@@ -108,25 +129,25 @@ fn window_pm(pm: &PmTimer) -> Option<Sample> {
         now = pm.read();
     }
     let tsc_cycles = tsc::read() - tsc_start;
-    let lapic_ticks = u64::from(lapic_start - lapic::timer_current_count());
+    let lapic_ticks = u64::from(lapic_start - lapic.count());
     let ns = u128::from(pm.elapsed(start, now)) * 1_000_000_000 / u128::from(pm.frequency_hz());
     Some((lapic_ticks, tsc_cycles, ns as u64))
 }
 
-fn window_pit() -> Option<Sample> {
+fn window_pit(lapic: LapicTimer) -> Option<Sample> {
     let ticks = (pit::PIT_HZ / WINDOW_HZ) as u16;
     let limit = (tsc::frequency_hz() / WINDOW_HZ).saturating_mul(WINDOW_SLACK);
-    lapic::timer_oneshot(u32::MAX, 0, true);
+    lapic.start();
     pit::start_channel2(ticks);
     let tsc_start = tsc::read();
-    let lapic_start = lapic::timer_current_count();
+    let lapic_start = lapic.count();
     while !pit::channel2_expired() {
         if tsc::read() - tsc_start > limit {
             return None;
         }
     }
     let tsc_cycles = tsc::read() - tsc_start;
-    let lapic_ticks = u64::from(lapic_start - lapic::timer_current_count());
+    let lapic_ticks = u64::from(lapic_start - lapic.count());
     Some((lapic_ticks, tsc_cycles, u64::from(ticks) * 1_000_000_000 / pit::PIT_HZ))
 }
 
@@ -140,19 +161,20 @@ fn median_and_spread(mut rates: [u64; WINDOWS]) -> (u64, u64) {
 fn measure(
     mut window: impl FnMut() -> Option<Sample>,
     reference: Reference,
+    lapic: LapicTimer,
 ) -> Result<Calibration, CalibrationError> {
     let mut lapic_rates = [0; WINDOWS];
     let mut tsc_rates = [0; WINDOWS];
     for i in 0..WINDOWS {
         let Some((lapic_ticks, tsc_cycles, ns)) = window() else {
-            lapic::timer_stop();
+            lapic.stop();
             return Err(CalibrationError::WindowStalled { reference });
         };
         let per_second = |n: u64| (u128::from(n) * 1_000_000_000 / u128::from(ns.max(1))) as u64;
         lapic_rates[i] = per_second(lapic_ticks);
         tsc_rates[i] = per_second(tsc_cycles);
     }
-    lapic::timer_stop();
+    lapic.stop();
     let (lapic_timer_hz, lapic_spread_ppm) = median_and_spread(lapic_rates);
     let (tsc_hz, tsc_spread_ppm) = median_and_spread(tsc_rates);
     Ok(Calibration {
@@ -165,21 +187,22 @@ fn measure(
     })
 }
 
-/// Calibrates against the HPET if given and working, else the PM timer if given and working,
-/// else the PIT; `None` if none runs. A calibration taken because the HPET failed carries the
+/// Calibrates the TSC (and, with `with_lapic`, the LAPIC timer) against the HPET if given and
+/// working, else the PM timer if given and working, else the PIT; `None` if none runs. A calibration taken because the HPET failed carries the
 /// HPET's failure in `hpet_failure` (not logged here: the caller records the fallback, one
 /// line).
-pub fn calibrate(hpet: Option<&Hpet>, pm: Option<&PmTimer>) -> Option<Calibration> {
-    let hpet_failure = match hpet.map(|h| measure(|| window_hpet(h), Reference::Hpet)) {
+pub fn calibrate(hpet: Option<&Hpet>, pm: Option<&PmTimer>, with_lapic: bool) -> Option<Calibration> {
+    let lapic = LapicTimer(with_lapic);
+    let hpet_failure = match hpet.map(|h| measure(|| window_hpet(h, lapic), Reference::Hpet, lapic)) {
         Some(Ok(c)) => return Some(c),
         Some(Err(e)) => Some(e),
         None => None,
     };
     let fallback = |c: Calibration| Calibration { hpet_failure, ..c };
-    if let Some(Ok(c)) = pm.map(|p| measure(|| window_pm(p), Reference::PmTimer)) {
+    if let Some(Ok(c)) = pm.map(|p| measure(|| window_pm(p, lapic), Reference::PmTimer, lapic)) {
         return Some(fallback(c));
     }
-    measure(window_pit, Reference::Pit).ok().map(fallback)
+    measure(|| window_pit(lapic), Reference::Pit, lapic).ok().map(fallback)
 }
 
 #[cfg(test)]

@@ -29,8 +29,9 @@ pub type Handler = fn(u8);
 static HANDLERS: [Once<Handler>; 256] = [const { Once::new() }; 256];
 /// Serialises the claiming of vectors (never taken on the interrupt path).
 static CLAIM: Mutex<()> = Mutex::new(());
-/// Signals end of interrupt to the interrupt controller; installed by the LAPIC driver.
-static END_OF_INTERRUPT: Once<fn()> = Once::new();
+/// Signals end of interrupt (of the vector it is given) to the interrupt controller; installed
+/// by the LAPIC driver, or by the 8259's when there is no local APIC.
+static END_OF_INTERRUPT: Once<fn(u8)> = Once::new();
 /// Interrupts that arrived before any CPU had per-CPU state (counted per CPU after that).
 static EARLY_COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 /// Spurious interrupts before any CPU had per-CPU state (counted per CPU after that).
@@ -88,7 +89,7 @@ pub fn allocate(handler: Handler) -> Result<u8, RegisterError> {
     })
 }
 
-pub fn set_end_of_interrupt(eoi: fn()) {
+pub fn set_end_of_interrupt(eoi: fn(u8)) {
     END_OF_INTERRUPT.call_once(|| eoi);
 }
 
@@ -167,7 +168,7 @@ fn dispatch(vector: u8) {
         cpu.irq_depth.store(cpu.irq_depth.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
     }
     if let Some(eoi) = END_OF_INTERRUPT.get() {
-        eoi();
+        eoi(vector);
     }
     path_trace::stamp(Stage::Eoi);
     super::trace::irq_exit(vector);

@@ -156,6 +156,9 @@ pub fn features() -> Features {
     Features { x2apic: leaf1.ecx & (1 << 21) != 0, tsc_deadline: leaf1.ecx & (1 << 24) != 0, arat }
 }
 
+/// CPUID.01h:EDX bit 9: the CPU has an on-chip APIC (SDM vol. 2A, table 3-11).
+const CPUID_1_EDX_APIC: u32 = 1 << 9;
+
 /// 0 = not set up, else Mode as 1 (xAPIC) or 2 (x2APIC); one mode for all CPUs.
 static MODE: AtomicU8 = AtomicU8::new(0);
 /// Virtual address of the xAPIC register page (the same for every CPU).
@@ -254,12 +257,17 @@ fn spurious_interrupt(_vector: u8) {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LapicError {
+    /// CPUID.01h:EDX bit 9 (APIC) is clear: the CPU has no local APIC (`-cpu qemu64,-apic`).
+    Absent,
     Mapping(mmio::MmioError),
 }
 
 impl fmt::Display for LapicError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            LapicError::Absent => {
+                f.write_str("CPUID.01h:EDX.APIC (bit 9) is clear: this CPU has no local APIC")
+            }
             LapicError::Mapping(e) => write!(f, "cannot map the xAPIC registers: {e}"),
         }
     }
@@ -268,6 +276,9 @@ impl fmt::Display for LapicError {
 /// Enables the boot CPU's LAPIC: x2APIC when CPUID offers it, else xAPIC at the base the MSR
 /// reports; spurious and error vectors installed, LINT0/LINT1 and the timer masked.
 pub fn init_bsp() -> Result<Mode, LapicError> {
+    if __cpuid(1).edx & CPUID_1_EDX_APIC == 0 {
+        return Err(LapicError::Absent);
+    }
     let f = features();
     // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
     let base_msr = unsafe { Msr::new(IA32_APIC_BASE).read() };
@@ -283,7 +294,7 @@ pub fn init_bsp() -> Result<Mode, LapicError> {
     let _ = interrupts::register(SPURIOUS_VECTOR, spurious_interrupt);
     let _ = interrupts::register(ERROR_VECTOR, error_interrupt);
     init_this_cpu();
-    interrupts::set_end_of_interrupt(eoi);
+    interrupts::set_end_of_interrupt(|_vector| eoi());
     log::info!(
         "{mode} mode, APIC id {}, version {:#x}, {}; timer: TSC-deadline {}, always running (ARAT) {}",
         id(),

@@ -210,9 +210,13 @@ pub fn init_bsp(
     let lapic = match lapic::init_bsp() {
         Ok(mode) => Some(mode),
         Err(e) => {
-            let reason = format!("LAPIC unusable ({e}): no local timer, no IPIs");
+            let reason = format!(
+                "LAPIC unusable ({e}): one CPU, device interrupts through the 8259s, no local timer, no IPIs"
+            );
             log::warn!("fallback: {reason}");
             fallbacks.push(reason);
+            // With its APIC absent or disabled, the CPU takes the 8259's INTR directly.
+            pic::deliver_interrupts();
             None
         }
     };
@@ -268,16 +272,14 @@ pub fn init_bsp(
         }
     });
 
-    if lapic.is_some() {
-        match calibrate::calibrate(p.hpet, pm_timer.as_ref()) {
-            Some(c) => {
-                if let Some(e) = c.hpet_failure {
-                    p.fall_back(format!(
-                        "HPET calibration failed ({e}): calibrated against the {}",
-                        c.reference
-                    ));
-                }
-                tsc::set_frequency(c.tsc_hz, c.tsc_spread_ppm);
+    // Without a LAPIC, the TSC alone (its early PIT estimate is too rough to judge timers by).
+    match calibrate::calibrate(p.hpet, pm_timer.as_ref(), lapic.is_some()) {
+        Some(c) => {
+            if let Some(e) = c.hpet_failure {
+                p.fall_back(format!("HPET calibration failed ({e}): calibrated against the {}", c.reference));
+            }
+            tsc::set_frequency(c.tsc_hz, c.tsc_spread_ppm);
+            if lapic.is_some() {
                 log::info!(
                     "calibrated against the {}: LAPIC timer {} Hz (bus / {}), spread {} ppm; TSC {} Hz, spread {} ppm",
                     c.reference,
@@ -288,10 +290,17 @@ pub fn init_bsp(
                     c.tsc_spread_ppm
                 );
                 p.calibration = Some(c);
+            } else {
+                log::info!(
+                    "calibrated against the {}: TSC {} Hz, spread {} ppm (no LAPIC timer)",
+                    c.reference,
+                    c.tsc_hz,
+                    c.tsc_spread_ppm
+                );
             }
-            None => p.fall_back(
-                "no reference clock ran (HPET, ACPI PM timer, PIT): LAPIC timer uncalibrated".into(),
-            ),
+        }
+        None => {
+            p.fall_back("no reference clock ran (HPET, ACPI PM timer, PIT): LAPIC timer uncalibrated".into())
         }
     }
     x86_64::instructions::interrupts::enable();

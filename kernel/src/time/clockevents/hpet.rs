@@ -13,7 +13,7 @@ use crate::arch::x86_64::smp::{
     self,
     percpu::{self, PerCpuCounter},
 };
-use crate::arch::x86_64::{deferred, interrupts, tsc};
+use crate::arch::x86_64::{deferred, interrupts, pic, tsc};
 use crate::time::clocksource::{hpet_counter_at, now_ns};
 use alloc::format;
 use alloc::string::String;
@@ -209,7 +209,14 @@ impl HpetChannel {
         index: usize,
         delivery: Delivery,
     ) -> Result<&'static HpetChannel, interrupts::RegisterError> {
-        let vector = interrupts::allocate(channel_interrupt)?;
+        let vector = match delivery {
+            // The 8259's vector for the line, fixed by its remapping.
+            Delivery::Pic { irq } => {
+                interrupts::register(pic::vector(irq), channel_interrupt)?;
+                pic::vector(irq)
+            }
+            _ => interrupts::allocate(channel_interrupt)?,
+        };
         let caps = hpet.comparator_config(index);
         let read_only = ComparatorConfig::PERIODIC_CAPABLE
             | ComparatorConfig::SIZE_64_CAPABLE
@@ -219,7 +226,7 @@ impl HpetChannel {
         match delivery {
             Delivery::Fsb => config |= ComparatorConfig::FSB_ENABLE,
             Delivery::Ioapic { gsi } => config = config.with_route(gsi as u8),
-            Delivery::Legacy { .. } => {}
+            Delivery::Legacy { .. } | Delivery::Pic { .. } => {}
         }
         if delivery.level() {
             config |= ComparatorConfig::LEVEL_TRIGGERED;
@@ -250,7 +257,7 @@ impl HpetChannel {
         x86_64::instructions::interrupts::without_interrupts(|| CHANNELS.lock().push(channel));
         BY_VECTOR[usize::from(vector)].call_once(|| channel);
         hpet.set_comparator_config(index, config);
-        if let Delivery::Legacy { .. } = delivery {
+        if let Delivery::Legacy { .. } | Delivery::Pic { .. } = delivery {
             hpet.set_legacy_route(true);
         }
         Ok(channel)
@@ -266,6 +273,8 @@ impl HpetChannel {
                 let (address, data) = format.msi_message(apic, self.vector)?;
                 self.hpet.set_fsb_route(self.index, address, data);
             }
+            // The one CPU (no local APIC): the 8259 line opened.
+            Delivery::Pic { irq } => pic::unmask(irq),
             Delivery::Ioapic { .. } | Delivery::Legacy { .. } => {
                 format.ioapic_bits(apic)?;
                 let gsi = self.delivery.gsi().expect("a pin");
@@ -284,6 +293,7 @@ impl HpetChannel {
     pub fn suspend(&self) {
         match self.delivery {
             Delivery::Fsb => self.hpet.set_fsb_route(self.index, 0, 0),
+            Delivery::Pic { .. } => {}
             Delivery::Ioapic { gsi } | Delivery::Legacy { route: IsaRoute { gsi, .. } } => {
                 let _ = IOAPICS.lock().mask(gsi, true);
             }

@@ -49,18 +49,23 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
 
     let isa = platform.firmware.isa_gsis.clone();
     let routes = &platform.firmware.isa_routes;
-    // The legacy route reaches the CPUs through the IOAPIC pins of IRQ0 and IRQ8: none without
-    // an IOAPIC serving them (a MADT with no IOAPIC, or one rejected).
-    let served = |gsi: u32| IOAPICS.lock().lookup(gsi).is_ok();
-    let legacy_routes =
-        (h.capabilities().legacy_route_capable() && served(routes[0].gsi) && served(routes[8].gsi))
-            .then(|| (routes[0], routes[8]));
-    let deliveries = hpet_plan::choose_deliveries(&caps, legacy_routes, |cap| {
-        let mut io = IOAPICS.lock();
-        let gsi = io.find_free(cap, &isa)?;
-        io.claim(gsi, "HPET comparator").ok()?;
-        Some(gsi)
-    });
+    let capable = h.capabilities().legacy_route_capable();
+    let deliveries = if platform.lapic.is_none() {
+        // No IOAPIC route or FSB message reaches a CPU without a local APIC: the 8259 only.
+        hpet_plan::pic_deliveries(caps.len(), capable)
+    } else {
+        // The legacy route reaches the CPUs through the IOAPIC pins of IRQ0 and IRQ8: none
+        // without an IOAPIC serving them (a MADT with no IOAPIC, or one rejected).
+        let served = |gsi: u32| IOAPICS.lock().lookup(gsi).is_ok();
+        let legacy_routes =
+            (capable && served(routes[0].gsi) && served(routes[8].gsi)).then(|| (routes[0], routes[8]));
+        hpet_plan::choose_deliveries(&caps, legacy_routes, |cap| {
+            let mut io = IOAPICS.lock();
+            let gsi = io.find_free(cap, &isa)?;
+            io.claim(gsi, "HPET comparator").ok()?;
+            Some(gsi)
+        })
+    };
     for (o, d) in outcomes.iter_mut().zip(&deliveries) {
         o.delivery = *d;
         match d {
@@ -72,6 +77,10 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                 log::info!("HPET comparator {}: {legacy}", o.index);
             }
             Some(d) => log::info!("HPET comparator {}: {d}", o.index),
+            None if platform.lapic.is_none() => log::info!(
+                "HPET comparator {}: no usable route (no local APIC: only the legacy route through the 8259)",
+                o.index
+            ),
             None => log::info!("HPET comparator {}: no usable route (no FSB, no free IOAPIC pin)", o.index),
         }
     }

@@ -26,6 +26,9 @@ pub enum Delivery {
     /// Legacy replacement: comparator 0 on IRQ0, 1 on IRQ8, reaching the IOAPIC as `route`
     /// says (its GSI, polarity and trigger after the MADT's interrupt source override).
     Legacy { route: IsaRoute },
+    /// Legacy replacement on a CPU without a local APIC: IRQ0 (comparator 0) or IRQ8
+    /// (comparator 1) through the 8259s, edge-triggered, to the one CPU.
+    Pic { irq: u8 },
 }
 
 impl Delivery {
@@ -34,11 +37,12 @@ impl Delivery {
             Delivery::Fsb => "fsb",
             Delivery::Ioapic { .. } => "ioapic",
             Delivery::Legacy { .. } => "legacy",
+            Delivery::Pic { .. } => "legacy_8259",
         }
     }
     pub fn gsi(self) -> Option<u32> {
         match self {
-            Delivery::Fsb => None,
+            Delivery::Fsb | Delivery::Pic { .. } => None,
             Delivery::Ioapic { gsi } => Some(gsi),
             Delivery::Legacy { route } => Some(route.gsi),
         }
@@ -50,7 +54,7 @@ impl Delivery {
     /// line its override describes (edge unless the firmware says level).
     pub fn level(self) -> bool {
         match self {
-            Delivery::Fsb => false,
+            Delivery::Fsb | Delivery::Pic { .. } => false,
             Delivery::Ioapic { .. } => true,
             Delivery::Legacy { route } => route.trigger == Trigger::Level,
         }
@@ -60,7 +64,7 @@ impl Delivery {
     /// APIC id `destination` (`None` for FSB, which needs no pin).
     pub fn ioapic_entry(self, vector: u8, destination: u32) -> Option<RedirectionEntry> {
         let (polarity, trigger) = match self {
-            Delivery::Fsb => return None,
+            Delivery::Fsb | Delivery::Pic { .. } => return None,
             Delivery::Ioapic { .. } => (Polarity::ActiveLow, Trigger::Level),
             Delivery::Legacy { route } => (route.polarity, route.trigger),
         };
@@ -89,6 +93,7 @@ impl fmt::Display for Delivery {
                 if route.trigger == Trigger::Level { "level" } else { "edge" },
                 if route.polarity == Polarity::ActiveLow { "active low" } else { "active high" }
             ),
+            Delivery::Pic { irq } => write!(f, "legacy replacement route, IRQ{irq} through the 8259, edge"),
         }
     }
 }
@@ -99,6 +104,19 @@ pub struct ComparatorCaps {
     pub index: usize,
     pub route_cap: u32,
     pub fsb: bool,
+}
+
+/// Each comparator's delivery on a CPU without a local APIC, where only the 8259s reach it:
+/// the legacy replacement route (comparator 0 on IRQ0, 1 on IRQ8) if the block has it, else
+/// none; the other comparators have no route.
+pub fn pic_deliveries(comparators: usize, legacy_capable: bool) -> Vec<Option<Delivery>> {
+    (0..comparators)
+        .map(|i| match i {
+            0 if legacy_capable => Some(Delivery::Pic { irq: 0 }),
+            1 if legacy_capable => Some(Delivery::Pic { irq: 8 }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Chooses each comparator's delivery. `free_gsi(route_cap)` claims and returns a free
@@ -279,6 +297,17 @@ mod tests {
         let madt = acpi::build::madt(0xfee0_0000, 1, &entries);
         let o = acpi::parse_madt(&madt).unwrap().overrides;
         (IsaRoute::for_irq(0, &o), IsaRoute::for_irq(8, &o))
+    }
+
+    #[test]
+    fn without_a_local_apic_only_the_legacy_route_through_the_8259_is_left() {
+        assert_eq!(
+            pic_deliveries(3, true),
+            [Some(Delivery::Pic { irq: 0 }), Some(Delivery::Pic { irq: 8 }), None]
+        );
+        assert_eq!(pic_deliveries(3, false), [None, None, None]);
+        let d = Delivery::Pic { irq: 0 };
+        assert_eq!((d.gsi(), d.level(), d.ioapic_entry(0x20, 0)), (None, false, None));
     }
 
     #[test]

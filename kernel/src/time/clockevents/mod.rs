@@ -1,17 +1,18 @@
-//! Clock events on this machine: HPET comparators and LAPIC timers registered with the time
+//! Clock events on this machine: HPET comparators, LAPIC timers and the PIT registered with the time
 //! layer, each CPU's tick in its per-CPU area, the interrupt paths that feed it, and the timer
 //! API the rest of the kernel uses.
 //!
 //! Rooms: `cpu` (a CPU's tick behind its guard, the interrupt and expiry paths), `registry`
 //! (the shared registry and broadcast, and how decisions reach each CPU), `timer` (the API),
-//! `lapic` and `hpet` (the clock event devices over the drivers of `arch::x86_64`),
+//! `lapic`, `hpet` and `pit` (the clock event devices over the drivers of `arch::x86_64`),
 //! `hpet_plan` (each comparator's delivery and role, decided), `hpet_bringup` (the plan
 //! carried out: routing, self-tests, re-planning, registration), `report` (what the report and
 //! the benchmark read).
 //!
 //! Bring-up by hooks: [`init_on_bsp`] (before the APs start: registry, the boot CPU's tick
 //! and LAPIC timer), [`init_on_ap`] (on each AP's own start-up path: its tick and LAPIC timer),
-//! then [`init_hpet`] once every CPU is online (the comparator plan depends on how many are).
+//! then [`init_hpet`] once every CPU is online (the comparator plan depends on how many are;
+//! the PIT follows the HPET, whose legacy route may take its IRQ0).
 
 mod cpu;
 mod failures;
@@ -21,6 +22,7 @@ mod hpet_bringup;
 pub mod hpet_plan;
 pub mod lapic;
 pub mod lapic_refine;
+pub mod pit;
 mod registry;
 mod report;
 pub mod suspend;
@@ -159,6 +161,8 @@ fn init_this_cpu() {
 }
 
 fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Option<LapicTimerConfig> {
+    // No LAPIC, no LAPIC timer (nothing to say: the platform's fallback said it).
+    platform.lapic?;
     if options.no_apic_timer {
         log::info!("noapictimer: LAPIC timers left out");
         return None;
@@ -206,6 +210,8 @@ pub fn init_hpet(platform: &mut Platform, options: &KernelOptions) -> Setup {
         None => Setup { rule: "no HPET: LAPIC timer only".into(), comparators: Vec::new() },
     };
     log::info!("{}", setup.rule);
+    // After the HPET, whose legacy route may have taken IRQ0.
+    pit::register(platform, options);
     for cpu in percpu::all() {
         if let Err(e) = smp::call_on(cpu.index, || ()) {
             platform.fall_back(format!("CPU {} did not take up its tick device: {e}", cpu.index));
