@@ -1514,7 +1514,7 @@ mod tests {
     }
 
     #[test]
-    fn slack_follows_the_latest_time_order_of_a_sorted_model() {
+    fn random_slack_follows_the_latest_time_order_of_a_sorted_model() {
         let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
         let mut queue = TimerQueue::new(0);
         let mut model = RangeModel::default();

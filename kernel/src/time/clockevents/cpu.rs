@@ -274,6 +274,11 @@ impl ExpiryContext for ThisCpu {
     }
 
     #[inline(always)]
+    fn is_plain(&self, payload: &Payload) -> bool {
+        payload.schedule.plain()
+    }
+
+    #[inline(always)]
     fn is_deferred(&self, payload: &Payload) -> bool {
         payload.schedule.deferred()
     }

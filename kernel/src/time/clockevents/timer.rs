@@ -155,6 +155,13 @@ impl Schedule {
         if self.0 & Self::REALTIME != 0 { 0 } else { self.0 & Self::LOW }
     }
 
+    /// A hard timer on MONOTONIC (neither deferred nor on another clock): one test, the top
+    /// two bits clear.
+    #[inline(always)]
+    pub const fn plain(self) -> bool {
+        self.0 & Self::KIND == 0
+    }
+
     /// Its callback runs deferred, outside the hard interrupt (the one flag the expiry reads).
     #[inline(always)]
     pub const fn deferred(self) -> bool {
@@ -164,6 +171,9 @@ impl Schedule {
     /// Its deadline on REALTIME or BOOTTIME; `None` on MONOTONIC.
     #[inline(always)]
     pub fn clock(self) -> Option<ClockDeadline> {
+        if self.0 < Self::REALTIME {
+            return None;
+        }
         let ns = self.0 & Self::LOW;
         match self.0 & Self::KIND {
             Self::REALTIME => Some(ClockDeadline::Realtime(WallTime::from_nanos(ns))),
