@@ -64,6 +64,14 @@ static WRONG_CPU: AtomicU64 = AtomicU64::new(0);
 static STALE: AtomicU64 = AtomicU64::new(0);
 static TWICE: AtomicU64 = AtomicU64::new(0);
 static ARM_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts an arm refused, and logs the first few with their error (the assertion at the end
+/// then says which kind of arm was refused, and why).
+fn arm_failed(what: &str, e: kernel_tests::kernel_time::tick::ArmError) {
+    if ARM_FAILED.fetch_add(1, Ordering::Relaxed) < 4 {
+        log::warn!("stress: {what} was refused: {e}");
+    }
+}
 static MIN_DELAY_NS: AtomicU64 = AtomicU64::new(2_000);
 /// Timers posted by a callback to another CPU, and how many ran there (on time, or not).
 static REMOTE_POSTED: AtomicU64 = AtomicU64::new(0);
@@ -104,9 +112,9 @@ fn post_to_another_cpu(cpu: usize, s: &CpuState) {
     let target = (cpu + 1 + (random(s) % (cpus as u64 - 1)) as usize) % cpus;
     let deadline = now_ns() + 100_000 + random(s) % 2_000_000;
     REMOTE_POSTED.fetch_add(1, Ordering::Relaxed);
-    if clockevents::post_on(target, deadline, on_remote, target as u64).is_err() {
+    if let Err(e) = clockevents::post_on(target, deadline, on_remote, target as u64) {
         REMOTE_POSTED.fetch_sub(1, Ordering::Relaxed);
-        ARM_FAILED.fetch_add(1, Ordering::Relaxed);
+        arm_failed("a post from a callback", e);
     }
 }
 
@@ -132,8 +140,8 @@ fn arm_and_cancel_from_afar(cpus: usize) {
                     Cancelled::Inactive | Cancelled::Running => {}
                 }
             }
-            Err(_) => {
-                ARM_FAILED.fetch_add(1, Ordering::Relaxed);
+            Err(e) => {
+                arm_failed("a far timer from CPU 0", e);
             }
         }
     }
@@ -164,8 +172,8 @@ fn arm_slot(cpu: usize, s: &CpuState, slot: u32) {
     let data = (u64::from(generation) << SLOT_BITS) | u64::from(slot);
     match clockevents::arm_at(deadline, on_timer, data) {
         Ok(id) => s.ids.lock()[slot as usize] = Some(id),
-        Err(_) => {
-            ARM_FAILED.fetch_add(1, Ordering::Relaxed);
+        Err(e) => {
+            arm_failed("a local arm", e);
             sl.live.store(false, Ordering::Relaxed);
             s.outstanding.fetch_sub(1, Ordering::AcqRel);
         }
