@@ -570,21 +570,8 @@ impl<T> TimerQueue<T> {
     /// range ends).
     #[inline]
     pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
-        self.settle();
-        let &index = self.heap.first()?;
-        let slot = &mut self.slots[index as usize];
-        if slot.deadline_ns > now_ns {
-            return None;
-        }
-        let SlotState::Pending { payload, .. } =
-            core::mem::replace(&mut slot.state, SlotState::Running { cancelled: false })
-        else {
-            unreachable!("the heap holds only pending slots")
-        };
-        // Its entry stays at the root as a hole, repaired by the next heap operation.
-        self.hole = true;
-        let id = TimerId { cpu: self.cpu, slot: index, generation: slot.generation };
-        Some(Expired { id, deadline_ns: slot.deadline_ns, payload })
+        let mut no_limit = usize::MAX;
+        self.pop_expired_or_defer(now_ns, &mut no_limit, |_| false)
     }
 
     /// Moves pending timers: `new_deadline` gives a timer its new deadline (`None`: it stays

@@ -477,17 +477,7 @@ impl Timer {
         period: Duration,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
-        let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
-        if period_ns == 0 {
-            return Err(ArmError::ZeroPeriod);
-        }
-        Timer::arm(
-            cpu,
-            ClockDeadline::Monotonic(first),
-            period_ns,
-            Callback::Closure(Box::new(callback)),
-            false,
-        )
+        Timer::every(cpu, first, period, Callback::Closure(Box::new(callback)), false)
     }
 
     /// A periodic deferred timer on CPU `cpu` (see [`Timer::periodic`] and
@@ -498,17 +488,22 @@ impl Timer {
         period: Duration,
         callback: impl FnMut(&TimerEvent) + Send + 'static,
     ) -> Result<Timer, ArmError> {
+        Timer::every(cpu, first, period, Callback::Closure(Box::new(callback)), true)
+    }
+
+    /// A periodic timer on MONOTONIC (a zero period refused), deferred or not.
+    fn every(
+        cpu: usize,
+        first: Instant,
+        period: Duration,
+        callback: Callback,
+        deferred: bool,
+    ) -> Result<Timer, ArmError> {
         let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
         if period_ns == 0 {
             return Err(ArmError::ZeroPeriod);
         }
-        Timer::arm(
-            cpu,
-            ClockDeadline::Monotonic(first),
-            period_ns,
-            Callback::Closure(Box::new(callback)),
-            true,
-        )
+        Timer::arm(cpu, ClockDeadline::Monotonic(first), period_ns, callback, deferred)
     }
 
     /// A timer running a plain function (no allocation).
