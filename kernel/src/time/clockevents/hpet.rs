@@ -528,6 +528,10 @@ impl EventDriver for HpetChannel {
                 self.hpet.set_fsb_route(self.index, address, data);
             }
             Delivery::Ioapic { gsi } | Delivery::Legacy { route: IsaRoute { gsi, .. } } => {
+                // A CPU the format cannot name is refused before the lock is tried.
+                if destination::format().ioapic_bits(apic).is_err() {
+                    return false;
+                }
                 let Some(mut io) = IOAPICS.try_lock() else { return false };
                 if io.set_destination(gsi, apic).is_err() {
                     return false;
