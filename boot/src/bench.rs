@@ -59,10 +59,13 @@ const SCALING: &[(u32, &[&str])] = &[
     (64, &["-global", "hpet.timers=24", "-global", "hpet.msi=on"]),
 ];
 /// The idle figures: `--smp 4`, `idle=deep lapic_stops_in_idle`, the workload running, on
-/// (a) LAPIC timers handing over to a global HPET device and (b) per-CPU HPET comparators
-/// (which need no handover).
+/// (a) LAPIC timers handing over to a global HPET device, whose interrupt follows the CPU due
+/// first (IOAPIC pin; FSB message), or stays on one CPU (`broadcast_follows=off`), and (b)
+/// per-CPU HPET comparators (which need no handover).
 const IDLE: &[(&str, &str, &[&str])] = &[
     ("lapic-handover", "idle=deep lapic_stops_in_idle clockevents=broadcast", &[]),
+    ("handover-fsb", "idle=deep lapic_stops_in_idle clockevents=broadcast", &["-global", "hpet.msi=on"]),
+    ("handover-fixed", "idle=deep lapic_stops_in_idle clockevents=broadcast broadcast_follows=off", &[]),
     ("percpu-hpet", "idle=deep lapic_stops_in_idle", &["-global", "hpet.timers=8"]),
 ];
 

@@ -48,6 +48,11 @@ pub struct KernelOptions {
     /// (three accesses, as Linux; the default: the estimate's 16-tick lean makes every event
     /// 160 ns later under emulation) or derived from the TSC (one write and a verifying read).
     pub hpet_counter_read: bool,
+    /// `broadcast_follows=on|off`: the global HPET comparator serving as broadcast device has
+    /// its interrupt moved to the CPU whose deadline is next, when its route can move (FSB or
+    /// an IOAPIC pin; Linux's CLOCK_EVT_FEAT_DYNIRQ), or stays on the CPU chosen at bring-up
+    /// (default on).
+    pub broadcast_follows: bool,
     /// `bench`: run the timer benchmark (`bench.rs`) instead of the workload.
     pub bench: bool,
     /// `bench_cpu=N`: the CPU the benchmark measures (default 0).
@@ -203,6 +208,7 @@ impl Default for KernelOptions {
             hpet_misroute: None,
             hpet_counter_stopped: false,
             hpet_counter_read: true,
+            broadcast_follows: true,
             bench: false,
             bench_cpu: 0,
             bench_drift_s: 0,
@@ -381,6 +387,14 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     _ => None,
                 });
                 options.hpet_counter_read = read.unwrap_or(options.hpet_counter_read);
+            }
+            "broadcast_follows" => {
+                let on = take("broadcast_follows", "on or off").parse(&mut problems, |v| match v {
+                    "on" => Some(true),
+                    "off" => Some(false),
+                    _ => None,
+                });
+                options.broadcast_follows = on.unwrap_or(options.broadcast_follows);
             }
             "bench_cpu" => {
                 let n = take("bench_cpu", "a CPU index from 0 to 63")
@@ -566,6 +580,9 @@ mod tests {
             parse("hpet_counter=read").0.hpet_counter_read
                 && !parse("hpet_counter=estimate").0.hpet_counter_read
         );
+        assert!(parse("").0.broadcast_follows && !parse("broadcast_follows=off").0.broadcast_follows);
+        let (o, problems) = parse("broadcast_follows=sometimes");
+        assert_eq!((o.broadcast_follows, problems.len()), (true, 1), "a bad value keeps on");
         let (i, p) = parse("idle=deep lapic_stops_in_idle suspend_test=200 clockevents=broadcast");
         assert!(p.is_empty(), "{p:?}");
         assert_eq!((i.idle, i.lapic_stops_in_idle, i.suspend_test_ms), (IdleChoice::Deep, true, Some(200)));

@@ -22,10 +22,16 @@ kernel_tests::qemu_test!(
         hpet_off_pit_off_refused: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200 pit=off' --expect-report /hpet=null --expect-report /broadcast=null --expect-report /cpus/1/idle/state=halt --expect degraded --expect-log 'PIT not registered: pit=off' --expect-log 'deep idle refused' -- -machine q35,hpet=off
         pc_hpet_off_pit_broadcast: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=200' --expect-report /broadcast=pit --expect-report /cpus/1/idle/deep_entries>=1 --expect-report /cpus/1/idle/handovers>=1 -- -machine pc,hpet=off
         pc_legacy: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /hpet/comparators/0/delivery=legacy --expect-report /broadcast=hpet0 --expect-log 'PIT not registered: IRQ0 (GSI 2) is taken by the HPET legacy route' -- -machine pc,hpet=on
+        lapic_broadcast_fsb_smp4: --smp 4 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200' --expect-report /broadcast=hpet0 --expect-report /hpet/comparators/0/delivery=fsb --expect-log 'HPET comparator 0: global, its interrupt (FSB message) follows the CPU due first' -- -global hpet.msi=on
+        lapic_broadcast_fixed_smp4: --smp 4 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=200 broadcast_follows=off' --expect-report /broadcast=hpet0 --expect-log 'its interrupt stays on CPU 0 (broadcast_follows=off)'
         icount_lapic_broadcast: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle clockevents=broadcast duration_ms=100' --expect-report /broadcast=hpet0 -- -icount shift=0,sleep=off
         icount_percpu: --smp 2 --cmdline 'idle=deep lapic_stops_in_idle duration_ms=100' --expect-report /cpus/1/idle/handovers=0 -- -icount shift=0,sleep=off
     ",
-    tests: [workload_loses_nothing_in_deep_idle, handovers_happen_exactly_where_devices_stop],
+    tests: [
+        workload_loses_nothing_in_deep_idle,
+        handovers_happen_exactly_where_devices_stop,
+        the_broadcast_follows_its_sleepers_where_it_can
+    ],
 );
 
 fn workload_loses_nothing_in_deep_idle(k: &Kernel) {
@@ -52,5 +58,30 @@ fn handovers_happen_exactly_where_devices_stop(_: &Kernel) {
                 t.cpu, t.device
             ),
         }
+    }
+}
+
+/// A global HPET comparator serving as broadcast device with a movable route (FSB or IOAPIC,
+/// `broadcast_follows` on) was moved to the CPU due first at least once while several CPUs
+/// slept deeply, and one with a fixed route never was; either way its interrupts landed only
+/// on CPUs it was aimed at (an interrupt on the previous target during a move is expected).
+fn the_broadcast_follows_its_sleepers_where_it_can(k: &Kernel) {
+    use kernel_tests::kernel::time::clockevents::ComparatorRole;
+    let (_, _, moves) = clockevents::broadcast_counts();
+    let global = k.clockevents.comparators.iter().find(|c| c.role == ComparatorRole::Global);
+    let sleepers = clockevents::tick_devices().iter().filter(|t| t.handovers > 0).count();
+    match global.and_then(|c| c.channel) {
+        Some(ch)
+            if clockevents::broadcast_device()
+                .is_some_and(|b| b.strip_prefix("hpet").and_then(|n| n.parse().ok()) == Some(ch.index)) =>
+        {
+            if k.options.broadcast_follows && ch.can_move() && sleepers > 1 {
+                assert!(moves > 0, "{sleepers} CPUs slept on the broadcast, but its interrupt never moved");
+            } else if !k.options.broadcast_follows {
+                assert_eq!(moves, 0, "broadcast_follows=off, yet the interrupt moved");
+            }
+            kernel_tests::assert_interrupts_land_where_routed(k);
+        }
+        _ => assert_eq!(moves, 0, "no movable HPET broadcast, yet something moved"),
     }
 }

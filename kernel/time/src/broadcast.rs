@@ -2,7 +2,10 @@
 //! local tick device (Linux's `tick-broadcast.c`, one-shot mode). Each such CPU hands over its
 //! next deadline; the device is programmed for the earliest of them, and when it fires, every
 //! CPU whose deadline has passed is woken (by an IPI, or directly if it took the interrupt)
-//! and leaves the set until it hands over its next deadline.
+//! and leaves the set until it hands over its next deadline. A device whose interrupt can move
+//! ([`Features::DYNIRQ`](super::clockevents::Features::DYNIRQ)) is aimed at the CPU whose
+//! deadline is next whenever that CPU changes (Linux's `tick_broadcast_set_affinity`), so the
+//! CPU due first wakes without an IPI.
 //!
 //! This state is shared between CPUs and lives behind its own lock; only CPUs served by the
 //! broadcast (and the CPU taking its interrupt) touch it on their hot path.
@@ -27,6 +30,10 @@ pub struct Broadcast {
     failure: Option<(DeviceId, ProgramError)>,
     /// Timekeeping suspended: the device stays shut down until `resume`.
     suspended: bool,
+    /// The CPU the device's interrupt was last aimed at by [`Broadcast`] (`None`: not yet, or
+    /// it cannot move), and how many times it was moved.
+    target: Option<usize>,
+    retargets: u64,
 }
 
 impl Default for Broadcast {
@@ -46,6 +53,8 @@ impl Broadcast {
             wakeups_sent: 0,
             failure: None,
             suspended: false,
+            target: None,
+            retargets: 0,
         }
     }
 
@@ -74,6 +83,12 @@ impl Broadcast {
         (self.events, self.wakeups_sent)
     }
 
+    /// The CPU the device's interrupt was last moved to (`None`: never moved, where the
+    /// driver routed it), and how many times it was moved.
+    pub fn target(&self) -> (Option<usize>, u64) {
+        (self.target, self.retargets)
+    }
+
     /// Replaces the broadcast device (`None`: there is none any more). The old one is released;
     /// the new one is attached and programmed for the earliest waiting deadline, so no
     /// handed-over deadline is lost by the change. With no device left, returns the waiting
@@ -87,6 +102,7 @@ impl Broadcast {
             new.attach(State::Oneshot, 0);
         }
         self.device = device;
+        self.target = None;
         self.reprogram(now_ns);
         if self.device.is_none() { self.waiting } else { CpuSet::EMPTY }
     }
@@ -103,7 +119,7 @@ impl Broadcast {
         if let Some((_, d)) = &self.device
             && deadline_ns < d.next_event_ns()
         {
-            self.program(deadline_ns, now_ns);
+            self.program(deadline_ns, now_ns, cpu);
         }
     }
 
@@ -171,26 +187,32 @@ impl Broadcast {
         self.failure.take()
     }
 
-    fn earliest(&self) -> u64 {
-        self.waiting.iter().map(|c| self.deadlines[c]).min().unwrap_or(u64::MAX)
+    /// The earliest deadline waited for and its CPU (the lowest-numbered on a tie).
+    fn earliest(&self) -> Option<(u64, usize)> {
+        self.waiting.iter().map(|c| (self.deadlines[c], c)).min()
     }
 
     fn reprogram(&mut self, now_ns: u64) {
         if self.suspended {
             return;
         }
-        let earliest = self.earliest();
-        match &self.device {
-            Some((_, d)) if earliest == u64::MAX => d.stop(),
-            Some(_) => self.program(earliest, now_ns),
-            None => {}
+        match (&self.device, self.earliest()) {
+            (Some((_, d)), None) => d.stop(),
+            (Some(_), Some((deadline, cpu))) => self.program(deadline, now_ns, cpu),
+            (None, _) => {}
         }
     }
 
-    fn program(&mut self, deadline_ns: u64, now_ns: u64) {
+    /// Programs the device for `deadline_ns`, `cpu`'s, and aims it at `cpu` first if it is
+    /// aimed elsewhere and can move (so the event lands where it is due).
+    fn program(&mut self, deadline_ns: u64, now_ns: u64, cpu: usize) {
         let Some((id, d)) = &self.device else { return };
         if d.is_failed() || self.suspended {
             return;
+        }
+        if self.target != Some(cpu) && d.retarget(cpu) {
+            self.target = Some(cpu);
+            self.retargets += 1;
         }
         if let Err(e) = d.program(deadline_ns, now_ns) {
             d.mark_failed();
@@ -204,6 +226,7 @@ mod tests {
     use super::*;
     use crate::clockevents::fake::{FakeDriver, spec};
     use crate::clockevents::{DeviceSpec, Features};
+    use alloc::vec::Vec;
 
     fn global(driver: &'static FakeDriver) -> (DeviceId, Arc<ClockEventDevice>) {
         let spec: DeviceSpec = spec("global", 90, CpuSet::first(4), Features::empty());
@@ -224,6 +247,47 @@ mod tests {
         assert_eq!(b.waiting(), CpuSet::single(1));
         assert_eq!(driver.last_next(), Some(5_000), "re-armed for CPU 1's deadline");
         assert_eq!(b.stats(), (1, 1), "CPU 2 took the interrupt: one IPI, to CPU 3");
+    }
+
+    /// With DYNIRQ the device is moved to the CPU due first, before it is programmed, and only
+    /// when that CPU changes; without it, never.
+    #[test]
+    fn a_dynirq_device_follows_the_earliest_sleeper_and_moves_only_when_it_changes() {
+        use crate::clockevents::fake::Call;
+        let driver = FakeDriver::leak();
+        let spec = spec("global", 90, CpuSet::first(4), Features::DYNIRQ);
+        let mut b = Broadcast::new();
+        b.set_device(Some((DeviceId(7), Arc::new(ClockEventDevice::new(spec, driver)))), 0);
+        let moves =
+            || driver.calls().into_iter().filter(|c| matches!(c, Call::Retarget(_))).collect::<Vec<_>>();
+        b.set_deadline(1, 300_000, 0);
+        assert_eq!(driver.calls().last(), Some(&Call::Next(30_000)));
+        assert_eq!(moves(), [Call::Retarget(1)], "aimed at the only sleeper");
+        b.set_deadline(2, 100_000, 0);
+        assert_eq!(moves(), [Call::Retarget(1), Call::Retarget(2)], "CPU 2 is due first now");
+        let calls = driver.calls();
+        assert_eq!(
+            calls[calls.len() - 2..],
+            [Call::Retarget(2), Call::Next(10_000)],
+            "moved, then programmed"
+        );
+        b.set_deadline(3, 200_000, 0);
+        assert_eq!(moves().len(), 2, "a later deadline moves nothing");
+        assert_eq!(b.event(100_000, 2), CpuSet::single(2));
+        assert_eq!(b.stats(), (1, 0), "CPU 2 took its own event: no IPI");
+        assert_eq!(moves().last(), Some(&Call::Retarget(3)), "then aimed at CPU 3, due next");
+        b.set_deadline(2, 250_000, 100_000);
+        assert_eq!(b.event(200_000, 3), CpuSet::single(3));
+        assert_eq!(moves().last(), Some(&Call::Retarget(2)));
+        assert_eq!(b.target(), (Some(2), 4));
+
+        let fixed = FakeDriver::leak();
+        let mut b = Broadcast::new();
+        b.set_device(Some(global(fixed)), 0);
+        b.set_deadline(1, 300_000, 0);
+        b.set_deadline(2, 100_000, 0);
+        assert!(!fixed.calls().iter().any(|c| matches!(c, Call::Retarget(_))), "no DYNIRQ: never moved");
+        assert_eq!(b.target(), (None, 0));
     }
 
     #[test]

@@ -25,6 +25,10 @@ bitflags! {
         const STOPS_IN_DEEP_IDLE = 1 << 2;
         /// Belongs to one CPU and interrupts only that CPU.
         const PER_CPU = 1 << 3;
+        /// Its interrupt can be moved to another CPU while in use (Linux's
+        /// CLOCK_EVT_FEAT_DYNIRQ): as the broadcast device, it is aimed at the CPU whose
+        /// deadline is next ([`EventDriver::retarget`]), which then wakes without an IPI.
+        const DYNIRQ = 1 << 4;
     }
 }
 
@@ -314,6 +318,14 @@ pub trait EventDriver: Send + Sync {
     fn set_next_event_at(&self, at_ns: u64, now_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
         let _ = (at_ns, now_ns);
         self.set_next_event(delta_ticks)
+    }
+    /// Aims the interrupt at CPU `cpu` from now on (only for a [`Features::DYNIRQ`] device,
+    /// only by its one user: the broadcast, under its lock); returns whether it moved. An
+    /// interrupt already on its way may still land on the previous CPU. The default moves
+    /// nothing.
+    fn retarget(&self, cpu: usize) -> bool {
+        let _ = cpu;
+        false
     }
 }
 
@@ -656,6 +668,10 @@ impl ClockEventDevice {
         self.conversion_max_ns.store(new.max_ns, Ordering::Relaxed);
         Ok(old)
     }
+    /// Aims its interrupt at `cpu` if it can ([`Features::DYNIRQ`]); whether it moved.
+    pub fn retarget(&self, cpu: usize) -> bool {
+        self.spec.features.contains(Features::DYNIRQ) && self.driver.retarget(cpu)
+    }
     /// Whether it belongs to one CPU ([`Features::PER_CPU`]).
     #[inline]
     pub fn is_per_cpu(&self) -> bool {
@@ -842,6 +858,7 @@ pub(crate) mod fake {
     pub enum Call {
         State(DriverState),
         Next(u64),
+        Retarget(usize),
     }
 
     impl FakeDriver {
@@ -866,6 +883,10 @@ pub(crate) mod fake {
         fn set_next_event(&self, delta_ticks: u64) -> Result<(), EventPassed> {
             self.log.lock().push(Call::Next(delta_ticks));
             if delta_ticks < *self.passes_below_ticks.lock() { Err(EventPassed) } else { Ok(()) }
+        }
+        fn retarget(&self, cpu: usize) -> bool {
+            self.log.lock().push(Call::Retarget(cpu));
+            true
         }
     }
 

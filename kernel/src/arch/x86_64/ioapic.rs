@@ -220,6 +220,20 @@ impl IoApics {
         Ok(())
     }
 
+    /// Moves a claimed `gsi`'s interrupt to `apic_id`, its entry otherwise as it is: one write
+    /// of the entry's high half, the destination (a single 32-bit write, so the line never
+    /// fires half-moved and needs no masking; an interrupt already sent lands where it was
+    /// aimed).
+    pub fn set_destination(&mut self, gsi: u32, apic_id: u32) -> Result<(), IoApicError> {
+        if self.owner(gsi).is_none() {
+            return Err(IoApicError::NotClaimed(gsi));
+        }
+        let bits = destination::format().ioapic_bits(apic_id).map_err(IoApicError::Unreachable)?;
+        let (chip, pin) = self.lookup(gsi)?;
+        self.chips[chip].write(registers::redirection_high(pin_index(pin)), (bits >> 32) as u32);
+        Ok(())
+    }
+
     pub fn mask(&mut self, gsi: u32, masked: bool) -> Result<(), IoApicError> {
         let (chip, pin) = self.lookup(gsi)?;
         let e = self.chips[chip].entry(pin);

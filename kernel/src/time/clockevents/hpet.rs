@@ -180,6 +180,9 @@ pub struct HpetChannel {
     fresh_cycles: u64,
     /// The APIC id its interrupt goes to, for routing it again after a resume.
     target_apic: core::sync::atomic::AtomicU32,
+    /// The CPUs its interrupt was moved to as the broadcast device follows its sleepers (one
+    /// bit per CPU index; see [`EventDriver::retarget`]): an event may land on any of them.
+    moved_to: [AtomicU64; 4],
 }
 
 /// Every channel set up, for suspend and resume.
@@ -253,6 +256,7 @@ impl HpetChannel {
             fresh_cycles: (u128::from(tsc::frequency_hz()) * u128::from(ESTIMATE_FRESH_NS) / 1_000_000_000)
                 as u64,
             target_apic: core::sync::atomic::AtomicU32::new(0),
+            moved_to: [const { AtomicU64::new(0) }; 4],
         }));
         x86_64::instructions::interrupts::without_interrupts(|| CHANNELS.lock().push(channel));
         BY_VECTOR[usize::from(vector)].call_once(|| channel);
@@ -313,6 +317,18 @@ impl HpetChannel {
         if let Some(gsi) = self.delivery.gsi() {
             let _ = IOAPICS.lock().mask(gsi, true);
         }
+    }
+
+    /// Whether its route can be moved while it serves ([`EventDriver::retarget`]): an FSB
+    /// message or an IOAPIC pin, not the 8259's line.
+    pub fn can_move(&self) -> bool {
+        !matches!(self.delivery, Delivery::Pic { .. })
+    }
+
+    /// Whether its interrupt was ever moved to CPU `cpu` by [`EventDriver::retarget`] (its
+    /// events may then land there).
+    pub fn was_moved_to(&self, cpu: usize) -> bool {
+        self.moved_to.get(cpu / 64).is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (cpu % 64)) != 0)
     }
 
     /// The APIC id its interrupt goes to.
@@ -493,6 +509,43 @@ impl EventDriver for HpetChannel {
         // at the minimum delta by the layer, as for set_next_event.
         let left = target.wrapping_sub(after) as i32;
         if left < MIN_MARGIN_TICKS as i32 { Err(EventPassed) } else { Ok(()) }
+    }
+
+    /// The broadcast device follows its earliest sleeper (called under the broadcast lock,
+    /// only when that CPU changes). FSB: the comparator's own message rewritten (one 64-bit
+    /// write). IOAPIC: the pin's destination, one write through the chip's select/window pair,
+    /// which needs the `IOAPICS` lock; it is only tried, never waited for (bring-up and
+    /// suspend take it with interrupts on, and a CPU holding it could be the one this
+    /// broadcast interrupt must reach, or be interrupted by it): when busy, the route stays
+    /// and the CPU due is woken by IPI as before; the layer tries again at its next move.
+    fn retarget(&self, cpu: usize) -> bool {
+        let Some(apic) = percpu::cpu(cpu).map(|c| c.apic_id) else { return false };
+        match self.delivery {
+            Delivery::Fsb => {
+                let Ok((address, data)) = destination::format().msi_message(apic, self.vector) else {
+                    return false;
+                };
+                self.hpet.set_fsb_route(self.index, address, data);
+            }
+            Delivery::Ioapic { gsi } | Delivery::Legacy { route: IsaRoute { gsi, .. } } => {
+                // A CPU the format cannot name is refused before the lock is tried.
+                if destination::format().ioapic_bits(apic).is_err() {
+                    return false;
+                }
+                let Some(mut io) = IOAPICS.try_lock() else { return false };
+                if io.set_destination(gsi, apic).is_err() {
+                    return false;
+                }
+            }
+            Delivery::Pic { .. } => return false,
+        }
+        self.target_apic.store(apic, Ordering::Relaxed);
+        if let Some(w) = self.moved_to.get(cpu / 64)
+            && w.load(Ordering::Relaxed) & (1 << (cpu % 64)) == 0
+        {
+            w.fetch_or(1 << (cpu % 64), Ordering::Relaxed);
+        }
+        true
     }
 }
 

@@ -180,6 +180,26 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                 (format!("hpet{index}"), hpet::PER_CPU_RATING, CpuSet::single(c))
             }
             Role::Global(c) => {
+                // An injected misroute must stay where it was put; the 8259's line cannot move.
+                if options.broadcast_follows
+                    && channel.can_move()
+                    && options.hpet_misroute != Some(index as u32)
+                {
+                    features |= Features::DYNIRQ;
+                    log::info!(
+                        "HPET comparator {index}: global, its interrupt ({}) follows the CPU due first",
+                        channel.delivery
+                    );
+                } else {
+                    let why = if !options.broadcast_follows {
+                        "broadcast_follows=off"
+                    } else if !channel.can_move() {
+                        "the 8259's line cannot move"
+                    } else {
+                        "hpet_misroute"
+                    };
+                    log::info!("HPET comparator {index}: global, its interrupt stays on CPU {c} ({why})");
+                }
                 outcomes[index].role = ComparatorRole::Global;
                 outcomes[index].cpu = Some(c);
                 (format!("hpet{index}"), hpet::GLOBAL_RATING, online)

@@ -35,8 +35,8 @@ pub use cpu::{
 pub use failures::{report as device_failed, take_outs};
 pub use registry::{WAKE_VECTOR, take_out, with_registry};
 pub use report::{
-    ProgrammingCost, TickDeviceInfo, broadcast_device, device_names, fill_report, measure_programming,
-    min_delta_ns, tick_devices,
+    ProgrammingCost, TickDeviceInfo, broadcast_counts, broadcast_device, device_names, fill_report,
+    measure_programming, min_delta_ns, tick_devices,
 };
 pub use timer::{
     Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, arm_at_range, arm_deferred_at,

@@ -81,6 +81,15 @@ pub fn broadcast_device() -> Option<String> {
     with_registry(|r| r.broadcast_device().map(|b| r.device(b).spec.name.clone())).flatten()
 }
 
+/// The broadcast device's interrupts and the wake-up IPIs they sent, and how many times its
+/// interrupt was moved to follow its sleepers (`Features::DYNIRQ`).
+pub fn broadcast_counts() -> (u64, u64, u64) {
+    registry::with_broadcast(|b| {
+        let (events, wakeups) = b.stats();
+        (events, wakeups, b.target().1)
+    })
+}
+
 /// The current minimum delta of the device named `name` (grown if the counter kept passing
 /// its comparators).
 pub fn min_delta_ns(name: &str) -> Option<u64> {

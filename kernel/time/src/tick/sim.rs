@@ -34,6 +34,8 @@ struct SimDriver {
     period_ns: Mutex<Option<u64>>,
     /// Deltas below this many ticks report a passed comparator.
     passes_below_ticks: Mutex<u64>,
+    /// The CPU a DYNIRQ device was last aimed at (`None`: never moved; see `Sim::irq_cpu`).
+    target: Mutex<Option<usize>>,
 }
 
 impl SimDriver {
@@ -67,6 +69,10 @@ impl EventDriver for SimDriver {
         }
         *self.fires_at.lock() = Some(*self.world.clock.lock() + delta_ticks * 10);
         Ok(())
+    }
+    fn retarget(&self, cpu: usize) -> bool {
+        *self.target.lock() = Some(cpu);
+        true
     }
 }
 
@@ -364,6 +370,7 @@ impl Sim {
             fires_at: Mutex::new(None),
             period_ns: Mutex::new(None),
             passes_below_ticks: Mutex::new(passes_below_ticks),
+            target: Mutex::new(None),
         }))
     }
     fn add(&mut self, name: &str, rating: u32, cpus: CpuSet, features: Features, irq_cpu: usize) -> DeviceId {
@@ -651,7 +658,8 @@ impl Sim {
         let d = self.drivers[dev];
         let period = *d.period_ns.lock();
         *d.fires_at.lock() = period.map(|p| at + p);
-        self.device_event(DeviceId(dev), self.irq_cpu[dev]);
+        let cpu = d.target.lock().unwrap_or(self.irq_cpu[dev]);
+        self.device_event(DeviceId(dev), cpu);
         true
     }
     fn run_until(&mut self, t: u64) {
@@ -1393,6 +1401,69 @@ fn deep_sleepers_hand_over_and_are_woken_exactly_when_due() {
         assert_eq!(t.handovers(), sleeps, "CPU {cpu}: one handover per deep sleep");
     }
     assert_eq!(ipis, 15, "every due CPU but the one taking the interrupt is woken by IPI");
+}
+
+/// The workload of [`deep_sleepers_hand_over_and_are_woken_exactly_when_due`] on a broadcast
+/// device that can move (DYNIRQ): aimed each time at the CPU due next, it wakes that CPU
+/// itself, so no wake-up IPI is needed (deadlines never coincide here); each timer still runs
+/// once, never early, on its own CPU (the simulator's callback checks the CPU).
+#[test]
+fn a_dynirq_broadcast_follows_the_earliest_sleeper_and_needs_no_ipi() {
+    let mut s = Sim::new(TickMode::Oneshot, 4);
+    for c in 0..4 {
+        stopping_local(&mut s, c);
+    }
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(4), Features::DYNIRQ, 0);
+    let now = s.now();
+    for cpu in 0..4 {
+        for k in 1..=5u64 {
+            s.arm(cpu, now + k * 37_000 + cpu as u64 * 11_000);
+        }
+    }
+    for cpu in 0..4 {
+        assert_eq!(s.sleep_deeply(cpu), Ok(Handover::HandedOver));
+    }
+    assert_eq!(*s.drivers[g.0].target.lock(), Some(0), "CPU 0's 48 us is the first deadline");
+    s.run_until(now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    let (events, ipis) = s.bc.lock().stats();
+    assert_eq!(events, 20, "one broadcast interrupt per deadline");
+    assert_eq!(ipis, 0, "each interrupt landed on the CPU due (15 IPIs with a fixed target)");
+    let (_, moves) = s.bc.lock().target();
+    assert!(moves >= 4, "moved from CPU to CPU: {moves} moves");
+    for (cpu, t) in s.cpus.iter().enumerate() {
+        assert_eq!(t.events(), 5, "CPU {cpu} was woken once per timer");
+    }
+}
+
+/// An interrupt of a moving broadcast device that lands on the CPU it was aimed at before
+/// (on its way during the move) is served there as any broadcast interrupt: the CPUs due are
+/// woken by IPI, nothing counts as misrouted.
+#[test]
+fn a_broadcast_interrupt_landing_on_the_previous_target_wakes_the_cpu_due() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    for c in 0..3 {
+        stopping_local(&mut s, c);
+    }
+    let g = s.add("global", GLOBAL_HPET, CpuSet::first(3), Features::DYNIRQ, 0);
+    let now = s.now();
+    let (late, _) = s.arm(1, now + 200_000);
+    let (early, _) = s.arm(2, now + 100_000);
+    for cpu in 0..3 {
+        let _ = s.sleep_deeply(cpu);
+    }
+    assert_eq!(*s.drivers[g.0].target.lock(), Some(2));
+    // Due on CPU 2, but the interrupt reaches CPU 1, aimed at before CPU 2 slept.
+    s.set_now(now + 100_000);
+    *s.drivers[g.0].fires_at.lock() = None;
+    s.device_event(g, 1);
+    assert_eq!(s.fired(early), [now + 100_000], "CPU 2 woken by IPI ran its timer");
+    assert_eq!(s.bc.lock().stats(), (1, 1), "one IPI, to CPU 2");
+    assert!(s.cpus.iter().all(|t| t.misrouted() == 0 && t.stale() == 0), "expected, not misrouted");
+    assert_eq!(*s.drivers[g.0].target.lock(), Some(1), "aimed at CPU 1, due next");
+    s.run_until(now + 1_000_000);
+    assert_eq!(s.fired(late).len(), 1);
+    s.assert_all_fired_once_never_early();
 }
 
 #[test]
