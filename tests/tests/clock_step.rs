@@ -25,19 +25,27 @@ kernel_tests::qemu_test!(
 );
 
 /// Before any step: a timer on REALTIME and one on BOOTTIME, 20 ms ahead, on every CPU (the
-/// APs came online after REALTIME was set from the RTC): each runs once, on its CPU, and not
-/// before MONOTONIC has advanced the 20 ms from the snapshot they were armed from.
+/// APs came online after REALTIME was set from the RTC): each runs once, on its CPU by the APIC
+/// id the hardware reports, and not early on a counter that is not the clocksource's (the
+/// workload's oracle, stamped before the clocks were read).
 fn timers_on_each_clock_run_on_every_cpu(_: &Kernel) {
     use core::sync::atomic::{AtomicU64, Ordering};
     use kernel_tests::kernel::time::clockevents::Timer;
     use kernel_tests::kernel::time::clocksource::now_ns;
+    use kernel_tests::kernel::workload::oracle::{self, Judgement};
     use kernel_time::clocks::{BootInstant, ClockDeadline, WallTime};
     static RAN_AT: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
-    static RAN_ON: [AtomicU64; 16] = [const { AtomicU64::new(u64::MAX) }; 16];
+    static RAN_ON_APIC: [AtomicU64; 16] = [const { AtomicU64::new(u64::MAX) }; 16];
+    static EARLY: AtomicU64 = AtomicU64::new(0);
+    oracle::set_counters(kernel_tests::kernel::time::clocksource::raw_counters());
     let cpus: alloc::vec::Vec<usize> =
         kernel_tests::kernel::arch::x86_64::smp::percpu::all().map(|c| c.index).take(8).collect();
-    let c = clocks();
     let ahead = 20_000_000;
+    let apic =
+        |cpu: usize| kernel_tests::kernel::arch::x86_64::smp::percpu::cpu(cpu).expect("online").apic_id;
+    // Stamped before the clocks are read: each deadline is at least `ahead` after its stamp.
+    let stamps: alloc::vec::Vec<_> = cpus.iter().map(|&cpu| oracle::arm_stamp(ahead, apic(cpu)).1).collect();
+    let c = clocks();
     let mut timers = alloc::vec::Vec::new();
     for (i, &cpu) in cpus.iter().enumerate() {
         let at = [
@@ -46,9 +54,13 @@ fn timers_on_each_clock_run_on_every_cpu(_: &Kernel) {
         ];
         for (k, at) in at.into_iter().enumerate() {
             let slot = 2 * i + k;
-            let t = Timer::on_clock(cpu, at, move |e| {
+            let stamp = stamps[i];
+            let t = Timer::on_clock(cpu, at, move |_| {
+                if matches!(oracle::judge(&stamp), Judgement::Early { .. }) {
+                    EARLY.fetch_add(1, Ordering::Relaxed);
+                }
+                RAN_ON_APIC[slot].store(u64::from(oracle::apic_id_here()), Ordering::Release);
                 RAN_AT[slot].store(now_ns(), Ordering::Release);
-                RAN_ON[slot].store(e.cpu as u64, Ordering::Release);
             });
             timers.push(t.expect("armed"));
         }
@@ -64,9 +76,11 @@ fn timers_on_each_clock_run_on_every_cpu(_: &Kernel) {
             let clock = ["REALTIME", "BOOTTIME"][k];
             assert!(at != 0, "the timer on {clock} on CPU {cpu} never ran (placed with the wrong offsets?)");
             assert!(at >= c.monotonic.as_nanos() + ahead, "the timer on {clock} on CPU {cpu} ran early");
-            assert_eq!(RAN_ON[2 * i + k].load(Ordering::Acquire), cpu as u64, "{clock} on CPU {cpu}");
+            let on = RAN_ON_APIC[2 * i + k].load(Ordering::Acquire);
+            assert_eq!(on, u64::from(apic(cpu)), "{clock} on CPU {cpu} ran on APIC id {on}");
         }
     }
+    assert_eq!(EARLY.load(Ordering::Relaxed), 0, "early on a counter that is not the clocksource's");
     drop(timers);
 }
 

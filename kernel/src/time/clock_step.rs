@@ -30,7 +30,8 @@ struct Probe {
     cpu: usize,
     /// Its deadline on REALTIME.
     wall_ns: u64,
-    /// Times it ran, and the last MONOTONIC reading in its callback and the CPU it ran on.
+    /// Times it ran, and the last MONOTONIC reading in its callback and the APIC id (from the
+    /// hardware) of the CPU it ran on.
     runs: AtomicU32,
     ran_at_ns: AtomicU64,
     ran_on: AtomicU32,
@@ -56,11 +57,17 @@ pub fn report() -> Option<ClockStepReport> {
     REPORT.get().cloned()
 }
 
+fn lapic_id_here() -> u32 {
+    use crate::arch::x86_64::lapic;
+    if lapic::mode().is_some() { lapic::id() } else { lapic::initial_id() }
+}
+
 fn probe_ran(e: &TimerEvent) {
     let now = now_ns();
     let Some(p) = ARMED.get().and_then(|a| a.probes.get(e.data as usize)) else { return };
     p.ran_at_ns.store(now, Ordering::Relaxed);
-    p.ran_on.store(e.cpu as u32, Ordering::Relaxed);
+    // The APIC id the hardware reports, not the kernel's idea of which CPU this is.
+    p.ran_on.store(lapic_id_here(), Ordering::Relaxed);
     p.runs.fetch_add(1, Ordering::AcqRel);
 }
 
@@ -165,7 +172,8 @@ pub fn finish() -> Option<ClockStepReport> {
                 "clock step test: probe {i} ran at {at} ns, before {due} ns, where REALTIME reads its deadline"
             );
         }
-        if p.ran_on.load(Ordering::Relaxed) as usize != p.cpu {
+        let apic = percpu::cpu(p.cpu).map(|c| c.apic_id);
+        if Some(p.ran_on.load(Ordering::Relaxed)) != apic {
             r.wrong_cpu += 1;
         }
         if at >= before && at < mono_before(p.wall_ns) {
