@@ -303,12 +303,15 @@ impl Timekeeper {
     /// does not (the caller has kept MONOTONIC from counting it). Serialised as
     /// [`rebase`](Self::rebase).
     pub fn add_suspended(&self, ns: u64) {
-        self.write(|tk| {
-            let s = tk.offs_suspended.load(Ordering::Relaxed);
-            tk.offs_suspended.store(s.saturating_add(ns), Ordering::Relaxed);
-            let r = tk.offs_real.load(Ordering::Relaxed);
-            tk.offs_real.store(r.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX)), Ordering::Relaxed);
-        })
+        self.write(|tk| tk.count_suspended(ns))
+    }
+
+    /// BOOTTIME and REALTIME move on by `ns` (inside a write).
+    fn count_suspended(&self, ns: u64) {
+        let s = self.offs_suspended.load(Ordering::Relaxed);
+        self.offs_suspended.store(s.saturating_add(ns), Ordering::Relaxed);
+        let r = self.offs_real.load(Ordering::Relaxed);
+        self.offs_real.store(r.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX)), Ordering::Relaxed);
     }
 
     /// The machine was asleep for the last `asleep_ns` (by a clock that ran meanwhile, the
@@ -325,11 +328,7 @@ impl Timekeeper {
             let asleep = asleep_ns.min(now.saturating_sub(snap.base_ns));
             let base_ns = now - asleep;
             tk.store(&Snapshot { conv: snap.conv, base_cycles: cycles, base_ns });
-            let s = tk.offs_suspended.load(Ordering::Relaxed);
-            tk.offs_suspended.store(s.saturating_add(asleep), Ordering::Relaxed);
-            let r = tk.offs_real.load(Ordering::Relaxed);
-            tk.offs_real
-                .store(r.saturating_add(i64::try_from(asleep).unwrap_or(i64::MAX)), Ordering::Relaxed);
+            tk.count_suspended(asleep);
             base_ns
         })
     }
