@@ -24,6 +24,8 @@ use qemu::Outcome;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// The section test kernels declare their variants in (written by `kernel_tests::qemu_test!`).
@@ -291,6 +293,75 @@ fn timeout_scale(value: Option<&str>) -> Result<u32, String> {
     }
 }
 
+/// What one variant's boot came to.
+enum VariantResult {
+    Passed(std::time::Duration),
+    /// A configuration this QEMU cannot run (x2APIC on QEMU 7.2): reported, not failed.
+    Ignored(String),
+    /// Why, with the serial log.
+    Failed(String),
+}
+
+/// Boots one variant and judges it.
+fn run_variant(elf: &Path, v: &Variant, full: &str, show_log: bool) -> VariantResult {
+    if let Some(why) = qemu::version().ok().and_then(|q| qemu::cpu_model(&v.options, q).err()) {
+        return VariantResult::Ignored(why.0);
+    }
+    let result = image::disk_image(elf, v.options.firmware)
+        .and_then(|img| {
+            qemu::boot(&v.options, &img, move |line| {
+                if show_log {
+                    println!("    | {line}");
+                }
+            })
+        })
+        .and_then(|boot| {
+            verdict(v, &boot.outcome, &boot.log)
+                .map(|()| boot.elapsed)
+                .map_err(|why| format!("{why}\n---- serial log of {full} ----\n{}---- end ----", boot.log))
+        });
+    match result {
+        Ok(elapsed) => VariantResult::Passed(elapsed),
+        Err(why) => VariantResult::Failed(why),
+    }
+}
+
+/// How many variants boot at once: libtest's `--test-threads N` (or `=N`), else
+/// `RUST_TEST_THREADS`, else two (or one on a one-core host). Two QEMUs side by side is also
+/// the load the guide asks every QEMU test to pass under: a vCPU descheduled for milliseconds.
+fn test_threads(args: &[String]) -> Result<usize, String> {
+    let mut value = std::env::var("RUST_TEST_THREADS").ok();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--test-threads" {
+            value = it.next().cloned();
+        } else if let Some(v) = a.strip_prefix("--test-threads=") {
+            value = Some(v.to_string());
+        }
+    }
+    match value {
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get()).min(2)),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n @ 1..=64) => Ok(n),
+            _ => Err(format!("--test-threads {v}: expected a whole number from 1 to 64")),
+        },
+    }
+}
+
+/// The test filters among the arguments: the words that are neither options nor an option's value.
+fn test_filters(args: &[String]) -> Vec<&String> {
+    let mut filters = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--test-threads" {
+            it.next();
+        } else if !a.starts_with('-') {
+            filters.push(a);
+        }
+    }
+    filters
+}
+
 fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
     let binary = test_name(elf);
     let scaled = timeout_scale(std::env::var("TEST_TIMEOUT_SCALE").ok().as_deref()).and_then(|n| {
@@ -305,10 +376,19 @@ fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let jobs = match test_threads(args) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("boot: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filters: Vec<&String> = test_filters(args);
     let list_only = args.iter().any(|a| a == "--list");
-    // As with libtest, `--nocapture` shows the output (here: the serial log) of passing tests too.
+    // As with libtest, `--nocapture` shows the output (here: the serial log) of passing tests too,
+    // one variant at a time so that the logs do not interleave.
     let show_log = args.iter().any(|a| a == "--nocapture");
+    let jobs = if show_log { 1 } else { jobs };
     let selected: Vec<&Variant> = variants
         .iter()
         .filter(|v| {
@@ -323,38 +403,43 @@ fn run_tests(elf: &Path, spec: &str, args: &[String]) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let start = Instant::now();
-    println!("\nrunning {} QEMU variant(s) of {binary}", selected.len());
-    let mut failed = Vec::new();
-    let mut ignored = 0;
+    println!("\nrunning {} QEMU variant(s) of {binary}, {jobs} at a time", selected.len());
+    // Each disk image is built before any boot, so that no two boots write the same file.
     for v in &selected {
-        let full = format!("{binary}::{}", v.name);
-        // A configuration this QEMU cannot run (x2APIC on QEMU 7.2) is reported, not failed.
-        if let Some(why) = qemu::version().ok().and_then(|q| qemu::cpu_model(&v.options, q).err()) {
-            println!("test {full} ... ignored, {}", why.0);
-            ignored += 1;
-            continue;
-        }
-        let result = image::disk_image(elf, v.options.firmware)
-            .and_then(|img| {
-                qemu::boot(&v.options, &img, move |line| {
-                    if show_log {
-                        println!("    | {line}");
-                    }
-                })
-            })
-            .and_then(|boot| {
-                verdict(v, &boot.outcome, &boot.log).map(|()| boot.elapsed).map_err(|why| {
-                    format!("{why}\n---- serial log of {full} ----\n{}---- end ----", boot.log)
-                })
-            });
-        match result {
-            Ok(elapsed) => println!("test {full} ... ok ({:.1} s)", elapsed.as_secs_f64()),
-            Err(why) => {
-                println!("test {full} ... FAILED");
-                failed.push((full, why));
-            }
-        }
+        let _ = image::disk_image(elf, v.options.firmware);
     }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, VariantResult)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(selected.len()).max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(v) = selected.get(i) else { break };
+                    let full = format!("{binary}::{}", v.name);
+                    let result = run_variant(elf, v, &full, show_log);
+                    match &result {
+                        VariantResult::Passed(elapsed) => {
+                            println!("test {full} ... ok ({:.1} s)", elapsed.as_secs_f64())
+                        }
+                        VariantResult::Ignored(why) => println!("test {full} ... ignored, {why}"),
+                        VariantResult::Failed(_) => println!("test {full} ... FAILED"),
+                    }
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((i, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    let ignored = results.iter().filter(|(_, r)| matches!(r, VariantResult::Ignored(_))).count();
+    let failed: Vec<(String, String)> = results
+        .into_iter()
+        .filter_map(|(i, r)| match r {
+            VariantResult::Failed(why) => Some((format!("{binary}::{}", selected[i].name), why)),
+            _ => None,
+        })
+        .collect();
     for (name, why) in &failed {
         println!("\n---- {name} ----\n{why}");
     }
@@ -383,6 +468,17 @@ mod tests {
         assert_eq!(v[1].options.expect, Expect::Crash);
         assert_eq!(v[0].options.expect, Expect::Ok, "by default a variant expects verdict ok");
         assert_eq!(v[1].options.variant.as_deref(), Some("uefi"), "the kernel is told its variant");
+    }
+
+    #[test]
+    fn test_threads_come_from_libtest_options_and_are_not_filters() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(test_threads(&args(&["--test-threads", "3", "smp"])), Ok(3));
+        assert_eq!(test_threads(&args(&["--test-threads=1"])), Ok(1));
+        assert!(test_threads(&args(&["--test-threads=0"])).is_err());
+        assert!(test_threads(&args(&["--test-threads", "many"])).is_err());
+        let a = args(&["--test-threads", "3", "smp", "--nocapture", "hotplug"]);
+        assert_eq!(test_filters(&a), [&a[2], &a[4]], "the option's value is not a filter");
     }
 
     #[test]

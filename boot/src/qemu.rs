@@ -202,11 +202,19 @@ fn ovmf() -> Result<&'static str, String> {
 /// the same bytes) and returns its path.
 pub fn write_hpet_table(table: &HpetTable, image: &Path) -> Result<PathBuf, String> {
     let path = image.with_extension(format!("{}.dat", table.file_stem()));
-    let partial = path.with_extension(format!("dat.{}", std::process::id()));
+    let partial = path.with_extension(format!("dat.{}", boot_id()));
     std::fs::write(&partial, table.bytes())
         .and_then(|()| std::fs::rename(&partial, &path))
         .map_err(|e| format!("writing the HPET table {}: {e}", path.display()))?;
     Ok(path)
+}
+
+/// A name part no other boot of this machine uses at the same time: the process id and a count
+/// of this process's boots (the test runner boots several variants of one image at once).
+fn boot_id() -> String {
+    static BOOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{n}", std::process::id())
 }
 
 /// The QEMU arguments for booting `image` with `opts`. `cmdline_file` holds the kernel options,
@@ -271,7 +279,7 @@ pub struct Boot {
 
 /// Boots `image`; every serial line is passed to `echo` as it arrives.
 pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'static) -> Result<Boot, String> {
-    let cmdline_file = image.with_extension(format!("cmdline.{}", std::process::id()));
+    let cmdline_file = image.with_extension(format!("cmdline.{}", boot_id()));
     for f in &opts.table_faults {
         eprintln!(
             "runner: fault injection handed to the kernel as {f} (QEMU's own table cannot be replaced)"
