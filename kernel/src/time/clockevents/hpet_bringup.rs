@@ -143,17 +143,7 @@ pub(super) fn init_hpet(
 
     let cpus: Vec<&percpu::PerCpu> = percpu::all().collect();
     let format = destination::format();
-    let mut reachable: Vec<bool> = cpus.iter().map(|c| format.reaches(c.apic_id)).collect();
-    let choice = match &block {
-        Block::First => options.clockevents,
-        Block::More { served, .. } => {
-            // Only the CPUs left without a per-CPU comparator, each given one if there are enough.
-            for (r, &s) in reachable.iter_mut().zip(served) {
-                *r &= !s;
-            }
-            ClockeventsChoice::PerCpu
-        }
-    };
+    let reachable: Vec<bool> = cpus.iter().map(|c| format.reaches(c.apic_id)).collect();
     for c in cpus.iter().filter(|c| !format.reaches(c.apic_id)) {
         log::warn!(
             "CPU {} (APIC id {}): no IOAPIC entry or MSI can name it ({} destinations): no per-CPU HPET comparator, served by its LAPIC timer or by broadcast",
@@ -169,7 +159,10 @@ pub(super) fn init_hpet(
     let (usable, plan) = loop {
         let usable: Vec<usize> =
             (0..caps.len()).filter(|&i| deliveries[i].is_some() && !failed.contains(&i)).collect();
-        let plan = hpet_plan::plan(&usable, &reachable, choice);
+        let plan = match &block {
+            Block::First => hpet_plan::plan(&usable, &reachable, options.clockevents),
+            Block::More { served, .. } => hpet_plan::plan_later_block(&usable, &reachable, served),
+        };
         let mut new_failure = false;
         for (&index, &role) in usable.iter().zip(&plan.roles) {
             let target = match role {
