@@ -89,7 +89,7 @@ pub(super) fn init_hpet(
     if let Block::More { number, served } = &block {
         let why = match options.clockevents {
             ClockeventsChoice::Global | ClockeventsChoice::Broadcast => {
-                Some("the global device is block #0's")
+                Some("the global device is the first block's")
             }
             _ if platform.lapic.is_none() => Some("no local APIC"),
             _ if served.iter().all(|&s| s) => Some("every CPU has a per-CPU comparator already"),
