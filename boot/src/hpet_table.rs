@@ -147,6 +147,85 @@ impl fmt::Display for HpetTable {
     }
 }
 
+/// What a second HPET table beside QEMU's own names (`--second-hpet-table KIND[@ADDR]`). QEMU
+/// has one HPET block, so a second table can only be one the kernel must reject while block 0
+/// keeps serving: each kind is one of the kernel's reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecondHpet {
+    /// Block number 0 again, at another address (0xfed01000): the number is taken.
+    SameBlock,
+    /// Block number 1 over QEMU's block (0xfed00000): probing it would reset block 0.
+    Overlap,
+    /// Block number 1 where nothing answers (0xbff00000, as `base-unbacked`): reads all ones.
+    Nothing,
+}
+
+impl SecondHpet {
+    pub const ALL: [SecondHpet; 3] = [SecondHpet::SameBlock, SecondHpet::Overlap, SecondHpet::Nothing];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SecondHpet::SameBlock => "same-block",
+            SecondHpet::Overlap => "overlap",
+            SecondHpet::Nothing => "nothing",
+        }
+    }
+
+    /// The block number the table names.
+    pub fn number(self) -> u8 {
+        match self {
+            SecondHpet::SameBlock => 0,
+            SecondHpet::Overlap | SecondHpet::Nothing => 1,
+        }
+    }
+
+    /// The base address the table names unless `@ADDR` says otherwise.
+    pub fn default_base(self) -> u64 {
+        match self {
+            SecondHpet::SameBlock => q35::HPET + 0x1000,
+            SecondHpet::Overlap => q35::HPET,
+            SecondHpet::Nothing => q35::UNBACKED,
+        }
+    }
+}
+
+/// A second HPET table to add beside QEMU's own: its kind and the base address it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecondHpetTable {
+    pub kind: SecondHpet,
+    pub base: u64,
+}
+
+impl SecondHpetTable {
+    /// Parses `KIND` or `KIND@ADDR`.
+    pub fn parse(s: &str) -> Result<SecondHpetTable, &'static str> {
+        let (name, addr) = match s.split_once('@') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let kind = SecondHpet::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or("one of same-block, overlap, nothing, optionally @ADDR")?;
+        let base = match addr {
+            None => kind.default_base(),
+            Some(a) => parse_address(a).ok_or("ADDR is not a number")?,
+        };
+        Ok(SecondHpetTable { kind, base })
+    }
+
+    /// The table's bytes, as the kernel's builder makes them: QEMU's own table's fields but
+    /// for the block number and the base address.
+    pub fn bytes(&self) -> Vec<u8> {
+        HpetTableSpec { hpet_number: self.kind.number(), base: self.base, ..HpetTableSpec::default() }.bytes()
+    }
+
+    /// A name for the file the table is written to (no `,` or `:`).
+    pub fn file_stem(&self) -> String {
+        format!("hpet2-{}-{:#x}", self.kind.name(), self.base)
+    }
+}
+
 fn parse_address(s: &str) -> Option<u64> {
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16).ok(),
@@ -162,6 +241,32 @@ mod tests {
 
     fn table(fault: HpetFault) -> HpetTable {
         HpetTable { fault, base: fault.default_base() }
+    }
+
+    #[test]
+    fn second_tables_name_block_0_again_block_1_over_it_or_block_1_at_nothing() {
+        use kernel::arch::x86_64::acpi::hpet_blocks::{BlockRejection, judge};
+        let qemu = parse_hpet(&kernel::arch::x86_64::acpi::build::HpetTableSpec::default().bytes());
+        let expected = [
+            ("same-block", BlockRejection::SameNumber { number: 0, address: q35::HPET }),
+            ("overlap", BlockRejection::Overlaps { number: 0, address: q35::HPET }),
+            ("nothing", BlockRejection::Probe("nothing there".into())),
+        ];
+        for (name, rejection) in expected {
+            let second = SecondHpetTable::parse(name).unwrap();
+            let parsed = parse_hpet(&second.bytes());
+            assert_eq!(parsed.map(|t| (t.hpet_number, t.base)), Ok((second.kind.number(), second.base)));
+            // Judged beside QEMU's table by the kernel's rules, a probe finding only QEMU's block.
+            let d = judge(
+                &[qemu, parsed],
+                |t, _| if t.base == q35::HPET { Ok(()) } else { Err("nothing there") },
+            );
+            assert!(d[0].accepted(), "{name}: QEMU's block stays");
+            assert_eq!(d[1].outcome, Err(rejection), "{name}");
+        }
+        assert_eq!(SecondHpetTable::parse("nothing@0xfed02000").unwrap().base, 0xfed0_2000);
+        assert!(SecondHpetTable::parse("bogus").is_err());
+        assert_eq!(SecondHpetTable::parse("overlap").unwrap().file_stem(), "hpet2-overlap-0xfed00000");
     }
 
     #[test]

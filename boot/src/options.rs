@@ -1,6 +1,6 @@
 //! The options shared by `scripts/run` and by every test variant, and their parser.
 
-use crate::hpet_table::HpetTable;
+use crate::hpet_table::{HpetTable, SecondHpetTable};
 use std::fmt;
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub struct RunOptions {
     /// A malformed HPET table to inject (`--hpet-table`): the machine becomes q35 without
     /// QEMU's HPET, and QEMU gets the table with `-acpitable`.
     pub hpet_table: Option<HpetTable>,
+    /// A second HPET table beside QEMU's own (`--second-hpet-table`), added with `-acpitable`.
+    pub second_hpet_table: Option<SecondHpetTable>,
     /// Kernel options that inject faults into the MADT and FADT (`--madt-table`,
     /// `--fadt-table`), added to the kernel's command line.
     pub table_faults: Vec<String>,
@@ -106,6 +108,7 @@ impl Default for RunOptions {
             cmdline: String::new(),
             gdb: false,
             hpet_table: None,
+            second_hpet_table: None,
             table_faults: Vec::new(),
             qemu_args: Vec::new(),
             expect: Expect::Ok,
@@ -166,6 +169,10 @@ Options (scripts/run, and each variant of a QEMU test):
                        period-too-long (0xfeb85400, the e1000e's RAH0: period 2147505716 fs);
                        truncated (44 bytes, checksum correct). @ADDR names another base.
                        (bad-checksum cannot be injected: QEMU recomputes table checksums.)
+  --second-hpet-table KIND[@ADDR]   a second HPET table beside QEMU's own (-acpitable; QEMU
+                       keeps its HPET), which the kernel must reject while block 0 serves.
+                       KIND: same-block (block #0 again, at 0xfed01000); overlap (block #1 at
+                       0xfed00000, over QEMU's); nothing (block #1 at 0xbff00000: reads all ones)
   --madt-table FAULT   fault injection: the kernel replaces QEMU's MADT by a copy with FAULT
                        (kernel option madt_fault=FAULT: QEMU always supplies its own MADT).
                        FAULT: ioapic-at-zero, ioapic-over-hpet, gsi-overlap,
@@ -264,6 +271,15 @@ impl RunOptions {
                         why,
                     })?;
                     self.hpet_table = Some(table);
+                }
+                "--second-hpet-table" => {
+                    let v = value(arg, &mut it)?;
+                    let table = SecondHpetTable::parse(v).map_err(|why| OptionError::BadValue {
+                        option: arg.clone(),
+                        value: v.clone(),
+                        why,
+                    })?;
+                    self.second_hpet_table = Some(table);
                 }
                 "--madt-table" | "--fadt-table" => {
                     use kernel::arch::x86_64::acpi::faults::{FadtFault, MadtFault};

@@ -1,7 +1,7 @@
 //! Builds the QEMU command line for a set of options, runs it under a timeout and classifies how
 //! it ended.
 
-use crate::hpet_table::HpetTable;
+use crate::hpet_table::{HpetTable, SecondHpetTable};
 use crate::options::{Accel, Firmware, RunOptions, X2Apic};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -201,11 +201,22 @@ fn ovmf() -> Result<&'static str, String> {
 /// Writes `table` next to `image` (replacing an earlier copy atomically: concurrent runs write
 /// the same bytes) and returns its path.
 pub fn write_hpet_table(table: &HpetTable, image: &Path) -> Result<PathBuf, String> {
-    let path = image.with_extension(format!("{}.dat", table.file_stem()));
+    write_table(image, &table.file_stem(), &table.bytes(), "HPET table")
+}
+
+/// Writes the second HPET table `--second-hpet-table` asked for next to `image`, as
+/// [`write_hpet_table`] does, and returns its path.
+pub fn write_second_hpet_table(table: &SecondHpetTable, image: &Path) -> Result<PathBuf, String> {
+    write_table(image, &table.file_stem(), &table.bytes(), "second HPET table")
+}
+
+/// Writes `bytes` to `<image stem>.<stem>.dat` through a file of this boot's own, renamed.
+fn write_table(image: &Path, stem: &str, bytes: &[u8], what: &str) -> Result<PathBuf, String> {
+    let path = image.with_extension(format!("{stem}.dat"));
     let partial = path.with_extension(format!("dat.{}", boot_id()));
-    std::fs::write(&partial, table.bytes())
+    std::fs::write(&partial, bytes)
         .and_then(|()| std::fs::rename(&partial, &path))
-        .map_err(|e| format!("writing the HPET table {}: {e}", path.display()))?;
+        .map_err(|e| format!("writing the {what} {}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -218,13 +229,15 @@ fn boot_id() -> String {
 }
 
 /// The QEMU arguments for booting `image` with `opts`. `cmdline_file` holds the kernel options,
-/// `hpet_table_file` the table `--hpet-table` asked for (see [`write_hpet_table`]).
+/// `hpet_table_file` the table `--hpet-table` asked for (see [`write_hpet_table`]),
+/// `second_hpet_file` the one `--second-hpet-table` adds beside QEMU's.
 pub fn arguments(
     opts: &RunOptions,
     version: QemuVersion,
     image: &Path,
     cmdline_file: &Path,
     hpet_table_file: Option<&Path>,
+    second_hpet_file: Option<&Path>,
 ) -> Result<Vec<String>, String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -251,7 +264,7 @@ pub fn arguments(
         // fw_cfg takes a file or a string; a variant name has no comma (it is `[a-z0-9_]+`).
         push(&["-fw_cfg", &format!("name=opt/timerkernel/variant,string={name}")]);
     }
-    if let Some(table) = hpet_table_file {
+    for table in hpet_table_file.into_iter().chain(second_hpet_file) {
         push(&["-acpitable", &format!("file={}", table.display())]);
     }
     if opts.firmware == Firmware::Uefi {
@@ -291,7 +304,15 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     if opts.accel == Accel::Kvm {
         kvm_available()?;
     }
-    let args = arguments(opts, version()?, image, &cmdline_file, hpet_table_file.as_deref())?;
+    let second_hpet_file = opts.second_hpet_table.map(|t| write_second_hpet_table(&t, image)).transpose()?;
+    let args = arguments(
+        opts,
+        version()?,
+        image,
+        &cmdline_file,
+        hpet_table_file.as_deref(),
+        second_hpet_file.as_deref(),
+    )?;
     let start = Instant::now();
     let mut child = Command::new(binary())
         .args(&args)
@@ -380,7 +401,16 @@ mod tests {
     fn args_for(line: &str) -> Vec<String> {
         let o = opts(line);
         let table = o.hpet_table.map(|t| PathBuf::from(format!("k.{}.dat", t.file_stem())));
-        arguments(&o, QEMU_7_2, Path::new("k.img"), Path::new("k.cmdline"), table.as_deref()).unwrap()
+        let second = o.second_hpet_table.map(|t| PathBuf::from(format!("k.{}.dat", t.file_stem())));
+        arguments(
+            &o,
+            QEMU_7_2,
+            Path::new("k.img"),
+            Path::new("k.cmdline"),
+            table.as_deref(),
+            second.as_deref(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -462,6 +492,13 @@ mod tests {
     }
 
     #[test]
+    fn second_hpet_table_goes_beside_qemus_own() {
+        let a = args_for("--second-hpet-table overlap");
+        assert!(has_pair(&a, "-machine", "q35,hpet=on"), "QEMU keeps its HPET and its table");
+        assert!(has_pair(&a, "-acpitable", "file=k.hpet2-overlap-0xfed00000.dat"));
+    }
+
+    #[test]
     fn hpet_table_is_written_next_to_the_image() {
         let dir = std::env::temp_dir().join(format!("boot-hpet-table-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -476,7 +513,8 @@ mod tests {
     #[test]
     fn test_variant_name_reaches_the_kernel_by_fw_cfg() {
         let mut o = RunOptions::default();
-        let args = |o: &RunOptions| arguments(o, QEMU_7_2, Path::new("k.img"), Path::new("c"), None).unwrap();
+        let args =
+            |o: &RunOptions| arguments(o, QEMU_7_2, Path::new("k.img"), Path::new("c"), None, None).unwrap();
         assert!(!args(&o).iter().any(|a| a.contains("variant")));
         o.variant = Some("smp4_partial".into());
         let a = args(&o);

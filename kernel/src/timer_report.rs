@@ -22,8 +22,8 @@ use serde::Serialize;
 /// wall clock); 11: `hotplug` (each CPU offline/online cycle), `clock_step`, the clocks'
 /// `clock_was_set` and `timers_requeued`, `suspend.asleep_ns`, each CPU's `deferred_timers`
 /// (deferred timer callbacks run, the most waiting at once), `timer_slack_ns` (each CPU's
-/// default timer slack).
-pub const SCHEMA_VERSION: u32 = 11;
+/// default timer slack); 12: `hpet_blocks` (every HPET table: its block, accepted or why not).
+pub const SCHEMA_VERSION: u32 = 12;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -57,6 +57,9 @@ pub struct TimerReport {
     pub cpus: Vec<CpuReport>,
     /// `null` when the firmware has no HPET table or the HPET was rejected (see `fallbacks`).
     pub hpet: Option<HpetReport>,
+    /// Every HPET table, in the firmware's order (schema 12): the block it names, and whether
+    /// it is used or why not. `hpet` is the first accepted one.
+    pub hpet_blocks: Vec<HpetBlockReport>,
     pub ioapics: Vec<IoApicReport>,
     pub lapic: Option<LapicReport>,
     pub tsc_hz: u64,
@@ -374,6 +377,19 @@ pub struct HpetReport {
     pub comparators: Vec<ComparatorReport>,
 }
 
+/// One HPET table and its block (schema 12).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct HpetBlockReport {
+    /// The table's block number (`null` when the table did not parse).
+    pub number: Option<u8>,
+    /// The block's physical address (`null` when the table did not parse).
+    pub address: Option<u64>,
+    /// Probed and in use.
+    pub accepted: bool,
+    /// Why not (`null` when accepted).
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ComparatorReport {
     pub index: u32,
@@ -572,7 +588,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":11,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0,\"deferred_timers\":{\"callbacks\":0,\"max_waiting\":0}}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":12,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0,\"deferred_timers\":{\"callbacks\":0,\"max_waiting\":0}}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));

@@ -71,12 +71,21 @@ pub fn resume_after(asleep_ns: u64) -> u64 {
     with_sources(|_| TIMEKEEPER.resume_after(&Hardware, asleep_ns))
 }
 
-/// The HPET main counter's reading at which the system clock reads `ns` or later, while the
-/// clock runs on the HPET (`None` on any other counter): what a comparator is set to for an
-/// event at `ns`, with no counter read of its own and no lean.
+/// `hpet`'s main counter reading at which the system clock reads `ns` or later, while the
+/// clock runs on that block's counter (`None` on any other counter, another HPET block's
+/// included: each block's counter has its own rate and offset): what one of its comparators is
+/// set to for an event at `ns`, with no counter read of its own and no lean.
 #[inline]
-pub fn hpet_counter_at(ns: u64) -> Option<u64> {
+pub fn hpet_counter_at(hpet: &Hpet, ns: u64) -> Option<u64> {
+    if !is_the_clocks_hpet(hpet) {
+        return None;
+    }
     TIMEKEEPER.cycles_at(ns).filter(|&(counter, _)| counter == HPET).map(|(_, cycles)| cycles)
+}
+
+/// Whether `hpet` is the block whose main counter the `hpet` clocksource reads.
+fn is_the_clocks_hpet(hpet: &Hpet) -> bool {
+    HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
 }
 
 /// This machine's counters, as the time layer reads them: a unit type whose [`ReadCounter`]
@@ -347,10 +356,12 @@ pub fn tsc_rate_faulted() {
 /// The HPET's main counter is about to stop (a suspend, a test writing it): if it is the
 /// clocksource, the TSC keeps time meanwhile (even a TSC not preferred runs on).
 pub fn hpet_stopping(hpet: &Hpet) {
+    // Another block's counter is nobody's reference.
+    if !is_the_clocks_hpet(hpet) {
+        return;
+    }
     reference_stopping(Clock::Hpet);
-    if HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
-        && with_sources(|s| s.counter_stopping(&TIMEKEEPER, &Hardware, Clock::Hpet.name(), Clock::Tsc.name()))
-    {
+    if with_sources(|s| s.counter_stopping(&TIMEKEEPER, &Hardware, Clock::Hpet.name(), Clock::Tsc.name())) {
         log::debug!("the HPET counter stops: the TSC keeps time until it runs again");
     }
 }
@@ -375,7 +386,7 @@ fn reference_stopping(clock: Clock) {
 /// The HPET's main counter runs again (from whatever value it was given): the clock continues
 /// on it.
 pub fn hpet_started(hpet: &Hpet) {
-    if HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()
+    if is_the_clocks_hpet(hpet)
         && with_sources(|s| s.counter_restarted(&TIMEKEEPER, &Hardware, Clock::Hpet.name()))
     {
         log::debug!("the HPET counter runs again: the clock continues on it");

@@ -553,7 +553,9 @@ fn parse_madt_entry(t: &[u8], at: usize, madt: &mut Madt) -> Result<usize, AcpiP
 
 /// What the firmware tables said: each table, or why it was not used.
 pub struct PlatformTables {
-    pub hpet: Result<HpetTable, AcpiProblem>,
+    /// Every HPET table, in the order the RSDT/XSDT lists them (one block each); empty when
+    /// there is none.
+    pub hpets: Vec<Result<HpetTable, AcpiProblem>>,
     pub madt: Result<Madt, AcpiProblem>,
     pub pm_timer: Result<PmTimerInfo, AcpiProblem>,
     pub rtc: Result<FadtRtc, AcpiProblem>,
@@ -640,11 +642,21 @@ const MAX_TABLE_LEN: usize = 64 * 1024;
 
 /// The bytes of the first table with `signature`, bounded by `MAX_TABLE_LEN`.
 fn table_bytes(tables: &acpi::AcpiTables<PhysMapHandler>, signature: &str) -> Option<&'static [u8]> {
-    let (phys, header) = tables.table_headers().find(|(_, h)| h.signature.as_str() == signature)?;
-    let len = (header.length as usize).clamp(SDT_HEADER_LEN, MAX_TABLE_LEN);
-    // SAFETY: all physical memory is mapped at the physical-memory offset for the kernel's
-    // lifetime, and ACPI tables are firmware-reserved memory nobody writes.
-    Some(unsafe { core::slice::from_raw_parts(PhysMapHandler::ptr::<u8>(phys), len) })
+    all_table_bytes(tables, signature).next()
+}
+
+/// The bytes of every table with `signature`, in the order the RSDT/XSDT lists them, each
+/// bounded by `MAX_TABLE_LEN`.
+fn all_table_bytes<'a>(
+    tables: &'a acpi::AcpiTables<PhysMapHandler>,
+    signature: &'a str,
+) -> impl Iterator<Item = &'static [u8]> + 'a {
+    tables.table_headers().filter(move |(_, h)| h.signature.as_str() == signature).map(|(phys, header)| {
+        let len = (header.length as usize).clamp(SDT_HEADER_LEN, MAX_TABLE_LEN);
+        // SAFETY: all physical memory is mapped at the physical-memory offset for the kernel's
+        // lifetime, and ACPI tables are firmware-reserved memory nobody writes.
+        unsafe { core::slice::from_raw_parts(PhysMapHandler::ptr::<u8>(phys), len) }
+    })
 }
 
 /// Faults to inject into the firmware's tables as they are read (`madt_fault=`, `fadt_fault=`).
@@ -674,7 +686,7 @@ fn with_fault<F: Copy + core::fmt::Display>(
 /// injected into the MADT and FADT.
 pub fn read_platform_tables(rsdp: Option<u64>, faults: TableFaults) -> PlatformTables {
     let none = |p: AcpiProblem| PlatformTables {
-        hpet: Err(p),
+        hpets: alloc::vec![Err(p)],
         madt: Err(p),
         pm_timer: Err(p),
         rtc: Err(p),
@@ -685,7 +697,7 @@ pub fn read_platform_tables(rsdp: Option<u64>, faults: TableFaults) -> PlatformT
     let Ok(tables) = (unsafe { acpi::AcpiTables::from_rsdp(PhysMapHandler, rsdp as usize) }) else {
         return none(AcpiProblem::RootTables);
     };
-    let hpet = table_bytes(&tables, "HPET").ok_or(AcpiProblem::TableNotFound("HPET")).and_then(parse_hpet);
+    let hpets = all_table_bytes(&tables, "HPET").map(parse_hpet).collect();
     let madt = with_fault(table_bytes(&tables, "APIC"), "MADT", faults.madt, faults::MadtFault::apply)
         .ok_or(AcpiProblem::TableNotFound("MADT"))
         .and_then(parse_madt);
@@ -694,7 +706,7 @@ pub fn read_platform_tables(rsdp: Option<u64>, faults: TableFaults) -> PlatformT
     let pm_timer = fadt.and_then(parse_fadt_pm_timer);
     let rtc = fadt.and_then(parse_fadt_rtc);
     let sleep = fadt.and_then(parse_fadt_sleep);
-    PlatformTables { hpet, madt, pm_timer, rtc, sleep }
+    PlatformTables { hpets, madt, pm_timer, rtc, sleep }
 }
 
 impl HpetTable {
@@ -765,6 +777,7 @@ impl Madt {
 
 pub mod build;
 pub mod faults;
+pub mod hpet_blocks;
 
 #[cfg(test)]
 mod tests;

@@ -8,8 +8,8 @@ use super::ioapic::{IOAPICS, IsaRoute};
 use super::pm_timer::PmTimer;
 use super::{acpi, deferred, destination, lapic, memory, pic, smp, tsc};
 use crate::timer_report::{
-    ComparatorReport, CpuReport, DestinationsReport, HpetReport, IoApicReport, LapicReport, MemoryReport,
-    SCHEMA_VERSION, TimerReport, Verdict,
+    ComparatorReport, CpuReport, DestinationsReport, HpetBlockReport, HpetReport, IoApicReport, LapicReport,
+    MemoryReport, SCHEMA_VERSION, TimerReport, Verdict,
 };
 use alloc::boxed::Box;
 use alloc::format;
@@ -20,8 +20,11 @@ use core::sync::atomic::Ordering;
 /// What the platform bring-up needs from the firmware's tables.
 #[derive(Debug)]
 pub struct FirmwareInfo {
-    /// Physical address of the HPET block from a valid HPET table.
+    /// Physical address of the HPET block of the first valid HPET table (the IOAPICs are
+    /// checked against it).
     pub hpet_base: Option<u64>,
+    /// Every HPET table (one block each), in the firmware's order, or why it is unsound.
+    pub hpet_tables: Vec<Result<acpi::HpetTable, acpi::AcpiProblem>>,
     pub cpus_enabled: u32,
     /// (id, physical address, first GSI) of every IOAPIC.
     pub ioapics: Vec<(u8, u64, u32)>,
@@ -45,6 +48,7 @@ impl Default for FirmwareInfo {
     fn default() -> Self {
         FirmwareInfo {
             hpet_base: None,
+            hpet_tables: Vec::new(),
             cpus_enabled: 0,
             ioapics: Vec::new(),
             isa_gsis: Vec::new(),
@@ -91,16 +95,12 @@ impl FirmwareInfo {
                 info.isa_routes = IsaRoute::all(&[]);
             }
         }
-        match tables.hpet {
-            Ok(hpet) => {
-                hpet.log();
-                info.hpet_base = Some(hpet.base);
-            }
-            Err(acpi::AcpiProblem::TableNotFound(_)) => {
-                log::info!("no HPET table: this machine has no HPET")
-            }
-            Err(e) => fall_back(format!("HPET table rejected ({e}): no HPET")),
+        // Each table is judged, and logged, with its block's probe (`probe_hpet_blocks`).
+        if tables.hpets.is_empty() {
+            log::info!("no HPET table: this machine has no HPET");
         }
+        info.hpet_base = tables.hpets.iter().find_map(|t| t.as_ref().ok()).map(|t| t.base);
+        info.hpet_tables = tables.hpets;
         info.rtc = tables.rtc.ok();
         match tables.sleep {
             Ok(s) => log::info!("FADT: PM1a_CNT at {:#x}, FACS at {:#x}", s.pm1a_cnt, s.facs),
@@ -125,7 +125,13 @@ impl FirmwareInfo {
 /// What the bring-up found and decided.
 pub struct Platform {
     pub firmware: FirmwareInfo,
+    /// The first HPET block accepted: the one whose counter is a clocksource.
     pub hpet: Option<&'static Hpet>,
+    /// Every other HPET block accepted (block number, block): their comparators serve CPUs
+    /// against their own main counters.
+    pub more_hpets: Vec<(u8, &'static Hpet)>,
+    /// Every HPET table and what became of it, for the report.
+    pub hpet_blocks: Vec<HpetBlockReport>,
     pub lapic: Option<lapic::Mode>,
     pub calibration: Option<Calibration>,
     /// One sentence per fallback taken.
@@ -223,7 +229,16 @@ pub fn init_bsp(
     // The boot CPU's per-CPU state exists with or without a LAPIC (`this_cpu` must work).
     smp::init_bsp();
     deferred::init_bsp();
-    let mut p = Platform { firmware, hpet: None, lapic, calibration: None, fallbacks, memory_per_ap: 0 };
+    let mut p = Platform {
+        firmware,
+        hpet: None,
+        more_hpets: Vec::new(),
+        hpet_blocks: Vec::new(),
+        lapic,
+        calibration: None,
+        fallbacks,
+        memory_per_ap: 0,
+    };
     if let Some(early) = tsc::early_fallback() {
         p.fall_back(early.to_string());
     }
@@ -248,19 +263,7 @@ pub fn init_bsp(
         check_overrides(&mut p);
     }
 
-    if let Some(base) = p.firmware.hpet_base {
-        match Hpet::probe(base, hpet_counter_stopped) {
-            Ok(h) => {
-                let h: &'static Hpet = Box::leak(Box::new(h));
-                h.log_summary();
-                p.hpet = Some(h);
-                if let Err(e) = counters(Counter::Hpet(h)) {
-                    p.fall_back(format!("HPET main counter not used as a clock: {e}"));
-                }
-            }
-            Err(e) => p.fall_back(format!("HPET at {base:#x} rejected: {e}")),
-        }
-    }
+    probe_hpet_blocks(&mut p, hpet_counter_stopped, counters);
     let pm_timer = p.firmware.pm_timer.and_then(|info| {
         let probed = PmTimer::probe(info).map_err(|e| e.to_string());
         match probed.and_then(|pm| counters(Counter::PmTimer(pm)).map(|()| pm)) {
@@ -305,6 +308,52 @@ pub fn init_bsp(
     }
     x86_64::instructions::interrupts::enable();
     p
+}
+
+/// Judges every HPET table (`acpi::hpet_blocks`) and probes each block that passes, one log
+/// line per table. The first block accepted is the platform's HPET (its counter offered as a
+/// clock, `hpet_counter_stopped` applied to it); later ones serve CPUs with their comparators
+/// only. A rejection is a fallback only when no block is left: beside a working block, a
+/// table the firmware got wrong is logged and reported, and costs nothing.
+fn probe_hpet_blocks(p: &mut Platform, hpet_counter_stopped: bool, counters: CounterSink) {
+    let tables = core::mem::take(&mut p.firmware.hpet_tables);
+    let decisions = acpi::hpet_blocks::judge(&tables, |t, first| {
+        Hpet::probe(t.base, first && hpet_counter_stopped).map(|h| &*Box::leak(Box::new(h)))
+    });
+    p.firmware.hpet_tables = tables;
+    let first = decisions.iter().find_map(|d| d.outcome.as_ref().ok().map(|h| (d.parsed, *h)));
+    for d in &decisions {
+        p.hpet_blocks.push(HpetBlockReport {
+            number: d.parsed.map(|t| t.hpet_number),
+            address: d.parsed.map(|t| t.base),
+            accepted: d.accepted(),
+            reason: d.outcome.as_ref().err().map(|e| e.to_string()),
+        });
+        let line = d.describe();
+        match (&d.outcome, first) {
+            (Ok(h), _) => {
+                let role = if p.hpet.is_none() { "its counter a clock" } else { "comparators only" };
+                log::info!("{line}: accepted ({role})");
+                h.log_summary();
+                match (p.hpet, d.parsed) {
+                    (None, _) => p.hpet = Some(h),
+                    (Some(_), Some(t)) => p.more_hpets.push((t.hpet_number, h)),
+                    (Some(_), None) => unreachable!("an accepted table parsed"),
+                }
+            }
+            (Err(e), None) => p.fall_back(format!("{line}: rejected: {e}; no HPET")),
+            (Err(e), Some((t, h))) => log::warn!(
+                "{line}: rejected: {e}; block #{} at {:#x} serves",
+                t.map_or(0, |t| t.hpet_number),
+                h.phys()
+            ),
+        }
+    }
+    if let Some(h) = p.hpet
+        && let Err(e) = counters(Counter::Hpet(h))
+    {
+        p.fall_back(format!("HPET main counter not used as a clock: {e}"));
+    }
 }
 
 /// Heap added per application processor before it starts: its tick (a queue for 1024
@@ -417,6 +466,7 @@ impl Platform {
                 })
                 .collect(),
             hpet,
+            hpet_blocks: self.hpet_blocks.clone(),
             ioapics,
             lapic,
             destinations: {

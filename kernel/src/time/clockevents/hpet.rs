@@ -493,12 +493,14 @@ impl EventDriver for HpetChannel {
         if left < MIN_MARGIN_TICKS as i32 { Err(EventPassed) } else { Ok(()) }
     }
 
-    /// While the clock runs on the HPET, the comparator is set to the counter reading at which
-    /// the clock reads `at_ns` (two accesses: the write and the read back), so the event fires
-    /// at its time instead of late by the path from the layer's clock read to a counter read
-    /// here (about 160 instructions in the dev profile); else as [`set_next_event`].
+    /// While the clock runs on this comparator's own block's counter, the comparator is set to
+    /// the counter reading at which the clock reads `at_ns` (two accesses: the write and the
+    /// read back), so the event fires at its time instead of late by the path from the layer's
+    /// clock read to a counter read here (about 160 instructions in the dev profile); else
+    /// (another block's comparator, another clock) as [`set_next_event`], from the delta in
+    /// its own block's ticks and its own counter.
     fn set_next_event_at(&self, at_ns: u64, _now_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
-        let Some(target) = hpet_counter_at(at_ns) else { return self.set_next_event(delta_ticks) };
+        let Some(target) = hpet_counter_at(self.hpet, at_ns) else { return self.set_next_event(delta_ticks) };
         let target = target as u32;
         self.hpet.set_comparator(self.index, u64::from(target));
         let tsc_before_read = tsc::read();

@@ -17,7 +17,45 @@ use alloc::format;
 use alloc::vec::Vec;
 use kernel_time::clockevents::{CpuSet, DeviceSpec, Features};
 
-pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &KernelOptions) -> Setup {
+/// Which HPET block is brought up: the first (its counter a clock; the plan of today, the
+/// legacy route, the fault injections), or a later one, whose comparators go per-CPU to the
+/// CPUs the blocks before it left without one (`served[c]`: CPU c has a per-CPU comparator),
+/// programmed against its own main counter, with no legacy route and no global device.
+pub(super) enum Block {
+    First,
+    More { number: u8, served: Vec<bool> },
+}
+
+impl Block {
+    /// How its comparators are named in the log.
+    fn label(&self) -> alloc::string::String {
+        match self {
+            Block::First => "HPET comparator".into(),
+            Block::More { number, .. } => format!("HPET block #{number} comparator"),
+        }
+    }
+
+    /// Its comparator `index`'s device name: `hpet2` for the first block, `hpet1.2` for block
+    /// #1's.
+    fn device_name(&self, index: usize) -> alloc::string::String {
+        match self {
+            Block::First => format!("hpet{index}"),
+            Block::More { number, .. } => format!("hpet{number}.{index}"),
+        }
+    }
+
+    fn first(&self) -> bool {
+        matches!(self, Block::First)
+    }
+}
+
+pub(super) fn init_hpet(
+    h: &'static Hpet,
+    block: Block,
+    platform: &mut Platform,
+    options: &KernelOptions,
+) -> Setup {
+    let label = block.label();
     hpet::set_read_counter(options.hpet_counter_read);
     let caps: Vec<ComparatorCaps> = (0..h.comparators())
         .map(|index| {
@@ -46,6 +84,24 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
             comparators: outcomes,
         };
     }
+    // A later block adds per-CPU comparators only: not where the option asks for one global
+    // device, nor without a LAPIC (one CPU, the 8259, the first block's legacy route).
+    if let Block::More { number, served } = &block {
+        let why = match options.clockevents {
+            ClockeventsChoice::Global | ClockeventsChoice::Broadcast => {
+                Some("the global device is the first block's")
+            }
+            _ if platform.lapic.is_none() => Some("no local APIC"),
+            _ if served.iter().all(|&s| s) => Some("every CPU has a per-CPU comparator already"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Setup {
+                rule: format!("HPET block #{number}: comparators unused ({why})"),
+                comparators: outcomes,
+            };
+        }
+    }
 
     let isa = platform.firmware.isa_gsis.clone();
     let routes = &platform.firmware.isa_routes;
@@ -57,8 +113,8 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
         // The legacy route reaches the CPUs through the IOAPIC pins of IRQ0 and IRQ8: none
         // without an IOAPIC serving them (a MADT with no IOAPIC, or one rejected).
         let served = |gsi: u32| IOAPICS.lock().lookup(gsi).is_ok();
-        let legacy_routes =
-            (capable && served(routes[0].gsi) && served(routes[8].gsi)).then(|| (routes[0], routes[8]));
+        let legacy_routes = (block.first() && capable && served(routes[0].gsi) && served(routes[8].gsi))
+            .then(|| (routes[0], routes[8]));
         hpet_plan::choose_deliveries(&caps, legacy_routes, |cap| {
             let mut io = IOAPICS.lock();
             let gsi = io.find_free(cap, &isa)?;
@@ -72,16 +128,16 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
             Some(legacy @ Delivery::Legacy { route }) => {
                 // IRQ0 and IRQ8 belong to the PIT and the RTC; legacy mode takes them over.
                 if let Err(e) = IOAPICS.lock().claim(route.gsi, "HPET legacy route") {
-                    log::warn!("HPET comparator {}: {e}", o.index);
+                    log::warn!("{label} {}: {e}", o.index);
                 }
-                log::info!("HPET comparator {}: {legacy}", o.index);
+                log::info!("{label} {}: {legacy}", o.index);
             }
-            Some(d) => log::info!("HPET comparator {}: {d}", o.index),
+            Some(d) => log::info!("{label} {}: {d}", o.index),
             None if platform.lapic.is_none() => log::info!(
-                "HPET comparator {}: no usable route (no local APIC: only the legacy route through the 8259)",
+                "{label} {}: no usable route (no local APIC: only the legacy route through the 8259)",
                 o.index
             ),
-            None => log::info!("HPET comparator {}: no usable route (no FSB, no free IOAPIC pin)", o.index),
+            None => log::info!("{label} {}: no usable route (no FSB, no free IOAPIC pin)", o.index),
         }
     }
 
@@ -103,7 +159,10 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     let (usable, plan) = loop {
         let usable: Vec<usize> =
             (0..caps.len()).filter(|&i| deliveries[i].is_some() && !failed.contains(&i)).collect();
-        let plan = hpet_plan::plan(&usable, &reachable, options.clockevents);
+        let plan = match &block {
+            Block::First => hpet_plan::plan(&usable, &reachable, options.clockevents),
+            Block::More { served, .. } => hpet_plan::plan_later_block(&usable, &reachable, served),
+        };
         let mut new_failure = false;
         for (&index, &role) in usable.iter().zip(&plan.roles) {
             let target = match role {
@@ -120,7 +179,7 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                         (ch, true)
                     }
                     Err(e) => {
-                        platform.fall_back(format!("HPET comparator {index} unusable: {e}"));
+                        platform.fall_back(format!("{label} {index} unusable: {e}"));
                         failed.push(index);
                         new_failure = true;
                         continue;
@@ -129,18 +188,18 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
             };
             if let Err(e) = channel.route_to(apic_id) {
                 // The plan gives unreachable CPUs nothing: a bug if it ever shows.
-                platform.fall_back(format!("HPET comparator {index} cannot reach CPU {target}: {e}"));
+                platform.fall_back(format!("{label} {index} cannot reach CPU {target}: {e}"));
                 failed.push(index);
                 new_failure = true;
                 continue;
             }
-            if new && options.hpet_irq_masked == Some(index as u32) {
-                log::warn!("HPET comparator {index}: interrupt line left masked (hpet_irq_masked)");
+            if new && block.first() && options.hpet_irq_masked == Some(index as u32) {
+                log::warn!("{label} {index}: interrupt line left masked (hpet_irq_masked)");
                 channel.mask_line();
             }
             let outcome = channel.selftest(target);
             if outcome.passed() {
-                log::info!("HPET comparator {index}: self-test on CPU {target}: {outcome}, passed");
+                log::info!("{label} {index}: self-test on CPU {target}: {outcome}, passed");
             } else {
                 let why = if outcome.events < hpet::SELFTEST_IRQS {
                     format!(
@@ -151,7 +210,7 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                     format!("{} landed on another CPU", outcome.elsewhere())
                 };
                 platform.fall_back(format!(
-                    "HPET comparator {index} failed its interrupt self-test on CPU {target} ({outcome}; {why}): taken out"
+                    "{label} {index} failed its interrupt self-test on CPU {target} ({outcome}; {why}): taken out"
                 ));
                 failed.push(index);
                 new_failure = true;
@@ -177,17 +236,17 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                 features |= Features::PER_CPU;
                 outcomes[index].role = ComparatorRole::PerCpu;
                 outcomes[index].cpu = Some(c);
-                (format!("hpet{index}"), hpet::PER_CPU_RATING, CpuSet::single(c))
+                (block.device_name(index), hpet::PER_CPU_RATING, CpuSet::single(c))
             }
             Role::Global(c) => {
                 // An injected misroute must stay where it was put; the 8259's line cannot move.
                 if options.broadcast_follows
                     && channel.can_move()
-                    && options.hpet_misroute != Some(index as u32)
+                    && !(block.first() && options.hpet_misroute == Some(index as u32))
                 {
                     features |= Features::DYNIRQ;
                     log::info!(
-                        "HPET comparator {index}: global, its interrupt ({}) follows the CPU due first",
+                        "{label} {index}: global, its interrupt ({}) follows the CPU due first",
                         channel.delivery
                     );
                 } else {
@@ -198,11 +257,11 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
                     } else {
                         "hpet_misroute"
                     };
-                    log::info!("HPET comparator {index}: global, its interrupt stays on CPU {c} ({why})");
+                    log::info!("{label} {index}: global, its interrupt stays on CPU {c} ({why})");
                 }
                 outcomes[index].role = ComparatorRole::Global;
                 outcomes[index].cpu = Some(c);
-                (format!("hpet{index}"), hpet::GLOBAL_RATING, online)
+                (block.device_name(index), hpet::GLOBAL_RATING, online)
             }
         };
         let spec = DeviceSpec {
@@ -214,12 +273,12 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
             min_delta_ticks: hpet::MIN_DELTA_TICKS,
             max_delta_ticks: hpet::MAX_DELTA_TICKS,
         };
-        if options.hpet_misroute == Some(index as u32) {
+        if block.first() && options.hpet_misroute == Some(index as u32) {
             inject_misroute(channel, &cpus, outcomes[index].cpu.expect("set above"));
         }
         // The CPU it serves takes it up itself, when its assignment arrives.
         if registry::register(spec, channel, |id| channel.attach(id)).is_none() {
-            platform.fall_back(format!("HPET comparator {index} not registered: no registry"));
+            platform.fall_back(format!("{label} {index} not registered: no registry"));
             outcomes[index].role = ComparatorRole::Failed;
             outcomes[index].cpu = None;
         }
@@ -230,7 +289,7 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
     for (o, ch) in outcomes.iter_mut().zip(&channels) {
         o.channel = *ch;
     }
-    if let Some(victim) = options.hpet_storm {
+    if let Some(victim) = options.hpet_storm.filter(|_| block.first()) {
         inject_storm(h, &outcomes, victim as usize);
     }
 
@@ -239,10 +298,14 @@ pub(super) fn init_hpet(h: &'static Hpet, platform: &mut Platform, options: &Ker
         if let Some(Delivery::Ioapic { gsi }) = o.delivery
             && let Err(e) = IOAPICS.lock().release(gsi)
         {
-            log::warn!("HPET comparator {}: {e}", o.index);
+            log::warn!("{label} {}: {e}", o.index);
         }
     }
-    Setup { rule: plan.rule, comparators: outcomes }
+    let rule = match &block {
+        Block::First => plan.rule,
+        Block::More { number, .. } => format!("HPET block #{number}: {}", plan.rule),
+    };
+    Setup { rule, comparators: outcomes }
 }
 
 /// Fault injection (`hpet_storm=N`): an unused comparator is routed onto comparator N's

@@ -247,9 +247,54 @@ pub fn plan(usable: &[usize], reachable: &[bool], choice: ClockeventsChoice) -> 
     Plan { roles, rule }
 }
 
+/// Decides a later HPET block's comparators (after the first block's [`plan`]): per-CPU, in
+/// order, for the reachable CPUs that the blocks before it left without a per-CPU comparator
+/// (`served[c]`), and nothing else: the global device, if any, is the first block's, and a
+/// comparator with no CPU left is unused. Each comparator is then programmed against its own
+/// block's counter; the CPUs it serves keep the first block's broadcast for deep idle.
+pub fn plan_later_block(usable: &[usize], reachable: &[bool], served: &[bool]) -> Plan {
+    let left: Vec<usize> =
+        (0..reachable.len()).filter(|&c| reachable[c] && !served.get(c).copied().unwrap_or(false)).collect();
+    let roles: Vec<Role> =
+        (0..usable.len()).map(|i| left.get(i).map_or(Role::Unused, |&c| Role::PerCpu(c))).collect();
+    let given = usable.len().min(left.len());
+    let rule = if left.is_empty() {
+        "every reachable CPU has a per-CPU comparator already: its comparators unused".into()
+    } else {
+        format!(
+            "per-CPU for {given} of the {} CPUs left without a comparator ({} usable comparators)",
+            left.len(),
+            usable.len()
+        )
+    };
+    Plan { roles, rule }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_later_block_serves_the_cpus_the_first_left_over_and_nothing_else() {
+        // 4 CPUs, the first block per-CPU on 0 and 1 (and global for 2 and 3): block #1's
+        // three comparators go to CPUs 2 and 3, the third stays unused, none global.
+        let p = plan_later_block(&[0, 1, 2], &[true; 4], &[true, true, false, false]);
+        assert_eq!(p.roles, [Role::PerCpu(2), Role::PerCpu(3), Role::Unused]);
+        assert_eq!(p.rule, "per-CPU for 2 of the 2 CPUs left without a comparator (3 usable comparators)");
+        // Fewer comparators than CPUs left: the first ones get them.
+        let p = plan_later_block(&[1], &[true; 4], &[true, false, false, false]);
+        assert_eq!(p.roles, [Role::PerCpu(1)]);
+        // A CPU no interrupt message can name gets none.
+        let p = plan_later_block(&[0, 1], &[true, true, false, true], &[true, false, false, false]);
+        assert_eq!(p.roles, [Role::PerCpu(1), Role::PerCpu(3)]);
+    }
+
+    #[test]
+    fn a_later_block_beside_a_block_serving_every_cpu_stands_by() {
+        let p = plan_later_block(&[0, 1, 2], &[true, true], &[true, true]);
+        assert_eq!(p.roles, [Role::Unused; 3]);
+        assert!(p.rule.starts_with("every reachable CPU has a per-CPU comparator already"));
+    }
 
     const Q35_CAP: u32 = 0x00ff_0104;
 

@@ -206,10 +206,26 @@ fn lapic_timer_config(platform: &mut Platform, options: &KernelOptions) -> Optio
 /// assignments (a call to each, behind them in its queue) and the outcome is logged.
 pub fn init_hpet(platform: &mut Platform, options: &KernelOptions) -> Setup {
     let setup = match platform.hpet {
-        Some(h) => hpet_bringup::init_hpet(h, platform, options),
+        Some(h) => hpet_bringup::init_hpet(h, hpet_bringup::Block::First, platform, options),
         None => Setup { rule: "no HPET: LAPIC timer only".into(), comparators: Vec::new() },
     };
     log::info!("{}", setup.rule);
+    // Every later block: its comparators per-CPU for the CPUs still without one.
+    let mut served: Vec<bool> = alloc::vec![false; percpu::all().count()];
+    let mark = |served: &mut Vec<bool>, s: &Setup| {
+        for o in s.comparators.iter().filter(|o| o.role == ComparatorRole::PerCpu) {
+            if let Some(slot) = o.cpu.and_then(|c| served.get_mut(c)) {
+                *slot = true;
+            }
+        }
+    };
+    mark(&mut served, &setup);
+    for (number, h) in platform.more_hpets.clone() {
+        let block = hpet_bringup::Block::More { number, served: served.clone() };
+        let more = hpet_bringup::init_hpet(h, block, platform, options);
+        log::info!("{}", more.rule);
+        mark(&mut served, &more);
+    }
     // After the HPET, whose legacy route may have taken IRQ0.
     pit::register(platform, options);
     for cpu in percpu::all() {

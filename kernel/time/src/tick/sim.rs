@@ -36,6 +36,35 @@ struct SimDriver {
     passes_below_ticks: Mutex<u64>,
     /// The CPU a DYNIRQ device was last aimed at (`None`: never moved; see `Sim::irq_cpu`).
     target: Mutex<Option<usize>>,
+    /// An HPET block's comparator: programmed against that block's own main counter (its own
+    /// rate and offset); `None`: a device counting 100 MHz ticks from the clock itself.
+    block: Option<SimBlock>,
+}
+
+/// An HPET block's main counter on the simulated clock: `offset + ns * hz / 10^9` ticks.
+#[derive(Debug, Clone, Copy)]
+struct SimBlock {
+    hz: u64,
+    offset: u64,
+}
+
+impl SimBlock {
+    /// The counter at `ns`.
+    fn counter(self, ns: u64) -> u64 {
+        self.offset + (u128::from(ns) * u128::from(self.hz) / 1_000_000_000) as u64
+    }
+    /// When the counter reaches `value` (the first ns at which it reads `value` or more).
+    fn reaches(self, value: u64) -> u64 {
+        (u128::from(value - self.offset) * 1_000_000_000).div_ceil(u128::from(self.hz)) as u64
+    }
+    /// When a 32-bit comparator written `delta` ticks past the counter at `now` matches: the
+    /// counter's low 32 bits equal to the value written (as the kernel's comparators run).
+    fn fires(self, now: u64, delta: u64) -> u64 {
+        let counter = self.counter(now);
+        let written = (counter as u32).wrapping_add(delta as u32);
+        let ahead = u64::from(written.wrapping_sub(counter as u32));
+        self.reaches(counter + ahead)
+    }
 }
 
 impl SimDriver {
@@ -67,7 +96,11 @@ impl EventDriver for SimDriver {
         if delta_ticks < *self.passes_below_ticks.lock() {
             return Err(EventPassed);
         }
-        *self.fires_at.lock() = Some(*self.world.clock.lock() + delta_ticks * 10);
+        let now = *self.world.clock.lock();
+        *self.fires_at.lock() = Some(match self.block {
+            Some(b) => b.fires(now, delta_ticks),
+            None => now + delta_ticks * 10,
+        });
         Ok(())
     }
     fn retarget(&self, cpu: usize) -> bool {
@@ -364,14 +397,44 @@ impl Sim {
     }
     /// A simulated driver on this world's clock, local to `owner` if it is a per-CPU device.
     fn driver(&self, owner: Option<usize>, passes_below_ticks: u64) -> &'static SimDriver {
-        Box::leak(Box::new(SimDriver {
-            world: self.world,
+        let driver = SimDriver {
+            passes_below_ticks: Mutex::new(passes_below_ticks),
+            ..Self::plain_driver(self.world, owner)
+        };
+        Box::leak(Box::new(driver))
+    }
+    /// Comparator `name` of HPET block `block`, per-CPU for `cpu` (one-shot, 32-bit, the
+    /// kernel's HPET deltas), its frequency its own block's.
+    fn block_comparator(&mut self, name: &str, block: SimBlock, cpu: usize) -> DeviceId {
+        let spec = DeviceSpec {
+            name: name.into(),
+            features: Features::ONESHOT | Features::PER_CPU,
+            rating: PERCPU_HPET,
+            cpus: CpuSet::single(cpu),
+            frequency_hz: block.hz,
+            min_delta_ticks: 192,
+            max_delta_ticks: 0x7fff_ffff,
+        };
+        let driver: &'static SimDriver = Box::leak(Box::new(SimDriver {
+            block: Some(block),
+            ..Self::plain_driver(self.world, Some(cpu))
+        }));
+        self.drivers.push(driver);
+        self.irq_cpu.push(cpu);
+        let (id, changes) = self.registry.register(spec, driver);
+        self.apply(changes);
+        id
+    }
+    fn plain_driver(world: &'static World, owner: Option<usize>) -> SimDriver {
+        SimDriver {
+            world,
             owner,
             fires_at: Mutex::new(None),
             period_ns: Mutex::new(None),
-            passes_below_ticks: Mutex::new(passes_below_ticks),
+            passes_below_ticks: Mutex::new(0),
             target: Mutex::new(None),
-        }))
+            block: None,
+        }
     }
     fn add(&mut self, name: &str, rating: u32, cpus: CpuSet, features: Features, irq_cpu: usize) -> DeviceId {
         let spec = DeviceSpec {
@@ -1076,6 +1139,63 @@ fn a_full_queue_refuses_arms_from_callbacks_and_grows_outside_them() {
     s.arm(0, now + 50_000);
     s.arm(0, now + 50_000);
     assert!(s.cpus[0].capacity() > capacity);
+}
+
+/// Two HPET blocks serve three CPUs: block #0's comparator at 100 MHz CPU 0, block #1's at
+/// 14.31818 MHz (a classic chipset's) CPUs 1 and 2, their counters at unrelated offsets (block
+/// #1's 256 ticks before its 32-bit wrap). Each comparator is programmed in its own block's ticks
+/// against its own counter: every timer fires once, on its CPU, never early, late by no more
+/// than its block's minimum delta and two of its ticks, one interrupt per deadline (none
+/// early: each block's conversion is its own).
+#[test]
+fn two_hpet_blocks_serve_cpus_each_on_its_own_counter() {
+    const BLOCK0: SimBlock = SimBlock { hz: 100_000_000, offset: 0x1234_5678_9abc };
+    const BLOCK1: SimBlock = SimBlock { hz: 14_318_180, offset: 0xffff_ff00 };
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    for c in 0..3 {
+        s.per_cpu(&alloc::format!("lapic{c}"), LAPIC, c);
+    }
+    let h0 = s.block_comparator("hpet0", BLOCK0, 0);
+    let h10 = s.block_comparator("hpet1.0", BLOCK1, 1);
+    let h11 = s.block_comparator("hpet1.1", BLOCK1, 2);
+    for (cpu, d) in [(0, h0), (1, h10), (2, h11)] {
+        assert_eq!(s.cpus[cpu].service(), Service::Local(d), "CPU {cpu} takes up its block's comparator");
+    }
+    let start = s.now();
+    // The same deadlines on every CPU, and some of each CPU's own, from 20 us (beyond block
+    // #1's minimum delta, 192 ticks = 13.4 us) to 40 ms out: block #1's first comparator value
+    // is written past the wrap of its counter's low 32 bits, 17.9 us away.
+    let mut deadlines: Vec<(usize, u64)> = Vec::new();
+    for k in 0..20u64 {
+        let at = start + 20_000 + k * k * 97_003;
+        deadlines.extend((0..3).map(|cpu| (cpu, at)));
+        deadlines.push((k as usize % 3, at + 1_234 * (k + 1)));
+    }
+    for &(cpu, at) in &deadlines {
+        s.arm(cpu, at);
+    }
+    s.run_until(start + 50_000_000);
+    s.assert_all_fired_once_never_early();
+    for (n, t) in &s.timers {
+        let block = if t.cpu == 0 { BLOCK0 } else { BLOCK1 };
+        let tick_ns = 1_000_000_000u64.div_ceil(block.hz);
+        // A deadline closer to the one before than the minimum delta waits for it.
+        let bound = (192 + 2) * tick_ns;
+        let late = t.fired[0] - t.deadline;
+        assert!(
+            late <= bound,
+            "timer {n} on CPU {} late by {late} ns > {bound} ns (its block's minimum delta + 2 ticks)",
+            t.cpu
+        );
+    }
+    for (cpu, tick) in s.cpus.iter().enumerate() {
+        let distinct = deadlines
+            .iter()
+            .filter(|&&(c, _)| c == cpu)
+            .map(|&(_, at)| at)
+            .collect::<alloc::collections::BTreeSet<_>>();
+        assert_eq!(tick.events(), distinct.len() as u64, "CPU {cpu}: one interrupt per deadline, none early");
+    }
 }
 
 fn misjudged_lapic(s: &mut Sim, hz: u64) -> DeviceId {
