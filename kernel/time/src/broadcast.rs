@@ -378,6 +378,44 @@ mod tests {
         assert_eq!(b.target(), (None, 0));
     }
 
+    /// One CPU's timer (bc_hrtimer) is served by the CPU that programmed it last, as Linux's
+    /// `bc_set_next`: the first to hand a deadline over, then one handing over an earlier
+    /// deadline, or the CPU running its event; a later deadline moves nothing. The server
+    /// needs to stay awake only while the timer waits for something.
+    #[test]
+    fn one_cpus_timer_is_served_by_the_cpu_that_programmed_it_last() {
+        let spec = crate::clockevents::hrtimer_broadcast_spec(CpuSet::first(4));
+        let device = Arc::new(ClockEventDevice::new(spec, &crate::clockevents::HrtimerBroadcast));
+        let mut b = Broadcast::new();
+        assert_eq!(b.set_device(Some((DeviceId(3), device)), 0), CpuSet::EMPTY, "nobody waits yet");
+        assert!(b.is_hrtimer());
+        assert_eq!(b.server(), (None, 0));
+        b.set_deadline(1, 300_000, 0);
+        assert_eq!(b.server(), (Some(1), 0), "the first to hand over serves");
+        assert!(b.needs_cpu(1) && !b.needs_cpu(2));
+        assert_eq!(b.timer_on(1), 300_000);
+        b.set_deadline(2, 400_000, 0);
+        assert_eq!(b.server().0, Some(1), "a later deadline moves nothing");
+        b.set_deadline(3, 100_000, 0);
+        assert_eq!(b.server(), (Some(3), 1), "an earlier one takes the timer over");
+        assert_eq!((b.timer_on(3), b.timer_on(1)), (100_000, u64::MAX));
+        b.leave(3);
+        assert_eq!(b.event(100_000, 0), CpuSet::EMPTY, "nobody due at CPU 3's old deadline");
+        assert_eq!(b.server(), (Some(0), 2), "the CPU running the event programmed it again");
+        assert_eq!(b.timer_on(0), 300_000, "for CPU 1's deadline");
+        assert_eq!(b.event(300_000, 0), CpuSet::single(1));
+        assert_eq!(b.event(400_000, 0), CpuSet::single(2));
+        assert!(!b.needs_cpu(0), "nothing waited for: the server may sleep deeply");
+        b.set_deadline(1, 500_000, 400_000);
+        assert_eq!(b.server().0, Some(1));
+        assert_eq!(b.cpu_gone(2), CpuSet::EMPTY, "a CPU not serving goes without a word");
+        b.set_deadline(2, 600_000, 400_000);
+        assert_eq!(b.cpu_gone(1), CpuSet::single(2), "the server gone: its sleepers are woken");
+        assert_eq!(b.server().0, None);
+        b.set_deadline(2, 600_000, 450_000);
+        assert_eq!(b.server().0, Some(2), "the first to hand over again serves");
+    }
+
     #[test]
     fn a_later_deadline_does_not_reprogram_and_leaving_keeps_the_device_armed() {
         let driver = FakeDriver::leak();
