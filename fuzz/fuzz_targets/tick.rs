@@ -1238,6 +1238,13 @@ impl Sim {
                 self.asleep[cpu] = true;
                 self.disturbed_at[cpu] = now();
             }
+            Ok(Handover::ServesBroadcast) => {
+                // It carries the broadcast's timer (bc_hrtimer): awake, its device running.
+                let serves = self.bc.lock().needs_cpu(cpu);
+                assert!(stops && !periodic && serves, "CPU {cpu} claims to serve a broadcast it does not");
+                assert!(!tick.is_handed_over());
+                self.disturbed_at[cpu] = now();
+            }
             Err(DeepIdleRefused::PeriodicTick) => {
                 assert!(stops && periodic, "CPU {cpu} refused a periodic tick")
             }

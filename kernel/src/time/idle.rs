@@ -5,7 +5,8 @@
 //! MONITOR/MWAIT, else `sti; hlt` (the instructions are the driver `arch::x86_64::idle`). In deep idle the devices that stop there (a LAPIC timer
 //! without ARAT, or any with `lapic_stops_in_idle`) are stopped first, as the hardware would,
 //! after their CPU handed its next deadline to the broadcast device; a CPU that cannot hand
-//! over (no broadcast device) halts instead, says so once, and records a fallback.
+//! over (no broadcast device) halts instead, says so once, and records a fallback; one that
+//! carries the broadcast's timer for the others (bc_hrtimer) halts too, counted.
 
 use super::clockevents::{self, time_of};
 use crate::arch::x86_64::idle::{deepest_mwait_hint, mwait};
@@ -85,8 +86,13 @@ pub fn wait() {
         IdleChoice::Deep => {
             let start = tsc::read();
             let handover = clockevents::deep_idle_enter();
-            if handover == Ok(Handover::EventDue) {
-                // Its next event is due: take that interrupt awake.
+            if matches!(handover, Ok(Handover::EventDue | Handover::ServesBroadcast)) {
+                // Its next event is due: take that interrupt awake. Or it carries the
+                // broadcast's timer (bc_hrtimer) for the others: its tick device must run.
+                if handover == Ok(Handover::ServesBroadcast) {
+                    time.serving_entries
+                        .store(time.serving_entries.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                }
                 interrupts::enable_and_hlt();
                 return;
             }

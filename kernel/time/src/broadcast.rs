@@ -7,10 +7,21 @@
 //! deadline is next whenever that CPU changes (Linux's `tick_broadcast_set_affinity`), so the
 //! CPU due first wakes without an IPI.
 //!
+//! Where no hardware can serve (no HPET, no PIT), the broadcast device is one CPU's own timer
+//! ([`Features::HRTIMER`], Linux's `tick-broadcast-hrtimer.c`): programming it arms that timer
+//! on the CPU that programs it, which becomes the broadcast's *server*. The rules are Linux's
+//! (`bc_set_next`, `broadcast_needs_cpu`): every CPU that programs the device takes the timer
+//! over (a CPU handing over a deadline earlier than the one waited for, the server in the
+//! broadcast's own event); the server does not sleep deeply while the device waits for
+//! something ([`needs_cpu`](Broadcast::needs_cpu)), so a CPU that took the timer over as it
+//! went to sleep takes its own deadline back and idles shallow instead. The server's tick
+//! programs its own device for the timer ([`timer_on`](Broadcast::timer_on)) and runs the
+//! broadcast's event when it falls due.
+//!
 //! This state is shared between CPUs and lives behind its own lock; only CPUs served by the
 //! broadcast (and the CPU taking its interrupt) touch it on their hot path.
 
-use super::clockevents::{ClockEventDevice, CpuSet, DeviceId, ProgramError, State};
+use super::clockevents::{ClockEventDevice, CpuSet, DeviceId, Features, ProgramError, State};
 use alloc::sync::Arc;
 
 /// Most CPUs a broadcast set holds: one bit each in a [`CpuSet`].
@@ -34,6 +45,10 @@ pub struct Broadcast {
     /// it cannot move), and how many times it was moved.
     target: Option<usize>,
     retargets: u64,
+    /// With a [`Features::HRTIMER`] device: the CPU whose tick carries its timer (the last to
+    /// program it; `None`: none yet), and how many times that changed.
+    server: Option<usize>,
+    server_moves: u64,
 }
 
 impl Default for Broadcast {
@@ -55,6 +70,8 @@ impl Broadcast {
             suspended: false,
             target: None,
             retargets: 0,
+            server: None,
+            server_moves: 0,
         }
     }
 
@@ -89,11 +106,62 @@ impl Broadcast {
         (self.target, self.retargets)
     }
 
+    /// Whether the device is one CPU's own timer ([`Features::HRTIMER`]).
+    pub fn is_hrtimer(&self) -> bool {
+        self.device.as_ref().is_some_and(|(_, d)| d.spec.features.contains(Features::HRTIMER))
+    }
+
+    /// With a [`Features::HRTIMER`] device: the CPU serving it (the last that programmed it),
+    /// and how many times the service moved from one CPU to another.
+    pub fn server(&self) -> (Option<usize>, u64) {
+        (self.server, self.server_moves)
+    }
+
+    /// Whether `cpu` must stay out of deep idle because it carries the broadcast's timer and
+    /// the timer waits for something (Linux's `broadcast_needs_cpu`).
+    pub fn needs_cpu(&self, cpu: usize) -> bool {
+        self.timer_on(cpu) != u64::MAX
+    }
+
+    /// When the broadcast's timer on `cpu`'s tick falls due (`u64::MAX`: it carries none): the
+    /// device's programmed event, if `cpu` serves a [`Features::HRTIMER`] device.
+    pub fn timer_on(&self, cpu: usize) -> u64 {
+        match &self.device {
+            Some((_, d))
+                if self.server == Some(cpu)
+                    && !self.suspended
+                    && d.spec.features.contains(Features::HRTIMER) =>
+            {
+                d.next_event_ns()
+            }
+            _ => u64::MAX,
+        }
+    }
+
+    /// `cpu` goes offline: it leaves the set and stops serving ([`drop_server`](Self::drop_server)).
+    pub fn cpu_gone(&mut self, cpu: usize) -> CpuSet {
+        self.leave(cpu);
+        self.drop_server(cpu)
+    }
+
+    /// `cpu` can no longer carry the broadcast's timer (gone offline, or its own device taken
+    /// away): if it served, nobody does now: returns the waiting CPUs, each to be woken (each
+    /// takes its deadline back, and the first to hand it over again takes the timer over).
+    pub fn drop_server(&mut self, cpu: usize) -> CpuSet {
+        if self.server != Some(cpu) {
+            return CpuSet::EMPTY;
+        }
+        self.server = None;
+        self.waiting
+    }
+
     /// Replaces the broadcast device (`None`: there is none any more). The old one is released;
     /// the new one is attached and programmed for the earliest waiting deadline, so no
     /// handed-over deadline is lost by the change. With no device left, returns the waiting
     /// CPUs: each must be woken now (a CPU asleep in deep idle takes its own device back; one
-    /// served by broadcast runs what is due), since nothing else will wake them.
+    /// served by broadcast runs what is due), since nothing else will wake them. So too for a
+    /// new [`Features::HRTIMER`] device: no CPU serves it until one programs it (the first
+    /// woken that hands its deadline over again).
     pub fn set_device(&mut self, device: Option<(DeviceId, Arc<ClockEventDevice>)>, now_ns: u64) -> CpuSet {
         if let Some((_, old)) = self.device.take() {
             old.detach();
@@ -103,12 +171,15 @@ impl Broadcast {
         }
         self.device = device;
         self.target = None;
+        self.server = None;
         self.reprogram(now_ns);
-        if self.device.is_none() { self.waiting } else { CpuSet::EMPTY }
+        if self.device.is_none() || self.is_hrtimer() { self.waiting } else { CpuSet::EMPTY }
     }
 
     /// `cpu` waits for `deadline_ns` (`u64::MAX`: for nothing, it leaves the set). The device
-    /// is programmed again only when the deadline is earlier than what it waits for.
+    /// is programmed again only when the deadline is earlier than what it waits for (or, one
+    /// CPU's timer, when no CPU serves it yet); called on `cpu`, which then serves a
+    /// [`Features::HRTIMER`] device if it programmed it.
     pub fn set_deadline(&mut self, cpu: usize, deadline_ns: u64, now_ns: u64) {
         if deadline_ns == u64::MAX {
             self.leave(cpu);
@@ -117,9 +188,9 @@ impl Broadcast {
         self.waiting.insert(cpu);
         self.deadlines[cpu] = deadline_ns;
         if let Some((_, d)) = &self.device
-            && deadline_ns < d.next_event_ns()
+            && (deadline_ns < d.next_event_ns() || (self.server.is_none() && self.is_hrtimer()))
         {
-            self.program(deadline_ns, now_ns, cpu);
+            self.program(deadline_ns, now_ns, cpu, Some(cpu));
         }
     }
 
@@ -132,7 +203,7 @@ impl Broadcast {
     /// The broadcast device interrupted CPU `here` at `now_ns`: returns the CPUs whose deadline
     /// has passed (they leave the set: each hands over its next deadline after running its
     /// timers; all but `here` need a wake-up IPI) and programs the device for the earliest
-    /// deadline left.
+    /// deadline left (from `here`, which then serves a [`Features::HRTIMER`] device).
     pub fn event(&mut self, now_ns: u64, here: usize) -> CpuSet {
         self.events += 1;
         if let Some((_, d)) = &self.device
@@ -148,7 +219,7 @@ impl Broadcast {
         }
         self.waiting.remove_all(due);
         self.wakeups_sent += due.len() as u64 - u64::from(due.contains(here));
-        self.reprogram(now_ns);
+        self.reprogram_on(now_ns, Some(here));
         due
     }
 
@@ -193,19 +264,26 @@ impl Broadcast {
     }
 
     fn reprogram(&mut self, now_ns: u64) {
+        self.reprogram_on(now_ns, None);
+    }
+
+    /// Programs the device for the earliest deadline, from CPU `here` if known (it then serves
+    /// a [`Features::HRTIMER`] device; unknown: the server stays).
+    fn reprogram_on(&mut self, now_ns: u64, here: Option<usize>) {
         if self.suspended {
             return;
         }
         match (&self.device, self.earliest()) {
             (Some((_, d)), None) => d.stop(),
-            (Some(_), Some((deadline, cpu))) => self.program(deadline, now_ns, cpu),
+            (Some(_), Some((deadline, cpu))) => self.program(deadline, now_ns, cpu, here),
             (None, _) => {}
         }
     }
 
     /// Programs the device for `deadline_ns`, `cpu`'s, and aims it at `cpu` first if it is
-    /// aimed elsewhere and can move (so the event lands where it is due).
-    fn program(&mut self, deadline_ns: u64, now_ns: u64, cpu: usize) {
+    /// aimed elsewhere and can move (so the event lands where it is due); one CPU's timer is
+    /// taken over by `here`, the CPU programming it, if known.
+    fn program(&mut self, deadline_ns: u64, now_ns: u64, cpu: usize, here: Option<usize>) {
         let Some((id, d)) = &self.device else { return };
         if d.is_failed() || self.suspended {
             return;
@@ -217,6 +295,16 @@ impl Broadcast {
         if let Err(e) = d.program(deadline_ns, now_ns) {
             d.mark_failed();
             self.failure = Some((*id, e));
+            return;
+        }
+        if let Some(here) = here
+            && d.spec.features.contains(Features::HRTIMER)
+            && self.server != Some(here)
+        {
+            if self.server.is_some() {
+                self.server_moves += 1;
+            }
+            self.server = Some(here);
         }
     }
 }
@@ -288,6 +376,44 @@ mod tests {
         b.set_deadline(2, 100_000, 0);
         assert!(!fixed.calls().iter().any(|c| matches!(c, Call::Retarget(_))), "no DYNIRQ: never moved");
         assert_eq!(b.target(), (None, 0));
+    }
+
+    /// One CPU's timer (bc_hrtimer) is served by the CPU that programmed it last, as Linux's
+    /// `bc_set_next`: the first to hand a deadline over, then one handing over an earlier
+    /// deadline, or the CPU running its event; a later deadline moves nothing. The server
+    /// needs to stay awake only while the timer waits for something.
+    #[test]
+    fn one_cpus_timer_is_served_by_the_cpu_that_programmed_it_last() {
+        let spec = crate::clockevents::hrtimer_broadcast_spec(CpuSet::first(4));
+        let device = Arc::new(ClockEventDevice::new(spec, &crate::clockevents::HrtimerBroadcast));
+        let mut b = Broadcast::new();
+        assert_eq!(b.set_device(Some((DeviceId(3), device)), 0), CpuSet::EMPTY, "nobody waits yet");
+        assert!(b.is_hrtimer());
+        assert_eq!(b.server(), (None, 0));
+        b.set_deadline(1, 300_000, 0);
+        assert_eq!(b.server(), (Some(1), 0), "the first to hand over serves");
+        assert!(b.needs_cpu(1) && !b.needs_cpu(2));
+        assert_eq!(b.timer_on(1), 300_000);
+        b.set_deadline(2, 400_000, 0);
+        assert_eq!(b.server().0, Some(1), "a later deadline moves nothing");
+        b.set_deadline(3, 100_000, 0);
+        assert_eq!(b.server(), (Some(3), 1), "an earlier one takes the timer over");
+        assert_eq!((b.timer_on(3), b.timer_on(1)), (100_000, u64::MAX));
+        b.leave(3);
+        assert_eq!(b.event(100_000, 0), CpuSet::EMPTY, "nobody due at CPU 3's old deadline");
+        assert_eq!(b.server(), (Some(0), 2), "the CPU running the event programmed it again");
+        assert_eq!(b.timer_on(0), 300_000, "for CPU 1's deadline");
+        assert_eq!(b.event(300_000, 0), CpuSet::single(1));
+        assert_eq!(b.event(400_000, 0), CpuSet::single(2));
+        assert!(!b.needs_cpu(0), "nothing waited for: the server may sleep deeply");
+        b.set_deadline(1, 500_000, 400_000);
+        assert_eq!(b.server().0, Some(1));
+        assert_eq!(b.cpu_gone(2), CpuSet::EMPTY, "a CPU not serving goes without a word");
+        b.set_deadline(2, 600_000, 400_000);
+        assert_eq!(b.cpu_gone(1), CpuSet::single(2), "the server gone: its sleepers are woken");
+        assert_eq!(b.server().0, None);
+        b.set_deadline(2, 600_000, 450_000);
+        assert_eq!(b.server().0, Some(2), "the first to hand over again serves");
     }
 
     #[test]

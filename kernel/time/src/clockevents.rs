@@ -29,6 +29,39 @@ bitflags! {
         /// CLOCK_EVT_FEAT_DYNIRQ): as the broadcast device, it is aimed at the CPU whose
         /// deadline is next ([`EventDriver::retarget`]), which then wakes without an IPI.
         const DYNIRQ = 1 << 4;
+        /// Not hardware: the broadcast's timer kept on one CPU's own tick (Linux's
+        /// `ce_broadcast_hrtimer`, CLOCK_EVT_FEAT_HRTIMER). Programming it arms that timer on
+        /// the CPU that programs it, which then serves the broadcast and stays out of deep idle
+        /// while it does ([`hrtimer_broadcast_spec`], [`crate::broadcast`]).
+        const HRTIMER = 1 << 5;
+    }
+}
+
+/// The broadcast served by one CPU's own timer, as a device ([`Features::HRTIMER`]): rating 0,
+/// so that any hardware broadcast device (an HPET comparator, the PIT) is chosen before it;
+/// counted in ns; for `cpus`, the CPUs it may serve. Its driver is [`HrtimerBroadcast`].
+pub fn hrtimer_broadcast_spec(cpus: CpuSet) -> DeviceSpec {
+    DeviceSpec {
+        name: "bc_hrtimer".into(),
+        features: Features::ONESHOT | Features::HRTIMER,
+        rating: 0,
+        cpus,
+        frequency_hz: NS_PER_S,
+        min_delta_ticks: 1,
+        max_delta_ticks: MAX_PROGRAMMED_DELTA_NS,
+    }
+}
+
+/// The driver of the [`hrtimer_broadcast_spec`] device: no hardware. What it is programmed for
+/// the layer keeps (the device's next event), and the serving CPU's tick arms its own device
+/// for it ([`crate::tick::CpuTick`]), so every call here does nothing.
+#[derive(Debug)]
+pub struct HrtimerBroadcast;
+
+impl EventDriver for HrtimerBroadcast {
+    fn switch_state(&self, _state: DriverState) {}
+    fn set_next_event(&self, _delta_ticks: u64) -> Result<(), EventPassed> {
+        Ok(())
     }
 }
 

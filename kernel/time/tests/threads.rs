@@ -780,8 +780,9 @@ impl Cpu {
             }
             // Its event is due: the local device is armed for it, no sleep.
             Ok(Handover::EventDue) => self.handle_interrupts(),
-            // The device keeps running in deep idle (no local device): a plain sleep.
-            Ok(Handover::NotNeeded) => {
+            // The device keeps running in deep idle (no local device), or this CPU serves the
+            // broadcast's timer (never here: the broadcast is a hardware device): a plain sleep.
+            Ok(Handover::NotNeeded | Handover::ServesBroadcast) => {
                 self.sleep(true);
                 self.handle_interrupts();
             }

@@ -2,7 +2,7 @@
 //! end-of-interrupt, the spurious and error vectors, IPIs, and the timer in one-shot, periodic
 //! and TSC-deadline modes.
 
-use super::{interrupts, mmio};
+use super::{interrupts, mmio, pic};
 use core::arch::x86_64::__cpuid;
 use core::fmt;
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -46,6 +46,9 @@ const fn x2apic_msr(reg: Reg) -> u32 {
 /// SVR bit 8: APIC software enable.
 const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
+/// LVT delivery mode ExtINT, bits 10:8 = 0b111 (SDM 11.5.1, figure 11-8): the interrupt's
+/// vector comes from the 8259 (an INTA cycle), and no EOI is sent to the LAPIC for it.
+const LVT_DELIVERY_EXTINT: u32 = 0b111 << 8;
 /// LVT timer mode, bits 18:17 (SDM 11.5.1, figure 11-8).
 const LVT_TIMER_MODE_SHIFT: u32 = 17;
 
@@ -233,6 +236,30 @@ pub fn eoi() {
     write(Reg::Eoi, 0);
 }
 
+/// Ends interrupt `vector`: one the 8259 delivered through LINT0 as ExtINT (virtual-wire mode,
+/// [`lint0_extint`]) at the 8259 only (SDM 11.8.5: no EOI to the LAPIC for ExtINT), any
+/// other at the LAPIC.
+fn end_of_interrupt(vector: u8) {
+    if pic::delivers_through_lint0(vector) {
+        pic::end_of_interrupt(vector);
+    } else {
+        eoi();
+    }
+}
+
+/// The LVT LINT0 value of virtual-wire mode: ExtINT, unmasked, edge (Linux's
+/// `setup_local_APIC` on the boot CPU when there is no IOAPIC).
+pub const fn lvt_lint0_extint() -> u32 {
+    LVT_DELIVERY_EXTINT
+}
+
+/// Virtual-wire mode on this CPU (Linux does it on the boot CPU without an IOAPIC): its LINT0
+/// takes the 8259's INTR as ExtINT, so the 8259's unmasked lines reach this CPU with the
+/// vectors the 8259 was programmed for. The other CPUs keep LINT0 masked.
+pub fn lint0_extint() {
+    write(Reg::LvtLint0, lvt_lint0_extint());
+}
+
 pub fn error_count() -> u64 {
     ERRORS.load(Ordering::Relaxed)
 }
@@ -294,7 +321,7 @@ pub fn init_bsp() -> Result<Mode, LapicError> {
     let _ = interrupts::register(SPURIOUS_VECTOR, spurious_interrupt);
     let _ = interrupts::register(ERROR_VECTOR, error_interrupt);
     init_this_cpu();
-    interrupts::set_end_of_interrupt(|_vector| eoi());
+    interrupts::set_end_of_interrupt(end_of_interrupt);
     log::info!(
         "{mode} mode, APIC id {}, version {:#x}, {}; timer: TSC-deadline {}, always running (ARAT) {}",
         id(),
@@ -414,6 +441,12 @@ pub fn timer_current_count() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lint0_in_virtual_wire_mode_is_unmasked_extint() {
+        assert_eq!(lvt_lint0_extint(), 0x0000_0700, "delivery mode 0b111, unmasked, edge, vector 0");
+        assert_eq!(lvt_lint0_extint() & LVT_MASKED, 0);
+    }
 
     #[test]
     fn lvt_timer_mode_bits_follow_the_sdm() {

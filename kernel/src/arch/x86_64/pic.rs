@@ -4,9 +4,12 @@
 //! `PIC_VECTOR_BASE + 7` / `+ 15` and is counted as spurious). Without one
 //! ([`deliver_interrupts`]), the 8259s deliver: a line is unmasked for its user, each interrupt
 //! is ended at the 8259 (the slave's and then the master's for IRQ 8-15), and IRQ 7 and 15 are
-//! told apart from the 8259's own spurious interrupts by the in-service register.
+//! told apart from the 8259's own spurious interrupts by the in-service register. With a local
+//! APIC but no IOAPIC for a line, the 8259s deliver through the boot CPU's LINT0 as ExtINT
+//! (virtual-wire mode, [`through_lint0`]): the same, with the LAPIC taking no EOI for them.
 
 use super::interrupts;
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::Mutex;
 use x86_64::instructions::port::Port;
 
@@ -39,6 +42,9 @@ const SPURIOUS_IRQS: [u8; 2] = [7, 15];
 
 /// The interrupt mask of both controllers (bit n = IRQ n masked), as last written.
 static MASK: Mutex<u16> = Mutex::new(0xffff);
+
+/// The 8259s deliver through a LAPIC's LINT0 (virtual-wire mode, [`through_lint0`]).
+static VIRTUAL_WIRE: AtomicBool = AtomicBool::new(false);
 
 fn port(p: u16) -> Port<u8> {
     Port::new(p)
@@ -91,6 +97,41 @@ pub fn deliver_interrupts() {
         PIC_VECTOR_BASE + 16,
         LevelLines(level_triggered())
     );
+}
+
+/// Virtual-wire mode (a local APIC, no IOAPIC for the lines used here): the 8259s' INTR reaches
+/// the calling CPU through its LINT0 as ExtINT (the caller sets LINT0: `lapic::lint0_extint`),
+/// each interrupt on their vectors is ended at the 8259 and not at the LAPIC
+/// ([`delivers_through_lint0`]), and IRQ 7 and 15 are checked for the 8259's spurious
+/// interrupts. Lines stay masked until [`unmask`]ed. Logged once.
+pub fn through_lint0() {
+    if VIRTUAL_WIRE.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    for irq in SPURIOUS_IRQS {
+        if let Err(e) = interrupts::register(vector(irq), lowest_priority_interrupt) {
+            log::warn!("8259: IRQ {irq}'s vector {:#04x}: {e}", vector(irq));
+        }
+    }
+    log::info!(
+        "8259 PICs deliver through LINT0 of CPU {} (virtual-wire mode, ExtINT): vectors {:#x}..{:#x}, EOI at the 8259 only, spurious IRQ 7 and 15 recognised, level-triggered (ELCR): {}",
+        super::smp::percpu::this_cpu().index,
+        PIC_VECTOR_BASE,
+        PIC_VECTOR_BASE + 16,
+        LevelLines(level_triggered())
+    );
+}
+
+/// Whether `vector` is one the 8259s deliver through LINT0 (virtual-wire mode on): it is ended
+/// at the 8259 ([`end_of_interrupt`]), not at the LAPIC.
+#[inline]
+pub fn delivers_through_lint0(vector: u8) -> bool {
+    vector.wrapping_sub(PIC_VECTOR_BASE) < 16 && VIRTUAL_WIRE.load(Ordering::Relaxed)
+}
+
+/// Ends interrupt `vector` at the 8259s (see [`eoi`]).
+pub fn end_of_interrupt(vector: u8) {
+    eoi(vector);
 }
 
 /// The lines the ELCR marks level-triggered (bit n = IRQ n).

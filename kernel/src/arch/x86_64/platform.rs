@@ -258,7 +258,7 @@ pub fn init_bsp(
         }
     }
     if IOAPICS.lock().chips().is_empty() {
-        p.fall_back("no usable IOAPIC: device interrupts cannot be routed; timers use the LAPIC".to_string());
+        p.fall_back("no usable IOAPIC: device interrupts cannot be routed through one; timers use the LAPIC (and the 8259's IRQ0, the PIT, in virtual-wire mode)".to_string());
     } else {
         check_overrides(&mut p);
     }

@@ -52,6 +52,8 @@ pub struct CpuTime {
     pub idle_entries: AtomicU64,
     pub deep_entries: AtomicU64,
     pub idle_overhead_cycles: AtomicU64,
+    /// Idle entries it halted in because it carried the broadcast's timer (bc_hrtimer).
+    pub serving_entries: AtomicU64,
     pub deep_idle_refused: AtomicBool,
     /// Deferred timer callbacks run on this CPU, and the most deferred timers that waited at
     /// once (as of the last deferred run); only this CPU writes them.
@@ -100,6 +102,7 @@ impl CpuTime {
             lapic_device: AtomicUsize::new(0),
             idle_entries: AtomicU64::new(0),
             deep_entries: AtomicU64::new(0),
+            serving_entries: AtomicU64::new(0),
             idle_overhead_cycles: AtomicU64::new(0),
             deep_idle_refused: AtomicBool::new(false),
             deferred_callbacks: AtomicU64::new(0),

@@ -35,8 +35,8 @@ pub use cpu::{
 pub use failures::{report as device_failed, take_outs};
 pub use registry::{WAKE_VECTOR, take_out, with_registry};
 pub use report::{
-    ProgrammingCost, TickDeviceInfo, broadcast_counts, broadcast_device, device_names, fill_report,
-    measure_programming, min_delta_ns, tick_devices,
+    ProgrammingCost, TickDeviceInfo, broadcast_counts, broadcast_device, broadcast_server, device_names,
+    fill_report, measure_programming, min_delta_ns, tick_devices,
 };
 pub use timer::{
     Callback, Cancelled, Timer, TimerEvent, TimerFn, arm_after, arm_at, arm_at_range, arm_deferred_at,
@@ -228,6 +228,7 @@ pub fn init_hpet(platform: &mut Platform, options: &KernelOptions) -> Setup {
     }
     // After the HPET, whose legacy route may have taken IRQ0.
     pit::register(platform, options);
+    register_hrtimer_broadcast();
     for cpu in percpu::all() {
         if let Err(e) = smp::call_on(cpu.index, || ()) {
             platform.fall_back(format!("CPU {} did not take up its tick device: {e}", cpu.index));
@@ -247,6 +248,27 @@ pub fn init_hpet(platform: &mut Platform, options: &KernelOptions) -> Setup {
     }
     BRINGUP_NS.store(now_ns(), Ordering::Relaxed);
     setup
+}
+
+/// Where neither an HPET comparator nor the PIT can serve as broadcast device, one CPU's own
+/// timer does (Linux's `bc_hrtimer`, `tick-broadcast-hrtimer.c`): a pseudo device of rating 0
+/// whose programming arms the broadcast's timer on the calling CPU's tick, which then stays out
+/// of deep idle and wakes the others by IPI (`kernel_time::broadcast`). One line either way.
+fn register_hrtimer_broadcast() {
+    use kernel_time::clockevents::{CpuSet, HrtimerBroadcast, hrtimer_broadcast_spec};
+    if let Some(b) = broadcast_device() {
+        log::info!("bc_hrtimer not registered: {b} is the broadcast device");
+        return;
+    }
+    let mut cpus = CpuSet::EMPTY;
+    for c in percpu::all() {
+        cpus.insert(c.index);
+    }
+    if registry::register(hrtimer_broadcast_spec(cpus), &HrtimerBroadcast, |_| ()).is_some() {
+        log::info!(
+            "no hardware broadcast device: bc_hrtimer registered (rating 0): a CPU that stays out of deep idle serves the others' deadlines with its own tick device and wakes them by IPI"
+        );
+    }
 }
 
 /// Fallbacks taken outside the bring-up's reach (on an AP, in interrupt context), for the

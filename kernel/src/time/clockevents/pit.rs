@@ -4,7 +4,9 @@
 //! registry takes it as the broadcast device when no global HPET comparator exists, and so as
 //! the device of every CPU nothing else serves. Its IRQ0 reaches one CPU (the boot CPU)
 //! through the IOAPIC, on the GSI the MADT's interrupt source override gives IRQ0, or through
-//! the 8259 on a CPU without a local APIC (the one CPU then).
+//! the 8259: on a CPU without a local APIC (the one CPU then), or, where no IOAPIC serves
+//! IRQ0's GSI (a MADT without an IOAPIC), through the boot CPU's LINT0 as ExtINT
+//! (virtual-wire mode, as Linux without an IOAPIC).
 //!
 //! Registered only when IRQ0 is free: the HPET's legacy replacement route takes it over (and
 //! disconnects the PIT), and `pit=off` leaves it out. One line in the log says which.
@@ -13,7 +15,7 @@ use crate::arch::x86_64::ioapic::{IOAPICS, Polarity, Trigger};
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::platform::Platform;
 use crate::arch::x86_64::smp::percpu;
-use crate::arch::x86_64::{interrupts, pic, pit};
+use crate::arch::x86_64::{interrupts, lapic, pic, pit};
 use crate::cmdline::KernelOptions;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -86,9 +88,18 @@ impl EventDriver for PitTimer {
     }
 }
 
-/// Without a local APIC: IRQ0 through the 8259 (its vector fixed by the remapping), the only
-/// CPU's.
-fn register_on_8259() -> Result<alloc::string::String, Skipped> {
+/// How IRQ0 reaches a CPU through the 8259.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    /// No local APIC: the 8259's INTR is the CPU's own.
+    NoLapic,
+    /// No IOAPIC serves IRQ0's GSI: the 8259's INTR through the calling CPU's LINT0 (ExtINT).
+    VirtualWire { gsi: u32 },
+}
+
+/// IRQ0 through the 8259 (its vector fixed by the remapping), to the only CPU (no local APIC)
+/// or to the calling (boot) CPU by its LINT0 in virtual-wire mode.
+fn register_on_8259(wire: Wire) -> Result<alloc::string::String, Skipped> {
     let vector = pic::vector(pit::IRQ);
     interrupts::register(vector, pit_interrupt).map_err(|e| match e {
         // The HPET's legacy route through the 8259 took IRQ0 (and disconnected the PIT).
@@ -96,13 +107,23 @@ fn register_on_8259() -> Result<alloc::string::String, Skipped> {
         e => Skipped::Failed(alloc::format!("IRQ0's 8259 vector {vector:#04x}: {e}")),
     })?;
     pit::channel0_stop();
+    let how = match wire {
+        Wire::NoLapic => alloc::string::String::from("no local APIC"),
+        Wire::VirtualWire { gsi } => {
+            // Before the line opens: the 8259's interrupts ended at the 8259 only, LINT0 open.
+            pic::through_lint0();
+            lapic::lint0_extint();
+            alloc::format!("no IOAPIC serves GSI {gsi}: virtual-wire mode, LINT0 as ExtINT")
+        }
+    };
     let spec = spec();
     if super::registry::register(spec, &PIT, |id| PIT.attach(id)).is_none() {
         return Err(Skipped::Failed("no registry".into()));
     }
     pic::unmask(pit::IRQ);
     Ok(alloc::format!(
-        "PIT channel 0: IRQ0 through the 8259 (no local APIC) -> CPU 0 vector {vector:#04x}, rating {RATING}, {}..{} ticks at {} Hz: registered as the device of last resort",
+        "PIT channel 0: IRQ0 through the 8259 ({how}) -> CPU {} vector {vector:#04x}, rating {RATING}, {}..{} ticks at {} Hz: registered as the device of last resort",
+        percpu::this_cpu().index,
         pit::MIN_COUNT,
         pit::MAX_COUNT,
         pit::PIT_HZ
@@ -187,7 +208,7 @@ fn try_register(platform: &Platform, options: &KernelOptions) -> Result<alloc::s
         return Err(Skipped::Off);
     }
     if platform.lapic.is_none() {
-        return register_on_8259();
+        return register_on_8259(Wire::NoLapic);
     }
     let route = platform
         .firmware
@@ -199,7 +220,8 @@ fn try_register(platform: &Platform, options: &KernelOptions) -> Result<alloc::s
     {
         let io = IOAPICS.lock();
         if io.lookup(gsi).is_err() {
-            return Err(Skipped::NoIoapic { gsi });
+            drop(io);
+            return register_on_8259(Wire::VirtualWire { gsi });
         }
         if let Some(owner) = io.owner(gsi) {
             return Err(Skipped::IrqTaken { gsi: Some(gsi), owner });

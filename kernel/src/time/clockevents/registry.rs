@@ -222,9 +222,18 @@ fn deliver(registry: &mut Registry, changes: Changes) {
 
 /// Applies an assignment on the calling CPU (its own); returns a device that failed meanwhile.
 pub(super) fn apply(a: Assignment) -> Option<DeviceFailure> {
-    cpu::with_tick_and_broadcast(|t, bc| {
+    let (cpu, local) = (a.cpu, matches!(a.service, kernel_time::tick::Service::Local(_)));
+    let failure = cpu::with_tick_and_broadcast(|t, bc| {
         t.apply(a, now_ns(), bc);
         t.take_failure()
     })
-    .flatten()
+    .flatten();
+    if !local {
+        // Without a device of its own it cannot carry the broadcast's timer (bc_hrtimer): the
+        // CPUs waiting on it are woken, and the first to hand over again takes it over.
+        for waiting in with_broadcast(|b| b.drop_server(cpu)).iter() {
+            send_wakeup(waiting);
+        }
+    }
+    failure
 }

@@ -81,6 +81,12 @@ pub fn broadcast_device() -> Option<String> {
     with_registry(|r| r.broadcast_device().map(|b| r.device(b).spec.name.clone())).flatten()
 }
 
+/// With the broadcast served by one CPU's timer (bc_hrtimer): the CPU serving it now, and how
+/// many times the service moved from one CPU to another.
+pub fn broadcast_server() -> (Option<usize>, u64) {
+    registry::with_broadcast(|b| b.server())
+}
+
 /// The broadcast device's interrupts and the wake-up IPIs they sent, and how many times its
 /// interrupt was moved to follow its sleepers (`Features::DYNIRQ`).
 pub fn broadcast_counts() -> (u64, u64, u64) {
@@ -245,6 +251,7 @@ pub fn fill_report(report: &mut crate::timer_report::TimerReport, setup: &Setup)
             transition_ns: crate::arch::x86_64::path_trace::cycles_to_ns(
                 time_of(cpu).idle_overhead_cycles.load(core::sync::atomic::Ordering::Relaxed),
             ),
+            serving: time_of(cpu).serving_entries.load(core::sync::atomic::Ordering::Relaxed),
         };
         c.deferred_timers = crate::timer_report::DeferredTimersReport {
             callbacks: time_of(cpu).deferred_callbacks.load(core::sync::atomic::Ordering::Relaxed),

@@ -120,6 +120,12 @@ pub struct CpuTick<T> {
     failure: Option<DeviceFailure>,
     /// In deep idle with its local device stopped: the broadcast holds this CPU's deadline.
     handed_over: bool,
+    /// The broadcast's timer carried on this CPU's tick, when it serves a broadcast device
+    /// that is one CPU's timer ([`crate::broadcast`]): when it falls due (`u64::MAX`: none),
+    /// and whether an expiry found it due (the broadcast's event is then run:
+    /// [`take_broadcast_due`](Self::take_broadcast_due)).
+    broadcast_timer_ns: u64,
+    broadcast_due: bool,
     /// Timekeeping suspended: the local device is shut down until `resume`.
     suspended: bool,
     /// Deadlines handed to the broadcast before deep idle.
@@ -145,6 +151,10 @@ pub enum Handover {
     NotNeeded,
     /// The local device is stopped and the broadcast holds the CPU's next deadline.
     HandedOver,
+    /// Nothing handed over: this CPU carries the broadcast's timer, which waits for another
+    /// CPU's deadline (Linux's `broadcast_needs_cpu`), so its tick device keeps running and it
+    /// idles shallow; another CPU takes the timer over when it hands over an earlier deadline.
+    ServesBroadcast,
     /// Nothing handed over: the CPU's next event is already due (it woke for it and leaves
     /// deep idle before its interrupt handler runs, Linux's order), so it must not sleep deeply
     /// but take the interrupt its local device is armed for. Handing a passed deadline to the
@@ -211,6 +221,8 @@ impl<T> CpuTick<T> {
             max_hang_ns: 0,
             failure: None,
             handed_over: false,
+            broadcast_timer_ns: u64::MAX,
+            broadcast_due: false,
             suspended: false,
             handovers: 0,
             last_assignment: 0,
@@ -323,6 +335,10 @@ impl<T> CpuTick<T> {
         if d.state() == State::Periodic {
             return Err(DeepIdleRefused::PeriodicTick);
         }
+        // The broadcast's timer as it is now (one this CPU no longer serves is dropped).
+        if self.sync_broadcast_timer(now_ns, bc) {
+            return Ok(Handover::ServesBroadcast);
+        }
         if self.needed() <= now_ns {
             // Its local device is armed for it (a passed deadline at the minimum delta).
             self.reprogram(now_ns, bc);
@@ -334,7 +350,6 @@ impl<T> CpuTick<T> {
         }
         d.switch_state(State::Shutdown, 0).expect("a one-shot device shuts down");
         self.handed_over = true;
-        self.handovers += 1;
         self.next_event_ns = self.needed();
         b.set_deadline(self.cpu, self.next_event_ns, now_ns);
         if !b.is_usable() {
@@ -343,7 +358,41 @@ impl<T> CpuTick<T> {
             self.broadcast_exit(now_ns, bc);
             return Err(DeepIdleRefused::NoBroadcast);
         }
+        if b.needs_cpu(self.cpu) {
+            // Its deadline moved the broadcast's timer here (one CPU's timer, and this deadline
+            // the earliest): it serves, so it takes its deadline back and stays awake.
+            drop(b);
+            self.broadcast_exit(now_ns, bc);
+            return Ok(Handover::ServesBroadcast);
+        }
+        self.handovers += 1;
         Ok(Handover::HandedOver)
+    }
+
+    /// Takes up what the broadcast says of its timer on this CPU ([`Broadcast::timer_on`]):
+    /// armed on this CPU's device with its own deadlines when this CPU serves the broadcast,
+    /// dropped when it does not (any more). Call it on this CPU after anything it did may have
+    /// programmed a broadcast device that is one CPU's timer (the broadcast's event, a device
+    /// change). Returns whether this CPU serves the broadcast now (it must not sleep deeply).
+    pub fn sync_broadcast_timer(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) -> bool {
+        let at = bc.lock().timer_on(self.cpu);
+        if at != self.broadcast_timer_ns {
+            self.broadcast_timer_ns = at;
+            self.reprogram(now_ns, bc);
+        }
+        at != u64::MAX
+    }
+
+    /// Whether the broadcast's timer on this CPU fell due in the last expiry (taken once): the
+    /// caller runs the broadcast's event ([`super::glue::broadcast_event`]).
+    #[inline]
+    pub fn take_broadcast_due(&mut self) -> bool {
+        core::mem::take(&mut self.broadcast_due)
+    }
+
+    /// When the broadcast's timer on this CPU falls due (`u64::MAX`: it carries none).
+    pub fn broadcast_timer_ns(&self) -> u64 {
+        self.broadcast_timer_ns
     }
 
     /// After deep idle, woken for whatever reason (Linux's `tick_broadcast_exit`): leaves the
@@ -355,7 +404,13 @@ impl<T> CpuTick<T> {
             return;
         }
         self.handed_over = false;
-        bc.lock().leave(self.cpu);
+        {
+            let mut b = bc.lock();
+            b.leave(self.cpu);
+            // It may have taken the broadcast's timer over meanwhile (a deadline handed over
+            // by its interrupt handler); its own device carries it from now on.
+            self.broadcast_timer_ns = b.timer_on(self.cpu);
+        }
         if let Some(d) = &self.local {
             d.attach(State::Oneshot, 0);
         }
@@ -610,6 +665,11 @@ impl<T> CpuTick<T> {
     /// and the periodic tick catches up with `now_ns`.
     #[inline]
     pub fn next_pass(&mut self, now_ns: u64) {
+        if self.broadcast_timer_ns <= now_ns {
+            // The broadcast's timer: its event runs after this expiry.
+            self.broadcast_timer_ns = u64::MAX;
+            self.broadcast_due = true;
+        }
         self.pass_budget = self.queue.len();
         let period = self.mode.period_ns();
         if period > 0 && now_ns >= self.next_tick_ns {
@@ -796,6 +856,7 @@ impl<T> CpuTick<T> {
             bc.lock().leave(self.cpu);
         }
         self.handed_over = false;
+        self.broadcast_timer_ns = u64::MAX;
         if let Service::Local(old) = self.service {
             self.former_locals.remember(old);
         }
@@ -875,7 +936,7 @@ impl<T> CpuTick<T> {
             TickMode::Oneshot => self.queue.earliest().unwrap_or(u64::MAX),
             TickMode::Periodic { .. } => self.next_tick_ns,
         };
-        needed.max(self.hold_until_ns)
+        needed.min(self.broadcast_timer_ns).max(self.hold_until_ns)
     }
 
     /// Makes this CPU's device (or the broadcast) interrupt at the deadline it needs.

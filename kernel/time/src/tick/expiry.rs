@@ -158,6 +158,9 @@ pub struct Expiry {
     /// The local (or broadcast) device gave up programming: the platform reports it to the
     /// registry, which takes it out and reassigns the CPUs it served.
     pub failure: Option<DeviceFailure>,
+    /// The broadcast's timer this CPU carries fell due ([`CpuTick::take_broadcast_due`]): the
+    /// platform runs the broadcast's event ([`super::glue::expiry_done`] does).
+    pub broadcast_due: bool,
 }
 
 /// What an interrupt or a wake-up came to.
@@ -207,12 +210,21 @@ struct Pass {
     callbacks: u32,
     deferred: u32,
     hang: Option<Hang>,
+    broadcast_due: bool,
 }
 
 impl Pass {
     #[inline]
     fn new(now_ns: u64) -> Pass {
-        Pass { entry_ns: now_ns, now_ns, passes: 1, callbacks: 0, deferred: 0, hang: None }
+        Pass {
+            entry_ns: now_ns,
+            now_ns,
+            passes: 1,
+            callbacks: 0,
+            deferred: 0,
+            hang: None,
+            broadcast_due: false,
+        }
     }
 }
 
@@ -266,6 +278,7 @@ fn next_step<C: ExpiryContext>(
         }
         cx.trace(ExpiryPoint::Reprogrammed);
         pass.deferred = t.take_deferred_popped();
+        pass.broadcast_due = t.take_broadcast_due();
         return Step::Done(t.take_failure());
     }
 }
@@ -362,6 +375,7 @@ fn expire<C: ExpiryContext>(cx: &C, pass: &mut Pass, mut step: Step<C::Payload>)
                     passes: pass.passes,
                     hang: pass.hang,
                     failure,
+                    broadcast_due: pass.broadcast_due,
                 };
             }
         }

@@ -225,13 +225,24 @@ pub fn drain<P: Platform>(p: &P) -> Option<Drained> {
 }
 
 /// Carries assignment `a` out on this CPU, its own; returns a device that gave up meanwhile.
+/// A CPU left without a device of its own no longer carries the broadcast's timer: the CPUs
+/// waiting on it are woken ([`Broadcast::drop_server`]).
 fn apply<P: Platform>(p: &P, a: Assignment) -> Option<DeviceFailure> {
     let now = p.now_ns();
-    p.with_tick(|t, bc| {
-        t.apply(a, now, bc);
-        t.take_failure()
-    })
-    .flatten()
+    let local = matches!(a.service, super::Service::Local(_));
+    let failure = p
+        .with_tick(|t, bc| {
+            t.apply(a, now, bc);
+            t.take_failure()
+        })
+        .flatten();
+    if !local {
+        let orphans = p.with_broadcast(|b| b.drop_server(p.cpu()));
+        for cpu in orphans.iter() {
+            p.send_wakeup(cpu);
+        }
+    }
+    failure
 }
 
 /// Carries the registry's decision `changes` out on this CPU, with `registry` held
@@ -316,6 +327,9 @@ impl<P: Platform> DeliveryContext for OnPlatform<'_, P> {
 /// taken out. Called after every expiry ([`wakeup`] does it itself).
 #[inline]
 pub fn expiry_done<P: Platform>(p: &P, e: Expiry) {
+    if e.broadcast_due {
+        broadcast_event(p, p.now_ns());
+    }
     if e.deferred != 0 {
         p.deferred_waiting();
     }
@@ -386,7 +400,12 @@ pub fn wakeup<P: Platform>(p: &P, now_ns: u64) -> Outcome {
 /// decision then moves its sleepers on before they are woken). Returns the CPUs woken.
 pub fn broadcast_event<P: Platform>(p: &P, now_ns: u64) -> CpuSet {
     let here = p.cpu();
-    let (due, failure) = p.with_broadcast(|b| (b.event(now_ns, here), b.take_failure()));
+    let (due, failure, hrtimer) =
+        p.with_broadcast(|b| (b.event(now_ns, here), b.take_failure(), b.is_hrtimer()));
+    if hrtimer {
+        // One CPU's timer, programmed again from here: this CPU's tick carries it now.
+        sync_broadcast_timer(p);
+    }
     report(p, failure.map(|(device, error)| DeviceFailure { device, error }));
     for cpu in due.iter() {
         if cpu == here {
@@ -398,8 +417,20 @@ pub fn broadcast_event<P: Platform>(p: &P, now_ns: u64) -> CpuSet {
     due
 }
 
-/// Takes out a device that gave up programming on this CPU meanwhile.
-#[inline]
+/// This CPU's tick takes up what the broadcast says of its timer here
+/// ([`CpuTick::sync_broadcast_timer`](super::CpuTick::sync_broadcast_timer)); a device that
+/// gives up meanwhile is taken out.
+fn sync_broadcast_timer<P: Platform>(p: &P) {
+    let now = p.now_ns();
+    let failure = p
+        .with_tick(|t, bc| {
+            t.sync_broadcast_timer(now, bc);
+            t.take_failure()
+        })
+        .flatten();
+    report(p, failure);
+}
+
 /// The clocks' offsets changed (REALTIME stepped, time suspended added; Linux's
 /// `clock_was_set`, on each CPU): this CPU's timers on REALTIME and BOOTTIME are queued again
 /// where the fresh offsets ([`ExpiryContext::offsets`]) place them, and its device programmed
@@ -465,6 +496,7 @@ pub fn idle_exit<P: Platform>(p: &P) {
 /// (deep: the local device stopped, the broadcast's IPI wakes it) then [`idle_exit`]; otherwise
 /// `sleep(false)` (shallow: its tick device runs; a deadline already due has its interrupt
 /// pending, deep idle refused or not needed). Returns what [`idle_enter`] answered.
+/// A CPU that serves the broadcast's timer ([`Handover::ServesBroadcast`]) sleeps shallow.
 pub fn idle<P: Platform>(p: &P, sleep: impl FnOnce(bool)) -> Result<Handover, DeepIdleRefused> {
     let entered = idle_enter(p);
     if entered == Ok(Handover::HandedOver) {
@@ -516,10 +548,16 @@ pub fn resume_broadcast<P: Platform>(p: &P, now_ns: u64) {
 /// released, its pending timers returned for another CPU to [`adopt`], those armed through
 /// handles marked as moved in their handles' table ([`remote::leave`], then
 /// [`CpuTick::go_offline`](super::CpuTick::go_offline)). None for a CPU with no tick.
+/// If it served the broadcast's timer, the CPUs waiting on it are woken (the first to hand
+/// its deadline over again takes the timer over: [`Broadcast::cpu_gone`]).
 pub fn go_offline<P: Platform>(p: &P) -> Vec<Migrating<P::Payload>> {
     let timers = remote::leave(p, p.inbox(), |_| {});
     if let Some(slot) = p.assignment_slot() {
         let _ = slot.take();
+    }
+    let orphans = p.with_broadcast(|b| b.cpu_gone(p.cpu()));
+    for cpu in orphans.iter() {
+        p.send_wakeup(cpu);
     }
     timers
 }

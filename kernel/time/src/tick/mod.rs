@@ -19,8 +19,9 @@
 //! device local to it (a per-CPU device whose CPU set is that CPU alone); a local device beats
 //! a non-local one whatever their ratings. A CPU without a local device is served by the
 //! broadcast device: the best-rated usable device that is neither per-CPU nor stops in deep
-//! C-states. A better device registered later replaces the current one, and the CPU hands its
-//! pending deadline to the new one.
+//! C-states (the lowest-rated of them, `bc_hrtimer`, one CPU's own timer, serves only CPUs that
+//! have a device of their own, which stops in deep idle). A better device registered later
+//! replaces the current one, and the CPU hands its pending deadline to the new one.
 //!
 //! Everything here is plain data driven by the caller, who says which CPU it runs on and what
 //! time it is; the kernel keeps each piece where its owner reaches it, the host tests drive

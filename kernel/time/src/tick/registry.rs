@@ -214,6 +214,11 @@ impl Registry {
         for cpu in self.online.iter() {
             let wanted = match (self.best_local(cpu), broadcast) {
                 (Some(d), _) => Service::Local(d),
+                // One CPU's timer wakes sleepers whose own device stops in deep idle, but
+                // serves no CPU that has no device at all (nothing would carry it there).
+                (None, Some(b)) if self.devices[b.0].spec.features.contains(Features::HRTIMER) => {
+                    Service::None
+                }
                 (None, Some(b)) => Service::Broadcast(b),
                 (None, None) => Service::None,
             };

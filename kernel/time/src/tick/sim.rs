@@ -673,6 +673,8 @@ impl Sim {
         for (c, m) in woken {
             let expected = match event {
                 glue::DeviceEvent::Broadcast(due) => due.contains(c) && c != cpu,
+                // The broadcast's timer carried on this CPU fell due: its event woke them.
+                glue::DeviceEvent::Local(Outcome::Expired(e)) if e.broadcast_due => c != cpu,
                 glue::DeviceEvent::Local(_) => self.registry.owner_of(dev) == Some(c),
             };
             assert!(matches!(m, Message::Wake) && expected, "CPU {c} sent a wake-up it should not get");
@@ -1491,6 +1493,166 @@ fn random_timers_on_mixed_devices_fire_once_never_early_on_their_cpu() {
 fn stopping_local(s: &mut Sim, cpu: usize) -> DeviceId {
     let name = alloc::format!("lapic{cpu}");
     s.add(&name, LAPIC, CpuSet::single(cpu), Features::PER_CPU | Features::STOPS_IN_DEEP_IDLE, cpu)
+}
+
+/// The broadcast served by one CPU's own timer (`bc_hrtimer`): a pseudo device with no
+/// hardware behind it (its simulated driver never fires: its slot keeps the device ids in line).
+fn hrtimer_broadcast(s: &mut Sim, cpus: usize) -> DeviceId {
+    let placeholder = s.driver(None, 0);
+    s.drivers.push(placeholder);
+    s.irq_cpu.push(0);
+    let spec = crate::clockevents::hrtimer_broadcast_spec(CpuSet::first(cpus));
+    let (id, changes) = s.registry.register(spec, &crate::clockevents::HrtimerBroadcast);
+    s.apply(changes);
+    id
+}
+
+/// Steps the machine until `end`, checking after every interrupt what serving the broadcast
+/// by one CPU's timer promises: the CPU serving it while it waits for a deadline is not in deep
+/// idle and its own device is armed no later than the broadcast's timer (nothing can be lost),
+/// and every CPU in deep idle with a deadline is waiting on the broadcast. Returns the CPUs that served.
+fn run_checking_the_server(s: &mut Sim, end: u64) -> CpuSet {
+    let mut servers = CpuSet::EMPTY;
+    loop {
+        for (cpu, t) in s.cpus.iter().enumerate() {
+            let (needs, waiting, timer) = {
+                let b = s.bc.lock();
+                (b.needs_cpu(cpu), b.waiting(), b.timer_on(cpu))
+            };
+            if t.is_handed_over() && t.next_event_ns() != u64::MAX {
+                assert!(waiting.contains(cpu), "CPU {cpu} sleeps deeply with a deadline the broadcast lacks");
+            }
+            if needs {
+                servers.insert(cpu);
+                assert!(!t.is_handed_over(), "CPU {cpu} serves the broadcast from deep idle");
+                assert_eq!(t.broadcast_timer_ns(), timer, "CPU {cpu}'s tick carries the broadcast's timer");
+                let local = s.registry.service(cpu);
+                let Service::Local(l) = local else { panic!("CPU {cpu} serves with no device: {local:?}") };
+                let fires = s.drivers[l.0].fires_at.lock().expect("the server's device is armed");
+                assert!(fires <= timer, "CPU {cpu}'s device fires at {fires}, after the broadcast's {timer}");
+            }
+        }
+        let next = s.drivers.iter().filter_map(|d| *d.fires_at.lock()).min();
+        if next.is_none_or(|t| t > end) || !s.step() {
+            break;
+        }
+    }
+    s.set_now(end.max(s.now()));
+    servers
+}
+
+/// `hpet=off pit=off idle=deep lapic_stops_in_idle`: no hardware broadcast device, so the
+/// broadcast is one CPU's timer. The CPUs sleep deeply, one stays awake to serve (the one whose
+/// handed-over deadline was earliest when it went to sleep, as Linux's `bc_set_next` takes the
+/// timer to the CPU programming it), the service moves as earlier deadlines come, and every
+/// timer runs once, never early, on its own CPU (the simulator's callback checks the CPU).
+#[test]
+fn one_cpus_timer_serves_the_broadcast_and_the_others_sleep_deeply() {
+    let mut s = Sim::new(TickMode::Oneshot, 4);
+    for c in 0..4 {
+        stopping_local(&mut s, c);
+    }
+    let h = hrtimer_broadcast(&mut s, 4);
+    assert_eq!(s.bc.lock().device(), Some(h), "the only broadcast device");
+    assert!(s.bc.lock().is_hrtimer());
+    let now = s.now();
+    for cpu in 0..4 {
+        for k in 1..=5u64 {
+            s.arm(cpu, now + k * 37_000 + (3 - cpu as u64) * 11_000);
+        }
+    }
+    // CPU 0 (first deadline 70 us) sleeps first: it programs the timer and serves.
+    assert_eq!(s.sleep_deeply(0), Ok(Handover::ServesBroadcast));
+    assert!(s.bc.lock().waiting().is_empty(), "the server took its deadline back");
+    // CPU 1 (59 us): earlier than what the timer waits for: it takes it over, and serves.
+    assert_eq!(s.sleep_deeply(1), Ok(Handover::ServesBroadcast));
+    assert_eq!(s.bc.lock().server(), (Some(1), 1), "moved from CPU 0 to CPU 1");
+    assert_eq!(s.sleep_deeply(2), Ok(Handover::ServesBroadcast), "48 us: CPU 2's now");
+    assert_eq!(s.sleep_deeply(3), Ok(Handover::ServesBroadcast), "37 us: CPU 3's now");
+    // CPUs 0 to 2 sleep deeply at their next idle entry: CPU 3 serves them.
+    for cpu in 0..3 {
+        s.idle(cpu);
+        assert!(s.cpus[cpu].is_handed_over(), "CPU {cpu} sleeps deeply");
+    }
+    let mut servers = run_checking_the_server(&mut s, now + 100_000);
+    assert_eq!(s.bc.lock().server().0, Some(3), "CPU 3 serves: no earlier deadline came");
+    // A timer posted to CPU 1 asleep, due before anything the broadcast waits for: CPU 1 is
+    // woken, hands that deadline over, takes the timer over and stays awake to serve.
+    s.arm_remote(1, s.now() + 3_000);
+    s.inbox.push_back((1, Message::Wake));
+    s.deliver();
+    assert_eq!(s.bc.lock().server().0, Some(1), "CPU 1's earlier deadline took the timer over");
+    assert!(!s.cpus[1].is_handed_over(), "and CPU 1 is awake");
+    servers.insert_all(run_checking_the_server(&mut s, now + 1_000_000));
+    s.assert_all_fired_once_never_early();
+    assert!(s.bc.lock().waiting().is_empty(), "nothing left waiting");
+    let (server, moves) = s.bc.lock().server();
+    assert!(server.is_some() && moves >= 4, "served by {server:?}, moved {moves} times");
+    assert!(servers.contains(1) && servers.contains(3), "CPUs 3 then 1 served the sleepers: {servers}");
+    let deep: u64 = s.cpus.iter().map(|t| t.handovers()).sum();
+    assert!(deep >= 10, "the CPUs not serving slept deeply: {deep} handovers");
+    let (events, _) = s.bc.lock().stats();
+    assert!(events >= 5, "the broadcast's events ran on the serving CPU: {events}");
+}
+
+/// A CPU that took the broadcast's timer over and then stays busy (never idles again) serves
+/// on: each broadcast event it runs in its own interrupt programs the timer again on its own
+/// tick, so the sleepers are woken at each of their deadlines.
+#[test]
+fn a_busy_cpu_serves_the_broadcast_from_its_own_interrupts() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    for c in 0..3 {
+        stopping_local(&mut s, c);
+    }
+    hrtimer_broadcast(&mut s, 3);
+    let now = s.now();
+    s.arm(0, now + 10_000);
+    for k in 1..=4u64 {
+        s.arm(1, now + k * 50_000);
+        s.arm(2, now + k * 50_000 + 20_000);
+    }
+    assert_eq!(s.sleep_deeply(0), Ok(Handover::ServesBroadcast));
+    s.deep_sleepers.remove(0); // busy from now on: no idle entry after its interrupts
+    for cpu in 1..3 {
+        assert_eq!(s.sleep_deeply(cpu), Ok(Handover::HandedOver));
+    }
+    let servers = run_checking_the_server(&mut s, now + 1_000_000);
+    s.assert_all_fired_once_never_early();
+    assert_eq!(servers, CpuSet::single(0), "CPU 0 served throughout");
+    // One per sleeper's deadline, and the first: the timer waited for CPU 0's own deadline,
+    // handed over as it took the timer (Linux's order), with nobody due then.
+    assert_eq!(s.bc.lock().stats(), (9, 8), "each sleeper's deadline, woken by IPI from CPU 0");
+}
+
+/// The CPU serving the broadcast goes offline: the sleepers are woken, the first to hand its
+/// deadline over again serves, nothing is lost.
+#[test]
+fn the_broadcast_moves_on_when_its_serving_cpu_goes_offline() {
+    let mut s = Sim::new(TickMode::Oneshot, 3);
+    for c in 0..3 {
+        stopping_local(&mut s, c);
+    }
+    hrtimer_broadcast(&mut s, 3);
+    let now = s.now();
+    s.arm(0, now + 50_000);
+    s.arm(1, now + 300_000);
+    s.arm(2, now + 400_000);
+    for cpu in 0..3 {
+        let _ = s.sleep_deeply(cpu);
+    }
+    assert_eq!(s.bc.lock().server().0, Some(0), "CPU 0's deadline was the earliest");
+    for cpu in 1..3 {
+        s.idle(cpu);
+        assert!(s.cpus[cpu].is_handed_over(), "CPU {cpu} sleeps deeply");
+    }
+    s.run_until(now + 60_000);
+    assert_eq!(s.bc.lock().server().0, Some(0), "still serving after its own timer ran");
+    s.offline(0, 1);
+    s.deliver();
+    let server = s.bc.lock().server().0;
+    assert!(matches!(server, Some(1 | 2)), "a CPU still online serves: {server:?}");
+    run_checking_the_server(&mut s, now + 1_000_000);
+    s.assert_all_fired_once_never_early();
 }
 
 #[test]
