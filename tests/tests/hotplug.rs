@@ -39,6 +39,7 @@ kernel_tests::qemu_test!(
     ",
     tests: [
         timers_of_an_offline_cpu_run_once_on_their_new_cpu_and_it_comes_back => "percpu fsb global",
+        offline_online_cycles_take_no_more_memory_each_time => "global",
         the_main_run_loses_nothing_when_a_cpu_goes_offline_halfway => "option option_icount option_to_broadcast_served option_broadcast_target option_broadcast_fixed option_deep_idle option_refined option_cpu0",
     ],
 );
@@ -63,6 +64,36 @@ fn the_main_run_loses_nothing_when_a_cpu_goes_offline_halfway(k: &Kernel) {
 }
 
 const MS: u64 = 1_000_000;
+
+/// CPU 1 taken offline and brought back several times: each cycle reuses what the CPU had
+/// (its descriptor tables, TSS and IST stack, its stack, its per-CPU area, its handle table
+/// and inbox), so the heap and the frames in use do not grow by a CPU's bring-up each cycle
+/// (the first cycle having grown whatever keeps growing once: the report's record table).
+fn offline_online_cycles_take_no_more_memory_each_time(_: &Kernel) {
+    use kernel_tests::kernel::arch::x86_64::{gdt, memory};
+    const CYCLES: u64 = 4;
+    let in_use = || memory::heap_used() + memory::frames_allocated();
+    let cycle = || {
+        hotplug::offline(1).expect("CPU 1 goes offline");
+        hotplug::online(1).expect("CPU 1 comes back");
+        assert!(device_of(1).is_some(), "CPU 1 came back without a tick device");
+    };
+    cycle();
+    let before = in_use();
+    let mut grew = Vec::new();
+    for _ in 0..CYCLES {
+        let at = in_use();
+        cycle();
+        grew.push(in_use() as i64 - at as i64);
+    }
+    let total = in_use() as i64 - before as i64;
+    log::info!("memory in use grew by {total} bytes over {CYCLES} cycles: {grew:?}");
+    // A CPU's bring-up leaked would cost at least its IST stack each cycle.
+    assert!(
+        total < gdt::IST_STACK_SIZE as i64,
+        "{total} bytes more in use after {CYCLES} offline/online cycles (per cycle: {grew:?})"
+    );
+}
 
 /// One callback: which timer (tag), its deadline, the clock it ran at, the APIC id it ran on
 /// (from the hardware), and whether it was early on the other counter.

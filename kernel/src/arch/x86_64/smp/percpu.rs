@@ -29,9 +29,9 @@ pub struct PerCpu {
     /// Dense index, 0 = boot CPU, in the order CPUs came online.
     pub index: usize,
     pub apic_id: u32,
-    /// This CPU's GDT and TSS (loaded by the CPU itself; the TSS holds its IST stacks): new
-    /// ones each time it comes online (a TSS once loaded is marked busy in its GDT).
-    tables: AtomicPtr<CpuTables>,
+    /// This CPU's GDT and TSS (loaded by the CPU itself; the TSS holds its IST stacks): the
+    /// same ones each time it comes online (`CpuTables::renew` marks its TSS available again).
+    tables: &'static CpuTables,
     /// Online: listed by [`cpu`] and [`all`]. Cleared by the CPU itself as it goes offline
     /// ([`set_offline`]), set again by [`publish`] when it is back.
     online: AtomicBool,
@@ -70,13 +70,7 @@ pub struct PerCpu {
 impl PerCpu {
     /// Its descriptor tables.
     pub fn tables(&self) -> &'static CpuTables {
-        // SAFETY: only `create` and `set_tables` store it, each a leaked 'static CpuTables.
-        unsafe { &*self.tables.load(Ordering::Acquire) }
-    }
-
-    /// Gives it new descriptor tables (before it comes online again: its old TSS is busy).
-    pub fn set_tables(&self, tables: &'static CpuTables) {
-        self.tables.store(tables as *const CpuTables as *mut CpuTables, Ordering::Release);
+        self.tables
     }
 
     /// Whether it is online.
@@ -92,8 +86,8 @@ impl PerCpu {
 }
 
 // SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; `tables` is
-// a shared reference to tables no one mutates after creation; everything else is atomic or
-// behind a lock.
+// a shared reference to tables written again only while their CPU is parked (`renew`);
+// everything else is atomic or behind a lock.
 unsafe impl Sync for PerCpu {}
 // SAFETY: as above.
 unsafe impl Send for PerCpu {}
@@ -108,7 +102,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         self_ptr: core::ptr::null(),
         index,
         apic_id,
-        tables: AtomicPtr::new(tables as *const CpuTables as *mut CpuTables),
+        tables,
         online: AtomicBool::new(false),
         park: AtomicBool::new(false),
         parked: AtomicBool::new(false),
