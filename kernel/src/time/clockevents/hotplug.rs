@@ -105,6 +105,7 @@ pub fn offline(cpu: usize) -> Result<usize, HotplugError> {
         return Err(HotplugError::NoOtherCpu(cpu));
     }
     log::info!("hotplug: taking CPU {cpu} offline");
+    let asked_at = now_ns();
     let answer: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
     let slot = answer.clone();
     smp::post(cpu, move || {
@@ -115,6 +116,7 @@ pub fn offline(cpu: usize) -> Result<usize, HotplugError> {
     if !smp::park(cpu, LIMIT_NS) {
         return Err(HotplugError::NoAnswer(format!("CPU {cpu} did not park within 2 s")));
     }
+    let offline_ns = now_ns().saturating_sub(asked_at);
     let o =
         answer.lock().take().ok_or_else(|| HotplugError::NoAnswer(format!("CPU {cpu} parked unanswered")))?;
     log::info!(
@@ -134,6 +136,9 @@ pub fn offline(cpu: usize) -> Result<usize, HotplugError> {
             timers_to_cpu: o.adopter,
             comparator_released: o.comparator,
             comparator_to_cpu: o.comparator_to,
+            offline_ns,
+            online_ns: None,
+            startup_ns: None,
         });
         records.len() - 1
     }))
@@ -149,15 +154,19 @@ pub fn online(cpu: usize) -> Result<(), HotplugError> {
         _ => return Err(HotplugError::NotOffline(cpu)),
     }
     log::info!("hotplug: bringing CPU {cpu} online again (INIT-SIPI)");
+    let asked_at = now_ns();
     smp::restart(cpu).map_err(|e| HotplugError::NoAnswer(format!("CPU {cpu}: {e}")))?;
     // Behind its start-up in its queue of calls: its tick device taken up.
     if let Err(e) = smp::call_on(cpu, || ()) {
         return Err(HotplugError::NoAnswer(format!("CPU {cpu} did not answer after its start-up: {e}")));
     }
     let at = now_ns();
+    let startup_ns = percpu::any(cpu).map(|c| c.startup_ns.load(core::sync::atomic::Ordering::Relaxed));
     without_interrupts(|| {
         if let Some(r) = RECORDS.lock().iter_mut().rev().find(|r| r.cpu == cpu && r.online_at_ns.is_none()) {
             r.online_at_ns = Some(at);
+            r.online_ns = Some(at.saturating_sub(asked_at));
+            r.startup_ns = startup_ns;
         }
     });
     Ok(())

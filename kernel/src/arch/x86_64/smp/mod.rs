@@ -283,6 +283,7 @@ pub fn restart(index: usize) -> Result<(), StartError> {
 extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
     let cpu: &'static PerCpu = unsafe { &*(cpu as *const PerCpu) };
+    let arrived = now_ns();
     percpu::install(cpu);
     cpu.tables().load();
     interrupts::load_idt();
@@ -291,7 +292,9 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // What the kernel runs on each CPU's own start-up path (its TSC check, then its own tick
     // and LAPIC timer: the boot CPU cannot reach its LAPIC).
     (hooks().on_ap)(cpu.index);
-    let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
+    let now = now_ns();
+    cpu.startup_ns.store(now.saturating_sub(arrived), Ordering::Relaxed);
+    let online = now.saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
     cpu.online_ns.store(online, Ordering::Release);
     // Its idle loop: everything it does from now on comes by interrupt, until it is parked.
     loop {

@@ -49,6 +49,9 @@ pub struct PerCpu {
     pub not_ours: AtomicU64,
     /// Nanoseconds from the BSP's start signal to this CPU reporting online (0 for the BSP).
     pub online_ns: AtomicU64,
+    /// Nanoseconds from its arrival off the start-up code to reporting online, the last time
+    /// it came online: its own start-up path (0 for the BSP).
+    pub startup_ns: AtomicU64,
     /// Interrupt handlers running on this CPU (nested ones counted): only this CPU writes it.
     pub irq_depth: AtomicU32,
     /// Heap allocations and frees made on this CPU inside an interrupt handler (each takes
@@ -110,6 +113,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         spurious: AtomicU64::new(0),
         not_ours: AtomicU64::new(0),
         online_ns: AtomicU64::new(0),
+        startup_ns: AtomicU64::new(0),
         irq_depth: AtomicU32::new(0),
         irq_heap_allocs: AtomicU64::new(0),
         irq_heap_frees: AtomicU64::new(0),
