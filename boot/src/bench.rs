@@ -83,12 +83,19 @@ const TAILS: &[(u32, &str, &[&str])] = &[
 /// How long each scaling boot runs its workload.
 const SCALING_DURATION_MS: u64 = 1000;
 
+/// The hotplug figures (issue 19): `--smp 2`, CPU 1 taken offline halfway through a short
+/// main run and brought back 20 ms later, this many boots per clock (their spread shows).
+const HOTPLUG_BOOTS: usize = 3;
+const HOTPLUG_CMDLINE: &str = "hotplug_test=1:20 duration_ms=200";
+
 struct Args {
     clocks: Vec<&'static str>,
     drift_s: u64,
     scaling: bool,
     /// `--scaling-only`: no device kinds, drift or idle boots.
     only_scaling: bool,
+    /// `--hotplug-only`: only the hotplug boots.
+    only_hotplug: bool,
     /// `--kinds a,b`: only these device kinds (all when empty).
     kinds: Vec<String>,
     accel: Accel,
@@ -110,6 +117,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         drift_s: 10,
         scaling: true,
         only_scaling: false,
+        only_hotplug: false,
         kinds: Vec::new(),
         accel: Accel::Tcg,
         out: PathBuf::from("target/bench"),
@@ -152,6 +160,11 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--scaling-only" => {
                 a.only_scaling = true;
                 a.scaling = true;
+            }
+            "--hotplug-only" => {
+                a.only_hotplug = true;
+                a.only_scaling = true;
+                a.scaling = false;
             }
             other => return Err(format!("unknown bench option {other}")),
         }
@@ -243,6 +256,42 @@ fn measure_scaling(
         "heap_used_bytes": report["memory"]["heap_used"],
         "verdict": report["verdict"],
     }))
+}
+
+/// One hotplug boot: how long CPU 1 took to go offline, to come back (INIT held 10 ms
+/// included) and its own start-up path that time (under icount: instructions, those of the
+/// boot CPU waiting beside it included), from the report's `hotplug` record; and what its
+/// first bring-up took at boot (`online_us`, INIT to online).
+fn measure_hotplug(elf: &Path, a: &Args, clock: &str) -> Result<Value, String> {
+    let log = boot_log(elf, a, clock, 2, HOTPLUG_CMDLINE, &[])?;
+    let report = crate::report::find(&log)?;
+    let r = &report["hotplug"][0];
+    if r.is_null() {
+        return Err(format!("no hotplug record (fallbacks: {})", report["fallbacks"]));
+    }
+    Ok(json!({
+        "offline_ns": r["offline_ns"],
+        "online_ns": r["online_ns"],
+        "startup_ns": r["startup_ns"],
+        "boot_online_us": report["cpus"][1]["online_us"],
+        "timers_migrated": r["timers_migrated"],
+        "lost": report["lost_events"],
+        "early": report["early_events"],
+        "verdict": report["verdict"],
+    }))
+}
+
+/// The hotplug boots' figures, each with its smallest and largest value over the boots.
+fn hotplug_summary(boots: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
+    for field in ["offline_ns", "online_ns", "startup_ns", "boot_online_us"] {
+        let v: Vec<u64> = boots.iter().filter_map(|b| b[field].as_u64()).collect();
+        let (min, max) = (v.iter().min(), v.iter().max());
+        out.insert(field.to_string(), json!({ "min": min, "max": max }));
+    }
+    out.insert("cmdline".into(), json!(HOTPLUG_CMDLINE));
+    out.insert("boots".into(), json!(boots));
+    Value::Object(out)
 }
 
 /// The workload in deep idle: lateness, and per timer event the handovers, broadcast wake-up
@@ -392,9 +441,24 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
                 }
             }
         }
+        let mut hotplug = Value::Null;
+        if (a.scaling && !a.only_scaling) || a.only_hotplug {
+            let mut boots = Vec::new();
+            for i in 0..HOTPLUG_BOOTS {
+                eprint!("bench:   hotplug {} of {HOTPLUG_BOOTS} ... ", i + 1);
+                match measure_hotplug(elf, &a, clock) {
+                    Ok(v) => {
+                        eprintln!("offline {} ns, online {} ns", v["offline_ns"], v["online_ns"]);
+                        boots.push(v);
+                    }
+                    Err(e) => eprintln!("not measured: {e}"),
+                }
+            }
+            hotplug = hotplug_summary(&boots);
+        }
         let bringup_us = kinds.get("percpu-hpet").map_or(Value::Null, |p| p["bringup_us"].clone());
         let run = json!({ "clock": clock, "profile": profile_of(elf), "kinds": kinds, "drift_ppm": drift,
-            "bringup_us": bringup_us, "scaling": scaling, "idle": idle });
+            "bringup_us": bringup_us, "scaling": scaling, "idle": idle, "hotplug": hotplug });
         print_table(&run);
         let svg = a.out.join(format!("lateness-{clock}.svg"));
         match plot(&run, &svg) {
@@ -457,8 +521,12 @@ fn summary(all: &Value) -> Value {
                     "slack": slack_summary(&part["slack"]),
                 }));
             }
+            let mut hotplug = run["hotplug"].clone();
+            if let Some(h) = hotplug.as_object_mut() {
+                h.remove("boots");
+            }
             json!({ "clock": run["clock"], "profile": run["profile"], "kinds": kinds, "drift_ppm": run["drift_ppm"],
-                "bringup_us": run["bringup_us"], "scaling": run["scaling"], "idle": run["idle"] })
+                "bringup_us": run["bringup_us"], "scaling": run["scaling"], "idle": run["idle"], "hotplug": hotplug })
         })
         .collect();
     json!({ "runs": runs })
@@ -655,6 +723,20 @@ fn print_table(run: &Value) {
             );
         }
     }
+    if run["hotplug"].is_object() {
+        let h = &run["hotplug"];
+        let range = |f: &str| format!("{} .. {}", h[f]["min"], h[f]["max"]);
+        println!(
+            "\nhotplug, --smp 2, {} ({} boots; min .. max): CPU 1 offline {} ns, back online {} ns (INIT held 10 ms included), its own start-up path {} ns{}; at boot INIT -> online {} us",
+            h["cmdline"].as_str().unwrap_or(""),
+            h["boots"].as_array().map_or(0, Vec::len),
+            range("offline_ns"),
+            range("online_ns"),
+            range("startup_ns"),
+            if run["clock"] == "icount" { " (icount: instructions)" } else { "" },
+            range("boot_online_us")
+        );
+    }
     println!("profile: {}", run["profile"].as_str().unwrap_or("?"));
 }
 
@@ -814,6 +896,8 @@ mod tests {
         assert!(parse_args(&["--kinds".into(), "percpu-hpet,pit".into()]).is_err());
         let only = parse_args(&["--scaling-only".into()]).unwrap();
         assert!(only.scaling && only.only_scaling);
+        let only = parse_args(&["--hotplug-only".into()]).unwrap();
+        assert!(only.only_hotplug && only.only_scaling && !only.scaling);
         assert!(parse_args(&["--trace".into(), "t".into()]).is_err(), "a trace needs its traced kernel");
         let traced =
             parse_args(&["--trace-kernel".into(), "k".into(), "--trace".into(), "t".into()]).unwrap();
@@ -847,6 +931,21 @@ mod tests {
         assert_eq!(k["slack"]["50000"]["interrupts_per_timer"], 0.208, "per timer that ran: 52 / 250");
         assert_eq!(k["slack"]["50000"]["lateness_ns"]["p50"], 30000);
         assert_eq!(s["runs"][0]["drift_ppm"]["lapic"], 3);
+    }
+
+    #[test]
+    fn hotplug_figures_keep_each_boot_and_their_range() {
+        let boots =
+            [json!({"offline_ns": 30, "online_ns": 12_000}), json!({"offline_ns": 20, "online_ns": 13_000})];
+        let h = hotplug_summary(&boots);
+        assert_eq!(h["offline_ns"], json!({"min": 20, "max": 30}));
+        assert_eq!(h["online_ns"], json!({"min": 12_000, "max": 13_000}));
+        assert_eq!(h["startup_ns"], json!({"min": null, "max": null}), "not measured: null");
+        assert_eq!(h["boots"].as_array().map(Vec::len), Some(2));
+        let all = json!({"runs": [{"clock": "icount", "kinds": {}, "hotplug": h}]});
+        let line = summary(&all);
+        assert_eq!(line["runs"][0]["hotplug"]["offline_ns"]["max"], 30);
+        assert!(line["runs"][0]["hotplug"].get("boots").is_none(), "the boots stay in bench.json");
     }
 
     #[test]

@@ -28,7 +28,6 @@ fuzz_target!(|input: &[u8]| {
 fn check_ranges(o: &KernelOptions) {
     assert!((1..=10_000).contains(&o.hz), "hz={}", o.hz);
     assert!((1..=600_000).contains(&o.duration_ms), "duration_ms={}", o.duration_ms);
-    assert!(o.hpet_irq_masked.is_none_or(|n| n <= 31), "hpet_irq_masked={:?}", o.hpet_irq_masked);
     assert!(
         o.tsc_skew.is_none_or(|s| s.cpu <= 63 && (1..=cmdline::MAX_TSC_SKEW_NS).contains(&s.ns)),
         "tsc_skew={:?}",

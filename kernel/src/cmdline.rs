@@ -30,9 +30,9 @@ pub struct KernelOptions {
     /// `workload_cpus=N`: the main run arms timers on the first N online CPUs only, the others
     /// stay idle (default: every CPU). For the benchmark's experiment on tails.
     pub workload_cpus: Option<usize>,
-    /// `hpet_irq_masked=N`: fault injection, comparator N's interrupt line is left masked so
-    /// that its self-test fails (default none).
-    pub hpet_irq_masked: Option<u32>,
+    /// `hpet_irq_masked=N[,N...]`: fault injection, comparator N's interrupt line is left
+    /// masked so that its self-test fails; bit N set for comparator N (default 0: none).
+    pub hpet_irq_masked: u32,
     /// `hpet_storm=N`: fault injection, an unused comparator raises comparator N's level line
     /// and is never cleared: an interrupt storm the comparator did not raise (default none).
     pub hpet_storm: Option<u32>,
@@ -203,7 +203,7 @@ impl Default for KernelOptions {
             hz: 250,
             duration_ms: 1000,
             workload_cpus: None,
-            hpet_irq_masked: None,
+            hpet_irq_masked: 0,
             hpet_storm: None,
             hpet_misroute: None,
             hpet_counter_stopped: false,
@@ -366,9 +366,11 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                 options.workload_cpus = n.or(options.workload_cpus);
             }
             "hpet_irq_masked" => {
-                let n = take("hpet_irq_masked", "a comparator number from 0 to 31")
-                    .parse(&mut problems, |v| in_range(v, 0..=31));
-                options.hpet_irq_masked = n.or(options.hpet_irq_masked);
+                let set = take("hpet_irq_masked", "comparator numbers from 0 to 31, separated by commas")
+                    .parse(&mut problems, |v| {
+                        v.split(',').try_fold(0u32, |set, n| in_range(n, 0u32..=31).map(|n| set | 1 << n))
+                    });
+                options.hpet_irq_masked = set.unwrap_or(options.hpet_irq_masked);
             }
             "hpet_storm" => {
                 let n = take("hpet_storm", "a comparator number from 0 to 31")
@@ -566,7 +568,12 @@ mod tests {
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(o.clockevents, ClockeventsChoice::Global);
         assert!(o.no_apic_timer && o.periodic_tick);
-        assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, Some(2)));
+        assert_eq!((o.hz, o.duration_ms, o.hpet_irq_masked), (1000, 200, 1 << 2));
+        assert_eq!(parse("hpet_irq_masked=0,1").0.hpet_irq_masked, 0b11);
+        for bad in ["hpet_irq_masked=0,", "hpet_irq_masked=,1", "hpet_irq_masked=1,32"] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.hpet_irq_masked, p.len()), (0, 1), "{bad}");
+        }
         assert_eq!(parse("workload_cpus=1").0.workload_cpus, Some(1));
         assert!(parse("rtc=local").0.rtc_local && !parse("rtc=utc").0.rtc_local);
         let (o, problems) = parse("rtc=gmt");

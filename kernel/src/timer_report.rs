@@ -22,7 +22,9 @@ use serde::Serialize;
 /// wall clock); 11: `hotplug` (each CPU offline/online cycle), `clock_step`, the clocks'
 /// `clock_was_set` and `timers_requeued`, `suspend.asleep_ns`, each CPU's `deferred_timers`
 /// (deferred timer callbacks run, the most waiting at once), `timer_slack_ns` (each CPU's
-/// default timer slack); 12: `hpet_blocks` (every HPET table: its block, accepted or why not).
+/// default timer slack); 12: `hpet_blocks` (every HPET table: its block, accepted or why not),
+/// each `hotplug` record's `offline_ns`, `online_ns` and `startup_ns` (how long going offline,
+/// coming back, and the CPU's own start-up path took), `cpus[].idle.serving` (bc_hrtimer).
 pub const SCHEMA_VERSION: u32 = 12;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -354,6 +356,14 @@ pub struct HotplugRecord {
     /// (`null`: none, every other CPU had one).
     pub comparator_released: Option<String>,
     pub comparator_to_cpu: Option<usize>,
+    /// Clocksource time from the offline request to the CPU parked with its timers handed
+    /// over; from the online request (INIT, held 10 ms by the MP specification) to the CPU
+    /// back with its tick device (`null`: still offline); and the CPU's own start-up path
+    /// that time, from its arrival off the start-up code to reporting online (its TSC check,
+    /// its tick, its LAPIC timer; schema 12).
+    pub offline_ns: u64,
+    pub online_ns: Option<u64>,
+    pub startup_ns: Option<u64>,
 }
 
 /// The suspend test's figures (schema 3).

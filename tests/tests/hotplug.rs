@@ -32,13 +32,15 @@ kernel_tests::qemu_test!(
         option_icount: --smp 2 --cmdline 'hotplug_test=1:50 duration_ms=300' --expect-report /hotplug/0/cpu=1 --expect-report /hotplug/0/timers_to_cpu=0 -- -icount shift=0,sleep=off
         option_to_broadcast_served: --smp 4 --cmdline 'hotplug_test=1 duration_ms=400 noapictimer' --expect-report /hotplug/0/comparator_to_cpu=2 --expect-report /tick_devices/2/device=hpet1 --expect-report /tick_devices/1/via_broadcast=true
         option_broadcast_target: --smp 4 --cmdline 'hotplug_test=2 duration_ms=400 noapictimer' --expect-report /broadcast=hpet2 --expect-report /hotplug/0/cpu=2 --expect-report /hotplug/0/timers_to_cpu=0 --expect-log 'HPET comparator 2 interrupt moved to CPU 0'
+        option_broadcast_fixed: --smp 4 --cmdline 'hotplug_test=2:50 duration_ms=300 noapictimer broadcast_follows=off' --expect-report /broadcast=hpet2 --expect-report /hotplug/0/cpu=2 --expect-report /tick_devices/3/via_broadcast=true --expect-report /hpet/comparators/2/irqs_by_cpu/0>=1 --expect-log 'global, its interrupt stays on CPU 2 (broadcast_follows=off)'
         option_deep_idle: --smp 2 --cmdline 'hotplug_test=1 duration_ms=400 idle=deep lapic_stops_in_idle clockevents=broadcast' --expect-report /broadcast=hpet0 --expect-report /hotplug/0/timers_to_cpu=0
         option_refined: --smp 2 --cmdline 'hotplug_test=1 duration_ms=4000' --expect-report /lapic/refined_by=lapic --expect-report /tick_devices/1/device=lapic1 --expect-log 'lapic: lapic1 registered after the refinement: converts at the refined'
         option_cpu0: --smp 2 --cmdline 'hotplug_test=0 duration_ms=100' --expect degraded --expect-report /hotplug#=0 --expect-log 'hotplug test: CPU 0 not taken offline: CPU 0 is the boot CPU and stays online'
     ",
     tests: [
         timers_of_an_offline_cpu_run_once_on_their_new_cpu_and_it_comes_back => "percpu fsb global",
-        the_main_run_loses_nothing_when_a_cpu_goes_offline_halfway => "option option_icount option_to_broadcast_served option_broadcast_target option_deep_idle option_refined option_cpu0",
+        offline_online_cycles_take_no_more_memory_each_time => "global",
+        the_main_run_loses_nothing_when_a_cpu_goes_offline_halfway => "option option_icount option_to_broadcast_served option_broadcast_target option_broadcast_fixed option_deep_idle option_refined option_cpu0",
     ],
 );
 
@@ -62,6 +64,36 @@ fn the_main_run_loses_nothing_when_a_cpu_goes_offline_halfway(k: &Kernel) {
 }
 
 const MS: u64 = 1_000_000;
+
+/// CPU 1 taken offline and brought back several times: each cycle reuses what the CPU had
+/// (its descriptor tables, TSS and IST stack, its stack, its per-CPU area, its handle table
+/// and inbox), so the heap and the frames in use do not grow by a CPU's bring-up each cycle
+/// (the first cycle having grown whatever keeps growing once: the report's record table).
+fn offline_online_cycles_take_no_more_memory_each_time(_: &Kernel) {
+    use kernel_tests::kernel::arch::x86_64::{gdt, memory};
+    const CYCLES: u64 = 4;
+    let in_use = || memory::heap_used() + memory::frames_allocated();
+    let cycle = || {
+        hotplug::offline(1).expect("CPU 1 goes offline");
+        hotplug::online(1).expect("CPU 1 comes back");
+        assert!(device_of(1).is_some(), "CPU 1 came back without a tick device");
+    };
+    cycle();
+    let before = in_use();
+    let mut grew = Vec::new();
+    for _ in 0..CYCLES {
+        let at = in_use();
+        cycle();
+        grew.push(in_use() as i64 - at as i64);
+    }
+    let total = in_use() as i64 - before as i64;
+    log::info!("memory in use grew by {total} bytes over {CYCLES} cycles: {grew:?}");
+    // A CPU's bring-up leaked would cost at least its IST stack each cycle.
+    assert!(
+        total < gdt::IST_STACK_SIZE as i64,
+        "{total} bytes more in use after {CYCLES} offline/online cycles (per cycle: {grew:?})"
+    );
+}
 
 /// One callback: which timer (tag), its deadline, the clock it ran at, the APIC id it ran on
 /// (from the hardware), and whether it was early on the other counter.

@@ -155,6 +155,17 @@ impl Broadcast {
         self.waiting
     }
 
+    /// The platform aimed the device's interrupt at `cpu` itself (a CPU going offline moved it
+    /// off itself), holding this state's lock as the layer's own moves do, so that no move of
+    /// the layer falls between its check and its write: the layer's belief follows the
+    /// hardware, and its next move is judged against where the interrupt really points (a
+    /// belief left on the old CPU would skip the move back to it when it is due first).
+    pub fn moved_to(&mut self, cpu: usize) {
+        if self.device.is_some() {
+            self.target = Some(cpu);
+        }
+    }
+
     /// Replaces the broadcast device (`None`: there is none any more). The old one is released;
     /// the new one is attached and programmed for the earliest waiting deadline, so no
     /// handed-over deadline is lost by the change. With no device left, returns the waiting
@@ -414,6 +425,35 @@ mod tests {
         assert_eq!(b.server().0, None);
         b.set_deadline(2, 600_000, 450_000);
         assert_eq!(b.server().0, Some(2), "the first to hand over again serves");
+    }
+
+    /// A CPU going offline moves the interrupt aimed at it to another CPU behind the layer's
+    /// own moves: told so, the layer moves it back when that CPU is due first again (a belief
+    /// left on the old CPU skipped the move, the hardware staying aimed elsewhere).
+    #[test]
+    fn an_interrupt_the_platform_moved_is_moved_back_when_its_old_cpu_is_due_first() {
+        use crate::clockevents::fake::Call;
+        let driver = FakeDriver::leak();
+        let spec = spec("global", 90, CpuSet::first(4), Features::DYNIRQ);
+        let mut b = Broadcast::new();
+        b.set_device(Some((DeviceId(7), Arc::new(ClockEventDevice::new(spec, driver)))), 0);
+        let moves =
+            || driver.calls().into_iter().filter(|c| matches!(c, Call::Retarget(_))).collect::<Vec<_>>();
+        b.set_deadline(2, 100_000, 0);
+        assert_eq!(moves(), [Call::Retarget(2)]);
+        // CPU 2 goes offline: it leaves, and the platform aims the interrupt at CPU 0.
+        b.leave(2);
+        b.moved_to(0);
+        let believed = b.target();
+        // Back online, CPU 2 is due first again: the interrupt must come back to it.
+        b.set_deadline(2, 50_000, 10_000);
+        assert_eq!(moves(), [Call::Retarget(2), Call::Retarget(2)], "moved back to CPU 2, due first");
+        assert_eq!(believed, (Some(0), 1), "the layer believed the hardware");
+        assert_eq!(b.target(), (Some(2), 2));
+        // Without a device there is nothing to believe.
+        let mut none = Broadcast::new();
+        none.moved_to(1);
+        assert_eq!(none.target(), (None, 0));
     }
 
     #[test]

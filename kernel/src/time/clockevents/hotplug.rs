@@ -8,7 +8,8 @@
 //! is routed to a CPU that had no per-CPU comparator (one served by broadcast first, else one
 //! on its LAPIC timer) and registered again for it, so the registry makes it that CPU's tick
 //! device and the CPU applies the assignment itself; a comparator whose interrupt was aimed at
-//! this CPU (the global broadcast device's) is aimed at the adopting CPU; the timers go to the
+//! this CPU (the global broadcast device's) is aimed at the adopting CPU, under the broadcast
+//! lock, the layer told where it points now; the timers go to the
 //! adopting CPU, which takes them in its own call (`glue::adopt`: each at its deadline, a
 //! periodic one on its grid); the CPU is marked offline in `percpu` (every "for each CPU"
 //! skips it) and parks (`cli; hlt`, LAPIC timer stopped) until INIT.
@@ -104,6 +105,7 @@ pub fn offline(cpu: usize) -> Result<usize, HotplugError> {
         return Err(HotplugError::NoOtherCpu(cpu));
     }
     log::info!("hotplug: taking CPU {cpu} offline");
+    let asked_at = now_ns();
     let answer: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
     let slot = answer.clone();
     smp::post(cpu, move || {
@@ -114,6 +116,7 @@ pub fn offline(cpu: usize) -> Result<usize, HotplugError> {
     if !smp::park(cpu, LIMIT_NS) {
         return Err(HotplugError::NoAnswer(format!("CPU {cpu} did not park within 2 s")));
     }
+    let offline_ns = now_ns().saturating_sub(asked_at);
     let o =
         answer.lock().take().ok_or_else(|| HotplugError::NoAnswer(format!("CPU {cpu} parked unanswered")))?;
     log::info!(
@@ -133,6 +136,9 @@ pub fn offline(cpu: usize) -> Result<usize, HotplugError> {
             timers_to_cpu: o.adopter,
             comparator_released: o.comparator,
             comparator_to_cpu: o.comparator_to,
+            offline_ns,
+            online_ns: None,
+            startup_ns: None,
         });
         records.len() - 1
     }))
@@ -148,15 +154,19 @@ pub fn online(cpu: usize) -> Result<(), HotplugError> {
         _ => return Err(HotplugError::NotOffline(cpu)),
     }
     log::info!("hotplug: bringing CPU {cpu} online again (INIT-SIPI)");
+    let asked_at = now_ns();
     smp::restart(cpu).map_err(|e| HotplugError::NoAnswer(format!("CPU {cpu}: {e}")))?;
     // Behind its start-up in its queue of calls: its tick device taken up.
     if let Err(e) = smp::call_on(cpu, || ()) {
         return Err(HotplugError::NoAnswer(format!("CPU {cpu} did not answer after its start-up: {e}")));
     }
     let at = now_ns();
+    let startup_ns = percpu::any(cpu).map(|c| c.startup_ns.load(core::sync::atomic::Ordering::Relaxed));
     without_interrupts(|| {
         if let Some(r) = RECORDS.lock().iter_mut().rev().find(|r| r.cpu == cpu && r.online_at_ns.is_none()) {
             r.online_at_ns = Some(at);
+            r.online_ns = Some(at.saturating_sub(asked_at));
+            r.startup_ns = startup_ns;
         }
     });
     Ok(())
@@ -180,6 +190,40 @@ fn comparator_taker(leaving: usize) -> Option<usize> {
             .map(|(_, c)| c)
     })
     .flatten()
+}
+
+/// Aims every serving comparator whose interrupt points at `me` (going offline) at `to`, under
+/// the broadcast lock: the layer moves the broadcast interrupt (DYNIRQ) only under that lock,
+/// so none of its moves falls between this check and this write, and it is told where the
+/// interrupt points now (`Broadcast::moved_to`), its next move judged against the hardware.
+/// The IOAPIC's lock is only tried under the broadcast lock (see `HpetChannel::try_move_to`):
+/// when busy, the broadcast lock is let go and the move tried again, within [`LIMIT_NS`].
+fn move_interrupts_off(me: &percpu::PerCpu, to: &percpu::PerCpu, channels: &[&'static hpet::HpetChannel]) {
+    let give_up_at = now_ns() + LIMIT_NS;
+    let mut outcomes: Vec<(usize, Result<(), hpet::MoveRefused>)> = Vec::new();
+    loop {
+        outcomes.clear();
+        registry::with_broadcast(|b| {
+            for ch in channels.iter().filter(|ch| ch.device().is_some() && ch.target_apic() == me.apic_id) {
+                let moved = ch.try_move_to(to.index, to.apic_id);
+                if moved.is_ok() && b.device().is_some() && b.device() == ch.device() {
+                    b.moved_to(to.index);
+                }
+                outcomes.push((ch.index, moved));
+            }
+        });
+        let busy = outcomes.iter().any(|(_, r)| *r == Err(hpet::MoveRefused::IoapicBusy));
+        if !busy || now_ns() > give_up_at {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    for (index, r) in &outcomes {
+        match r {
+            Ok(()) => log::info!("hotplug: HPET comparator {index} interrupt moved to CPU {}", to.index),
+            Err(e) => log::warn!("hotplug: HPET comparator {index} stays aimed at CPU {}: {e}", me.index),
+        }
+    }
 }
 
 /// The offline path, on the CPU going offline, in its function call (interrupts off).
@@ -219,16 +263,7 @@ fn go_offline_here() -> Outcome {
     outcome.adopter = adopter;
     // Interrupts still aimed here (the global broadcast device's) go to the adopter.
     if let Some(to) = percpu::cpu(adopter) {
-        for ch in channels.iter().filter(|ch| ch.device().is_some() && ch.target_apic() == me.apic_id) {
-            match ch.route_to(to.apic_id) {
-                Ok(()) => {
-                    log::info!("hotplug: HPET comparator {} interrupt moved to CPU {adopter}", ch.index)
-                }
-                Err(e) => {
-                    log::warn!("hotplug: HPET comparator {} stays aimed at CPU {}: {e}", ch.index, me.index)
-                }
-            }
-        }
+        move_interrupts_off(me, to, &channels);
     }
     if let (Some(to), Some(slot)) = (percpu::cpu(adopter), ADOPTER_APIC.get(me.apic_id as usize)) {
         slot.store(to.apic_id + 1, core::sync::atomic::Ordering::Release);

@@ -514,32 +514,60 @@ impl EventDriver for HpetChannel {
     }
 
     /// The broadcast device follows its earliest sleeper (called under the broadcast lock,
-    /// only when that CPU changes). FSB: the comparator's own message rewritten (one 64-bit
-    /// write). IOAPIC: the pin's destination, one write through the chip's select/window pair,
-    /// which needs the `IOAPICS` lock; it is only tried, never waited for (bring-up and
-    /// suspend take it with interrupts on, and a CPU holding it could be the one this
-    /// broadcast interrupt must reach, or be interrupted by it): when busy, the route stays
-    /// and the CPU due is woken by IPI as before; the layer tries again at its next move.
+    /// only when that CPU changes): see [`try_move_to`](HpetChannel::try_move_to).
     fn retarget(&self, cpu: usize) -> bool {
         let Some(apic) = percpu::cpu(cpu).map(|c| c.apic_id) else { return false };
+        self.try_move_to(cpu, apic).is_ok()
+    }
+}
+
+/// Why [`HpetChannel::try_move_to`] left the interrupt where it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveRefused {
+    /// The IOAPIC's lock is held elsewhere: try again (never waited for).
+    IoapicBusy,
+    /// The destination format cannot name the CPU.
+    Unreachable(Unreachable),
+    /// The IOAPIC refused the write.
+    Ioapic(crate::arch::x86_64::ioapic::IoApicError),
+    /// The 8259's line goes to the one CPU there is.
+    PicLine,
+}
+
+impl fmt::Display for MoveRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MoveRefused::IoapicBusy => f.write_str("the IOAPIC is busy"),
+            MoveRefused::Unreachable(u) => write!(f, "{u}"),
+            MoveRefused::Ioapic(e) => write!(f, "{e}"),
+            MoveRefused::PicLine => f.write_str("the 8259's line cannot move"),
+        }
+    }
+}
+
+impl HpetChannel {
+    /// Aims the interrupt of a channel that serves at CPU `cpu` (APIC id `apic`), for a
+    /// caller holding the broadcast lock (the layer's retarget; a CPU going offline moving
+    /// the broadcast interrupt off itself). FSB: the comparator's own message rewritten (one
+    /// 64-bit write). IOAPIC: the pin's destination, one write through the chip's
+    /// select/window pair, which needs the `IOAPICS` lock; it is only tried, never waited for
+    /// (bring-up and suspend take it with interrupts on, and a CPU holding it could be the one
+    /// this broadcast interrupt must reach, or be interrupted by it): when busy, the route
+    /// stays ([`MoveRefused::IoapicBusy`]) and the caller tries again later.
+    pub fn try_move_to(&self, cpu: usize, apic: u32) -> Result<(), MoveRefused> {
         match self.delivery {
             Delivery::Fsb => {
-                let Ok((address, data)) = destination::format().msi_message(apic, self.vector) else {
-                    return false;
-                };
+                let (address, data) =
+                    destination::format().msi_message(apic, self.vector).map_err(MoveRefused::Unreachable)?;
                 self.hpet.set_fsb_route(self.index, address, data);
             }
             Delivery::Ioapic { gsi } | Delivery::Legacy { route: IsaRoute { gsi, .. } } => {
                 // A CPU the format cannot name is refused before the lock is tried.
-                if destination::format().ioapic_bits(apic).is_err() {
-                    return false;
-                }
-                let Some(mut io) = IOAPICS.try_lock() else { return false };
-                if io.set_destination(gsi, apic).is_err() {
-                    return false;
-                }
+                destination::format().ioapic_bits(apic).map_err(MoveRefused::Unreachable)?;
+                let Some(mut io) = IOAPICS.try_lock() else { return Err(MoveRefused::IoapicBusy) };
+                io.set_destination(gsi, apic).map_err(MoveRefused::Ioapic)?;
             }
-            Delivery::Pic { .. } => return false,
+            Delivery::Pic { .. } => return Err(MoveRefused::PicLine),
         }
         self.target_apic.store(apic, Ordering::Relaxed);
         if let Some(w) = self.moved_to.get(cpu / 64)
@@ -547,7 +575,7 @@ impl EventDriver for HpetChannel {
         {
             w.fetch_or(1 << (cpu % 64), Ordering::Relaxed);
         }
-        true
+        Ok(())
     }
 }
 

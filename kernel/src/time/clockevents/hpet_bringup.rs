@@ -193,7 +193,7 @@ pub(super) fn init_hpet(
                 new_failure = true;
                 continue;
             }
-            if new && block.first() && options.hpet_irq_masked == Some(index as u32) {
+            if new && block.first() && index < 32 && options.hpet_irq_masked & (1 << index) != 0 {
                 log::warn!("{label} {index}: interrupt line left masked (hpet_irq_masked)");
                 channel.mask_line();
             }
@@ -293,6 +293,7 @@ pub(super) fn init_hpet(
         inject_storm(h, &outcomes, victim as usize);
     }
 
+    release_idle_legacy_route(h, &outcomes);
     // Pins of comparators that serve nobody go back to the pool (masked).
     for o in outcomes.iter().filter(|o| matches!(o.role, ComparatorRole::Unused | ComparatorRole::Failed)) {
         if let Some(Delivery::Ioapic { gsi }) = o.delivery
@@ -306,6 +307,44 @@ pub(super) fn init_hpet(
         Block::More { number, .. } => format!("HPET block #{number}: {}", plan.rule),
     };
     Setup { rule, comparators: outcomes }
+}
+
+/// The legacy route when no comparator serves through it any more (those on it failed their
+/// self-test or are unused): switched off and IRQ0 and IRQ8 given back (masked), so the PIT
+/// can take IRQ0 (the legacy bit disconnects the PIT, and its claim kept IRQ0 from it). While
+/// one still serves through it, IRQ0 stays with the route, whatever comparator 0 did.
+fn release_idle_legacy_route(h: &Hpet, outcomes: &[ComparatorOutcome]) {
+    let legacy: Vec<(&ComparatorOutcome, u32)> = outcomes
+        .iter()
+        .filter_map(|o| match o.delivery {
+            Some(Delivery::Legacy { route }) => Some((o, route.gsi)),
+            _ => None,
+        })
+        .collect();
+    let serving = |o: &ComparatorOutcome| matches!(o.role, ComparatorRole::PerCpu | ComparatorRole::Global);
+    let failed: Vec<usize> =
+        legacy.iter().filter(|(o, _)| o.role == ComparatorRole::Failed).map(|(o, _)| o.index).collect();
+    if legacy.is_empty() || failed.is_empty() {
+        return;
+    }
+    if let Some((o, _)) = legacy.iter().find(|(o, _)| serving(o)) {
+        log::info!(
+            "HPET legacy route kept: comparator {} serves through it, so IRQ0 stays with it (comparators {failed:?} failed)",
+            o.index
+        );
+        return;
+    }
+    h.set_legacy_route(false);
+    let mut io = IOAPICS.lock();
+    for (_, gsi) in &legacy {
+        if let Err(e) = io.release(*gsi) {
+            log::warn!("HPET legacy route: GSI {gsi}: {e}");
+        }
+    }
+    drop(io);
+    log::info!(
+        "HPET legacy route off: no comparator serves through it (comparators {failed:?} failed): IRQ0 and IRQ8 given back, for the PIT and the RTC"
+    );
 }
 
 /// Fault injection (`hpet_storm=N`): an unused comparator is routed onto comparator N's

@@ -246,8 +246,8 @@ pub fn park(index: usize, limit_ns: u64) -> bool {
 }
 
 /// Brings parked AP `index` online again as at boot (INIT / STARTUP / STARTUP into the same
-/// start-up code, its stack and per-CPU area reused, new descriptor tables: its old TSS is
-/// marked busy), running the start-up hooks again (its TSC check, its tick); published online
+/// start-up code, its stack, per-CPU area and descriptor tables reused: its TSS, which it
+/// marked busy, marked available again), running the start-up hooks again (its TSC check, its tick); published online
 /// when it reports online.
 pub fn restart(index: usize) -> Result<(), StartError> {
     let cpu = percpu::any(index)
@@ -261,7 +261,8 @@ pub fn restart(index: usize) -> Result<(), StartError> {
     // stays identity-mapped, and no other CPU runs it now (APs start one at a time and the
     // others are past it).
     let trampoline = unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) };
-    cpu.set_tables(gdt::CpuTables::for_ap());
+    // SAFETY: the CPU is parked (interrupts off, halted) and is started again only below.
+    unsafe { cpu.tables().renew() };
     cpu.online_ns.store(0, Ordering::Release);
     cpu.irq_depth.store(0, Ordering::Relaxed);
     cpu.in_call.store(false, Ordering::Relaxed);
@@ -282,6 +283,7 @@ pub fn restart(index: usize) -> Result<(), StartError> {
 extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
     let cpu: &'static PerCpu = unsafe { &*(cpu as *const PerCpu) };
+    let arrived = now_ns();
     percpu::install(cpu);
     cpu.tables().load();
     interrupts::load_idt();
@@ -290,7 +292,9 @@ extern "C" fn ap_entry(cpu: u64) -> ! {
     // What the kernel runs on each CPU's own start-up path (its TSC check, then its own tick
     // and LAPIC timer: the boot CPU cannot reach its LAPIC).
     (hooks().on_ap)(cpu.index);
-    let online = now_ns().saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
+    let now = now_ns();
+    cpu.startup_ns.store(now.saturating_sub(arrived), Ordering::Relaxed);
+    let online = now.saturating_sub(START_SIGNAL_NS.load(Ordering::Relaxed)).max(1);
     cpu.online_ns.store(online, Ordering::Release);
     // Its idle loop: everything it does from now on comes by interrupt, until it is parked.
     loop {

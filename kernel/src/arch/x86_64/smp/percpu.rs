@@ -29,9 +29,9 @@ pub struct PerCpu {
     /// Dense index, 0 = boot CPU, in the order CPUs came online.
     pub index: usize,
     pub apic_id: u32,
-    /// This CPU's GDT and TSS (loaded by the CPU itself; the TSS holds its IST stacks): new
-    /// ones each time it comes online (a TSS once loaded is marked busy in its GDT).
-    tables: AtomicPtr<CpuTables>,
+    /// This CPU's GDT and TSS (loaded by the CPU itself; the TSS holds its IST stacks): the
+    /// same ones each time it comes online (`CpuTables::renew` marks its TSS available again).
+    tables: &'static CpuTables,
     /// Online: listed by [`cpu`] and [`all`]. Cleared by the CPU itself as it goes offline
     /// ([`set_offline`]), set again by [`publish`] when it is back.
     online: AtomicBool,
@@ -49,6 +49,9 @@ pub struct PerCpu {
     pub not_ours: AtomicU64,
     /// Nanoseconds from the BSP's start signal to this CPU reporting online (0 for the BSP).
     pub online_ns: AtomicU64,
+    /// Nanoseconds from its arrival off the start-up code to reporting online, the last time
+    /// it came online: its own start-up path (0 for the BSP).
+    pub startup_ns: AtomicU64,
     /// Interrupt handlers running on this CPU (nested ones counted): only this CPU writes it.
     pub irq_depth: AtomicU32,
     /// Heap allocations and frees made on this CPU inside an interrupt handler (each takes
@@ -70,13 +73,7 @@ pub struct PerCpu {
 impl PerCpu {
     /// Its descriptor tables.
     pub fn tables(&self) -> &'static CpuTables {
-        // SAFETY: only `create` and `set_tables` store it, each a leaked 'static CpuTables.
-        unsafe { &*self.tables.load(Ordering::Acquire) }
-    }
-
-    /// Gives it new descriptor tables (before it comes online again: its old TSS is busy).
-    pub fn set_tables(&self, tables: &'static CpuTables) {
-        self.tables.store(tables as *const CpuTables as *mut CpuTables, Ordering::Release);
+        self.tables
     }
 
     /// Whether it is online.
@@ -92,8 +89,8 @@ impl PerCpu {
 }
 
 // SAFETY: `self_ptr` is only ever read, and points to the 'static value itself; `tables` is
-// a shared reference to tables no one mutates after creation; everything else is atomic or
-// behind a lock.
+// a shared reference to tables written again only while their CPU is parked (`renew`);
+// everything else is atomic or behind a lock.
 unsafe impl Sync for PerCpu {}
 // SAFETY: as above.
 unsafe impl Send for PerCpu {}
@@ -108,7 +105,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         self_ptr: core::ptr::null(),
         index,
         apic_id,
-        tables: AtomicPtr::new(tables as *const CpuTables as *mut CpuTables),
+        tables,
         online: AtomicBool::new(false),
         park: AtomicBool::new(false),
         parked: AtomicBool::new(false),
@@ -116,6 +113,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         spurious: AtomicU64::new(0),
         not_ours: AtomicU64::new(0),
         online_ns: AtomicU64::new(0),
+        startup_ns: AtomicU64::new(0),
         irq_depth: AtomicU32::new(0),
         irq_heap_allocs: AtomicU64::new(0),
         irq_heap_frees: AtomicU64::new(0),
