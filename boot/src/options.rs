@@ -92,6 +92,18 @@ pub struct RunOptions {
     /// `--trace FILE`: the per-CPU trace timeline written to FILE (a runner built with the
     /// feature `trace`, which `scripts/run --trace` adds).
     pub trace: Option<std::path::PathBuf>,
+    /// `--s3` / `--no-s3`: QEMU's S3 enabled (`-global ICH9-LPC.disable_s3=0` on q35,
+    /// `PIIX4_PM.disable_s3=0` on pc) or left as QEMU has it (disabled); `Auto` enables it when
+    /// the kernel options ask for an S3 test (`s3_test=`).
+    pub s3: S3,
+}
+
+/// Whether QEMU's S3 is enabled (see [`RunOptions::s3`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3 {
+    Auto,
+    On,
+    Off,
 }
 
 impl Default for RunOptions {
@@ -113,6 +125,7 @@ impl Default for RunOptions {
             expect_report: Vec::new(),
             variant: None,
             trace: None,
+            s3: S3::Auto,
         }
     }
 }
@@ -157,6 +170,9 @@ Options (scripts/run, and each variant of a QEMU test):
                        programming, interrupts, callbacks, wake-up IPIs, idle, device changes.
                        scripts/run builds the kernel with its trace points for it (cargo
                        feature trace); the TRACE lines stay out of the echoed log
+  --s3 | --no-s3       enable QEMU's ACPI S3 (-global ICH9-LPC.disable_s3=0 on q35,
+                       PIIX4_PM.disable_s3=0 on pc), or leave it disabled as QEMU has it
+                       (default: enabled when the kernel options hold s3_test=)
   --gdb                QEMU waits for a debugger on tcp::1234 before the first instruction
   --hpet-table FAULT[@ADDR]   fault injection: boot -machine q35,hpet=off (no HPET device, no
                        HPET table of QEMU's) with a malformed HPET table of ours (-acpitable),
@@ -213,6 +229,16 @@ impl RunOptions {
         line
     }
 
+    /// Whether QEMU gets S3 enabled: `--s3`, or `s3_test=` among the kernel options, and not
+    /// `--no-s3`.
+    pub fn s3_enabled(&self) -> bool {
+        match self.s3 {
+            S3::On => true,
+            S3::Off => false,
+            S3::Auto => self.kernel_cmdline().split_whitespace().any(|w| w.starts_with("s3_test=")),
+        }
+    }
+
     pub fn parse(mut self, args: &[String]) -> Result<Self, OptionError> {
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -255,6 +281,8 @@ impl RunOptions {
                 }
                 "--cmdline" => self.cmdline = value(arg, &mut it)?.clone(),
                 "--gdb" => self.gdb = true,
+                "--s3" => self.s3 = S3::On,
+                "--no-s3" => self.s3 = S3::Off,
                 "--trace" => self.trace = Some(value(arg, &mut it)?.into()),
                 "--hpet-table" => {
                     let v = value(arg, &mut it)?;

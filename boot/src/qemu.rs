@@ -249,6 +249,14 @@ pub fn arguments(
     if opts.firmware == Firmware::Uefi {
         push(&["-bios", ovmf()?]);
     }
+    if opts.s3_enabled() {
+        // The ACPI device of the machine: PIIX4's on `pc`, ICH9's LPC bridge on q35.
+        let pc = opts.qemu_args.windows(2).any(|w| {
+            (w[0] == "-machine" || w[0] == "-M")
+                && (w[1] == "pc" || w[1].starts_with("pc,") || w[1].starts_with("pc-i440fx"))
+        });
+        push(&["-global", if pc { "PIIX4_PM.disable_s3=0" } else { "ICH9-LPC.disable_s3=0" }]);
+    }
     if opts.gdb {
         push(&["-s", "-S"]);
     }
@@ -431,6 +439,15 @@ mod tests {
         assert!(has_pair(&a, "-accel", "tcg"));
         assert!(a.contains(&"-no-reboot".to_string()));
         assert!(has_pair(&a, "-fw_cfg", "name=opt/timerkernel/cmdline,file=k.cmdline"));
+    }
+
+    #[test]
+    fn s3_is_enabled_for_an_s3_test_on_the_machine_s_acpi_device() {
+        assert!(!args_for("").iter().any(|x| x.contains("disable_s3")));
+        assert!(has_pair(&args_for("--cmdline s3_test=2"), "-global", "ICH9-LPC.disable_s3=0"));
+        assert!(has_pair(&args_for("--s3"), "-global", "ICH9-LPC.disable_s3=0"));
+        assert!(has_pair(&args_for("--s3 -- -machine pc,hpet=on"), "-global", "PIIX4_PM.disable_s3=0"));
+        assert!(!args_for("--no-s3 --cmdline s3_test=2").iter().any(|x| x.contains("disable_s3")));
     }
 
     #[test]
