@@ -93,8 +93,8 @@ pub struct RunOptions {
     /// feature `trace`, which `scripts/run --trace` adds).
     pub trace: Option<std::path::PathBuf>,
     /// `--s3` / `--no-s3`: QEMU's S3 enabled (`-global ICH9-LPC.disable_s3=0` on q35,
-    /// `PIIX4_PM.disable_s3=0` on pc) or left as QEMU has it (disabled); `Auto` enables it when
-    /// the kernel options ask for an S3 test (`s3_test=`).
+    /// `PIIX4_PM.disable_s3=0` on pc) or disabled (`=1`); `Auto` enables it when the kernel
+    /// options ask for an S3 test (`s3_test=`), else leaves it as QEMU has it.
     pub s3: S3,
 }
 
@@ -171,8 +171,8 @@ Options (scripts/run, and each variant of a QEMU test):
                        scripts/run builds the kernel with its trace points for it (cargo
                        feature trace); the TRACE lines stay out of the echoed log
   --s3 | --no-s3       enable QEMU's ACPI S3 (-global ICH9-LPC.disable_s3=0 on q35,
-                       PIIX4_PM.disable_s3=0 on pc), or leave it disabled as QEMU has it
-                       (default: enabled when the kernel options hold s3_test=)
+                       PIIX4_PM.disable_s3=0 on pc), or disable it (=1) (default: enabled
+                       when the kernel options hold s3_test=, else as QEMU has it)
   --gdb                QEMU waits for a debugger on tcp::1234 before the first instruction
   --hpet-table FAULT[@ADDR]   fault injection: boot -machine q35,hpet=off (no HPET device, no
                        HPET table of QEMU's) with a malformed HPET table of ours (-acpitable),
@@ -229,13 +229,15 @@ impl RunOptions {
         line
     }
 
-    /// Whether QEMU gets S3 enabled: `--s3`, or `s3_test=` among the kernel options, and not
-    /// `--no-s3`.
-    pub fn s3_enabled(&self) -> bool {
+    /// Whether QEMU gets S3 enabled (`Some(true)`: `--s3`, or `s3_test=` among the kernel
+    /// options), disabled (`Some(false)`: `--no-s3`), or left as QEMU has it (`None`).
+    pub fn s3_enabled(&self) -> Option<bool> {
         match self.s3 {
-            S3::On => true,
-            S3::Off => false,
-            S3::Auto => self.kernel_cmdline().split_whitespace().any(|w| w.starts_with("s3_test=")),
+            S3::On => Some(true),
+            S3::Off => Some(false),
+            S3::Auto => {
+                self.kernel_cmdline().split_whitespace().any(|w| w.starts_with("s3_test=")).then_some(true)
+            }
         }
     }
 

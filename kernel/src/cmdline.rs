@@ -69,6 +69,9 @@ pub struct KernelOptions {
     /// `suspend_test=MS`: suspend timekeeping for MS ms in the middle of the main run, then
     /// resume it (default none).
     pub suspend_test_ms: Option<u64>,
+    /// `s3_test=SECONDS`: a real ACPI S3 suspend to RAM in the middle of the main run, woken by
+    /// the RTC alarm SECONDS (1..=60) later (default none).
+    pub s3_test_s: Option<u64>,
     /// `clock_step_test=SECONDS`: step REALTIME by SECONDS (-86400..=86400, not 0) in the
     /// middle of the main run, with timers on REALTIME pending on every CPU (default none).
     pub clock_step_test_s: Option<i64>,
@@ -216,6 +219,7 @@ impl Default for KernelOptions {
             rtc_local: false,
             lapic_stops_in_idle: false,
             suspend_test_ms: None,
+            s3_test_s: None,
             clock_step_test_s: None,
             table_faults: crate::arch::x86_64::acpi::TableFaults { madt: None, fadt: None },
             hotplug_test: None,
@@ -420,6 +424,11 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 1..=60_000));
                 options.suspend_test_ms = ms.or(options.suspend_test_ms);
             }
+            "s3_test" => {
+                let s = take("s3_test", "seconds from 1 to 60 (the RTC alarm's resolution is a second)")
+                    .parse(&mut problems, |v| in_range(v, 1..=60));
+                options.s3_test_s = s.or(options.s3_test_s);
+            }
             "madt_fault" => {
                 let f = take(
                     "madt_fault",
@@ -590,6 +599,11 @@ mod tests {
         assert_eq!(parse("idle=poll").0.idle, IdleChoice::Poll);
         assert_eq!(parse("idle=c6").0.idle, IdleChoice::Halt, "a bad value keeps the default");
         assert_eq!(parse("suspend_test=0").0.suspend_test_ms, None);
+        assert_eq!(parse("s3_test=3").0.s3_test_s, Some(3));
+        for bad in ["s3_test=0", "s3_test=61", "s3_test=x", "s3_test"] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.s3_test_s, p.len()), (None, 1), "{bad}: an error, the option ignored");
+        }
         assert_eq!(parse("clock_step_test=-5").0.clock_step_test_s, Some(-5));
         use crate::arch::x86_64::acpi::faults::{FadtFault, MadtFault};
         let f = parse("madt_fault=no-ioapic fadt_fault=pm1a-cnt-zero").0.table_faults;

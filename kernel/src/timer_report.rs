@@ -22,8 +22,8 @@ use serde::Serialize;
 /// wall clock); 11: `hotplug` (each CPU offline/online cycle), `clock_step`, the clocks'
 /// `clock_was_set` and `timers_requeued`, `suspend.asleep_ns`, each CPU's `deferred_timers`
 /// (deferred timer callbacks run, the most waiting at once), `timer_slack_ns` (each CPU's
-/// default timer slack).
-pub const SCHEMA_VERSION: u32 = 11;
+/// default timer slack); 12: `suspend.kind` (`simulated`, or `s3`: a real ACPI S3).
+pub const SCHEMA_VERSION: u32 = 12;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
 
@@ -353,6 +353,9 @@ pub struct HotplugRecord {
 /// The suspend test's figures (schema 3).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SuspendReport {
+    /// Simulated (`suspend_test=`: timekeeping suspended, the machine halted in place) or a
+    /// real ACPI S3 (`s3_test=`: the machine slept, its counters reset) (schema 12).
+    pub kind: SuspendKind,
     /// Suspends done, the time timekeeping spent suspended, the timers pending at suspend that
     /// fired after the resume.
     pub count: u64,
@@ -361,6 +364,15 @@ pub struct SuspendReport {
     /// Of `suspended_ns`, the time the machine was halted (schema 11): what MONOTONIC did not
     /// count and BOOTTIME and REALTIME did.
     pub asleep_ns: u64,
+}
+
+/// Which suspend the report's `suspend` describes (the last one's).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SuspendKind {
+    #[default]
+    Simulated,
+    S3,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -572,7 +584,7 @@ mod tests {
     fn line_is_prefix_space_and_one_json_object() {
         let line = sample().to_line();
         assert!(
-            line.starts_with("TIMER-REPORT {\"schema\":11,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0,\"deferred_timers\":{\"callbacks\":0,\"max_waiting\":0}}],\"hpet\":{\"base\":4275044352,")
+            line.starts_with("TIMER-REPORT {\"schema\":12,\"cpus_enabled\":2,\"cpus_online\":1,\"cpus\":[{\"index\":0,\"apic_id\":0,\"online_us\":0,\"interrupts\":{\"0x30\":5},\"idle\":{\"state\":\"\",\"entries\":0,\"deep_entries\":0,\"handovers\":0,\"transition_ns\":0},\"misrouted\":0,\"stale\":0,\"spurious\":0,\"not_ours\":0,\"deferred_runs\":0,\"interrupt_allocations\":0,\"interrupt_frees\":0,\"deferred_timers\":{\"callbacks\":0,\"max_waiting\":0}}],\"hpet\":{\"base\":4275044352,")
         );
         assert!(!line.contains('\n'));
         assert!(line.ends_with("\"verdict\":\"ok\"}"));
