@@ -341,14 +341,7 @@ fn hotplug_test(cpu: usize, ms: u64) {
     }
 }
 
-/// `s3_test=SECONDS`: halfway through the run, the machine sleeps in ACPI S3 for SECONDS.
-pub struct S3Plan {
-    pub seconds: u64,
-    /// The machine's S3, or why it has none.
-    pub s3: Result<crate::arch::x86_64::sleep::S3, crate::arch::x86_64::sleep::SleepError>,
-    /// The CMOS RTC, whose alarm wakes the machine (none: no S3 test).
-    pub rtc: Option<crate::arch::x86_64::rtc::RtcLayout>,
-}
+pub use clockevents::s3::S3Plan;
 
 static S3_TEST: spin::Mutex<Option<S3Plan>> = spin::Mutex::new(None);
 
@@ -359,7 +352,7 @@ pub fn s3_halfway(plan: Option<S3Plan>) {
 
 /// The S3 test, on the boot CPU (interrupts enabled): a machine that does not sleep is a
 /// fallback, and the run goes on.
-fn s3_test(plan: S3Plan, cpus: &[usize], hpet: Option<&'static crate::arch::x86_64::hpet::Hpet>) {
+fn s3_test(plan: S3Plan, cpus: &[usize]) {
     use clockevents::s3::S3Phase;
     let mut phase = |p: S3Phase| match p {
         S3Phase::Suspended => {
@@ -372,7 +365,7 @@ fn s3_test(plan: S3Plan, cpus: &[usize], hpet: Option<&'static crate::arch::x86_
         }
         S3Phase::NotSlept => at_suspend(cpus, false),
     };
-    if let Err(e) = clockevents::s3::suspend_to_ram(plan.s3, plan.rtc, plan.seconds, hpet, &mut phase) {
+    if let Err(e) = clockevents::s3::suspend_to_ram(plan, &mut phase) {
         clockevents::record_fallback(alloc::format!("s3 test: {e}; the run goes on without the sleep"));
     }
 }
@@ -452,7 +445,7 @@ pub fn run_with_suspend(
         if s3_at.as_ref().is_some_and(|(at, _)| now_ns() >= *at)
             && let Some((_, plan)) = s3_at.take()
         {
-            s3_test(plan, &cpus, hpet);
+            s3_test(plan, &cpus);
         }
         if clockevents::sleep_ns(1_000_000).is_err() {
             core::hint::spin_loop();

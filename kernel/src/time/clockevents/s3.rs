@@ -48,6 +48,15 @@ impl core::fmt::Display for S3Fallback {
     }
 }
 
+/// What an S3 test needs: how long to sleep, the machine's S3 (or why it has none), its CMOS
+/// RTC (whose alarm wakes it) and its HPET (whose state the sleep loses).
+pub struct S3Plan {
+    pub seconds: u64,
+    pub s3: Result<S3, SleepError>,
+    pub rtc: Option<RtcLayout>,
+    pub hpet: Option<&'static Hpet>,
+}
+
 /// Where the sleep stands, for the caller's `phase` callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum S3Phase {
@@ -71,19 +80,14 @@ pub struct S3Outcome {
     pub resumed_ns: u64,
 }
 
-/// Suspends the machine to RAM for `seconds` (by the RTC alarm) and resumes it; called on the
+/// Suspends the machine to RAM for `plan.seconds` (by the RTC alarm) and resumes it; called on the
 /// boot CPU with interrupts enabled. `phase` is called at each [`S3Phase`] (interrupts off: no
 /// timer runs in between). Errors leave the machine running as
 /// before (the APs back online).
-pub fn suspend_to_ram(
-    s3: Result<S3, SleepError>,
-    rtc_layout: Option<RtcLayout>,
-    seconds: u64,
-    hpet: Option<&'static Hpet>,
-    phase: &mut dyn FnMut(S3Phase),
-) -> Result<S3Outcome, S3Fallback> {
+pub fn suspend_to_ram(plan: S3Plan, phase: &mut dyn FnMut(S3Phase)) -> Result<S3Outcome, S3Fallback> {
+    let S3Plan { seconds, s3, rtc, hpet } = plan;
     let s3 = s3.map_err(S3Fallback::Sleep)?;
-    let layout = rtc_layout.ok_or_else(|| S3Fallback::Rtc("the FADT describes no CMOS RTC".into()))?;
+    let layout = rtc.ok_or_else(|| S3Fallback::Rtc("the FADT describes no CMOS RTC".into()))?;
     rtc::read(&layout).map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))?;
     let t = s3.sleep_type();
     log::info!(
