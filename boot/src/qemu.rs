@@ -124,6 +124,9 @@ pub enum Outcome {
     QemuError(String),
     /// The deadline passed and QEMU was killed.
     Timeout(Duration),
+    /// The machine stayed suspended (ACPI S3, QEMU's state over QMP) for this long and was
+    /// ended: no wake-up came.
+    SuspendedNoWake(Duration),
 }
 
 impl Outcome {
@@ -147,6 +150,9 @@ impl Outcome {
             Outcome::QemuError(e) => e.clone(),
             Outcome::Timeout(t) => {
                 format!("timeout: no verdict within {} s, QEMU killed", t.as_secs())
+            }
+            Outcome::SuspendedNoWake(t) => {
+                format!("suspended, no wake-up within {} s: QEMU ended", t.as_secs())
             }
         }
     }
@@ -292,7 +298,18 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     if opts.accel == Accel::Kvm {
         kvm_available()?;
     }
-    let args = arguments(opts, version()?, image, &cmdline_file, hpet_table_file.as_deref())?;
+    let mut args = arguments(opts, version()?, image, &cmdline_file, hpet_table_file.as_deref())?;
+    // With S3, QEMU's run state is watched over QMP (a socket path short enough for sun_path).
+    let qmp_path = (opts.s3_enabled() == Some(true)).then(|| {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::env::temp_dir().join(format!("timerkernel-qmp-{}-{n}.sock", std::process::id()))
+    });
+    if let Some(p) = &qmp_path {
+        let _ = std::fs::remove_file(p);
+        args.extend(["-qmp".to_string(), format!("unix:{},server=on,wait=off", p.display())]);
+    }
+    let mut watch = qmp_path.as_deref().map(|p| SuspendWatch::new(p, opts.wake_within));
     let start = Instant::now();
     let mut child = Command::new(binary())
         .args(&args)
@@ -337,6 +354,11 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
                 let _ = child.wait();
                 break Outcome::Timeout(opts.timeout);
             }
+            Ok(None) if watch.as_mut().is_some_and(SuspendWatch::no_wake) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Outcome::SuspendedNoWake(opts.wake_within);
+            }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => break Outcome::QemuError(format!("waiting for QEMU: {e}")),
         }
@@ -344,6 +366,9 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     let _ = reader.join();
     let stderr_text = errors.join().unwrap_or_default();
     let _ = std::fs::remove_file(&cmdline_file);
+    if let Some(p) = &qmp_path {
+        let _ = std::fs::remove_file(p);
+    }
     let outcome = match outcome {
         // Said in one line: QEMU's own lines are echoed above.
         Outcome::QemuError(e) if opts.accel == Accel::Kvm => {
@@ -364,6 +389,84 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     }
     let log = std::mem::take(&mut *log.lock().unwrap());
     Ok(Boot { outcome, log, elapsed: start.elapsed() })
+}
+
+/// Watches QEMU's run state over QMP (`query-status`, every 200 ms): how long the machine has
+/// been `suspended` without a break.
+struct SuspendWatch {
+    path: PathBuf,
+    limit: Duration,
+    conn: Option<(BufReader<std::os::unix::net::UnixStream>, std::os::unix::net::UnixStream)>,
+    last_poll: Option<Instant>,
+    suspended_since: Option<Instant>,
+}
+
+impl SuspendWatch {
+    fn new(path: &Path, limit: Duration) -> SuspendWatch {
+        SuspendWatch { path: path.to_path_buf(), limit, conn: None, last_poll: None, suspended_since: None }
+    }
+
+    /// True once the machine has been suspended for longer than the limit.
+    fn no_wake(&mut self) -> bool {
+        if self.last_poll.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            return false;
+        }
+        self.last_poll = Some(Instant::now());
+        match self.status() {
+            Some(s) if s == "suspended" => {
+                let since = *self.suspended_since.get_or_insert_with(Instant::now);
+                since.elapsed() >= self.limit
+            }
+            Some(_) => {
+                self.suspended_since = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// QEMU's run state (`running`, `suspended`, ...), or None while QMP does not answer.
+    fn status(&mut self) -> Option<String> {
+        if self.conn.is_none() {
+            let stream = std::os::unix::net::UnixStream::connect(&self.path).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            let mut reader = BufReader::new(stream.try_clone().ok()?);
+            let mut greeting = String::new();
+            reader.read_line(&mut greeting).ok()?;
+            let mut writer = stream;
+            writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").ok()?;
+            qmp_return(&mut reader)?;
+            self.conn = Some((reader, writer));
+        }
+        let (reader, writer) = self.conn.as_mut()?;
+        let answer = writer
+            .write_all(b"{\"execute\":\"query-status\"}\n")
+            .ok()
+            .and_then(|()| qmp_return(reader))
+            .and_then(|r| r.get("status").and_then(|s| s.as_str()).map(str::to_string));
+        if answer.is_none() {
+            self.conn = None;
+        }
+        answer
+    }
+}
+
+/// Reads QMP lines until a command's answer (events in between skipped); its `return` value.
+fn qmp_return(reader: &mut impl BufRead) -> Option<serde_json::Value> {
+    for _ in 0..64 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        if let Some(r) = v.get("return") {
+            return Some(r.clone());
+        }
+        if v.get("error").is_some() {
+            return None;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -449,6 +552,16 @@ mod tests {
         assert!(has_pair(&args_for("--s3"), "-global", "ICH9-LPC.disable_s3=0"));
         assert!(has_pair(&args_for("--s3 -- -machine pc,hpet=on"), "-global", "PIIX4_PM.disable_s3=0"));
         assert!(has_pair(&args_for("--no-s3 --cmdline s3_test=2"), "-global", "ICH9-LPC.disable_s3=1"));
+    }
+
+    #[test]
+    fn a_qmp_answer_is_found_among_events() {
+        let text =
+            "{\"event\": \"SUSPEND\"}\n{\"return\": {\"status\": \"suspended\", \"running\": false}}\n";
+        let r = qmp_return(&mut BufReader::new(text.as_bytes())).expect("an answer");
+        assert_eq!(r["status"], "suspended");
+        assert!(qmp_return(&mut BufReader::new(&b"{\"error\": {}}\n"[..])).is_none());
+        assert!(qmp_return(&mut BufReader::new(&b""[..])).is_none());
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn s3_plan(k: &Kernel) -> Option<workload::S3Plan> {
         log::info!("s3_test={seconds}: this machine offers S3");
     }
     let rtc = fw.rtc.filter(|r| !r.not_present).map(|r| r.layout);
-    Some(workload::S3Plan { seconds, s3, rtc, hpet: k.platform.hpet })
+    Some(workload::S3Plan { seconds, s3, rtc, hpet: k.platform.hpet, wake: !k.options.s3_no_wake })
 }
 
 pub fn report(k: &Kernel) -> timer_report::TimerReport {

@@ -3,9 +3,10 @@
 //! never early (judged on a counter that is not the clocksource's, continued across the reset)
 //! and on their CPU or the one that adopted them when their CPU went offline for the sleep (the
 //! APIC id the hardware reports); MONOTONIC continues from where it stopped, BOOTTIME counts
-//! the sleep the RTC measured; the APs come back. Then the main run with the sleep halfway, on
-//! q35 and on `pc` (PIIX4, the HPET on its legacy route).
-//! Without S3 (QEMU's disabled: no `\_S3_` in the DSDT) the test falls back, degraded.
+//! the sleep the RTC measured; the APs come back. Then the main run with the sleep halfway. A
+//! wake-up that never comes (`s3_no_wake`: no alarm) ends in the runner's "suspended, no
+//! wake-up" (QEMU's state watched over QMP), never a hang.
+//! Without S3 (QEMU's disabled on `pc`: no `\_S3_` in the DSDT) the test falls back, degraded.
 #![no_std]
 #![no_main]
 
@@ -26,8 +27,8 @@ use x86_64::instructions::interrupts::without_interrupts;
 kernel_tests::qemu_test!(
     variants: b"
         smp2: --smp 2 --cmdline 's3_test=1 duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=2 --expect-report /cpus_online=2 --expect-log 's3: resumed; asleep'
-        pc: --smp 2 --cmdline 's3_test=1 duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=1 --expect-report /hpet/comparators/0/delivery=legacy --expect-log 'PIIX4 PM 00:01.3' -- -machine pc,hpet=on
-        disabled: --no-s3 --cmdline 's3_test=1 duration_ms=200' --expect degraded --expect-report /suspend=null --expect-log 'fallback: s3 test: the DSDT has no \\_S3_'
+        disabled_pc: --no-s3 --cmdline 's3_test=1 duration_ms=200' --expect degraded --expect-report /suspend=null --expect-log 'fallback: s3 test: the DSDT has no \\_S3_' -- -machine pc,hpet=on
+        no_wake: --cmdline 's3_test=1 s3_no_wake duration_ms=200' --wake-within 3 --expect no-wake --expect-log 's3: no RTC alarm (s3_no_wake)'
     ",
     tests: [
         pending_timers_fire_once_after_the_wake_never_early_on_their_cpu => "smp2",

@@ -55,6 +55,8 @@ pub struct S3Plan {
     pub s3: Result<S3, SleepError>,
     pub rtc: Option<RtcLayout>,
     pub hpet: Option<&'static Hpet>,
+    /// False (`s3_no_wake`): no RTC alarm is set, nothing wakes the machine.
+    pub wake: bool,
 }
 
 /// Where the sleep stands, for the caller's `phase` callback.
@@ -85,7 +87,7 @@ pub struct S3Outcome {
 /// timer runs in between). Errors leave the machine running as
 /// before (the APs back online).
 pub fn suspend_to_ram(plan: S3Plan, phase: &mut dyn FnMut(S3Phase)) -> Result<S3Outcome, S3Fallback> {
-    let S3Plan { seconds, s3, rtc, hpet } = plan;
+    let S3Plan { seconds, s3, rtc, hpet, wake } = plan;
     let s3 = s3.map_err(S3Fallback::Sleep)?;
     let layout = rtc.ok_or_else(|| S3Fallback::Rtc("the FADT describes no CMOS RTC".into()))?;
     rtc::read(&layout).map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))?;
@@ -107,7 +109,7 @@ pub fn suspend_to_ram(plan: S3Plan, phase: &mut dyn FnMut(S3Phase)) -> Result<S3
             }
         }
     }
-    let result = without_interrupts(|| sleep(&s3, &layout, seconds, hpet, phase));
+    let result = without_interrupts(|| sleep(&s3, &layout, wake.then_some(seconds), hpet, phase));
     bring_back(&offline);
     let outcome = result?;
     // REALTIME and BOOTTIME moved on by the sleep: every CPU places its timers on them again.
@@ -157,7 +159,7 @@ fn set_alarm(layout: &RtcLayout, seconds: u64) -> Result<u64, S3Fallback> {
 fn sleep(
     s3: &S3,
     layout: &RtcLayout,
-    seconds: u64,
+    seconds: Option<u64>,
     hpet: Option<&'static Hpet>,
     phase: &mut dyn FnMut(S3Phase),
 ) -> Result<S3Outcome, S3Fallback> {
@@ -174,14 +176,21 @@ fn sleep(
     });
     let stopped_ns = now_ns();
     phase(S3Phase::Suspended);
-    let slept = set_alarm(layout, seconds).and_then(|before| {
-        log::info!("s3: RTC alarm at +{seconds} s, RTC_EN set; sleeping");
-        s3.enter().map(|()| before).map_err(S3Fallback::Sleep)
-    });
+    let alarm = match seconds {
+        Some(seconds) => set_alarm(layout, seconds).inspect(|_| {
+            log::info!("s3: RTC alarm at +{seconds} s, RTC_EN set; sleeping");
+        }),
+        None => {
+            rtc::clear_alarm();
+            log::warn!("s3: no RTC alarm (s3_no_wake): nothing will wake the machine; sleeping");
+            rtc::read(layout).map(|t| t.to_unix_seconds()).map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))
+        }
+    };
+    let slept = alarm.and_then(|before| s3.enter().map(|()| before).map_err(S3Fallback::Sleep));
     // Woken (or not slept): nothing reads the system clock before it is set right.
     phase(if slept.is_ok() { S3Phase::Woke } else { S3Phase::NotSlept });
     let woke = slept.map(|before| {
-        let after = rtc::read(layout).map(|t| t.to_unix_seconds()).unwrap_or(before + seconds);
+        let after = rtc::read(layout).map(|t| t.to_unix_seconds()).unwrap_or(before + seconds.unwrap_or(0));
         let asleep_ns = after.saturating_sub(before) * 1_000_000_000;
         crate::time::clocksource::resumed_from_reset(stopped_ns, asleep_ns);
         lapic::resume_this_cpu();
