@@ -174,8 +174,8 @@ fn sleep(
         }
         saved
     });
-    let stopped_ns = now_ns();
-    phase(S3Phase::Suspended);
+    // The alarm and the waking vector first (they log and wait on the clock), then MONOTONIC's
+    // last reading before the sleep: nothing reads the clock after it but the sleep's own bound.
     let alarm = match seconds {
         Some(seconds) => set_alarm(layout, seconds).inspect(|_| {
             log::info!("s3: RTC alarm at +{seconds} s, RTC_EN set; sleeping");
@@ -186,7 +186,13 @@ fn sleep(
             rtc::read(layout).map(|t| t.to_unix_seconds()).map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))
         }
     };
-    let slept = alarm.and_then(|before| s3.enter().map(|()| before).map_err(S3Fallback::Sleep));
+    let mut stopped_ns = now_ns();
+    let slept = alarm.and_then(|before| {
+        s3.prepare_wake().map_err(S3Fallback::Sleep)?;
+        stopped_ns = now_ns();
+        phase(S3Phase::Suspended);
+        s3.enter().map(|()| before).map_err(S3Fallback::Sleep)
+    });
     // Woken (or not slept): nothing reads the system clock before it is set right.
     phase(if slept.is_ok() { S3Phase::Woke } else { S3Phase::NotSlept });
     let woke = slept.map(|before| {

@@ -166,20 +166,28 @@ impl S3 {
         chipset::describe(&chipset::save())
     }
 
-    /// Enters S3 on the boot CPU, with interrupts off, every other CPU offline and the
-    /// devices' state saved by the caller: the waking vector set, WAK_STS and RTC_STS cleared,
-    /// RTC_EN set (the caller has programmed the RTC alarm), caches written back,
-    /// SLP_TYP | SLP_EN written. Returns once the machine woke and the CPU runs the kernel again
-    /// (its GDT, TSS, IDT and GS base restored, the status bits cleared, RTC_EN off), or an
-    /// error if it did not sleep.
-    pub fn enter(&self) -> Result<(), SleepError> {
-        assert!(!x86_64::instructions::interrupts::are_enabled(), "S3 is entered with interrupts off");
-        let cpu = percpu::this_cpu();
+    /// Readies the waking vector (the AP start-up code, installed below 1 MiB if it is not yet,
+    /// with a stack of its own) and writes it into the FACS; before [`enter`](Self::enter),
+    /// with no AP starting meanwhile.
+    pub fn prepare_wake(&self) -> Result<(), SleepError> {
         let stack = alloc::boxed::Box::leak(alloc::vec![0u8; WAKE_STACK_SIZE].into_boxed_slice());
         let stack_top = (stack.as_ptr_range().end as u64) & !0xf;
         let vector = smp::wake_code(wake::wake_entry, &raw const wake::CONTEXT as u64, stack_top)
             .map_err(SleepError::WakeCode)?;
         self.set_waking_vector(vector as u32);
+        Ok(())
+    }
+
+    /// Enters S3 on the boot CPU, with interrupts off, every other CPU offline, the waking
+    /// vector ready ([`prepare_wake`](Self::prepare_wake)) and the devices' state saved by the
+    /// caller: WAK_STS and RTC_STS cleared, RTC_EN set (the caller has programmed the RTC
+    /// alarm), caches written back, SLP_TYP | SLP_EN written. Returns once the machine woke and
+    /// the CPU runs the kernel again (its GDT, TSS, IDT and GS base restored, the chipset's PM
+    /// I/O decode back, the status bits cleared, RTC_EN off), or an error if it did not sleep.
+    /// Logs nothing and reads no clock before the sleep but for the bound on not sleeping.
+    pub fn enter(&self) -> Result<(), SleepError> {
+        assert!(!x86_64::instructions::interrupts::are_enabled(), "S3 is entered with interrupts off");
+        let cpu = percpu::this_cpu();
         let chipset = chipset::save();
         self.clear_status(WAK_STS | RTC_STS);
         self.rtc_wake(true);
