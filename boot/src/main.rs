@@ -161,6 +161,7 @@ fn run_once(elf: &Path, args: &[String]) -> ExitCode {
                 Outcome::KernelSuccess => ExitCode::SUCCESS,
                 Outcome::KernelFailure => ExitCode::from(1),
                 Outcome::Timeout(_) => ExitCode::from(124),
+                Outcome::SuspendedNoWake(_) => ExitCode::from(5),
                 _ => ExitCode::from(3),
             }
         }
@@ -222,6 +223,7 @@ fn verdict(v: &Variant, outcome: &Outcome, log: &str) -> Result<(), String> {
     let wanted = match expect {
         Expect::Ok | Expect::Degraded => Outcome::KernelSuccess,
         Expect::Failed | Expect::Crash => Outcome::KernelFailure,
+        Expect::NoWake => Outcome::SuspendedNoWake(v.options.wake_within),
     };
     if *outcome != wanted {
         return Err(format!("expected: {}; got: {}", wanted.describe(), outcome.describe_with_log(log)));

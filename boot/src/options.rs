@@ -47,6 +47,9 @@ pub enum Expect {
     /// Exit with failure before any report (a panic, a fatal exception): the variant declares
     /// that its kernel does not report, and a TIMER-REPORT line fails it.
     Crash,
+    /// The machine went to sleep (ACPI S3) and never woke within `--wake-within` (the runner
+    /// watches it over QMP, ends it and says so); no report.
+    NoWake,
 }
 
 impl Expect {
@@ -56,7 +59,7 @@ impl Expect {
             Expect::Ok => Some("ok"),
             Expect::Degraded => Some("degraded"),
             Expect::Failed => Some("failed"),
-            Expect::Crash => None,
+            Expect::Crash | Expect::NoWake => None,
         }
     }
 }
@@ -94,6 +97,21 @@ pub struct RunOptions {
     /// `--trace FILE`: the per-CPU trace timeline written to FILE (a runner built with the
     /// feature `trace`, which `scripts/run --trace` adds).
     pub trace: Option<std::path::PathBuf>,
+    /// `--s3` / `--no-s3`: QEMU's S3 enabled (`-global ICH9-LPC.disable_s3=0` on q35,
+    /// `PIIX4_PM.disable_s3=0` on pc) or disabled (`=1`); `Auto` enables it when the kernel
+    /// options ask for an S3 test (`s3_test=`), else leaves it as QEMU has it.
+    pub s3: S3,
+    /// `--wake-within SECONDS`: with S3 enabled, how long the machine may stay suspended (QEMU's
+    /// state over QMP) before the runner ends it: "suspended, no wake-up within N s".
+    pub wake_within: Duration,
+}
+
+/// Whether QEMU's S3 is enabled (see [`RunOptions::s3`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S3 {
+    Auto,
+    On,
+    Off,
 }
 
 impl Default for RunOptions {
@@ -116,6 +134,8 @@ impl Default for RunOptions {
             expect_report: Vec::new(),
             variant: None,
             trace: None,
+            s3: S3::Auto,
+            wake_within: Duration::from_secs(70),
         }
     }
 }
@@ -160,6 +180,12 @@ Options (scripts/run, and each variant of a QEMU test):
                        programming, interrupts, callbacks, wake-up IPIs, idle, device changes.
                        scripts/run builds the kernel with its trace points for it (cargo
                        feature trace); the TRACE lines stay out of the echoed log
+  --s3 | --no-s3       enable QEMU's ACPI S3 (-global ICH9-LPC.disable_s3=0 on q35,
+                       PIIX4_PM.disable_s3=0 on pc), or disable it (=1) (default: enabled
+                       when the kernel options hold s3_test=, else as QEMU has it)
+  --wake-within SECONDS   with S3 enabled, the runner watches QEMU's state over QMP and ends a
+                       machine suspended longer than this: \"suspended, no wake-up within N s\",
+                       exit status 5 (default 70: s3_test= sleeps at most 60 s)
   --gdb                QEMU waits for a debugger on tcp::1234 before the first instruction
   --hpet-table FAULT[@ADDR]   fault injection: boot -machine q35,hpet=off (no HPET device, no
                        HPET table of QEMU's) with a malformed HPET table of ours (-acpitable),
@@ -181,10 +207,11 @@ Options (scripts/run, and each variant of a QEMU test):
   --fadt-table FAULT   the same for the FADT (fadt_fault=FAULT). FAULT: pm-timer-port-zero,
                        pm-timer-width-wrong, pm1a-cnt-zero, firmware-ctrl-zero,
                        century-out-of-range, truncated
-  --expect ok|degraded|failed|crash   (tests) the verdict the kernel's TIMER-REPORT must give
+  --expect ok|degraded|failed|crash|no-wake   (tests) the verdict the kernel's TIMER-REPORT must give
                        (default ok; the exit status must match it: success for ok and degraded,
                        failure for failed), or crash: it exits with failure and no report (a
-                       panic, a fatal exception)
+                       panic, a fatal exception), or no-wake: it sleeps (S3) and never wakes
+                       within --wake-within
   --expect-log TEXT    (tests) TEXT must appear in the serial log; repeatable
   --expect-report CHECK   (tests) a check on the TIMER-REPORT line: /json/pointer=VALUE,
                        /json/pointer#=LENGTH, /json/pointer>=N or /json/pointer<=N; repeatable
@@ -218,6 +245,18 @@ impl RunOptions {
             line.push_str(f);
         }
         line
+    }
+
+    /// Whether QEMU gets S3 enabled (`Some(true)`: `--s3`, or `s3_test=` among the kernel
+    /// options), disabled (`Some(false)`: `--no-s3`), or left as QEMU has it (`None`).
+    pub fn s3_enabled(&self) -> Option<bool> {
+        match self.s3 {
+            S3::On => Some(true),
+            S3::Off => Some(false),
+            S3::Auto => {
+                self.kernel_cmdline().split_whitespace().any(|w| w.starts_with("s3_test=")).then_some(true)
+            }
+        }
     }
 
     pub fn parse(mut self, args: &[String]) -> Result<Self, OptionError> {
@@ -262,6 +301,11 @@ impl RunOptions {
                 }
                 "--cmdline" => self.cmdline = value(arg, &mut it)?.clone(),
                 "--gdb" => self.gdb = true,
+                "--s3" => self.s3 = S3::On,
+                "--wake-within" => {
+                    self.wake_within = Duration::from_secs(number(arg, value(arg, &mut it)?, 1, 3_600)?)
+                }
+                "--no-s3" => self.s3 = S3::Off,
                 "--trace" => self.trace = Some(value(arg, &mut it)?.into()),
                 "--hpet-table" => {
                     let v = value(arg, &mut it)?;
@@ -302,11 +346,12 @@ impl RunOptions {
                         "degraded" => Expect::Degraded,
                         "failed" => Expect::Failed,
                         "crash" => Expect::Crash,
+                        "no-wake" => Expect::NoWake,
                         _ => {
                             return Err(OptionError::BadValue {
                                 option: arg.clone(),
                                 value: v.clone(),
-                                why: "ok, degraded, failed or crash",
+                                why: "ok, degraded, failed, crash or no-wake",
                             });
                         }
                     }

@@ -124,6 +124,9 @@ pub enum Outcome {
     QemuError(String),
     /// The deadline passed and QEMU was killed.
     Timeout(Duration),
+    /// The machine stayed suspended (ACPI S3, QEMU's state over QMP) for this long and was
+    /// ended: no wake-up came.
+    SuspendedNoWake(Duration),
 }
 
 impl Outcome {
@@ -147,6 +150,9 @@ impl Outcome {
             Outcome::QemuError(e) => e.clone(),
             Outcome::Timeout(t) => {
                 format!("timeout: no verdict within {} s, QEMU killed", t.as_secs())
+            }
+            Outcome::SuspendedNoWake(t) => {
+                format!("suspended, no wake-up within {} s: QEMU ended", t.as_secs())
             }
         }
     }
@@ -270,6 +276,15 @@ pub fn arguments(
     if opts.firmware == Firmware::Uefi {
         push(&["-bios", ovmf()?]);
     }
+    if let Some(on) = opts.s3_enabled() {
+        // The ACPI device of the machine: PIIX4's on `pc`, ICH9's LPC bridge on q35.
+        let pc = opts.qemu_args.windows(2).any(|w| {
+            (w[0] == "-machine" || w[0] == "-M")
+                && (w[1] == "pc" || w[1].starts_with("pc,") || w[1].starts_with("pc-i440fx"))
+        });
+        let device = if pc { "PIIX4_PM" } else { "ICH9-LPC" };
+        push(&["-global", &format!("{device}.disable_s3={}", if on { 0 } else { 1 })]);
+    }
     if opts.gdb {
         push(&["-s", "-S"]);
     }
@@ -305,7 +320,7 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
         kvm_available()?;
     }
     let second_hpet_file = opts.second_hpet_table.map(|t| write_second_hpet_table(&t, image)).transpose()?;
-    let args = arguments(
+    let mut args = arguments(
         opts,
         version()?,
         image,
@@ -313,6 +328,14 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
         hpet_table_file.as_deref(),
         second_hpet_file.as_deref(),
     )?;
+    // With S3, QEMU's run state is watched over QMP (a socket path short enough for sun_path).
+    let qmp_path = (opts.s3_enabled() == Some(true))
+        .then(|| std::env::temp_dir().join(format!("timerkernel-qmp-{}.sock", boot_id())));
+    if let Some(p) = &qmp_path {
+        let _ = std::fs::remove_file(p);
+        args.extend(["-qmp".to_string(), format!("unix:{},server=on,wait=off", p.display())]);
+    }
+    let mut watch = qmp_path.as_deref().map(|p| SuspendWatch::new(p, opts.wake_within));
     let start = Instant::now();
     let mut child = Command::new(binary())
         .args(&args)
@@ -357,6 +380,11 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
                 let _ = child.wait();
                 break Outcome::Timeout(opts.timeout);
             }
+            Ok(None) if watch.as_mut().is_some_and(SuspendWatch::no_wake) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break Outcome::SuspendedNoWake(opts.wake_within);
+            }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => break Outcome::QemuError(format!("waiting for QEMU: {e}")),
         }
@@ -364,6 +392,9 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     let _ = reader.join();
     let stderr_text = errors.join().unwrap_or_default();
     let _ = std::fs::remove_file(&cmdline_file);
+    if let Some(p) = &qmp_path {
+        let _ = std::fs::remove_file(p);
+    }
     let outcome = match outcome {
         // Said in one line: QEMU's own lines are echoed above.
         Outcome::QemuError(e) if opts.accel == Accel::Kvm => {
@@ -384,6 +415,84 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     }
     let log = std::mem::take(&mut *log.lock().unwrap());
     Ok(Boot { outcome, log, elapsed: start.elapsed() })
+}
+
+/// Watches QEMU's run state over QMP (`query-status`, every 200 ms): how long the machine has
+/// been `suspended` without a break.
+struct SuspendWatch {
+    path: PathBuf,
+    limit: Duration,
+    conn: Option<(BufReader<std::os::unix::net::UnixStream>, std::os::unix::net::UnixStream)>,
+    last_poll: Option<Instant>,
+    suspended_since: Option<Instant>,
+}
+
+impl SuspendWatch {
+    fn new(path: &Path, limit: Duration) -> SuspendWatch {
+        SuspendWatch { path: path.to_path_buf(), limit, conn: None, last_poll: None, suspended_since: None }
+    }
+
+    /// True once the machine has been suspended for longer than the limit.
+    fn no_wake(&mut self) -> bool {
+        if self.last_poll.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            return false;
+        }
+        self.last_poll = Some(Instant::now());
+        match self.status() {
+            Some(s) if s == "suspended" => {
+                let since = *self.suspended_since.get_or_insert_with(Instant::now);
+                since.elapsed() >= self.limit
+            }
+            Some(_) => {
+                self.suspended_since = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// QEMU's run state (`running`, `suspended`, ...), or None while QMP does not answer.
+    fn status(&mut self) -> Option<String> {
+        if self.conn.is_none() {
+            let stream = std::os::unix::net::UnixStream::connect(&self.path).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            let mut reader = BufReader::new(stream.try_clone().ok()?);
+            let mut greeting = String::new();
+            reader.read_line(&mut greeting).ok()?;
+            let mut writer = stream;
+            writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").ok()?;
+            qmp_return(&mut reader)?;
+            self.conn = Some((reader, writer));
+        }
+        let (reader, writer) = self.conn.as_mut()?;
+        let answer = writer
+            .write_all(b"{\"execute\":\"query-status\"}\n")
+            .ok()
+            .and_then(|()| qmp_return(reader))
+            .and_then(|r| r.get("status").and_then(|s| s.as_str()).map(str::to_string));
+        if answer.is_none() {
+            self.conn = None;
+        }
+        answer
+    }
+}
+
+/// Reads QMP lines until a command's answer (events in between skipped); its `return` value.
+fn qmp_return(reader: &mut impl BufRead) -> Option<serde_json::Value> {
+    for _ in 0..64 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        if let Some(r) = v.get("return") {
+            return Some(r.clone());
+        }
+        if v.get("error").is_some() {
+            return None;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -469,6 +578,25 @@ mod tests {
         assert!(has_pair(&a, "-accel", "tcg"));
         assert!(a.contains(&"-no-reboot".to_string()));
         assert!(has_pair(&a, "-fw_cfg", "name=opt/timerkernel/cmdline,file=k.cmdline"));
+    }
+
+    #[test]
+    fn s3_is_enabled_for_an_s3_test_on_the_machine_s_acpi_device() {
+        assert!(!args_for("").iter().any(|x| x.contains("disable_s3")));
+        assert!(has_pair(&args_for("--cmdline s3_test=2"), "-global", "ICH9-LPC.disable_s3=0"));
+        assert!(has_pair(&args_for("--s3"), "-global", "ICH9-LPC.disable_s3=0"));
+        assert!(has_pair(&args_for("--s3 -- -machine pc,hpet=on"), "-global", "PIIX4_PM.disable_s3=0"));
+        assert!(has_pair(&args_for("--no-s3 --cmdline s3_test=2"), "-global", "ICH9-LPC.disable_s3=1"));
+    }
+
+    #[test]
+    fn a_qmp_answer_is_found_among_events() {
+        let text =
+            "{\"event\": \"SUSPEND\"}\n{\"return\": {\"status\": \"suspended\", \"running\": false}}\n";
+        let r = qmp_return(&mut BufReader::new(text.as_bytes())).expect("an answer");
+        assert_eq!(r["status"], "suspended");
+        assert!(qmp_return(&mut BufReader::new(&b"{\"error\": {}}\n"[..])).is_none());
+        assert!(qmp_return(&mut BufReader::new(&b""[..])).is_none());
     }
 
     #[test]

@@ -69,6 +69,12 @@ pub struct KernelOptions {
     /// `suspend_test=MS`: suspend timekeeping for MS ms in the middle of the main run, then
     /// resume it (default none).
     pub suspend_test_ms: Option<u64>,
+    /// `s3_test=SECONDS`: a real ACPI S3 suspend to RAM in the middle of the main run, woken by
+    /// the RTC alarm SECONDS (1..=60) later (default none).
+    pub s3_test_s: Option<u64>,
+    /// `s3_no_wake`: the S3 test sets no RTC alarm: nothing wakes the machine (the runner's
+    /// `--expect no-wake` watches it stay suspended).
+    pub s3_no_wake: bool,
     /// `clock_step_test=SECONDS`: step REALTIME by SECONDS (-86400..=86400, not 0) in the
     /// middle of the main run, with timers on REALTIME pending on every CPU (default none).
     pub clock_step_test_s: Option<i64>,
@@ -216,6 +222,8 @@ impl Default for KernelOptions {
             rtc_local: false,
             lapic_stops_in_idle: false,
             suspend_test_ms: None,
+            s3_test_s: None,
+            s3_no_wake: false,
             clock_step_test_s: None,
             table_faults: crate::arch::x86_64::acpi::TableFaults { madt: None, fadt: None },
             hotplug_test: None,
@@ -422,6 +430,11 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                     .parse(&mut problems, |v| in_range(v, 1..=60_000));
                 options.suspend_test_ms = ms.or(options.suspend_test_ms);
             }
+            "s3_test" => {
+                let s = take("s3_test", "seconds from 1 to 60 (the RTC alarm's resolution is a second)")
+                    .parse(&mut problems, |v| in_range(v, 1..=60));
+                options.s3_test_s = s.or(options.s3_test_s);
+            }
             "madt_fault" => {
                 let f = take(
                     "madt_fault",
@@ -461,6 +474,7 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
                 options.hotplug_test = test.or(options.hotplug_test);
             }
             "lapic_stops_in_idle" if value.is_none() => options.lapic_stops_in_idle = true,
+            "s3_no_wake" if value.is_none() => options.s3_no_wake = true,
             "clocksource" => {
                 let choice = take("clocksource", "tsc, hpet or acpi_pm").parse(&mut problems, |v| match v {
                     "tsc" => Some(ClocksourceChoice::Tsc),
@@ -597,6 +611,12 @@ mod tests {
         assert_eq!(parse("idle=poll").0.idle, IdleChoice::Poll);
         assert_eq!(parse("idle=c6").0.idle, IdleChoice::Halt, "a bad value keeps the default");
         assert_eq!(parse("suspend_test=0").0.suspend_test_ms, None);
+        assert_eq!(parse("s3_test=3").0.s3_test_s, Some(3));
+        assert!(parse("s3_test=3 s3_no_wake").0.s3_no_wake);
+        for bad in ["s3_test=0", "s3_test=61", "s3_test=x", "s3_test"] {
+            let (o, p) = parse(bad);
+            assert_eq!((o.s3_test_s, p.len()), (None, 1), "{bad}: an error, the option ignored");
+        }
         assert_eq!(parse("clock_step_test=-5").0.clock_step_test_s, Some(-5));
         use crate::arch::x86_64::acpi::faults::{FadtFault, MadtFault};
         let f = parse("madt_fault=no-ioapic fadt_fault=pm1a-cnt-zero").0.table_faults;

@@ -111,6 +111,20 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
 
 /// The TIMER-REPORT of this boot: the platform, the clockevents, and the timer workload's
 /// figures if it ran.
+/// The `s3_test=` plan (`None` without the option): the machine's S3 from its firmware tables
+/// (or why it has none, logged once) and its CMOS RTC.
+pub fn s3_plan(k: &Kernel) -> Option<workload::S3Plan> {
+    let seconds = k.options.s3_test_s?;
+    let fw = &k.platform.firmware;
+    let s3 = arch::x86_64::sleep::S3::new(fw.sleep, fw.s3);
+    // Why it cannot sleep is logged once, as the fallback the test then takes.
+    if s3.is_ok() {
+        log::info!("s3_test={seconds}: this machine offers S3");
+    }
+    let rtc = fw.rtc.filter(|r| !r.not_present).map(|r| r.layout);
+    Some(workload::S3Plan { seconds, s3, rtc, hpet: k.platform.hpet, wake: !k.options.s3_no_wake })
+}
+
 pub fn report(k: &Kernel) -> timer_report::TimerReport {
     let mut report = k.platform.report();
     clocksource::fill_report(&mut report);

@@ -23,6 +23,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         workload::limit_cpus(k.options.workload_cpus);
         workload::step_clock_midway(k.options.clock_step_test_s);
         workload::hotplug_halfway(k.options.hotplug_test.map(|t| (t.cpu as usize, t.ms)));
+        workload::s3_halfway(kernel::s3_plan(&k));
         workload::run_with_suspend(k.options.duration_ms, k.options.suspend_test_ms, k.platform.hpet);
     }
     smp::log_interrupt_table();

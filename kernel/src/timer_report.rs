@@ -24,7 +24,8 @@ use serde::Serialize;
 /// (deferred timer callbacks run, the most waiting at once), `timer_slack_ns` (each CPU's
 /// default timer slack); 12: `hpet_blocks` (every HPET table: its block, accepted or why not),
 /// each `hotplug` record's `offline_ns`, `online_ns` and `startup_ns` (how long going offline,
-/// coming back, and the CPU's own start-up path took), `cpus[].idle.serving` (bc_hrtimer).
+/// coming back, and the CPU's own start-up path took), `cpus[].idle.serving` (bc_hrtimer),
+/// `suspend.kind` (`simulated`, or `s3`: a real ACPI S3).
 pub const SCHEMA_VERSION: u32 = 12;
 /// The line's prefix; a single space separates it from the JSON object.
 pub const PREFIX: &str = "TIMER-REPORT";
@@ -369,6 +370,9 @@ pub struct HotplugRecord {
 /// The suspend test's figures (schema 3).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SuspendReport {
+    /// Simulated (`suspend_test=`: timekeeping suspended, the machine halted in place) or a
+    /// real ACPI S3 (`s3_test=`: the machine slept, its counters reset) (schema 12).
+    pub kind: SuspendKind,
     /// Suspends done, the time timekeeping spent suspended, the timers pending at suspend that
     /// fired after the resume.
     pub count: u64,
@@ -377,6 +381,15 @@ pub struct SuspendReport {
     /// Of `suspended_ns`, the time the machine was halted (schema 11): what MONOTONIC did not
     /// count and BOOTTIME and REALTIME did.
     pub asleep_ns: u64,
+}
+
+/// Which suspend the report's `suspend` describes (the last one's).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SuspendKind {
+    #[default]
+    Simulated,
+    S3,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]

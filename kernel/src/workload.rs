@@ -341,6 +341,35 @@ fn hotplug_test(cpu: usize, ms: u64) {
     }
 }
 
+pub use clockevents::s3::S3Plan;
+
+static S3_TEST: spin::Mutex<Option<S3Plan>> = spin::Mutex::new(None);
+
+/// Puts the machine in S3 halfway through the next run (`s3_test=`; `None`: not).
+pub fn s3_halfway(plan: Option<S3Plan>) {
+    x86_64::instructions::interrupts::without_interrupts(|| *S3_TEST.lock() = plan);
+}
+
+/// The S3 test, on the boot CPU (interrupts enabled): a machine that does not sleep is a
+/// fallback, and the run goes on.
+fn s3_test(plan: S3Plan, cpus: &[usize]) {
+    use clockevents::s3::S3Phase;
+    let mut phase = |p: S3Phase| match p {
+        S3Phase::Suspended => {
+            oracle::counters_sleeping();
+            at_suspend(cpus, true);
+        }
+        S3Phase::Woke => {
+            oracle::counters_woke();
+            at_suspend(cpus, false);
+        }
+        S3Phase::NotSlept => at_suspend(cpus, false),
+    };
+    if let Err(e) = clockevents::s3::suspend_to_ram(plan, &mut phase) {
+        clockevents::record_fallback(alloc::format!("s3 test: {e}; the run goes on without the sleep"));
+    }
+}
+
 /// Runs the workload on every online CPU (or those [`limit_cpus`] leaves) for `duration_ms`,
 /// then waits for the last timers.
 pub fn run(duration_ms: u64) -> Outcome {
@@ -360,6 +389,8 @@ pub fn run_with_suspend(
     let mut step_at = (step != 0).then_some(start + duration_ms * 1_000_000 / 2);
     let hotplug = x86_64::instructions::interrupts::without_interrupts(|| *HOTPLUG_TEST.lock());
     let mut hotplug_at = hotplug.map(|(cpu, ms)| (start + duration_ms * 1_000_000 / 2, cpu, ms));
+    let mut s3_at = x86_64::instructions::interrupts::without_interrupts(|| S3_TEST.lock().take())
+        .map(|plan| (start + duration_ms * 1_000_000 / 2, plan));
     let cpus: Vec<usize> =
         percpu::all().map(|c| c.index).take(WORKLOAD_CPUS.load(Ordering::Relaxed)).collect();
     let samples_per_cpu = MAX_SAMPLES_PER_CPU.min(MAX_SAMPLES / cpus.len().max(1));
@@ -411,6 +442,11 @@ pub fn run_with_suspend(
             hotplug_at = None;
             hotplug_test(cpu, ms);
         }
+        if s3_at.as_ref().is_some_and(|(at, _)| now_ns() >= *at)
+            && let Some((_, plan)) = s3_at.take()
+        {
+            s3_test(plan, &cpus);
+        }
         if clockevents::sleep_ns(1_000_000).is_err() {
             core::hint::spin_loop();
         }
@@ -455,7 +491,7 @@ pub fn run_with_suspend(
     out.suspend_pending = SUSPEND_PENDING.load(Ordering::Acquire);
     out.suspend_fired_after = SUSPEND_FIRED_AFTER.load(Ordering::Acquire);
     out.fired_while_suspended = FIRED_WHILE_SUSPENDED.load(Ordering::Acquire);
-    if suspend_ms.is_some() {
+    if suspend_ms.is_some() || out.suspend_pending > 0 {
         log::info!(
             "suspend: {} workload timers were pending, {} of them fired after the resume; {} ran while suspended",
             out.suspend_pending,

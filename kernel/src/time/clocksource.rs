@@ -71,6 +71,21 @@ pub fn resume_after(asleep_ns: u64) -> u64 {
     with_sources(|_| TIMEKEEPER.resume_after(&Hardware, asleep_ns))
 }
 
+/// The machine slept with its counters reset (ACPI S3): MONOTONIC continues from `stopped_ns`
+/// (its reading when the sleep began) whatever the counter reads now, BOOTTIME and REALTIME
+/// count `asleep_ns` (`Timekeeper::resume_from_reset`); the TSC checks against the reference
+/// counter and the LAPIC timer's refinement start their windows again (their readings before
+/// the reset mean nothing after it). Nobody may read the clock between the two.
+pub fn resumed_from_reset(stopped_ns: u64, asleep_ns: u64) {
+    with_sources(|_| TIMEKEEPER.resume_from_reset(&Hardware, stopped_ns, asleep_ns));
+    without_interrupts(|| {
+        let mut c = TSC_CHECKS.lock();
+        c.watchdog = Watchdog::new();
+        c.refiner = Refiner::new();
+    });
+    clockevents::lapic_refine::reference_stopped();
+}
+
 /// `hpet`'s main counter reading at which the system clock reads `ns` or later, while the
 /// clock runs on that block's counter (`None` on any other counter, another HPET block's
 /// included: each block's counter has its own rate and offset): what one of its comparators is

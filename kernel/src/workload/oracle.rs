@@ -43,6 +43,50 @@ pub fn set_counters(raw: [Option<RawCounter>; 3]) {
     }
 }
 
+/// What each counter's reading is continued by across a reset (ACPI S3): added to every
+/// reading, so that the counter runs on from where it stood when the sleep began, as MONOTONIC
+/// does (the sleep counted by neither); and each counter's reading when the sleep began.
+static CONTINUED_BY: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static AT_SLEEP: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+/// The machine is about to sleep with its counters to be reset (after MONOTONIC's last reading):
+/// each counter's continued reading now.
+pub fn counters_sleeping() {
+    for (i, r) in counters().iter().enumerate() {
+        if let Some(r) = r {
+            AT_SLEEP[i].store(continued(i, r.counter), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The machine woke (before MONOTONIC runs again): each counter continues from its reading
+/// when the sleep began. The time between MONOTONIC's last reading and the sleep, and between
+/// the wake and MONOTONIC's restart, is counted by the counters and not by MONOTONIC: the
+/// oracle can only be ahead, never judge an on-time timer early.
+pub fn counters_woke() {
+    for (i, r) in counters().iter().enumerate() {
+        if let Some(r) = r {
+            let now = clocksource::read_raw(r.counter);
+            CONTINUED_BY[i].store(AT_SLEEP[i].load(Ordering::Relaxed).wrapping_sub(now), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counter `counter` (index `i`), continued across resets.
+fn continued(i: usize, counter: CounterId) -> u64 {
+    clocksource::read_raw(counter).wrapping_add(CONTINUED_BY[i].load(Ordering::Relaxed))
+}
+
+/// The continued reading of the reference `r` (0 for none).
+fn read_reference(r: Option<RawCounter>) -> u64 {
+    let Some(r) = r else { return 0 };
+    let slots = counters();
+    slots
+        .iter()
+        .position(|s| s.is_some_and(|s| s.counter == r.counter))
+        .map_or_else(|| clocksource::read_raw(r.counter), |i| continued(i, r.counter))
+}
+
 fn counters() -> [Option<RawCounter>; 3] {
     core::array::from_fn(|i| {
         let slot = &COUNTERS[i];
@@ -105,11 +149,10 @@ fn reference_for(clock: CounterId, raw: &[Option<RawCounter>; 3]) -> Option<RawC
 pub fn arm_stamp(delay_ns: u64, apic_id: u32) -> (u64, Stamp) {
     let clock = clocksource::current_counter();
     let reference = reference_for(clock, &counters());
-    let counter = reference.map_or(CounterId(0), |r| r.counter);
-    let start = clocksource::read_raw(counter);
+    let start = read_reference(reference);
     let armed_ns = now_ns();
     // The second reading closes the bracket; only the first, the lower bound, is needed.
-    let _ = clocksource::read_raw(counter);
+    let _ = read_reference(reference);
     let min_ticks = reference.map_or(0, |r| {
         let margin = if r.counter == TSC { TSC_MARGIN_PPM } else { FIXED_RATE_MARGIN_PPM };
         let ticks = u128::from(delay_ns) * u128::from(r.hz) / 1_000_000_000;
@@ -124,7 +167,7 @@ pub fn arm_stamp(delay_ns: u64, apic_id: u32) -> (u64, Stamp) {
 /// Judges, in the timer's callback, whether it ran before its deadline on the other counter.
 pub fn judge(stamp: &Stamp) -> Judgement {
     let Some(r) = stamp.reference else { return Judgement::Unjudged };
-    let now = clocksource::read_raw(r.counter);
+    let now = read_reference(Some(r));
     if clocksource::current_counter() != stamp.clock
         || (r.counter == HPET && suspend::suspends() != stamp.suspends)
     {

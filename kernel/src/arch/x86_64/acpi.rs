@@ -78,6 +78,12 @@ pub enum AcpiProblem {
     NoPm1aControl,
     /// The FADT names no FACS (FIRMWARE_CTRL and X_FIRMWARE_CTRL are 0).
     NoFacs,
+    /// The FADT has no PM1a event block (PM1a_EVT_BLK and X_PM1a_EVT_BLK are 0).
+    NoPm1aEvent,
+    /// PM1_EVT_LEN is not an even number of at least 4 (ACPI 6.5 table 5.9).
+    Pm1EventLength {
+        length: u8,
+    },
 }
 
 impl fmt::Display for AcpiProblem {
@@ -113,6 +119,10 @@ impl fmt::Display for AcpiProblem {
             }
             AcpiProblem::NoPm1aControl => write!(f, "the FADT has no PM1a control block (PM1a_CNT_BLK is 0)"),
             AcpiProblem::NoFacs => write!(f, "the FADT names no FACS (FIRMWARE_CTRL is 0)"),
+            AcpiProblem::NoPm1aEvent => write!(f, "the FADT has no PM1a event block (PM1a_EVT_BLK is 0)"),
+            AcpiProblem::Pm1EventLength { length } => {
+                write!(f, "the FADT's PM1_EVT_LEN is {length}, not an even number of at least 4")
+            }
         }
     }
 }
@@ -342,38 +352,70 @@ pub fn parse_fadt_rtc(bytes: &[u8]) -> Result<FadtRtc, AcpiProblem> {
     Ok(rtc)
 }
 
-/// FADT offsets (ACPI 6.5 table 5.9): FIRMWARE_CTRL (the FACS, 32-bit), PM1a_CNT_BLK (an I/O
-/// port), PM_TMR_LEN, and from revision 2 X_FIRMWARE_CTRL (64-bit) and X_PM1a_CNT_BLK (a
-/// Generic Address Structure, its address at +4).
+/// FADT offsets (ACPI 6.5 table 5.9): FIRMWARE_CTRL (the FACS, 32-bit), DSDT (32-bit),
+/// PM1a/PM1b_EVT_BLK and PM1a/PM1b_CNT_BLK (I/O ports), PM1_EVT_LEN, PM_TMR_LEN, and from
+/// revision 2 X_FIRMWARE_CTRL and X_DSDT (64-bit) and X_PM1a/b_EVT_BLK, X_PM1a/b_CNT_BLK
+/// (Generic Address Structures, their address at +4).
 const FADT_FIRMWARE_CTRL: usize = 36;
+const FADT_DSDT: usize = 40;
+const FADT_PM1A_EVT_BLK: usize = 56;
+const FADT_PM1B_EVT_BLK: usize = 60;
 const FADT_PM1A_CNT_BLK: usize = 64;
+const FADT_PM1B_CNT_BLK: usize = 68;
+const FADT_PM1_EVT_LEN: usize = 88;
 const FADT_PM_TMR_LEN: usize = 91;
 const FADT_X_FIRMWARE_CTRL: usize = 132;
+const FADT_X_DSDT: usize = 140;
+const FADT_X_PM1A_EVT_BLK: usize = 148;
+const FADT_X_PM1B_EVT_BLK: usize = 160;
 const FADT_X_PM1A_CNT_BLK: usize = 172;
+const FADT_X_PM1B_CNT_BLK: usize = 184;
 
-/// What a sleep state (S3) needs from the FADT: where PM1a_CNT is and where the FACS (the
-/// waking vector) is.
+/// What a sleep state (S3) needs from the FADT: the PM1 event and control blocks (PM1_STS and
+/// PM1_EN are the event block's two halves), the FACS (the waking vector) and the DSDT (the
+/// `\_S3_` package).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FadtSleep {
     /// PM1a_CNT's address (an I/O port where the GAS says so).
     pub pm1a_cnt: u64,
+    /// PM1b_CNT's, if the machine has a second block.
+    pub pm1b_cnt: Option<u64>,
+    /// PM1a_EVT's (PM1a_STS; PM1a_EN at + `pm1_evt_len` / 2).
+    pub pm1a_evt: u64,
+    pub pm1b_evt: Option<u64>,
+    /// PM1_EVT_LEN: bytes of each event block (at least 4).
+    pub pm1_evt_len: u8,
     /// The FACS's physical address.
     pub facs: u64,
+    /// The DSDT's physical address (0: none named).
+    pub dsdt: u64,
 }
 
-/// Reads the FADT's PM1a control block and FACS address (the extended fields where the
-/// revision has them and they are set, else the 32-bit ones); either missing is an error that
-/// says which.
+/// Reads the FADT's PM1 blocks, FACS and DSDT addresses (the extended fields where the
+/// revision has them and they are set, else the 32-bit ones); a missing PM1a control or event
+/// block or FACS is an error that says which.
 pub fn parse_fadt_sleep(bytes: &[u8]) -> Result<FadtSleep, AcpiProblem> {
     let t = validate_table(bytes, "FACP", FADT_MIN_LEN)?;
     let extended = |at: usize| (t[8] >= 2 && t.len() >= at + 8).then(|| le64(t, at)).filter(|&a| a != 0);
-    let pm1a_cnt = extended(FADT_X_PM1A_CNT_BLK + 4)
-        .or_else(|| Some(u64::from(le32(t, FADT_PM1A_CNT_BLK))).filter(|&a| a != 0))
-        .ok_or(AcpiProblem::NoPm1aControl)?;
-    let facs = extended(FADT_X_FIRMWARE_CTRL)
-        .or_else(|| Some(u64::from(le32(t, FADT_FIRMWARE_CTRL))).filter(|&a| a != 0))
-        .ok_or(AcpiProblem::NoFacs)?;
-    Ok(FadtSleep { pm1a_cnt, facs })
+    let field = |x: usize, legacy: usize| {
+        extended(x).or_else(|| Some(u64::from(le32(t, legacy))).filter(|&a| a != 0))
+    };
+    let pm1a_cnt = field(FADT_X_PM1A_CNT_BLK + 4, FADT_PM1A_CNT_BLK).ok_or(AcpiProblem::NoPm1aControl)?;
+    let facs = field(FADT_X_FIRMWARE_CTRL, FADT_FIRMWARE_CTRL).ok_or(AcpiProblem::NoFacs)?;
+    let pm1a_evt = field(FADT_X_PM1A_EVT_BLK + 4, FADT_PM1A_EVT_BLK).ok_or(AcpiProblem::NoPm1aEvent)?;
+    let pm1_evt_len = t[FADT_PM1_EVT_LEN];
+    if pm1_evt_len < 4 || pm1_evt_len % 2 != 0 {
+        return Err(AcpiProblem::Pm1EventLength { length: pm1_evt_len });
+    }
+    Ok(FadtSleep {
+        pm1a_cnt,
+        pm1b_cnt: field(FADT_X_PM1B_CNT_BLK + 4, FADT_PM1B_CNT_BLK),
+        pm1a_evt,
+        pm1b_evt: field(FADT_X_PM1B_EVT_BLK + 4, FADT_PM1B_EVT_BLK),
+        pm1_evt_len,
+        facs,
+        dsdt: field(FADT_X_DSDT, FADT_DSDT).unwrap_or(0),
+    })
 }
 
 /// The ACPI power management timer, as the FADT describes it.
@@ -560,6 +602,8 @@ pub struct PlatformTables {
     pub pm_timer: Result<PmTimerInfo, AcpiProblem>,
     pub rtc: Result<FadtRtc, AcpiProblem>,
     pub sleep: Result<FadtSleep, AcpiProblem>,
+    /// S3's SLP_TYP values from the DSDT's `\\_S3_`.
+    pub s3: Result<sleep_type::SleepType, sleep_type::SleepTypeProblem>,
 }
 
 /// `acpi::Handler` over the bootloader's map of all physical memory: mapping is an offset.
@@ -691,6 +735,7 @@ pub fn read_platform_tables(rsdp: Option<u64>, faults: TableFaults) -> PlatformT
         pm_timer: Err(p),
         rtc: Err(p),
         sleep: Err(p),
+        s3: Err(sleep_type::SleepTypeProblem::Dsdt(p)),
     };
     let Some(rsdp) = rsdp else { return none(AcpiProblem::NoRsdp) };
     // SAFETY: the bootloader found the RSDP at this physical address; the handler maps it.
@@ -706,7 +751,31 @@ pub fn read_platform_tables(rsdp: Option<u64>, faults: TableFaults) -> PlatformT
     let pm_timer = fadt.and_then(parse_fadt_pm_timer);
     let rtc = fadt.and_then(parse_fadt_rtc);
     let sleep = fadt.and_then(parse_fadt_sleep);
-    PlatformTables { hpets, madt, pm_timer, rtc, sleep }
+    let s3 = match sleep {
+        Ok(s) if s.dsdt != 0 => dsdt_bytes(s.dsdt)
+            .map_err(sleep_type::SleepTypeProblem::Dsdt)
+            .and_then(|aml| sleep_type::find(aml, "_S3_")),
+        Ok(_) => Err(sleep_type::SleepTypeProblem::Dsdt(AcpiProblem::TableNotFound("DSDT"))),
+        Err(e) => Err(sleep_type::SleepTypeProblem::Dsdt(e)),
+    };
+    PlatformTables { hpets, madt, pm_timer, rtc, sleep, s3 }
+}
+
+/// Longest DSDT read: real machines' run to a few hundred KiB.
+const MAX_DSDT_LEN: usize = 1 << 20;
+
+/// The DSDT at `phys`, validated (signature, length up to `MAX_DSDT_LEN`, checksum): its AML,
+/// after the header.
+fn dsdt_bytes(phys: u64) -> Result<&'static [u8], AcpiProblem> {
+    // SAFETY: all physical memory is mapped at the physical-memory offset for the kernel's
+    // lifetime; the FADT names this firmware-reserved table, which nobody writes. The header is
+    // read first, then no more than the length it gives (bounded).
+    let header =
+        unsafe { core::slice::from_raw_parts(PhysMapHandler::ptr::<u8>(phys as usize), SDT_HEADER_LEN) };
+    let len = (le32(header, 4) as usize).clamp(SDT_HEADER_LEN, MAX_DSDT_LEN);
+    // SAFETY: as above, `len` bytes of the table.
+    let bytes = unsafe { core::slice::from_raw_parts(PhysMapHandler::ptr::<u8>(phys as usize), len) };
+    Ok(&validate_table(bytes, "DSDT", SDT_HEADER_LEN)?[SDT_HEADER_LEN..])
 }
 
 impl HpetTable {
@@ -778,6 +847,7 @@ impl Madt {
 pub mod build;
 pub mod faults;
 pub mod hpet_blocks;
+pub mod sleep_type;
 
 #[cfg(test)]
 mod tests;

@@ -234,6 +234,20 @@ impl IoApics {
         Ok(())
     }
 
+    /// Every pin's redirection entry, chip by chip (what a power loss, ACPI S3, takes).
+    pub fn save(&mut self) -> Vec<Vec<RedirectionEntry>> {
+        self.chips.iter_mut().map(|c| (0..c.pins).map(|pin| c.entry(pin)).collect()).collect()
+    }
+
+    /// Writes back what [`save`](Self::save) returned (each entry masked first, as always).
+    pub fn restore(&mut self, saved: &[Vec<RedirectionEntry>]) {
+        for (chip, entries) in self.chips.iter_mut().zip(saved) {
+            for (pin, &e) in entries.iter().enumerate() {
+                chip.set_entry(pin as u32, e);
+            }
+        }
+    }
+
     pub fn mask(&mut self, gsi: u32, masked: bool) -> Result<(), IoApicError> {
         let (chip, pin) = self.lookup(gsi)?;
         let e = self.chips[chip].entry(pin);

@@ -359,6 +359,18 @@ pub fn init_ap() {
     init_this_cpu();
 }
 
+/// After a power loss (ACPI S3) on the boot CPU: its APIC enabled again in the mode chosen at
+/// boot (a reset leaves it in xAPIC mode) and set up as `init_bsp` did.
+pub fn resume_this_cpu() {
+    let Some(mode) = mode() else { return };
+    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
+    let current = unsafe { Msr::new(IA32_APIC_BASE).read() };
+    // SAFETY: `mode` was chosen from CPUID at boot; interrupts are off and nothing on this CPU
+    // uses the APIC while it is set up again.
+    unsafe { enable_this_cpu(current, mode) };
+    init_this_cpu();
+}
+
 /// The per-CPU part of enabling, shared with application processors (through `init_ap`).
 pub fn init_this_cpu() {
     write(Reg::TaskPriority, 0);

@@ -21,6 +21,7 @@ pub mod pm_timer;
 pub mod qemu;
 pub mod rtc;
 pub mod serial;
+pub mod sleep;
 pub mod smp;
 pub mod trace;
 pub mod tsc;

@@ -174,6 +174,43 @@ pub fn unmask(irq: u8) {
     }
 }
 
+/// What a power loss (ACPI S3) takes from the 8259s and [`resume`] puts back: the ELCR (the
+/// masks are the driver's own record, `MASK`).
+#[derive(Debug, Clone, Copy)]
+pub struct Saved {
+    elcr: u16,
+}
+
+/// Saves what [`resume`] needs.
+pub fn save() -> Saved {
+    Saved { elcr: level_triggered() }
+}
+
+/// After a power loss: both controllers initialised again at the kernel's vectors, the masks as
+/// last written and the ELCR as saved.
+pub fn resume(saved: &Saved) {
+    let (mut mc, mut md, mut sc, mut sd) =
+        (port(MASTER_COMMAND), port(MASTER_DATA), port(SLAVE_COMMAND), port(SLAVE_DATA));
+    let (mut elcr_master, mut elcr_slave) = (port(ELCR_MASTER), port(ELCR_SLAVE));
+    let mask = *MASK.lock();
+    // SAFETY: as in `remap_and_mask` (the same initialisation), then the mask registers and the
+    // ELCR (PIIX/ICH ports 0x4d0/0x4d1) written back with what they held before the power loss.
+    unsafe {
+        mc.write(ICW1_INIT_ICW4);
+        sc.write(ICW1_INIT_ICW4);
+        md.write(PIC_VECTOR_BASE);
+        sd.write(PIC_VECTOR_BASE + 8);
+        md.write(ICW3_MASTER_SLAVE_ON_IRQ2);
+        sd.write(ICW3_SLAVE_ID);
+        md.write(ICW4_8086);
+        sd.write(ICW4_8086);
+        md.write(mask as u8);
+        sd.write((mask >> 8) as u8);
+        elcr_master.write(saved.elcr as u8);
+        elcr_slave.write((saved.elcr >> 8) as u8);
+    }
+}
+
 /// Whether IRQ `irq` is in service (its bit in the in-service register of its 8259).
 fn in_service(irq: u8) -> bool {
     let command = if irq < 8 { MASTER_COMMAND } else { SLAVE_COMMAND };

@@ -40,6 +40,8 @@ pub struct FirmwareInfo {
     pub rtc: Option<acpi::FadtRtc>,
     /// The FADT's PM1a control block and FACS (what S3 needs), or why there are none.
     pub sleep: Result<acpi::FadtSleep, acpi::AcpiProblem>,
+    /// S3's SLP_TYP values from the DSDT, or why there are none.
+    pub s3: Result<acpi::sleep_type::SleepType, acpi::sleep_type::SleepTypeProblem>,
     /// The MADT's interrupt source overrides (checked against the IOAPICs once they are up).
     pub overrides: Vec<acpi::InterruptOverride>,
 }
@@ -57,6 +59,7 @@ impl Default for FirmwareInfo {
             pm_timer: None,
             rtc: None,
             sleep: Err(acpi::AcpiProblem::TableNotFound("FADT")),
+            s3: Err(acpi::sleep_type::SleepTypeProblem::Dsdt(acpi::AcpiProblem::TableNotFound("FADT"))),
             overrides: Vec::new(),
         }
     }
@@ -103,11 +106,28 @@ impl FirmwareInfo {
         info.hpet_tables = tables.hpets;
         info.rtc = tables.rtc.ok();
         match tables.sleep {
-            Ok(s) => log::info!("FADT: PM1a_CNT at {:#x}, FACS at {:#x}", s.pm1a_cnt, s.facs),
+            Ok(s) => {
+                let or_none = |a: Option<u64>| a.map_or_else(|| "none".into(), |a| format!("{a:#x}"));
+                log::info!(
+                    "FADT: PM1a_EVT at {:#x}, PM1b_EVT {}, PM1_EVT_LEN {}, PM1a_CNT at {:#x}, PM1b_CNT {}, FACS at {:#x}, DSDT at {:#x}",
+                    s.pm1a_evt,
+                    or_none(s.pm1b_evt),
+                    s.pm1_evt_len,
+                    s.pm1a_cnt,
+                    or_none(s.pm1b_cnt),
+                    s.facs,
+                    s.dsdt
+                );
+            }
             Err(e @ acpi::AcpiProblem::TableNotFound(_)) => log::info!("no sleep states: {e}"),
             Err(e) => fall_back(format!("{e}: no sleep states (S3) on this machine")),
         }
         info.sleep = tables.sleep;
+        match tables.s3 {
+            Ok(t) => log::info!("DSDT: \\_S3_ gives SLP_TYPa {}, SLP_TYPb {}: S3 offered", t.a, t.b),
+            Err(e) => log::info!("no S3: {e}"),
+        }
+        info.s3 = tables.s3;
         match tables.pm_timer {
             Ok(pm) => {
                 log::info!("FADT: ACPI PM timer at I/O port {:#x}, {}-bit", pm.port, pm.bits);

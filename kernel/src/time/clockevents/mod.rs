@@ -25,6 +25,7 @@ pub mod lapic_refine;
 pub mod pit;
 mod registry;
 mod report;
+pub mod s3;
 pub mod suspend;
 mod timer;
 

@@ -16,7 +16,7 @@ use super::cpu;
 use crate::arch::x86_64::hpet::Hpet;
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::time::clocksource::now_ns;
-use crate::timer_report::SuspendReport;
+use crate::timer_report::{SuspendKind, SuspendReport};
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
@@ -26,8 +26,13 @@ use x86_64::instructions::interrupts::without_interrupts;
 /// asserted: a CPU that does not answer is reported and the suspend abandoned).
 const PARK_LIMIT_NS: u64 = 1_000_000_000;
 
-static TOTALS: Mutex<SuspendReport> =
-    Mutex::new(SuspendReport { count: 0, suspended_ns: 0, timers_resumed: 0, asleep_ns: 0 });
+static TOTALS: Mutex<SuspendReport> = Mutex::new(SuspendReport {
+    kind: SuspendKind::Simulated,
+    count: 0,
+    suspended_ns: 0,
+    timers_resumed: 0,
+    asleep_ns: 0,
+});
 
 /// Suspends begun so far (a counter a suspend stops, the HPET's, does not measure across one).
 static SUSPENDS: AtomicU64 = AtomicU64::new(0);
@@ -169,12 +174,18 @@ pub fn suspend_for(
         halted_ns / 1000,
         suspended_ns / 1000
     );
+    record(SuspendKind::Simulated, suspended_ns, pending, halted_ns);
+    Ok(())
+}
+
+/// Adds one suspend of `kind` to the report's totals.
+pub(super) fn record(kind: SuspendKind, suspended_ns: u64, pending: u64, asleep_ns: u64) {
     without_interrupts(|| {
         let mut t = TOTALS.lock();
+        t.kind = kind;
         t.count += 1;
         t.suspended_ns += suspended_ns;
         t.timers_resumed += pending;
-        t.asleep_ns += halted_ns;
+        t.asleep_ns += asleep_ns;
     });
-    Ok(())
 }

@@ -333,6 +333,23 @@ impl Timekeeper {
         })
     }
 
+    /// The machine slept with its counters reset (ACPI S3: the firmware's reset leaves the
+    /// TSC, the HPET and the rest at whatever they read after it): MONOTONIC continues from
+    /// `stopped_ns`, its reading when the sleep began (never below the current base), from the
+    /// counter's reading now, and BOOTTIME and REALTIME move on by `asleep_ns` (measured by a
+    /// clock that ran meanwhile, the RTC). The caller guarantees nobody read the clock between
+    /// `stopped_ns` and this call. Returns MONOTONIC now. Serialised as [`rebase`](Self::rebase).
+    pub fn resume_from_reset<H: ReadCounter>(&self, hw: &H, stopped_ns: u64, asleep_ns: u64) -> u64 {
+        self.write(|tk| {
+            let snap = tk.load();
+            let cycles = hw.read(snap.conv.counter);
+            let base_ns = stopped_ns.max(snap.base_ns);
+            tk.store(&Snapshot { conv: snap.conv, base_cycles: cycles, base_ns });
+            tk.count_suspended(asleep_ns);
+            base_ns
+        })
+    }
+
     /// Runs `f` as a writer: the sequence number odd around it.
     fn write<R>(&self, f: impl FnOnce(&Self) -> R) -> R {
         let seq = self.seq.load(Ordering::Relaxed);
@@ -556,6 +573,36 @@ mod tests {
         assert_eq!(tk.now(&hw), 1_750, "and runs on from there");
         // A sleep longer than the clock has run since its base is cut to that, never below.
         assert_eq!(tk.resume_after(&hw, u64::MAX), 1_750 - 50);
+    }
+
+    #[test]
+    fn a_resume_from_reset_continues_monotonic_whatever_the_counter_reads_after_it() {
+        let hw = Fake { values: Default::default(), steps: [0; 3], masks: [0, u64::MAX, u64::MAX] };
+        let tk = Timekeeper::new();
+        tk.rebase(&hw, Some(conv(1, 1_000_000_000, 64)), 0);
+        hw.values[1].set(5_000_000);
+        tk.set_realtime(&hw, WallTime::from_nanos(9_000_000_000));
+        let before = tk.clocks(&hw);
+        // The counters reset in the sleep: the counter reads far less than before.
+        hw.values[1].set(300);
+        let mono = tk.resume_from_reset(&hw, before.monotonic.as_nanos(), 2_000_000_000);
+        assert_eq!(mono, 5_000_000, "MONOTONIC continues from where it stopped");
+        let after = tk.clocks(&hw);
+        assert_eq!(after.monotonic.as_nanos(), 5_000_000, "not back to the counter's 300");
+        assert_eq!(
+            after.boottime.as_nanos(),
+            before.boottime.as_nanos() + 2_000_000_000,
+            "BOOTTIME counts the sleep"
+        );
+        assert_eq!(after.realtime.as_nanos(), before.realtime.as_nanos() + 2_000_000_000, "so does REALTIME");
+        hw.values[1].set(300 + 40);
+        assert_eq!(tk.now(&hw), 5_000_040, "and runs on from the counter's new reading");
+        // A counter reset to more than it read (a TSC starting high) does not move it either.
+        hw.values[1].set(u64::MAX / 2);
+        assert_eq!(tk.resume_from_reset(&hw, 5_000_040, 0), 5_000_040);
+        // A stop time behind the base (a caller's mistake) never takes the clock back.
+        hw.values[1].set(7);
+        assert_eq!(tk.resume_from_reset(&hw, 1, 0), 5_000_040);
     }
 
     #[test]

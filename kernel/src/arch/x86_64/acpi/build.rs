@@ -147,6 +147,9 @@ pub struct FadtSpec {
     /// FIRMWARE_CTRL (the FACS) and PM1a_CNT_BLK, 32-bit fields (the extended ones left 0).
     pub firmware_ctrl: u32,
     pub pm1a_cnt_blk: u32,
+    /// PM1a_EVT_BLK and PM1_EVT_LEN.
+    pub pm1a_evt_blk: u32,
+    pub pm1_evt_len: u8,
 }
 
 impl Default for FadtSpec {
@@ -161,6 +164,8 @@ impl Default for FadtSpec {
             boot_arch: 0,
             firmware_ctrl: 0x7ffe_0000,
             pm1a_cnt_blk: 0x604,
+            pm1a_evt_blk: 0x600,
+            pm1_evt_len: 4,
         }
     }
 }
@@ -173,7 +178,9 @@ impl FadtSpec {
         let mut t = alloc::vec![0u8; len - 36];
         let at = |offset: usize| offset - 36;
         t[at(36)..at(40)].copy_from_slice(&self.firmware_ctrl.to_le_bytes());
+        t[at(56)..at(60)].copy_from_slice(&self.pm1a_evt_blk.to_le_bytes());
         t[at(64)..at(68)].copy_from_slice(&self.pm1a_cnt_blk.to_le_bytes());
+        t[at(88)] = self.pm1_evt_len;
         t[at(76)..at(80)].copy_from_slice(&self.pm_tmr_blk.to_le_bytes());
         t[at(91)] = self.pm_tmr_len;
         t[at(106)..at(109)].copy_from_slice(&self.rtc);

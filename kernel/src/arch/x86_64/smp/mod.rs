@@ -279,6 +279,28 @@ pub fn restart(index: usize) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Readies the start-up code as the ACPI waking vector: the boot CPU, reset by a wake from S3,
+/// runs it in real mode from its page (the firmware jumps to CS = page << 8, IP = 0) into long
+/// mode with the kernel's page tables, and calls `entry(arg)` on `stack_top`. Returns the page's
+/// physical address (the vector). The page is the APs' (installed now if none was); no AP may
+/// be starting meanwhile.
+pub fn wake_code(entry: extern "C" fn(u64) -> !, arg: u64, stack_top: u64) -> Result<u64, StartError> {
+    let phys = match TRAMPOLINE_PHYS.load(Ordering::Relaxed) {
+        0 => {
+            let t = install_trampoline()?;
+            TRAMPOLINE_PHYS.store(t.phys(), Ordering::Relaxed);
+            t.phys()
+        }
+        phys => phys,
+    };
+    // SAFETY: the page was reserved for the start-up code (`install_trampoline`), stays
+    // identity-mapped, and no AP runs it now (the caller's condition).
+    let trampoline = unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) };
+    let cr3 = Cr3::read().0.start_address().as_u64();
+    trampoline.prepare(cr3, stack_top, entry, arg)?;
+    Ok(phys)
+}
+
 /// Where an AP arrives from the trampoline, on its own stack, with its `PerCpu`.
 extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
