@@ -656,15 +656,16 @@ impl<T> TimerQueue<T> {
             else {
                 unreachable!("the heap holds only pending slots")
             };
+            // Read while the slot is at hand (no second look-up after `defer`).
+            let (deadline_ns, generation) = (slot.deadline_ns, slot.generation);
             // Its entry stays at the root as a hole, repaired by the next heap operation.
             self.hole = true;
             if defer(&payload) {
                 self.defer_popped(index, payload);
                 continue;
             }
-            let slot = &self.slots[index as usize];
-            let id = TimerId { cpu: self.cpu, slot: index, generation: slot.generation };
-            return Some(Expired { id, deadline_ns: slot.deadline_ns, payload });
+            let id = TimerId { cpu: self.cpu, slot: index, generation };
+            return Some(Expired { id, deadline_ns, payload });
         }
     }
 
@@ -778,7 +779,8 @@ impl<T> TimerQueue<T> {
     /// Number of pending timers.
     #[inline]
     pub fn len(&self) -> usize {
-        self.heap.len() - usize::from(self.hole)
+        // A hole is an entry of the heap (its root): never more holes than entries.
+        self.heap.len().wrapping_sub(usize::from(self.hole))
     }
 
     /// Whether no timer is pending.

@@ -429,6 +429,18 @@ pub fn timer_oneshot(count: u32, vector: u8, masked: bool) {
     write(Reg::TimerInitialCount, count);
 }
 
+/// One-shot mode on `vector`, unmasked, without starting a count: [`timer_count`] starts it
+/// (a count already running keeps running). For a driver that reads the clock between the
+/// two, so that only the count's write follows the read.
+pub fn timer_oneshot_mode(vector: u8) {
+    write(Reg::LvtTimer, lvt_timer(vector, TimerMode::OneShot, false));
+}
+
+/// Starts a count of `count` in the mode [`timer_oneshot_mode`] set.
+pub fn timer_count(count: u32) {
+    write(Reg::TimerInitialCount, count);
+}
+
 pub fn timer_periodic(count: u32, vector: u8) {
     write(Reg::LvtTimer, lvt_timer(vector, TimerMode::Periodic, false));
     write(Reg::TimerInitialCount, count);

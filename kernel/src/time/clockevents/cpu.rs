@@ -165,8 +165,17 @@ pub fn this_cpu_tick() -> Option<TickGuard> {
 /// made on this CPU for the interrupt it handles).
 #[inline]
 fn tick_guard(time: &'static CpuTime) -> Option<TickGuard> {
+    tick_guard_in::<false>(time)
+}
+
+/// [`tick_guard`], `IN_IRQ`: called from a device interrupt's handler, where interrupts are
+/// off already (an interrupt gate; `interrupts::dispatch` never enables them), so the guard
+/// skips reading the flags and never enables them on drop. It still disables them (one `cli`,
+/// idempotent): a callback that enabled them wrongly gets them off again under the guard.
+#[inline]
+fn tick_guard_in<const IN_IRQ: bool>(time: &'static CpuTime) -> Option<TickGuard> {
     use x86_64::instructions::interrupts;
-    let interrupts_were_enabled = interrupts::are_enabled();
+    let interrupts_were_enabled = !IN_IRQ && interrupts::are_enabled();
     interrupts::disable();
     let guard = time.tick.try_lock();
     // Only this CPU takes it, with interrupts off: a busy lock means the code holding the
@@ -225,19 +234,20 @@ pub(super) fn report_failure(failure: Option<kernel_time::tick::DeviceFailure>) 
 }
 
 /// This CPU as the crate's expiry loop sees it: its tick behind [`TickGuard`], the
-/// clocksource, and how a [`Payload`] runs.
-struct ThisCpu {
+/// clocksource, and how a [`Payload`] runs. `IN_IRQ`: made by a device interrupt's handler,
+/// interrupts off already (its guards skip reading the flags: [`tick_guard_in`]).
+struct ThisCpu<const IN_IRQ: bool = false> {
     index: usize,
     /// This CPU's timekeeping state, looked up once per interrupt.
     time: &'static CpuTime,
 }
 
-impl ExpiryContext for ThisCpu {
+impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
     type Payload = Payload;
 
     #[inline]
     fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R) -> Option<R> {
-        let mut tick = tick_guard(self.time)?;
+        let mut tick = tick_guard_in::<IN_IRQ>(self.time)?;
         let bc = registry::broadcast(&tick);
         Some(f(&mut tick, bc))
     }
@@ -319,7 +329,7 @@ impl ExpiryContext for ThisCpu {
 
 /// This CPU as the crate's glue sees it: its number, the broadcast under its lock and its
 /// device's id, the wake-up IPI, and the registry's take-out of a device that gave up.
-impl Platform for ThisCpu {
+impl<const IN_IRQ: bool> Platform for ThisCpu<IN_IRQ> {
     #[inline]
     fn cpu(&self) -> usize {
         self.index
@@ -431,7 +441,7 @@ fn this_cpu() -> ThisCpu {
 pub(super) fn device_interrupt(device: DeviceId, cpu: &'static percpu::PerCpu) {
     let now = now_ns();
     path_trace::stamp(Stage::ClockRead);
-    glue::device_interrupt(&ThisCpu { index: cpu.index, time: time_of(cpu) }, device, now);
+    glue::device_interrupt(&ThisCpu::<true> { index: cpu.index, time: time_of(cpu) }, device, now);
 }
 
 /// The wake-up IPI: another CPU posted to this one's inbox, the broadcast woke it, or a

@@ -146,6 +146,8 @@ pub struct HpetChannel {
     hpet: &'static Hpet,
     pub index: usize,
     pub delivery: Delivery,
+    /// `delivery.level()`, decided once: the interrupt tests this field, not the enum.
+    level: bool,
     pub vector: u8,
     /// The configuration written on every state change (route, trigger, FSB, 32-bit mode),
     /// kept here so that programming never reads the register back.
@@ -238,6 +240,7 @@ impl HpetChannel {
             hpet,
             index,
             delivery,
+            level: delivery.level(),
             vector,
             base_config: config,
             irqs_by_cpu: PerCpuCounter::new(),
@@ -591,7 +594,7 @@ fn channel_interrupt(vector: u8) {
         interrupts::spurious(format_args!("HPET vector {vector:#04x} without a comparator"));
         return;
     };
-    if ch.delivery.level() {
+    if ch.level {
         // Level-triggered: ours only if our status bit is set; writing 1 releases the line.
         if ch.hpet.interrupt_status() & (1 << ch.index) == 0 {
             ch.spurious.fetch_add(1, Ordering::Relaxed);

@@ -207,6 +207,8 @@ struct Pass {
     /// This pass's clock read: what is due.
     now_ns: u64,
     passes: u32,
+    /// Callbacks run; added to wrapping (a pass runs at most the queue's length), as the dev
+    /// build's overflow check would cost every callback.
     callbacks: u32,
     deferred: u32,
     hang: Option<Hang>,
@@ -315,7 +317,7 @@ fn run_handle<C: ExpiryContext>(
     pass: &mut Pass,
 ) -> Option<(u64, C::Payload)> {
     let Some(handle) = cx.handle_of(&expired.payload) else {
-        pass.callbacks += 1;
+        pass.callbacks = pass.callbacks.wrapping_add(1);
         return cx.run(expired, pass.now_ns);
     };
     // Its own CPU's table, or the table of the CPU it came from (gone offline).
@@ -324,14 +326,14 @@ fn run_handle<C: ExpiryContext>(
         _ => cx.handles_of(handle.cpu()),
     };
     let Some(handles) = handles else {
-        pass.callbacks += 1;
+        pass.callbacks = pass.callbacks.wrapping_add(1);
         return cx.run(expired, pass.now_ns);
     };
     if !handles.begin_run(handle) {
         drop(expired);
         return None;
     }
-    pass.callbacks += 1;
+    pass.callbacks = pass.callbacks.wrapping_add(1);
     let again = cx.run(expired, pass.now_ns);
     if handles.end_run(handle, again.is_some()) { again } else { None }
 }
@@ -351,7 +353,7 @@ fn expire<C: ExpiryContext>(cx: &C, pass: &mut Pass, mut step: Step<C::Payload>)
                 let again = if cx.has_handle(&expired.payload) {
                     run_handle(cx, expired, pass)
                 } else {
-                    pass.callbacks += 1;
+                    pass.callbacks = pass.callbacks.wrapping_add(1);
                     cx.run(expired, pass.now_ns)
                 };
                 let next = cx.with_tick(|t, bc| {
@@ -414,7 +416,7 @@ pub fn run_deferred<C: ExpiryContext>(cx: &C) -> DeferredRun {
         let again = if cx.has_handle(&expired.payload) {
             run_handle(cx, expired, &mut pass)
         } else {
-            pass.callbacks += 1;
+            pass.callbacks = pass.callbacks.wrapping_add(1);
             cx.run(expired, pass.now_ns)
         };
         if pass.callbacks == 0 {

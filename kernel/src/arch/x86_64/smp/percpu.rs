@@ -146,7 +146,7 @@ pub fn install(cpu: &'static PerCpu) {
 
 /// The calling CPU's state. Panics if `install` has not run on this CPU.
 pub fn this_cpu() -> &'static PerCpu {
-    let base = GsBase::read().as_u64();
+    let base = gs_base();
     assert!(base != 0, "per-CPU state used before percpu::install on this CPU");
     let ptr: *const PerCpu;
     // SAFETY: GS base points to a live PerCpu (checked non-zero above; only `install` writes
@@ -158,14 +158,25 @@ pub fn this_cpu() -> &'static PerCpu {
 
 /// Whether the calling CPU has its per-CPU state yet (early boot and fault paths).
 pub fn ready() -> bool {
-    GsBase::read().as_u64() != 0
+    gs_base() != 0
 }
+
+/// The GS base as the MSR holds it: `GsBase::read` would check it is canonical (a `VirtAddr`),
+/// which only `install` writes it as, and every timer interrupt asks for it (5 instructions).
+#[inline]
+fn gs_base() -> u64 {
+    // SAFETY: IA32_GS_BASE exists on every x86_64 CPU; reading it has no side effects.
+    unsafe { x86_64::registers::model_specific::Msr::new(IA32_GS_BASE).read() }
+}
+
+/// The GS base's MSR number.
+const IA32_GS_BASE: u32 = 0xC000_0101;
 
 /// The calling CPU's state, `None` before `install` ran on this CPU: [`ready`] and
 /// [`this_cpu`] in one read of the GS base (an MSR read, a VM exit under virtualisation).
 #[inline]
 pub fn try_this_cpu() -> Option<&'static PerCpu> {
-    if GsBase::read().as_u64() == 0 {
+    if gs_base() == 0 {
         return None;
     }
     let ptr: *const PerCpu;
