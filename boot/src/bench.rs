@@ -485,7 +485,7 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The `BENCH` line: per clock and kind the figures the README documents (the histograms stay
+/// The `BENCH` line: per clock and kind the figures docs/benchmark.md documents (the histograms stay
 /// in bench.json).
 fn summary(all: &Value) -> Value {
     let runs: Vec<Value> = all["runs"]

@@ -32,8 +32,8 @@ use std::time::Instant;
 const TEST_SECTION: &str = ".kernel_test";
 
 /// The kernel ELF this runner was built with: the `kernel` package's binary, an artifact
-/// dependency built for `x86_64-unknown-none` (`-Z bindeps`, see Cargo.toml and the README's
-/// "Why artifact dependencies"). What `cargo run` boots.
+/// dependency built for `x86_64-unknown-none` (`-Z bindeps`, see Cargo.toml and
+/// docs/cargo-and-debugging.md, "Why artifact dependencies"). What `cargo run` boots.
 const BUILT_KERNEL: &str = env!("CARGO_BIN_FILE_KERNEL_kernel");
 
 const USAGE: &str = "\
@@ -586,7 +586,7 @@ mod tests {
     #[test]
     fn the_built_kernel_records_a_trace_only_with_the_feature() {
         // The recorder prints TRACE-BEGIN; without the feature only its empty stand-in is built
-        // (the benchmark's builds: README, "Trace timeline").
+        // (the benchmark's builds: docs/cargo-and-debugging.md, "Trace timeline").
         let bytes = std::fs::read(BUILT_KERNEL).expect("the artifact dependency's kernel ELF");
         let recorder = bytes.windows(b"TRACE-BEGIN".len()).any(|w| w == b"TRACE-BEGIN");
         assert_eq!(recorder, cfg!(feature = "trace"));

@@ -174,7 +174,7 @@ Options (scripts/run, and each variant of a QEMU test):
                        aborts in x2APIC mode); on needs QEMU >= 10 or KVM (a test variant that
                        asks for it on an older QEMU is reported ignored)
   --timeout SECONDS    kill QEMU and fail after this long (default 120)
-  --cmdline \"...\"      kernel options, handed over through fw_cfg (see README, Kernel options)
+  --cmdline \"...\"      kernel options, handed over through fw_cfg (see docs/options.md)
   --trace FILE         write the run's per-CPU trace timeline to FILE (Chrome / Perfetto
                        trace-event JSON: open it in ui.perfetto.dev): timer arms, device
                        programming, interrupts, callbacks, wake-up IPIs, idle, device changes.

@@ -65,7 +65,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
 
     let boot_info: &'static BootInfo = boot_info;
     // Where the bootloader put the (position-independent) image: what a debugger adds to the
-    // ELF's addresses (`add-symbol-file ELF -o OFFSET`, README "Debugging").
+    // ELF's addresses (`add-symbol-file ELF -o OFFSET`, docs/cargo-and-debugging.md, "Debugging").
     log::info!("kernel image at offset {:#x}", boot_info.kernel_image_offset);
     memory::init(boot_info);
 

@@ -1,5 +1,5 @@
 //! The main run's machine-readable summary: one line `TIMER-REPORT {json}` at the end of the
-//! serial log. The schema is documented in the README ("The TIMER-REPORT line") and versioned
+//! serial log. The schema is documented in docs/log-and-report.md ("The TIMER-REPORT line") and versioned
 //! by `schema`; a field is only ever added in a new version, never renamed.
 
 use alloc::collections::BTreeMap;
