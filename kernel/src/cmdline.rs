@@ -44,6 +44,10 @@ pub struct KernelOptions {
     /// is probed (no firmware table can make QEMU's counter stand still): the counting check
     /// must reject the HPET, and the kernel runs on the LAPIC timer calibrated against the ACPI PM timer.
     pub hpet_counter_stopped: bool,
+    /// `lapic_silent`: fault injection, the boot CPU's LAPIC is treated as one that does not
+    /// answer (its version register as if it read all ones): the kernel must say so and run on
+    /// the 8259, as without a local APIC.
+    pub lapic_silent: bool,
     /// `hpet_counter=read|estimate`: program a comparator from the main counter read first
     /// (three accesses, as Linux; the default: the estimate's 16-tick lean makes every event
     /// 160 ns later under emulation) or derived from the TSC (one write and a verifying read).
@@ -213,6 +217,7 @@ impl Default for KernelOptions {
             hpet_storm: None,
             hpet_misroute: None,
             hpet_counter_stopped: false,
+            lapic_silent: false,
             hpet_counter_read: true,
             broadcast_follows: true,
             bench: false,
@@ -506,6 +511,7 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
             }
             "noapictimer" if value.is_none() => options.no_apic_timer = true,
             "hpet_counter_stopped" if value.is_none() => options.hpet_counter_stopped = true,
+            "lapic_silent" if value.is_none() => options.lapic_silent = true,
             "bench" if value.is_none() => options.bench = true,
             "trace" if value.is_none() => options.trace = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
@@ -597,6 +603,7 @@ mod tests {
         assert_eq!(parse("hpet_storm=0").0.hpet_storm, Some(0));
         assert_eq!(parse("hpet_misroute=1").0.hpet_misroute, Some(1));
         assert!(parse("hpet_counter_stopped").0.hpet_counter_stopped);
+        assert!(parse("lapic_silent").0.lapic_silent);
         assert!(
             parse("hpet_counter=read").0.hpet_counter_read
                 && !parse("hpet_counter=estimate").0.hpet_counter_read

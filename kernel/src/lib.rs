@@ -84,6 +84,7 @@ pub fn init(boot_info: &'static mut BootInfo) -> Kernel {
         rsdp_addr,
         options.table_faults,
         options.hpet_counter_stopped,
+        options.lapic_silent,
         clocksource::register_counter,
     );
     arch::x86_64::trace::init(platform.firmware.cpus_enabled.max(1) as usize, options.trace);

@@ -287,6 +287,11 @@ pub enum LapicError {
     /// CPUID.01h:EDX bit 9 (APIC) is clear: the CPU has no local APIC (`-cpu qemu64,-apic`).
     Absent,
     Mapping(mmio::MmioError),
+    /// CPUID says there is one, but its version register reads what no local APIC holds (all
+    /// ones or zeros, a version outside 0x10..=0x1f, fewer than four LVT entries): nothing
+    /// answers at its registers. It is disabled again (IA32_APIC_BASE.EN clear), so that the
+    /// CPU takes the 8259's INTR directly.
+    Silent { version: u32 },
 }
 
 impl fmt::Display for LapicError {
@@ -296,13 +301,27 @@ impl fmt::Display for LapicError {
                 f.write_str("CPUID.01h:EDX.APIC (bit 9) is clear: this CPU has no local APIC")
             }
             LapicError::Mapping(e) => write!(f, "cannot map the xAPIC registers: {e}"),
+            LapicError::Silent { version } => write!(
+                f,
+                "the local APIC does not answer: its version register reads {version:#010x}, which no local APIC holds"
+            ),
         }
     }
 }
 
+/// Whether a version register reading comes from a local APIC (Intel SDM vol. 3A, 11.4.8
+/// "Local APIC Version Register": version 0x1X for an integrated APIC, bits 16-23 the number
+/// of LVT entries minus one, at least four entries on any x86_64 processor).
+pub fn version_answers(version: u32) -> bool {
+    let max_lvt = (version >> 16) & 0xff;
+    (0x10..=0x1f).contains(&(version & 0xff)) && max_lvt >= 3 && version != u32::MAX
+}
+
 /// Enables the boot CPU's LAPIC: x2APIC when CPUID offers it, else xAPIC at the base the MSR
-/// reports; spurious and error vectors installed, LINT0/LINT1 and the timer masked.
-pub fn init_bsp() -> Result<Mode, LapicError> {
+/// reports; spurious and error vectors installed, LINT0/LINT1 and the timer masked. A LAPIC
+/// whose version register does not answer (or `pretend_silent`, fault injection) is disabled
+/// again and refused.
+pub fn init_bsp(pretend_silent: bool) -> Result<Mode, LapicError> {
     if __cpuid(1).edx & CPUID_1_EDX_APIC == 0 {
         return Err(LapicError::Absent);
     }
@@ -318,6 +337,14 @@ pub fn init_bsp() -> Result<Mode, LapicError> {
     // SAFETY: CPUID reports x2APIC when `mode` is x2APIC; nothing else uses the APIC yet.
     unsafe { enable_this_cpu(base_msr, mode) };
     MODE.store(if mode == Mode::X2Apic { 2 } else { 1 }, Ordering::Relaxed);
+    let version = if pretend_silent { u32::MAX } else { read(Reg::Version) };
+    if !version_answers(version) {
+        MODE.store(0, Ordering::Relaxed);
+        // SAFETY: clearing EN (and EXTD) disables the APIC, a valid transition from either
+        // mode; nothing on this CPU uses it (its LVTs were never written).
+        unsafe { Msr::new(IA32_APIC_BASE).write(base_msr & !(APIC_BASE_ENABLE | APIC_BASE_EXTD)) };
+        return Err(LapicError::Silent { version });
+    }
     let _ = interrupts::register(SPURIOUS_VECTOR, spurious_interrupt);
     let _ = interrupts::register(ERROR_VECTOR, error_interrupt);
     init_this_cpu();
@@ -515,6 +542,18 @@ mod tests {
     fn apic_id_is_read_from_the_mode_s_field() {
         assert_eq!(id_from_register(Mode::XApic, 0x0300_0000), 3);
         assert_eq!(id_from_register(Mode::X2Apic, 0x103), 0x103);
+    }
+
+    #[test]
+    fn a_version_register_no_local_apic_holds_is_silence() {
+        // QEMU's xAPIC and x2APIC (version 0x14, 6 LVT entries), an old P6-era APIC (0x10, 4).
+        assert!(version_answers(0x0005_0014));
+        assert!(version_answers(0x0003_0010));
+        // Nothing at the registers (all ones or zeros), a discrete 82489DX (0x0X), too few LVTs.
+        assert!(!version_answers(u32::MAX));
+        assert!(!version_answers(0));
+        assert!(!version_answers(0x0005_0003));
+        assert!(!version_answers(0x0002_0014));
     }
 
     #[test]

@@ -228,12 +228,13 @@ pub fn init_bsp(
     rsdp: Option<u64>,
     faults: acpi::TableFaults,
     hpet_counter_stopped: bool,
+    lapic_silent: bool,
     counters: CounterSink,
 ) -> Platform {
     let mut fallbacks = Vec::new();
     let firmware = FirmwareInfo::read(rsdp, faults, &mut fallbacks);
     pic::remap_and_mask();
-    let lapic = match lapic::init_bsp() {
+    let lapic = match lapic::init_bsp(lapic_silent) {
         Ok(mode) => Some(mode),
         Err(e) => {
             let reason = format!(

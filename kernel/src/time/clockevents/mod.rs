@@ -261,9 +261,17 @@ fn register_hrtimer_broadcast() {
         log::info!("bc_hrtimer not registered: {b} is the broadcast device");
         return;
     }
+    if crate::arch::x86_64::lapic::mode().is_none() {
+        log::info!("bc_hrtimer not registered: no local APIC, so no IPI could wake another CPU");
+        return;
+    }
     let mut cpus = CpuSet::EMPTY;
     for c in percpu::all() {
         cpus.insert(c.index);
+    }
+    if cpus.len() < 2 {
+        log::info!("bc_hrtimer not registered: one CPU online, nobody to serve");
+        return;
     }
     if registry::register(hrtimer_broadcast_spec(cpus), &HrtimerBroadcast, |_| ()).is_some() {
         log::info!(
