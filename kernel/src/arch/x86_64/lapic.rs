@@ -291,7 +291,9 @@ pub enum LapicError {
     /// ones or zeros, a version outside 0x10..=0x1f, fewer than four LVT entries): nothing
     /// answers at its registers. It is disabled again (IA32_APIC_BASE.EN clear), so that the
     /// CPU takes the 8259's INTR directly.
-    Silent { version: u32 },
+    Silent {
+        version: u32,
+    },
 }
 
 impl fmt::Display for LapicError {
