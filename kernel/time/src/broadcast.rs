@@ -348,17 +348,28 @@ mod tests {
         assert_eq!(b.stats(), (1, 1), "CPU 2 took the interrupt: one IPI, to CPU 3");
     }
 
+    /// A broadcast on a DYNIRQ device of four CPUs, and its fake driver.
+    fn dynirq_broadcast() -> (&'static FakeDriver, Broadcast) {
+        let driver = FakeDriver::leak();
+        let spec = spec("global", 90, CpuSet::first(4), Features::DYNIRQ);
+        let mut b = Broadcast::new();
+        b.set_device(Some((DeviceId(7), Arc::new(ClockEventDevice::new(spec, driver)))), 0);
+        (driver, b)
+    }
+
+    /// The moves the driver was asked for, in order.
+    fn retargets(driver: &FakeDriver) -> Vec<crate::clockevents::fake::Call> {
+        use crate::clockevents::fake::Call;
+        driver.calls().into_iter().filter(|c| matches!(c, Call::Retarget(_))).collect()
+    }
+
     /// With DYNIRQ the device is moved to the CPU due first, before it is programmed, and only
     /// when that CPU changes; without it, never.
     #[test]
     fn a_dynirq_device_follows_the_earliest_sleeper_and_moves_only_when_it_changes() {
         use crate::clockevents::fake::Call;
-        let driver = FakeDriver::leak();
-        let spec = spec("global", 90, CpuSet::first(4), Features::DYNIRQ);
-        let mut b = Broadcast::new();
-        b.set_device(Some((DeviceId(7), Arc::new(ClockEventDevice::new(spec, driver)))), 0);
-        let moves =
-            || driver.calls().into_iter().filter(|c| matches!(c, Call::Retarget(_))).collect::<Vec<_>>();
+        let (driver, mut b) = dynirq_broadcast();
+        let moves = || retargets(driver);
         b.set_deadline(1, 300_000, 0);
         assert_eq!(driver.calls().last(), Some(&Call::Next(30_000)));
         assert_eq!(moves(), [Call::Retarget(1)], "aimed at the only sleeper");
@@ -433,12 +444,8 @@ mod tests {
     #[test]
     fn an_interrupt_the_platform_moved_is_moved_back_when_its_old_cpu_is_due_first() {
         use crate::clockevents::fake::Call;
-        let driver = FakeDriver::leak();
-        let spec = spec("global", 90, CpuSet::first(4), Features::DYNIRQ);
-        let mut b = Broadcast::new();
-        b.set_device(Some((DeviceId(7), Arc::new(ClockEventDevice::new(spec, driver)))), 0);
-        let moves =
-            || driver.calls().into_iter().filter(|c| matches!(c, Call::Retarget(_))).collect::<Vec<_>>();
+        let (driver, mut b) = dynirq_broadcast();
+        let moves = || retargets(driver);
         b.set_deadline(2, 100_000, 0);
         assert_eq!(moves(), [Call::Retarget(2)]);
         // CPU 2 goes offline: it leaves, and the platform aims the interrupt at CPU 0.

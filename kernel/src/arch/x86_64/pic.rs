@@ -52,23 +52,7 @@ fn port(p: u16) -> Port<u8> {
 
 /// Remaps both controllers to `PIC_VECTOR_BASE` and masks every line.
 pub fn remap_and_mask() {
-    let (mut mc, mut md, mut sc, mut sd) =
-        (port(MASTER_COMMAND), port(MASTER_DATA), port(SLAVE_COMMAND), port(SLAVE_DATA));
-    // SAFETY: ports 0x20/0x21/0xa0/0xa1 are the 8259As on every PC-compatible machine; the
-    // sequence is the datasheet's initialisation, and masking all lines leaves no interrupt
-    // source behind.
-    unsafe {
-        mc.write(ICW1_INIT_ICW4);
-        sc.write(ICW1_INIT_ICW4);
-        md.write(PIC_VECTOR_BASE);
-        sd.write(PIC_VECTOR_BASE + 8);
-        md.write(ICW3_MASTER_SLAVE_ON_IRQ2);
-        sd.write(ICW3_SLAVE_ID);
-        md.write(ICW4_8086);
-        sd.write(ICW4_8086);
-        md.write(0xff);
-        sd.write(0xff);
-    }
+    initialise(0xffff);
     log::info!(
         "8259 PICs remapped to vectors {:#x}..{:#x} and masked",
         PIC_VECTOR_BASE,
@@ -189,12 +173,24 @@ pub fn save() -> Saved {
 /// After a power loss: both controllers initialised again at the kernel's vectors, the masks as
 /// last written and the ELCR as saved.
 pub fn resume(saved: &Saved) {
+    initialise(*MASK.lock());
+    let (mut elcr_master, mut elcr_slave) = (port(ELCR_MASTER), port(ELCR_SLAVE));
+    // SAFETY: the ELCR (PIIX/ICH ports 0x4d0/0x4d1) written back with what it held before the
+    // power loss.
+    unsafe {
+        elcr_master.write(saved.elcr as u8);
+        elcr_slave.write((saved.elcr >> 8) as u8);
+    }
+}
+
+/// The datasheet's initialisation of both controllers at `PIC_VECTOR_BASE`, cascaded on IRQ 2,
+/// 8086 mode, then `mask` (bit n = IRQ n masked) written to their mask registers.
+fn initialise(mask: u16) {
     let (mut mc, mut md, mut sc, mut sd) =
         (port(MASTER_COMMAND), port(MASTER_DATA), port(SLAVE_COMMAND), port(SLAVE_DATA));
-    let (mut elcr_master, mut elcr_slave) = (port(ELCR_MASTER), port(ELCR_SLAVE));
-    let mask = *MASK.lock();
-    // SAFETY: as in `remap_and_mask` (the same initialisation), then the mask registers and the
-    // ELCR (PIIX/ICH ports 0x4d0/0x4d1) written back with what they held before the power loss.
+    // SAFETY: ports 0x20/0x21/0xa0/0xa1 are the 8259As on every PC-compatible machine; the
+    // sequence is the datasheet's initialisation, and the mask is one the driver chose (all
+    // lines masked at boot, its own record after a power loss).
     unsafe {
         mc.write(ICW1_INIT_ICW4);
         sc.write(ICW1_INIT_ICW4);
@@ -206,8 +202,6 @@ pub fn resume(saved: &Saved) {
         sd.write(ICW4_8086);
         md.write(mask as u8);
         sd.write((mask >> 8) as u8);
-        elcr_master.write(saved.elcr as u8);
-        elcr_slave.write((saved.elcr >> 8) as u8);
     }
 }
 
