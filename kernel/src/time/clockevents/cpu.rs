@@ -111,6 +111,10 @@ impl CpuTime {
     }
 }
 
+/// A CPU's tick's own lock, held (interrupts off): what [`ThisCpu`]'s expiry holds instead of
+/// a [`TickGuard`], and as good a proof for [`registry::broadcast_under`].
+pub(super) type TickLock<'a> = MutexGuard<'a, Option<CpuTick<Payload>>>;
+
 /// The calling CPU's tick, with interrupts disabled until it is dropped (then restored as they
 /// were). Code holding it cannot be interrupted or moved, so "this CPU's state" is a type; it
 /// is `!Send`, so it cannot be handed to code running on another CPU either.
@@ -245,11 +249,24 @@ struct ThisCpu<const IN_IRQ: bool = false> {
 impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
     type Payload = Payload;
 
+    /// [`tick_guard_in`] without the guard's value: the lock held for `f` only, the tick's
+    /// presence checked once (the guard's `Deref` checks it again on every use).
     #[inline]
     fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R) -> Option<R> {
-        let mut tick = tick_guard_in::<IN_IRQ>(self.time)?;
-        let bc = registry::broadcast(&tick);
-        Some(f(&mut tick, bc))
+        use x86_64::instructions::interrupts;
+        let interrupts_were_enabled = !IN_IRQ && interrupts::are_enabled();
+        interrupts::disable();
+        let r = {
+            let mut guard =
+                self.time.tick.try_lock().expect("a CPU's tick re-entered while its guard is held");
+            let bc = registry::broadcast_under(&guard);
+            guard.as_mut().map(|t| f(t, bc))
+        };
+        // The tick released before interrupts can come back.
+        if interrupts_were_enabled {
+            interrupts::enable();
+        }
+        r
     }
 
     #[inline]
@@ -269,7 +286,9 @@ impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
             deadline_ns: timer.deadline_ns,
             now_ns,
             data: payload.data,
-            deferred: payload.schedule.deferred(),
+            // A device interrupt's expiry runs only hard timers (the deferred ones wait for the
+            // deferred run, a `ThisCpu<false>`): known without reading the payload.
+            deferred: !IN_IRQ && payload.schedule.deferred(),
         };
         payload.callback.run(&event);
         // A one-shot payload is dropped here, outside the guard.
