@@ -1,6 +1,7 @@
 //! Each CPU's own timekeeping: its [`CpuTick`] in its per-CPU area, reached only through
 //! [`TickGuard`] (interrupts off for the guard's lifetime, so nothing on this CPU can interleave
-//! and no other CPU ever takes it), and the interrupt paths that feed it: a device interrupt,
+//! and no other CPU ever takes it) or, on the expiry's path, [`ThisCpu`]'s `with_tick` (the
+//! same lock held the same way, without the guard's wrapper), and the interrupt paths that feed it: a device interrupt,
 //! the broadcast wake-up IPI, deep idle's handover and suspend/resume, each the crate's expiry
 //! loop or glue run on this CPU ([`ThisCpu`], the kernel's `Platform`).
 
@@ -33,7 +34,8 @@ const INBOX_PER_CPU: usize = 256;
 /// A CPU's timekeeping state, in the time room's own per-CPU storage ([`time_of`]): the
 /// drivers' `PerCpu` does not know it.
 pub struct CpuTime {
-    /// Taken only by its own CPU, with interrupts off ([`TickGuard`]): never contended.
+    /// Taken only by its own CPU, with interrupts off ([`TickGuard`], `ThisCpu::with_tick`):
+    /// never contended.
     tick: Mutex<Option<CpuTick<Payload>>>,
     /// Timers armed here through handles, by any CPU (lock-free; made with the tick).
     pub handles: spin::Once<Handles<Payload>>,
