@@ -1,6 +1,7 @@
 //! Each CPU's own timekeeping: its [`CpuTick`] in its per-CPU area, reached only through
 //! [`TickGuard`] (interrupts off for the guard's lifetime, so nothing on this CPU can interleave
-//! and no other CPU ever takes it), and the interrupt paths that feed it: a device interrupt,
+//! and no other CPU ever takes it) or, on the expiry's path, [`ThisCpu`]'s `with_tick` (the
+//! same lock held the same way, without the guard's wrapper), and the interrupt paths that feed it: a device interrupt,
 //! the broadcast wake-up IPI, deep idle's handover and suspend/resume, each the crate's expiry
 //! loop or glue run on this CPU ([`ThisCpu`], the kernel's `Platform`).
 
@@ -33,7 +34,8 @@ const INBOX_PER_CPU: usize = 256;
 /// A CPU's timekeeping state, in the time room's own per-CPU storage ([`time_of`]): the
 /// drivers' `PerCpu` does not know it.
 pub struct CpuTime {
-    /// Taken only by its own CPU, with interrupts off ([`TickGuard`]): never contended.
+    /// Taken only by its own CPU, with interrupts off ([`TickGuard`], `ThisCpu::with_tick`):
+    /// never contended.
     tick: Mutex<Option<CpuTick<Payload>>>,
     /// Timers armed here through handles, by any CPU (lock-free; made with the tick).
     pub handles: spin::Once<Handles<Payload>>,
@@ -110,6 +112,10 @@ impl CpuTime {
         }
     }
 }
+
+/// A CPU's tick's own lock, held (interrupts off): what [`ThisCpu`]'s expiry holds instead of
+/// a [`TickGuard`], and as good a proof for [`registry::broadcast_under`].
+pub(super) type TickLock<'a> = MutexGuard<'a, Option<CpuTick<Payload>>>;
 
 /// The calling CPU's tick, with interrupts disabled until it is dropped (then restored as they
 /// were). Code holding it cannot be interrupted or moved, so "this CPU's state" is a type; it
@@ -245,11 +251,24 @@ struct ThisCpu<const IN_IRQ: bool = false> {
 impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
     type Payload = Payload;
 
+    /// [`tick_guard_in`] without the guard's value: the lock held for `f` only, the tick's
+    /// presence checked once (the guard's `Deref` checks it again on every use).
     #[inline]
     fn with_tick<R>(&self, f: impl FnOnce(&mut CpuTick<Payload>, &Mutex<Broadcast>) -> R) -> Option<R> {
-        let mut tick = tick_guard_in::<IN_IRQ>(self.time)?;
-        let bc = registry::broadcast(&tick);
-        Some(f(&mut tick, bc))
+        use x86_64::instructions::interrupts;
+        let interrupts_were_enabled = !IN_IRQ && interrupts::are_enabled();
+        interrupts::disable();
+        let r = {
+            let mut guard =
+                self.time.tick.try_lock().expect("a CPU's tick re-entered while its guard is held");
+            let bc = registry::broadcast_under(&guard);
+            guard.as_mut().map(|t| f(t, bc))
+        };
+        // The tick released before interrupts can come back.
+        if interrupts_were_enabled {
+            interrupts::enable();
+        }
+        r
     }
 
     #[inline]
@@ -269,7 +288,9 @@ impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
             deadline_ns: timer.deadline_ns,
             now_ns,
             data: payload.data,
-            deferred: payload.schedule.deferred(),
+            // A device interrupt's expiry runs only hard timers (the deferred ones wait for the
+            // deferred run, a `ThisCpu<false>`): known without reading the payload.
+            deferred: !IN_IRQ && payload.schedule.deferred(),
         };
         payload.callback.run(&event);
         // A one-shot payload is dropped here, outside the guard.

@@ -61,6 +61,13 @@ pub(super) fn broadcast(_proof: &cpu::TickGuard) -> &'static Mutex<Broadcast> {
     &BROADCAST
 }
 
+/// [`broadcast`] for code holding a CPU's tick's lock itself (`cpu::ThisCpu`'s expiry, which
+/// skips the guard's wrapper on the interrupt path): interrupts are off as well.
+#[inline]
+pub(super) fn broadcast_under(_proof: &cpu::TickLock<'_>) -> &'static Mutex<Broadcast> {
+    &BROADCAST
+}
+
 /// Runs `f` on the broadcast state with interrupts off (see [`broadcast`]).
 pub(super) fn with_broadcast<R>(f: impl FnOnce(&mut Broadcast) -> R) -> R {
     without_interrupts(|| f(&mut BROADCAST.lock()))

@@ -180,7 +180,9 @@ pub enum Outcome {
 #[inline]
 pub fn device_interrupt<C: ExpiryContext>(cx: &C, device: DeviceId, now_ns: u64) -> Outcome {
     let mut pass = Pass::new(now_ns);
-    let first = cx.with_tick(|t, bc| t.device_event(device, now_ns).then(|| next_step(cx, t, bc, &mut pass)));
+    let first = cx.with_tick(|t, bc| {
+        if t.device_event(device, now_ns) { Some(next_step(cx, t, bc, &mut pass)) } else { None }
+    });
     match first {
         None => Outcome::Idle,
         Some(None) => Outcome::NotOurs,
