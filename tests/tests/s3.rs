@@ -15,6 +15,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
+use kernel_tests::kernel::arch::x86_64::{rtc, tsc};
 use kernel_tests::kernel::time::clockevents::s3::{self, S3Phase};
 use kernel_tests::kernel::time::clockevents::{self, Timer, TimerEvent, hotplug};
 use kernel_tests::kernel::time::clocksource::{self, now_ns};
@@ -116,8 +117,17 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
     timers.push(b);
     let hotplug_before = hotplug::report().len();
     let mut ran_before_the_sleep = usize::MAX;
+    // A vCPU stalled between the alarm and SLP_EN (a busy host) injected: the first time, the
+    // sleep's last step waits until the RTC alarm has matched. The machine must not sleep
+    // for ever on an alarm already past (it sets the alarm again and sleeps).
+    let layout = plan.rtc.expect("the machine has a CMOS RTC");
+    let mut stalls = 0;
     let mut phase = |p: S3Phase| match p {
         S3Phase::Suspended => {
+            if stalls == 0 {
+                stall_past_the_alarm(&layout, seconds);
+            }
+            stalls += 1;
             oracle::counters_sleeping();
             ran_before_the_sleep = without_interrupts(|| RAN.lock().len());
         }
@@ -126,6 +136,7 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
     };
     let out =
         s3::suspend_to_ram(plan, &mut phase).unwrap_or_else(|e| panic!("the machine did not sleep: {e}"));
+    assert!(stalls >= 2, "the alarm that matched before the sleep went unnoticed ({stalls} attempt)");
     assert!(
         out.pending > cpus.len(),
         "{} timers pending at the sleep, {} armed",
@@ -165,6 +176,18 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
     drop(timers);
     for t in clockevents::tick_devices() {
         assert!(t.device.is_some(), "CPU {} has no tick device after the wake", t.cpu);
+    }
+}
+
+/// Spins (interrupts off, as the sleep's last steps run) until the RTC reads `seconds + 1` past
+/// its reading now: an alarm set `seconds` ahead has matched by then. Bounded by the TSC
+/// (generously: the RTC may be gone).
+fn stall_past_the_alarm(layout: &rtc::RtcLayout, seconds: u64) {
+    let read = || rtc::read(layout).map(|t| t.to_unix_seconds()).unwrap_or(u64::MAX);
+    let until = read().saturating_add(seconds + 1);
+    let (start, limit) = (tsc::read(), tsc::frequency_hz().saturating_mul(seconds + 10));
+    while read() < until && tsc::read().wrapping_sub(start) < limit {
+        core::hint::spin_loop();
     }
 }
 

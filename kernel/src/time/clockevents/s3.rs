@@ -139,11 +139,23 @@ fn bring_back(cpus: &[usize]) {
     }
 }
 
+/// How long the RTC's second may take to turn over (by MONOTONIC, generous: a busy host stalls
+/// a vCPU).
+const TURNOVER_LIMIT_NS: u64 = 3_000_000_000;
+
 /// Sets the RTC alarm `seconds` after the RTC's time now; returns that time (Unix seconds).
+/// The alarm is set just after the RTC's second turned over, so that it lies `seconds` (not
+/// anything between `seconds - 1` and `seconds`) ahead: the sleep's last steps have most of a
+/// second's margin before it matches.
 fn set_alarm(layout: &RtcLayout, seconds: u64) -> Result<u64, S3Fallback> {
     let rtc_err = |e: rtc::RtcProblem| S3Fallback::Rtc(alloc::format!("{e}"));
     for _ in 0..ALARM_TRIES {
-        let now = rtc::read(layout).map_err(rtc_err)?.to_unix_seconds();
+        let was = rtc::read(layout).map_err(rtc_err)?.to_unix_seconds();
+        let start = now_ns();
+        let mut now = was;
+        while now == was && now_ns().saturating_sub(start) < TURNOVER_LIMIT_NS {
+            now = rtc::read(layout).map_err(rtc_err)?.to_unix_seconds();
+        }
         let at = DateTime::from_unix_seconds(now + seconds)
             .ok_or_else(|| S3Fallback::Rtc("the alarm's date is out of range".into()))?;
         rtc::set_alarm(layout, &at).map_err(rtc_err)?;
@@ -153,6 +165,11 @@ fn set_alarm(layout: &RtcLayout, seconds: u64) -> Result<u64, S3Fallback> {
         }
     }
     Err(S3Fallback::Rtc("the RTC's second kept turning over while the alarm was set".into()))
+}
+
+/// For [`S3::enter`]: whether the RTC alarm already matched (status C's AF, cleared by reading).
+fn alarm_passed() -> bool {
+    rtc::alarm_fired()
 }
 
 /// The sleep itself, interrupts off, the boot CPU alone online.
@@ -176,23 +193,38 @@ fn sleep(
     });
     // The alarm and the waking vector first (they log and wait on the clock), then MONOTONIC's
     // last reading before the sleep: nothing reads the clock after it but the sleep's own bound.
-    let alarm = match seconds {
-        Some(seconds) => set_alarm(layout, seconds).inspect(|_| {
-            log::info!("s3: RTC alarm at +{seconds} s, RTC_EN set; sleeping");
-        }),
-        None => {
-            rtc::clear_alarm();
-            log::warn!("s3: no RTC alarm (s3_no_wake): nothing will wake the machine; sleeping");
-            rtc::read(layout).map(|t| t.to_unix_seconds()).map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))
+    // An alarm that matched before SLP_EN (a vCPU stalled past it) would never wake the
+    // machine: `enter` then does not sleep, and the alarm is set again.
+    let mut stopped_ns = now_ns();
+    let mut tries = 0;
+    let slept = loop {
+        tries += 1;
+        let alarm = match seconds {
+            Some(seconds) => set_alarm(layout, seconds).inspect(|_| {
+                log::info!("s3: RTC alarm at +{seconds} s, RTC_EN set; sleeping");
+            }),
+            None => {
+                rtc::clear_alarm();
+                log::warn!("s3: no RTC alarm (s3_no_wake): nothing will wake the machine; sleeping");
+                rtc::read(layout)
+                    .map(|t| t.to_unix_seconds())
+                    .map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))
+            }
+        };
+        let passed: fn() -> bool = if seconds.is_some() { alarm_passed } else { || false };
+        let attempt = alarm.and_then(|before| {
+            s3.prepare_wake().map_err(S3Fallback::Sleep)?;
+            stopped_ns = now_ns();
+            phase(S3Phase::Suspended);
+            s3.enter(passed).map(|()| before).map_err(S3Fallback::Sleep)
+        });
+        match attempt {
+            Err(S3Fallback::Sleep(SleepError::WakePassed)) if tries < ALARM_TRIES => {
+                log::warn!("s3: the RTC alarm matched before the machine slept (a stalled CPU); setting it again");
+            }
+            other => break other,
         }
     };
-    let mut stopped_ns = now_ns();
-    let slept = alarm.and_then(|before| {
-        s3.prepare_wake().map_err(S3Fallback::Sleep)?;
-        stopped_ns = now_ns();
-        phase(S3Phase::Suspended);
-        s3.enter().map(|()| before).map_err(S3Fallback::Sleep)
-    });
     // Woken (or not slept): nothing reads the system clock before it is set right.
     phase(if slept.is_ok() { S3Phase::Woke } else { S3Phase::NotSlept });
     let woke = slept.map(|before| {

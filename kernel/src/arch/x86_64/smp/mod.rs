@@ -9,7 +9,7 @@ use super::clock::now_ns;
 use super::{gdt, interrupts, lapic, memory};
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use percpu::PerCpu;
 use spin::Once;
 use trampoline::Trampoline;
@@ -193,28 +193,64 @@ fn start_one(
     Ok(index)
 }
 
+/// How long after its STARTUPs an AP gets to arrive in the kernel (`ap_entry`) before it is
+/// sent INIT / STARTUP / STARTUP again: an AP can be lost before the kernel's code (seen after
+/// an ACPI S3 wake under QEMU on a busy host: the AP ran real-mode code elsewhere, a STARTUP
+/// of the firmware's resume taken in place of ours), and INIT brings it back from anywhere.
+const ARRIVE_ROUND_NS: u64 = 2_000_000_000;
+
+/// Where the AP being started stands (one starts at a time): the boot CPU waits for it, it
+/// arrived in `ap_entry`, or the boot CPU gave that attempt up (and sends INIT again): an AP
+/// of an abandoned attempt that arrives late halts there until that INIT.
+static ARRIVAL: AtomicU8 = AtomicU8::new(ABANDONED);
+const WAITING: u8 = 1;
+const ARRIVED: u8 = 2;
+const ABANDONED: u8 = 3;
+
 /// Sends `cpu` INIT / STARTUP / STARTUP into the trampoline with its stack at `stack_top`
-/// and waits until it reports online (serving the boot side of its start-up meanwhile).
+/// and waits until it reports online (serving the boot side of its start-up meanwhile); an AP
+/// that does not arrive in the kernel within [`ARRIVE_ROUND_NS`] gets the sequence again.
 fn signal(trampoline: &Trampoline, cr3: u64, cpu: &'static PerCpu, stack_top: u64) -> Result<(), StartError> {
     let apic_id = cpu.apic_id;
     trampoline.prepare(cr3, stack_top, ap_entry, cpu as *const PerCpu as u64)?;
     let start = now_ns();
     START_SIGNAL_NS.store(start, Ordering::Relaxed);
+    let deadline = start + ONLINE_TIMEOUT_NS;
     let online = || cpu.online_ns.load(Ordering::Acquire) != 0;
-    let wait_until = |deadline: u64| {
-        while now_ns() < deadline && !online() {
+    let arrived = || ARRIVAL.load(Ordering::Acquire) == ARRIVED;
+    let wait_until = |deadline: u64, done: &dyn Fn() -> bool| {
+        while now_ns() < deadline && !done() {
             // The AP may need us on its way online (its TSC checked against ours).
             (hooks().while_waiting)();
             core::hint::spin_loop();
         }
     };
-    lapic::send_init(apic_id);
-    wait_until(start + INIT_DELAY_NS);
-    lapic::send_startup(apic_id, trampoline.startup_page());
-    wait_until(now_ns() + STARTUP_RETRY_NS);
-    if !online() {
+    ARRIVAL.store(ABANDONED, Ordering::Release);
+    let mut round = 1;
+    loop {
+        lapic::send_init(apic_id);
+        wait_until(now_ns() + INIT_DELAY_NS, &|| false);
+        ARRIVAL.store(WAITING, Ordering::Release);
         lapic::send_startup(apic_id, trampoline.startup_page());
-        wait_until(now_ns() + ONLINE_TIMEOUT_NS);
+        wait_until(now_ns() + STARTUP_RETRY_NS, &arrived);
+        if !arrived() {
+            lapic::send_startup(apic_id, trampoline.startup_page());
+        }
+        wait_until((now_ns() + ARRIVE_ROUND_NS).min(deadline), &arrived);
+        // Arrived, or the attempt given up (an AP arriving now halts: the INIT below resets it).
+        if ARRIVAL.compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            wait_until(deadline, &online);
+            break;
+        }
+        if now_ns() >= deadline {
+            break;
+        }
+        round += 1;
+        log::warn!(
+            "CPU {}: APIC id {apic_id} not in the kernel {} ms after its STARTUP: INIT / STARTUP again (round {round})",
+            cpu.index,
+            ARRIVE_ROUND_NS / 1_000_000
+        );
     }
     if !online() {
         // Park it: a late arrival must not run on parameters meant for the next CPU.
@@ -305,6 +341,13 @@ pub fn wake_code(entry: extern "C" fn(u64) -> !, arg: u64, stack_top: u64) -> Re
 extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
     let cpu: &'static PerCpu = unsafe { &*(cpu as *const PerCpu) };
+    // An attempt the boot CPU gave up: halt until its INIT (nothing of the kernel touched yet).
+    if ARRIVAL.compare_exchange(WAITING, ARRIVED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        loop {
+            x86_64::instructions::interrupts::disable();
+            x86_64::instructions::hlt();
+        }
+    }
     let arrived = now_ns();
     percpu::install(cpu);
     cpu.tables().load();
