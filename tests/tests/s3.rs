@@ -15,7 +15,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
-use kernel_tests::kernel::arch::x86_64::{rtc, tsc};
+use kernel_tests::kernel::arch::x86_64::{rtc, sleep, tsc};
 use kernel_tests::kernel::time::clockevents::s3::{self, S3Phase};
 use kernel_tests::kernel::time::clockevents::{self, Timer, TimerEvent, hotplug};
 use kernel_tests::kernel::time::clocksource::{self, now_ns};
@@ -122,12 +122,14 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
     // for ever on an alarm already past (it sets the alarm again and sleeps).
     let layout = plan.rtc.expect("the machine has a CMOS RTC");
     let mut stalls = 0;
+    let mut wake_stacks = Vec::new();
     let mut phase = |p: S3Phase| match p {
         S3Phase::Suspended => {
             if stalls == 0 {
                 stall_past_the_alarm(&layout, seconds);
             }
             stalls += 1;
+            wake_stacks.push(sleep::readied_wake_stack());
             oracle::counters_sleeping();
             ran_before_the_sleep = without_interrupts(|| RAN.lock().len());
         }
@@ -137,6 +139,8 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
     let out =
         s3::suspend_to_ram(plan, &mut phase).unwrap_or_else(|e| panic!("the machine did not sleep: {e}"));
     assert!(stalls >= 2, "the alarm that matched before the sleep went unnoticed ({stalls} attempt)");
+    // One waking-vector stack for every attempt (none leaked per sleep).
+    assert!(wake_stacks.windows(2).all(|w| w[0] == w[1]), "a new wake stack per sleep: {wake_stacks:x?}");
     assert!(
         out.pending > cpus.len(),
         "{} timers pending at the sleep, {} armed",

@@ -146,30 +146,41 @@ const TURNOVER_LIMIT_NS: u64 = 3_000_000_000;
 /// Sets the RTC alarm `seconds` after the RTC's time now; returns that time (Unix seconds).
 /// The alarm is set just after the RTC's second turned over, so that it lies `seconds` (not
 /// anything between `seconds - 1` and `seconds`) ahead: the sleep's last steps have most of a
-/// second's margin before it matches.
+/// second before [`alarm_too_close`] says to set it again.
 fn set_alarm(layout: &RtcLayout, seconds: u64) -> Result<u64, S3Fallback> {
     let rtc_err = |e: rtc::RtcProblem| S3Fallback::Rtc(alloc::format!("{e}"));
     for _ in 0..ALARM_TRIES {
         let was = rtc::read(layout).map_err(rtc_err)?.to_unix_seconds();
         let start = now_ns();
         let mut now = was;
+        // Read in the update's own window: a read that meets the update-in-progress bit for
+        // longer than the driver's poll bound says so, and is only tried again.
         while now == was && now_ns().saturating_sub(start) < TURNOVER_LIMIT_NS {
-            now = rtc::read(layout).map_err(rtc_err)?.to_unix_seconds();
+            now = rtc::read(layout).map_or(was, |t| t.to_unix_seconds());
         }
         let at = DateTime::from_unix_seconds(now + seconds)
             .ok_or_else(|| S3Fallback::Rtc("the alarm's date is out of range".into()))?;
         rtc::set_alarm(layout, &at).map_err(rtc_err)?;
         // The second turned over meanwhile: the alarm may be too close to match; set it again.
         if rtc::read(layout).map_err(rtc_err)?.to_unix_seconds() == now {
+            *ALARM_SET.lock() = Some((*layout, now));
             return Ok(now);
         }
     }
     Err(S3Fallback::Rtc("the RTC's second kept turning over while the alarm was set".into()))
 }
 
-/// For [`S3::enter`]: whether the RTC alarm already matched (status C's AF, cleared by reading).
-fn alarm_passed() -> bool {
-    rtc::alarm_fired()
+/// The alarm last set: the RTC layout and the second (Unix) it was set in.
+static ALARM_SET: spin::Mutex<Option<(RtcLayout, u64)>> = spin::Mutex::new(None);
+
+/// For [`S3::enter`], right before SLP_EN: whether the alarm is too close to sleep on, that is
+/// matched already (status C's AF) or the RTC's second moved on from the one the alarm was set
+/// in. QEMU suspends some time after SLP_EN (in its main loop) and drops an alarm that matches
+/// before, and raises AF only when its main loop runs the alarm's timer: the RTC's own time,
+/// read now, is the check that does not depend on that loop; the second kept is the margin.
+fn alarm_too_close() -> bool {
+    let Some((layout, set_in)) = *ALARM_SET.lock() else { return false };
+    rtc::alarm_fired() || rtc::read(&layout).is_ok_and(|t| t.to_unix_seconds() != set_in)
 }
 
 /// The sleep itself, interrupts off, the boot CPU alone online.
@@ -211,7 +222,7 @@ fn sleep(
                     .map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))
             }
         };
-        let passed: fn() -> bool = if seconds.is_some() { alarm_passed } else { || false };
+        let passed: fn() -> bool = if seconds.is_some() { alarm_too_close } else { || false };
         let attempt = alarm.and_then(|before| {
             s3.prepare_wake().map_err(S3Fallback::Sleep)?;
             stopped_ns = now_ns();
@@ -220,7 +231,9 @@ fn sleep(
         });
         match attempt {
             Err(S3Fallback::Sleep(SleepError::WakePassed)) if tries < ALARM_TRIES => {
-                log::warn!("s3: the RTC alarm matched before the machine slept (a stalled CPU); setting it again");
+                log::warn!(
+                    "s3: the RTC alarm came too close before the machine slept (a stalled CPU): setting it again"
+                );
             }
             other => break other,
         }

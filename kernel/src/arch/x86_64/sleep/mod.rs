@@ -67,7 +67,9 @@ impl fmt::Display for SleepError {
             SleepError::DidNotSleep { waited_ms } => {
                 write!(f, "SLP_TYP|SLP_EN written, the machine still ran {waited_ms} ms later: S3 not done")
             }
-            SleepError::WakePassed => write!(f, "the wake-up event came before the machine slept: S3 not entered"),
+            SleepError::WakePassed => {
+                write!(f, "the wake-up event came before the machine slept: S3 not entered")
+            }
         }
     }
 }
@@ -171,11 +173,12 @@ impl S3 {
     }
 
     /// Readies the waking vector (the AP start-up code, installed below 1 MiB if it is not yet,
-    /// with a stack of its own) and writes it into the FACS; before [`enter`](Self::enter),
+    /// with a stack of its own, the same for every sleep) and writes it into the FACS; before
+    /// [`enter`](Self::enter),
     /// with no AP starting meanwhile.
     pub fn prepare_wake(&self) -> Result<(), SleepError> {
-        let stack = alloc::boxed::Box::leak(alloc::vec![0u8; WAKE_STACK_SIZE].into_boxed_slice());
-        let stack_top = (stack.as_ptr_range().end as u64) & !0xf;
+        let stack_top = wake_stack_top();
+        READIED_STACK.store(stack_top, core::sync::atomic::Ordering::Relaxed);
         let vector = smp::wake_code(wake::wake_entry, &raw const wake::CONTEXT as u64, stack_top)
             .map_err(SleepError::WakeCode)?;
         self.set_waking_vector(vector as u32);
@@ -226,6 +229,26 @@ impl S3 {
             _ => Err(SleepError::DidNotSleep { waited_ms: SLEEP_LIMIT_NS / 1_000_000 }),
         }
     }
+}
+
+/// The waking vector's stack, allocated at the first sleep and the same for every sleep after
+/// (the boot CPU leaves it before the sleep's caller returns): its top.
+static WAKE_STACK: spin::Once<u64> = spin::Once::new();
+
+/// The stack top the waking vector was last readied with (0: never), for the tests.
+static READIED_STACK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The stack top the last [`S3::prepare_wake`] gave the waking vector (0: none yet).
+pub fn readied_wake_stack() -> u64 {
+    READIED_STACK.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The top of the waking vector's stack (allocated on the first call, the same ever after).
+fn wake_stack_top() -> u64 {
+    *WAKE_STACK.call_once(|| {
+        let stack = alloc::boxed::Box::leak(alloc::vec![0u8; WAKE_STACK_SIZE].into_boxed_slice());
+        (stack.as_ptr_range().end as u64) & !0xf
+    })
 }
 
 /// What `sleep_now` gets: the S3 and the caller's check of its wake-up event.

@@ -9,7 +9,7 @@ use super::clock::now_ns;
 use super::{gdt, interrupts, lapic, memory};
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use percpu::PerCpu;
 use spin::Once;
 use trampoline::Trampoline;
