@@ -9,7 +9,7 @@ use super::clock::now_ns;
 use super::{gdt, interrupts, lapic, memory};
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use percpu::PerCpu;
 use spin::Once;
 use trampoline::Trampoline;
@@ -154,7 +154,12 @@ pub fn start_aps(apic_ids: &[u32]) -> Vec<(u32, Result<usize, StartError>)> {
 }
 
 fn install_trampoline() -> Result<Trampoline, StartError> {
-    let phys = memory::low_free_page().ok_or(StartError::NoLowPage)?;
+    let t = install_trampoline_at(memory::low_free_page().ok_or(StartError::NoLowPage)?)?;
+    log::info!("AP start-up code at {:#x} (STARTUP vector {:#04x})", t.phys(), t.startup_page());
+    Ok(t)
+}
+
+fn install_trampoline_at(phys: u64) -> Result<Trampoline, StartError> {
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(phys));
     memory::map_range(
         page,
@@ -163,7 +168,6 @@ fn install_trampoline() -> Result<Trampoline, StartError> {
         PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
     )
     .map_err(|_| StartError::TrampolineMapping)?;
-    log::info!("AP start-up code at {phys:#x} (STARTUP vector {:#04x})", phys >> 12);
     // SAFETY: `low_free_page` reserved this usable page below 1 MiB for us alone; it is mapped
     // writable through the physical-memory map and was just identity-mapped executable.
     Ok(unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) })
@@ -193,64 +197,28 @@ fn start_one(
     Ok(index)
 }
 
-/// How long after its STARTUPs an AP gets to arrive in the kernel (`ap_entry`) before it is
-/// sent INIT / STARTUP / STARTUP again: an AP can be lost before the kernel's code (seen after
-/// an ACPI S3 wake under QEMU on a busy host: the AP ran real-mode code elsewhere, a STARTUP
-/// of the firmware's resume taken in place of ours), and INIT brings it back from anywhere.
-const ARRIVE_ROUND_NS: u64 = 2_000_000_000;
-
-/// Where the AP being started stands (one starts at a time): the boot CPU waits for it, it
-/// arrived in `ap_entry`, or the boot CPU gave that attempt up (and sends INIT again): an AP
-/// of an abandoned attempt that arrives late halts there until that INIT.
-static ARRIVAL: AtomicU8 = AtomicU8::new(ABANDONED);
-const WAITING: u8 = 1;
-const ARRIVED: u8 = 2;
-const ABANDONED: u8 = 3;
-
 /// Sends `cpu` INIT / STARTUP / STARTUP into the trampoline with its stack at `stack_top`
-/// and waits until it reports online (serving the boot side of its start-up meanwhile); an AP
-/// that does not arrive in the kernel within [`ARRIVE_ROUND_NS`] gets the sequence again.
+/// and waits until it reports online (serving the boot side of its start-up meanwhile).
 fn signal(trampoline: &Trampoline, cr3: u64, cpu: &'static PerCpu, stack_top: u64) -> Result<(), StartError> {
     let apic_id = cpu.apic_id;
     trampoline.prepare(cr3, stack_top, ap_entry, cpu as *const PerCpu as u64)?;
     let start = now_ns();
     START_SIGNAL_NS.store(start, Ordering::Relaxed);
-    let deadline = start + ONLINE_TIMEOUT_NS;
     let online = || cpu.online_ns.load(Ordering::Acquire) != 0;
-    let arrived = || ARRIVAL.load(Ordering::Acquire) == ARRIVED;
-    let wait_until = |deadline: u64, done: &dyn Fn() -> bool| {
-        while now_ns() < deadline && !done() {
+    let wait_until = |deadline: u64| {
+        while now_ns() < deadline && !online() {
             // The AP may need us on its way online (its TSC checked against ours).
             (hooks().while_waiting)();
             core::hint::spin_loop();
         }
     };
-    ARRIVAL.store(ABANDONED, Ordering::Release);
-    let mut round = 1;
-    loop {
-        lapic::send_init(apic_id);
-        wait_until(now_ns() + INIT_DELAY_NS, &|| false);
-        ARRIVAL.store(WAITING, Ordering::Release);
+    lapic::send_init(apic_id);
+    wait_until(start + INIT_DELAY_NS);
+    lapic::send_startup(apic_id, trampoline.startup_page());
+    wait_until(now_ns() + STARTUP_RETRY_NS);
+    if !online() {
         lapic::send_startup(apic_id, trampoline.startup_page());
-        wait_until(now_ns() + STARTUP_RETRY_NS, &arrived);
-        if !arrived() {
-            lapic::send_startup(apic_id, trampoline.startup_page());
-        }
-        wait_until((now_ns() + ARRIVE_ROUND_NS).min(deadline), &arrived);
-        // Arrived, or the attempt given up (an AP arriving now halts: the INIT below resets it).
-        if ARRIVAL.compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            wait_until(deadline, &online);
-            break;
-        }
-        if now_ns() >= deadline {
-            break;
-        }
-        round += 1;
-        log::warn!(
-            "CPU {}: APIC id {apic_id} not in the kernel {} ms after its STARTUP: INIT / STARTUP again (round {round})",
-            cpu.index,
-            ARRIVE_ROUND_NS / 1_000_000
-        );
+        wait_until(now_ns() + ONLINE_TIMEOUT_NS);
     }
     if !online() {
         // Park it: a late arrival must not run on parameters meant for the next CPU.
@@ -318,36 +286,32 @@ pub fn restart(index: usize) -> Result<(), StartError> {
 /// Readies the start-up code as the ACPI waking vector: the boot CPU, reset by a wake from S3,
 /// runs it in real mode from its page (the firmware jumps to CS = page << 8, IP = 0) into long
 /// mode with the kernel's page tables, and calls `entry(arg)` on `stack_top`. Returns the page's
-/// physical address (the vector). The page is the APs' (installed now if none was); no AP may
-/// be starting meanwhile.
+/// physical address (the vector). The page is a copy of the APs' code on a page of its own
+/// (the APs' page, written for each AP started, is not the one the firmware jumps to: after a
+/// wake under QEMU an AP started from the page the boot CPU had just woken through went astray
+/// in real mode or reset the machine, now and then).
 pub fn wake_code(entry: extern "C" fn(u64) -> !, arg: u64, stack_top: u64) -> Result<u64, StartError> {
-    let phys = match TRAMPOLINE_PHYS.load(Ordering::Relaxed) {
+    static WAKE_PAGE: AtomicU64 = AtomicU64::new(0);
+    let trampoline = match WAKE_PAGE.load(Ordering::Relaxed) {
         0 => {
-            let t = install_trampoline()?;
-            TRAMPOLINE_PHYS.store(t.phys(), Ordering::Relaxed);
-            t.phys()
+            let t = install_trampoline_at(memory::second_low_free_page().ok_or(StartError::NoLowPage)?)?;
+            WAKE_PAGE.store(t.phys(), Ordering::Relaxed);
+            log::info!("s3: waking vector's start-up code at {:#x}", t.phys());
+            t
         }
-        phys => phys,
+        // SAFETY: the page was reserved for the waking vector's code (`second_low_free_page`),
+        // stays identity-mapped, and nothing runs it while the machine is awake.
+        phys => unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) },
     };
-    // SAFETY: the page was reserved for the start-up code (`install_trampoline`), stays
-    // identity-mapped, and no AP runs it now (the caller's condition).
-    let trampoline = unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) };
     let cr3 = Cr3::read().0.start_address().as_u64();
     trampoline.prepare(cr3, stack_top, entry, arg)?;
-    Ok(phys)
+    Ok(trampoline.phys())
 }
 
 /// Where an AP arrives from the trampoline, on its own stack, with its `PerCpu`.
 extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
     let cpu: &'static PerCpu = unsafe { &*(cpu as *const PerCpu) };
-    // An attempt the boot CPU gave up: halt until its INIT (nothing of the kernel touched yet).
-    if ARRIVAL.compare_exchange(WAITING, ARRIVED, Ordering::AcqRel, Ordering::Acquire).is_err() {
-        loop {
-            x86_64::instructions::interrupts::disable();
-            x86_64::instructions::hlt();
-        }
-    }
     let arrived = now_ns();
     percpu::install(cpu);
     cpu.tables().load();
