@@ -188,10 +188,16 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
 /// its reading now: an alarm set `seconds` ahead has matched by then. Bounded by the TSC
 /// (generously: the RTC may be gone).
 fn stall_past_the_alarm(layout: &rtc::RtcLayout, seconds: u64) {
-    let read = || rtc::read(layout).map(|t| t.to_unix_seconds()).unwrap_or(u64::MAX);
-    let until = read().saturating_add(seconds + 1);
+    // A read may fail in the RTC's update window (the driver's poll bound): 0, read again.
+    let read = || rtc::read(layout).map_or(0, |t| t.to_unix_seconds());
     let (start, limit) = (tsc::read(), tsc::frequency_hz().saturating_mul(seconds + 10));
-    while read() < until && tsc::read().wrapping_sub(start) < limit {
+    let within = || tsc::read().wrapping_sub(start) < limit;
+    let mut now = read();
+    while now == 0 && within() {
+        now = read();
+    }
+    let until = now + seconds + 1;
+    while read() < until && within() {
         core::hint::spin_loop();
     }
 }

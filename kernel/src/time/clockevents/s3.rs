@@ -21,6 +21,7 @@ use crate::arch::x86_64::{lapic, pic};
 use crate::time::clocksource::now_ns;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel_time::calendar::DateTime;
 use x86_64::instructions::interrupts::without_interrupts;
 
@@ -87,6 +88,7 @@ pub struct S3Outcome {
 /// timer runs in between). Errors leave the machine running as
 /// before (the APs back online).
 pub fn suspend_to_ram(plan: S3Plan, phase: &mut dyn FnMut(S3Phase)) -> Result<S3Outcome, S3Fallback> {
+    let requested = now_ns();
     let S3Plan { seconds, s3, rtc, hpet, wake } = plan;
     let s3 = s3.map_err(S3Fallback::Sleep)?;
     let layout = rtc.ok_or_else(|| S3Fallback::Rtc("the FADT describes no CMOS RTC".into()))?;
@@ -109,7 +111,25 @@ pub fn suspend_to_ram(plan: S3Plan, phase: &mut dyn FnMut(S3Phase)) -> Result<S3
             }
         }
     }
-    let result = without_interrupts(|| sleep(&s3, &layout, wake.then_some(seconds), hpet, phase));
+    let result = without_interrupts(|| {
+        // The figure's probe: due at once, pending through the sleep (interrupts are off), the
+        // first timer after the wake.
+        let probe =
+            super::Timer::at(0, kernel_time::instant::Instant::from_nanos(now_ns() + 1_000), move |_| {
+                if SLEPT.load(Ordering::Acquire) {
+                    super::suspend::record_first_timer(now_ns().saturating_sub(requested));
+                }
+            });
+        match probe {
+            Ok(t) => {
+                t.detach();
+            }
+            Err(e) => log::warn!("s3: no probe timer for the resume figure: {e:?}"),
+        }
+        let slept = sleep(&s3, &layout, wake.then_some(seconds), hpet, phase);
+        SLEPT.store(slept.is_ok(), Ordering::Release);
+        slept
+    });
     bring_back(&offline);
     let outcome = result?;
     // REALTIME and BOOTTIME moved on by the sleep: every CPU places its timers on them again.
@@ -170,6 +190,9 @@ fn set_alarm(layout: &RtcLayout, seconds: u64) -> Result<u64, S3Fallback> {
     Err(S3Fallback::Rtc("the RTC's second kept turning over while the alarm was set".into()))
 }
 
+/// Whether the last S3 attempt slept (the resume figure's probe records only then).
+static SLEPT: AtomicBool = AtomicBool::new(false);
+
 /// The alarm last set: the RTC layout and the second (Unix) it was set in.
 static ALARM_SET: spin::Mutex<Option<(RtcLayout, u64)>> = spin::Mutex::new(None);
 
@@ -180,7 +203,9 @@ static ALARM_SET: spin::Mutex<Option<(RtcLayout, u64)>> = spin::Mutex::new(None)
 /// read now, is the check that does not depend on that loop; the second kept is the margin.
 fn alarm_too_close() -> bool {
     let Some((layout, set_in)) = *ALARM_SET.lock() else { return false };
-    rtc::alarm_fired() || rtc::read(&layout).is_ok_and(|t| t.to_unix_seconds() != set_in)
+    // A read that fails (the update-in-progress window outlasting the driver's poll bound:
+    // the second turning over, just when an alarm matches) counts as too close.
+    rtc::alarm_fired() || rtc::read(&layout).map_or(true, |t| t.to_unix_seconds() != set_in)
 }
 
 /// The sleep itself, interrupts off, the boot CPU alone online.
