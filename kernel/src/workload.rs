@@ -248,7 +248,9 @@ fn start_on_this_cpu(_: u64) -> u64 {
 /// While every CPU's tick is suspended (nothing runs a timer): records each chain's pending
 /// timer, which must then fire once after the resume.
 fn at_suspend(cpus: &[usize], halted: bool) {
-    if halted {
+    // Counted once per sleep: an S3 whose alarm came too close tries again (no timer runs in
+    // between: interrupts stay off).
+    if halted && !SUSPENDED.load(Ordering::Acquire) {
         for &cpu in cpus {
             for slot in &COUNTS[cpu].chains {
                 let armed = slot.armed_seq.load(Ordering::Acquire);
