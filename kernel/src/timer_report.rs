@@ -381,6 +381,11 @@ pub struct SuspendReport {
     /// Of `suspended_ns`, the time the machine was halted (schema 11): what MONOTONIC did not
     /// count and BOOTTIME and REALTIME did.
     pub asleep_ns: u64,
+    /// The last real S3's cost (issue 19's figure): MONOTONIC from the request (`s3_test=`'s
+    /// sleep begun, the APs still online) to the first timer that ran after the wake (a probe
+    /// pending through the sleep, due at once): the sleep itself not counted. None for a
+    /// simulated suspend, or before that timer ran.
+    pub request_to_first_timer_ns: Option<u64>,
 }
 
 /// Which suspend the report's `suspend` describes (the last one's).

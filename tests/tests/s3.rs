@@ -15,6 +15,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use kernel_tests::kernel::Kernel;
 use kernel_tests::kernel::arch::x86_64::smp::percpu;
+use kernel_tests::kernel::arch::x86_64::{rtc, sleep, tsc};
 use kernel_tests::kernel::time::clockevents::s3::{self, S3Phase};
 use kernel_tests::kernel::time::clockevents::{self, Timer, TimerEvent, hotplug};
 use kernel_tests::kernel::time::clocksource::{self, now_ns};
@@ -26,7 +27,8 @@ use x86_64::instructions::interrupts::without_interrupts;
 
 kernel_tests::qemu_test!(
     variants: b"
-        smp2: --smp 2 --cmdline 's3_test=1 duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=2 --expect-report /cpus_online=2 --expect-log 's3: resumed; asleep'
+        smp2: --smp 2 --cmdline 's3_test=1 idle=deep lapic_stops_in_idle duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=2 --expect-report /cpus_online=2 --expect-report /cpus/0/idle/state=deep --expect-log 's3: resumed; asleep'
+        pc: --smp 2 --cmdline 's3_test=1 duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=1 --expect-report /cpus_online=2 --expect-log 'PIIX4' -- -machine pc,hpet=on
         disabled_pc: --no-s3 --cmdline 's3_test=1 duration_ms=200' --expect degraded --expect-report /suspend=null --expect-log 'fallback: s3 test: the DSDT has no \\_S3_' -- -machine pc,hpet=on
         no_wake: --cmdline 's3_test=1 s3_no_wake duration_ms=200' --wake-within 3 --expect no-wake --expect-log 's3: no RTC alarm (s3_no_wake)'
     ",
@@ -116,8 +118,19 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
     timers.push(b);
     let hotplug_before = hotplug::report().len();
     let mut ran_before_the_sleep = usize::MAX;
+    // A vCPU stalled between the alarm and SLP_EN (a busy host) injected: the first time, the
+    // sleep's last step waits until the RTC alarm has matched. The machine must not sleep
+    // for ever on an alarm already past (it sets the alarm again and sleeps).
+    let layout = plan.rtc.expect("the machine has a CMOS RTC");
+    let mut stalls = 0;
+    let mut wake_stacks = Vec::new();
     let mut phase = |p: S3Phase| match p {
         S3Phase::Suspended => {
+            if stalls == 0 {
+                stall_past_the_alarm(&layout, seconds);
+            }
+            stalls += 1;
+            wake_stacks.push(sleep::readied_wake_stack());
             oracle::counters_sleeping();
             ran_before_the_sleep = without_interrupts(|| RAN.lock().len());
         }
@@ -126,6 +139,9 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
     };
     let out =
         s3::suspend_to_ram(plan, &mut phase).unwrap_or_else(|e| panic!("the machine did not sleep: {e}"));
+    assert!(stalls >= 2, "the alarm that matched before the sleep went unnoticed ({stalls} attempt)");
+    // One waking-vector stack for every attempt (none leaked per sleep).
+    assert!(wake_stacks.windows(2).all(|w| w[0] == w[1]), "a new wake stack per sleep: {wake_stacks:x?}");
     assert!(
         out.pending > cpus.len(),
         "{} timers pending at the sleep, {} armed",
@@ -165,6 +181,24 @@ fn pending_timers_fire_once_after_the_wake_never_early_on_their_cpu(k: &Kernel) 
     drop(timers);
     for t in clockevents::tick_devices() {
         assert!(t.device.is_some(), "CPU {} has no tick device after the wake", t.cpu);
+    }
+}
+
+/// Spins (interrupts off, as the sleep's last steps run) until the RTC reads `seconds + 1` past
+/// its reading now: an alarm set `seconds` ahead has matched by then. Bounded by the TSC
+/// (generously: the RTC may be gone).
+fn stall_past_the_alarm(layout: &rtc::RtcLayout, seconds: u64) {
+    // A read may fail in the RTC's update window (the driver's poll bound): 0, read again.
+    let read = || rtc::read(layout).map_or(0, |t| t.to_unix_seconds());
+    let (start, limit) = (tsc::read(), tsc::frequency_hz().saturating_mul(seconds + 10));
+    let within = || tsc::read().wrapping_sub(start) < limit;
+    let mut now = read();
+    while now == 0 && within() {
+        now = read();
+    }
+    let until = now + seconds + 1;
+    while read() < until && within() {
+        core::hint::spin_loop();
     }
 }
 

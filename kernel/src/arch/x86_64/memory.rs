@@ -260,6 +260,20 @@ pub fn low_free_page() -> Option<u64> {
     Some(page)
 }
 
+/// A second free page below 1 MiB, right above [`low_free_page`]'s in the same usable range (the
+/// ACPI waking vector's own copy of the start-up code), reserved on the first call like it.
+pub fn second_low_free_page() -> Option<u64> {
+    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    if let Some(taken) = core::num::NonZeroU64::new(TAKEN.load(Ordering::Relaxed)) {
+        return Some(taken.get());
+    }
+    let first = low_free_page()?;
+    let page = first + 4096;
+    usable_ram().any(|(s, e)| s <= first && page + 4096 <= e.min(LOW_MEMORY_LIMIT)).then_some(())?;
+    TAKEN.store(page, Ordering::Relaxed);
+    Some(page)
+}
+
 /// Maps `pages` to fresh frames (when `phys` is `None`) or to the frames from `phys` on.
 pub fn map_range(
     first: Page<Size4KiB>,

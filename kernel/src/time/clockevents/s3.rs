@@ -21,6 +21,7 @@ use crate::arch::x86_64::{lapic, pic};
 use crate::time::clocksource::now_ns;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel_time::calendar::DateTime;
 use x86_64::instructions::interrupts::without_interrupts;
 
@@ -87,6 +88,7 @@ pub struct S3Outcome {
 /// timer runs in between). Errors leave the machine running as
 /// before (the APs back online).
 pub fn suspend_to_ram(plan: S3Plan, phase: &mut dyn FnMut(S3Phase)) -> Result<S3Outcome, S3Fallback> {
+    let requested = now_ns();
     let S3Plan { seconds, s3, rtc, hpet, wake } = plan;
     let s3 = s3.map_err(S3Fallback::Sleep)?;
     let layout = rtc.ok_or_else(|| S3Fallback::Rtc("the FADT describes no CMOS RTC".into()))?;
@@ -109,7 +111,25 @@ pub fn suspend_to_ram(plan: S3Plan, phase: &mut dyn FnMut(S3Phase)) -> Result<S3
             }
         }
     }
-    let result = without_interrupts(|| sleep(&s3, &layout, wake.then_some(seconds), hpet, phase));
+    let result = without_interrupts(|| {
+        // The figure's probe: due at once, pending through the sleep (interrupts are off), the
+        // first timer after the wake.
+        let probe =
+            super::Timer::at(0, kernel_time::instant::Instant::from_nanos(now_ns() + 1_000), move |_| {
+                if SLEPT.load(Ordering::Acquire) {
+                    super::suspend::record_first_timer(now_ns().saturating_sub(requested));
+                }
+            });
+        match probe {
+            Ok(t) => {
+                t.detach();
+            }
+            Err(e) => log::warn!("s3: no probe timer for the resume figure: {e:?}"),
+        }
+        let slept = sleep(&s3, &layout, wake.then_some(seconds), hpet, phase);
+        SLEPT.store(slept.is_ok(), Ordering::Release);
+        slept
+    });
     bring_back(&offline);
     let outcome = result?;
     // REALTIME and BOOTTIME moved on by the sleep: every CPU places its timers on them again.
@@ -139,20 +159,53 @@ fn bring_back(cpus: &[usize]) {
     }
 }
 
+/// How long the RTC's second may take to turn over (by MONOTONIC, generous: a busy host stalls
+/// a vCPU).
+const TURNOVER_LIMIT_NS: u64 = 3_000_000_000;
+
 /// Sets the RTC alarm `seconds` after the RTC's time now; returns that time (Unix seconds).
+/// The alarm is set just after the RTC's second turned over, so that it lies `seconds` (not
+/// anything between `seconds - 1` and `seconds`) ahead: the sleep's last steps have most of a
+/// second before [`alarm_too_close`] says to set it again.
 fn set_alarm(layout: &RtcLayout, seconds: u64) -> Result<u64, S3Fallback> {
     let rtc_err = |e: rtc::RtcProblem| S3Fallback::Rtc(alloc::format!("{e}"));
     for _ in 0..ALARM_TRIES {
-        let now = rtc::read(layout).map_err(rtc_err)?.to_unix_seconds();
+        let was = rtc::read(layout).map_err(rtc_err)?.to_unix_seconds();
+        let start = now_ns();
+        let mut now = was;
+        // Read in the update's own window: a read that meets the update-in-progress bit for
+        // longer than the driver's poll bound says so, and is only tried again.
+        while now == was && now_ns().saturating_sub(start) < TURNOVER_LIMIT_NS {
+            now = rtc::read(layout).map_or(was, |t| t.to_unix_seconds());
+        }
         let at = DateTime::from_unix_seconds(now + seconds)
             .ok_or_else(|| S3Fallback::Rtc("the alarm's date is out of range".into()))?;
         rtc::set_alarm(layout, &at).map_err(rtc_err)?;
         // The second turned over meanwhile: the alarm may be too close to match; set it again.
         if rtc::read(layout).map_err(rtc_err)?.to_unix_seconds() == now {
+            *ALARM_SET.lock() = Some((*layout, now));
             return Ok(now);
         }
     }
     Err(S3Fallback::Rtc("the RTC's second kept turning over while the alarm was set".into()))
+}
+
+/// Whether the last S3 attempt slept (the resume figure's probe records only then).
+static SLEPT: AtomicBool = AtomicBool::new(false);
+
+/// The alarm last set: the RTC layout and the second (Unix) it was set in.
+static ALARM_SET: spin::Mutex<Option<(RtcLayout, u64)>> = spin::Mutex::new(None);
+
+/// For [`S3::enter`], right before SLP_EN: whether the alarm is too close to sleep on, that is
+/// matched already (status C's AF) or the RTC's second moved on from the one the alarm was set
+/// in. QEMU suspends some time after SLP_EN (in its main loop) and drops an alarm that matches
+/// before, and raises AF only when its main loop runs the alarm's timer: the RTC's own time,
+/// read now, is the check that does not depend on that loop; the second kept is the margin.
+fn alarm_too_close() -> bool {
+    let Some((layout, set_in)) = *ALARM_SET.lock() else { return false };
+    // A read that fails (the update-in-progress window outlasting the driver's poll bound:
+    // the second turning over, just when an alarm matches) counts as too close.
+    rtc::alarm_fired() || rtc::read(&layout).map_or(true, |t| t.to_unix_seconds() != set_in)
 }
 
 /// The sleep itself, interrupts off, the boot CPU alone online.
@@ -176,23 +229,40 @@ fn sleep(
     });
     // The alarm and the waking vector first (they log and wait on the clock), then MONOTONIC's
     // last reading before the sleep: nothing reads the clock after it but the sleep's own bound.
-    let alarm = match seconds {
-        Some(seconds) => set_alarm(layout, seconds).inspect(|_| {
-            log::info!("s3: RTC alarm at +{seconds} s, RTC_EN set; sleeping");
-        }),
-        None => {
-            rtc::clear_alarm();
-            log::warn!("s3: no RTC alarm (s3_no_wake): nothing will wake the machine; sleeping");
-            rtc::read(layout).map(|t| t.to_unix_seconds()).map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))
+    // An alarm that matched before SLP_EN (a vCPU stalled past it) would never wake the
+    // machine: `enter` then does not sleep, and the alarm is set again.
+    let mut stopped_ns = now_ns();
+    let mut tries = 0;
+    let slept = loop {
+        tries += 1;
+        let alarm = match seconds {
+            Some(seconds) => set_alarm(layout, seconds).inspect(|_| {
+                log::info!("s3: RTC alarm at +{seconds} s, RTC_EN set; sleeping");
+            }),
+            None => {
+                rtc::clear_alarm();
+                log::warn!("s3: no RTC alarm (s3_no_wake): nothing will wake the machine; sleeping");
+                rtc::read(layout)
+                    .map(|t| t.to_unix_seconds())
+                    .map_err(|e| S3Fallback::Rtc(alloc::format!("{e}")))
+            }
+        };
+        let passed: fn() -> bool = if seconds.is_some() { alarm_too_close } else { || false };
+        let attempt = alarm.and_then(|before| {
+            s3.prepare_wake().map_err(S3Fallback::Sleep)?;
+            stopped_ns = now_ns();
+            phase(S3Phase::Suspended);
+            s3.enter(passed).map(|()| before).map_err(S3Fallback::Sleep)
+        });
+        match attempt {
+            Err(S3Fallback::Sleep(SleepError::WakePassed)) if tries < ALARM_TRIES => {
+                log::warn!(
+                    "s3: the RTC alarm came too close before the machine slept (a stalled CPU): setting it again"
+                );
+            }
+            other => break other,
         }
     };
-    let mut stopped_ns = now_ns();
-    let slept = alarm.and_then(|before| {
-        s3.prepare_wake().map_err(S3Fallback::Sleep)?;
-        stopped_ns = now_ns();
-        phase(S3Phase::Suspended);
-        s3.enter().map(|()| before).map_err(S3Fallback::Sleep)
-    });
     // Woken (or not slept): nothing reads the system clock before it is set right.
     phase(if slept.is_ok() { S3Phase::Woke } else { S3Phase::NotSlept });
     let woke = slept.map(|before| {

@@ -32,6 +32,7 @@ static TOTALS: Mutex<SuspendReport> = Mutex::new(SuspendReport {
     suspended_ns: 0,
     timers_resumed: 0,
     asleep_ns: 0,
+    request_to_first_timer_ns: None,
 });
 
 /// Suspends begun so far (a counter a suspend stops, the HPET's, does not measure across one).
@@ -179,6 +180,11 @@ pub fn suspend_for(
 }
 
 /// Adds one suspend of `kind` to the report's totals.
+/// The first timer after an S3 wake ran `ns` after the request (MONOTONIC).
+pub(super) fn record_first_timer(ns: u64) {
+    without_interrupts(|| TOTALS.lock().request_to_first_timer_ns = Some(ns));
+}
+
 pub(super) fn record(kind: SuspendKind, suspended_ns: u64, pending: u64, asleep_ns: u64) {
     without_interrupts(|| {
         let mut t = TOTALS.lock();

@@ -51,6 +51,9 @@ pub enum SleepError {
     WakeCode(smp::StartError),
     /// SLP_EN was written and the machine did not sleep within the limit.
     DidNotSleep { waited_ms: u64 },
+    /// The wake-up event (the RTC alarm) came before SLP_EN was written: sleeping then would
+    /// never wake (a chipset drops a wake event while the machine runs), so it did not sleep.
+    WakePassed,
 }
 
 impl fmt::Display for SleepError {
@@ -63,6 +66,9 @@ impl fmt::Display for SleepError {
             SleepError::WakeCode(e) => write!(f, "no waking vector: {e}"),
             SleepError::DidNotSleep { waited_ms } => {
                 write!(f, "SLP_TYP|SLP_EN written, the machine still ran {waited_ms} ms later: S3 not done")
+            }
+            SleepError::WakePassed => {
+                write!(f, "the wake-up event came before the machine slept: S3 not entered")
             }
         }
     }
@@ -167,11 +173,12 @@ impl S3 {
     }
 
     /// Readies the waking vector (the AP start-up code, installed below 1 MiB if it is not yet,
-    /// with a stack of its own) and writes it into the FACS; before [`enter`](Self::enter),
+    /// with a stack of its own, the same for every sleep) and writes it into the FACS; before
+    /// [`enter`](Self::enter),
     /// with no AP starting meanwhile.
     pub fn prepare_wake(&self) -> Result<(), SleepError> {
-        let stack = alloc::boxed::Box::leak(alloc::vec![0u8; WAKE_STACK_SIZE].into_boxed_slice());
-        let stack_top = (stack.as_ptr_range().end as u64) & !0xf;
+        let stack_top = wake_stack_top();
+        READIED_STACK.store(stack_top, core::sync::atomic::Ordering::Relaxed);
         let vector = smp::wake_code(wake::wake_entry, &raw const wake::CONTEXT as u64, stack_top)
             .map_err(SleepError::WakeCode)?;
         self.set_waking_vector(vector as u32);
@@ -181,20 +188,26 @@ impl S3 {
     /// Enters S3 on the boot CPU, with interrupts off, every other CPU offline, the waking
     /// vector ready ([`prepare_wake`](Self::prepare_wake)) and the devices' state saved by the
     /// caller: WAK_STS and RTC_STS cleared, RTC_EN set (the caller has programmed the RTC
-    /// alarm), caches written back, SLP_TYP | SLP_EN written. Returns once the machine woke and
-    /// the CPU runs the kernel again (its GDT, TSS, IDT and GS base restored, the chipset's PM
-    /// I/O decode back, the status bits cleared, RTC_EN off), or an error if it did not sleep.
+    /// alarm), caches written back, SLP_TYP written, then `wake_passed` asked, and SLP_EN
+    /// written only if it says the wake-up event has not come yet (QEMU, like a chipset whose
+    /// wake status is not latched, drops an alarm that matches while the machine runs: a vCPU
+    /// stalled past the alarm before SLP_EN would sleep for ever). Returns once the machine
+    /// woke and the CPU runs the kernel again (its GDT, TSS, IDT and GS base restored, the
+    /// chipset's PM I/O decode back, the status bits cleared, RTC_EN off), or an error if it
+    /// did not sleep ([`SleepError::WakePassed`]: the caller may set its alarm again and retry).
     /// Logs nothing and reads no clock before the sleep but for the bound on not sleeping.
-    pub fn enter(&self) -> Result<(), SleepError> {
+    pub fn enter(&self, wake_passed: fn() -> bool) -> Result<(), SleepError> {
         assert!(!x86_64::instructions::interrupts::are_enabled(), "S3 is entered with interrupts off");
         let cpu = percpu::this_cpu();
         let chipset = chipset::save();
         self.clear_status(WAK_STS | RTC_STS);
         self.rtc_wake(true);
+        let going = Going { s3: self, wake_passed };
         // SAFETY: interrupts are off (asserted), on the boot CPU (the caller's), the waking
         // vector is the start-up code that calls `wake_entry(&CONTEXT)`; `sleep_now` sleeps or
-        // returns 0.
-        let woke = unsafe { wake::save_and_sleep(sleep_now, self as *const S3 as u64) };
+        // returns `NOT_SLEPT` or `WAKE_PASSED`.
+        let result = unsafe { wake::save_and_sleep(sleep_now, &raw const going as u64) };
+        let woke = result == wake::WOKE;
         if woke {
             // The PM I/O block decoded again first: PM1 and the PM timer are there.
             chipset::restore(&chipset);
@@ -210,15 +223,51 @@ impl S3 {
         }
         self.rtc_wake(false);
         self.clear_status(WAK_STS | RTC_STS);
-        if woke { Ok(()) } else { Err(SleepError::DidNotSleep { waited_ms: SLEEP_LIMIT_NS / 1_000_000 }) }
+        match result {
+            wake::WOKE => Ok(()),
+            WAKE_PASSED => Err(SleepError::WakePassed),
+            _ => Err(SleepError::DidNotSleep { waited_ms: SLEEP_LIMIT_NS / 1_000_000 }),
+        }
     }
 }
 
-/// Writes SLP_TYP, then SLP_TYP | SLP_EN, to PM1a_CNT and PM1b_CNT (`arg` is the `S3`), and
-/// waits for the machine to sleep; returns 0 if it still runs after `SLEEP_LIMIT_NS`.
+/// The waking vector's stack, allocated at the first sleep and the same for every sleep after
+/// (the boot CPU leaves it before the sleep's caller returns): its top.
+static WAKE_STACK: spin::Once<u64> = spin::Once::new();
+
+/// The stack top the waking vector was last readied with (0: never), for the tests.
+static READIED_STACK: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The stack top the last [`S3::prepare_wake`] gave the waking vector (0: none yet).
+pub fn readied_wake_stack() -> u64 {
+    READIED_STACK.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The top of the waking vector's stack (allocated on the first call, the same ever after).
+fn wake_stack_top() -> u64 {
+    *WAKE_STACK.call_once(|| {
+        let stack = alloc::boxed::Box::leak(alloc::vec![0u8; WAKE_STACK_SIZE].into_boxed_slice());
+        (stack.as_ptr_range().end as u64) & !0xf
+    })
+}
+
+/// What `sleep_now` gets: the S3 and the caller's check of its wake-up event.
+struct Going<'a> {
+    s3: &'a S3,
+    wake_passed: fn() -> bool,
+}
+
+/// `sleep_now`'s results when the machine did not sleep (a wake returns `wake::WOKE`).
+const NOT_SLEPT: u64 = 0;
+const WAKE_PASSED: u64 = 2;
+
+/// Writes SLP_TYP, then (unless the wake-up event already came: `WAKE_PASSED`) SLP_TYP |
+/// SLP_EN, to PM1a_CNT and PM1b_CNT (`arg` is a `Going`), and waits for the machine to sleep;
+/// returns `NOT_SLEPT` if it still runs after `SLEEP_LIMIT_NS`.
 extern "C" fn sleep_now(arg: u64) -> u64 {
-    // SAFETY: `enter` passes the address of its `S3`, alive across this call.
-    let s3: &S3 = unsafe { &*(arg as *const S3) };
+    // SAFETY: `enter` passes the address of its `Going`, alive across this call.
+    let going: &Going = unsafe { &*(arg as *const Going) };
+    let s3 = going.s3;
     // SAFETY: write back and invalidate the caches before the power goes (ACPI 6.5 section
     // 16.1.6: OSPM flushes them before S3); no memory is lost by it.
     unsafe { core::arch::asm!("wbinvd", options(nostack, preserves_flags)) };
@@ -232,6 +281,11 @@ extern "C" fn sleep_now(arg: u64) -> u64 {
             p.write(v);
         }
     }
+    // The last moment to find the wake-up event already come (after everything else: the
+    // window left is the SLP_EN write itself).
+    if (going.wake_passed)() {
+        return WAKE_PASSED;
+    }
     for (port, typ) in blocks.iter().filter_map(|&(p, t)| p.map(|p| (p, t))) {
         let mut p = Port::<u16>::new(port);
         // SAFETY: as above.
@@ -244,5 +298,5 @@ extern "C" fn sleep_now(arg: u64) -> u64 {
     while clock::now_ns().saturating_sub(start) < SLEEP_LIMIT_NS {
         core::hint::spin_loop();
     }
-    0
+    NOT_SLEPT
 }

@@ -91,13 +91,18 @@ pub static CONTEXT: Context = Context {
     xcr0: AtomicU64::new(0),
 };
 
-/// Saves the control registers and MSRs, then runs `enter(arg)` through `s3_suspend`: true if
-/// the machine slept and woke (the registers are back), false if `enter` returned.
+/// What `save_and_sleep` returns when the machine slept and woke (else `enter`'s own result,
+/// never this value).
+pub const WOKE: u64 = 1;
+
+/// Saves the control registers and MSRs, then runs `enter(arg)` through `s3_suspend`: [`WOKE`]
+/// if the machine slept and woke (the registers are back), else what `enter` returned.
 ///
 /// # Safety
 /// Interrupts off, on the boot CPU, with the waking vector set to the code that calls
-/// [`wake_entry`] with `&CONTEXT`; `enter` must either put the machine to sleep or return 0.
-pub unsafe fn save_and_sleep(enter: extern "C" fn(u64) -> u64, arg: u64) -> bool {
+/// [`wake_entry`] with `&CONTEXT`; `enter` must either put the machine to sleep or return a
+/// value other than [`WOKE`].
+pub unsafe fn save_and_sleep(enter: extern "C" fn(u64) -> u64, arg: u64) -> u64 {
     use x86_64::registers::control::{Cr0, Cr3, Cr4};
     let c = &CONTEXT;
     c.cr0.store(Cr0::read_raw(), Ordering::Relaxed);
@@ -115,7 +120,7 @@ pub unsafe fn save_and_sleep(enter: extern "C" fn(u64) -> u64, arg: u64) -> bool
     }
     // SAFETY: the caller's conditions; `CONTEXT.rsp` is the first field of a `repr(C)` static,
     // written by the assembly only through this pointer.
-    unsafe { s3_suspend(c.rsp.as_ptr(), enter, arg) == 1 }
+    unsafe { s3_suspend(c.rsp.as_ptr(), enter, arg) }
 }
 
 /// The waking vector's long-mode entry (the AP start-up code calls it on the wake stack, with

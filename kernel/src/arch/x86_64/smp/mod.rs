@@ -154,7 +154,12 @@ pub fn start_aps(apic_ids: &[u32]) -> Vec<(u32, Result<usize, StartError>)> {
 }
 
 fn install_trampoline() -> Result<Trampoline, StartError> {
-    let phys = memory::low_free_page().ok_or(StartError::NoLowPage)?;
+    let t = install_trampoline_at(memory::low_free_page().ok_or(StartError::NoLowPage)?)?;
+    log::info!("AP start-up code at {:#x} (STARTUP vector {:#04x})", t.phys(), t.startup_page());
+    Ok(t)
+}
+
+fn install_trampoline_at(phys: u64) -> Result<Trampoline, StartError> {
     let page = Page::<Size4KiB>::containing_address(VirtAddr::new(phys));
     memory::map_range(
         page,
@@ -163,7 +168,6 @@ fn install_trampoline() -> Result<Trampoline, StartError> {
         PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
     )
     .map_err(|_| StartError::TrampolineMapping)?;
-    log::info!("AP start-up code at {phys:#x} (STARTUP vector {:#04x})", phys >> 12);
     // SAFETY: `low_free_page` reserved this usable page below 1 MiB for us alone; it is mapped
     // writable through the physical-memory map and was just identity-mapped executable.
     Ok(unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) })
@@ -282,23 +286,26 @@ pub fn restart(index: usize) -> Result<(), StartError> {
 /// Readies the start-up code as the ACPI waking vector: the boot CPU, reset by a wake from S3,
 /// runs it in real mode from its page (the firmware jumps to CS = page << 8, IP = 0) into long
 /// mode with the kernel's page tables, and calls `entry(arg)` on `stack_top`. Returns the page's
-/// physical address (the vector). The page is the APs' (installed now if none was); no AP may
-/// be starting meanwhile.
+/// physical address (the vector). The page is a copy of the APs' code on a page of its own
+/// (the APs' page, written for each AP started, is not the one the firmware jumps to: after a
+/// wake under QEMU an AP started from the page the boot CPU had just woken through went astray
+/// in real mode or reset the machine, now and then).
 pub fn wake_code(entry: extern "C" fn(u64) -> !, arg: u64, stack_top: u64) -> Result<u64, StartError> {
-    let phys = match TRAMPOLINE_PHYS.load(Ordering::Relaxed) {
+    static WAKE_PAGE: AtomicU64 = AtomicU64::new(0);
+    let trampoline = match WAKE_PAGE.load(Ordering::Relaxed) {
         0 => {
-            let t = install_trampoline()?;
-            TRAMPOLINE_PHYS.store(t.phys(), Ordering::Relaxed);
-            t.phys()
+            let t = install_trampoline_at(memory::second_low_free_page().ok_or(StartError::NoLowPage)?)?;
+            WAKE_PAGE.store(t.phys(), Ordering::Relaxed);
+            log::info!("s3: waking vector's start-up code at {:#x}", t.phys());
+            t
         }
-        phys => phys,
+        // SAFETY: the page was reserved for the waking vector's code (`second_low_free_page`),
+        // stays identity-mapped, and nothing runs it while the machine is awake.
+        phys => unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) },
     };
-    // SAFETY: the page was reserved for the start-up code (`install_trampoline`), stays
-    // identity-mapped, and no AP runs it now (the caller's condition).
-    let trampoline = unsafe { Trampoline::install(phys, memory::phys_to_virt(phys).as_mut_ptr()) };
     let cr3 = Cr3::read().0.start_address().as_u64();
     trampoline.prepare(cr3, stack_top, entry, arg)?;
-    Ok(phys)
+    Ok(trampoline.phys())
 }
 
 /// Where an AP arrives from the trampoline, on its own stack, with its `PerCpu`.
