@@ -29,12 +29,12 @@ kernel_tests::qemu_test!(
         fsb: --smp 4 --cmdline duration_ms=100 --expect-report /hpet/comparators/1/delivery=fsb --expect-report /hotplug/0/comparator_released=hpet1 -- -global hpet.msi=on
         global: --smp 2 --cmdline 'duration_ms=100 clockevents=global' --expect-report /tick_devices/1/via_broadcast=true --expect-report /hotplug/0/cpu=1
         option: --smp 4 --cmdline 'hotplug_test=1:100 duration_ms=400' --expect-report /hotplug/0/comparator_to_cpu=2 --expect-report /hotplug/0/timers_to_cpu=2 --expect-log 'hotplug: CPU 1 offline and parked'
-        option_icount: --smp 2 --cmdline 'hotplug_test=1:50 duration_ms=300' --expect-report /hotplug/0/cpu=1 --expect-report /hotplug/0/timers_to_cpu=0 -- -icount shift=0,sleep=off
+        option_icount: --smp 2 --cmdline 'hotplug_test=1:50 duration_ms=300' --expect-report /hotplug/0/cpu=1 --expect-report /hotplug/0/timers_to_cpu=0 --expect-report /hotplug/0/comparator_released=hpet1 --expect-report /tick_devices/1/device=hpet1 -- -icount shift=0,sleep=off
         option_to_broadcast_served: --smp 4 --cmdline 'hotplug_test=1 duration_ms=400 noapictimer' --expect-report /hotplug/0/comparator_to_cpu=2 --expect-report /tick_devices/2/device=hpet1 --expect-report /tick_devices/1/via_broadcast=true
         option_broadcast_target: --smp 4 --cmdline 'hotplug_test=2 duration_ms=400 noapictimer' --expect-report /broadcast=hpet2 --expect-report /hotplug/0/cpu=2 --expect-report /hotplug/0/timers_to_cpu=0 --expect-log 'HPET comparator 2 interrupt moved to CPU 0'
         option_broadcast_fixed: --smp 4 --cmdline 'hotplug_test=2:50 duration_ms=300 noapictimer broadcast_follows=off' --expect-report /broadcast=hpet2 --expect-report /hotplug/0/cpu=2 --expect-report /tick_devices/3/via_broadcast=true --expect-report /hpet/comparators/2/irqs_by_cpu/0>=1 --expect-log 'global, its interrupt stays on CPU 2 (broadcast_follows=off)'
         option_deep_idle: --smp 2 --cmdline 'hotplug_test=1 duration_ms=400 idle=deep lapic_stops_in_idle clockevents=broadcast' --expect-report /broadcast=hpet0 --expect-report /hotplug/0/timers_to_cpu=0
-        option_refined: --smp 2 --cmdline 'hotplug_test=1 duration_ms=4000' --expect-report /lapic/refined_by=lapic --expect-report /tick_devices/1/device=lapic1 --expect-log 'lapic: lapic1 registered after the refinement: converts at the refined'
+        option_refined: --smp 2 --cmdline 'hotplug_test=1 duration_ms=4000' --expect-report /lapic/refined_by=lapic --expect-report /tick_devices/1/device=hpet1 --expect-log 'lapic: lapic1 registered after the refinement: converts at the refined'
         option_cpu0: --smp 2 --cmdline 'hotplug_test=0 duration_ms=100' --expect degraded --expect-report /hotplug#=0 --expect-log 'hotplug test: CPU 0 not taken offline: CPU 0 is the boot CPU and stays online'
     ",
     tests: [

@@ -27,7 +27,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use kernel_time::clockevents::CpuSet;
+use kernel_time::clockevents::{CpuSet, DeviceSpec};
 use kernel_time::tick::Service;
 use spin::Mutex;
 use x86_64::instructions::interrupts::without_interrupts;
@@ -160,6 +160,7 @@ pub fn online(cpu: usize) -> Result<(), HotplugError> {
     if let Err(e) = smp::call_on(cpu, || ()) {
         return Err(HotplugError::NoAnswer(format!("CPU {cpu} did not answer after its start-up: {e}")));
     }
+    give_spare_comparator(cpu);
     let at = now_ns();
     let startup_ns = percpu::any(cpu).map(|c| c.startup_ns.load(core::sync::atomic::Ordering::Relaxed));
     without_interrupts(|| {
@@ -170,6 +171,36 @@ pub fn online(cpu: usize) -> Result<(), HotplugError> {
         }
     });
     Ok(())
+}
+
+/// Per-CPU comparators released by CPUs gone offline that no other CPU took (each CPU online
+/// had one of its own), with their specs: unused, until a CPU without one comes online.
+static SPARE: Mutex<Vec<(&'static hpet::HpetChannel, DeviceSpec)>> = Mutex::new(Vec::new());
+
+/// CPU `cpu`, back online, takes a spare comparator if it has none of its own, as at boot a
+/// per-CPU comparator outranks its LAPIC timer: routed to it and registered for it, the
+/// registry makes it its tick device.
+fn give_spare_comparator(cpu: usize) {
+    let has_one = registry::with_registry(|r| match r.service(cpu) {
+        Service::Local(d) => r.device(d).spec.rating >= hpet::PER_CPU_RATING,
+        _ => false,
+    })
+    .unwrap_or(true);
+    if has_one {
+        return;
+    }
+    let Some((channel, mut spec)) = without_interrupts(|| SPARE.lock().pop()) else { return };
+    let apic = percpu::cpu(cpu).map(|c| c.apic_id).unwrap_or_default();
+    if let Err(e) = channel.route_to(apic) {
+        log::warn!("hotplug: {} cannot reach CPU {cpu} ({e}): left unused", spec.name);
+        without_interrupts(|| SPARE.lock().push((channel, spec)));
+        return;
+    }
+    spec.cpus = CpuSet::single(cpu);
+    let name = spec.name.clone();
+    if registry::register(spec, channel, |id| channel.attach(id)).is_some() {
+        log::info!("hotplug: {name} -> CPU {cpu} (back online without a comparator; {name} was spare)");
+    }
 }
 
 /// The CPU that takes an offline CPU's comparator: a CPU (other than `leaving`) served by
@@ -239,7 +270,11 @@ fn go_offline_here() -> Outcome {
         let Some(channel) = channels.iter().find(|ch| ch.device() == Some(*id)) else { continue };
         outcome.comparator = Some(spec.name.clone());
         let Some(to) = comparator_taker(me.index) else {
-            log::info!("hotplug: {} released, no CPU without a comparator to take it", spec.name);
+            log::info!(
+                "hotplug: {} released, no CPU without a comparator to take it: kept for the next CPU to come online",
+                spec.name
+            );
+            without_interrupts(|| SPARE.lock().push((*channel, spec.clone())));
             continue;
         };
         let apic = percpu::cpu(to).map(|c| c.apic_id).unwrap_or_default();
