@@ -27,8 +27,8 @@ use x86_64::instructions::interrupts::without_interrupts;
 
 kernel_tests::qemu_test!(
     variants: b"
-        smp2: --smp 2 --cmdline 's3_test=1 idle=deep lapic_stops_in_idle duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=2 --expect-report /cpus_online=2 --expect-report /cpus/0/idle/state=deep --expect-log 's3: resumed; asleep'
-        pc: --smp 2 --cmdline 's3_test=1 duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=1 --expect-report /cpus_online=2 --expect-log 'PIIX4' -- -machine pc,hpet=on
+        smp2: --smp 2 --cmdline 's3_test=1 idle=deep lapic_stops_in_idle duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=2 --expect-report /cpus_online=2 --expect-report /tick_devices/1/device=hpet1 --expect-report /cpus/0/idle/state=deep --expect-log 's3: resumed; asleep'
+        pc: --smp 2 --cmdline 's3_test=1 duration_ms=300' --expect-report /suspend/kind=s3 --expect-report /suspend/count=1 --expect-report /cpus_online=2 --expect-report /tick_devices/1/device=hpet1 --expect-log 'PIIX4' -- -machine pc,hpet=on
         disabled_pc: --no-s3 --cmdline 's3_test=1 duration_ms=200' --expect degraded --expect-report /suspend=null --expect-log 'fallback: s3 test: the DSDT has no \\_S3_' -- -machine pc,hpet=on
         no_wake: --cmdline 's3_test=1 s3_no_wake duration_ms=200' --wake-within 3 --expect no-wake --expect-log 's3: no RTC alarm (s3_no_wake)'
     ",
