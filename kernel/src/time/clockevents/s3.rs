@@ -11,7 +11,7 @@
 //! timers on REALTIME and BOOTTIME again. A machine that does not sleep (no `\_S3_`, S3
 //! disabled) falls back with the reason: the verdict says degraded, the run goes on.
 
-use super::{cpu, hotplug};
+use super::hotplug;
 use crate::arch::x86_64::hpet::Hpet;
 use crate::arch::x86_64::ioapic::IOAPICS;
 use crate::arch::x86_64::rtc::{self, RtcLayout};
@@ -216,17 +216,10 @@ fn sleep(
     hpet: Option<&'static Hpet>,
     phase: &mut dyn FnMut(S3Phase),
 ) -> Result<S3Outcome, S3Fallback> {
-    let pending = cpu::suspend_tick();
-    cpu::suspend_broadcast();
+    // The IOAPIC's entries as they serve (the comparators' suspend masks theirs next).
     let ioapic_entries = IOAPICS.lock().save();
     let pic_state = pic::save();
-    let saved_hpet = hpet.map(|h| {
-        let saved = h.suspend();
-        for ch in super::hpet::channels() {
-            ch.suspend();
-        }
-        saved
-    });
+    let (pending, saved_hpet) = super::suspend::suspend_ticks_and_hpet(hpet);
     // The alarm and the waking vector first (they log and wait on the clock), then MONOTONIC's
     // last reading before the sleep: nothing reads the clock after it but the sleep's own bound.
     // An alarm that matched before SLP_EN (a vCPU stalled past it) would never wake the
@@ -275,14 +268,6 @@ fn sleep(
         asleep_ns
     });
     rtc::clear_alarm();
-    if let (Some(h), Some(saved)) = (hpet, saved_hpet) {
-        h.resume(&saved);
-        for ch in super::hpet::channels() {
-            ch.resume();
-        }
-    }
-    let now = now_ns();
-    cpu::resume_broadcast(now);
-    cpu::resume_tick(now);
+    super::suspend::resume_hpet_and_ticks(hpet, saved_hpet);
     woke.map(|asleep_ns| S3Outcome { asleep_ns, pending, stopped_ns, resumed_ns: now_ns() })
 }

@@ -13,7 +13,7 @@
 //! suspension around the halt); one on BOOTTIME or REALTIME that fell due meanwhile runs at once.
 
 use super::cpu;
-use crate::arch::x86_64::hpet::Hpet;
+use crate::arch::x86_64::hpet::{Hpet, SavedState};
 use crate::arch::x86_64::smp::{self, percpu};
 use crate::time::clocksource::now_ns;
 use crate::timer_report::{SuspendKind, SuspendReport};
@@ -114,20 +114,14 @@ pub fn suspend_for(
     let halted_ns = without_interrupts(|| {
         SUSPENDS.fetch_add(1, Ordering::AcqRel);
         r.first_suspended_ns.fetch_min(now_ns(), Ordering::AcqRel);
-        let pending = cpu::suspend_tick();
+        let (pending, saved) = suspend_ticks_and_hpet(hpet);
         r.pending.fetch_add(pending as u64, Ordering::Relaxed);
-        cpu::suspend_broadcast();
-        let saved = hpet.map(|h| {
-            let saved = h.suspend();
-            for ch in super::hpet::channels() {
-                ch.suspend();
-            }
-            // What a power loss leaves: every comparator cleared (interrupts off, no route).
+        // What a power loss leaves: every comparator cleared (interrupts off, no route).
+        if let Some(h) = hpet {
             for n in 0..h.comparators() {
                 h.set_comparator_config(n, crate::arch::x86_64::hpet::ComparatorConfig::empty());
             }
-            saved
-        });
+        }
         halted(true);
         let suspended_at = now_ns();
         while now_ns() - suspended_at < ms * 1_000_000 {
@@ -139,15 +133,7 @@ pub fn suspend_for(
         let asleep_ns = now_ns() - suspended_at;
         crate::time::clocksource::resume_after(asleep_ns);
         halted(false);
-        if let (Some(h), Some(saved)) = (hpet, saved) {
-            h.resume(&saved);
-            for ch in super::hpet::channels() {
-                ch.resume();
-            }
-        }
-        let now = now_ns();
-        cpu::resume_broadcast(now);
-        cpu::resume_tick(now);
+        resume_hpet_and_ticks(hpet, saved);
         r.last_resumed_ns.fetch_max(now_ns(), Ordering::AcqRel);
         asleep_ns
     });
@@ -194,4 +180,34 @@ pub(super) fn record(kind: SuspendKind, suspended_ns: u64, pending: u64, asleep_
         t.timers_resumed += pending;
         t.asleep_ns += asleep_ns;
     });
+}
+
+/// This CPU's tick and the broadcast suspended (their pending events kept), then the HPET's
+/// configuration and each comparator's saved: what a suspend, simulated or real, takes first.
+/// Returns the timers pending on this CPU and the HPET's saved state.
+pub(super) fn suspend_ticks_and_hpet(hpet: Option<&'static Hpet>) -> (usize, Option<SavedState>) {
+    let pending = cpu::suspend_tick();
+    cpu::suspend_broadcast();
+    let saved = hpet.map(|h| {
+        let saved = h.suspend();
+        for ch in super::hpet::channels() {
+            ch.suspend();
+        }
+        saved
+    });
+    (pending, saved)
+}
+
+/// The other way: the HPET's configuration and comparators as saved, then the broadcast and
+/// this CPU's tick resumed at the clock's current reading (each programs its pending event).
+pub(super) fn resume_hpet_and_ticks(hpet: Option<&'static Hpet>, saved: Option<SavedState>) {
+    if let (Some(h), Some(saved)) = (hpet, saved) {
+        h.resume(&saved);
+        for ch in super::hpet::channels() {
+            ch.resume();
+        }
+    }
+    let now = now_ns();
+    cpu::resume_broadcast(now);
+    cpu::resume_tick(now);
 }
