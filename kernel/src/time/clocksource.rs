@@ -98,6 +98,21 @@ pub fn hpet_counter_at(hpet: &Hpet, ns: u64) -> Option<u64> {
     TIMEKEEPER.cycles_at(ns).filter(|&(counter, _)| counter == HPET).map(|(_, cycles)| cycles)
 }
 
+/// A count-down device's count for an event at `at_ns`, which the layer converted into
+/// `delta_ticks` at its clock read `now_ns`: worked out before a read of the clock's counter
+/// (`kernel_time::clocksource::Countdown`), so that only a subtraction and a multiply lie
+/// between that read and `write`, which starts the count; without a counter, counted from a
+/// clock read (`remaining_ticks`). Returns the ticks handed to `write`.
+#[inline]
+pub fn count_down(at_ns: u64, now_ns: u64, delta_ticks: u64, write: impl FnOnce(u64)) -> u64 {
+    let ticks = match TIMEKEEPER.countdown(at_ns, now_ns, delta_ticks) {
+        Some(c) => c.ticks_left(Hardware.read(c.counter)),
+        None => kernel_time::clockevents::remaining_ticks(at_ns, now_ns, self::now_ns(), delta_ticks),
+    };
+    write(ticks);
+    ticks
+}
+
 /// Whether `hpet` is the block whose main counter the `hpet` clocksource reads.
 fn is_the_clocks_hpet(hpet: &Hpet) -> bool {
     HPET_COUNTER.load(Ordering::Relaxed).cast_const() == hpet.main_counter_ptr().cast::<u32>()

@@ -12,6 +12,7 @@ use super::cpu::{this_cpu_time, time_of};
 use crate::arch::x86_64::path_trace::{self, Stage};
 use crate::arch::x86_64::smp::percpu;
 use crate::arch::x86_64::{interrupts, lapic, tsc};
+use crate::time::clocksource::count_down;
 use alloc::format;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_time::clockevents::{
@@ -142,13 +143,14 @@ impl EventDriver for LapicTimer {
         Ok(())
     }
 
-    /// Counts from a fresh clock read just before the write: the count (or the TSC deadline)
-    /// starts here, so what is left of the layer's delta is programmed, not the whole of it,
-    /// and the event is not late by the path from the layer's clock read to this write (about
-    /// 170 instructions in the dev profile). The read costs its own instructions here, after
-    /// the callbacks; the layer's frequency (refined or not) stays the one used. A count-down
-    /// has its CPU checked and its mode written before the read, so that only the conversion
-    /// lies between the read and the count's write (the benchmark's `delivery`, icount, dev: 177 -> 127).
+    /// Counts from a fresh read just before the write: the count (or the TSC deadline) starts
+    /// here, so what is left of the layer's delta is programmed, not the whole of it, and the
+    /// event is not late by the path from the layer's clock read to this write (about 170
+    /// instructions in the dev profile). The layer's frequency (refined or not) stays the one
+    /// used. A count-down has its CPU checked, its mode written and its count worked out in
+    /// the clock's counter cycles before the read (`clocksource::count_down`), so that a
+    /// subtraction and a multiply lie between the counter's read and the count's write (the
+    /// benchmark's `delivery`, icount, dev: 177 -> 127 with a clock read, -> 24 with the counter's).
     fn set_next_event_at(&self, at_ns: u64, now_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
         if self.config.tsc_deadline {
             let left = remaining_ticks(at_ns, now_ns, crate::time::clocksource::now_ns(), delta_ticks);
@@ -158,10 +160,11 @@ impl EventDriver for LapicTimer {
             return Ok(());
         }
         lapic::timer_oneshot_mode(self.config.vector);
-        let left = remaining_ticks(at_ns, now_ns, crate::time::clocksource::now_ns(), delta_ticks);
-        crate::arch::x86_64::trace::program(left, || (self.trace_id(), self.config.timer_hz));
         // A count-down cannot be passed while written: it starts from the value written.
-        lapic::timer_count(left.clamp(MIN_DELTA_TICKS, MAX_DELTA_TICKS) as u32);
+        let left = count_down(at_ns, now_ns, delta_ticks, |left| {
+            lapic::timer_count(left.clamp(MIN_DELTA_TICKS, MAX_DELTA_TICKS) as u32)
+        });
+        crate::arch::x86_64::trace::program(left, || (self.trace_id(), self.config.timer_hz));
         Ok(())
     }
 }

@@ -17,11 +17,10 @@ use crate::arch::x86_64::platform::Platform;
 use crate::arch::x86_64::smp::percpu;
 use crate::arch::x86_64::{interrupts, lapic, pic, pit};
 use crate::cmdline::KernelOptions;
+use crate::time::clocksource::count_down;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use kernel_time::clockevents::{
-    CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features, remaining_ticks,
-};
+use kernel_time::clockevents::{CpuSet, DeviceSpec, DriverState, EventDriver, EventPassed, Features};
 use kernel_time::tick::DeviceId;
 
 /// Below the global HPET device (90) and the LAPIC timer (100): the PIT serves only where
@@ -81,10 +80,13 @@ impl EventDriver for PitTimer {
         Ok(())
     }
 
-    /// Counts what is left of the layer's delta after a fresh clock read (as the LAPIC timer).
+    /// Counts what is left of the layer's delta at a fresh read of the clock's counter just
+    /// before the write (as the LAPIC timer: `clocksource::count_down`).
     fn set_next_event_at(&self, at_ns: u64, now_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
-        let left = remaining_ticks(at_ns, now_ns, crate::time::clocksource::now_ns(), delta_ticks);
-        self.set_next_event(left)
+        self.shut_down.store(false, Ordering::Release);
+        let left = count_down(at_ns, now_ns, delta_ticks, pit::channel0_oneshot);
+        crate::arch::x86_64::trace::program(left, || (self.trace_id(), pit::PIT_HZ));
+        Ok(())
     }
 }
 

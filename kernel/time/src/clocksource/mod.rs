@@ -15,6 +15,7 @@
 //! (the cross-CPU warp arithmetic). Reading the hardware is the architecture's, through
 //! [`ReadCounter`]; everything here runs on the host against fake counters.
 
+mod countdown;
 #[cfg(test)]
 mod proptests;
 pub mod refine;
@@ -22,6 +23,7 @@ pub mod sync;
 mod timekeeper;
 pub mod watchdog;
 
+pub use countdown::Countdown;
 pub use timekeeper::{Conversion, CounterId, ReadCounter, Snapshot, Timekeeper, extend, mask_of};
 
 use alloc::format;
