@@ -141,9 +141,15 @@ impl Timekeeper {
 
     #[inline(always)]
     fn load(&self) -> Snapshot {
+        self.load_for(CounterId(self.counter.load(Ordering::Relaxed)))
+    }
+
+    /// The snapshot, its counter loaded already.
+    #[inline(always)]
+    fn load_for(&self, counter: CounterId) -> Snapshot {
         Snapshot {
             conv: Conversion {
-                counter: CounterId(self.counter.load(Ordering::Relaxed)),
+                counter,
                 rate: MultShift {
                     mult: self.mult.load(Ordering::Relaxed),
                     shift: self.shift.load(Ordering::Relaxed),
@@ -166,14 +172,18 @@ impl Timekeeper {
         self.base_ns.store(s.base_ns, Ordering::Relaxed);
     }
 
-    /// The time now: one counter read, no lock, no write to shared memory.
+    /// The time now: one counter read, no lock, no write to shared memory. The counter is
+    /// read as soon as its id is known, the rest of the snapshot loaded after it: the reading
+    /// is the time the caller asked at, so the conversion's loads belong after it (all of
+    /// them between the two loads of the sequence number, as before).
     #[inline(always)]
     pub fn now<H: ReadCounter>(&self, hw: &H) -> u64 {
         loop {
             let seq = self.seq.load(Ordering::Acquire);
             if seq & 1 == 0 {
-                let snap = self.load();
-                let cycles = hw.read(snap.conv.counter);
+                let counter = CounterId(self.counter.load(Ordering::Relaxed));
+                let cycles = hw.read(counter);
+                let snap = self.load_for(counter);
                 // The snapshot's loads (and the counter read) happen before the re-check.
                 fence(Ordering::Acquire);
                 if self.seq.load(Ordering::Relaxed) == seq {
