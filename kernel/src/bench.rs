@@ -256,10 +256,15 @@ fn arm_next() {
     }
 }
 
+/// The callback's own clock read, first, before the frame of the work it does: deadline ->
+/// callback (the event's `now_ns` is the handler's read, on entry). Linux's figure counts to
+/// its callback's entry: this one counts that and the read's own way to the counter.
 fn on_event(e: &TimerEvent) {
-    // The callback's own clock read: deadline -> callback (the event's `now_ns` is the
-    // handler's read, on entry).
-    let now = now_ns();
+    on_event_at(e, now_ns());
+}
+
+#[inline(never)]
+fn on_event_at(e: &TimerEvent, now: u64) {
     if TRACING.load(Ordering::Relaxed) {
         record_path(e.deadline_ns, now, crate::arch::x86_64::tsc::read());
     }

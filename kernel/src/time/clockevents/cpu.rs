@@ -262,7 +262,12 @@ impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
             let mut guard =
                 self.time.tick.try_lock().expect("a CPU's tick re-entered while its guard is held");
             let bc = registry::broadcast_under(&guard);
-            guard.as_mut().map(|t| f(t, bc))
+            // A `match`, not `as_mut().map`: the tick's presence tested once, no
+            // `Option<&mut _>` built between (the dev build keeps both).
+            match &mut *guard {
+                Some(t) => Some(f(t, bc)),
+                None => None,
+            }
         };
         // The tick released before interrupts can come back.
         if interrupts_were_enabled {

@@ -111,6 +111,10 @@ pub struct CpuTick<T> {
     former_locals: FormerLocals,
     /// Between `device_event`/`wakeup` and `end_expiry`: arms only queue.
     expiring: bool,
+    /// A device event's expiry has begun at this clock read and the rest of its start (what
+    /// nothing before the end of its first pass reads) is still to do: `end_pass` does it
+    /// ([`settle_start`](Self::settle_start)); `None` once done.
+    unsettled_ns: Option<u64>,
     /// Timers the current expiry pass may still pop: as many as were pending when the pass
     /// began, so a callback re-arming a timer in the past cannot keep one pass going.
     pass_budget: usize,
@@ -219,6 +223,7 @@ impl<T> CpuTick<T> {
             stale: 0,
             former_locals: FormerLocals::new(),
             expiring: false,
+            unsettled_ns: None,
             pass_budget: 0,
             hold_until_ns: 0,
             hangs: 0,
@@ -638,13 +643,34 @@ impl<T> CpuTick<T> {
             }
             return false;
         }
-        if let Some(d) = &self.local
-            && d.state() == State::Oneshot
-        {
-            d.forget_event();
-        }
-        self.begin_expiry(now_ns);
+        // Only what the first pop needs before the first callback: the pass's budget, and
+        // arms that only queue. The rest of the start waits for the end of the first pass
+        // ([`settle_start`](Self::settle_start)): nothing reads it before then (a callback's
+        // arm asks to reprogram, which waits for the expiry's end), and it is not on the
+        // path from the interrupt to the first callback.
+        self.expiring = true;
+        self.unsettled_ns = Some(now_ns);
+        self.pass_budget = self.queue.len();
         true
+    }
+
+    /// The rest of a device event's start, before anything reads it (see
+    /// [`device_event`](Self::device_event)): the device forgets the event it delivered, the
+    /// next event and a hang's hold are cleared, the event counted, the broadcast's timer and
+    /// the periodic tick checked against the start's clock read.
+    #[inline]
+    fn settle_start(&mut self) {
+        if let Some(now_ns) = self.unsettled_ns.take() {
+            if let Some(d) = &self.local
+                && d.state() == State::Oneshot
+            {
+                d.forget_event();
+            }
+            let budget = self.pass_budget;
+            self.begin_expiry(now_ns);
+            // The first pass's budget was set at the start and counts down since.
+            self.pass_budget = budget;
+        }
     }
 
     /// This CPU was woken (by the broadcast, or for a misrouted event of its own device):
@@ -690,14 +716,10 @@ impl<T> CpuTick<T> {
     /// The next timer due at `now_ns` ([`TimerQueue::pop_expired`]: in the order of the ends
     /// of their ranges, while the head's deadline has come), within this pass's budget; it is
     /// running until [`complete`](Self::complete).
-    #[inline]
+    #[inline(always)]
     pub fn pop_expired(&mut self, now_ns: u64) -> Option<Expired<T>> {
-        if self.pass_budget == 0 {
-            return None;
-        }
-        let expired = self.queue.pop_expired(now_ns)?;
-        self.pass_budget -= 1;
-        Some(expired)
+        // The queue counts the budget down itself: one test and one decrement.
+        self.queue.pop_expired_or_defer(now_ns, &mut self.pass_budget, |_| false)
     }
 
     /// Ends a pass of the expiry at `now_ns`: if what this CPU needs next (its earliest timer,
@@ -707,6 +729,7 @@ impl<T> CpuTick<T> {
     /// or [`hold_until`](Self::hold_until) and end the expiry.
     #[inline]
     pub fn end_pass(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) -> bool {
+        self.settle_start();
         let needed = self.needed();
         if needed <= now_ns {
             return false;
@@ -799,6 +822,7 @@ impl<T> CpuTick<T> {
     /// Ends the expiry: programs the device (or hands the broadcast) the next deadline, only
     /// if it changed.
     pub fn end_expiry(&mut self, now_ns: u64, bc: &Mutex<Broadcast>) {
+        self.settle_start();
         self.expiring = false;
         self.reprogram(now_ns, bc);
     }
