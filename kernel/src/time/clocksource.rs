@@ -99,10 +99,11 @@ pub fn hpet_counter_at(hpet: &Hpet, ns: u64) -> Option<u64> {
 }
 
 /// A count-down device's count for an event at `at_ns`, which the layer converted into
-/// `delta_ticks` at its clock read `now_ns`: worked out before a read of the clock's counter
-/// (`kernel_time::clocksource::Countdown`), so that only a subtraction and a multiply lie
-/// between that read and `write`, which starts the count; without a counter, counted from a
-/// clock read (`remaining_ticks`). Returns the ticks handed to `write`.
+/// `delta_ticks` at its clock read `now_ns`: the snapshot and the device's ticks per ns taken
+/// before a read of the clock's counter (`kernel_time::clocksource::Countdown`), so that the
+/// reading's conversion, a subtraction and a multiply lie between that read and `write`, which
+/// starts the count; without a counter, counted from a clock read (`remaining_ticks`). Returns
+/// the ticks handed to `write`.
 #[inline]
 pub fn count_down(at_ns: u64, now_ns: u64, delta_ticks: u64, write: impl FnOnce(u64)) -> u64 {
     let ticks = match TIMEKEEPER.countdown(at_ns, now_ns, delta_ticks) {

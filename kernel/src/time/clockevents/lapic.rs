@@ -147,10 +147,11 @@ impl EventDriver for LapicTimer {
     /// here, so what is left of the layer's delta is programmed, not the whole of it, and the
     /// event is not late by the path from the layer's clock read to this write (about 170
     /// instructions in the dev profile). The layer's frequency (refined or not) stays the one
-    /// used. A count-down has its CPU checked, its mode written and its count worked out in
-    /// the clock's counter cycles before the read (`clocksource::count_down`), so that a
-    /// subtraction and a multiply lie between the counter's read and the count's write (the
-    /// benchmark's `delivery`, icount, dev: 177 -> 127 with a clock read, -> 24 with the counter's).
+    /// used. A count-down has its CPU checked, its mode written and the clock's snapshot and
+    /// its ticks per ns taken before the read of the clock's counter
+    /// (`clocksource::count_down`), so that the reading's conversion, a subtraction and a
+    /// multiply lie between that read and the count's write (the benchmark's `delivery`,
+    /// icount, dev: 177 -> 127 with a clock read, -> 59 with the counter's).
     fn set_next_event_at(&self, at_ns: u64, now_ns: u64, delta_ticks: u64) -> Result<(), EventPassed> {
         if self.config.tsc_deadline {
             let left = remaining_ticks(at_ns, now_ns, crate::time::clocksource::now_ns(), delta_ticks);

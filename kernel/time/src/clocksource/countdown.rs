@@ -2,75 +2,81 @@
 //!
 //! A count-down device (the LAPIC timer, the PIT) starts counting when its count is written,
 //! so a count computed from a clock read fires late by the path from that read to the write.
-//! Reading the clock in ns and scaling what is left puts the whole conversion on that path
-//! (about 100 instructions in the dev build). A [`Countdown`] does that work before the read:
-//! the counter reading at which the clock reaches the deadline, and the device's ticks per
-//! counter cycle; after the read, only a subtraction and one multiply remain.
+//! Reading the clock and scaling what is left puts the sequence counter's check, the
+//! snapshot's loads and a division on that path (about 100 instructions in the dev build). A
+//! [`Countdown`] does that work before the read: the snapshot's conversion, the deadline as
+//! an offset from its base, and the device's ticks per ns as a fixed-point factor (one
+//! division); after the read, the reading's conversion, a subtraction and one multiply remain.
 //!
 //! Never earlier than counting from a clock read: [`Countdown::ticks_left`] at a counter
 //! reading is at least [`crate::clockevents::remaining_ticks`] at the clock's time for that
-//! reading, and at most a tick, a counter cycle and 2 ns more, and the factors' rounding
-//! (a tick per 2^32 ns and per 2^32 counter cycles of the delta: none below a second): the
-//! tests below check both against that function, which the layer has always used.
+//! reading, and at most a tick more and the factor's rounding (a tick per 2^32 ns of the
+//! delta: none below four seconds): the tests below check both against that function, which
+//! the layer has always used.
 
-use super::timekeeper::{CounterId, Snapshot, Timekeeper};
+use super::MultShift;
+use super::timekeeper::{Conversion, CounterId, Snapshot, Timekeeper};
 
-/// A deadline in a counter's cycles, and the device's ticks per cycle.
+/// A deadline as an offset from a snapshot's base, the snapshot's conversion, and the
+/// device's ticks per ns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Countdown {
     /// The counter to read (the clock's, when the countdown was made).
     pub counter: CounterId,
-    /// The first reading at which the clock reads the deadline.
-    at_cycles: u64,
-    mask: u64,
-    /// Device ticks per counter cycle, scaled by 2^32, rounded up.
-    ticks_per_cycle: u64,
-    /// Device ticks per ns, scaled by 2^32, rounded up: one ns of the clock's rounding.
+    conv: Conversion,
+    base_cycles: u64,
+    /// The deadline's distance from the snapshot's base time (0: at or before it).
+    at_offset_ns: u64,
+    /// Device ticks per ns, scaled by 2^32, rounded up.
     ticks_per_ns: u64,
     /// The layer's whole delta: never more.
     delta_ticks: u64,
 }
 
-/// Fractional bits of the factors.
+/// Fractional bits of the factor.
 const FRACTION: u32 = 32;
 
 impl Countdown {
     /// For an event at `at_ns` that the layer converted, at its clock read `now_ns`, into
-    /// `delta_ticks` of the device: `None` if the snapshot has no counter, the deadline is not
-    /// ahead of `now_ns`, or a factor does not fit (the caller then counts from a clock read).
+    /// `delta_ticks` of the device, with the clock's snapshot `snap`: `None` if the snapshot
+    /// has no counter, the deadline is not ahead of `now_ns` or the factor does not fit (the
+    /// caller then counts from a clock read).
+    #[inline]
     pub fn new(snap: &Snapshot, at_ns: u64, now_ns: u64, delta_ticks: u64) -> Option<Countdown> {
         let whole_ns = at_ns.checked_sub(now_ns).filter(|&w| w > 0)?;
-        let at_cycles = snap.cycles_at(at_ns)?;
+        if snap.conv.counter == CounterId::NONE {
+            return None;
+        }
         let ticks_per_ns = if delta_ticks >> FRACTION == 0 {
             (delta_ticks << FRACTION).div_ceil(whole_ns)
         } else {
             u64::try_from((u128::from(delta_ticks) << FRACTION).div_ceil(u128::from(whole_ns))).ok()?
         };
-        let rate = snap.conv.rate;
-        let product = u128::from(ticks_per_ns) * u128::from(rate.mult);
-        let ticks_per_cycle = u64::try_from(product.div_ceil(1u128 << (rate.shift & 63))).ok()?;
         Some(Countdown {
             counter: snap.conv.counter,
-            at_cycles,
-            mask: snap.conv.mask,
-            ticks_per_cycle,
+            conv: snap.conv,
+            base_cycles: snap.base_cycles,
+            at_offset_ns: at_ns.saturating_sub(snap.base_ns),
             ticks_per_ns,
             delta_ticks,
         })
     }
 
-    /// The device's ticks left at counter reading `cycles`, rounded up, at most the layer's
-    /// delta; 0 once the reading has reached the deadline's.
+    /// The device's ticks left at counter reading `cycles` (the snapshot's time for it),
+    /// rounded up, at most the layer's delta; 0 once the clock has reached the deadline there.
     #[inline(always)]
     pub fn ticks_left(&self, cycles: u64) -> u64 {
-        let left = self.at_cycles.wrapping_sub(cycles) & self.mask;
-        // A reading at or past the deadline's (within half the counter's range behind it).
-        if left == 0 || left > self.mask >> 1 {
+        // The snapshot's time for the reading, as an offset from its base (`Snapshot::ns_at`
+        // less the base): compared in 128 bits, so no saturation is needed.
+        let MultShift { mult, shift } = self.conv.rate;
+        let elapsed =
+            (u128::from(self.conv.delta(self.base_cycles, cycles)) * u128::from(mult)) >> (shift & 63);
+        if elapsed >= u128::from(self.at_offset_ns) {
             return 0;
         }
-        // One ns more than the cycles' own time: the clock reads whole ns (rounded down).
-        let scaled = u128::from(left) * u128::from(self.ticks_per_cycle) + u128::from(self.ticks_per_ns);
-        let ticks = (scaled + ((1u128 << FRACTION) - 1)) >> FRACTION;
+        let left = self.at_offset_ns - elapsed as u64;
+        let ticks =
+            (u128::from(left) * u128::from(self.ticks_per_ns) + ((1u128 << FRACTION) - 1)) >> FRACTION;
         if ticks >= u128::from(self.delta_ticks) { self.delta_ticks } else { ticks as u64 }
     }
 }
@@ -85,8 +91,6 @@ impl Timekeeper {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::super::MultShift;
-    use super::super::timekeeper::Conversion;
     use super::*;
     use crate::clockevents::{NsToTicks, remaining_ticks};
 
@@ -110,7 +114,7 @@ mod tests {
     }
 
     #[test]
-    fn never_fewer_ticks_than_counting_from_a_clock_read_and_at_most_a_cycle_2_ns_and_a_tick_more() {
+    fn never_fewer_ticks_than_counting_from_a_clock_read_and_at_most_one_more() {
         // (clock Hz, counter bits, device Hz): the HPET, the ACPI PM timer and the TSC against
         // QEMU's LAPIC timer (1 GHz / 16), a real one (25 MHz / 16) and the PIT.
         let cases = [
@@ -123,7 +127,6 @@ mod tests {
         for (clock_hz, bits, device_hz) in cases {
             let conv = NsToTicks::new(device_hz, 60_000_000_000);
             let snap = snapshot(clock_hz, bits, 0xffff_f000 & ((1u64 << bits.min(63)) - 1), 7_000_000_123);
-            let cycle_ticks = device_hz.div_ceil(clock_hz) + 2 * device_hz.div_ceil(1_000_000_000) + 1;
             for (now, whole) in
                 [(7_000_000_200, 10_000), (7_000_100_000, 100_000), (7_001_000_000, 1_000_001)]
             {
@@ -141,7 +144,7 @@ mod tests {
                         got >= oracle,
                         "{clock_hz} Hz, {device_hz} Hz, {whole} ns: {got} < {oracle} at {cycles}"
                     );
-                    assert!(got <= oracle + cycle_ticks, "{clock_hz} Hz: {got} > {oracle} + {cycle_ticks}");
+                    assert!(got <= oracle + 1, "{clock_hz} Hz: {got} > {oracle} + 1");
                     assert!(got <= delta);
                 }
             }
@@ -151,8 +154,8 @@ mod tests {
     proptest::proptest! {
         /// Any clock (1 kHz..4 GHz, 24..64 bits, any base), any device (1 kHz..2 GHz), any
         /// delta up to 10 s, any reading from the layer's read to past the deadline: never
-        /// fewer ticks than counting from a clock read, at most a counter cycle, 2 ns and a
-        /// tick more, and the factors' rounding.
+        /// fewer ticks than counting from a clock read, at most a tick more and the factor's
+        /// rounding.
         #[test]
         fn never_fewer_ticks_than_from_a_clock_read(
             clock_hz in 1_000u64..4_000_000_000,
@@ -177,10 +180,9 @@ mod tests {
             let cycles = snap.cycles_at(now + whole / 1_000 * at_fraction).unwrap_or(snap.base_cycles);
             let got = c.ticks_left(cycles);
             let oracle = from_clock_read(&snap, at, now, delta, cycles);
-            // The factors' rounding: a tick per 2^32 ns and per 2^32 counter cycles.
-            let rounding = (whole >> 32) + ((u128::from(whole) * u128::from(clock_hz) / 1_000_000_000) >> 32) as u64;
-            // A counter cycle, the ns the clock rounds away and the ns added for it.
-            let cycle_ticks = device_hz.div_ceil(clock_hz) + 2 * device_hz.div_ceil(1_000_000_000) + 1 + rounding;
+            // The factor's rounding: a tick per 2^32 ns.
+            let rounding = whole >> 32;
+            let cycle_ticks = 1 + rounding;
             proptest::prop_assert!(got >= oracle, "{} < {}", got, oracle);
             proptest::prop_assert!(got <= oracle + cycle_ticks, "{} > {} + {}", got, oracle, cycle_ticks);
         }
