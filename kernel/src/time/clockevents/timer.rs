@@ -16,7 +16,7 @@
 //! A *deferred* timer ([`arm_deferred_at`], [`Timer::deferred_at`],
 //! [`Timer::deferred_periodic`]; Linux's `HRTIMER_MODE_SOFT`) runs its callback outside the
 //! hard interrupt instead: its CPU's timer interrupt pops it (never early, as any timer) and
-//! leaves it in the CPU's deferred list (`kernel_time`'s `CpuTick::pop_expired_or_defer`),
+//! leaves it in the CPU's deferred list (`kernel_time`'s `CpuTick::defer`),
 //! and the CPU runs it on the way out of that interrupt, after the EOI and after every hard
 //! callback of that interrupt, with interrupts enabled, as deferred work
 //! (`arch::x86_64::deferred`, `Kind::Timers`: one run at a time per CPU). Such a callback may

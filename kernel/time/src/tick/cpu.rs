@@ -770,8 +770,9 @@ impl<T> CpuTick<T> {
 
     /// [`pop_expired`](Self::pop_expired), handing each due timer whose payload `defer` picks
     /// to the deferred list on the way (as [`defer`](Self::defer) does), counted
-    /// ([`take_deferred_popped`](Self::take_deferred_popped)) and in this pass's budget: the
-    /// expiry's pop, one call of `defer` per timer.
+    /// ([`take_deferred_popped`](Self::take_deferred_popped)) and in this pass's budget, one
+    /// call of `defer` per timer. (The expiry pops with [`pop_expired`](Self::pop_expired),
+    /// telling a plain timer apart in one test, and defers on a cold path.)
     #[inline(always)]
     pub fn pop_expired_or_defer(&mut self, now_ns: u64, defer: impl Fn(&T) -> bool) -> Option<Expired<T>> {
         self.queue.pop_expired_or_defer(now_ns, &mut self.pass_budget, defer)

@@ -17,7 +17,7 @@
 //! **Deferred timers** (Linux's `HRTIMER_MODE_SOFT`): a timer whose payload asks for it
 //! ([`ExpiryContext::is_deferred`]) is popped by the expiry as any other, never early, but its
 //! callback does not run here: it is handed to the CPU's deferred list
-//! ([`CpuTick::pop_expired_or_defer`]), the expiry counts it ([`Expiry::deferred`]) and the
+//! ([`CpuTick::defer`], on the pop's cold path), the expiry counts it ([`Expiry::deferred`]) and the
 //! platform has the CPU's deferred run ([`run_deferred`]) come soon, outside the interrupt
 //! (the kernel: at the exit of its outermost interrupt, after the EOI, with interrupts
 //! enabled). That run takes the waiting timers in the order they were popped, runs each
