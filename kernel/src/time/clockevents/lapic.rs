@@ -27,7 +27,7 @@ const MIN_DELTA_TICKS: u64 = 0xf;
 const MAX_DELTA_TICKS: u64 = 0x7fff_ffff;
 
 /// What every CPU's LAPIC timer shares, decided once on the boot CPU.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LapicTimerConfig {
     /// The timer vector, shared by every CPU.
     pub vector: u8,
@@ -48,16 +48,32 @@ pub struct LapicTimer {
     pub wrong_cpu: AtomicU64,
 }
 
+/// Each CPU's timer, made at its first registration and kept: a CPU back online (hotplug, a
+/// wake from S3) registers the same one again instead of leaking another each time.
+static TIMERS: [spin::Once<&'static LapicTimer>; percpu::MAX_CPUS] =
+    [const { spin::Once::new() }; percpu::MAX_CPUS];
+
 impl LapicTimer {
     /// The calling CPU's timer and its description: TSC-deadline mode at the TSC frequency, or
-    /// the count-down at the calibrated timer frequency.
+    /// the count-down at the calibrated timer frequency. The CPU's timer of an earlier
+    /// registration is reused (its configuration is the machine's, the same every time; one
+    /// that differs gets a timer of its own, said in the log).
     pub fn for_this_cpu(config: LapicTimerConfig) -> (&'static LapicTimer, DeviceSpec) {
         let cpu = percpu::this_cpu().index;
-        let timer: &'static LapicTimer = alloc::boxed::Box::leak(alloc::boxed::Box::new(LapicTimer {
-            cpu,
-            config,
-            wrong_cpu: AtomicU64::new(0),
-        }));
+        let make = || -> &'static LapicTimer {
+            alloc::boxed::Box::leak(alloc::boxed::Box::new(LapicTimer {
+                cpu,
+                config,
+                wrong_cpu: AtomicU64::new(0),
+            }))
+        };
+        let kept = *TIMERS[cpu].call_once(make);
+        let timer = if kept.config == config {
+            kept
+        } else {
+            log::warn!("lapic{cpu}: registered again with another configuration ({config:?}): a new timer");
+            make()
+        };
         let mut features = Features::ONESHOT | Features::PER_CPU;
         if !config.tsc_deadline {
             features |= Features::PERIODIC;
