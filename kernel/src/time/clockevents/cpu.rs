@@ -264,6 +264,7 @@ impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
             let bc = registry::broadcast_under(&guard);
             // A `match`, not `as_mut().map`: the tick's presence tested once, no
             // `Option<&mut _>` built between (the dev build keeps both).
+            #[allow(clippy::manual_map)]
             match &mut *guard {
                 Some(t) => Some(f(t, bc)),
                 None => None,
