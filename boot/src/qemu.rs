@@ -284,6 +284,15 @@ pub fn arguments(
         });
         let device = if pc { "PIIX4_PM" } else { "ICH9-LPC" };
         push(&["-global", &format!("{device}.disable_s3={}", if on { 0 } else { 1 })]);
+        // No SMM with S3 (merged into the machine's options; the kernel uses none): SeaBIOS's
+        // resume calls through SMM, and under a busy host it could hang there before the
+        // waking vector ran, the boot CPU halted after its SMI and an AP spinning on the
+        // firmware's SMP lock (2 of 6 runs of `s3::smp2` beside a fuzzer; the runner's state
+        // at the timeout showed where). Without SMM it takes another way.
+        let smm_given = opts.qemu_args.iter().any(|x| x.contains("smm="));
+        if on && !smm_given {
+            push(&["-machine", "smm=off"]);
+        }
     }
     if opts.gdb {
         push(&["-s", "-S"]);
@@ -372,10 +381,13 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
         s
     });
 
+    // At a timeout with QMP (S3 runs), where the machine was: said after the serial log.
+    let mut state_at_timeout = None;
     let outcome = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Outcome::from_status(status),
             Ok(None) if start.elapsed() >= opts.timeout && !opts.gdb => {
+                state_at_timeout = watch.as_mut().and_then(SuspendWatch::describe);
                 let _ = child.kill();
                 let _ = child.wait();
                 break Outcome::Timeout(opts.timeout);
@@ -413,7 +425,13 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     if !stderr_text.trim().is_empty() {
         let _ = writeln!(std::io::stderr(), "qemu: {}", stderr_text.trim());
     }
-    let log = std::mem::take(&mut *log.lock().unwrap());
+    let mut log = std::mem::take(&mut *log.lock().unwrap());
+    if let Some(state) = state_at_timeout {
+        let line = format!("runner: at the timeout QEMU was {state}");
+        let _ = writeln!(std::io::stderr(), "{line}");
+        log.push_str(&line);
+        log.push('\n');
+    }
     Ok(Boot { outcome, log, elapsed: start.elapsed() })
 }
 
@@ -451,6 +469,24 @@ impl SuspendWatch {
         }
     }
 
+    /// QEMU's run state and each CPU's instruction pointer and mode (QMP's `query-status` and
+    /// the monitor's `info registers -a`), for a boot that gave no verdict in time; None while
+    /// QMP does not answer.
+    fn describe(&mut self) -> Option<String> {
+        let status = self.status()?;
+        let (reader, writer) = self.conn.as_mut()?;
+        let request =
+            br#"{"execute":"human-monitor-command","arguments":{"command-line":"info registers -a"}}"#;
+        let registers = writer
+            .write_all(request)
+            .and_then(|()| writer.write_all(b"\n"))
+            .ok()
+            .and_then(|()| qmp_return(reader))
+            .and_then(|r| r.as_str().map(str::to_string))
+            .unwrap_or_default();
+        Some(format!("{status}; {}", cpu_positions(&registers)))
+    }
+
     /// QEMU's run state (`running`, `suspended`, ...), or None while QMP does not answer.
     fn status(&mut self) -> Option<String> {
         if self.conn.is_none() {
@@ -475,6 +511,32 @@ impl SuspendWatch {
         }
         answer
     }
+}
+
+/// Each CPU's instruction pointer (`RIP`, or `EIP` outside 64-bit mode), `HLT` state and `CS`
+/// from the monitor's `info registers -a` (its lines `CPU#n`, `RIP=... RFL=... [...] CPL=n
+/// II=n A20=n SMM=n HLT=n`, `CS =...`), one `CPU n: RIP=... HLT=n CS=...` per CPU.
+fn cpu_positions(registers: &str) -> String {
+    let mut cpus = Vec::new();
+    for line in registers.lines() {
+        let line = line.trim();
+        if let Some(n) = line.strip_prefix("CPU#") {
+            cpus.push(format!("CPU {}:", n.trim()));
+        } else if let (Some(cpu), Some((name, ip))) = (
+            cpus.last_mut(),
+            line.strip_prefix("RIP=")
+                .map(|ip| ("RIP", ip))
+                .or_else(|| line.strip_prefix("EIP=").map(|ip| ("EIP", ip))),
+        ) {
+            // EIP: not in 64-bit mode (the firmware's code, or the start-up code on its way).
+            let ip = ip.split_whitespace().next().unwrap_or("?");
+            let hlt = line.split_whitespace().find_map(|w| w.strip_prefix("HLT=")).unwrap_or("?");
+            cpu.push_str(&format!(" {name}={ip} HLT={hlt}"));
+        } else if let (Some(cpu), Some(cs)) = (cpus.last_mut(), line.strip_prefix("CS =")) {
+            cpu.push_str(&format!(" CS={}", cs.split_whitespace().next().unwrap_or("?")));
+        }
+    }
+    if cpus.is_empty() { "no registers from the monitor".into() } else { cpus.join("; ") }
 }
 
 /// Reads QMP lines until a command's answer (events in between skipped); its `return` value.
@@ -559,6 +621,23 @@ mod tests {
     }
 
     #[test]
+    fn a_timeouts_cpu_positions_come_from_the_monitors_registers() {
+        let registers = "CPU#0\r\nRAX=0000000000000000 RBX=0000000000000001\r\n\
+            RIP=ffff80000004d2f1 RFL=00000046 [---Z-P-] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n\
+            ES =0000 0000000000000000 ffffffff 00c00000\r\nCS =0008 0000000000000000 ffffffff 00a09b00 DPL=0 CS64 [-RA]\r\n\
+            CPU#1\r\nRIP=000000000000fff0 RFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\n\
+            CS =f000 00000000ffff0000 0000ffff 00009b00\r\n\
+            CPU#2\r\nEAX=00000000 EBX=00000000\r\nEIP=000f1e2b EFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=0\r\n\
+            CS =0008 00000000 ffffffff 00cf9b00 DPL=0 CS32 [-R-]\r\n";
+        assert_eq!(
+            cpu_positions(registers),
+            "CPU 0: RIP=ffff80000004d2f1 HLT=0 CS=0008; CPU 1: RIP=000000000000fff0 HLT=1 CS=f000; \
+             CPU 2: EIP=000f1e2b HLT=0 CS=0008"
+        );
+        assert_eq!(cpu_positions(""), "no registers from the monitor");
+    }
+
+    #[test]
     fn a_kvm_timeout_says_how_to_use_tcg() {
         let t = Outcome::Timeout(Duration::from_secs(120));
         assert!(t.kvm_hint(Accel::Kvm).unwrap().contains("use --accel tcg"));
@@ -585,6 +664,9 @@ mod tests {
         assert!(!args_for("").iter().any(|x| x.contains("disable_s3")));
         assert!(has_pair(&args_for("--cmdline s3_test=2"), "-global", "ICH9-LPC.disable_s3=0"));
         assert!(has_pair(&args_for("--s3"), "-global", "ICH9-LPC.disable_s3=0"));
+        assert!(has_pair(&args_for("--s3"), "-machine", "smm=off"), "no SMM with S3");
+        assert!(!has_pair(&args_for("--no-s3"), "-machine", "smm=off"));
+        assert!(!has_pair(&args_for("--s3 -- -machine q35,smm=on"), "-machine", "smm=off"), "the user's own");
         assert!(has_pair(&args_for("--s3 -- -machine pc,hpet=on"), "-global", "PIIX4_PM.disable_s3=0"));
         assert!(has_pair(&args_for("--no-s3 --cmdline s3_test=2"), "-global", "ICH9-LPC.disable_s3=1"));
     }
