@@ -31,6 +31,12 @@ const STARTUP_RETRY_NS: u64 = 200_000;
 /// Linux's `do_boot_cpu` (under emulation a vCPU thread may start late: the first AP of 255
 /// TCG vCPUs on two host cores took over 2 s).
 const ONLINE_TIMEOUT_NS: u64 = 10_000_000_000;
+/// INIT-SIPI-SIPI rounds within that limit, each waiting this long for the CPU to arrive off
+/// its start-up code (it takes about 60 ms to come online under TCG): a CPU that missed a
+/// round (an AP still in the firmware's own start-up after an S3 wake, under QEMU with a busy
+/// host) gets another.
+const START_ROUNDS: u32 = 3;
+const ROUND_NS: u64 = 2_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartError {
@@ -212,14 +218,30 @@ fn signal(trampoline: &Trampoline, cr3: u64, cpu: &'static PerCpu, stack_top: u6
             core::hint::spin_loop();
         }
     };
-    lapic::send_init(apic_id);
-    wait_until(start + INIT_DELAY_NS);
-    lapic::send_startup(apic_id, trampoline.startup_page());
-    wait_until(now_ns() + STARTUP_RETRY_NS);
-    if !online() {
+    cpu.arrived.store(false, Ordering::Relaxed);
+    let deadline = start + ONLINE_TIMEOUT_NS;
+    for round in 0..START_ROUNDS {
+        if round > 0 {
+            log::warn!(
+                "CPU {} (APIC id {apic_id}) did not arrive off its start-up code {} ms after INIT-SIPI-SIPI: sending it again",
+                cpu.index,
+                (now_ns() - start) / 1_000_000
+            );
+        }
+        lapic::send_init(apic_id);
+        wait_until(now_ns() + INIT_DELAY_NS);
         lapic::send_startup(apic_id, trampoline.startup_page());
-        wait_until(now_ns() + ONLINE_TIMEOUT_NS);
+        wait_until(now_ns() + STARTUP_RETRY_NS);
+        if !online() {
+            lapic::send_startup(apic_id, trampoline.startup_page());
+            wait_until((now_ns() + ROUND_NS).min(deadline));
+        }
+        // Arrived (on its way online) or out of time: no INIT again, wait for it to the end.
+        if online() || cpu.arrived.load(Ordering::Acquire) || now_ns() >= deadline {
+            break;
+        }
     }
+    wait_until(deadline);
     if !online() {
         // Park it: a late arrival must not run on parameters meant for the next CPU.
         lapic::send_init(apic_id);
@@ -312,6 +334,7 @@ pub fn wake_code(entry: extern "C" fn(u64) -> !, arg: u64, stack_top: u64) -> Re
 extern "C" fn ap_entry(cpu: u64) -> ! {
     // SAFETY: the boot CPU passed the address of this AP's leaked PerCpu.
     let cpu: &'static PerCpu = unsafe { &*(cpu as *const PerCpu) };
+    cpu.arrived.store(true, Ordering::Release);
     let arrived = now_ns();
     percpu::install(cpu);
     cpu.tables().load();

@@ -47,6 +47,9 @@ pub struct PerCpu {
     /// Level-triggered device interrupts whose status bit was clear (another device's, or a
     /// storm): only this CPU writes it.
     pub not_ours: AtomicU64,
+    /// Set by the CPU as it arrives off the start-up code (before its own start-up path), so
+    /// that the boot CPU never sends INIT again to a CPU on its way online.
+    pub arrived: AtomicBool,
     /// Nanoseconds from the BSP's start signal to this CPU reporting online (0 for the BSP).
     pub online_ns: AtomicU64,
     /// Nanoseconds from its arrival off the start-up code to reporting online, the last time
@@ -112,6 +115,7 @@ pub fn create(index: usize, apic_id: u32, tables: &'static CpuTables) -> &'stati
         interrupts: [const { AtomicU64::new(0) }; 256],
         spurious: AtomicU64::new(0),
         not_ours: AtomicU64::new(0),
+        arrived: AtomicBool::new(false),
         online_ns: AtomicU64::new(0),
         startup_ns: AtomicU64::new(0),
         irq_depth: AtomicU32::new(0),
