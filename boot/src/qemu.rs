@@ -337,14 +337,13 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
         hpet_table_file.as_deref(),
         second_hpet_file.as_deref(),
     )?;
-    // With S3, QEMU's run state is watched over QMP (a socket path short enough for sun_path).
-    let qmp_path = (opts.s3_enabled() == Some(true))
-        .then(|| std::env::temp_dir().join(format!("timerkernel-qmp-{}.sock", boot_id())));
-    if let Some(p) = &qmp_path {
-        let _ = std::fs::remove_file(p);
-        args.extend(["-qmp".to_string(), format!("unix:{},server=on,wait=off", p.display())]);
-    }
-    let mut watch = qmp_path.as_deref().map(|p| SuspendWatch::new(p, opts.wake_within));
+    // QMP on every boot (a socket path short enough for sun_path): with S3, QEMU's run state is
+    // watched (a wake-up that never comes); on any boot, a timeout says where the CPUs were.
+    let qmp_path = std::env::temp_dir().join(format!("timerkernel-qmp-{}.sock", boot_id()));
+    let watch_suspend = opts.s3_enabled() == Some(true);
+    let _ = std::fs::remove_file(&qmp_path);
+    args.extend(["-qmp".to_string(), format!("unix:{},server=on,wait=off", qmp_path.display())]);
+    let mut watch = SuspendWatch::new(&qmp_path, opts.wake_within);
     let start = Instant::now();
     let mut child = Command::new(binary())
         .args(&args)
@@ -381,18 +380,18 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
         s
     });
 
-    // At a timeout with QMP (S3 runs), where the machine was: said after the serial log.
+    // At a timeout, where the machine was (over QMP): said after the serial log.
     let mut state_at_timeout = None;
     let outcome = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Outcome::from_status(status),
             Ok(None) if start.elapsed() >= opts.timeout && !opts.gdb => {
-                state_at_timeout = watch.as_mut().and_then(SuspendWatch::describe);
+                state_at_timeout = watch.describe();
                 let _ = child.kill();
                 let _ = child.wait();
                 break Outcome::Timeout(opts.timeout);
             }
-            Ok(None) if watch.as_mut().is_some_and(SuspendWatch::no_wake) => {
+            Ok(None) if watch_suspend && watch.no_wake() => {
                 let _ = child.kill();
                 let _ = child.wait();
                 break Outcome::SuspendedNoWake(opts.wake_within);
@@ -404,9 +403,7 @@ pub fn boot(opts: &RunOptions, image: &Path, echo: impl Fn(&str) + Send + 'stati
     let _ = reader.join();
     let stderr_text = errors.join().unwrap_or_default();
     let _ = std::fs::remove_file(&cmdline_file);
-    if let Some(p) = &qmp_path {
-        let _ = std::fs::remove_file(p);
-    }
+    let _ = std::fs::remove_file(&qmp_path);
     let outcome = match outcome {
         // Said in one line: QEMU's own lines are echoed above.
         Outcome::QemuError(e) if opts.accel == Accel::Kvm => {
