@@ -648,6 +648,8 @@ impl<T> CpuTick<T> {
         // ([`settle_start`](Self::settle_start)): nothing reads it before then (a callback's
         // arm asks to reprogram, which waits for the expiry's end), and it is not on the
         // path from the interrupt to the first callback.
+        // Counted now: a callback reads the count as "the interrupt that ran me".
+        self.events = self.events.wrapping_add(1);
         self.expiring = true;
         self.unsettled_ns = Some(now_ns);
         self.pass_budget = self.queue.len();
@@ -656,8 +658,8 @@ impl<T> CpuTick<T> {
 
     /// The rest of a device event's start, before anything reads it (see
     /// [`device_event`](Self::device_event)): the device forgets the event it delivered, the
-    /// next event and a hang's hold are cleared, the event counted, the broadcast's timer and
-    /// the periodic tick checked against the start's clock read.
+    /// next event and a hang's hold are cleared, the broadcast's timer and the periodic tick
+    /// checked against the start's clock read.
     #[inline]
     fn settle_start(&mut self) {
         if let Some(now_ns) = self.unsettled_ns.take() {
@@ -667,7 +669,7 @@ impl<T> CpuTick<T> {
                 d.forget_event();
             }
             let budget = self.pass_budget;
-            self.begin_expiry(now_ns);
+            self.start_uncounted(now_ns);
             // The first pass's budget was set at the start and counts down since.
             self.pass_budget = budget;
         }
@@ -689,6 +691,16 @@ impl<T> CpuTick<T> {
         // A count that cannot reach 2^64: the wrapping add is the dev build's overflow check saved
         // on every interrupt.
         self.events = self.events.wrapping_add(1);
+        // A device event's start not settled (its expiry never reached its end: no platform
+        // does that) is replaced by this one.
+        self.unsettled_ns = None;
+        self.start_uncounted(now_ns);
+    }
+
+    /// An expiry's start but its count: no next event, arms that only queue, no hold, the
+    /// first pass begun at `now_ns`.
+    #[inline]
+    fn start_uncounted(&mut self, now_ns: u64) {
         self.next_event_ns = u64::MAX;
         self.expiring = true;
         self.hold_until_ns = 0;

@@ -1038,6 +1038,28 @@ fn tickless_device_stops_when_its_queue_empties() {
     assert_eq!(s.cpus[0].events(), 2, "the cancelled deadline still interrupts once");
 }
 
+/// A device event is counted before the first pass's callbacks run (they read the count as
+/// "the interrupt that ran me"), though the rest of the expiry's start waits for the end of
+/// that pass; a wake-up's is counted at once too, and a start never counts twice.
+#[test]
+fn an_interrupt_is_counted_before_its_first_callback_and_once() {
+    let mut s = Sim::new(TickMode::Oneshot, 1);
+    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
+    let now = s.now();
+    s.arm(0, now + 10_000);
+    s.set_now(now + 10_000);
+    assert!(s.on(0, |t, now, _| t.device_event(h0, now)));
+    let e = s.on(0, |t, now, _| t.pop_expired(now)).expect("due");
+    assert_eq!(s.cpus[0].events(), 1, "counted before the callback runs");
+    assert_eq!(s.on(0, |t, _, _| t.complete(e.id, None)), Ok(false));
+    s.on(0, |t, now, bc| t.end_pass(now, bc));
+    assert_eq!(s.cpus[0].events(), 1, "settling the start does not count it again");
+    assert!(s.on(0, |t, now, _| t.wakeup(now)));
+    assert_eq!(s.cpus[0].events(), 2);
+    s.on(0, |t, now, bc| t.end_expiry(now, bc));
+    assert_eq!(s.cpus[0].events(), 2);
+}
+
 /// Callbacks that arm timers do not reprogram the device one by one: it is programmed once,
 /// after the expiry, for the earliest deadline.
 #[test]
