@@ -1038,11 +1038,10 @@ fn tickless_device_stops_when_its_queue_empties() {
     assert_eq!(s.cpus[0].events(), 2, "the cancelled deadline still interrupts once");
 }
 
-/// A device event is counted before the first pass's callbacks run (they read the count as
-/// "the interrupt that ran me"), though the rest of the expiry's start waits for the end of
-/// that pass; a wake-up's is counted at once too, and a start never counts twice.
-#[test]
-fn an_interrupt_is_counted_before_its_first_callback_and_once() {
+/// One CPU on hpet0 with one timer 10 us ahead, its interrupt come: the device event taken and
+/// the timer popped, its callback about to run. Returns the simulator, hpet0, the time the
+/// timer was armed at, and the popped timer.
+fn first_callback_on_hpet0() -> (Sim, DeviceId, u64, Expired<u32>) {
     let mut s = Sim::new(TickMode::Oneshot, 1);
     let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
     let now = s.now();
@@ -1050,6 +1049,15 @@ fn an_interrupt_is_counted_before_its_first_callback_and_once() {
     s.set_now(now + 10_000);
     assert!(s.on(0, |t, now, _| t.device_event(h0, now)));
     let e = s.on(0, |t, now, _| t.pop_expired(now)).expect("due");
+    (s, h0, now, e)
+}
+
+/// A device event is counted before the first pass's callbacks run (they read the count as
+/// "the interrupt that ran me"), though the rest of the expiry's start waits for the end of
+/// that pass; a wake-up's is counted at once too, and a start never counts twice.
+#[test]
+fn an_interrupt_is_counted_before_its_first_callback_and_once() {
+    let (mut s, _, _, e) = first_callback_on_hpet0();
     assert_eq!(s.cpus[0].events(), 1, "counted before the callback runs");
     assert_eq!(s.on(0, |t, _, _| t.complete(e.id, None)), Ok(false));
     s.on(0, |t, now, bc| t.end_pass(now, bc));
@@ -1064,13 +1072,7 @@ fn an_interrupt_is_counted_before_its_first_callback_and_once() {
 /// after the expiry, for the earliest deadline.
 #[test]
 fn device_is_programmed_once_per_interrupt_after_the_callbacks() {
-    let mut s = Sim::new(TickMode::Oneshot, 1);
-    let h0 = s.per_cpu("hpet0", PERCPU_HPET, 0);
-    let now = s.now();
-    s.arm(0, now + 10_000);
-    s.set_now(now + 10_000);
-    assert!(s.on(0, |t, now, _| t.device_event(h0, now)));
-    let e = s.on(0, |t, now, _| t.pop_expired(now)).expect("due");
+    let (mut s, h0, now, e) = first_callback_on_hpet0();
     let before = s.device(h0).programmed();
     for k in 1..=5u64 {
         s.on(0, |t, now, bc| t.arm(now + 50_000 - k * 1_000, 99, now, bc)).unwrap();
