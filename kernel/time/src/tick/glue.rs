@@ -585,7 +585,7 @@ pub fn adopt<P: Platform>(
     result
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::tick::{CpuTick, Service, TickMode};
