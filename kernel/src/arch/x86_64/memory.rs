@@ -47,8 +47,9 @@ static ALLOCATOR: IrqSafeHeap = IrqSafeHeap(talc::TalcLock::new(talc::source::Ma
 /// The heap: `talc`, a binned allocator (free gaps in 191 size classes, a bitmap of the
 /// non-empty ones). An allocation (alignment up to 32 bytes) takes the first gap of the first
 /// class whose gaps all fit it, and a free merges with its neighbours, in constant time however
-/// fragmented the heap is (a first-fit list walks past every gap too small; docs/benchmark.md); only when no such class has a gap does it search the class just below, so an
-/// allocation fails only when no gap fits it. `Manual`: the heap is the region `init` claims,
+/// fragmented the heap is (a first-fit list walks past every gap too small; docs/benchmark.md);
+/// only when no such class has a gap does it search the class just below, so an allocation
+/// fails only when no gap fits it. `Manual`: the heap is the region `init` claims,
 /// grown by hand ([`extend_heap`]) before more CPUs come online.
 ///
 /// Interrupts are disabled while its lock is held: an interrupt handler that allocates (a
