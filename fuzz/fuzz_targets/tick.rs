@@ -1532,9 +1532,8 @@ impl Sim {
         );
         self.woken(here);
         run_on(here);
-        let now = now();
         // By the crate's glue, as the kernel's handler (`here` may not be online).
-        let event = self.on_cpu(here, |cx| glue::device_interrupt(cx, DeviceId(dev), now));
+        let event = self.on_cpu(here, |cx| glue::device_interrupt(cx, DeviceId(dev)));
         self.settle(here);
         if let glue::DeviceEvent::Broadcast(due) = event {
             for cpu in due.iter() {

@@ -30,7 +30,7 @@ pub static TIMEKEEPER: Timekeeper = Timekeeper::new();
 
 /// The system clock's nanoseconds (0 before the first source is installed): a sequence-counter
 /// read of the snapshot and one direct read of the current counter.
-#[inline]
+#[inline(always)]
 pub fn now_ns() -> u64 {
     TIMEKEEPER.now(&Hardware)
 }
@@ -178,10 +178,15 @@ pub const HPET_RATING: u32 = 250;
 pub const TSC_NOT_INVARIANT_RATING: u32 = 100;
 pub const PM_TIMER_RATING: u32 = 200;
 
-/// The main counter register of the HPET that is the `hpet` clocksource (null until then),
-/// read as its low 32 bits, as Linux does: QEMU splits a 64-bit read of it into two 32-bit
-/// ones, which tear when the low half wraps (the clock then leaps 43 s ahead and back).
-static HPET_COUNTER: AtomicPtr<u32> = AtomicPtr::new(core::ptr::null_mut());
+/// The main counter register of the HPET that is the `hpet` clocksource ([`NO_HPET_COUNTER`]
+/// until then), read as its low 32 bits, as Linux does: QEMU splits a 64-bit read of it into
+/// two 32-bit ones, which tear when the low half wraps (the clock then leaps 43 s ahead and
+/// back).
+static HPET_COUNTER: AtomicPtr<u32> = AtomicPtr::new(core::ptr::addr_of!(NO_HPET_COUNTER).cast_mut());
+
+/// What the `hpet` counter reads before an HPET is the clocksource: 0, from memory, so that a
+/// read needs no test for "none" (it is on every clock read of the interrupt path).
+static NO_HPET_COUNTER: u32 = 0;
 
 /// The I/O port of the ACPI PM timer that is the `acpi_pm` clocksource (0 until then).
 static PM_TIMER_PORT: AtomicU16 = AtomicU16::new(0);
@@ -221,12 +226,9 @@ fn read_rare(counter: CounterId) -> u64 {
 #[inline(always)]
 fn read_hpet() -> u64 {
     let counter = HPET_COUNTER.load(Ordering::Relaxed);
-    if counter.is_null() {
-        return 0;
-    }
-    // SAFETY: a non-null pointer is the low half of the main counter register of a probed
-    // HPET, mapped uncached for the kernel's lifetime (`register_hpet`); reading it has no side
-    // effects.
+    // SAFETY: `counter` is either the low half of the main counter register of a probed HPET,
+    // mapped uncached for the kernel's lifetime (`register_hpet`), whose read has no side
+    // effects, or `NO_HPET_COUNTER`, a static; both aligned and valid for reads forever.
     u64::from(unsafe { counter.read_volatile() })
 }
 

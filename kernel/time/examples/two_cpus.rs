@@ -224,7 +224,7 @@ fn cpu_main(c: usize) {
         }
         while let Some(device) = fired(c, now()) {
             print_interrupt(&cpu, device);
-            glue::device_interrupt(&cpu, device, now());
+            glue::device_interrupt(&cpu, device);
         }
         if DONE.load(Acquire) && cpu.with_tick(|t, _| t.pending()) == Some(0) {
             break;

@@ -716,7 +716,7 @@ impl Cpu {
             && driver.take_due(now)
         {
             self.callbacks.set(0);
-            self.expired(expiry::device_interrupt(self, id, now));
+            self.expired(expiry::device_interrupt(self, id));
         }
         if self.index == self.m.broadcast_irq_cpu && self.m.broadcast_device.1.take_due(now) {
             self.broadcast_interrupt(now);

@@ -277,7 +277,8 @@ impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
         r
     }
 
-    #[inline]
+    /// In line: the expiry reads the clock under the guard, right before its first pop.
+    #[inline(always)]
     fn now_ns(&self) -> u64 {
         now_ns()
     }
@@ -347,6 +348,7 @@ impl<const IN_IRQ: bool> ExpiryContext for ThisCpu<IN_IRQ> {
     #[inline]
     fn trace(&self, point: ExpiryPoint) {
         path_trace::stamp(match point {
+            ExpiryPoint::ClockRead => Stage::ClockRead,
             ExpiryPoint::Popped => Stage::Popped,
             ExpiryPoint::CallbacksDone => Stage::CallbacksDone,
             ExpiryPoint::Reprogrammed => Stage::Reprogrammed,
@@ -463,12 +465,11 @@ fn this_cpu() -> ThisCpu {
 }
 
 /// A clock event device interrupted this CPU, `cpu` (called by the device drivers' handlers,
-/// which looked it up already: the path after the clock read looks up nothing).
+/// which looked it up already). The clock is read by the expiry, under the tick's guard, right
+/// before its first pop: the CPU's state is looked up and the guard taken before it.
 #[inline]
 pub(super) fn device_interrupt(device: DeviceId, cpu: &'static percpu::PerCpu) {
-    let now = now_ns();
-    path_trace::stamp(Stage::ClockRead);
-    glue::device_interrupt(&ThisCpu::<true> { index: cpu.index, time: time_of(cpu) }, device, now);
+    glue::device_interrupt(&ThisCpu::<true> { index: cpu.index, time: time_of(cpu) }, device);
 }
 
 /// The wake-up IPI: another CPU posted to this one's inbox, the broadcast woke it, or a

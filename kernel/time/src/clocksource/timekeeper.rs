@@ -176,21 +176,43 @@ impl Timekeeper {
     /// read as soon as its id is known, the rest of the snapshot loaded after it: the reading
     /// is the time the caller asked at, so the conversion's loads belong after it (all of
     /// them between the two loads of the sequence number, as before).
+    ///
+    /// One attempt in line, straight through; a write in progress sends the reader to
+    /// [`now_retry`](Self::now_retry), out of line. A loop here would have the compiler keep
+    /// the statics' addresses in registers across it, which costs every caller (interrupt
+    /// handlers and timer callbacks among them) their saving and restoring before the read.
     #[inline(always)]
     pub fn now<H: ReadCounter>(&self, hw: &H) -> u64 {
+        let seq = self.seq.load(Ordering::Acquire);
+        // The counter is read before the writer check: a reading taken during a write is
+        // thrown away below, and reading a counter has no side effects.
+        let counter = CounterId(self.counter.load(Ordering::Relaxed));
+        let cycles = hw.read(counter);
+        let snap = self.load_for(counter);
+        // The snapshot's loads (and the counter read) happen before the re-check.
+        fence(Ordering::Acquire);
+        if seq & 1 == 0 && self.seq.load(Ordering::Relaxed) == seq {
+            return snap.ns_at(cycles);
+        }
+        self.now_retry(hw)
+    }
+
+    /// [`now`](Self::now) after a first attempt met a write: attempts until one meets none.
+    #[cold]
+    #[inline(never)]
+    fn now_retry<H: ReadCounter>(&self, hw: &H) -> u64 {
         loop {
+            core::hint::spin_loop();
             let seq = self.seq.load(Ordering::Acquire);
             if seq & 1 == 0 {
                 let counter = CounterId(self.counter.load(Ordering::Relaxed));
                 let cycles = hw.read(counter);
                 let snap = self.load_for(counter);
-                // The snapshot's loads (and the counter read) happen before the re-check.
                 fence(Ordering::Acquire);
                 if self.seq.load(Ordering::Relaxed) == seq {
                     return snap.ns_at(cycles);
                 }
             }
-            core::hint::spin_loop();
         }
     }
 

@@ -631,8 +631,24 @@ impl<T> CpuTick<T> {
     /// False for a device that does not serve this CPU: stale (one it used before, whose
     /// interrupt was pending when it changed device) or misrouted (any other): the caller wakes
     /// the device's owner, which programs it again from its own CPU.
+    ///
+    /// [`claim_device_event`](Self::claim_device_event) and
+    /// [`device_event_at`](Self::device_event_at) do the same in two steps, for a caller that
+    /// reads the clock between them.
     #[inline]
     pub fn device_event(&mut self, id: DeviceId, now_ns: u64) -> bool {
+        let ours = self.claim_device_event(id);
+        if ours {
+            self.device_event_at(now_ns);
+        }
+        ours
+    }
+
+    /// [`device_event`](Self::device_event) before its clock read: true when device `id` is
+    /// this CPU's local device and an expiry has started; the caller then reads the clock and
+    /// gives the reading to [`device_event_at`](Self::device_event_at) before it pops.
+    #[inline]
+    pub fn claim_device_event(&mut self, id: DeviceId) -> bool {
         // A pattern, not `!=` on the enum: the derived comparison is a call's worth of
         // instructions in the dev build, on every interrupt.
         if !matches!(self.service, Service::Local(local) if local.0 == id.0) {
@@ -651,9 +667,15 @@ impl<T> CpuTick<T> {
         // Counted now: a callback reads the count as "the interrupt that ran me".
         self.events = self.events.wrapping_add(1);
         self.expiring = true;
-        self.unsettled_ns = Some(now_ns);
         self.pass_budget = self.queue.len();
         true
+    }
+
+    /// The clock read of the expiry [`claim_device_event`](Self::claim_device_event) started,
+    /// taken after it: the first pass pops what is due at `now_ns`.
+    #[inline]
+    pub fn device_event_at(&mut self, now_ns: u64) {
+        self.unsettled_ns = Some(now_ns);
     }
 
     /// The rest of a device event's start, before anything reads it (see

@@ -46,6 +46,9 @@ pub const MAX_HANG_DELAY_NS: u64 = 100_000_000;
 /// Points of the expiry a platform may stamp (a benchmark's per-stage breakdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpiryPoint {
+    /// A device interrupt's clock read taken ([`device_interrupt`]: under the guard, the event
+    /// known to be this CPU's, right before the first pop).
+    ClockRead,
     /// The first due timer popped, its callback about to run.
     Popped,
     /// The last callback of a pass returned (or none was due).
@@ -175,13 +178,26 @@ pub enum Outcome {
     Idle,
 }
 
-/// Device `device` interrupted this CPU, whose clock read `now_ns`: takes the event and runs
-/// the expiry it starts. The event and the first pop share one guard.
+/// Device `device` interrupted this CPU: takes the event and runs the expiry it starts. The
+/// event, the interrupt's clock read and the first pop share one guard, in that order: the
+/// clock is read once the guard is held and the event is known to be this CPU's, right before
+/// the pop (Linux's `hrtimer_interrupt` reads it under its lock too), so what is due is
+/// judged by the freshest reading and nothing but the pop stands between the reading and the
+/// first callback. An event that is not this CPU's reads no clock.
 #[inline]
-pub fn device_interrupt<C: ExpiryContext>(cx: &C, device: DeviceId, now_ns: u64) -> Outcome {
-    let mut pass = Pass::new(now_ns);
+pub fn device_interrupt<C: ExpiryContext>(cx: &C, device: DeviceId) -> Outcome {
+    // Made before the guard: nothing of it waits on the clock read but its two times.
+    let mut pass = Pass::new(0);
     let first = cx.with_tick(|t, bc| {
-        if t.device_event(device, now_ns) { Some(next_step(cx, t, bc, &mut pass)) } else { None }
+        if !t.claim_device_event(device) {
+            return None;
+        }
+        let now_ns = cx.now_ns();
+        cx.trace(ExpiryPoint::ClockRead);
+        t.device_event_at(now_ns);
+        pass.entry_ns = now_ns;
+        pass.now_ns = now_ns;
+        Some(next_step(cx, t, bc, &mut pass))
     });
     match first {
         None => Outcome::Idle,

@@ -365,16 +365,16 @@ pub enum DeviceEvent {
     Local(Outcome),
 }
 
-/// Device `device` interrupted this CPU, whose clock read `now_ns` (called by the device's
-/// interrupt handler): the broadcast device's event ([`broadcast_event`]), or this CPU's
-/// expiry ([`expiry::device_interrupt`], then [`expiry_done`]); the event of a device this CPU
-/// does not serve wakes the device's owner.
+/// Device `device` interrupted this CPU (called by the device's interrupt handler): the
+/// broadcast device's event ([`broadcast_event`], at a clock read taken first), or this CPU's
+/// expiry ([`expiry::device_interrupt`], which reads the clock under the tick's guard, then
+/// [`expiry_done`]); the event of a device this CPU does not serve wakes the device's owner.
 #[inline]
-pub fn device_interrupt<P: Platform>(p: &P, device: DeviceId, now_ns: u64) -> DeviceEvent {
+pub fn device_interrupt<P: Platform>(p: &P, device: DeviceId) -> DeviceEvent {
     if p.is_broadcast_device(device) {
-        return DeviceEvent::Broadcast(broadcast_event(p, now_ns));
+        return DeviceEvent::Broadcast(broadcast_event(p, p.now_ns()));
     }
-    let outcome = expiry::device_interrupt(p, device, now_ns);
+    let outcome = expiry::device_interrupt(p, device);
     match outcome {
         Outcome::Expired(e) => expiry_done(p, e),
         Outcome::NotOurs => p.wake_owner_of(device),
@@ -625,6 +625,10 @@ mod tests {
         peer: &'a Mailbox<u32>,
         woken: core::cell::RefCell<Vec<usize>>,
         now: u64,
+        /// Each clock read, and whether the tick's guard was held at it.
+        reads: core::cell::RefCell<Vec<bool>>,
+        /// Each callback: its payload, the clock read it was given, the reads taken before it.
+        ran: core::cell::RefCell<Vec<(u32, u64, usize)>>,
     }
 
     impl ExpiryContext for TestCpu<'_> {
@@ -633,9 +637,11 @@ mod tests {
             Some(f(&mut self.tick.borrow_mut(), self.bc))
         }
         fn now_ns(&self) -> u64 {
+            self.reads.borrow_mut().push(self.tick.try_borrow_mut().is_err());
             self.now
         }
-        fn run(&self, _: crate::hrtimer::Expired<u32>, _: u64) -> Option<(u64, u32)> {
+        fn run(&self, timer: crate::hrtimer::Expired<u32>, now_ns: u64) -> Option<(u64, u32)> {
+            self.ran.borrow_mut().push((timer.payload, now_ns, self.reads.borrow().len()));
             None
         }
     }
@@ -671,7 +677,16 @@ mod tests {
         use crate::clockevents::fake::{FakeDriver, spec};
         let now = 1_000_000;
         let tick = core::cell::RefCell::new(CpuTick::new(0, TickMode::Oneshot, now, 8));
-        let p = TestCpu { cpu: 0, tick, bc, peer, woken: Default::default(), now };
+        let p = TestCpu {
+            cpu: 0,
+            tick,
+            bc,
+            peer,
+            woken: Default::default(),
+            now,
+            reads: Default::default(),
+            ran: Default::default(),
+        };
         cpu_online(&p, registry);
         let cpu1 = registry.cpu_online(1); // CPU 1's own doing: nothing serves it yet
         assert!(cpu1.is_empty());
@@ -687,6 +702,26 @@ mod tests {
         let local =
             register(&p, registry, spec("local0", 100, CpuSet::single(0), features), FakeDriver::leak());
         (p, global, local)
+    }
+
+    /// The interrupt's clock read: one, taken under the tick's guard once the event is known
+    /// to be this CPU's, before the first callback, which is given that reading; an event of a
+    /// device that does not serve this CPU reads no clock.
+    #[test]
+    fn a_device_interrupt_reads_the_clock_once_under_the_guard_before_its_first_callback() {
+        let (bc, peer, mut registry) =
+            (spin::Mutex::new(Broadcast::new()), Mailbox::new(1, 4), Registry::new());
+        let (p, _, local) = machine(&bc, &peer, &mut registry, false);
+        p.tick.borrow_mut().arm(p.now, 7, p.now, &bc).unwrap();
+        p.reads.borrow_mut().clear();
+        let stranger = DeviceId(local.0 + 100);
+        assert_eq!(device_interrupt(&p, stranger), DeviceEvent::Local(Outcome::NotOurs));
+        assert!(p.reads.borrow().is_empty(), "an event that is not this CPU's reads no clock");
+        assert!(p.ran.borrow().is_empty());
+        let event = device_interrupt(&p, local);
+        assert!(matches!(event, DeviceEvent::Local(Outcome::Expired(e)) if e.callbacks == 1), "{event:?}");
+        assert_eq!(p.ran.borrow().as_slice(), &[(7, p.now, 1)], "one read before the callback, its reading");
+        assert!(p.reads.borrow()[0], "that read was taken under the guard");
     }
 
     #[test]

@@ -659,9 +659,8 @@ impl Sim {
     /// broadcast's to the CPUs due, a misrouted event's to the device's owner) are delivered at
     /// once; other messages in flight stay where they are.
     fn device_event(&mut self, dev: DeviceId, cpu: usize) {
-        let now = self.now();
         let sent = self.inbox.len();
-        let event = self.as_cpu(cpu, |cx| glue::device_interrupt(cx, dev, now));
+        let event = self.as_cpu(cpu, |cx| glue::device_interrupt(cx, dev));
         if let glue::DeviceEvent::Local(outcome) = event {
             self.record(outcome);
         }
