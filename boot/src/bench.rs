@@ -110,6 +110,10 @@ struct Args {
     /// (built with the `trace` feature) and the `trace` option, whose trace goes to
     /// `DIR/CLOCK-KIND.json`; the figures come from the measured boots only.
     trace: Option<(PathBuf, PathBuf)>,
+    /// `--stamps-kernel ELF`: after each kind's measured boot, one more with `ELF` (built with
+    /// the `path-stamps` feature) and the `bench_stages` option, for the interrupt path's stages
+    /// (`path_ns`); the measured kernel has no stamps on its path.
+    stamps: Option<PathBuf>,
 }
 
 /// The device kinds' names, comma-separated.
@@ -128,6 +132,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         accel: Accel::Tcg,
         out: PathBuf::from("target/bench"),
         trace: None,
+        stamps: None,
     };
     let (mut trace_kernel, mut trace_dir) = (None, None);
     let mut it = args.iter();
@@ -153,6 +158,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             "--out" => a.out = PathBuf::from(value()?),
             "--trace-kernel" => trace_kernel = Some(PathBuf::from(value()?)),
             "--trace" => trace_dir = Some(PathBuf::from(value()?)),
+            "--stamps-kernel" => a.stamps = Some(PathBuf::from(value()?)),
             "--no-scaling" => a.scaling = false,
             "--kinds" => {
                 let list = value()?;
@@ -222,6 +228,24 @@ fn measure(
         .find_map(|l| l.strip_prefix("BENCH-PART "))
         .ok_or_else(|| format!("no BENCH-PART line ({})", log.lines().last().unwrap_or("")))?;
     serde_json::from_str(line).map_err(|e| format!("bad BENCH-PART line: {e}"))
+}
+
+/// The interrupt path's stages of device kind `k`, from one boot of the stamps kernel with
+/// `bench_stages` (`null` without a stamps kernel, or if that boot failed: said on stderr).
+fn measure_stages(a: &Args, clock: &str, k: &Kind) -> Value {
+    let Some(elf) = &a.stamps else { return Value::Null };
+    let cmdline = format!("{} bench_stages", k.cmdline);
+    match measure(elf, a, clock, k.smp, &cmdline, k.qemu) {
+        Ok(part) if part["path_ns"]["samples"].as_u64().unwrap_or(0) > 0 => part["path_ns"].clone(),
+        Ok(_) => {
+            eprintln!("bench:   {}: no stages (the stamps kernel took no samples)", k.name);
+            Value::Null
+        }
+        Err(e) => {
+            eprintln!("bench:   {}: no stages: {e}", k.name);
+            Value::Null
+        }
+    }
 }
 
 /// The main run's workload on `smp` CPUs: its lateness and throughput from the TIMER-REPORT.
@@ -422,8 +446,9 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
         for k in KINDS.iter().filter(wanted) {
             eprint!("bench:   {} ... ", k.name);
             match measure(elf, &a, clock, k.smp, k.cmdline, k.qemu) {
-                Ok(part) => {
+                Ok(mut part) => {
                     eprintln!("{}", part["device"]);
+                    part["path_ns"] = measure_stages(&a, clock, k);
                     kinds.insert(k.name.to_string(), part);
                 }
                 Err(e) => eprintln!("not measured: {e}"),
@@ -657,6 +682,10 @@ fn print_table(run: &Value) {
     );
     for (name, p) in run["kinds"].as_object().into_iter().flatten() {
         let s = &p["path_ns"];
+        if s.is_null() {
+            println!("{name:<22} not measured (no stamps kernel, or its boot failed)");
+            continue;
+        }
         let v = |k: &str| s[k].as_u64().unwrap_or(0);
         println!(
             "{:<22} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>5} {:>12}",
@@ -969,6 +998,9 @@ mod tests {
             parse_args(&["--trace-kernel".into(), "k".into(), "--trace".into(), "t".into()]).unwrap();
         assert_eq!(traced.trace, Some((PathBuf::from("k"), PathBuf::from("t"))));
         assert_eq!(parse_args(&[]).unwrap().trace, None);
+        assert_eq!(parse_args(&[]).unwrap().stamps, None);
+        let stamped = parse_args(&["--stamps-kernel".into(), "s".into()]).unwrap();
+        assert_eq!(stamped.stamps, Some(PathBuf::from("s")));
         assert_eq!(profile_of(Path::new("target/x86_64-unknown-none/release/kernel")), "release");
         let built = "target/x86_64-unknown-none/debug/build/kernel/0123/artifact/bin/kernel";
         assert_eq!(profile_of(Path::new(built)), "dev");

@@ -11,7 +11,10 @@
 //! - what arming and cancelling one timer costs under the stress test's load, many timers
 //!   pending and the heap fragmented ([`arm_cancel`]);
 //! - device interrupts per timer and lateness for many timers armed with slack 0, 50 us and
-//!   1 ms ([`slack`]).
+//!   1 ms ([`slack`]);
+//! - with `bench_stages` instead (alone, in a kernel built with the `path-stamps` feature),
+//!   the interrupt path stage by stage ([`run_stages`]): the stamps are compiled out of the
+//!   kernel the other figures come from.
 //!
 //! It prints one `BENCH-PART {json}` line; the host (`boot bench`, `scripts/bench`) runs it on
 //! every device kind, in both clocks, and builds the table, `BENCH {json}` and the plots.
@@ -335,8 +338,8 @@ fn measure_cost_here(_: u64) -> u64 {
     0
 }
 
-/// Runs the benchmark on CPU `cpu` and returns its figures.
-pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
+/// The measured CPU (CPU 0 if `cpu` is not online), its tick device, and a part that says them.
+fn start(k: &crate::Kernel, cpu: usize) -> (usize, clockevents::TickDeviceInfo, BenchPart) {
     let cpu = if percpu::cpu(cpu).is_some() { cpu } else { 0 };
     HPET.call_once(|| k.platform.hpet);
     let info = clockevents::tick_devices().into_iter().find(|t| t.cpu == cpu).unwrap_or_default();
@@ -346,7 +349,7 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
         if info.via_broadcast { " via broadcast" } else { "" },
         info.mode
     );
-    let mut part = BenchPart {
+    let part = BenchPart {
         cpu,
         device: info.device.clone(),
         via_broadcast: info.via_broadcast,
@@ -354,6 +357,34 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
         bringup_us: clockevents::bringup_ns() / 1000,
         ..BenchPart::default()
     };
+    (cpu, info, part)
+}
+
+/// The interrupt path stage by stage (`bench_stages`): the same chain as the lateness phases,
+/// each interrupt's path stamped. Only a kernel built with the `path-stamps` feature has the
+/// stamps; without them nothing is measured (said on the log, `path_ns` all 0).
+pub fn run_stages(k: &crate::Kernel, cpu: usize) -> BenchPart {
+    let (cpu, _, mut part) = start(k, cpu);
+    if !crate::arch::x86_64::path_trace::BUILT_IN {
+        log::warn!(
+            "bench_stages: this kernel has no path stamps (the path-stamps feature); nothing measured"
+        );
+        return part;
+    }
+    TRACING.store(true, Ordering::Relaxed);
+    crate::arch::x86_64::path_trace::enable(true);
+    run_phase(cpu, PATH_DELTA_NS, PATH_EVENTS, 0);
+    crate::arch::x86_64::path_trace::enable(false);
+    TRACING.store(false, Ordering::Relaxed);
+    part.path_ns = path_breakdown();
+    log::info!("interrupt path at {PATH_DELTA_NS} ns deltas, p50 ns per stage: {:?}", part.path_ns);
+    part
+}
+
+/// Runs the benchmark on CPU `cpu` and returns its figures. The interrupt path's stages are
+/// not among them (a kernel with stamps, [`run_stages`], measures them).
+pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
+    let (cpu, info, mut part) = start(k, cpu);
     for (delta, count) in DELTAS {
         let (mut handler, mut callback, early, lost) = run_phase(cpu, delta, count as u64, 0);
         let histogram = log2_histogram(&callback);
@@ -378,14 +409,6 @@ pub fn run(k: &crate::Kernel, cpu: usize, drift_s: u64) -> BenchPart {
         );
         part.lateness_ns.insert(delta, result);
     }
-    // The traced phase: the same chain, each interrupt's path stamped stage by stage.
-    TRACING.store(true, Ordering::Relaxed);
-    crate::arch::x86_64::path_trace::enable(true);
-    run_phase(cpu, PATH_DELTA_NS, PATH_EVENTS, 0);
-    crate::arch::x86_64::path_trace::enable(false);
-    TRACING.store(false, Ordering::Relaxed);
-    part.path_ns = path_breakdown();
-    log::info!("interrupt path at {PATH_DELTA_NS} ns deltas, p50 ns per stage: {:?}", part.path_ns);
     let start = now_ns();
     let (_, callback, early, lost) = run_phase(cpu, 0, 0, start + THROUGHPUT_NS);
     let elapsed = (now_ns() - start).max(1);

@@ -63,6 +63,9 @@ pub struct KernelOptions {
     pub bench_cpu: u32,
     /// `bench_drift_s=N`: also measure the periodic tick's drift over N s (default 0: not).
     pub bench_drift_s: u64,
+    /// `bench_stages`: the benchmark measures only the interrupt path stage by stage (a kernel
+    /// built with the `path-stamps` feature; `scripts/bench` boots one for it).
+    pub bench_stages: bool,
     /// `rtc=utc|local`: what the CMOS RTC holds (default utc).
     pub rtc_local: bool,
     /// `idle=poll|halt|deep`: how an idle CPU waits (default halt).
@@ -223,6 +226,7 @@ impl Default for KernelOptions {
             bench: false,
             bench_cpu: 0,
             bench_drift_s: 0,
+            bench_stages: false,
             idle: IdleChoice::Halt,
             rtc_local: false,
             lapic_stops_in_idle: false,
@@ -513,6 +517,7 @@ pub fn parse(line: &str) -> (KernelOptions, Vec<OptionProblem>) {
             "hpet_counter_stopped" if value.is_none() => options.hpet_counter_stopped = true,
             "lapic_silent" if value.is_none() => options.lapic_silent = true,
             "bench" if value.is_none() => options.bench = true,
+            "bench_stages" if value.is_none() => options.bench_stages = true,
             "trace" if value.is_none() => options.trace = true,
             _ => problems.push(OptionProblem::Unknown(word.to_string())),
         }
@@ -636,7 +641,9 @@ mod tests {
             assert_eq!((o.clock_step_test_s, problems.len()), (None, 1), "{bad}");
         }
         let (b, p) = parse("bench bench_cpu=1 bench_drift_s=10");
-        assert!(p.is_empty() && b.bench && b.bench_cpu == 1 && b.bench_drift_s == 10);
+        assert!(p.is_empty() && b.bench && b.bench_cpu == 1 && b.bench_drift_s == 10 && !b.bench_stages);
+        let (b, p) = parse("bench bench_stages");
+        assert!(p.is_empty() && b.bench && b.bench_stages);
     }
 
     #[test]

@@ -17,7 +17,12 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         None => log::warn!("boot CPU up; the bootloader found no ACPI RSDP"),
     }
     if k.options.bench {
-        let part = kernel::bench::run(&k, k.options.bench_cpu as usize, k.options.bench_drift_s);
+        let cpu = k.options.bench_cpu as usize;
+        let part = if k.options.bench_stages {
+            kernel::bench::run_stages(&k, cpu)
+        } else {
+            kernel::bench::run(&k, cpu, k.options.bench_drift_s)
+        };
         kernel::bench::print(&part);
     } else {
         workload::limit_cpus(k.options.workload_cpus);

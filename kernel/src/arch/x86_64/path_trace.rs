@@ -1,6 +1,8 @@
 //! Stamps along the timer interrupt path, for the benchmark's per-stage breakdown (where the
-//! instructions between a deadline and its callback go). Off unless the benchmark turns it on;
-//! off, each stamp costs a load and a branch.
+//! instructions between a deadline and its callback go). Compiled out unless the kernel is
+//! built with the `path-stamps` feature (the benchmark's stage kernel: its lateness figures come
+//! from a kernel without them); with it, off until the benchmark turns it on, and off each
+//! stamp costs a load and a branch.
 //!
 //! Stamps are raw TSC reads in the CPU's own `PerCpu`; `Eoi` also records which interrupt (a
 //! per-CPU sequence number bumped at `Entry`) the stamps belong to, so a reader can tell the
@@ -57,6 +59,9 @@ impl PathStamps {
     }
 }
 
+/// Whether this kernel has the stamps (built with the `path-stamps` feature).
+pub const BUILT_IN: bool = cfg!(feature = "path-stamps");
+
 /// Turns tracing on or off on every CPU.
 pub fn enable(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
@@ -67,7 +72,7 @@ pub fn enable(on: bool) {
 /// stamp), the stamp inline (a call would add its own cost to the stages it measures).
 #[inline(always)]
 pub fn stamp(stage: Stage) {
-    if !ENABLED.load(Ordering::Relaxed) {
+    if !cfg!(feature = "path-stamps") || !ENABLED.load(Ordering::Relaxed) {
         return;
     }
     if !percpu::ready() {
