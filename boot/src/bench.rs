@@ -231,11 +231,23 @@ fn measure(
 }
 
 /// The interrupt path's stages of device kind `k`, from one boot of the stamps kernel with
-/// `bench_stages` (`null` without a stamps kernel, or if that boot failed: said on stderr).
-fn measure_stages(a: &Args, clock: &str, k: &Kind) -> Value {
+/// `bench_stages` (`null` without a stamps kernel, if that boot failed, or if it measured
+/// another CPU or device than `measured` did: said on stderr).
+fn measure_stages(a: &Args, clock: &str, k: &Kind, measured: &Value) -> Value {
     let Some(elf) = &a.stamps else { return Value::Null };
     let cmdline = format!("{} bench_stages", k.cmdline);
+    let same = |part: &Value| ["cpu", "device", "via_broadcast"].iter().all(|f| part[f] == measured[f]);
     match measure(elf, a, clock, k.smp, &cmdline, k.qemu) {
+        Ok(part) if !same(&part) => {
+            eprintln!(
+                "bench:   {}: no stages (the stamps boot measured CPU {} on {}{}, not what the measured boot did)",
+                k.name,
+                part["cpu"],
+                part["device"],
+                if part["via_broadcast"].as_bool() == Some(true) { " via broadcast" } else { "" }
+            );
+            Value::Null
+        }
         Ok(part) if part["path_ns"]["samples"].as_u64().unwrap_or(0) > 0 => part["path_ns"].clone(),
         Ok(_) => {
             eprintln!("bench:   {}: no stages (the stamps kernel took no samples)", k.name);
@@ -448,7 +460,14 @@ pub fn run(elf: &Path, args: &[String]) -> ExitCode {
             match measure(elf, &a, clock, k.smp, k.cmdline, k.qemu) {
                 Ok(mut part) => {
                     eprintln!("{}", part["device"]);
-                    part["path_ns"] = measure_stages(&a, clock, k);
+                    if part["path_stamps"].as_bool() == Some(true) {
+                        eprintln!(
+                            "bench:   {}: the measured kernel has the path's stamps compiled in (the \
+                             path-stamps feature): its lateness includes their cost",
+                            k.name
+                        );
+                    }
+                    part["path_ns"] = measure_stages(&a, clock, k, &part);
                     kinds.insert(k.name.to_string(), part);
                 }
                 Err(e) => eprintln!("not measured: {e}"),

@@ -101,6 +101,9 @@ pub struct DeltaResult {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchPart {
     pub cpu: usize,
+    /// Whether this kernel has the path's stamps compiled in (the `path-stamps` feature): its
+    /// lateness figures then include their cost (off, a load and a branch each).
+    pub path_stamps: bool,
     /// The device that interrupts the measured CPU, and whether through broadcast.
     pub device: Option<String>,
     pub via_broadcast: bool,
@@ -260,8 +263,9 @@ fn arm_next() {
 }
 
 /// The callback's own clock read, first, before the frame of the work it does: deadline ->
-/// callback (the event's `now_ns` is the handler's read, on entry). Linux's figure counts to
-/// its callback's entry: this one counts that and the read's own way to the counter.
+/// callback (the event's `now_ns` is the handler's read, the interrupt's one clock read before
+/// its first pop). Linux's figure counts to its callback's entry: this one counts that and the
+/// read's own way to the counter.
 fn on_event(e: &TimerEvent) {
     on_event_at(e, now_ns());
 }
@@ -351,6 +355,7 @@ fn start(k: &crate::Kernel, cpu: usize) -> (usize, clockevents::TickDeviceInfo, 
     );
     let part = BenchPart {
         cpu,
+        path_stamps: crate::arch::x86_64::path_trace::BUILT_IN,
         device: info.device.clone(),
         via_broadcast: info.via_broadcast,
         tick_mode: info.mode.clone(),

@@ -49,7 +49,9 @@ pub struct TimerEvent {
     pub cpu: usize,
     pub id: TimerId,
     pub deadline_ns: u64,
-    /// The clocksource as the interrupt read it (once, on entry).
+    /// The clocksource as the interrupt read it (once, under the CPU's guard, right before the
+    /// first pop: Linux's `hrtimer_interrupt` reads it there too), or as the retry pass that
+    /// popped this timer read it.
     pub now_ns: u64,
     pub data: u64,
     /// It ran deferred: outside the hard interrupt, interrupts enabled; `now_ns` is then the

@@ -178,7 +178,7 @@ impl Timekeeper {
     /// them between the two loads of the sequence number, as before).
     ///
     /// One attempt in line, straight through; a write in progress sends the reader to
-    /// [`now_retry`](Self::now_retry), out of line. A loop here would have the compiler keep
+    /// `now_retry`, out of line. A loop here would have the compiler keep
     /// the statics' addresses in registers across it, which costs every caller (interrupt
     /// handlers and timer callbacks among them) their saving and restoring before the read.
     #[inline(always)]

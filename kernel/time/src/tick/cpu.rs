@@ -632,9 +632,8 @@ impl<T> CpuTick<T> {
     /// interrupt was pending when it changed device) or misrouted (any other): the caller wakes
     /// the device's owner, which programs it again from its own CPU.
     ///
-    /// [`claim_device_event`](Self::claim_device_event) and
-    /// [`device_event_at`](Self::device_event_at) do the same in two steps, for a caller that
-    /// reads the clock between them.
+    /// The crate's expiry does the same in two steps, reading the clock between them
+    /// ([`expiry::device_interrupt`](super::expiry::device_interrupt)).
     #[inline]
     pub fn device_event(&mut self, id: DeviceId, now_ns: u64) -> bool {
         let ours = self.claim_device_event(id);
@@ -646,9 +645,11 @@ impl<T> CpuTick<T> {
 
     /// [`device_event`](Self::device_event) before its clock read: true when device `id` is
     /// this CPU's local device and an expiry has started; the caller then reads the clock and
-    /// gives the reading to [`device_event_at`](Self::device_event_at) before it pops.
+    /// must give the reading to [`device_event_at`](Self::device_event_at) before it pops (the
+    /// rest of the start waits on it: without it the device would not be programmed again).
+    /// Crate-private for that: only the expiry calls the pair.
     #[inline]
-    pub fn claim_device_event(&mut self, id: DeviceId) -> bool {
+    pub(crate) fn claim_device_event(&mut self, id: DeviceId) -> bool {
         // A pattern, not `!=` on the enum: the derived comparison is a call's worth of
         // instructions in the dev build, on every interrupt.
         if !matches!(self.service, Service::Local(local) if local.0 == id.0) {
@@ -674,7 +675,7 @@ impl<T> CpuTick<T> {
     /// The clock read of the expiry [`claim_device_event`](Self::claim_device_event) started,
     /// taken after it: the first pass pops what is due at `now_ns`.
     #[inline]
-    pub fn device_event_at(&mut self, now_ns: u64) {
+    pub(crate) fn device_event_at(&mut self, now_ns: u64) {
         self.unsettled_ns = Some(now_ns);
     }
 

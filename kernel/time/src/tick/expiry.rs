@@ -47,7 +47,8 @@ pub const MAX_HANG_DELAY_NS: u64 = 100_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpiryPoint {
     /// A device interrupt's clock read taken ([`device_interrupt`]: under the guard, the event
-    /// known to be this CPU's, right before the first pop).
+    /// known to be this CPU's, right before the first pop; the broadcast device's: first,
+    /// [`super::glue::device_interrupt`]).
     ClockRead,
     /// The first due timer popped, its callback about to run.
     Popped,

@@ -372,7 +372,9 @@ pub enum DeviceEvent {
 #[inline]
 pub fn device_interrupt<P: Platform>(p: &P, device: DeviceId) -> DeviceEvent {
     if p.is_broadcast_device(device) {
-        return DeviceEvent::Broadcast(broadcast_event(p, p.now_ns()));
+        let now_ns = p.now_ns();
+        p.trace(expiry::ExpiryPoint::ClockRead);
+        return DeviceEvent::Broadcast(broadcast_event(p, now_ns));
     }
     let outcome = expiry::device_interrupt(p, device);
     match outcome {
