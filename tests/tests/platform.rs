@@ -77,7 +77,7 @@ static TEST_COMPARATOR: AtomicU64 = AtomicU64::new(0);
 static HPET_IRQS: AtomicU64 = AtomicU64::new(0);
 static HPET_NOT_OURS: AtomicU64 = AtomicU64::new(0);
 
-fn hpet_irq(_vector: u8) {
+fn hpet_irq(_: interrupts::Irq) {
     let hpet = HPET.get().expect("set before the comparator is enabled");
     let n = TEST_COMPARATOR.load(Ordering::Relaxed) as usize;
     // Level-triggered: our status bit holds the line until we write 1 to it.
@@ -134,7 +134,7 @@ fn hpet_interrupt_arrives_through_the_ioapic(k: &Kernel) {
 
 static LAPIC_IRQS: AtomicU64 = AtomicU64::new(0);
 
-fn lapic_tick(_vector: u8) {
+fn lapic_tick(_: interrupts::Irq) {
     LAPIC_IRQS.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -198,7 +198,7 @@ fn unhandled_vector_is_counted_as_spurious(_: &Kernel) {
 
 static FSB_IRQS: AtomicU64 = AtomicU64::new(0);
 
-fn fsb_irq(_vector: u8) {
+fn fsb_irq(_: interrupts::Irq) {
     FSB_IRQS.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -224,7 +224,7 @@ fn hpet_fsb_interrupt_arrives_when_offered(k: &Kernel) {
 
 static PERIODIC_IRQS: AtomicU64 = AtomicU64::new(0);
 
-fn periodic_tick(_vector: u8) {
+fn periodic_tick(_: interrupts::Irq) {
     PERIODIC_IRQS.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -71,7 +71,7 @@ fn closure_sent_by_ipi_runs_on_its_cpu(_: &Kernel) {
 static HPET_HITS: AtomicU64 = AtomicU64::new(0);
 static COMPARATOR: AtomicU64 = AtomicU64::new(0);
 
-fn hpet_irq(_vector: u8) {
+fn hpet_irq(_: interrupts::Irq) {
     let k = KERNEL_HPET.get().unwrap();
     let n = COMPARATOR.load(Ordering::Relaxed) as usize;
     if k.interrupt_status() & (1 << n) != 0 {
@@ -139,7 +139,7 @@ fn ioapic_interrupt_is_counted_on_the_chosen_cpu_only(k: &Kernel) {
     IOAPICS.lock().release(gsi).unwrap();
 }
 
-fn count_ipi(_vector: u8) {}
+fn count_ipi(_: interrupts::Irq) {}
 
 fn round_robin_ipi_storm_loses_nothing(_: &Kernel) {
     const IPIS: u64 = 5000;

@@ -19,10 +19,20 @@ use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, Pag
 /// First vector free for devices (0..32 are the CPU's exceptions).
 pub const FIRST_DEVICE_VECTOR: u8 = 32;
 
-/// A device interrupt handler; it gets its vector. It runs with interrupts disabled; it may
-/// allocate (the heap disables interrupts while it holds its lock, `memory.rs`) but must not
-/// take a lock that the code it interrupted may hold with interrupts enabled.
-pub type Handler = fn(u8);
+/// A device interrupt handler; it gets its vector and CPU ([`Irq`]). It runs with interrupts
+/// disabled; it may allocate (the heap disables interrupts while it holds its lock,
+/// `memory.rs`) but must not take a lock that the code it interrupted may hold with interrupts
+/// enabled.
+pub type Handler = fn(Irq);
+
+/// What a device interrupt's handler is told: its vector, and the CPU it runs on as the
+/// dispatch found it (`None` before this CPU has its per-CPU state), so that a handler need not
+/// look its CPU up again (a read of the GS base MSR, and its checks, on every interrupt).
+#[derive(Clone, Copy)]
+pub struct Irq {
+    pub vector: u8,
+    pub cpu: Option<&'static percpu::PerCpu>,
+}
 
 /// Each vector's handler, set once (a vector is never handed back), so that the interrupt path
 /// reads it without a lock.
@@ -161,7 +171,7 @@ fn dispatch(vector: u8) {
         EARLY_COUNTS[v].fetch_add(1, Ordering::Relaxed);
     }
     match HANDLERS[v].get() {
-        Some(h) => h(vector),
+        Some(h) => h(Irq { vector, cpu }),
         None => spurious(format_args!("vector {vector:#04x} has no handler")),
     }
     if let Some(cpu) = cpu {

@@ -264,7 +264,7 @@ pub fn error_count() -> u64 {
     ERRORS.load(Ordering::Relaxed)
 }
 
-fn error_interrupt(_vector: u8) {
+fn error_interrupt(_: interrupts::Irq) {
     // Writing ESR latches the errors since the last write (SDM 11.5.3).
     write(Reg::ErrorStatus, 0);
     let esr = read(Reg::ErrorStatus);
@@ -274,7 +274,7 @@ fn error_interrupt(_vector: u8) {
     }
 }
 
-fn spurious_interrupt(_vector: u8) {
+fn spurious_interrupt(_: interrupts::Irq) {
     // The APIC's spurious vector needs no EOI; `interrupts::dispatch` still sends one, which the
     // APIC ignores when no interrupt is in service.
     interrupts::spurious(format_args!(

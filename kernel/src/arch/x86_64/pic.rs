@@ -249,8 +249,8 @@ fn eoi(vector: u8) {
 
 /// IRQ 7 or 15: the 8259's spurious interrupt (its bit not in service), or a real interrupt
 /// on a line nobody here uses; counted as spurious either way, with which it was.
-fn lowest_priority_interrupt(vector: u8) {
-    let irq = vector - PIC_VECTOR_BASE;
+fn lowest_priority_interrupt(i: interrupts::Irq) {
+    let irq = i.vector - PIC_VECTOR_BASE;
     if in_service(irq) {
         interrupts::spurious(format_args!("8259 IRQ {irq} with no handler"));
     } else {

@@ -474,7 +474,7 @@ pub(super) fn device_interrupt(device: DeviceId, cpu: &'static percpu::PerCpu) {
 
 /// The wake-up IPI: another CPU posted to this one's inbox, the broadcast woke it, or a
 /// misrouted event of its device.
-pub(super) fn wake_interrupt(_vector: u8) {
+pub(super) fn wake_interrupt(_: crate::arch::x86_64::interrupts::Irq) {
     path_trace::stamp(Stage::Acked);
     drain_inbox();
     let now = now_ns();

@@ -589,7 +589,8 @@ pub fn channels() -> Vec<&'static HpetChannel> {
 
 /// The interrupt of any HPET channel: counted where it lands (per CPU, a counter only that
 /// CPU writes), then handed to the self-test or the time layer.
-fn channel_interrupt(vector: u8) {
+fn channel_interrupt(irq: interrupts::Irq) {
+    let vector = irq.vector;
     let Some(&ch) = BY_VECTOR[usize::from(vector)].get() else {
         interrupts::spurious(format_args!("HPET vector {vector:#04x} without a comparator"));
         return;
@@ -625,7 +626,12 @@ fn channel_interrupt(vector: u8) {
             interrupts::spurious(format_args!("HPET comparator {} serves nobody", ch.index));
         }
         d => {
-            let cpu = percpu::this_cpu();
+            let Some(cpu) = irq.cpu else {
+                return interrupts::spurious(format_args!(
+                    "HPET comparator {} before per-CPU state",
+                    ch.index
+                ));
+            };
             super::cpu::device_interrupt(DeviceId(d - 1), cpu);
             // Counted after the expiry: a statistic, nothing the callbacks wait for.
             ch.irqs_by_cpu.bump_on(cpu.index);

@@ -187,9 +187,11 @@ impl EventDriver for LapicTimer {
 }
 
 /// The LAPIC timer interrupt, on whichever CPU it fires (its own).
-pub fn timer_interrupt(_vector: u8) {
+pub fn timer_interrupt(irq: interrupts::Irq) {
     path_trace::stamp(Stage::Acked);
-    let cpu = percpu::this_cpu();
+    let Some(cpu) = irq.cpu else {
+        return interrupts::spurious(format_args!("a LAPIC timer interrupt before per-CPU state"));
+    };
     match time_of(cpu).lapic_device.load(Ordering::Acquire) {
         0 => interrupts::spurious(format_args!("a LAPIC timer interrupt with no LAPIC timer device here")),
         d => super::cpu::device_interrupt(DeviceId(d - 1), cpu),

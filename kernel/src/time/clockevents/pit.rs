@@ -145,7 +145,7 @@ fn spec() -> DeviceSpec {
 }
 
 /// IRQ0 from channel 0, on the CPU its route names.
-fn pit_interrupt(_vector: u8) {
+fn pit_interrupt(irq: interrupts::Irq) {
     path_trace::stamp(Stage::Acked);
     if PIT.shut_down.load(Ordering::Acquire) {
         PIT.dropped.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +155,10 @@ fn pit_interrupt(_vector: u8) {
         0 => interrupts::spurious(format_args!("PIT IRQ0 with no PIT device")),
         d => {
             PIT.events.fetch_add(1, Ordering::Relaxed);
-            super::cpu::device_interrupt(DeviceId(d - 1), percpu::this_cpu());
+            match irq.cpu {
+                Some(cpu) => super::cpu::device_interrupt(DeviceId(d - 1), cpu),
+                None => interrupts::spurious(format_args!("PIT IRQ0 before per-CPU state")),
+            }
         }
     }
 }

@@ -459,7 +459,7 @@ pub fn call_on<R: Send + 'static>(
 }
 
 /// Runs every call posted to this CPU, in order (new ones posted meanwhile too).
-fn call_interrupt(_vector: u8) {
+fn call_interrupt(_: interrupts::Irq) {
     let cpu = percpu::this_cpu();
     loop {
         let Some(call) = cpu.mailbox.lock().pop_front() else { return };
