@@ -72,7 +72,7 @@ pub fn enable(on: bool) {
 /// stamp), the stamp inline (a call would add its own cost to the stages it measures).
 #[inline(always)]
 pub fn stamp(stage: Stage) {
-    if !cfg!(feature = "path-stamps") || !ENABLED.load(Ordering::Relaxed) {
+    if !BUILT_IN || !ENABLED.load(Ordering::Relaxed) {
         return;
     }
     if !percpu::ready() {
